@@ -1,0 +1,37 @@
+# Two entry points of the Quick start: `make demo` and `make test`. Both create .venv if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the releases that lie on the build machines' disk (fast, offline-friendly installs).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint typecheck bench clean
+
+$(BIN)/isplit-export: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e ".[export,dev]"
+	# tensorrt-stubs declares a dependency on the real tensorrt wheel, which needs a GPU: stubs only.
+	$(BIN)/pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
+	touch $@
+
+install: $(BIN)/isplit-export
+
+demo: install
+	$(BIN)/isplit-export efficientnet_lite0 --top 3 --target onnx --out bundle --force
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_ranking.py
+	$(BIN)/python benchmarks/bench_latency.py
+
+clean:
+	rm -rf $(VENV) bundle .mypy_cache .ruff_cache .pytest_cache
