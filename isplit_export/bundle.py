@@ -1,0 +1,306 @@
+"""Build the artifact bundle: cut, export, encode, verify and describe the top-K I-Split splits.
+
+The stages run in pipeline order (rank -> cut + export -> encode -> target plan -> verify -> write)
+inside a temporary directory that is renamed to ``out`` at the end (:func:`files.atomic_directory`),
+so an existing bundle is never half-overwritten and an interrupted run leaves no partial bundle.
+Everything but the manifest's ``run`` block and ``report.md`` is byte-reproducible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .api import DEFAULT_BATCH, RankResult, rank, write_ranking
+from .encoding import calibrate_encoding, decode_tail, encode_head
+from .errors import BadInputError
+from .export import BATCH_AXIS, export_file, to_onnx
+from .files import atomic_directory, save_npz, sha256_file, write_json
+from .gates import GATES, gate_for
+from .graph import Cut
+from .metrics import accuracy, compare_logits, spearman
+from .onnx_utils import OPSET, save_model
+from .report import render_report
+from .targets import TargetProfile, load_target
+from .verify import measure_latency, run_pair_onnx
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "isplit.bundle/1"
+
+
+@dataclass
+class ExportResult:
+    """The written bundle and its manifest; ``passed`` is False when a verification gate failed."""
+
+    out: Path
+    manifest: dict[str, Any]
+    rank: RankResult
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.manifest["verification"]["passed"])
+
+
+def export(
+    model: str = "efficientnet_lite0",
+    *,
+    out: str | Path,
+    top: int = 3,
+    target: str = "onnx",
+    boundary: str | None = None,
+    data: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    weights: str = "default",
+    images: int | None = None,
+    score: str = "top",
+    input_size: int | None = None,
+    golden: int = 4,
+    force: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    latency_runs: int = 30,
+    progress: bool = False,
+    seed: int = 0,
+) -> ExportResult:
+    """Rank ``model``, export its top-``top`` splits for ``target`` and verify them into bundle ``out``.
+
+    ``boundary`` is the boundary encoding (``fp32``, ``fp16`` or ``int8``; default: the target's).
+    Gate failures are recorded in the manifest and in :attr:`ExportResult.passed`; the caller decides
+    whether they are fatal (the CLI exits 1 unless ``--no-strict``).
+    """
+    profile = load_target(target)
+    encoding_name = boundary or profile.default_boundary
+    if encoding_name not in GATES:
+        raise BadInputError(f"unknown --boundary '{encoding_name}': choose fp32, fp16 or int8")
+    if golden < 1:
+        raise BadInputError(f"--golden {golden}: pass a positive number of golden images")
+    out = Path(out)
+    if out.exists() and not force:
+        raise BadInputError(f"output directory {out} already exists: pass --force to replace it, or choose another --out")
+
+    ranked = rank(
+        model, data=data, classes=classes, weights=weights, images=images, score=score, top=top,
+        input_size=input_size, batch_size=batch_size, progress=progress, seed=seed,
+    )  # fmt: skip
+    cuts = ranked.ranking.ranked(top)
+    if not cuts:
+        raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
+    x, labels, names = ranked.images.tensor()
+    module = ranked.model.module
+    with torch.no_grad():
+        ref_logits = _batched(module, x, batch_size)
+    y_ref = ref_logits.numpy()
+    lab = labels.numpy()
+
+    with atomic_directory(out, force=force) as tmp:
+        export_file(module, x[:1], tmp / "full.onnx", "input", "logits")
+        write_ranking(ranked.ranking, tmp)
+        uses_int8 = encoding_name == "int8" or profile.int8
+        if uses_int8:
+            (tmp / "calibration").mkdir()
+            save_npz(tmp / "calibration" / "inputs.npz", {"input": x.numpy(), "labels": lab})
+
+        splits: list[dict[str, Any]] = []
+        latency: dict[str, Any] = {}
+        for pos, cut in enumerate(cuts, start=1):
+            rel = f"splits/{pos:02d}-{cut.node}"
+            sdir = tmp / rel
+            sdir.mkdir(parents=True)
+            entry, lat = _export_split(
+                ranked, cut, pos, rel, sdir, x, lab, y_ref, encoding_name, profile, golden, batch_size, latency_runs,
+            )  # fmt: skip
+            splits.append(entry)
+            latency[rel] = lat
+
+        full_acc = accuracy(y_ref, lab)
+        summary = _summary(splits, encoding_name, full_acc)
+        manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
+        manifest["files"] = _hash_files(tmp)
+        report = render_report({**manifest, "run": {"latency_ms": latency}}, ranked.ranking.to_json())
+        (tmp / "report.md").write_text(report, encoding="utf-8")
+        manifest["run"] = {
+            "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+            "host": platform.platform(),
+            "torch": torch.__version__,
+            "latency_ms": latency,
+            "report_sha256": sha256_file(tmp / "report.md"),
+        }
+        write_json(tmp / "manifest.json", manifest)
+    failures = [f"{s['dir']}: {r}" for s in splits for r in s["verification"]["failures"]]
+    return ExportResult(out, manifest, ranked, failures)
+
+
+def _export_split(
+    ranked: RankResult,
+    cut: Cut,
+    rank_pos: int,
+    rel: str,
+    sdir: Path,
+    x: torch.Tensor,
+    labels: np.ndarray,
+    y_ref: np.ndarray,
+    encoding_name: str,
+    profile: TargetProfile,
+    golden: int,
+    batch_size: int,
+    latency_runs: int,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Export, encode, verify and describe one split; returns its manifest entry and latency."""
+    head_gm, tail_gm = ranked.traced.split(cut)
+    with torch.no_grad():
+        boundary_fp32 = _batched(head_gm, x, batch_size)
+    enc = calibrate_encoding(encoding_name, boundary_fp32.numpy())
+    head_path, tail_path = sdir / "head.onnx", sdir / "tail.onnx"
+    save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc), head_path)
+    save_model(decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc), tail_path)
+
+    xn = x.numpy()
+    boundary, logits = run_pair_onnx(head_path, tail_path, xn, batch=batch_size)
+    files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
+    save_npz(
+        sdir / "golden.npz",
+        {"input": xn[:golden], "boundary": boundary[:golden], "logits": y_ref[:golden], "labels": labels[:golden]},
+    )
+    checks = {encoding_name: _check(y_ref, logits, labels, gate_for(encoding_name))}
+
+    if profile.int8:
+        from .quantize import build_int8_pair
+
+        calib = build_int8_pair(head_path, tail_path, xn, sdir / "head.int8.onnx",
+                                sdir / "tail.int8.onnx", enc)  # fmt: skip
+        save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
+        _, q_logits = run_pair_onnx(sdir / "head.int8.onnx", sdir / "tail.int8.onnx", xn, batch=batch_size)
+        checks["int8-qdq"] = _check(y_ref, q_logits, labels, GATES["int8-qdq"])
+        files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
+                     calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
+    if profile.backend == "tensorrt":
+        from .tensorrt_plan import write_build_plan
+
+        int8 = profile.int8 and profile.default_precision == "int8"
+        plan = write_build_plan(
+            sdir, profile, precision=profile.default_precision,
+            head_onnx="head.int8.onnx" if int8 else "head.onnx", tail_onnx="tail.int8.onnx" if int8 else "tail.onnx",
+            input_shape=(1, *ranked.model.preprocessing.input_shape), boundary_shape=(1, *cut.shape),
+        )  # fmt: skip
+        files.update({p.stem.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
+
+    lat = measure_latency(
+        {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}, xn[:1], runs=latency_runs
+    )
+    failures = [f"{name}: {reason}" for name, c in checks.items() for reason in c["gate"]["failures"]]
+    entry = {
+        "dir": rel,
+        "rank": rank_pos,
+        "index": cut.index,
+        "node": cut.node,
+        "module": cut.module,
+        "cui": float(ranked.ranking.cui[cut.index]),
+        "log10_cui": _round(ranked.ranking.log10_cui[cut.index]),
+        "head_flops_share": round(cut.head_flops_share, 6),
+        "boundary": {
+            **enc.to_json(),
+            "encoding": enc.name,
+            "shape": [BATCH_AXIS, *cut.shape],
+            "bytes_per_image": int(np.prod(cut.shape)) * enc.bytes_per_element,
+            "fp32_bytes_per_image": cut.boundary_bytes,
+        },
+        "files": files,
+        "verification": {"checks": checks, "passed": not failures, "failures": failures},
+    }
+    return entry, lat
+
+
+def _check(ref: np.ndarray, got: np.ndarray, labels: np.ndarray, gate: Any) -> dict[str, Any]:
+    metrics = {k: _round(v) for k, v in compare_logits(ref, got).items()}
+    ok, reasons = gate.check(metrics)
+    ref_top1, got_top1 = ref.argmax(1), got.argmax(1)
+    acc, full_acc = accuracy(got, labels), accuracy(ref, labels)
+    if acc is not None and full_acc is not None:
+        task = {"metric": "accuracy", "value": _round(acc), "full_model": _round(full_acc), "drop": _round(full_acc - acc)}
+    else:
+        agree = float((ref_top1 == got_top1).mean())
+        task = {"metric": "agreement", "value": _round(agree), "full_model": 1.0, "drop": _round(1.0 - agree)}
+    return {"metrics": metrics, "gate": {**gate.to_json(), "passed": ok, "failures": reasons}, "task": task}
+
+
+def _summary(splits: list[dict[str, Any]], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
+    """Does the CUI order hold? Spearman(CUI, measured task value) over the exported splits."""
+    values = [s["verification"]["checks"][encoding_name]["task"]["value"] for s in splits]
+    cuis = [s["cui"] for s in splits]
+    rho = spearman(cuis, values) if encoding_name != "fp32" else None
+    if encoding_name == "fp32":
+        note = "fp32 boundary is lossless: every split measures the same as the full model, so the CUI order is not tested"
+        held = None
+    elif rho is None:
+        note = "all splits measured the same task value: the CUI order is neither confirmed nor contradicted"
+        held = None
+    else:
+        held = rho > 0
+        note = f"Spearman(CUI, measured) = {rho:.3f}: the CUI order {'held' if held else 'did not hold'}"
+    return {
+        "passed": all(s["verification"]["passed"] for s in splits),
+        "full_model_accuracy": _round(full_acc),
+        "cui_vs_task_spearman": _round(rho),
+        "cui_order_held": held,
+        "note": note,
+    }
+
+
+def _manifest(
+    ranked: RankResult,
+    profile: TargetProfile,
+    encoding_name: str,
+    splits: list[dict[str, Any]],
+    summary: dict[str, Any],
+    n_images: int,
+    uses_int8: bool,
+) -> dict[str, Any]:
+    m = ranked.model
+    c, h, w = m.preprocessing.input_shape
+    ranking = ranked.ranking
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "isplit-export", "version": __version__},
+        "model": m.to_json(),
+        "preprocessing": m.preprocessing.to_json(),
+        "input": {"name": "input", "shape": [BATCH_AXIS, c, h, w], "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": "logits", "shape": [BATCH_AXIS, m.num_classes], "dtype": "float32"},
+        "opset": OPSET,
+        "target": profile.to_json(),
+        "boundary_encoding": encoding_name,
+        "ranking": {"file": "ranking.json", "images": ranking.images, "classes": ranking.classes,
+                    "score": ranking.score, "top": ranking.top},  # fmt: skip
+        "calibration": {
+            "source": ranked.images.source,
+            "count": n_images,
+            "skipped": ranked.images.skipped,
+            "file": "calibration/inputs.npz" if uses_int8 else None,
+        },
+        "gates": {k: g.to_json() for k, g in GATES.items()},
+        "splits": splits,
+        "verification": summary,
+    }
+
+
+def _hash_files(root: Path) -> dict[str, dict[str, Any]]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}
+
+
+def _batched(module: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _round(v: float | None, digits: int = 9) -> float | None:
+    return None if v is None else float(f"{v:.{digits}g}")
+

@@ -1,0 +1,241 @@
+"""Calibration / evaluation images: where they come from and how they become model inputs.
+
+Sources, in the order they are tried:
+
+* ``--data DIR`` with class sub-folders (an ImageFolder): images carry labels. A folder name that
+  is a model class name (case-insensitive, any of its comma-separated synonyms) or a class index
+  maps to that class; other folders are kept but unlabelled for accuracy purposes;
+* ``--data DIR`` holding image files directly: unlabelled;
+* no ``--data``: the real photographs shipped inside ``scikit-image`` (``skimage.data``), listed in
+  ``calibration/skimage_photos.json``; offline, always there.
+
+Images are decoded lazily, batch by batch, so memory does not grow with the data set size.
+Unreadable files are skipped and counted; an empty set is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadInputError
+from .models import Preprocessing
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image: a name, how to open it, and its label (model class index, -1 = unknown)."""
+
+    name: str
+    opener: Callable[[], Image.Image]
+    label: int = -1
+    folder: str | None = None
+
+
+@dataclass
+class ImageSet:
+    """An ordered, lazily decoded set of images plus what is known about their classes."""
+
+    items: list[ImageItem]
+    preprocessing: Preprocessing
+    source: str
+    folders: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labelled(self) -> bool:
+        """True when every image has a model class label."""
+        return bool(self.items) and all(it.label >= 0 for it in self.items)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """Yield ``(inputs [B,C,H,W] float32, labels [B] int64, names)``; unreadable files are skipped."""
+        buf: list[tuple[torch.Tensor, int, str]] = []
+        for item in self.items:
+            try:
+                tensor = preprocess(item.opener(), self.preprocessing)
+            except (OSError, UnidentifiedImageError, ValueError) as err:
+                self.skipped += 1
+                log.warning("skipping unreadable image %s (%s)", item.name, err)
+                continue
+            buf.append((tensor, item.label, item.name))
+            if len(buf) == batch_size:
+                yield _stack(buf)
+                buf = []
+        if buf:
+            yield _stack(buf)
+
+    def tensor(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """All (or the first ``limit``) images as one batch: for small calibration / golden sets."""
+        sub = ImageSet(self.items[:limit] if limit else self.items, self.preprocessing, self.source)
+        parts = list(sub.batches(64))
+        self.skipped += sub.skipped
+        if not parts:
+            raise BadInputError(f"no readable images in {self.source}: pass --data with image files")
+        return (
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            [n for p in parts for n in p[2]],
+        )
+
+
+def preprocess(img: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """Resize the short side to ``prep.resize``, center-crop ``prep.crop``, scale to [0,1], normalize."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    img = img.convert("L" if prep.channels == 1 else "RGB")
+    img = TF.resize(img, [prep.resize], interpolation=InterpolationMode(prep.interpolation), antialias=True)
+    img = TF.center_crop(img, [prep.crop, prep.crop])
+    return TF.normalize(TF.to_tensor(img), list(prep.mean), list(prep.std))
+
+
+def load_images(
+    data: Path | None,
+    preprocessing: Preprocessing,
+    *,
+    class_names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> ImageSet:
+    """Collect the image set; ``classes`` keeps only those ImageFolder classes (names or indices).
+
+    For unlabelled sources ``classes`` is applied later, on the model's predictions (see
+    :func:`isplit_export.importance.compute_importance`).
+    """
+    if limit is not None and limit < 1:
+        raise BadInputError(f"--images {limit}: pass a positive number of images")
+    if data is None:
+        items, source, folders = _skimage_items(), "skimage.data", []
+    else:
+        data = Path(data)
+        if not data.is_dir():
+            raise BadInputError(f"--data {data} is not a directory: pass a folder of images or of class sub-folders")
+        items, folders = _folder_items(data, class_names)
+        source = str(data)
+        if classes and folders:
+            keep = resolve_folder_classes(classes, folders)
+            items = [it for it in items if it.folder in keep]
+            if not items:
+                raise BadInputError(f"no images of classes {','.join(classes)} in {data}: pick classes that have images")
+    if not items:
+        raise BadInputError(f"no images found in {source}: pass --data with .png/.jpg files or class sub-folders")
+    if limit:
+        items = items[:limit]
+    return ImageSet(items, preprocessing, source, folders)
+
+
+def resolve_folder_classes(classes: Sequence[str], folders: Sequence[str]) -> set[str]:
+    """Map ``--classes`` entries (folder names or 0-based folder indices) to folder names."""
+    keep: set[str] = set()
+    lower = {f.lower(): f for f in folders}
+    for c in classes:
+        if c.lower() in lower:
+            keep.add(lower[c.lower()])
+        elif c.isdigit() and int(c) < len(folders):
+            keep.add(folders[int(c)])
+        else:
+            raise BadInputError(f"class '{c}' is not a class folder of the data (have: {', '.join(folders[:10])}...)")
+    return keep
+
+
+def resolve_model_classes(classes: Sequence[str], class_names: Sequence[str] | None, num_classes: int) -> list[int]:
+    """Map ``--classes`` entries (model class names / synonyms or indices) to model class indices."""
+    out: list[int] = []
+    index = _class_index(class_names)
+    for c in classes:
+        key = c.strip().lower()
+        if key in index:
+            out.append(index[key])
+        elif key.isdigit() and int(key) < num_classes:
+            out.append(int(key))
+        else:
+            raise BadInputError(f"class '{c}' is not a class of the model: use its name or an index 0..{num_classes - 1}")
+    return sorted(set(out))
+
+
+def _class_index(class_names: Sequence[str] | None) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, name in enumerate(class_names or []):
+        for syn in [name, *name.split(",")]:
+            index.setdefault(syn.strip().lower(), i)
+    return index
+
+
+def _folder_items(root: Path, class_names: Sequence[str] | None) -> tuple[list[ImageItem], list[str]]:
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        files = _image_files(root)
+        return [ImageItem(f.name, _file_opener(f)) for f in files], []
+    index = _class_index(class_names)
+    n = len(class_names) if class_names else 0
+    items: list[ImageItem] = []
+    for d in subdirs:
+        key = d.name.lower()
+        label = index.get(key, int(key) if key.isdigit() and (not n or int(key) < n) else -1)
+        items.extend(ImageItem(f"{d.name}/{f.name}", _file_opener(f), label, d.name) for f in _image_files(d))
+    return items, [d.name for d in subdirs]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _file_opener(path: Path) -> Callable[[], Image.Image]:
+    def opener() -> Image.Image:
+        with Image.open(path) as im:
+            im.load()
+            return im
+
+    return opener
+
+
+def skimage_recipe() -> dict[str, Any]:
+    """The default calibration set's recipe (``calibration/skimage_photos.json``)."""
+    from importlib import resources
+
+    try:
+        text = resources.files("isplit_export._calibration").joinpath("skimage_photos.json").read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        text = (Path(__file__).resolve().parent.parent / "calibration" / "skimage_photos.json").read_text()
+    recipe: dict[str, Any] = json.loads(text)
+    return recipe
+
+
+def _skimage_items() -> list[ImageItem]:
+    items = []
+    for entry in skimage_recipe()["images"]:
+        fn, pick = entry["function"], entry.get("index")
+
+        def opener(fn: str = fn, pick: int | None = pick) -> Image.Image:
+            import skimage.data
+
+            arr = getattr(skimage.data, fn)()
+            if pick is not None:
+                arr = arr[pick]
+            return Image.fromarray(np.asarray(arr, dtype=np.uint8))
+
+        items.append(ImageItem(entry["name"], opener))
+    return items
+
+
+def _stack(buf: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    return (
+        torch.stack([b[0] for b in buf]),
+        torch.tensor([b[1] for b in buf], dtype=torch.int64),
+        [b[2] for b in buf],
+    )

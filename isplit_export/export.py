@@ -1,0 +1,49 @@
+"""Export PyTorch modules (the full model, a head, a tail) to ONNX, deterministically.
+
+Uses the TorchScript-based exporter (``dynamo=False``) at the pinned opset (:data:`OPSET`): it emits
+the same bytes for the same module, keeps a dynamic batch axis, and its graphs parse in TensorRT 8.5+
+and onnxruntime. Every file is canonicalized and passes the ONNX checker (``full_check``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from .errors import TechnicalError
+from .onnx_utils import OPSET, save_model
+
+BATCH_AXIS = "batch"
+
+
+def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str) -> onnx.ModelProto:
+    """Export ``module`` (one input, one output) with a dynamic batch axis; returns the checked model."""
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                buf,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_axes={input_name: {0: BATCH_AXIS}, output_name: {0: BATCH_AXIS}},
+                do_constant_folding=True,
+            )
+    except Exception as err:
+        raise TechnicalError(f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_file(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> Path:
+    """:func:`to_onnx` then write ``path`` (canonical bytes, ONNX checker run)."""
+    save_model(to_onnx(module, example, input_name, output_name), path)
+    return path

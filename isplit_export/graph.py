@@ -1,0 +1,269 @@
+"""Trace a model with torch.fx, enumerate its valid cut points and split it into head and tail.
+
+A cut after node ``n`` is valid when ``n`` is the *only* value computed before the cut that is used
+after it (so one tensor crosses the link, never inside a residual block), that value is a 4-D
+activation, and the next op is not a pointwise op applied to it (batch norm, activation, dropout
+stay with the op before them, so a cut always comes after the activation).
+
+Two kinds of values may cross for free because the tail can recompute them: parameters/buffers
+(``get_attr``) and the batch size (``x.size(0)`` / ``x.shape[0]``), which the tail reads off the
+boundary tensor instead. Node names are torch.fx's (``layer2_0_relu_2``), module paths are the
+outermost module that the cut closes (``layer2.0``), like torchvision's feature_extraction.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import BadInputError
+
+POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish,
+    nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.Mish, nn.Tanh,
+    nn.Softplus, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+)  # fmt: skip
+POINTWISE_FUNCTIONS: set[Any] = {
+    torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.nn.functional.silu,
+    torch.nn.functional.hardswish, torch.nn.functional.hardsigmoid, torch.sigmoid, torch.tanh,
+    torch.nn.functional.gelu, torch.nn.functional.dropout, torch.nn.functional.leaky_relu,
+    torch.nn.functional.batch_norm,
+}  # fmt: skip
+POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min"}
+# Padding belongs to the conv after it: cutting after it would only send a larger tensor.
+PADDING_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One valid cut point: after fx node ``node``; ``shape`` is (C, H, W) of the boundary tensor."""
+
+    index: int
+    node: str
+    module: str
+    shape: tuple[int, ...]
+    boundary_bytes: int
+    head_flops_share: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "node": self.node,
+            "module": self.module,
+            "shape": list(self.shape),
+            "boundary_bytes": self.boundary_bytes,
+            "head_flops_share": round(self.head_flops_share, 6),
+        }
+
+
+@dataclass
+class TracedModel:
+    """An fx-traced copy of the model with its valid cuts, in network order."""
+
+    gm: fx.GraphModule
+    cuts: list[Cut]
+    input_shape: tuple[int, ...]
+    total_flops: int
+
+    def cut(self, index: int) -> Cut:
+        """The cut with ``index`` (position in :attr:`cuts`); out of range is a :class:`BadInputError`."""
+        if not 0 <= index < len(self.cuts):
+            raise BadInputError(f"split index {index} out of range: this model has cuts 0..{len(self.cuts) - 1}")
+        return self.cuts[index]
+
+    def capture_module(self) -> fx.GraphModule:
+        """A module returning ``(logits, *activations at every cut)`` in one forward pass."""
+        graph = copy.deepcopy(self.gm.graph)
+        nodes = {n.name: n for n in graph.nodes}
+        out = next(n for n in graph.nodes if n.op == "output")
+        logits = out.args[0]
+        graph.erase_node(out)
+        graph.output((logits, *[nodes[c.node] for c in self.cuts]))
+        return fx.GraphModule(self.gm, graph)
+
+    def split(self, cut: Cut) -> tuple[fx.GraphModule, fx.GraphModule]:
+        """Head (input -> boundary) and tail (boundary -> logits) modules for ``cut``."""
+        return _split(self.gm, cut.node)
+
+
+def trace(module: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
+    """Trace ``module`` (a frozen eval-mode classifier) for inputs of shape (C, H, W).
+
+    In-place activations are switched off on the traced copy so a captured activation is never
+    overwritten by a later op.
+    """
+    module = copy.deepcopy(module).eval()
+    for m in module.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    try:
+        gm = fx.symbolic_trace(module)
+    except Exception as err:
+        raise BadInputError(
+            f"the model cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:160]}): "
+            "remove data-dependent Python control flow from forward() or wrap it in a leaf module"
+        ) from err
+    example = torch.zeros(1, *input_shape)
+    ShapeProp(gm).propagate(example)
+    flops = _node_flops(gm)
+    total = max(sum(flops.values()), 1)
+    nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    free = _free_nodes(nodes)
+    last_use = {n: max((order[u] for u in n.users if u not in free), default=-1) for n in nodes}
+
+    cuts: list[Cut] = []
+    running = 0
+    live: set[fx.Node] = set()
+    for i, n in enumerate(nodes):
+        running += flops.get(n, 0)
+        if n.op not in ("get_attr", "output") and n not in free:
+            live.add(n)
+        if n.op == "placeholder":
+            continue
+        live = {m for m in live if last_use[m] > i}
+        if live != {n} or not _is_4d(n) or _is_padding(n, gm) or _followed_by_pointwise(n, nodes[i + 1], gm):
+            continue
+        shape = tuple(int(s) for s in n.meta["tensor_meta"].shape[1:])
+        numel = 1
+        for s in shape:
+            numel *= s
+        cuts.append(Cut(len(cuts), n.name, _module_path(n, nodes[i + 1 :]), shape, 4 * numel, running / total))
+    if not cuts:
+        raise BadInputError("the model has no valid cut point (no single 4-D activation crosses any point)")
+    return TracedModel(gm, cuts, tuple(input_shape), total)
+
+
+def _is_4d(n: fx.Node) -> bool:
+    meta = n.meta.get("tensor_meta")
+    return meta is not None and hasattr(meta, "shape") and len(meta.shape) == 4
+
+
+def _is_padding(n: fx.Node, gm: fx.GraphModule) -> bool:
+    if n.op == "call_module":
+        return isinstance(gm.get_submodule(str(n.target)), PADDING_MODULES)
+    return n.op == "call_function" and n.target is torch.nn.functional.pad
+
+
+def _followed_by_pointwise(n: fx.Node, nxt: fx.Node, gm: fx.GraphModule) -> bool:
+    if not nxt.args or nxt.args[0] is not n:
+        return False
+    if nxt.op == "call_module":
+        return isinstance(gm.get_submodule(str(nxt.target)), POINTWISE_MODULES)
+    if nxt.op == "call_function":
+        return nxt.target in POINTWISE_FUNCTIONS
+    if nxt.op == "call_method":
+        return nxt.target in POINTWISE_METHODS
+    return False
+
+
+def _is_batch_size(n: fx.Node) -> bool:
+    """``t.size(0)``, ``t.size()[0]`` or ``t.shape[0]``: the batch size, recomputable anywhere."""
+    if n.op == "call_method" and n.target == "size":
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        return dim == 0
+    if n.op == "call_function" and n.target is operator.getitem and n.args[1] == 0:
+        src = n.args[0]
+        return isinstance(src, fx.Node) and (
+            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1)
+        )
+    return False
+
+
+def _free_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
+    """Nodes that may cross a cut at no cost: batch-size reads and the shape nodes feeding only them."""
+    free = {n for n in nodes if _is_batch_size(n)}
+    for n in nodes:
+        if n.users and all(u in free for u in n.users) and n.op in ("call_method", "call_function"):
+            if n.target == "size" or n.target is getattr:
+                free.add(n)
+    return free
+
+
+def _module_path(n: fx.Node, later: list[fx.Node]) -> str:
+    """The outermost module whose computation ends at ``n`` (falls back to the innermost one)."""
+    stack = list(n.meta.get("nn_module_stack", {}).values())
+    paths = [str(p[0]) if isinstance(p, tuple) else str(p) for p in stack]
+    for path in paths:
+        if not any(path in _paths(m) for m in later):
+            return path
+    if paths:
+        return paths[-1]
+    return str(n.target) if n.op == "call_module" else n.name
+
+
+def _paths(n: fx.Node) -> set[str]:
+    return {str(p[0]) if isinstance(p, tuple) else str(p) for p in n.meta.get("nn_module_stack", {}).values()}
+
+
+def _node_flops(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    """Approximate FLOPs per node at batch 1: 2*MACs for conv/linear, one per output element otherwise."""
+    out: dict[fx.Node, int] = {}
+    for n in gm.graph.nodes:
+        meta = n.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape") or n.op in ("placeholder", "get_attr", "output"):
+            continue
+        numel = 1
+        for s in meta.shape:
+            numel *= int(s)
+        flops = numel
+        if n.op == "call_module":
+            mod = gm.get_submodule(str(n.target))
+            if isinstance(mod, nn.modules.conv._ConvNd):
+                k = 1
+                for s in mod.kernel_size:
+                    k *= int(s)
+                flops = 2 * numel * (mod.in_channels // mod.groups) * k
+            elif isinstance(mod, nn.Linear):
+                flops = 2 * numel * mod.in_features
+        out[n] = flops
+    return out
+
+
+def _split(gm: fx.GraphModule, cut_name: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+    nodes = list(gm.graph.nodes)
+    k = next(i for i, n in enumerate(nodes) if n.name == cut_name)
+    free = _free_nodes(nodes)
+
+    head = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in nodes[: k + 1]:
+        env[n] = head.node_copy(n, lambda a: env[a])
+    head.output(env[nodes[k]])
+
+    tail = fx.Graph()
+    boundary = tail.placeholder("boundary")
+    boundary.meta = dict(nodes[k].meta)
+    tenv: dict[fx.Node, fx.Node] = {nodes[k]: boundary}
+
+    def lookup(a: fx.Node) -> fx.Node:
+        if a not in tenv:
+            if a.op == "get_attr":
+                tenv[a] = tail.node_copy(a)
+            elif _is_batch_size(a):
+                tenv[a] = tail.call_method("size", (boundary, 0))
+            else:
+                raise BadInputError(f"cut after {cut_name} is not valid: {a.name} also crosses it")
+        return tenv[a]
+
+    for n in nodes[k + 1 :]:
+        if n in free:
+            if _is_batch_size(n):
+                tenv[n] = tail.call_method("size", (boundary, 0))
+            continue
+        tenv[n] = tail.node_copy(n, lookup)
+    pair = fx.GraphModule(gm, head, "Head"), fx.GraphModule(gm, tail, "Tail")
+    for part in pair:
+        part.graph.eliminate_dead_code()
+        part.recompile()
+    return pair

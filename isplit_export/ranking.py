@@ -1,0 +1,122 @@
+"""Turn per-cut CUI values into the I-Split ranking (``ranking.json``, schema ``isplit.ranking/1``).
+
+Candidates are the local maxima of the log10 CUI curve in network order (the paper's star markers):
+a point higher than its left neighbour and at least as high as its right one (an end point is
+compared with its single neighbour). They are ranked by CUI, highest first; every cut is reported,
+with ``rank`` null for the cuts that are not local maxima.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .graph import Cut
+
+SCHEMA = "isplit.ranking/1"
+
+
+def local_maxima(values: Sequence[float]) -> list[bool]:
+    """Flags of the local maxima of ``values`` (NaN never is one)."""
+    v = [x if x is not None and not math.isnan(x) else -math.inf for x in values]
+    n = len(v)
+    flags = []
+    for i in range(n):
+        left = v[i - 1] if i > 0 else -math.inf
+        right = v[i + 1] if i < n - 1 else -math.inf
+        flags.append(v[i] > -math.inf and v[i] > left and v[i] >= right)
+    return flags
+
+
+@dataclass
+class Ranking:
+    """All cuts with their CUI, local-maximum flag and rank; ``top`` is how many the user asked for."""
+
+    model: str
+    weights: str
+    images: int
+    classes: list[str] | None
+    score: str
+    cuts: list[Cut]
+    cui: np.ndarray
+    input_bytes: int
+    top: int | None = None
+    curves: dict[str, list[float]] | None = None
+
+    @property
+    def log10_cui(self) -> list[float | None]:
+        return [math.log10(c) if c > 0 else None for c in self.cui.tolist()]
+
+    @property
+    def local_max(self) -> list[bool]:
+        return local_maxima([x if x is not None else math.nan for x in self.log10_cui])
+
+    @property
+    def ranks(self) -> list[int | None]:
+        """1-based rank of each local maximum by CUI (ties: earlier cut first), None elsewhere."""
+        flags = self.local_max
+        order = sorted((i for i, f in enumerate(flags) if f), key=lambda i: (-float(self.cui[i]), i))
+        ranks: list[int | None] = [None] * len(flags)
+        for r, i in enumerate(order, start=1):
+            ranks[i] = r
+        return ranks
+
+    def ranked(self, top: int | None = None) -> list[Cut]:
+        """The ranked candidate cuts, best first, at most ``top`` (default: the ranking's ``top``)."""
+        ranks = self.ranks
+        chosen = sorted((i for i, r in enumerate(ranks) if r is not None), key=lambda i: ranks[i] or 0)
+        k = top if top is not None else self.top
+        return [self.cuts[i] for i in (chosen[:k] if k else chosen)]
+
+    def to_json(self) -> dict[str, Any]:
+        log10, flags, ranks = self.log10_cui, self.local_max, self.ranks
+        candidates = []
+        for i, cut in enumerate(self.cuts):
+            row = cut.to_json()
+            row.update(
+                cui=float(self.cui[i]),
+                log10_cui=None if log10[i] is None else round(log10[i] or 0.0, 6),
+                local_max=flags[i],
+                rank=ranks[i],
+            )
+            candidates.append(row)
+        out: dict[str, Any] = {
+            "schema": SCHEMA,
+            "model": self.model,
+            "weights": self.weights,
+            "images": self.images,
+            "classes": self.classes,
+            "score": self.score,
+            "top": self.top,
+            "input_bytes": self.input_bytes,
+            "method": "Grad-CAM channel-mean, ReLU, spatial mean; CUI = mean over images (I-Split, ICPR 2022)",
+            "candidates": candidates,
+        }
+        if self.curves:
+            out["curves"] = self.curves
+        return out
+
+    def table(self, top: int | None = None) -> str:
+        """A plain-text table of the ranked candidates, for the terminal."""
+        ranks, log10 = self.ranks, self.log10_cui
+        rows = [("rank", "cut", "node", "module", "shape", "KiB", "head FLOPs", "log10 CUI")]
+        for cut in self.ranked(top):
+            i = cut.index
+            rows.append(
+                (
+                    str(ranks[i]),
+                    str(i),
+                    cut.node,
+                    cut.module,
+                    "x".join(map(str, cut.shape)),
+                    f"{cut.boundary_bytes / 1024:.1f}",
+                    f"{100 * cut.head_flops_share:.1f}%",
+                    f"{log10[i]:.3f}" if log10[i] is not None else "-inf",
+                )
+            )
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
