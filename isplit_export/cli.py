@@ -56,7 +56,7 @@ def _split_classes(classes: str | None) -> list[str] | None:
 
 
 def _setup(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True)
 
 
 @app.command("export")
@@ -214,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("error: interrupted: nothing was written to --out", err=True)
         return 130
-    except Exception as err:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
+    except typer.TyperException as err:  # usage errors: unknown option, bad value...
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"error: {err.format_message()}", err=True)
+        return 0 if type(err).__name__ == "NoArgsIsHelpError" else err.exit_code
+    except Exception as err:
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)
         return EXIT_TECHNICAL
     return rc if isinstance(rc, int) else 0

@@ -120,7 +120,7 @@ def load_images(
     if limit is not None and limit < 1:
         raise BadInputError(f"--images {limit}: pass a positive number of images")
     if data is None:
-        items, source, folders = _skimage_items(), "skimage.data", []
+        items, source, folders = _skimage_items(), "skimage.data", list[str]()
     else:
         data = Path(data)
         if not data.is_dir():

@@ -30,7 +30,7 @@ def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_na
             torch.onnx.export(
                 module,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[input_name],

@@ -104,7 +104,7 @@ def trace(module: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
     module = copy.deepcopy(module).eval()
     for m in module.modules():
         if hasattr(m, "inplace"):
-            m.inplace = False
+            setattr(m, "inplace", False)  # noqa: B010 (an attribute of some module subclasses)
     try:
         gm = fx.symbolic_trace(module)
     except Exception as err:
@@ -170,10 +170,10 @@ def _is_batch_size(n: fx.Node) -> bool:
     """``t.size(0)``, ``t.size()[0]`` or ``t.shape[0]``: the batch size, recomputable anywhere."""
     if n.op == "call_method" and n.target == "size":
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-        return dim == 0
+        return bool(dim == 0)
     if n.op == "call_function" and n.target is operator.getitem and n.args[1] == 0:
         src = n.args[0]
-        return isinstance(src, fx.Node) and (
+        return isinstance(src, fx.Node) and bool(
             (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
             or (src.op == "call_method" and src.target == "size" and len(src.args) == 1)
         )
@@ -184,9 +184,9 @@ def _free_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
     """Nodes that may cross a cut at no cost: batch-size reads and the shape nodes feeding only them."""
     free = {n for n in nodes if _is_batch_size(n)}
     for n in nodes:
-        if n.users and all(u in free for u in n.users) and n.op in ("call_method", "call_function"):
-            if n.target == "size" or n.target is getattr:
-                free.add(n)
+        shape_op = n.target == "size" or n.target is getattr
+        if shape_op and n.users and all(u in free for u in n.users) and n.op in ("call_method", "call_function"):
+            free.add(n)
     return free
 
 

@@ -165,5 +165,5 @@ def _progress(total: int, enabled: bool) -> _NoBar:
         return _NoBar()
     from tqdm import tqdm
 
-    bar: _NoBar = tqdm(total=total, unit="img", desc="ranking", leave=False)  # type: ignore[assignment]
+    bar: _NoBar = tqdm(total=total, unit="img", desc="ranking", leave=False)
     return bar

@@ -241,6 +241,8 @@ def _load_state_dict(module: nn.Module, path: Path, name: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _looks_like_pickle(path):
+            raise BadInputError(f"cannot read weights file {path} (not a torch.save file): pass a file written by torch.save") from err
         raise BadInputError(
             f"weights file {path} is not a plain state dict (loading it would run code): "
             "re-save it with torch.save(model.state_dict(), path)"
@@ -258,6 +260,14 @@ def _load_state_dict(module: nn.Module, path: Path, name: str) -> None:
             f"{result.missing_keys[:2]}, {len(result.unexpected_keys)} unexpected {result.unexpected_keys[:2]}: "
             "pass the weights of this architecture"
         )
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """A torch.save zip or a raw pickle stream (protocol 2+), as opposed to an unrelated file."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        return zipfile.is_zipfile(path) or f.read(1) == b"\x80"
 
 
 def _num_classes(module: nn.Module, prep: Preprocessing) -> int:

@@ -82,7 +82,7 @@ def test_untraceable_model_is_a_clear_error() -> None:
                 x = -x
             return self.conv(x).mean((2, 3))
 
-    with pytest.raises(BadInputError, match="cannot be traced with torch.fx"):
+    with pytest.raises(BadInputError, match=r"cannot be traced with torch\.fx"):
         trace(Dynamic(), (3, 8, 8))
 
 

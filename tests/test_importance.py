@@ -12,7 +12,13 @@ from torch import nn
 
 from isplit_export.data import load_images
 from isplit_export.graph import trace
-from isplit_export.importance import Importance, batch_scores, compute_importance, gradcam_scores, reference_cui
+from isplit_export.importance import (
+    Importance,
+    batch_scores,
+    compute_importance,
+    gradcam_scores,
+    reference_cui,
+)
 from isplit_export.zoo import DIGITS_PREPROCESSING
 
 

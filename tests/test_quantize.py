@@ -1,0 +1,266 @@
+"""INT8 explicit quantization (QDQ) of head/tail pairs with onnxruntime static quantization."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+from sklearn.datasets import load_digits
+from torch import nn
+
+import isplit_export
+from isplit_export.encoding import (
+    BoundaryEncoding,
+    calibrate_encoding,
+    decode_tail,
+    encode_head,
+    strip_head_encoding,
+)
+from isplit_export.errors import BadInputError
+from isplit_export.onnx_utils import make_session, run_session, save_model
+from isplit_export.quantize import build_int8_pair, quantize_qdq
+
+N_CALIB = 64
+
+
+def _export(module: nn.Module, example: torch.Tensor, names: tuple[str, str], path: Path) -> None:
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=[names[0]],
+        output_names=[names[1]],
+        dynamic_axes={names[0]: {0: "batch"}, names[1]: {0: "batch"}},
+    )
+
+
+@dataclass(frozen=True)
+class Digits:
+    """The exported fp32 head/tail/full files, calibration and test images, labels, torch logits."""
+
+    dir: Path
+    calib: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class Int8Pair:
+    """Where the INT8 pair was written, the boundary encoding it carries, the returned calibration tensors."""
+
+    dir: Path
+    enc: BoundaryEncoding
+    calib: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    """A small CNN trained for a few hundred steps on sklearn's 8x8 digits, exported as head/tail/full."""
+    data = load_digits()
+    x_all = (data.images.astype(np.float32) / 16.0 - 0.5)[:, None]  # [N, 1, 8, 8]
+    y_all = data.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(x_all))
+    train, test = perm[:1400], perm[1400:]
+    torch.manual_seed(0)
+    head = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+    )
+    tail = nn.Sequential(
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)
+    )
+    net = nn.Sequential(head, tail)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x_all[train]), torch.from_numpy(y_all[train])
+    g = torch.Generator().manual_seed(0)
+    net.train()
+    for _ in range(300):
+        idx = torch.randint(0, len(xt), (64,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+        opt.step()
+    net.eval()
+    d = tmp_path_factory.mktemp("digits")
+    x_test = torch.from_numpy(x_all[test])
+    with torch.no_grad():
+        b = head(x_test[:2])
+        logits = net(x_test).numpy()
+    _export(head, x_test[:2], ("input", "boundary"), d / "head.onnx")
+    _export(tail, b, ("boundary", "logits"), d / "tail.onnx")
+    _export(net, x_test[:2], ("input", "logits"), d / "full.onnx")
+    return Digits(dir=d, calib=x_all[train[:N_CALIB]], x=x_all[test], y=y_all[test], logits=logits)
+
+
+def _fp32_boundary(digits: Digits) -> np.ndarray:
+    return run_session(make_session(digits.dir / "head.onnx"), {"input": digits.calib})[0]
+
+
+@pytest.fixture(scope="module")
+def int8_pair(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Int8Pair:
+    """The INT8 QDQ pair with the int8 (uint8-transmitted) boundary encoding."""
+    d, out = digits.dir, tmp_path_factory.mktemp("int8")
+    enc = calibrate_encoding("int8", _fp32_boundary(digits))
+    calib = build_int8_pair(
+        d / "head.onnx", d / "tail.onnx", digits.calib, out / "head.int8.onnx", out / "tail.int8.onnx", enc
+    )
+    return Int8Pair(dir=out, enc=enc, calib=calib)
+
+
+def _pair_logits(head: Path, tail: Path, x: np.ndarray) -> np.ndarray:
+    b = run_session(make_session(head), {"input": x})[0]
+    return run_session(make_session(tail), {"boundary": b})[0]
+
+
+def _zero_point_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {t.name: t for t in model.graph.initializer}
+    zps = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert len(node.input) == 3, node.name
+            zps[node.name] = inits[node.input[2]]
+    return {k: numpy_helper.to_array(v) for k, v in zps.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_qdq_models_are_symmetric_int8(int8_pair: Int8Pair) -> None:
+    """QuantizeLinear/DequantizeLinear everywhere int8 with zero point 0; only the boundary codec is uint8."""
+    out = int8_pair.dir
+    for which in ("head", "tail"):
+        model = onnx.load(str(out / f"{which}.int8.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("QuantizeLinear") >= 2 and ops.count("DequantizeLinear") >= 2
+        codec = "boundary_encode" if which == "head" else "boundary_decode"
+        zps = _zero_point_arrays(model)
+        assert zps.pop(codec).dtype == np.uint8  # the transmitted boundary, asymmetric by design
+        assert zps, "no Q/DQ besides the boundary codec"
+        for name, zp in zps.items():
+            assert zp.dtype == np.int8, name
+            assert not zp.any(), name
+        inits = {t.name: t for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "DequantizeLinear" and node.input[0] in inits:  # no int32 bias / int8 weights
+                raise AssertionError(f"{node.name} dequantizes a constant")
+            if node.op_type in ("Conv", "Gemm"):
+                w = node.input[1]
+                assert w.endswith("_DequantizeLinear_Output"), node.name  # weights go through Q/DQ
+                if len(node.input) > 2:  # bias stays float32
+                    assert inits[node.input[2]].data_type == TensorProto.FLOAT
+        for node in model.graph.node:  # weights per output channel
+            if node.op_type == "QuantizeLinear" and node.input[0] in inits:
+                weight = inits[node.input[0]]
+                scale = numpy_helper.to_array(inits[node.input[1]])
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                assert axis == 0 and scale.shape == (weight.dims[0],), node.name
+
+
+def test_int8_pair_interface_and_calibration(digits: Digits, int8_pair: Int8Pair) -> None:
+    """Same boundary interface as the encoded fp32 pair; the returned tensors are the quantized head's."""
+    out, enc = int8_pair.dir, int8_pair.enc
+    head = onnx.load(str(out / "head.int8.onnx"))
+    tail = onnx.load(str(out / "tail.int8.onnx"))
+    assert head.graph.output[0].name == "boundary" == tail.graph.input[0].name
+    assert head.graph.output[0].type.tensor_type.elem_type == TensorProto.UINT8
+    assert tail.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    assert head.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    calib = int8_pair.calib
+    assert calib.dtype == np.float32 and calib.shape == (N_CALIB, 32, 4, 4)
+    q = run_session(make_session(out / "head.int8.onnx"), {"input": digits.calib})[0]
+    assert q.dtype == np.uint8
+    pre = run_session(make_session(strip_head_encoding(head).SerializeToString()), {"input": digits.calib})[0]
+    np.testing.assert_allclose(pre, calib, rtol=0, atol=1e-5)
+    assert enc.name == "int8"
+
+
+def test_int8_pair_top1_agreement(digits: Digits, int8_pair: Int8Pair) -> None:
+    d, out = digits.dir, int8_pair.dir
+    x, y, ref = digits.x, digits.y, digits.logits
+    full = run_session(make_session(d / "full.onnx"), {"input": x})[0]
+    np.testing.assert_allclose(full, ref, atol=1e-4)
+    got = _pair_logits(out / "head.int8.onnx", out / "tail.int8.onnx", x)
+    agree = float((got.argmax(1) == full.argmax(1)).mean())
+    acc_fp32 = float((full.argmax(1) == y).mean())
+    acc_int8 = float((got.argmax(1) == y).mean())
+    rel = float(np.abs(got - full).max() / np.abs(full).max())
+    print(f"digits test n={len(full)}: fp32 acc {acc_fp32:.4f}, int8 QDQ acc {acc_int8:.4f}, "
+          f"top-1 agreement {agree:.4f}, max |logit err| / max |logit| {rel:.4f}")  # fmt: skip
+    assert acc_fp32 >= 0.9
+    assert agree >= 0.97
+    assert acc_int8 >= acc_fp32 - 0.03
+
+
+def test_int8_pair_is_byte_identical(digits: Digits, int8_pair: Int8Pair, tmp_path: Path) -> None:
+    """A second run gives the same bytes, also from an already-encoded (fp16) pair, and leaves no stray files."""
+    d, first = digits.dir, int8_pair.dir
+    enc = int8_pair.enc
+    fp16 = calibrate_encoding("fp16", _fp32_boundary(digits))
+    src = tmp_path / "src"
+    src.mkdir()
+    save_model(encode_head(onnx.load(str(d / "head.onnx")), fp16), src / "head.onnx")
+    save_model(decode_tail(onnx.load(str(d / "tail.onnx")), fp16), src / "tail.onnx")
+    calib = build_int8_pair(
+        src / "head.onnx", src / "tail.onnx", digits.calib, tmp_path / "h.onnx", tmp_path / "t.onnx", enc
+    )
+    assert (tmp_path / "h.onnx").read_bytes() == (first / "head.int8.onnx").read_bytes()
+    assert (tmp_path / "t.onnx").read_bytes() == (first / "tail.int8.onnx").read_bytes()
+    assert np.array_equal(calib, int8_pair.calib)
+    assert sorted(p.name for p in src.iterdir()) == ["head.onnx", "tail.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.onnx", "src", "t.onnx"]
+
+
+def test_quantize_qdq_same_bytes_in_a_fresh_process(digits: Digits, tmp_path: Path) -> None:
+    """Another interpreter with another hash seed (set / dict order) writes the same bytes."""
+    d = digits.dir
+    np.save(tmp_path / "calib.npy", digits.calib)
+    quantize_qdq(d / "head.onnx", tmp_path / "a.onnx", {"input": digits.calib})
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from pathlib import Path
+        from isplit_export.quantize import quantize_qdq
+        quantize_qdq(Path({str(d / "head.onnx")!r}), Path({str(tmp_path / "b.onnx")!r}),
+                     {{"input": np.load({str(tmp_path / "calib.npy")!r})}})
+        """
+    )
+    root = str(Path(isplit_export.__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "12345",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_quantize_qdq_refuses_bad_calibration(digits: Digits, tmp_path: Path) -> None:
+    d = digits.dir
+    x = np.asarray(digits.calib)
+    with pytest.raises(BadInputError, match="model inputs"):
+        quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"images": x})
+    with pytest.raises(BadInputError, match="NaN"):
+        quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"input": np.full_like(x, np.nan)})
+    with pytest.raises(BadInputError, match="no samples"):
+        quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"input": x[:0]})
+    with pytest.raises(BadInputError, match="must be float"):
+        quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"input": x.astype(np.int64)})
+    with pytest.raises(BadInputError, match="cannot read"):
+        quantize_qdq(tmp_path / "missing.onnx", tmp_path / "q.onnx", {"input": x})
+    assert not (tmp_path / "q.onnx").exists()
