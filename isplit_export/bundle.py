@@ -8,6 +8,7 @@ Everything but the manifest's ``run`` block and ``report.md`` is byte-reproducib
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import platform
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from . import __version__
 from .api import DEFAULT_BATCH, RankResult, rank, write_ranking
-from .encoding import calibrate_encoding, decode_tail, encode_head
+from .encoding import BoundaryEncoding, calibrate_encoding, decode_tail, encode_head
 from .errors import BadInputError
 from .export import BATCH_AXIS, export_file, to_onnx
 from .files import atomic_directory, save_npz, sha256_file, write_json
@@ -59,6 +61,7 @@ def export(
     top: int = 3,
     target: str = "onnx",
     boundary: str | None = None,
+    precision: str | None = None,
     data: str | Path | None = None,
     classes: Sequence[str] | None = None,
     weights: str = "default",
@@ -74,11 +77,18 @@ def export(
 ) -> ExportResult:
     """Rank ``model``, export its top-``top`` splits for ``target`` and verify them into bundle ``out``.
 
-    ``boundary`` is the boundary encoding (``fp32``, ``fp16`` or ``int8``; default: the target's).
+    ``boundary`` is the boundary encoding (``fp32``, ``fp16`` or ``int8``; default: the target's);
+    ``precision`` the TensorRT engine precision of the build plan (default: the target's).
     Gate failures are recorded in the manifest and in :attr:`ExportResult.passed`; the caller decides
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
     profile = load_target(target)
+    if precision is not None:
+        if precision not in profile.precisions:
+            raise BadInputError(
+                f"--precision {precision} is not supported by target {profile.name}: choose {', '.join(profile.precisions)}"
+            )
+        profile = dataclasses.replace(profile, default_precision=precision)
     encoding_name = boundary or profile.default_boundary
     if encoding_name not in GATES:
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose fp32, fp16 or int8")
@@ -183,16 +193,8 @@ def _export_split(
         checks["int8-qdq"] = _check(y_ref, q_logits, labels, GATES["int8-qdq"])
         files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
-    if profile.backend == "tensorrt":
-        from .tensorrt_plan import write_build_plan
-
-        int8 = profile.int8 and profile.default_precision == "int8"
-        plan = write_build_plan(
-            sdir, profile, precision=profile.default_precision,
-            head_onnx="head.int8.onnx" if int8 else "head.onnx", tail_onnx="tail.int8.onnx" if int8 else "tail.onnx",
-            input_shape=(1, *ranked.model.preprocessing.input_shape), boundary_shape=(1, *cut.shape),
-        )  # fmt: skip
-        files.update({p.stem.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
+    if profile.uses_tensorrt:
+        files.update(_engine_plan(sdir, rel, profile, enc, cut, ranked.model.preprocessing.input_shape))
 
     lat = measure_latency(
         {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}, xn[:1], runs=latency_runs
@@ -218,6 +220,35 @@ def _export_split(
         "verification": {"checks": checks, "passed": not failures, "failures": failures},
     }
     return entry, lat
+
+
+def _engine_plan(
+    sdir: Path, rel: str, profile: TargetProfile, enc: BoundaryEncoding, cut: Cut, input_shape: tuple[int, ...]
+) -> dict[str, str]:
+    """Write the TensorRT build plan; returns the new files for the manifest.
+
+    TensorRT parses Q/DQ only as symmetric int8 and the boundary codec is host work anyway, so with a
+    non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)
+    and the device applies the encoding around them (``encoding.encode_array`` / ``decode_array``).
+    """
+    from .encoding import strip_head_encoding, strip_tail_decoding
+    from .tensorrt_plan import write_build_plan
+
+    stem = "int8." if profile.default_precision == "int8" else ""
+    names = {"head": f"head.{stem}onnx", "tail": f"tail.{stem}onnx"}
+    files: dict[str, str] = {}
+    if enc.name != "fp32":
+        for part, strip in (("head", strip_head_encoding), ("tail", strip_tail_decoding)):
+            name = f"{part}.{stem}trt.onnx"
+            save_model(strip(onnx.load(sdir / names[part])), sdir / name)
+            names[part] = name
+            files[f"{part}_trt"] = f"{rel}/{name}"
+    plan = write_build_plan(
+        sdir, profile, precision=profile.default_precision, head_onnx=names["head"], tail_onnx=names["tail"],
+        input_shape=(1, *input_shape), boundary_shape=(1, *cut.shape),
+    )
+    files.update({p.name.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
+    return files
 
 
 def _check(ref: np.ndarray, got: np.ndarray, labels: np.ndarray, gate: Any) -> dict[str, Any]:
@@ -279,7 +310,7 @@ def _manifest(
         "target": profile.to_json(),
         "boundary_encoding": encoding_name,
         "ranking": {"file": "ranking.json", "images": ranking.images, "classes": ranking.classes,
-                    "score": ranking.score, "top": ranking.top},  # fmt: skip
+                    "score": ranking.score, "top": ranking.top},
         "calibration": {
             "source": ranked.images.source,
             "count": n_images,

@@ -29,6 +29,7 @@ app = typer.Typer(
     help="Rank CNN split points with I-Split and export verified head/tail ONNX pairs for edge split computing.",
 )
 
+EXIT_INTERRUPTED = 130
 COMMANDS = {"export", "rank", "verify", "build-engines", "targets", "models"}
 
 ModelArg = Annotated[
@@ -68,6 +69,9 @@ def export_cmd(
     boundary: Annotated[
         str | None, typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)")
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="TensorRT engine precision fp32|fp16|int8 (default: the target's)")
+    ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
     weights: WeightsOpt = "default",
@@ -78,6 +82,7 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
+    latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -85,9 +90,9 @@ def export_cmd(
 
     _setup(verbose)
     result = export(
-        model, out=out, top=top, target=target, boundary=boundary, data=data, classes=_split_classes(classes),
+        model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data, classes=_split_classes(classes),
         weights=weights, images=images, score=score, input_size=input_size, golden=golden, force=force,
-        batch_size=batch_size, progress=sys.stderr.isatty(),
+        batch_size=batch_size, latency_runs=latency_runs, progress=sys.stderr.isatty(),
     )  # fmt: skip
     typer.echo(result.rank.ranking.table(top))
     for split in result.manifest["splits"]:
@@ -211,9 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except typer.Exit as ex:
         return int(ex.exit_code or 0)
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted: nothing was written to --out", err=True)
-        return 130
     except typer.TyperException as err:  # usage errors: unknown option, bad value...
         show = getattr(err, "show", None)
         if callable(show):
@@ -224,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)
         return EXIT_TECHNICAL
+    if rc == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+        typer.echo("error: interrupted: nothing was written to --out", err=True)
     return rc if isinstance(rc, int) else 0
 
 
