@@ -1,0 +1,307 @@
+"""Deployment target profiles: what a device runs (TensorRT / onnxruntime), in which precisions, with DLA or not.
+
+Every target is a JSON data file in the top-level ``targets/`` folder (installed as the package
+``isplit_export._targets``); ``targets/README.md`` explains each field. This module loads and validates
+them, so a typo in a profile fails with one line naming the file and the field, never deep inside the
+export.
+
+``ALIASES`` maps short names to profiles: ``jetson`` is the default Jetson profile, the Orin NX, because
+it is the mid-range Orin module and its plan (DLA core 0, TensorRT 10.3) also runs on an AGX Orin.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from isplit_export.errors import BadInputError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+ALIASES: dict[str, str] = {"jetson": "jetson-orin-nx"}
+"""Short target names: ``jetson`` is the default Jetson profile (Orin NX, JetPack 6, one DLA core)."""
+
+KINDS = ("jetson", "server", "cpu", "onnx")
+BACKENDS = ("tensorrt", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "int8")
+BOUNDARIES = ("fp32", "fp16", "int8")
+DLA_PRECISIONS = ("fp16", "int8")
+"""DLA computes in fp16 or int8 only; an fp32 engine never goes to DLA."""
+
+_VERSION = re.compile(r"^\d+(\.\d+)*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One deployment target, as loaded from ``targets/<name>.json`` (field meanings: targets/README.md)."""
+
+    name: str
+    description: str
+    kind: str  # "jetson" | "server" | "cpu" | "onnx"
+    backend: str  # "tensorrt" | "onnxruntime"
+    jetpack: str | None
+    tensorrt: str | None  # expected TensorRT version, e.g. "10.3"
+    cuda: str | None
+    gpu: str | None
+    precisions: tuple[str, ...]
+    default_precision: str
+    dla_cores: int
+    workspace_mib: int
+    max_opset: int
+    default_boundary: str
+    int8: bool
+
+    @property
+    def uses_tensorrt(self) -> bool:
+        """True when the bundle carries a TensorRT engine build plan for this target."""
+        return self.backend == "tensorrt"
+
+    @property
+    def has_dla(self) -> bool:
+        """True when the device has at least one DLA core the head can be placed on."""
+        return self.dla_cores > 0
+
+    @property
+    def tensorrt_major(self) -> int | None:
+        """Major TensorRT version (10 for "10.3"), or None without TensorRT."""
+        return int(self.tensorrt.split(".")[0]) if self.tensorrt else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The profile as the JSON object it was loaded from (the manifest's ``target`` block)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind,
+            "backend": self.backend,
+            "jetpack": self.jetpack,
+            "tensorrt": self.tensorrt,
+            "cuda": self.cuda,
+            "gpu": self.gpu,
+            "precisions": list(self.precisions),
+            "default_precision": self.default_precision,
+            "dla_cores": self.dla_cores,
+            "workspace_mib": self.workspace_mib,
+            "max_opset": self.max_opset,
+            "default_boundary": self.default_boundary,
+            "int8": self.int8,
+        }
+
+
+_FIELDS: tuple[str, ...] = tuple(TargetProfile.__dataclass_fields__)
+
+
+def _targets_dir() -> Traversable:
+    """The folder holding the profile files: the installed resource package, else the repo's ``targets/``."""
+    try:
+        res = importlib.resources.files("isplit_export._targets")
+        if res.is_dir():
+            return res
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "targets"
+
+
+def _profile_files() -> dict[str, Traversable]:
+    folder = _targets_dir()
+    files = {e.name[: -len(".json")]: e for e in folder.iterdir() if e.name.endswith(".json") and e.is_file()}
+    if not files:
+        raise BadInputError(f"no target profiles found in {folder} (reinstall isplit-export)")
+    return dict(sorted(files.items()))
+
+
+def target_names() -> list[str]:
+    """Every name ``load_target`` accepts: profile names and aliases, sorted."""
+    return sorted([*_profile_files(), *ALIASES])
+
+
+def _fail(source: str, field: str, why: str) -> BadInputError:
+    return BadInputError(f"bad target profile {source}: field '{field}' {why}")
+
+
+def _str(data: dict[str, Any], field: str, source: str, *, nullable: bool = False) -> str | None:
+    value = data[field]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        expected = "a non-empty string or null" if nullable else "a non-empty string"
+        raise _fail(source, field, f"must be {expected}, got {value!r}")
+    return value
+
+
+def _required_str(data: dict[str, Any], field: str, source: str) -> str:
+    value = _str(data, field, source)
+    assert value is not None  # _str without nullable never returns None
+    return value
+
+
+def _choice(data: dict[str, Any], field: str, source: str, choices: tuple[str, ...]) -> str:
+    value = data[field]
+    if value not in choices:
+        raise _fail(source, field, f"must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _int(data: dict[str, Any], field: str, source: str, lo: int, hi: int) -> int:
+    value = data[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _fail(source, field, f"must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _version(data: dict[str, Any], field: str, source: str) -> str | None:
+    value = _str(data, field, source, nullable=True)
+    if value is not None and not _VERSION.match(value):
+        raise _fail(source, field, f"must be a version like '10.3' or null, got {value!r}")
+    return value
+
+
+def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
+    """Check every field of a profile (types, allowed values, cross-field rules) and build it.
+
+    ``source`` names the file in error messages. Raises ``BadInputError`` naming file and field.
+    """
+    if not isinstance(data, dict):
+        raise BadInputError(f"bad target profile {source}: expected a JSON object, got {type(data).__name__}")
+    missing = [f for f in _FIELDS if f not in data]
+    if missing:
+        raise _fail(source, missing[0], "is missing")
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise _fail(source, unknown[0], f"is not a profile field (fields: {', '.join(_FIELDS)})")
+
+    name = _required_str(data, "name", source)
+    if not _NAME.match(name):
+        raise _fail(source, "name", f"must be lower-case letters, digits and '-', got {name!r}")
+    description = _required_str(data, "description", source)
+    kind = _choice(data, "kind", source, KINDS)
+    backend = _choice(data, "backend", source, BACKENDS)
+    jetpack = _version(data, "jetpack", source)
+    tensorrt = _version(data, "tensorrt", source)
+    cuda = _version(data, "cuda", source)
+    gpu = _str(data, "gpu", source, nullable=True)
+
+    raw_precisions = data["precisions"]
+    if (
+        not isinstance(raw_precisions, list)
+        or not raw_precisions
+        or any(p not in PRECISIONS for p in raw_precisions)
+        or len(set(raw_precisions)) != len(raw_precisions)
+    ):
+        raise _fail(
+            source,
+            "precisions",
+            f"must be a non-empty list of distinct {'/'.join(PRECISIONS)}, got {raw_precisions!r}",
+        )
+    precisions = tuple(str(p) for p in raw_precisions)
+    default_precision = _choice(data, "default_precision", source, PRECISIONS)
+    if default_precision not in precisions:
+        raise _fail(
+            source, "default_precision", f"{default_precision!r} is not in precisions {list(precisions)}"
+        )
+    dla_cores = _int(data, "dla_cores", source, 0, 8)
+    workspace_mib = _int(data, "workspace_mib", source, 0, 1 << 20)
+    max_opset = _int(data, "max_opset", source, 7, 99)
+    default_boundary = _choice(data, "default_boundary", source, BOUNDARIES)
+    int8 = data["int8"]
+    if not isinstance(int8, bool):
+        raise _fail(source, "int8", f"must be true or false, got {int8!r}")
+
+    # Cross-field rules: each says what the rest of the pipeline relies on.
+    if source_stem(source) not in (None, name):
+        raise _fail(source, "name", f"is {name!r} but the file is {Path(source).name}: they must match")
+    if int8 != ("int8" in precisions):
+        raise _fail(
+            source,
+            "int8",
+            f"is {str(int8).lower()} but precisions is {list(precisions)}: int8 models ship exactly when 'int8' is a precision",
+        )
+    if dla_cores and not any(p in DLA_PRECISIONS for p in precisions):
+        raise _fail(
+            source,
+            "dla_cores",
+            f"is {dla_cores} but DLA runs fp16/int8 only and precisions is {list(precisions)}",
+        )
+    if dla_cores and kind != "jetson":
+        raise _fail(
+            source, "dla_cores", f"is {dla_cores} but only Jetson targets have DLA (kind is {kind!r})"
+        )
+    if kind in ("jetson", "server") and backend != "tensorrt":
+        raise _fail(source, "backend", f"must be 'tensorrt' for kind {kind!r}, got {backend!r}")
+    if kind in ("cpu", "onnx") and backend != "onnxruntime":
+        raise _fail(source, "backend", f"must be 'onnxruntime' for kind {kind!r}, got {backend!r}")
+    if kind == "jetson" and jetpack is None:
+        raise _fail(source, "jetpack", "must name the JetPack release for a Jetson target")
+    if kind != "jetson" and jetpack is not None:
+        raise _fail(source, "jetpack", f"must be null for kind {kind!r}")
+    if backend == "tensorrt":
+        for field, value in (("tensorrt", tensorrt), ("cuda", cuda), ("gpu", gpu)):
+            if value is None:
+                raise _fail(source, field, "must be set for a TensorRT target")
+        if workspace_mib <= 0:
+            raise _fail(source, "workspace_mib", "must be > 0 for a TensorRT target")
+    else:
+        for field, value in (("tensorrt", tensorrt), ("cuda", cuda)):
+            if value is not None:
+                raise _fail(source, field, f"must be null for backend {backend!r}")
+    from isplit_export.onnx_utils import OPSET  # lazy: keeps `import isplit_export.targets` light
+
+    if max_opset < OPSET:
+        raise _fail(
+            source,
+            "max_opset",
+            f"is {max_opset} but bundles use ONNX opset {OPSET}: this target could not parse them",
+        )
+
+    return TargetProfile(
+        name=name,
+        description=description,
+        kind=kind,
+        backend=backend,
+        jetpack=jetpack,
+        tensorrt=tensorrt,
+        cuda=cuda,
+        gpu=gpu,
+        precisions=precisions,
+        default_precision=default_precision,
+        dla_cores=dla_cores,
+        workspace_mib=workspace_mib,
+        max_opset=max_opset,
+        default_boundary=default_boundary,
+        int8=int8,
+    )
+
+
+def source_stem(source: str) -> str | None:
+    """The profile name a source path implies (``targets/cpu.json`` -> ``cpu``), None if it is no .json path."""
+    path = Path(source)
+    return path.stem if path.suffix == ".json" else None
+
+
+def _read(path: Traversable) -> TargetProfile:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"bad target profile {path.name}: not readable JSON ({exc})") from exc
+    return validate_profile(data, path.name)
+
+
+def load_target(name: str) -> TargetProfile:
+    """Load and validate one profile by name or alias; an unknown name lists the valid ones."""
+    files = _profile_files()
+    key = ALIASES.get(name, name)
+    if key not in files:
+        raise BadInputError(
+            f"unknown target {name!r}: choose one of {', '.join(target_names())} (isplit-export targets lists them)"
+        )
+    return _read(files[key])
+
+
+def list_targets() -> list[TargetProfile]:
+    """Every profile, validated, sorted by name (aliases not repeated)."""
+    return [_read(path) for path in _profile_files().values()]

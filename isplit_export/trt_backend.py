@@ -1,0 +1,567 @@
+"""TensorRT 10 Python backend: build a split's engines on the device, run them, check they belong to this machine.
+
+``tensorrt`` is imported inside each function: this module imports everywhere, and every entry point
+raises ``NotRunError`` (exit 4) where TensorRT is missing, so a CPU machine reports "not run", never a
+fake result. On JetPack, TensorRT comes from the system (the L4T container of ``Dockerfile.jetson``),
+not from pip. Device memory goes through a small ctypes wrapper around ``libcudart`` (part of every
+CUDA / JetPack install), so the container needs neither pycuda nor cuda-python.
+
+Refusals: engines built by another TensorRT version or on another GPU are refused by
+``check_engine_record`` with ``BadInputError`` (exit 2): the engines are the wrong input for this
+machine and the fix is to rebuild them, no verification gate was evaluated. An engine whose bytes no
+longer match ``engines/build.json`` is a tampered bundle: ``GateFailedError`` (exit 1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from isplit_export.errors import BadInputError, GateFailedError, NotRunError, TechnicalError
+from isplit_export.tensorrt_plan import RECORD_NAME, RECORD_SCHEMA, read_plan
+
+if TYPE_CHECKING:
+    import tensorrt
+
+NOT_INSTALLED = "TensorRT is not installed here: run this on the device (see Dockerfile.jetson)"
+_DLA_FALLBACK_HINTS = (
+    "unsupported on dla",
+    "not supported on dla",
+    "falling back to gpu",
+    "switching this layer",
+)
+
+
+def tensorrt_available() -> bool:
+    """True when the real TensorRT Python bindings import (the ``tensorrt-stubs`` namespace does not count)."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError):  # OSError: bindings present but libnvinfer missing
+        return False
+    return hasattr(trt, "Builder")
+
+
+def _require_tensorrt() -> None:
+    if not tensorrt_available():
+        raise NotRunError(NOT_INSTALLED)
+
+
+def tensorrt_version() -> str:
+    """The running TensorRT version (``trt.__version__``, e.g. "10.3.0.30")."""
+    _require_tensorrt()
+    import tensorrt as trt
+
+    return str(trt.__version__)
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA runtime through ctypes
+
+
+def _load_cudart() -> ctypes.CDLL:
+    names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12", "libcudart.so.11.0"]
+    names += ["/usr/local/cuda/lib64/libcudart.so", "/usr/local/cuda/targets/aarch64-linux/lib/libcudart.so"]
+    for name in names:
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise NotRunError(
+        "the CUDA runtime (libcudart) is not found here: run this on the device (see Dockerfile.jetson)"
+    )
+
+
+class CudaRuntime:
+    """Just enough of libcudart for TensorRT I/O: device buffers, synchronous copies, one stream."""
+
+    HOST_TO_DEVICE = 1  # cudaMemcpyHostToDevice
+    DEVICE_TO_HOST = 2  # cudaMemcpyDeviceToHost
+
+    def __init__(self) -> None:
+        lib = _load_cudart()
+        c_int, c_void_p, c_size_t = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+        signatures: dict[str, list[Any]] = {
+            "cudaMalloc": [ctypes.POINTER(c_void_p), c_size_t],
+            "cudaFree": [c_void_p],
+            "cudaMemcpy": [c_void_p, c_void_p, c_size_t, c_int],
+            "cudaStreamCreate": [ctypes.POINTER(c_void_p)],
+            "cudaStreamSynchronize": [c_void_p],
+            "cudaStreamDestroy": [c_void_p],
+            "cudaGetDeviceCount": [ctypes.POINTER(c_int)],
+        }
+        for fn, argtypes in signatures.items():
+            getattr(lib, fn).argtypes = argtypes
+            getattr(lib, fn).restype = c_int
+        lib.cudaGetErrorString.argtypes = [c_int]
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+        self._lib = lib
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            text = self._lib.cudaGetErrorString(status)
+            message = text.decode(errors="replace") if isinstance(text, bytes) else "unknown error"
+            raise TechnicalError(f"CUDA {what} failed: {message} (error {status})")
+
+    def device_count(self) -> int:
+        count = ctypes.c_int(0)
+        status = self._lib.cudaGetDeviceCount(ctypes.byref(count))
+        return int(count.value) if status == 0 else 0
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self._check(
+            self._lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(int(nbytes), 1))), "cudaMalloc"
+        )
+        return int(ptr.value or 0)
+
+    def free(self, ptr: int) -> None:
+        self._check(self._lib.cudaFree(ctypes.c_void_p(ptr)), "cudaFree")
+
+    def to_device(self, dst: int, src: np.ndarray) -> None:
+        src = np.ascontiguousarray(src)
+        status = self._lib.cudaMemcpy(
+            ctypes.c_void_p(dst),
+            src.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_size_t(src.nbytes),
+            self.HOST_TO_DEVICE,
+        )
+        self._check(status, "cudaMemcpy host->device")
+
+    def to_host(self, dst: np.ndarray, src: int) -> None:
+        if not dst.flags.c_contiguous:
+            raise TechnicalError("internal: host output buffer is not contiguous")
+        status = self._lib.cudaMemcpy(
+            dst.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_void_p(src),
+            ctypes.c_size_t(dst.nbytes),
+            self.DEVICE_TO_HOST,
+        )
+        self._check(status, "cudaMemcpy device->host")
+
+    def stream_create(self) -> int:
+        stream = ctypes.c_void_p()
+        self._check(self._lib.cudaStreamCreate(ctypes.byref(stream)), "cudaStreamCreate")
+        return int(stream.value or 0)
+
+    def stream_synchronize(self, stream: int) -> None:
+        self._check(self._lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "cudaStreamSynchronize")
+
+    def stream_destroy(self, stream: int) -> None:
+        self._check(self._lib.cudaStreamDestroy(ctypes.c_void_p(stream)), "cudaStreamDestroy")
+
+    def device_name(self) -> str | None:
+        """Device 0's name from ``cudaDeviceProp.name`` (its first field, char[256]); None when unavailable."""
+        buf = ctypes.create_string_buffer(8192)  # larger than cudaDeviceProp in any CUDA release
+        for fn in ("cudaGetDeviceProperties_v2", "cudaGetDeviceProperties"):
+            func = getattr(self._lib, fn, None)
+            if func is None:
+                continue
+            func.argtypes = [ctypes.c_void_p, ctypes.c_int]
+            func.restype = ctypes.c_int
+            if func(ctypes.cast(buf, ctypes.c_void_p), 0) == 0:
+                return buf.raw[:256].split(b"\0", 1)[0].decode(errors="replace").strip() or None
+        return None
+
+
+def current_gpu_name() -> str:
+    """This machine's accelerator name, found the way ``build_engines.sh`` finds it.
+
+    Jetson: ``/proc/device-tree/model`` (names the module / developer kit); elsewhere ``nvidia-smi``;
+    then the CUDA runtime; "unknown" when none answers.
+    """
+    model = Path("/proc/device-tree/model")
+    try:
+        if model.is_file():
+            name = model.read_bytes().replace(b"\0", b"").decode(errors="replace").strip()
+            if name:
+                return name
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        if out:
+            return out.splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return CudaRuntime().device_name() or "unknown"
+    except (NotRunError, TechnicalError, OSError, AttributeError):
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------------
+# Build
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    precision: str,
+    workspace_mib: int,
+    dla_core: int | None,
+    timing_cache: Path | None,
+    input_name: str,
+    min_shape: Sequence[int],
+    opt_shape: Sequence[int],
+    max_shape: Sequence[int],
+) -> dict[str, Any]:
+    """Build one engine from an ONNX file with the TensorRT Python API and report what the build did.
+
+    ``precision`` "fp16" sets FP16; "int8" sets INT8 + FP16 for QDQ models (explicit quantization, no
+    calibrator). With ``dla_core`` the engine targets that DLA core with GPU fallback; DLA needs
+    min = opt = max. Writes the engine, its layer information (``<engine>.layers.json``, from the engine
+    inspector) and updates ``timing_cache``. Returns the report: layer counts, DLA placement, warnings.
+    """
+    _require_tensorrt()
+    import tensorrt as trt
+
+    if precision not in ("fp32", "fp16", "int8"):
+        raise BadInputError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    if not onnx_path.is_file():
+        raise BadInputError(f"{onnx_path} is missing: the bundle is incomplete (re-export it)")
+
+    class RecordingLogger(trt.ILogger):
+        """Keeps warnings and errors so the report can say what TensorRT decided (e.g. DLA fallbacks)."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):
+                self.messages.append(str(msg))
+
+    logger = RecordingLogger()
+    builder = trt.Builder(logger)
+    major = int(str(trt.__version__).split(".")[0])
+    # TensorRT 10: networks are always explicit batch (the flag is deprecated); 8.x needs it set.
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TechnicalError(
+            f"TensorRT could not parse {onnx_path.name}: {errors[0] if errors else 'no detail'}"
+        )
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names + devices in the inspector
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+
+    dla_capable: int | None = None
+    if dla_core is not None:
+        if precision == "fp32":
+            raise BadInputError("DLA runs fp16/int8 only: build fp32 engines without a DLA core")
+        if builder.num_DLA_cores <= dla_core:
+            raise BadInputError(
+                f"the plan puts the head on DLA core {dla_core} but this device has {builder.num_DLA_cores} DLA "
+                "core(s): export for the matching target (e.g. --target jetson-orin-nano has no DLA)"
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        dla_capable = sum(1 for i in range(network.num_layers) if config.can_run_on_DLA(network.get_layer(i)))
+
+    profile = builder.create_optimization_profile()
+    profile.set_shape(
+        input_name,
+        trt.Dims([int(d) for d in min_shape]),
+        trt.Dims([int(d) for d in opt_shape]),
+        trt.Dims([int(d) for d in max_shape]),
+    )
+    config.add_optimization_profile(profile)
+
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        detail = logger.messages[-1] if logger.messages else "no detail"
+        raise TechnicalError(f"TensorRT could not build {engine_path.name}: {detail}")
+    engine_bytes = bytes(serialized)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(engine_bytes)
+    if timing_cache is not None:
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    engine_layers: int | None = None
+    layer_file = engine_path.with_name(engine_path.name + ".layers.json")
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is not None:
+        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        layer_file.write_text(info, encoding="utf-8")
+        try:
+            layers = json.loads(info).get("Layers", [])
+            engine_layers = len(layers) if isinstance(layers, list) else None
+        except (json.JSONDecodeError, AttributeError):
+            engine_layers = None
+
+    fallbacks = [m for m in logger.messages if any(h in m.lower() for h in _DLA_FALLBACK_HINTS)]
+    return {
+        "onnx": onnx_path.name,
+        "precision": precision,
+        "device": "dla" if dla_core is not None else "gpu",
+        "dla_core": dla_core,
+        "network_layers": network.num_layers,
+        "dla_capable_layers": dla_capable,
+        "gpu_fallback_layers": None if dla_capable is None else network.num_layers - dla_capable,
+        "engine_layers": engine_layers,
+        "layer_info": layer_file.name if engine_layers is not None else None,
+        "dla_fallback_messages": fallbacks[:50],
+        "warnings": len(logger.messages),
+        "sha256": _sha256(engine_path),
+        "bytes": engine_path.stat().st_size,
+    }
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise BadInputError(f"{path} is missing: {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path} is not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path} does not hold a JSON object")
+    return data
+
+
+def build_bundle_engines(bundle: Path, split: int | None = None) -> list[dict[str, Any]]:
+    """Build head and tail engines for every split of ``bundle`` (or only the split of rank ``split``).
+
+    Follows each split's ``engine_plan.json`` and writes ``engines/build.json`` next to the engines with
+    the TensorRT version, GPU, precision and DLA placement. Returns one record per split.
+    """
+    _require_tensorrt()
+    import tensorrt as trt
+
+    manifest = _read_json(bundle / "manifest.json", "not a bundle (isplit-export writes manifest.json)")
+    splits = [s for s in manifest.get("splits", []) if isinstance(s, dict)]
+    chosen = [s for s in splits if split is None or s.get("rank") == split]
+    if not chosen:
+        ranks = ", ".join(str(s.get("rank")) for s in splits) or "none"
+        raise BadInputError(f"split {split} is not in {bundle / 'manifest.json'}: choose a rank from {ranks}")
+
+    gpu = current_gpu_name()
+    records: list[dict[str, Any]] = []
+    for entry in chosen:
+        split_dir = bundle / str(entry["dir"])
+        plan = read_plan(split_dir)
+        timing = split_dir / str(plan["timing_cache"])
+        built: dict[str, Any] = {}
+        for part in ("head", "tail"):
+            spec = plan["engines"][part]
+            shapes = spec["input"]
+            report = build_engine(
+                split_dir / str(spec["onnx"]),
+                split_dir / str(spec["engine"]),
+                precision=str(plan["precision"]),
+                workspace_mib=int(plan["workspace_mib"]),
+                dla_core=spec["dla_core"],
+                timing_cache=timing,
+                input_name=str(shapes["name"]),
+                min_shape=shapes["min"],
+                opt_shape=shapes["opt"],
+                max_shape=shapes["max"],
+            )
+            built[part] = {"file": spec["engine"], **report}
+        record: dict[str, Any] = {
+            "schema": RECORD_SCHEMA,
+            "builder": "python",
+            "target": plan["target"],
+            "tensorrt_version": str(trt.__version__),
+            "tensorrt_expected": plan.get("tensorrt_expected"),
+            "gpu": gpu,
+            "precision": plan["precision"],
+            "engines": built,
+        }
+        out = split_dir / RECORD_NAME
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        records.append({"split": str(entry["dir"]), **record})
+    return records
+
+
+# --------------------------------------------------------------------------------------------------
+# Check and run
+
+
+def _same_release(a: str, b: str) -> bool:
+    """Same TensorRT release: equal major.minor.patch ("10.3.0" == "10.3.0.30")."""
+    return a.split(".")[:3] == b.split(".")[:3]
+
+
+def check_engine_record(split_dir: Path) -> dict[str, Any]:
+    """Refuse engines that were not built by this TensorRT on this GPU, or whose bytes changed since.
+
+    Returns ``engines/build.json`` plus a ``checked`` block (what was compared, and against what).
+    A version or GPU recorded as "unknown" cannot be compared: ``checked`` says so.
+    """
+    _require_tensorrt()
+    path = split_dir / RECORD_NAME
+    record = _read_json(
+        path, "build the engines first (bash build_engines.sh, or isplit-export build-engines)"
+    )
+    built_version = str(record.get("tensorrt_version", "unknown"))
+    built_gpu = str(record.get("gpu", "unknown"))
+    here_version = tensorrt_version()
+    here_gpu = current_gpu_name()
+    version_compared = "unknown" not in (built_version, here_version)
+    gpu_compared = "unknown" not in (built_gpu, here_gpu)
+    if (version_compared and not _same_release(built_version, here_version)) or (
+        gpu_compared and built_gpu != here_gpu
+    ):
+        raise BadInputError(
+            f"engines were built with TensorRT {built_version} on GPU {built_gpu!r}; this machine has TensorRT "
+            f"{here_version} on {here_gpu!r}: rebuild them with build_engines.sh"
+        )
+    engines = record.get("engines", {})
+    if not isinstance(engines, dict) or not engines:
+        raise BadInputError(f"{path} lists no engines: rebuild them with build_engines.sh")
+    for part, info in sorted(engines.items()):
+        engine = split_dir / str(info.get("file", ""))
+        if not engine.is_file():
+            raise BadInputError(f"{engine} is missing ({part} engine): rebuild them with build_engines.sh")
+        expected = info.get("sha256")
+        if expected and _sha256(engine) != expected:
+            raise GateFailedError(
+                f"{engine} does not match its sha256 in {path}: rebuild them with build_engines.sh"
+            )
+    return {
+        **record,
+        "checked": {
+            "tensorrt_version": here_version,
+            "gpu": here_gpu,
+            "version_compared": version_compared,
+            "gpu_compared": gpu_compared,
+        },
+    }
+
+
+def _numpy_dtype(dtype: tensorrt.DataType) -> np.dtype[Any]:
+    """numpy dtype for a TensorRT tensor type (bf16 / fp8 / int4 have no numpy twin: refused)."""
+    import tensorrt as trt
+
+    table = {
+        getattr(trt.DataType, name, None): np.dtype(np_type)  # INT64 only exists from TensorRT 9 on
+        for name, np_type in (
+            ("FLOAT", np.float32),
+            ("HALF", np.float16),
+            ("INT8", np.int8),
+            ("UINT8", np.uint8),
+            ("INT32", np.int32),
+            ("INT64", np.int64),
+            ("BOOL", np.bool_),
+        )
+    }
+    if dtype not in table:
+        raise TechnicalError(f"engine I/O type {dtype} has no numpy equivalent")
+    return table[dtype]
+
+
+def run_engine(
+    engine_path: Path, feeds: Mapping[str, np.ndarray], *, dla_core: int | None = None
+) -> dict[str, np.ndarray]:
+    """Run a serialized engine once on ``feeds`` (name -> array) and return every output by name.
+
+    Floating feeds are cast to the engine's input type (fp32 <-> fp16); any other type mismatch is refused.
+    ``dla_core`` selects the DLA core a DLA engine runs on (default: TensorRT's choice).
+    """
+    _require_tensorrt()
+    import tensorrt as trt
+
+    if not engine_path.is_file():
+        raise BadInputError(f"{engine_path} is missing: build the engines first (bash build_engines.sh)")
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise BadInputError(
+            f"TensorRT {trt.__version__} cannot load {engine_path.name} (built elsewhere?): rebuild it with build_engines.sh"
+        )
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if sorted(feeds) != sorted(inputs):
+        raise BadInputError(f"{engine_path.name} takes inputs {sorted(inputs)}, got {sorted(feeds)}")
+
+    cuda = CudaRuntime()
+    buffers: list[int] = []
+    stream = cuda.stream_create()
+    try:
+        for name in inputs:
+            want = _numpy_dtype(engine.get_tensor_dtype(name))
+            arr = np.asarray(feeds[name])
+            if arr.dtype != want and not (arr.dtype.kind == "f" and want.kind == "f"):
+                raise BadInputError(f"input {name!r} of {engine_path.name} is {want}, got {arr.dtype}")
+            arr = np.ascontiguousarray(arr, dtype=want)
+            if not context.set_input_shape(name, tuple(int(d) for d in arr.shape)):
+                raise BadInputError(
+                    f"shape {list(arr.shape)} of input {name!r} is outside {engine_path.name}'s profile"
+                )
+            ptr = cuda.malloc(arr.nbytes)
+            buffers.append(ptr)
+            cuda.to_device(ptr, arr)
+            context.set_tensor_address(name, ptr)
+        host: dict[str, np.ndarray] = {}
+        device: dict[str, int] = {}
+        for name in outputs:
+            dims = context.get_tensor_shape(name)
+            shape = tuple(int(dims[i]) for i in range(len(dims)))
+            if any(d < 0 for d in shape):
+                raise TechnicalError(
+                    f"output {name!r} of {engine_path.name} has an unresolved shape {list(shape)}"
+                )
+            host[name] = np.empty(shape, dtype=_numpy_dtype(engine.get_tensor_dtype(name)))
+            ptr = cuda.malloc(host[name].nbytes)
+            buffers.append(ptr)
+            device[name] = ptr
+            context.set_tensor_address(name, ptr)
+        if not context.execute_async_v3(stream):
+            raise TechnicalError(f"TensorRT failed to run {engine_path.name}")
+        cuda.stream_synchronize(stream)
+        for name in outputs:
+            cuda.to_host(host[name], device[name])
+        return host
+    finally:
+        try:  # best effort: a failed free must not hide the error that brought us here
+            for ptr in buffers:
+                cuda.free(ptr)
+            cuda.stream_destroy(stream)
+        except TechnicalError:
+            pass
