@@ -20,7 +20,7 @@ import torch
 
 from isplit_export.api import rank
 from isplit_export.encoding import calibrate_encoding, decode_tail, encode_head
-from isplit_export.export import export_file, to_onnx
+from isplit_export.onnx_export import export_file, to_onnx
 from isplit_export.onnx_utils import save_model
 from isplit_export.verify import measure_latency, run_pair_onnx
 

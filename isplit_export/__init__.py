@@ -1,3 +1,30 @@
-"""isplit-export: I-Split split-point ranking and verified head/tail export for edge split computing."""
+"""isplit-export: I-Split split-point ranking and verified head/tail export for edge split computing.
+
+Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundle` need no PyTorch)::
+
+    rank(model, ...)            -> api.RankResult       the I-Split ranking of every valid cut
+    export(model, out=..., ...) -> bundle.ExportResult   a verified, reproducible bundle
+    verify_bundle(path, ...)    -> verify.BundleVerification
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "export", "rank", "verify_bundle"]
+
+if TYPE_CHECKING:
+    from .api import rank
+    from .bundle import export
+    from .verify import verify_bundle
+
+_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'isplit_export' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from . import __version__
 from .api import DEFAULT_BATCH, RankResult, rank, write_ranking
 from .encoding import BoundaryEncoding, calibrate_encoding, decode_tail, encode_head
 from .errors import BadInputError
-from .export import BATCH_AXIS, export_file, to_onnx
+from .onnx_export import BATCH_AXIS, export_file, to_onnx
 from .files import atomic_directory, save_npz, sha256_file, write_json
 from .gates import GATES, gate_for
 from .graph import Cut
