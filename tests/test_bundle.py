@@ -200,3 +200,29 @@ def test_bad_export_inputs(capsys: pytest.CaptureFixture[str], tmp_path: Path, d
     code, _, err = _run(capsys, "verify", tmp_path / "nope")
     assert code == 2 and "not found" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_verify_runs_without_torch(digits_bundle: Path) -> None:
+    """The device container has no PyTorch: `isplit-export verify` must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "from isplit_export.cli import main\n"
+        f"sys.exit(main(['verify', {str(digits_bundle)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime: passed" in proc.stdout
+
+
+def test_python_api_mirrors_the_cli(tmp_path: Path, digits_weights: Path, digits_dir: Path) -> None:
+    from isplit_export import export, rank, verify_bundle
+
+    r = rank(DIGITS, weights=str(digits_weights), data=digits_dir, top=2, images=50)
+    assert r.ranking.images == 50 and len(r.ranking.ranked()) <= 2
+    result = export(DIGITS, out=tmp_path / "api", weights=str(digits_weights), data=digits_dir, top=1, images=50,
+                    latency_runs=2)  # fmt: skip
+    assert result.passed and result.manifest["splits"][0]["node"] == r.ranking.ranked(1)[0].node
+    assert verify_bundle(tmp_path / "api").outcome == "passed"
