@@ -25,11 +25,11 @@ from . import __version__
 from .api import DEFAULT_BATCH, RankResult, rank, write_ranking
 from .encoding import BoundaryEncoding, calibrate_encoding, decode_tail, encode_head
 from .errors import BadInputError
-from .onnx_export import BATCH_AXIS, export_file, to_onnx
 from .files import atomic_directory, save_npz, sha256_file, write_json
 from .gates import GATES, gate_for
 from .graph import Cut
 from .metrics import accuracy, compare_logits, spearman
+from .onnx_export import BATCH_AXIS, export_file, to_onnx
 from .onnx_utils import OPSET, save_model
 from .report import render_report
 from .targets import TargetProfile, load_target
@@ -69,6 +69,7 @@ def export(
     score: str = "top",
     input_size: int | None = None,
     golden: int = 4,
+    verify_images: int = 256,
     force: bool = False,
     batch_size: int = DEFAULT_BATCH,
     latency_runs: int = 30,
@@ -79,6 +80,8 @@ def export(
 
     ``boundary`` is the boundary encoding (``fp32``, ``fp16`` or ``int8``; default: the target's);
     ``precision`` the TensorRT engine precision of the build plan (default: the target's).
+    The first ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and
+    are the verification set; the ranking streams over all images.
     Gate failures are recorded in the manifest and in :attr:`ExportResult.passed`; the caller decides
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
@@ -92,8 +95,8 @@ def export(
     encoding_name = boundary or profile.default_boundary
     if encoding_name not in GATES:
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose fp32, fp16 or int8")
-    if golden < 1:
-        raise BadInputError(f"--golden {golden}: pass a positive number of golden images")
+    if golden < 1 or verify_images < 1:
+        raise BadInputError(f"--golden {golden} / --verify-images {verify_images}: pass positive numbers of images")
     out = Path(out)
     if out.exists() and not force:
         raise BadInputError(f"output directory {out} already exists: pass --force to replace it, or choose another --out")
@@ -105,7 +108,7 @@ def export(
     cuts = ranked.ranking.ranked(top)
     if not cuts:
         raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
-    x, labels, names = ranked.images.tensor()
+    x, labels, names = ranked.images.tensor(limit=verify_images)
     module = ranked.model.module
     with torch.no_grad():
         ref_logits = _batched(module, x, batch_size)

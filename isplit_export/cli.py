@@ -79,6 +79,9 @@ def export_cmd(
     score: ScoreOpt = "top",
     input_size: SizeOpt = None,
     golden: Annotated[int, typer.Option("--golden", help="golden images stored per split")] = 4,
+    verify_images: Annotated[
+        int, typer.Option("--verify-images", help="images for calibration and verification (in memory)")
+    ] = 256,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
@@ -91,7 +94,7 @@ def export_cmd(
     _setup(verbose)
     result = export(
         model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data, classes=_split_classes(classes),
-        weights=weights, images=images, score=score, input_size=input_size, golden=golden, force=force,
+        weights=weights, images=images, score=score, input_size=input_size, golden=golden, verify_images=verify_images, force=force,
         batch_size=batch_size, latency_runs=latency_runs, progress=sys.stderr.isatty(),
     )  # fmt: skip
     typer.echo(result.rank.ranking.table(top))
@@ -133,7 +136,8 @@ def rank_cmd(
         input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(),
     )  # fmt: skip
     r = result.ranking
-    typer.echo(f"{r.model} ({r.weights}), {r.images} images, {len(r.cuts)} valid cuts, score={r.score}")
+    skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""
+    typer.echo(f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}")
     typer.echo(r.table(top))
     if out is not None:
         typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}")

@@ -52,10 +52,15 @@ class ImageSet:
     preprocessing: Preprocessing
     source: str
     folders: list[str] = field(default_factory=list)
-    skipped: int = 0
+    unreadable: set[str] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def skipped(self) -> int:
+        """How many files could not be decoded (each counted once, however often the set is read)."""
+        return len(self.unreadable)
 
     @property
     def labelled(self) -> bool:
@@ -69,8 +74,9 @@ class ImageSet:
             try:
                 tensor = preprocess(item.opener(), self.preprocessing)
             except (OSError, UnidentifiedImageError, ValueError) as err:
-                self.skipped += 1
-                log.warning("skipping unreadable image %s (%s)", item.name, err)
+                if item.name not in self.unreadable:
+                    log.warning("skipping unreadable image %s (%s)", item.name, err)
+                self.unreadable.add(item.name)
                 continue
             buf.append((tensor, item.label, item.name))
             if len(buf) == batch_size:
@@ -83,7 +89,7 @@ class ImageSet:
         """All (or the first ``limit``) images as one batch: for small calibration / golden sets."""
         sub = ImageSet(self.items[:limit] if limit else self.items, self.preprocessing, self.source)
         parts = list(sub.batches(64))
-        self.skipped += sub.skipped
+        self.unreadable |= sub.unreadable
         if not parts:
             raise BadInputError(f"no readable images in {self.source}: pass --data with image files")
         return (

@@ -41,7 +41,6 @@ class Importance:
     num_cuts: int
     sums: dict[int, np.ndarray] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
-    skipped: int = 0
 
     @property
     def images(self) -> int:
@@ -108,7 +107,6 @@ def compute_importance(
         result.add(keys, scores)
         bar.update(len(x))
     bar.close()
-    result.skipped = images.skipped
     if result.images == 0:
         raise BadInputError(f"no readable images in {images.source}: pass --data with image files")
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,11 @@ def test_bad_inputs(
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(_run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", empty), 2, "no images found")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(digits_dir / "3", mixed)
+    (mixed / "broken.png").write_bytes(b"not an image")
+    code, out, err = _run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", mixed)
+    assert code == 0 and "(1 unreadable files skipped)" in out, err
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "a.png").write_bytes(b"not an image")
