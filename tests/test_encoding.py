@@ -25,6 +25,7 @@ from isplit_export.encoding import (
     strip_tail_decoding,
 )
 from isplit_export.errors import BadInputError
+from isplit_export.onnx_export import export_file
 from isplit_export.onnx_utils import make_session, run_session, save_model
 
 FP16_EPS = 2.0**-11  # unit roundoff of float16 (round to nearest)
@@ -38,16 +39,7 @@ Strip = Callable[[onnx.ModelProto], onnx.ModelProto]
 
 
 def _export(module: nn.Module, example: torch.Tensor, names: tuple[str, str], path: Path) -> None:
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=[names[0]],
-        output_names=[names[1]],
-        dynamic_axes={names[0]: {0: "batch"}, names[1]: {0: "batch"}},
-    )
+    export_file(module.eval(), example, path, *names)
 
 
 @dataclass(frozen=True)
