@@ -226,3 +226,15 @@ def test_python_api_mirrors_the_cli(tmp_path: Path, digits_weights: Path, digits
                     latency_runs=2)  # fmt: skip
     assert result.passed and result.manifest["splits"][0]["node"] == r.ranking.ranked(1)[0].node
     assert verify_bundle(tmp_path / "api").outcome == "passed"
+
+
+def test_int8_qdq_pair_on_pretrained_efficientnet_lite0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The offline default model with its real ImageNet weights on the 19 real skimage photographs."""
+    out = tmp_path / "lite0"
+    code, _, err = _run(capsys, "--top", "1", "--target", "cpu", "--out", out, *FAST)
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["name"] == "efficientnet_lite0" and m["calibration"]["count"] == 19
+    check = m["splits"][0]["verification"]["checks"]["int8-qdq"]
+    assert check["gate"]["passed"], check
+    assert check["metrics"]["cosine"] >= 0.98 and check["metrics"]["top1_agreement"] >= 0.8

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from isplit_export.encoding import (
     strip_head_encoding,
 )
 from isplit_export.errors import BadInputError
+from isplit_export.onnx_export import export_file
 from isplit_export.onnx_utils import make_session, run_session, save_model
 from isplit_export.quantize import build_int8_pair, quantize_qdq
 
@@ -33,16 +35,7 @@ N_CALIB = 64
 
 
 def _export(module: nn.Module, example: torch.Tensor, names: tuple[str, str], path: Path) -> None:
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=[names[0]],
-        output_names=[names[1]],
-        dynamic_axes={names[0]: {0: "batch"}, names[1]: {0: "batch"}},
-    )
+    export_file(module.eval(), example, path, *names)
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,11 @@ def _fp32_boundary(digits: Digits) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def int8_pair(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Int8Pair:
-    """The INT8 QDQ pair with the int8 (uint8-transmitted) boundary encoding."""
+    """The INT8 QDQ pair with the int8 (uint8-transmitted) boundary encoding.
+
+    Every layer is quantized: on 8x8 digits every conv works at stride < 4, far more than
+    ``MAX_FLOAT_SHARE`` of the arithmetic, so there is no float stem (it has its own test).
+    """
     d, out = digits.dir, tmp_path_factory.mktemp("int8")
     enc = calibrate_encoding("int8", _fp32_boundary(digits))
     calib = build_int8_pair(
@@ -264,3 +261,103 @@ def test_quantize_qdq_refuses_bad_calibration(digits: Digits, tmp_path: Path) ->
     with pytest.raises(BadInputError, match="cannot read"):
         quantize_qdq(tmp_path / "missing.onnx", tmp_path / "q.onnx", {"input": x})
     assert not (tmp_path / "q.onnx").exists()
+
+
+def _float_nodes(model: onnx.ModelProto) -> dict[str, bool]:
+    """For each Conv/Gemm: True when it is float (weight a plain initializer, input not dequantized)."""
+    inits = {t.name for t in model.graph.initializer}
+    codec = ("boundary_encode", "boundary_decode")  # the tail's input DQ is the boundary encoding
+    producer = {o: n.op_type for n in model.graph.node if n.name not in codec for o in n.output}
+    result = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            is_float = node.input[1] in inits and producer.get(node.input[0]) != "DequantizeLinear"
+            quantized = producer.get(node.input[1]) == "DequantizeLinear" == producer.get(node.input[0])
+            assert is_float != quantized, node.name  # all or nothing
+            result[node.name] = is_float
+    return result
+
+
+def test_float_stem_stays_float(digits: Digits, int8_pair: Int8Pair, tmp_path: Path) -> None:
+    """Convs working at stride < float_stride keep float weights and inputs; the rest is int8."""
+    d = digits.dir
+    for which in ("head", "tail"):  # default: the digits "stem" is the whole CNN, so all int8
+        assert not any(_float_nodes(onnx.load(str(int8_pair.dir / f"{which}.int8.onnx"))).values())
+    enc = calibrate_encoding("int8", _fp32_boundary(digits))
+    kinds = {}
+    for stride in (4, 2):  # 8x8 input: head convs work at 8x8 (stride 1), the tail conv at 4x4 (stride 2)
+        out = tmp_path / str(stride)
+        out.mkdir()
+        build_int8_pair(d / "head.onnx", d / "tail.onnx", digits.calib, out / "h.onnx", out / "t.onnx", enc,
+                        float_stride=stride, max_float_share=1.0)  # fmt: skip
+        head, tail = onnx.load(str(out / "h.onnx")), onnx.load(str(out / "t.onnx"))
+        for model in (head, tail):
+            onnx.checker.check_model(model, full_check=True)
+            for name, zp in _zero_point_arrays(model).items():
+                assert name in ("boundary_encode", "boundary_decode") or (
+                    zp.dtype == np.int8 and not zp.any()
+                )
+        kinds[stride] = (_float_nodes(head), _float_nodes(tail))
+        got = _pair_logits(out / "h.onnx", out / "t.onnx", digits.x)
+        full = run_session(make_session(d / "full.onnx"), {"input": digits.x})[0]
+        assert float((got.argmax(1) == full.argmax(1)).mean()) >= 0.97
+    head4, tail4 = kinds[4]
+    assert len(head4) == 2 and all(head4.values())
+    assert sorted(tail4.values()) == [False, True]  # the conv float, the Gemm int8
+    assert not next(v for k, v in tail4.items() if "Gemm" in k)
+    head2, tail2 = kinds[2]
+    assert all(head2.values()) and not any(tail2.values())
+    for bad in ({"float_stride": 0}, {"max_float_share": 1.5}):
+        with pytest.raises(BadInputError, match=next(iter(bad))):
+            build_int8_pair(d / "head.onnx", d / "tail.onnx", digits.calib, tmp_path / "h.onnx",
+                            tmp_path / "t.onnx", enc, **bad)  # fmt: skip
+
+
+def test_quantize_qdq_keeps_named_nodes_float(digits: Digits, tmp_path: Path) -> None:
+    d = digits.dir
+    names = [n.name for n in onnx.load(str(d / "head.onnx")).graph.node if n.op_type == "Conv"]
+    assert len(names) == 2
+    kept = quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"input": digits.calib}, keep_float=[names[1]])
+    assert kept == [names[1]]
+    assert _float_nodes(onnx.load(str(tmp_path / "q.onnx"))) == {names[0]: False, names[1]: True}
+    kept = quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"input": digits.calib}, keep_float_above=63)
+    assert kept == sorted(names)  # both work at 8x8 = 64 positions (the second one with stride 2)
+    assert (
+        quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"input": digits.calib}, keep_float_above=64) == []
+    )
+    with pytest.raises(BadInputError, match="no Conv/ConvTranspose/Gemm/MatMul node named nope"):
+        quantize_qdq(d / "head.onnx", tmp_path / "q.onnx", {"input": digits.calib}, keep_float=["nope"])
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (32, 4, 9, 9)),
+        (lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2), (32, 4, 9, 9)),
+        (lambda: nn.Linear(20, 7), (32, 20)),
+    ],
+    ids=["grouped-strided-conv", "dilated-conv", "linear"],
+)
+def test_bias_correction_removes_the_mean_error(
+    layer: Callable[[], nn.Module], shape: tuple[int, ...], tmp_path: Path
+) -> None:
+    """One layer on ReLU6-like inputs: with bias correction the int8 output has exactly the fp32 mean."""
+    torch.manual_seed(0)
+    module = layer()
+    x = torch.rand(*shape) * 6
+    _export(module, x[:2], ("x", "y"), tmp_path / "m.onnx")
+    xn = x.numpy()
+    ref = run_session(make_session(tmp_path / "m.onnx"), {"x": xn})[0]
+    axes = tuple(a for a in range(ref.ndim) if a != 1)
+    errors = {}
+    for bc in (False, True):
+        quantize_qdq(tmp_path / "m.onnx", tmp_path / f"q{bc}.onnx", {"x": xn}, bias_correction=bc)
+        got = run_session(make_session(tmp_path / f"q{bc}.onnx"), {"x": xn})[0]
+        errors[bc] = (np.abs((got - ref).mean(axis=axes)).max(), np.sqrt(((got - ref) ** 2).mean()))
+    scale = np.abs(ref).max()
+    assert errors[False][0] > 1e-3 * scale  # int8 rounding alone leaves a mean error ...
+    assert errors[True][0] < 1e-5 * scale  # ... which the corrected bias removes
+    assert errors[True][1] < errors[False][1]
+    q = onnx.load(str(tmp_path / "qTrue.onnx"))
+    bias = next(t for t in q.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 1)
+    assert bias.dims[0] == ref.shape[1]  # still a float32 bias
