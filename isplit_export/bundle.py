@@ -180,10 +180,7 @@ def _export_split(
     xn = x.numpy()
     boundary, logits = run_pair_onnx(head_path, tail_path, xn, batch=batch_size)
     files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
-    save_npz(
-        sdir / "golden.npz",
-        {"input": xn[:golden], "boundary": boundary[:golden], "logits": y_ref[:golden], "labels": labels[:golden]},
-    )
+    goldens = {"input": xn[:golden], "boundary": boundary[:golden], "logits": y_ref[:golden], "labels": labels[:golden]}
     checks = {encoding_name: _check(y_ref, logits, labels, gate_for(encoding_name))}
 
     if profile.int8:
@@ -194,8 +191,10 @@ def _export_split(
         save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
         _, q_logits = run_pair_onnx(sdir / "head.int8.onnx", sdir / "tail.int8.onnx", xn, batch=batch_size)
         checks["int8-qdq"] = _check(y_ref, q_logits, labels, GATES["int8-qdq"])
+        goldens["logits_int8"] = q_logits[:golden]
         files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
+    save_npz(sdir / "golden.npz", goldens)
     if profile.uses_tensorrt:
         files.update(_engine_plan(sdir, rel, profile, enc, cut, ranked.model.preprocessing.input_shape))
 

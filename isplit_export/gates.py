@@ -71,6 +71,12 @@ GATES: dict[str, Gate] = {
     # quantization error accumulates over the whole network; what matters is the decision, so the
     # logit bound is loose and top-1 agreement / cosine carry the gate.
     "int8-qdq": Gate("int8-qdq", min_top1_agreement=0.80, max_abs_rel=3e-1, min_cosine=0.95),
+    # The INT8 QDQ pair replayed on the golden images against the logits it produced at export time
+    # (golden.npz "logits_int8", Polygraphy-style golden outputs): the same quantized model on another
+    # machine, so only kernel differences (int8 paths of another ISA, a requantization step) remain.
+    # Accuracy against the full model was gated at export, on every verification image, by "int8-qdq";
+    # the few golden images cannot re-measure it (one near-tie flip of 4 is 0.75 agreement).
+    "int8-qdq-replay": Gate("int8-qdq-replay", min_top1_agreement=0.75, max_abs_rel=5e-2, min_cosine=0.999),
     # TensorRT on device, fp32 engines: TensorRT enables TF32 for convolutions/matmuls on Ampere+
     # (Orin) by default, 10-bit mantissa inputs with fp32 accumulation: fp16-boundary-like error.
     "trt-fp32": Gate("trt-fp32", min_top1_agreement=0.95, max_abs_rel=1e-2, min_cosine=0.999),
@@ -102,8 +108,8 @@ def gate_for(encoding: str, precision: str = "fp32", backend: str = "onnxruntime
     """The gate for a pair with boundary ``encoding`` run at ``precision`` on ``backend``.
 
     onnxruntime: precision ``fp32`` is the exported pair (gate = the encoding's gate); ``int8`` is
-    the QDQ pair (gate ``int8-qdq``, whatever the boundary encoding, since the QDQ models are
-    quantized end to end). tensorrt: ``trt-<precision>``; with a non-fp32 boundary encoding the
+    the QDQ pair replayed against its own golden logits (gate ``int8-qdq-replay``, whatever the
+    boundary encoding; the export gates it against the full model with ``int8-qdq``). tensorrt: ``trt-<precision>``; with a non-fp32 boundary encoding the
     loosest of that gate and the encoding's gate (named e.g. ``trt-fp16+int8``).
     """
     if encoding not in ENCODINGS:
@@ -114,7 +120,7 @@ def gate_for(encoding: str, precision: str = "fp32", backend: str = "onnxruntime
         if precision == "fp32":
             return GATES[encoding]
         if precision == "int8":
-            return GATES["int8-qdq"]
+            return GATES["int8-qdq-replay"]
         raise BadInputError("onnxruntime verification has no fp16 pair: use precision fp32 or int8")
     if backend == "tensorrt":
         trt = GATES[f"trt-{precision}"]

@@ -238,3 +238,6 @@ def test_int8_qdq_pair_on_pretrained_efficientnet_lite0(capsys: pytest.CaptureFi
     check = m["splits"][0]["verification"]["checks"]["int8-qdq"]
     assert check["gate"]["passed"], check
     assert check["metrics"]["cosine"] >= 0.98 and check["metrics"]["top1_agreement"] >= 0.8
+    # the device-side check replays the goldens: the fresh bundle passes it too
+    result = verify_bundle(out, write=False)
+    assert result.passed and {r.check for r in result.rows} == {"onnx", "onnx-int8-qdq"}

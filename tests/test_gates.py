@@ -14,7 +14,7 @@ PASSING = {"top1_agreement": 1.0, "max_abs_rel": 0.0, "cosine": 1.0}
 
 
 def test_every_gate_is_named_by_its_key() -> None:
-    assert set(GATES) == {"fp32", "fp16", "int8", "int8-qdq", "trt-fp32", "trt-fp16", "trt-int8"}
+    assert set(GATES) == {"fp32", "fp16", "int8", "int8-qdq", "int8-qdq-replay", "trt-fp32", "trt-fp16", "trt-int8"}
     for key, gate in GATES.items():
         assert gate.name == key
         assert 0.0 < gate.min_top1_agreement <= 1.0 and 0.0 < gate.min_cosine <= 1.0 and gate.max_abs_rel > 0
@@ -58,8 +58,8 @@ def test_gate_for_onnxruntime() -> None:
     assert gate_for("fp32") is GATES["fp32"]
     assert gate_for("fp16") is GATES["fp16"]
     assert gate_for("int8") is GATES["int8"]
-    assert gate_for("fp32", "int8") is GATES["int8-qdq"]
-    assert gate_for("int8", "int8") is GATES["int8-qdq"]
+    assert gate_for("fp32", "int8") is GATES["int8-qdq-replay"]
+    assert gate_for("int8", "int8") is GATES["int8-qdq-replay"]
     with pytest.raises(BadInputError, match="no fp16 pair"):
         gate_for("fp32", "fp16")
 
