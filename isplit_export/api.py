@@ -49,12 +49,14 @@ def rank(
     out: str | Path | None = None,
     progress: bool = False,
     seed: int = 0,
+    device: str = "cpu",
 ) -> RankResult:
     """Rank every valid cut of ``model`` by I-Split's CUI on ``data`` (default: skimage photos).
 
     ``classes`` restricts the CUI to a class subset (ImageFolder folder names/indices, or model class
     names/indices matched against the model's predictions for unlabelled data). With ``out`` the
-    ranking is written as ``out/ranking.json``, ``out/cui.png`` and ``out/cde.png``.
+    ranking is written as ``out/ranking.json``, ``out/cui.png`` and ``out/cde.png``. ``device``
+    (e.g. ``"cuda"``) is where the forward/backward passes of the ranking run.
     """
     from . import data as data_mod
     from .graph import trace
@@ -66,6 +68,7 @@ def rank(
         raise BadInputError(f"--top {top}: pass a positive number of splits")
     if batch_size < 1:
         raise BadInputError(f"--batch-size {batch_size}: pass a positive batch size")
+    _check_device(device)
     loaded = load_model(model, weights, input_size=input_size, seed=seed)
     imgs = data_mod.load_images(
         Path(data) if data is not None else None,
@@ -75,7 +78,7 @@ def rank(
         limit=images,
     )
     traced = trace(loaded.module, loaded.preprocessing.input_shape)
-    imp = compute_importance(traced, imgs, score=score, batch_size=batch_size, progress=progress)
+    imp = compute_importance(traced, imgs, score=score, batch_size=batch_size, device=device, progress=progress)
     subset: list[int] | None = None
     if classes and not imgs.folders:
         subset = data_mod.resolve_model_classes(classes, loaded.class_names, loaded.num_classes)
@@ -97,6 +100,17 @@ def rank(
     if out is not None:
         write_ranking(ranking, Path(out))
     return RankResult(loaded, traced, imgs, ranking)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise BadInputError(f"--device {device!r} is not a torch device: use cpu or cuda") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"--device {device}: no CUDA GPU is usable here: use --device cpu")
 
 
 def write_ranking(ranking: Ranking, out: Path) -> list[Path]:

@@ -49,6 +49,7 @@ ScoreOpt = Annotated[str, typer.Option("--score", help="Grad-CAM target: 'top' p
 TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report / export")]
 SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
 
 
@@ -125,6 +126,7 @@ def rank_cmd(
     input_size: SizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")] = None,
     batch_size: BatchOpt = 16,
+    device: DeviceOpt = "cpu",
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
@@ -133,7 +135,7 @@ def rank_cmd(
     _setup(verbose)
     result = rank(
         model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
-        input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(),
+        input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
     )  # fmt: skip
     r = result.ranking
     skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""

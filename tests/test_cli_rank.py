@@ -121,6 +121,8 @@ def test_bad_inputs(
     _one_line_error(_run(capsys, "rank", "tests.untraceable:model", "--weights", "none"), 2, "cannot be traced")
     _one_line_error(_run(capsys, "rank", DIGITS, "--weights", digits_weights, "--images", "0"), 2, "--images 0")
     _one_line_error(_run(capsys, "rank", "--images", "2", "--score", "label"), 2, "--score label needs labelled")
+    if not torch.cuda.is_available():
+        _one_line_error(_run(capsys, "rank", "--images", "2", "--device", "cuda"), 2, "no CUDA GPU")
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:
