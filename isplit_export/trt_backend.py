@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, TechnicalError
+from isplit_export.files import sha256_file
 from isplit_export.tensorrt_plan import RECORD_NAME, RECORD_SCHEMA, read_plan
 
 if TYPE_CHECKING:
@@ -209,14 +209,6 @@ def current_gpu_name() -> str:
 # Build
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -341,7 +333,7 @@ def build_engine(
         "layer_info": layer_file.name if engine_layers is not None else None,
         "dla_fallback_messages": fallbacks[:50],
         "warnings": len(logger.messages),
-        "sha256": _sha256(engine_path),
+        "sha256": sha256_file(engine_path),
         "bytes": engine_path.stat().st_size,
     }
 
@@ -455,7 +447,7 @@ def check_engine_record(split_dir: Path) -> dict[str, Any]:
         if not engine.is_file():
             raise BadInputError(f"{engine} is missing ({part} engine): rebuild them with build_engines.sh")
         expected = info.get("sha256")
-        if expected and _sha256(engine) != expected:
+        if expected and sha256_file(engine) != expected:
             raise GateFailedError(
                 f"{engine} does not match its sha256 in {path}: rebuild them with build_engines.sh"
             )
