@@ -23,9 +23,9 @@ import torch
 
 from . import __version__
 from .api import DEFAULT_BATCH, RankResult, rank, write_ranking
-from .encoding import BoundaryEncoding, calibrate_encoding, decode_tail, encode_head
+from .encoding import ENCODINGS, BoundaryEncoding, calibrate_encoding, decode_tail, encode_head
 from .errors import BadInputError
-from .files import atomic_directory, save_npz, sha256_file, write_json
+from .files import atomic_directory, check_out, save_npz, sha256_file, write_json
 from .gates import GATES, gate_for
 from .graph import Cut
 from .metrics import accuracy, compare_logits, spearman
@@ -93,13 +93,12 @@ def export(
             )
         profile = dataclasses.replace(profile, default_precision=precision)
     encoding_name = boundary or profile.default_boundary
-    if encoding_name not in GATES:
-        raise BadInputError(f"unknown --boundary '{encoding_name}': choose fp32, fp16 or int8")
+    if encoding_name not in ENCODINGS:
+        raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
     if golden < 1 or verify_images < 1:
         raise BadInputError(f"--golden {golden} / --verify-images {verify_images}: pass positive numbers of images")
     out = Path(out)
-    if out.exists() and not force:
-        raise BadInputError(f"output directory {out} already exists: pass --force to replace it, or choose another --out")
+    check_out(out, force=force)  # before the ranking: fail fast
 
     ranked = rank(
         model, data=data, classes=classes, weights=weights, images=images, score=score, top=top,

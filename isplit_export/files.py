@@ -70,6 +70,14 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+def check_out(out: Path, *, force: bool) -> None:
+    """Refuse an existing ``out`` unless ``force``, and a file in its place always (BadInputError)."""
+    if out.exists() and not force:
+        raise BadInputError(f"output directory {out} already exists: pass --force to replace it, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a directory: choose another --out")
+
+
 @contextlib.contextmanager
 def atomic_directory(out: Path, *, force: bool) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``out`` only if the block succeeds.
@@ -79,10 +87,7 @@ def atomic_directory(out: Path, *, force: bool) -> Iterator[Path]:
     content is complete, so an interrupted or failed run never leaves ``out`` half-written.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise BadInputError(f"output directory {out} already exists: pass --force to replace it, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"--out {out} is a file, not a directory: choose another --out")
+    check_out(out, force=force)
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
