@@ -33,11 +33,9 @@ from .onnx_export import BATCH_AXIS, export_file, to_onnx
 from .onnx_utils import OPSET, save_model
 from .report import render_report
 from .targets import TargetProfile, load_target
-from .verify import measure_latency, run_pair_onnx
+from .verify import SCHEMA, measure_latency, run_pair_onnx
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "isplit.bundle/1"
 
 
 @dataclass

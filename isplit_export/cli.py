@@ -30,7 +30,6 @@ app = typer.Typer(
 )
 
 EXIT_INTERRUPTED = 130
-COMMANDS = {"export", "rank", "verify", "build-engines", "targets", "models"}
 
 ModelArg = Annotated[
     str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
@@ -213,7 +212,8 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: the main job needs no sub-command (``isplit-export vgg16 --top 3``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] not in COMMANDS and args[0] not in ("--help", "-h", "--version"):
+    commands = {c.name for c in app.registered_commands}
+    if args and args[0] not in commands and args[0] not in ("--help", "-h", "--version"):
         args.insert(0, "export")
     try:
         rc = app(args=args, prog_name="isplit-export", standalone_mode=False)

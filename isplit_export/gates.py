@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from .encoding import ENCODINGS
 from .errors import BadInputError
 
 
@@ -89,7 +90,6 @@ GATES: dict[str, Gate] = {
 }
 """Every gate by name: boundary encodings (onnxruntime), the QDQ pair, TensorRT precisions."""
 
-ENCODINGS = ("fp32", "fp16", "int8")
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt")
 

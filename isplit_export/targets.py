@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from isplit_export.encoding import ENCODINGS
 from isplit_export.errors import BadInputError
+from isplit_export.gates import PRECISIONS
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -28,8 +30,6 @@ ALIASES: dict[str, str] = {"jetson": "jetson-orin-nx"}
 
 KINDS = ("jetson", "server", "cpu", "onnx")
 BACKENDS = ("tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
-BOUNDARIES = ("fp32", "fp16", "int8")
 DLA_PRECISIONS = ("fp16", "int8")
 """DLA computes in fp16 or int8 only; an fp32 engine never goes to DLA."""
 
@@ -207,7 +207,7 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
     dla_cores = _int(data, "dla_cores", source, 0, 8)
     workspace_mib = _int(data, "workspace_mib", source, 0, 1 << 20)
     max_opset = _int(data, "max_opset", source, 7, 99)
-    default_boundary = _choice(data, "default_boundary", source, BOUNDARIES)
+    default_boundary = _choice(data, "default_boundary", source, ENCODINGS)
     int8 = data["int8"]
     if not isinstance(int8, bool):
         raise _fail(source, "int8", f"must be true or false, got {int8!r}")

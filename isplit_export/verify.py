@@ -37,7 +37,7 @@ from . import __version__
 from .encoding import ENCODINGS, BoundaryEncoding, decode_array, encode_array
 from .errors import BadInputError, GateFailedError, NotRunError, TechnicalError
 from .files import json_dumps, load_npz, sha256_file
-from .gates import GATES, Gate, gate_for
+from .gates import BACKENDS, GATES, PRECISIONS, Gate, gate_for
 from .metrics import accuracy, compare_logits
 from .onnx_utils import make_session, run_session
 
@@ -46,8 +46,6 @@ VERIFY_SCHEMA = "isplit.verify/1"
 VERIFY_FILE = "verify.json"
 """Written into the bundle by :func:`verify_bundle`; not in the manifest, so never hashed."""
 
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 LATENCY_THREADS = 1
 """intra-op threads of the latency sessions. One fixed thread: the numbers do not depend on how
