@@ -2,9 +2,10 @@
 
 Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundle` need no PyTorch)::
 
-    rank(model, ...)            -> api.RankResult       the I-Split ranking of every valid cut
-    export(model, out=..., ...) -> bundle.ExportResult   a verified, reproducible bundle
-    verify_bundle(path, ...)    -> verify.BundleVerification
+    rank(options | model, **fields)   -> api.RankResult       the I-Split ranking of every valid cut
+    export(options | model, **fields) -> bundle.ExportResult   a verified, reproducible bundle
+    verify_bundle(path, ...)          -> verify.BundleVerification
+    RankOptions, ExportOptions        the frozen options objects (options.py) every job reads
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "export", "rank", "verify_bundle"]
+__all__ = ["ExportOptions", "RankOptions", "__version__", "export", "rank", "verify_bundle"]
 
 if TYPE_CHECKING:
     from .api import rank
     from .bundle import export
+    from .options import ExportOptions, RankOptions
     from .verify import verify_bundle
 
-_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify"}
+_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify", "RankOptions": "options", "ExportOptions": "options"}
 
 
 def __getattr__(name: str) -> Any:

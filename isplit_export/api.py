@@ -4,17 +4,18 @@
     result = rank("efficientnet_lite0", top=3)                 # I-Split ranking
     print(result.ranking.table())
     export("efficientnet_lite0", out="bundle", top=3, target="onnx")   # verified bundle
+    export(ExportOptions(model="efficientnet_lite0", out="bundle"))      # the same, as one object
     verify("bundle")                                            # re-check a bundle anywhere
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInputError
+from .options import RankOptions, make_options
 
 if TYPE_CHECKING:  # torch-free at import time: `verify` must run without PyTorch
     from .data import ImageSet
@@ -22,41 +23,24 @@ if TYPE_CHECKING:  # torch-free at import time: `verify` must run without PyTorc
     from .models import LoadedModel
     from .ranking import Ranking
 
-DEFAULT_BATCH = 16
-
 
 @dataclass
 class RankResult:
-    """What :func:`rank` computed: the loaded model, its trace, the images and the ranking."""
+    """What :func:`rank` computed: the options, the loaded model, its trace, the images and the ranking."""
 
+    options: RankOptions
     model: LoadedModel
     traced: TracedModel
     images: ImageSet
     ranking: Ranking
 
 
-def rank(
-    model: str = "efficientnet_lite0",
-    *,
-    data: str | Path | None = None,
-    classes: Sequence[str] | None = None,
-    weights: str = "default",
-    images: int | None = None,
-    score: str = "top",
-    top: int | None = None,
-    input_size: int | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    out: str | Path | None = None,
-    progress: bool = False,
-    seed: int = 0,
-    device: str = "cpu",
-) -> RankResult:
-    """Rank every valid cut of ``model`` by I-Split's CUI on ``data`` (default: skimage photos).
+def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResult:
+    """Rank every valid cut of the model by I-Split's CUI on the images (default: skimage photos).
 
-    ``classes`` restricts the CUI to a class subset (ImageFolder folder names/indices, or model class
-    names/indices matched against the model's predictions for unlabelled data). With ``out`` the
-    ranking is written as ``out/ranking.json``, ``out/cui.png`` and ``out/cde.png``. ``device``
-    (e.g. ``"cuda"``) is where the forward/backward passes of the ranking run.
+    ``options`` is a :class:`RankOptions` (or a model name); keyword ``fields`` override its fields,
+    so ``rank("resnet50", top=3)`` works. With ``options.out`` the ranking is written as
+    ``ranking.json``, ``cui.png`` and ``cde.png`` there.
     """
     from . import data as data_mod
     from .graph import trace
@@ -64,24 +48,19 @@ def rank(
     from .models import load_model
     from .ranking import Ranking
 
-    if top is not None and top < 1:
-        raise BadInputError(f"--top {top}: pass a positive number of splits")
-    if batch_size < 1:
-        raise BadInputError(f"--batch-size {batch_size}: pass a positive batch size")
-    _check_device(device)
-    loaded = load_model(model, weights, input_size=input_size, seed=seed)
+    opts = make_options(RankOptions, options, fields)
+    _check_device(opts.device)
+    loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
     imgs = data_mod.load_images(
-        Path(data) if data is not None else None,
-        loaded.preprocessing,
-        class_names=loaded.class_names,
-        classes=classes,
-        limit=images,
+        opts.data, loaded.preprocessing, class_names=loaded.class_names, classes=opts.classes, limit=opts.images
     )
     traced = trace(loaded.module, loaded.preprocessing.input_shape)
-    imp = compute_importance(traced, imgs, score=score, batch_size=batch_size, device=device, progress=progress)
+    imp = compute_importance(
+        traced, imgs, score=opts.score, batch_size=opts.batch_size, device=opts.device, progress=opts.progress
+    )
     subset: list[int] | None = None
-    if classes and not imgs.folders:
-        subset = data_mod.resolve_model_classes(classes, loaded.class_names, loaded.num_classes)
+    if opts.classes and not imgs.folders:
+        subset = data_mod.resolve_model_classes(opts.classes, loaded.class_names, loaded.num_classes)
     cui = imp.cui(subset)
     curves = {"all images": imp.cui().tolist(), "selected classes": cui.tolist()} if subset is not None else None
     c, h, w = loaded.preprocessing.input_shape
@@ -89,17 +68,17 @@ def rank(
         model=loaded.name,
         weights=loaded.weights,
         images=imp.images if subset is None else sum(imp.counts.get(k, 0) for k in subset),
-        classes=list(classes) if classes else None,
-        score=score,
+        classes=list(opts.classes) if opts.classes else None,
+        score=opts.score,
         cuts=traced.cuts,
         cui=cui,
         input_bytes=4 * c * h * w,
-        top=top,
+        top=opts.top,
         curves=curves,
     )
-    if out is not None:
-        write_ranking(ranking, Path(out))
-    return RankResult(loaded, traced, imgs, ranking)
+    if opts.out is not None:
+        write_ranking(ranking, opts.out)
+    return RankResult(opts, loaded, traced, imgs, ranking)
 
 
 def _check_device(device: str) -> None:

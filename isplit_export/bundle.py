@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import logging
 import platform
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import onnx
 import torch
 
 from . import __version__
-from .api import DEFAULT_BATCH, RankResult, rank, write_ranking
+from .api import RankResult, rank, write_ranking
 from .encoding import ENCODINGS, BoundaryEncoding, calibrate_encoding, decode_tail, encode_head
 from .errors import BadInputError
 from .files import atomic_directory, check_out, save_npz, sha256_file, write_json
@@ -31,6 +30,7 @@ from .graph import Cut
 from .metrics import accuracy, compare_logits, spearman
 from .onnx_export import BATCH_AXIS, export_file, to_onnx
 from .onnx_utils import OPSET, save_model
+from .options import ExportOptions, make_options
 from .report import render_report
 from .targets import TargetProfile, load_target
 from .verify import SCHEMA, measure_latency, run_pair_onnx
@@ -52,67 +52,43 @@ class ExportResult:
         return bool(self.manifest["verification"]["passed"])
 
 
-def export(
-    model: str = "efficientnet_lite0",
-    *,
-    out: str | Path,
-    top: int = 3,
-    target: str = "onnx",
-    boundary: str | None = None,
-    precision: str | None = None,
-    data: str | Path | None = None,
-    classes: Sequence[str] | None = None,
-    weights: str = "default",
-    images: int | None = None,
-    score: str = "top",
-    input_size: int | None = None,
-    golden: int = 4,
-    verify_images: int = 256,
-    force: bool = False,
-    batch_size: int = DEFAULT_BATCH,
-    latency_runs: int = 30,
-    progress: bool = False,
-    seed: int = 0,
-) -> ExportResult:
-    """Rank ``model``, export its top-``top`` splits for ``target`` and verify them into bundle ``out``.
+def export(options: ExportOptions | str | None = None, /, **fields: Any) -> ExportResult:
+    """Rank the model, export its top splits for the target and verify them into the bundle ``out``.
 
-    ``boundary`` is the boundary encoding (``fp32``, ``fp16`` or ``int8``; default: the target's);
-    ``precision`` the TensorRT engine precision of the build plan (default: the target's).
-    The first ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and
-    are the verification set; the ranking streams over all images.
+    ``options`` is an :class:`~isplit_export.options.ExportOptions` (or a model name); keyword
+    ``fields`` override its fields: ``export("resnet50", out="bundle", target="jetson")``.
     Gate failures are recorded in the manifest and in :attr:`ExportResult.passed`; the caller decides
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
-    profile = load_target(target)
-    if precision is not None:
-        if precision not in profile.precisions:
+    opts = make_options(ExportOptions, options, fields)
+    if opts.out is None:
+        raise BadInputError("no --out: pass the bundle directory to create")
+    profile = load_target(opts.target)
+    if opts.precision is not None:
+        if opts.precision not in profile.precisions:
             raise BadInputError(
-                f"--precision {precision} is not supported by target {profile.name}: choose {', '.join(profile.precisions)}"
+                f"--precision {opts.precision} is not supported by target {profile.name}: "
+                f"choose {', '.join(profile.precisions)}"
             )
-        profile = dataclasses.replace(profile, default_precision=precision)
-    encoding_name = boundary or profile.default_boundary
+        profile = dataclasses.replace(profile, default_precision=opts.precision)
+    encoding_name = opts.boundary or profile.default_boundary
     if encoding_name not in ENCODINGS:
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
-    if golden < 1 or verify_images < 1:
-        raise BadInputError(f"--golden {golden} / --verify-images {verify_images}: pass positive numbers of images")
-    out = Path(out)
-    check_out(out, force=force)  # before the ranking: fail fast
+    out = opts.out
+    check_out(out, force=opts.force)  # before the ranking: fail fast
 
-    ranked = rank(
-        model, data=data, classes=classes, weights=weights, images=images, score=score, top=top,
-        input_size=input_size, batch_size=batch_size, progress=progress, seed=seed,
-    )  # fmt: skip
-    cuts = ranked.ranking.ranked(top)
+    ranked = rank(opts.replace(out=None))
+    cuts = ranked.ranking.ranked(opts.top)
     if not cuts:
         raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
-    x, labels, names = ranked.images.tensor(limit=verify_images)
+    x, labels, names = ranked.images.tensor(limit=opts.verify_images)
     module = ranked.model.module
     with torch.no_grad():
-        ref_logits = _batched(module, x, batch_size)
+        ref_logits = _batched(module, x, opts.batch_size)
     y_ref = ref_logits.numpy()
     lab = labels.numpy()
 
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=opts.force) as tmp:
         export_file(module, x[:1], tmp / "full.onnx", "input", "logits")
         write_ranking(ranked.ranking, tmp)
         uses_int8 = encoding_name == "int8" or profile.int8
@@ -126,9 +102,7 @@ def export(
             rel = f"splits/{pos:02d}-{cut.node}"
             sdir = tmp / rel
             sdir.mkdir(parents=True)
-            entry, lat = _export_split(
-                ranked, cut, pos, rel, sdir, x, lab, y_ref, encoding_name, profile, golden, batch_size, latency_runs,
-            )  # fmt: skip
+            entry, lat = _export_split(ranked, opts, cut, pos, rel, sdir, x, lab, y_ref, encoding_name, profile)
             splits.append(entry)
             latency[rel] = lat
 
@@ -152,6 +126,7 @@ def export(
 
 def _export_split(
     ranked: RankResult,
+    opts: ExportOptions,
     cut: Cut,
     rank_pos: int,
     rel: str,
@@ -161,11 +136,9 @@ def _export_split(
     y_ref: np.ndarray,
     encoding_name: str,
     profile: TargetProfile,
-    golden: int,
-    batch_size: int,
-    latency_runs: int,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Export, encode, verify and describe one split; returns its manifest entry and latency."""
+    golden, batch_size = opts.golden, opts.batch_size
     head_gm, tail_gm = ranked.traced.split(cut)
     with torch.no_grad():
         boundary_fp32 = _batched(head_gm, x, batch_size)
@@ -196,7 +169,7 @@ def _export_split(
         files.update(_engine_plan(sdir, rel, profile, enc, cut, ranked.model.preprocessing.input_shape))
 
     lat = measure_latency(
-        {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}, xn[:1], runs=latency_runs
+        {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}, xn[:1], runs=opts.latency_runs
     )
     failures = [f"{name}: {reason}" for name, c in checks.items() for reason in c["gate"]["failures"]]
     entry = {
@@ -301,6 +274,7 @@ def _manifest(
     return {
         "schema": SCHEMA,
         "tool": {"name": "isplit-export", "version": __version__},
+        "options": ranked.options.to_json(),
         "model": m.to_json(),
         "preprocessing": m.preprocessing.to_json(),
         "input": {"name": "input", "shape": [BATCH_AXIS, c, h, w], "dtype": "float32", "layout": "NCHW"},

@@ -52,8 +52,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the r
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
 
 
-def _split_classes(classes: str | None) -> list[str] | None:
-    return [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+def _split_classes(classes: str | None) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
 
 
 def _setup(verbose: bool) -> None:
@@ -90,13 +90,16 @@ def export_cmd(
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
     from .bundle import export
+    from .options import ExportOptions
 
     _setup(verbose)
-    result = export(
-        model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data, classes=_split_classes(classes),
-        weights=weights, images=images, score=score, input_size=input_size, golden=golden, verify_images=verify_images, force=force,
-        batch_size=batch_size, latency_runs=latency_runs, progress=sys.stderr.isatty(),
+    options = ExportOptions(
+        model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
+        classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
+        golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
+        progress=sys.stderr.isatty(),
     )  # fmt: skip
+    result = export(options)
     typer.echo(result.rank.ranking.table(top))
     for split in result.manifest["splits"]:
         v = split["verification"]
@@ -130,12 +133,14 @@ def rank_cmd(
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
     from .api import rank
+    from .options import RankOptions
 
     _setup(verbose)
-    result = rank(
-        model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
+    options = RankOptions(
+        model=model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
         input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
     )  # fmt: skip
+    result = rank(options)
     r = result.ranking
     skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""
     typer.echo(f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}")

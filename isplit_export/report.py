@@ -445,6 +445,18 @@ def _reverify() -> list[str]:
     ]
 
 
+def _options(manifest: Mapping[str, Any]) -> list[str]:
+    """The options the bundle was made with (the manifest's ``options`` block), one per line."""
+    opts = _dict(manifest.get("options"))
+    if not opts:
+        return []
+    lines = ["## Options", "", "| option | value |", "|---|---|"]
+    for key, value in opts.items():
+        shown = "-" if value is None else (",".join(map(str, value)) if isinstance(value, list) else str(value))
+        lines.append(f"| `{key}` | {shown} |")
+    return lines
+
+
 def render_report(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> str:
     """The bundle's ``report.md``: header, plots, ranking, splits, CUI order, latency, build plan, re-verify.
 
@@ -459,6 +471,7 @@ def render_report(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> st
         _cui_order(manifest),
         _latency(manifest),
         _tensorrt(manifest),
+        _options(manifest),
         _reverify(),
     ]
     ver = _dict(manifest.get("verification"))

@@ -45,6 +45,7 @@ def test_bundle_layout_manifest_and_equivalence(digits_bundle: Path) -> None:
     m = json.loads((digits_bundle / "manifest.json").read_text())
     assert m["schema"] == "isplit.bundle/1" and m["opset"] == 17 and m["boundary_encoding"] == "fp32"
     assert m["model"]["weights_sha256"] and m["preprocessing"]["crop"] == 16
+    assert m["options"]["top"] == 2 and m["options"]["target"] == "onnx" and "out" not in m["options"]
     for name in ("full.onnx", "ranking.json", "cui.png", "cde.png"):
         assert name in m["files"]
     for rel, meta in m["files"].items():
@@ -62,7 +63,7 @@ def test_bundle_layout_manifest_and_equivalence(digits_bundle: Path) -> None:
         assert check["task"]["metric"] == "accuracy" and check["task"]["value"] > 0.9 and check["task"]["drop"] == 0
         assert split["boundary"]["bytes_per_image"] == split["boundary"]["fp32_bytes_per_image"]
     report = (digits_bundle / "report.md").read_text()
-    assert "Does the CUI order hold?" in report and "![CUI](cui.png)" in report
+    assert "Does the CUI order hold?" in report and "![CUI](cui.png)" in report and "| `top` | 2 |" in report
     lat = m["run"]["latency_ms"]
     assert all(v["head_ms"] > 0 and v["ratio"] > 0 for v in lat.values())
     assert verify_bundle(digits_bundle, write=False).passed

@@ -1,0 +1,145 @@
+"""The options of every job, as frozen dataclasses: one object travels from the CLI to each stage.
+
+The CLI builds the object from its flags, the Python API takes it (or builds it from keyword
+fields), the stages read the fields they need, and the bundle's manifest and report record
+:meth:`RankOptions.to_json` so a bundle says how it was made. A new option is a new field here,
+never a new keyword argument threaded through the pipeline.
+
+    from isplit_export import ExportOptions, export
+    export(ExportOptions(model="resnet50", out="bundle", top=3, target="jetson"))
+    export("resnet50", out="bundle", top=3, target="jetson")          # the same
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import BadInputError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_BATCH = 16
+
+_RUN_ONLY = {"manifest": False}
+"""Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
+
+T = TypeVar("T", bound="RankOptions")
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """What to rank and how: the model, the images, the Grad-CAM target and the passes.
+
+    ``classes`` restricts the CUI to a class subset (ImageFolder folder names/indices, or model
+    class names/indices matched against the predictions for unlabelled data). ``top`` is how many
+    ranked candidates to report. ``out`` (for :func:`isplit_export.rank`) receives
+    ``ranking.json``, ``cui.png`` and ``cde.png``.
+    """
+
+    model: str = DEFAULT_MODEL
+    data: Path | None = None
+    classes: tuple[str, ...] | None = None
+    weights: str = "default"
+    images: int | None = None
+    score: str = "top"
+    top: int | None = None
+    input_size: int | None = None
+    seed: int = 0
+    batch_size: int = field(default=DEFAULT_BATCH, metadata=_RUN_ONLY)
+    device: str = field(default="cpu", metadata=_RUN_ONLY)
+    progress: bool = field(default=False, metadata=_RUN_ONLY)
+    out: Path | None = field(default=None, metadata=_RUN_ONLY)
+
+    def __post_init__(self) -> None:
+        # Normalise the types the CLI and callers hand in, so equal options compare (and hash) equal.
+        if self.data is not None and not isinstance(self.data, Path):
+            object.__setattr__(self, "data", Path(self.data))
+        if self.out is not None and not isinstance(self.out, Path):
+            object.__setattr__(self, "out", Path(self.out))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes) or None)
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values no stage can use, with one line naming the flag (:class:`BadInputError`)."""
+        if self.top is not None and self.top < 1:
+            raise BadInputError(f"--top {self.top}: pass a positive number of splits")
+        if self.batch_size < 1:
+            raise BadInputError(f"--batch-size {self.batch_size}: pass a positive batch size")
+        if self.images is not None and self.images < 1:
+            raise BadInputError(f"--images {self.images}: pass a positive number of images")
+        if self.input_size is not None and self.input_size < 1:
+            raise BadInputError(f"--input-size {self.input_size}: pass a positive size in pixels")
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields that decide what is computed (not where or how fast), JSON-ready."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("manifest", True):
+                out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ExportOptions(RankOptions):
+    """What the main job exports: the ranked splits for a target, verified, into the bundle ``out``.
+
+    ``boundary`` is the boundary encoding (``fp32``, ``fp16``, ``int8``; default: the target's),
+    ``precision`` the TensorRT engine precision of the build plan (default: the target's). The first
+    ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
+    verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
+    """
+
+    top: int | None = 3
+    target: str = "onnx"
+    boundary: str | None = None
+    precision: str | None = None
+    golden: int = 4
+    verify_images: int = 256
+    latency_runs: int = field(default=30, metadata=_RUN_ONLY)
+    force: bool = field(default=False, metadata=_RUN_ONLY)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.golden < 1 or self.verify_images < 1:
+            raise BadInputError(
+                f"--golden {self.golden} / --verify-images {self.verify_images}: pass positive numbers of images"
+            )
+        if self.latency_runs < 1:
+            raise BadInputError(f"--latency-runs {self.latency_runs}: pass a positive number of runs")
+
+
+def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:
+    """``options`` (an options object, a model name or None) with keyword ``fields`` applied.
+
+    Lets the API be called as ``export(opts)``, ``export("resnet50", out=...)`` or
+    ``export(opts, top=5)``; an unknown field is a :class:`BadInputError` naming it.
+    """
+    if isinstance(options, str):
+        fields = {"model": options, **fields}
+        options = None
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise BadInputError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}: valid are {', '.join(sorted(known))}")
+    if options is None:
+        return cls(**fields)
+    if not isinstance(options, cls):
+        raise BadInputError(f"expected {cls.__name__}, got {type(options).__name__}")
+    return dataclasses.replace(options, **fields) if fields else options
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
