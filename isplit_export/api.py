@@ -19,6 +19,7 @@ from .options import RankOptions, make_options
 
 if TYPE_CHECKING:  # torch-free at import time: `verify` must run without PyTorch
     from .data import ImageSet
+    from .distributed import Job
     from .graph import TracedModel
     from .models import LoadedModel
     from .ranking import Ranking
@@ -42,22 +43,32 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
     so ``rank("resnet50", top=3)`` works. With ``options.out`` the ranking is written as
     ``ranking.json``, ``cui.png`` and ``cde.png`` there.
     """
+    opts = make_options(RankOptions, options, fields)
+    from .distributed import job
+
+    with job(opts.distributed, opts.device) as current:  # one process, or one of a torchrun job
+        return _rank(opts, current)
+
+
+def _rank(opts: RankOptions, current: Job) -> RankResult:
     from . import data as data_mod
     from .graph import trace
     from .importance import compute_importance
     from .models import load_model
     from .ranking import Ranking
 
-    opts = make_options(RankOptions, options, fields)
-    _check_device(opts.device)
+    _check_device(current.device)
     loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
     imgs = data_mod.load_images(
         opts.data, loaded.preprocessing, class_names=loaded.class_names, classes=opts.classes, limit=opts.images
     )
     traced = trace(loaded.module, loaded.preprocessing.input_shape)
     imp = compute_importance(
-        traced, imgs, score=opts.score, batch_size=opts.batch_size, device=opts.device, progress=opts.progress
-    )
+        traced, imgs, score=opts.score, batch_size=opts.batch_size, device=current.device,
+        progress=opts.progress and current.primary, shard=current.shard(opts.batch_size),
+        workers=data_mod.default_workers() if opts.workers is None else opts.workers,
+    )  # fmt: skip
+    imp = current.reduce_importance(imp, imgs)
     subset: list[int] | None = None
     if opts.classes and not imgs.folders:
         subset = data_mod.resolve_model_classes(opts.classes, loaded.class_names, loaded.num_classes)
@@ -75,9 +86,11 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
         input_bytes=4 * c * h * w,
         top=opts.top,
         curves=curves,
+        distributed=current.describe(),
     )
     if opts.out is not None:
-        write_ranking(ranking, opts.out)
+        out = opts.out
+        current.write(lambda: write_ranking(ranking, out))  # process 0, once every process is ok
     return RankResult(opts, loaded, traced, imgs, ranking)
 
 

@@ -61,6 +61,10 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
     opts = make_options(ExportOptions, options, fields)
+    from .distributed import requested
+
+    if requested(opts.distributed):
+        raise BadInputError("export runs in one process: run `isplit-export rank` under torchrun, then export")
     if opts.out is None:
         raise BadInputError("no --out: pass the bundle directory to create")
     profile = load_target(opts.target)

@@ -50,6 +50,12 @@ SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the 
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)")
+]
+DistributedOpt = Annotated[
+    bool, typer.Option("--distributed", help="torch.distributed job (implied under torchrun with several processes)")
+]
 
 
 def _split_classes(classes: str | None) -> tuple[str, ...] | None:
@@ -129,18 +135,24 @@ def rank_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")] = None,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "cpu",
+    workers: WorkersOpt = None,
+    distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
     from .api import rank
+    from .distributed import is_primary
     from .options import RankOptions
 
     _setup(verbose)
     options = RankOptions(
         model=model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
         input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
+        workers=workers, distributed=distributed,
     )  # fmt: skip
     result = rank(options)
+    if not is_primary():  # under torchrun, process 0 alone reports
+        return
     r = result.ranking
     skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""
     typer.echo(f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}")
@@ -223,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=args, prog_name="isplit-export", standalone_mode=False)
     except IsplitError as err:
-        typer.echo(f"error: {err}", err=True)
+        if not getattr(err, "reported", False):  # a distributed job's process 0 has printed it already
+            typer.echo(f"error: {err}", err=True)
         return err.exit_code
     except typer.Exit as ex:
         return int(ex.exit_code or 0)

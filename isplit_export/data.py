@@ -9,15 +9,20 @@ Sources, in the order they are tried:
 * no ``--data``: the real photographs shipped inside ``scikit-image`` (``skimage.data``), listed in
   ``calibration/skimage_photos.json``; offline, always there.
 
-Images are decoded lazily, batch by batch, so memory does not grow with the data set size.
-Unreadable files are skipped and counted; an empty set is an error.
+Images are decoded lazily, batch by batch, so memory does not grow with the data set size; with
+``workers > 0`` a :class:`torch.utils.data.DataLoader` decodes them in worker processes while the
+main process computes, in the same deterministic order. Every image keeps its global index (its
+position in :attr:`ImageSet.items`), whichever process or shard reads it. Unreadable files are
+skipped and counted once (workers return a marker; the main process counts); an empty set is an
+error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,45 @@ from .errors import BadInputError
 from .models import Preprocessing
 
 log = logging.getLogger(__name__)
+
+def default_workers() -> int:
+    """DataLoader decoding processes when ``--workers`` is not given: min(4, usable CPUs - 1)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus - 1))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The part of an image set one process reads: blocks of ``block`` consecutive images (by global
+    index), block ``b`` going to process ``b % world``. With ``block`` = the batch size every batch
+    holds the same images as in a single-process run. ``check`` runs before each batch (e.g. to stop
+    early when another process has failed)."""
+
+    rank: int = 0
+    world: int = 1
+    block: int = 1
+    check: Callable[[], None] | None = field(default=None, compare=False)
+
+    def indices(self, n: int) -> list[int]:
+        """The global indices of this shard, in order."""
+        return [i for i in range(n) if (i // self.block) % self.world == self.rank]
+
+
+@dataclass
+class Batch:
+    """One batch: inputs [B,C,H,W] float32, labels [B] int64, names, global image indices [B] int64."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.names)
+
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -67,23 +111,58 @@ class ImageSet:
         """True when every image has a model class label."""
         return bool(self.items) and all(it.label >= 0 for it in self.items)
 
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def batches(
+        self, batch_size: int, *, workers: int = 0, pin_memory: bool = False, shard: Shard | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """Yield ``(inputs [B,C,H,W] float32, labels [B] int64, names)``; unreadable files are skipped."""
-        buf: list[tuple[torch.Tensor, int, str]] = []
-        for item in self.items:
-            try:
-                tensor = preprocess(item.opener(), self.preprocessing)
-            except (OSError, UnidentifiedImageError, ValueError) as err:
-                if item.name not in self.unreadable:
-                    log.warning("skipping unreadable image %s (%s)", item.name, err)
-                self.unreadable.add(item.name)
+        for b in self.indexed_batches(batch_size, workers=workers, pin_memory=pin_memory, shard=shard):
+            yield b.x, b.labels, b.names
+
+    def indexed_batches(
+        self, batch_size: int, *, workers: int = 0, pin_memory: bool = False, shard: Shard | None = None
+    ) -> Iterator[Batch]:
+        """Yield :class:`Batch` es of ``batch_size`` readable images (the last may be smaller), in order.
+
+        ``workers`` decoding processes (0: decode here), ``pin_memory`` for fast copies to a GPU,
+        ``shard``: read only that part of the set. Unreadable files are logged once and added to
+        :attr:`unreadable` by this (the main) process.
+        """
+        if workers < 0:
+            raise BadInputError(f"--workers {workers}: pass 0 (decode in the main process) or more")
+        indices = shard.indices(len(self.items)) if shard is not None else list(range(len(self.items)))
+        check = shard.check if shard is not None else None
+        if not indices:
+            return
+        loader: Iterable[_Decoded] = torch.utils.data.DataLoader(
+            _DecodeDataset(self.items, self.preprocessing),
+            batch_size=batch_size,
+            sampler=indices,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=pin_memory,
+        )
+        buf: list[Batch] = []
+        held = 0
+        for part in loader:
+            if check is not None:
+                check()
+            for name, err in part.failed:
+                if name not in self.unreadable:
+                    log.warning("skipping unreadable image %s (%s)", name, err)
+                self.unreadable.add(name)
+            if not part.batch.names:
                 continue
-            buf.append((tensor, item.label, item.name))
-            if len(buf) == batch_size:
-                yield _stack(buf)
-                buf = []
-        if buf:
-            yield _stack(buf)
+            if not buf and len(part.batch) == batch_size:  # the usual case: pass through (stays pinned)
+                yield part.batch
+                continue
+            buf.append(part.batch)
+            held += len(part.batch)
+            while held >= batch_size:
+                out, buf = _take(buf, batch_size)
+                held -= batch_size
+                yield out
+        if held:
+            yield _take(buf, held)[0]
 
     def tensor(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """All (or the first ``limit``) images as one batch: for small calibration / golden sets."""
@@ -202,12 +281,35 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _file_opener(path: Path) -> Callable[[], Image.Image]:
-    def opener() -> Image.Image:
-        with Image.open(path) as im:
+    return _FileOpener(path)
+
+
+@dataclass(frozen=True)
+class _FileOpener:
+    """Opens one image file (a picklable callable, so DataLoader workers can be spawned too)."""
+
+    path: Path
+
+    def __call__(self) -> Image.Image:
+        with Image.open(self.path) as im:
             im.load()
             return im
 
-    return opener
+
+@dataclass(frozen=True)
+class _SkimageOpener:
+    """One of the skimage.data photographs (picklable)."""
+
+    function: str
+    pick: int | None
+
+    def __call__(self) -> Image.Image:
+        import skimage.data
+
+        arr = getattr(skimage.data, self.function)()
+        if self.pick is not None:
+            arr = arr[self.pick]
+        return Image.fromarray(np.asarray(arr, dtype=np.uint8))
 
 
 def skimage_recipe() -> dict[str, Any]:
@@ -225,23 +327,56 @@ def skimage_recipe() -> dict[str, Any]:
 def _skimage_items() -> list[ImageItem]:
     items = []
     for entry in skimage_recipe()["images"]:
-        fn, pick = entry["function"], entry.get("index")
-
-        def opener(fn: str = fn, pick: int | None = pick) -> Image.Image:
-            import skimage.data
-
-            arr = getattr(skimage.data, fn)()
-            if pick is not None:
-                arr = arr[pick]
-            return Image.fromarray(np.asarray(arr, dtype=np.uint8))
-
-        items.append(ImageItem(entry["name"], opener))
+        items.append(ImageItem(entry["name"], _SkimageOpener(entry["function"], entry.get("index"))))
     return items
 
 
-def _stack(buf: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    return (
-        torch.stack([b[0] for b in buf]),
-        torch.tensor([b[1] for b in buf], dtype=torch.int64),
-        [b[2] for b in buf],
-    )
+
+
+@dataclass
+class _Decoded:
+    """What one DataLoader batch carries back: the readable images and the (name, error) of the others."""
+
+    batch: Batch
+    failed: list[tuple[str, str]]
+
+    def pin_memory(self) -> _Decoded:
+        """Called by the DataLoader's pinning thread (``pin_memory=True``)."""
+        b = self.batch
+        return _Decoded(Batch(b.x.pin_memory(), b.labels.pin_memory(), b.names, b.indices), self.failed)
+
+
+class _DecodeDataset(torch.utils.data.Dataset[tuple[torch.Tensor | None, int, str, int, str]]):
+    """Item ``i`` -> (tensor or None when unreadable, label, name, i, error text)."""
+
+    def __init__(self, items: Sequence[ImageItem], preprocessing: Preprocessing) -> None:
+        self.items = items
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str, int, str]:
+        item = self.items[i]
+        try:
+            return preprocess(item.opener(), self.preprocessing), item.label, item.name, i, ""
+        except (OSError, UnidentifiedImageError, ValueError) as err:  # a marker: the parent counts it
+            return None, item.label, item.name, i, str(err)
+
+
+def _collate(samples: list[tuple[torch.Tensor | None, int, str, int, str]]) -> _Decoded:
+    ok = [s for s in samples if s[0] is not None]
+    failed = [(s[2], s[4]) for s in samples if s[0] is None]
+    x = torch.stack([s[0] for s in ok if s[0] is not None]) if ok else torch.empty(0)
+    labels = torch.tensor([s[1] for s in ok], dtype=torch.int64)
+    indices = torch.tensor([s[3] for s in ok], dtype=torch.int64)
+    return _Decoded(Batch(x, labels, [s[2] for s in ok], indices), failed)
+
+
+def _take(buf: list[Batch], n: int) -> tuple[Batch, list[Batch]]:
+    """The first ``n`` images of the buffered batches as one batch, and what remains."""
+    x, labels, indices = (torch.cat([getattr(b, f) for b in buf]) for f in ("x", "labels", "indices"))
+    names = [name for b in buf for name in b.names]
+    head = Batch(x[:n], labels[:n], names[:n], indices[:n])
+    rest = [Batch(x[n:], labels[n:], names[n:], indices[n:])] if len(names) > n else []
+    return head, rest

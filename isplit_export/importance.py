@@ -12,7 +12,9 @@ or the label with ``score="label"``):
 All cuts are served by ONE forward pass (which returns the logits and every cut's activation) and
 ONE backward pass (gradients w.r.t. those activations only; parameters are frozen so no weight
 gradients are computed). Only per-class sums of s are kept, so memory does not grow with the number
-of images, and a class subset's CUI is the ratio of its sums.
+of images, and a class subset's CUI is the ratio of its sums. The sums are also kept exactly
+(:mod:`isplit_export.exactsum`), so the CUI does not depend on the order in which images were added
+or on how many processes (:mod:`isplit_export.distributed`) shared them out.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageSet
+from . import exactsum
+from .data import ImageSet, Shard
 from .errors import BadInputError
 from .graph import TracedModel
 
@@ -36,11 +39,16 @@ SCORES = ("top", "label")
 
 @dataclass
 class Importance:
-    """Streaming per-class sums of the per-image score s(x, l) for every cut."""
+    """Streaming per-class sums of the per-image score s(x, l) for every cut.
+
+    ``sums`` are float64 running sums; ``exact`` the same sums held exactly (units of 2**-1074),
+    from which :meth:`cui` is computed, so it is independent of the order of the images.
+    """
 
     num_cuts: int
     sums: dict[int, np.ndarray] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
+    exact: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def images(self) -> int:
@@ -49,10 +57,11 @@ class Importance:
     def add(self, keys: torch.Tensor, scores: torch.Tensor) -> None:
         """Accumulate ``scores`` [B, num_cuts] under class ``keys`` [B]."""
         s = scores.detach().double().cpu().numpy()
-        for key, row in zip(keys.tolist(), s, strict=True):
+        for key, row, fixed in zip(keys.tolist(), s, exactsum.to_fixed(s), strict=True):
             self.sums.setdefault(key, np.zeros(self.num_cuts))
             self.sums[key] += row
             self.counts[key] = self.counts.get(key, 0) + 1
+            exactsum.add_into(self.exact.setdefault(key, [0] * self.num_cuts), fixed)
 
     def cui(self, classes: Sequence[int] | None = None) -> np.ndarray:
         """CUI per cut over all images, or over the images whose class key is in ``classes``."""
@@ -60,7 +69,7 @@ class Importance:
         n = sum(self.counts[k] for k in keys)
         if n == 0:
             raise BadInputError("no images of the requested classes: pick classes that occur in the data")
-        return np.sum([self.sums[k] for k in keys], axis=0) / n
+        return exactsum.to_float(exactsum.sum_rows((self.exact[k] for k in keys), self.num_cuts), n)
 
 
 def gradcam_scores(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -91,23 +100,28 @@ def compute_importance(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    workers: int = 0,
+    shard: Shard | None = None,
 ) -> Importance:
     """Stream ``images`` through the model once and return the per-class score sums of every cut.
 
     Class keys are the image labels when known, else the model's top-1 prediction (so class subsets
-    also work on unlabelled data).
+    also work on unlabelled data). ``workers`` DataLoader processes decode the images; with
+    ``shard`` only that part of the images is read (and an empty part is not an error: the caller
+    checks the total after adding up the parts).
     """
     if score not in SCORES:
         raise BadInputError(f"unknown --score '{score}': choose one of {', '.join(SCORES)}")
     capture = traced.capture_module().to(device)
     result = Importance(len(traced.cuts))
-    bar = _progress(len(images), progress)
-    for x, labels, _ in images.batches(batch_size):
-        scores, keys = batch_scores(capture, x.to(device), labels, score)
+    bar = _progress(len(images) if shard is None else len(shard.indices(len(images))), progress)
+    pin = torch.device(device).type == "cuda"
+    for x, labels, _ in images.batches(batch_size, workers=workers, pin_memory=pin, shard=shard):
+        scores, keys = batch_scores(capture, x.to(device, non_blocking=pin), labels, score)
         result.add(keys, scores)
         bar.update(len(x))
     bar.close()
-    if result.images == 0:
+    if result.images == 0 and shard is None:
         raise BadInputError(f"no readable images in {images.source}: pass --data with image files")
     return result
 

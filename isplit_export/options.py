@@ -51,6 +51,10 @@ class RankOptions:
     device: str = field(default="cpu", metadata=_RUN_ONLY)
     progress: bool = field(default=False, metadata=_RUN_ONLY)
     out: Path | None = field(default=None, metadata=_RUN_ONLY)
+    workers: int | None = field(default=None, metadata=_RUN_ONLY)
+    """DataLoader decoding processes (None: :func:`isplit_export.data.default_workers`; 0: decode inline)."""
+    distributed: bool = field(default=False, metadata=_RUN_ONLY)
+    """Run as a torch.distributed job (implied under torchrun with WORLD_SIZE > 1)."""
 
     def __post_init__(self) -> None:
         # Normalise the types the CLI and callers hand in, so equal options compare (and hash) equal.
@@ -72,6 +76,8 @@ class RankOptions:
             raise BadInputError(f"--images {self.images}: pass a positive number of images")
         if self.input_size is not None and self.input_size < 1:
             raise BadInputError(f"--input-size {self.input_size}: pass a positive size in pixels")
+        if self.workers is not None and self.workers < 0:
+            raise BadInputError(f"--workers {self.workers}: pass 0 (decode in the main process) or more")
 
     def to_json(self) -> dict[str, Any]:
         """The fields that decide what is computed (not where or how fast), JSON-ready."""

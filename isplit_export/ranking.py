@@ -46,6 +46,7 @@ class Ranking:
     input_bytes: int
     top: int | None = None
     curves: dict[str, list[float]] | None = None
+    distributed: dict[str, Any] | None = None
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -98,6 +99,8 @@ class Ranking:
         }
         if self.curves:
             out["curves"] = self.curves
+        if self.distributed:  # how it was computed (torch.distributed); absent in one process
+            out["distributed"] = self.distributed
         return out
 
     def table(self, top: int | None = None) -> str:
