@@ -143,7 +143,7 @@ class ImageSet:
         )
         buf: list[Batch] = []
         held = 0
-        for part in loader:
+        for part in _unwrapped(loader):
             if check is not None:
                 check()
             for name, err in part.failed:
@@ -362,6 +362,8 @@ class _DecodeDataset(torch.utils.data.Dataset[tuple[torch.Tensor | None, int, st
             return preprocess(item.opener(), self.preprocessing), item.label, item.name, i, ""
         except (OSError, UnidentifiedImageError, ValueError) as err:  # a marker: the parent counts it
             return None, item.label, item.name, i, str(err)
+        except Exception as err:  # e.g. a decompression bomb: not skipped, but named
+            raise BadInputError(f"image {item.name} cannot be used ({type(err).__name__}: {err}): remove or replace it") from err
 
 
 def _collate(samples: list[tuple[torch.Tensor | None, int, str, int, str]]) -> _Decoded:
@@ -371,6 +373,25 @@ def _collate(samples: list[tuple[torch.Tensor | None, int, str, int, str]]) -> _
     labels = torch.tensor([s[1] for s in ok], dtype=torch.int64)
     indices = torch.tensor([s[3] for s in ok], dtype=torch.int64)
     return _Decoded(Batch(x, labels, [s[2] for s in ok], indices), failed)
+
+
+def _unwrapped(loader: Iterable[_Decoded]) -> Iterator[_Decoded]:
+    """Iterate ``loader``; an error raised in a worker comes out with its own one-line message
+    (the DataLoader re-raises it with the worker's traceback as its text)."""
+    try:
+        yield from loader
+    except Exception as err:
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+            last = lines[-1]
+            prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+            message = last[len(prefix) :] if last.startswith(prefix) else last
+            try:
+                clean = type(err)(message)
+            except Exception:
+                raise err from None
+            raise clean from err
+        raise
 
 
 def _take(buf: list[Batch], n: int) -> tuple[Batch, list[Batch]]:

@@ -161,7 +161,7 @@ class Job:
         r, status = origins[0]
         message = f"process {r} of {self.world_size} (rank {r}) failed: {status['cause']}; nothing was written"
         self._report(message)
-        raise DistributedError(message, int(status["exit_code"]), reported=self.primary)
+        raise DistributedError(message, int(status["exit_code"]), reported=True)
 
     def _report(self, message: str) -> None:
         """Process 0 prints the one line; the others wait (briefly) until it has, then exit too."""

@@ -1,0 +1,169 @@
+"""Distributed ranking under torchrun (CPU, gloo), DataLoader decoding workers, exact sums.
+
+The torchrun tests launch real process groups of 2 processes (``python -m torch.distributed.run
+--standalone``) on the trained digits CNN and its labelled held-out digits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isplit_export import exactsum
+from isplit_export.cli import main
+from isplit_export.data import Shard, load_images
+from isplit_export.distributed import merge_order
+from isplit_export.graph import trace
+from isplit_export.importance import compute_importance
+from isplit_export.zoo import DIGITS_PREPROCESSING, DigitsCNN
+
+DIGITS = "isplit_export.zoo:digits_cnn"
+
+
+def _torchrun(nproc: int, *args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ISPLIT_DIST_TIMEOUT_S": "60"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "isplit_export.cli", *map(str, args)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def _one_process(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process
+    try:
+        code = main([*map(str, args)])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _corrupt(path: Path) -> None:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+def test_two_processes_give_the_single_process_ranking(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    _corrupt(data / "9" / "zzzz_corrupt.png")  # the last image: skipped and counted once, by one process
+    common = ("rank", DIGITS, "--weights", digits_weights, "--data", data, "--score", "label", "--top", "3")
+    run = _torchrun(2, *common, "--out", tmp_path / "two", "--workers", "1")
+    assert run.returncode == 0, run.stderr
+    code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one", "--workers", "0")
+    assert code == 0, err
+    assert "200 images (1 unreadable files skipped)" in out_one
+    # process 0 alone printed, the same lines
+    assert run.stdout.replace(str(tmp_path / "two"), str(tmp_path / "one")) == out_one
+
+    one = json.loads((tmp_path / "one" / "ranking.json").read_text())
+    two = json.loads((tmp_path / "two" / "ranking.json").read_text())
+    assert "distributed" not in one
+    assert two.pop("distributed") == {"world_size": 2, "backend": "gloo"}
+    cui1 = np.array([c["cui"] for c in one["candidates"]])
+    cui2 = np.array([c["cui"] for c in two["candidates"]])
+    np.testing.assert_allclose(cui2, cui1, rtol=1e-6, atol=0)
+    assert two == one  # in fact identical: exact sums, and every batch holds the same images
+    for name in ("cui.png", "cde.png"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_a_failing_process_fails_the_job_and_writes_nothing(
+    tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    Image.new("1", (20000, 20000)).save(data / "0" / "zzz_bomb.png")  # Pillow refuses it: an error, not a skip
+    images = load_images(data, DIGITS_PREPROCESSING)
+    bomb = next(i for i, it in enumerate(images.items) if it.name == "0/zzz_bomb.png")
+    assert bomb in Shard(1, 2, 16).indices(len(images)), "the bad file must be in process 1's shard"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    run = _torchrun(2, "rank", DIGITS, "--weights", digits_weights, "--data", data, "--out", out, "--workers", "1")
+    assert run.returncode != 0
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, run.stderr
+    assert "process 1 of 2 (rank 1) failed" in lines[0] and "0/zzz_bomb.png" in lines[0], lines[0]
+    assert "nothing was written" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "old"
+    assert run.stdout == ""
+
+
+def test_distributed_flag_without_torchrun_is_a_world_of_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    code, _, err = _one_process(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
+                                  "--images", "40", "--workers", "0", "--out", tmp_path, "--distributed")  # fmt: skip
+    assert code == 0, err
+    data = json.loads((tmp_path / "ranking.json").read_text())
+    assert data["distributed"] == {"world_size": 1, "backend": "gloo"} and data["images"] == 40
+    assert not torch.distributed.is_initialized()
+
+
+def _digits_traced(digits_weights: Path) -> object:
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(digits_weights))
+    return trace(model.eval(), DIGITS_PREPROCESSING.input_shape)
+
+
+def test_workers_give_the_same_cui_as_decoding_inline(digits_weights: Path, digits_dir: Path) -> None:
+    traced = _digits_traced(digits_weights)
+    images = load_images(digits_dir, DIGITS_PREPROCESSING)
+    inline = compute_importance(traced, images, batch_size=16, workers=0)  # type: ignore[arg-type]
+    workers = compute_importance(traced, images, batch_size=16, workers=2)  # type: ignore[arg-type]
+    assert inline.images == workers.images == 200
+    assert inline.counts == workers.counts
+    np.testing.assert_array_equal(workers.cui(), inline.cui())
+
+
+def test_unreadable_files_are_counted_once_with_workers(tmp_path: Path, digits_dir: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    _corrupt(data / "3" / "broken.png")
+    _corrupt(data / "7" / "broken.png")
+    images = load_images(data, DIGITS_PREPROCESSING)
+    assert len(images) == 202
+    for _ in range(2):  # read twice: still counted once each
+        batches = list(images.indexed_batches(16, workers=2))
+        assert [len(b) for b in batches] == [16] * 12 + [8]  # refilled to full batches around the gaps
+        indices = torch.cat([b.indices for b in batches]).tolist()
+        assert len(indices) == 200 and indices == sorted(indices)  # global indices, in order
+    assert images.skipped == 2 and images.unreadable == {"3/broken.png", "7/broken.png"}
+    names = [it.name for it in images.items]
+    assert all(names[i] not in images.unreadable for i in indices)
+
+
+def test_shards_partition_the_images_in_whole_batches() -> None:
+    for world in (1, 2, 3, 5):
+        shards = [Shard(r, world, 4).indices(23) for r in range(world)]
+        assert sorted(i for s in shards for i in s) == list(range(23))
+        for r, s in enumerate(shards):
+            assert all((i // 4) % world == r for i in s)
+    assert merge_order([[0, 2, 4], [1, 3]], 5, 2) == [0, 1, 2, 3, 4]
+
+
+def test_exact_sums_do_not_depend_on_order_or_grouping() -> None:
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(300) * 10.0 ** rng.integers(-12, 3, 300), [0.0, 1e-300, 5e-324]])
+    rows = exactsum.to_fixed(values[:, None])
+    total = exactsum.sum_rows(rows, 1)
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    halves = [exactsum.sum_rows(shuffled[:100], 1), exactsum.sum_rows(shuffled[100:], 1)]
+    assert exactsum.sum_rows(shuffled, 1) == total == exactsum.sum_rows(halves, 1)
+    # correctly rounded, like math.fsum; a float64 running sum is not, in general
+    assert float(exactsum.to_float(total)[0]) == math.fsum(values.tolist())
+    assert float(exactsum.to_float(total, 7)[0]) == pytest.approx(math.fsum(values.tolist()) / 7, rel=1e-15)
