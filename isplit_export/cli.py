@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import __version__
 from .errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
+
+if TYPE_CHECKING:
+    from .bottleneck import BottleneckOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -50,6 +53,27 @@ SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the 
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+BottleneckOpt = Annotated[
+    str | None,
+    typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
+]
+FinetuneOpt = Annotated[str, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model) or 'tail'")]
+TrainStepsOpt = Annotated[int, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")]
+TrainBatchOpt = Annotated[int, typer.Option("--train-batch", help="images per bottleneck training step")]
+
+
+def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> BottleneckOptions | None:
+    """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
+    from .bottleneck import BottleneckOptions
+    from .errors import BadInputError
+
+    if size is None:
+        defaults = BottleneckOptions()
+        if (finetune, steps, batch) != (defaults.finetune, defaults.train_steps, defaults.train_batch):
+            BottleneckOptions(finetune=finetune, train_steps=steps, train_batch=batch)  # bad values first
+            raise BadInputError("--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16")
+        return None
+    return BottleneckOptions(size=size, finetune=finetune, train_steps=steps, train_batch=batch)
 
 
 def _split_classes(classes: str | None) -> tuple[str, ...] | None:
@@ -86,6 +110,10 @@ def export_cmd(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
+    bottleneck: BottleneckOpt = None,
+    finetune: FinetuneOpt = "none",
+    train_steps: TrainStepsOpt = 64,
+    train_batch: TrainBatchOpt = 8,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -97,15 +125,19 @@ def export_cmd(
         model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty(), bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
     )  # fmt: skip
     result = export(options)
     typer.echo(result.rank.ranking.table(top))
     for split in result.manifest["splits"]:
         v = split["verification"]
+        b = split["boundary"]
+        task = v["checks"][b["encoding"]]["task"]
+        ci = f" [{task['ci95'][0]:.1%}, {task['ci95'][1]:.1%}] on {task['images']} held-out images" if "ci95" in task else ""
         typer.echo(
-            f"{split['dir']}: boundary {split['boundary']['encoding']} {split['boundary']['bytes_per_image']} B/image, "
-            f"gates {'PASS' if v['passed'] else 'FAIL'}"
+            f"{split['dir']}: boundary {b['encoding']} {b['bytes_per_image']} B/image "
+            f"(fp32 {b['fp32_bytes_per_image']} B), gates {'PASS' if v['passed'] else 'FAIL'}, "
+            f"{task['metric']} {task['value']:.1%}{ci}"
         )
     typer.echo(result.manifest["verification"]["note"])
     typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
