@@ -84,7 +84,9 @@ def parse_size(text: str) -> SizeSpec:
     if m:
         n = float(m.group(1)) * _UNITS[m.group(2).lower()]
         if n < 1 or n != int(n):
-            raise BadInputError(f"--bottleneck {t}: a size must be a whole number of bytes >= 1 (e.g. 64B, 2KiB)")
+            raise BadInputError(
+                f"--bottleneck {t}: a size must be a whole number of bytes >= 1 (e.g. 64B, 2KiB)"
+            )
         return SizeSpec("bytes", float(int(n)), t)
     try:
         ratio = float(Fraction(t)) if "/" in t else float(t)
@@ -143,7 +145,9 @@ def as_bottleneck(value: BottleneckOptions | str | None) -> BottleneckOptions | 
         return value
     if isinstance(value, str):
         return BottleneckOptions(size=value)
-    raise BadInputError(f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}")
+    raise BadInputError(
+        f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,9 @@ def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
             f"cut {cut.index} ({cut.node}) has a {layout} boundary: --bottleneck supports NCHW (convolutional) cuts only"
         )
     if len(cut.shape) != 3:
-        raise BadInputError(f"cut {cut.index} ({cut.node}) has boundary shape {list(cut.shape)}, not (C, H, W)")
+        raise BadInputError(
+            f"cut {cut.index} ({cut.node}) has boundary shape {list(cut.shape)}, not (C, H, W)"
+        )
     bpe = ENCODING_BYTES[encoding]
     c, h, w = (int(d) for d in cut.shape)
     total = c * h * w
@@ -194,7 +200,9 @@ def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
             f"--bottleneck {spec.text} is larger than cut {cut.index} ({cut.node})'s boundary "
             f"({c}x{h}x{w} = {total} elements, {total * bpe} B as {encoding}): pass a smaller size"
         )
-    strides = [s for s in (1, 2, 4, MAX_STRIDE) if s <= max(h, w) and (s == 1 or (h // s >= 1 and w // s >= 1))]
+    strides = [
+        s for s in (1, 2, 4, MAX_STRIDE) if s <= max(h, w) and (s == 1 or (h // s >= 1 and w // s >= 1))
+    ]
     for s in strides:
         hs, ws = max(h // s, 1), max(w // s, 1)
         k = min(budget // (hs * ws), c)
@@ -375,7 +383,9 @@ def train(
         encoder = Encoder(p, mean.float(), std.float())
         decoder = Decoder(p, mean.float(), std.float(), nonneg)
         inv_std = (1.0 / std.float()).reshape(1, -1, 1, 1)
-        groups: list[dict[str, Any]] = [{"params": [*encoder.parameters(), *decoder.parameters()], "lr": options.lr}]
+        groups: list[dict[str, Any]] = [
+            {"params": [*encoder.parameters(), *decoder.parameters()], "lr": options.lr}
+        ]
         if options.finetune == "tail":
             groups.append({"params": list(student_tail.parameters()), "lr": options.lr * 0.1})
         opt = torch.optim.Adam(groups)
@@ -386,7 +396,9 @@ def train(
         best, best_step, step = math.inf, 0, 0
         warmup = min(options.train_steps, 2 * options.patience)  # no early stop before the loss settles
         last = {"loss": math.nan, "kl": math.nan, "mse": math.nan}
-        bar = tqdm(total=options.train_steps, disable=not progress, desc=f"bottleneck {cut.node}", leave=False)
+        bar = tqdm(
+            total=options.train_steps, disable=not progress, desc=f"bottleneck {cut.node}", leave=False
+        )
         for step in range(1, options.train_steps + 1):
             if len(order) < options.train_batch:
                 order += torch.randperm(n, generator=gen).tolist()
@@ -460,7 +472,9 @@ def cut_seed(seed: int, cut_index: int) -> int:
     """The training seed of the bottleneck at ``cut_index``: a function of (seed, cut index) only."""
     import hashlib
 
-    return int.from_bytes(hashlib.sha256(f"isplit-bottleneck:{seed}:{cut_index}".encode()).digest()[:4], "little")
+    return int.from_bytes(
+        hashlib.sha256(f"isplit-bottleneck:{seed}:{cut_index}".encode()).digest()[:4], "little"
+    )
 
 
 def _batched(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
     isplit-export [MODEL] --top K --target TARGET --out DIR     export a verified bundle (main job)
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only
+    isplit-export study MODEL [--cuts candidates|all] [--bottleneck 1/16|2KiB] [--data DIR] [--classes a,b]
     isplit-export verify BUNDLE [--backend onnxruntime|tensorrt] [--split N]
     isplit-export build-engines BUNDLE [--split N]              on the device (TensorRT)
     isplit-export targets | models
@@ -179,6 +180,83 @@ def rank_cmd(
     typer.echo(r.table(top))
     if out is not None:
         typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}")
+
+
+@app.command("study")
+def study_cmd(
+    model: ModelArg = "efficientnet_lite0",
+    cuts: Annotated[str, typer.Option("--cuts", help="'candidates' (local maxima of the CUI) or 'all'")] = "candidates",
+    bottleneck: Annotated[
+        str, typer.Option("--bottleneck", help="bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)")
+    ] = "1/16",
+    finetune: FinetuneOpt = "none",
+    train_steps: TrainStepsOpt = 64,
+    train_batch: TrainBatchOpt = 8,
+    boundary: Annotated[str, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")] = "int8",
+    data: DataOpt = None,
+    classes: ClassesOpt = None,
+    weights: WeightsOpt = "default",
+    images: ImagesOpt = None,
+    score: ScoreOpt = "top",
+    input_size: SizeOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
+    batch_size: BatchOpt = 16,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the split, the training and the random baseline")] = 0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
+    from .bottleneck import BottleneckOptions
+    from .study import StudyOptions, study
+
+    _setup(verbose)
+    options = StudyOptions(
+        model=model, cuts=cuts, bottleneck=BottleneckOptions(size=bottleneck, finetune=finetune,
+        train_steps=train_steps, train_batch=train_batch), boundary=boundary, data=data,
+        classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
+        out=out, batch_size=batch_size, seed=seed, progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    result = study(options)
+    typer.echo(format_study(result.data))
+    typer.echo(f"wrote {result.paths[0]}, {result.paths[1]}")
+
+
+def format_study(data: dict[str, object]) -> str:
+    """The study as a terminal table plus its summary lines."""
+    from typing import Any, cast
+
+    d = cast("dict[str, Any]", data)
+    metric = d["summary"]["metric"]
+    rows = [f"{'cut':>4}  {'node':24} {'log10 CUI':>9}  {'fp32 B':>8}  {'code B':>7}  {metric + ' [95% CI]':>24}"]
+    import math
+
+    for c in d["cuts"]:
+        m = c["measured"]
+        ci = f"{m['value']:.1%} [{m['ci95'][0]:.1%}, {m['ci95'][1]:.1%}]"
+        lc = math.log10(c["cui"]) if c["cui"] else float("nan")
+        rows.append(f"{c['index']:>4}  {c['node'][:24]:24} {lc:>9.3f}  {c['boundary_bytes']:>8}  {c['code_bytes']:>7}  {ci:>24}")
+    p = d["summary"]["predictors"]
+    for name in ("cui", "cde", "random"):
+        q = p[name]
+        sci, kci = q["spearman_ci95"], q["kendall_ci95"]
+        rows.append(
+            f"{name.upper():6} Spearman {_f(q['spearman'])} {_fci(sci)}  Kendall {_f(q['kendall'])} {_fci(kci)}"
+        )
+    s = d["summary"]
+    if "regret" in s:
+        rows.append(f"regret of CUI's top pick (cut {s['cui_top_pick']['index']}): {s['regret']:.1%} "
+                    f"(best: cut {s['best']['index']}, {s['best']['value']:.1%})")  # fmt: skip
+    rows.append(s["note"])
+    return "\n".join(rows)
+
+
+def _f(v: object) -> str:
+    return "n/a" if v is None else f"{float(v):+.3f}"  # type: ignore[arg-type]
+
+
+def _fci(ci: object) -> str:
+    if not isinstance(ci, list) or ci[0] is None:
+        return "[n/a]"
+    return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
 @app.command("verify")
