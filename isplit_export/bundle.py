@@ -37,6 +37,9 @@ from .verify import SCHEMA, measure_latency, run_pair_onnx
 
 log = logging.getLogger(__name__)
 
+MIN_SPLITS_TO_CONCLUDE = 5
+"""Below this many measured splits a rank correlation says nothing (3 splits have only 6 orders)."""
+
 
 @dataclass
 class ExportResult:
@@ -75,7 +78,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 f"choose {', '.join(profile.precisions)}"
             )
         profile = dataclasses.replace(profile, default_precision=opts.precision)
-    encoding_name = opts.boundary or profile.default_boundary
+    bn = opts.bottleneck  # learned bottleneck at each cut (isplit_export.bottleneck); its code is int8 by default
+    encoding_name = opts.boundary or ("int8" if bn is not None else profile.default_boundary)
     if encoding_name not in ENCODINGS:
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
     out = opts.out
@@ -86,6 +90,16 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     if not cuts:
         raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
     x, labels, names = ranked.images.tensor(limit=opts.verify_images)
+    x_train: torch.Tensor | None = None
+    if bn is not None:  # train on one part, verify on the held-out rest; sizes checked before writing
+        from .bottleneck import plan
+        from .holdout import split_holdout
+
+        for cut in cuts:
+            plan(cut, bn.spec, encoding_name)
+        train_idx, held_idx = split_holdout(names, bn.holdout, opts.seed)
+        x_train, x, labels = x[train_idx], x[held_idx], labels[held_idx]
+        names = [names[i] for i in held_idx]
     module = ranked.model.module
     with torch.no_grad():
         ref_logits = _batched(module, x, opts.batch_size)
@@ -102,16 +116,25 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
         splits: list[dict[str, Any]] = []
         latency: dict[str, Any] = {}
+        train_seconds: dict[str, float] = {}
         for pos, cut in enumerate(cuts, start=1):
             rel = f"splits/{pos:02d}-{cut.node}"
             sdir = tmp / rel
             sdir.mkdir(parents=True)
-            entry, lat = _export_split(ranked, opts, cut, pos, rel, sdir, x, lab, y_ref, encoding_name, profile)
+            entry, lat = _export_split(
+                ranked, opts, cut, pos, rel, sdir, x, lab, y_ref, encoding_name, profile, x_train, train_seconds
+            )
             splits.append(entry)
             latency[rel] = lat
 
         full_acc = accuracy(y_ref, lab)
         summary = _summary(splits, encoding_name, full_acc)
+        if bn is not None and len(splits) < MIN_SPLITS_TO_CONCLUDE:
+            summary["too_few_splits"] = True
+            summary["note"] += (
+                f"; but {len(splits)} split(s) are too few to conclude anything about the CUI order "
+                f"(run `isplit-export study` over {MIN_SPLITS_TO_CONCLUDE}+ cuts)"
+            )
         manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
         manifest["files"] = _hash_files(tmp)
         report = render_report({**manifest, "run": {"latency_ms": latency}}, ranked.ranking.to_json())
@@ -121,6 +144,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             "host": platform.platform(),
             "torch": torch.__version__,
             "latency_ms": latency,
+            **({"bottleneck_train_seconds": train_seconds} if bn is not None else {}),
             "report_sha256": sha256_file(tmp / "report.md"),
         }
         write_json(tmp / "manifest.json", manifest)
@@ -140,13 +164,30 @@ def _export_split(
     y_ref: np.ndarray,
     encoding_name: str,
     profile: TargetProfile,
+    x_train: torch.Tensor | None = None,
+    train_seconds: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Export, encode, verify and describe one split; returns its manifest entry and latency."""
+    """Export, encode, verify and describe one split; returns its manifest entry and latency.
+
+    With a bottleneck (``x_train`` given), the encoder/decoder are trained first and wrap the head and
+    tail, so the exported pair carries them; ``x`` are then the held-out images.
+    """
     golden, batch_size = opts.golden, opts.batch_size
     head_gm, tail_gm = ranked.traced.split(cut)
+    trained = None
+    if opts.bottleneck is not None and x_train is not None:
+        from . import bottleneck
+
+        trained = bottleneck.train(
+            cut, head_gm, tail_gm, x_train, opts.bottleneck, seed=bottleneck.cut_seed(opts.seed, cut.index),
+            encoding=encoding_name, batch_size=batch_size, progress=opts.progress,
+        )  # fmt: skip
+        head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
+        if train_seconds is not None:
+            train_seconds[rel] = round(trained.seconds, 3)
     with torch.no_grad():
         boundary_fp32 = _batched(head_gm, x, batch_size)
-    enc = calibrate_encoding(encoding_name, boundary_fp32.numpy())
+    enc = trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
     head_path, tail_path = sdir / "head.onnx", sdir / "tail.onnx"
     save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc), head_path)
     save_model(decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc), tail_path)
@@ -154,8 +195,17 @@ def _export_split(
     xn = x.numpy()
     boundary, logits = run_pair_onnx(head_path, tail_path, xn, batch=batch_size)
     files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
-    goldens = {"input": xn[:golden], "boundary": boundary[:golden], "logits": y_ref[:golden], "labels": labels[:golden]}
-    checks = {encoding_name: _check(y_ref, logits, labels, gate_for(encoding_name))}
+    if trained is not None:
+        from .bottleneck import pair_check
+
+        check, pair_ref = pair_check(trained, x, boundary, logits, y_ref, labels, batch_size)
+        checks = {encoding_name: check}
+        golden_logits = pair_ref  # the pair's own logits: verify re-proves the export, not the bottleneck's loss
+    else:
+        checks = {encoding_name: _check(y_ref, logits, labels, gate_for(encoding_name))}
+        golden_logits = y_ref
+    goldens = {"input": xn[:golden], "boundary": boundary[:golden], "logits": golden_logits[:golden],
+               "labels": labels[:golden]}  # fmt: skip
 
     if profile.int8:
         from .quantize import build_int8_pair
@@ -170,7 +220,8 @@ def _export_split(
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
     save_npz(sdir / "golden.npz", goldens)
     if profile.uses_tensorrt:
-        files.update(_engine_plan(sdir, rel, profile, enc, cut, ranked.model.preprocessing.input_shape))
+        shape = trained.plan.code_shape if trained is not None else cut.shape
+        files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape))
 
     lat = measure_latency(
         {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}, xn[:1], runs=opts.latency_runs
@@ -188,18 +239,23 @@ def _export_split(
         "boundary": {
             **enc.to_json(),
             "encoding": enc.name,
-            "shape": [BATCH_AXIS, *cut.shape],
-            "bytes_per_image": int(np.prod(cut.shape)) * enc.bytes_per_element,
+            "shape": [BATCH_AXIS, *(trained.plan.code_shape if trained is not None else cut.shape)],
+            "bytes_per_image": int(np.prod(boundary.shape[1:])) * enc.bytes_per_element,
             "fp32_bytes_per_image": cut.boundary_bytes,
         },
         "files": files,
         "verification": {"checks": checks, "passed": not failures, "failures": failures},
     }
+    if trained is not None and opts.bottleneck is not None:
+        from .bottleneck import config
+
+        entry["bottleneck"] = {**config(opts.bottleneck, trained.plan, enc), "training": trained.summary}
     return entry, lat
 
 
 def _engine_plan(
-    sdir: Path, rel: str, profile: TargetProfile, enc: BoundaryEncoding, cut: Cut, input_shape: tuple[int, ...]
+    sdir: Path, rel: str, profile: TargetProfile, enc: BoundaryEncoding, boundary_shape: tuple[int, ...],
+    input_shape: tuple[int, ...],
 ) -> dict[str, str]:
     """Write the TensorRT build plan; returns the new files for the manifest.
 
@@ -221,7 +277,7 @@ def _engine_plan(
             files[f"{part}_trt"] = f"{rel}/{name}"
     plan = write_build_plan(
         sdir, profile, precision=profile.default_precision, head_onnx=names["head"], tail_onnx=names["tail"],
-        input_shape=(1, *input_shape), boundary_shape=(1, *cut.shape),
+        input_shape=(1, *input_shape), boundary_shape=(1, *boundary_shape),
     )
     files.update({p.name.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
     return files

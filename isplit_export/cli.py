@@ -2,6 +2,7 @@
 
     isplit-export [MODEL] --top K --target TARGET --out DIR     export a verified bundle (main job)
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only
+    isplit-export study MODEL [--cuts candidates|all] [--bottleneck 1/16|2KiB] [--data DIR] [--classes a,b]
     isplit-export verify BUNDLE [--backend onnxruntime|tensorrt] [--split N]
     isplit-export build-engines BUNDLE [--split N]              on the device (TensorRT)
     isplit-export targets | models
@@ -15,12 +16,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import __version__
 from .errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
+
+if TYPE_CHECKING:
+    from .bottleneck import BottleneckOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -56,6 +60,27 @@ WorkersOpt = Annotated[
 DistributedOpt = Annotated[
     bool, typer.Option("--distributed", help="torch.distributed job (implied under torchrun with several processes)")
 ]
+BottleneckOpt = Annotated[
+    str | None,
+    typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
+]
+FinetuneOpt = Annotated[str, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model) or 'tail'")]
+TrainStepsOpt = Annotated[int, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")]
+TrainBatchOpt = Annotated[int, typer.Option("--train-batch", help="images per bottleneck training step")]
+
+
+def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> BottleneckOptions | None:
+    """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
+    from .bottleneck import BottleneckOptions
+    from .errors import BadInputError
+
+    if size is None:
+        defaults = BottleneckOptions()
+        if (finetune, steps, batch) != (defaults.finetune, defaults.train_steps, defaults.train_batch):
+            BottleneckOptions(finetune=finetune, train_steps=steps, train_batch=batch)  # bad values first
+            raise BadInputError("--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16")
+        return None
+    return BottleneckOptions(size=size, finetune=finetune, train_steps=steps, train_batch=batch)
 
 
 def _split_classes(classes: str | None) -> tuple[str, ...] | None:
@@ -92,6 +117,10 @@ def export_cmd(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
+    bottleneck: BottleneckOpt = None,
+    finetune: FinetuneOpt = "none",
+    train_steps: TrainStepsOpt = 64,
+    train_batch: TrainBatchOpt = 8,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -103,15 +132,19 @@ def export_cmd(
         model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty(), bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
     )  # fmt: skip
     result = export(options)
     typer.echo(result.rank.ranking.table(top))
     for split in result.manifest["splits"]:
         v = split["verification"]
+        b = split["boundary"]
+        task = v["checks"][b["encoding"]]["task"]
+        ci = f" [{task['ci95'][0]:.1%}, {task['ci95'][1]:.1%}] on {task['images']} held-out images" if "ci95" in task else ""
         typer.echo(
-            f"{split['dir']}: boundary {split['boundary']['encoding']} {split['boundary']['bytes_per_image']} B/image, "
-            f"gates {'PASS' if v['passed'] else 'FAIL'}"
+            f"{split['dir']}: boundary {b['encoding']} {b['bytes_per_image']} B/image "
+            f"(fp32 {b['fp32_bytes_per_image']} B), gates {'PASS' if v['passed'] else 'FAIL'}, "
+            f"{task['metric']} {task['value']:.1%}{ci}"
         )
     typer.echo(result.manifest["verification"]["note"])
     typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
@@ -159,6 +192,89 @@ def rank_cmd(
     typer.echo(r.table(top))
     if out is not None:
         typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}")
+
+
+@app.command("study")
+def study_cmd(
+    model: ModelArg = "efficientnet_lite0",
+    cuts: Annotated[str, typer.Option("--cuts", help="'candidates' (local maxima of the CUI) or 'all'")] = "candidates",
+    bottleneck: Annotated[
+        str, typer.Option("--bottleneck", help="bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)")
+    ] = "1/16",
+    finetune: FinetuneOpt = "none",
+    train_steps: TrainStepsOpt = 64,
+    train_batch: TrainBatchOpt = 8,
+    boundary: Annotated[str, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")] = "int8",
+    data: DataOpt = None,
+    classes: ClassesOpt = None,
+    weights: WeightsOpt = "default",
+    images: ImagesOpt = None,
+    score: ScoreOpt = "top",
+    input_size: SizeOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
+    batch_size: BatchOpt = 16,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the split, the training and the random baseline")] = 0,
+    workers: WorkersOpt = None,
+    distributed: DistributedOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
+    from .bottleneck import BottleneckOptions
+    from .distributed import is_primary
+    from .study import StudyOptions, study
+
+    _setup(verbose)
+    options = StudyOptions(
+        model=model, cuts=cuts, bottleneck=BottleneckOptions(size=bottleneck, finetune=finetune,
+        train_steps=train_steps, train_batch=train_batch), boundary=boundary, data=data,
+        classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
+        out=out, batch_size=batch_size, seed=seed, progress=sys.stderr.isatty(), workers=workers,
+        distributed=distributed,
+    )  # fmt: skip
+    result = study(options)
+    if not is_primary():  # under torchrun, process 0 alone reports
+        return
+    typer.echo(format_study(result.data))
+    typer.echo(f"wrote {result.paths[0]}, {result.paths[1]}")
+
+
+def format_study(data: dict[str, object]) -> str:
+    """The study as a terminal table plus its summary lines."""
+    from typing import Any, cast
+
+    d = cast("dict[str, Any]", data)
+    metric = d["summary"]["metric"]
+    rows = [f"{'cut':>4}  {'node':24} {'log10 CUI':>9}  {'fp32 B':>8}  {'code B':>7}  {metric + ' [95% CI]':>24}"]
+    import math
+
+    for c in d["cuts"]:
+        m = c["measured"]
+        ci = f"{m['value']:.1%} [{m['ci95'][0]:.1%}, {m['ci95'][1]:.1%}]"
+        lc = math.log10(c["cui"]) if c["cui"] else float("nan")
+        rows.append(f"{c['index']:>4}  {c['node'][:24]:24} {lc:>9.3f}  {c['boundary_bytes']:>8}  {c['code_bytes']:>7}  {ci:>24}")
+    p = d["summary"]["predictors"]
+    for name in ("cui", "cde", "random"):
+        q = p[name]
+        sci, kci = q["spearman_ci95"], q["kendall_ci95"]
+        rows.append(
+            f"{name.upper():6} Spearman {_f(q['spearman'])} {_fci(sci)}  Kendall {_f(q['kendall'])} {_fci(kci)}"
+        )
+    s = d["summary"]
+    if "regret" in s:
+        rows.append(f"regret of CUI's top pick (cut {s['cui_top_pick']['index']}): {s['regret']:.1%} "
+                    f"(best: cut {s['best']['index']}, {s['best']['value']:.1%})")  # fmt: skip
+    rows.append(s["note"])
+    return "\n".join(rows)
+
+
+def _f(v: object) -> str:
+    return "n/a" if v is None else f"{float(v):+.3f}"  # type: ignore[arg-type]
+
+
+def _fci(ci: object) -> str:
+    if not isinstance(ci, list) or ci[0] is None:
+        return "[n/a]"
+    return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
 @app.command("verify")

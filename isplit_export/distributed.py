@@ -46,6 +46,7 @@ TIMEOUT_ENV = "ISPLIT_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
 _ABORT_KEY = "isplit/abort"
 _REPORTED_KEY = "isplit/reported"
+_CURRENT: Job | None = None
 
 
 class DistributedError(IsplitError):
@@ -254,6 +255,12 @@ class Job:
         import torch.distributed as dist
 
         self._stopped = True
+        if not self.broken and self.store is not None:
+            # leave together: no process tears its connections down while another still reads the
+            # last collective's data from them (a store round, outside the process group)
+            with contextlib.suppress(Exception):
+                self.store.set(f"isplit/done/{self.rank}", "1")
+                self.store.wait([f"isplit/done/{r}" for r in range(self.world_size)], dt.timedelta(seconds=60))
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
@@ -283,12 +290,17 @@ def job(distributed: bool = False, device: str = "cpu") -> Iterator[Job]:
     """This process's :class:`Job`: a process group when distributed, else a single-process stand-in.
 
     An exception inside the block is reported to the other processes (checkpoint) and comes out as
-    :class:`DistributedError` naming the process that failed first and its cause.
+    :class:`DistributedError` naming the process that failed first and its cause. Nested calls (the
+    study ranks inside its own job) share the outer job, which alone handles failures.
     """
+    global _CURRENT
+    if _CURRENT is not None:
+        yield _CURRENT
+        return
     if not requested(distributed):
         yield Job(device=device)
         return
-    current = _init(device)
+    current = _CURRENT = _init(device)
     try:
         yield current
     except DistributedError:
@@ -300,6 +312,7 @@ def job(distributed: bool = False, device: str = "cpu") -> Iterator[Job]:
         current.checkpoint(err)  # raises DistributedError for everyone
         raise  # not reached
     finally:
+        _CURRENT = None
         current.close()
 
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BadInputError
+
+if TYPE_CHECKING:  # torch-free at import time
+    from .bottleneck import BottleneckOptions
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
@@ -110,8 +113,14 @@ class ExportOptions(RankOptions):
     verify_images: int = 256
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
     force: bool = field(default=False, metadata=_RUN_ONLY)
+    bottleneck: BottleneckOptions | None = None
+    """A learned bottleneck at each split (``--bottleneck 1/16``): a :class:`BottleneckOptions` or a size spec."""
 
     def validate(self) -> None:
+        if self.bottleneck is not None:
+            from .bottleneck import as_bottleneck
+
+            object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         super().validate()
         if self.golden < 1 or self.verify_images < 1:
             raise BadInputError(
