@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +36,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import EXIT_TECHNICAL, BadInputError, IsplitError
 
 if TYPE_CHECKING:
+    import torch
+
     from .data import ImageSet, Shard
     from .importance import Importance
 
@@ -47,6 +50,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 _ABORT_KEY = "isplit/abort"
 _REPORTED_KEY = "isplit/reported"
 _CURRENT: Job | None = None
+_CHECK_EVERY_S = 0.5
 
 
 class DistributedError(IsplitError):
@@ -103,6 +107,7 @@ class Job:
     store: Any = None
     broken: bool = False
     _stopped: bool = field(default=False, repr=False)
+    _last_check: float = field(default=0.0, repr=False)
 
     @property
     def active(self) -> bool:
@@ -132,9 +137,13 @@ class Job:
     # -- failure handling -------------------------------------------------------------------
 
     def check_peers(self) -> None:
-        """Raise if another process has failed (cheap: one key lookup in the store)."""
+        """Raise if another process has failed (one key lookup in the store, at most every 0.5 s)."""
         if self.store is None:
             return
+        now = time.monotonic()
+        if now - self._last_check < _CHECK_EVERY_S:
+            return
+        self._last_check = now
         try:
             failed = bool(self.store.check([_ABORT_KEY]))
         except Exception:  # the store is gone: the checkpoint will say why
@@ -263,6 +272,39 @@ class Job:
                 self.store.wait([f"isplit/done/{r}" for r in range(self.world_size)], dt.timedelta(seconds=60))
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+
+def images_tensor(images: ImageSet, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """:meth:`ImageSet.tensor`, decoded in parts by the processes of the current job and gathered
+    (in one process: just that). Same images, same order, same values; unreadable files are merged."""
+    current = _CURRENT
+    if current is None or current.world_size == 1:
+        return images.tensor(limit=limit)
+    import torch
+
+    from .data import ImageSet, Shard
+
+    sub = ImageSet(images.items[:limit] if limit else images.items, images.preprocessing, images.source)
+    parts = list(sub.indexed_batches(64, shard=Shard(current.rank, current.world_size, 64, current.check_peers)))
+    mine = (
+        torch.cat([b.x for b in parts]) if parts else None,
+        torch.cat([b.labels for b in parts]) if parts else None,
+        [n for b in parts for n in b.names],
+        torch.cat([b.indices for b in parts]) if parts else None,
+        sorted(sub.unreadable),
+    )
+    gathered = current.gather(mine)
+    for *_, unreadable in gathered:
+        images.unreadable.update(unreadable)
+    full = [g for g in gathered if g[0] is not None]
+    if not full:
+        raise BadInputError(f"no readable images in {images.source}: pass --data with image files")
+    indices = torch.cat([g[3] for g in full if g[3] is not None])
+    order = torch.argsort(indices)
+    x = torch.cat([g[0] for g in full if g[0] is not None])[order]
+    labels = torch.cat([g[1] for g in full if g[1] is not None])[order]
+    names = [n for g in full for n in g[2]]
+    return x, labels, [names[i] for i in order.tolist()]
 
 
 def s_origin(status: dict[str, Any]) -> bool:

@@ -144,6 +144,7 @@ def prepare(options: StudyOptions) -> StudyContext:
     """Rank (all classes, and the class subset with ``classes``), load the images, split train/held-out."""
     from .api import rank
     from .data import resolve_model_classes
+    from .distributed import images_tensor
     from .holdout import split_holdout
 
     opts = options.replace(out=None)
@@ -157,7 +158,7 @@ def prepare(options: StudyOptions) -> StudyContext:
         raise BadInputError("no candidate cut (no local maximum of the CUI curve): pass --cuts all")
     for cut in cuts:  # every size error before any training
         plan(cut, opts.bn.spec, opts.boundary)
-    x, labels, names = ranked.images.tensor(limit=opts.max_images)
+    x, labels, names = images_tensor(ranked.images, opts.max_images)  # decoded in parts under torchrun
     train_idx, held_idx = split_holdout(names, opts.bn.holdout, opts.seed)
     x_train, x_held = x[train_idx], x[held_idx]
     lab = labels.numpy()[held_idx]

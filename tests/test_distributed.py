@@ -80,6 +80,24 @@ def test_two_processes_give_the_single_process_ranking(
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
+def test_two_processes_share_the_study_cuts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    common = ("study", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--cuts", "all",
+              "--train-steps", "16", "--workers", "0")  # fmt: skip
+    run = _torchrun(2, *common, "--out", tmp_path / "two")
+    assert run.returncode == 0, run.stderr
+    code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one")
+    assert code == 0, err
+    assert run.stdout.replace(str(tmp_path / "two"), str(tmp_path / "one")) == out_one
+    one = json.loads((tmp_path / "one" / "study.json").read_text())
+    two = json.loads((tmp_path / "two" / "study.json").read_text())
+    assert two.pop("distributed") == {"world_size": 2, "backend": "gloo"} and "distributed" not in one
+    assert set(one.pop("run")["train_seconds"]) == set(two.pop("run")["train_seconds"]) == {str(i) for i in range(6)}
+    assert two == one
+    assert (tmp_path / "two" / "study.png").read_bytes() == (tmp_path / "one" / "study.png").read_bytes()
+
+
 def test_a_failing_process_fails_the_job_and_writes_nothing(
     tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
