@@ -222,13 +222,6 @@ class BootstrapSums:
         return cui
 
 
-def _sig(x: float, digits: int = 6) -> float | None:
-    """``x`` rounded to ``digits`` significant digits (None for NaN)."""
-    if not np.isfinite(x):
-        return None
-    return float(f"{x:.{digits}g}")
-
-
 def percentile_ci(replicates: np.ndarray, level: float = CI_LEVEL) -> np.ndarray:
     """The percentile interval ``[cuts, 2]`` of replicate values ``[B, cuts]`` (NaN rows ignored)."""
     valid = replicates[~np.isnan(replicates).any(axis=1)]
@@ -280,7 +273,7 @@ def summarize(cui: np.ndarray, replicates: np.ndarray, ranks: Sequence[int | Non
                     pairs.append({"cuts": [first, second], "ranks": [lo_r, hi_r], "flip": round(flip, 6)})
     pairs.sort(key=lambda p: (p["ranks"][0], p["ranks"][1]))
     return {
-        "cui_ci": [None if np.isnan(row).any() else [_sig(row[0]), _sig(row[1])] for row in ci],
+        "cui_ci": [None if np.isnan(row).any() else [float(row[0]), float(row[1])] for row in ci],
         "rank_stability": stability,
         "ties": [sorted(t, key=lambda k: (ranks[k] or 0)) for t in ties],
         "pairs": pairs,
