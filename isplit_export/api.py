@@ -67,6 +67,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         traced, imgs, score=opts.score, batch_size=opts.batch_size, device=current.device,
         progress=opts.progress and current.primary, shard=current.shard(opts.batch_size),
         workers=data_mod.default_workers() if opts.workers is None else opts.workers,
+        bootstrap=opts.bootstrap, seed=opts.seed,
     )  # fmt: skip
     imp = current.reduce_importance(imp, imgs)
     subset: list[int] | None = None
@@ -87,6 +88,8 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         top=opts.top,
         curves=curves,
         distributed=current.describe(),
+        replicates=imp.replicate_cui(subset),
+        bootstrap_seed=opts.seed if opts.bootstrap else None,
     )
     if opts.out is not None:
         out = opts.out

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from . import __version__
+from .bootstrap import DEFAULT_REPLICATES
 from .errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to r
 SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
+BootstrapOpt = Annotated[
+    int, typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)")
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)")
@@ -121,6 +125,7 @@ def export_cmd(
     finetune: FinetuneOpt = "none",
     train_steps: TrainStepsOpt = 64,
     train_batch: TrainBatchOpt = 8,
+    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -133,6 +138,7 @@ def export_cmd(
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
         progress=sys.stderr.isatty(), bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
+        bootstrap=bootstrap,
     )  # fmt: skip
     result = export(options)
     typer.echo(result.rank.ranking.table(top))
@@ -170,6 +176,7 @@ def rank_cmd(
     device: DeviceOpt = "cpu",
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
+    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
@@ -181,7 +188,7 @@ def rank_cmd(
     options = RankOptions(
         model=model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
         input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
-        workers=workers, distributed=distributed,
+        workers=workers, distributed=distributed, bootstrap=bootstrap,
     )  # fmt: skip
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports

@@ -11,7 +11,9 @@ A job is distributed when it is launched by ``torchrun`` with more than one proc
   the same images as in one process and every image keeps its global index;
 * the per-class score sums and counts are all-reduced after the key sets are gathered (class keys
   differ between processes); the exact sums (:mod:`isplit_export.exactsum`) are gathered too, so
-  the CUI is bit-identical to the single-process one whatever the world size;
+  the CUI is bit-identical to the single-process one whatever the world size; the bootstrap
+  replicate sums (double-double, :mod:`isplit_export.bootstrap`) are gathered and merged, which
+  costs ``keys x B x cuts x 16`` bytes per process in every process;
 * before anything is written, and after, every process reports ``ok`` or its error through an
   all-gather (:meth:`Job.checkpoint`), so a failure on one process is known to all: they all exit
   non-zero, process 0 prints one line naming the failed process and its cause, and nothing is
@@ -38,6 +40,7 @@ from .errors import EXIT_TECHNICAL, BadInputError, IsplitError
 if TYPE_CHECKING:
     import torch
 
+    from .bootstrap import BootstrapSums
     from .data import ImageSet, Shard
     from .importance import Importance
 
@@ -217,11 +220,14 @@ class Job:
         import torch.distributed as dist
 
         from . import exactsum
+        from .bootstrap import BootstrapSums
         from .importance import Importance
 
-        mine: tuple[dict[int, list[int]], list[str]] = (imp.exact, sorted(images.unreadable))
+        mine: tuple[dict[int, list[int]], list[str], BootstrapSums | None] = (
+            imp.exact, sorted(images.unreadable), imp.boot
+        )
         parts = self.gather(mine)
-        keys = sorted({k for exact, _ in parts for k in exact})
+        keys = sorted({k for exact, _, _ in parts for k in exact})
         dev = torch.device(self.device) if self.backend == "nccl" else torch.device("cpu")
         zeros = np.zeros(imp.num_cuts)
         sums = torch.tensor(
@@ -243,9 +249,14 @@ class Job:
         for i, k in enumerate(keys):
             out.sums[k] = sums_np[i].copy()
             out.counts[k] = int(counts_l[i])
-            out.exact[k] = exactsum.sum_rows((exact[k] for exact, _ in parts if k in exact), imp.num_cuts)
-        for _, unreadable in parts:
+            out.exact[k] = exactsum.sum_rows((exact[k] for exact, _, _ in parts if k in exact), imp.num_cuts)
+        for _, unreadable, _ in parts:
             images.unreadable.update(unreadable)
+        if imp.boot is not None:  # double-double sums: merged, in rank order (not a float all-reduce)
+            out.boot = BootstrapSums(imp.boot.replicates, imp.num_cuts, seed=imp.boot.seed)
+            for _, _, boot in parts:
+                if boot is not None:
+                    out.boot.merge(boot)
         if out.images == 0:
             raise BadInputError(f"no readable images in {images.source}: pass --data with image files")
         return out

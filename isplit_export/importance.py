@@ -15,6 +15,9 @@ gradients are computed). Only per-class sums of s are kept, so memory does not g
 of images, and a class subset's CUI is the ratio of its sums. The sums are also kept exactly
 (:mod:`isplit_export.exactsum`), so the CUI does not depend on the order in which images were added
 or on how many processes (:mod:`isplit_export.distributed`) shared them out.
+of images, and a class subset's CUI is the ratio of its sums. With ``bootstrap`` replicates, a
+streaming Poisson bootstrap (:mod:`isplit_export.bootstrap`) keeps B weighted replicate sums per class
+key as well, for confidence intervals and rank stability.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from . import exactsum
+from .bootstrap import BootstrapSums
 from .data import ImageSet, Shard
 from .errors import BadInputError
 from .graph import TracedModel
@@ -43,25 +47,59 @@ class Importance:
 
     ``sums`` are float64 running sums; ``exact`` the same sums held exactly (units of 2**-1074),
     from which :meth:`cui` is computed, so it is independent of the order of the images.
+    ``boot`` (optional) holds the Poisson-bootstrap replicate sums of the same images.
     """
 
     num_cuts: int
     sums: dict[int, np.ndarray] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
     exact: dict[int, list[int]] = field(default_factory=dict)
+    boot: BootstrapSums | None = None
 
     @property
     def images(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, keys: torch.Tensor, scores: torch.Tensor) -> None:
-        """Accumulate ``scores`` [B, num_cuts] under class ``keys`` [B]."""
+    def add(self, keys: torch.Tensor, scores: torch.Tensor, indices: Sequence[int] | None = None) -> None:
+        """Accumulate ``scores`` [B, num_cuts] under class ``keys`` [B]; ``indices`` are the images'
+        global indices, which fix their bootstrap weights (default: the order they were added in)."""
         s = scores.detach().double().cpu().numpy()
-        for key, row, fixed in zip(keys.tolist(), s, exactsum.to_fixed(s), strict=True):
+        key_list = keys.tolist()
+        for key, row, fixed in zip(key_list, s, exactsum.to_fixed(s), strict=True):
             self.sums.setdefault(key, np.zeros(self.num_cuts))
             self.sums[key] += row
             self.counts[key] = self.counts.get(key, 0) + 1
             exactsum.add_into(self.exact.setdefault(key, [0] * self.num_cuts), fixed)
+        if self.boot is not None:
+            self.boot.add(key_list, s, indices)
+
+    def merge(self, other: Importance) -> None:
+        """Add ``other`` (the same cuts, another part of the images) into this one."""
+        if other.num_cuts != self.num_cuts:
+            raise ValueError(f"cannot merge importance of {other.num_cuts} cuts into {self.num_cuts}")
+        for key in sorted(other.sums):
+            self.sums.setdefault(key, np.zeros(self.num_cuts))
+            self.sums[key] += other.sums[key]
+            self.counts[key] = self.counts.get(key, 0) + other.counts[key]
+            exactsum.add_into(self.exact.setdefault(key, [0] * self.num_cuts), other.exact[key])
+        if (self.boot is None) != (other.boot is None):
+            raise ValueError("cannot merge importance with and without bootstrap sums")
+        if self.boot is not None and other.boot is not None:
+            self.boot.merge(other.boot)
+
+    def replicate_cui(self, classes: Sequence[int] | None = None) -> np.ndarray | None:
+        """Bootstrap replicates of :meth:`cui` ``[B, cuts]`` (NaN rows: empty replicate), or None without
+        a bootstrap."""
+        if self.boot is None or self.boot.replicates == 0:
+            return None
+        return self.boot.replicate_cui(classes)
+
+    def cui_ci(self, classes: Sequence[int] | None = None) -> np.ndarray | None:
+        """The 95 % percentile bootstrap interval of :meth:`cui` per cut ``[cuts, 2]``, or None."""
+        from .bootstrap import percentile_ci
+
+        reps = self.replicate_cui(classes)
+        return None if reps is None else percentile_ci(reps)
 
     def cui(self, classes: Sequence[int] | None = None) -> np.ndarray:
         """CUI per cut over all images, or over the images whose class key is in ``classes``."""
@@ -102,6 +140,8 @@ def compute_importance(
     progress: bool = False,
     workers: int = 0,
     shard: Shard | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> Importance:
     """Stream ``images`` through the model once and return the per-class score sums of every cut.
 
@@ -109,17 +149,21 @@ def compute_importance(
     also work on unlabelled data). ``workers`` DataLoader processes decode the images; with
     ``shard`` only that part of the images is read (and an empty part is not an error: the caller
     checks the total after adding up the parts).
+    also work on unlabelled data). ``bootstrap`` > 0 also keeps that many Poisson-bootstrap replicate
+    sums (weights seeded by ``seed``).
     """
     if score not in SCORES:
         raise BadInputError(f"unknown --score '{score}': choose one of {', '.join(SCORES)}")
     capture = traced.capture_module().to(device)
     result = Importance(len(traced.cuts))
+    if bootstrap > 0:
+        result.boot = BootstrapSums(bootstrap, len(traced.cuts), seed=seed)
     bar = _progress(len(images) if shard is None else len(shard.indices(len(images))), progress)
     pin = torch.device(device).type == "cuda"
-    for x, labels, _ in images.batches(batch_size, workers=workers, pin_memory=pin, shard=shard):
-        scores, keys = batch_scores(capture, x.to(device, non_blocking=pin), labels, score)
-        result.add(keys, scores)
-        bar.update(len(x))
+    for batch in images.indexed_batches(batch_size, workers=workers, pin_memory=pin, shard=shard):
+        scores, keys = batch_scores(capture, batch.x.to(device, non_blocking=pin), batch.labels, score)
+        result.add(keys, scores, batch.indices.tolist())  # global indices: shard-independent weights
+        bar.update(len(batch))
     bar.close()
     if result.images == 0 and shard is None:
         raise BadInputError(f"no readable images in {images.source}: pass --data with image files")
