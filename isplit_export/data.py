@@ -37,12 +37,17 @@ from .models import Preprocessing
 log = logging.getLogger(__name__)
 
 def default_workers() -> int:
-    """DataLoader decoding processes when ``--workers`` is not given: min(4, usable CPUs - 1)."""
+    """DataLoader decoding processes when ``--workers`` is not given: min(4, CPUs per process - 1),
+    where the usable CPUs are shared by the ``LOCAL_WORLD_SIZE`` processes torchrun starts here."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(0, min(4, cpus - 1))
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(0, min(4, cpus // local - 1))
 
 
 @dataclass(frozen=True)

@@ -362,7 +362,17 @@ def job(distributed: bool = False, device: str = "cpu") -> Iterator[Job]:
         if current.broken:
             raise
         current._raise_flag(err)
-        current.checkpoint(err)  # raises DistributedError for everyone
+        try:
+            current.checkpoint(err)  # raises DistributedError for everyone
+        except DistributedError as lost:
+            if lost.reported:
+                raise
+            cause = _status(err)["cause"]  # the others are gone: still name this process's own cause
+            raise DistributedError(
+                f"process {current.rank} of {current.world_size} (rank {current.rank}) failed: {cause}; "
+                f"nothing was written ({lost})",
+                int(_status(err)["exit_code"]),
+            ) from err
         raise  # not reached
     finally:
         _CURRENT = None

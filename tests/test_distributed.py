@@ -11,6 +11,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image
 
 from isplit_export import exactsum
 from isplit_export.cli import main
-from isplit_export.data import Shard, load_images
+from isplit_export.data import ImageItem, ImageSet, Shard, load_images
 from isplit_export.distributed import merge_order
 from isplit_export.graph import trace
 from isplit_export.importance import compute_importance
@@ -162,6 +163,19 @@ def test_unreadable_files_are_counted_once_with_workers(tmp_path: Path, digits_d
     assert images.skipped == 2 and images.unreadable == {"3/broken.png", "7/broken.png"}
     names = [it.name for it in images.items]
     assert all(names[i] not in images.unreadable for i in indices)
+
+
+def _kill_this_process() -> Image.Image:
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("not reached")
+
+
+def test_a_killed_decoding_worker_is_an_error_not_a_hang(digits_dir: Path) -> None:
+    images = load_images(digits_dir, DIGITS_PREPROCESSING)
+    killer = ImageItem("0/killer.png", _kill_this_process, 0, "0")  # runs in the worker (workers=1)
+    doomed = ImageSet([*images.items[:20], killer, *images.items[20:40]], DIGITS_PREPROCESSING, "test")
+    with pytest.raises(RuntimeError, match=r"DataLoader worker .* exited unexpectedly"):
+        list(doomed.batches(8, workers=1))
 
 
 def test_shards_partition_the_images_in_whole_batches() -> None:
