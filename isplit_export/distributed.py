@@ -370,7 +370,7 @@ def job(distributed: bool = False, device: str = "cpu") -> Iterator[Job]:
             cause = _status(err)["cause"]  # the others are gone: still name this process's own cause
             raise DistributedError(
                 f"process {current.rank} of {current.world_size} (rank {current.rank}) failed: {cause}; "
-                f"nothing was written ({lost})",
+                f"then it {str(lost).split(' ', 4)[-1]}",
                 int(_status(err)["exit_code"]),
             ) from err
         raise  # not reached
