@@ -382,9 +382,13 @@ def _collate(samples: list[tuple[torch.Tensor | None, int, str, int, str]]) -> _
 
 def _unwrapped(loader: Iterable[_Decoded]) -> Iterator[_Decoded]:
     """Iterate ``loader``; an error raised in a worker comes out with its own one-line message
-    (the DataLoader re-raises it with the worker's traceback as its text)."""
+    (the DataLoader re-raises it with the worker's traceback as its text). The workers are shut down
+    whatever happens, so a dead worker is not reported again later (by the SIGCHLD handler)."""
+    it = iter(loader)
     try:
-        yield from loader
+        yield from it
+    except (EOFError, ConnectionError) as err:  # a worker died while handing over a batch
+        raise RuntimeError(f"DataLoader worker exited unexpectedly ({type(err).__name__} receiving a batch)") from err
     except Exception as err:
         lines = [ln for ln in str(err).splitlines() if ln.strip()]
         if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
@@ -397,6 +401,10 @@ def _unwrapped(loader: Iterable[_Decoded]) -> Iterator[_Decoded]:
                 raise err from None
             raise clean from err
         raise
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
 
 
 def _take(buf: list[Batch], n: int) -> tuple[Batch, list[Batch]]:

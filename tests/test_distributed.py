@@ -11,7 +11,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from PIL import Image
 
 from isplit_export import exactsum
 from isplit_export.cli import main
-from isplit_export.data import ImageItem, ImageSet, Shard, load_images
+from isplit_export.data import Shard, load_images
 from isplit_export.distributed import merge_order
 from isplit_export.graph import trace
 from isplit_export.importance import compute_importance
@@ -165,17 +164,35 @@ def test_unreadable_files_are_counted_once_with_workers(tmp_path: Path, digits_d
     assert all(names[i] not in images.unreadable for i in indices)
 
 
-def _kill_this_process() -> Image.Image:
+_KILLED_WORKER = """
+import os, signal, sys
+from pathlib import Path
+from isplit_export.data import ImageItem, ImageSet, load_images
+from isplit_export.zoo import DIGITS_PREPROCESSING
+
+def kill_this_process():
     os.kill(os.getpid(), signal.SIGKILL)
-    raise AssertionError("not reached")
+
+images = load_images(Path(sys.argv[1]), DIGITS_PREPROCESSING)
+killer = ImageItem("0/killer.png", kill_this_process, 0, "0")  # runs in the worker (workers=1)
+doomed = ImageSet([*images.items[:20], killer, *images.items[20:40]], DIGITS_PREPROCESSING, "test")
+try:
+    list(doomed.batches(8, workers=1))
+except RuntimeError as err:
+    print("caught:", err)
+print("after")
+"""
 
 
 def test_a_killed_decoding_worker_is_an_error_not_a_hang(digits_dir: Path) -> None:
-    images = load_images(digits_dir, DIGITS_PREPROCESSING)
-    killer = ImageItem("0/killer.png", _kill_this_process, 0, "0")  # runs in the worker (workers=1)
-    doomed = ImageSet([*images.items[:20], killer, *images.items[20:40]], DIGITS_PREPROCESSING, "test")
-    with pytest.raises(RuntimeError, match=r"DataLoader worker .* exited unexpectedly"):
-        list(doomed.batches(8, workers=1))
+    # in a child process: the DataLoader's SIGCHLD handler must not fire inside pytest
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", _KILLED_WORKER, str(digits_dir)], capture_output=True, text=True,
+                         timeout=60, env=env, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 2 and lines[1] == "after", run.stdout
+    assert lines[0].startswith("caught: DataLoader worker") and "exited unexpectedly" in lines[0], lines[0]
 
 
 def test_shards_partition_the_images_in_whole_batches() -> None:
