@@ -187,3 +187,29 @@ def test_too_few_images_names_the_minimum(capsys: pytest.CaptureFixture[str], tm
                         "--out", tmp_path / "b")  # fmt: skip
     assert code == 2 and f"at least {minimum_images(0.25)} needed" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_api_takes_a_size_spec_or_options() -> None:
+    from isplit_export import ExportOptions
+
+    opts = ExportOptions(model=DIGITS, bottleneck="1/16")
+    assert opts.bottleneck == bn.BottleneckOptions(size="1/16") and opts.to_json()["bottleneck"]["size"] == "1/16"
+    assert ExportOptions(model=DIGITS).bottleneck is None
+    with pytest.raises(BadInputError, match="a ratio must be in"):
+        ExportOptions(model=DIGITS, bottleneck="0")
+    with pytest.raises(BadInputError, match="--finetune"):
+        bn.BottleneckOptions(finetune="head")
+
+
+def test_finetune_tail_adapts_the_tail_and_none_keeps_it(digits_model: tuple[torch.nn.Module, float]) -> None:
+    from isplit_export.zoo import digits_arrays, digits_tensor
+
+    images, _ = digits_arrays()
+    x = digits_tensor(images[1500:1530])
+    cut, head, tail = _digits_cut(digits_model[0], 4)
+    before = {k: v.clone() for k, v in tail.state_dict().items()}
+    for mode, changed in (("none", False), ("tail", True)):
+        t = bn.train(cut, head, tail, x, bn.BottleneckOptions(size="1/8", finetune=mode, train_steps=5), seed=0)  # type: ignore[arg-type]
+        after = t.tail.tail.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before) is changed
+        assert all(torch.equal(before[k], v) for k, v in tail.state_dict().items())  # the model itself is untouched
