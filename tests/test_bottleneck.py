@@ -213,3 +213,12 @@ def test_finetune_tail_adapts_the_tail_and_none_keeps_it(digits_model: tuple[tor
         after = t.tail.tail.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before) is changed
         assert all(torch.equal(before[k], v) for k, v in tail.state_dict().items())  # the model itself is untouched
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "tokens"])
+def test_non_nchw_cuts_are_refused_in_one_line(layout: str) -> None:
+    from types import SimpleNamespace
+
+    cut = SimpleNamespace(index=3, node="blocks_3", shape=(14, 14, 384), layout=layout)
+    with pytest.raises(BadInputError, match=f"cut 3 \\(blocks_3\\) has a {layout} boundary"):
+        bn.plan(cut, bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
