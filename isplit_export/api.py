@@ -56,8 +56,9 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
     )
     traced = trace(loaded.module, loaded.preprocessing.input_shape)
     imp = compute_importance(
-        traced, imgs, score=opts.score, batch_size=opts.batch_size, device=opts.device, progress=opts.progress
-    )
+        traced, imgs, score=opts.score, batch_size=opts.batch_size, device=opts.device, progress=opts.progress,
+        bootstrap=opts.bootstrap, seed=opts.seed,
+    )  # fmt: skip
     subset: list[int] | None = None
     if opts.classes and not imgs.folders:
         subset = data_mod.resolve_model_classes(opts.classes, loaded.class_names, loaded.num_classes)
@@ -75,6 +76,8 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
         input_bytes=4 * c * h * w,
         top=opts.top,
         curves=curves,
+        replicates=imp.replicate_cui(subset),
+        bootstrap_seed=opts.seed if opts.bootstrap else None,
     )
     if opts.out is not None:
         write_ranking(ranking, opts.out)

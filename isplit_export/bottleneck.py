@@ -487,7 +487,7 @@ def _round(v: float | None, digits: int = 9) -> float | None:
 
 def task_measure(got: np.ndarray, y_full: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Tier 2 on held-out images: top-1 accuracy (labelled) or agreement with the full model, Wilson 95 % CI."""
-    from .stats import proportion_ci
+    from .metrics import proportion_ci
 
     lab = np.asarray(labels).reshape(-1)
     pred, full = np.asarray(got).argmax(1), np.asarray(y_full).argmax(1)

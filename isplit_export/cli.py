@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from . import __version__
+from .bootstrap import DEFAULT_REPLICATES
 from .errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to r
 SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
+BootstrapOpt = Annotated[
+    int, typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)")
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
 BottleneckOpt = Annotated[
     str | None,
@@ -111,6 +115,7 @@ def export_cmd(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
+    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
     bottleneck: BottleneckOpt = None,
     finetune: FinetuneOpt = "none",
     train_steps: TrainStepsOpt = 64,
@@ -126,7 +131,8 @@ def export_cmd(
         model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(), bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
+        progress=sys.stderr.isatty(), bootstrap=bootstrap,
+        bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
     )  # fmt: skip
     result = export(options)
     typer.echo(result.rank.ranking.table(top))
@@ -162,6 +168,7 @@ def rank_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")] = None,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "cpu",
+    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
@@ -172,6 +179,7 @@ def rank_cmd(
     options = RankOptions(
         model=model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
         input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
+        bootstrap=bootstrap,
     )  # fmt: skip
     result = rank(options)
     r = result.ranking

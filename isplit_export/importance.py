@@ -12,7 +12,9 @@ or the label with ``score="label"``):
 All cuts are served by ONE forward pass (which returns the logits and every cut's activation) and
 ONE backward pass (gradients w.r.t. those activations only; parameters are frozen so no weight
 gradients are computed). Only per-class sums of s are kept, so memory does not grow with the number
-of images, and a class subset's CUI is the ratio of its sums.
+of images, and a class subset's CUI is the ratio of its sums. With ``bootstrap`` replicates, a
+streaming Poisson bootstrap (:mod:`isplit_export.bootstrap`) keeps B weighted replicate sums per class
+key as well, for confidence intervals and rank stability.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bootstrap import BootstrapSums
 from .data import ImageSet
 from .errors import BadInputError
 from .graph import TracedModel
@@ -36,23 +39,58 @@ SCORES = ("top", "label")
 
 @dataclass
 class Importance:
-    """Streaming per-class sums of the per-image score s(x, l) for every cut."""
+    """Streaming per-class sums of the per-image score s(x, l) for every cut.
+
+    ``boot`` (optional) holds the Poisson-bootstrap replicate sums of the same images.
+    """
 
     num_cuts: int
     sums: dict[int, np.ndarray] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
+    boot: BootstrapSums | None = None
 
     @property
     def images(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, keys: torch.Tensor, scores: torch.Tensor) -> None:
-        """Accumulate ``scores`` [B, num_cuts] under class ``keys`` [B]."""
+    def add(self, keys: torch.Tensor, scores: torch.Tensor, indices: Sequence[int] | None = None) -> None:
+        """Accumulate ``scores`` [B, num_cuts] under class ``keys`` [B]; ``indices`` are the images'
+        global indices, which fix their bootstrap weights (default: the order they were added in)."""
         s = scores.detach().double().cpu().numpy()
-        for key, row in zip(keys.tolist(), s, strict=True):
+        key_list = keys.tolist()
+        for key, row in zip(key_list, s, strict=True):
             self.sums.setdefault(key, np.zeros(self.num_cuts))
             self.sums[key] += row
             self.counts[key] = self.counts.get(key, 0) + 1
+        if self.boot is not None:
+            self.boot.add(key_list, s, indices)
+
+    def merge(self, other: Importance) -> None:
+        """Add ``other`` (the same cuts, another part of the images) into this one."""
+        if other.num_cuts != self.num_cuts:
+            raise ValueError(f"cannot merge importance of {other.num_cuts} cuts into {self.num_cuts}")
+        for key in sorted(other.sums):
+            self.sums.setdefault(key, np.zeros(self.num_cuts))
+            self.sums[key] += other.sums[key]
+            self.counts[key] = self.counts.get(key, 0) + other.counts[key]
+        if (self.boot is None) != (other.boot is None):
+            raise ValueError("cannot merge importance with and without bootstrap sums")
+        if self.boot is not None and other.boot is not None:
+            self.boot.merge(other.boot)
+
+    def replicate_cui(self, classes: Sequence[int] | None = None) -> np.ndarray | None:
+        """Bootstrap replicates of :meth:`cui` ``[B, cuts]`` (NaN rows: empty replicate), or None without
+        a bootstrap."""
+        if self.boot is None or self.boot.replicates == 0:
+            return None
+        return self.boot.replicate_cui(classes)
+
+    def cui_ci(self, classes: Sequence[int] | None = None) -> np.ndarray | None:
+        """The 95 % percentile bootstrap interval of :meth:`cui` per cut ``[cuts, 2]``, or None."""
+        from .bootstrap import percentile_ci
+
+        reps = self.replicate_cui(classes)
+        return None if reps is None else percentile_ci(reps)
 
     def cui(self, classes: Sequence[int] | None = None) -> np.ndarray:
         """CUI per cut over all images, or over the images whose class key is in ``classes``."""
@@ -91,16 +129,21 @@ def compute_importance(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> Importance:
     """Stream ``images`` through the model once and return the per-class score sums of every cut.
 
     Class keys are the image labels when known, else the model's top-1 prediction (so class subsets
-    also work on unlabelled data).
+    also work on unlabelled data). ``bootstrap`` > 0 also keeps that many Poisson-bootstrap replicate
+    sums (weights seeded by ``seed``).
     """
     if score not in SCORES:
         raise BadInputError(f"unknown --score '{score}': choose one of {', '.join(SCORES)}")
     capture = traced.capture_module().to(device)
     result = Importance(len(traced.cuts))
+    if bootstrap > 0:
+        result.boot = BootstrapSums(bootstrap, len(traced.cuts), seed=seed)
     bar = _progress(len(images), progress)
     for x, labels, _ in images.batches(batch_size):
         scores, keys = batch_scores(capture, x.to(device), labels, score)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .bootstrap import DEFAULT_REPLICATES
 from .errors import BadInputError
 
 if TYPE_CHECKING:  # torch-free at import time
@@ -50,6 +51,8 @@ class RankOptions:
     top: int | None = None
     input_size: int | None = None
     seed: int = 0
+    bootstrap: int = DEFAULT_REPLICATES
+    """Poisson-bootstrap replicates for the CUI's CIs and rank stability (0: off); weights seeded by ``seed``."""
     batch_size: int = field(default=DEFAULT_BATCH, metadata=_RUN_ONLY)
     device: str = field(default="cpu", metadata=_RUN_ONLY)
     progress: bool = field(default=False, metadata=_RUN_ONLY)
@@ -75,6 +78,8 @@ class RankOptions:
             raise BadInputError(f"--images {self.images}: pass a positive number of images")
         if self.input_size is not None and self.input_size < 1:
             raise BadInputError(f"--input-size {self.input_size}: pass a positive size in pixels")
+        if self.bootstrap < 0:
+            raise BadInputError(f"--bootstrap {self.bootstrap}: pass 0 (off) or a number of replicates, e.g. 200")
 
     def to_json(self) -> dict[str, Any]:
         """The fields that decide what is computed (not where or how fast), JSON-ready."""

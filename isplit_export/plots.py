@@ -28,6 +28,8 @@ MAX_LABEL = 28
 """Tick labels longer than this are shortened in the middle."""
 STAR_GID = "local-maxima"
 """``gid`` of the Line2D holding the star markers (one star per local maximum)."""
+CI_GID = "cui-ci"
+"""``gid`` of the error bars of the ranked curve's bootstrap CI (``candidates[i]["cui_ci"]``)."""
 
 _COLORS = ("#1f4e9c", "#2a9d8f", "#8a5a9e", "#6c757d", "#d1495b", "#3d405b")
 _STAR = "#ffbf00"
@@ -136,7 +138,8 @@ def cui_figure(ranking: Mapping[str, Any], *, title: str | None = None) -> Figur
     The ranked curve is the candidates' CUI; an optional ``ranking["curves"]`` (name -> CUI per cut,
     e.g. all images vs the selected classes) adds one line per subset with a legend. The stars (one
     marker per local maximum, a single Line2D with ``gid`` :data:`STAR_GID`) carry their rank; the
-    top ``ranking["top"]`` ranks are annotated in bold red.
+    top ``ranking["top"]`` ranks are annotated in bold red. Cuts with a bootstrap ``cui_ci`` get error
+    bars (log10 of the interval; a lower bound of 0 reaches down to the axis).
     """
     candidates: list[Mapping[str, Any]] = list(ranking.get("candidates") or [])
     fig, ax = _new_figure()
@@ -170,6 +173,7 @@ def cui_figure(ranking: Mapping[str, Any], *, title: str | None = None) -> Figur
             label="CUI (ranked)" if curves else "CUI", zorder=3,
         )  # fmt: skip
 
+    ci = _ci_log10(candidates)
     maxima = [i for i, c in enumerate(candidates) if c.get("local_max") and not math.isnan(ranked_y[i])]
     top = ranking.get("top")
     ax.plot(
@@ -183,7 +187,7 @@ def cui_figure(ranking: Mapping[str, Any], *, title: str | None = None) -> Figur
             continue
         best = isinstance(top, int) and top > 0 and int(r) <= top
         ax.annotate(
-            str(r), (xs[i], ranked_y[i]), xytext=(0, 11), textcoords="offset points", ha="center",
+            str(r), (xs[i], _label_y(ranked_y[i], ci[i])), xytext=(0, 11), textcoords="offset points", ha="center",
             va="bottom", fontsize=9 if best else 8, fontweight="bold" if best else "normal",
             color=_TOP if best else "#333333", zorder=6,
         )  # fmt: skip
@@ -195,14 +199,64 @@ def cui_figure(ranking: Mapping[str, Any], *, title: str | None = None) -> Figur
     _set_cut_ticks(ax, candidates, sorted(maxima, key=rank_key))
     finite = [y for y in ranked_y if not math.isnan(y)]
     finite += [y for _, ys in curves for y in ys if not math.isnan(y)]
+    finite += [y for pair in ci if pair is not None for y in pair if not math.isnan(y)]
     if finite:
         lo, hi = min(finite), max(finite)
         pad = max(0.08 * (hi - lo), 0.05)
         ax.set_ylim(lo - pad, hi + 2.5 * pad)  # headroom for the stars' rank labels
+        if any(pair is not None for pair in ci):
+            _draw_ci(ax, xs, ranked_y, ci, bottom=lo - pad, label=_ci_label(ranking))
     ax.set_xlabel("cut point (network order: index and module)")
     ax.set_ylabel("log10 CUI")
     ax.legend(loc="best", fontsize=8, frameon=True, facecolor="white", edgecolor="#cccccc")
     return fig
+
+
+def _ci_log10(candidates: Sequence[Mapping[str, Any]]) -> list[tuple[float, float] | None]:
+    """Each cut's ``cui_ci`` as ``(log10 lo, log10 hi)``; a bound of 0 is NaN (drawn to the axis bottom)."""
+    out: list[tuple[float, float] | None] = []
+    for c in candidates:
+        pair = c.get("cui_ci")
+        if isinstance(pair, Sequence) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair):
+            lo, hi = _log10(list(pair))
+            out.append(None if math.isnan(hi) else (lo, hi))
+        else:
+            out.append(None)
+    return out
+
+
+def _label_y(y: float, pair: tuple[float, float] | None) -> float:
+    """Where a star's rank label goes: above the star, and above its error bar when there is one."""
+    return max(y, pair[1]) if pair is not None and not math.isnan(pair[1]) else y
+
+
+def _ci_label(ranking: Mapping[str, Any]) -> str:
+    boot = ranking.get("bootstrap")
+    reps = boot.get("replicates") if isinstance(boot, Mapping) else None
+    return f"95 % bootstrap CI ({reps} replicates)" if reps else "95 % bootstrap CI"
+
+
+def _draw_ci(
+    ax: Axes, xs: Sequence[int], ys: Sequence[float], ci: Sequence[tuple[float, float] | None], *, bottom: float,
+    label: str,
+) -> None:
+    """Error bars from log10 CI low to high around the ranked curve (one ``errorbar``; its parts carry gid
+    :data:`CI_GID`)."""
+    px, py, down, up = [], [], [], []
+    for x, y, pair in zip(xs, ys, ci, strict=True):
+        if pair is None or math.isnan(y):
+            continue
+        lo = pair[0] if not math.isnan(pair[0]) else bottom
+        px.append(x)
+        py.append(y)
+        down.append(max(y - lo, 0.0))
+        up.append(max(pair[1] - y, 0.0))
+    if px:
+        bars = ax.errorbar(
+            px, py, yerr=[down, up], fmt="none", ecolor="#555555", elinewidth=1.0, capsize=3, zorder=4, label=label
+        )
+        for artist in bars.get_children():  # the vertical bars (a LineCollection) and the caps
+            artist.set_gid(CI_GID)
 
 
 def _human_bytes(n: float) -> str:

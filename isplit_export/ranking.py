@@ -4,6 +4,11 @@ Candidates are the local maxima of the log10 CUI curve in network order (the pap
 a point higher than its left neighbour and at least as high as its right one (an end point is
 compared with its single neighbour). They are ranked by CUI, highest first; every cut is reported,
 with ``rank`` null for the cuts that are not local maxima.
+
+With bootstrap replicates of the CUI (:mod:`isplit_export.bootstrap`) every cut also gets ``cui_ci``
+(95 % percentile interval), every ranked candidate ``rank_stability`` (fraction of replicates in which
+it keeps its rank) and ``ties`` (the candidates it cannot be told apart from), and the top level a
+``bootstrap`` object (method, replicates, seed, threshold and the tied pairs).
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ class Ranking:
     input_bytes: int
     top: int | None = None
     curves: dict[str, list[float]] | None = None
+    replicates: np.ndarray | None = None
+    """Bootstrap replicates of ``cui`` ``[B, cuts]`` (NaN rows: empty replicates), or None."""
+    bootstrap_seed: int | None = None
+
+    @property
+    def uncertainty(self) -> dict[str, Any] | None:
+        """:func:`isplit_export.bootstrap.summarize` of the replicates (None without them)."""
+        if self.replicates is None or self.replicates.shape[0] == 0:
+            return None
+        from .bootstrap import summarize
+
+        return summarize(self.cui, self.replicates, self.ranks)
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -74,6 +91,7 @@ class Ranking:
 
     def to_json(self) -> dict[str, Any]:
         log10, flags, ranks = self.log10_cui, self.local_max, self.ranks
+        unc = self.uncertainty
         candidates = []
         for i, cut in enumerate(self.cuts):
             row = cut.to_json()
@@ -83,6 +101,10 @@ class Ranking:
                 local_max=flags[i],
                 rank=ranks[i],
             )
+            if unc is not None:
+                row.update(cui_ci=unc["cui_ci"][i])
+                if ranks[i] is not None:
+                    row.update(rank_stability=unc["rank_stability"][i], ties=unc["ties"][i])
             candidates.append(row)
         out: dict[str, Any] = {
             "schema": SCHEMA,
@@ -98,14 +120,37 @@ class Ranking:
         }
         if self.curves:
             out["curves"] = self.curves
+        if unc is not None and self.replicates is not None:
+            from .bootstrap import CI_LEVEL, FLIP_THRESHOLD, METHOD
+
+            out["bootstrap"] = {
+                "method": METHOD,
+                "replicates": int(self.replicates.shape[0]),
+                "valid_replicates": unc["valid_replicates"],
+                "seed": self.bootstrap_seed,
+                "ci_level": CI_LEVEL,
+                "flip_threshold": FLIP_THRESHOLD,
+                "ties": unc["pairs"],
+            }
         return out
 
     def table(self, top: int | None = None) -> str:
-        """A plain-text table of the ranked candidates, for the terminal."""
+        """A plain-text table of the ranked candidates, for the terminal.
+
+        With bootstrap replicates: ``stable`` is the rank stability (percent of replicates keeping the
+        rank) and ``ties`` the ranks a candidate cannot be told apart from (``-`` when none).
+        """
         ranks, log10 = self.ranks, self.log10_cui
-        rows = [("rank", "cut", "node", "module", "shape", "KiB", "head FLOPs", "log10 CUI")]
+        unc = self.uncertainty
+        head = ("rank", "cut", "node", "module", "shape", "KiB", "head FLOPs", "log10 CUI")
+        rows: list[tuple[str, ...]] = [head + (("stable", "ties") if unc is not None else ())]
         for cut in self.ranked(top):
             i = cut.index
+            extra: tuple[str, ...] = ()
+            if unc is not None:
+                stab = unc["rank_stability"][i]
+                tied = ",".join(str(ranks[k]) for k in unc["ties"][i]) or "-"
+                extra = ("-" if stab is None else f"{100 * stab:.0f}%", tied)
             rows.append(
                 (
                     str(ranks[i]),
@@ -116,6 +161,7 @@ class Ranking:
                     f"{cut.boundary_bytes / 1024:.1f}",
                     f"{100 * cut.head_flops_share:.1f}%",
                     f"{log10[i]:.3f}" if log10[i] is not None else "-inf",
+                    *extra,
                 )
             )
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]

@@ -1,0 +1,84 @@
+"""The study's statistics helpers (Kendall tau-b, Spearman, paired bootstrap CI, Wilson interval):
+hand-computed values on tiny inputs, and scipy where it is installed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from isplit_export.metrics import bootstrap_ci, kendall_tau, proportion_ci, spearman
+
+
+def test_kendall_tau_hand_computed() -> None:
+    # 6 pairs; only (2, 3) is discordant: (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # ties: a = [1, 2, 2, 3], b = [1, 2, 3, 3]. Pairs (i<j): (0,1) +, (0,2) +, (0,3) +, (1,2) tied in a,
+    # (1,3) +, (2,3) tied in b. Concordant 4, discordant 0; untied in a: 5, untied in b: 5 -> 4 / sqrt(5*5)
+    assert kendall_tau([1, 2, 2, 3], [1, 2, 3, 3]) == pytest.approx(0.8)
+    # tau-a would be 4/6; tau-b corrects for the ties
+    assert kendall_tau([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    # a pair tied in both: counts in neither. a = [1, 1, 2], b = [5, 5, 9]: pairs (0,1) tied, (0,2) +, (1,2) +
+    assert kendall_tau([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)
+
+
+def test_kendall_tau_undefined() -> None:
+    assert kendall_tau([1.0], [2.0]) is None
+    assert kendall_tau([1, 1, 1], [1, 2, 3]) is None  # constant
+    assert kendall_tau([1, math.nan, 3], [1, 2, 3]) is None
+    with pytest.raises(ValueError):
+        kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_spearman_hand_computed() -> None:
+    # ranks a = [1,2,3,4], b = [1,3,2,4]: d^2 = 0+1+1+0 = 2 -> 1 - 6*2 / (4*15) = 0.8
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def test_against_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for n in (5, 12, 30):
+        a = rng.integers(0, 6, n).astype(float)  # many ties
+        b = a + rng.integers(-2, 3, n)
+        assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12)
+        assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    for k, n in ((0, 10), (5, 10), (19, 19), (37, 50), (1, 1000)):
+        ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert proportion_ci(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_proportion_ci_hand_computed() -> None:
+    z2 = 1.959963984540054**2
+    # k = 5, n = 10: p = 0.5, centre 0.5, half = z sqrt(0.025 + z^2/400) / (1 + z^2/10)
+    half = math.sqrt(z2) * math.sqrt(0.025 + z2 / 400) / (1 + z2 / 10)
+    assert proportion_ci(5, 10) == pytest.approx((0.5 - half, 0.5 + half))
+    assert proportion_ci(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    # all correct on 50 images: lower bound 1 / (1 + z^2/50) = 0.9287, not 1 (the Wald interval's [1, 1])
+    lo, hi = proportion_ci(50, 50)
+    assert lo == pytest.approx(1 / (1 + z2 / 50)) and hi == 1.0
+    assert proportion_ci(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        proportion_ci(3, 2)
+
+
+def test_bootstrap_ci() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(40)
+    y = x + 0.5 * rng.standard_normal(40)
+    ci = bootstrap_ci(spearman, x, y, reps=500, seed=3)
+    assert ci is not None
+    lo, hi = ci
+    rho = spearman(x, y)
+    assert rho is not None and lo < rho < hi <= 1.0
+    assert bootstrap_ci(spearman, x, y, reps=500, seed=3) == ci  # seeded: reproducible
+    assert bootstrap_ci(spearman, x, y, reps=500, seed=4) != ci
+    # a perfectly monotone relation: every defined resample has Spearman and Kendall 1
+    assert bootstrap_ci(kendall_tau, [1, 2, 3, 4, 5], [2, 4, 6, 8, 10], reps=200) == (1.0, 1.0)
+    # more pairs, narrower interval
+    wide = bootstrap_ci(spearman, x[:12], y[:12], reps=500, seed=3)
+    assert wide is not None and wide[1] - wide[0] > hi - lo
+    assert bootstrap_ci(spearman, [1.0], [2.0]) is None
+    assert bootstrap_ci(spearman, [1, 1, 1], [1, 2, 3]) is None  # never defined
