@@ -433,7 +433,8 @@ def train(
     for module in (encoder, decoder, student_tail):
         for param in module.parameters():
             param.requires_grad_(False)
-    pair_head, pair_tail = BottleneckHead(head, encoder), BottleneckTail(decoder, student_tail)
+    # eval() on the wrappers too: torch.onnx.export restores the *top* module's mode recursively afterwards
+    pair_head, pair_tail = BottleneckHead(head, encoder).eval(), BottleneckTail(decoder, student_tail).eval()
     with torch.no_grad():
         codes = _batched(pair_head, x_train, batch_size).numpy()
     enc = calibrate_encoding(encoding, codes)

@@ -138,7 +138,10 @@ def test_same_seed_gives_byte_identical_onnx(digits_model: tuple[torch.nn.Module
         t = bn.train(cut, head, tail, x, opts, seed=seed)  # type: ignore[arg-type]
         path = tmp_path / f"head{i}.onnx"
         save_model(to_onnx(t.head, x[:1], "input", "boundary"), path)
+        to_onnx(t.tail, torch.from_numpy(t.code(x[:1])), "boundary", "logits")
         blobs.append(path.read_bytes())
+        # the export must leave both halves in eval mode (it restores the top module's mode recursively)
+        assert not any(m.training for part in (t.head, t.tail) for m in part.modules())
     assert blobs[0] == blobs[1] and blobs[0] != blobs[2]
 
 
