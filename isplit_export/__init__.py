@@ -5,7 +5,9 @@ Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundl
     rank(options | model, **fields)   -> api.RankResult       the I-Split ranking of every valid cut
     export(options | model, **fields) -> bundle.ExportResult   a verified, reproducible bundle
     verify_bundle(path, ...)          -> verify.BundleVerification
+    study(options | model, **fields)  -> study.StudyResult     bottleneck at each cut, measured vs CUI/CDE
     RankOptions, ExportOptions        the frozen options objects (options.py) every job reads
+    StudyOptions, BottleneckOptions   the study's options and the learned bottleneck's (``bottleneck=``)
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ExportOptions", "RankOptions", "__version__", "export", "rank", "verify_bundle"]
+__all__ = [
+    "BottleneckOptions", "ExportOptions", "RankOptions", "StudyOptions", "__version__", "export", "rank", "study",
+    "verify_bundle",
+]  # fmt: skip
 
 if TYPE_CHECKING:
     from .api import rank
+    from .bottleneck import BottleneckOptions
     from .bundle import export
     from .options import ExportOptions, RankOptions
+    from .study import StudyOptions, study
     from .verify import verify_bundle
 
-_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify", "RankOptions": "options", "ExportOptions": "options"}
+_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify", "RankOptions": "options", "ExportOptions": "options",
+         "study": "study", "StudyOptions": "study", "BottleneckOptions": "bottleneck"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -433,7 +433,8 @@ def train(
     for module in (encoder, decoder, student_tail):
         for param in module.parameters():
             param.requires_grad_(False)
-    pair_head, pair_tail = BottleneckHead(head, encoder), BottleneckTail(decoder, student_tail)
+    # eval() on the wrappers too: torch.onnx.export restores the *top* module's mode recursively afterwards
+    pair_head, pair_tail = BottleneckHead(head, encoder).eval(), BottleneckTail(decoder, student_tail).eval()
     with torch.no_grad():
         codes = _batched(pair_head, x_train, batch_size).numpy()
     enc = calibrate_encoding(encoding, codes)
@@ -487,7 +488,7 @@ def _round(v: float | None, digits: int = 9) -> float | None:
 
 def task_measure(got: np.ndarray, y_full: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Tier 2 on held-out images: top-1 accuracy (labelled) or agreement with the full model, Wilson 95 % CI."""
-    from .stats import proportion_ci
+    from .metrics import proportion_ci
 
     lab = np.asarray(labels).reshape(-1)
     pred, full = np.asarray(got).argmax(1), np.asarray(y_full).argmax(1)

@@ -121,11 +121,11 @@ def export_cmd(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
+    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
     bottleneck: BottleneckOpt = None,
     finetune: FinetuneOpt = "none",
     train_steps: TrainStepsOpt = 64,
     train_batch: TrainBatchOpt = 8,
-    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -137,8 +137,8 @@ def export_cmd(
         model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(), bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
-        bootstrap=bootstrap,
+        progress=sys.stderr.isatty(), bootstrap=bootstrap,
+        bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
     )  # fmt: skip
     result = export(options)
     typer.echo(result.rank.ranking.table(top))

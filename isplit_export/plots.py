@@ -187,7 +187,7 @@ def cui_figure(ranking: Mapping[str, Any], *, title: str | None = None) -> Figur
             continue
         best = isinstance(top, int) and top > 0 and int(r) <= top
         ax.annotate(
-            str(r), (xs[i], ranked_y[i]), xytext=(0, 11), textcoords="offset points", ha="center",
+            str(r), (xs[i], _label_y(ranked_y[i], ci[i])), xytext=(0, 11), textcoords="offset points", ha="center",
             va="bottom", fontsize=9 if best else 8, fontweight="bold" if best else "normal",
             color=_TOP if best else "#333333", zorder=6,
         )  # fmt: skip
@@ -223,6 +223,11 @@ def _ci_log10(candidates: Sequence[Mapping[str, Any]]) -> list[tuple[float, floa
         else:
             out.append(None)
     return out
+
+
+def _label_y(y: float, pair: tuple[float, float] | None) -> float:
+    """Where a star's rank label goes: above the star, and above its error bar when there is one."""
+    return max(y, pair[1]) if pair is not None and not math.isnan(pair[1]) else y
 
 
 def _ci_label(ranking: Mapping[str, Any]) -> str:

@@ -165,6 +165,9 @@ def _task_text(task: Mapping[str, Any]) -> str:
         extra.append(f"full model {_pct(task.get('full_model'))}")
     if _num(task.get("drop")) is not None:
         extra.append(f"drop {_pp(task.get('drop'))}")
+    ci = _list(task.get("ci95"))
+    if len(ci) == 2:  # a learned bottleneck: measured on held-out images
+        text += f", 95 % CI [{_pct(ci[0])}, {_pct(ci[1])}] on {task.get('images', '?')} held-out images"
     return text + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -344,7 +347,11 @@ def _spearman_sentence(manifest: Mapping[str, Any], metric: str) -> str:
             if held
             else f"the CUI order did not hold: a higher CUI did not go with a better measured {metric}"
         )
-        return f"Spearman correlation between CUI and measured {metric} over {n} splits: {rho:.3f}, so {verdict}."
+        text = f"Spearman correlation between CUI and measured {metric} over {n} splits: {rho:.3f}, so {verdict}."
+        if ver.get("too_few_splits"):
+            text += (f" But {n} splits are too few to conclude anything about the CUI order: "
+                     "`isplit-export study` measures every candidate.")  # fmt: skip
+        return text
     lead = f"Spearman correlation between CUI and measured {metric}: not applicable: "
     if encoding in ("fp32", "fp16"):
         how = "lossless" if encoding == "fp32" else "(near-)lossless"

@@ -33,9 +33,8 @@ import torch
 from . import __version__
 from .bottleneck import BottleneckOptions, as_bottleneck, cut_seed, plan, task_measure, train
 from .errors import BadInputError
-from .metrics import spearman
+from .metrics import bootstrap_ci, kendall_tau, spearman
 from .options import RankOptions, make_options
-from .stats import bootstrap_ci, kendall_tau
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,13 +51,14 @@ MIN_CUTS_TO_CONCLUDE = 5
 @dataclass(frozen=True)
 class StudyOptions(RankOptions):
     """What the study measures: ``cuts`` (``candidates`` or ``all``), the ``bottleneck`` at each, the code's
-    ``boundary`` encoding, at most ``max_images`` images in memory, ``bootstrap`` replicates for the CIs."""
+    ``boundary`` encoding, at most ``max_images`` images in memory, ``ci_reps`` bootstrap replicates for the
+    correlations' CIs (``bootstrap``, inherited, is the ranking's Poisson bootstrap of the CUI)."""
 
     cuts: str = "candidates"
     bottleneck: BottleneckOptions | None = None
     boundary: str = "int8"
     max_images: int = 2000
-    bootstrap: int = 1000
+    ci_reps: int = 1000
 
     def validate(self) -> None:
         object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck) or BottleneckOptions())
@@ -67,8 +67,8 @@ class StudyOptions(RankOptions):
             raise BadInputError(f"--cuts {self.cuts!r}: choose {' or '.join(CUT_SETS)}")
         if self.boundary not in ("fp32", "fp16", "int8"):
             raise BadInputError(f"--boundary {self.boundary!r}: choose fp32, fp16 or int8")
-        if self.max_images < 1 or self.bootstrap < 1:
-            raise BadInputError("--max-images and --bootstrap must be positive")
+        if self.max_images < 1 or self.ci_reps < 1:
+            raise BadInputError("max_images and ci_reps must be positive")
 
     @property
     def bn(self) -> BottleneckOptions:
@@ -331,7 +331,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
             "input_bytes": r.ranking.input_bytes,
         },
         "cuts": [res.to_json() for res in results],
-        "summary": summarize(results, seed=opts.seed, reps=opts.bootstrap),
+        "summary": summarize(results, seed=opts.seed, reps=opts.ci_reps),
         "run": {
             "created": dt.datetime.now(dt.timezone.utc)
             .replace(microsecond=0)

@@ -294,3 +294,21 @@ def test_same_seed_same_bytes(digits_weights: Path, digits_dir: Path, tmp_path: 
 def test_bad_bootstrap_value() -> None:
     with pytest.raises(BadInputError, match="--bootstrap -1"):
         RankOptions(bootstrap=-1)
+
+
+def test_cli_bootstrap_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    from isplit_export.cli import main
+
+    common = ["rank", "isplit_export.zoo:digits_cnn", "--weights", str(digits_weights), "--data", str(digits_dir),
+              "--images", "30"]  # fmt: skip
+    assert main([*common, "--bootstrap", "50", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[-2:] == ["stable", "ties"]
+    assert json.loads((tmp_path / "ranking.json").read_text())["bootstrap"]["replicates"] == 50
+    assert main([*common, "--bootstrap", "0"]) == 0
+    assert "stable" not in capsys.readouterr().out
+    assert main([*common, "--bootstrap", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--bootstrap -1" in err[0]

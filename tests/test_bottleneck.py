@@ -1,0 +1,227 @@
+"""The learned bottleneck on the trained digits CNN: training, exact export, held-out split, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from isplit_export import bottleneck as bn
+from isplit_export.cli import main
+from isplit_export.errors import BadInputError
+from isplit_export.graph import trace
+from isplit_export.holdout import minimum_images, split_holdout
+from isplit_export.onnx_export import to_onnx
+from isplit_export.onnx_utils import save_model
+from isplit_export.verify import verify_bundle
+from isplit_export.zoo import DIGITS_PREPROCESSING, write_digits_imagefolder
+
+DIGITS = "isplit_export.zoo:digits_cnn"
+FAST = ("--latency-runs", "2", "--train-steps", "40")
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def seen(digits_weights: Path) -> dict[str, list[torch.Tensor]]:
+    return {"train": []}
+
+
+@pytest.fixture(scope="module")
+def bn_bundle(
+    tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path, seen: dict[str, list[torch.Tensor]]
+) -> Path:
+    """A 1/8 bottleneck bundle of the top 2 digits splits; records what each training saw."""
+    real_train = bn.train
+
+    def spy(*args: object, **kwargs: object) -> bn.Trained:
+        seen["train"].append(args[3].clone())  # type: ignore[union-attr]  # x_train
+        return real_train(*args, **kwargs)  # type: ignore[arg-type]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bn, "train", spy)
+    out = tmp_path_factory.mktemp("bn") / "bundle"
+    try:
+        code = main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2",
+                     "--bottleneck", "1/8", "--out", str(out), *FAST])  # fmt: skip
+    finally:
+        mp.undo()
+    assert code == 0
+    return out
+
+
+def test_bottleneck_bundle_is_exact_and_measures_held_out_accuracy(bn_bundle: Path) -> None:
+    m = json.loads((bn_bundle / "manifest.json").read_text())
+    assert m["boundary_encoding"] == "int8" and m["verification"]["passed"]
+    values = []
+    for split in m["splits"]:
+        b, cfg = split["boundary"], split["bottleneck"]
+        assert b["dtype"] == "uint8" and b["bytes_per_image"] * 8 <= b["fp32_bytes_per_image"] // 4
+        assert b["bytes_per_image"] == cfg["code_bytes_per_image"] == int(np.prod(b["shape"][1:]))
+        assert cfg["spec"] == "1/8" and cfg["training"]["steps"] >= 1 and cfg["training"]["final_loss"] > 0
+        check = split["verification"]["checks"]["int8"]
+        # tier 1: the exported pair is the PyTorch pair with its bottleneck, within the fp32 gate
+        assert check["gate"]["name"] == "fp32" and check["gate"]["passed"]
+        assert check["metrics"]["max_abs_rel"] <= 1e-4 and check["metrics"]["code_max_step"] <= 1
+        # tier 2: held-out accuracy against the full model, with a Wilson CI
+        task = check["task"]
+        assert task["metric"] == "accuracy" and task["held_out"] and task["images"] == 50
+        assert task["ci95"][0] <= task["value"] <= task["ci95"][1] and task["value"] > 0.5
+        values.append(task["value"])
+    assert len(set(values)) == len(values), values  # the cuts measure differently
+    assert set(m["run"]["bottleneck_train_seconds"]) == {s["dir"] for s in m["splits"]}
+    assert "bottleneck_train_seconds" not in json.dumps({k: v for k, v in m.items() if k != "run"})
+    report = (bn_bundle / "report.md").read_text()
+    assert "too few to conclude anything" in report and "95 % CI" in report
+
+
+def test_held_out_images_are_never_trained_on(bn_bundle: Path, seen: dict[str, list[torch.Tensor]]) -> None:
+    golden = np.load(bn_bundle / json.loads((bn_bundle / "manifest.json").read_text())["splits"][0]["files"]["golden"])
+    held = torch.from_numpy(golden["input"]).flatten(1)
+    assert len(seen["train"]) == 2
+    for x_train in seen["train"]:
+        assert len(x_train) == 150
+        flat = x_train.flatten(1)
+        for row in held:  # no held-out image is among the training images
+            assert not bool((flat == row).all(1).any())
+
+
+def test_split_holdout_is_deterministic_disjoint_and_by_name() -> None:
+    names = [f"img{i:03d}.png" for i in range(40)]
+    train, held = split_holdout(names, 0.25, seed=0)
+    assert sorted(train + held) == list(range(40)) and not set(train) & set(held) and len(held) == 10
+    assert split_holdout(names, 0.25, seed=0) == (train, held)
+    assert split_holdout(names, 0.25, seed=1) != (train, held)
+    _rev_train, rev_held = split_holdout(names[::-1], 0.25, seed=0)
+    assert sorted(names[::-1][i] for i in rev_held) == sorted(names[i] for i in held)
+    with pytest.raises(BadInputError, match=f"at least {minimum_images(0.25)} needed"):
+        split_holdout(names[:5], 0.25, seed=0)
+
+
+def test_verify_runs_without_torch_on_the_bottleneck_bundle(bn_bundle: Path) -> None:
+    assert verify_bundle(bn_bundle, write=False).passed
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from isplit_export.cli import main\n"
+        f"sys.exit(main(['verify', {str(bn_bundle)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime: passed" in proc.stdout
+
+
+def _digits_cut(model: torch.nn.Module, index: int) -> tuple[object, torch.nn.Module, torch.nn.Module]:
+    traced = trace(model, DIGITS_PREPROCESSING.input_shape)
+    cut = traced.cuts[index]
+    head, tail = traced.split(cut)
+    return cut, head, tail
+
+
+def test_same_seed_gives_byte_identical_onnx(digits_model: tuple[torch.nn.Module, float], tmp_path: Path) -> None:
+    from isplit_export.zoo import digits_arrays, digits_tensor
+
+    images, _ = digits_arrays()
+    x = digits_tensor(images[1500:1540])
+    cut, head, tail = _digits_cut(digits_model[0], 2)
+    opts = bn.BottleneckOptions(size="1/8", train_steps=15)
+    blobs = []
+    for i, seed in enumerate((7, 7, 8)):
+        t = bn.train(cut, head, tail, x, opts, seed=seed)  # type: ignore[arg-type]
+        path = tmp_path / f"head{i}.onnx"
+        save_model(to_onnx(t.head, x[:1], "input", "boundary"), path)
+        to_onnx(t.tail, torch.from_numpy(t.code(x[:1])), "boundary", "logits")
+        blobs.append(path.read_bytes())
+        # the export must leave both halves in eval mode (it restores the top module's mode recursively)
+        assert not any(m.training for part in (t.head, t.tail) for m in part.modules())
+    assert blobs[0] == blobs[1] and blobs[0] != blobs[2]
+
+
+def test_size_specs() -> None:
+    assert bn.parse_size("1/16") == bn.SizeSpec("ratio", 0.0625, "1/16")
+    assert bn.parse_size("0.0625").value == 0.0625 and bn.parse_size("1").value == 1.0
+    assert bn.parse_size("2KiB") == bn.SizeSpec("bytes", 2048.0, "2KiB")
+    assert bn.parse_size("64B").value == 64 and bn.parse_size("1MB").value == 1e6
+    for bad in ("0", "-1/8", "1.5", "2048", "nope", "1/0"):
+        with pytest.raises(BadInputError):
+            bn.parse_size(bad)
+
+
+def test_plan_reaches_a_fixed_size_with_a_stride(digits_model: tuple[torch.nn.Module, float]) -> None:
+    cut, _, _ = _digits_cut(digits_model[0], 0)  # 16x16x16
+    p = bn.plan(cut, bn.parse_size("64B"), "int8")  # type: ignore[arg-type]
+    assert p.code_shape == (1, 8, 8) and p.stride == 2 and p.code_bytes == 64
+    p = bn.plan(cut, bn.parse_size("1/8"), "int8")  # type: ignore[arg-type]
+    assert p.code_shape == (2, 16, 16) and p.stride == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (("--bottleneck", "0"), "a ratio must be in (0, 1]"),
+        (("--bottleneck", "1.5"), "a ratio must be in (0, 1]"),
+        (("--bottleneck", "64KiB"), "is larger than cut 2 (features_4)'s boundary"),
+        (("--bottleneck", "1B"), "smallest code there is 4 B"),
+        (("--bottleneck", "1/8", "--finetune", "all"), "--finetune 'all': choose none or tail"),
+        (("--finetune", "tail"), "add --bottleneck"),
+    ],
+)
+def test_bad_inputs_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
+    args: tuple[str, ...], expect: str,
+) -> None:  # fmt: skip
+    code, _, err = _run(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--top", "6",
+                        "--out", tmp_path / "b", *args)  # fmt: skip
+    assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_too_few_images_names_the_minimum(capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path) -> None:
+    data = write_digits_imagefolder(tmp_path / "few", start=0, count=5)
+    code, _, err = _run(capsys, DIGITS, "--weights", digits_weights, "--data", data, "--bottleneck", "1/8",
+                        "--out", tmp_path / "b")  # fmt: skip
+    assert code == 2 and f"at least {minimum_images(0.25)} needed" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_api_takes_a_size_spec_or_options() -> None:
+    from isplit_export import ExportOptions
+
+    opts = ExportOptions(model=DIGITS, bottleneck="1/16")
+    assert opts.bottleneck == bn.BottleneckOptions(size="1/16") and opts.to_json()["bottleneck"]["size"] == "1/16"
+    assert ExportOptions(model=DIGITS).bottleneck is None
+    with pytest.raises(BadInputError, match="a ratio must be in"):
+        ExportOptions(model=DIGITS, bottleneck="0")
+    with pytest.raises(BadInputError, match="--finetune"):
+        bn.BottleneckOptions(finetune="head")
+
+
+def test_finetune_tail_adapts_the_tail_and_none_keeps_it(digits_model: tuple[torch.nn.Module, float]) -> None:
+    from isplit_export.zoo import digits_arrays, digits_tensor
+
+    images, _ = digits_arrays()
+    x = digits_tensor(images[1500:1530])
+    cut, head, tail = _digits_cut(digits_model[0], 4)
+    before = {k: v.clone() for k, v in tail.state_dict().items()}
+    for mode, changed in (("none", False), ("tail", True)):
+        t = bn.train(cut, head, tail, x, bn.BottleneckOptions(size="1/8", finetune=mode, train_steps=5), seed=0)  # type: ignore[arg-type]
+        after = t.tail.tail.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before) is changed
+        assert all(torch.equal(before[k], v) for k, v in tail.state_dict().items())  # the model itself is untouched
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "tokens"])
+def test_non_nchw_cuts_are_refused_in_one_line(layout: str) -> None:
+    from types import SimpleNamespace
+
+    cut = SimpleNamespace(index=3, node="blocks_3", shape=(14, 14, 384), layout=layout)
+    with pytest.raises(BadInputError, match=f"cut 3 \\(blocks_3\\) has a {layout} boundary"):
+        bn.plan(cut, bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]

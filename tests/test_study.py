@@ -1,0 +1,114 @@
+"""`isplit-export study` on the trained digits CNN: schema, statistics, seeding per cut, classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from isplit_export.cli import main
+from isplit_export.study import SCHEMA, CutResult, StudyOptions, measure_cut, prepare, summarize
+
+DIGITS = "isplit_export.zoo:digits_cnn"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("study") / "s"
+    assert main(["study", DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--cuts", "all",
+                 "--bottleneck", "64B", "--train-steps", "30", "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+def test_study_json_schema(study_dir: Path) -> None:
+    data = json.loads((study_dir / "study.json").read_text())
+    assert data["schema"] == SCHEMA and data["options"]["cuts"] == "all"
+    assert data["options"]["bottleneck"]["size"] == "64B"
+    assert data["images"] == {"source": data["images"]["source"], "train": 150, "held_out": 50, "labelled": True}
+    assert len(data["cuts"]) == 6 == len(data["curve"]["cui"])
+    for c in data["cuts"]:
+        assert set(c) >= {"index", "node", "cui", "boundary_bytes", "code_bytes", "measured", "training"}
+        assert c["code_bytes"] <= 64 < c["boundary_bytes"]
+        m = c["measured"]
+        assert m["metric"] == "accuracy" and m["images"] == 50 and m["ci95"][0] <= m["value"] <= m["ci95"][1]
+    assert len({c["measured"]["value"] for c in data["cuts"]}) > 1  # the cuts measure differently
+    s = data["summary"]
+    for name in ("cui", "cde", "random"):
+        p = s["predictors"][name]
+        assert set(p) == {"spearman", "spearman_ci95", "kendall", "kendall_ci95"}
+        assert p["spearman"] is None or -1 <= p["spearman"] <= 1
+    assert s["regret"] >= 0 and s["cui_top_pick"]["index"] in range(6) and isinstance(s["cui_beats_cde"], bool)
+    assert s["conclusive"] and s["cuts"] == 6
+    assert set(data["run"]["train_seconds"]) == {str(i) for i in range(6)}
+    assert "train_seconds" not in json.dumps({k: v for k, v in data.items() if k != "run"})
+    assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _result(index: int, cui: float, nbytes: int, value: float) -> CutResult:
+    return CutResult(index, f"n{index}", f"m{index}", (1, 1, 1), cui, None, nbytes, (1, 1, 1), 1,
+                     {"metric": "accuracy", "value": value, "ci95": [0, 1]}, None, {}, 0.0)  # fmt: skip
+
+
+def test_summary_statistics_match_hand_computed_values() -> None:
+    # CUI ranks 1,2,3,4 vs measured ranks 1,3,2,4: d^2 = 0+1+1+0 -> rho = 1 - 6*2/(4*15) = 0.8;
+    # pairs: 5 concordant, 1 discordant -> tau = 4/6. CDE ranks 4,3,2,1 (reversed): rho = -0.8, tau = -4/6.
+    results = [_result(i, cui, nb, v) for i, (cui, nb, v) in enumerate(
+        [(1.0, 400, 0.1), (2.0, 300, 0.3), (3.0, 200, 0.2), (4.0, 100, 0.4)])]  # fmt: skip
+    s = summarize(results, seed=0, reps=200)
+    assert s["predictors"]["cui"]["spearman"] == pytest.approx(0.8)
+    assert s["predictors"]["cui"]["kendall"] == pytest.approx(4 / 6)
+    assert s["predictors"]["cde"]["spearman"] == pytest.approx(-0.8)
+    assert s["predictors"]["cde"]["kendall"] == pytest.approx(-4 / 6)
+    assert s["regret"] == 0.0 and s["cui_top_pick"]["index"] == 3 and s["cui_beats_cde"] is True
+    assert not s["conclusive"] and "too few to conclude" in s["note"]
+    lo, hi = s["predictors"]["cui"]["spearman_ci95"]
+    assert -1 <= lo <= hi <= 1
+    assert summarize(results, seed=0, reps=200) == s  # seeded
+    # CUI's top pick is not the best: regret is the gap
+    results[3] = _result(3, 4.0, 100, 0.05)
+    assert summarize(results, reps=50)["regret"] == pytest.approx(0.3 - 0.05)
+
+
+def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, digits_dir: Path) -> None:
+    opts = StudyOptions(model=DIGITS, weights=str(digits_weights), data=digits_dir, cuts="all", images=80,
+                        bottleneck="1/8")  # fmt: skip
+    ctx = prepare(opts)
+    first = measure_cut(ctx, ctx.cuts[4]).to_json()
+    measure_cut(ctx, ctx.cuts[1])
+    torch.manual_seed(1234)  # global state must not matter
+    torch.rand(10)
+    assert measure_cut(ctx, ctx.cuts[4]).to_json() == first
+
+
+def test_classes_set_class_and_all_class_cui_against_class_accuracy(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    code, out, err = _run(capsys, "study", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--cuts", "all",
+                          "--classes", "0,1", "--train-steps", "10", "--out", tmp_path / "s")  # fmt: skip
+    assert code == 0, err
+    data = json.loads((tmp_path / "s" / "study.json").read_text())
+    cls = data["summary"]["classes"]
+    assert set(cls) == {"metric", "class_cui", "all_class_cui"} and cls["metric"] == "accuracy"
+    for c in data["cuts"]:
+        assert 0 < c["class_measured"]["images"] < c["measured"]["images"] and c["cui_all_classes"] > 0
+    assert "CUI" in out and "Spearman" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [(("--cuts", "some"), "--cuts 'some'"), (("--bottleneck", "2"), "a ratio must be in (0, 1]"),
+     (("--finetune", "head"), "--finetune 'head'")],
+)  # fmt: skip
+def test_bad_study_inputs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, args: tuple[str, ...], expect: str
+) -> None:
+    code, _, err = _run(capsys, "study", DIGITS, "--weights", digits_weights, "--out", tmp_path / "s", *args)
+    assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
