@@ -185,6 +185,7 @@ def _export_split(
             **enc.to_json(),
             "encoding": enc.name,
             "shape": [BATCH_AXIS, *cut.shape],
+            "layout": cut.layout,
             "bytes_per_image": int(np.prod(cut.shape)) * enc.bytes_per_element,
             "fp32_bytes_per_image": cut.boundary_bytes,
         },
