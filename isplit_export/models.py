@@ -132,6 +132,7 @@ def load_model(
     module = spec.module
     if weights == "none":
         log.warning("--weights none: random weights (seed %d); the CUI ranking is meaningless for deployment", seed)
+        _randomize_zero_linears(module)
         desc, digest = "none", None
     elif weights == "default":
         if default_weights is None:
@@ -151,6 +152,18 @@ def load_model(
     num_classes = _num_classes(module, prep, name)
     names = spec.class_names if spec.class_names and len(spec.class_names) == num_classes else None
     return LoadedModel(name, module, prep, names, desc, digest, num_classes)
+
+
+def _randomize_zero_linears(module: nn.Module) -> None:
+    """Redraw ``Linear`` layers that the architecture initializes to zero (ViT's classification head).
+
+    With a zero head the logits do not depend on the input, every gradient is zero and so is every
+    CUI: random weights could not exercise the pipeline. Seeded like the rest of the random weights.
+    """
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear) and not bool(m.weight.detach().any()):
+            log.info("--weights none: %s is initialized to zero by the architecture; drawing it at random", name)
+            m.reset_parameters()
 
 
 def imagenet_categories() -> list[str]:
