@@ -127,7 +127,7 @@ def infer_axes(gm: fx.GraphModule) -> dict[fx.Node, Axes | None]:
         shape = _shape(n)
         try:
             out = _node_axes(n, gm, axes, shape) if shape is not None else None
-        except (TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError):
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError, AssertionError, ZeroDivisionError):
             out = None  # unusual argument forms: the layout is unknown, never an error
         if out is not None and (shape is None or len(out) != len(shape)):
             out = None
