@@ -240,6 +240,7 @@ def _export_split(
             **enc.to_json(),
             "encoding": enc.name,
             "shape": [BATCH_AXIS, *(trained.plan.code_shape if trained is not None else cut.shape)],
+            "layout": cut.layout,
             "bytes_per_image": int(np.prod(boundary.shape[1:])) * enc.bytes_per_element,
             "fp32_bytes_per_image": cut.boundary_bytes,
         },

@@ -1,9 +1,11 @@
 """Trace a model with torch.fx, enumerate its valid cut points and split it into head and tail.
 
 A cut after node ``n`` is valid when ``n`` is the *only* value computed before the cut that is used
-after it (so one tensor crosses the link, never inside a residual block), that value is a 4-D
-activation, and the next op is not a pointwise op applied to it (batch norm, activation, dropout
-stay with the op before them, so a cut always comes after the activation).
+after it (so one tensor crosses the link, never inside a residual block), that value is a feature
+map whose layout is established (:mod:`isplit_export.layouts`: ``nchw``, ``nhwc`` or a ``tokens``
+sequence; a window partition or a flattened vector is not one), and the next op is not a pointwise op
+applied to it (batch norm, activation, dropout stay with the op before them, so a cut always comes
+after the activation).
 
 Two kinds of values may cross for free because the tail can recompute them: parameters/buffers
 (``get_attr``) and the batch size (``x.size(0)`` / ``x.shape[0]``), which the tail reads off the
@@ -14,6 +16,7 @@ outermost module that the cut closes (``layer2.0``), like torchvision's feature_
 from __future__ import annotations
 
 import copy
+import logging
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import BadInputError
+from .layouts import classify, example_input, infer_axes
+
+log = logging.getLogger(__name__)
 
 POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish,
@@ -45,7 +51,9 @@ PADDING_MODULES: tuple[type[nn.Module], ...] = (
 
 @dataclass(frozen=True)
 class Cut:
-    """One valid cut point: after fx node ``node``; ``shape`` is (C, H, W) of the boundary tensor."""
+    """One valid cut point: after fx node ``node``; ``shape`` is the boundary tensor's own shape
+    without the batch axis: (C, H, W) for ``nchw``, (H, W, C) for ``nhwc``, (class_tokens + N, D)
+    for ``tokens`` (N patch tokens on a grid after ``class_tokens`` class tokens)."""
 
     index: int
     node: str
@@ -53,16 +61,22 @@ class Cut:
     shape: tuple[int, ...]
     boundary_bytes: int
     head_flops_share: float
+    layout: str = "nchw"
+    class_tokens: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "index": self.index,
             "node": self.node,
             "module": self.module,
             "shape": list(self.shape),
+            "layout": self.layout,
             "boundary_bytes": self.boundary_bytes,
             "head_flops_share": round(self.head_flops_share, 6),
         }
+        if self.layout == "tokens":
+            out["class_tokens"] = self.class_tokens
+        return out
 
 
 @dataclass
@@ -88,7 +102,10 @@ class TracedModel:
         logits = out.args[0]
         graph.erase_node(out)
         graph.output((logits, *[nodes[c.node] for c in self.cuts]))
-        return fx.GraphModule(self.gm, graph)
+        capture = fx.GraphModule(self.gm, graph)
+        # how to read each activation (importance.batch_scores): (layout, class tokens) per cut
+        setattr(capture, "cut_layouts", [(c.layout, c.class_tokens) for c in self.cuts])  # noqa: B010
+        return capture
 
     def split(self, cut: Cut) -> tuple[fx.GraphModule, fx.GraphModule]:
         """Head (input -> boundary) and tail (boundary -> logits) modules for ``cut``."""
@@ -112,9 +129,10 @@ def trace(module: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
             f"the model cannot be traced with torch.fx ({type(err).__name__}: {str(err).splitlines()[0][:160]}): "
             "remove data-dependent Python control flow from forward() or wrap it in a leaf module"
         ) from err
-    example = torch.zeros(1, *input_shape)
+    example = example_input(tuple(input_shape))  # batch 2: the batch axis is never a size-1 axis
     ShapeProp(gm).propagate(example)
-    flops = _node_flops(gm)
+    axes = infer_axes(gm)
+    flops = _node_flops(gm, batch=len(example))
     total = max(sum(flops.values()), 1)
     nodes = list(gm.graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
@@ -131,21 +149,29 @@ def trace(module: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
         if n.op == "placeholder":
             continue
         live = {m for m in live if last_use[m] > i}
-        if live != {n} or not _is_4d(n) or _is_padding(n, gm) or _followed_by_pointwise(n, nodes[i + 1], gm):
+        if live != {n} or not _is_tensor(n) or _is_padding(n, gm) or _followed_by_pointwise(n, nodes[i + 1], gm):
             continue
-        shape = tuple(int(s) for s in n.meta["tensor_meta"].shape[1:])
+        full = tuple(int(s) for s in n.meta["tensor_meta"].shape)
+        layout, class_tokens, reason = classify(axes.get(n), full)
+        if layout is None:
+            log.info("not a cut after %s %s: %s", n.name, list(full[1:]), reason)
+            continue
+        shape = full[1:]
         numel = 1
         for s in shape:
             numel *= s
-        cuts.append(Cut(len(cuts), n.name, _module_path(n, nodes[i + 1 :]), shape, 4 * numel, running / total))
+        path = _module_path(n, nodes[i + 1 :])
+        cuts.append(Cut(len(cuts), n.name, path, shape, 4 * numel, running / total, layout, class_tokens))
     if not cuts:
-        raise BadInputError("the model has no valid cut point (no single 4-D activation crosses any point)")
+        raise BadInputError(
+            "the model has no valid cut point (no single NCHW/NHWC feature map or token sequence crosses any point)"
+        )
     return TracedModel(gm, cuts, tuple(input_shape), total)
 
 
-def _is_4d(n: fx.Node) -> bool:
+def _is_tensor(n: fx.Node) -> bool:
     meta = n.meta.get("tensor_meta")
-    return meta is not None and hasattr(meta, "shape") and len(meta.shape) == 4
+    return meta is not None and hasattr(meta, "shape")
 
 
 def _is_padding(n: fx.Node, gm: fx.GraphModule) -> bool:
@@ -206,8 +232,10 @@ def _paths(n: fx.Node) -> set[str]:
     return {str(p[0]) if isinstance(p, tuple) else str(p) for p in n.meta.get("nn_module_stack", {}).values()}
 
 
-def _node_flops(gm: fx.GraphModule) -> dict[fx.Node, int]:
-    """Approximate FLOPs per node at batch 1: 2*MACs for conv/linear, one per output element otherwise."""
+def _node_flops(gm: fx.GraphModule, batch: int = 1) -> dict[fx.Node, int]:
+    """Approximate FLOPs per image: 2*MACs for conv/linear, one per output element otherwise.
+
+    ``batch`` is the batch size the shapes were propagated with (values without it count whole)."""
     out: dict[fx.Node, int] = {}
     for n in gm.graph.nodes:
         meta = n.meta.get("tensor_meta")
@@ -216,6 +244,8 @@ def _node_flops(gm: fx.GraphModule) -> dict[fx.Node, int]:
         numel = 1
         for s in meta.shape:
             numel *= int(s)
+        if len(meta.shape) and int(meta.shape[0]) == batch:
+            numel //= batch
         flops = numel
         if n.op == "call_module":
             mod = gm.get_submodule(str(n.target))

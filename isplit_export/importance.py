@@ -9,6 +9,11 @@ or the label with ``score="label"``):
     s(x, l) = mean_ij M
     CUI(l)  = mean over the images of s(x, l)
 
+The channel and spatial axes follow the cut's layout (:attr:`Cut.layout`): ``nchw`` [B, C, H, W],
+``nhwc`` [B, H, W, C] (channels last), and ``tokens`` [B, p+N, D] (a vision transformer's sequence):
+the p class tokens are dropped, the N patch tokens are the spatial positions and D the channels:
+alpha_d = mean_n dy/dA_nd, M_n = ReLU((1/D) sum_d alpha_d A_nd), s = mean_n M_n.
+
 All cuts are served by ONE forward pass (which returns the logits and every cut's activation) and
 ONE backward pass (gradients w.r.t. those activations only; parameters are frozen so no weight
 gradients are computed). Only per-class sums of s are kept, so memory does not grow with the number
@@ -110,11 +115,26 @@ class Importance:
         return exactsum.to_float(exactsum.sum_rows((self.exact[k] for k in keys), self.num_cuts), n)
 
 
-def gradcam_scores(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """s(x, l) for a batch: mean over pixels of ReLU(channel-mean of alpha_c * A_c). Shapes [B,C,H,W] -> [B]."""
-    alpha = gradient.mean(dim=(2, 3))
-    cam = torch.einsum("bc,bchw->bhw", alpha, activation) / activation.shape[1]
-    return cam.clamp_min(0).mean(dim=(1, 2))
+def gradcam_scores(
+    activation: torch.Tensor, gradient: torch.Tensor, layout: str = "nchw", class_tokens: int = 0
+) -> torch.Tensor:
+    """s(x, l) for a batch: mean over positions of ReLU(channel-mean of alpha_c * A_c) -> [B].
+
+    ``layout`` says where the channels are: ``nchw`` [B,C,H,W], ``nhwc`` [B,H,W,C], or ``tokens``
+    [B, class_tokens+N, D] whose first ``class_tokens`` tokens are dropped and whose N patch tokens
+    are the positions (D the channels)."""
+    if layout == "nchw":
+        a, g = activation.flatten(2).transpose(1, 2), gradient.flatten(2).transpose(1, 2)
+    elif layout == "nhwc":
+        a, g = activation.flatten(1, 2), gradient.flatten(1, 2)
+    elif layout == "tokens":
+        a, g = activation[:, class_tokens:], gradient[:, class_tokens:]
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    # a, g: [B, positions, channels]
+    alpha = g.mean(dim=1)
+    cam = torch.einsum("bc,bnc->bn", alpha, a) / a.shape[2]
+    return cam.clamp_min(0).mean(dim=1)
 
 
 def target_logits(logits: torch.Tensor, labels: torch.Tensor, score: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,14 +193,20 @@ def compute_importance(
 def batch_scores(
     capture: nn.Module, x: torch.Tensor, labels: torch.Tensor, score: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward + one backward: ``(scores [B, cuts], class keys [B])`` for one batch."""
+    """One forward + one backward: ``(scores [B, cuts], class keys [B])`` for one batch.
+
+    ``capture`` is :meth:`TracedModel.capture_module`, whose ``cut_layouts`` say how to read each
+    activation (all ``nchw`` for a module without them)."""
     x = x.detach().requires_grad_(True)  # parameters are frozen: this gives autograd a graph to walk
     with torch.enable_grad():
         logits, *acts = capture(x)
         target, y = target_logits(logits, labels, score)
         grads = torch.autograd.grad(y, acts)
+    layouts = getattr(capture, "cut_layouts", None) or [("nchw", 0)] * len(acts)
     with torch.no_grad():
-        scores = torch.stack([gradcam_scores(a, g) for a, g in zip(acts, grads, strict=True)], dim=1)
+        scores = torch.stack(
+            [gradcam_scores(a, g, *lay) for a, g, lay in zip(acts, grads, layouts, strict=True)], dim=1
+        )
     keys = labels if bool((labels >= 0).all()) else target.cpu()
     return scores, keys
 
@@ -199,7 +225,7 @@ def reference_cui(traced: TracedModel, x: torch.Tensor, labels: torch.Tensor | N
             with torch.enable_grad():
                 _, y = target_logits(tail(a), labels[i : i + 1], score)
                 (g,) = torch.autograd.grad(y, [a])
-            total[cut.index] += float(gradcam_scores(a.detach(), g)[0])
+            total[cut.index] += float(gradcam_scores(a.detach(), g, cut.layout, cut.class_tokens)[0])
     return total / len(x)
 
 

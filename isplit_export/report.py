@@ -264,7 +264,7 @@ def _ranking_table(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> l
                 c.get("index", "-"),
                 f"`{c.get('node', '?')}`",
                 f"`{c.get('module', '?')}`",
-                _shape(c.get("shape")),
+                _shape(c.get("shape")) + (f" {c['layout']}" if c.get("layout") else ""),
                 _kib(c.get("boundary_bytes")),
                 _pct(c.get("head_flops_share")),
                 _g(c.get("cui"), 4),
