@@ -5,6 +5,7 @@ Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundl
     rank(options | model, **fields)   -> api.RankResult       the I-Split ranking of every valid cut
     export(options | model, **fields) -> bundle.ExportResult   a verified, reproducible bundle
     verify_bundle(path, ...)          -> verify.BundleVerification
+    plan(bundle, link=..., ...)       -> planning.PlanResult       re-plan a bundle for a link (torch-free)
     RankOptions, ExportOptions        the frozen options objects (options.py) every job reads
 """
 
@@ -13,15 +14,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ExportOptions", "RankOptions", "__version__", "export", "rank", "verify_bundle"]
+__all__ = ["Constraints", "ExportOptions", "RankOptions", "__version__", "export", "plan", "rank", "verify_bundle"]
 
 if TYPE_CHECKING:
     from .api import rank
     from .bundle import export
     from .options import ExportOptions, RankOptions
+    from .planning import plan
+    from .selection import Constraints
     from .verify import verify_bundle
 
-_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify", "RankOptions": "options", "ExportOptions": "options"}
+_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify", "RankOptions": "options", "ExportOptions": "options",
+         "plan": "planning", "Constraints": "selection"}
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
     isplit-export [MODEL] --top K --target TARGET --out DIR     export a verified bundle (main job)
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only
     isplit-export verify BUNDLE [--backend onnxruntime|tensorrt] [--split N]
+    isplit-export plan BUNDLE --link L [--objective O] [...]    re-plan a bundle for a link (torch-free)
     isplit-export build-engines BUNDLE [--split N]              on the device (TensorRT)
     isplit-export targets | models
 
@@ -15,12 +16,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import __version__
 from .errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
+
+if TYPE_CHECKING:
+    from .selection import Constraints
 
 app = typer.Typer(
     add_completion=False,
@@ -50,6 +54,20 @@ SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the 
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+ObjectiveOpt = Annotated[
+    str, typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)")
+]
+HeadFlopsOpt = Annotated[
+    float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
+]
+BoundaryKibOpt = Annotated[float | None, typer.Option("--max-boundary-kib", help="constraint: boundary KiB per image")]
+LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="constraint: end-to-end ms per image")]
+
+
+def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
+    from .selection import Constraints
+
+    return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
 
 
 def _split_classes(classes: str | None) -> tuple[str, ...] | None:
@@ -86,6 +104,14 @@ def export_cmd(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
+    link: Annotated[
+        str | None, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns")
+    ] = None,
+    objective: ObjectiveOpt = "cui",
+    server: Annotated[str, typer.Option("--server", help="target profile of the server running the tail")] = "x86-tensorrt",
+    max_head_flops: HeadFlopsOpt = None,
+    max_boundary_kib: BoundaryKibOpt = None,
+    max_latency_ms: LatencyOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -97,10 +123,16 @@ def export_cmd(
         model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty(), link=link, objective=objective, server=server,
+        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
     )  # fmt: skip
     result = export(options)
-    typer.echo(result.rank.ranking.table(top))
+    if result.rank.ranking.cost is not None:
+        from .planning import format_table
+
+        typer.echo(format_table(result.rank.ranking.to_json()))
+    else:
+        typer.echo(result.rank.ranking.table(top))
     for split in result.manifest["splits"]:
         v = split["verification"]
         typer.echo(
@@ -164,6 +196,38 @@ def verify_cmd(
     typer.echo(format_table(result))
     if not result.passed:
         raise typer.Exit(EXIT_GATE_FAILED)
+
+
+@app.command("plan")
+def plan_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
+    link: Annotated[str, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")],
+    objective: ObjectiveOpt = "cui",
+    server: Annotated[
+        str | None, typer.Option("--server", help="server profile for the tail (default: the export's)")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="how many splits to select (default: the export's)")] = None,
+    max_head_flops: HeadFlopsOpt = None,
+    max_boundary_kib: BoundaryKibOpt = None,
+    max_latency_ms: LatencyOpt = None,
+    measured: Annotated[
+        bool, typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only")
+    ] = True,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
+    from .planning import plan
+
+    _setup(verbose)
+    if top is not None and top < 1:
+        from .errors import BadInputError
+
+        raise BadInputError(f"--top {top}: pass a positive number of splits")
+    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured,
+                  constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
+    typer.echo(result.table())
+    if result.written is not None:
+        typer.echo(f"wrote {result.written}")
 
 
 @app.command("build-engines")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import BadInputError
+from .selection import OBJECTIVES, Constraints
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
@@ -102,6 +103,10 @@ class ExportOptions(RankOptions):
     precision: str | None = None
     golden: int = 4
     verify_images: int = 256
+    link: str | None = None
+    objective: str = "cui"
+    constraints: Constraints = field(default_factory=Constraints)
+    server: str = "x86-tensorrt"
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
     force: bool = field(default=False, metadata=_RUN_ONLY)
 
@@ -113,6 +118,16 @@ class ExportOptions(RankOptions):
             )
         if self.latency_runs < 1:
             raise BadInputError(f"--latency-runs {self.latency_runs}: pass a positive number of runs")
+        if self.objective not in OBJECTIVES:
+            raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
+        if self.link is not None:
+            from .cost import parse_link
+
+            parse_link(self.link)
+        elif self.objective != "cui" or self.constraints.max_latency_ms is not None:
+            raise BadInputError(
+                f"--objective {self.objective} / --max-latency-ms need a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
+            )
 
 
 def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:

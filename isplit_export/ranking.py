@@ -1,9 +1,12 @@
-"""Turn per-cut CUI values into the I-Split ranking (``ranking.json``, schema ``isplit.ranking/1``).
+"""Turn per-cut CUI values into the I-Split ranking (``ranking.json``, schema ``isplit.ranking/2``).
 
 Candidates are the local maxima of the log10 CUI curve in network order (the paper's star markers):
 a point higher than its left neighbour and at least as high as its right one (an end point is
 compared with its single neighbour). They are ranked by CUI, highest first; every cut is reported,
 with ``rank`` null for the cuts that are not local maxima.
+
+Schema 2 adds what a torch-free re-plan needs (``total_flops``, per cut ``head_flops``) and, when the
+export was given a link, the ``cost`` block and per-cut ``cost`` columns of :mod:`isplit_export.cost`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from .graph import Cut
 
-SCHEMA = "isplit.ranking/1"
+SCHEMA = "isplit.ranking/2"
 
 
 def local_maxima(values: Sequence[float]) -> list[bool]:
@@ -46,6 +49,9 @@ class Ranking:
     input_bytes: int
     top: int | None = None
     curves: dict[str, list[float]] | None = None
+    total_flops: int | None = None
+    cost: dict[str, Any] | None = None
+    """The cost block (``isplit_export.planning``): ``per_cut`` (one row per cut) goes into each candidate."""
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -83,6 +89,10 @@ class Ranking:
                 local_max=flags[i],
                 rank=ranks[i],
             )
+            if self.total_flops is not None:
+                row["head_flops"] = round(cut.head_flops_share * self.total_flops)
+            if self.cost is not None:
+                row["cost"] = self.cost["per_cut"][i]
             candidates.append(row)
         out: dict[str, Any] = {
             "schema": SCHEMA,
@@ -93,11 +103,14 @@ class Ranking:
             "score": self.score,
             "top": self.top,
             "input_bytes": self.input_bytes,
+            "total_flops": self.total_flops,
             "method": "Grad-CAM channel-mean, ReLU, spatial mean; CUI = mean over images (I-Split, ICPR 2022)",
             "candidates": candidates,
         }
         if self.curves:
             out["curves"] = self.curves
+        if self.cost is not None:
+            out["cost"] = {k: v for k, v in self.cost.items() if k != "per_cut"}
         return out
 
     def table(self, top: int | None = None) -> str:
