@@ -202,7 +202,9 @@ def verify_cmd(
 def plan_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     link: Annotated[str, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")],
-    objective: ObjectiveOpt = "cui",
+    objective: Annotated[
+        str | None, typer.Option("--objective", help="cui, latency or balanced (default: the export's)")
+    ] = None,
     server: Annotated[
         str | None, typer.Option("--server", help="server profile for the tail (default: the export's)")
     ] = None,

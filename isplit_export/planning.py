@@ -191,16 +191,16 @@ def _measured(
 
 
 def plan(
-    bundle: Path | str, *, link: str, objective: str = "cui", constraints: Constraints | None = None,
+    bundle: Path | str, *, link: str, objective: str | None = None, constraints: Constraints | None = None,
     server: str | None = None, top: int | None = None, measured: bool = True, write: bool = True,
 ) -> PlanResult:  # fmt: skip
     """Re-plan an exported bundle for ``link`` (torch-free); see the module docstring.
 
-    ``server`` defaults to the one the export used (else ``x86-tensorrt``), ``top`` to the export's;
+    ``objective``, ``server`` and ``top`` default to the export's (else ``cui``, ``x86-tensorrt``, all);
     ``measured=False`` gives the pure estimates (what the export computed for the same link).
     """
     bundle = Path(bundle)
-    if objective not in OBJECTIVES:
+    if objective is not None and objective not in OBJECTIVES:
         raise BadInputError(f"unknown --objective {objective!r}: choose {', '.join(OBJECTIVES)}")
     lk = parse_link(link)
     constraints = constraints or Constraints()
@@ -215,6 +215,7 @@ def plan(
         validate_profile(target_json, "manifest.json target") if "cost" in target_json else load_target(target_json["name"])
     )
     options = manifest.get("options") or {}
+    objective = objective or str(options.get("objective") or "cui")
     server_profile = load_target(server or options.get("server") or "x86-tensorrt")
     device, srv = compute_for(device_profile, head=True), compute_for(server_profile, head=False)
     encoding = str(manifest.get("boundary_encoding") or device_profile.default_boundary)
