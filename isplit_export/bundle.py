@@ -176,6 +176,7 @@ def _export_split(
     entry = {
         "dir": rel,
         "rank": rank_pos,
+        "cui_rank": ranked.ranking.ranks[cut.index],  # differs from rank (the position) with --objective
         "index": cut.index,
         "node": cut.node,
         "module": cut.module,

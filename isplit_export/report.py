@@ -327,7 +327,7 @@ def _splits(manifest: Mapping[str, Any]) -> list[str]:
         return [*lines, "No split was exported."]
     for s in splits:
         sdir = s.get("dir") or f"split {s.get('rank', '?')}"
-        lines += [f"### `{sdir}`: CUI rank {s.get('rank', '?')}, cut after `{s.get('node', '?')}`", ""]
+        lines += [f"### `{sdir}`: CUI rank {s.get('cui_rank', s.get('rank', '?'))}, cut after `{s.get('node', '?')}`", ""]
         lines.append(
             f"- Module `{s.get('module', '?')}`, cut index {s.get('index', '?')}, CUI {_g(s.get('cui'), 4)} "
             f"(log10 {_g(s.get('log10_cui'), 4)}), head FLOPs share {_pct(s.get('head_flops_share'))}"
@@ -402,7 +402,7 @@ def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
         if task.get("metric"):
             metric = str(task["metric"])
         rows.append(
-            [s.get("rank", "-"), f"`{s.get('node', '?')}`", _g(s.get("cui"), 4), _pct(task.get("value")),
+            [s.get("cui_rank", s.get("rank", "-")), f"`{s.get('node', '?')}`", _g(s.get("cui"), 4), _pct(task.get("value")),
              _pct(task.get("full_model")), _pp(task.get("drop"))]
         )  # fmt: skip
     lines = ["## Does the CUI order hold?", "", _spearman_sentence(manifest, metric)]

@@ -40,6 +40,8 @@ def test_export_writes_the_cost_columns_report_and_tradeoff(cost_bundle: Path) -
     assert m["options"]["link"] == "lte" and m["options"]["objective"] == "balanced"
     # the exported splits are the selection, in its order; balanced picks from the Pareto front first
     assert [s["index"] for s in m["splits"]] == cost["selected"][:2]
+    ranks = {c["index"]: c["rank"] for c in r["candidates"]}
+    assert [s["rank"] for s in m["splits"]] == [1, 2] and all(s["cui_rank"] == ranks[s["index"]] for s in m["splits"])
     assert set(cost["selected"][: len(cost["pareto"])]) <= set(cost["pareto"]) or len(cost["pareto"]) < 2
     for c in r["candidates"]:
         pc = c["cost"]
