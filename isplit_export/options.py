@@ -112,6 +112,8 @@ class ExportOptions(RankOptions):
 
     def validate(self) -> None:
         super().validate()
+        if isinstance(self.constraints, dict):  # from the API or a manifest's options block
+            object.__setattr__(self, "constraints", Constraints(**self.constraints))
         if self.golden < 1 or self.verify_images < 1:
             raise BadInputError(
                 f"--golden {self.golden} / --verify-images {self.verify_images}: pass positive numbers of images"
@@ -125,9 +127,8 @@ class ExportOptions(RankOptions):
 
             parse_link(self.link)
         elif self.objective != "cui" or self.constraints.max_latency_ms is not None:
-            raise BadInputError(
-                f"--objective {self.objective} / --max-latency-ms need a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
-            )
+            what = f"--objective {self.objective}" if self.objective != "cui" else "--max-latency-ms"
+            raise BadInputError(f"{what} needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
 
 
 def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:

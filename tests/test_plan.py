@@ -127,7 +127,7 @@ def test_bad_inputs_one_line_exit_2(
          "no candidate split: --max-boundary-kib 0.0001 is the tightest"),
         (("plan", tmp_path / "nope", "--link", "lte"), "not found"),
         ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--objective", "latency", "--out", tmp_path / "x"),
-         "need a link: pass --link"),
+         "--objective latency needs a link: pass --link"),
         ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--link", "0,5", "--out", tmp_path / "x"),
          "bandwidth must be a positive"),
         ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--objective", "speed", "--out", tmp_path / "x"),
