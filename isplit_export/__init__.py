@@ -6,6 +6,7 @@ Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundl
     export(options | model, **fields) -> bundle.ExportResult   a verified, reproducible bundle
     verify_bundle(path, ...)          -> verify.BundleVerification
     study(options | model, **fields)  -> study.StudyResult     bottleneck at each cut, measured vs CUI/CDE
+    plan(bundle, link=..., ...)       -> planning.PlanResult   re-plan a bundle for a link (torch-free)
     RankOptions, ExportOptions        the frozen options objects (options.py) every job reads
     StudyOptions, BottleneckOptions   the study's options and the learned bottleneck's (``bottleneck=``)
 """
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = [
-    "BottleneckOptions", "ExportOptions", "RankOptions", "StudyOptions", "__version__", "export", "rank", "study",
-    "verify_bundle",
+    "BottleneckOptions", "Constraints", "ExportOptions", "RankOptions", "StudyOptions", "__version__", "export", "plan",
+    "rank", "study", "verify_bundle",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
@@ -25,11 +26,14 @@ if TYPE_CHECKING:
     from .bottleneck import BottleneckOptions
     from .bundle import export
     from .options import ExportOptions, RankOptions
+    from .planning import plan
+    from .selection import Constraints
     from .study import StudyOptions, study
     from .verify import verify_bundle
 
 _LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify", "RankOptions": "options", "ExportOptions": "options",
-         "study": "study", "StudyOptions": "study", "BottleneckOptions": "bottleneck"}  # fmt: skip
+         "study": "study", "StudyOptions": "study", "BottleneckOptions": "bottleneck", "plan": "planning",
+         "Constraints": "selection"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

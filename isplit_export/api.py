@@ -90,6 +90,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         distributed=current.describe(),
         replicates=imp.replicate_cui(subset),
         bootstrap_seed=opts.seed if opts.bootstrap else None,
+        total_flops=traced.total_flops,
     )
     if opts.out is not None:
         out = opts.out
@@ -109,7 +110,7 @@ def _check_device(device: str) -> None:
 
 
 def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
-    """Write ``ranking.json``, ``cui.png`` and ``cde.png`` into ``out`` (created if needed)."""
+    """Write ``ranking.json``, ``cui.png``, ``cde.png`` (and ``tradeoff.png`` with costs) into ``out``."""
     from .files import write_json
     from .plots import plot_cde, plot_cui
 
@@ -119,4 +120,9 @@ def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
     write_json(paths[0], data)
     plot_cui(data, paths[1])
     plot_cde(data, paths[2])
+    if ranking.cost is not None:  # the export was given a link: CUI against end-to-end latency
+        from .plots import plot_tradeoff
+
+        paths.append(out / "tradeoff.png")
+        plot_tradeoff(data, paths[-1])
     return paths

@@ -1,6 +1,6 @@
 """Build the artifact bundle: cut, export, encode, verify and describe the top-K I-Split splits.
 
-The stages run in pipeline order (rank -> cut + export -> encode -> target plan -> verify -> write)
+The stages run in pipeline order (rank -> cost + selection (:mod:`planning`) -> cut + export -> encode -> target plan -> verify -> write)
 inside a temporary directory that is renamed to ``out`` at the end (:func:`files.atomic_directory`),
 so an existing bundle is never half-overwritten and an interrupted run leaves no partial bundle.
 Everything but the manifest's ``run`` block and ``report.md`` is byte-reproducible.
@@ -31,6 +31,7 @@ from .metrics import accuracy, compare_logits, spearman
 from .onnx_export import BATCH_AXIS, export_file, to_onnx
 from .onnx_utils import OPSET, save_model
 from .options import ExportOptions, make_options
+from .planning import choose_cuts
 from .report import render_report
 from .targets import TargetProfile, load_target
 from .verify import SCHEMA, measure_latency, run_pair_onnx
@@ -86,7 +87,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     check_out(out, force=opts.force)  # before the ranking: fail fast
 
     ranked = rank(opts.replace(out=None))
-    cuts = ranked.ranking.ranked(opts.top)
+    cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
     if not cuts:
         raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
     x, labels, names = ranked.images.tensor(limit=opts.verify_images)
@@ -230,6 +231,7 @@ def _export_split(
     entry = {
         "dir": rel,
         "rank": rank_pos,
+        "cui_rank": ranked.ranking.ranks[cut.index],  # differs from rank (the position) with --objective
         "index": cut.index,
         "node": cut.node,
         "module": cut.module,

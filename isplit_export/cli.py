@@ -4,6 +4,7 @@
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only
     isplit-export study MODEL [--cuts candidates|all] [--bottleneck 1/16|2KiB] [--data DIR] [--classes a,b]
     isplit-export verify BUNDLE [--backend onnxruntime|tensorrt] [--split N]
+    isplit-export plan BUNDLE --link L [--objective O] [...]    re-plan a bundle for a link (torch-free)
     isplit-export build-engines BUNDLE [--split N]              on the device (TensorRT)
     isplit-export targets | models
 
@@ -26,6 +27,7 @@ from .errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
 
 if TYPE_CHECKING:
     from .bottleneck import BottleneckOptions
+    from .selection import Constraints
 
 app = typer.Typer(
     add_completion=False,
@@ -87,6 +89,22 @@ def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> Bott
     return BottleneckOptions(size=size, finetune=finetune, train_steps=steps, train_batch=batch)
 
 
+ObjectiveOpt = Annotated[
+    str, typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)")
+]
+HeadFlopsOpt = Annotated[
+    float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
+]
+BoundaryKibOpt = Annotated[float | None, typer.Option("--max-boundary-kib", help="constraint: boundary KiB per image")]
+LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="constraint: end-to-end ms per image")]
+
+
+def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
+    from .selection import Constraints
+
+    return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
+
+
 def _split_classes(classes: str | None) -> tuple[str, ...] | None:
     return tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
 
@@ -126,6 +144,14 @@ def export_cmd(
     finetune: FinetuneOpt = "none",
     train_steps: TrainStepsOpt = 64,
     train_batch: TrainBatchOpt = 8,
+    link: Annotated[
+        str | None, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns")
+    ] = None,
+    objective: ObjectiveOpt = "cui",
+    server: Annotated[str, typer.Option("--server", help="target profile of the server running the tail")] = "x86-tensorrt",
+    max_head_flops: HeadFlopsOpt = None,
+    max_boundary_kib: BoundaryKibOpt = None,
+    max_latency_ms: LatencyOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -137,11 +163,17 @@ def export_cmd(
         model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(), bootstrap=bootstrap,
+        progress=sys.stderr.isatty(), bootstrap=bootstrap, link=link, objective=objective, server=server,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
+        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
     )  # fmt: skip
     result = export(options)
-    typer.echo(result.rank.ranking.table(top))
+    if result.rank.ranking.cost is not None:
+        from .planning import format_table
+
+        typer.echo(format_table(result.rank.ranking.to_json()))
+    else:
+        typer.echo(result.rank.ranking.table(top))
     for split in result.manifest["splits"]:
         v = split["verification"]
         b = split["boundary"]
@@ -299,6 +331,40 @@ def verify_cmd(
     typer.echo(format_table(result))
     if not result.passed:
         raise typer.Exit(EXIT_GATE_FAILED)
+
+
+@app.command("plan")
+def plan_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
+    link: Annotated[str, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")],
+    objective: Annotated[
+        str | None, typer.Option("--objective", help="cui, latency or balanced (default: the export's)")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="server profile for the tail (default: the export's)")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="how many splits to select (default: the export's)")] = None,
+    max_head_flops: HeadFlopsOpt = None,
+    max_boundary_kib: BoundaryKibOpt = None,
+    max_latency_ms: LatencyOpt = None,
+    measured: Annotated[
+        bool, typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only")
+    ] = True,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
+    from .planning import plan
+
+    _setup(verbose)
+    if top is not None and top < 1:
+        from .errors import BadInputError
+
+        raise BadInputError(f"--top {top}: pass a positive number of splits")
+    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured,
+                  constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
+    typer.echo(result.table())
+    if result.written is not None:
+        typer.echo(f"wrote {result.written}")
 
 
 @app.command("build-engines")

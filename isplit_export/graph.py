@@ -232,6 +232,12 @@ def _paths(n: fx.Node) -> set[str]:
     return {str(p[0]) if isinstance(p, tuple) else str(p) for p in n.meta.get("nn_module_stack", {}).values()}
 
 
+_WEIGHTED_FUNCTIONS: set[Any] = {
+    torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d, torch.conv1d, torch.conv2d,
+    torch.conv3d, torch.nn.functional.linear,
+}  # fmt: skip
+
+
 def _node_flops(gm: fx.GraphModule, batch: int = 1) -> dict[fx.Node, int]:
     """Approximate FLOPs per image: 2*MACs for conv/linear, one per output element otherwise.
 
@@ -256,6 +262,15 @@ def _node_flops(gm: fx.GraphModule, batch: int = 1) -> dict[fx.Node, int]:
                 flops = 2 * numel * (mod.in_channels // mod.groups) * k
             elif isinstance(mod, nn.Linear):
                 flops = 2 * numel * mod.in_features
+        elif n.op == "call_function" and n.target in _WEIGHTED_FUNCTIONS and len(n.args) > 1:
+            # Conv/linear modules from other packages (e.g. efficientnet's Conv2dStaticSamePadding) are
+            # traced into and show up as F.conv2d / F.linear calls: count their MACs from the weight.
+            w = n.args[1].meta.get("tensor_meta") if isinstance(n.args[1], fx.Node) else None
+            if w is not None and hasattr(w, "shape") and len(w.shape) >= 2:
+                per_out = 1
+                for s in w.shape[1:]:
+                    per_out *= int(s)
+                flops = 2 * numel * per_out
         out[n] = flops
     return out
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .bootstrap import DEFAULT_REPLICATES
 from .errors import BadInputError
+from .selection import OBJECTIVES, Constraints
 
 if TYPE_CHECKING:  # torch-free at import time
     from .bottleneck import BottleneckOptions
@@ -116,6 +117,10 @@ class ExportOptions(RankOptions):
     precision: str | None = None
     golden: int = 4
     verify_images: int = 256
+    link: str | None = None
+    objective: str = "cui"
+    constraints: Constraints = field(default_factory=Constraints)
+    server: str = "x86-tensorrt"
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
     force: bool = field(default=False, metadata=_RUN_ONLY)
     bottleneck: BottleneckOptions | None = None
@@ -127,12 +132,23 @@ class ExportOptions(RankOptions):
 
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         super().validate()
+        if isinstance(self.constraints, dict):  # from the API or a manifest's options block
+            object.__setattr__(self, "constraints", Constraints(**self.constraints))
         if self.golden < 1 or self.verify_images < 1:
             raise BadInputError(
                 f"--golden {self.golden} / --verify-images {self.verify_images}: pass positive numbers of images"
             )
         if self.latency_runs < 1:
             raise BadInputError(f"--latency-runs {self.latency_runs}: pass a positive number of runs")
+        if self.objective not in OBJECTIVES:
+            raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
+        if self.link is not None:
+            from .cost import parse_link
+
+            parse_link(self.link)
+        elif self.objective != "cui" or self.constraints.max_latency_ms is not None:
+            what = f"--objective {self.objective}" if self.objective != "cui" else "--max-latency-ms"
+            raise BadInputError(f"{what} needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
 
 
 def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:

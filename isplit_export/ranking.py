@@ -1,4 +1,4 @@
-"""Turn per-cut CUI values into the I-Split ranking (``ranking.json``, schema ``isplit.ranking/1``).
+"""Turn per-cut CUI values into the I-Split ranking (``ranking.json``, schema ``isplit.ranking/2``).
 
 Candidates are the local maxima of the log10 CUI curve in network order (the paper's star markers):
 a point higher than its left neighbour and at least as high as its right one (an end point is
@@ -9,6 +9,8 @@ With bootstrap replicates of the CUI (:mod:`isplit_export.bootstrap`) every cut 
 (95 % percentile interval), every ranked candidate ``rank_stability`` (fraction of replicates in which
 it keeps its rank) and ``ties`` (the candidates it cannot be told apart from), and the top level a
 ``bootstrap`` object (method, replicates, seed, threshold and the tied pairs).
+Schema 2 adds what a torch-free re-plan needs (``total_flops``, per cut ``head_flops``) and, when the
+export was given a link, the ``cost`` block and per-cut ``cost`` columns of :mod:`isplit_export.cost`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from .graph import Cut
 
-SCHEMA = "isplit.ranking/1"
+SCHEMA = "isplit.ranking/2"
 
 
 def local_maxima(values: Sequence[float]) -> list[bool]:
@@ -64,6 +66,9 @@ class Ranking:
         from .bootstrap import summarize
 
         return summarize(self.cui, self.replicates, self.ranks)
+    total_flops: int | None = None
+    cost: dict[str, Any] | None = None
+    """The cost block (``isplit_export.planning``): ``per_cut`` (one row per cut) goes into each candidate."""
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -106,6 +111,10 @@ class Ranking:
                 row.update(cui_ci=unc["cui_ci"][i])
                 if ranks[i] is not None:
                     row.update(rank_stability=unc["rank_stability"][i], ties=unc["ties"][i])
+            if self.total_flops is not None:
+                row["head_flops"] = round(cut.head_flops_share * self.total_flops)
+            if self.cost is not None:
+                row["cost"] = self.cost["per_cut"][i]
             candidates.append(row)
         out: dict[str, Any] = {
             "schema": SCHEMA,
@@ -116,6 +125,7 @@ class Ranking:
             "score": self.score,
             "top": self.top,
             "input_bytes": self.input_bytes,
+            "total_flops": self.total_flops,
             "method": "Grad-CAM channel-mean, ReLU, spatial mean; CUI = mean over images (I-Split, ICPR 2022)",
             "candidates": candidates,
         }
@@ -135,6 +145,8 @@ class Ranking:
                 "flip_threshold": FLIP_THRESHOLD,
                 "ties": unc["pairs"],
             }
+        if self.cost is not None:
+            out["cost"] = {k: v for k, v in self.cost.items() if k != "per_cut"}
         return out
 
     def table(self, top: int | None = None) -> str:

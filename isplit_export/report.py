@@ -290,6 +290,38 @@ def _ranking_table(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> l
     return lines
 
 
+def _cost(ranking: Mapping[str, Any]) -> list[str]:
+    """The cost section (``ranking["cost"]``, written when the export was given ``--link``) and tradeoff.png."""
+    cost = _dict(ranking.get("cost"))
+    if not cost or not ranking.get("candidates"):
+        return []
+    from .planning import cost_table_rows
+
+    lk, dev, srv = _dict(cost.get("link")), _dict(cost.get("device")), _dict(cost.get("server"))
+    header, rows = cost_table_rows(ranking)
+    lines = [
+        "## Cost: device, link and server",
+        "",
+        f"Objective `{cost.get('objective')}`; link `{lk.get('name')}` ({lk.get('mbit_s')} Mbit/s up, RTT "
+        f"{lk.get('rtt_ms')} ms; {lk.get('source')}); head on `{dev.get('target')}` {dev.get('unit')} "
+        f"{dev.get('precision')} ({dev.get('gflops')} GFLOP/s effective), tail on `{srv.get('target')}` "
+        f"{srv.get('unit')} {srv.get('precision')} ({srv.get('gflops')} GFLOP/s); boundary `{cost.get('encoding')}`.",
+        "Every candidate (local maximum of the CUI) and every selected cut (`sel` #N, in export order), then the two "
+        "Neurosurgeon baselines. Milliseconds per image at batch 1; estimated unless the last column says measured.",
+        "",
+        *_table(header, rows),
+        "",
+        "Assumptions: " + "; ".join(str(a) for a in _list(cost.get("assumptions"))) + ".",
+    ]
+    constraints = {k: v for k, v in _dict(cost.get("constraints")).items() if v is not None}
+    if constraints:
+        lines.append("Constraints: " + ", ".join(f"`{k}` {v}" for k, v in constraints.items()) + ".")
+    if cost.get("note"):
+        lines.append(f"Note: {cost['note']}.")
+    lines += ["", "![CUI vs latency](tradeoff.png)"]
+    return lines
+
+
 def _splits(manifest: Mapping[str, Any]) -> list[str]:
     splits = [_dict(s) for s in _list(manifest.get("splits"))]
     encoding = str(manifest.get("boundary_encoding") or "")
@@ -298,7 +330,7 @@ def _splits(manifest: Mapping[str, Any]) -> list[str]:
         return [*lines, "No split was exported."]
     for s in splits:
         sdir = s.get("dir") or f"split {s.get('rank', '?')}"
-        lines += [f"### `{sdir}`: CUI rank {s.get('rank', '?')}, cut after `{s.get('node', '?')}`", ""]
+        lines += [f"### `{sdir}`: CUI rank {s.get('cui_rank', s.get('rank', '?'))}, cut after `{s.get('node', '?')}`", ""]
         lines.append(
             f"- Module `{s.get('module', '?')}`, cut index {s.get('index', '?')}, CUI {_g(s.get('cui'), 4)} "
             f"(log10 {_g(s.get('log10_cui'), 4)}), head FLOPs share {_pct(s.get('head_flops_share'))}"
@@ -377,7 +409,7 @@ def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
         if task.get("metric"):
             metric = str(task["metric"])
         rows.append(
-            [s.get("rank", "-"), f"`{s.get('node', '?')}`", _g(s.get("cui"), 4), _pct(task.get("value")),
+            [s.get("cui_rank", s.get("rank", "-")), f"`{s.get('node', '?')}`", _g(s.get("cui"), 4), _pct(task.get("value")),
              _pct(task.get("full_model")), _pp(task.get("drop"))]
         )  # fmt: skip
     lines = ["## Does the CUI order hold?", "", _spearman_sentence(manifest, metric)]
@@ -474,6 +506,7 @@ def render_report(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> st
         _header(manifest, ranking),
         _plots(),
         _ranking_table(manifest, ranking),
+        _cost(ranking),
         _splits(manifest),
         _cui_order(manifest),
         _latency(manifest),

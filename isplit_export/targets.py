@@ -38,6 +38,35 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
 @dataclass(frozen=True)
+class CostProfile:
+    """What a target costs to run (targets/README.md gives the source or assumption of every figure).
+
+    ``gflops`` is the effective throughput in GFLOP/s (FLOPs = 2 x MACs, as :mod:`graph` counts them) of
+    the GPU (or the CPU, for onnxruntime targets) per precision; ``dla_gflops`` the same for one DLA
+    core (fp16/int8), ``None`` without DLA; ``power_w`` the module's power budget in W, ``None`` unknown.
+    """
+
+    gflops: tuple[tuple[str, float], ...]
+    dla_gflops: tuple[tuple[str, float], ...] | None
+    power_w: float | None
+
+    def rate(self, precision: str, *, dla: bool = False) -> float:
+        """Effective GFLOP/s for ``precision`` on the GPU/CPU, or on one DLA core with ``dla``."""
+        table = dict(self.dla_gflops or ()) if dla else dict(self.gflops)
+        if precision not in table:
+            unit = "DLA" if dla else "GPU/CPU"
+            raise BadInputError(f"no {unit} throughput for {precision} in this target's cost profile: choose {', '.join(table)}")
+        return table[precision]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gflops": dict(self.gflops),
+            "dla_gflops": None if self.dla_gflops is None else dict(self.dla_gflops),
+            "power_w": self.power_w,
+        }
+
+
+@dataclass(frozen=True)
 class TargetProfile:
     """One deployment target, as loaded from ``targets/<name>.json`` (field meanings: targets/README.md)."""
 
@@ -56,6 +85,7 @@ class TargetProfile:
     max_opset: int
     default_boundary: str
     int8: bool
+    cost: CostProfile | None = None
 
     @property
     def uses_tensorrt(self) -> bool:
@@ -90,10 +120,12 @@ class TargetProfile:
             "max_opset": self.max_opset,
             "default_boundary": self.default_boundary,
             "int8": self.int8,
+            **({"cost": self.cost.to_json()} if self.cost is not None else {}),
         }
 
 
 _FIELDS: tuple[str, ...] = tuple(TargetProfile.__dataclass_fields__)
+_OPTIONAL = ("cost",)
 
 
 def _targets_dir() -> Traversable:
@@ -168,7 +200,7 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
     """
     if not isinstance(data, dict):
         raise BadInputError(f"bad target profile {source}: expected a JSON object, got {type(data).__name__}")
-    missing = [f for f in _FIELDS if f not in data]
+    missing = [f for f in _FIELDS if f not in data and f not in _OPTIONAL]
     if missing:
         raise _fail(source, missing[0], "is missing")
     unknown = sorted(set(data) - set(_FIELDS))
@@ -258,7 +290,9 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
             f"is {max_opset} but bundles use ONNX opset {OPSET}: this target could not parse them",
         )
 
+    cost = _cost(data["cost"], source, precisions, dla_cores) if data.get("cost") is not None else None
     return TargetProfile(
+        cost=cost,
         name=name,
         description=description,
         kind=kind,
@@ -275,6 +309,39 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
         default_boundary=default_boundary,
         int8=int8,
     )
+
+
+def _rates(value: Any, source: str, field: str, allowed: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    if (
+        not isinstance(value, dict)
+        or not value
+        or any(k not in allowed for k in value)
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in value.values())
+    ):
+        raise _fail(source, field, f"must map precisions ({'/'.join(allowed)}) to positive GFLOP/s, got {value!r}")
+    return tuple((k, float(value[k])) for k in allowed if k in value)
+
+
+def _cost(data: Any, source: str, precisions: tuple[str, ...], dla_cores: int) -> CostProfile:
+    """Validate the optional ``cost`` block: throughput per precision, DLA only with DLA, power > 0."""
+    keys = ("gflops", "dla_gflops", "power_w")
+    if not isinstance(data, dict) or set(data) != set(keys):
+        raise _fail(source, "cost", f"must be an object with exactly {', '.join(keys)}, got {data!r}")
+    gflops = _rates(data["gflops"], source, "cost.gflops", PRECISIONS)
+    missing = [p for p in precisions if p not in dict(gflops)]
+    if missing:
+        raise _fail(source, "cost.gflops", f"has no throughput for {', '.join(missing)} (a precision of this target)")
+    dla = None
+    if data["dla_gflops"] is not None:
+        if not dla_cores:
+            raise _fail(source, "cost.dla_gflops", "must be null: the target has no DLA core")
+        dla = _rates(data["dla_gflops"], source, "cost.dla_gflops", DLA_PRECISIONS)
+    elif dla_cores:
+        raise _fail(source, "cost.dla_gflops", f"must give the DLA throughput: the target has {dla_cores} DLA core(s)")
+    power = data["power_w"]
+    if power is not None and (isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0):
+        raise _fail(source, "cost.power_w", f"must be a positive number of watts or null, got {power!r}")
+    return CostProfile(gflops=gflops, dla_gflops=dla, power_w=None if power is None else float(power))
 
 
 def source_stem(source: str) -> str | None:

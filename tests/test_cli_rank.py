@@ -31,7 +31,7 @@ def test_rank_digits_writes_ranking_and_plots(
     assert code == 0, err
     assert "200 images" in out and "rank" in out
     data = json.loads((tmp_path / "ranking.json").read_text())
-    assert data["schema"] == "isplit.ranking/1" and data["images"] == 200
+    assert data["schema"] == "isplit.ranking/2" and data["images"] == 200
     assert sum(c["rank"] is not None for c in data["candidates"]) >= 1
     assert (tmp_path / "cui.png").stat().st_size > 1000 and (tmp_path / "cde.png").stat().st_size > 1000
     # the ranking is stable across runs

@@ -1,0 +1,199 @@
+"""What each cut costs, Neurosurgeon-style: head on the device, the boundary over the link, tail on the server.
+
+Torch-free: everything comes from the ranking (FLOPs per cut, boundary shape), the target profiles
+(``targets/*.json``, effective GFLOP/s per precision and power) and a :class:`Link`.
+
+Per cut, at batch 1:
+
+- device ms = head FLOPs / the device's effective rate for the engine precision (on DLA core 0 when the
+  build plan puts the head there: a Jetson with DLA and an fp16/int8 precision);
+- transfer ms = boundary bytes x 8 / link bandwidth; the bytes are the boundary under the bundle's
+  encoding (elements x 4/2/1 for fp32/fp16/int8), or the manifest's ``bytes_per_image`` where the
+  bundle has one (it includes a bottleneck's code size);
+- link ms = transfer ms + the link's RTT (request out, the small result back);
+- server ms = tail FLOPs / the server's effective rate for its default precision;
+- end-to-end ms = device + link + server; device energy mJ = power W x device ms (compute only: the
+  radio's energy is not modelled).
+
+Baselines (Neurosurgeon's): all on the device (no link: the result is used on the device) and all on
+the server, sending the preprocessed input tensor (C x H x W elements under the same encoding as the
+boundary; a JPEG would be smaller, so this baseline is pessimistic for the server).
+
+A measured latency (see :mod:`isplit_export.planning`) replaces the estimate and is flagged with its source.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadInputError
+from .targets import DLA_PRECISIONS, TargetProfile
+
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+"""Bytes per boundary element of each encoding (encoding.ENCODINGS)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network link: uplink bandwidth in Mbit/s (device -> server) and round-trip time in ms."""
+
+    name: str
+    mbit_s: float
+    rtt_ms: float
+    source: str
+
+    def transfer_ms(self, nbytes: float) -> float:
+        """Milliseconds to send ``nbytes`` at the link's bandwidth (RTT not included)."""
+        return nbytes * 8.0 / (self.mbit_s * 1e3)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "mbit_s": self.mbit_s, "rtt_ms": self.rtt_ms, "source": self.source}
+
+
+LINKS: dict[str, Link] = {
+    "wifi": Link(
+        "wifi", 38.32, 20.0,
+        "upload: Ookla Speedtest global median fixed-broadband upload, Q3 2023 (the home uplink behind the Wi-Fi); "
+        "RTT: the Wi-Fi hop alone, median about 20 ms (Li et al., INFOCOM 2016, 47 APs: over 50% of packets above "
+        "20 ms): assumption that the rest of the path adds little",
+    ),
+    "lte": Link(
+        "lte", 6.3, 55.25,
+        "Opensignal, State of Mobile: USA, May 2019 (Q1 2019): 4G average upload 6.3 Mbit/s; latency 44.1-66.4 ms "
+        "across operators, midpoint used",
+    ),
+    "5g": Link(
+        "5g", 21.08, 32.0,
+        "upload: Ookla, State of 5G worldwide, Q3 2021 global median 5G upload; RTT: Ookla Speedtest Intelligence "
+        "Q1 2021 US median 5G latency (AT&T, Verizon 32 ms; T-Mobile 33 ms)",
+    ),
+    "ethernet": Link(
+        "ethernet", 941.5, 0.2,
+        "1000BASE-T (IEEE 802.3ab) TCP goodput: 1000 Mbit/s x 1448 payload / 1538 wire bytes per frame; "
+        "RTT 0.2 ms: assumption (one switched LAN hop)",
+    ),
+}
+_CUSTOM = re.compile(r"^\s*([^,]+?)\s*(?:,\s*([^,]+?)\s*)?$")
+
+
+def parse_link(text: str) -> Link:
+    """A preset (``wifi``, ``lte``, ``5g``, ``ethernet``) or ``<Mbit/s>[,<RTT ms>]`` (RTT 0 when omitted)."""
+    key = text.strip().lower()
+    if key in LINKS:
+        return LINKS[key]
+    m = _CUSTOM.match(text)
+    usage = f"choose {', '.join(LINKS)} or <Mbit/s>[,<RTT ms>] (e.g. 20,40)"
+    if not m:
+        raise BadInputError(f"unknown --link {text!r}: {usage}")
+    try:
+        mbit = float(m.group(1))
+        rtt = float(m.group(2)) if m.group(2) is not None else 0.0
+    except ValueError:
+        raise BadInputError(f"unknown --link {text!r}: {usage}") from None
+    if not math.isfinite(mbit) or mbit <= 0:
+        raise BadInputError(f"--link {text!r}: the bandwidth must be a positive number of Mbit/s, got {m.group(1)}")
+    if not math.isfinite(rtt) or rtt < 0:
+        raise BadInputError(f"--link {text!r}: the RTT must be a non-negative number of ms, got {m.group(2)}")
+    return Link(f"{mbit:g} Mbit/s, {rtt:g} ms", mbit, rtt, "given on the command line")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where one side runs: target, unit (``gpu``, ``dla0``, ``cpu``), precision, GFLOP/s and power."""
+
+    target: str
+    unit: str
+    precision: str
+    gflops: float
+    power_w: float | None
+
+    def ms(self, flops: float) -> float:
+        return flops / (self.gflops * 1e6)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "unit": self.unit, "precision": self.precision, "gflops": self.gflops,
+                "power_w": self.power_w}  # fmt: skip
+
+
+def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
+    """The unit and rate a profile runs at its default precision; the head goes to DLA core 0 like the plan."""
+    if profile.cost is None:
+        raise BadInputError(f"target {profile.name} has no cost profile: add a 'cost' block (targets/README.md)")
+    p = profile.default_precision
+    dla = head and profile.has_dla and p in DLA_PRECISIONS  # tensorrt_plan.default_head_dla_core's rule
+    unit = "dla0" if dla else ("cpu" if profile.backend == "onnxruntime" else "gpu")
+    return Compute(profile.name, unit, p, profile.cost.rate(p, dla=dla), profile.cost.power_w)
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)
+
+
+def cut_cost(
+    head_flops: float, tail_flops: float, nbytes: int, device: Compute, server: Compute, link: Link,
+    measured: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The cost row of one cut (or a baseline); ``measured`` may hold ``device_ms`` / ``server_ms`` and sources."""
+    measured = measured or {}
+    device_ms = measured.get("device_ms")
+    device_ms = float(device_ms) if device_ms is not None else (device.ms(head_flops) if head_flops else 0.0)
+    server_ms = measured.get("server_ms")
+    server_ms = float(server_ms) if server_ms is not None else (server.ms(tail_flops) if tail_flops else 0.0)
+    sends = tail_flops > 0
+    transfer = link.transfer_ms(nbytes) if sends else 0.0
+    link_ms = transfer + link.rtt_ms if sends else 0.0
+    energy = device.power_w * device_ms if device.power_w is not None else None
+    return {
+        "head_flops": int(head_flops),
+        "bytes": int(nbytes) if sends else 0,
+        "device_ms": _r(device_ms),
+        "transfer_ms": _r(transfer),
+        "link_ms": _r(link_ms),
+        "server_ms": _r(server_ms),
+        "total_ms": _r(device_ms + link_ms + server_ms),
+        "device_energy_mj": _r(energy),
+        "measured": {k: measured[k] for k in ("device", "server") if measured.get(k)},
+    }
+
+
+def boundary_bytes(shape: list[int], encoding: str) -> int:
+    """Bytes of a boundary of ``shape`` (batch 1) under ``encoding``."""
+    if encoding not in BYTES_PER_ELEMENT:
+        raise BadInputError(f"unknown boundary encoding {encoding!r}: choose {', '.join(BYTES_PER_ELEMENT)}")
+    return math.prod(int(d) for d in shape) * BYTES_PER_ELEMENT[encoding]
+
+
+def cost_rows(
+    ranking: Mapping[str, Any], device: Compute, server: Compute, link: Link, encoding: str, *,
+    bytes_override: Mapping[int, int] | None = None, measured: Mapping[Any, Mapping[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:  # fmt: skip
+    """Cost rows for every cut of an ``isplit.ranking/2`` dict, and the two baselines.
+
+    ``bytes_override`` (cut index -> bytes) is what a bundle actually sends (e.g. a bottleneck's code);
+    ``measured`` (cut index, or ``"device_only"`` / ``"server_only"``, -> measured figures) replaces estimates.
+    """
+    total = ranking.get("total_flops")
+    if not isinstance(total, int) or total <= 0:
+        raise BadInputError(
+            "ranking.json has no total_flops (schema isplit.ranking/1): re-export the bundle with this isplit-export version"
+        )
+    bytes_override = bytes_override or {}
+    measured = measured or {}
+    rows = []
+    for cand in ranking["candidates"]:
+        i = int(cand["index"])
+        head = cand.get("head_flops")
+        head = float(head) if head is not None else float(cand["head_flops_share"]) * total
+        nbytes = bytes_override.get(i, boundary_bytes(cand["shape"], encoding))
+        rows.append(cut_cost(head, max(total - head, 0.0), nbytes, device, server, link, measured.get(i)))
+    elements = int(ranking["input_bytes"]) // 4  # the fp32 input tensor, C x H x W
+    baselines = {
+        "device_only": cut_cost(total, 0.0, 0, device, server, link, measured.get("device_only")),
+        "server_only": cut_cost(0.0, total, boundary_bytes([elements], encoding), device, server, link,
+                                measured.get("server_only")),
+    }
+    return rows, baselines

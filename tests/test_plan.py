@@ -1,0 +1,140 @@
+"""plan: a real digits bundle exported with --link / --objective, re-planned without torch, measured overrides."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from isplit_export.cli import main
+from isplit_export.files import write_json
+from isplit_export.verify import verify_bundle
+
+DIGITS = "isplit_export.zoo:digits_cnn"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def cost_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("plan") / "bundle"
+    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2", "--target", "onnx",
+                 "--link", "lte", "--objective", "balanced", "--out", str(out), "--latency-runs", "2", "--images", "300", "--verify-images", "64"]) == 0  # fmt: skip
+    return out
+
+
+def test_export_writes_the_cost_columns_report_and_tradeoff(cost_bundle: Path) -> None:
+    m = json.loads((cost_bundle / "manifest.json").read_text())
+    r = json.loads((cost_bundle / "ranking.json").read_text())
+    assert r["schema"] == "isplit.ranking/2" and r["total_flops"] > 0
+    cost = r["cost"]
+    assert cost["objective"] == "balanced" and cost["link"]["name"] == "lte" and cost["device"]["target"] == "onnx"
+    assert m["options"]["link"] == "lte" and m["options"]["objective"] == "balanced"
+    # the exported splits are the selection, in its order; balanced picks from the Pareto front first
+    assert [s["index"] for s in m["splits"]] == cost["selected"][:2]
+    ranks = {c["index"]: c["rank"] for c in r["candidates"]}
+    assert [s["rank"] for s in m["splits"]] == [1, 2] and all(s["cui_rank"] == ranks[s["index"]] for s in m["splits"])
+    assert set(cost["selected"][: len(cost["pareto"])]) <= set(cost["pareto"]) or len(cost["pareto"]) < 2
+    for c in r["candidates"]:
+        pc = c["cost"]
+        assert pc["total_ms"] == pytest.approx(pc["device_ms"] + pc["link_ms"] + pc["server_ms"], abs=1e-5)
+        assert pc["head_flops"] == c["head_flops"] and pc["measured"] == {}
+    assert "tradeoff.png" in m["files"] and (cost_bundle / "tradeoff.png").stat().st_size > 10_000
+    report = (cost_bundle / "report.md").read_text()
+    assert "## Cost: device, link and server" in report and "![CUI vs latency](tradeoff.png)" in report
+    assert "all on device" in report and "all on server" in report and "| `objective` | balanced |" in report
+
+
+def test_plan_gives_the_export_numbers_and_measured_latencies_override(cost_bundle: Path) -> None:
+    from isplit_export import plan
+
+    r = json.loads((cost_bundle / "ranking.json").read_text())
+    m = json.loads((cost_bundle / "manifest.json").read_text())
+    same = plan(cost_bundle, link="lte", objective="balanced", measured=False, write=False)
+    assert [c["cost"] for c in same.ranking["candidates"]] == [c["cost"] for c in r["candidates"]]
+    assert same.cost["baselines"] == r["cost"]["baselines"] and same.cost["selected"] == r["cost"]["selected"]
+
+    measured = plan(cost_bundle, link="lte", objective="balanced", write=False)
+    by_index = {c["index"]: c["cost"] for c in measured.ranking["candidates"]}
+    for split in m["splits"]:  # onnx target: the build host's onnxruntime head latency is the device's
+        lat = m["run"]["latency_ms"][split["dir"]]
+        row = by_index[split["index"]]
+        assert row["device_ms"] == pytest.approx(lat["head_ms"], abs=1e-6) and "device" in row["measured"]
+        assert "server" not in row["measured"]  # the server is x86-tensorrt: its tail stays estimated
+    others = [c for c in measured.ranking["candidates"] if c["index"] not in {s["index"] for s in m["splits"]}]
+    assert others and all(c["cost"]["measured"] == {} for c in others)
+    base = measured.cost["baselines"]["device_only"]
+    full = statistics.median(v["full_ms"] for v in m["run"]["latency_ms"].values())
+    assert base["measured"] and base["device_ms"] == pytest.approx(full, abs=1e-6)
+    assert "measured device" in measured.table()
+
+
+def test_tensorrt_latency_from_verify_json_overrides_the_head(cost_bundle: Path, tmp_path: Path) -> None:
+    """verify --backend tensorrt on the device may record latency_ms per row; plan prefers it for the head.
+
+    TensorRT cannot run here: the row is written in the documented verify.json form, as the device would.
+    """
+    import shutil
+
+    from isplit_export import plan
+
+    b = tmp_path / "b"
+    shutil.copytree(cost_bundle, b)
+    split = json.loads((b / "manifest.json").read_text())["splits"][0]
+    write_json(b / "verify.json", {"backend": "tensorrt", "rows": [
+        {"dir": split["dir"], "backend": "tensorrt", "precision": "fp32", "latency_ms": {"head_ms": 0.123}}]})  # fmt: skip
+    row = next(c["cost"] for c in plan(b, link="lte", write=False).ranking["candidates"] if c["index"] == split["index"])
+    assert row["device_ms"] == 0.123 and row["measured"]["device"] == "tensorrt fp32 on the device (verify.json)"
+
+
+def test_plan_cli_runs_without_torch_and_writes_plan_json(cost_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(cost_bundle, b)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "from isplit_export.cli import main\n"
+        f"sys.exit(main(['plan', {str(b)!r}, '--link', 'ethernet', '--objective', 'latency']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "link ethernet (941.5 Mbit/s, RTT 0.2 ms)" in proc.stdout and "all on server" in proc.stdout
+    data = json.loads((b / "plan.json").read_text())
+    assert data["schema"] == "isplit.plan/1" and data["cost"]["objective"] == "latency"
+    fastest = min((c for c in data["cuts"] if c["rank"] is not None), key=lambda c: c["cost"]["total_ms"])
+    assert data["cost"]["selected"][0] == fastest["index"]
+    assert verify_bundle(b, write=False).passed  # plan.json is an output, not part of the hashed bundle
+
+
+def test_bad_inputs_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], cost_bundle: Path, tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    cases = [
+        (("plan", cost_bundle, "--link", "carrier-pigeon"), "unknown --link 'carrier-pigeon': choose wifi, lte, 5g"),
+        (("plan", cost_bundle, "--link", "0"), "bandwidth must be a positive number of Mbit/s"),
+        (("plan", cost_bundle, "--link", "-3,20"), "bandwidth must be a positive number of Mbit/s"),
+        (("plan", cost_bundle, "--link", "lte", "--objective", "fastest"), "unknown --objective 'fastest'"),
+        (("plan", cost_bundle, "--link", "lte", "--max-boundary-kib", "0.0001", "--max-latency-ms", "1e6"),
+         "no candidate split: --max-boundary-kib 0.0001 is the tightest"),
+        (("plan", tmp_path / "nope", "--link", "lte"), "not found"),
+        ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--objective", "latency", "--out", tmp_path / "x"),
+         "--objective latency needs a link: pass --link"),
+        ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--link", "0,5", "--out", tmp_path / "x"),
+         "bandwidth must be a positive"),
+        ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--objective", "speed", "--out", tmp_path / "x"),
+         "unknown --objective 'speed'"),
+    ]
+    for args, msg in cases:
+        code, _, err = _run(capsys, *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and msg in lines[0], (args, err)
+    assert not (tmp_path / "x").exists() and not (cost_bundle / "plan.json").exists()
