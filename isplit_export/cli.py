@@ -86,6 +86,12 @@ def export_cmd(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = 16,
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
+    weights_layout: Annotated[
+        str, typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline")
+    ] = "shared",
+    summary_json: Annotated[
+        Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -97,7 +103,7 @@ def export_cmd(
         model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty(), weights_layout=weights_layout, summary_json=summary_json,
     )  # fmt: skip
     result = export(options)
     typer.echo(result.rank.ranking.table(top))

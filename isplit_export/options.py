@@ -21,6 +21,8 @@ from .errors import BadInputError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
+WEIGHT_LAYOUTS = ("shared", "inline")
+"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.weights`) or inline."""
 
 _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
@@ -94,6 +96,9 @@ class ExportOptions(RankOptions):
     ``precision`` the TensorRT engine precision of the build plan (default: the target's). The first
     ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
     verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
+    ``weights_layout`` is ``shared`` (every weight stored once per precision in ``weights/``, see
+    :mod:`isplit_export.weights`) or ``inline`` (self-contained ONNX files in the split folders).
+    ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 
     top: int | None = 3
@@ -102,8 +107,10 @@ class ExportOptions(RankOptions):
     precision: str | None = None
     golden: int = 4
     verify_images: int = 256
+    weights_layout: str = "shared"
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
     force: bool = field(default=False, metadata=_RUN_ONLY)
+    summary_json: Path | None = field(default=None, metadata=_RUN_ONLY)
 
     def validate(self) -> None:
         super().validate()
@@ -113,6 +120,10 @@ class ExportOptions(RankOptions):
             )
         if self.latency_runs < 1:
             raise BadInputError(f"--latency-runs {self.latency_runs}: pass a positive number of runs")
+        if self.weights_layout not in WEIGHT_LAYOUTS:
+            raise BadInputError(f"--weights-layout {self.weights_layout!r}: choose {' or '.join(WEIGHT_LAYOUTS)}")
+        if self.summary_json is not None and not isinstance(self.summary_json, Path):
+            object.__setattr__(self, "summary_json", Path(self.summary_json))
 
 
 def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:
