@@ -54,10 +54,11 @@ the float stem 0.79 / 0.904; without bias correction 0.79 / 0.972; without both 
 earlier fp32-weights form, Q/DQ on the weighted ops' inputs only, gave 0.84 / 0.986.) The images that
 still flip are near-ties: at this error level agreement on 19 images moves in steps of 0.05.
 
-Speed (onnxruntime CPU, batch 1, 1 thread, this AVX512-VNNI machine, shared and noisy): resnet50 heads
-2.5-3.1x and tails 2.4-3.1x faster than fp32, ``efficientnet_lite0`` heads 1.2-1.3x and tails 1.7-2.2x
-(its depthwise convolutions and ReLU6 clips gain little from int8); files 0.25-0.27x the fp32 size.
-``benchmarks/bench_latency.py`` prints these numbers.
+Speed (onnxruntime CPU, batch 1, 1 thread, interleaved medians, ``benchmarks/bench_latency.py`` on this
+AVX512-VNNI machine, shared and heavily loaded, so absolute times are inflated): resnet50 (random
+weights) heads 2.3-2.8x and tails 1.7-3.0x faster than fp32, ``efficientnet_lite0`` heads 1.24-1.31x and
+tails 1.6-2.4x (its depthwise convolutions and the float ReLU6 clips gain little from int8, and its
+float stem stays fp32); files 0.25-0.27x the fp32 size.
 
 Not checked here against a real TensorRT parser (no GPU): the checks are the ONNX checker, onnxruntime
 CPU runs, and the structural tests (int8 weight initializers, zero point 0, per-channel axis 0, float
