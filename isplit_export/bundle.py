@@ -128,6 +128,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             splits.append(entry)
             latency[rel] = lat
 
+        from .weights import inline_info, share_weights
+
+        weights = share_weights(tmp, splits) if opts.weights_layout == "shared" else inline_info()
         full_acc = accuracy(y_ref, lab)
         summary = _summary(splits, encoding_name, full_acc)
         if bn is not None and len(splits) < MIN_SPLITS_TO_CONCLUDE:
@@ -137,6 +140,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 f"(run `isplit-export study` over {MIN_SPLITS_TO_CONCLUDE}+ cuts)"
             )
         manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
+        manifest["weights"] = weights
         manifest["files"] = _hash_files(tmp)
         report = render_report({**manifest, "run": {"latency_ms": latency}}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")
@@ -150,7 +154,12 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         }
         write_json(tmp / "manifest.json", manifest)
     failures = [f"{s['dir']}: {r}" for s in splits for r in s["verification"]["failures"]]
-    return ExportResult(out, manifest, ranked, failures)
+    result = ExportResult(out, manifest, ranked, failures)
+    if opts.summary_json is not None:
+        from .summary import write_summary
+
+        write_summary(opts.summary_json, result)
+    return result
 
 
 def _export_split(
@@ -224,9 +233,10 @@ def _export_split(
         shape = trained.plan.code_shape if trained is not None else cut.shape
         files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape))
 
-    lat = measure_latency(
-        {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}, xn[:1], runs=opts.latency_runs
-    )
+    timed = {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}
+    if profile.int8:  # the INT8 pair, interleaved with the fp32 one
+        timed.update(head_int8=sdir / "head.int8.onnx", tail_int8=sdir / "tail.int8.onnx")
+    lat = measure_latency(timed, xn[:1], runs=opts.latency_runs)
     failures = [f"{name}: {reason}" for name, c in checks.items() for reason in c["gate"]["failures"]]
     entry = {
         "dir": rel,

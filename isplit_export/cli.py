@@ -152,6 +152,12 @@ def export_cmd(
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
+    weights_layout: Annotated[
+        str, typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline")
+    ] = "shared",
+    summary_json: Annotated[
+        Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -166,6 +172,7 @@ def export_cmd(
         progress=sys.stderr.isatty(), bootstrap=bootstrap, link=link, objective=objective, server=server,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
         constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
+        weights_layout=weights_layout, summary_json=summary_json,
     )  # fmt: skip
     result = export(options)
     if result.rank.ranking.cost is not None:

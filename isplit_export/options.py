@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # torch-free at import time
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
+WEIGHT_LAYOUTS = ("shared", "inline")
+"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.weights`) or inline."""
 
 _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
@@ -109,6 +111,9 @@ class ExportOptions(RankOptions):
     ``precision`` the TensorRT engine precision of the build plan (default: the target's). The first
     ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
     verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
+    ``weights_layout`` is ``shared`` (every weight stored once per precision in ``weights/``, see
+    :mod:`isplit_export.weights`) or ``inline`` (self-contained ONNX files in the split folders).
+    ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 
     top: int | None = 3
@@ -121,8 +126,10 @@ class ExportOptions(RankOptions):
     objective: str = "cui"
     constraints: Constraints = field(default_factory=Constraints)
     server: str = "x86-tensorrt"
+    weights_layout: str = "shared"
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
     force: bool = field(default=False, metadata=_RUN_ONLY)
+    summary_json: Path | None = field(default=None, metadata=_RUN_ONLY)
     bottleneck: BottleneckOptions | None = None
     """A learned bottleneck at each split (``--bottleneck 1/16``): a :class:`BottleneckOptions` or a size spec."""
 
@@ -149,6 +156,10 @@ class ExportOptions(RankOptions):
         elif self.objective != "cui" or self.constraints.max_latency_ms is not None:
             what = f"--objective {self.objective}" if self.objective != "cui" else "--max-latency-ms"
             raise BadInputError(f"{what} needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
+        if self.weights_layout not in WEIGHT_LAYOUTS:
+            raise BadInputError(f"--weights-layout {self.weights_layout!r}: choose {' or '.join(WEIGHT_LAYOUTS)}")
+        if self.summary_json is not None and not isinstance(self.summary_json, Path):
+            object.__setattr__(self, "summary_json", Path(self.summary_json))
 
 
 def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:

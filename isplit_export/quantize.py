@@ -1,62 +1,76 @@
 """INT8 by explicit quantization: QDQ ONNX models from onnxruntime static quantization.
 
-The output is meant for TensorRT's explicit-quantization path (implicit INT8 calibrators are
-deprecated since TensorRT 10.1) and is verifiable on a CPU with onnxruntime. TensorRT only takes
-symmetric INT8 Q/DQ, so:
+One file serves both runtimes: TensorRT's explicit-quantization path (implicit INT8 calibrators are
+deprecated since TensorRT 10.1) on the device, and onnxruntime's integer kernels on a CPU, where it is
+also verified. The form is what TensorRT's ONNX parser takes and what onnxruntime fuses:
 
-- activations and weights are int8 with zero point 0 (``ActivationSymmetric`` / ``WeightSymmetric``),
-  weights per output channel (Conv axis 0, Gemm with ``transB`` axis 0, MatMul axis 1);
-- Q/DQ go on the inputs of the weighted ops (Conv, ConvTranspose, Gemm, MatMul) only, not on their
-  outputs: NVIDIA's recommended placement, which also leaves the logits in float;
+- **weights are int8 initializers** behind a lone ``DequantizeLinear`` (``AddQDQPairToWeight=False``),
+  symmetric, per output channel (Conv axis 0, Gemm with ``transB`` axis 0, MatMul axis 1): a quarter of
+  the fp32 bytes, and no QuantizeLinear left to run on constants;
+- **activations are int8 with zero point 0** (``ActivationSymmetric``), the only activation Q/DQ
+  TensorRT accepts; onnxruntime turns them into uint8 with zero point 128 for its x86 kernels;
+- Q/DQ go on the inputs *and outputs* of every op in :data:`QUANTIZED_OP_TYPES` (convolutions, Gemm,
+  Add, pooling, ReLU/Clip, reshapes): onnxruntime only runs an op in int8 (QLinearConv, QLinearAdd,
+  QGemm, ...) when both sides are quantized, and TensorRT fuses the same pattern. ReLU/Clip stay in the
+  graph (with symmetric activations they cannot be folded into the QuantizeLinear) and run in float
+  between a DQ and a Q in onnxruntime, fused into the conv by TensorRT;
+- one Q/DQ pair per consumer of a shared tensor, each with its own scale/zero-point initializers
+  (``DedicatedQDQPair`` + :func:`_separate_quant_params`): without that, onnxruntime merges the pairs of a
+  residual block's input back into one QuantizeLinear with several consumers and runs every op reading
+  it in float (20 of resnet50's 53 convolutions; the head was then 1.3x faster than fp32 instead of 2.5x);
 - biases stay float32 (``QuantizeBias=False``): TensorRT's ``DequantizeLinear`` takes int8 only, not
-  the int32 biases onnxruntime would write by default;
-- weights stay float32 behind a Q/DQ pair (``AddQDQPairToWeight``), the form PyTorch QAT exports
-  produce and TensorRT quantizes itself at build time (pre-quantized int8 weight initializers are
-  accepted only by newer TensorRT releases).
+  the int32 biases onnxruntime would write by default (onnxruntime quantizes them itself at load time);
+- the logits are quantized too (:data:`FLOAT_OUTPUT_OP_TYPES` is empty): a float-output Gemm is not
+  fused by onnxruntime, which made a Gemm-only tail 2x *slower* than fp32; on ``efficientnet_lite0``
+  the int8 logits cost nothing measurable (cosine 0.9913 against 0.9917 with float logits, same
+  agreement).
 
 Two measures on top of plain MinMax calibration, both found on the pretrained ``efficientnet_lite0``
-(ReLU6, BN folded into the convs, depthwise convs), whose plain QDQ pair agreed with the fp32 model on
-only 14 of the 19 default images (worst cosine 0.81):
+(ReLU6, BN folded into the convs, depthwise convs), and both still needed with int8 weights:
 
 - **Bias correction** (Nagel et al., "Data-Free Quantization", 2019, empirical variant): int8 weight
   rounding on small kernels (depthwise 3x3 / 5x5 with BN folded in) shifts each output channel's
   *mean* by ``(W_q - W) . E[x]``, and the post-ReLU6 inputs have large means, so the shifts are
-  systematic and add up over the depth: per-channel int8 weights alone took the cosine to 0.92, with
-  corrected biases to 0.997. After quantization, one fp32 pass over the calibration data collects
-  the per-channel, per-kernel-tap means of every quantized layer's input ``x`` and of its int8
+  systematic and add up over the depth. After quantization, one fp32 pass over the calibration data
+  collects the per-channel, per-kernel-tap means of every quantized layer's input ``x`` and of its int8
   rounding ``Q(x)``; each bias is then lowered by ``E[conv(W_q, Q(x))] - E[conv(W, x)]``, that layer's
-  own expected output error (zero padding included). The bias is still a float initializer, so
-  TensorRT uses it as is. Done for Conv and Gemm; MatMul (no bias), ConvTranspose and ``auto_pad``
-  convs are left uncorrected.
-- **A float stem** (:func:`build_int8_pair`, ``float_stride``, ``max_float_share``): convolutions
-  working at stride < 4 of the input image (the high-resolution stem) stay float, without Q/DQ, when
-  they are at most a quarter of the multiply-adds (a small CNN on small images, whose "stem" is the
-  whole network, is quantized throughout). Their quantization noise is amplified by everything
-  after them: quantizing only the first depthwise conv of ``efficientnet_lite0`` (3x3 on the 112x112
-  ReLU6 map, BN-folded weights up to 17.7, so a 0.047 activation step is a large pre-activation
-  error) costs cosine 0.94 on its own. This trades
-  TensorRT speed for accuracy: those layers (5 of 50 in ``efficientnet_lite0``, about 11 % of its
-  multiply-adds but the largest activation maps) run in TensorRT's fp16/fp32 fallback, with a
-  reformat at the int8 boundary. ``float_stride=1`` quantizes every layer; ``float_stride=8`` (11
-  float layers, ~23 % of the multiply-adds) gives worst cosine 0.997 instead of 0.986.
+  own expected output error (zero padding included), with ``W_q`` read from the int8 initializer and
+  ``W`` from the fp32 model. The bias is still a float initializer, so TensorRT uses it as is. Done for
+  Conv and Gemm; MatMul (no bias), ConvTranspose and ``auto_pad`` convs are left uncorrected.
+- **A float stem** (:func:`build_int8_pair`, ``float_stride``, ``max_float_share``): the nodes working
+  at stride < 4 of the input image (the high-resolution stem: its convolutions and the ReLU/Clip and
+  pooling between them) stay float, without Q/DQ, when its convolutions are at most a quarter of the
+  multiply-adds (a small CNN on small images, whose "stem" is the whole network, is quantized
+  throughout). Their quantization noise is amplified by everything after them: the first depthwise
+  conv of ``efficientnet_lite0`` works on the 112x112 ReLU6 map with BN-folded weights up to 17.7, so a
+  0.047 activation step is a large pre-activation error. This trades TensorRT speed for accuracy:
+  those layers (about 11 % of ``efficientnet_lite0``'s multiply-adds, 3 % of resnet50's, but the
+  largest activation maps) run in TensorRT's fp16/fp32 fallback, with a reformat at the int8
+  boundary. ``float_stride=1`` quantizes every node.
 
-Measured on the three default ``efficientnet_lite0`` splits and the 19 default images (the pair against
-the fp32 model): top-1 agreement 0.84, worst cosine 0.986, max_abs_rel 0.05, against 0.74 / 0.81 /
-0.31 before; on 76 other crops of the same photos (not used for calibration) 0.95 / 0.988 / 0.055.
-Either measure alone falls short (float stem only: 0.79 / 0.977; bias correction only: 0.84 / 0.92).
-The three images that still flip are near-ties, top-2 logit margins of 0.01, 0.14 and 0.14 against
-an rms logit error of 0.08: at this error level, agreement on these 19 images cannot be expected to
-go higher.
+Measured on the three default ``efficientnet_lite0`` splits and the 19 default images (the int8 pair
+against the fp32 model; worst split): top-1 agreement 0.895, cosine 0.9913, max_abs_rel 0.043. Without
+the float stem 0.79 / 0.904; without bias correction 0.79 / 0.972; without both 0.79 / 0.828. (The
+earlier fp32-weights form, Q/DQ on the weighted ops' inputs only, gave 0.84 / 0.986.) The images that
+still flip are near-ties: at this error level agreement on 19 images moves in steps of 0.05.
+
+Speed (onnxruntime CPU, batch 1, 1 thread, interleaved medians, ``benchmarks/bench_latency.py`` on this
+AVX512-VNNI machine, shared and heavily loaded, so absolute times are inflated): resnet50 (random
+weights) heads 2.3-2.8x and tails 1.7-3.0x faster than fp32, ``efficientnet_lite0`` heads 1.24-1.31x and
+tails 1.6-2.4x (its depthwise convolutions and the float ReLU6 clips gain little from int8, and its
+float stem stays fp32); files 0.25-0.27x the fp32 size.
 
 Not checked here against a real TensorRT parser (no GPU): the checks are the ONNX checker, onnxruntime
-CPU runs, and the structural tests (int8, zero point 0, per-channel axis 0, float bias, float stem).
+CPU runs, and the structural tests (int8 weight initializers, zero point 0, per-channel axis 0, float
+bias, float stem). int8 weight initializers behind DequantizeLinear are the form NVIDIA's ModelOpt
+writes for TensorRT 10; TensorRT 8.5 (``jetson-xavier-nx``, JetPack 5) is older than that form and
+may refuse it: untested.
 
 Calibration is MinMax (deterministic), one sample per run; measured on ``efficientnet_lite0``,
 Percentile and ``CalibMovingAverage`` did no better once the biases are corrected, and Entropy gave
-the same result as MinMax. Everything
-onnxruntime writes (the shape-inferred copy, the augmented calibration model) stays in a private
-temporary directory; the result is canonicalized and written once, so the same inputs give the same
-bytes.
+the same result as MinMax. Everything onnxruntime writes (the shape-inferred copy, the augmented
+calibration model) stays in a private temporary directory; the result is canonicalized and written
+once, so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -77,14 +91,24 @@ from .encoding import BoundaryEncoding, decode_tail, encode_head, strip_head_enc
 from .errors import BadInputError, TechnicalError
 from .onnx_utils import OPSET, canonicalize, make_session, run_session, save_model
 
-QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-"""Operators whose inputs get Q/DQ (TensorRT's recommended placement)."""
+WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Operators with weights: int8 weight initializers behind DequantizeLinear, per output channel."""
+
+QUANTIZED_OP_TYPES = (
+    *WEIGHTED_OP_TYPES, "Add", "Mul", "Concat", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+    "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
+)  # fmt: skip
+"""Operators whose inputs and outputs get Q/DQ: what onnxruntime fuses into integer kernels (QLinearConv,
+QLinearAdd, ...) and TensorRT into int8 layers. Sigmoid, Softmax and friends stay float."""
+
+FLOAT_OUTPUT_OP_TYPES: tuple[str, ...] = ()
+"""Their outputs stay float (no Q/DQ after them): the logits of a classifier are not rounded to int8."""
 
 FLOAT_STRIDE = 4
-""":func:`build_int8_pair` keeps float the convolutions working at a stride below this (the stem) ..."""
+""":func:`build_int8_pair` keeps float the nodes working at a stride below this (the stem) ..."""
 
 MAX_FLOAT_SHARE = 0.25
-"""... when they are at most this share of the pair's multiply-adds (else everything is quantized)."""
+"""... when their convolutions are at most this share of the pair's multiply-adds (else everything is quantized)."""
 
 _SPATIAL_OP_TYPES = ("Conv", "ConvTranspose")
 _ORT_METADATA_KEYS = ("onnx.infer", "onnx.quant.pre_process")
@@ -97,6 +121,7 @@ def quantize_qdq(
     *,
     per_channel: bool = True,
     op_types: Sequence[str] = QUANTIZED_OP_TYPES,
+    float_outputs: Sequence[str] = FLOAT_OUTPUT_OP_TYPES,
     keep_float: Sequence[str] = (),
     keep_float_above: int | None = None,
     bias_correction: bool = True,
@@ -108,12 +133,13 @@ def quantize_qdq(
     optimizations, no symbolic shape inference) first. The opset is kept (17 for this project); the
     result passes the ONNX checker (full check) and runs in onnxruntime CPU.
 
-    Nodes stay float (no Q/DQ on their inputs or weights) when named in ``keep_float`` (names of
-    ``op_types`` nodes, as in the model) or, with ``keep_float_above``, when they are convolutions
-    working at more than that many spatial positions (output positions times the strides, i.e. the
-    input size without padding; measured on the first calibration sample). ``bias_correction``
-    corrects the float biases of the quantized Conv/Gemm nodes for the mean error of their int8
-    rounding (see the module docstring). Returns the names of the nodes kept float, sorted.
+    Nodes stay float (float weights and inputs; a quantized consumer still quantizes their output) when named in ``keep_float`` (names
+    of ``op_types`` nodes, as in the model) or, with ``keep_float_above``, when they work at more than
+    that many spatial positions (a convolution: output positions times the strides, i.e. its input size
+    without padding, measured on the first calibration sample; any other node: the largest spatial size
+    of its inputs and outputs). ``float_outputs`` names op types whose outputs are not quantized.
+    ``bias_correction`` corrects the float biases of the quantized Conv/Gemm nodes for the mean error
+    of their int8 rounding (see the module docstring). Returns the names of the nodes kept float, sorted.
     """
     try:
         from onnxruntime.quantization import (
@@ -149,9 +175,10 @@ def quantize_qdq(
         "ActivationSymmetric": True,
         "WeightSymmetric": True,
         "QuantizeBias": False,
-        "AddQDQPairToWeight": True,
-        "OpTypesToExcludeOutputQuantization": list(op_types),
+        "AddQDQPairToWeight": False,
+        "OpTypesToExcludeOutputQuantization": list(float_outputs),
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+        "DedicatedQDQPair": True,
     }
     with tempfile.TemporaryDirectory(prefix="isplit-quant-") as tmp:
         work = Path(tmp)
@@ -191,8 +218,10 @@ def quantize_qdq(
             model = onnx.load(str(qdq))
         except Exception as exc:
             raise TechnicalError(f"onnxruntime static quantization of {model_path} failed: {exc}") from exc
+    _float_inputs(model, excluded)
     if bias_correction:
         _correct_biases(model, reference, feeds)
+    _separate_quant_params(model)
     _tidy(model, original)
     try:
         save_model(model, out_path)
@@ -211,6 +240,7 @@ def build_int8_pair(
     *,
     float_stride: int = FLOAT_STRIDE,
     max_float_share: float = MAX_FLOAT_SHARE,
+    bias_correction: bool = True,
 ) -> np.ndarray:
     """Quantize a head/tail pair and give it the same ``boundary`` interface as the fp32 pair.
 
@@ -220,13 +250,13 @@ def build_int8_pair(
     then applied with :func:`encode_head` / :func:`decode_tail`. Returns those boundary tensors (float32,
     before encoding), which the bundle stores as the tail's calibration material.
 
-    The float stem: convolutions, in the head or the tail, working at a stride below ``float_stride``
+    The float stem: the nodes, in the head or the tail, working at a stride below ``float_stride``
     relative to the input image (more than ``H*W / float_stride**2`` positions) stay float, provided
-    they are at most ``max_float_share`` of the pair's multiply-adds (the high-resolution stem of an
+    their convolutions are at most ``max_float_share`` of the pair's multiply-adds (the high-resolution stem of an
     ImageNet-style CNN: 11 % in ``efficientnet_lite0``); when they are more (a small CNN on small
     images, where they are most of the network) everything is quantized. See the module docstring for
-    why and for the cost on TensorRT. ``float_stride=1`` quantizes every layer; inputs without spatial
-    axes (fewer than 3 dims) have no stem.
+    why and for the cost on TensorRT. ``float_stride=1`` quantizes every node; inputs without spatial
+    axes (fewer than 3 dims) have no stem. ``bias_correction`` is passed to :func:`quantize_qdq`.
     """
     if float_stride < 1:
         raise BadInputError(f"float_stride must be >= 1, got {float_stride}")
@@ -249,12 +279,14 @@ def build_int8_pair(
         head_q, tail_q = work / "head.qdq.onnx", work / "tail.qdq.onnx"
         save_model(head, head_src)
         save_model(tail, tail_src)
-        quantize_qdq(head_src, head_q, {head_inputs[0]: calib_inputs}, keep_float_above=keep_above)
+        quantize_qdq(head_src, head_q, {head_inputs[0]: calib_inputs}, keep_float_above=keep_above,
+                     bias_correction=bias_correction)  # fmt: skip
         session = make_session(head_q)
         boundary = np.concatenate(
             [run_session(session, {head_inputs[0]: x[i : i + 1]})[0] for i in range(len(x))], axis=0
         ).astype(np.float32, copy=False)
-        quantize_qdq(tail_src, tail_q, {tail_inputs[0]: boundary}, keep_float_above=keep_above)
+        quantize_qdq(tail_src, tail_q, {tail_inputs[0]: boundary}, keep_float_above=keep_above,
+                     bias_correction=bias_correction)  # fmt: skip
         head_model = encode_head(onnx.load(str(head_q)), enc)
         tail_model = decode_tail(onnx.load(str(tail_q)), enc)
     save_model(head_model, Path(out_head))
@@ -310,16 +342,18 @@ def _nodes_kept_float(
 ) -> list[str]:
     """Names of the ``op_types`` nodes to leave unquantized: ``names`` plus the convolutions working
     at more than ``above`` positions (see :func:`_weighted_nodes`)."""
-    weighted = {n.name for n in model.graph.node if n.op_type in op_types and n.name}
-    unknown = sorted(set(names) - weighted)
+    quantized = {n.name for n in model.graph.node if n.op_type in op_types and n.name}
+    unknown = sorted(set(names) - quantized)
     if unknown:
-        raise BadInputError(f"cannot keep float: no {'/'.join(op_types)} node named {', '.join(unknown)}")
+        raise BadInputError(
+            f"cannot keep float: no quantized node named {', '.join(unknown)} (operators: {', '.join(op_types)})"
+        )
     keep = set(names)
     if above is not None:
         first = {k: v[:1] for k, v in feeds.items()}
-        for node, positions, _ in _weighted_nodes(model, first):
-            if node.op_type in _SPATIAL_OP_TYPES and node.name in weighted and positions > above:
-                keep.add(node.name)
+        for name, positions in _node_positions(model, first).items():
+            if name in quantized and positions > above:
+                keep.add(name)
     return sorted(keep)
 
 
@@ -334,7 +368,7 @@ def _weighted_nodes(
     nodes = [
         n
         for n in model.graph.node
-        if n.op_type in QUANTIZED_OP_TYPES and len(n.input) > 1 and n.input[1] in inits
+        if n.op_type in WEIGHTED_OP_TYPES and len(n.input) > 1 and n.input[1] in inits
     ]
     if not nodes:
         return []
@@ -353,6 +387,29 @@ def _weighted_nodes(
         else:
             positions, macs = 0, int(np.prod(shape[:-1])) * weight
         result.append((node, positions, macs))
+    return result
+
+
+def _node_positions(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Per named node, the resolution it works at: for a convolution its input size without padding (see
+    :func:`_weighted_nodes`); for any other node the largest spatial size (the product of the axes after
+    batch and channels) of its non-constant inputs and outputs, from ONNX shape inference; 0 when unknown."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes: dict[str, int] = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) >= 3 and all(d.HasField("dim_value") for d in dims[2:]):
+            sizes[vi.name] = int(np.prod([d.dim_value for d in dims[2:]]))
+    for name, value in sample.items():
+        if value.ndim >= 3:
+            sizes[name] = int(np.prod(value.shape[2:]))
+    convs = {n.name: positions for n, positions, _ in _weighted_nodes(model, sample) if n.op_type in _SPATIAL_OP_TYPES}
+    result = {}
+    for node in model.graph.node:
+        if node.name in convs:
+            result[node.name] = convs[node.name]
+        elif node.name:
+            result[node.name] = max((sizes.get(t, 0) for t in [*node.input, *node.output] if t), default=0)
     return result
 
 
@@ -440,6 +497,8 @@ def _bias_targets(model: onnx.ModelProto, reference: onnx.ModelProto) -> list[_B
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
     known = {o for n in reference.graph.node for o in n.output} | set(_graph_inputs(reference))
+    ref_inits = {t.name: t for t in reference.graph.initializer}
+    ref_weight = {n.name: n.input[1] for n in reference.graph.node if n.name and len(n.input) > 1}
     targets = []
     for node in model.graph.node:
         if node.op_type == "Conv":
@@ -453,11 +512,14 @@ def _bias_targets(model: onnx.ModelProto, reference: onnx.ModelProto) -> list[_B
             gain = alpha / beta
         else:
             continue
-        weights = _dequantized_initializer(node.input[1], producer, inits)
+        wq = _dequantized_initializer(node.input[1], producer, inits)
+        float_weight = ref_inits.get(ref_weight.get(node.name, ""))
         x, act_scale = _quantized_input(node.input[0], producer, inits)
-        if weights is None or x not in known:
+        if wq is None or float_weight is None or x not in known:
             continue
-        w, wq = weights
+        w = numpy_helper.to_array(float_weight).astype(np.float64)
+        if w.shape != wq.shape:
+            continue
         if node.op_type == "Gemm" and not _attr(node, "transB", 0):
             w, wq = w.T, wq.T
         bias = None
@@ -471,18 +533,20 @@ def _bias_targets(model: onnx.ModelProto, reference: onnx.ModelProto) -> list[_B
 
 def _dequantized_initializer(
     name: str, producer: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(W, W_q)`` when ``name`` is DequantizeLinear(QuantizeLinear(float initializer W)), else None."""
+) -> np.ndarray | None:
+    """``W_q`` (float64) when ``name`` is DequantizeLinear(int8 initializer, scale, zero point 0), else None."""
     dq = producer.get(name)
-    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-    if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in inits or q.input[1] not in inits:
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
         return None
-    w = numpy_helper.to_array(inits[q.input[0]])
-    if w.dtype != np.float32:
+    q = numpy_helper.to_array(inits[dq.input[0]])
+    zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    if q.dtype != np.int8 or (zero is not None and numpy_helper.to_array(zero).any()):
         return None
-    scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
-    axis = int(_attr(q, "axis", 1)) if scale.ndim else None
-    return w.astype(np.float64), _fake_quant(w, scale, axis).astype(np.float64)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+    if scale.ndim:
+        axis = int(_attr(dq, "axis", 1)) % q.ndim
+        scale = scale.reshape([-1 if a == axis else 1 for a in range(q.ndim)])
+    return q.astype(np.float64) * scale
 
 
 def _quantized_input(
@@ -570,6 +634,87 @@ def _unique_name(model: onnx.ModelProto, base: str) -> str:
         k += 1
         name = f"{base}_{k}"
     return name
+
+
+def _float_inputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Feed the nodes kept float their inputs in float: bypass the Q/DQ pair onnxruntime puts after a
+    quantized producer (a Relu before a float conv) when that pair feeds only the float node."""
+    keep = set(names)
+    if not keep:
+        return
+    producer = {o: n for n in model.graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    inits = {t.name for t in model.graph.initializer}
+    dropped: set[str] = set()  # outputs of the bypassed Q/DQ nodes
+    for node in model.graph.node:
+        if node.name not in keep:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or uses[name] != 1:
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                continue
+            node.input[i] = q.input[0]
+            dropped.add(name)
+            if uses[q.output[0]] == 1:
+                dropped.add(q.output[0])
+    nodes = [n for n in model.graph.node if n.output[0] not in dropped]
+    values = [v for v in model.graph.value_info if v.name not in dropped]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(values)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {x for n in model.graph.node for x in n.input}
+    initializers = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(initializers)
+
+
+def _separate_quant_params(model: onnx.ModelProto) -> None:
+    """Give every activation Q/DQ pair of a shared tensor its own scale and zero-point initializers.
+
+    ``DedicatedQDQPair`` writes one QuantizeLinear -> DequantizeLinear pair per consumer of a tensor
+    (a residual block's input feeds two convolutions or a conv and an Add), but with the same
+    scale/zero-point initializers. onnxruntime's common-subexpression elimination then merges the
+    identical QuantizeLinear nodes back into one with several consumers, and its x86 int8 kernels
+    never see that tensor: they need uint8 activations, and the int8 -> uint8 rewrite
+    (``QDQS8ToU8Transformer``) skips a QuantizeLinear with more than one consumer, so every op reading
+    a shared tensor ran in float (20 of the 53 convolutions of resnet50). Copies of the initializers,
+    named ``<name>_<k>``, keep the pairs apart; the values and so the model's semantics are unchanged.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inits = {t.name: t for t in model.graph.initializer}
+    used = set(inits) | {x for n in model.graph.node for x in [*n.input, *n.output]}
+    seen: set[tuple[str, ...]] = set()
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[1] not in inits:
+            continue
+        params = tuple(node.input[1:3])
+        users = consumers.get(node.output[0], [])
+        if params not in seen or any(u.op_type != "DequantizeLinear" or tuple(u.input[1:3]) != params for u in users):
+            seen.add(params)
+            continue
+        copies = []
+        for name in params:
+            k = 1
+            while f"{name}_{k}" in used:
+                k += 1
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[name])
+            copy.name = f"{name}_{k}"
+            used.add(copy.name)
+            model.graph.initializer.append(copy)
+            copies.append(copy.name)
+        for n in (node, *users):
+            n.input[1], n.input[2] = copies
 
 
 def _tidy(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -420,6 +420,7 @@ def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
 
 def _latency(manifest: Mapping[str, Any]) -> list[str]:
     lat = _dict(_dict(manifest.get("run")).get("latency_ms"))
+    int8 = any("head_int8_ms" in _dict(v) for v in lat.values())
     rows = []
     for key in sorted(lat):
         v = _dict(lat[key])
@@ -430,17 +431,30 @@ def _latency(manifest: Mapping[str, Any]) -> list[str]:
         ratio = _num(v.get("ratio"))
         if ratio is None and both is not None and full:
             ratio = both / full
-        rows.append([f"`{key}`", *(_ms(x) for x in (head, tail, both, full)), _ms(ratio)])
+        row = [f"`{key}`", *(_ms(x) for x in (head, tail, both, full)), _ms(ratio)]
+        if int8:
+            qh, qt = _num(v.get("head_int8_ms")), _num(v.get("tail_int8_ms"))
+            row += [_ms(qh), _ms(qt), _speedup(head, qh), _speedup(tail, qt)]
+        rows.append(row)
     if not rows:
         return []
+    header = ["split", "head ms", "tail ms", "head + tail ms", "full ms", "ratio"]
+    note = ""
+    if int8:
+        header += ["int8 head ms", "int8 tail ms", "int8 head speed-up", "int8 tail speed-up"]
+        note = " INT8 columns: the QDQ pair (int8 weights and activations), speed-up = fp32 ms / int8 ms."
     return [
         "## Latency",
         "",
-        "Median onnxruntime latency at batch 1 (ms) on the machine that built the bundle; "
-        "ratio = (head + tail) / full, the cost of splitting.",
+        "Median onnxruntime latency at batch 1 (ms, one thread, runs interleaved) on the machine that built "
+        "the bundle; ratio = (head + tail) / full, the cost of splitting." + note,
         "",
-        *_table(["split", "head ms", "tail ms", "head + tail ms", "full ms", "ratio"], rows),
+        *_table(header, rows),
     ]
+
+
+def _speedup(fp32: float | None, int8: float | None) -> str:
+    return f"{fp32 / int8:.2f}x" if fp32 is not None and int8 else "-"
 
 
 def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from isplit_export.errors import BadInputError
@@ -346,3 +346,22 @@ def read_plan(split_dir: Path) -> dict[str, Any]:
     if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
         raise BadInputError(f"{path} is not an {PLAN_SCHEMA} plan: re-export the bundle")
     return plan
+
+
+def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
+    """Point a written plan at moved ONNX files: ``moves`` maps a model path of the plan (relative to
+    ``split_dir``) to its new one, e.g. ``head.onnx`` -> ``../../01-x.head.onnx`` in the shared weights
+    layout (:mod:`isplit_export.weights`). Rewrites ``engine_plan.json`` and ``build_engines.sh``."""
+    plan = read_plan(split_dir)
+    for spec in plan["engines"].values():
+        new = moves.get(str(spec["onnx"]))
+        if new is None:
+            continue
+        if not _safe_path(new) or PurePosixPath(new).is_absolute():
+            raise BadInputError(f"model path {new!r} cannot go into a shell script: choose plain file names")
+        spec["trtexec"] = [f"--onnx={new}" if a == f"--onnx={spec['onnx']}" else a for a in spec["trtexec"]]
+        spec["onnx"] = new
+    script = split_dir / SCRIPT_NAME
+    script.write_text(render_script(plan), encoding="utf-8", newline="\n")
+    script.chmod(0o755)
+    (split_dir / PLAN_NAME).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")

@@ -255,6 +255,8 @@ def build_engine(
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
+    # parse_from_file, not parse(bytes): external data (the shared weights layout) is found relative to
+    # the model file's directory, which only the file path gives the parser
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise TechnicalError(
@@ -376,8 +378,10 @@ def build_bundle_engines(bundle: Path, split: int | None = None) -> list[dict[st
         for part in ("head", "tail"):
             spec = plan["engines"][part]
             shapes = spec["input"]
+            # resolve(): in the shared weights layout the plan names ../../<file>.onnx, whose external
+            # data (weights/...) TensorRT's parser resolves relative to the model file's own directory
             report = build_engine(
-                split_dir / str(spec["onnx"]),
+                (split_dir / str(spec["onnx"])).resolve(),
                 split_dir / str(spec["engine"]),
                 precision=str(plan["precision"]),
                 workspace_mib=int(plan["workspace_mib"]),

@@ -118,23 +118,25 @@ def measure_latency(
     runs: int = 30,
     threads: int = LATENCY_THREADS,
 ) -> dict[str, float]:
-    """Median onnxruntime latency in ms at batch 1 of ``head``, ``tail`` and ``full``.
+    """Median onnxruntime latency in ms at batch 1 of ``head``, ``tail`` and ``full`` (and INT8 twins).
 
-    ``model_paths`` has any of the keys ``head``, ``tail`` (needs ``head``) and ``full``. ``head``
-    and ``full`` are fed ``sample[:1]``; ``tail`` is fed the head's output, as on the real chain.
-    The runs are interleaved (head, tail, full, head, tail, full, ...) so that machine noise (clock
-    boost, another process) hits every model alike, and each session uses ``threads`` intra-op
-    threads (see :data:`LATENCY_THREADS`). Returns ``head_ms``, ``tail_ms``, ``full_ms`` for the
-    models given and, when all three are, ``ratio`` = (head + tail) / full (the split's overhead).
+    ``model_paths`` has any of the keys ``head``, ``tail`` (needs ``head``), ``full``, ``head_int8``
+    and ``tail_int8`` (needs ``head_int8``). Heads and ``full`` are fed ``sample[:1]``; a tail is fed
+    its own head's output, as on the real chain. The runs are interleaved (head, tail, full, head_int8,
+    tail_int8, head, ...) so that machine noise (clock boost, another process) hits every model alike,
+    and each session uses ``threads`` intra-op threads (see :data:`LATENCY_THREADS`). Returns
+    ``<key>_ms`` for the models given and, when head, tail and full are, ``ratio`` = (head + tail) /
+    full (the split's overhead).
     """
-    allowed = ("head", "tail", "full")
+    allowed = ("head", "tail", "full", "head_int8", "tail_int8")
     unknown = sorted(set(model_paths) - set(allowed))
     if unknown:
-        raise BadInputError(f"measure_latency: unknown model key(s) {unknown}: use head, tail, full")
-    if "tail" in model_paths and "head" not in model_paths:
-        raise BadInputError(
-            "measure_latency: timing the tail needs the head (its input is the head's output)"
-        )
+        raise BadInputError(f"measure_latency: unknown model key(s) {unknown}: use {', '.join(allowed)}")
+    for tail_key, head_key in (("tail", "head"), ("tail_int8", "head_int8")):
+        if tail_key in model_paths and head_key not in model_paths:
+            raise BadInputError(
+                f"measure_latency: timing the {tail_key} needs the {head_key} (its input is the head's output)"
+            )
     if runs < 1 or warmup < 0:
         raise BadInputError(f"measure_latency: runs {runs} / warmup {warmup}: pass runs >= 1, warmup >= 0")
     x = np.ascontiguousarray(np.asarray(sample)[:1])
@@ -143,7 +145,8 @@ def measure_latency(
     feeds: dict[str, dict[str, np.ndarray]] = {}
     for k in order:
         sess = sessions[k]
-        src = x if k != "tail" else _run(sessions["head"], feeds["head"], Path(model_paths["head"]))
+        head = k.replace("tail", "head")
+        src = x if head == k else _run(sessions[head], feeds[head], Path(model_paths[head]))
         feeds[k] = {sess.get_inputs()[0].name: src}
     for _ in range(warmup):
         for k in order:
@@ -155,7 +158,7 @@ def measure_latency(
             sessions[k].run(None, feeds[k])
             times[k].append((time.perf_counter() - t0) * 1000.0)
     out = {f"{k}_ms": float(statistics.median(v)) for k, v in times.items()}
-    if len(order) == 3 and out["full_ms"] > 0:
+    if {"head", "tail", "full"} <= set(order) and out["full_ms"] > 0:
         out["ratio"] = (out["head_ms"] + out["tail_ms"]) / out["full_ms"]
     return out
 

@@ -1,0 +1,201 @@
+"""Shared, content-addressed weight files: every weight of a bundle stored once per precision.
+
+A bundle holds many ONNX files over the same weights: ``full.onnx``, each split's head and tail,
+their INT8 twins and the codec-free ``*.trt.onnx`` copies for TensorRT. Inline, a resnet50 Jetson
+bundle with three splits repeats its 98 MB of weights eleven times. With ``--weights-layout shared``
+(the default) :func:`share_weights` rewrites the finished bundle so that every initializer of at least
+:data:`MIN_EXTERNAL_BYTES` is ONNX *external data* (``location``, ``offset``, ``length``) pointing into
+one pack file per element type under ``weights/``:
+
+    OUT/full.onnx                     OUT/weights/float32-<sha256[:16]>.bin
+    OUT/01-<node>.head.onnx           OUT/weights/int8-<sha256[:16]>.bin
+    OUT/01-<node>.head.int8.onnx      ...
+    OUT/splits/01-<node>/golden.npz, build_engines.sh, engine_plan.json, ...
+
+Identical tensors (same element type and bytes, whatever their names) are stored once; each pack is
+named by the sha256 of its content, so a pack's name changes when any byte does. Offsets are aligned to
+:data:`ALIGNMENT` bytes (memory mapping).
+
+**Why the ONNX files move to the bundle root.** onnx (``onnx.load`` and the checker), onnxruntime and
+TensorRT's ONNX parser all resolve ``location`` relative to the directory of the model file and all
+three *refuse* a location that leaves it (``../``: onnx "points outside the directory", onnxruntime
+"External data path escapes model directory", TensorRT "Relative paths to parent (../) are not
+allowed"). A file in ``splits/01-x/`` can therefore never point into ``OUT/weights/``: every ONNX file
+that shares weights has to sit in ``OUT/`` itself. The split folders keep everything else (goldens,
+calibration tensors, engine plans), the manifest's ``files`` entries name the new paths, and each
+engine plan refers to its models as ``../../<file>`` (:func:`tensorrt_plan.relocate_models`).
+
+Everything stays reproducible (files in sorted order, tensors in graph order, deterministic
+serialization), the manifest hashes the pack files like any other file (``verify`` names a modified
+pack), and each rewritten file passes ``onnx.checker.check_model(path, full_check=True)``, which is
+given the path so that it reads the external data. A copy of the bundle moved anywhere keeps working:
+all locations are relative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+import onnx
+from onnx import numpy_helper
+
+from .errors import TechnicalError
+from .onnx_utils import canonicalize
+from .options import WEIGHT_LAYOUTS as LAYOUTS
+
+__all__ = ["ALIGNMENT", "LAYOUTS", "MIN_EXTERNAL_BYTES", "WEIGHTS_DIR", "inline_info", "share_weights"]
+
+WEIGHTS_DIR = "weights"
+MIN_EXTERNAL_BYTES = 1024
+"""Smaller initializers (scales, zero points, small biases, shapes) stay inside the ONNX file."""
+
+ALIGNMENT = 4096
+"""Each tensor starts at a multiple of this offset in its pack (a page: lets runtimes map it)."""
+
+
+@dataclass
+class _Pack:
+    """One weights file under construction: an element type's unique tensors, back to back."""
+
+    dtype: str
+    path: Path
+    handle: BinaryIO
+    size: int = 0
+    tensors: int = 0
+    index: dict[str, tuple[int, int]] = field(default_factory=dict)  # sha256 -> (offset, length)
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def add(self, data: bytes) -> tuple[int, int]:
+        """``(offset, length)`` of ``data`` in the pack, appending it when it is new."""
+        key = hashlib.sha256(data).hexdigest()
+        if key not in self.index:
+            pad = -self.size % ALIGNMENT
+            if pad:
+                self._write(b"\0" * pad)
+            self.index[key] = (self.size, len(data))
+            self._write(data)
+            self.tensors += 1
+        return self.index[key]
+
+    def _write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """The initializers of ``graph`` and of its sub-graphs (If/Loop bodies), in graph order."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _tensors(g)
+
+
+def _externalize(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Turn ``tensor`` into an external-data reference (its bytes now live in ``location``)."""
+    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        tensor.ClearField(name)
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _new_name(rel: str) -> str:
+    """The bundle-root name of an ONNX file: ``splits/01-x/head.onnx`` -> ``01-x.head.onnx``."""
+    parts = PurePosixPath(rel).parts
+    return rel if len(parts) == 1 else f"{parts[-2]}.{parts[-1]}"
+
+
+def share_weights(root: Path, splits: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rewrite the bundle being built in ``root`` to the shared layout (see the module docstring).
+
+    Every ``*.onnx`` file under ``root`` moves to ``root`` itself with its large initializers as
+    external data in ``root/weights/``; the ``files`` entries of ``splits`` (the manifest's split
+    entries) and each split's engine plan are updated to the new paths. Returns the manifest's
+    ``weights`` block: the layout, the packs (element type, tensor count, bytes) and the settings.
+    """
+    from .tensorrt_plan import PLAN_NAME, relocate_models
+
+    sources = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.onnx"))
+    moves = {rel: _new_name(rel) for rel in sources}
+    if len(set(moves.values())) != len(moves):
+        raise TechnicalError(f"two ONNX files of the bundle would get the same name in the shared layout: {moves}")
+    clash = sorted(new for new in moves.values() if new not in moves and (root / new).exists())
+    if clash:
+        raise TechnicalError(f"cannot move ONNX files to the bundle root: {', '.join(clash)} already exist")
+    wdir = root / WEIGHTS_DIR
+    wdir.mkdir()
+    packs: dict[str, _Pack] = {}
+    models: dict[str, onnx.ModelProto] = {}
+    try:
+        for rel in sources:
+            try:
+                model = onnx.load(str(root / rel))
+            except Exception as exc:
+                raise TechnicalError(f"cannot read {rel} to share its weights: {exc}") from exc
+            for tensor in _tensors(model.graph):
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    raise TechnicalError(f"{rel}: initializer {tensor.name} already uses external data")
+                array = numpy_helper.to_array(tensor)
+                if array.nbytes < MIN_EXTERNAL_BYTES or array.dtype.hasobject:
+                    continue
+                dtype = array.dtype.name
+                if dtype not in packs:
+                    path = wdir / f".{dtype}.partial"
+                    packs[dtype] = _Pack(dtype, path, open(path, "wb"))  # noqa: SIM115  # closed below
+                offset, length = packs[dtype].add(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+                _externalize(tensor, dtype, offset, length)  # location fixed below, once the pack is named
+            models[rel] = model
+    finally:
+        for pack in packs.values():
+            pack.handle.close()
+    names: dict[str, str] = {}
+    for dtype, pack in sorted(packs.items()):
+        names[dtype] = f"{WEIGHTS_DIR}/{dtype}-{pack.digest.hexdigest()[:16]}.bin"
+        os.replace(pack.path, root / names[dtype])
+    for rel, model in models.items():
+        for tensor in _tensors(model.graph):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                tensor.external_data[0].value = names[tensor.external_data[0].value]
+        target = root / moves[rel]
+        if rel != moves[rel]:
+            (root / rel).unlink()
+        target.write_bytes(canonicalize(model).SerializeToString(deterministic=True))
+        try:
+            onnx.checker.check_model(str(target), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise TechnicalError(f"{moves[rel]} fails the ONNX checker in the shared layout: {exc}") from exc
+    for entry in splits:
+        files = entry["files"]
+        for key, rel in list(files.items()):
+            files[key] = moves.get(rel, rel)
+        plan_dir = root / str(entry["dir"])
+        if (plan_dir / PLAN_NAME).is_file():
+            up = "../" * len(PurePosixPath(str(entry["dir"])).parts)
+            relocate_models(plan_dir, {PurePosixPath(old).name: up + new for old, new in moves.items()
+                                       if PurePosixPath(old).parent == PurePosixPath(str(entry["dir"]))})  # fmt: skip
+    return {
+        "layout": "shared",
+        "dir": WEIGHTS_DIR,
+        "min_external_bytes": MIN_EXTERNAL_BYTES,
+        "alignment": ALIGNMENT,
+        "files": {
+            names[d]: {"dtype": d, "tensors": p.tensors, "bytes": p.size} for d, p in sorted(packs.items())
+        },
+    }
+
+
+def inline_info() -> dict[str, Any]:
+    """The manifest's ``weights`` block for ``--weights-layout inline``: every ONNX file self-contained."""
+    return {"layout": "inline"}
