@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     from isplit_export import rank
-    from isplit_export.bootstrap import BootstrapSums, summarize
+    from isplit_export.ranking.bootstrap import BootstrapSums, summarize
 
     torch.set_num_threads(1)
     rank(args.model, bootstrap=0)  # warm-up: imports, weights, oneDNN caches

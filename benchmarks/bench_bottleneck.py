@@ -26,13 +26,13 @@ import torch
 
 
 def bench_model(spec: str, splits: int, size: str) -> None:
-    from isplit_export import bottleneck as bn
     from isplit_export.api import rank
-    from isplit_export.encoding import decode_tail, encode_head
-    from isplit_export.holdout import split_holdout
-    from isplit_export.onnx_export import to_onnx
-    from isplit_export.onnx_utils import save_model
-    from isplit_export.verify import run_pair_onnx
+    from isplit_export.bottleneck import core as bn
+    from isplit_export.bottleneck.holdout import split_holdout
+    from isplit_export.exporting.encoding import decode_tail, encode_head
+    from isplit_export.exporting.onnx_export import to_onnx
+    from isplit_export.exporting.onnx_utils import save_model
+    from isplit_export.verification.verify import run_pair_onnx
 
     name, weights = spec.split(":") if ":" in spec else (spec, "default")
     opts = bn.BottleneckOptions(size=size)
@@ -86,7 +86,7 @@ def bench_model(spec: str, splits: int, size: str) -> None:
 
 
 def bench_digits(data: Path | None) -> None:
-    from isplit_export.study import study
+    from isplit_export.bottleneck.study import study
     from isplit_export.zoo import train_digits_cnn, write_digits_imagefolder
 
     with tempfile.TemporaryDirectory() as d:

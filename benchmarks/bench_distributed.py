@@ -57,7 +57,7 @@ def _timed_child(args: argparse.Namespace) -> None:
         result = rank(opts)
         images = result.ranking.images
     else:
-        from isplit_export.study import StudyOptions, study
+        from isplit_export.bottleneck.study import StudyOptions, study
 
         sopts = StudyOptions(model=args.model, weights=args.weights, data=Path(args.data), cuts="all",
                              workers=args.workers, out=Path(args.out))  # fmt: skip
@@ -122,9 +122,9 @@ def bench_gpu(batch: int = 64, repeats: int = 10) -> dict[str, float]:
     """ResNet-50 on one GPU: the ranking's forward+backward (one batch) against a plain training step."""
     import torch
 
-    from isplit_export.graph import trace
-    from isplit_export.importance import batch_scores
     from isplit_export.models import load_model
+    from isplit_export.ranking.graph import trace
+    from isplit_export.ranking.importance import batch_scores
 
     model = load_model("resnet50", "none").module.cuda().eval()
     capture = trace(model, (3, 224, 224)).capture_module().cuda()

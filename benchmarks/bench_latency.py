@@ -5,7 +5,7 @@
 
 For each model, the top-3 I-Split splits (ranked on the 19 skimage photos; resnet50 with random
 weights, ``--weights none``, as no download happens here) are exported as fp32 ONNX head/tail pairs and
-quantized to INT8 QDQ pairs (:func:`isplit_export.quantize.build_int8_pair`, calibrated on the same
+quantized to INT8 QDQ pairs (:func:`isplit_export.exporting.quantize.build_int8_pair`, calibrated on the same
 photos). fp32 head, fp32 tail, full model, INT8 head and INT8 tail run interleaved at batch 1 on the CPU
 execution provider (1 intra-op thread, median of --runs). Printed per split: fp32 and INT8 latency side
 by side with the speed-up, file sizes with the INT8/fp32 ratio, (head + tail) / full, and the bytes per
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from isplit_export.api import rank
-from isplit_export.encoding import calibrate_encoding, decode_tail, encode_head
-from isplit_export.onnx_export import export_file, to_onnx
-from isplit_export.onnx_utils import save_model
-from isplit_export.quantize import build_int8_pair
-from isplit_export.verify import measure_latency, run_pair_onnx
+from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, encode_head
+from isplit_export.exporting.onnx_export import export_file, to_onnx
+from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.exporting.quantize import build_int8_pair
+from isplit_export.verification.verify import measure_latency, run_pair_onnx
 
 BUNDLES = [
     ("resnet50", ("--weights", "none", "--top", "3", "--target", "jetson"), 300),

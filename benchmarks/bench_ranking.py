@@ -37,9 +37,9 @@ def _best(fn: object, repeats: int) -> float:
 
 
 def bench_model(name: str, batch: int, ref_images: int, repeats: int) -> dict[str, float]:
-    from isplit_export.graph import trace
-    from isplit_export.importance import batch_scores, reference_cui
     from isplit_export.models import load_model
+    from isplit_export.ranking.graph import trace
+    from isplit_export.ranking.importance import batch_scores, reference_cui
 
     model = load_model(name, "none").module
     traced = trace(model, (3, 224, 224))
@@ -81,8 +81,8 @@ def peak_rss_child(name: str, n_images: int, batch: int) -> float:
     """Peak RSS (MiB) of a fresh process that ranks ``n_images`` streamed images."""
     code = f"""
 import resource, torch
-from isplit_export.graph import trace
-from isplit_export.importance import Importance, batch_scores
+from isplit_export.ranking.graph import trace
+from isplit_export.ranking.importance import Importance, batch_scores
 from isplit_export.models import load_model
 m = load_model({name!r}, "none").module
 t = trace(m, (3, 224, 224)); cap = t.capture_module(); imp = Importance(len(t.cuts))

@@ -2,13 +2,18 @@
 
 Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundle` need no PyTorch)::
 
-    rank(options | model, **fields)   -> api.RankResult       the I-Split ranking of every valid cut
-    export(options | model, **fields) -> bundle.ExportResult   a verified, reproducible bundle
-    verify_bundle(path, ...)          -> verify.BundleVerification
-    study(options | model, **fields)  -> study.StudyResult     bottleneck at each cut, measured vs CUI/CDE
-    plan(bundle, link=..., ...)       -> planning.PlanResult   re-plan a bundle for a link (torch-free)
+    rank(options | model, **fields)   -> api.RankResult               the I-Split ranking of every valid cut
+    export(options | model, **fields) -> bundle.build.ExportResult     a verified, reproducible bundle
+    verify_bundle(path, ...)          -> verification.verify.BundleVerification   (torch-free)
+    study(options | model, **fields)  -> bottleneck.study.StudyResult  bottleneck at each cut, measured vs CUI/CDE
+    plan(bundle, link=..., ...)       -> bundle.planning.PlanResult    re-plan a bundle for a link (torch-free)
     RankOptions, ExportOptions        the frozen options objects (options.py) every job reads
     StudyOptions, BottleneckOptions   the study's options and the learned bottleneck's (``bottleneck=``)
+    Constraints                       the selection's constraints (``constraints=``)
+
+The implementation is grouped by pipeline stage: ``ranking`` -> ``exporting`` (+ ``bottleneck``) ->
+``targets`` -> ``verification`` -> ``bundle``; shared pieces (``options``, ``models``, ``data``,
+``distributed``, ``plots``, ``files``, ``errors``) sit at the top level next to ``api`` and ``cli``.
 """
 
 from __future__ import annotations
@@ -22,18 +27,18 @@ __all__ = [
 ]  # fmt: skip
 
 if TYPE_CHECKING:
-    from .api import rank
-    from .bottleneck import BottleneckOptions
-    from .bundle import export
-    from .options import ExportOptions, RankOptions
-    from .planning import plan
-    from .selection import Constraints
-    from .study import StudyOptions, study
-    from .verify import verify_bundle
+    from isplit_export.api import rank
+    from isplit_export.bottleneck.core import BottleneckOptions
+    from isplit_export.bottleneck.study import StudyOptions, study
+    from isplit_export.bundle.build import export
+    from isplit_export.bundle.planning import plan
+    from isplit_export.bundle.selection import Constraints
+    from isplit_export.options import ExportOptions, RankOptions
+    from isplit_export.verification.verify import verify_bundle
 
-_LAZY = {"rank": "api", "export": "bundle", "verify_bundle": "verify", "RankOptions": "options", "ExportOptions": "options",
-         "study": "study", "StudyOptions": "study", "BottleneckOptions": "bottleneck", "plan": "planning",
-         "Constraints": "selection"}  # fmt: skip
+_LAZY = {"rank": "api", "export": "bundle.build", "verify_bundle": "verification.verify", "RankOptions": "options",
+         "ExportOptions": "options", "study": "bottleneck.study", "StudyOptions": "bottleneck.study",
+         "BottleneckOptions": "bottleneck.core", "plan": "bundle.planning", "Constraints": "bundle.selection"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

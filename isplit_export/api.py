@@ -1,6 +1,6 @@
 """The public Python API; the CLI (``isplit_export.cli``) is a thin layer over these functions.
 
-    from isplit_export import rank, export, verify
+    from isplit_export import rank, export, verify_bundle
     result = rank("efficientnet_lite0", top=3)                 # I-Split ranking
     print(result.ranking.table())
     export("efficientnet_lite0", out="bundle", top=3, target="onnx")   # verified bundle
@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadInputError
-from .options import RankOptions, make_options
+from isplit_export.errors import BadInputError
+from isplit_export.options import RankOptions, make_options
 
 if TYPE_CHECKING:  # torch-free at import time: `verify` must run without PyTorch
-    from .data import ImageSet
-    from .distributed import Job
-    from .graph import TracedModel
-    from .models import LoadedModel
-    from .ranking import Ranking
+    from isplit_export.data import ImageSet
+    from isplit_export.distributed import Job
+    from isplit_export.models import LoadedModel
+    from isplit_export.ranking.candidates import Ranking
+    from isplit_export.ranking.graph import TracedModel
 
 
 @dataclass
@@ -44,18 +44,18 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
     ``ranking.json``, ``cui.png`` and ``cde.png`` there.
     """
     opts = make_options(RankOptions, options, fields)
-    from .distributed import job
+    from isplit_export.distributed import job
 
     with job(opts.distributed, opts.device) as current:  # one process, or one of a torchrun job
         return _rank(opts, current)
 
 
 def _rank(opts: RankOptions, current: Job) -> RankResult:
-    from . import data as data_mod
-    from .graph import trace
-    from .importance import compute_importance
-    from .models import load_model
-    from .ranking import Ranking
+    from isplit_export import data as data_mod
+    from isplit_export.models import load_model
+    from isplit_export.ranking.candidates import Ranking
+    from isplit_export.ranking.graph import trace
+    from isplit_export.ranking.importance import compute_importance
 
     _check_device(current.device)
     loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
@@ -111,8 +111,8 @@ def _check_device(device: str) -> None:
 
 def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
     """Write ``ranking.json``, ``cui.png``, ``cde.png`` (and ``tradeoff.png`` with costs) into ``out``."""
-    from .files import write_json
-    from .plots import plot_cde, plot_cui
+    from isplit_export.files import write_json
+    from isplit_export.plots import plot_cde, plot_cui
 
     out.mkdir(parents=True, exist_ok=True)
     data = ranking.to_json()
@@ -121,7 +121,7 @@ def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
     plot_cui(data, paths[1])
     plot_cde(data, paths[2])
     if ranking.cost is not None:  # the export was given a link: CUI against end-to-end latency
-        from .plots import plot_tradeoff
+        from isplit_export.plots import plot_tradeoff
 
         paths.append(out / "tradeoff.png")
         plot_tradeoff(data, paths[-1])

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from . import __version__
-from .bootstrap import DEFAULT_REPLICATES
-from .errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
+from isplit_export import __version__
+from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
+from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 
 if TYPE_CHECKING:
-    from .bottleneck import BottleneckOptions
-    from .selection import Constraints
+    from isplit_export.bottleneck.core import BottleneckOptions
+    from isplit_export.bundle.selection import Constraints
 
 app = typer.Typer(
     add_completion=False,
@@ -77,8 +77,8 @@ TrainBatchOpt = Annotated[int, typer.Option("--train-batch", help="images per bo
 
 def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> BottleneckOptions | None:
     """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
-    from .bottleneck import BottleneckOptions
-    from .errors import BadInputError
+    from isplit_export.bottleneck.core import BottleneckOptions
+    from isplit_export.errors import BadInputError
 
     if size is None:
         defaults = BottleneckOptions()
@@ -100,7 +100,7 @@ LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="cons
 
 
 def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
-    from .selection import Constraints
+    from isplit_export.bundle.selection import Constraints
 
     return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
 
@@ -161,8 +161,8 @@ def export_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
-    from .bundle import export
-    from .options import ExportOptions
+    from isplit_export.bundle.build import export
+    from isplit_export.options import ExportOptions
 
     _setup(verbose)
     options = ExportOptions(
@@ -176,7 +176,7 @@ def export_cmd(
     )  # fmt: skip
     result = export(options)
     if result.rank.ranking.cost is not None:
-        from .planning import format_table
+        from isplit_export.bundle.planning import format_table
 
         typer.echo(format_table(result.rank.ranking.to_json()))
     else:
@@ -219,9 +219,9 @@ def rank_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
-    from .api import rank
-    from .distributed import is_primary
-    from .options import RankOptions
+    from isplit_export.api import rank
+    from isplit_export.distributed import is_primary
+    from isplit_export.options import RankOptions
 
     _setup(verbose)
     options = RankOptions(
@@ -265,9 +265,9 @@ def study_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
-    from .bottleneck import BottleneckOptions
-    from .distributed import is_primary
-    from .study import StudyOptions, study
+    from isplit_export.bottleneck.core import BottleneckOptions
+    from isplit_export.bottleneck.study import StudyOptions, study
+    from isplit_export.distributed import is_primary
 
     _setup(verbose)
     options = StudyOptions(
@@ -331,7 +331,7 @@ def verify_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
-    from .verify import format_table, verify_bundle
+    from isplit_export.verification.verify import format_table, verify_bundle
 
     _setup(verbose)
     result = verify_bundle(bundle, backend=backend, split=split)
@@ -360,11 +360,11 @@ def plan_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
-    from .planning import plan
+    from isplit_export.bundle.planning import plan
 
     _setup(verbose)
     if top is not None and top < 1:
-        from .errors import BadInputError
+        from isplit_export.errors import BadInputError
 
         raise BadInputError(f"--top {top}: pass a positive number of splits")
     result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured,
@@ -381,7 +381,7 @@ def build_engines_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the TensorRT engines of a bundle with the TensorRT 10 Python API (on the device)."""
-    from .trt_backend import build_bundle_engines
+    from isplit_export.targets.trt_backend import build_bundle_engines
 
     _setup(verbose)
     for record in build_bundle_engines(bundle, split):
@@ -391,7 +391,7 @@ def build_engines_cmd(
 @app.command("targets")
 def targets_cmd() -> None:
     """List the deployment target profiles."""
-    from .targets import ALIASES, list_targets
+    from isplit_export.targets.profiles import ALIASES, list_targets
 
     for t in list_targets():
         alias = [a for a, n in ALIASES.items() if n == t.name]
@@ -402,7 +402,7 @@ def targets_cmd() -> None:
 @app.command("models")
 def models_cmd() -> None:
     """List the model names accepted (besides package.module:factory)."""
-    from .models import available_models
+    from isplit_export.models import available_models
 
     typer.echo("\n".join(available_models()))
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadInputError
-from .models import Preprocessing
+from isplit_export.errors import BadInputError
+from isplit_export.models import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def load_images(
     """Collect the image set; ``classes`` keeps only those ImageFolder classes (names or indices).
 
     For unlabelled sources ``classes`` is applied later, on the model's predictions (see
-    :func:`isplit_export.importance.compute_importance`).
+    :func:`isplit_export.ranking.importance.compute_importance`).
     """
     if limit is not None and limit < 1:
         raise BadInputError(f"--images {limit}: pass a positive number of images")

@@ -10,9 +10,9 @@ A job is distributed when it is launched by ``torchrun`` with more than one proc
   batch ``b`` of the single-process run is read by process ``b % world_size``, so every batch holds
   the same images as in one process and every image keeps its global index;
 * the per-class score sums and counts are all-reduced after the key sets are gathered (class keys
-  differ between processes); the exact sums (:mod:`isplit_export.exactsum`) are gathered too, so
+  differ between processes); the exact sums (:mod:`isplit_export.ranking.exactsum`) are gathered too, so
   the CUI is bit-identical to the single-process one whatever the world size; the bootstrap
-  replicate sums (double-double, :mod:`isplit_export.bootstrap`) are gathered and merged, which
+  replicate sums (double-double, :mod:`isplit_export.ranking.bootstrap`) are gathered and merged, which
   costs ``keys x B x cuts x 16`` bytes per process in every process;
 * before anything is written, and after, every process reports ``ok`` or its error through an
   all-gather (:meth:`Job.checkpoint`), so a failure on one process is known to all: they all exit
@@ -35,14 +35,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import EXIT_TECHNICAL, BadInputError, IsplitError
+from isplit_export.errors import EXIT_TECHNICAL, BadInputError, IsplitError
 
 if TYPE_CHECKING:
     import torch
 
-    from .bootstrap import BootstrapSums
-    from .data import ImageSet, Shard
-    from .importance import Importance
+    from isplit_export.data import ImageSet, Shard
+    from isplit_export.ranking.bootstrap import BootstrapSums
+    from isplit_export.ranking.importance import Importance
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Job:
         """This process's shard of an image set read in batches of ``block`` (None: all of it)."""
         if not self.active:
             return None
-        from .data import Shard
+        from isplit_export.data import Shard
 
         return Shard(self.rank, self.world_size, block, self.check_peers)
 
@@ -219,9 +219,9 @@ class Job:
         import torch
         import torch.distributed as dist
 
-        from . import exactsum
-        from .bootstrap import BootstrapSums
-        from .importance import Importance
+        from isplit_export.ranking import exactsum
+        from isplit_export.ranking.bootstrap import BootstrapSums
+        from isplit_export.ranking.importance import Importance
 
         mine: tuple[dict[int, list[int]], list[str], BootstrapSums | None] = (
             imp.exact, sorted(images.unreadable), imp.boot
@@ -293,7 +293,7 @@ def images_tensor(images: ImageSet, limit: int | None = None) -> tuple[torch.Ten
         return images.tensor(limit=limit)
     import torch
 
-    from .data import ImageSet, Shard
+    from isplit_export.data import ImageSet, Shard
 
     sub = ImageSet(images.items[:limit] if limit else images.items, images.preprocessing, images.source)
     parts = list(sub.indexed_batches(64, shard=Shard(current.rank, current.world_size, 64, current.check_peers)))

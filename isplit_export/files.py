@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadInputError
+from isplit_export.errors import BadInputError
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -47,6 +47,18 @@ def json_dumps(obj: Any) -> str:
 def write_json(path: Path, obj: Any) -> None:
     """Write :func:`json_dumps` of ``obj`` to ``path``."""
     path.write_text(json_dumps(obj), encoding="utf-8")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file + rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

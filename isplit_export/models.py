@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import BadInputError
-from .files import sha256_file
+from isplit_export.errors import BadInputError
+from isplit_export.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .bootstrap import DEFAULT_REPLICATES
-from .errors import BadInputError
-from .selection import OBJECTIVES, Constraints
+from isplit_export.bundle.selection import OBJECTIVES, Constraints
+from isplit_export.errors import BadInputError
+from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 
 if TYPE_CHECKING:  # torch-free at import time
-    from .bottleneck import BottleneckOptions
+    from isplit_export.bottleneck.core import BottleneckOptions
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
 WEIGHT_LAYOUTS = ("shared", "inline")
-"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.weights`) or inline."""
+"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.exporting.weights`) or inline."""
 
 _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
@@ -112,7 +112,7 @@ class ExportOptions(RankOptions):
     ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
     verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
     ``weights_layout`` is ``shared`` (every weight stored once per precision in ``weights/``, see
-    :mod:`isplit_export.weights`) or ``inline`` (self-contained ONNX files in the split folders).
+    :mod:`isplit_export.exporting.weights`) or ``inline`` (self-contained ONNX files in the split folders).
     ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 
@@ -135,7 +135,7 @@ class ExportOptions(RankOptions):
 
     def validate(self) -> None:
         if self.bottleneck is not None:
-            from .bottleneck import as_bottleneck
+            from isplit_export.bottleneck.core import as_bottleneck
 
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         super().validate()
@@ -150,7 +150,7 @@ class ExportOptions(RankOptions):
         if self.objective not in OBJECTIVES:
             raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
         if self.link is not None:
-            from .cost import parse_link
+            from isplit_export.targets.cost import parse_link
 
             parse_link(self.link)
         elif self.objective != "cui" or self.constraints.max_latency_ms is not None:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .models import ModelSpec, Preprocessing
+from isplit_export.models import ModelSpec, Preprocessing
 
 DIGITS_PREPROCESSING = Preprocessing(resize=16, crop=16, mean=(0.5,), std=(0.5,), channels=1, interpolation="bilinear")
 
@@ -57,7 +57,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def digits_tensor(images: np.ndarray) -> torch.Tensor:
     """Preprocess uint8 8x8 digits exactly as the PNG path does (PIL resize to 16, normalize)."""
-    from .data import preprocess
+    from isplit_export.data import preprocess
 
     return torch.stack([preprocess(Image.fromarray(im), DIGITS_PREPROCESSING) for im in images])
 

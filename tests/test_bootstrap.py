@@ -16,7 +16,11 @@ from matplotlib.collections import LineCollection
 from torch import nn
 
 from isplit_export import rank
-from isplit_export.bootstrap import (
+from isplit_export.data import load_images
+from isplit_export.errors import BadInputError
+from isplit_export.options import RankOptions
+from isplit_export.plots import CI_GID, cui_figure
+from isplit_export.ranking.bootstrap import (
     FLIP_THRESHOLD,
     MAX_WEIGHT,
     BootstrapSums,
@@ -24,13 +28,9 @@ from isplit_export.bootstrap import (
     poisson_weights,
     summarize,
 )
-from isplit_export.data import load_images
-from isplit_export.errors import BadInputError
-from isplit_export.graph import Cut, trace
-from isplit_export.importance import Importance, batch_scores, compute_importance
-from isplit_export.options import RankOptions
-from isplit_export.plots import CI_GID, cui_figure
-from isplit_export.ranking import SCHEMA, Ranking
+from isplit_export.ranking.candidates import SCHEMA, Ranking
+from isplit_export.ranking.graph import Cut, trace
+from isplit_export.ranking.importance import Importance, batch_scores, compute_importance
 from isplit_export.zoo import DIGITS_PREPROCESSING
 
 B = 200

@@ -11,24 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from isplit_export import bottleneck as bn
+from isplit_export.bottleneck import core as bn
+from isplit_export.bottleneck.holdout import minimum_images, split_holdout
 from isplit_export.cli import main
 from isplit_export.errors import BadInputError
-from isplit_export.graph import trace
-from isplit_export.holdout import minimum_images, split_holdout
-from isplit_export.onnx_export import to_onnx
-from isplit_export.onnx_utils import save_model
-from isplit_export.verify import verify_bundle
+from isplit_export.exporting.onnx_export import to_onnx
+from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.ranking.graph import trace
+from isplit_export.verification.verify import verify_bundle
 from isplit_export.zoo import DIGITS_PREPROCESSING, write_digits_imagefolder
+from tests.helpers import DIGITS, run_cli
 
-DIGITS = "isplit_export.zoo:digits_cnn"
 FAST = ("--latency-runs", "2", "--train-steps", "40")
 
-
-def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +173,7 @@ def test_bad_inputs_one_line_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
     args: tuple[str, ...], expect: str,
 ) -> None:  # fmt: skip
-    code, _, err = _run(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--top", "6",
+    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--top", "6",
                         "--out", tmp_path / "b", *args)  # fmt: skip
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b").exists()
@@ -186,7 +181,7 @@ def test_bad_inputs_one_line_exit_2(
 
 def test_too_few_images_names_the_minimum(capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path) -> None:
     data = write_digits_imagefolder(tmp_path / "few", start=0, count=5)
-    code, _, err = _run(capsys, DIGITS, "--weights", digits_weights, "--data", data, "--bottleneck", "1/8",
+    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", data, "--bottleneck", "1/8",
                         "--out", tmp_path / "b")  # fmt: skip
     assert code == 2 and f"at least {minimum_images(0.25)} needed" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()

@@ -11,24 +11,19 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from isplit_export import bundle as bundle_mod
+from isplit_export.bundle import build as bundle_mod
 from isplit_export.cli import main
+from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file, write_json
-from isplit_export.onnx_utils import make_session
-from isplit_export.verify import verify_bundle
+from isplit_export.verification.verify import verify_bundle
+from tests.helpers import DIGITS, run_cli
 
-DIGITS = "isplit_export.zoo:digits_cnn"
 FAST = ("--latency-runs", "2")
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def _digits_export(capsys: pytest.CaptureFixture[str], out: Path, weights: Path, data: Path, *extra: object) -> int:
-    code, _, err = _run(capsys, DIGITS, "--weights", weights, "--data", data, "--top", "2", "--out", out, *FAST, *extra)
+    code, _, err = run_cli(capsys, DIGITS, "--weights", weights, "--data", data, "--top", "2", "--out", out, *FAST, *extra)
     assert code in (0, 1), err
     return code
 
@@ -88,7 +83,7 @@ def test_out_is_refused_unless_force_and_never_half_written(
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    code, _, err = _run(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out)
+    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out)
     assert code == 2 and "already exists" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "precious"
 
@@ -96,11 +91,11 @@ def test_out_is_refused_unless_force_and_never_half_written(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bundle_mod, "_export_split", boom)
-    code, _, err = _run(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out, "--force")
+    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out, "--force")
     assert code == 130 and "interrupted" in err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # the old content survived
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind
-    code, _, err = _run(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", tmp_path / "new")
+    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", tmp_path / "new")
     assert code == 130 and not (tmp_path / "new").exists()
 
     monkeypatch.undo()
@@ -140,12 +135,12 @@ def test_verify_catches_a_broken_tail(capsys: pytest.CaptureFixture[str], tmp_pa
     init.CopyFrom(numpy_helper.from_array(arr, init.name))
     onnx.save(tail, broken / rel)
     # a tampered file is caught by the hash check first...
-    code, _, err = _run(capsys, "verify", broken)
+    code, _, err = run_cli(capsys, "verify", broken)
     assert code == 1 and rel in err
     # ...and even with the manifest updated to match, the golden comparison fails the gate
     m["files"][rel]["sha256"] = sha256_file(broken / rel)
     write_json(broken / "manifest.json", m)
-    code, out, _ = _run(capsys, "verify", broken, "--split", "1")
+    code, out, _ = run_cli(capsys, "verify", broken, "--split", "1")
     assert code == 1 and "FAIL" in out
     assert json.loads((broken / "verify.json").read_text())["outcome"] == "gate-failed"
 
@@ -157,7 +152,7 @@ def test_verify_catches_a_broken_tail(capsys: pytest.CaptureFixture[str], tmp_pa
 )
 def test_equivalence_on_cnn_families(capsys: pytest.CaptureFixture[str], tmp_path: Path, arch: str, size: str) -> None:
     out = tmp_path / "bundle"
-    code, _, err = _run(capsys, arch, "--weights", "none", "--input-size", size, "--images", "3", "--top", "2",
+    code, _, err = run_cli(capsys, arch, "--weights", "none", "--input-size", size, "--images", "3", "--top", "2",
                         "--target", "onnx", "--out", out, *FAST)  # fmt: skip
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
@@ -187,18 +182,18 @@ def test_cpu_and_jetson_targets(
     script = (split_dir / "build_engines.sh").read_text()
     assert "--saveEngine" in script and "--useDLACore=0" in script
     assert verify_bundle(jetson, write=False).passed
-    code, _, err = _run(capsys, "verify", jetson, "--backend", "tensorrt")
+    code, _, err = run_cli(capsys, "verify", jetson, "--backend", "tensorrt")
     assert code == 4 and "TensorRT" in err  # not run here: no TensorRT, never faked
 
 
 def test_bad_export_inputs(capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_bundle: Path) -> None:
-    code, _, err = _run(capsys, DIGITS, "--target", "tpu", "--out", tmp_path / "x")
+    code, _, err = run_cli(capsys, DIGITS, "--target", "tpu", "--out", tmp_path / "x")
     assert code == 2 and "unknown target 'tpu'" in err and "jetson" in err
-    code, _, err = _run(capsys, DIGITS, "--weights", "none", "--boundary", "int4", "--out", tmp_path / "x")
+    code, _, err = run_cli(capsys, DIGITS, "--weights", "none", "--boundary", "int4", "--out", tmp_path / "x")
     assert code == 2 and "int4" in err
-    code, _, err = _run(capsys, "verify", digits_bundle, "--split", "9")
+    code, _, err = run_cli(capsys, "verify", digits_bundle, "--split", "9")
     assert code == 2 and "out of range" in err
-    code, _, err = _run(capsys, "verify", tmp_path / "nope")
+    code, _, err = run_cli(capsys, "verify", tmp_path / "nope")
     assert code == 2 and "not found" in err
     assert not (tmp_path / "x").exists()
 
@@ -232,7 +227,7 @@ def test_python_api_mirrors_the_cli(tmp_path: Path, digits_weights: Path, digits
 def test_int8_qdq_pair_on_pretrained_efficientnet_lite0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """The offline default model with its real ImageNet weights on the 19 real skimage photographs."""
     out = tmp_path / "lite0"
-    code, _, err = _run(capsys, "--top", "1", "--target", "cpu", "--out", out, *FAST)
+    code, _, err = run_cli(capsys, "--top", "1", "--target", "cpu", "--out", out, *FAST)
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["name"] == "efficientnet_lite0" and m["calibration"]["count"] == 19

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from isplit_export.summary import SUMMARY_SCHEMA
-from isplit_export.verify import verify_bundle
+from isplit_export.bundle.summary import SUMMARY_SCHEMA
+from isplit_export.verification.verify import verify_bundle
 
 CI_MD = Path(__file__).resolve().parents[1] / "docs" / "ci.md"
 

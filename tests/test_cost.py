@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from isplit_export.cost import LINKS, compute_for, parse_link
+from isplit_export.bundle.planning import build_cost, format_table
+from isplit_export.bundle.selection import Constraints, pareto_layers, select
 from isplit_export.errors import BadInputError
-from isplit_export.planning import build_cost, format_table
-from isplit_export.ranking import Ranking
-from isplit_export.selection import Constraints, pareto_layers, select
-from isplit_export.targets import list_targets, validate_profile
+from isplit_export.ranking.candidates import Ranking
+from isplit_export.targets.cost import LINKS, compute_for, parse_link
+from isplit_export.targets.profiles import list_targets, validate_profile
 
 torch = pytest.importorskip("torch")  # only the toy model's trace needs torch; cost/selection are torch-free
 
@@ -57,7 +57,7 @@ def _profile(name: str, gflops: float, power: float | None = None, kind: str = "
 
 @pytest.fixture(scope="module")
 def toy_ranking() -> dict[str, Any]:
-    from isplit_export.graph import trace
+    from isplit_export.ranking.graph import trace
 
     traced = trace(_toy(), (1, 8, 8))
     assert traced.total_flops == TOTAL

@@ -20,15 +20,14 @@ import pytest
 import torch
 from PIL import Image
 
-from isplit_export import exactsum
 from isplit_export.cli import main
 from isplit_export.data import Shard, load_images
 from isplit_export.distributed import merge_order
-from isplit_export.graph import trace
-from isplit_export.importance import compute_importance
+from isplit_export.ranking import exactsum
+from isplit_export.ranking.graph import trace
+from isplit_export.ranking.importance import compute_importance
 from isplit_export.zoo import DIGITS_PREPROCESSING, DigitsCNN
-
-DIGITS = "isplit_export.zoo:digits_cnn"
+from tests.helpers import DIGITS
 
 
 def _torchrun(nproc: int, *args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:

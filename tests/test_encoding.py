@@ -13,7 +13,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from isplit_export.encoding import (
+from isplit_export.errors import BadInputError
+from isplit_export.exporting.encoding import (
     ENCODINGS,
     BoundaryEncoding,
     calibrate_encoding,
@@ -24,9 +25,8 @@ from isplit_export.encoding import (
     strip_head_encoding,
     strip_tail_decoding,
 )
-from isplit_export.errors import BadInputError
-from isplit_export.onnx_export import export_file
-from isplit_export.onnx_utils import make_session, run_session, save_model
+from isplit_export.exporting.onnx_export import export_file
+from isplit_export.exporting.onnx_utils import make_session, run_session, save_model
 
 FP16_EPS = 2.0**-11  # unit roundoff of float16 (round to nearest)
 

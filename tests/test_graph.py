@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 from isplit_export.errors import BadInputError
-from isplit_export.graph import trace
 from isplit_export.models import load_model
+from isplit_export.ranking.graph import trace
 
 
 def _assert_splits_reproduce(model: nn.Module, shape: tuple[int, ...]) -> None:

@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 from isplit_export.data import load_images
-from isplit_export.graph import trace
-from isplit_export.importance import (
+from isplit_export.ranking.graph import trace
+from isplit_export.ranking.importance import (
     Importance,
     batch_scores,
     compute_importance,

@@ -15,9 +15,8 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from isplit_export.cli import main
-from isplit_export.onnx_utils import make_session, run_session
-
-DIGITS = "isplit_export.zoo:digits_cnn"
+from isplit_export.exporting.onnx_utils import make_session, run_session
+from tests.helpers import DIGITS
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,12 @@ import torchvision
 from torch import nn
 
 from isplit_export.api import rank
-from isplit_export.encoding import calibrate_encoding, decode_tail, encode_array, encode_head
-from isplit_export.graph import trace
-from isplit_export.importance import batch_scores, reference_cui
-from isplit_export.onnx_export import to_onnx
-from isplit_export.onnx_utils import save_model
-from isplit_export.verify import run_pair_onnx
+from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, encode_array, encode_head
+from isplit_export.exporting.onnx_export import to_onnx
+from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.ranking.graph import trace
+from isplit_export.ranking.importance import batch_scores, reference_cui
+from isplit_export.verification.verify import run_pair_onnx
 from tests.layout_models import SIZE, ChannelsLastNet, PartitionNet, TinyViT
 
 Formula = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -136,7 +136,7 @@ def test_tiny_vit_cui_is_gradcam_over_patch_tokens() -> None:
 def test_window_partitions_are_never_cuts(caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
     model = PartitionNet().eval()
-    with caplog.at_level(logging.INFO, logger="isplit_export.graph"):
+    with caplog.at_level(logging.INFO, logger="isplit_export.ranking.graph"):
         traced = trace(model, (3, SIZE, SIZE))
     # [B, 16 windows, 4*4, 8]: looks like a 4-D map, is not one
     assert all(c.shape != (16, 16, 8) for c in traced.cuts)

@@ -12,15 +12,8 @@ import pytest
 
 from isplit_export.cli import main
 from isplit_export.files import write_json
-from isplit_export.verify import verify_bundle
-
-DIGITS = "isplit_export.zoo:digits_cnn"
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from isplit_export.verification.verify import verify_bundle
+from tests.helpers import DIGITS, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +127,7 @@ def test_bad_inputs_one_line_exit_2(
          "unknown --objective 'speed'"),
     ]
     for args, msg in cases:
-        code, _, err = _run(capsys, *args)
+        code, _, err = run_cli(capsys, *args)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and msg in lines[0], (args, err)
     assert not (tmp_path / "x").exists() and not (cost_bundle / "plan.json").exists()

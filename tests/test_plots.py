@@ -25,7 +25,7 @@ from isplit_export.plots import (
     plot_cde,
     plot_cui,
 )
-from isplit_export.ranking import local_maxima
+from isplit_export.ranking.candidates import local_maxima
 
 SIZE = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
 INPUT_BYTES = 4 * 3 * 32 * 32

@@ -19,17 +19,17 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import isplit_export
-from isplit_export.encoding import (
+from isplit_export.errors import BadInputError
+from isplit_export.exporting.encoding import (
     BoundaryEncoding,
     calibrate_encoding,
     decode_tail,
     encode_head,
     strip_head_encoding,
 )
-from isplit_export.errors import BadInputError
-from isplit_export.onnx_export import export_file
-from isplit_export.onnx_utils import make_session, run_session, save_model
-from isplit_export.quantize import build_int8_pair, quantize_qdq
+from isplit_export.exporting.onnx_export import export_file
+from isplit_export.exporting.onnx_utils import make_session, run_session, save_model
+from isplit_export.exporting.quantize import build_int8_pair, quantize_qdq
 
 N_CALIB = 64
 
@@ -237,7 +237,7 @@ def test_quantize_qdq_same_bytes_in_a_fresh_process(digits: Digits, tmp_path: Pa
         f"""
         import numpy as np
         from pathlib import Path
-        from isplit_export.quantize import quantize_qdq
+        from isplit_export.exporting.quantize import quantize_qdq
         quantize_qdq(Path({str(d / "head.onnx")!r}), Path({str(tmp_path / "b.onnx")!r}),
                      {{"input": np.load({str(tmp_path / "calib.npy")!r})}})
         """

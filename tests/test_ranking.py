@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from isplit_export.graph import Cut
-from isplit_export.ranking import SCHEMA, Ranking, local_maxima
+from isplit_export.ranking.candidates import SCHEMA, Ranking, local_maxima
+from isplit_export.ranking.graph import Cut
 
 
 def test_local_maxima_hand_cases() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from isplit_export.report import render_report
+from isplit_export.bundle.report import render_report
 
 GATE_INT8 = {"name": "int8", "min_top1_agreement": 0.9, "max_abs_rel": 0.1, "min_cosine": 0.99}
 

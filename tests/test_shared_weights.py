@@ -17,15 +17,14 @@ import onnx
 import pytest
 import torch
 
-from isplit_export import trt_backend
 from isplit_export.cli import main
+from isplit_export.exporting.onnx_utils import make_session
+from isplit_export.exporting.weights import ALIGNMENT, MIN_EXTERNAL_BYTES
 from isplit_export.files import sha256_file
-from isplit_export.onnx_utils import make_session
-from isplit_export.tensorrt_plan import read_plan
-from isplit_export.verify import verify_bundle
-from isplit_export.weights import ALIGNMENT, MIN_EXTERNAL_BYTES
-
-DIGITS = "isplit_export.zoo:digits_cnn"
+from isplit_export.targets import trt_backend
+from isplit_export.targets.tensorrt_plan import read_plan
+from isplit_export.verification.verify import verify_bundle
+from tests.helpers import DIGITS
 
 
 def _export(out: Path, weights: Path, data: Path, *extra: str) -> None:

@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from isplit_export.bottleneck.study import SCHEMA, CutResult, StudyOptions, measure_cut, prepare, summarize
 from isplit_export.cli import main
-from isplit_export.study import SCHEMA, CutResult, StudyOptions, measure_cut, prepare, summarize
-
-DIGITS = "isplit_export.zoo:digits_cnn"
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.helpers import DIGITS, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +84,7 @@ def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, d
 def test_classes_set_class_and_all_class_cui_against_class_accuracy(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    code, out, err = _run(capsys, "study", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--cuts", "all",
+    code, out, err = run_cli(capsys, "study", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--cuts", "all",
                           "--classes", "0,1", "--train-steps", "10", "--out", tmp_path / "s")  # fmt: skip
     assert code == 0, err
     data = json.loads((tmp_path / "s" / "study.json").read_text())
@@ -110,5 +103,5 @@ def test_classes_set_class_and_all_class_cui_against_class_accuracy(
 def test_bad_study_inputs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, args: tuple[str, ...], expect: str
 ) -> None:
-    code, _, err = _run(capsys, "study", DIGITS, "--weights", digits_weights, "--out", tmp_path / "s", *args)
+    code, _, err = run_cli(capsys, "study", DIGITS, "--weights", digits_weights, "--out", tmp_path / "s", *args)
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err

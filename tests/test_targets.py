@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from isplit_export import targets
 from isplit_export.errors import EXIT_BAD_INPUT, BadInputError
-from isplit_export.onnx_utils import OPSET
-from isplit_export.targets import ALIASES, TargetProfile, list_targets, load_target, validate_profile
+from isplit_export.exporting.onnx_utils import OPSET
+from isplit_export.targets import profiles as targets
+from isplit_export.targets.profiles import ALIASES, TargetProfile, list_targets, load_target, validate_profile
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 EXPECTED = {

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isplit_export import trt_backend
 from isplit_export.errors import EXIT_NOT_RUN, BadInputError, GateFailedError, NotRunError
-from isplit_export.targets import TargetProfile, list_targets, load_target
-from isplit_export.tensorrt_plan import (
+from isplit_export.targets import trt_backend
+from isplit_export.targets.profiles import TargetProfile, list_targets, load_target
+from isplit_export.targets.tensorrt_plan import (
     PLAN_NAME,
     PLAN_SCHEMA,
     RECORD_NAME,

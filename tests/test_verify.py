@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 import pytest
 
-from isplit_export.encoding import calibrate_encoding, decode_tail, encode_array, encode_head
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError
+from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, encode_array, encode_head
+from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.files import load_npz, save_npz, sha256_file, write_json
-from isplit_export.onnx_utils import make_session, run_session
-from isplit_export.verify import (
+from isplit_export.verification.verify import (
     VERIFY_FILE,
     BundleVerification,
     check_files,
@@ -346,7 +346,7 @@ def test_bad_manifests(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_tensorrt_backend_is_not_run_without_tensorrt(bundle: Path) -> None:
-    from isplit_export.trt_backend import tensorrt_available
+    from isplit_export.targets.trt_backend import tensorrt_available
 
     if tensorrt_available():
         pytest.skip("TensorRT is available here: the device tests cover this backend")
@@ -358,7 +358,7 @@ def test_tensorrt_backend_is_not_run_without_tensorrt(bundle: Path) -> None:
 
 def _onnx_engine_backend() -> types.ModuleType:
     """A stand-in for trt_backend whose "engines" are ONNX copies run by onnxruntime (wiring test only)."""
-    fake = types.ModuleType("isplit_export.trt_backend")
+    fake = types.ModuleType("isplit_export.targets.trt_backend")
     fake.tensorrt_available = lambda: True  # type: ignore[attr-defined]
     fake.check_engine_record = lambda split_dir: {}  # type: ignore[attr-defined]
 
@@ -375,7 +375,7 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
     import isplit_export
 
     fake = _onnx_engine_backend()
-    monkeypatch.setitem(sys.modules, "isplit_export.trt_backend", fake)
+    monkeypatch.setitem(sys.modules, "isplit_export.targets.trt_backend", fake)
     monkeypatch.setattr(isplit_export, "trt_backend", fake, raising=False)
     with pytest.raises(
         NotRunError, match=r"^no engines in splits/01-pool1/engines: run build_engines.sh or isplit"

@@ -1,6 +1,6 @@
 """Verification gates: per boundary encoding / precision tolerances, kept as data.
 
-A gate bounds three metrics of :func:`isplit_export.metrics.compare_logits` on the golden images:
+A gate bounds three metrics of :func:`isplit_export.verification.metrics.compare_logits` on the golden images:
 top-1 agreement with the full PyTorch model, the worst absolute logit error relative to the
 largest absolute reference logit (``max_abs_rel``, scale-free so one number fits every model),
 and the worst per-image cosine similarity. The values below are starting points chosen from the
@@ -16,8 +16,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from .encoding import ENCODINGS
-from .errors import BadInputError
+from isplit_export.errors import BadInputError
+from isplit_export.exporting.encoding import ENCODINGS
 
 
 @dataclass(frozen=True)

@@ -295,7 +295,7 @@ def _cost(ranking: Mapping[str, Any]) -> list[str]:
     cost = _dict(ranking.get("cost"))
     if not cost or not ranking.get("candidates"):
         return []
-    from .planning import cost_table_rows
+    from isplit_export.bundle.planning import cost_table_rows
 
     lk, dev, srv = _dict(cost.get("link")), _dict(cost.get("device")), _dict(cost.get("server"))
     header, rows = cost_table_rows(ranking)

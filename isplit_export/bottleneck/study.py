@@ -1,7 +1,7 @@
 """``isplit-export study``: I-Split's validation experiment, measured.
 
 At every candidate cut (the CUI curve's local maxima), or at every cut, a bottleneck is trained
-(:mod:`isplit_export.bottleneck`) and the pair's accuracy (labelled images) or agreement with the
+(:mod:`isplit_export.bottleneck.core`) and the pair's accuracy (labelled images) or agreement with the
 full model (unlabelled) is measured on images held out from training. The study then asks how well
 CUI predicted that measured value, next to CDE (the boundary size) and a random order.
 
@@ -30,17 +30,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import __version__
-from .bottleneck import BottleneckOptions, as_bottleneck, cut_seed, plan, task_measure, train
-from .errors import BadInputError
-from .metrics import bootstrap_ci, kendall_tau, spearman
-from .options import RankOptions, make_options
+from isplit_export import __version__
+from isplit_export.bottleneck.core import (
+    BottleneckOptions,
+    as_bottleneck,
+    cut_seed,
+    plan,
+    task_measure,
+    train,
+)
+from isplit_export.errors import BadInputError
+from isplit_export.options import RankOptions, make_options
+from isplit_export.verification.metrics import bootstrap_ci, kendall_tau, spearman
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .api import RankResult
-    from .graph import Cut
+    from isplit_export.api import RankResult
+    from isplit_export.ranking.graph import Cut
 
 SCHEMA = "isplit.study/1"
 CUT_SETS = ("candidates", "all")
@@ -142,10 +149,10 @@ class StudyResult:
 
 def prepare(options: StudyOptions) -> StudyContext:
     """Rank (all classes, and the class subset with ``classes``), load the images, split train/held-out."""
-    from .api import rank
-    from .data import resolve_model_classes
-    from .distributed import images_tensor
-    from .holdout import split_holdout
+    from isplit_export.api import rank
+    from isplit_export.bottleneck.holdout import split_holdout
+    from isplit_export.data import resolve_model_classes
+    from isplit_export.distributed import images_tensor
 
     opts = options.replace(out=None)
     ranked = rank(opts.replace(classes=None))
@@ -284,8 +291,8 @@ def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) 
 
 def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyResult:
     """Run the study and write ``study.json`` and ``study.png`` into ``options.out`` (default ``study``)."""
-    from .distributed import job, merge_order
-    from .files import write_json
+    from isplit_export.distributed import job, merge_order
+    from isplit_export.files import write_json
 
     opts = make_options(StudyOptions, options, fields)
     out = opts.out or Path("study")
@@ -394,7 +401,7 @@ def study_figure(data: dict[str, Any]) -> Figure:
 
 def plot_study(data: dict[str, Any], path: Path) -> None:
     """Write ``study.png`` (byte-deterministic)."""
-    from .plots import save_png
+    from isplit_export.plots import save_png
 
     save_png(study_figure(data), path)
 

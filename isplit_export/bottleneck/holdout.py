@@ -13,7 +13,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from .errors import BadInputError
+from isplit_export.errors import BadInputError
 
 MIN_TRAIN = 6
 """Fewest images a bottleneck trains on."""

@@ -15,8 +15,8 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import TechnicalError
-from .onnx_utils import OPSET, save_model
+from isplit_export.errors import TechnicalError
+from isplit_export.exporting.onnx_utils import OPSET, save_model
 
 BATCH_AXIS = "batch"
 

@@ -2,7 +2,7 @@
 
 Torch-free on purpose (numpy, onnx, onnxruntime): ``isplit-export verify`` runs in the Jetson
 container from ``Dockerfile.jetson``, which has no PyTorch. TensorRT is imported lazily, only for
-``backend="tensorrt"`` (through :mod:`isplit_export.trt_backend`).
+``backend="tensorrt"`` (through :mod:`isplit_export.targets.trt_backend`).
 
 What is checked, in order:
 
@@ -12,7 +12,7 @@ What is checked, in order:
    ignored: ``verify.json``, which verify itself writes, is an output, not part of the bundle;
 3. for each split, the golden ``input`` goes through head then tail; the transmitted boundary is
    compared with the golden ``boundary`` and the logits with the golden ``logits`` (from the full
-   PyTorch model) under :func:`isplit_export.gates.gate_for`. A failed gate does not raise: it
+   PyTorch model) under :func:`isplit_export.verification.gates.gate_for`. A failed gate does not raise: it
    gives ``outcome="gate-failed"`` (the CLI maps it to exit 1).
 """
 
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,13 +31,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from . import __version__
-from .encoding import ENCODINGS, BoundaryEncoding, decode_array, encode_array
-from .errors import BadInputError, GateFailedError, NotRunError, TechnicalError
-from .files import json_dumps, load_npz, sha256_file
-from .gates import BACKENDS, GATES, PRECISIONS, Gate, gate_for
-from .metrics import accuracy, compare_logits
-from .onnx_utils import make_session, run_session
+from isplit_export import __version__
+from isplit_export.errors import BadInputError, GateFailedError, NotRunError, TechnicalError
+from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding, decode_array, encode_array
+from isplit_export.exporting.onnx_utils import make_session, run_session
+from isplit_export.files import json_dumps, load_npz, sha256_file, write_text_atomic
+from isplit_export.verification.gates import BACKENDS, GATES, PRECISIONS, Gate, gate_for
+from isplit_export.verification.metrics import accuracy, compare_logits
 
 SCHEMA = "isplit.bundle/1"
 VERIFY_SCHEMA = "isplit.verify/1"
@@ -593,7 +591,7 @@ def _verify_tensorrt(
     bundle: Path, manifest: Mapping[str, Any], selected: list[tuple[int, dict[str, Any]]]
 ) -> list[SplitVerification]:
     """Every engine pair present in the selected splits, after checking that each split has one."""
-    from . import trt_backend  # lazy: imports tensorrt
+    from isplit_export.targets import trt_backend  # lazy: imports tensorrt
 
     if not trt_backend.tensorrt_available():
         raise NotRunError(
@@ -654,18 +652,6 @@ def _verify_tensorrt(
 # entry point
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def verify_bundle(
     bundle: Path | str, *, backend: str = "onnxruntime", split: int | None = None, write: bool = True
 ) -> BundleVerification:
@@ -700,7 +686,7 @@ def verify_bundle(
     )
     if write:
         try:
-            _write_atomic(bundle / VERIFY_FILE, json_dumps(result.to_json()))
+            write_text_atomic(bundle / VERIFY_FILE, json_dumps(result.to_json()))
         except OSError as e:
             raise BadInputError(
                 f"cannot write {bundle / VERIFY_FILE} ({_first_line(e)}): make the bundle writable "

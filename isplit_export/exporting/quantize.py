@@ -87,9 +87,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .encoding import BoundaryEncoding, decode_tail, encode_head, strip_head_encoding, strip_tail_decoding
-from .errors import BadInputError, TechnicalError
-from .onnx_utils import OPSET, canonicalize, make_session, run_session, save_model
+from isplit_export.errors import BadInputError, TechnicalError
+from isplit_export.exporting.encoding import (
+    BoundaryEncoding,
+    decode_tail,
+    encode_head,
+    strip_head_encoding,
+    strip_tail_decoding,
+)
+from isplit_export.exporting.onnx_utils import OPSET, canonicalize, make_session, run_session, save_model
 
 WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 """Operators with weights: int8 weight initializers behind DequantizeLinear, per output channel."""

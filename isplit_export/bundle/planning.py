@@ -24,23 +24,22 @@ not hashed) unless ``write=False``.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cost import Compute, Link, compute_for, cost_rows, parse_link
-from .errors import BadInputError
-from .selection import OBJECTIVES, Constraints, Selection, select
-from .targets import TargetProfile, load_target, validate_profile
+from isplit_export.bundle.selection import OBJECTIVES, Constraints, Selection, select
+from isplit_export.errors import BadInputError
+from isplit_export.files import write_text_atomic
+from isplit_export.targets.cost import Compute, Link, compute_for, cost_rows, parse_link
+from isplit_export.targets.profiles import TargetProfile, load_target, validate_profile
 
 if TYPE_CHECKING:
-    from .api import RankResult
-    from .graph import Cut
-    from .options import ExportOptions
+    from isplit_export.api import RankResult
+    from isplit_export.options import ExportOptions
+    from isplit_export.ranking.graph import Cut
 
 PLAN_FILE = "plan.json"
 PLAN_SCHEMA = "isplit.plan/1"
@@ -105,7 +104,7 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
 
 
 def _bytes(shape: Sequence[int], encoding: str) -> int:
-    from .cost import boundary_bytes
+    from isplit_export.targets.cost import boundary_bytes
 
     return boundary_bytes(list(shape), encoding)
 
@@ -234,19 +233,14 @@ def plan(
     result = PlanResult(bundle, {**ranking, "candidates": candidates, "cost": cost}, sel, None)
     if write:
         result.written = bundle / PLAN_FILE
-        _write_atomic(result.written, json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n")
+        try:
+            write_text_atomic(result.written, json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n")
+        except OSError as e:
+            raise BadInputError(
+                f"cannot write {result.written} ({e}): make the bundle writable or plan with write=False"
+            ) from e
     return result
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise BadInputError(f"cannot write {path} ({e}): make the bundle writable or plan with write=False") from e
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,9 +44,9 @@ from typing import Any, BinaryIO
 import onnx
 from onnx import numpy_helper
 
-from .errors import TechnicalError
-from .onnx_utils import canonicalize
-from .options import WEIGHT_LAYOUTS as LAYOUTS
+from isplit_export.errors import TechnicalError
+from isplit_export.exporting.onnx_utils import canonicalize
+from isplit_export.options import WEIGHT_LAYOUTS as LAYOUTS
 
 __all__ = ["ALIGNMENT", "LAYOUTS", "MIN_EXTERNAL_BYTES", "WEIGHTS_DIR", "inline_info", "share_weights"]
 
@@ -125,7 +125,7 @@ def share_weights(root: Path, splits: Sequence[dict[str, Any]]) -> dict[str, Any
     entries) and each split's engine plan are updated to the new paths. Returns the manifest's
     ``weights`` block: the layout, the packs (element type, tensor count, bytes) and the settings.
     """
-    from .tensorrt_plan import PLAN_NAME, relocate_models
+    from isplit_export.targets.tensorrt_plan import PLAN_NAME, relocate_models
 
     sources = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.onnx"))
     moves = {rel: _new_name(rel) for rel in sources}

@@ -20,21 +20,27 @@ import numpy as np
 import onnx
 import torch
 
-from . import __version__
-from .api import RankResult, rank, write_ranking
-from .encoding import ENCODINGS, BoundaryEncoding, calibrate_encoding, decode_tail, encode_head
-from .errors import BadInputError
-from .files import atomic_directory, check_out, save_npz, sha256_file, write_json
-from .gates import GATES, gate_for
-from .graph import Cut
-from .metrics import accuracy, compare_logits, spearman
-from .onnx_export import BATCH_AXIS, export_file, to_onnx
-from .onnx_utils import OPSET, save_model
-from .options import ExportOptions, make_options
-from .planning import choose_cuts
-from .report import render_report
-from .targets import TargetProfile, load_target
-from .verify import SCHEMA, measure_latency, run_pair_onnx
+from isplit_export import __version__
+from isplit_export.api import RankResult, rank, write_ranking
+from isplit_export.bundle.planning import choose_cuts
+from isplit_export.bundle.report import render_report
+from isplit_export.errors import BadInputError
+from isplit_export.exporting.encoding import (
+    ENCODINGS,
+    BoundaryEncoding,
+    calibrate_encoding,
+    decode_tail,
+    encode_head,
+)
+from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
+from isplit_export.exporting.onnx_utils import OPSET, save_model
+from isplit_export.files import atomic_directory, check_out, save_npz, sha256_file, write_json
+from isplit_export.options import ExportOptions, make_options
+from isplit_export.ranking.graph import Cut
+from isplit_export.targets.profiles import TargetProfile, load_target
+from isplit_export.verification.gates import GATES, gate_for
+from isplit_export.verification.metrics import accuracy, compare_logits, spearman
+from isplit_export.verification.verify import SCHEMA, measure_latency, run_pair_onnx
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
     opts = make_options(ExportOptions, options, fields)
-    from .distributed import requested
+    from isplit_export.distributed import requested
 
     if requested(opts.distributed):
         raise BadInputError("export runs in one process: run `isplit-export rank` under torchrun, then export")
@@ -79,7 +85,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 f"choose {', '.join(profile.precisions)}"
             )
         profile = dataclasses.replace(profile, default_precision=opts.precision)
-    bn = opts.bottleneck  # learned bottleneck at each cut (isplit_export.bottleneck); its code is int8 by default
+    bn = opts.bottleneck  # learned bottleneck at each cut (isplit_export.bottleneck.core); its code is int8 by default
     encoding_name = opts.boundary or ("int8" if bn is not None else profile.default_boundary)
     if encoding_name not in ENCODINGS:
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
@@ -93,8 +99,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     x, labels, names = ranked.images.tensor(limit=opts.verify_images)
     x_train: torch.Tensor | None = None
     if bn is not None:  # train on one part, verify on the held-out rest; sizes checked before writing
-        from .bottleneck import plan
-        from .holdout import split_holdout
+        from isplit_export.bottleneck.core import plan
+        from isplit_export.bottleneck.holdout import split_holdout
 
         for cut in cuts:
             plan(cut, bn.spec, encoding_name)
@@ -128,7 +134,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             splits.append(entry)
             latency[rel] = lat
 
-        from .weights import inline_info, share_weights
+        from isplit_export.exporting.weights import inline_info, share_weights
 
         weights = share_weights(tmp, splits) if opts.weights_layout == "shared" else inline_info()
         full_acc = accuracy(y_ref, lab)
@@ -156,7 +162,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     failures = [f"{s['dir']}: {r}" for s in splits for r in s["verification"]["failures"]]
     result = ExportResult(out, manifest, ranked, failures)
     if opts.summary_json is not None:
-        from .summary import write_summary
+        from isplit_export.bundle.summary import write_summary
 
         write_summary(opts.summary_json, result)
     return result
@@ -186,7 +192,7 @@ def _export_split(
     head_gm, tail_gm = ranked.traced.split(cut)
     trained = None
     if opts.bottleneck is not None and x_train is not None:
-        from . import bottleneck
+        from isplit_export.bottleneck import core as bottleneck
 
         trained = bottleneck.train(
             cut, head_gm, tail_gm, x_train, opts.bottleneck, seed=bottleneck.cut_seed(opts.seed, cut.index),
@@ -206,7 +212,7 @@ def _export_split(
     boundary, logits = run_pair_onnx(head_path, tail_path, xn, batch=batch_size)
     files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
     if trained is not None:
-        from .bottleneck import pair_check
+        from isplit_export.bottleneck.core import pair_check
 
         check, pair_ref = pair_check(trained, x, boundary, logits, y_ref, labels, batch_size)
         checks = {encoding_name: check}
@@ -218,7 +224,7 @@ def _export_split(
                "labels": labels[:golden]}  # fmt: skip
 
     if profile.int8:
-        from .quantize import build_int8_pair
+        from isplit_export.exporting.quantize import build_int8_pair
 
         calib = build_int8_pair(head_path, tail_path, xn, sdir / "head.int8.onnx",
                                 sdir / "tail.int8.onnx", enc)  # fmt: skip
@@ -260,7 +266,7 @@ def _export_split(
         "verification": {"checks": checks, "passed": not failures, "failures": failures},
     }
     if trained is not None and opts.bottleneck is not None:
-        from .bottleneck import config
+        from isplit_export.bottleneck.core import config
 
         entry["bottleneck"] = {**config(opts.bottleneck, trained.plan, enc), "training": trained.summary}
     return entry, lat
@@ -276,8 +282,8 @@ def _engine_plan(
     non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)
     and the device applies the encoding around them (``encoding.encode_array`` / ``decode_array``).
     """
-    from .encoding import strip_head_encoding, strip_tail_decoding
-    from .tensorrt_plan import write_build_plan
+    from isplit_export.exporting.encoding import strip_head_encoding, strip_tail_decoding
+    from isplit_export.targets.tensorrt_plan import write_build_plan
 
     stem = "int8." if profile.default_precision == "int8" else ""
     names = {"head": f"head.{stem}onnx", "tail": f"tail.{stem}onnx"}

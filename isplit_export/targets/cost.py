@@ -19,7 +19,7 @@ Baselines (Neurosurgeon's): all on the device (no link: the result is used on th
 the server, sending the preprocessed input tensor (C x H x W elements under the same encoding as the
 boundary; a JPEG would be smaller, so this baseline is pessimistic for the server).
 
-A measured latency (see :mod:`isplit_export.planning`) replaces the estimate and is flagged with its source.
+A measured latency (see :mod:`isplit_export.bundle.planning`) replaces the estimate and is flagged with its source.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadInputError
-from .targets import DLA_PRECISIONS, TargetProfile
+from isplit_export.errors import BadInputError
+from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 """Bytes per boundary element of each encoding (encoding.ENCODINGS)."""

@@ -7,7 +7,7 @@ tail); the encoder and decoder are trained by distillation from the frozen full 
 
     loss = T^2 * KL(softmax(teacher / T) || softmax(student / T)) + w * MSE((A' - A) / std_c)
 
-on random resized crops and flips of the *train* images (:mod:`isplit_export.holdout`), seeded and
+on random resized crops and flips of the *train* images (:mod:`isplit_export.bottleneck.holdout`), seeded and
 deterministic. The code travels in the boundary encoding (uint8 by default with a bottleneck).
 
 Size specs (``--bottleneck``): a ratio of the boundary's elements (``1/16``, ``0.0625``) or a fixed
@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoding import BoundaryEncoding, calibrate_encoding, decode_array, encode_array
-from .errors import BadInputError
+from isplit_export.errors import BadInputError
+from isplit_export.exporting.encoding import BoundaryEncoding, calibrate_encoding, decode_array, encode_array
 
 if TYPE_CHECKING:
-    from .graph import Cut
+    from isplit_export.ranking.graph import Cut
 
 FINETUNE = ("none", "tail")
 """``--finetune`` values: train only the encoder/decoder, or also the tail's own weights."""
@@ -488,7 +488,7 @@ def _round(v: float | None, digits: int = 9) -> float | None:
 
 def task_measure(got: np.ndarray, y_full: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Tier 2 on held-out images: top-1 accuracy (labelled) or agreement with the full model, Wilson 95 % CI."""
-    from .metrics import proportion_ci
+    from isplit_export.verification.metrics import proportion_ci
 
     lab = np.asarray(labels).reshape(-1)
     pred, full = np.asarray(got).argmax(1), np.asarray(y_full).argmax(1)
@@ -525,8 +525,8 @@ def pair_check(
     computes from the very code the exported head sent. Tier 2 (:func:`task_measure`) sets the pair
     against the original full model. Returns the check (the manifest's shape) and the reference logits.
     """
-    from .gates import GATES
-    from .metrics import compare_logits
+    from isplit_export.verification.gates import GATES
+    from isplit_export.verification.metrics import compare_logits
 
     ref = trained.logits_from_code(code, batch_size)
     metrics: dict[str, Any] = {k: _round(v) for k, v in compare_logits(ref, logits).items()}

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import BadInputError
+from isplit_export.errors import BadInputError
 
 ENCODINGS = ("fp32", "fp16", "int8")
 """Valid boundary encoding names, in increasing compression."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import json_dumps, sha256_file
+from isplit_export.files import json_dumps, sha256_file
 
 if TYPE_CHECKING:
-    from .bundle import ExportResult
+    from isplit_export.bundle.build import ExportResult
 
 SUMMARY_SCHEMA = "isplit.summary/1"
 

@@ -233,7 +233,7 @@ def percentile_ci(replicates: np.ndarray, level: float = CI_LEVEL) -> np.ndarray
 
 def _ranks_of(values: np.ndarray, members: Sequence[int]) -> np.ndarray:
     """Per row of ``values`` [R, cuts]: the 1-based rank of each of ``members`` among ``members`` by value,
-    highest first, ties to the earlier cut (as :attr:`isplit_export.ranking.Ranking.ranks`)."""
+    highest first, ties to the earlier cut (as :attr:`isplit_export.ranking.candidates.Ranking.ranks`)."""
     sub = values[:, list(members)]  # [R, M]; members are in cut order, so a stable sort breaks ties by cut
     order = np.argsort(-sub, axis=1, kind="stable")
     ranks = np.empty_like(order)

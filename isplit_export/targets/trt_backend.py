@@ -26,7 +26,7 @@ import numpy as np
 
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, TechnicalError
 from isplit_export.files import sha256_file
-from isplit_export.tensorrt_plan import RECORD_NAME, RECORD_SCHEMA, read_plan
+from isplit_export.targets.tensorrt_plan import RECORD_NAME, RECORD_SCHEMA, read_plan
 
 if TYPE_CHECKING:
     import tensorrt

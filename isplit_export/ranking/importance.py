@@ -18,10 +18,10 @@ All cuts are served by ONE forward pass (which returns the logits and every cut'
 ONE backward pass (gradients w.r.t. those activations only; parameters are frozen so no weight
 gradients are computed). Only per-class sums of s are kept, so memory does not grow with the number
 of images, and a class subset's CUI is the ratio of its sums. The sums are also kept exactly
-(:mod:`isplit_export.exactsum`), so the CUI does not depend on the order in which images were added
+(:mod:`isplit_export.ranking.exactsum`), so the CUI does not depend on the order in which images were added
 or on how many processes (:mod:`isplit_export.distributed`) shared them out.
 of images, and a class subset's CUI is the ratio of its sums. With ``bootstrap`` replicates, a
-streaming Poisson bootstrap (:mod:`isplit_export.bootstrap`) keeps B weighted replicate sums per class
+streaming Poisson bootstrap (:mod:`isplit_export.ranking.bootstrap`) keeps B weighted replicate sums per class
 key as well, for confidence intervals and rank stability.
 """
 
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import exactsum
-from .bootstrap import BootstrapSums
-from .data import ImageSet, Shard
-from .errors import BadInputError
-from .graph import TracedModel
+from isplit_export.data import ImageSet, Shard
+from isplit_export.errors import BadInputError
+from isplit_export.ranking import exactsum
+from isplit_export.ranking.bootstrap import BootstrapSums
+from isplit_export.ranking.graph import TracedModel
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Importance:
 
     def cui_ci(self, classes: Sequence[int] | None = None) -> np.ndarray | None:
         """The 95 % percentile bootstrap interval of :meth:`cui` per cut ``[cuts, 2]``, or None."""
-        from .bootstrap import percentile_ci
+        from isplit_export.ranking.bootstrap import percentile_ci
 
         reps = self.replicate_cui(classes)
         return None if reps is None else percentile_ci(reps)

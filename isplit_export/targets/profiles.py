@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isplit_export.encoding import ENCODINGS
 from isplit_export.errors import BadInputError
-from isplit_export.gates import PRECISIONS
+from isplit_export.exporting.encoding import ENCODINGS
+from isplit_export.verification.gates import PRECISIONS
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -136,7 +136,7 @@ def _targets_dir() -> Traversable:
             return res
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parent.parent / "targets"
+    return Path(__file__).resolve().parents[2] / "targets"
 
 
 def _profile_files() -> dict[str, Traversable]:
@@ -281,7 +281,9 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
         for field, value in (("tensorrt", tensorrt), ("cuda", cuda)):
             if value is not None:
                 raise _fail(source, field, f"must be null for backend {backend!r}")
-    from isplit_export.onnx_utils import OPSET  # lazy: keeps `import isplit_export.targets` light
+    from isplit_export.exporting.onnx_utils import (
+        OPSET,  # lazy: keeps `import isplit_export.targets.profiles` light
+    )
 
     if max_opset < OPSET:
         raise _fail(

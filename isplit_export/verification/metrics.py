@@ -1,6 +1,6 @@
 """Numerical comparison of logits, task accuracy and rank correlation (numpy only).
 
-Torch-free on purpose: :mod:`isplit_export.verify` uses these on a Jetson without PyTorch.
+Torch-free on purpose: :mod:`isplit_export.verification.verify` uses these on a Jetson without PyTorch.
 All arithmetic runs in float64 so the metric itself adds no error to what it measures.
 """
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BadInputError
+from isplit_export.errors import BadInputError
 
 OBJECTIVES = ("cui", "latency", "balanced")
 

@@ -5,12 +5,12 @@ a point higher than its left neighbour and at least as high as its right one (an
 compared with its single neighbour). They are ranked by CUI, highest first; every cut is reported,
 with ``rank`` null for the cuts that are not local maxima.
 
-With bootstrap replicates of the CUI (:mod:`isplit_export.bootstrap`) every cut also gets ``cui_ci``
+With bootstrap replicates of the CUI (:mod:`isplit_export.ranking.bootstrap`) every cut also gets ``cui_ci``
 (95 % percentile interval), every ranked candidate ``rank_stability`` (fraction of replicates in which
 it keeps its rank) and ``ties`` (the candidates it cannot be told apart from), and the top level a
 ``bootstrap`` object (method, replicates, seed, threshold and the tied pairs).
 Schema 2 adds what a torch-free re-plan needs (``total_flops``, per cut ``head_flops``) and, when the
-export was given a link, the ``cost`` block and per-cut ``cost`` columns of :mod:`isplit_export.cost`.
+export was given a link, the ``cost`` block and per-cut ``cost`` columns of :mod:`isplit_export.targets.cost`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import Cut
+from isplit_export.ranking.graph import Cut
 
 SCHEMA = "isplit.ranking/2"
 
@@ -60,15 +60,15 @@ class Ranking:
 
     @property
     def uncertainty(self) -> dict[str, Any] | None:
-        """:func:`isplit_export.bootstrap.summarize` of the replicates (None without them)."""
+        """:func:`isplit_export.ranking.bootstrap.summarize` of the replicates (None without them)."""
         if self.replicates is None or self.replicates.shape[0] == 0:
             return None
-        from .bootstrap import summarize
+        from isplit_export.ranking.bootstrap import summarize
 
         return summarize(self.cui, self.replicates, self.ranks)
     total_flops: int | None = None
     cost: dict[str, Any] | None = None
-    """The cost block (``isplit_export.planning``): ``per_cut`` (one row per cut) goes into each candidate."""
+    """The cost block (``isplit_export.bundle.planning``): ``per_cut`` (one row per cut) goes into each candidate."""
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -134,7 +134,7 @@ class Ranking:
         if self.distributed:  # how it was computed (torch.distributed); absent in one process
             out["distributed"] = self.distributed
         if unc is not None and self.replicates is not None:
-            from .bootstrap import CI_LEVEL, FLIP_THRESHOLD, METHOD
+            from isplit_export.ranking.bootstrap import CI_LEVEL, FLIP_THRESHOLD, METHOD
 
             out["bootstrap"] = {
                 "method": METHOD,

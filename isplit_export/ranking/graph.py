@@ -2,7 +2,7 @@
 
 A cut after node ``n`` is valid when ``n`` is the *only* value computed before the cut that is used
 after it (so one tensor crosses the link, never inside a residual block), that value is a feature
-map whose layout is established (:mod:`isplit_export.layouts`: ``nchw``, ``nhwc`` or a ``tokens``
+map whose layout is established (:mod:`isplit_export.ranking.layouts`: ``nchw``, ``nhwc`` or a ``tokens``
 sequence; a window partition or a flattened vector is not one), and the next op is not a pointwise op
 applied to it (batch norm, activation, dropout stay with the op before them, so a cut always comes
 after the activation).
@@ -26,8 +26,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import BadInputError
-from .layouts import classify, example_input, infer_axes
+from isplit_export.errors import BadInputError
+from isplit_export.ranking.layouts import classify, example_input, infer_axes
 
 log = logging.getLogger(__name__)
 
