@@ -213,10 +213,42 @@ def test_finetune_tail_adapts_the_tail_and_none_keeps_it(digits_model: tuple[tor
         assert all(torch.equal(before[k], v) for k, v in tail.state_dict().items())  # the model itself is untouched
 
 
-@pytest.mark.parametrize("layout", ["nhwc", "tokens"])
-def test_non_nchw_cuts_are_refused_in_one_line(layout: str) -> None:
+@pytest.mark.parametrize(
+    ("layout", "shape", "view", "code"),
+    [("nhwc", (14, 14, 384), (384, 14, 14), (24, 14, 14)), ("tokens", (197, 768), (768, 197, 1), (48, 197, 1))],
+)
+def test_nhwc_and_token_cuts_are_viewed_channels_first(
+    layout: str, shape: tuple[int, ...], view: tuple[int, ...], code: tuple[int, ...]
+) -> None:
     from types import SimpleNamespace
 
-    cut = SimpleNamespace(index=3, node="blocks_3", shape=(14, 14, 384), layout=layout)
-    with pytest.raises(BadInputError, match=f"cut 3 \\(blocks_3\\) has a {layout} boundary"):
-        bn.plan(cut, bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
+    cut = SimpleNamespace(index=3, node="blocks_3", shape=shape, layout=layout)
+    p = bn.plan(cut, bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
+    assert (p.boundary_shape, p.code_shape, p.stride, p.layout) == (view, code, 1, layout)
+    a = torch.randn(2, *shape)
+    assert torch.equal(bn.from_channels_first(bn.channels_first(a, layout), layout), a)
+    assert tuple(bn.channels_first(a, layout).shape[1:]) == view
+    bad = (7, 7) if layout == "nhwc" else (7, 7, 7)
+    with pytest.raises(BadInputError, match=rf"cut 3 \(blocks_3\) has boundary shape \[{', '.join(map(str, bad))}\] \({layout}\)"):
+        bn.plan(SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("model", "layout"), [("channels_last_net", "nhwc"), ("tiny_vit", "tokens")])
+def test_bottleneck_on_nhwc_and_token_cuts_exports_exactly(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model: str, layout: str
+) -> None:
+    """A Swin/ConvNeXt-like channels-last map and a ViT token sequence get a bottleneck too."""
+    out = tmp_path / "b"
+    code, _, err = run_cli(capsys, f"tests.layout_models:{model}", "--weights", "none", "--top", "4",
+                           "--bottleneck", "1/4", "--train-steps", "4", "--latency-runs", "1", "--out", out)  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    ranking = {c["index"]: c for c in json.loads((out / "ranking.json").read_text())["candidates"]}
+    layouts = [ranking[s["index"]]["layout"] for s in manifest["splits"]]
+    assert layout in layouts
+    for s in manifest["splits"]:
+        b, cut_layout = s["boundary"], ranking[s["index"]]["layout"]
+        assert s["bottleneck"]["layout"] == cut_layout and b["layout"] == "nchw"
+        assert b["bytes_per_image"] * 16 <= b["fp32_bytes_per_image"]  # 1/4 of the elements, 1 byte each
+        assert s["verification"]["passed"], s["verification"]["failures"]
+    assert verify_bundle(out).outcome == "passed"

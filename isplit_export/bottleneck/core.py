@@ -19,6 +19,10 @@ normalisation, then a ``k x k`` conv with stride ``s`` to ``K`` channels, with t
 ``s`` in 1, 2, 4, 8 for which ``K = E // (H//s * W//s)`` is at least 1 (``K <= C``: undercomplete).
 Decoder: nearest upsampling back to (H, W) when ``s > 1``, 3x3 conv ``K -> C``, ReLU, 1x1 conv
 ``C -> C``, the inverse normalisation, and a ReLU when the boundary is non-negative (after a ReLU).
+
+Other layouts are viewed channels-first around the same encoder and decoder: an NHWC map
+``[B, H, W, C]`` as ``[B, C, H, W]``, a token sequence ``[B, T, D]`` as ``[B, D, T, 1]`` (the tokens
+are the positions, so its code keeps every token and reduces D; no stride). The code itself is NCHW.
 """
 
 from __future__ import annotations
@@ -150,9 +154,29 @@ def as_bottleneck(value: BottleneckOptions | str | None) -> BottleneckOptions | 
     )
 
 
+def channels_first(a: torch.Tensor, layout: str) -> torch.Tensor:
+    """A boundary of ``layout`` viewed as ``[B, C, H, W]`` (NHWC permuted, tokens ``[B, D, T, 1]``)."""
+    if layout == "nhwc":
+        return a.permute(0, 3, 1, 2)
+    if layout == "tokens":
+        return a.transpose(1, 2).unsqueeze(-1)
+    return a
+
+
+def from_channels_first(a: torch.Tensor, layout: str) -> torch.Tensor:
+    """The inverse of :func:`channels_first`."""
+    if layout == "nhwc":
+        return a.permute(0, 2, 3, 1)
+    if layout == "tokens":
+        return a.squeeze(-1).transpose(1, 2)
+    return a
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The encoder's shape at one cut: ``channels`` code channels after a ``stride``-``stride`` conv."""
+    """The encoder's shape at one cut: ``channels`` code channels after a ``stride``-``stride`` conv.
+
+    ``boundary_shape`` is the cut's boundary viewed channels-first (:func:`channels_first`)."""
 
     boundary_shape: tuple[int, int, int]
     channels: int
@@ -160,6 +184,7 @@ class Plan:
     kernel: int
     code_shape: tuple[int, int, int]
     bytes_per_element: int
+    layout: str = "nchw"
 
     @property
     def code_elements(self) -> int:
@@ -171,6 +196,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "layout": self.layout,
             "boundary_shape": list(self.boundary_shape),
             "code_shape": list(self.code_shape),
             "channels": self.channels,
@@ -183,16 +209,17 @@ class Plan:
 def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
     """Size the encoder at ``cut`` for ``spec``; a size the encoder cannot reach is a one-line error."""
     layout = getattr(cut, "layout", "nchw")
-    if layout != "nchw":
+    dims = [int(d) for d in cut.shape]
+    if layout in ("nchw", "nhwc") and len(dims) == 3:
+        c, h, w = dims if layout == "nchw" else (dims[2], dims[0], dims[1])
+    elif layout == "tokens" and len(dims) == 2:
+        (h, c), w = dims, 1
+    else:
         raise BadInputError(
-            f"cut {cut.index} ({cut.node}) has a {layout} boundary: --bottleneck supports NCHW (convolutional) cuts only"
-        )
-    if len(cut.shape) != 3:
-        raise BadInputError(
-            f"cut {cut.index} ({cut.node}) has boundary shape {list(cut.shape)}, not (C, H, W)"
+            f"cut {cut.index} ({cut.node}) has boundary shape {dims} ({layout}): --bottleneck needs an NCHW, "
+            "NHWC or token feature map"
         )
     bpe = ENCODING_BYTES[encoding]
-    c, h, w = (int(d) for d in cut.shape)
     total = c * h * w
     budget = spec.elements(total, bpe)
     if budget > total:
@@ -207,7 +234,7 @@ def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
         hs, ws = max(h // s, 1), max(w // s, 1)
         k = min(budget // (hs * ws), c)
         if k >= 1:
-            return Plan((c, h, w), k, s, 1 if s == 1 else s, (k, hs, ws), bpe)
+            return Plan((c, h, w), k, s, 1 if s == 1 else s, (k, hs, ws), bpe, layout)
     s = strides[-1]
     smallest = max(h // s, 1) * max(w // s, 1) * bpe
     raise BadInputError(
@@ -237,11 +264,12 @@ class Encoder(nn.Module):
     def __init__(self, p: Plan, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         c = p.boundary_shape[0]
+        self.layout = p.layout
         self.norm = _Affine(1.0 / std, -mean / std)
         self.conv = nn.Conv2d(c, p.channels, p.kernel, stride=p.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(x))
+        return self.conv(self.norm(channels_first(x, self.layout)))
 
 
 class Decoder(nn.Module):
@@ -255,12 +283,13 @@ class Decoder(nn.Module):
         self.conv2 = nn.Conv2d(c, c, 1)
         self.denorm = _Affine(std, mean)
         self.nonnegative = nonnegative
+        self.layout = p.layout
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.size is not None:
             z = F.interpolate(z, size=self.size, mode="nearest")
         y = self.denorm(self.conv2(F.relu(self.conv1(z))))
-        return F.relu(y) if self.nonnegative else y
+        return from_channels_first(F.relu(y) if self.nonnegative else y, self.layout)
 
 
 class BottleneckHead(nn.Module):
@@ -375,7 +404,7 @@ def train(
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            a = _batched(head, x_train, batch_size).double()
+            a = channels_first(_batched(head, x_train, batch_size), p.layout).double()
         mean = a.mean(dim=(0, 2, 3))
         std = a.std(dim=(0, 2, 3))
         std = std.clamp_min(0.01 * float(std.mean()) + 1e-12)  # near-dead channels must not dominate the MSE
@@ -413,7 +442,7 @@ def train(
                 F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
                 log_target=True, reduction="batchmean",
             ) * (t * t)  # fmt: skip
-            mse = ((recon - ab) * inv_std).pow(2).mean()
+            mse = (channels_first(recon - ab, p.layout) * inv_std).pow(2).mean()
             loss = kl + options.mse_weight * mse
             opt.zero_grad()
             loss.backward()

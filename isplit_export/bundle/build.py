@@ -226,7 +226,9 @@ def _export_split(
     if profile.int8:
         from isplit_export.exporting.quantize import build_int8_pair
 
-        calib = build_int8_pair(head_path, tail_path, xn, sdir / "head.int8.onnx",
+        # with a bottleneck, calibrate on the training part: the held-out images stay unseen
+        calib_x = x_train.numpy() if x_train is not None else xn
+        calib = build_int8_pair(head_path, tail_path, calib_x, sdir / "head.int8.onnx",
                                 sdir / "tail.int8.onnx", enc)  # fmt: skip
         save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
         _, q_logits = run_pair_onnx(sdir / "head.int8.onnx", sdir / "tail.int8.onnx", xn, batch=batch_size)
@@ -258,7 +260,7 @@ def _export_split(
             **enc.to_json(),
             "encoding": enc.name,
             "shape": [BATCH_AXIS, *(trained.plan.code_shape if trained is not None else cut.shape)],
-            "layout": cut.layout,
+            "layout": "nchw" if trained is not None else cut.layout,  # a bottleneck's code is NCHW
             "bytes_per_image": int(np.prod(boundary.shape[1:])) * enc.bytes_per_element,
             "fp32_bytes_per_image": cut.boundary_bytes,
         },

@@ -256,37 +256,44 @@ def _ranking_table(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> l
         f"{len(candidates)} valid cut points, {len(ranked)} local maxima of the CUI curve (candidates), ranked by CUI."
     )
     lines.append("")
+    boot = _dict(ranking.get("bootstrap"))
+    rank_of = {c.get("index"): c.get("rank") for c in ranked}
     rows = []
     for c in ranked[:limit]:
-        rows.append(
-            [
-                c.get("rank"),
-                c.get("index", "-"),
-                f"`{c.get('node', '?')}`",
-                f"`{c.get('module', '?')}`",
-                _shape(c.get("shape")) + (f" {c['layout']}" if c.get("layout") else ""),
-                _kib(c.get("boundary_bytes")),
-                _pct(c.get("head_flops_share")),
-                _g(c.get("cui"), 4),
-                _g(c.get("log10_cui"), 4),
-                exported.get((c.get("index"), c.get("node")), ""),
+        row = [
+            c.get("rank"),
+            c.get("index", "-"),
+            f"`{c.get('node', '?')}`",
+            f"`{c.get('module', '?')}`",
+            _shape(c.get("shape")) + (f" {c['layout']}" if c.get("layout") else ""),
+            _kib(c.get("boundary_bytes")),
+            _pct(c.get("head_flops_share")),
+            _g(c.get("cui"), 4),
+            _g(c.get("log10_cui"), 4),
+        ]
+        if boot:
+            ci = _list(c.get("cui_ci"))
+            ties = [str(rank_of.get(i, "?")) for i in _list(c.get("ties"))]
+            row += [
+                f"[{_g(ci[0], 3)}, {_g(ci[1], 3)}]" if len(ci) == 2 else "-",
+                _pct(c.get("rank_stability"), 0),
+                ", ".join(ties) or "-",
             ]
-        )
-    header = (
-        "rank",
-        "cut",
-        "node",
-        "module",
-        "shape",
-        "boundary KiB",
-        "head FLOPs",
-        "CUI",
-        "log10 CUI",
-        "exported",
-    )
-    lines += _table(header, rows)
+        rows.append([*row, exported.get((c.get("index"), c.get("node")), "")])
+    header = ["rank", "cut", "node", "module", "shape", "boundary KiB", "head FLOPs", "CUI", "log10 CUI"]
+    if boot:
+        header += ["CUI 95 % CI", "stable", "tied with ranks"]
+    lines += _table([*header, "exported"], rows)
     if len(ranked) > limit:
         lines += ["", f"{len(ranked) - limit} more candidates in `ranking.json`."]
+    if boot:
+        lines += [
+            "",
+            f"Intervals and stability from a Poisson bootstrap of {boot.get('replicates')} replicates over the "
+            f"images: *stable* is how often a candidate keeps its rank; candidates tied with each other swap "
+            f"order in more than {_pct(boot.get('flip_threshold'), 0)} of the replicates and cannot be told "
+            "apart with these images.",
+        ]
     return lines
 
 

@@ -123,17 +123,17 @@ def gradcam_scores(
     ``layout`` says where the channels are: ``nchw`` [B,C,H,W], ``nhwc`` [B,H,W,C], or ``tokens``
     [B, class_tokens+N, D] whose first ``class_tokens`` tokens are dropped and whose N patch tokens
     are the positions (D the channels)."""
-    if layout == "nchw":
-        a, g = activation.flatten(2).transpose(1, 2), gradient.flatten(2).transpose(1, 2)
-    elif layout == "nhwc":
-        a, g = activation.flatten(1, 2), gradient.flatten(1, 2)
-    elif layout == "tokens":
-        a, g = activation[:, class_tokens:], gradient[:, class_tokens:]
+    if layout == "nchw":  # [B, channels, positions]: contract over channels without a transposed copy
+        a, g = activation.flatten(2), gradient.flatten(2)
+        cam = torch.einsum("bc,bcn->bn", g.mean(dim=2), a) / a.shape[1]
     else:
-        raise ValueError(f"unknown layout {layout!r}")
-    # a, g: [B, positions, channels]
-    alpha = g.mean(dim=1)
-    cam = torch.einsum("bc,bnc->bn", alpha, a) / a.shape[2]
+        if layout == "nhwc":
+            a, g = activation.flatten(1, 2), gradient.flatten(1, 2)
+        elif layout == "tokens":
+            a, g = activation[:, class_tokens:], gradient[:, class_tokens:]
+        else:
+            raise ValueError(f"unknown layout {layout!r}")
+        cam = torch.einsum("bc,bnc->bn", g.mean(dim=1), a) / a.shape[2]  # a, g: [B, positions, channels]
     return cam.clamp_min(0).mean(dim=1)
 
 
@@ -168,9 +168,8 @@ def compute_importance(
     Class keys are the image labels when known, else the model's top-1 prediction (so class subsets
     also work on unlabelled data). ``workers`` DataLoader processes decode the images; with
     ``shard`` only that part of the images is read (and an empty part is not an error: the caller
-    checks the total after adding up the parts).
-    also work on unlabelled data). ``bootstrap`` > 0 also keeps that many Poisson-bootstrap replicate
-    sums (weights seeded by ``seed``).
+    checks the total after adding up the parts). ``bootstrap`` > 0 also keeps that many Poisson-bootstrap
+    replicate sums (weights seeded by ``seed``).
     """
     if score not in SCORES:
         raise BadInputError(f"unknown --score '{score}': choose one of {', '.join(SCORES)}")
