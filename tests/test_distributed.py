@@ -191,7 +191,9 @@ def test_a_killed_decoding_worker_is_an_error_not_a_hang(digits_dir: Path) -> No
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert len(lines) == 2 and lines[1] == "after", run.stdout
-    assert lines[0].startswith("caught: DataLoader worker") and "exited unexpectedly" in lines[0], lines[0]
+    # PyTorch words it either way, depending on whether the worker loop or the SIGCHLD handler sees it first
+    assert lines[0].startswith("caught: DataLoader worker"), lines[0]
+    assert "exited unexpectedly" in lines[0] or "killed by signal" in lines[0], lines[0]
 
 
 def test_shards_partition_the_images_in_whole_batches() -> None:
