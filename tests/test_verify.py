@@ -372,11 +372,11 @@ def _onnx_engine_backend() -> types.ModuleType:
 
 
 def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import isplit_export
+    import isplit_export.targets
 
     fake = _onnx_engine_backend()
     monkeypatch.setitem(sys.modules, "isplit_export.targets.trt_backend", fake)
-    monkeypatch.setattr(isplit_export, "trt_backend", fake, raising=False)
+    monkeypatch.setattr(isplit_export.targets, "trt_backend", fake, raising=False)
     with pytest.raises(
         NotRunError, match=r"^no engines in splits/01-pool1/engines: run build_engines.sh or isplit"
     ):
