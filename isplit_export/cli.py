@@ -368,7 +368,8 @@ def plan_cmd(
 
         raise BadInputError(f"--top {top}: pass a positive number of splits")
     result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured,
-                  constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
+                  constraints=None if (max_head_flops, max_boundary_kib, max_latency_ms) == (None, None, None)
+                  else _constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
     typer.echo(result.table())
     if result.written is not None:
         typer.echo(f"wrote {result.written}")

@@ -131,3 +131,20 @@ def test_bad_inputs_one_line_exit_2(
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and msg in lines[0], (args, err)
     assert not (tmp_path / "x").exists() and not (cost_bundle / "plan.json").exists()
+
+
+def test_plan_keeps_the_exports_constraints_unless_given(
+    tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    from isplit_export import Constraints, plan
+
+    out = tmp_path / "b"
+    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "1", "--target", "onnx",
+                 "--link", "lte", "--max-head-flops", "0.1", "--out", str(out), "--latency-runs", "1", "--images", "60",
+                 "--verify-images", "32"]) == 0  # fmt: skip
+    share = {c["index"]: c["head_flops_share"] for c in json.loads((out / "ranking.json").read_text())["candidates"]}
+    kept = plan(out, link="ethernet", write=False)
+    assert kept.cost["constraints"]["max_head_flops"] == 0.1
+    assert all(share[i] <= 0.1 for i in kept.cost["selected"])
+    free = plan(out, link="ethernet", constraints=Constraints(), write=False)
+    assert free.cost["constraints"]["max_head_flops"] is None and any(share[i] > 0.1 for i in free.cost["selected"])

@@ -195,14 +195,14 @@ def plan(
 ) -> PlanResult:  # fmt: skip
     """Re-plan an exported bundle for ``link`` (torch-free); see the module docstring.
 
-    ``objective``, ``server`` and ``top`` default to the export's (else ``cui``, ``x86-tensorrt``, all);
+    ``objective``, ``constraints``, ``server`` and ``top`` default to the export's (else ``cui``, none,
+    ``x86-tensorrt``, all);
     ``measured=False`` gives the pure estimates (what the export computed for the same link).
     """
     bundle = Path(bundle)
     if objective is not None and objective not in OBJECTIVES:
         raise BadInputError(f"unknown --objective {objective!r}: choose {', '.join(OBJECTIVES)}")
     lk = parse_link(link)
-    constraints = constraints or Constraints()
     if not bundle.is_dir():
         raise BadInputError(f"bundle directory {bundle} not found: pass the --out folder of an isplit-export run")
     manifest = _read_json(bundle / "manifest.json", "manifest")
@@ -215,6 +215,8 @@ def plan(
     )
     options = manifest.get("options") or {}
     objective = objective or str(options.get("objective") or "cui")
+    if constraints is None:
+        constraints = Constraints(**(options.get("constraints") or {}))
     server_profile = load_target(server or options.get("server") or "x86-tensorrt")
     device, srv = compute_for(device_profile, head=True), compute_for(server_profile, head=False)
     encoding = str(manifest.get("boundary_encoding") or device_profile.default_boundary)
