@@ -390,7 +390,10 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
     assert [(r.split, r.check, r.gate.name) for r in result.rows] == [
         (1, "tensorrt-fp16", "trt-fp16"), (2, "tensorrt-fp16", "trt-fp16"),
     ]  # fmt: skip
-    assert json.loads((bundle / VERIFY_FILE).read_text())["backend"] == "tensorrt"
+    written = json.loads((bundle / VERIFY_FILE).read_text())
+    assert written["backend"] == "tensorrt"
+    for row in written["rows"]:  # engine latencies, which `isplit-export plan` prefers to its estimates
+        assert set(row["latency_ms"]) == {"head_ms", "tail_ms"} and all(v > 0 for v in row["latency_ms"].values())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -198,9 +198,12 @@ class SplitVerification:
     task: dict[str, Any]
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    latency_ms: dict[str, float] | None = None
+    """Median batch-1 latency of the pair's models (``head_ms``, ``tail_ms``): TensorRT engines only."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON form as written to ``verify.json``."""
+        latency = {} if self.latency_ms is None else {"latency_ms": dict(self.latency_ms)}
         return _jsonable(
             {
                 "split": self.split,
@@ -215,6 +218,7 @@ class SplitVerification:
                 "task": dict(self.task),
                 "gate": {**self.gate.to_json(), "passed": self.passed, "failures": list(self.reasons)},
                 "passed": self.passed,
+                **latency,
             }
         )
 
@@ -587,6 +591,27 @@ def _run_pair_trt(
     return np.concatenate(boundaries), np.concatenate(logits)
 
 
+TRT_LATENCY_RUNS = 50
+"""Timed batch-1 runs per engine (after 5 warm-up runs) for the ``latency_ms`` of TensorRT rows."""
+
+
+def _time_engines(
+    trt: ModuleType, head: Path, tail: Path, x: np.ndarray, input_name: str, runs: int = TRT_LATENCY_RUNS
+) -> dict[str, float]:
+    """Median ms of the head engine on one golden image and of the tail engine on its output,
+    interleaved; ``isplit-export plan`` uses these in place of the cost model's estimates."""
+    feed = {input_name: np.ascontiguousarray(x[:1])}
+    boundary = {"boundary": _only_output(trt.run_engine(head, feed), head)}
+    times: dict[str, list[float]] = {"head_ms": [], "tail_ms": []}
+    for i in range(runs + 5):
+        for key, engine, inputs in (("head_ms", head, feed), ("tail_ms", tail, boundary)):
+            t = time.perf_counter()
+            trt.run_engine(engine, inputs)
+            if i >= 5:
+                times[key].append((time.perf_counter() - t) * 1e3)
+    return {k: round(statistics.median(v), 4) for k, v in times.items()}
+
+
 def _verify_tensorrt(
     bundle: Path, manifest: Mapping[str, Any], selected: list[tuple[int, dict[str, Any]]]
 ) -> list[SplitVerification]:
@@ -629,8 +654,7 @@ def _verify_tensorrt(
             rel = max(BOUNDARY_FLOAT_TOLERANCE.get(enc.dtype, 1e-4), gate.max_abs_rel)
             steps = max(BOUNDARY_MAX_STEP, math.ceil(gate.max_abs_rel * 255))
             bcheck = compare_boundary(golden["boundary"], boundary, rel_limit=rel, step_limit=steps)
-            rows.append(
-                _row(
+            row = _row(
                     pos,
                     entry,
                     check=f"tensorrt-{p}",
@@ -644,7 +668,9 @@ def _verify_tensorrt(
                     # int8 engines come from the QDQ pair: compare with its golden outputs when stored
                     reference=golden.get("logits_int8") if p == "int8" else None,
                 )
-            )
+            head_e, tail_e = edir / f"head.{p}.engine", edir / f"tail.{p}.engine"
+            row.latency_ms = _time_engines(trt_backend, head_e, tail_e, golden["input"], input_name)
+            rows.append(row)
     return rows
 
 
