@@ -9,9 +9,9 @@ A job is distributed when it is launched by ``torchrun`` with more than one proc
 * the ranking's images are sharded by blocks of one batch (:class:`isplit_export.data.Shard`):
   batch ``b`` of the single-process run is read by process ``b % world_size``, so every batch holds
   the same images as in one process and every image keeps its global index;
-* the per-class score sums and counts are all-reduced after the key sets are gathered (class keys
-  differ between processes); the exact sums (:mod:`isplit_export.ranking.exactsum`) are gathered too, so
-  the CUI is bit-identical to the single-process one whatever the world size; the bootstrap
+* the per-class counts and exact score sums (:mod:`isplit_export.ranking.exactsum`) are gathered and
+  added up on every process (class keys differ between processes), so the CUI is bit-identical to
+  the single-process one whatever the world size; the bootstrap
   replicate sums (double-double, :mod:`isplit_export.ranking.bootstrap`) are gathered and merged, which
   costs ``keys x B x cuts x 16`` bytes per process in every process;
 * before anything is written, and after, every process reports ``ok`` or its error through an
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import torch
 
     from isplit_export.data import ImageSet, Shard
-    from isplit_export.ranking.bootstrap import BootstrapSums
     from isplit_export.ranking.importance import Importance
 
 log = logging.getLogger(__name__)
@@ -215,44 +214,16 @@ class Job:
         """The sum of every process's :class:`Importance` (and the union of the unreadable files)."""
         if not self.active:
             return imp
-        import numpy as np
-        import torch
-        import torch.distributed as dist
-
-        from isplit_export.ranking import exactsum
         from isplit_export.ranking.bootstrap import BootstrapSums
         from isplit_export.ranking.importance import Importance
 
-        mine: tuple[dict[int, list[int]], list[str], BootstrapSums | None] = (
-            imp.exact, sorted(images.unreadable), imp.boot
-        )
+        mine = (Importance(imp.num_cuts, counts=imp.counts, exact=imp.exact), sorted(images.unreadable), imp.boot)
         parts = self.gather(mine)
-        keys = sorted({k for exact, _, _ in parts for k in exact})
-        dev = torch.device(self.device) if self.backend == "nccl" else torch.device("cpu")
-        zeros = np.zeros(imp.num_cuts)
-        sums = torch.tensor(
-            np.stack([imp.sums.get(k, zeros) for k in keys]) if keys else np.zeros((0, imp.num_cuts)),
-            dtype=torch.float64,
-            device=dev,
-        )
-        counts = torch.tensor([imp.counts.get(k, 0) for k in keys], dtype=torch.int64, device=dev)
-        try:
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-        except Exception as err:
-            self.broken = True
-            raise DistributedError(
-                f"process {self.rank} of {self.world_size}: all-reduce failed ({err}); nothing was written"
-            ) from err
         out = Importance(imp.num_cuts)
-        sums_np, counts_l = sums.cpu().numpy(), counts.cpu().tolist()
-        for i, k in enumerate(keys):
-            out.sums[k] = sums_np[i].copy()
-            out.counts[k] = int(counts_l[i])
-            out.exact[k] = exactsum.sum_rows((exact[k] for exact, _, _ in parts if k in exact), imp.num_cuts)
-        for _, unreadable, _ in parts:
+        for part, unreadable, _ in parts:  # exact sums: the order of the parts does not matter
+            out.merge(part)
             images.unreadable.update(unreadable)
-        if imp.boot is not None:  # double-double sums: merged, in rank order (not a float all-reduce)
+        if imp.boot is not None:  # double-double sums: merged, in rank order
             out.boot = BootstrapSums(imp.boot.replicates, imp.num_cuts, seed=imp.boot.seed)
             for _, _, boot in parts:
                 if boot is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from isplit_export.cli import main
@@ -15,3 +18,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str
     code = main([str(a) for a in args])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def run_cli_without_torch(*args: object) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process in which any ``import torch`` raises ImportError (the device container)."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from isplit_export.cli import main\n"
+        f"sys.exit(main({[str(a) for a in args]!r}))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.ranking.graph import trace
 from isplit_export.verification.verify import verify_bundle
 from isplit_export.zoo import DIGITS_PREPROCESSING, write_digits_imagefolder
-from tests.helpers import DIGITS, run_cli
+from tests.helpers import DIGITS, run_cli, run_cli_without_torch
 
 FAST = ("--latency-runs", "2", "--train-steps", "40")
 
@@ -104,12 +102,7 @@ def test_split_holdout_is_deterministic_disjoint_and_by_name() -> None:
 
 def test_verify_runs_without_torch_on_the_bottleneck_bundle(bn_bundle: Path) -> None:
     assert verify_bundle(bn_bundle, write=False).passed
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from isplit_export.cli import main\n"
-        f"sys.exit(main(['verify', {str(bn_bundle)!r}]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = run_cli_without_torch("verify", bn_bundle)
     assert proc.returncode == 0, proc.stderr
     assert "onnxruntime: passed" in proc.stdout
 

@@ -16,7 +16,7 @@ from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file, write_json
 from isplit_export.verification.verify import verify_bundle
-from tests.helpers import DIGITS, run_cli
+from tests.helpers import DIGITS, run_cli, run_cli_without_torch
 
 FAST = ("--latency-runs", "2")
 
@@ -200,15 +200,7 @@ def test_bad_export_inputs(capsys: pytest.CaptureFixture[str], tmp_path: Path, d
 
 def test_verify_runs_without_torch(digits_bundle: Path) -> None:
     """The device container has no PyTorch: `isplit-export verify` must not import it."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        "from isplit_export.cli import main\n"
-        f"sys.exit(main(['verify', {str(digits_bundle)!r}]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = run_cli_without_torch("verify", digits_bundle)
     assert proc.returncode == 0, proc.stderr
     assert "onnxruntime: passed" in proc.stdout
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from isplit_export.cli import main
 from isplit_export.files import write_json
 from isplit_export.verification.verify import verify_bundle
-from tests.helpers import DIGITS, run_cli
+from tests.helpers import DIGITS, run_cli, run_cli_without_torch
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +91,7 @@ def test_plan_cli_runs_without_torch_and_writes_plan_json(cost_bundle: Path, tmp
 
     b = tmp_path / "b"
     shutil.copytree(cost_bundle, b)
-    code = (
-        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        "from isplit_export.cli import main\n"
-        f"sys.exit(main(['plan', {str(b)!r}, '--link', 'ethernet', '--objective', 'latency']))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = run_cli_without_torch("plan", b, "--link", "ethernet", "--objective", "latency")
     assert proc.returncode == 0, proc.stderr
     assert "link ethernet (941.5 Mbit/s, RTT 0.2 ms)" in proc.stdout and "all on server" in proc.stdout
     data = json.loads((b / "plan.json").read_text())

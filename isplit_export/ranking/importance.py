@@ -50,13 +50,12 @@ SCORES = ("top", "label")
 class Importance:
     """Streaming per-class sums of the per-image score s(x, l) for every cut.
 
-    ``sums`` are float64 running sums; ``exact`` the same sums held exactly (units of 2**-1074),
-    from which :meth:`cui` is computed, so it is independent of the order of the images.
-    ``boot`` (optional) holds the Poisson-bootstrap replicate sums of the same images.
+    ``exact`` holds the sums exactly (units of 2**-1074), so :meth:`cui` does not depend on the
+    order of the images. ``boot`` (optional) holds the Poisson-bootstrap replicate sums of the same
+    images.
     """
 
     num_cuts: int
-    sums: dict[int, np.ndarray] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
     exact: dict[int, list[int]] = field(default_factory=dict)
     boot: BootstrapSums | None = None
@@ -65,14 +64,17 @@ class Importance:
     def images(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def sums(self) -> dict[int, np.ndarray]:
+        """Per-class float64 sums of the scores (correctly rounded from the exact sums)."""
+        return {k: exactsum.to_float(v) for k, v in self.exact.items()}
+
     def add(self, keys: torch.Tensor, scores: torch.Tensor, indices: Sequence[int] | None = None) -> None:
         """Accumulate ``scores`` [B, num_cuts] under class ``keys`` [B]; ``indices`` are the images'
         global indices, which fix their bootstrap weights (default: the order they were added in)."""
         s = scores.detach().double().cpu().numpy()
         key_list = keys.tolist()
-        for key, row, fixed in zip(key_list, s, exactsum.to_fixed(s), strict=True):
-            self.sums.setdefault(key, np.zeros(self.num_cuts))
-            self.sums[key] += row
+        for key, fixed in zip(key_list, exactsum.to_fixed(s), strict=True):
             self.counts[key] = self.counts.get(key, 0) + 1
             exactsum.add_into(self.exact.setdefault(key, [0] * self.num_cuts), fixed)
         if self.boot is not None:
@@ -82,9 +84,7 @@ class Importance:
         """Add ``other`` (the same cuts, another part of the images) into this one."""
         if other.num_cuts != self.num_cuts:
             raise ValueError(f"cannot merge importance of {other.num_cuts} cuts into {self.num_cuts}")
-        for key in sorted(other.sums):
-            self.sums.setdefault(key, np.zeros(self.num_cuts))
-            self.sums[key] += other.sums[key]
+        for key in sorted(other.exact):
             self.counts[key] = self.counts.get(key, 0) + other.counts[key]
             exactsum.add_into(self.exact.setdefault(key, [0] * self.num_cuts), other.exact[key])
         if (self.boot is None) != (other.boot is None):
@@ -108,7 +108,7 @@ class Importance:
 
     def cui(self, classes: Sequence[int] | None = None) -> np.ndarray:
         """CUI per cut over all images, or over the images whose class key is in ``classes``."""
-        keys = list(self.sums) if classes is None else [k for k in classes if k in self.sums]
+        keys = list(self.exact) if classes is None else [k for k in classes if k in self.exact]
         n = sum(self.counts[k] for k in keys)
         if n == 0:
             raise BadInputError("no images of the requested classes: pick classes that occur in the data")
