@@ -43,7 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from isplit_export.errors import BadInputError
-from isplit_export.exporting.encoding import BoundaryEncoding, calibrate_encoding, decode_array, encode_array
+from isplit_export.exporting.encoding import (
+    BoundaryEncoding,
+    calibrate_encoding,
+    decode_array,
+    element_bytes,
+    encode_array,
+)
 
 if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut
@@ -53,9 +59,6 @@ FINETUNE = ("none", "tail")
 
 MAX_STRIDE = 8
 """Largest spatial stride of the encoder: beyond it the decoder has too little to upsample from."""
-
-ENCODING_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-"""Bytes per transmitted code element for each boundary encoding."""
 
 DEFAULT_ENCODING = "int8"
 """Boundary encoding of the code when ``--bottleneck`` is given and ``--boundary`` is not."""
@@ -219,7 +222,7 @@ def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
             f"cut {cut.index} ({cut.node}) has boundary shape {dims} ({layout}): --bottleneck needs an NCHW, "
             "NHWC or token feature map"
         )
-    bpe = ENCODING_BYTES[encoding]
+    bpe = element_bytes(encoding)
     total = c * h * w
     budget = spec.elements(total, bpe)
     if budget > total:

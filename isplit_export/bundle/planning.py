@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from isplit_export.bundle.selection import OBJECTIVES, Constraints, Selection, select
 from isplit_export.errors import BadInputError
 from isplit_export.files import write_text_atomic
-from isplit_export.targets.cost import Compute, Link, compute_for, cost_rows, parse_link
+from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
 from isplit_export.targets.profiles import TargetProfile, load_target, validate_profile
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
         return ranking.ranked(opts.top)
     if opts.link is None:  # head FLOPs / boundary constraints only: no latency column
         data = ranking.to_json()
-        rows = [{**c, "bytes": _bytes(c["shape"], encoding), "total_ms": None} for c in data["candidates"]]
+        rows = [{**c, "bytes": boundary_bytes(c["shape"], encoding), "total_ms": None} for c in data["candidates"]]
         sel = select(rows, opts.objective, opts.constraints, opts.top)
     else:
         block, sel = build_cost(
@@ -101,12 +101,6 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
         )  # fmt: skip
         ranking.cost = block
     return [ranking.cuts[i] for i in sel.selected]
-
-
-def _bytes(shape: Sequence[int], encoding: str) -> int:
-    from isplit_export.targets.cost import boundary_bytes
-
-    return boundary_bytes(list(shape), encoding)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -116,6 +116,13 @@ class BoundaryEncoding:
         )
 
 
+def element_bytes(name: str) -> int:
+    """Bytes per transmitted element of encoding ``name`` (fp32 4, fp16 2, int8 1)."""
+    if name not in ENCODINGS:
+        raise BadInputError(_unknown(name))
+    return int(np.dtype(_DTYPES[name]).itemsize)
+
+
 def _unknown(name: str) -> str:
     return f"unknown boundary encoding {name!r}: choose one of {', '.join(ENCODINGS)}"
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from isplit_export.errors import BadInputError
+from isplit_export.exporting.encoding import element_bytes
 from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 
-BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 """Bytes per boundary element of each encoding (encoding.ENCODINGS)."""
 
 
@@ -162,9 +162,7 @@ def cut_cost(
 
 def boundary_bytes(shape: list[int], encoding: str) -> int:
     """Bytes of a boundary of ``shape`` (batch 1) under ``encoding``."""
-    if encoding not in BYTES_PER_ELEMENT:
-        raise BadInputError(f"unknown boundary encoding {encoding!r}: choose {', '.join(BYTES_PER_ELEMENT)}")
-    return math.prod(int(d) for d in shape) * BYTES_PER_ELEMENT[encoding]
+    return math.prod(int(d) for d in shape) * element_bytes(encoding)
 
 
 def cost_rows(
