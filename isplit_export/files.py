@@ -34,11 +34,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of a byte string."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def json_dumps(obj: Any) -> str:
     """Canonical JSON text: 2-space indent, insertion order, trailing newline, no NaN."""
     return json.dumps(obj, indent=2, allow_nan=False) + "\n"
