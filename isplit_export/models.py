@@ -347,3 +347,9 @@ def _num_classes(module: nn.Module, prep: Preprocessing, name: str = "the model"
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise BadInputError("the model must return a logits tensor of shape [batch, classes]: wrap it to do so")
     return int(out.shape[1])
+
+
+def forward_batched(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``module(x)`` without gradients, ``batch_size`` images at a time (memory bounded by the batch)."""
+    with torch.no_grad():
+        return torch.cat([module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

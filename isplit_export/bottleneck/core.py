@@ -50,6 +50,7 @@ from isplit_export.exporting.encoding import (
     element_bytes,
     encode_array,
 )
+from isplit_export.models import forward_batched
 
 if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut
@@ -331,14 +332,12 @@ class Trained:
 
     def code(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """The float code of inputs ``x`` (before the boundary encoding)."""
-        with torch.no_grad():
-            return _batched(self.head, x, batch_size).numpy()
+        return forward_batched(self.head, x, batch_size).numpy()
 
     def logits_from_code(self, code: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Tail logits for a *transmitted* code (uint8/fp16/fp32 as the encoding sends it)."""
         z = torch.from_numpy(np.ascontiguousarray(decode_array(code, self.encoding), dtype=np.float32))
-        with torch.no_grad():
-            return _batched(self.tail, z, batch_size).numpy()
+        return forward_batched(self.tail, z, batch_size).numpy()
 
     def logits(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """What the deployed pair computes: head+encoder, the boundary codec, decoder+tail (PyTorch)."""
@@ -406,8 +405,7 @@ def train(
     with deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            a = channels_first(_batched(head, x_train, batch_size), p.layout).double()
+        a = channels_first(forward_batched(head, x_train, batch_size), p.layout).double()
         mean = a.mean(dim=(0, 2, 3))
         std = a.std(dim=(0, 2, 3))
         std = std.clamp_min(0.01 * float(std.mean()) + 1e-12)  # near-dead channels must not dominate the MSE
@@ -467,8 +465,7 @@ def train(
             param.requires_grad_(False)
     # eval() on the wrappers too: torch.onnx.export restores the *top* module's mode recursively afterwards
     pair_head, pair_tail = BottleneckHead(head, encoder).eval(), BottleneckTail(decoder, student_tail).eval()
-    with torch.no_grad():
-        codes = _batched(pair_head, x_train, batch_size).numpy()
+    codes = forward_batched(pair_head, x_train, batch_size).numpy()
     enc = calibrate_encoding(encoding, codes)
     summary = {
         "steps": step,
@@ -508,10 +505,6 @@ def cut_seed(seed: int, cut_index: int) -> int:
     return int.from_bytes(
         hashlib.sha256(f"isplit-bottleneck:{seed}:{cut_index}".encode()).digest()[:4], "little"
     )
-
-
-def _batched(module: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def _round(v: float | None, digits: int = 9) -> float | None:

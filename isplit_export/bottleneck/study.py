@@ -40,6 +40,7 @@ from isplit_export.bottleneck.core import (
     train,
 )
 from isplit_export.errors import BadInputError
+from isplit_export.models import forward_batched
 from isplit_export.options import RankOptions, make_options
 from isplit_export.verification.metrics import bootstrap_ci, kendall_tau, spearman
 
@@ -169,10 +170,7 @@ def prepare(options: StudyOptions) -> StudyContext:
     train_idx, held_idx = split_holdout(names, opts.bn.holdout, opts.seed)
     x_train, x_held = x[train_idx], x[held_idx]
     lab = labels.numpy()[held_idx]
-    with torch.no_grad():
-        y_full = torch.cat(
-            [ranked.model.module(x_held[i : i + 64]) for i in range(0, len(x_held), 64)]
-        ).numpy()
+    y_full = forward_batched(ranked.model.module, x_held, 64).numpy()
     cui = ranked.ranking.cui
     cui_all = None
     mask = None

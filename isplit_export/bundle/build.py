@@ -35,6 +35,7 @@ from isplit_export.exporting.encoding import (
 from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
 from isplit_export.exporting.onnx_utils import OPSET, save_model
 from isplit_export.files import atomic_directory, check_out, save_npz, sha256_file, write_json
+from isplit_export.models import forward_batched
 from isplit_export.options import ExportOptions, make_options
 from isplit_export.ranking.graph import Cut
 from isplit_export.targets.profiles import TargetProfile, load_target
@@ -108,9 +109,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         x_train, x, labels = x[train_idx], x[held_idx], labels[held_idx]
         names = [names[i] for i in held_idx]
     module = ranked.model.module
-    with torch.no_grad():
-        ref_logits = _batched(module, x, opts.batch_size)
-    y_ref = ref_logits.numpy()
+    y_ref = forward_batched(module, x, opts.batch_size).numpy()
     lab = labels.numpy()
 
     with atomic_directory(out, force=opts.force) as tmp:
@@ -201,8 +200,7 @@ def _export_split(
         head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
         if train_seconds is not None:
             train_seconds[rel] = round(trained.seconds, 3)
-    with torch.no_grad():
-        boundary_fp32 = _batched(head_gm, x, batch_size)
+    boundary_fp32 = forward_batched(head_gm, x, batch_size)
     enc = trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
     head_path, tail_path = sdir / "head.onnx", sdir / "tail.onnx"
     save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc), head_path)
@@ -380,10 +378,6 @@ def _manifest(
 def _hash_files(root: Path) -> dict[str, dict[str, Any]]:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}
-
-
-def _batched(module: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def _round(v: float | None, digits: int = 9) -> float | None:
