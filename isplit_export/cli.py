@@ -158,6 +158,10 @@ def export_cmd(
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
     ] = None,
+    triton: Annotated[
+        bool | None,
+        typer.Option("--triton/--no-triton", help="write OUT/triton/ (default: when the tail runs on a server)"),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
@@ -172,7 +176,7 @@ def export_cmd(
         progress=sys.stderr.isatty(), bootstrap=bootstrap, link=link, objective=objective, server=server,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
         constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
-        weights_layout=weights_layout, summary_json=summary_json,
+        weights_layout=weights_layout, summary_json=summary_json, triton=triton,
     )  # fmt: skip
     result = export(options)
     if result.rank.ranking.cost is not None:
@@ -373,6 +377,38 @@ def plan_cmd(
     typer.echo(result.table())
     if result.written is not None:
         typer.echo(f"wrote {result.written}")
+
+
+def _given(**fields: object) -> dict[str, object]:
+    """The options given on the command line (a None flag means: the options dataclass's default)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
+    split: Annotated[
+        str | None, typer.Option("--split", help="serve split N only, or 'all' (default: all)")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on (default: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="gRPC port (default: 8001)")] = None,
+    http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP/REST port (default: --port + 1)")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="onnxruntime threads per tail (default: 0, all cores)")
+    ] = None,
+) -> None:
+    """Serve the bundle's tails over the Open Inference Protocol (gRPC + HTTP) with MLServer (verifies first)."""
+    from isplit_export.errors import BadInputError
+    from isplit_export.options import ServeOptions
+    from isplit_export.serving.serve import serve
+
+    n: int | None = None
+    if split is not None and split.strip().lower() != "all":
+        if not split.strip().isdigit():
+            raise BadInputError(f"--split {split!r}: pass a split number (as in splits/NN-*) or 'all'")
+        n = int(split)
+    serve(ServeOptions(**_given(bundle=bundle, split=n, host=host, port=port, http_port=http_port,  # type: ignore[arg-type]
+                                threads=threads)))  # fmt: skip
 
 
 @app.command("build-engines")

@@ -136,6 +136,11 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         from isplit_export.exporting.weights import inline_info, share_weights
 
         weights = share_weights(tmp, splits) if opts.weights_layout == "shared" else inline_info()
+        triton = None
+        from isplit_export.serving.triton import wants_repository, write_repository
+
+        if wants_repository(profile.kind, opts.triton):  # OUT/triton/: the tails as Triton models (hashed below)
+            triton = write_repository(tmp, splits, model=ranked.model.name)
         full_acc = accuracy(y_ref, lab)
         summary = _summary(splits, encoding_name, full_acc)
         if bn is not None and len(splits) < MIN_SPLITS_TO_CONCLUDE:
@@ -146,6 +151,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             )
         manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
         manifest["weights"] = weights
+        if triton is not None:
+            manifest["triton"] = triton
         manifest["files"] = _hash_files(tmp)
         report = render_report({**manifest, "run": {"latency_ms": latency}}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")

@@ -1,0 +1,187 @@
+"""The one place :mod:`isplit_export.serving` reads a bundle: manifest fields, split entries, paths, hashes.
+
+Everything the serve and run jobs (and the Triton repository writer) need from a bundle comes through
+here, on top of the bundle readers of :mod:`isplit_export.verification.verify` (``load_manifest``,
+``check_files``, ``_select``, ``_split_file``, ``_encoding``, ``_load_golden``). When the bundle
+contract gets its own module, only this file changes.
+
+A bundle is untrusted input: every path is resolved by the contract's readers (inside the bundle, no
+``..``), every file is re-hashed before it is served or run (:func:`open_bundle` with ``verify``), and
+a modified file is a :class:`~isplit_export.errors.GateFailedError` naming it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isplit_export.errors import BadInputError
+from isplit_export.exporting.encoding import BoundaryEncoding
+from isplit_export.files import sha256_file
+from isplit_export.verification import verify as _contract
+
+TRITON_DIR = "triton"
+"""The Triton model repository inside a bundle (``OUT/triton/``)."""
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def model_name(entry: Mapping[str, Any]) -> str:
+    """The served model name of a split entry: its folder name (``01-features.3``), Triton-safe."""
+    base = str(entry["dir"]).rstrip("/").rsplit("/", 1)[-1]
+    return _NAME_BAD.sub("_", base)
+
+
+def boundary_encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> BoundaryEncoding:
+    """The split's boundary encoding (dtype, scale, zero point) as the manifest records it."""
+    return _contract._encoding(manifest, entry)
+
+
+@dataclass(frozen=True)
+class SplitAccess:
+    """One split of an opened bundle: where its files are and what crosses the wire."""
+
+    pos: int
+    """1-based split number (the ``NN`` of ``splits/NN-*``)."""
+    dir: str
+    node: str
+    index: int | None
+    """The cut's index in the ranking (``plan`` keys measured figures by it)."""
+    model: str
+    """Served model name (Triton / MLServer)."""
+    head: Path
+    tail: Path
+    golden: Path
+    encoding: BoundaryEncoding
+    shape: tuple[int, ...]
+    """Boundary shape of one image, without the batch axis."""
+    bytes_per_image: int
+    split_dir: Path
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The transmitted dtype (float32, float16 or uint8)."""
+        return np.dtype(self.encoding.dtype)
+
+    def load_golden(self) -> dict[str, np.ndarray]:
+        """The split's golden ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown)."""
+        return _contract._load_golden(self.golden, self.dir + "/golden.npz")
+
+
+@dataclass(frozen=True)
+class BundleAccess:
+    """An opened (and, by default, re-hashed) bundle."""
+
+    root: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    splits: tuple[SplitAccess, ...]
+    full: Path | None
+    """``full.onnx`` when the manifest lists it: the run's agreement reference."""
+
+    @property
+    def input_name(self) -> str:
+        return str((self.manifest.get("input") or {}).get("name", "input"))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one preprocessed image."""
+        shape = (self.manifest.get("input") or {}).get("shape") or []
+        dims = tuple(int(d) for d in shape[1:] if isinstance(d, int))
+        if len(dims) != 3:
+            raise BadInputError("manifest.json input has no (C, H, W) shape: rebuild the bundle")
+        return dims
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The manifest's preprocessing block (resize, crop, mean, std, channels, interpolation)."""
+        prep = self.manifest.get("preprocessing")
+        if not isinstance(prep, dict):
+            raise BadInputError("manifest.json has no preprocessing block: rebuild the bundle")
+        return prep
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = (self.manifest.get("model") or {}).get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    @property
+    def target(self) -> dict[str, Any]:
+        return dict(self.manifest.get("target") or {})
+
+    def split(self, pos: int) -> SplitAccess:
+        for s in self.splits:
+            if s.pos == pos:
+                return s
+        raise BadInputError(f"split {pos} is not selected: pass --split {self.splits[0].pos}")
+
+
+def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str, Any]) -> SplitAccess:
+    enc = boundary_encoding(manifest, entry)
+    b = entry.get("boundary") or {}
+    shape = tuple(int(d) for d in (b.get("shape") or [])[1:])
+    if not shape or any(d < 1 for d in shape):
+        raise BadInputError(f"manifest.json split {entry['dir']} has no boundary shape: rebuild the bundle")
+    nbytes = b.get("bytes_per_image")
+    if not isinstance(nbytes, int) or nbytes < 1:
+        raise BadInputError(f"manifest.json split {entry['dir']} has no boundary bytes_per_image: rebuild the bundle")
+    index = entry.get("index")
+    return SplitAccess(
+        pos=pos,
+        dir=str(entry["dir"]),
+        node=str(entry.get("node", "")),
+        index=int(index) if isinstance(index, int) else None,
+        model=model_name(entry),
+        head=_contract._split_file(bundle, manifest, entry, "head"),
+        tail=_contract._split_file(bundle, manifest, entry, "tail"),
+        golden=_contract._split_file(bundle, manifest, entry, "golden"),
+        encoding=enc,
+        shape=shape,
+        bytes_per_image=nbytes,
+        split_dir=_contract._bundle_path(bundle, entry["dir"]),
+    )
+
+
+def open_bundle(bundle: Path | str, split: int | None = None, *, verify: bool = True) -> BundleAccess:
+    """Read ``bundle``'s manifest, select ``split`` (None: all) and, with ``verify``, re-hash every file.
+
+    Raises :class:`BadInputError` (no bundle, bad manifest, split out of range) or
+    :class:`GateFailedError` naming the first missing or modified file.
+    """
+    root = Path(bundle)
+    manifest = _contract.load_manifest(root)
+    selected = _contract._select(manifest, split)
+    if verify:
+        _contract.check_files(root, manifest)
+    files = manifest["files"]
+    full = _contract._bundle_path(root, "full.onnx") if "full.onnx" in files else None
+    return BundleAccess(
+        root=root,
+        manifest=manifest,
+        manifest_sha256=sha256_file(root / "manifest.json"),
+        splits=tuple(_split(root, manifest, pos, entry) for pos, entry in selected),
+        full=full,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# at build time: the split entries before the manifest exists (the Triton repository writer)
+
+
+def entry_tail(entry: Mapping[str, Any]) -> str:
+    """The bundle-relative path of a split entry's tail ONNX."""
+    rel = (entry.get("files") or {}).get("tail")
+    if not isinstance(rel, str):
+        raise BadInputError(f"split {entry.get('dir')} has no tail file: rebuild the bundle")
+    return rel
+
+
+def entry_engine_plan(entry: Mapping[str, Any]) -> str | None:
+    """The bundle-relative path of a split entry's ``engine_plan.json`` (TensorRT targets), if any."""
+    rel = (entry.get("files") or {}).get("engine_plan_json")
+    return rel if isinstance(rel, str) else None

@@ -1,0 +1,205 @@
+"""The Triton model repository of a bundle (``OUT/triton/``): one Triton model per exported tail.
+
+    OUT/triton/01-features.3/config.pbtxt              platform onnxruntime_onnx (the default config)
+    OUT/triton/01-features.3/configs/tensorrt.pbtxt    x86-tensorrt bundles: platform tensorrt_plan
+    OUT/triton/01-features.3/1/model.onnx              the tail ONNX, byte for byte
+    OUT/triton/01-features.3/1/weights/<pack>.bin      hard link (or copy) of each weight pack it reads
+
+The tail takes the boundary exactly as the head sends it (``boundary``: UINT8, FP16 or FP32) and the
+codec's dequantisation stays inside the ONNX, so the server needs nothing else. Triton, like onnx and
+onnxruntime, refuses external-data locations that leave the model folder (``../``), so the shared
+weight packs the tail points into (``weights/<pack>.bin`` relative to the ONNX) are hard-linked into
+the version folder (copied where hard links are not possible); the manifest hashes them like any file.
+
+``tritonserver --model-repository OUT/triton`` serves the ONNX variant (onnxruntime backend, CUDA
+when the server has a GPU: instance kind ``KIND_AUTO``). For ``x86-tensorrt`` bundles,
+``configs/tensorrt.pbtxt`` is the TensorRT variant, selected with ``--model-config-name=tensorrt``
+(Triton's custom model configurations): it loads ``1/model.plan``, the tail engine that the split's
+build plan makes (``splits/NN-*/engines/tail.<precision>.engine``, copied there after the build,
+see ``docs/serving.md``). Everything here is deterministic text, so the bundle stays byte-reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from isplit_export.errors import BadInputError, TechnicalError
+from isplit_export.serving.bundle_access import TRITON_DIR, entry_engine_plan, entry_tail, model_name
+
+MAX_BATCH_SIZE = 8
+"""``max_batch_size`` of every model (the engine plans' ``max_batch`` too): dynamic batching merges up to 8."""
+MAX_QUEUE_DELAY_US = 100
+"""Dynamic batching waits at most 100 µs for company: negligible next to a network hop."""
+VERSION = "1"
+TENSORRT_CONFIG = "tensorrt"
+"""Name of the TensorRT variant (``configs/tensorrt.pbtxt``, ``--model-config-name=tensorrt``)."""
+SERVER_KINDS = ("jetson", "server")
+"""Target kinds whose bundles get a repository by default: the tail runs on a server (or is one)."""
+
+TRITON_TYPES: dict[int, str] = {
+    TensorProto.FLOAT: "TYPE_FP32",
+    TensorProto.FLOAT16: "TYPE_FP16",
+    TensorProto.DOUBLE: "TYPE_FP64",
+    TensorProto.UINT8: "TYPE_UINT8",
+    TensorProto.INT8: "TYPE_INT8",
+    TensorProto.INT32: "TYPE_INT32",
+    TensorProto.INT64: "TYPE_INT64",
+    TensorProto.BOOL: "TYPE_BOOL",
+}
+"""ONNX element type -> Triton model-config ``data_type``."""
+
+
+def wants_repository(target_kind: str, flag: bool | None) -> bool:
+    """``--triton`` / ``--no-triton`` decide; by default the bundles whose tail runs on a server."""
+    return flag if flag is not None else target_kind in SERVER_KINDS
+
+
+def tensor_spec(path: Path, *, output: bool) -> tuple[str, str, list[int]]:
+    """(name, Triton data_type, dims with -1 for a dynamic axis) of an ONNX model's only input/output."""
+    model = onnx.load(str(path), load_external_data=False)
+    values = model.graph.output if output else model.graph.input
+    inits = {i.name for i in model.graph.initializer}
+    values = [v for v in values if v.name not in inits]
+    if len(values) != 1:
+        what = "outputs" if output else "inputs"
+        raise TechnicalError(f"{path.name} has {len(values)} {what}, a Triton tail model needs exactly 1")
+    v = values[0]
+    elem = v.type.tensor_type.elem_type
+    if elem not in TRITON_TYPES:
+        raise TechnicalError(f"{path.name}: {v.name} has ONNX element type {elem}, which Triton cannot serve")
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in v.type.tensor_type.shape.dim]
+    return v.name, TRITON_TYPES[elem], dims
+
+
+def _batched(dims: list[int]) -> tuple[int, list[int]]:
+    """(max_batch_size, dims without the batch axis) for a dynamic first axis, else (0, dims)."""
+    if dims and dims[0] == -1:
+        return MAX_BATCH_SIZE, dims[1:]
+    return 0, dims
+
+
+def config_text(
+    name: str, platform: str, inp: tuple[str, str, list[int]], out: tuple[str, str, list[int]], *,
+    max_batch: int, kind: str, comment: str, model_file: str | None = None,
+) -> str:  # fmt: skip
+    """A ``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``), deterministic."""
+
+    def tensor(t: tuple[str, str, list[int]], dims: list[int]) -> list[str]:
+        return ["  {", f'    name: "{t[0]}"', f"    data_type: {t[1]}",
+                f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }"]  # fmt: skip
+
+    in_dims = inp[2][1:] if max_batch else inp[2]
+    out_dims = out[2][1:] if max_batch else out[2]
+    lines = [f"# {comment}", f'name: "{name}"', f'platform: "{platform}"']
+    if model_file is not None:
+        lines.append(f'default_model_filename: "{model_file}"')
+    lines += [f"max_batch_size: {max_batch}", "input [", *tensor(inp, in_dims), "]",
+              "output [", *tensor(out, out_dims), "]"]  # fmt: skip
+    if max_batch:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}", "}"]
+    lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
+    return "\n".join(lines) + "\n"
+
+
+def _external_locations(path: Path) -> list[str]:
+    """The distinct external-data files an ONNX model reads, relative to its folder, in order."""
+    model = onnx.load(str(path), load_external_data=False)
+    seen: list[str] = []
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), None)
+        p = PurePosixPath(loc) if loc else None
+        if p is None or p.is_absolute() or ".." in p.parts:
+            raise TechnicalError(f"{path.name}: external data location {loc!r} leaves the model folder")
+        if loc not in seen:
+            seen.append(str(loc))
+    return seen
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: a copy serves the same
+        shutil.copyfile(src, dst)
+
+
+def _tensorrt_variant(root: Path, entry: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """Write ``configs/tensorrt.pbtxt`` from the split's engine plan; None when it has no plan."""
+    plan_rel = entry_engine_plan(entry)
+    if plan_rel is None:
+        return None
+    plan = json.loads((root / plan_rel).read_text(encoding="utf-8"))
+    tail = plan["engines"]["tail"]
+    split_dir = PurePosixPath(str(entry["dir"]))
+    onnx_path = root / split_dir / str(tail["onnx"])  # relative to the split folder (may be ../../x.onnx)
+    engine = (split_dir / str(tail["engine"])).as_posix()
+    inp = tensor_spec(onnx_path, output=False)
+    out = tensor_spec(onnx_path, output=True)
+    max_batch = int(tail["input"]["max"][0]) if inp[2] and inp[2][0] == -1 else 0
+    text = config_text(
+        name, "tensorrt_plan", inp, out, max_batch=max_batch, kind="KIND_GPU", model_file="model.plan",
+        comment=(f"TensorRT variant ({plan['precision']}) of split {entry['dir']}: select it with "
+                 f"tritonserver --model-config-name={TENSORRT_CONFIG}; it loads {VERSION}/model.plan, "
+                 f"the engine {engine} that the split's build plan makes (copy it there after building)"),
+    )  # fmt: skip
+    rel = f"{TRITON_DIR}/{name}/configs/{TENSORRT_CONFIG}.pbtxt"
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(text, encoding="utf-8")
+    return {"config": rel, "engine": engine, "install_to": f"{TRITON_DIR}/{name}/{VERSION}/model.plan",
+            "precision": plan["precision"], "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]}}  # fmt: skip
+
+
+def write_repository(root: Path, splits: Sequence[Mapping[str, Any]], *, model: str) -> dict[str, Any]:
+    """Write ``root/triton/`` for the split entries (before the manifest is hashed); returns its manifest block.
+
+    ``root`` is the bundle being built; each entry's ``files.tail`` is its tail ONNX (relative to
+    ``root``), ``files.engine_plan_json`` (TensorRT targets) its build plan.
+    """
+    models: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for entry in splits:
+        name = model_name(entry)
+        if name in names:
+            raise BadInputError(f"two splits map to the Triton model name {name}: rebuild with distinct cuts")
+        names.add(name)
+        tail = root / entry_tail(entry)
+        inp, out = tensor_spec(tail, output=False), tensor_spec(tail, output=True)
+        max_batch, _ = _batched(inp[2])
+        vdir = root / TRITON_DIR / name / VERSION
+        vdir.mkdir(parents=True)
+        shutil.copyfile(tail, vdir / "model.onnx")
+        linked = []
+        for loc in _external_locations(tail):
+            _link_or_copy(tail.parent / loc, vdir / loc)
+            linked.append(f"{TRITON_DIR}/{name}/{VERSION}/{loc}")
+        text = config_text(
+            name, "onnxruntime_onnx", inp, out, max_batch=max_batch, kind="KIND_AUTO",
+            comment=f"{model} tail of split {entry['dir']} (boundary -> logits), written by isplit-export",
+        )  # fmt: skip
+        (root / TRITON_DIR / name / "config.pbtxt").write_text(text, encoding="utf-8")
+        record: dict[str, Any] = {
+            "split": str(entry["dir"]),
+            "name": name,
+            "platform": "onnxruntime_onnx",
+            "config": f"{TRITON_DIR}/{name}/config.pbtxt",
+            "model": f"{TRITON_DIR}/{name}/{VERSION}/model.onnx",
+            "weights": linked,
+            "max_batch_size": max_batch,
+            "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]},
+            "output": {"name": out[0], "data_type": out[1], "dims": out[2]},
+        }
+        trt = _tensorrt_variant(root, entry, name)
+        if trt is not None:
+            record["tensorrt"] = trt
+        models.append(record)
+    return {"repository": TRITON_DIR, "version": VERSION, "models": models}
