@@ -41,7 +41,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int8)": "int8", "tensor(int64)": "int64"}  # fmt: skip
 
 
-class OnnxTailRuntime(MLModel):  # type: ignore[misc]  # mlserver ships no type hints
+class OnnxTailRuntime(MLModel):
     """One tail ONNX in an onnxruntime session, served as one model."""
 
     async def load(self) -> bool:
@@ -84,7 +84,7 @@ class OnnxTailRuntime(MLModel):  # type: ignore[misc]  # mlserver ships no type 
         x = self._check(payload)
         t0 = time.perf_counter()
         logits = self._session.run([self._output], {self._input: x})[0]
-        compute_us = int(round((time.perf_counter() - t0) * 1e6))
+        compute_us = round((time.perf_counter() - t0) * 1e6)
         out: ResponseOutput = NumpyCodec.encode_output(name="logits", payload=np.asarray(logits))
         return InferenceResponse(
             model_name=self.name,

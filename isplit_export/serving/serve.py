@@ -66,7 +66,7 @@ def model_settings(bundle: BundleAccess, threads: int) -> list[Any]:
                     uri=str(s.tail.resolve()), version="1",
                     extra={"threads": threads, "sha256": files[rel]["sha256"], "split": s.dir, "file": rel},
                 ),
-            )  # fmt: skip
+            )
         )
     return out
 
