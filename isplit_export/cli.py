@@ -411,6 +411,48 @@ def serve_cmd(
                                 threads=threads)))  # fmt: skip
 
 
+@app.command("run")
+def run_cmd(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
+    server: Annotated[str, typer.Option("--server", help="HOST:PORT of the server (isplit-export serve / Triton)")],
+    split: Annotated[int | None, typer.Option("--split", help="split N (default: 1)")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="images to send (default: the split's golden inputs)")
+    ] = None,
+    images: Annotated[int | None, typer.Option("--images", help="use at most N images")] = None,
+    requests: Annotated[int | None, typer.Option("--requests", help="send N requests, cycling over the images")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="send for S seconds instead")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="requests in flight (default: 1)")] = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", help="grpc (default) or http (JSON)")] = None,
+    timeout_ms: Annotated[float | None, typer.Option("--timeout-ms", help="per-attempt timeout (default: 1000)")] = None,
+    retries: Annotated[int | None, typer.Option("--retries", help="retries per request (default: 6)")] = None,
+    backoff_ms: Annotated[
+        float | None, typer.Option("--backoff-ms", help="first retry's wait, doubling (default: 100)")
+    ] = None,
+    wait: Annotated[float | None, typer.Option("--wait", help="seconds to wait for the server (default: 10)")] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="head runtime: onnxruntime (default) or tensorrt")
+    ] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime threads of the head (default: 1)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="run.json path (default: BUNDLE/run.json)")] = None,
+) -> None:
+    """Run the head here against a served tail: every request measured and accounted for; writes run.json.
+
+    Exit codes: 0 ok, 1 a check failed, 5 no server at --server, 6 requests failed after retries.
+    """
+    from isplit_export.options import RunOptions
+    from isplit_export.serving.run import format_run, run
+
+    options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,  # type: ignore[arg-type]
+                                  requests=requests, duration_s=duration, concurrency=concurrency, protocol=protocol,
+                                  timeout_ms=timeout_ms, retries=retries, backoff_ms=backoff_ms, wait_s=wait,
+                                  backend=backend, threads=threads, out=out))  # fmt: skip
+    result = run(options)
+    typer.echo(format_run(result.data, result.written))
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
 @app.command("build-engines")
 def build_engines_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written with a TensorRT target")],
