@@ -4,12 +4,15 @@
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only
     isplit-export study MODEL [--cuts candidates|all] [--bottleneck 1/16|2KiB] [--data DIR] [--classes a,b]
     isplit-export verify BUNDLE [--backend onnxruntime|tensorrt] [--split N]
-    isplit-export plan BUNDLE --link L [--objective O] [...]    re-plan a bundle for a link (torch-free)
+    isplit-export plan BUNDLE [--link L] [--objective O] [...]  re-plan a bundle for a link (torch-free)
+    isplit-export serve BUNDLE [--split N|all] [--port P]       serve the tails (MLServer, gRPC + HTTP)
+    isplit-export run BUNDLE --server H:P [--requests N]        head here, tail on the server: run.json
     isplit-export build-engines BUNDLE [--split N]              on the device (TensorRT)
     isplit-export targets | models
 
 Exit codes: 0 passed, 1 a gate failed or the bundle was tampered with, 2 bad input, 3 technical
-failure, 4 a check that could not run here (e.g. TensorRT without a GPU).
+failure, 4 a check that could not run here (e.g. TensorRT without a GPU); ``run``: 5 no server at
+--server, 6 requests failed after their retries (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -347,7 +350,10 @@ def verify_cmd(
 @app.command("plan")
 def plan_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    link: Annotated[str, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")],
+    link: Annotated[
+        str | None,
+        typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured (default: run.json's)"),
+    ] = None,
     objective: Annotated[
         str | None, typer.Option("--objective", help="cui, latency or balanced (default: the export's)")
     ] = None,

@@ -17,6 +17,12 @@ constraints, and with the latencies measured so far in place of the estimates:
 - ``verify.json`` rows that carry ``latency_ms`` (``head_ms``, ``tail_ms``) from ``verify --backend
   tensorrt`` on the device, at the device's precision: the head replaces the device estimate.
 
+- ``run.json`` (``isplit-export run`` against a served tail, :mod:`isplit_export.serving.run`): the served
+  tail's compute time replaces the server estimate, the head's time the device estimate when the run's
+  backend is the device's, and with ``--link measured`` (the default when ``--link`` is omitted) the
+  measured link time (round trip minus server compute) replaces the link estimate; splits not run get
+  the run's effective rate (bytes / link time). Each figure is flagged ``measured`` with its source.
+
 It writes ``plan.json`` into the bundle (an output, like ``verify.json``: not listed in the manifest,
 not hashed) unless ``write=False``.
 """
@@ -183,8 +189,66 @@ def _measured(
     return out
 
 
+MEASURED_LINK = "measured"
+"""``plan --link measured`` (the default when run.json exists): the link as ``isplit-export run`` measured it."""
+
+
+def _run_measured(
+    bundle: Path, manifest: Mapping[str, Any], device_backend: str, link_measured: bool
+) -> dict[Any, dict[str, Any]]:
+    """Measured figures by cut index from ``run.json`` (``isplit-export run``): server compute (p50), the
+    link (round trip p50 minus server compute, only with ``--link measured``) and the head when the run's
+    backend is the device's."""
+    from isplit_export.files import sha256_file
+    from isplit_export.serving.run import load_runs
+
+    mpath = bundle / "manifest.json"
+    runs = load_runs(bundle, sha256_file(mpath) if mpath.is_file() else None)
+    out: dict[Any, dict[str, Any]] = {}
+    for r in runs.values():
+        if not isinstance(r, dict) or not isinstance(r.get("index"), int) or not (r.get("images") or {}).get("ok"):
+            continue
+        where = f"{(r.get('server') or {}).get('protocol')} {(r.get('server') or {}).get('address')}, run.json"
+        srv = (r.get("server_compute") or {}).get("ms") or {}
+        row: dict[str, Any] = {}
+        server_ms = srv.get("p50", srv.get("mean"))
+        if server_ms is not None:
+            row.update(server_ms=server_ms, server=f"served tail compute p50 ({where})")
+        if link_measured and r.get("link_ms_p50") is not None:
+            row.update(link_ms=r["link_ms_p50"], link=f"round trip p50 minus server compute ({where})")
+        head = ((r.get("latency_ms") or {}).get("head") or {}).get("p50")
+        if head is not None and r.get("backend") == device_backend:
+            row.update(device_ms=head, device=f"head p50, {r.get('backend')} on {r.get('host')} (run.json)")
+        if row:
+            out[int(r["index"])] = row
+    return out
+
+
+def _measured_link(bundle: Path, manifest: Mapping[str, Any]) -> Link:
+    """The link of ``--link measured``: run.json's bytes over its measured link time, as a rate with RTT 0.
+
+    Splits that were run use their own measured link time; the rate estimates the others.
+    """
+    from isplit_export.files import sha256_file
+    from isplit_export.serving.run import load_runs
+
+    mpath = bundle / "manifest.json"
+    runs = load_runs(bundle, sha256_file(mpath) if mpath.is_file() else None)
+    pairs = [(float((r.get("bytes") or {}).get("bundle_bytes_per_image") or 0), float(r["link_ms_p50"]))
+             for r in runs.values() if isinstance(r, dict) and r.get("link_ms_p50")]  # fmt: skip
+    total_ms = sum(ms for _, ms in pairs)
+    if not pairs or total_ms <= 0:
+        raise BadInputError(
+            f"no measured link in {bundle / 'run.json'}: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>], "
+            "or run `isplit-export run` against a served tail first"
+        )
+    mbit = sum(b for b, _ in pairs) * 8 / (total_ms * 1e3)
+    return Link("measured", float(f"{mbit:.6g}"), 0.0,
+                f"run.json: {len(pairs)} split(s) run; effective rate = bytes / (round trip - server compute)")  # fmt: skip
+
+
 def plan(
-    bundle: Path | str, *, link: str, objective: str | None = None, constraints: Constraints | None = None,
+    bundle: Path | str, *, link: str | None = None, objective: str | None = None, constraints: Constraints | None = None,
     server: str | None = None, top: int | None = None, measured: bool = True, write: bool = True,
 ) -> PlanResult:  # fmt: skip
     """Re-plan an exported bundle for ``link`` (torch-free); see the module docstring.
@@ -196,10 +260,13 @@ def plan(
     bundle = Path(bundle)
     if objective is not None and objective not in OBJECTIVES:
         raise BadInputError(f"unknown --objective {objective!r}: choose {', '.join(OBJECTIVES)}")
-    lk = parse_link(link)
     if not bundle.is_dir():
         raise BadInputError(f"bundle directory {bundle} not found: pass the --out folder of an isplit-export run")
     manifest = _read_json(bundle / "manifest.json", "manifest")
+    if link is None and not measured:
+        raise BadInputError("--estimated needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
+    link_measured = measured and (link is None or link.strip().lower() == MEASURED_LINK)
+    lk = _measured_link(bundle, manifest) if link_measured else parse_link(str(link))
     ranking = _read_json(bundle / str((manifest.get("ranking") or {}).get("file", "ranking.json")), "ranking")
     target_json = manifest.get("target")
     if not isinstance(target_json, dict) or "name" not in target_json:
@@ -220,6 +287,9 @@ def plan(
         if isinstance(s.get("boundary"), dict) and s["boundary"].get("bytes_per_image") is not None
     }
     meas = _measured(bundle, manifest, device, device_profile.backend, srv, server_profile.backend) if measured else {}
+    if measured:  # what `isplit-export run` measured over a real connection wins over the build host's figures
+        for key, row in _run_measured(bundle, manifest, device_profile.backend, link_measured).items():
+            meas.setdefault(key, {}).update(row)
     k = top if top is not None else (manifest.get("ranking") or {}).get("top")
     block, sel = build_cost(ranking, device, srv, lk, encoding, objective=objective, constraints=constraints, top=k,
                             bytes_override=bytes_override, measured=meas)  # fmt: skip

@@ -137,7 +137,7 @@ def cut_cost(
     head_flops: float, tail_flops: float, nbytes: int, device: Compute, server: Compute, link: Link,
     measured: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The cost row of one cut (or a baseline); ``measured`` may hold ``device_ms`` / ``server_ms`` and sources."""
+    """The cost row of one cut (or a baseline); ``measured`` may hold ``device_ms`` / ``link_ms`` / ``server_ms`` and sources."""
     measured = measured or {}
     device_ms = measured.get("device_ms")
     device_ms = float(device_ms) if device_ms is not None else (device.ms(head_flops) if head_flops else 0.0)
@@ -146,6 +146,9 @@ def cut_cost(
     sends = tail_flops > 0
     transfer = link.transfer_ms(nbytes) if sends else 0.0
     link_ms = transfer + link.rtt_ms if sends else 0.0
+    if sends and measured.get("link_ms") is not None:  # a real round trip minus the server (run.json)
+        link_ms = float(measured["link_ms"])
+        transfer = max(link_ms - link.rtt_ms, 0.0)
     energy = device.power_w * device_ms if device.power_w is not None else None
     return {
         "head_flops": int(head_flops),
@@ -156,7 +159,7 @@ def cut_cost(
         "server_ms": _r(server_ms),
         "total_ms": _r(device_ms + link_ms + server_ms),
         "device_energy_mj": _r(energy),
-        "measured": {k: measured[k] for k in ("device", "server") if measured.get(k)},
+        "measured": {k: measured[k] for k in ("device", "link", "server") if measured.get(k)},
     }
 
 
