@@ -10,7 +10,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 $(BIN)/isplit-export: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[export,dev]"
+	$(BIN)/pip install -q -e ".[export,dev,serve]"
 	# tensorrt-stubs declares a dependency on the real tensorrt wheel, which needs a GPU: stubs only.
 	$(BIN)/pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
 	touch $@

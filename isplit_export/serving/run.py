@@ -532,6 +532,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
     done: list[Request] = []
     lock = threading.Lock()
     wire: list[int] = []
+    flight = [0, 0]  # requests in flight now, most at once
 
     def worker() -> None:
         client = Client(options, split.model)
@@ -547,7 +548,14 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
                     boundary = head(im.x)
                     req.head_ms = (time.perf_counter() - t) * 1e3
                     req.bytes_sent = int(boundary.nbytes)
-                    inp, logits = _send(client, options, boundary, classes, req, sched.stop)
+                    with lock:
+                        flight[0] += 1
+                        flight[1] = max(flight[1], flight[0])
+                    try:
+                        inp, logits = _send(client, options, boundary, classes, req, sched.stop)
+                    finally:
+                        with lock:
+                            flight[0] -= 1
                     if not wire:
                         wire.append(client.wire_bytes(inp))
                     req.logits = logits
@@ -592,6 +600,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
     done.sort(key=lambda r: r.n)
     data = _record(options, bundle, split, source, images, ref, done, goldens, local, wire, wall, rss,
                    stats_before, stats_after, interrupted)  # fmt: skip
+    data["in_flight_max"] = flight[1]
     written = _write(options, bundle, split, data)
     code = 130 if interrupted else _exit_code(data)
     return RunResult(data=data, exit_code=code, written=written, requests=done)

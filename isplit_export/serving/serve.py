@@ -111,8 +111,8 @@ async def _serve(options: ServeOptions, bundle: BundleAccess) -> None:
 
 def serve(options: ServeOptions) -> ServeResult:
     """Verify the bundle, then serve its tails until SIGINT/SIGTERM; see the module docstring."""
+    bundle = open_bundle(options.bundle, options.split, verify=True)  # refuse a modified bundle first
     _require_mlserver()
-    bundle = open_bundle(options.bundle, options.split, verify=True)
     _quiet_logs()
     asyncio.run(_serve(options, bundle))
     log.info("stopped")
