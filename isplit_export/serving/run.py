@@ -707,7 +707,8 @@ def _record(
                   "framing_note": ("gRPC: protobuf ModelInferRequest + 5-byte message prefix; HTTP/2 frame and "
                                    "header bytes not included" if options.protocol == "grpc" else
                                    "HTTP: the JSON request body (numbers as text); HTTP headers not included")},
-        "client_rss_mib": {"start": _r(rss[0]), "end": _r(rss[-1]), "max": _r(max(rss)), "samples": len(rss)} if rss else None,
+        "client_rss_mib": {"start": _r(rss[0]), "quarter": _r(rss[len(rss) // 4]), "end": _r(rss[-1]), "max": _r(max(rss)),
+                           "samples": len(rss)} if rss else None,
         "goldens": goldens,
         "vs_local_pair": vs_pair,
         "task": task,
