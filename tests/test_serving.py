@@ -178,6 +178,9 @@ def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path) -> None:
         assert mc.DataType.Name(config.input[0].data_type) == "TYPE_UINT8"
         for rel in (entry["config"], entry["model"], *entry["weights"]):
             assert rel in m["files"] and ".." not in rel
+        for rel in entry["weights"]:  # the shared pack itself, hard-linked: stored once on disk
+            pack = int8_bundle / "weights" / Path(rel).name
+            assert (int8_bundle / rel).stat().st_ino == pack.stat().st_ino
 
 
 @pytest.mark.e2e
