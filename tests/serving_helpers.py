@@ -71,12 +71,12 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=30)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait (bounded); returns the exit code (killed if it does not stop in time)."""
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
+        """``sig`` (SIGTERM, or SIGINT as Ctrl-C) and wait (bounded); the exit code (killed if it does not stop in time)."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

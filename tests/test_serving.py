@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -266,7 +267,8 @@ def test_server_killed_mid_run_then_restarted(tmp_path: Path, int8_bundle: Path)
         result = run(options, on_result=on_result)
     finally:
         first.kill()
-        second.stop()
+        rc = second.stop(sig=signal.SIGINT)  # Ctrl-C stops it cleanly too
+    assert rc == 0
     counts = result.data["images"]
     assert state["killed"] and state["waited"]
     assert counts["requests"] == 30 and counts["ok"] + counts["failed"] + counts["skipped"] == 30

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,14 @@ def model_settings(bundle: BundleAccess, threads: int) -> list[Any]:
     return out
 
 
+QUIET_LOGS: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {name: {"level": "WARNING"} for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "mlserver")},
+}
+"""MLServer's and uvicorn's per-request and start-up INFO lines off (warnings and errors stay)."""
+
+
 def server_settings(options: ServeOptions, root: str) -> Any:
     """MLServer ``Settings``: our host and ports, no worker pool, no metrics server, quiet."""
     from mlserver.settings import Settings
@@ -78,7 +87,7 @@ def server_settings(options: ServeOptions, root: str) -> Any:
     return Settings(
         host=options.host, grpc_port=options.port, http_port=options.http_port, parallel_workers=0,
         metrics_endpoint=None, debug=False, load_models_at_startup=False, model_repository_root=root,
-        server_name="isplit-export-mlserver",
+        server_name="isplit-export-mlserver", logging_settings=QUIET_LOGS,
     )  # fmt: skip
 
 
@@ -101,6 +110,10 @@ async def _serve(options: ServeOptions, bundle: BundleAccess) -> None:
     settings = server_settings(options, str(bundle.root.resolve()))
     models = model_settings(bundle, options.threads)
     server = MLServer(settings)  # installs its SIGINT / SIGTERM / SIGQUIT handlers on this loop
+    # SIGINT stops like SIGTERM (uvicorn treats a SIGINT as "force exit" and skips its lifespan shutdown)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGINT, lambda: asyncio.ensure_future(server.stop(sig=signal.SIGTERM))
+    )
     _quiet_logs()
     log.info(
         "serving %d model(s) of %s over gRPC %s:%d and HTTP %s:%d (Ctrl-C or SIGTERM stops)",
@@ -114,7 +127,19 @@ def serve(options: ServeOptions) -> ServeResult:
     bundle = open_bundle(options.bundle, options.split, verify=True)  # refuse a modified bundle first
     _require_mlserver()
     _quiet_logs()
-    asyncio.run(_serve(options, bundle))
+    # A plain loop, not asyncio.run: its own SIGINT handler would cancel the servers mid-shutdown;
+    # MLServer's SIGINT / SIGTERM handlers stop them cleanly instead.
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(_serve(options, bundle))
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        asyncio.set_event_loop(None)
+        loop.close()
     log.info("stopped")
     return ServeResult(
         models=[s.model for s in bundle.splits],
