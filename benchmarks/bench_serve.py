@@ -15,13 +15,15 @@ Each bundle is served by ``isplit-export serve`` (MLServer, 1 onnxruntime thread
 concurrency 1, 4 and 8 over gRPC. Printed per split and concurrency: round-trip p50/p99 (network plus
 server, the client's view), end-to-end p50 (head + encode + round trip), throughput, and at
 concurrency 1 the transport overhead: end-to-end p50 minus (local head p50 + local tail median, both
-onnxruntime with 1 thread in this process). Bytes: the payload per image against the bundle's
+onnxruntime with 1 thread in this process, timed before the requests), and ``trans p50``: per request
+encode + round trip - the server's compute time (the same quantity measured inside the run, so
+robust to what else the shared CPU does meanwhile). Bytes: the payload per image against the bundle's
 ``bytes_per_image`` and the gRPC request on the wire (protobuf message + 5-byte prefix; HTTP/2
 frame headers not counted).
 
 Then: a server restart mid-run (SIGKILL after 100 requests, a new server started at once, default
-retries: 6, 100 ms doubling), counting ok / failed / skipped; and client memory (RSS) over a
-``--memory-seconds`` run at concurrency 4. Targets (SPEC 8): overhead p50 <= 2 ms at batch 1 for
+retries: 6, 100 ms doubling), counting ok / failed / skipped; and client memory (RSS) of an
+``isplit-export run`` process over a ``--memory-seconds`` run at concurrency 4. Targets (SPEC 8): overhead p50 <= 2 ms at batch 1 for
 boundaries up to 64 KiB; zero lost requests across a restart; client memory flat.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -123,15 +126,18 @@ def restart(bundle: Path, work: Path, requests: int = 400) -> dict[str, Any]:
 
 
 def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
-    """Client RSS over a ``seconds`` run at concurrency 4."""
+    """Client RSS over a ``seconds`` run at concurrency 4: ``isplit-export run`` in its own process."""
     m = _manifest(bundle)
     server = Server(bundle, split="1", log=work / "memory.serve.log").start()
+    out = work / "runs" / "memory.json"
     try:
         server.wait_ready(m["triton"]["models"][0]["name"])
-        r = run(RunOptions(bundle=bundle, server=server.address, duration_s=seconds, concurrency=4,
-                           out=work / "runs" / "memory.json")).data  # fmt: skip
+        subprocess.run([sys.executable, "-m", "isplit_export.cli", "run", str(bundle), "--server", server.address,
+                        "--duration", str(seconds), "--concurrency", "4", "--out", str(out)],
+                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     finally:
         server.stop()
+    r = json.loads(out.read_text(encoding="utf-8"))["runs"][m["splits"][0]["dir"]]
     return {"images": r["images"], "client_rss_mib": r["client_rss_mib"], "throughput_rps": r["throughput_rps"]}
 
 
@@ -151,7 +157,7 @@ def main() -> None:
     rows = [row for name, b in bundles.items() for row in sweep(name, b, args.work, args.requests)]
     head = (f"{'bundle':10} {'split':24} {'C':>2} {'payload B':>9} {'bundle B':>8} {'wire B':>8} {'framing':>7} "
             f"{'rtt p50':>8} {'rtt p99':>8} {'e2e p50':>8} {'req/s':>8} {'local h+t':>9} {'overhead':>8} "
-            f"{'srv p50':>7} {'agree':>6} {'ok/fail/skip':>12}")  # fmt: skip
+            f"{'srv p50':>7} {'trans p50':>9} {'agree':>6} {'ok/fail/skip':>12}")  # fmt: skip
     print(head)
     for row in rows:
         r = row["run"]
@@ -164,6 +170,7 @@ def main() -> None:
               f"{_f(lat['round_trip']['p50']):>8} {_f(lat['round_trip']['p99']):>8} {_f(lat['end_to_end']['p50']):>8} "
               f"{_f(r['throughput_rps'], '.1f'):>8} {_f(lt):>9} "
               f"{_f(r['transport_overhead_ms_p50']) if row['concurrency'] == 1 else '-':>8} {_f(srv):>7} "
+              f"{_f((lat.get('transport') or {}).get('p50')):>9} "
               f"{_f(r['task'].get('agreement_with_full_model'), '.2f'):>6} "
               f"{str(i['ok']) + '/' + str(i['failed']) + '/' + str(i['skipped']):>12}")  # fmt: skip
     rs = restart(bundles["digits-bn"], args.work)

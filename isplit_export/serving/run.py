@@ -668,6 +668,9 @@ def _record(
         "encode": _stats([r.encode_ms for r in ok if r.encode_ms is not None]),
         "round_trip": _stats([r.round_trip_ms for r in ok if r.round_trip_ms is not None]),
         "end_to_end": _stats([r.end_to_end_ms for r in ok if r.end_to_end_ms is not None]),
+        # per request: what the split adds over computing head + tail in one place (encode, network, protocol)
+        "transport": _stats([(r.encode_ms or 0.0) + (r.round_trip_ms or 0.0) - r.server_ms for r in ok
+                             if r.server_ms is not None and r.round_trip_ms is not None]),
     }
     overhead = None
     if local is not None and latency["end_to_end"] is not None and latency["head"] is not None:
