@@ -102,9 +102,9 @@ def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:
     _assert_config_matches(config, "01-conv", root / "01-conv.tail.onnx")
     assert config.platform == "onnxruntime_onnx"
     assert mc.DataType.Name(config.input[0].data_type) == "TYPE_UINT8"
-    # the weight pack sits inside the version folder (no ../), same bytes, and onnxruntime loads it from there
-    pack = model / "1" / "weights" / "float32-toy.bin"
-    assert pack.read_bytes() == (root / "weights" / "float32-toy.bin").read_bytes()
+    # the tail's weights sit inside the version folder (no ../); onnx and onnxruntime load them from there
+    assert block["models"][0]["weights"] == ["triton/01-conv/1/model.weights.bin"]
+    onnx.checker.check_model(str(model / "1" / "model.onnx"), full_check=True)
     x = np.random.default_rng(1).integers(0, 256, (3, 4, 2, 2), dtype=np.uint8)
     ours = make_session(model / "1" / "model.onnx").run(None, {"boundary": x})[0]
     ref = make_session(root / "01-conv.tail.onnx").run(None, {"boundary": x})[0]
@@ -117,7 +117,7 @@ def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:
     # deterministic: the same entries give the same bytes
     root2 = tmp_path / "c"
     write_repository(root2, _toy_bundle(root2), model="toy")
-    for rel in ("config.pbtxt", "configs/tensorrt.pbtxt", "1/model.onnx"):
+    for rel in ("config.pbtxt", "configs/tensorrt.pbtxt", "1/model.onnx", "1/model.weights.bin"):
         assert (model / rel).read_bytes() == (root2 / "triton" / "01-conv" / rel).read_bytes()
 
 
@@ -179,9 +179,10 @@ def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path) -> None:
         assert mc.DataType.Name(config.input[0].data_type) == "TYPE_UINT8"
         for rel in (entry["config"], entry["model"], *entry["weights"]):
             assert rel in m["files"] and ".." not in rel
-        for rel in entry["weights"]:  # the shared pack itself, hard-linked: stored once on disk
-            pack = int8_bundle / "weights" / Path(rel).name
-            assert (int8_bundle / rel).stat().st_ino == pack.stat().st_ino
+        for rel in entry["weights"]:  # the tail's tensors only, never more than the shared float32 pack
+            pack = next((int8_bundle / "weights").glob("float32-*.bin"))
+            assert 0 < (int8_bundle / rel).stat().st_size <= pack.stat().st_size
+        onnx.checker.check_model(str(int8_bundle / entry["model"]), full_check=True)
 
 
 @pytest.mark.e2e

@@ -41,7 +41,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digit
 
 
 def _onnx_files(bundle: Path) -> list[Path]:
-    """The bundle's ONNX files, outside ``triton/`` (its models hard-link the packs into their own folders)."""
+    """The bundle's ONNX files, outside ``triton/`` (Triton models keep their tensors in their own folders)."""
     return sorted(p for p in bundle.rglob("*.onnx") if p.relative_to(bundle).parts[0] != "triton")
 
 

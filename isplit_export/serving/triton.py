@@ -2,14 +2,16 @@
 
     OUT/triton/01-features.3/config.pbtxt              platform onnxruntime_onnx (the default config)
     OUT/triton/01-features.3/configs/tensorrt.pbtxt    x86-tensorrt bundles: platform tensorrt_plan
-    OUT/triton/01-features.3/1/model.onnx              the tail ONNX, byte for byte
-    OUT/triton/01-features.3/1/weights/<pack>.bin      hard link (or copy) of each weight pack it reads
+    OUT/triton/01-features.3/1/model.onnx              the tail ONNX (the same graph and tensors)
+    OUT/triton/01-features.3/1/model.weights.bin       its weights (shared layout), as ONNX external data
 
 The tail takes the boundary exactly as the head sends it (``boundary``: UINT8, FP16 or FP32) and the
 codec's dequantisation stays inside the ONNX, so the server needs nothing else. Triton, like onnx and
-onnxruntime, refuses external-data locations that leave the model folder (``../``), so the shared
-weight packs the tail points into (``weights/<pack>.bin`` relative to the ONNX) are hard-linked into
-the version folder (copied where hard links are not possible); the manifest hashes them like any file.
+onnxruntime, refuses external-data locations that leave the model folder (``../``), so a tail of the
+shared layout cannot point into ``OUT/weights/``: its tensors are copied into the version folder
+(only the tail's, not the whole pack: a hard link of the pack would keep the bytes once, but the onnx
+checker refuses external data with several hard links as a possible attack). An inline tail is copied
+byte for byte. The manifest hashes every file of the repository like any other.
 
 ``tritonserver --model-repository OUT/triton`` serves the ONNX variant (onnxruntime backend, CUDA
 when the server has a GPU: instance kind ``KIND_AUTO``). For ``x86-tensorrt`` bundles,
@@ -22,7 +24,6 @@ see ``docs/serving.md``). Everything here is deterministic text, so the bundle s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -39,6 +40,10 @@ MAX_BATCH_SIZE = 8
 MAX_QUEUE_DELAY_US = 100
 """Dynamic batching waits at most 100 µs for company: negligible next to a network hop."""
 VERSION = "1"
+WEIGHTS_FILE = "model.weights.bin"
+"""The tail's own weights next to ``model.onnx`` (ONNX external data), when the bundle shares its packs."""
+MIN_EXTERNAL_BYTES = 1024
+"""As the shared layout: smaller tensors stay inside ``model.onnx``."""
 TENSORRT_CONFIG = "tensorrt"
 """Name of the TensorRT variant (``configs/tensorrt.pbtxt``, ``--model-config-name=tensorrt``)."""
 SERVER_KINDS = ("jetson", "server")
@@ -125,14 +130,6 @@ def _external_locations(path: Path) -> list[str]:
     return seen
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not allowed: a copy serves the same
-        shutil.copyfile(src, dst)
-
-
 def _tensorrt_variant(root: Path, entry: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     """Write ``configs/tensorrt.pbtxt`` from the split's engine plan; None when it has no plan."""
     plan_rel = entry_engine_plan(entry)
@@ -177,11 +174,14 @@ def write_repository(root: Path, splits: Sequence[Mapping[str, Any]], *, model: 
         max_batch, _ = _batched(inp[2])
         vdir = root / TRITON_DIR / name / VERSION
         vdir.mkdir(parents=True)
-        shutil.copyfile(tail, vdir / "model.onnx")
         linked = []
-        for loc in _external_locations(tail):
-            _link_or_copy(tail.parent / loc, vdir / loc)
-            linked.append(f"{TRITON_DIR}/{name}/{VERSION}/{loc}")
+        if _external_locations(tail):  # shared packs: this tail's tensors only, in the version folder
+            model_proto = onnx.load(str(tail))  # reads its tensors from the packs
+            onnx.save_model(model_proto, str(vdir / "model.onnx"), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=MIN_EXTERNAL_BYTES)  # fmt: skip
+            linked.append(f"{TRITON_DIR}/{name}/{VERSION}/{WEIGHTS_FILE}")
+        else:  # a self-contained tail (inline layout): byte for byte
+            shutil.copyfile(tail, vdir / "model.onnx")
         text = config_text(
             name, "onnxruntime_onnx", inp, out, max_batch=max_batch, kind="KIND_AUTO",
             comment=f"{model} tail of split {entry['dir']} (boundary -> logits), written by isplit-export",
