@@ -62,6 +62,8 @@ class SplitAccess:
     """Boundary shape of one image, without the batch axis."""
     bytes_per_image: int
     split_dir: Path
+    engine_plan: Path | None = None
+    """``engine_plan.json`` (TensorRT targets): the engines' files, precision and DLA core."""
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -144,6 +146,8 @@ def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str,
         shape=shape,
         bytes_per_image=nbytes,
         split_dir=_contract._bundle_path(bundle, entry["dir"]),
+        engine_plan=(_contract._split_file(bundle, manifest, entry, "engine_plan_json")
+                     if "engine_plan_json" in entry["files"] else None),
     )
 
 

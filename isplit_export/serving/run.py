@@ -179,8 +179,12 @@ class Head:
                 "TensorRT is not available on this machine: run with --backend tensorrt on the device, "
                 "or use --backend onnxruntime"
             )
-        precision = str(bundle.target.get("default_precision", "fp16"))
-        self._engine = split.split_dir / "engines" / f"head.{precision}.engine"
+        if split.engine_plan is None:
+            raise BadInputError(f"split {split.dir} has no engine build plan: export the bundle for a TensorRT target")
+        plan = json.loads(split.engine_plan.read_text(encoding="utf-8"))
+        head = plan["engines"]["head"]
+        self._engine = split.split_dir / str(head["engine"])
+        self._dla = head.get("dla_core") if isinstance(head.get("dla_core"), int) else None
         if not self._engine.is_file():
             raise NotRunError(f"no engine {self._engine}: run isplit-export build-engines {bundle.root} first")
         trt_backend.check_engine_record(split.split_dir)
@@ -190,7 +194,7 @@ class Head:
         """The boundary as transmitted (the encoding applied here when the engine emits float)."""
         if self.backend == "onnxruntime":
             return np.asarray(self._session.run(None, {self._name: x})[0])
-        outputs = self._trt.run_engine(self._engine, {self._input: x})
+        outputs = self._trt.run_engine(self._engine, {self._input: x}, dla_core=self._dla)
         b = np.asarray(next(iter(outputs.values())))
         return b if b.dtype == self.split.dtype else encode_array(b, self.split.encoding)
 
