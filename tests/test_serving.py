@@ -291,6 +291,9 @@ def test_no_server_gets_one_line_within_the_wait(capsys: pytest.CaptureFixture[s
     assert code == EXIT_UNREACHABLE
     lines = err.strip().splitlines()
     assert len(lines) == 1 and address in lines[0] and "isplit-export serve" in lines[0]
+    # the head's TensorRT path needs TensorRT: not run here (exit 4), never faked
+    code, _, err = run_cli(capsys, "run", int8_bundle, "--server", address, "--backend", "tensorrt", "--wait", "0")
+    assert code == 4 and "TensorRT" in err
 
 
 @pytest.mark.e2e
