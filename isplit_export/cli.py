@@ -26,6 +26,7 @@ import typer
 
 from isplit_export import __version__
 from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
+from isplit_export.options import RunOptions, ServeOptions
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 
 if TYPE_CHECKING:
@@ -385,6 +386,9 @@ def plan_cmd(
         typer.echo(f"wrote {result.written}")
 
 
+_SERVE, _RUN = ServeOptions, RunOptions  # the defaults live in the dataclasses; help texts quote them
+
+
 def _given(**fields: object) -> dict[str, object]:
     """The options given on the command line (a None flag means: the options dataclass's default)."""
     return {k: v for k, v in fields.items() if v is not None}
@@ -396,16 +400,15 @@ def serve_cmd(
     split: Annotated[
         str | None, typer.Option("--split", help="serve split N only, or 'all' (default: all)")
     ] = None,
-    host: Annotated[str | None, typer.Option("--host", help="address to listen on (default: 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="gRPC port (default: 8001)")] = None,
+    host: Annotated[str | None, typer.Option("--host", help=f"address to listen on (default: {_SERVE.host})")] = None,
+    port: Annotated[int | None, typer.Option("--port", help=f"gRPC port (default: {_SERVE.port})")] = None,
     http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP/REST port (default: --port + 1)")] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="onnxruntime threads per tail (default: 0, all cores)")
+        int | None, typer.Option("--threads", help=f"onnxruntime threads per tail (default: {_SERVE.threads}; 0: all cores)")
     ] = None,
 ) -> None:
     """Serve the bundle's tails over the Open Inference Protocol (gRPC + HTTP) with MLServer (verifies first)."""
     from isplit_export.errors import BadInputError
-    from isplit_export.options import ServeOptions
     from isplit_export.serving.serve import serve
 
     n: int | None = None
@@ -421,32 +424,31 @@ def serve_cmd(
 def run_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     server: Annotated[str, typer.Option("--server", help="HOST:PORT of the server (isplit-export serve / Triton)")],
-    split: Annotated[int | None, typer.Option("--split", help="split N (default: 1)")] = None,
+    split: Annotated[int | None, typer.Option("--split", help=f"split N (default: {_RUN.split})")] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="images to send (default: the split's golden inputs)")
     ] = None,
     images: Annotated[int | None, typer.Option("--images", help="use at most N images")] = None,
     requests: Annotated[int | None, typer.Option("--requests", help="send N requests, cycling over the images")] = None,
     duration: Annotated[float | None, typer.Option("--duration", help="send for S seconds instead")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help="requests in flight (default: 1)")] = None,
-    protocol: Annotated[str | None, typer.Option("--protocol", help="grpc (default) or http (JSON)")] = None,
-    timeout_ms: Annotated[float | None, typer.Option("--timeout-ms", help="per-attempt timeout (default: 1000)")] = None,
-    retries: Annotated[int | None, typer.Option("--retries", help="retries per request (default: 6)")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help=f"requests in flight (default: {_RUN.concurrency})")] = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", help=f"grpc or http (JSON) (default: {_RUN.protocol})")] = None,
+    timeout_ms: Annotated[float | None, typer.Option("--timeout-ms", help=f"per-attempt timeout (default: {_RUN.timeout_ms:g})")] = None,
+    retries: Annotated[int | None, typer.Option("--retries", help=f"retries per request (default: {_RUN.retries})")] = None,
     backoff_ms: Annotated[
-        float | None, typer.Option("--backoff-ms", help="first retry's wait, doubling (default: 100)")
+        float | None, typer.Option("--backoff-ms", help=f"first retry's wait, doubling (default: {_RUN.backoff_ms:g})")
     ] = None,
-    wait: Annotated[float | None, typer.Option("--wait", help="seconds to wait for the server (default: 10)")] = None,
+    wait: Annotated[float | None, typer.Option("--wait", help=f"seconds to wait for the server (default: {_RUN.wait_s:g})")] = None,
     backend: Annotated[
-        str | None, typer.Option("--backend", help="head runtime: onnxruntime (default) or tensorrt")
+        str | None, typer.Option("--backend", help=f"head runtime: onnxruntime or tensorrt (default: {_RUN.backend})")
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime threads of the head (default: 1)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help=f"onnxruntime threads of the head (default: {_RUN.threads})")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run.json path (default: BUNDLE/run.json)")] = None,
 ) -> None:
     """Run the head here against a served tail: every request measured and accounted for; writes run.json.
 
     Exit codes: 0 ok, 1 a check failed, 5 no server at --server, 6 requests failed after retries.
     """
-    from isplit_export.options import RunOptions
     from isplit_export.serving.run import format_run, run
 
     options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,  # type: ignore[arg-type]
