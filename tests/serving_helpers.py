@@ -50,7 +50,9 @@ class Server:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout
-        client = grpcclient.InferenceServerClient(self.address)
+        fast = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 500)]  # poll a server that is still starting, promptly
+        client = grpcclient.InferenceServerClient(self.address, channel_args=fast)
         try:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
