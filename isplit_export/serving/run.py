@@ -39,6 +39,7 @@ import platform
 import signal
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import MAX_BACKOFF_MS, RunOptions, parse_address
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_bundle
 from isplit_export.verification.gates import gate_for
-from isplit_export.verification.metrics import accuracy, compare_logits
+from isplit_export.verification.metrics import compare_logits
 
 RUN_FILE = "run.json"
 RUN_SCHEMA = "isplit.run/1"
@@ -358,17 +359,69 @@ class Request:
     end_to_end_ms: float | None = None
     bytes_sent: int | None = None
     error: str | None = None
-    logits: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
 class RunResult:
-    """The run's record (``data`` is run.json's entry for the split), its exit code, where it went."""
+    """The run's record (``data`` is run.json's entry for the split), its exit code, where it went.
+
+    ``served``: per distinct image (index into the run's images), the served logits that differed most
+    from the local pair's (what ``vs_local_pair`` compared).
+    """
 
     data: dict[str, Any]
     exit_code: int
     written: Path | None
-    requests: list[Request]
+    served: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class _Recorder:
+    """Every finished request, folded in as it ends: compact per-request timings (about 50 bytes a
+    request), counts, the first failures, and no logits beyond one row per distinct image, so the
+    client's memory stays flat however long it runs. Thread-safe."""
+
+    def __init__(self, images: list[Image_], ref: dict[int, dict[str, np.ndarray]]) -> None:
+        self.images, self.ref = images, ref
+        self.lock = threading.Lock()
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+        self.ms: dict[str, array[float]] = {k: array("d") for k in ("head", "encode", "round_trip", "server",
+                                                                     "end_to_end", "transport")}  # fmt: skip
+        self.payload: set[int] = set()
+        self.failures: list[dict[str, Any]] = []
+        self.worst: dict[int, tuple[float, np.ndarray]] = {}
+        self.full_seen = self.full_agree = self.labelled = self.correct = self.full_correct = 0
+
+    def add(self, req: Request, logits: np.ndarray | None) -> None:
+        with self.lock:
+            self.counts[req.status] += 1
+            if req.bytes_sent is not None:
+                self.payload.add(req.bytes_sent)
+            if req.status != "ok" or logits is None:
+                if len(self.failures) < MAX_LISTED_FAILURES:
+                    self.failures.append({"request": req.n, "image": self.images[req.image].name, "status": req.status,
+                                          "attempts": req.attempts, "error": req.error})  # fmt: skip
+                return
+            for key, v in (("head", req.head_ms), ("encode", req.encode_ms), ("round_trip", req.round_trip_ms),
+                           ("end_to_end", req.end_to_end_ms), ("server", req.server_ms)):  # fmt: skip
+                if v is not None:
+                    self.ms[key].append(v)
+            if req.server_ms is not None and req.round_trip_ms is not None:
+                # what the split adds over computing head + tail in one place: encode, network, protocol
+                self.ms["transport"].append((req.encode_ms or 0.0) + req.round_trip_ms - req.server_ms)
+            r = self.ref[req.image]
+            diff = float(np.max(np.abs(logits.astype(np.float64) - r["pair"])))
+            if req.image not in self.worst or diff > self.worst[req.image][0]:
+                self.worst[req.image] = (diff, np.array(logits, copy=True))
+            top = int(np.argmax(logits))
+            full_top = int(np.argmax(r["full"])) if "full" in r else None
+            if full_top is not None:
+                self.full_seen += 1
+                self.full_agree += int(top == full_top)
+            label = self.images[req.image].label
+            if label >= 0 and full_top is not None:
+                self.labelled += 1
+                self.correct += int(top == label)
+                self.full_correct += int(full_top == label)
 
 
 def _stats(values: list[float]) -> dict[str, Any] | None:
@@ -533,7 +586,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
     total = options.requests if options.requests is not None else (None if options.duration_s else len(images))
     deadline = time.monotonic() + options.duration_s if options.duration_s is not None else None
     sched = _Schedule(total, deadline)
-    done: list[Request] = []
+    rec = _Recorder(images, ref)
     lock = threading.Lock()
     wire: list[int] = []
     flight = [0, 0]  # requests in flight now, most at once
@@ -545,6 +598,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
                 i = n % len(images)
                 req = Request(n=n, image=i)
                 im = images[i]
+                logits = None
                 if im.x is None:
                     req.error = im.error
                 else:
@@ -562,11 +616,9 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
                             flight[0] -= 1
                     if not wire:
                         wire.append(client.wire_bytes(inp))
-                    req.logits = logits
                     if req.status == "ok":
                         req.end_to_end_ms = (req.head_ms or 0.0) + (req.encode_ms or 0.0) + (req.round_trip_ms or 0.0)
-                with lock:
-                    done.append(req)
+                rec.add(req, logits)
                 if on_result is not None:
                     on_result(req)
         finally:
@@ -594,20 +646,19 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
         _restore_sigterm(previous)
     wall = time.perf_counter() - t0
     stats_after = None
-    if not any(r.server_ms is not None for r in done):
+    if not rec.ms["server"]:
         probe = Client(options, split.model)
         stats_after = probe.compute_statistics()
         probe.close()
     if total is not None and sched.issued < total:  # never sent: interrupted
-        done.extend(Request(n=n, image=n % len(images), error="not sent: the run was interrupted")
-                    for n in range(sched.issued, total))  # fmt: skip
-    done.sort(key=lambda r: r.n)
-    data = _record(options, bundle, split, source, images, ref, done, goldens, local, wire, wall, rss,
+        for n in range(sched.issued, total):
+            rec.add(Request(n=n, image=n % len(images), error="not sent: the run was interrupted"), None)
+    data = _record(options, split, source, images, ref, rec, goldens, local, wire, wall, rss,
                    stats_before, stats_after, interrupted)  # fmt: skip
     data["in_flight_max"] = flight[1]
     written = _write(options, bundle, split, data)
     code = 130 if interrupted else _exit_code(data)
-    return RunResult(data=data, exit_code=code, written=written, requests=done)
+    return RunResult(data=data, exit_code=code, written=written, served={i: w[1] for i, w in rec.worst.items()})
 
 
 def _install_sigterm() -> Any:
@@ -634,48 +685,38 @@ def _exit_code(data: dict[str, Any]) -> int:
 
 
 def _record(
-    options: RunOptions, bundle: BundleAccess, split: SplitAccess, source: str, images: list[Image_],
-    ref: dict[int, dict[str, np.ndarray]], done: list[Request], goldens: dict[str, Any],
+    options: RunOptions, split: SplitAccess, source: str, images: list[Image_],
+    ref: dict[int, dict[str, np.ndarray]], rec: _Recorder, goldens: dict[str, Any],
     local: dict[str, float] | None, wire: list[int], wall: float, rss: list[float],
     stats_before: tuple[int, int] | None, stats_after: tuple[int, int] | None, interrupted: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """The run.json entry of the split (see docs/serving.md for every field)."""
-    ok = [r for r in done if r.status == "ok"]
-    counts = {s: sum(r.status == s for r in done) for s in ("ok", "failed", "skipped")}
-    served = np.concatenate([r.logits for r in ok if r.logits is not None]) if ok else np.zeros((0, 1), np.float32)
+    counts = dict(rec.counts)
     pair_gate = gate_for("fp32")
-    vs_pair: dict[str, Any] = {"gate": pair_gate.name, "images": len(ok)}
-    if ok:
-        pair = np.concatenate([ref[r.image]["pair"] for r in ok])
+    vs_pair: dict[str, Any] = {"gate": pair_gate.name, "images": counts["ok"], "distinct_compared": len(rec.worst)}
+    if rec.worst:
+        keys = sorted(rec.worst)
+        pair = np.concatenate([ref[i]["pair"] for i in keys])
+        served = np.concatenate([rec.worst[i][1] for i in keys])
         metrics = compare_logits(pair, served)
         passed, reasons = pair_gate.check(metrics)
         vs_pair.update(metrics={k: _r(v) for k, v in metrics.items()}, passed=passed, failures=reasons)
     else:
         vs_pair.update(passed=False, failures=["no request succeeded"])
     task: dict[str, Any] = {}
-    if ok and all("full" in ref[r.image] for r in ok):
-        full = np.concatenate([ref[r.image]["full"] for r in ok])
-        task["agreement_with_full_model"] = _r(float((served.argmax(1) == full.argmax(1)).mean()))
-        labels = np.asarray([images[r.image].label for r in ok])
-        acc, full_acc = accuracy(served, labels), accuracy(full, labels)
-        if acc is not None and full_acc is not None:
-            task.update(accuracy=_r(acc), full_model_accuracy=_r(full_acc), labelled=int((labels >= 0).sum()))
-    server_ms = [r.server_ms for r in ok if r.server_ms is not None]
+    if rec.full_seen:
+        task["agreement_with_full_model"] = _r(rec.full_agree / rec.full_seen)
+    if rec.labelled:
+        task.update(accuracy=_r(rec.correct / rec.labelled), full_model_accuracy=_r(rec.full_correct / rec.labelled),
+                    labelled=rec.labelled)  # fmt: skip
+    server_ms = list(rec.ms["server"])
     server: dict[str, Any] = {"source": None, "ms": None}
     if server_ms:
         server = {"source": "response parameter compute_us (per request)", "ms": _stats(server_ms)}
     elif stats_before is not None and stats_after is not None and stats_after[0] > stats_before[0]:
         mean = (stats_after[1] - stats_before[1]) / (stats_after[0] - stats_before[0]) / 1e6
         server = {"source": "statistics extension compute_infer (mean over the run)", "ms": {"mean": _r(mean)}}
-    latency = {
-        "head": _stats([r.head_ms for r in ok if r.head_ms is not None]),
-        "encode": _stats([r.encode_ms for r in ok if r.encode_ms is not None]),
-        "round_trip": _stats([r.round_trip_ms for r in ok if r.round_trip_ms is not None]),
-        "end_to_end": _stats([r.end_to_end_ms for r in ok if r.end_to_end_ms is not None]),
-        # per request: what the split adds over computing head + tail in one place (encode, network, protocol)
-        "transport": _stats([(r.encode_ms or 0.0) + (r.round_trip_ms or 0.0) - r.server_ms for r in ok
-                             if r.server_ms is not None and r.round_trip_ms is not None]),
-    }
+    latency = {k: _stats(list(rec.ms[k])) for k in ("head", "encode", "round_trip", "end_to_end", "transport")}
     overhead = None
     if local is not None and latency["end_to_end"] is not None and latency["head"] is not None:
         overhead = _r(latency["end_to_end"]["p50"] - latency["head"]["p50"] - local["tail_ms"])
@@ -683,9 +724,8 @@ def _record(
     if latency["round_trip"] is not None:
         srv = (server["ms"] or {}).get("p50", (server["ms"] or {}).get("mean"))
         link = _r(latency["round_trip"]["p50"] - (srv or 0.0))
-    payload = sorted({r.bytes_sent for r in done if r.bytes_sent is not None})
-    listed = [{"request": r.n, "image": images[r.image].name, "status": r.status, "attempts": r.attempts,
-               "error": r.error} for r in done if r.status != "ok"][:MAX_LISTED_FAILURES]  # fmt: skip
+    payload = sorted(rec.payload)
+    listed = sorted(rec.failures, key=lambda f: int(f["request"]))
     host, port = parse_address(options.server)
     passed = bool(goldens.get("passed")) and bool(vs_pair.get("passed")) and not counts["failed"] and not counts["skipped"]
     return {
@@ -699,7 +739,7 @@ def _record(
         "options": {"requests": options.requests, "duration_s": options.duration_s, "concurrency": options.concurrency,
                     "timeout_ms": options.timeout_ms, "retries": options.retries, "backoff_ms": options.backoff_ms,
                     "threads": options.threads, "data": source},
-        "images": {"distinct": len(images), "requests": len(done), **counts},
+        "images": {"distinct": len(images), "requests": sum(counts.values()), **counts},
         "interrupted": interrupted,
         "wall_s": _r(wall),
         "throughput_rps": _r(counts["ok"] / wall) if wall > 0 else None,
