@@ -104,6 +104,8 @@ def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:
     assert mc.DataType.Name(config.input[0].data_type) == "TYPE_UINT8"
     # the tail's weights sit inside the version folder (no ../); onnx and onnxruntime load them from there
     assert block["models"][0]["weights"] == ["triton/01-conv/1/model.weights.bin"]
+    weights = model / "1" / "model.weights.bin"
+    assert weights.stat().st_mode & 0o777 == (model / "config.pbtxt").stat().st_mode & 0o777  # the umask's mode
     onnx.checker.check_model(str(model / "1" / "model.onnx"), full_check=True)
     x = np.random.default_rng(1).integers(0, 256, (3, 4, 2, 2), dtype=np.uint8)
     ours = make_session(model / "1" / "model.onnx").run(None, {"boundary": x})[0]

@@ -24,6 +24,7 @@ see ``docs/serving.md``). Everything here is deterministic text, so the bundle s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -130,6 +131,13 @@ def _external_locations(path: Path) -> list[str]:
     return seen
 
 
+def _follow_umask(path: Path) -> None:
+    """Give ``path`` the mode a plain new file gets (0666 minus the umask), as every bundle file has."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+
+
 def _tensorrt_variant(root: Path, entry: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     """Write ``configs/tensorrt.pbtxt`` from the split's engine plan; None when it has no plan."""
     plan_rel = entry_engine_plan(entry)
@@ -179,6 +187,7 @@ def write_repository(root: Path, splits: Sequence[Mapping[str, Any]], *, model: 
             model_proto = onnx.load(str(tail))  # reads its tensors from the packs
             onnx.save_model(model_proto, str(vdir / "model.onnx"), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=MIN_EXTERNAL_BYTES)  # fmt: skip
+            _follow_umask(vdir / WEIGHTS_FILE)  # onnx creates it 0600
             linked.append(f"{TRITON_DIR}/{name}/{VERSION}/{WEIGHTS_FILE}")
         else:  # a self-contained tail (inline layout): byte for byte
             shutil.copyfile(tail, vdir / "model.onnx")
