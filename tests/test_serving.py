@@ -300,6 +300,26 @@ def test_no_server_gets_one_line_within_the_wait(capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.e2e
+def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    fp32 = tmp_path / "fp32"  # the same cuts (same model names), another boundary encoding
+    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2", "--target", "onnx",
+                 "--out", str(fp32), "--latency-runs", "1"]) == 0  # fmt: skip
+    name = _manifest(int8_bundle)["triton"]["models"][0]["name"]
+    assert _manifest(fp32)["splits"][0]["dir"].endswith(name)
+    server = Server(fp32, log=tmp_path / "serve.log").start()
+    try:
+        server.wait_ready(name)
+        code, _, err = run_cli(capsys, "run", int8_bundle, "--server", server.address, "--out", tmp_path / "r.json")
+    finally:
+        server.stop()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "FP32" in lines[0] and "UINT8" in lines[0]
+
+
+@pytest.mark.e2e
 def test_serve_refuses_a_modified_tail(capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path) -> None:
     bundle = tmp_path / "b"
     shutil.copytree(int8_bundle, bundle)
