@@ -312,6 +312,17 @@ def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
     try:
         server.wait_ready(name)
         code, _, err = run_cli(capsys, "run", int8_bundle, "--server", server.address, "--out", tmp_path / "r.json")
+        # past that check, a request the server refuses (uint8 to an fp32 tail) is retried, bounded, then failed
+        from isplit_export.serving.run import Client, Request, _send
+
+        options = RunOptions(server=server.address, retries=2, backoff_ms=10)
+        client = Client(options, name)
+        req = Request(n=0, image=0)
+        t = time.monotonic()
+        _, logits = _send(client, options, np.zeros((1, 16, 8, 8), np.uint8), 10, req, threading.Event())
+        client.close()
+        assert logits is None and req.status == "failed" and req.attempts == 3 and time.monotonic() - t < 10
+        assert "UINT8" in str(req.error) or "FP32" in str(req.error)
     finally:
         server.stop()
     assert code == 2
