@@ -331,6 +331,23 @@ def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
 
 
 @pytest.mark.e2e
+def test_a_hung_server_gets_the_one_line_in_bounded_time(capsys: pytest.CaptureFixture[str], int8_bundle: Path) -> None:
+    """A socket that accepts connections and never answers: every call times out, the run still ends."""
+    import socket
+
+    from isplit_export.serving.run import EXIT_UNREACHABLE
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hung:
+        hung.bind((LOOPBACK, 0))
+        hung.listen(8)
+        address = f"{LOOPBACK}:{hung.getsockname()[1]}"
+        t = time.monotonic()
+        code, _, err = run_cli(capsys, "run", int8_bundle, "--server", address, "--wait", "2", "--timeout-ms", "500")
+        elapsed = time.monotonic() - t
+    assert code == EXIT_UNREACHABLE and address in err and elapsed < 15, (elapsed, err)
+
+
+@pytest.mark.e2e
 def test_serve_refuses_a_modified_tail(capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path) -> None:
     bundle = tmp_path / "b"
     shutil.copytree(int8_bundle, bundle)

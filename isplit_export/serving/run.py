@@ -211,6 +211,8 @@ class Client:
         self.protocol = options.protocol
         self.model = model
         self.timeout_s = options.timeout_ms / 1000.0
+        # control calls (ready, metadata, statistics) are bounded too: a hung server cannot stall the run
+        self._ctl: dict[str, float] = {"client_timeout": max(self.timeout_s, 1.0)} if self.protocol == "grpc" else {}
         if self.protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
@@ -231,7 +233,7 @@ class Client:
 
             self._mod = httpclient
             self._client = httpclient.InferenceServerClient(
-                options.server, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                options.server, connection_timeout=max(self.timeout_s, 1.0), network_timeout=self.timeout_s
             )
 
     def close(self) -> None:
@@ -241,9 +243,9 @@ class Client:
     def ready(self) -> tuple[bool, str]:
         """(server and model ready, why not)."""
         try:
-            if not self._client.is_server_ready():
+            if not self._client.is_server_ready(**self._ctl):
                 return False, "the server is not ready"
-            if not self._client.is_model_ready(self.model):
+            if not self._client.is_model_ready(self.model, **self._ctl):
                 return False, f"model {self.model} is not loaded there"
             return True, ""
         except Exception as e:
@@ -251,7 +253,7 @@ class Client:
 
     def metadata(self) -> tuple[str, list[int]]:
         """(datatype, shape) of the model's first input, as the server declares it."""
-        meta = self._client.get_model_metadata(self.model)
+        meta = self._client.get_model_metadata(self.model, **self._ctl)
         if self.protocol == "grpc":
             inp = meta.inputs[0]
             return str(inp.datatype), [int(d) for d in inp.shape]
@@ -303,7 +305,7 @@ class Client:
     def compute_statistics(self) -> tuple[int, int] | None:
         """(count, compute ns) of the model from the statistics extension (Triton), None if unsupported."""
         try:
-            stats = self._client.get_inference_statistics(self.model)
+            stats = self._client.get_inference_statistics(self.model, **self._ctl)
         except Exception:
             return None
         try:
