@@ -8,6 +8,7 @@ real tritonclient requests (no mocks of either side).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import threading
@@ -226,6 +227,20 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
         code, out, err = run_cli(capsys, "run", bundle, "--server", f"{LOOPBACK}:{server.http_port}", "--protocol",
                                  "http", "--requests", "8", "--out", tmp_path / "http.json")  # fmt: skip
         assert code == 0, out + err
+        # Ctrl-C and SIGTERM mid-run: requests in flight finish, the unsent ones are skipped, all counted, exit 130
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            sent: list[str] = []
+
+            def interrupt(req: Any, sig: int = sig, sent: list[str] = sent) -> None:
+                sent.append(req.status)
+                if len(sent) == 5:
+                    os.kill(os.getpid(), sig)
+
+            stopped = run(RunOptions(bundle=bundle, server=server.address, requests=500, out=tmp_path / "int.json"),
+                          on_result=interrupt)  # fmt: skip
+            c = stopped.data["images"]
+            assert stopped.exit_code == 130 and stopped.data["interrupted"]
+            assert c["ok"] + c["failed"] + c["skipped"] == c["requests"] == 500 and c["skipped"] >= 400
         # plan uses what run measured, flagged as measured
         code, out, err = run_cli(capsys, "plan", bundle)
         assert code == 0, err
