@@ -278,11 +278,12 @@ def test_server_killed_mid_run_then_restarted(tmp_path: Path, int8_bundle: Path)
             state["killed"] = True
         elif state["killed"] and req.status == "failed" and not state["waited"]:
             second.wait_ready(model)  # hold this worker until the server is back: the rest must succeed
+            time.sleep(1.2)  # > the run's gRPC reconnect backoff cap (1 s): its channel is connected again
             state["waited"] = True
 
     try:
         options = RunOptions(bundle=int8_bundle, server=first.address, requests=30, retries=1, backoff_ms=20,
-                             timeout_ms=500, out=tmp_path / "run.json")  # fmt: skip
+                             timeout_ms=5000, out=tmp_path / "run.json")  # fmt: skip
         result = run(options, on_result=on_result)
     finally:
         first.kill()
