@@ -33,7 +33,7 @@ from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, en
 from isplit_export.exporting.onnx_export import export_file, to_onnx
 from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.exporting.quantize import build_int8_pair
-from isplit_export.verification.verify import measure_latency, run_pair_onnx
+from isplit_export.verification.runtime import measure_latency, run_pair_onnx
 
 BUNDLES = [
     ("resnet50", ("--weights", "none", "--top", "3", "--target", "jetson"), 300),

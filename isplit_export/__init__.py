@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from isplit_export.version import __version__
+
 __all__ = [
     "BottleneckOptions", "Constraints", "ExportOptions", "RankOptions", "StudyOptions", "__version__", "export", "plan",
     "rank", "study", "verify_bundle",

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from isplit_export import __version__
 from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
+from isplit_export.version import __version__
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.core import BottleneckOptions

@@ -27,7 +27,7 @@ from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.ranking.graph import trace
 from isplit_export.ranking.importance import batch_scores, reference_cui
-from isplit_export.verification.verify import run_pair_onnx
+from isplit_export.verification.runtime import run_pair_onnx
 from tests.layout_models import SIZE, ChannelsLastNet, PartitionNet, TinyViT
 
 Formula = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
