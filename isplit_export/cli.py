@@ -331,7 +331,8 @@ def verify_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
-    from isplit_export.verification.verify import format_table, verify_bundle
+    from isplit_export.verification.results import format_table
+    from isplit_export.verification.verify import verify_bundle
 
     _setup(verbose)
     result = verify_bundle(bundle, backend=backend, split=split)
