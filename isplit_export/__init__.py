@@ -33,13 +33,12 @@ if TYPE_CHECKING:
     from isplit_export.bottleneck.study import StudyOptions, study
     from isplit_export.bundle.build import export
     from isplit_export.bundle.planning import plan
-    from isplit_export.bundle.selection import Constraints
-    from isplit_export.options import ExportOptions, RankOptions
+    from isplit_export.options import Constraints, ExportOptions, RankOptions
     from isplit_export.verification.verify import verify_bundle
 
 _LAZY = {"rank": "api", "export": "bundle.build", "verify_bundle": "verification.verify", "RankOptions": "options",
          "ExportOptions": "options", "study": "bottleneck.study", "StudyOptions": "bottleneck.study",
-         "BottleneckOptions": "bottleneck.core", "plan": "bundle.planning", "Constraints": "bundle.selection"}  # fmt: skip
+         "BottleneckOptions": "bottleneck.core", "plan": "bundle.planning", "Constraints": "options"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -13,11 +13,11 @@ never a new keyword argument threaded through the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from isplit_export.bundle.selection import OBJECTIVES, Constraints
 from isplit_export.errors import BadInputError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 
@@ -28,6 +28,38 @@ DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
 WEIGHT_LAYOUTS = ("shared", "inline")
 """``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.exporting.weights`) or inline."""
+
+OBJECTIVES = ("cui", "latency", "balanced")
+"""``--objective``: how :mod:`isplit_export.bundle.selection` orders the candidates."""
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Upper bounds a split must meet: head FLOPs share (0-1], boundary KiB, end-to-end ms; None = no bound."""
+
+    max_head_flops: float | None = None
+    max_boundary_kib: float | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_head_flops is not None and not 0 < self.max_head_flops <= 1:
+            raise BadInputError(
+                f"--max-head-flops {self.max_head_flops}: pass the head's share of the FLOPs, in (0, 1] (0.5 = half)"
+            )
+        for flag, value in (("--max-boundary-kib", self.max_boundary_kib), ("--max-latency-ms", self.max_latency_ms)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise BadInputError(f"{flag} {value}: pass a positive number")
+
+    def active(self) -> list[tuple[str, float]]:
+        """The bounds that are set, as (flag, value)."""
+        pairs = (("--max-head-flops", self.max_head_flops), ("--max-boundary-kib", self.max_boundary_kib),
+                 ("--max-latency-ms", self.max_latency_ms))  # fmt: skip
+        return [(flag, v) for flag, v in pairs if v is not None]
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"max_head_flops": self.max_head_flops, "max_boundary_kib": self.max_boundary_kib,
+                "max_latency_ms": self.max_latency_ms}  # fmt: skip
+
 
 _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""

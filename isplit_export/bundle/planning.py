@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isplit_export.bundle.selection import OBJECTIVES, Constraints, Selection, select
+from isplit_export.bundle.selection import Selection, select
 from isplit_export.errors import BadInputError
 from isplit_export.files import write_text_atomic
+from isplit_export.options import OBJECTIVES, Constraints
 from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
 from isplit_export.targets.profiles import TargetProfile, load_target, validate_profile
 
