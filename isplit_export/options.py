@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch-free at import time
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
 WEIGHT_LAYOUTS = ("shared", "inline")
-"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.exporting.weights`) or inline."""
+"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.bundle.weights`) or inline."""
 
 OBJECTIVES = ("cui", "latency", "balanced")
 """``--objective``: how :mod:`isplit_export.bundle.selection` orders the candidates."""
@@ -144,7 +144,7 @@ class ExportOptions(RankOptions):
     ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
     verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
     ``weights_layout`` is ``shared`` (every weight stored once per precision in ``weights/``, see
-    :mod:`isplit_export.exporting.weights`) or ``inline`` (self-contained ONNX files in the split folders).
+    :mod:`isplit_export.bundle.weights`) or ``inline`` (self-contained ONNX files in the split folders).
     ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 

@@ -23,6 +23,8 @@ import torch
 from isplit_export.api import RankResult, rank, write_ranking
 from isplit_export.bundle.planning import choose_cuts
 from isplit_export.bundle.report import render_report
+from isplit_export.bundle.summary import gate_failures, write_summary
+from isplit_export.bundle.weights import inline_info, share_weights
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import (
     ENCODINGS,
@@ -137,9 +139,10 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             splits.append(entry)
             latency[rel] = lat
 
-        from isplit_export.exporting.weights import inline_info, share_weights
-
-        weights = share_weights(tmp, splits) if opts.weights_layout == "shared" else inline_info()
+        weights = inline_info()
+        if opts.weights_layout == "shared":
+            weights, moves = share_weights(tmp, [str(s["dir"]) for s in splits])
+            splits = [{**s, "files": {k: moves.get(v, v) for k, v in s["files"].items()}} for s in splits]
         full_acc = accuracy(y_ref, lab)
         summary = cui_order(splits, encoding_name, full_acc)
         if bn is not None and len(splits) < MIN_SPLITS_TO_CONCLUDE:
@@ -162,13 +165,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             "report_sha256": sha256_file(tmp / "report.md"),
         }
         write_json(tmp / "manifest.json", manifest)
-    failures = [f"{s['dir']}: {r}" for s in splits for r in s["verification"]["failures"]]
-    result = ExportResult(out, manifest, ranked, failures)
     if opts.summary_json is not None:
-        from isplit_export.bundle.summary import write_summary
-
-        write_summary(opts.summary_json, result)
-    return result
+        write_summary(opts.summary_json, out, manifest)
+    return ExportResult(out, manifest, ranked, gate_failures(manifest))
 
 
 def _export_split(
