@@ -1,4 +1,4 @@
-"""``isplit-export``: the command line, a thin layer over :mod:`isplit_export.api`.
+"""``isplit-export``: the command line over the jobs (rank, export, study, verify, plan), one sub-command each.
 
     isplit-export [MODEL] --top K --target TARGET --out DIR     export a verified bundle (main job)
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only

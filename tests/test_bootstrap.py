@@ -106,8 +106,7 @@ def test_shards_merge_to_the_single_process_sums(digits_scores: tuple[np.ndarray
     for order in ([0, 1, 2], [2, 0, 1]):
         merged = BootstrapSums(B, scores.shape[1])
         for r in order:
-            keys_r, hi, lo, n = parts[r].to_arrays()  # plain arrays, as sent between processes
-            merged.merge(BootstrapSums.from_arrays(keys_r, hi, lo, n, seed=0, seen=parts[r].seen))
+            merged.merge(parts[r])
         assert merged.seen == whole.seen == len(scores)
         assert np.array_equal(merged.replicate_cui(), whole.replicate_cui())
         assert np.array_equal(merged.replicate_cui([3, 5]), whole.replicate_cui([3, 5]))

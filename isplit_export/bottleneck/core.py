@@ -33,7 +33,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -329,7 +329,6 @@ class Trained:
     encoding: BoundaryEncoding
     summary: dict[str, Any]
     seconds: float
-    config: dict[str, Any] = field(default_factory=dict)
 
     def code(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """The float code of inputs ``x`` (before the boundary encoding)."""

@@ -205,9 +205,7 @@ def plan(
     target_json = manifest.get("target")
     if not isinstance(target_json, dict) or "name" not in target_json:
         raise BadInputError(f"{bundle / 'manifest.json'} has no target block: rebuild the bundle")
-    device_profile = (
-        validate_profile(target_json, "manifest.json target") if "cost" in target_json else load_target(target_json["name"])
-    )
+    device_profile = validate_profile(target_json, "manifest.json target")  # every profile has a cost block
     options = manifest.get("options") or {}
     objective = objective or str(options.get("objective") or "cui")
     if constraints is None:

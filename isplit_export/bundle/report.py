@@ -2,9 +2,8 @@
 
 Pure string formatting: no file access, no clock, so the same manifest and ranking always give the
 same text. Every key beyond ``splits`` is optional: a section whose data is missing is left out (or
-says so) instead of failing, so the report also renders for partial or older manifests. Both forms
-of a split's ``verification`` block are understood: the documented one (``equivalence`` + ``task``)
-and the per-check one the exporter writes (``checks: {name: {metrics, gate, task}}``).
+says so) instead of failing, so the report also renders for partial or older manifests. A split's
+``verification`` block is the one the exporter writes (``checks: {name: {metrics, gate, task}}``).
 """
 
 from __future__ import annotations
@@ -104,7 +103,7 @@ class _Check:
 
 
 def _checks(split: Mapping[str, Any], encoding: str) -> list[_Check]:
-    """The split's checks, the boundary encoding's own first (both manifest forms)."""
+    """The split's checks, the boundary encoding's own first."""
     ver = _dict(split.get("verification"))
     out: list[_Check] = []
     checks = _dict(ver.get("checks"))
@@ -120,20 +119,6 @@ def _checks(split: Mapping[str, Any], encoding: str) -> list[_Check]:
                 passed=passed if isinstance(passed, bool) else None,
                 failures=[str(f) for f in _list(gate.get("failures"))],
                 task=dict(_dict(c.get("task"))),
-            )
-        )
-    if not out and ("equivalence" in ver or "task" in ver):
-        eq = _dict(ver.get("equivalence"))
-        gate = dict(_dict(eq.get("gate")))
-        passed = eq.get("passed", gate.get("passed"))
-        out.append(
-            _Check(
-                name=encoding,
-                metrics={k: v for k, v in eq.items() if k not in ("gate", "passed", "failures")},
-                gate=gate,
-                passed=passed if isinstance(passed, bool) else None,
-                failures=[str(f) for f in _list(eq.get("failures", gate.get("failures")))],
-                task=dict(_dict(ver.get("task"))),
             )
         )
     return out
