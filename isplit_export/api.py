@@ -45,7 +45,9 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
     ``ranking.json``, ``cui.png`` and ``cde.png`` there.
     """
     opts = make_options(RankOptions, options, fields)
-    from isplit_export.distributed import job
+    from isplit_export.distributed import (
+        job,  # lazy (here and below): torch; `isplit_export.rank` stays torch-free to import
+    )
 
     with job(opts.distributed, opts.device) as current:  # one process, or one of a torchrun job
         return _rank(opts, current)

@@ -167,7 +167,9 @@ class ExportOptions(RankOptions):
 
     def validate(self) -> None:
         if self.bottleneck is not None:
-            from isplit_export.bottleneck.core import as_bottleneck
+            from isplit_export.bottleneck.core import (
+                as_bottleneck,  # lazy: imports torch (moves here, issue 16)
+            )
 
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         super().validate()
@@ -182,7 +184,7 @@ class ExportOptions(RankOptions):
         if self.objective not in OBJECTIVES:
             raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
         if self.link is not None:
-            from isplit_export.targets.cost import parse_link
+            from isplit_export.targets.cost import parse_link  # lazy: keeps `import options` free of onnx
 
             parse_link(self.link)
         elif self.objective != "cui" or self.constraints.max_latency_ms is not None:

@@ -25,6 +25,7 @@ from isplit_export.bundle.planning import choose_cuts
 from isplit_export.bundle.report import render_report
 from isplit_export.bundle.summary import gate_failures, write_summary
 from isplit_export.bundle.weights import inline_info, share_weights
+from isplit_export.distributed import requested
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import (
     ENCODINGS,
@@ -33,15 +34,19 @@ from isplit_export.exporting.encoding import (
     decode_tail,
     encode_array,
     encode_head,
+    strip_head_encoding,
+    strip_tail_decoding,
 )
 from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
 from isplit_export.exporting.onnx_utils import OPSET, save_model
+from isplit_export.exporting.quantize import build_int8_pair
 from isplit_export.files import atomic_directory, check_out, save_npz, sha256_file, write_json
 from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
 from isplit_export.options import ExportOptions, make_options
 from isplit_export.ranking.graph import Cut
 from isplit_export.targets.profiles import TargetProfile, load_target
+from isplit_export.targets.tensorrt_plan import write_build_plan
 from isplit_export.verification.checks import check_code_pair, check_pair, cui_order, manifest_rounding
 from isplit_export.verification.gates import GATES, gate_for
 from isplit_export.verification.metrics import accuracy
@@ -78,8 +83,6 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
     opts = make_options(ExportOptions, options, fields)
-    from isplit_export.distributed import requested
-
     if requested(opts.distributed):
         raise BadInputError("export runs in one process: run `isplit-export rank` under torchrun, then export")
     if opts.out is None:
@@ -224,8 +227,6 @@ def _export_split(
                "labels": labels[:golden]}  # fmt: skip
 
     if profile.int8:
-        from isplit_export.exporting.quantize import build_int8_pair
-
         # with a bottleneck, calibrate on the training part: the held-out images stay unseen
         calib_x = x_train.numpy() if x_train is not None else xn
         calib = build_int8_pair(head_path, tail_path, calib_x, sdir / "head.int8.onnx",
@@ -284,9 +285,6 @@ def _engine_plan(
     non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)
     and the device applies the encoding around them (``encoding.encode_array`` / ``decode_array``).
     """
-    from isplit_export.exporting.encoding import strip_head_encoding, strip_tail_decoding
-    from isplit_export.targets.tensorrt_plan import write_build_plan
-
     stem = "int8." if profile.default_precision == "int8" else ""
     names = {"head": f"head.{stem}onnx", "tail": f"tail.{stem}onnx"}
     files: dict[str, str] = {}
