@@ -274,6 +274,7 @@ def test_cui_plot_has_error_bars() -> None:
     assert ci_artists(without.to_json()) == []
 
 
+@pytest.mark.e2e
 def test_same_seed_same_bytes(digits_weights: Path, digits_dir: Path, tmp_path: Path) -> None:
     common = dict(weights=str(digits_weights), data=digits_dir, images=40, top=3)
     outs = []
@@ -295,6 +296,7 @@ def test_bad_bootstrap_value() -> None:
         RankOptions(bootstrap=-1)
 
 
+@pytest.mark.e2e
 def test_cli_bootstrap_flag(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:

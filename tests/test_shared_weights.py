@@ -26,6 +26,8 @@ from isplit_export.targets.tensorrt_plan import read_plan
 from isplit_export.verification.verify import verify_bundle
 from tests.helpers import DIGITS
 
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
+
 
 def _export(out: Path, weights: Path, data: Path, *extra: str) -> None:
     code = main([DIGITS, "--weights", str(weights), "--data", str(data), "--images", "60", "--top", "2",

@@ -21,6 +21,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, di
     return out
 
 
+@pytest.mark.e2e
 def test_study_json_schema(study_dir: Path) -> None:
     data = json.loads((study_dir / "study.json").read_text())
     assert data["schema"] == SCHEMA and data["options"]["cuts"] == "all"
@@ -81,6 +82,7 @@ def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, d
     assert measure_cut(ctx, ctx.cuts[4]).to_json() == first
 
 
+@pytest.mark.e2e
 def test_classes_set_class_and_all_class_cui_against_class_accuracy(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
