@@ -155,6 +155,7 @@ def test_plan_reaches_a_fixed_size_with_a_stride(digits_model: tuple[torch.nn.Mo
     assert p.code_shape == (2, 16, 16) and p.stride == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("args", "expect"),
     [

@@ -78,6 +78,7 @@ class _Evil:
         return (print, ("this would run code",))
 
 
+@pytest.mark.e2e
 def test_bad_inputs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -140,6 +140,7 @@ def _digits_traced(digits_weights: Path) -> object:
     return trace(model.eval(), DIGITS_PREPROCESSING.input_shape)
 
 
+@pytest.mark.e2e
 def test_workers_give_the_same_cui_as_decoding_inline(digits_weights: Path, digits_dir: Path) -> None:
     traced = _digits_traced(digits_weights)
     images = load_images(digits_dir, DIGITS_PREPROCESSING)

@@ -71,6 +71,7 @@ def test_summary_statistics_match_hand_computed_values() -> None:
     assert summarize(results, reps=50)["regret"] == pytest.approx(0.3 - 0.05)
 
 
+@pytest.mark.e2e
 def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, digits_dir: Path) -> None:
     opts = StudyOptions(model=DIGITS, weights=str(digits_weights), data=digits_dir, cuts="all", images=80,
                         bottleneck="1/8")  # fmt: skip
