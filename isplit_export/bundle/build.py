@@ -262,7 +262,7 @@ def _export_split(
             "encoding": enc.name,
             "shape": [BATCH_AXIS, *(trained.plan.code_shape if trained is not None else cut.shape)],
             "layout": "nchw" if trained is not None else cut.layout,  # a bottleneck's code is NCHW
-            "bytes_per_image": int(np.prod(boundary.shape[1:])) * enc.bytes_per_element,
+            "bytes_per_image": enc.bytes_per_image(boundary.shape[1:]),
             "fp32_bytes_per_image": cut.boundary_bytes,
         },
         "files": files,
