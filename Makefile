@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned to the releases that lie on the build machines' disk (fast, offline-friendly installs).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test test-fast lint typecheck bench clean
 
 $(BIN)/isplit-export: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,11 +23,17 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the end-to-end tests (marked e2e: whole pipelines, torchrun, training).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e"
 
 bench: install
 	$(BIN)/python benchmarks/bench_ranking.py

@@ -1,11 +1,12 @@
-"""The public Python API; the CLI (``isplit_export.cli``) is a thin layer over these functions.
+"""The ranking job, :func:`rank` (the other jobs: ``bundle.build.export``, ``bundle.planning.plan``,
+``bottleneck.study.study``, ``verification.verify.verify_bundle``; all re-exported by ``isplit_export``).
 
-    from isplit_export import rank, export, verify_bundle
+    from isplit_export import ExportOptions, export, rank, verify_bundle
     result = rank("efficientnet_lite0", top=3)                 # I-Split ranking
     print(result.ranking.table())
     export("efficientnet_lite0", out="bundle", top=3, target="onnx")   # verified bundle
     export(ExportOptions(model="efficientnet_lite0", out="bundle"))      # the same, as one object
-    verify("bundle")                                            # re-check a bundle anywhere
+    verify_bundle("bundle")                                     # re-check a bundle anywhere
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
     ``ranking.json``, ``cui.png`` and ``cde.png`` there.
     """
     opts = make_options(RankOptions, options, fields)
-    from isplit_export.distributed import job
+    from isplit_export.distributed import (
+        job,  # lazy (here and below): torch; `isplit_export.rank` stays torch-free to import
+    )
 
     with job(opts.distributed, opts.device) as current:  # one process, or one of a torchrun job
         return _rank(opts, current)

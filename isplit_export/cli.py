@@ -1,4 +1,4 @@
-"""``isplit-export``: the command line, a thin layer over :mod:`isplit_export.api`.
+"""``isplit-export``: the command line over the jobs (rank, export, study, verify, plan), one sub-command each.
 
     isplit-export [MODEL] --top K --target TARGET --out DIR     export a verified bundle (main job)
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only
@@ -14,20 +14,20 @@ failure, 4 a check that could not run here (e.g. TensorRT without a GPU).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from isplit_export import __version__
 from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
-from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
+from isplit_export.options import Constraints, ExportOptions, RankOptions
+from isplit_export.version import __version__
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.core import BottleneckOptions
-    from isplit_export.bundle.selection import Constraints
 
 app = typer.Typer(
     add_completion=False,
@@ -37,6 +37,17 @@ app = typer.Typer(
 )
 
 EXIT_INTERRUPTED = 130
+
+
+def _shown(cls: type, name: str) -> str:
+    """The default of option field ``name`` of ``cls``, for ``--help``: a flag left out (None) means it."""
+    return str(next(f.default for f in dataclasses.fields(cls) if f.name == name))
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """The flags that were given: None means "the option's default", written once, in its dataclass."""
+    return {k: v for k, v in flags.items() if v is not None}
+
 
 ModelArg = Annotated[
     str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
@@ -48,16 +59,29 @@ ClassesOpt = Annotated[
     str | None, typer.Option("--classes", help="comma-separated class names or indices: class-specific CUI")
 ]
 WeightsOpt = Annotated[
-    str, typer.Option("--weights", help="'default' (pretrained), 'none' (random, seeded) or a state-dict path")
+    str | None,
+    typer.Option("--weights", help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
+                 show_default=_shown(RankOptions, "weights")),
 ]
 ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
-ScoreOpt = Annotated[str, typer.Option("--score", help="Grad-CAM target: 'top' predicted class or 'label'")]
-TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report / export")]
+ScoreOpt = Annotated[
+    str | None,
+    typer.Option("--score", help="Grad-CAM target: 'top' predicted class or 'label'", show_default=_shown(RankOptions, "score")),
+]
+TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report")]
 SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="images per forward/backward pass", show_default=_shown(RankOptions, "batch_size")),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)", show_default=_shown(RankOptions, "device")),
+]
 BootstrapOpt = Annotated[
-    int, typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)")
+    int | None,
+    typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
+                 show_default=_shown(RankOptions, "bootstrap")),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
 WorkersOpt = Annotated[
@@ -70,27 +94,33 @@ BottleneckOpt = Annotated[
     str | None,
     typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
 ]
-FinetuneOpt = Annotated[str, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model) or 'tail'")]
-TrainStepsOpt = Annotated[int, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")]
-TrainBatchOpt = Annotated[int, typer.Option("--train-batch", help="images per bottleneck training step")]
+# Left out, the bottleneck flags take BottleneckOptions' defaults (bottleneck/core.py imports torch: not read here).
+FinetuneOpt = Annotated[
+    str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
+]
+TrainStepsOpt = Annotated[
+    int | None, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")
+]
+TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch", help="images per bottleneck training step")]
 
 
-def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> BottleneckOptions | None:
+def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch: int | None) -> BottleneckOptions | None:
     """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
-    from isplit_export.bottleneck.core import BottleneckOptions
+    from isplit_export.bottleneck.core import BottleneckOptions  # lazy: imports torch
     from isplit_export.errors import BadInputError
 
+    training = _given(finetune=finetune, train_steps=steps, train_batch=batch)
     if size is None:
-        defaults = BottleneckOptions()
-        if (finetune, steps, batch) != (defaults.finetune, defaults.train_steps, defaults.train_batch):
-            BottleneckOptions(finetune=finetune, train_steps=steps, train_batch=batch)  # bad values first
+        if BottleneckOptions(**training) != BottleneckOptions():  # bad values first, then the missing flag
             raise BadInputError("--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16")
         return None
-    return BottleneckOptions(size=size, finetune=finetune, train_steps=steps, train_batch=batch)
+    return BottleneckOptions(size=size, **training)
 
 
 ObjectiveOpt = Annotated[
-    str, typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)")
+    str | None,
+    typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)",
+                 show_default=_shown(ExportOptions, "objective")),
 ]
 HeadFlopsOpt = Annotated[
     float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
@@ -100,8 +130,6 @@ LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="cons
 
 
 def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
-    from isplit_export.bundle.selection import Constraints
-
     return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
 
 
@@ -116,8 +144,10 @@ def _setup(verbose: bool) -> None:
 @app.command("export")
 def export_cmd(
     model: ModelArg = "efficientnet_lite0",
-    top: TopOpt = 3,
-    target: Annotated[str, typer.Option("--target", help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)")] = "onnx",
+    top: Annotated[int | None, typer.Option("--top", help="number of ranked splits to export", show_default=_shown(ExportOptions, "top"))] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)", show_default=_shown(ExportOptions, "target"))
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="bundle directory to create")] = Path("bundle"),
     boundary: Annotated[
         str | None, typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)")
@@ -127,34 +157,40 @@ def export_cmd(
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = "default",
+    weights: WeightsOpt = None,
     images: ImagesOpt = None,
-    score: ScoreOpt = "top",
+    score: ScoreOpt = None,
     input_size: SizeOpt = None,
-    golden: Annotated[int, typer.Option("--golden", help="golden images stored per split")] = 4,
+    golden: Annotated[int | None, typer.Option("--golden", help="golden images stored per split", show_default=_shown(ExportOptions, "golden"))] = None,
     verify_images: Annotated[
-        int, typer.Option("--verify-images", help="images for calibration and verification (in memory)")
-    ] = 256,
+        int | None,
+        typer.Option("--verify-images", help="images for calibration and verification (in memory)", show_default=_shown(ExportOptions, "verify_images")),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
-    batch_size: BatchOpt = 16,
-    latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
-    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
+    batch_size: BatchOpt = None,
+    latency_runs: Annotated[
+        int | None, typer.Option("--latency-runs", help="timed runs per model for the latency table", show_default=_shown(ExportOptions, "latency_runs"))
+    ] = None,
+    bootstrap: BootstrapOpt = None,
     bottleneck: BottleneckOpt = None,
-    finetune: FinetuneOpt = "none",
-    train_steps: TrainStepsOpt = 64,
-    train_batch: TrainBatchOpt = 8,
+    finetune: FinetuneOpt = None,
+    train_steps: TrainStepsOpt = None,
+    train_batch: TrainBatchOpt = None,
     link: Annotated[
         str | None, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns")
     ] = None,
-    objective: ObjectiveOpt = "cui",
-    server: Annotated[str, typer.Option("--server", help="target profile of the server running the tail")] = "x86-tensorrt",
+    objective: ObjectiveOpt = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="target profile of the server running the tail", show_default=_shown(ExportOptions, "server"))
+    ] = None,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     weights_layout: Annotated[
-        str, typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline")
-    ] = "shared",
+        str | None,
+        typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline", show_default=_shown(ExportOptions, "weights_layout")),
+    ] = None,
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
     ] = None,
@@ -162,17 +198,16 @@ def export_cmd(
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
     from isplit_export.bundle.build import export
-    from isplit_export.options import ExportOptions
 
     _setup(verbose)
     options = ExportOptions(
-        model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
-        classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
-        golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(), bootstrap=bootstrap, link=link, objective=objective, server=server,
+        model=model, out=out, boundary=boundary, precision=precision, data=data, classes=_split_classes(classes),
+        images=images, input_size=input_size, force=force, progress=sys.stderr.isatty(), link=link,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
-        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
-        weights_layout=weights_layout, summary_json=summary_json,
+        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms), summary_json=summary_json,
+        **_given(top=top, target=target, weights=weights, score=score, golden=golden, verify_images=verify_images,
+                 batch_size=batch_size, latency_runs=latency_runs, bootstrap=bootstrap, objective=objective,
+                 server=server, weights_layout=weights_layout),
     )  # fmt: skip
     result = export(options)
     if result.rank.ranking.cost is not None:
@@ -180,7 +215,7 @@ def export_cmd(
 
         typer.echo(format_table(result.rank.ranking.to_json()))
     else:
-        typer.echo(result.rank.ranking.table(top))
+        typer.echo(result.rank.ranking.table(options.top))
     for split in result.manifest["splits"]:
         v = split["verification"]
         b = split["boundary"]
@@ -205,29 +240,28 @@ def rank_cmd(
     model: ModelArg = "efficientnet_lite0",
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = "default",
+    weights: WeightsOpt = None,
     images: ImagesOpt = None,
-    score: ScoreOpt = "top",
+    score: ScoreOpt = None,
     top: TopOpt = 5,
     input_size: SizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")] = None,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "cpu",
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
-    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
+    bootstrap: BootstrapOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
     from isplit_export.api import rank
     from isplit_export.distributed import is_primary
-    from isplit_export.options import RankOptions
 
     _setup(verbose)
     options = RankOptions(
-        model=model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
-        input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
-        workers=workers, distributed=distributed, bootstrap=bootstrap,
+        model=model, data=data, classes=_split_classes(classes), images=images, top=top, input_size=input_size,
+        out=out, progress=sys.stderr.isatty(), workers=workers, distributed=distributed,
+        **_given(weights=weights, score=score, batch_size=batch_size, device=device, bootstrap=bootstrap),
     )  # fmt: skip
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
@@ -243,23 +277,30 @@ def rank_cmd(
 @app.command("study")
 def study_cmd(
     model: ModelArg = "efficientnet_lite0",
-    cuts: Annotated[str, typer.Option("--cuts", help="'candidates' (local maxima of the CUI) or 'all'")] = "candidates",
+    # Left out, a flag takes StudyOptions' / BottleneckOptions' default (bottleneck/, torch: not read here).
+    cuts: Annotated[
+        str | None, typer.Option("--cuts", help="'candidates' (local maxima of the CUI, default) or 'all'")
+    ] = None,
     bottleneck: Annotated[
-        str, typer.Option("--bottleneck", help="bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)")
-    ] = "1/16",
-    finetune: FinetuneOpt = "none",
-    train_steps: TrainStepsOpt = 64,
-    train_batch: TrainBatchOpt = 8,
-    boundary: Annotated[str, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")] = "int8",
+        str | None,
+        typer.Option("--bottleneck", help="bottleneck at each cut: ratio of the boundary (default 1/16) or bytes (2KiB)"),
+    ] = None,
+    finetune: FinetuneOpt = None,
+    train_steps: TrainStepsOpt = None,
+    train_batch: TrainBatchOpt = None,
+    boundary: Annotated[str | None, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = "default",
+    weights: WeightsOpt = None,
     images: ImagesOpt = None,
-    score: ScoreOpt = "top",
+    score: ScoreOpt = None,
     input_size: SizeOpt = None,
     out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
-    batch_size: BatchOpt = 16,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the split, the training and the random baseline")] = 0,
+    batch_size: BatchOpt = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="seed of the split, the training and the random baseline", show_default=_shown(RankOptions, "seed")),
+    ] = None,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
@@ -271,11 +312,11 @@ def study_cmd(
 
     _setup(verbose)
     options = StudyOptions(
-        model=model, cuts=cuts, bottleneck=BottleneckOptions(size=bottleneck, finetune=finetune,
-        train_steps=train_steps, train_batch=train_batch), boundary=boundary, data=data,
-        classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
-        out=out, batch_size=batch_size, seed=seed, progress=sys.stderr.isatty(), workers=workers,
+        model=model, bottleneck=BottleneckOptions(**_given(size=bottleneck, finetune=finetune,
+        train_steps=train_steps, train_batch=train_batch)), data=data, classes=_split_classes(classes),
+        images=images, input_size=input_size, out=out, progress=sys.stderr.isatty(), workers=workers,
         distributed=distributed,
+        **_given(cuts=cuts, boundary=boundary, weights=weights, score=score, batch_size=batch_size, seed=seed),
     )  # fmt: skip
     result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports
@@ -286,7 +327,7 @@ def study_cmd(
 
 def format_study(data: dict[str, object]) -> str:
     """The study as a terminal table plus its summary lines."""
-    from typing import Any, cast
+    from typing import cast
 
     d = cast("dict[str, Any]", data)
     metric = d["summary"]["metric"]
@@ -331,7 +372,8 @@ def verify_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
-    from isplit_export.verification.verify import format_table, verify_bundle
+    from isplit_export.verification.results import format_table
+    from isplit_export.verification.verify import verify_bundle
 
     _setup(verbose)
     result = verify_bundle(bundle, backend=backend, split=split)

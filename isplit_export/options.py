@@ -13,11 +13,11 @@ never a new keyword argument threaded through the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from isplit_export.bundle.selection import OBJECTIVES, Constraints
 from isplit_export.errors import BadInputError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 
@@ -27,7 +27,39 @@ if TYPE_CHECKING:  # torch-free at import time
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
 WEIGHT_LAYOUTS = ("shared", "inline")
-"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.exporting.weights`) or inline."""
+"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.bundle.weights`) or inline."""
+
+OBJECTIVES = ("cui", "latency", "balanced")
+"""``--objective``: how :mod:`isplit_export.bundle.selection` orders the candidates."""
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Upper bounds a split must meet: head FLOPs share (0-1], boundary KiB, end-to-end ms; None = no bound."""
+
+    max_head_flops: float | None = None
+    max_boundary_kib: float | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_head_flops is not None and not 0 < self.max_head_flops <= 1:
+            raise BadInputError(
+                f"--max-head-flops {self.max_head_flops}: pass the head's share of the FLOPs, in (0, 1] (0.5 = half)"
+            )
+        for flag, value in (("--max-boundary-kib", self.max_boundary_kib), ("--max-latency-ms", self.max_latency_ms)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise BadInputError(f"{flag} {value}: pass a positive number")
+
+    def active(self) -> list[tuple[str, float]]:
+        """The bounds that are set, as (flag, value)."""
+        pairs = (("--max-head-flops", self.max_head_flops), ("--max-boundary-kib", self.max_boundary_kib),
+                 ("--max-latency-ms", self.max_latency_ms))  # fmt: skip
+        return [(flag, v) for flag, v in pairs if v is not None]
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"max_head_flops": self.max_head_flops, "max_boundary_kib": self.max_boundary_kib,
+                "max_latency_ms": self.max_latency_ms}  # fmt: skip
+
 
 _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
@@ -112,7 +144,7 @@ class ExportOptions(RankOptions):
     ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
     verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
     ``weights_layout`` is ``shared`` (every weight stored once per precision in ``weights/``, see
-    :mod:`isplit_export.exporting.weights`) or ``inline`` (self-contained ONNX files in the split folders).
+    :mod:`isplit_export.bundle.weights`) or ``inline`` (self-contained ONNX files in the split folders).
     ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 
@@ -135,7 +167,9 @@ class ExportOptions(RankOptions):
 
     def validate(self) -> None:
         if self.bottleneck is not None:
-            from isplit_export.bottleneck.core import as_bottleneck
+            from isplit_export.bottleneck.core import (
+                as_bottleneck,  # lazy: imports torch (moves here, issue 16)
+            )
 
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         super().validate()
@@ -150,7 +184,7 @@ class ExportOptions(RankOptions):
         if self.objective not in OBJECTIVES:
             raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
         if self.link is not None:
-            from isplit_export.targets.cost import parse_link
+            from isplit_export.targets.cost import parse_link  # lazy: keeps `import options` free of onnx
 
             parse_link(self.link)
         elif self.objective != "cui" or self.constraints.max_latency_ms is not None:

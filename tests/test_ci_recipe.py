@@ -21,6 +21,8 @@ import pytest
 from isplit_export.bundle.summary import SUMMARY_SCHEMA
 from isplit_export.verification.verify import verify_bundle
 
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
+
 CI_MD = Path(__file__).resolve().parents[1] / "docs" / "ci.md"
 
 

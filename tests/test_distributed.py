@@ -52,6 +52,7 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
 
 
+@pytest.mark.e2e
 def test_two_processes_give_the_single_process_ranking(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -79,6 +80,7 @@ def test_two_processes_give_the_single_process_ranking(
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
+@pytest.mark.e2e
 def test_two_processes_share_the_study_cuts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -97,6 +99,7 @@ def test_two_processes_share_the_study_cuts(
     assert (tmp_path / "two" / "study.png").read_bytes() == (tmp_path / "one" / "study.png").read_bytes()
 
 
+@pytest.mark.e2e
 def test_a_failing_process_fails_the_job_and_writes_nothing(
     tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -119,6 +122,7 @@ def test_a_failing_process_fails_the_job_and_writes_nothing(
     assert run.stdout == ""
 
 
+@pytest.mark.e2e
 def test_distributed_flag_without_torchrun_is_a_world_of_one(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -136,6 +140,7 @@ def _digits_traced(digits_weights: Path) -> object:
     return trace(model.eval(), DIGITS_PREPROCESSING.input_shape)
 
 
+@pytest.mark.e2e
 def test_workers_give_the_same_cui_as_decoding_inline(digits_weights: Path, digits_dir: Path) -> None:
     traced = _digits_traced(digits_weights)
     images = load_images(digits_dir, DIGITS_PREPROCESSING)
@@ -183,6 +188,7 @@ print("after")
 """
 
 
+@pytest.mark.e2e
 def test_a_killed_decoding_worker_is_an_error_not_a_hang(digits_dir: Path) -> None:
     # in a child process: the DataLoader's SIGCHLD handler must not fire inside pytest
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,6 +13,8 @@ from isplit_export.files import write_json
 from isplit_export.verification.verify import verify_bundle
 from tests.helpers import DIGITS, run_cli, run_cli_without_torch
 
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
+
 
 @pytest.fixture(scope="module")
 def cost_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:

@@ -445,6 +445,7 @@ def test_check_engine_record_refuses_missing_or_modified_engines(tmp_path: Path)
         trt_backend.check_engine_record(tmp_path)
 
 
+@pytest.mark.e2e
 def test_trt_backend_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
     """mypy checks trt_backend.py against tensorrt-stubs 10.13, and a wrong call is caught (control).
 

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isplit_export.bundle.selection import OBJECTIVES, Constraints, Selection, select
+from isplit_export.bundle.selection import Selection, select
 from isplit_export.errors import BadInputError
 from isplit_export.files import write_text_atomic
+from isplit_export.options import OBJECTIVES, Constraints
 from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
 from isplit_export.targets.profiles import TargetProfile, load_target, validate_profile
 
@@ -204,9 +205,7 @@ def plan(
     target_json = manifest.get("target")
     if not isinstance(target_json, dict) or "name" not in target_json:
         raise BadInputError(f"{bundle / 'manifest.json'} has no target block: rebuild the bundle")
-    device_profile = (
-        validate_profile(target_json, "manifest.json target") if "cost" in target_json else load_target(target_json["name"])
-    )
+    device_profile = validate_profile(target_json, "manifest.json target")  # every profile has a cost block
     options = manifest.get("options") or {}
     objective = objective or str(options.get("objective") or "cui")
     if constraints is None:

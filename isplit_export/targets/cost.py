@@ -32,6 +32,7 @@ from typing import Any
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import element_bytes
+from isplit_export.numbers import rounded
 from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 
 """Bytes per boundary element of each encoding (encoding.ENCODINGS)."""
@@ -130,7 +131,7 @@ def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
 
 
 def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 6)
+    return rounded(v, 6, decimals=True)
 
 
 def cut_cost(

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS
-from isplit_export.verification.gates import PRECISIONS
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -30,6 +29,9 @@ ALIASES: dict[str, str] = {"jetson": "jetson-orin-nx"}
 
 KINDS = ("jetson", "server", "cpu", "onnx")
 BACKENDS = ("tensorrt", "onnxruntime")
+"""A target's runtime (``backend`` in its profile); ``verify --backend`` has its own list (gates.VERIFY_BACKENDS)."""
+PRECISIONS = ("fp32", "fp16", "int8")
+"""Engine precisions a target may support; the gates and ``verify`` read them from here."""
 DLA_PRECISIONS = ("fp16", "int8")
 """DLA computes in fp16 or int8 only; an fp32 engine never goes to DLA."""
 

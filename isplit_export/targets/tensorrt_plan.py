@@ -351,7 +351,7 @@ def read_plan(split_dir: Path) -> dict[str, Any]:
 def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
     """Point a written plan at moved ONNX files: ``moves`` maps a model path of the plan (relative to
     ``split_dir``) to its new one, e.g. ``head.onnx`` -> ``../../01-x.head.onnx`` in the shared weights
-    layout (:mod:`isplit_export.exporting.weights`). Rewrites ``engine_plan.json`` and ``build_engines.sh``."""
+    layout (:mod:`isplit_export.bundle.weights`). Rewrites ``engine_plan.json`` and ``build_engines.sh``."""
     plan = read_plan(split_dir)
     for spec in plan["engines"].values():
         new = moves.get(str(spec["onnx"]))
