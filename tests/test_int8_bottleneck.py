@@ -74,4 +74,5 @@ def test_int8_pair_of_a_bottleneck_bundle_passes_its_gate(
     assert check["task"]["held_out"] and check["task"]["metric"] == "accuracy"
     assert check["task"]["full_model"] == pytest.approx(float((full.argmax(1) == labels).mean()))
     assert check["task"]["value"] == pytest.approx(float((q.argmax(1) == labels).mean()))
+    assert "Equivalence `int8-qdq` (against the fp32 pair with its bottleneck): **PASS**" in (out / "report.md").read_text()
     assert verify_bundle(out, write=False).passed
