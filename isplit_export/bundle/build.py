@@ -47,7 +47,13 @@ from isplit_export.options import ExportOptions, make_options
 from isplit_export.ranking.graph import Cut
 from isplit_export.targets.profiles import TargetProfile, load_target
 from isplit_export.targets.tensorrt_plan import write_build_plan
-from isplit_export.verification.checks import check_code_pair, check_pair, cui_order, manifest_rounding
+from isplit_export.verification.checks import (
+    check_code_pair,
+    check_int8_code_pair,
+    check_pair,
+    cui_order,
+    manifest_rounding,
+)
 from isplit_export.verification.gates import GATES, gate_for
 from isplit_export.verification.metrics import accuracy
 from isplit_export.verification.runtime import measure_latency, run_pair_onnx
@@ -233,7 +239,10 @@ def _export_split(
                                 sdir / "tail.int8.onnx", enc)  # fmt: skip
         save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
         _, q_logits = run_pair_onnx(sdir / "head.int8.onnx", sdir / "tail.int8.onnx", xn, batch=batch_size)
-        checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=manifest_rounding)
+        if trained is not None:
+            checks["int8-qdq"] = check_int8_code_pair(logits, q_logits, y_ref, labels)
+        else:
+            checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=manifest_rounding)
         goldens["logits_int8"] = q_logits[:golden]
         files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip

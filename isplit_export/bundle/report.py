@@ -39,6 +39,7 @@ class _Check:
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)
     task: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""  # what the gate compared against, when not the full model
 
 
 def _checks(split: Mapping[str, Any], encoding: str) -> list[_Check]:
@@ -58,6 +59,7 @@ def _checks(split: Mapping[str, Any], encoding: str) -> list[_Check]:
                 passed=passed if isinstance(passed, bool) else None,
                 failures=[str(f) for f in md.as_list(gate.get("failures"))],
                 task=dict(md.as_dict(c.get("task"))),
+                reference=str(c.get("reference") or ""),
             )
         )
     return out
@@ -285,7 +287,8 @@ def _splits(manifest: Mapping[str, Any]) -> list[str]:
             m = c.metrics
             metrics = ", ".join(f"{k} {md.sig(m[k], 6)}" for k in _METRICS if k in m)
             lines.append(
-                f"- Equivalence `{c.name}`: **{_verdict(c.passed)}**, {metrics or 'no metrics'}; {_gate_text(c.gate)}"
+                f"- Equivalence `{c.name}`{f' (against the {c.reference})' if c.reference else ''}: "
+                f"**{_verdict(c.passed)}**, {metrics or 'no metrics'}; {_gate_text(c.gate)}"
             )
             lines += [f"  - failed: {f}" for f in c.failures]
             lines.append(f"- Task `{c.name}`: {_task_text(c.task)}")
