@@ -283,7 +283,7 @@ def _engine_plan(
     and the device applies the encoding around them (``encoding.encode_array`` / ``decode_array``).
     """
     from isplit_export.exporting.encoding import strip_head_encoding, strip_tail_decoding
-    from isplit_export.targets.tensorrt_plan import write_build_plan
+    from isplit_export.targets.engine_plan import write_build_plan
 
     stem = "int8." if profile.default_precision == "int8" else ""
     names = {"head": f"head.{stem}onnx", "tail": f"tail.{stem}onnx"}

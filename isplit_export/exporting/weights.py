@@ -23,7 +23,7 @@ three *refuse* a location that leaves it (``../``: onnx "points outside the dire
 allowed"). A file in ``splits/01-x/`` can therefore never point into ``OUT/weights/``: every ONNX file
 that shares weights has to sit in ``OUT/`` itself. The split folders keep everything else (goldens,
 calibration tensors, engine plans), the manifest's ``files`` entries name the new paths, and each
-engine plan refers to its models as ``../../<file>`` (:func:`tensorrt_plan.relocate_models`).
+engine plan refers to its models as ``../../<file>`` (:func:`engine_plan.relocate_models`).
 
 Everything stays reproducible (files in sorted order, tensors in graph order, deterministic
 serialization), the manifest hashes the pack files like any other file (``verify`` names a modified
@@ -125,7 +125,7 @@ def share_weights(root: Path, splits: Sequence[dict[str, Any]]) -> dict[str, Any
     entries) and each split's engine plan are updated to the new paths. Returns the manifest's
     ``weights`` block: the layout, the packs (element type, tensor count, bytes) and the settings.
     """
-    from isplit_export.targets.tensorrt_plan import PLAN_NAME, relocate_models
+    from isplit_export.targets.engine_plan import PLAN_NAME, relocate_models
 
     sources = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.onnx"))
     moves = {rel: _new_name(rel) for rel in sources}

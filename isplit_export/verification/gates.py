@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS
+from isplit_export.targets.profiles import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,6 @@ GATES: dict[str, Gate] = {
 }
 """Every gate by name: boundary encodings (onnxruntime), the QDQ pair, TensorRT precisions."""
 
-PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt")
 
 

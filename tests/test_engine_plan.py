@@ -25,9 +25,9 @@ import pytest
 from isplit_export.errors import EXIT_NOT_RUN, BadInputError, GateFailedError, NotRunError
 from isplit_export.targets import trt_backend
 from isplit_export.targets.profiles import TargetProfile, list_targets, load_target
-from isplit_export.targets.tensorrt_plan import (
+from isplit_export.targets.engine_plan import (
     PLAN_NAME,
-    PLAN_SCHEMA,
+    ENGINE_PLAN_SCHEMA,
     RECORD_NAME,
     SCRIPT_NAME,
     build_plan,
@@ -217,7 +217,7 @@ def test_plan_files_are_byte_identical_across_writes(tmp_path: Path) -> None:
 def test_engine_plan_json_content(tmp_path: Path) -> None:
     _, plan_path = _write(tmp_path, "jetson-orin-nx", "int8")
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    assert plan["schema"] == PLAN_SCHEMA
+    assert plan["schema"] == ENGINE_PLAN_SCHEMA
     assert plan["target"] == "jetson-orin-nx"
     assert plan["tensorrt_expected"] == "10.3" and plan["jetpack"] == "6.2"
     assert plan["precision"] == "int8" and plan["workspace_mib"] == 2048 and plan["max_batch"] == 8
