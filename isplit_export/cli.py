@@ -24,6 +24,7 @@ import typer
 from isplit_export import __version__
 from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
+from isplit_export.targets import MIN_DLA_FRACTION
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.core import BottleneckOptions
@@ -155,6 +156,9 @@ def export_cmd(
     weights_layout: Annotated[
         str, typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline")
     ] = "shared",
+    min_dla_fraction: Annotated[
+        float, typer.Option("--min-dla-fraction", help="plan a head on the DLA only if this share of its layers runs there")
+    ] = MIN_DLA_FRACTION,
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
     ] = None,
@@ -172,7 +176,7 @@ def export_cmd(
         progress=sys.stderr.isatty(), bootstrap=bootstrap, link=link, objective=objective, server=server,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
         constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
-        weights_layout=weights_layout, summary_json=summary_json,
+        weights_layout=weights_layout, summary_json=summary_json, min_dla_fraction=min_dla_fraction,
     )  # fmt: skip
     result = export(options)
     if result.rank.ranking.cost is not None:
@@ -381,7 +385,7 @@ def build_engines_cmd(
     split: Annotated[int | None, typer.Option("--split", help="only split N")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build the TensorRT engines of a bundle with the TensorRT 10 Python API (on the device)."""
+    """Build the TensorRT engines of a bundle with the TensorRT 10/11 Python API (on the device)."""
     from isplit_export.targets.trt_backend import build_bundle_engines
 
     _setup(verbose)
@@ -397,7 +401,8 @@ def targets_cmd() -> None:
     for t in list_targets():
         alias = [a for a, n in ALIASES.items() if n == t.name]
         extra = f" (alias: {', '.join(alias)})" if alias else ""
-        typer.echo(f"{t.name:18} {t.description}{extra}")
+        trt = f"TensorRT {t.tensorrt_version}" if t.tensorrt_version else "onnxruntime"
+        typer.echo(f"{t.name:20} {trt:16} {t.description}{extra}")
 
 
 @app.command("models")

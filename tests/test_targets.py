@@ -17,6 +17,8 @@ TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 EXPECTED = {
     "cpu",
     "jetson-orin-agx",
+    "jetson-orin-agx-jp7",
+    "x86-tensorrt-11",
     "jetson-orin-nano",
     "jetson-orin-nx",
     "jetson-xavier-nx",
@@ -85,7 +87,7 @@ def test_profile_facts(
 ) -> None:
     """The looked-up platform facts (targets/README.md cites the sources) stay what the docs say."""
     p = load_target(name)
-    assert (p.kind, p.backend, p.jetpack, p.tensorrt, p.cuda, p.dla_cores) == (
+    assert (p.kind, p.backend, p.jetpack, p.tensorrt_version, p.cuda, p.dla_cores) == (
         kind,
         backend,
         jetpack,
@@ -188,14 +190,14 @@ def test_cross_field_rules() -> None:
     data["backend"] = "onnxruntime"
     _refused(data, "backend")
     data = _good()
-    data["tensorrt"] = None
-    _refused(data, "tensorrt")
+    data["tensorrt_version"] = None
+    _refused(data, "tensorrt_version")
     data = _good()
     data["workspace_mib"] = 0
     _refused(data, "workspace_mib")
     data = load_target("cpu").to_json()
-    data["tensorrt"] = "10.3"
-    _refused(data, "tensorrt")
+    data["tensorrt_version"] = "10.3"
+    _refused(data, "tensorrt_version")
     data = _good()
     data["max_opset"] = OPSET - 1
     _refused(data, "max_opset")

@@ -85,7 +85,7 @@ class _Graph:
         g = model.graph
         self.const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer if not t.external_data}
         self.const_names = {t.name for t in g.initializer}
-        self.shapes: dict[str, list[int | str | None]] = {}
+        self.shapes: dict[str, list[int | str | None]] = {t.name: list(t.dims) for t in g.initializer}
         for vi in [*g.input, *g.value_info, *g.output]:
             t = vi.type.tensor_type
             if t.HasField("shape"):

@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from isplit_export.errors import BadInputError
+from isplit_export.targets import MIN_DLA_FRACTION
 from isplit_export.targets.dla import DlaReport, check_model, choose_device
 from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 
@@ -46,8 +47,6 @@ PLAN_NAME = "engine_plan.json"
 ENGINE_DIR = "engines"
 RECORD_NAME = f"{ENGINE_DIR}/build.json"
 TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
-MIN_DLA_FRACTION = 0.9
-"""Default share of a head's layers that must run on the DLA for the plan to keep it there."""
 WEAK_TYPING_FLAGS = ("--fp16", "--int8", "--bf16", "--fp8", "--int4", "--best")
 """trtexec precision flags that TensorRT 11 removed (strongly typed networks only)."""
 TRTEXEC_DEFAULT = "/usr/src/tensorrt/bin/trtexec"
