@@ -277,8 +277,10 @@ def check_model(model: onnx.ModelProto, *, batch: int = 1) -> DlaReport:
     report = DlaReport(layers=0)
     folded: set[str] = set(g.const_names)
     for node in g.graph.node:
-        if node.op_type in _SKIPPED or (node.input and all(i == "" or i in folded for i in node.input)):
-            folded.update(node.output)
+        if node.input and all(i == "" or i in folded for i in node.input):
+            folded.update(node.output)  # constant-only: folded at build time
+            continue
+        if node.op_type in _SKIPPED:
             continue
         report.layers += 1
         rule = _RULES.get(node.op_type)
