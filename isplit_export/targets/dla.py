@@ -33,6 +33,8 @@ RULES = "NVIDIA/TensorRT include/NvInfer.h DLA clauses (v10.3.0 = v11.1) + DLA s
 
 _SKIPPED = {"Constant", "Identity", "QuantizeLinear", "DequantizeLinear", "Dropout"}
 """Not layers on any device: folded or fused by TensorRT (Q/DQ pairs fuse into the quantized layer)."""
+_SHAPE_OPS = {"Shape", "Size"}
+"""Shape queries: build-time constants once the shapes are static (DLA-SW operator table: "inferred at build time")."""
 _ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "PRelu", "BatchNormalization"}
 _ELEMENTWISE = {"Add": "kSUM", "Sum": "kSUM", "Sub": "kSUB", "Mul": "kPROD", "Max": "kMAX", "Min": "kMIN"}
 _SHUFFLE = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"}
@@ -79,10 +81,21 @@ class DlaReport:
 class _Graph:
     """Shapes, constants and attributes of one ONNX graph, as the rules need them."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, batch: int) -> None:
+        # the DLA profile fixes the batch (min = opt = max), so the check does too, and reads every
+        # tensor's static shape (and every shape tensor's value) from one onnxruntime run on zeros: shape
+        # arithmetic (Shape -> Gather -> ... -> Pad, as exporters write "same" padding) is then static,
+        # as it is for TensorRT at build time. Without onnxruntime's answer, ONNX shape inference.
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(model)
+        for inp in fixed.graph.input:
+            dims = inp.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = batch
+        values = _evaluate(fixed)
         with contextlib.suppress(Exception):  # shapes stay unknown; the rules that need them say so
-            model = onnx.shape_inference.infer_shapes(model)
-        g = model.graph
+            fixed = onnx.shape_inference.infer_shapes(fixed)
+        g = fixed.graph
         self.const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer if not t.external_data}
         self.const_names = {t.name for t in g.initializer}
         self.shapes: dict[str, list[int | str | None]] = {t.name: list(t.dims) for t in g.initializer}
@@ -92,13 +105,47 @@ class _Graph:
                 self.shapes[vi.name] = [
                     d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
                 ]
+        for name, value in values.items():
+            self.shapes[name] = list(value.shape)
+        self.values = values
+        self.folded: set[str] = set(self.const_names)
         self.graph = g
 
     def shape(self, name: str) -> list[int | str | None] | None:
         return self.shapes.get(name)
 
     def is_const(self, name: str) -> bool:
-        return name == "" or name in self.const_names
+        return name == "" or name in self.const_names or name in self.folded
+
+    def value(self, name: str) -> np.ndarray | None:
+        """A constant's value: an initializer, or a folded node's output from the onnxruntime run."""
+        return self.const.get(name, self.values.get(name) if name in self.folded else None)
+
+
+def _evaluate(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every node output of ``model`` from one onnxruntime run on zero inputs ({} when it cannot run)."""
+    try:
+        import onnxruntime as ort
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        known = {o.name for o in probe.graph.output}
+        names = [o for n in probe.graph.node for o in n.output if o and o not in known]
+        probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        inits = {t.name for t in model.graph.initializer}
+        feeds = {}
+        for inp in session.get_inputs():
+            if inp.name in inits:
+                continue
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(
+                next(i.type.tensor_type.elem_type for i in model.graph.input if i.name == inp.name)
+            )
+            feeds[inp.name] = np.zeros([int(d) for d in inp.shape], dtype)
+        outputs = session.get_outputs()
+        return {o.name: np.asarray(v) for o, v in zip(outputs, session.run(None, feeds), strict=True)}
+    except Exception:  # a graph onnxruntime cannot run: static shape inference only
+        return {}
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -197,7 +244,7 @@ def _matmul(g: _Graph, node: onnx.NodeProto) -> str | None:
 
 
 def _resize(g: _Graph, node: onnx.NodeProto) -> str | None:
-    scales = g.const.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    scales = g.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if scales is None or scales.size != 4:
         return "resize without 4 constant scales (output sizes are not supported on DLA)"
     s = [float(v) for v in scales.ravel()]
@@ -212,7 +259,7 @@ def _resize(g: _Graph, node: onnx.NodeProto) -> str | None:
 def _slice(g: _Graph, node: onnx.NodeProto) -> str | None:
     if not all(g.is_const(i) for i in node.input[1:]):
         return "slice with non-constant start/end/axes/steps"
-    steps = g.const.get(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    steps = g.value(node.input[4]) if len(node.input) > 4 and node.input[4] else None
     if steps is not None and any(int(v) != 1 for v in steps.ravel()):
         return "slice with strides other than 1"
     if len(g.shape(node.input[0]) or [0, 0, 0, 0]) != 4:
@@ -273,12 +320,15 @@ def check_model(model: onnx.ModelProto, *, batch: int = 1) -> DlaReport:
     Nodes whose inputs are all constants are folded by TensorRT and not counted; Q/DQ, Identity,
     Constant and Dropout nodes are not layers either. Every other node is one layer, on the DLA or not.
     """
-    g = _Graph(model)
+    g = _Graph(model, batch)
     report = DlaReport(layers=0)
-    folded: set[str] = set(g.const_names)
+    folded = g.folded
     for node in g.graph.node:
-        if node.input and all(i == "" or i in folded for i in node.input):
+        if all(i == "" or i in folded for i in node.input):  # (a Constant node has no input)
             folded.update(node.output)  # constant-only: folded at build time
+            continue
+        if node.op_type in _SHAPE_OPS and _dynamic(g, node) is None:
+            folded.update(node.output)  # static shapes (the DLA profile fixes the batch): a build-time constant
             continue
         if node.op_type in _SKIPPED:
             continue
