@@ -97,7 +97,7 @@ def test_dynamic_dimension_is_named() -> None:
         "y", [],
     )  # fmt: skip
     got = _fallbacks(model)
-    assert [g[0] for g in got][0] == "dynamic_sigmoid"
+    assert next(g[0] for g in got) == "dynamic_sigmoid"
     assert "dynamic dimension in z" in got[0][2] and "static shapes" in got[0][2]
     assert "static_relu" not in [g[0] for g in got]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -147,7 +148,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
         manifest["weights"] = weights
         manifest["files"] = _hash_files(tmp)
-        report = render_report({**manifest, "run": {"latency_ms": latency}}, ranked.ranking.to_json())
+        plans = {str(sp["dir"]): json.loads(f.read_text()) for sp in splits
+                 if (f := tmp / str(sp["dir"]) / "engine_plan.json").is_file()}  # fmt: skip  # for the report only
+        report = render_report({**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {
             "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),

@@ -271,6 +271,11 @@ def _unary(g: _Graph, node: onnx.NodeProto) -> str | None:
     return None if node.op_type == "Abs" else f"unary {node.op_type}: DLA runs only Abs"
 
 
+def _pad(g: _Graph, node: onnx.NodeProto) -> str | None:
+    return ("Pad is not among the DLA supported layers (whether TensorRT fuses a zero Pad into the next "
+            "convolution on the DLA is not documented: counted as a fallback)")  # fmt: skip
+
+
 def _none(g: _Graph, node: onnx.NodeProto) -> str | None:
     return None
 
@@ -288,6 +293,7 @@ _RULES: dict[str, Callable[[_Graph, onnx.NodeProto], str | None]] = {
     "Resize": _resize,
     "Upsample": _resize,
     "Slice": _slice,
+    "Pad": _pad,
     "Softmax": _none,
     "LRN": _none,
     "Abs": _unary,
