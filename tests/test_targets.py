@@ -226,3 +226,14 @@ def test_falls_back_to_the_repo_folder_without_the_resource_package(monkeypatch:
     monkeypatch.setattr(targets.importlib.resources, "files", missing)
     assert Path(str(targets._targets_dir())) == TARGETS_DIR
     assert load_target("jetson").name == "jetson-orin-nx"
+
+
+def test_targets_command_shows_each_tensorrt_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.helpers import run_cli
+
+    code, out, _ = run_cli(capsys, "targets")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for profile in list_targets():
+        expected = f"TensorRT {profile.tensorrt_version}" if profile.tensorrt_version else "onnxruntime"
+        assert expected in rows[profile.name], rows[profile.name]
