@@ -202,3 +202,19 @@ def test_plan_moves_a_mostly_unsupported_head_to_the_gpu(tmp_path: Path) -> None
         if device == "dla":  # the planned fallback is allowed, one more fails the script
             assert "--allowGPUFallback" in plan["engines"]["head"]["trtexec"]
             assert 'if [ "${FALLBACK:-0}" -gt 1 ]; then' in script
+
+
+def test_report_lines_show_the_version_and_the_dla_check(tmp_path: Path) -> None:
+    from isplit_export.targets.engine_plan import plan_report_lines
+
+    model = _model([helper.make_node("HardSwish", ["x"], ["boundary"], name="hs")], [_x(["batch", 3, 8, 8])],
+                   "boundary", [])  # fmt: skip
+    onnx.save(model, str(tmp_path / "head.onnx"))
+    onnx.save(model, str(tmp_path / "tail.onnx"))
+    write_build_plan(tmp_path, load_target("jetson-orin-agx"), precision="fp16", head_onnx="head.onnx",
+                     tail_onnx="tail.onnx", input_shape=(1, 3, 8, 8), boundary_shape=(1, 3, 8, 8))  # fmt: skip
+    lines = plan_report_lines(json.loads((tmp_path / PLAN_NAME).read_text()))
+    assert lines[0] == "  - written for TensorRT 10.3 (weakly typed)"
+    assert lines[1].startswith("  - DLA check: 0/1 head layers can run on the DLA; GPU: only 0/1 layers")
+    assert lines[2] == "    - `hs` (HardSwish): HardSwish is not among the DLA supported layers"
+    assert plan_report_lines({}) == []

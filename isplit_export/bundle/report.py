@@ -464,22 +464,9 @@ def _speedup(fp32: float | None, int8: float | None) -> str:
     return f"{fp32 / int8:.2f}x" if fp32 is not None and int8 else "-"
 
 
-def _dla_lines(plan: Mapping[str, Any]) -> list[str]:
-    """The plan's TensorRT version and DLA capability check (targets/dla.py), under its split's line."""
-    if not plan:
-        return []
-    lines = [f"  - written for TensorRT {plan.get('tensorrt_version')} ({plan.get('typing')}ly typed)"]
-    dla = _dict(plan.get("dla"))
-    if dla:
-        lines.append(f"  - DLA check: {dla.get('on_dla')}/{dla.get('layers')} head layers can run on the DLA; {dla.get('decision')}")
-        for f in map(_dict, _list(dla.get("fallback"))[:5]):
-            lines.append(f"    - `{f.get('node')}` ({f.get('op')}): {f.get('reason')}")
-        if len(_list(dla.get("fallback"))) > 5:
-            lines.append(f"    - ... {len(_list(dla.get('fallback'))) - 5} more in the plan's `dla.fallback`")
-    return lines
-
-
 def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
+    from isplit_export.targets.engine_plan import plan_report_lines
+
     plans = []
     for s in map(_dict, _list(manifest.get("splits"))):
         files = [str(f) for f in _dict(s.get("files")).values() if isinstance(f, str)]
@@ -488,7 +475,7 @@ def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
             continue
         plan = next((f for f in sorted(files) if f.endswith("engine_plan.json")), None)
         plans.append(f"- `{script}`" + (f" (plan: `{plan}`)" if plan else ""))
-        plans += _dla_lines(_dict(_dict(manifest.get("engine_plans")).get(str(s.get("dir")))))
+        plans += plan_report_lines(_dict(_dict(manifest.get("engine_plans")).get(str(s.get("dir")))))
     if not plans:
         return []
     target = _dict(manifest.get("target"))

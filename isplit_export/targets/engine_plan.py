@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -405,6 +406,21 @@ def read_plan(split_dir: Path) -> dict[str, Any]:
     if not isinstance(plan, dict) or plan.get("schema") != ENGINE_PLAN_SCHEMA:
         raise BadInputError(f"{path} is not an {ENGINE_PLAN_SCHEMA} plan: re-export the bundle")
     return plan
+
+
+def plan_report_lines(plan: Mapping[str, Any]) -> list[str]:
+    """Markdown lines for the bundle report: the TensorRT version a plan is written for and its DLA check."""
+    if not plan:
+        return []
+    lines = [f"  - written for TensorRT {plan.get('tensorrt_version')} ({plan.get('typing')}ly typed)"]
+    dla = plan.get("dla") if isinstance(plan.get("dla"), Mapping) else None
+    if dla:
+        fallback = [f for f in dla.get("fallback", []) if isinstance(f, Mapping)]
+        lines.append(f"  - DLA check: {dla.get('on_dla')}/{dla.get('layers')} head layers can run on the DLA; {dla.get('decision')}")
+        lines += [f"    - `{f.get('node')}` ({f.get('op')}): {f.get('reason')}" for f in fallback[:5]]
+        if len(fallback) > 5:
+            lines.append(f"    - ... {len(fallback) - 5} more in the plan's `dla.fallback`")
+    return lines
 
 
 def check_tensorrt_version(plan: dict[str, Any], installed: str) -> None:
