@@ -191,6 +191,10 @@ def export_cmd(
         str | None,
         typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline", show_default=_shown(ExportOptions, "weights_layout")),
     ] = None,
+    min_dla_fraction: Annotated[
+        float | None,
+        typer.Option("--min-dla-fraction", help="plan a head on the DLA only if this share of its layers runs there", show_default=_shown(ExportOptions, "min_dla_fraction")),
+    ] = None,
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
     ] = None,
@@ -207,7 +211,7 @@ def export_cmd(
         constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms), summary_json=summary_json,
         **_given(top=top, target=target, weights=weights, score=score, golden=golden, verify_images=verify_images,
                  batch_size=batch_size, latency_runs=latency_runs, bootstrap=bootstrap, objective=objective,
-                 server=server, weights_layout=weights_layout),
+                 server=server, weights_layout=weights_layout, min_dla_fraction=min_dla_fraction),
     )  # fmt: skip
     result = export(options)
     if result.rank.ranking.cost is not None:
@@ -423,7 +427,7 @@ def build_engines_cmd(
     split: Annotated[int | None, typer.Option("--split", help="only split N")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build the TensorRT engines of a bundle with the TensorRT 10 Python API (on the device)."""
+    """Build the TensorRT engines of a bundle with the TensorRT 10/11 Python API (on the device)."""
     from isplit_export.targets.trt_backend import build_bundle_engines
 
     _setup(verbose)
@@ -439,7 +443,8 @@ def targets_cmd() -> None:
     for t in list_targets():
         alias = [a for a, n in ALIASES.items() if n == t.name]
         extra = f" (alias: {', '.join(alias)})" if alias else ""
-        typer.echo(f"{t.name:18} {t.description}{extra}")
+        trt = f"TensorRT {t.tensorrt_version}" if t.tensorrt_version else "onnxruntime"
+        typer.echo(f"{t.name:20} {trt:16} {t.description}{extra}")
 
 
 @app.command("models")

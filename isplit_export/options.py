@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from isplit_export.errors import BadInputError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
+from isplit_export.targets import MIN_DLA_FRACTION
 
 if TYPE_CHECKING:  # torch-free at import time
     from isplit_export.bottleneck.core import BottleneckOptions
@@ -159,6 +160,8 @@ class ExportOptions(RankOptions):
     constraints: Constraints = field(default_factory=Constraints)
     server: str = "x86-tensorrt"
     weights_layout: str = "shared"
+    min_dla_fraction: float = MIN_DLA_FRACTION
+    """Plan a head on the DLA only when at least this share of its layers runs there (:mod:`isplit_export.targets.dla`)."""
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
     force: bool = field(default=False, metadata=_RUN_ONLY)
     summary_json: Path | None = field(default=None, metadata=_RUN_ONLY)
@@ -190,6 +193,8 @@ class ExportOptions(RankOptions):
         elif self.objective != "cui" or self.constraints.max_latency_ms is not None:
             what = f"--objective {self.objective}" if self.objective != "cui" else "--max-latency-ms"
             raise BadInputError(f"{what} needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
+        if not 0.0 <= self.min_dla_fraction <= 1.0:
+            raise BadInputError(f"--min-dla-fraction {self.min_dla_fraction}: pass a share between 0 and 1")
         if self.weights_layout not in WEIGHT_LAYOUTS:
             raise BadInputError(f"--weights-layout {self.weights_layout!r}: choose {' or '.join(WEIGHT_LAYOUTS)}")
         if self.summary_json is not None and not isinstance(self.summary_json, Path):

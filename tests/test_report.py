@@ -103,7 +103,7 @@ def _manifest() -> dict[str, Any]:
             "description": "Jetson Orin NX",
             "backend": "tensorrt",
             "jetpack": "6.2",
-            "tensorrt": "10.3",
+            "tensorrt_version": "10.3",
             "cuda": "12.6",
         },
         "boundary_encoding": "int8",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -45,8 +46,8 @@ from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
 from isplit_export.options import ExportOptions, make_options
 from isplit_export.ranking.graph import Cut
+from isplit_export.targets.engine_plan import write_build_plan
 from isplit_export.targets.profiles import TargetProfile, load_target
-from isplit_export.targets.tensorrt_plan import write_build_plan
 from isplit_export.verification.checks import (
     check_code_pair,
     check_int8_code_pair,
@@ -163,7 +164,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
         manifest["weights"] = weights
         manifest["files"] = _hash_files(tmp)
-        report = render_report({**manifest, "run": {"latency_ms": latency}}, ranked.ranking.to_json())
+        plans = {str(sp["dir"]): json.loads(f.read_text()) for sp in splits
+                 if (f := tmp / str(sp["dir"]) / "engine_plan.json").is_file()}  # fmt: skip  # for the report only
+        report = render_report({**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {
             "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
@@ -249,7 +252,8 @@ def _export_split(
     save_npz(sdir / "golden.npz", goldens)
     if profile.uses_tensorrt:
         shape = trained.plan.code_shape if trained is not None else cut.shape
-        files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape))
+        files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape,
+                                  min_dla_fraction=opts.min_dla_fraction))  # fmt: skip
 
     timed = {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}
     if profile.int8:  # the INT8 pair, interleaved with the fp32 one
@@ -286,9 +290,12 @@ def _export_split(
 
 def _engine_plan(
     sdir: Path, rel: str, profile: TargetProfile, enc: BoundaryEncoding, boundary_shape: tuple[int, ...],
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int, ...], *, min_dla_fraction: float,
 ) -> dict[str, str]:
     """Write the TensorRT build plan; returns the new files for the manifest.
+
+    TensorRT 11 has no ``--fp16``: an fp16 plan builds from strongly typed copies (``*.fp16.onnx``,
+    :func:`isplit_export.targets.typed.to_fp16`). ``min_dla_fraction``: see ``engine_plan.write_build_plan``.
 
     TensorRT parses Q/DQ only as symmetric int8 and the boundary codec is host work anyway, so with a
     non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)
@@ -303,9 +310,17 @@ def _engine_plan(
             save_model(strip(onnx.load(sdir / names[part])), sdir / name)
             names[part] = name
             files[f"{part}_trt"] = f"{rel}/{name}"
+    if (profile.tensorrt_major or 0) >= 11 and profile.default_precision == "fp16":
+        from isplit_export.targets.typed import to_fp16
+
+        for part in ("head", "tail"):
+            name = names[part].removesuffix(".onnx") + ".fp16.onnx"
+            save_model(to_fp16(onnx.load(sdir / names[part])), sdir / name)
+            names[part] = name
+            files[f"{part}_fp16"] = f"{rel}/{name}"
     plan = write_build_plan(
         sdir, profile, precision=profile.default_precision, head_onnx=names["head"], tail_onnx=names["tail"],
-        input_shape=(1, *input_shape), boundary_shape=(1, *boundary_shape),
+        input_shape=(1, *input_shape), boundary_shape=(1, *boundary_shape), min_dla_fraction=min_dla_fraction,
     )
     files.update({p.name.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
     return files

@@ -392,6 +392,8 @@ def _speedup(fp32: float | None, int8: float | None) -> str:
 
 
 def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
+    from isplit_export.targets.engine_plan import plan_report_lines
+
     plans = []
     for s in map(md.as_dict, md.as_list(manifest.get("splits"))):
         files = [str(f) for f in md.as_dict(s.get("files")).values() if isinstance(f, str)]
@@ -400,11 +402,14 @@ def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
             continue
         plan = next((f for f in sorted(files) if f.endswith("engine_plan.json")), None)
         plans.append(f"- `{script}`" + (f" (plan: `{plan}`)" if plan else ""))
+        plans += plan_report_lines(md.as_dict(md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir")))))
     if not plans:
         return []
     target = md.as_dict(manifest.get("target"))
     versions = ", ".join(
-        f"{k} {target[k]}" for k in ("jetpack", "tensorrt", "cuda") if target.get(k) is not None
+        f"{label} {target[k]}"
+        for k, label in (("jetpack", "jetpack"), ("tensorrt_version", "tensorrt"), ("cuda", "cuda"))
+        if target.get(k) is not None
     )
     return [
         "## TensorRT build plan",
