@@ -24,6 +24,7 @@ from isplit_export import __version__
 from isplit_export.api import RankResult, rank, write_ranking
 from isplit_export.bundle.planning import choose_cuts
 from isplit_export.bundle.report import render_report
+from isplit_export.contract import MANIFEST_FILE
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import (
     ENCODINGS,
@@ -34,7 +35,14 @@ from isplit_export.exporting.encoding import (
 )
 from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
 from isplit_export.exporting.onnx_utils import OPSET, save_model
-from isplit_export.files import atomic_directory, check_out, save_npz, sha256_file, write_json
+from isplit_export.files import (
+    atomic_directory,
+    check_out,
+    check_writable_file,
+    save_npz,
+    sha256_file,
+    write_json,
+)
 from isplit_export.models import forward_batched
 from isplit_export.options import ExportOptions, make_options
 from isplit_export.ranking.graph import Cut
@@ -92,6 +100,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
     out = opts.out
     check_out(out, force=opts.force)  # before the ranking: fail fast
+    if opts.summary_json is not None:
+        check_writable_file(opts.summary_json, "--summary-json")
 
     ranked = rank(opts.replace(out=None))
     cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
@@ -157,7 +167,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             **({"bottleneck_train_seconds": train_seconds} if bn is not None else {}),
             "report_sha256": sha256_file(tmp / "report.md"),
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / MANIFEST_FILE, manifest)
     failures = [f"{s['dir']}: {r}" for s in splits for r in s["verification"]["failures"]]
     result = ExportResult(out, manifest, ranked, failures)
     if opts.summary_json is not None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isplit_export.files import json_dumps, sha256_file
+from isplit_export.contract import MANIFEST_FILE, manifest_sha256
+from isplit_export.errors import BadInputError
+from isplit_export.files import json_dumps, write_text_atomic
 
 if TYPE_CHECKING:
     from isplit_export.bundle.build import ExportResult
@@ -28,7 +30,7 @@ def summarize(result: ExportResult) -> dict[str, Any]:
     total = sum(int(f["bytes"]) for f in files.values())
     report = result.out / "report.md"
     total += report.stat().st_size if report.is_file() else 0
-    total += (result.out / "manifest.json").stat().st_size
+    total += (result.out / MANIFEST_FILE).stat().st_size
     splits = []
     for s in m["splits"]:
         v = s["verification"]
@@ -59,7 +61,7 @@ def summarize(result: ExportResult) -> dict[str, Any]:
         "passed": result.passed,
         "outcome": "passed" if result.passed else "gate-failed",
         "bundle": result.out.as_posix(),
-        "manifest_sha256": sha256_file(result.out / "manifest.json"),
+        "manifest_sha256": manifest_sha256(result.out),  # what `verify --expect-sha256` pins on the device
         "model": {"name": m["model"].get("name"), "weights": m["model"].get("weights")},
         "target": m["target"].get("name"),
         "boundary_encoding": m["boundary_encoding"],
@@ -79,5 +81,10 @@ def summarize(result: ExportResult) -> dict[str, Any]:
 def write_summary(path: Path, result: ExportResult) -> None:
     """Write :func:`summarize` of ``result`` to ``path`` (parent folders created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json_dumps(summarize(result)), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json_dumps(summarize(result)))
+    except OSError as e:
+        raise BadInputError(
+            f"bundle {result.out} is written, but --summary-json {path} could not be ({e.strerror}): choose a writable path"
+        ) from None

@@ -41,6 +41,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
 
 def make_session(model: Path | bytes, *, threads: int = 0) -> ort.InferenceSession:
     """An onnxruntime CPU session; ``threads=0`` lets onnxruntime choose."""
+    ort.set_default_logger_severity(3)  # errors only: a failed load is our one line, not ORT's multi-line log
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
