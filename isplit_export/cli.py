@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 
 from isplit_export import __version__
@@ -518,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: list[str], terminated: _Terminated) -> int:
     try:
         rc = app(args=args, prog_name="isplit-export", standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         rc = EXIT_INTERRUPTED
     except IsplitError as err:
         if not getattr(err, "reported", False):  # a distributed job's process 0 has printed it already

@@ -98,9 +98,11 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-TMP_MARKER = ".isplit-export-tmp"
-"""File inside each temporary directory of :func:`atomic_directory`: ``<pid> <host>`` of the owner, so
-the next run into the same parent can remove the leftovers of a killed run (dead PID, same host)."""
+TMP_MARKER = ".owner"
+"""Suffix of the marker file next to each temporary directory of :func:`atomic_directory`
+(``.OUT.tmp-XXXX.owner``, holding ``<pid> <host>`` of the owner; next to it, not inside, so the bundle
+never contains it): the next run into the same parent removes the leftovers of a killed run (dead PID,
+same host)."""
 
 _LOCKS: dict[str, int] = {}
 """Lock file descriptors this process holds, by absolute ``--out`` path."""
@@ -179,6 +181,7 @@ def check_out(out: Path, *, force: bool, allow_empty: bool = False) -> None:
     except OSError as e:
         raise BadInputError(f"cannot create --out {out} ({_first_line(e)}): choose a writable location") from None
     _lock(a)
+    clean_stale(parent, a.name)  # leftovers of a killed run into the same --out (dead PID, our marker)
 
 
 def _lock(a: Path) -> None:
@@ -248,9 +251,9 @@ def clean_stale(parent: Path, name: str) -> list[Path]:
     removed = []
     host = socket.gethostname()
     for d in list(parent.glob(f".{glob_escape(name)}.tmp-*")) + list(parent.glob(f".{glob_escape(name)}.old-*")):
-        marker = d / TMP_MARKER
+        marker = _marker(d)
         try:
-            if d.is_symlink() or not d.is_dir() or not marker.is_file():
+            if d.name.endswith(TMP_MARKER) or d.is_symlink() or not d.is_dir() or not marker.is_file():
                 continue
             pid_text, _, owner = marker.read_text(encoding="utf-8").strip().partition(" ")
             if owner != host or _pid_alive(int(pid_text)):
@@ -258,8 +261,13 @@ def clean_stale(parent: Path, name: str) -> list[Path]:
         except (OSError, ValueError):
             continue
         shutil.rmtree(d, ignore_errors=True)
+        marker.unlink(missing_ok=True)
         removed.append(d)
     return removed
+
+
+def _marker(d: Path) -> Path:
+    return d.with_name(d.name + TMP_MARKER)
 
 
 def glob_escape(name: str) -> str:
@@ -272,7 +280,7 @@ def glob_escape(name: str) -> str:
 def _mark(d: Path) -> None:
     import socket
 
-    (d / TMP_MARKER).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+    _marker(d).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -290,12 +298,10 @@ def atomic_directory(out: Path, *, force: bool, allow_empty: bool = False) -> It
     check_out(out, force=force, allow_empty=allow_empty)
     try:
         parent = a.parent
-        clean_stale(parent, a.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{a.name}.tmp-", dir=parent))
         _mark(tmp)
         try:
             yield tmp
-            (tmp / TMP_MARKER).unlink()
             _chmod_default(tmp, directory=True)
             if os.path.lexists(a):
                 empty = a.is_dir() and not a.is_symlink() and not any(a.iterdir())
@@ -306,10 +312,12 @@ def atomic_directory(out: Path, *, force: bool, allow_empty: bool = False) -> It
                 os.replace(a, old / a.name)
                 os.replace(tmp, a)
                 shutil.rmtree(old, ignore_errors=True)
+                _marker(old).unlink(missing_ok=True)
             else:
                 os.rename(tmp, a)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            _marker(tmp).unlink(missing_ok=True)
     finally:
         _unlock(a)
