@@ -81,7 +81,10 @@ _BRACKETS = re.compile(r"[\[\]{}]")
 
 
 def _rebuild(where: str) -> str:
-    return f"{where}: rebuild the bundle (isplit-export MODEL --out DIR)"
+    """The fix named at the end of each line: verify.json is re-made by verify, the rest by an export."""
+    if where.endswith(VERIFY_FILE):
+        return "re-run isplit-export verify, or plan with --estimated"
+    return "rebuild the bundle (isplit-export MODEL --out DIR)"
 
 
 # --------------------------------------------------------------------------------------------------
