@@ -329,7 +329,7 @@ def _validate_split(s: Any, i: int, src: str) -> None:
     b = opt_dict(s, "boundary", src, f"{f}.boundary")
     req_str(b, "encoding", src, f"{f}.boundary.encoding", optional=True)
     req_str(b, "dtype", src, f"{f}.boundary.dtype", optional=True)
-    req_int(b, "bytes_per_image", src, f"{f}.boundary.bytes_per_image", lo=1, hi=MAX_ELEMENTS * 8, optional=True)
+    req_int(b, "bytes_per_image", src, f"{f}.boundary.bytes_per_image", lo=0, hi=MAX_ELEMENTS * 8, optional=True)
     req_number(b, "scale", src, f"{f}.boundary.scale", lo=0.0, hi=1e30, positive=True, optional=True)
     req_int(b, "zero_point", src, f"{f}.boundary.zero_point", lo=0, hi=255, optional=True)
 
@@ -512,7 +512,7 @@ def select_splits(manifest: Manifest | Mapping[str, Any], split: int | None) -> 
     if split is None:
         return list(enumerate(splits, start=1))
     if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= len(splits):
-        raise BadInputError(f"--split {split} out of range: this bundle has splits 1..{len(splits)}")
+        raise BadInputError(f"split {split} out of range: this bundle has splits 1..{len(splits)}")
     return [(split, splits[split - 1])]
 
 

@@ -7,11 +7,11 @@ CLI in a child process, and asserts the exit code, the one line on stderr and th
 the bundle changed.
 
 TensorRT stand-in: CPU machines have no TensorRT, so ``build-engines`` would stop at "not installed".
-Its own path handling (which plan and ONNX files it reads, where it writes engines, the timing cache
-and ``engines/build.json``) runs before TensorRT is imported and needs no stand-in for the refusals.
-To also reach the write path of an accepted bundle, :func:`_trt_standin` puts a tiny ``tensorrt``
-module and a ``sitecustomize`` on PYTHONPATH that replace only :func:`trt_backend.build_engine` (the
-TensorRT build itself) with a writer of fixed bytes through the very paths it was given.
+To reach its own path handling (which plan and ONNX files it reads, where it writes engines, the
+timing cache and ``engines/build.json``), :func:`_trt_standin` puts a tiny ``tensorrt`` module and a
+``sitecustomize`` on PYTHONPATH that replace only :func:`trt_backend.build_engine` (the TensorRT build
+itself) with a writer of fixed bytes through the very paths it was given. Everything else in
+``build-engines`` (manifest, hashes, plan validation, output paths, build.json) is the real code.
 """
 
 from __future__ import annotations
@@ -212,18 +212,19 @@ def test_build_engines_refuses_tampered_plan_paths(
     assert not Path("/tmp/isplit-victim").exists()
 
 
-def test_build_engines_refuses_unhashed_plan_and_bad_dir(work: tuple[Path, Path]) -> None:
+def test_build_engines_refuses_unhashed_plan_and_bad_dir(work: tuple[Path, Path], tmp_path: Path) -> None:
     area, b = work
+    env = _env(PYTHONPATH=str(_trt_standin(tmp_path / "standin")))
     before = snapshot(area, skip=b)
     plan_rel = f"{split1(b)['dir']}/engine_plan.json"
     plan = json.loads((b / plan_rel).read_text())
     plan["engines"]["head"]["onnx"] = "../../02-features_1.head.onnx"
     (b / plan_rel).write_text(json.dumps(plan))  # not re-hashed
-    one_line(cli("build-engines", b), 1, plan_rel, "modified")
+    one_line(cli("build-engines", b, env=env), 1, plan_rel, "modified")
     m = manifest(b)
     m["splits"][0]["dir"] = "../../elsewhere"
     write_manifest(b, m)
-    one_line(cli("build-engines", b), 1, "not a path inside the bundle")
+    one_line(cli("build-engines", b, env=env), 1, "not a path inside the bundle")
     outside_unchanged(area, b, before)
 
 
@@ -243,9 +244,10 @@ def test_engine_record_file_cannot_point_outside(work: tuple[Path, Path]) -> Non
 
 
 def test_poisoned_rehashed_bundle_passes_plain_verify_but_fails_expect_sha256(
-    work: tuple[Path, Path], built: dict[str, Any]
+    work: tuple[Path, Path], built: dict[str, Any], tmp_path: Path
 ) -> None:
     area, b = work
+    env = _env(PYTHONPATH=str(_trt_standin(tmp_path / "standin")))
     published = built["summary"]["manifest_sha256"]
     assert published == sha(b / "manifest.json")
     p = cli("verify", b, "--expect-sha256", published, "--no-write")
@@ -262,7 +264,7 @@ def test_poisoned_rehashed_bundle_passes_plain_verify_but_fails_expect_sha256(
     assert plain.returncode == 0, plain.stderr  # self-consistent: "passed" cannot see the poisoning
     assert "does not prove where the bundle came from" in plain.stdout
     for cmd in (["verify", b], ["plan", b, "--link", "wifi"], ["build-engines", b]):
-        one_line(cli(*cmd, "--expect-sha256", published), 1, "not the bundle CI published")
+        one_line(cli(*cmd, "--expect-sha256", published, env=env), 1, "not the bundle CI published")
     one_line(cli("verify", b, "--expect-sha256", "abc"), 2, "is not a sha256")
     outside_unchanged(area, b, before)
 
@@ -431,13 +433,14 @@ def test_plan_refuses_a_verify_json_of_another_manifest(work: tuple[Path, Path])
 # 6. plan / verify input validation: deep nesting, single-field mutations (property test below)
 
 
-def test_deeply_nested_manifest_is_one_line_exit_2(work: tuple[Path, Path]) -> None:
+def test_deeply_nested_manifest_is_one_line_exit_2(work: tuple[Path, Path], tmp_path: Path) -> None:
     _, b = work
+    env = _env(PYTHONPATH=str(_trt_standin(tmp_path / "standin")))
     raw = manifest(b)
     text = json.dumps(raw)[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
     write_manifest(b, None, text)
     for cmd in (["verify", b, "--no-write"], ["plan", b, "--link", "wifi", "--no-write"], ["build-engines", b]):
-        one_line(cli(*cmd), 2, "nests", "levels deep")
+        one_line(cli(*cmd, env=env), 2, "nests", "levels deep")
 
 
 def test_non_strict_json_is_refused(work: tuple[Path, Path]) -> None:

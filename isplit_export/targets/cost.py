@@ -100,12 +100,12 @@ def parse_link(text: str) -> Link:
         raise BadInputError(f"unknown --link {text!r}: {usage}") from None
     if not math.isfinite(mbit) or not LINK_MBIT_RANGE[0] <= mbit <= LINK_MBIT_RANGE[1]:
         raise BadInputError(
-            f"--link {text!r}: the bandwidth must be {LINK_MBIT_RANGE[0]:g} to {LINK_MBIT_RANGE[1]:g} Mbit/s "
-            f"(1 kbit/s to 1 Tbit/s), got {m.group(1)}"
+            f"--link {text!r}: the bandwidth must be a positive number of Mbit/s from {LINK_MBIT_RANGE[0]:g} to "
+            f"{LINK_MBIT_RANGE[1]:g} (1 kbit/s to 1 Tbit/s), got {m.group(1)}"
         )
     if not math.isfinite(rtt) or not LINK_RTT_RANGE[0] <= rtt <= LINK_RTT_RANGE[1]:
         raise BadInputError(
-            f"--link {text!r}: the RTT must be {LINK_RTT_RANGE[0]:g} to {LINK_RTT_RANGE[1]:g} ms, got {m.group(2)}"
+            f"--link {text!r}: the RTT must be a non-negative number of ms up to {LINK_RTT_RANGE[1]:g}, got {m.group(2)}"
         )
     return Link(f"{mbit:g} Mbit/s, {rtt:g} ms", mbit, rtt, "given on the command line")
 

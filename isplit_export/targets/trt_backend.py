@@ -358,6 +358,7 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
     cache, ``engines/build.json``) must lie in the split's ``engines/`` folder, reached through no
     symlink. Returns one record per split.
     """
+    _require_tensorrt()  # first, like every entry point here: a CPU machine reports "not run" (exit 4)
     if expect_sha256 is not None:
         expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
     m = contract.read_manifest(bundle)
@@ -365,7 +366,6 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
     chosen = contract.select_splits(m, split)
     contract.check_files(m.bundle, m)
     plans = [(entry, contract.read_engine_plan(m, entry)) for _, entry in chosen]  # all checked before any build
-    _require_tensorrt()
     import tensorrt as trt
 
     gpu = current_gpu_name()
