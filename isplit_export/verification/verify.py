@@ -467,10 +467,10 @@ def _verify_onnx(
 
 def _engines(split_dir: Path) -> list[str]:
     """Precisions with both ``engines/head.<p>.engine`` and ``engines/tail.<p>.engine`` present."""
-    d = split_dir / "engines"
-    return [
-        p for p in PRECISIONS if (d / f"head.{p}.engine").is_file() and (d / f"tail.{p}.engine").is_file()
-    ]
+    def present(name: str) -> bool:  # inside the split, reached through no symlink (contract.bundle_path)
+        return contract.bundle_path(split_dir, f"{contract.ENGINES_DIR}/{name}", "engines").is_file()
+
+    return [p for p in PRECISIONS if present(f"head.{p}.engine") and present(f"tail.{p}.engine")]
 
 
 def _only_output(outputs: Mapping[str, np.ndarray], engine: Path) -> np.ndarray:
