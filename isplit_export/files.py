@@ -314,7 +314,12 @@ def atomic_directory(out: Path, *, force: bool, allow_empty: bool = False) -> It
                 shutil.rmtree(old, ignore_errors=True)
                 _marker(old).unlink(missing_ok=True)
             else:
-                os.rename(tmp, a)
+                try:
+                    os.rename(tmp, a)  # replaces at most an empty folder someone made meanwhile
+                except OSError as e:
+                    raise BadInputError(
+                        f"--out {out} appeared while this run was writing it ({_first_line(e)}): nothing replaced, rerun"
+                    ) from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -589,6 +589,21 @@ def test_stale_temp_dir_of_a_dead_process_is_removed_but_foreign_ones_stay(tmp_p
     assert live.exists() and foreign.exists()  # a live owner, and one without our marker, stay
 
 
+def test_out_that_appears_meanwhile_is_not_replaced(tmp_path: Path) -> None:
+    """The re-check at the final rename: a folder someone fills meanwhile survives, nothing is left behind."""
+    from isplit_export.errors import BadInputError
+    from isplit_export.files import atomic_directory
+
+    out = tmp_path / "b"
+    with pytest.raises(BadInputError, match="while this run was writing"):
+        with atomic_directory(out, force=False) as tmp:
+            (tmp / "x").write_text("new\n")
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+
+
 @pytest.mark.parametrize("mask,dmode,fmode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
 def test_bundle_outputs_follow_the_umask(work: tuple[Path, Path], tmp_path: Path, mask: int, dmode: int, fmode: int) -> None:
     from isplit_export.files import atomic_directory, write_text_atomic
