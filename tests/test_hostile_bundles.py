@@ -595,11 +595,10 @@ def test_out_that_appears_meanwhile_is_not_replaced(tmp_path: Path) -> None:
     from isplit_export.files import atomic_directory
 
     out = tmp_path / "b"
-    with pytest.raises(BadInputError, match="while this run was writing"):
-        with atomic_directory(out, force=False) as tmp:
-            (tmp / "x").write_text("new\n")
-            out.mkdir()
-            (out / "theirs.txt").write_text("theirs\n")
+    with pytest.raises(BadInputError, match="while this run was writing"), atomic_directory(out, force=False) as tmp:
+        (tmp / "x").write_text("new\n")
+        out.mkdir()
+        (out / "theirs.txt").write_text("theirs\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]
 
