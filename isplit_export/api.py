@@ -61,6 +61,10 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
     from isplit_export.ranking.importance import compute_importance
 
     _check_device(current.device)
+    if opts.out is not None and current.primary:  # before any work: the same rule as export's --out
+        from isplit_export.files import check_out
+
+        check_out(opts.out, force=opts.force, allow_empty=True)
     loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
     imgs = data_mod.load_images(
         opts.data, loaded.preprocessing, class_names=loaded.class_names, classes=opts.classes, limit=opts.images
@@ -97,7 +101,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
     )
     if opts.out is not None:
         out = opts.out
-        current.write(lambda: write_ranking(ranking, out))  # process 0, once every process is ok
+        current.write(lambda: _write_rank_out(ranking, out, opts.force))  # process 0, once every process is ok
     return RankResult(opts, loaded, traced, imgs, ranking)
 
 
@@ -110,6 +114,16 @@ def _check_device(device: str) -> None:
         raise BadInputError(f"--device {device!r} is not a torch device: use cpu or cuda") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError(f"--device {device}: no CUDA GPU is usable here: use --device cpu")
+
+
+def _write_rank_out(ranking: Ranking, out: Path, force: bool) -> list[Path]:
+    """``rank --out``: written in a temporary folder renamed to ``out`` (files.atomic_directory), which
+    replaces only an empty folder or, with ``force``, a previous rank output or bundle of this tool."""
+    from isplit_export.files import atomic_directory
+
+    with atomic_directory(out, force=force, allow_empty=True) as tmp:
+        write_ranking(ranking, tmp)
+    return [out / p.name for p in sorted(out.iterdir())]
 
 
 def write_ranking(ranking: Ranking, out: Path) -> list[Path]:

@@ -14,8 +14,10 @@ failure, 4 a check that could not run here (e.g. TensorRT without a GPU).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -250,6 +252,9 @@ def rank_cmd(
     top: TopOpt = 5,
     input_size: SizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")] = None,
+    force: Annotated[
+        bool | None, typer.Option("--force", help="replace an existing --out (only a rank output or bundle of this tool)")
+    ] = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
@@ -265,7 +270,7 @@ def rank_cmd(
     options = RankOptions(
         model=model, data=data, classes=_split_classes(classes), images=images, top=top, input_size=input_size,
         out=out, progress=sys.stderr.isatty(), workers=workers, distributed=distributed,
-        **_given(weights=weights, score=score, batch_size=batch_size, device=device, bootstrap=bootstrap),
+        **_given(weights=weights, score=score, batch_size=batch_size, device=device, bootstrap=bootstrap, force=force),
     )  # fmt: skip
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
@@ -368,20 +373,55 @@ def _fci(ci: object) -> str:
     return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
+ExpectShaOpt = Annotated[
+    str | None,
+    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="write the result JSON here instead of into the bundle")
+]
+NoWriteOpt = Annotated[
+    bool | None, typer.Option("--no-write", help="print only, write nothing (e.g. a read-only bundle)")
+]
+
+
+def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool | None) -> bool:
+    """Validate --expect-sha256 / --report / --no-write before any work; returns whether to write."""
+    from isplit_export.contract import check_sha256_text
+    from isplit_export.errors import BadInputError
+    from isplit_export.files import check_writable_file
+    from isplit_export.options import DEFAULT_WRITE_RESULT
+
+    write = DEFAULT_WRITE_RESULT if no_write is None else not no_write
+    if expect_sha256 is not None:
+        check_sha256_text(expect_sha256, "--expect-sha256")
+    if report is not None:
+        if not write:
+            raise BadInputError("--report and --no-write contradict each other: pass one of them")
+        check_writable_file(report, "--report")
+    return write
+
+
 @app.command("verify")
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt")] = "onnxruntime",
     split: Annotated[int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")] = None,
+    expect_sha256: ExpectShaOpt = None,
+    report: ReportOpt = None,
+    no_write: NoWriteOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
     from isplit_export.verification.results import format_table
-    from isplit_export.verification.verify import verify_bundle
+    from isplit_export.verification.verify import verify_bundle, write_verification
 
     _setup(verbose)
-    result = verify_bundle(bundle, backend=backend, split=split)
-    typer.echo(format_table(result))
+    write = _result_path(expect_sha256, report, no_write)
+    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256)
+    typer.echo(format_table(result))  # printed first: a read-only bundle still shows its results
+    if write:
+        typer.echo(f"wrote {write_verification(result, report)}")
     if not result.passed:
         raise typer.Exit(EXIT_GATE_FAILED)
 
@@ -403,35 +443,42 @@ def plan_cmd(
     measured: Annotated[
         bool, typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only")
     ] = True,
+    expect_sha256: ExpectShaOpt = None,
+    report: ReportOpt = None,
+    no_write: NoWriteOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
-    from isplit_export.bundle.planning import plan
+    from isplit_export.bundle.planning import plan, write_plan
 
     _setup(verbose)
     if top is not None and top < 1:
         from isplit_export.errors import BadInputError
 
         raise BadInputError(f"--top {top}: pass a positive number of splits")
-    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured,
+    write = _result_path(expect_sha256, report, no_write)
+    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured, write=False,
+                  expect_sha256=expect_sha256,
                   constraints=None if (max_head_flops, max_boundary_kib, max_latency_ms) == (None, None, None)
                   else _constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
-    typer.echo(result.table())
-    if result.written is not None:
-        typer.echo(f"wrote {result.written}")
+    typer.echo(result.table())  # printed first: a read-only bundle still shows the plan
+    if write:
+        typer.echo(f"wrote {write_plan(result, report)}")
 
 
 @app.command("build-engines")
 def build_engines_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written with a TensorRT target")],
     split: Annotated[int | None, typer.Option("--split", help="only split N")] = None,
+    expect_sha256: ExpectShaOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the TensorRT engines of a bundle with the TensorRT 10/11 Python API (on the device)."""
     from isplit_export.targets.trt_backend import build_bundle_engines
 
     _setup(verbose)
-    for record in build_bundle_engines(bundle, split):
+    _result_path(expect_sha256, None, None)
+    for record in build_bundle_engines(bundle, split, expect_sha256=expect_sha256):
         typer.echo(str(record))
 
 
@@ -470,14 +517,53 @@ def _root(
     """Rank CNN split points with I-Split and export verified head/tail ONNX pairs."""
 
 
+EXIT_TERMINATED = 143
+
+
+class _Terminated:
+    """Set by the SIGTERM handler; truthy once the signal came."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __bool__(self) -> bool:
+        return self.seen
+
+
+def _handle_sigterm() -> _Terminated:
+    """SIGTERM raises KeyboardInterrupt, so it takes Ctrl-C's path: temporary directories are removed,
+    nothing half-written stays, and one line says what happened (exit 143)."""
+    flag = _Terminated()
+
+    def handler(signum: int, frame: object) -> None:
+        flag.seen = True
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test runner thread)
+        signal.signal(signal.SIGTERM, handler)
+    return flag
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: the main job needs no sub-command (``isplit-export vgg16 --top 3``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     commands = {c.name for c in app.registered_commands}
     if args and args[0] not in commands and args[0] not in ("--help", "-h", "--version"):
         args.insert(0, "export")
+    previous = signal.getsignal(signal.SIGTERM)
+    terminated = _handle_sigterm()
+    try:
+        return _main(args, terminated)
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str], terminated: _Terminated) -> int:
     try:
         rc = app(args=args, prog_name="isplit-export", standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        rc = EXIT_INTERRUPTED
     except IsplitError as err:
         if not getattr(err, "reported", False):  # a distributed job's process 0 has printed it already
             typer.echo(f"error: {err}", err=True)
@@ -494,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)
         return EXIT_TECHNICAL
+    if terminated:  # SIGTERM (timeout, CI cancellation, docker stop): cleaned up like Ctrl-C
+        typer.echo("error: terminated (SIGTERM): nothing was written to --out", err=True)
+        return EXIT_TERMINATED
     if rc == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
         typer.echo("error: interrupted: nothing was written to --out", err=True)
     return rc if isinstance(rc, int) else 0

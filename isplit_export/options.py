@@ -97,6 +97,8 @@ class RankOptions:
     """DataLoader decoding processes (None: :func:`isplit_export.data.default_workers`; 0: decode inline)."""
     distributed: bool = field(default=False, metadata=_RUN_ONLY)
     """Run as a torch.distributed job (implied under torchrun with WORLD_SIZE > 1)."""
+    force: bool = field(default=False, metadata=_RUN_ONLY)
+    """Replace an existing ``out`` (only an empty folder, or an output of this tool: files.check_out)."""
 
     def __post_init__(self) -> None:
         # Normalise the types the CLI and callers hand in, so equal options compare (and hash) equal.
@@ -199,6 +201,13 @@ class ExportOptions(RankOptions):
             raise BadInputError(f"--weights-layout {self.weights_layout!r}: choose {' or '.join(WEIGHT_LAYOUTS)}")
         if self.summary_json is not None and not isinstance(self.summary_json, Path):
             object.__setattr__(self, "summary_json", Path(self.summary_json))
+        from isplit_export.targets.profiles import load_target
+
+        load_target(self.server)  # --server nosuch: refused before any work, not after the ranking
+
+
+DEFAULT_WRITE_RESULT = True
+"""``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--report PATH``) unless ``--no-write``."""
 
 
 def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:

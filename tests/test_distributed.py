@@ -109,16 +109,14 @@ def test_a_failing_process_fails_the_job_and_writes_nothing(
     images = load_images(data, DIGITS_PREPROCESSING)
     bomb = next(i for i, it in enumerate(images.items) if it.name == "0/zzz_bomb.png")
     assert bomb in Shard(1, 2, 16).indices(len(images)), "the bad file must be in process 1's shard"
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+    out = tmp_path / "out"  # (an existing non-empty --out is refused before any work: files.check_out)
     run = _torchrun(2, "rank", DIGITS, "--weights", digits_weights, "--data", data, "--out", out, "--workers", "1")
     assert run.returncode != 0
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, run.stderr
     assert "process 1 of 2 (rank 1) failed" in lines[0] and "0/zzz_bomb.png" in lines[0], lines[0]
     assert "nothing was written" in lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "old"
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temp dir, no lock
     assert run.stdout == ""
 
 

@@ -245,7 +245,7 @@ def test_modified_file_fails_naming_it(bundle: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(
-        GateFailedError, match=r"^bundle file splits/01-pool1/tail\.onnx was modified \(sha256 "
+        GateFailedError, match=r"^bundle file splits/01-pool1/tail\.onnx was modified \(its sha256 differs"
     ) as e:
         verify_bundle(bundle)
     assert "rebuild the bundle or restore the file" in str(e.value) and "\n" not in str(e.value)
@@ -328,7 +328,7 @@ def test_bad_manifests(bundle: Path, tmp_path: Path) -> None:
     path = bundle / "manifest.json"
     text = path.read_text()
     path.write_text(text[:-20])
-    with pytest.raises(BadInputError, match=r"is not valid JSON .*: restore it or rebuild the bundle"):
+    with pytest.raises(BadInputError, match=r"is not valid JSON .*: rebuild the bundle"):
         verify_bundle(bundle)
     path.write_text(text.replace('"isplit.bundle/1"', '"isplit.bundle/0"'))
     with pytest.raises(BadInputError, match=r"schema 'isplit\.bundle/0', expected 'isplit\.bundle/1'"):

@@ -26,6 +26,7 @@ from isplit_export.bundle.planning import choose_cuts
 from isplit_export.bundle.report import render_report
 from isplit_export.bundle.summary import gate_failures, write_summary
 from isplit_export.bundle.weights import inline_info, share_weights
+from isplit_export.contract import MANIFEST_FILE
 from isplit_export.distributed import requested
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import (
@@ -41,7 +42,14 @@ from isplit_export.exporting.encoding import (
 from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
 from isplit_export.exporting.onnx_utils import OPSET, save_model
 from isplit_export.exporting.quantize import build_int8_pair
-from isplit_export.files import atomic_directory, check_out, save_npz, sha256_file, write_json
+from isplit_export.files import (
+    atomic_directory,
+    check_out,
+    check_writable_file,
+    save_npz,
+    sha256_file,
+    write_json,
+)
 from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
 from isplit_export.options import ExportOptions, make_options
@@ -108,6 +116,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
     out = opts.out
     check_out(out, force=opts.force)  # before the ranking: fail fast
+    if opts.summary_json is not None:
+        check_writable_file(opts.summary_json, "--summary-json")
 
     ranked = rank(opts.replace(out=None))
     cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
@@ -176,7 +186,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             **({"bottleneck_train_seconds": train_seconds} if bn is not None else {}),
             "report_sha256": sha256_file(tmp / "report.md"),
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / MANIFEST_FILE, manifest)
     if opts.summary_json is not None:
         write_summary(opts.summary_json, out, manifest)
     return ExportResult(out, manifest, ranked, gate_failures(manifest))

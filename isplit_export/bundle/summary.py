@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from isplit_export.files import json_dumps, sha256_file
+from isplit_export.contract import MANIFEST_FILE, manifest_sha256
+from isplit_export.errors import BadInputError
+from isplit_export.files import json_dumps, write_text_atomic
 
 SUMMARY_SCHEMA = "isplit.summary/1"
 
@@ -33,7 +35,7 @@ def summarize(out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     total = sum(int(f["bytes"]) for f in files.values())
     report = out / "report.md"
     total += report.stat().st_size if report.is_file() else 0
-    total += (out / "manifest.json").stat().st_size
+    total += (out / MANIFEST_FILE).stat().st_size
     splits = []
     for s in m["splits"]:
         v = s["verification"]
@@ -64,7 +66,7 @@ def summarize(out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
         "passed": passed,
         "outcome": "passed" if passed else "gate-failed",
         "bundle": out.as_posix(),
-        "manifest_sha256": sha256_file(out / "manifest.json"),
+        "manifest_sha256": manifest_sha256(out),  # what `verify --expect-sha256` pins on the device
         "model": {"name": m["model"].get("name"), "weights": m["model"].get("weights")},
         "target": m["target"].get("name"),
         "boundary_encoding": m["boundary_encoding"],
@@ -84,5 +86,10 @@ def summarize(out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
 def write_summary(path: Path, out: Path, manifest: Mapping[str, Any]) -> None:
     """Write :func:`summarize` of the bundle ``out`` to ``path`` (parent folders created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json_dumps(summarize(out, manifest)), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json_dumps(summarize(out, manifest)))
+    except OSError as e:
+        raise BadInputError(
+            f"bundle {out} is written, but --summary-json {path} could not be ({e.strerror}): choose a writable path"
+        ) from None

@@ -383,7 +383,7 @@ def write_build_plan(
     plan_path = split_dir / PLAN_NAME
     script.write_text(render_script(plan), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    plan_path.write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
+    plan_path.write_text(json.dumps(plan, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")
     return [script, plan_path]
 
 
@@ -452,4 +452,4 @@ def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
     script = split_dir / SCRIPT_NAME
     script.write_text(render_script(plan), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    (split_dir / PLAN_NAME).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
+    (split_dir / PLAN_NAME).write_text(json.dumps(plan, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")

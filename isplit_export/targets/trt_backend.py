@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from isplit_export import contract
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, TechnicalError
 from isplit_export.files import sha256_file
 from isplit_export.targets.cuda_runtime import CudaRuntime, current_gpu_name
-from isplit_export.targets.engine_plan import RECORD_NAME, RECORD_SCHEMA, check_tensorrt_version, read_plan
+from isplit_export.targets.engine_plan import RECORD_NAME, RECORD_SCHEMA, check_tensorrt_version
 
 if TYPE_CHECKING:
     import tensorrt
@@ -175,7 +176,10 @@ def build_engine(
     )
     config.add_optimization_profile(profile)
 
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache_bytes = (
+        timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() and not timing_cache.is_symlink()
+        else b""
+    )  # fmt: skip
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)
 
@@ -184,11 +188,9 @@ def build_engine(
         detail = logger.messages[-1] if logger.messages else "no detail"
         raise TechnicalError(f"TensorRT could not build {engine_path.name}: {detail}")
     engine_bytes = bytes(serialized)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(engine_bytes)
+    contract.write_output(engine_path, engine_bytes)  # temporary file + rename: never through a symlink
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        contract.write_output(timing_cache, bytes(config.get_timing_cache().serialize()))
 
     engine_layers: int | None = None
     layer_file = engine_path.with_name(engine_path.name + ".layers.json")
@@ -196,7 +198,7 @@ def build_engine(
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is not None:
         info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
-        layer_file.write_text(info, encoding="utf-8")
+        contract.write_output(layer_file, info.encode("utf-8"))
         try:
             layers = json.loads(info).get("Layers", [])
             engine_layers = len(layers) if isinstance(layers, list) else None
@@ -222,74 +224,66 @@ def build_engine(
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A strict, bounded JSON object (:func:`isplit_export.contract.read_json`); ``what`` says how to fix it."""
     if not path.is_file():
         raise BadInputError(f"{path} is missing: {what}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path} is not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise BadInputError(f"{path} does not hold a JSON object")
-    return data
+    return contract.read_json(path, str(path))
 
 
-def build_bundle_engines(bundle: Path, split: int | None = None) -> list[dict[str, Any]]:
-    """Build head and tail engines for every split of ``bundle`` (or only the split of rank ``split``).
+def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha256: str | None = None) -> list[dict[str, Any]]:
+    """Build head and tail engines for every split of ``bundle`` (or only split ``split``, 1-based).
 
-    Follows each split's ``engine_plan.json`` and writes ``engines/build.json`` next to the engines with
-    the TensorRT version, GPU, precision and DLA placement. Returns one record per split.
+    The bundle is read through :mod:`isplit_export.contract`: the manifest is validated (and pinned with
+    ``expect_sha256``), every file is re-hashed, each split's ``engine_plan.json`` and the ONNX files
+    it names must be hashed files of the bundle, and everything written (engines, layer info, timing
+    cache, ``engines/build.json``) must lie in the split's ``engines/`` folder, reached through no
+    symlink. Returns one record per split.
     """
-    _require_tensorrt()
+    _require_tensorrt()  # first, like every entry point here: a CPU machine reports "not run" (exit 4)
+    if expect_sha256 is not None:
+        expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
+    m = contract.read_manifest(bundle)
+    contract.check_expected_sha256(m, expect_sha256)
+    chosen = contract.select_splits(m, split)
+    contract.check_files(m.bundle, m)
+    plans = [(entry, contract.read_engine_plan(m, entry)) for _, entry in chosen]  # all checked before any build
     import tensorrt as trt
-
-    manifest = _read_json(bundle / "manifest.json", "not a bundle (isplit-export writes manifest.json)")
-    splits = [s for s in manifest.get("splits", []) if isinstance(s, dict)]
-    chosen = [s for s in splits if split is None or s.get("rank") == split]
-    if not chosen:
-        ranks = ", ".join(str(s.get("rank")) for s in splits) or "none"
-        raise BadInputError(f"split {split} is not in {bundle / 'manifest.json'}: choose a rank from {ranks}")
 
     gpu = current_gpu_name()
     records: list[dict[str, Any]] = []
-    for entry in chosen:
-        split_dir = bundle / str(entry["dir"])
-        plan = read_plan(split_dir)
-        check_tensorrt_version(plan, str(trt.__version__))
-        timing = split_dir / str(plan["timing_cache"])
-        dla = plan.get("dla") or {}
+    for entry, plan in plans:
+        check_tensorrt_version(plan.data, str(trt.__version__))
+        dla = plan.data.get("dla") or {}
         built: dict[str, Any] = {}
         for part in ("head", "tail"):
-            spec = plan["engines"][part]
-            shapes = spec["input"]
+            spec = plan.parts[part]
             # resolve(): in the shared weights layout the plan names ../../<file>.onnx, whose external
             # data (weights/...) TensorRT's parser resolves relative to the model file's own directory
             report = build_engine(
-                (split_dir / str(spec["onnx"])).resolve(),
-                split_dir / str(spec["engine"]),
-                precision=str(plan["precision"]),
-                workspace_mib=int(plan["workspace_mib"]),
-                dla_core=spec["dla_core"],
-                timing_cache=timing,
-                input_name=str(shapes["name"]),
-                min_shape=shapes["min"],
-                opt_shape=shapes["opt"],
-                max_shape=shapes["max"],
+                spec.onnx.resolve(),
+                spec.engine,
+                precision=plan.precision,
+                workspace_mib=plan.workspace_mib,
+                dla_core=spec.dla_core,
+                timing_cache=plan.timing_cache,
+                input_name=spec.input_name,
+                min_shape=spec.min_shape,
+                opt_shape=spec.opt_shape,
+                max_shape=spec.max_shape,
                 expected_fallback=[str(f["node"]) for f in dla.get("fallback", [])] if part == "head" and dla else None,
             )
-            built[part] = {"file": spec["engine"], **report}
+            built[part] = {"file": spec.engine_rel, **report}
         record: dict[str, Any] = {
             "schema": RECORD_SCHEMA,
             "builder": "python",
-            "target": plan["target"],
+            "target": plan.data["target"],
             "tensorrt_version": str(trt.__version__),
-            "tensorrt_expected": plan.get("tensorrt_version"),
+            "tensorrt_expected": plan.data.get("tensorrt_version"),
             "gpu": gpu,
-            "precision": plan["precision"],
+            "precision": plan.precision,
             "engines": built,
         }
-        out = split_dir / RECORD_NAME
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        contract.write_output(plan.record, (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
         records.append({"split": str(entry["dir"]), **record})
     return records
 
@@ -310,7 +304,7 @@ def check_engine_record(split_dir: Path) -> dict[str, Any]:
     A version or GPU recorded as "unknown" cannot be compared: ``checked`` says so.
     """
     _require_tensorrt()
-    path = split_dir / RECORD_NAME
+    path = contract.bundle_path(split_dir, RECORD_NAME, RECORD_NAME)  # inside the split, no symlink
     record = _read_json(
         path, "build the engines first (bash build_engines.sh, or isplit-export build-engines)"
     )
@@ -331,7 +325,9 @@ def check_engine_record(split_dir: Path) -> dict[str, Any]:
     if not isinstance(engines, dict) or not engines:
         raise BadInputError(f"{path} lists no engines: rebuild them with build_engines.sh")
     for part, info in sorted(engines.items()):
-        engine = split_dir / str(info.get("file", ""))
+        if not isinstance(info, dict):
+            raise BadInputError(f"{path} entry {part!r} is not an object: rebuild them with build_engines.sh")
+        engine = contract.bundle_path(split_dir, info.get("file"), RECORD_NAME)  # inside the split, no symlink
         if not engine.is_file():
             raise BadInputError(f"{engine} is missing ({part} engine): rebuild them with build_engines.sh")
         expected = info.get("sha256")

@@ -89,6 +89,8 @@ class BundleVerification:
     rows: list[SplitVerification] = field(default_factory=list)
     manifest_sha256: str | None = None
     note: str | None = None
+    pinned: bool = False
+    """True when ``--expect-sha256`` matched: the manifest is the one CI published."""
 
     @property
     def passed(self) -> bool:
@@ -101,6 +103,7 @@ class BundleVerification:
                 "schema": VERIFY_SCHEMA,
                 "tool": {"name": "isplit-export", "version": __version__},
                 "manifest_sha256": self.manifest_sha256,
+                "manifest_pinned": self.pinned,
                 "backend": self.backend,
                 "outcome": self.outcome,
                 "passed": self.passed,
@@ -108,6 +111,12 @@ class BundleVerification:
                 "rows": [r.to_json() for r in self.rows],
             }
         )
+
+
+PASSED_MEANS = (
+    "'passed' proves self-consistency: every file matches manifest.json and the goldens reproduce; it does not "
+    "prove where the bundle came from (an attacker can rebuild goldens and re-hash)"
+)
 
 
 def _fmt(v: Any) -> str:
@@ -133,5 +142,11 @@ def format_table(result: BundleVerification) -> str:
     for r in result.rows:
         text.extend(f"{r.dir} [{r.check}]: {reason}" for reason in r.reasons)
     suffix = f": {result.note}" if result.note else ""
+    if result.manifest_sha256 is not None:
+        text.append(PASSED_MEANS + ".")
+        if result.pinned:
+            text.append(f"manifest sha256 {result.manifest_sha256} matches --expect-sha256: this is the published bundle")
+        else:
+            text.append(f"manifest sha256 {result.manifest_sha256}: pin it with --expect-sha256 to prove provenance")
     text.append(f"{result.backend}: {result.outcome}{suffix}")
     return "\n".join(text)

@@ -18,17 +18,17 @@ What is checked, in order:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from isplit_export.errors import BadInputError, GateFailedError, NotRunError
+from isplit_export import contract
+from isplit_export.errors import BadInputError, NotRunError
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
-from isplit_export.files import json_dumps, load_npz, sha256_file, write_text_atomic
+from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.verification.checks import (
     BOUNDARY_FLOAT_TOLERANCE,
     BOUNDARY_MAX_STEP,
@@ -40,8 +40,8 @@ from isplit_export.verification.results import BundleVerification, SplitVerifica
 from isplit_export.verification.runtime import first_line as _first_line
 from isplit_export.verification.runtime import run_pair_onnx, run_pair_trt, time_engines
 
-SCHEMA = "isplit.bundle/1"
-VERIFY_FILE = "verify.json"
+SCHEMA = contract.SCHEMA
+VERIFY_FILE = contract.VERIFY_FILE
 """Written into the bundle by :func:`verify_bundle`; not in the manifest, so never hashed."""
 
 
@@ -50,113 +50,26 @@ VERIFY_FILE = "verify.json"
 
 
 def load_manifest(bundle: Path) -> dict[str, Any]:
-    """Read and validate ``bundle/manifest.json``; any problem is one :class:`BadInputError` line."""
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise BadInputError(
-            f"bundle directory {bundle} not found: pass the --out folder of an isplit-export run"
-        )
-    path = bundle / "manifest.json"
-    if not path.is_file():
-        raise BadInputError(
-            f"{path} not found: {bundle} is not an isplit-export bundle (create one with isplit-export MODEL --out DIR)"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BadInputError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno}): restore it or rebuild the bundle"
-        ) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(
-            f"cannot read {path} ({_first_line(e)}): fix its permissions or rebuild the bundle"
-        ) from e
-    schema = manifest.get("schema") if isinstance(manifest, dict) else None
-    if schema != SCHEMA:
-        raise BadInputError(
-            f"{path} has schema {schema!r}, expected {SCHEMA!r}: rebuild the bundle with this isplit-export version"
-        )
-    if not isinstance(manifest.get("files"), dict):
-        raise BadInputError(f"{path} has no 'files' table: rebuild the bundle")
-    splits = manifest.get("splits")
-    if not isinstance(splits, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("dir"), str) and isinstance(s.get("files"), dict)
-        for s in splits
-    ):
-        raise BadInputError(
-            f"{path} has no valid 'splits' list (each with 'dir' and 'files'): rebuild the bundle"
-        )
-    return manifest
+    """Read and validate ``bundle/manifest.json`` (:func:`isplit_export.contract.load_manifest`)."""
+    return contract.load_manifest(bundle)
 
 
 def _bundle_path(bundle: Path, rel: Any) -> Path:
-    """``bundle / rel`` for a manifest path, refusing anything that points outside the bundle."""
-    p = PurePosixPath(rel) if isinstance(rel, str) else None
-    if p is None or p.is_absolute() or ".." in p.parts or not p.parts:
-        raise GateFailedError(
-            f"manifest.json lists {rel!r}, which is not a path inside the bundle: rebuild the bundle"
-        )
-    return bundle.joinpath(*p.parts)
-
-
-def _check_hash(bundle: Path, rel: str, expected: Any) -> None:
-    if not isinstance(expected, str):
-        raise BadInputError(f"manifest.json has no sha256 for {rel}: rebuild the bundle")
-    path = _bundle_path(bundle, rel)
-    if not path.is_file():
-        raise GateFailedError(
-            f"bundle file {rel} is missing (listed in manifest.json): rebuild the bundle or restore the file"
-        )
-    try:
-        actual = sha256_file(path)
-    except OSError as e:
-        raise BadInputError(f"cannot read bundle file {rel} ({_first_line(e)}): fix its permissions") from e
-    if actual != expected:
-        raise GateFailedError(
-            f"bundle file {rel} was modified (sha256 {actual[:12]}... != manifest {expected[:12]}...): "
-            "rebuild the bundle or restore the file"
-        )
+    """``bundle / rel`` under the containment rule (:func:`isplit_export.contract.bundle_path`)."""
+    return contract.bundle_path(bundle, rel)
 
 
 def check_files(bundle: Path, manifest: Mapping[str, Any]) -> None:
-    """Re-hash every file of ``manifest["files"]`` and ``report.md`` (``run.report_sha256``).
-
-    Raises :class:`GateFailedError` naming the first missing or modified file. Files in the bundle
-    that the manifest does not list (such as ``verify.json``) are ignored.
-    """
-    bundle = Path(bundle)
-    files = manifest.get("files")
-    if not isinstance(files, Mapping):
-        raise BadInputError("manifest.json has no 'files' table: rebuild the bundle")
-    for rel, entry in files.items():
-        _check_hash(bundle, rel, entry.get("sha256") if isinstance(entry, Mapping) else None)
-    run = manifest.get("run")
-    if isinstance(run, Mapping) and run.get("report_sha256") is not None:
-        _check_hash(bundle, "report.md", run["report_sha256"])
+    """Re-hash every listed file and ``report.md`` (:func:`isplit_export.contract.check_files`)."""
+    contract.check_files(bundle, manifest)
 
 
 def _select(manifest: Mapping[str, Any], split: int | None) -> list[tuple[int, dict[str, Any]]]:
-    """``(NN, entry)`` of the splits to verify: all, or only the 1-based ``split``."""
-    splits: list[dict[str, Any]] = manifest["splits"]
-    if not splits:
-        raise BadInputError("this bundle has no splits: rebuild it with --top 1 or more")
-    if split is None:
-        return list(enumerate(splits, start=1))
-    if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= len(splits):
-        raise BadInputError(f"split {split} out of range: this bundle has splits 1..{len(splits)}")
-    return [(split, splits[split - 1])]
+    return contract.select_splits(manifest, split)
 
 
 def _split_file(bundle: Path, manifest: Mapping[str, Any], entry: Mapping[str, Any], key: str) -> Path:
-    """The split's file ``key`` (head, tail, golden...), which must be one of the hashed files."""
-    rel = entry["files"].get(key)
-    if not isinstance(rel, str):
-        raise BadInputError(f"manifest.json split {entry['dir']} has no '{key}' file: rebuild the bundle")
-    if rel not in manifest["files"]:
-        raise GateFailedError(
-            f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
-        )
-    return _bundle_path(bundle, rel)
+    return contract.split_file(manifest, bundle, entry, key)
 
 
 def _encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> BoundaryEncoding:
@@ -172,14 +85,14 @@ def _encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> Boundary
 
 
 def _load_golden(path: Path, rel: str) -> dict[str, np.ndarray]:
-    try:
-        golden = load_npz(path)
-    except Exception as e:
-        raise BadInputError(f"cannot read {rel} ({_first_line(e)}): rebuild the bundle") from e
+    """A split's golden arrays, size-bounded (:func:`isplit_export.contract.load_npz_bounded`)."""
+    golden = contract.load_npz_bounded(path, rel)
     missing = [k for k in ("input", "boundary", "logits") if k not in golden]
     if missing:
         raise BadInputError(f"{rel} lacks {', '.join(missing)}: rebuild the bundle")
-    n = golden["input"].shape[0]
+    n = golden["input"].shape[0] if golden["input"].ndim else 0
+    if n == 0:
+        raise BadInputError(f"{rel} holds no golden input: rebuild the bundle")
     golden.setdefault("labels", np.full(n, -1, dtype=np.int64))
     return golden
 
@@ -280,10 +193,10 @@ def _verify_onnx(
 
 def _engines(split_dir: Path) -> list[str]:
     """Precisions with both ``engines/head.<p>.engine`` and ``engines/tail.<p>.engine`` present."""
-    d = split_dir / "engines"
-    return [
-        p for p in PRECISIONS if (d / f"head.{p}.engine").is_file() and (d / f"tail.{p}.engine").is_file()
-    ]
+    def present(name: str) -> bool:  # inside the split, reached through no symlink (contract.bundle_path)
+        return contract.bundle_path(split_dir, f"{contract.ENGINES_DIR}/{name}", "engines").is_file()
+
+    return [p for p in PRECISIONS if present(f"head.{p}.engine") and present(f"tail.{p}.engine")]
 
 
 def _verify_tensorrt(
@@ -353,24 +266,30 @@ def _verify_tensorrt(
 
 
 def verify_bundle(
-    bundle: Path | str, *, backend: str = "onnxruntime", split: int | None = None, write: bool = True
-) -> BundleVerification:
+    bundle: Path | str, *, backend: str = "onnxruntime", split: int | None = None, write: bool = True,
+    expect_sha256: str | None = None, report: Path | None = None,
+) -> BundleVerification:  # fmt: skip
     """Re-hash ``bundle`` and re-run its goldens on ``backend``; see the module docstring.
 
     ``split`` restricts the golden runs to split N (1-based, the ``NN`` of ``splits/NN-*``); the
-    hashes are always checked for the whole bundle. With ``write`` the result goes to
-    ``bundle/verify.json`` (an output of verify, not part of the hashed bundle).
+    hashes are always checked for the whole bundle. ``expect_sha256`` pins the manifest to the value CI
+    published (:func:`isplit_export.contract.check_expected_sha256`). With ``write`` the result goes to
+    ``report`` or else ``bundle/verify.json`` (an output of verify, not part of the hashed bundle).
 
     Raises:
         BadInputError: unknown backend, unreadable/invalid manifest, split out of range.
-        GateFailedError: a bundle file is missing or modified.
+        GateFailedError: a bundle file is missing or modified, or the manifest is not the expected one.
         NotRunError: ``tensorrt`` without TensorRT here, or engines not built yet.
         TechnicalError: onnxruntime / TensorRT failed to load or run a model.
     """
     bundle = Path(bundle)
     if backend not in VERIFY_BACKENDS:
         raise BadInputError(f"unknown backend {backend!r}: choose {' or '.join(VERIFY_BACKENDS)}")
-    manifest = load_manifest(bundle)
+    if expect_sha256 is not None:
+        expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
+    m = contract.read_manifest(bundle)
+    contract.check_expected_sha256(m, expect_sha256)
+    manifest = m.data
     selected = _select(manifest, split)
     check_files(bundle, manifest)
     if backend == "onnxruntime":
@@ -382,14 +301,23 @@ def verify_bundle(
         backend=backend,
         outcome="passed" if rows and all(r.passed for r in rows) else "gate-failed",
         rows=rows,
-        manifest_sha256=sha256_file(bundle / "manifest.json"),
+        manifest_sha256=m.sha256,
+        pinned=expect_sha256 is not None,
     )
     if write:
-        try:
-            write_text_atomic(bundle / VERIFY_FILE, json_dumps(result.to_json()))
-        except OSError as e:
-            raise BadInputError(
-                f"cannot write {bundle / VERIFY_FILE} ({_first_line(e)}): make the bundle writable "
-                "or verify without writing (write=False)"
-            ) from e
+        write_verification(result, report)
     return result
+
+
+def write_verification(result: BundleVerification, report: Path | None = None) -> Path:
+    """Write ``verify.json`` to ``report`` (default: into the bundle); one line when it cannot."""
+    path = Path(report) if report is not None else result.bundle / VERIFY_FILE
+    try:
+        write_text_atomic(path, json_dumps(result.to_json()))
+    except OSError as e:
+        raise BadInputError(
+            f"cannot write {path} ({_first_line(e)}): the results are above; pass --report PATH or --no-write "
+            "(e.g. for a read-only bundle)"
+        ) from e
+    return path
+
