@@ -13,7 +13,8 @@ Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundl
 
 The implementation is grouped by pipeline stage: ``ranking`` -> ``exporting`` (+ ``bottleneck``) ->
 ``targets`` -> ``verification`` -> ``bundle``; shared pieces (``options``, ``models``, ``data``,
-``distributed``, ``plots``, ``files``, ``errors``) sit at the top level next to ``api`` and ``cli``.
+``distributed``, ``plots``, ``files``, ``numbers``, ``errors``, ``version``) sit at the top level next
+to ``api`` and ``cli``. The stage map and the import rule: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
