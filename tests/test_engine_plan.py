@@ -653,11 +653,17 @@ def test_build_engines_refuses_a_version_mismatch(
     installed TensorRT in the version check only: the refusal comes before any TensorRT call."""
     import types
 
+    from isplit_export.contract import SCHEMA
+    from isplit_export.files import sha256_file
     from tests.helpers import run_cli
 
     split = tmp_path / "split"
     _write(split, "x86-tensorrt-11", "fp16")
-    (tmp_path / "manifest.json").write_text(json.dumps({"splits": [{"dir": "split", "rank": 1}]}), encoding="utf-8")
+    if not (split / "tail.onnx").exists():
+        (split / "tail.onnx").write_bytes((split / "head.onnx").read_bytes())
+    files = {p.relative_to(tmp_path).as_posix(): {"sha256": sha256_file(p)} for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    manifest = {"schema": SCHEMA, "files": files, "splits": [{"dir": "split", "rank": 1, "files": {}}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")  # a valid, hashed bundle
     fake = types.ModuleType("tensorrt")
     fake.__version__ = "10.3.0.30"  # type: ignore[attr-defined]
     fake.Builder = object  # type: ignore[attr-defined]  # tensorrt_available() looks for it
