@@ -29,10 +29,11 @@ def bench_model(spec: str, splits: int, size: str) -> None:
     from isplit_export.api import rank
     from isplit_export.bottleneck import core as bn
     from isplit_export.bottleneck.holdout import split_holdout
-    from isplit_export.exporting.encoding import decode_tail, encode_head
+    from isplit_export.exporting.encoding import decode_tail, encode_array, encode_head
     from isplit_export.exporting.onnx_export import to_onnx
     from isplit_export.exporting.onnx_utils import save_model
-    from isplit_export.verification.verify import run_pair_onnx
+    from isplit_export.verification.checks import check_code_pair
+    from isplit_export.verification.runtime import run_pair_onnx
 
     name, weights = spec.split(":") if ":" in spec else (spec, "default")
     opts = bn.BottleneckOptions(size=size)
@@ -68,7 +69,10 @@ def bench_model(spec: str, splits: int, size: str) -> None:
             )
             save_model(decode_tail(to_onnx(trained.tail, code, "boundary", "logits"), trained.encoding), tp)
             sent, logits = run_pair_onnx(hp, tp, x_held.numpy())
-            check, _ = bn.pair_check(trained, x_held, sent, logits, y_full, np.full(len(x_held), -1))
+            check = check_code_pair(
+                trained.logits_from_code(sent), logits, encode_array(trained.code(x_held), trained.encoding), sent,
+                y_full, np.full(len(x_held), -1),
+            )
         t3 = time.perf_counter()
         totals.append(t3 - t1)
         p = trained.plan

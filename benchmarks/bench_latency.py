@@ -1,7 +1,7 @@
 """fp32 vs INT8 in onnxruntime, split overhead, boundary bytes, and bundle sizes per weights layout.
 
     .venv/bin/python benchmarks/bench_latency.py [--models resnet50 efficientnet_lite0] [--runs 50]
-        [--bundles]      also build the bundles of issue 9 and print their sizes (minutes; vgg16 ~10 min)
+        [--bundles]      also build three reference bundles and print their sizes (minutes; vgg16 ~10 min)
 
 For each model, the top-3 I-Split splits (ranked on the 19 skimage photos; resnet50 with random
 weights, ``--weights none``, as no download happens here) are exported as fp32 ONNX head/tail pairs and
@@ -9,7 +9,7 @@ quantized to INT8 QDQ pairs (:func:`isplit_export.exporting.quantize.build_int8_
 photos). fp32 head, fp32 tail, full model, INT8 head and INT8 tail run interleaved at batch 1 on the CPU
 execution provider (1 intra-op thread, median of --runs). Printed per split: fp32 and INT8 latency side
 by side with the speed-up, file sizes with the INT8/fp32 ratio, (head + tail) / full, and the bytes per
-image the head emits for each boundary encoding. Targets (issue 9): resnet50 INT8 head and tail >= 1.4x
+image the head emits for each boundary encoding. Targets: resnet50 INT8 head and tail >= 1.4x
 faster and <= 0.3x the size; efficientnet_lite0 INT8 at least as fast as fp32; (head+tail)/full <= 1.05.
 
 ``--bundles`` builds, with the CLI defaults (shared weights layout), ``resnet50 --weights none --top 3
@@ -33,7 +33,7 @@ from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, en
 from isplit_export.exporting.onnx_export import export_file, to_onnx
 from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.exporting.quantize import build_int8_pair
-from isplit_export.verification.verify import measure_latency, run_pair_onnx
+from isplit_export.verification.runtime import measure_latency, run_pair_onnx
 
 BUNDLES = [
     ("resnet50", ("--weights", "none", "--top", "3", "--target", "jetson"), 300),
@@ -96,7 +96,7 @@ def bench(name: str, runs: int, tmp: Path) -> list[dict[str, object]]:
 
 
 def bundle_sizes(tmp: Path) -> list[dict[str, object]]:
-    """Build the issue's bundles in both layouts and return their sizes."""
+    """Build the reference bundles (module docstring) in both layouts and return their sizes."""
     from isplit_export.cli import main
 
     rows = []

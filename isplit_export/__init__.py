@@ -4,7 +4,7 @@ Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundl
 
     rank(options | model, **fields)   -> api.RankResult               the I-Split ranking of every valid cut
     export(options | model, **fields) -> bundle.build.ExportResult     a verified, reproducible bundle
-    verify_bundle(path, ...)          -> verification.verify.BundleVerification   (torch-free)
+    verify_bundle(path, ...)          -> verification.results.BundleVerification  (torch-free)
     study(options | model, **fields)  -> bottleneck.study.StudyResult  bottleneck at each cut, measured vs CUI/CDE
     plan(bundle, link=..., ...)       -> bundle.planning.PlanResult    re-plan a bundle for a link (torch-free)
     RankOptions, ExportOptions        the frozen options objects (options.py) every job reads
@@ -13,14 +13,16 @@ Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundl
 
 The implementation is grouped by pipeline stage: ``ranking`` -> ``exporting`` (+ ``bottleneck``) ->
 ``targets`` -> ``verification`` -> ``bundle``; shared pieces (``options``, ``models``, ``data``,
-``distributed``, ``plots``, ``files``, ``errors``) sit at the top level next to ``api`` and ``cli``.
+``distributed``, ``plots``, ``files``, ``numbers``, ``errors``, ``version``) sit at the top level next
+to ``api`` and ``cli``. The stage map and the import rule: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from isplit_export.version import __version__
+
 __all__ = [
     "BottleneckOptions", "Constraints", "ExportOptions", "RankOptions", "StudyOptions", "__version__", "export", "plan",
     "rank", "study", "verify_bundle",
@@ -32,13 +34,12 @@ if TYPE_CHECKING:
     from isplit_export.bottleneck.study import StudyOptions, study
     from isplit_export.bundle.build import export
     from isplit_export.bundle.planning import plan
-    from isplit_export.bundle.selection import Constraints
-    from isplit_export.options import ExportOptions, RankOptions
+    from isplit_export.options import Constraints, ExportOptions, RankOptions
     from isplit_export.verification.verify import verify_bundle
 
 _LAZY = {"rank": "api", "export": "bundle.build", "verify_bundle": "verification.verify", "RankOptions": "options",
          "ExportOptions": "options", "study": "bottleneck.study", "StudyOptions": "bottleneck.study",
-         "BottleneckOptions": "bottleneck.core", "plan": "bundle.planning", "Constraints": "bundle.selection"}  # fmt: skip
+         "BottleneckOptions": "bottleneck.core", "plan": "bundle.planning", "Constraints": "options"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

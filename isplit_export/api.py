@@ -1,11 +1,12 @@
-"""The public Python API; the CLI (``isplit_export.cli``) is a thin layer over these functions.
+"""The ranking job, :func:`rank` (the other jobs: ``bundle.build.export``, ``bundle.planning.plan``,
+``bottleneck.study.study``, ``verification.verify.verify_bundle``; all re-exported by ``isplit_export``).
 
-    from isplit_export import rank, export, verify_bundle
+    from isplit_export import ExportOptions, export, rank, verify_bundle
     result = rank("efficientnet_lite0", top=3)                 # I-Split ranking
     print(result.ranking.table())
     export("efficientnet_lite0", out="bundle", top=3, target="onnx")   # verified bundle
     export(ExportOptions(model="efficientnet_lite0", out="bundle"))      # the same, as one object
-    verify("bundle")                                            # re-check a bundle anywhere
+    verify_bundle("bundle")                                     # re-check a bundle anywhere
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
     ``ranking.json``, ``cui.png`` and ``cde.png`` there.
     """
     opts = make_options(RankOptions, options, fields)
-    from isplit_export.distributed import job
+    from isplit_export.distributed import (
+        job,  # lazy (here and below): torch; `isplit_export.rank` stays torch-free to import
+    )
 
     with job(opts.distributed, opts.device) as current:  # one process, or one of a torchrun job
         return _rank(opts, current)
@@ -58,6 +61,10 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
     from isplit_export.ranking.importance import compute_importance
 
     _check_device(current.device)
+    if opts.out is not None and current.primary:  # before any work: the same rule as export's --out
+        from isplit_export.outdir import check_out
+
+        check_out(opts.out, force=opts.force, allow_empty=True)
     loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
     imgs = data_mod.load_images(
         opts.data, loaded.preprocessing, class_names=loaded.class_names, classes=opts.classes, limit=opts.images
@@ -94,7 +101,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
     )
     if opts.out is not None:
         out = opts.out
-        current.write(lambda: write_ranking(ranking, out))  # process 0, once every process is ok
+        current.write(lambda: _write_rank_out(ranking, out, opts.force))  # process 0, once every process is ok
     return RankResult(opts, loaded, traced, imgs, ranking)
 
 
@@ -107,6 +114,16 @@ def _check_device(device: str) -> None:
         raise BadInputError(f"--device {device!r} is not a torch device: use cpu or cuda") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError(f"--device {device}: no CUDA GPU is usable here: use --device cpu")
+
+
+def _write_rank_out(ranking: Ranking, out: Path, force: bool) -> list[Path]:
+    """``rank --out``: written in a temporary folder renamed to ``out`` (outdir.atomic_directory), which
+    replaces only an empty folder or, with ``force``, a previous rank output or bundle of this tool."""
+    from isplit_export.outdir import atomic_directory
+
+    with atomic_directory(out, force=force, allow_empty=True) as tmp:
+        write_ranking(ranking, tmp)
+    return [out / p.name for p in sorted(out.iterdir())]
 
 
 def write_ranking(ranking: Ranking, out: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""``isplit-export``: the command line, a thin layer over :mod:`isplit_export.api`.
+"""``isplit-export``: the command line over the jobs (rank, export, study, verify, plan), one sub-command each.
 
     isplit-export [MODEL] --top K --target TARGET --out DIR     export a verified bundle (main job)
     isplit-export rank MODEL [--data DIR] [--classes a,b] ...   I-Split ranking only
@@ -17,21 +17,22 @@ failure, 4 a check that could not run here (e.g. TensorRT without a GPU); ``run`
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from isplit_export import __version__
 from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
-from isplit_export.options import RunOptions, ServeOptions
-from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
+from isplit_export.options import Constraints, ExportOptions, RankOptions, RunOptions, ServeOptions
+from isplit_export.version import __version__
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.core import BottleneckOptions
-    from isplit_export.bundle.selection import Constraints
 
 app = typer.Typer(
     add_completion=False,
@@ -41,6 +42,17 @@ app = typer.Typer(
 )
 
 EXIT_INTERRUPTED = 130
+
+
+def _shown(cls: type, name: str) -> str:
+    """The default of option field ``name`` of ``cls``, for ``--help``: a flag left out (None) means it."""
+    return str(next(f.default for f in dataclasses.fields(cls) if f.name == name))
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """The flags that were given: None means "the option's default", written once, in its dataclass."""
+    return {k: v for k, v in flags.items() if v is not None}
+
 
 ModelArg = Annotated[
     str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
@@ -52,16 +64,29 @@ ClassesOpt = Annotated[
     str | None, typer.Option("--classes", help="comma-separated class names or indices: class-specific CUI")
 ]
 WeightsOpt = Annotated[
-    str, typer.Option("--weights", help="'default' (pretrained), 'none' (random, seeded) or a state-dict path")
+    str | None,
+    typer.Option("--weights", help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
+                 show_default=_shown(RankOptions, "weights")),
 ]
 ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
-ScoreOpt = Annotated[str, typer.Option("--score", help="Grad-CAM target: 'top' predicted class or 'label'")]
-TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report / export")]
+ScoreOpt = Annotated[
+    str | None,
+    typer.Option("--score", help="Grad-CAM target: 'top' predicted class or 'label'", show_default=_shown(RankOptions, "score")),
+]
+TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report")]
 SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="images per forward/backward pass", show_default=_shown(RankOptions, "batch_size")),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)", show_default=_shown(RankOptions, "device")),
+]
 BootstrapOpt = Annotated[
-    int, typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)")
+    int | None,
+    typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
+                 show_default=_shown(RankOptions, "bootstrap")),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
 WorkersOpt = Annotated[
@@ -74,27 +99,33 @@ BottleneckOpt = Annotated[
     str | None,
     typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
 ]
-FinetuneOpt = Annotated[str, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model) or 'tail'")]
-TrainStepsOpt = Annotated[int, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")]
-TrainBatchOpt = Annotated[int, typer.Option("--train-batch", help="images per bottleneck training step")]
+# Left out, the bottleneck flags take BottleneckOptions' defaults (bottleneck/core.py imports torch: not read here).
+FinetuneOpt = Annotated[
+    str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
+]
+TrainStepsOpt = Annotated[
+    int | None, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")
+]
+TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch", help="images per bottleneck training step")]
 
 
-def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> BottleneckOptions | None:
+def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch: int | None) -> BottleneckOptions | None:
     """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
-    from isplit_export.bottleneck.core import BottleneckOptions
+    from isplit_export.bottleneck.core import BottleneckOptions  # lazy: imports torch
     from isplit_export.errors import BadInputError
 
+    training = _given(finetune=finetune, train_steps=steps, train_batch=batch)
     if size is None:
-        defaults = BottleneckOptions()
-        if (finetune, steps, batch) != (defaults.finetune, defaults.train_steps, defaults.train_batch):
-            BottleneckOptions(finetune=finetune, train_steps=steps, train_batch=batch)  # bad values first
+        if BottleneckOptions(**training) != BottleneckOptions():  # bad values first, then the missing flag
             raise BadInputError("--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16")
         return None
-    return BottleneckOptions(size=size, finetune=finetune, train_steps=steps, train_batch=batch)
+    return BottleneckOptions(size=size, **training)
 
 
 ObjectiveOpt = Annotated[
-    str, typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)")
+    str | None,
+    typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)",
+                 show_default=_shown(ExportOptions, "objective")),
 ]
 HeadFlopsOpt = Annotated[
     float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
@@ -104,8 +135,6 @@ LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="cons
 
 
 def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
-    from isplit_export.bundle.selection import Constraints
-
     return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
 
 
@@ -120,8 +149,10 @@ def _setup(verbose: bool) -> None:
 @app.command("export")
 def export_cmd(
     model: ModelArg = "efficientnet_lite0",
-    top: TopOpt = 3,
-    target: Annotated[str, typer.Option("--target", help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)")] = "onnx",
+    top: Annotated[int | None, typer.Option("--top", help="number of ranked splits to export", show_default=_shown(ExportOptions, "top"))] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)", show_default=_shown(ExportOptions, "target"))
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="bundle directory to create")] = Path("bundle"),
     boundary: Annotated[
         str | None, typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)")
@@ -131,34 +162,44 @@ def export_cmd(
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = "default",
+    weights: WeightsOpt = None,
     images: ImagesOpt = None,
-    score: ScoreOpt = "top",
+    score: ScoreOpt = None,
     input_size: SizeOpt = None,
-    golden: Annotated[int, typer.Option("--golden", help="golden images stored per split")] = 4,
+    golden: Annotated[int | None, typer.Option("--golden", help="golden images stored per split", show_default=_shown(ExportOptions, "golden"))] = None,
     verify_images: Annotated[
-        int, typer.Option("--verify-images", help="images for calibration and verification (in memory)")
-    ] = 256,
+        int | None,
+        typer.Option("--verify-images", help="images for calibration and verification (in memory)", show_default=_shown(ExportOptions, "verify_images")),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
-    batch_size: BatchOpt = 16,
-    latency_runs: Annotated[int, typer.Option("--latency-runs", help="timed runs per model for the latency table")] = 30,
-    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
+    batch_size: BatchOpt = None,
+    latency_runs: Annotated[
+        int | None, typer.Option("--latency-runs", help="timed runs per model for the latency table", show_default=_shown(ExportOptions, "latency_runs"))
+    ] = None,
+    bootstrap: BootstrapOpt = None,
     bottleneck: BottleneckOpt = None,
-    finetune: FinetuneOpt = "none",
-    train_steps: TrainStepsOpt = 64,
-    train_batch: TrainBatchOpt = 8,
+    finetune: FinetuneOpt = None,
+    train_steps: TrainStepsOpt = None,
+    train_batch: TrainBatchOpt = None,
     link: Annotated[
         str | None, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns")
     ] = None,
-    objective: ObjectiveOpt = "cui",
-    server: Annotated[str, typer.Option("--server", help="target profile of the server running the tail")] = "x86-tensorrt",
+    objective: ObjectiveOpt = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="target profile of the server running the tail", show_default=_shown(ExportOptions, "server"))
+    ] = None,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     weights_layout: Annotated[
-        str, typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline")
-    ] = "shared",
+        str | None,
+        typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline", show_default=_shown(ExportOptions, "weights_layout")),
+    ] = None,
+    min_dla_fraction: Annotated[
+        float | None,
+        typer.Option("--min-dla-fraction", help="plan a head on the DLA only if this share of its layers runs there", show_default=_shown(ExportOptions, "min_dla_fraction")),
+    ] = None,
     summary_json: Annotated[
         Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
     ] = None,
@@ -170,17 +211,16 @@ def export_cmd(
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
     from isplit_export.bundle.build import export
-    from isplit_export.options import ExportOptions
 
     _setup(verbose)
     options = ExportOptions(
-        model=model, out=out, top=top, target=target, boundary=boundary, precision=precision, data=data,
-        classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
-        golden=golden, verify_images=verify_images, force=force, batch_size=batch_size, latency_runs=latency_runs,
-        progress=sys.stderr.isatty(), bootstrap=bootstrap, link=link, objective=objective, server=server,
+        model=model, out=out, boundary=boundary, precision=precision, data=data, classes=_split_classes(classes),
+        images=images, input_size=input_size, force=force, progress=sys.stderr.isatty(), link=link,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
-        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
-        weights_layout=weights_layout, summary_json=summary_json, triton=triton,
+        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms), summary_json=summary_json, triton=triton,
+        **_given(top=top, target=target, weights=weights, score=score, golden=golden, verify_images=verify_images,
+                 batch_size=batch_size, latency_runs=latency_runs, bootstrap=bootstrap, objective=objective,
+                 server=server, weights_layout=weights_layout, min_dla_fraction=min_dla_fraction),
     )  # fmt: skip
     result = export(options)
     if result.rank.ranking.cost is not None:
@@ -188,7 +228,7 @@ def export_cmd(
 
         typer.echo(format_table(result.rank.ranking.to_json()))
     else:
-        typer.echo(result.rank.ranking.table(top))
+        typer.echo(result.rank.ranking.table(options.top))
     for split in result.manifest["splits"]:
         v = split["verification"]
         b = split["boundary"]
@@ -213,29 +253,31 @@ def rank_cmd(
     model: ModelArg = "efficientnet_lite0",
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = "default",
+    weights: WeightsOpt = None,
     images: ImagesOpt = None,
-    score: ScoreOpt = "top",
+    score: ScoreOpt = None,
     top: TopOpt = 5,
     input_size: SizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")] = None,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "cpu",
+    force: Annotated[
+        bool | None, typer.Option("--force", help="replace an existing --out (only a rank output or bundle of this tool)")
+    ] = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
-    bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
+    bootstrap: BootstrapOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
     from isplit_export.api import rank
     from isplit_export.distributed import is_primary
-    from isplit_export.options import RankOptions
 
     _setup(verbose)
     options = RankOptions(
-        model=model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
-        input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
-        workers=workers, distributed=distributed, bootstrap=bootstrap,
+        model=model, data=data, classes=_split_classes(classes), images=images, top=top, input_size=input_size,
+        out=out, progress=sys.stderr.isatty(), workers=workers, distributed=distributed,
+        **_given(weights=weights, score=score, batch_size=batch_size, device=device, bootstrap=bootstrap, force=force),
     )  # fmt: skip
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
@@ -251,23 +293,30 @@ def rank_cmd(
 @app.command("study")
 def study_cmd(
     model: ModelArg = "efficientnet_lite0",
-    cuts: Annotated[str, typer.Option("--cuts", help="'candidates' (local maxima of the CUI) or 'all'")] = "candidates",
+    # Left out, a flag takes StudyOptions' / BottleneckOptions' default (bottleneck/, torch: not read here).
+    cuts: Annotated[
+        str | None, typer.Option("--cuts", help="'candidates' (local maxima of the CUI, default) or 'all'")
+    ] = None,
     bottleneck: Annotated[
-        str, typer.Option("--bottleneck", help="bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)")
-    ] = "1/16",
-    finetune: FinetuneOpt = "none",
-    train_steps: TrainStepsOpt = 64,
-    train_batch: TrainBatchOpt = 8,
-    boundary: Annotated[str, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")] = "int8",
+        str | None,
+        typer.Option("--bottleneck", help="bottleneck at each cut: ratio of the boundary (default 1/16) or bytes (2KiB)"),
+    ] = None,
+    finetune: FinetuneOpt = None,
+    train_steps: TrainStepsOpt = None,
+    train_batch: TrainBatchOpt = None,
+    boundary: Annotated[str | None, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = "default",
+    weights: WeightsOpt = None,
     images: ImagesOpt = None,
-    score: ScoreOpt = "top",
+    score: ScoreOpt = None,
     input_size: SizeOpt = None,
     out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
-    batch_size: BatchOpt = 16,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the split, the training and the random baseline")] = 0,
+    batch_size: BatchOpt = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="seed of the split, the training and the random baseline", show_default=_shown(RankOptions, "seed")),
+    ] = None,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
@@ -279,56 +328,48 @@ def study_cmd(
 
     _setup(verbose)
     options = StudyOptions(
-        model=model, cuts=cuts, bottleneck=BottleneckOptions(size=bottleneck, finetune=finetune,
-        train_steps=train_steps, train_batch=train_batch), boundary=boundary, data=data,
-        classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
-        out=out, batch_size=batch_size, seed=seed, progress=sys.stderr.isatty(), workers=workers,
+        model=model, bottleneck=BottleneckOptions(**_given(size=bottleneck, finetune=finetune,
+        train_steps=train_steps, train_batch=train_batch)), data=data, classes=_split_classes(classes),
+        images=images, input_size=input_size, out=out, progress=sys.stderr.isatty(), workers=workers,
         distributed=distributed,
+        **_given(cuts=cuts, boundary=boundary, weights=weights, score=score, batch_size=batch_size, seed=seed),
     )  # fmt: skip
     result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return
+    from isplit_export.bottleneck.study_table import format_study
+
     typer.echo(format_study(result.data))
     typer.echo(f"wrote {result.paths[0]}, {result.paths[1]}")
 
 
-def format_study(data: dict[str, object]) -> str:
-    """The study as a terminal table plus its summary lines."""
-    from typing import Any, cast
-
-    d = cast("dict[str, Any]", data)
-    metric = d["summary"]["metric"]
-    rows = [f"{'cut':>4}  {'node':24} {'log10 CUI':>9}  {'fp32 B':>8}  {'code B':>7}  {metric + ' [95% CI]':>24}"]
-    import math
-
-    for c in d["cuts"]:
-        m = c["measured"]
-        ci = f"{m['value']:.1%} [{m['ci95'][0]:.1%}, {m['ci95'][1]:.1%}]"
-        lc = math.log10(c["cui"]) if c["cui"] else float("nan")
-        rows.append(f"{c['index']:>4}  {c['node'][:24]:24} {lc:>9.3f}  {c['boundary_bytes']:>8}  {c['code_bytes']:>7}  {ci:>24}")
-    p = d["summary"]["predictors"]
-    for name in ("cui", "cde", "random"):
-        q = p[name]
-        sci, kci = q["spearman_ci95"], q["kendall_ci95"]
-        rows.append(
-            f"{name.upper():6} Spearman {_f(q['spearman'])} {_fci(sci)}  Kendall {_f(q['kendall'])} {_fci(kci)}"
-        )
-    s = d["summary"]
-    if "regret" in s:
-        rows.append(f"regret of CUI's top pick (cut {s['cui_top_pick']['index']}): {s['regret']:.1%} "
-                    f"(best: cut {s['best']['index']}, {s['best']['value']:.1%})")  # fmt: skip
-    rows.append(s["note"])
-    return "\n".join(rows)
+ExpectShaOpt = Annotated[
+    str | None,
+    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="write the result JSON here instead of into the bundle")
+]
+NoWriteOpt = Annotated[
+    bool | None, typer.Option("--no-write", help="print only, write nothing (e.g. a read-only bundle)")
+]
 
 
-def _f(v: object) -> str:
-    return "n/a" if v is None else f"{float(v):+.3f}"  # type: ignore[arg-type]
+def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool | None) -> bool:
+    """Validate --expect-sha256 / --report / --no-write before any work; returns whether to write."""
+    from isplit_export.contract import check_sha256_text
+    from isplit_export.errors import BadInputError
+    from isplit_export.options import DEFAULT_WRITE_RESULT
+    from isplit_export.outdir import check_writable_file
 
-
-def _fci(ci: object) -> str:
-    if not isinstance(ci, list) or ci[0] is None:
-        return "[n/a]"
-    return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    write = DEFAULT_WRITE_RESULT if no_write is None else not no_write
+    if expect_sha256 is not None:
+        check_sha256_text(expect_sha256, "--expect-sha256")
+    if report is not None:
+        if not write:
+            raise BadInputError("--report and --no-write contradict each other: pass one of them")
+        check_writable_file(report, "--report")
+    return write
 
 
 @app.command("verify")
@@ -336,14 +377,21 @@ def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt")] = "onnxruntime",
     split: Annotated[int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")] = None,
+    expect_sha256: ExpectShaOpt = None,
+    report: ReportOpt = None,
+    no_write: NoWriteOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
-    from isplit_export.verification.verify import format_table, verify_bundle
+    from isplit_export.verification.results import format_table
+    from isplit_export.verification.verify import verify_bundle, write_verification
 
     _setup(verbose)
-    result = verify_bundle(bundle, backend=backend, split=split)
-    typer.echo(format_table(result))
+    write = _result_path(expect_sha256, report, no_write)
+    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256)
+    typer.echo(format_table(result))  # printed first: a read-only bundle still shows its results
+    if write:
+        typer.echo(f"wrote {write_verification(result, report)}")
     if not result.passed:
         raise typer.Exit(EXIT_GATE_FAILED)
 
@@ -368,30 +416,30 @@ def plan_cmd(
     measured: Annotated[
         bool, typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only")
     ] = True,
+    expect_sha256: ExpectShaOpt = None,
+    report: ReportOpt = None,
+    no_write: NoWriteOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
-    from isplit_export.bundle.planning import plan
+    from isplit_export.bundle.planning import plan, write_plan
 
     _setup(verbose)
     if top is not None and top < 1:
         from isplit_export.errors import BadInputError
 
         raise BadInputError(f"--top {top}: pass a positive number of splits")
-    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured,
+    write = _result_path(expect_sha256, report, no_write)
+    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured, write=False,
+                  expect_sha256=expect_sha256,
                   constraints=None if (max_head_flops, max_boundary_kib, max_latency_ms) == (None, None, None)
                   else _constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
-    typer.echo(result.table())
-    if result.written is not None:
-        typer.echo(f"wrote {result.written}")
+    typer.echo(result.table())  # printed first: a read-only bundle still shows the plan
+    if write:
+        typer.echo(f"wrote {write_plan(result, report)}")
 
 
 _SERVE, _RUN = ServeOptions, RunOptions  # the defaults live in the dataclasses; help texts quote them
-
-
-def _given(**fields: object) -> dict[str, object]:
-    """The options given on the command line (a None flag means: the options dataclass's default)."""
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 @app.command("serve")
@@ -416,7 +464,7 @@ def serve_cmd(
         if not split.strip().isdigit():
             raise BadInputError(f"--split {split!r}: pass a split number (as in splits/NN-*) or 'all'")
         n = int(split)
-    serve(ServeOptions(**_given(bundle=bundle, split=n, host=host, port=port, http_port=http_port,  # type: ignore[arg-type]
+    serve(ServeOptions(**_given(bundle=bundle, split=n, host=host, port=port, http_port=http_port,
                                 threads=threads)))  # fmt: skip
 
 
@@ -451,7 +499,7 @@ def run_cmd(
     """
     from isplit_export.serving.run import format_run, run
 
-    options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,  # type: ignore[arg-type]
+    options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,
                                   requests=requests, duration_s=duration, concurrency=concurrency, protocol=protocol,
                                   timeout_ms=timeout_ms, retries=retries, backoff_ms=backoff_ms, wait_s=wait,
                                   backend=backend, threads=threads, out=out))  # fmt: skip
@@ -465,13 +513,15 @@ def run_cmd(
 def build_engines_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written with a TensorRT target")],
     split: Annotated[int | None, typer.Option("--split", help="only split N")] = None,
+    expect_sha256: ExpectShaOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Build the TensorRT engines of a bundle with the TensorRT 10 Python API (on the device)."""
+    """Build the TensorRT engines of a bundle with the TensorRT 10/11 Python API (on the device)."""
     from isplit_export.targets.trt_backend import build_bundle_engines
 
     _setup(verbose)
-    for record in build_bundle_engines(bundle, split):
+    _result_path(expect_sha256, None, None)
+    for record in build_bundle_engines(bundle, split, expect_sha256=expect_sha256):
         typer.echo(str(record))
 
 
@@ -483,7 +533,8 @@ def targets_cmd() -> None:
     for t in list_targets():
         alias = [a for a, n in ALIASES.items() if n == t.name]
         extra = f" (alias: {', '.join(alias)})" if alias else ""
-        typer.echo(f"{t.name:18} {t.description}{extra}")
+        trt = f"TensorRT {t.tensorrt_version}" if t.tensorrt_version else "onnxruntime"
+        typer.echo(f"{t.name:20} {trt:16} {t.description}{extra}")
 
 
 @app.command("models")
@@ -509,14 +560,53 @@ def _root(
     """Rank CNN split points with I-Split and export verified head/tail ONNX pairs."""
 
 
+EXIT_TERMINATED = 143
+
+
+class _Terminated:
+    """Set by the SIGTERM handler; truthy once the signal came."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __bool__(self) -> bool:
+        return self.seen
+
+
+def _handle_sigterm() -> _Terminated:
+    """SIGTERM raises KeyboardInterrupt, so it takes Ctrl-C's path: temporary directories are removed,
+    nothing half-written stays, and one line says what happened (exit 143)."""
+    flag = _Terminated()
+
+    def handler(signum: int, frame: object) -> None:
+        flag.seen = True
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test runner thread)
+        signal.signal(signal.SIGTERM, handler)
+    return flag
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: the main job needs no sub-command (``isplit-export vgg16 --top 3``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     commands = {c.name for c in app.registered_commands}
     if args and args[0] not in commands and args[0] not in ("--help", "-h", "--version"):
         args.insert(0, "export")
+    previous = signal.getsignal(signal.SIGTERM)
+    terminated = _handle_sigterm()
+    try:
+        return _main(args, terminated)
+    finally:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str], terminated: _Terminated) -> int:
     try:
         rc = app(args=args, prog_name="isplit-export", standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        rc = EXIT_INTERRUPTED
     except IsplitError as err:
         if not getattr(err, "reported", False):  # a distributed job's process 0 has printed it already
             typer.echo(f"error: {err}", err=True)
@@ -533,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)
         return EXIT_TECHNICAL
+    if terminated:  # SIGTERM (timeout, CI cancellation, docker stop): cleaned up like Ctrl-C
+        typer.echo("error: terminated (SIGTERM): nothing was written to --out", err=True)
+        return EXIT_TERMINATED
     if rc == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
         typer.echo("error: interrupted: nothing was written to --out", err=True)
     return rc if isinstance(rc, int) else 0

@@ -111,11 +111,6 @@ class ImageSet:
         """How many files could not be decoded (each counted once, however often the set is read)."""
         return len(self.unreadable)
 
-    @property
-    def labelled(self) -> bool:
-        """True when every image has a model class label."""
-        return bool(self.items) and all(it.label >= 0 for it in self.items)
-
     def batches(
         self, batch_size: int, *, workers: int = 0, pin_memory: bool = False, shard: Shard | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:

@@ -1,4 +1,4 @@
-"""Byte-level helpers shared by every stage: hashing, deterministic writers, atomic directories.
+"""Byte-level helpers shared by every stage: hashing, deterministic and atomic writers.
 
 Everything written here is reproducible: the same data gives the same bytes (no timestamps, fixed
 ordering), which is what lets two runs of the same command produce identical bundles.
@@ -6,21 +6,17 @@ ordering), which is what lets two runs of the same command produce identical bun
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from isplit_export.errors import BadInputError
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -44,16 +40,36 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json_dumps(obj), encoding="utf-8")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename: never a half-written file."""
+def umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_default(path: Path, *, directory: bool) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would (0666/0777 minus the umask): mkstemp and
+    mkdtemp create 0600/0700, which an artefact server or a device service account cannot read."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file + rename: never a half-written file, never
+    written through a symlink at ``path``; the mode follows the umask."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _chmod_default(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, see :func:`write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -75,38 +91,3 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Read an ``.npz`` fully into memory (never with pickle)."""
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
-
-
-def check_out(out: Path, *, force: bool) -> None:
-    """Refuse an existing ``out`` unless ``force``, and a file in its place always (BadInputError)."""
-    if out.exists() and not force:
-        raise BadInputError(f"output directory {out} already exists: pass --force to replace it, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"--out {out} is a file, not a directory: choose another --out")
-
-
-@contextlib.contextmanager
-def atomic_directory(out: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a fresh temporary directory that becomes ``out`` only if the block succeeds.
-
-    The temporary directory sits next to ``out`` (same file system, so the final step is a rename).
-    An existing ``out`` is refused unless ``force``; with ``force`` it is replaced only after the new
-    content is complete, so an interrupted or failed run never leaves ``out`` half-written.
-    """
-    out = Path(out)
-    check_out(out, force=force)
-    parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -13,13 +13,14 @@ never a new keyword argument threaded through the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from isplit_export.bundle.selection import OBJECTIVES, Constraints
 from isplit_export.errors import BadInputError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
+from isplit_export.targets import MIN_DLA_FRACTION
 
 if TYPE_CHECKING:  # torch-free at import time
     from isplit_export.bottleneck.core import BottleneckOptions
@@ -27,7 +28,39 @@ if TYPE_CHECKING:  # torch-free at import time
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
 WEIGHT_LAYOUTS = ("shared", "inline")
-"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.exporting.weights`) or inline."""
+"""``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.bundle.weights`) or inline."""
+
+OBJECTIVES = ("cui", "latency", "balanced")
+"""``--objective``: how :mod:`isplit_export.bundle.selection` orders the candidates."""
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Upper bounds a split must meet: head FLOPs share (0-1], boundary KiB, end-to-end ms; None = no bound."""
+
+    max_head_flops: float | None = None
+    max_boundary_kib: float | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_head_flops is not None and not 0 < self.max_head_flops <= 1:
+            raise BadInputError(
+                f"--max-head-flops {self.max_head_flops}: pass the head's share of the FLOPs, in (0, 1] (0.5 = half)"
+            )
+        for flag, value in (("--max-boundary-kib", self.max_boundary_kib), ("--max-latency-ms", self.max_latency_ms)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise BadInputError(f"{flag} {value}: pass a positive number")
+
+    def active(self) -> list[tuple[str, float]]:
+        """The bounds that are set, as (flag, value)."""
+        pairs = (("--max-head-flops", self.max_head_flops), ("--max-boundary-kib", self.max_boundary_kib),
+                 ("--max-latency-ms", self.max_latency_ms))  # fmt: skip
+        return [(flag, v) for flag, v in pairs if v is not None]
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"max_head_flops": self.max_head_flops, "max_boundary_kib": self.max_boundary_kib,
+                "max_latency_ms": self.max_latency_ms}  # fmt: skip
+
 
 _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
@@ -64,6 +97,8 @@ class RankOptions:
     """DataLoader decoding processes (None: :func:`isplit_export.data.default_workers`; 0: decode inline)."""
     distributed: bool = field(default=False, metadata=_RUN_ONLY)
     """Run as a torch.distributed job (implied under torchrun with WORLD_SIZE > 1)."""
+    force: bool = field(default=False, metadata=_RUN_ONLY)
+    """Replace an existing ``out`` (only an empty folder, or an output of this tool: outdir.check_out)."""
 
     def __post_init__(self) -> None:
         # Normalise the types the CLI and callers hand in, so equal options compare (and hash) equal.
@@ -112,7 +147,7 @@ class ExportOptions(RankOptions):
     ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
     verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
     ``weights_layout`` is ``shared`` (every weight stored once per precision in ``weights/``, see
-    :mod:`isplit_export.exporting.weights`) or ``inline`` (self-contained ONNX files in the split folders).
+    :mod:`isplit_export.bundle.weights`) or ``inline`` (self-contained ONNX files in the split folders).
     ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 
@@ -127,6 +162,8 @@ class ExportOptions(RankOptions):
     constraints: Constraints = field(default_factory=Constraints)
     server: str = "x86-tensorrt"
     weights_layout: str = "shared"
+    min_dla_fraction: float = MIN_DLA_FRACTION
+    """Plan a head on the DLA only when at least this share of its layers runs there (:mod:`isplit_export.targets.dla`)."""
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
     force: bool = field(default=False, metadata=_RUN_ONLY)
     summary_json: Path | None = field(default=None, metadata=_RUN_ONLY)
@@ -137,7 +174,9 @@ class ExportOptions(RankOptions):
 
     def validate(self) -> None:
         if self.bottleneck is not None:
-            from isplit_export.bottleneck.core import as_bottleneck
+            from isplit_export.bottleneck.core import (
+                as_bottleneck,  # lazy: imports torch (moves here, issue 16)
+            )
 
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         super().validate()
@@ -152,16 +191,25 @@ class ExportOptions(RankOptions):
         if self.objective not in OBJECTIVES:
             raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
         if self.link is not None:
-            from isplit_export.targets.cost import parse_link
+            from isplit_export.targets.cost import parse_link  # lazy: keeps `import options` free of onnx
 
             parse_link(self.link)
         elif self.objective != "cui" or self.constraints.max_latency_ms is not None:
             what = f"--objective {self.objective}" if self.objective != "cui" else "--max-latency-ms"
             raise BadInputError(f"{what} needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
+        if not 0.0 <= self.min_dla_fraction <= 1.0:
+            raise BadInputError(f"--min-dla-fraction {self.min_dla_fraction}: pass a share between 0 and 1")
         if self.weights_layout not in WEIGHT_LAYOUTS:
             raise BadInputError(f"--weights-layout {self.weights_layout!r}: choose {' or '.join(WEIGHT_LAYOUTS)}")
         if self.summary_json is not None and not isinstance(self.summary_json, Path):
             object.__setattr__(self, "summary_json", Path(self.summary_json))
+        from isplit_export.targets.profiles import load_target
+
+        load_target(self.server)  # --server nosuch: refused before any work, not after the ranking
+
+
+DEFAULT_WRITE_RESULT = True
+"""``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--report PATH``) unless ``--no-write``."""
 
 
 PROTOCOLS = ("grpc", "http")

@@ -106,8 +106,7 @@ def test_shards_merge_to_the_single_process_sums(digits_scores: tuple[np.ndarray
     for order in ([0, 1, 2], [2, 0, 1]):
         merged = BootstrapSums(B, scores.shape[1])
         for r in order:
-            keys_r, hi, lo, n = parts[r].to_arrays()  # plain arrays, as sent between processes
-            merged.merge(BootstrapSums.from_arrays(keys_r, hi, lo, n, seed=0, seen=parts[r].seen))
+            merged.merge(parts[r])
         assert merged.seen == whole.seen == len(scores)
         assert np.array_equal(merged.replicate_cui(), whole.replicate_cui())
         assert np.array_equal(merged.replicate_cui([3, 5]), whole.replicate_cui([3, 5]))
@@ -275,6 +274,7 @@ def test_cui_plot_has_error_bars() -> None:
     assert ci_artists(without.to_json()) == []
 
 
+@pytest.mark.e2e
 def test_same_seed_same_bytes(digits_weights: Path, digits_dir: Path, tmp_path: Path) -> None:
     common = dict(weights=str(digits_weights), data=digits_dir, images=40, top=3)
     outs = []
@@ -296,6 +296,7 @@ def test_bad_bootstrap_value() -> None:
         RankOptions(bootstrap=-1)
 
 
+@pytest.mark.e2e
 def test_cli_bootstrap_flag(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:

@@ -52,6 +52,7 @@ def bn_bundle(
     return out
 
 
+@pytest.mark.e2e
 def test_bottleneck_bundle_is_exact_and_measures_held_out_accuracy(bn_bundle: Path) -> None:
     m = json.loads((bn_bundle / "manifest.json").read_text())
     assert m["boundary_encoding"] == "int8" and m["verification"]["passed"]
@@ -77,6 +78,7 @@ def test_bottleneck_bundle_is_exact_and_measures_held_out_accuracy(bn_bundle: Pa
     assert "too few to conclude anything" in report and "95 % CI" in report
 
 
+@pytest.mark.e2e
 def test_held_out_images_are_never_trained_on(bn_bundle: Path, seen: dict[str, list[torch.Tensor]]) -> None:
     golden = np.load(bn_bundle / json.loads((bn_bundle / "manifest.json").read_text())["splits"][0]["files"]["golden"])
     held = torch.from_numpy(golden["input"]).flatten(1)
@@ -100,6 +102,7 @@ def test_split_holdout_is_deterministic_disjoint_and_by_name() -> None:
         split_holdout(names[:5], 0.25, seed=0)
 
 
+@pytest.mark.e2e
 def test_verify_runs_without_torch_on_the_bottleneck_bundle(bn_bundle: Path) -> None:
     assert verify_bundle(bn_bundle, write=False).passed
     proc = run_cli_without_torch("verify", bn_bundle)
@@ -114,6 +117,7 @@ def _digits_cut(model: torch.nn.Module, index: int) -> tuple[object, torch.nn.Mo
     return cut, head, tail
 
 
+@pytest.mark.e2e
 def test_same_seed_gives_byte_identical_onnx(digits_model: tuple[torch.nn.Module, float], tmp_path: Path) -> None:
     from isplit_export.zoo import digits_arrays, digits_tensor
 
@@ -151,6 +155,7 @@ def test_plan_reaches_a_fixed_size_with_a_stride(digits_model: tuple[torch.nn.Mo
     assert p.code_shape == (2, 16, 16) and p.stride == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("args", "expect"),
     [
@@ -192,6 +197,7 @@ def test_api_takes_a_size_spec_or_options() -> None:
         bn.BottleneckOptions(finetune="head")
 
 
+@pytest.mark.e2e
 def test_finetune_tail_adapts_the_tail_and_none_keeps_it(digits_model: tuple[torch.nn.Module, float]) -> None:
     from isplit_export.zoo import digits_arrays, digits_tensor
 
@@ -226,6 +232,7 @@ def test_nhwc_and_token_cuts_are_viewed_channels_first(
         bn.plan(SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("model", "layout"), [("channels_last_net", "nhwc"), ("tiny_vit", "tokens")])
 def test_bottleneck_on_nhwc_and_token_cuts_exports_exactly(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, model: str, layout: str

@@ -18,6 +18,8 @@ from isplit_export.files import sha256_file, write_json
 from isplit_export.verification.verify import verify_bundle
 from tests.helpers import DIGITS, run_cli, run_cli_without_torch
 
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
+
 FAST = ("--latency-runs", "2")
 
 
@@ -86,21 +88,29 @@ def test_out_is_refused_unless_force_and_never_half_written(
     code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out)
     assert code == 2 and "already exists" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "precious"
+    # --force replaces only an empty folder or a bundle of this tool (issue 17: it deleted a .tex file)
+    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out, "--force")
+    assert code == 2 and "--force replaces only" in err
+    assert (out / "keep.txt").read_text() == "precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bundle_mod, "_export_split", boom)
-    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out, "--force")
+    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", empty, "--force")
     assert code == 130 and "interrupted" in err
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # the old content survived
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind
+    assert list(empty.iterdir()) == []  # the old (empty) folder survived
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]  # no temporary directory or lock left
     code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", tmp_path / "new")
     assert code == 130 and not (tmp_path / "new").exists()
 
     monkeypatch.undo()
-    assert _digits_export(capsys, out, digits_weights, digits_dir, "--force") == 0
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    assert _digits_export(capsys, empty, digits_weights, digits_dir, "--force") == 0
+    assert (empty / "manifest.json").is_file()
+    assert _digits_export(capsys, empty, digits_weights, digits_dir, "--force") == 0  # a bundle of ours: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]
 
 
 def test_int8_boundary_is_really_8_bit_and_within_gate(

@@ -9,17 +9,22 @@ publish: the bundle and the summary.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from isplit_export.bundle.summary import SUMMARY_SCHEMA
 from isplit_export.verification.verify import verify_bundle
+
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 
 CI_MD = Path(__file__).resolve().parents[1] / "docs" / "ci.md"
 
@@ -82,6 +87,9 @@ def test_documented_workflow_builds_gates_and_leaves_what_upload_publishes(tmp_p
     assert prepare.returncode == 0, prepare.stderr
     build = _run(_step_script(lines, "build"), tmp_path, env)
     assert build.returncode == 0, build.stdout + build.stderr
+    pinned = _run(_step_script(lines, "publish sha256"), tmp_path, env)
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    assert "matches --expect-sha256" in pinned.stdout
     report = _run(_step_script(lines, "gate report"), tmp_path, env)
     assert report.returncode == 0, report.stderr
     assert report.stdout.startswith("passed ")
@@ -96,3 +104,22 @@ def test_documented_workflow_builds_gates_and_leaves_what_upload_publishes(tmp_p
     assert summary["sizes"]["bundle_bytes"] == total
     assert summary["sizes"]["weights_bytes"] == sum(p.stat().st_size for p in (bundle / "weights").iterdir())
     assert verify_bundle(bundle, write=False).passed
+
+    # poisoned in transit and re-hashed: plain verify still passes, the pinned step of the recipe fails
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(bundle, poisoned)
+    manifest = json.loads((poisoned / "manifest.json").read_text())
+    golden = manifest["splits"][0]["files"]["golden"]
+    with np.load(poisoned / golden) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["labels"] = (arrays["labels"] + 1) % 10
+    np.savez(poisoned / golden, **arrays)
+    data = (poisoned / golden).read_bytes()
+    manifest["files"][golden] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (poisoned / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    assert verify_bundle(poisoned, write=False).passed  # "passed" = self-consistent, nothing more
+    shutil.rmtree(bundle)
+    poisoned.rename(bundle)
+    again = _run(_step_script(lines, "publish sha256"), tmp_path, env)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "not the bundle CI published" in again.stderr

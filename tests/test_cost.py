@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from isplit_export.bundle.planning import build_cost, format_table
-from isplit_export.bundle.selection import Constraints, pareto_layers, select
+from isplit_export.bundle.selection import pareto_layers, select
 from isplit_export.errors import BadInputError
+from isplit_export.options import Constraints
 from isplit_export.ranking.candidates import Ranking
 from isplit_export.targets.cost import LINKS, compute_for, parse_link
 from isplit_export.targets.profiles import list_targets, validate_profile

@@ -52,6 +52,7 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
 
 
+@pytest.mark.e2e
 def test_two_processes_give_the_single_process_ranking(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -79,6 +80,7 @@ def test_two_processes_give_the_single_process_ranking(
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
+@pytest.mark.e2e
 def test_two_processes_share_the_study_cuts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -97,6 +99,7 @@ def test_two_processes_share_the_study_cuts(
     assert (tmp_path / "two" / "study.png").read_bytes() == (tmp_path / "one" / "study.png").read_bytes()
 
 
+@pytest.mark.e2e
 def test_a_failing_process_fails_the_job_and_writes_nothing(
     tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -106,19 +109,18 @@ def test_a_failing_process_fails_the_job_and_writes_nothing(
     images = load_images(data, DIGITS_PREPROCESSING)
     bomb = next(i for i, it in enumerate(images.items) if it.name == "0/zzz_bomb.png")
     assert bomb in Shard(1, 2, 16).indices(len(images)), "the bad file must be in process 1's shard"
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+    out = tmp_path / "out"  # (an existing non-empty --out is refused before any work: outdir.check_out)
     run = _torchrun(2, "rank", DIGITS, "--weights", digits_weights, "--data", data, "--out", out, "--workers", "1")
     assert run.returncode != 0
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, run.stderr
     assert "process 1 of 2 (rank 1) failed" in lines[0] and "0/zzz_bomb.png" in lines[0], lines[0]
     assert "nothing was written" in lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "old"
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temp dir, no lock
     assert run.stdout == ""
 
 
+@pytest.mark.e2e
 def test_distributed_flag_without_torchrun_is_a_world_of_one(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
@@ -136,6 +138,7 @@ def _digits_traced(digits_weights: Path) -> object:
     return trace(model.eval(), DIGITS_PREPROCESSING.input_shape)
 
 
+@pytest.mark.e2e
 def test_workers_give_the_same_cui_as_decoding_inline(digits_weights: Path, digits_dir: Path) -> None:
     traced = _digits_traced(digits_weights)
     images = load_images(digits_dir, DIGITS_PREPROCESSING)
@@ -183,6 +186,7 @@ print("after")
 """
 
 
+@pytest.mark.e2e
 def test_a_killed_decoding_worker_is_an_error_not_a_hang(digits_dir: Path) -> None:
     # in a child process: the DataLoader's SIGCHLD handler must not fire inside pytest
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

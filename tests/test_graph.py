@@ -24,6 +24,7 @@ def _assert_splits_reproduce(model: nn.Module, shape: tuple[int, ...]) -> None:
             assert torch.allclose(tail(boundary), ref, atol=1e-5, rtol=1e-5), cut
 
 
+@pytest.mark.e2e
 def test_resnet_cuts_are_block_boundaries() -> None:
     model = torchvision.models.resnet18().eval()
     traced = trace(model, (3, 64, 64))
@@ -39,6 +40,7 @@ def test_resnet_cuts_are_block_boundaries() -> None:
     _assert_splits_reproduce(model, (3, 64, 64))
 
 
+@pytest.mark.e2e
 def test_vgg_cuts_after_activations_and_pools() -> None:
     model = torchvision.models.vgg11().eval()
     traced = trace(model, (3, 32, 32))
@@ -50,6 +52,7 @@ def test_vgg_cuts_after_activations_and_pools() -> None:
     _assert_splits_reproduce(model, (3, 32, 32))
 
 
+@pytest.mark.e2e
 def test_mobilenet_never_cuts_inside_residual_blocks() -> None:
     model = torchvision.models.mobilenet_v2().eval()
     traced = trace(model, (3, 32, 32))
@@ -62,6 +65,7 @@ def test_mobilenet_never_cuts_inside_residual_blocks() -> None:
     _assert_splits_reproduce(model, (3, 32, 32))
 
 
+@pytest.mark.e2e
 def test_efficientnet_lite_cuts_skip_padding_and_batch_size_crosses_free() -> None:
     model = load_model("efficientnet_lite0", "none").module
     traced = trace(model, (3, 224, 224))

@@ -62,7 +62,9 @@ def test_cui_closed_form_on_pool_linear() -> None:
     assert keys.tolist() == model(x).argmax(1).tolist()
 
 
-@pytest.mark.parametrize("arch", ["digits", "resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize(
+    "arch", ["digits", pytest.param("resnet18", marks=pytest.mark.e2e), pytest.param("mobilenet_v3_small", marks=pytest.mark.e2e)]
+)
 def test_cui_matches_reference_algorithm(arch: str, digits_model: tuple[nn.Module, float]) -> None:
     torch.manual_seed(0)
     if arch == "digits":
@@ -79,6 +81,7 @@ def test_cui_matches_reference_algorithm(arch: str, digits_model: tuple[nn.Modul
     np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.e2e
 def test_batch_size_does_not_change_cui(digits_model: tuple[nn.Module, float], digits_dir: Path) -> None:
     traced = trace(digits_model[0], (1, 16, 16))
     images = load_images(digits_dir, DIGITS_PREPROCESSING, class_names=[str(i) for i in range(10)], limit=40)
@@ -87,6 +90,7 @@ def test_batch_size_does_not_change_cui(digits_model: tuple[nn.Module, float], d
     np.testing.assert_allclose(cuis[0], cuis[2], rtol=1e-5)
 
 
+@pytest.mark.e2e
 def test_label_score_and_class_subsets(digits_model: tuple[nn.Module, float], digits_dir: Path) -> None:
     traced = trace(digits_model[0], (1, 16, 16))
     images = load_images(digits_dir, DIGITS_PREPROCESSING, class_names=[str(i) for i in range(10)])

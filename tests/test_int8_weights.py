@@ -18,6 +18,8 @@ from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session, run_session
 from tests.helpers import DIGITS
 
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
+
 
 @pytest.fixture(scope="module")
 def cpu_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:

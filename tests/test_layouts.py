@@ -27,7 +27,7 @@ from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.ranking.graph import trace
 from isplit_export.ranking.importance import batch_scores, reference_cui
-from isplit_export.verification.verify import run_pair_onnx
+from isplit_export.verification.runtime import run_pair_onnx
 from tests.layout_models import SIZE, ChannelsLastNet, PartitionNet, TinyViT
 
 Formula = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -108,6 +108,7 @@ def test_channels_last_net_cui_is_gradcam_over_the_last_axis() -> None:
     assert not np.allclose(nchw(a, g).numpy(), scores[:, modules.index("proj")], rtol=1e-2)
 
 
+@pytest.mark.e2e
 def test_tiny_vit_cui_is_gradcam_over_patch_tokens() -> None:
     torch.manual_seed(0)
     model = TinyViT().eval()
@@ -147,6 +148,7 @@ def test_window_partitions_are_never_cuts(caplog: pytest.LogCaptureFixture) -> N
     assert skipped and all("window partition" in m for m in skipped)
 
 
+@pytest.mark.e2e
 def test_swin_t_stage_outputs_use_channels_last_axes() -> None:
     torch.manual_seed(0)
     model = torchvision.models.swin_t().eval()
@@ -164,6 +166,7 @@ def test_swin_t_stage_outputs_use_channels_last_axes() -> None:
     assert layouts[modules.index("avgpool")] == "nchw"
 
 
+@pytest.mark.e2e
 def test_vit_b_16_encoder_blocks_are_token_cuts() -> None:
     torch.manual_seed(0)
     size = 32  # 2x2 patches + the class token

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from isplit_export.cli import main
-from isplit_export.files import write_json
+from isplit_export.files import sha256_file, write_json
 from isplit_export.verification.verify import verify_bundle
 from tests.helpers import DIGITS, run_cli, run_cli_without_torch
+
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def test_tensorrt_latency_from_verify_json_overrides_the_head(cost_bundle: Path,
     b = tmp_path / "b"
     shutil.copytree(cost_bundle, b)
     split = json.loads((b / "manifest.json").read_text())["splits"][0]
-    write_json(b / "verify.json", {"backend": "tensorrt", "rows": [
+    write_json(b / "verify.json", {"backend": "tensorrt", "manifest_sha256": sha256_file(b / "manifest.json"), "rows": [
         {"dir": split["dir"], "backend": "tensorrt", "precision": "fp32", "latency_ms": {"head_ms": 0.123}}]})  # fmt: skip
     row = next(c["cost"] for c in plan(b, link="lte", write=False).ranking["candidates"] if c["index"] == split["index"])
     assert row["device_ms"] == 0.123 and row["measured"]["device"] == "tensorrt fp32 on the device (verify.json)"

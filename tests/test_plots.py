@@ -105,6 +105,7 @@ def test_pngs_are_valid_and_sized(tmp_path: Path, ranking: dict[str, Any]) -> No
             assert darkest < 100  # something dark was drawn on the white canvas
 
 
+@pytest.mark.e2e
 def test_pngs_are_byte_deterministic(tmp_path: Path, ranking: dict[str, Any]) -> None:
     plot_cui(ranking, tmp_path / "a.png")
     plot_cui(ranking, tmp_path / "b.png")

@@ -228,6 +228,7 @@ def test_int8_pair_is_byte_identical(digits: Digits, int8_pair: Int8Pair, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.onnx", "src", "t.onnx"]
 
 
+@pytest.mark.e2e
 def test_quantize_qdq_same_bytes_in_a_fresh_process(digits: Digits, tmp_path: Path) -> None:
     """Another interpreter with another hash seed (set / dict order) writes the same bytes."""
     d = digits.dir

@@ -103,7 +103,7 @@ def _manifest() -> dict[str, Any]:
             "description": "Jetson Orin NX",
             "backend": "tensorrt",
             "jetpack": "6.2",
-            "tensorrt": "10.3",
+            "tensorrt_version": "10.3",
             "cuda": "12.6",
         },
         "boundary_encoding": "int8",
@@ -222,28 +222,6 @@ def test_tensorrt_section_only_with_build_plans() -> None:
     for s in m["splits"]:
         s["files"] = {k: v for k, v in s["files"].items() if k in ("head", "tail", "golden")}
     assert "TensorRT" not in render_report(m, _ranking()).split("## Latency")[1]
-
-
-def test_documented_verification_form() -> None:
-    """The docs/bundle.md form: ``equivalence`` (metrics + gate + passed) and ``task``."""
-    m = _manifest()
-    for s in m["splits"]:
-        s["verification"] = {
-            "equivalence": {
-                "max_abs": 1e-6,
-                "max_rel": 2e-6,
-                "cosine": 1.0,
-                "top1_agreement": 1.0,
-                "gate": {"name": "int8", "min_cosine": 0.99},
-                "passed": True,
-            },
-            "task": {"metric": "agreement", "value": 1.0, "full_model": 1.0, "drop": 0.0},
-        }
-    text = render_report(m, _ranking())
-    assert "Equivalence `int8`: **PASS**, max_abs 1e-06, max_rel 2e-06, cosine 1, top1_agreement 1" in text
-    assert "gate int8: cosine >= 0.99" in text
-    assert "agreement 100.0 % (full model 100.0 %, drop 0.0 pp)" in text
-    assert "measured agreement" in text
 
 
 def test_deterministic_and_input_untouched() -> None:

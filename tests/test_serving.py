@@ -93,7 +93,7 @@ def _toy_bundle(root: Path) -> list[dict[str, Any]]:
 
 
 def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:
-    from isplit_export.serving.triton import write_repository
+    from isplit_export.bundle.triton import write_repository
 
     root = tmp_path / "b"
     entries = _toy_bundle(root)

@@ -17,14 +17,16 @@ import onnx
 import pytest
 import torch
 
+from isplit_export.bundle.weights import ALIGNMENT, MIN_EXTERNAL_BYTES
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
-from isplit_export.exporting.weights import ALIGNMENT, MIN_EXTERNAL_BYTES
 from isplit_export.files import sha256_file
 from isplit_export.targets import trt_backend
-from isplit_export.targets.tensorrt_plan import read_plan
+from isplit_export.targets.engine_plan import read_plan
 from isplit_export.verification.verify import verify_bundle
 from tests.helpers import DIGITS
+
+pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 
 
 def _export(out: Path, weights: Path, data: Path, *extra: str) -> None:

@@ -21,6 +21,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, di
     return out
 
 
+@pytest.mark.e2e
 def test_study_json_schema(study_dir: Path) -> None:
     data = json.loads((study_dir / "study.json").read_text())
     assert data["schema"] == SCHEMA and data["options"]["cuts"] == "all"
@@ -70,6 +71,7 @@ def test_summary_statistics_match_hand_computed_values() -> None:
     assert summarize(results, reps=50)["regret"] == pytest.approx(0.3 - 0.05)
 
 
+@pytest.mark.e2e
 def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, digits_dir: Path) -> None:
     opts = StudyOptions(model=DIGITS, weights=str(digits_weights), data=digits_dir, cuts="all", images=80,
                         bottleneck="1/8")  # fmt: skip
@@ -81,6 +83,7 @@ def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, d
     assert measure_cut(ctx, ctx.cuts[4]).to_json() == first
 
 
+@pytest.mark.e2e
 def test_classes_set_class_and_all_class_cui_against_class_accuracy(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:

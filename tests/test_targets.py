@@ -17,6 +17,8 @@ TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 EXPECTED = {
     "cpu",
     "jetson-orin-agx",
+    "jetson-orin-agx-jp7",
+    "x86-tensorrt-11",
     "jetson-orin-nano",
     "jetson-orin-nx",
     "jetson-xavier-nx",
@@ -85,7 +87,7 @@ def test_profile_facts(
 ) -> None:
     """The looked-up platform facts (targets/README.md cites the sources) stay what the docs say."""
     p = load_target(name)
-    assert (p.kind, p.backend, p.jetpack, p.tensorrt, p.cuda, p.dla_cores) == (
+    assert (p.kind, p.backend, p.jetpack, p.tensorrt_version, p.cuda, p.dla_cores) == (
         kind,
         backend,
         jetpack,
@@ -188,14 +190,14 @@ def test_cross_field_rules() -> None:
     data["backend"] = "onnxruntime"
     _refused(data, "backend")
     data = _good()
-    data["tensorrt"] = None
-    _refused(data, "tensorrt")
+    data["tensorrt_version"] = None
+    _refused(data, "tensorrt_version")
     data = _good()
     data["workspace_mib"] = 0
     _refused(data, "workspace_mib")
     data = load_target("cpu").to_json()
-    data["tensorrt"] = "10.3"
-    _refused(data, "tensorrt")
+    data["tensorrt_version"] = "10.3"
+    _refused(data, "tensorrt_version")
     data = _good()
     data["max_opset"] = OPSET - 1
     _refused(data, "max_opset")
@@ -224,3 +226,14 @@ def test_falls_back_to_the_repo_folder_without_the_resource_package(monkeypatch:
     monkeypatch.setattr(targets.importlib.resources, "files", missing)
     assert Path(str(targets._targets_dir())) == TARGETS_DIR
     assert load_target("jetson").name == "jetson-orin-nx"
+
+
+def test_targets_command_shows_each_tensorrt_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.helpers import run_cli
+
+    code, out, _ = run_cli(capsys, "targets")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for profile in list_targets():
+        expected = f"TensorRT {profile.tensorrt_version}" if profile.tensorrt_version else "onnxruntime"
+        assert expected in rows[profile.name], rows[profile.name]

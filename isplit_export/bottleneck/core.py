@@ -33,7 +33,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ from isplit_export.exporting.encoding import (
     encode_array,
 )
 from isplit_export.models import forward_batched
+from isplit_export.numbers import rounded
 
 if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut
@@ -328,7 +329,6 @@ class Trained:
     encoding: BoundaryEncoding
     summary: dict[str, Any]
     seconds: float
-    config: dict[str, Any] = field(default_factory=dict)
 
     def code(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """The float code of inputs ``x`` (before the boundary encoding)."""
@@ -470,10 +470,10 @@ def train(
     summary = {
         "steps": step,
         "stopped_early": step < options.train_steps,
-        "final_loss": _round(last["loss"]),
-        "final_kl": _round(last["kl"]),
-        "final_mse": _round(last["mse"]),
-        "smoothed_loss": _round(ema),
+        "final_loss": rounded(last["loss"], finite=True),
+        "final_kl": rounded(last["kl"], finite=True),
+        "final_mse": rounded(last["mse"], finite=True),
+        "smoothed_loss": rounded(ema, finite=True),
         "train_images": n,
         "seed": seed,
     }
@@ -505,76 +505,3 @@ def cut_seed(seed: int, cut_index: int) -> int:
     return int.from_bytes(
         hashlib.sha256(f"isplit-bottleneck:{seed}:{cut_index}".encode()).digest()[:4], "little"
     )
-
-
-def _round(v: float | None, digits: int = 9) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(f"{v:.{digits}g}")
-
-
-def task_measure(got: np.ndarray, y_full: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Tier 2 on held-out images: top-1 accuracy (labelled) or agreement with the full model, Wilson 95 % CI."""
-    from isplit_export.verification.metrics import proportion_ci
-
-    lab = np.asarray(labels).reshape(-1)
-    pred, full = np.asarray(got).argmax(1), np.asarray(y_full).argmax(1)
-    known = lab >= 0
-    if known.any():
-        k, n = int((pred[known] == lab[known]).sum()), int(known.sum())
-        full_value = float((full[known] == lab[known]).mean())
-        metric = "accuracy"
-    else:
-        k, n = int((pred == full).sum()), len(pred)
-        full_value, metric = 1.0, "agreement"
-    lo, hi = proportion_ci(k, n)
-    value = k / n if n else float("nan")
-    return {
-        "metric": metric,
-        "value": _round(value),
-        "ci95": [_round(lo), _round(hi)],
-        "images": n,
-        "held_out": True,
-        "full_model": _round(full_value),
-        "drop": _round(full_value - value),
-    }
-
-
-def pair_check(
-    trained: Trained, x: torch.Tensor, code: np.ndarray, logits: np.ndarray, y_full: np.ndarray,
-    labels: np.ndarray, batch_size: int = 64,
-) -> tuple[dict[str, Any], np.ndarray]:  # fmt: skip
-    """Tier 1 and tier 2 for an exported bottleneck pair that produced ``code`` and ``logits`` on ``x``.
-
-    Tier 1 holds the exported pair to the fp32 gate against the PyTorch pair *with* its bottleneck:
-    the head's transmitted code must be within one quantization step of PyTorch's (a float code on
-    a rounding edge may round either way), and the exported tail must compute what the PyTorch tail
-    computes from the very code the exported head sent. Tier 2 (:func:`task_measure`) sets the pair
-    against the original full model. Returns the check (the manifest's shape) and the reference logits.
-    """
-    from isplit_export.verification.gates import GATES
-    from isplit_export.verification.metrics import compare_logits
-
-    ref = trained.logits_from_code(code, batch_size)
-    metrics: dict[str, Any] = {k: _round(v) for k, v in compare_logits(ref, logits).items()}
-    torch_code = encode_array(trained.code(x, batch_size), trained.encoding)
-    if code.dtype == np.uint8:
-        step = int(np.abs(torch_code.astype(np.int32) - code.astype(np.int32)).max())
-        metrics["code_max_step"] = step
-        code_ok = step <= 1
-        reason = f"code max_step {step} not <= 1 quantization step from PyTorch"
-    else:
-        d = float(np.abs(torch_code.astype(np.float64) - code.astype(np.float64)).max())
-        scale = max(float(np.abs(torch_code.astype(np.float64)).max()), 1e-30)
-        metrics["code_max_abs_rel"] = _round(d / scale)
-        code_ok = d / scale <= 1e-3
-        reason = f"code max_abs_rel {d / scale:.3g} not <= 0.001 from PyTorch"
-    gate = GATES["fp32"]
-    ok, reasons = gate.check({k: v for k, v in metrics.items() if not k.startswith("code_")})
-    if not code_ok:
-        ok, reasons = False, [*reasons, reason]
-    check = {
-        "reference": "pytorch pair with its bottleneck",
-        "metrics": metrics,
-        "gate": {**gate.to_json(), "passed": ok, "failures": reasons},
-        "task": task_measure(logits, y_full, labels),
-    }
-    return check, ref

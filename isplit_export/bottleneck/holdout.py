@@ -34,6 +34,11 @@ def _held_count(n: int, fraction: float) -> int:
     return max(MIN_HELD_OUT, math.ceil(n * fraction))
 
 
+def _key(seed: int, name: str) -> bytes:
+    """The hashed key of an image name; a non-UTF-8 file name (a surrogate-escaped ``str``) keeps its raw bytes."""
+    return f"{seed}:{name}".encode("utf-8", "surrogateescape")
+
+
 def split_holdout(names: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """``(train, held_out)`` indices into ``names`` (each sorted ascending, disjoint, covering all).
 
@@ -49,6 +54,6 @@ def split_holdout(names: Sequence[str], fraction: float, seed: int) -> tuple[lis
         )
     if len(set(names)) != len(names):
         raise BadInputError("image names are not unique: the held-out split needs a unique name per image")
-    keyed = sorted(range(len(names)), key=lambda i: hashlib.sha256(f"{seed}:{names[i]}".encode()).hexdigest())
+    keyed = sorted(range(len(names)), key=lambda i: hashlib.sha256(_key(seed, names[i])).hexdigest())
     k = _held_count(len(names), fraction)
     return sorted(keyed[k:]), sorted(keyed[:k])

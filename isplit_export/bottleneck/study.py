@@ -30,19 +30,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from isplit_export import __version__
 from isplit_export.bottleneck.core import (
     BottleneckOptions,
     as_bottleneck,
     cut_seed,
     plan,
-    task_measure,
     train,
 )
 from isplit_export.errors import BadInputError
 from isplit_export.models import forward_batched
 from isplit_export.options import RankOptions, make_options
+from isplit_export.verification.checks import held_out_rounding, task_metric
 from isplit_export.verification.metrics import bootstrap_ci, kendall_tau, spearman
+from isplit_export.version import __version__
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -126,7 +126,7 @@ class CutResult:
             "node": self.node,
             "module": self.module,
             "shape": list(self.shape),
-            "cui": _r(self.cui),
+            "cui": held_out_rounding(self.cui),
             "boundary_bytes": self.boundary_bytes,
             "code_shape": list(self.code_shape),
             "code_bytes": self.code_bytes,
@@ -134,7 +134,7 @@ class CutResult:
             "training": self.training,
         }
         if self.class_measured is not None:
-            out["cui_all_classes"] = _r(self.cui_all)
+            out["cui_all_classes"] = held_out_rounding(self.cui_all)
             out["class_measured"] = self.class_measured
         return out
 
@@ -208,11 +208,11 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
         batch_size=opts.batch_size, progress=opts.progress,
     )  # fmt: skip
     logits = trained.logits(ctx.x_held, opts.batch_size)
-    measured = task_measure(logits, ctx.y_full_held, ctx.labels_held)
+    measured = task_metric(ctx.y_full_held, logits, ctx.labels_held, held_out=True, rnd=held_out_rounding)
     class_measured = None
     if ctx.class_mask is not None:
         m = ctx.class_mask
-        class_measured = task_measure(logits[m], ctx.y_full_held[m], ctx.labels_held[m])
+        class_measured = task_metric(ctx.y_full_held[m], logits[m], ctx.labels_held[m], held_out=True, rnd=held_out_rounding)
     return CutResult(
         index=cut.index, node=cut.node, module=cut.module, shape=tuple(cut.shape), cui=float(ctx.cui[cut.index]),
         cui_all=None if ctx.cui_all is None else float(ctx.cui_all[cut.index]), boundary_bytes=cut.boundary_bytes,
@@ -224,9 +224,9 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
 def _predictor(pred: Sequence[float], values: Sequence[float], reps: int, seed: int) -> dict[str, Any]:
     rho, tau = spearman(pred, values), kendall_tau(pred, values)
     return {
-        "spearman": _r(rho),
+        "spearman": held_out_rounding(rho),
         "spearman_ci95": _ci(bootstrap_ci(spearman, pred, values, reps, seed)),
-        "kendall": _r(tau),
+        "kendall": held_out_rounding(tau),
         "kendall_ci95": _ci(bootstrap_ci(kendall_tau, pred, values, reps, seed)),
     }
 
@@ -235,9 +235,9 @@ def _regret(cui: Sequence[float], values: Sequence[float], indices: Sequence[int
     top = int(np.argmax(cui))
     best = int(np.argmax(values))
     return {
-        "cui_top_pick": {"index": indices[top], "value": _r(values[top])},
-        "best": {"index": indices[best], "value": _r(values[best])},
-        "regret": _r(values[best] - values[top]),
+        "cui_top_pick": {"index": indices[top], "value": held_out_rounding(values[top])},
+        "best": {"index": indices[best], "value": held_out_rounding(values[best])},
+        "regret": held_out_rounding(values[best] - values[top]),
     }
 
 
@@ -316,7 +316,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
     """The ``isplit.study/1`` document; only its ``run`` block (seconds, host, date) varies between runs."""
     opts = ctx.options
     r = ctx.ranked
-    full = task_measure(ctx.y_full_held, ctx.y_full_held, ctx.labels_held)
+    full = task_metric(ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding)
     return {
         "schema": SCHEMA,
         "tool": {"name": "isplit-export", "version": __version__},
@@ -331,7 +331,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
         "full_model": {"metric": full["metric"], "value": full["full_model"]},
         "curve": {
             "index": list(range(len(r.traced.cuts))),
-            "cui": [_r(float(v)) for v in ctx.cui],
+            "cui": [held_out_rounding(float(v)) for v in ctx.cui],
             "boundary_bytes": [c.boundary_bytes for c in r.traced.cuts],
             "input_bytes": r.ranking.input_bytes,
         },
@@ -404,9 +404,5 @@ def plot_study(data: dict[str, Any], path: Path) -> None:
     save_png(study_figure(data), path)
 
 
-def _r(v: float | None, digits: int = 9) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(f"{v:.{digits}g}")
-
-
 def _ci(ci: tuple[float, float] | None) -> list[float | None] | None:
-    return None if ci is None else [_r(ci[0]), _r(ci[1])]
+    return None if ci is None else [held_out_rounding(ci[0]), held_out_rounding(ci[1])]

@@ -1,7 +1,7 @@
 """Build the artifact bundle: cut, export, encode, verify and describe the top-K I-Split splits.
 
 The stages run in pipeline order (rank -> cost + selection (:mod:`planning`) -> cut + export -> encode -> target plan -> verify -> write)
-inside a temporary directory that is renamed to ``out`` at the end (:func:`files.atomic_directory`),
+inside a temporary directory that is renamed to ``out`` at the end (:func:`outdir.atomic_directory`),
 so an existing bundle is never half-overwritten and an interrupted run leaves no partial bundle.
 Everything but the manifest's ``run`` block and ``report.md`` is byte-reproducible.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -20,28 +21,48 @@ import numpy as np
 import onnx
 import torch
 
-from isplit_export import __version__
 from isplit_export.api import RankResult, rank, write_ranking
 from isplit_export.bundle.planning import choose_cuts
 from isplit_export.bundle.report import render_report
+from isplit_export.bundle.summary import gate_failures, write_summary
+from isplit_export.bundle.triton import wants_repository, write_repository
+from isplit_export.bundle.weights import inline_info, share_weights
+from isplit_export.contract import MANIFEST_FILE
+from isplit_export.distributed import requested
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import (
     ENCODINGS,
     BoundaryEncoding,
     calibrate_encoding,
     decode_tail,
+    encode_array,
     encode_head,
+    strip_head_encoding,
+    strip_tail_decoding,
 )
 from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
 from isplit_export.exporting.onnx_utils import OPSET, save_model
-from isplit_export.files import atomic_directory, check_out, save_npz, sha256_file, write_json
+from isplit_export.exporting.quantize import build_int8_pair
+from isplit_export.files import save_npz, sha256_file, write_json
 from isplit_export.models import forward_batched
+from isplit_export.numbers import rounded
 from isplit_export.options import ExportOptions, make_options
+from isplit_export.outdir import atomic_directory, check_out, check_writable_file
 from isplit_export.ranking.graph import Cut
+from isplit_export.targets.engine_plan import write_build_plan
 from isplit_export.targets.profiles import TargetProfile, load_target
+from isplit_export.verification.checks import (
+    check_code_pair,
+    check_int8_code_pair,
+    check_pair,
+    cui_order,
+    manifest_rounding,
+)
 from isplit_export.verification.gates import GATES, gate_for
-from isplit_export.verification.metrics import accuracy, compare_logits, spearman
-from isplit_export.verification.verify import SCHEMA, measure_latency, run_pair_onnx
+from isplit_export.verification.metrics import accuracy
+from isplit_export.verification.runtime import measure_latency, run_pair_onnx
+from isplit_export.verification.verify import SCHEMA
+from isplit_export.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +93,6 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
     opts = make_options(ExportOptions, options, fields)
-    from isplit_export.distributed import requested
-
     if requested(opts.distributed):
         raise BadInputError("export runs in one process: run `isplit-export rank` under torchrun, then export")
     if opts.out is None:
@@ -92,6 +111,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
     out = opts.out
     check_out(out, force=opts.force)  # before the ranking: fail fast
+    if opts.summary_json is not None:
+        check_writable_file(opts.summary_json, "--summary-json")
 
     ranked = rank(opts.replace(out=None))
     cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
@@ -133,16 +154,15 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             splits.append(entry)
             latency[rel] = lat
 
-        from isplit_export.exporting.weights import inline_info, share_weights
-
-        weights = share_weights(tmp, splits) if opts.weights_layout == "shared" else inline_info()
+        weights = inline_info()
+        if opts.weights_layout == "shared":
+            weights, moves = share_weights(tmp, [str(s["dir"]) for s in splits])
+            splits = [{**s, "files": {k: moves.get(v, v) for k, v in s["files"].items()}} for s in splits]
         triton = None
-        from isplit_export.serving.triton import wants_repository, write_repository
-
         if wants_repository(profile.kind, opts.triton):  # OUT/triton/: the tails as Triton models (hashed below)
             triton = write_repository(tmp, splits, model=ranked.model.name)
         full_acc = accuracy(y_ref, lab)
-        summary = _summary(splits, encoding_name, full_acc)
+        summary = cui_order(splits, encoding_name, full_acc)
         if bn is not None and len(splits) < MIN_SPLITS_TO_CONCLUDE:
             summary["too_few_splits"] = True
             summary["note"] += (
@@ -154,7 +174,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         if triton is not None:
             manifest["triton"] = triton
         manifest["files"] = _hash_files(tmp)
-        report = render_report({**manifest, "run": {"latency_ms": latency}}, ranked.ranking.to_json())
+        plans = {str(sp["dir"]): json.loads(f.read_text()) for sp in splits
+                 if (f := tmp / str(sp["dir"]) / "engine_plan.json").is_file()}  # fmt: skip  # for the report only
+        report = render_report({**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {
             "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
@@ -164,14 +186,10 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             **({"bottleneck_train_seconds": train_seconds} if bn is not None else {}),
             "report_sha256": sha256_file(tmp / "report.md"),
         }
-        write_json(tmp / "manifest.json", manifest)
-    failures = [f"{s['dir']}: {r}" for s in splits for r in s["verification"]["failures"]]
-    result = ExportResult(out, manifest, ranked, failures)
+        write_json(tmp / MANIFEST_FILE, manifest)
     if opts.summary_json is not None:
-        from isplit_export.bundle.summary import write_summary
-
-        write_summary(opts.summary_json, result)
-    return result
+        write_summary(opts.summary_json, out, manifest)
+    return ExportResult(out, manifest, ranked, gate_failures(manifest))
 
 
 def _export_split(
@@ -217,34 +235,35 @@ def _export_split(
     boundary, logits = run_pair_onnx(head_path, tail_path, xn, batch=batch_size)
     files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
     if trained is not None:
-        from isplit_export.bottleneck.core import pair_check
-
-        check, pair_ref = pair_check(trained, x, boundary, logits, y_ref, labels, batch_size)
-        checks = {encoding_name: check}
+        pair_ref = trained.logits_from_code(boundary, batch_size)  # the PyTorch tail on the code that was sent
+        torch_code = encode_array(trained.code(x, batch_size), trained.encoding)
+        checks = {encoding_name: check_code_pair(pair_ref, logits, torch_code, boundary, y_ref, labels)}
         golden_logits = pair_ref  # the pair's own logits: verify re-proves the export, not the bottleneck's loss
     else:
-        checks = {encoding_name: _check(y_ref, logits, labels, gate_for(encoding_name))}
+        checks = {encoding_name: check_pair(y_ref, logits, labels, gate_for(encoding_name), rnd=manifest_rounding)}
         golden_logits = y_ref
     goldens = {"input": xn[:golden], "boundary": boundary[:golden], "logits": golden_logits[:golden],
                "labels": labels[:golden]}  # fmt: skip
 
     if profile.int8:
-        from isplit_export.exporting.quantize import build_int8_pair
-
         # with a bottleneck, calibrate on the training part: the held-out images stay unseen
         calib_x = x_train.numpy() if x_train is not None else xn
         calib = build_int8_pair(head_path, tail_path, calib_x, sdir / "head.int8.onnx",
                                 sdir / "tail.int8.onnx", enc)  # fmt: skip
         save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
         _, q_logits = run_pair_onnx(sdir / "head.int8.onnx", sdir / "tail.int8.onnx", xn, batch=batch_size)
-        checks["int8-qdq"] = _check(y_ref, q_logits, labels, GATES["int8-qdq"])
+        if trained is not None:
+            checks["int8-qdq"] = check_int8_code_pair(logits, q_logits, y_ref, labels)
+        else:
+            checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=manifest_rounding)
         goldens["logits_int8"] = q_logits[:golden]
         files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
     save_npz(sdir / "golden.npz", goldens)
     if profile.uses_tensorrt:
         shape = trained.plan.code_shape if trained is not None else cut.shape
-        files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape))
+        files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape,
+                                  min_dla_fraction=opts.min_dla_fraction))  # fmt: skip
 
     timed = {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}
     if profile.int8:  # the INT8 pair, interleaved with the fp32 one
@@ -259,14 +278,14 @@ def _export_split(
         "node": cut.node,
         "module": cut.module,
         "cui": float(ranked.ranking.cui[cut.index]),
-        "log10_cui": _round(ranked.ranking.log10_cui[cut.index]),
+        "log10_cui": rounded(ranked.ranking.log10_cui[cut.index]),
         "head_flops_share": round(cut.head_flops_share, 6),
         "boundary": {
             **enc.to_json(),
             "encoding": enc.name,
             "shape": [BATCH_AXIS, *(trained.plan.code_shape if trained is not None else cut.shape)],
             "layout": "nchw" if trained is not None else cut.layout,  # a bottleneck's code is NCHW
-            "bytes_per_image": int(np.prod(boundary.shape[1:])) * enc.bytes_per_element,
+            "bytes_per_image": enc.bytes_per_image(boundary.shape[1:]),
             "fp32_bytes_per_image": cut.boundary_bytes,
         },
         "files": files,
@@ -281,17 +300,17 @@ def _export_split(
 
 def _engine_plan(
     sdir: Path, rel: str, profile: TargetProfile, enc: BoundaryEncoding, boundary_shape: tuple[int, ...],
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int, ...], *, min_dla_fraction: float,
 ) -> dict[str, str]:
     """Write the TensorRT build plan; returns the new files for the manifest.
+
+    TensorRT 11 has no ``--fp16``: an fp16 plan builds from strongly typed copies (``*.fp16.onnx``,
+    :func:`isplit_export.targets.typed.to_fp16`). ``min_dla_fraction``: see ``engine_plan.write_build_plan``.
 
     TensorRT parses Q/DQ only as symmetric int8 and the boundary codec is host work anyway, so with a
     non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)
     and the device applies the encoding around them (``encoding.encode_array`` / ``decode_array``).
     """
-    from isplit_export.exporting.encoding import strip_head_encoding, strip_tail_decoding
-    from isplit_export.targets.tensorrt_plan import write_build_plan
-
     stem = "int8." if profile.default_precision == "int8" else ""
     names = {"head": f"head.{stem}onnx", "tail": f"tail.{stem}onnx"}
     files: dict[str, str] = {}
@@ -301,48 +320,20 @@ def _engine_plan(
             save_model(strip(onnx.load(sdir / names[part])), sdir / name)
             names[part] = name
             files[f"{part}_trt"] = f"{rel}/{name}"
+    if (profile.tensorrt_major or 0) >= 11 and profile.default_precision == "fp16":
+        from isplit_export.targets.typed import to_fp16
+
+        for part in ("head", "tail"):
+            name = names[part].removesuffix(".onnx") + ".fp16.onnx"
+            save_model(to_fp16(onnx.load(sdir / names[part])), sdir / name)
+            names[part] = name
+            files[f"{part}_fp16"] = f"{rel}/{name}"
     plan = write_build_plan(
         sdir, profile, precision=profile.default_precision, head_onnx=names["head"], tail_onnx=names["tail"],
-        input_shape=(1, *input_shape), boundary_shape=(1, *boundary_shape),
+        input_shape=(1, *input_shape), boundary_shape=(1, *boundary_shape), min_dla_fraction=min_dla_fraction,
     )
     files.update({p.name.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
     return files
-
-
-def _check(ref: np.ndarray, got: np.ndarray, labels: np.ndarray, gate: Any) -> dict[str, Any]:
-    metrics = {k: _round(v) for k, v in compare_logits(ref, got).items()}
-    ok, reasons = gate.check(metrics)
-    ref_top1, got_top1 = ref.argmax(1), got.argmax(1)
-    acc, full_acc = accuracy(got, labels), accuracy(ref, labels)
-    if acc is not None and full_acc is not None:
-        task = {"metric": "accuracy", "value": _round(acc), "full_model": _round(full_acc), "drop": _round(full_acc - acc)}
-    else:
-        agree = float((ref_top1 == got_top1).mean())
-        task = {"metric": "agreement", "value": _round(agree), "full_model": 1.0, "drop": _round(1.0 - agree)}
-    return {"metrics": metrics, "gate": {**gate.to_json(), "passed": ok, "failures": reasons}, "task": task}
-
-
-def _summary(splits: list[dict[str, Any]], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
-    """Does the CUI order hold? Spearman(CUI, measured task value) over the exported splits."""
-    values = [s["verification"]["checks"][encoding_name]["task"]["value"] for s in splits]
-    cuis = [s["cui"] for s in splits]
-    rho = spearman(cuis, values) if encoding_name != "fp32" else None
-    if encoding_name == "fp32":
-        note = "fp32 boundary is lossless: every split measures the same as the full model, so the CUI order is not tested"
-        held = None
-    elif rho is None:
-        note = "all splits measured the same task value: the CUI order is neither confirmed nor contradicted"
-        held = None
-    else:
-        held = rho > 0
-        note = f"Spearman(CUI, measured) = {rho:.3f}: the CUI order {'held' if held else 'did not hold'}"
-    return {
-        "passed": all(s["verification"]["passed"] for s in splits),
-        "full_model_accuracy": _round(full_acc),
-        "cui_vs_task_spearman": _round(rho),
-        "cui_order_held": held,
-        "note": note,
-    }
 
 
 def _manifest(
@@ -385,8 +376,3 @@ def _manifest(
 def _hash_files(root: Path) -> dict[str, dict[str, Any]]:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}
-
-
-def _round(v: float | None, digits: int = 9) -> float | None:
-    return None if v is None else float(f"{v:.{digits}g}")
-

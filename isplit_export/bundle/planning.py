@@ -29,16 +29,18 @@ not hashed) unless ``write=False``.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isplit_export.bundle.selection import OBJECTIVES, Constraints, Selection, select
+from isplit_export import contract
+from isplit_export.bundle.selection import Selection, select
 from isplit_export.errors import BadInputError
-from isplit_export.files import write_text_atomic
+from isplit_export.exporting.encoding import element_bytes
+from isplit_export.files import json_dumps, write_text_atomic
+from isplit_export.options import OBJECTIVES, Constraints
 from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
 from isplit_export.targets.profiles import TargetProfile, load_target, validate_profile
 
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from isplit_export.options import ExportOptions
     from isplit_export.ranking.graph import Cut
 
-PLAN_FILE = "plan.json"
+PLAN_FILE = contract.PLAN_FILE
 PLAN_SCHEMA = "isplit.plan/1"
 ASSUMPTIONS = (
     "batch 1; FLOPs = 2 x MACs of conv/linear + one per output element of other ops (graph.py)",
@@ -138,36 +140,29 @@ class PlanResult:
         return {"schema": PLAN_SCHEMA, "model": self.ranking.get("model"), "cost": self.ranking["cost"], "cuts": cuts}
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"{path} not found: pass the --out folder of an isplit-export run") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInputError(f"cannot read {what} {path} ({e}): rebuild the bundle") from e
-    if not isinstance(data, dict):
-        raise BadInputError(f"{what} {path} is not a JSON object: rebuild the bundle")
-    return data
-
-
 def _measured(
-    bundle: Path, manifest: Mapping[str, Any], device: Compute, device_backend: str, server: Compute, server_backend: str
+    m: contract.Manifest, device: Compute, device_backend: str, server: Compute, server_backend: str
 ) -> dict[Any, dict[str, Any]]:
-    """Measured figures by cut index (and baselines) from the manifest's run block and verify.json."""
+    """Measured figures by cut index (and baselines) from the manifest's run block and verify.json.
+
+    Every figure was validated by :mod:`isplit_export.contract` (finite, positive, bounded);
+    ``verify.json`` is used only when it names this manifest.
+    """
+    manifest = m.data
     out: dict[Any, dict[str, Any]] = {}
-    by_dir = {s["dir"]: int(s["index"]) for s in manifest.get("splits", []) if "dir" in s and "index" in s}
+    by_dir = {s["dir"]: int(s["index"]) for s in manifest["splits"] if s.get("index") is not None}
     run = manifest.get("run") or {}
     host = run.get("host", "the build host")
     source = f"onnxruntime 1 thread on {host}"
     full: list[float] = []
     for rel, lat in (run.get("latency_ms") or {}).items():
-        if rel not in by_dir or not isinstance(lat, dict):
+        if rel not in by_dir:
             continue
         i = by_dir[rel]
         if device_backend == "onnxruntime" and lat.get("head_ms") is not None:
-            out.setdefault(i, {}).update(device_ms=lat["head_ms"], device=source)
+            out.setdefault(i, {}).update(device_ms=float(lat["head_ms"]), device=source)
         if server_backend == "onnxruntime" and lat.get("tail_ms") is not None:
-            out.setdefault(i, {}).update(server_ms=lat["tail_ms"], server=source)
+            out.setdefault(i, {}).update(server_ms=float(lat["tail_ms"]), server=source)
         if lat.get("full_ms") is not None:
             full.append(float(lat["full_ms"]))
     if full:  # every split timed the full model too: the baselines take the median of those runs
@@ -176,16 +171,13 @@ def _measured(
             out["device_only"] = {"device_ms": full_ms, "device": source}
         if server_backend == "onnxruntime":
             out["server_only"] = {"server_ms": full_ms, "server": source}
-    vpath = bundle / "verify.json"
-    if vpath.is_file():
-        verify = _read_json(vpath, "verify result")
-        for row in verify.get("rows") or []:
-            lat = row.get("latency_ms") if isinstance(row, dict) else None
-            if not isinstance(lat, dict) or row.get("backend") != "tensorrt" or row.get("precision") != device.precision:
-                continue
-            if row.get("dir") in by_dir and lat.get("head_ms") is not None:
-                src = f"tensorrt {device.precision} on the device (verify.json)"
-                out.setdefault(by_dir[row["dir"]], {}).update(device_ms=lat["head_ms"], device=src)
+    for row in contract.read_verify_latencies(m):
+        lat = row["latency_ms"]
+        if row["backend"] != "tensorrt" or row["precision"] != device.precision:
+            continue
+        if row["dir"] in by_dir and lat.get("head_ms") is not None:
+            src = f"tensorrt {device.precision} on the device (verify.json)"
+            out.setdefault(by_dir[row["dir"]], {}).update(device_ms=float(lat["head_ms"]), device=src)
     return out
 
 
@@ -194,16 +186,11 @@ MEASURED_LINK = "measured"
 
 
 def _run_measured(
-    bundle: Path, manifest: Mapping[str, Any], device_backend: str, link_measured: bool
+    runs: Mapping[str, dict[str, Any]], device_backend: str, link_measured: bool
 ) -> dict[Any, dict[str, Any]]:
     """Measured figures by cut index from ``run.json`` (``isplit-export run``): server compute (p50), the
     link (round trip p50 minus server compute, only with ``--link measured``) and the head when the run's
-    backend is the device's."""
-    from isplit_export.files import sha256_file
-    from isplit_export.serving.run import load_runs
-
-    mpath = bundle / "manifest.json"
-    runs = load_runs(bundle, sha256_file(mpath) if mpath.is_file() else None)
+    backend is the device's. ``runs``: :func:`isplit_export.contract.read_runs` (validated)."""
     out: dict[Any, dict[str, Any]] = {}
     for r in runs.values():
         if not isinstance(r, dict) or not isinstance(r.get("index"), int) or not (r.get("images") or {}).get("ok"):
@@ -224,22 +211,17 @@ def _run_measured(
     return out
 
 
-def _measured_link(bundle: Path, manifest: Mapping[str, Any]) -> Link:
+def _measured_link(bundle: Path, runs: Mapping[str, dict[str, Any]]) -> Link:
     """The link of ``--link measured``: run.json's bytes over its measured link time, as a rate with RTT 0.
 
     Splits that were run use their own measured link time; the rate estimates the others.
     """
-    from isplit_export.files import sha256_file
-    from isplit_export.serving.run import load_runs
-
-    mpath = bundle / "manifest.json"
-    runs = load_runs(bundle, sha256_file(mpath) if mpath.is_file() else None)
     pairs = [(float((r.get("bytes") or {}).get("bundle_bytes_per_image") or 0), float(r["link_ms_p50"]))
              for r in runs.values() if isinstance(r, dict) and r.get("link_ms_p50")]  # fmt: skip
     total_ms = sum(ms for _, ms in pairs)
     if not pairs or total_ms <= 0:
         raise BadInputError(
-            f"no measured link in {bundle / 'run.json'}: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>], "
+            f"no measured link in {bundle / contract.RUN_FILE}: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>], "
             "or run `isplit-export run` against a served tail first"
         )
     mbit = sum(b for b, _ in pairs) * 8 / (total_ms * 1e3)
@@ -250,62 +232,81 @@ def _measured_link(bundle: Path, manifest: Mapping[str, Any]) -> Link:
 def plan(
     bundle: Path | str, *, link: str | None = None, objective: str | None = None, constraints: Constraints | None = None,
     server: str | None = None, top: int | None = None, measured: bool = True, write: bool = True,
+    expect_sha256: str | None = None, report: Path | None = None,
 ) -> PlanResult:  # fmt: skip
     """Re-plan an exported bundle for ``link`` (torch-free); see the module docstring.
 
     ``objective``, ``constraints``, ``server`` and ``top`` default to the export's (else ``cui``, none,
     ``x86-tensorrt``, all);
     ``measured=False`` gives the pure estimates (what the export computed for the same link).
+    The bundle is read through :mod:`isplit_export.contract`: manifest validated, ``ranking.json``
+    hashed and validated, ``expect_sha256`` pinned. With ``write`` the plan goes to ``report`` or else
+    ``bundle/plan.json``.
     """
     bundle = Path(bundle)
     if objective is not None and objective not in OBJECTIVES:
         raise BadInputError(f"unknown --objective {objective!r}: choose {', '.join(OBJECTIVES)}")
-    if not bundle.is_dir():
-        raise BadInputError(f"bundle directory {bundle} not found: pass the --out folder of an isplit-export run")
-    manifest = _read_json(bundle / "manifest.json", "manifest")
+    if top is not None and (isinstance(top, bool) or top < 1):
+        raise BadInputError(f"--top {top}: pass a positive number of splits")
+    if expect_sha256 is not None:
+        expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
+    server_profile = load_target(server) if server is not None else None  # options first, then the bundle
+    m = contract.read_manifest(bundle)
+    contract.check_expected_sha256(m, expect_sha256)
+    manifest = m.data
+    ranking = contract.read_ranking(m)
     if link is None and not measured:
         raise BadInputError("--estimated needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
     link_measured = measured and (link is None or link.strip().lower() == MEASURED_LINK)
-    lk = _measured_link(bundle, manifest) if link_measured else parse_link(str(link))
-    ranking = _read_json(bundle / str((manifest.get("ranking") or {}).get("file", "ranking.json")), "ranking")
+    runs = contract.read_runs(m) if measured else {}
+    lk = _measured_link(bundle, runs) if link_measured else parse_link(str(link))
     target_json = manifest.get("target")
     if not isinstance(target_json, dict) or "name" not in target_json:
-        raise BadInputError(f"{bundle / 'manifest.json'} has no target block: rebuild the bundle")
-    device_profile = (
-        validate_profile(target_json, "manifest.json target") if "cost" in target_json else load_target(target_json["name"])
-    )
+        raise BadInputError(f"{bundle / contract.MANIFEST_FILE} has no target block: rebuild the bundle")
+    device_profile = validate_profile(target_json, "manifest.json target")  # every profile has a cost block
     options = manifest.get("options") or {}
     objective = objective or str(options.get("objective") or "cui")
+    if objective not in OBJECTIVES:
+        raise BadInputError(f"manifest.json options.objective {objective!r} is unknown: pass --objective")
     if constraints is None:
         constraints = Constraints(**(options.get("constraints") or {}))
-    server_profile = load_target(server or options.get("server") or "x86-tensorrt")
+    if server_profile is None:
+        server_profile = load_target(options.get("server") or "x86-tensorrt")
     device, srv = compute_for(device_profile, head=True), compute_for(server_profile, head=False)
     encoding = str(manifest.get("boundary_encoding") or device_profile.default_boundary)
+    element_bytes(encoding)  # an unknown encoding is one line here, not a KeyError later
     bytes_override = {
         int(s["index"]): int(s["boundary"]["bytes_per_image"])
-        for s in manifest.get("splits", [])
-        if isinstance(s.get("boundary"), dict) and s["boundary"].get("bytes_per_image") is not None
+        for s in manifest["splits"]
+        if s.get("index") is not None and (s.get("boundary") or {}).get("bytes_per_image") is not None
     }
-    meas = _measured(bundle, manifest, device, device_profile.backend, srv, server_profile.backend) if measured else {}
+    meas = _measured(m, device, device_profile.backend, srv, server_profile.backend) if measured else {}
     if measured:  # what `isplit-export run` measured over a real connection wins over the build host's figures
-        for key, row in _run_measured(bundle, manifest, device_profile.backend, link_measured).items():
+        for key, row in _run_measured(runs, device_profile.backend, link_measured).items():
             meas.setdefault(key, {}).update(row)
     k = top if top is not None else (manifest.get("ranking") or {}).get("top")
     block, sel = build_cost(ranking, device, srv, lk, encoding, objective=objective, constraints=constraints, top=k,
                             bytes_override=bytes_override, measured=meas)  # fmt: skip
     candidates = [{**c, "cost": pc} for c, pc in zip(ranking["candidates"], block["per_cut"], strict=True)]
-    exported = [int(s["index"]) for s in manifest.get("splits", []) if "index" in s]
+    exported = [int(s["index"]) for s in manifest["splits"] if s.get("index") is not None]
     cost = {key: v for key, v in block.items() if key != "per_cut"} | {"exported": exported}
     result = PlanResult(bundle, {**ranking, "candidates": candidates, "cost": cost}, sel, None)
     if write:
-        result.written = bundle / PLAN_FILE
-        try:
-            write_text_atomic(result.written, json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n")
-        except OSError as e:
-            raise BadInputError(
-                f"cannot write {result.written} ({e}): make the bundle writable or plan with write=False"
-            ) from e
+        write_plan(result, report)
     return result
+
+
+def write_plan(result: PlanResult, report: Path | None = None) -> Path:
+    """Write ``plan.json`` (strict JSON) to ``report`` (default: into the bundle); one line when it cannot."""
+    path = Path(report) if report is not None else result.bundle / PLAN_FILE
+    try:
+        write_text_atomic(path, json_dumps(result.to_json()))
+    except (OSError, ValueError) as e:
+        raise BadInputError(
+            f"cannot write {path} ({e}): the plan is above; pass --report PATH or --no-write (e.g. for a read-only bundle)"
+        ) from e
+    result.written = path
+    return path
 
 
 

@@ -2,17 +2,17 @@
 
 Pure string formatting: no file access, no clock, so the same manifest and ranking always give the
 same text. Every key beyond ``splits`` is optional: a section whose data is missing is left out (or
-says so) instead of failing, so the report also renders for partial or older manifests. Both forms
-of a split's ``verification`` block are understood: the documented one (``equivalence`` + ``task``)
-and the per-check one the exporter writes (``checks: {name: {metrics, gate, task}}``).
+says so) instead of failing, so the report also renders for partial or older manifests. A split's
+``verification`` block is the one the exporter writes (``checks: {name: {metrics, gate, task}}``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from isplit_export.bundle import markdown as md
 
 RANKING_ROWS = 10
 """The ranking table lists at least this many ranked candidates (more when ``top`` is larger)."""
@@ -23,68 +23,6 @@ _GATE_LIMITS = (
     ("min_cosine", "cosine", ">="),
 )
 _METRICS = ("max_abs", "max_abs_rel", "max_rel", "cosine", "top1_agreement")
-
-
-# --------------------------------------------------------------------------------------------------
-# formatting helpers
-
-
-def _num(v: Any) -> float | None:
-    """``v`` as a finite float, else None (bools are not numbers here)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
-
-
-def _g(v: Any, digits: int = 3) -> str:
-    f = _num(v)
-    return "-" if f is None else f"{f:.{digits}g}"
-
-
-def _pct(v: Any, digits: int = 1) -> str:
-    f = _num(v)
-    return "-" if f is None else f"{100 * f:.{digits}f} %"
-
-
-def _pp(v: Any) -> str:
-    """A difference of two fractions in percentage points."""
-    f = _num(v)
-    return "-" if f is None else f"{100 * f:.1f} pp"
-
-
-def _kib(v: Any) -> str:
-    f = _num(v)
-    return "-" if f is None else f"{f / 1024:.1f}"
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
-def _shape(v: Any) -> str:
-    if isinstance(v, Sequence) and not isinstance(v, str):
-        return "x".join(str(d) for d in v)
-    return "-" if v is None else str(v)
-
-
-def _cell(v: Any) -> str:
-    """A Markdown table cell: pipes escaped, newlines flattened."""
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def _dict(v: Any) -> Mapping[str, Any]:
-    return v if isinstance(v, Mapping) else {}
-
-
-def _list(v: Any) -> list[Any]:
-    return list(v) if isinstance(v, Sequence) and not isinstance(v, str) else []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,39 +39,27 @@ class _Check:
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)
     task: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""  # what the gate compared against, when not the full model
 
 
 def _checks(split: Mapping[str, Any], encoding: str) -> list[_Check]:
-    """The split's checks, the boundary encoding's own first (both manifest forms)."""
-    ver = _dict(split.get("verification"))
+    """The split's checks, the boundary encoding's own first."""
+    ver = md.as_dict(split.get("verification"))
     out: list[_Check] = []
-    checks = _dict(ver.get("checks"))
+    checks = md.as_dict(ver.get("checks"))
     for name in sorted(checks, key=lambda n: (n != encoding, str(n))):
-        c = _dict(checks[name])
-        gate = dict(_dict(c.get("gate")))
+        c = md.as_dict(checks[name])
+        gate = dict(md.as_dict(c.get("gate")))
         passed = gate.get("passed", c.get("passed"))
         out.append(
             _Check(
                 name=str(name),
-                metrics=dict(_dict(c.get("metrics"))),
+                metrics=dict(md.as_dict(c.get("metrics"))),
                 gate=gate,
                 passed=passed if isinstance(passed, bool) else None,
-                failures=[str(f) for f in _list(gate.get("failures"))],
-                task=dict(_dict(c.get("task"))),
-            )
-        )
-    if not out and ("equivalence" in ver or "task" in ver):
-        eq = _dict(ver.get("equivalence"))
-        gate = dict(_dict(eq.get("gate")))
-        passed = eq.get("passed", gate.get("passed"))
-        out.append(
-            _Check(
-                name=encoding,
-                metrics={k: v for k, v in eq.items() if k not in ("gate", "passed", "failures")},
-                gate=gate,
-                passed=passed if isinstance(passed, bool) else None,
-                failures=[str(f) for f in _list(eq.get("failures", gate.get("failures")))],
-                task=dict(_dict(ver.get("task"))),
+                failures=[str(f) for f in md.as_list(gate.get("failures"))],
+                task=dict(md.as_dict(c.get("task"))),
+                reference=str(c.get("reference") or ""),
             )
         )
     return out
@@ -145,9 +71,9 @@ def _verdict(passed: bool | None) -> str:
 
 def _gate_text(gate: Mapping[str, Any]) -> str:
     parts = [
-        f"{label} {op} {_g(gate[key], 6)}"
+        f"{label} {op} {md.sig(gate[key], 6)}"
         for key, label, op in _GATE_LIMITS
-        if _num(gate.get(key)) is not None
+        if md.num(gate.get(key)) is not None
     ]
     name = gate.get("name")
     if not parts:
@@ -159,15 +85,15 @@ def _task_text(task: Mapping[str, Any]) -> str:
     if not task:
         return "not measured"
     metric = task.get("metric", "task metric")
-    text = f"{metric} {_pct(task.get('value'))}"
+    text = f"{metric} {md.pct(task.get('value'))}"
     extra = []
-    if _num(task.get("full_model")) is not None:
-        extra.append(f"full model {_pct(task.get('full_model'))}")
-    if _num(task.get("drop")) is not None:
-        extra.append(f"drop {_pp(task.get('drop'))}")
-    ci = _list(task.get("ci95"))
+    if md.num(task.get("full_model")) is not None:
+        extra.append(f"full model {md.pct(task.get('full_model'))}")
+    if md.num(task.get("drop")) is not None:
+        extra.append(f"drop {md.pp(task.get('drop'))}")
+    ci = md.as_list(task.get("ci95"))
     if len(ci) == 2:  # a learned bottleneck: measured on held-out images
-        text += f", 95 % CI [{_pct(ci[0])}, {_pct(ci[1])}] on {task.get('images', '?')} held-out images"
+        text += f", 95 % CI [{md.pct(ci[0])}, {md.pct(ci[1])}] on {task.get('images', '?')} held-out images"
     return text + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -176,8 +102,8 @@ def _task_text(task: Mapping[str, Any]) -> str:
 
 
 def _header(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> list[str]:
-    model = _dict(manifest.get("model"))
-    target = _dict(manifest.get("target"))
+    model = md.as_dict(manifest.get("model"))
+    target = md.as_dict(manifest.get("target"))
     name = model.get("name") or ranking.get("model") or "model"
     weights = model.get("weights") or ranking.get("weights") or "?"
     target_name = target.get("name") or "?"
@@ -196,15 +122,15 @@ def _header(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> list[str
         desc = f": {target['description']}" if target.get("description") else ""
         lines.append(f"- Target: `{target_name}` (backend {target.get('backend', '?')}){desc}")
     lines.append(f"- Boundary encoding: `{encoding}`")
-    inp = _dict(manifest.get("input"))
+    inp = md.as_dict(manifest.get("input"))
     if inp:
         lines.append(
-            f"- Input: `{inp.get('name', 'input')}` {_shape(inp.get('shape'))} {inp.get('dtype', '')} "
+            f"- Input: `{inp.get('name', 'input')}` {md.dims(inp.get('shape'))} {inp.get('dtype', '')} "
             f"{inp.get('layout', '')}".rstrip()
             + (f", opset {manifest['opset']}" if manifest.get("opset") is not None else "")
         )
     rk = {
-        **_dict(manifest.get("ranking")),
+        **md.as_dict(manifest.get("ranking")),
         **{k: ranking[k] for k in ("images", "classes", "score") if k in ranking},
     }
     if rk:
@@ -214,12 +140,12 @@ def _header(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> list[str
             f"- Ranking: {rk.get('images', '?')} images, Grad-CAM target `{rk.get('score', '?')}`, {subset}"
             + (f" (`{rk['file']}`)" if rk.get("file") else "")
         )
-    calib = _dict(manifest.get("calibration"))
+    calib = md.as_dict(manifest.get("calibration"))
     if calib:
         lines.append(
             f"- Calibration / verification images: {calib.get('count', '?')} from {calib.get('source', '?')}"
         )
-    tool = _dict(manifest.get("tool"))
+    tool = md.as_dict(manifest.get("tool"))
     if tool:
         lines.append(f"- Tool: {tool.get('name', 'isplit-export')} {tool.get('version', '')}".rstrip())
     return lines
@@ -240,23 +166,23 @@ def _plots() -> list[str]:
 
 
 def _ranking_table(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> list[str]:
-    candidates = [_dict(c) for c in _list(ranking.get("candidates"))]
+    candidates = [md.as_dict(c) for c in md.as_list(ranking.get("candidates"))]
     ranked = [c for c in candidates if isinstance(c.get("rank"), int) and not isinstance(c.get("rank"), bool)]
-    ranked.sort(key=lambda c: (int(c["rank"]), _num(c.get("index")) or 0))
+    ranked.sort(key=lambda c: (int(c["rank"]), md.num(c.get("index")) or 0))
     lines = ["## Ranking", ""]
     if not candidates:
         return [*lines, "No ranking data."]
-    top = _num(ranking.get("top")) or _num(_dict(manifest.get("ranking")).get("top")) or 0
+    top = md.num(ranking.get("top")) or md.num(md.as_dict(manifest.get("ranking")).get("top")) or 0
     limit = max(RANKING_ROWS, int(top))
     exported = {
         (s.get("index"), s.get("node")): str(s.get("dir", "")).rsplit("/", 1)[-1]
-        for s in map(_dict, _list(manifest.get("splits")))
+        for s in map(md.as_dict, md.as_list(manifest.get("splits")))
     }
     lines.append(
         f"{len(candidates)} valid cut points, {len(ranked)} local maxima of the CUI curve (candidates), ranked by CUI."
     )
     lines.append("")
-    boot = _dict(ranking.get("bootstrap"))
+    boot = md.as_dict(ranking.get("bootstrap"))
     rank_of = {c.get("index"): c.get("rank") for c in ranked}
     rows = []
     for c in ranked[:limit]:
@@ -265,25 +191,25 @@ def _ranking_table(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> l
             c.get("index", "-"),
             f"`{c.get('node', '?')}`",
             f"`{c.get('module', '?')}`",
-            _shape(c.get("shape")) + (f" {c['layout']}" if c.get("layout") else ""),
-            _kib(c.get("boundary_bytes")),
-            _pct(c.get("head_flops_share")),
-            _g(c.get("cui"), 4),
-            _g(c.get("log10_cui"), 4),
+            md.dims(c.get("shape")) + (f" {c['layout']}" if c.get("layout") else ""),
+            md.kib(c.get("boundary_bytes")),
+            md.pct(c.get("head_flops_share")),
+            md.sig(c.get("cui"), 4),
+            md.sig(c.get("log10_cui"), 4),
         ]
         if boot:
-            ci = _list(c.get("cui_ci"))
-            ties = [str(rank_of.get(i, "?")) for i in _list(c.get("ties"))]
+            ci = md.as_list(c.get("cui_ci"))
+            ties = [str(rank_of.get(i, "?")) for i in md.as_list(c.get("ties"))]
             row += [
-                f"[{_g(ci[0], 3)}, {_g(ci[1], 3)}]" if len(ci) == 2 else "-",
-                _pct(c.get("rank_stability"), 0),
+                f"[{md.sig(ci[0], 3)}, {md.sig(ci[1], 3)}]" if len(ci) == 2 else "-",
+                md.pct(c.get("rank_stability"), 0),
                 ", ".join(ties) or "-",
             ]
         rows.append([*row, exported.get((c.get("index"), c.get("node")), "")])
     header = ["rank", "cut", "node", "module", "shape", "boundary KiB", "head FLOPs", "CUI", "log10 CUI"]
     if boot:
         header += ["CUI 95 % CI", "stable", "tied with ranks"]
-    lines += _table([*header, "exported"], rows)
+    lines += md.table([*header, "exported"], rows)
     if len(ranked) > limit:
         lines += ["", f"{len(ranked) - limit} more candidates in `ranking.json`."]
     if boot:
@@ -291,7 +217,7 @@ def _ranking_table(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> l
             "",
             f"Intervals and stability from a Poisson bootstrap of {boot.get('replicates')} replicates over the "
             f"images: *stable* is how often a candidate keeps its rank; candidates tied with each other swap "
-            f"order in more than {_pct(boot.get('flip_threshold'), 0)} of the replicates and cannot be told "
+            f"order in more than {md.pct(boot.get('flip_threshold'), 0)} of the replicates and cannot be told "
             "apart with these images.",
         ]
     return lines
@@ -299,12 +225,12 @@ def _ranking_table(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> l
 
 def _cost(ranking: Mapping[str, Any]) -> list[str]:
     """The cost section (``ranking["cost"]``, written when the export was given ``--link``) and tradeoff.png."""
-    cost = _dict(ranking.get("cost"))
+    cost = md.as_dict(ranking.get("cost"))
     if not cost or not ranking.get("candidates"):
         return []
     from isplit_export.bundle.planning import cost_table_rows
 
-    lk, dev, srv = _dict(cost.get("link")), _dict(cost.get("device")), _dict(cost.get("server"))
+    lk, dev, srv = md.as_dict(cost.get("link")), md.as_dict(cost.get("device")), md.as_dict(cost.get("server"))
     header, rows = cost_table_rows(ranking)
     lines = [
         "## Cost: device, link and server",
@@ -316,11 +242,11 @@ def _cost(ranking: Mapping[str, Any]) -> list[str]:
         "Every candidate (local maximum of the CUI) and every selected cut (`sel` #N, in export order), then the two "
         "Neurosurgeon baselines. Milliseconds per image at batch 1; estimated unless the last column says measured.",
         "",
-        *_table(header, rows),
+        *md.table(header, rows),
         "",
-        "Assumptions: " + "; ".join(str(a) for a in _list(cost.get("assumptions"))) + ".",
+        "Assumptions: " + "; ".join(str(a) for a in md.as_list(cost.get("assumptions"))) + ".",
     ]
-    constraints = {k: v for k, v in _dict(cost.get("constraints")).items() if v is not None}
+    constraints = {k: v for k, v in md.as_dict(cost.get("constraints")).items() if v is not None}
     if constraints:
         lines.append("Constraints: " + ", ".join(f"`{k}` {v}" for k, v in constraints.items()) + ".")
     if cost.get("note"):
@@ -330,7 +256,7 @@ def _cost(ranking: Mapping[str, Any]) -> list[str]:
 
 
 def _splits(manifest: Mapping[str, Any]) -> list[str]:
-    splits = [_dict(s) for s in _list(manifest.get("splits"))]
+    splits = [md.as_dict(s) for s in md.as_list(manifest.get("splits"))]
     encoding = str(manifest.get("boundary_encoding") or "")
     lines = ["## Exported splits", ""]
     if not splits:
@@ -339,29 +265,30 @@ def _splits(manifest: Mapping[str, Any]) -> list[str]:
         sdir = s.get("dir") or f"split {s.get('rank', '?')}"
         lines += [f"### `{sdir}`: CUI rank {s.get('cui_rank', s.get('rank', '?'))}, cut after `{s.get('node', '?')}`", ""]
         lines.append(
-            f"- Module `{s.get('module', '?')}`, cut index {s.get('index', '?')}, CUI {_g(s.get('cui'), 4)} "
-            f"(log10 {_g(s.get('log10_cui'), 4)}), head FLOPs share {_pct(s.get('head_flops_share'))}"
+            f"- Module `{s.get('module', '?')}`, cut index {s.get('index', '?')}, CUI {md.sig(s.get('cui'), 4)} "
+            f"(log10 {md.sig(s.get('log10_cui'), 4)}), head FLOPs share {md.pct(s.get('head_flops_share'))}"
         )
-        b = _dict(s.get("boundary"))
+        b = md.as_dict(s.get("boundary"))
         if b:
             enc = b.get("encoding", encoding or "?")
-            text = f"- Boundary: `{enc}` ({b.get('dtype', '?')}), shape {_shape(b.get('shape'))}"
-            nbytes, fp32 = _num(b.get("bytes_per_image")), _num(b.get("fp32_bytes_per_image"))
+            text = f"- Boundary: `{enc}` ({b.get('dtype', '?')}), shape {md.dims(b.get('shape'))}"
+            nbytes, fp32 = md.num(b.get("bytes_per_image")), md.num(b.get("fp32_bytes_per_image"))
             if nbytes is not None:
                 text += f", {int(nbytes)} bytes per image ({nbytes / 1024:.1f} KiB)"
                 if fp32:
                     text += f", {100 * nbytes / fp32:.1f} % of fp32 ({int(fp32)} bytes)"
-            if _num(b.get("scale")) is not None:
-                text += f"; scale {_g(b.get('scale'), 6)}, zero point {b.get('zero_point')}"
+            if md.num(b.get("scale")) is not None:
+                text += f"; scale {md.sig(b.get('scale'), 6)}, zero point {b.get('zero_point')}"
             lines.append(text)
         checks = _checks(s, encoding)
         if not checks:
             lines.append("- Verification: not run")
         for c in checks:
             m = c.metrics
-            metrics = ", ".join(f"{k} {_g(m[k], 6)}" for k in _METRICS if k in m)
+            metrics = ", ".join(f"{k} {md.sig(m[k], 6)}" for k in _METRICS if k in m)
             lines.append(
-                f"- Equivalence `{c.name}`: **{_verdict(c.passed)}**, {metrics or 'no metrics'}; {_gate_text(c.gate)}"
+                f"- Equivalence `{c.name}`{f' (against the {c.reference})' if c.reference else ''}: "
+                f"**{_verdict(c.passed)}**, {metrics or 'no metrics'}; {_gate_text(c.gate)}"
             )
             lines += [f"  - failed: {f}" for f in c.failures]
             lines.append(f"- Task `{c.name}`: {_task_text(c.task)}")
@@ -373,10 +300,10 @@ def _splits(manifest: Mapping[str, Any]) -> list[str]:
 
 def _spearman_sentence(manifest: Mapping[str, Any], metric: str) -> str:
     """The plain statement of Spearman(CUI, measured task value) and whether the CUI order held."""
-    ver = _dict(manifest.get("verification"))
-    rho = _num(ver.get("cui_vs_task_spearman"))
+    ver = md.as_dict(manifest.get("verification"))
+    rho = md.num(ver.get("cui_vs_task_spearman"))
     encoding = str(manifest.get("boundary_encoding") or "")
-    n = len(_list(manifest.get("splits")))
+    n = len(md.as_list(manifest.get("splits")))
     if rho is not None:
         held = ver.get("cui_order_held")
         if not isinstance(held, bool):
@@ -406,7 +333,7 @@ def _spearman_sentence(manifest: Mapping[str, Any], metric: str) -> str:
 
 
 def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
-    splits = [_dict(s) for s in _list(manifest.get("splits"))]
+    splits = [md.as_dict(s) for s in md.as_list(manifest.get("splits"))]
     encoding = str(manifest.get("boundary_encoding") or "")
     rows = []
     metric = "accuracy"
@@ -416,32 +343,32 @@ def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
         if task.get("metric"):
             metric = str(task["metric"])
         rows.append(
-            [s.get("cui_rank", s.get("rank", "-")), f"`{s.get('node', '?')}`", _g(s.get("cui"), 4), _pct(task.get("value")),
-             _pct(task.get("full_model")), _pp(task.get("drop"))]
+            [s.get("cui_rank", s.get("rank", "-")), f"`{s.get('node', '?')}`", md.sig(s.get("cui"), 4), md.pct(task.get("value")),
+             md.pct(task.get("full_model")), md.pp(task.get("drop"))]
         )  # fmt: skip
     lines = ["## Does the CUI order hold?", "", _spearman_sentence(manifest, metric)]
     if rows:
-        lines += ["", *_table(["CUI rank", "node", "CUI", f"measured {metric}", "full model", "drop"], rows)]
+        lines += ["", *md.table(["CUI rank", "node", "CUI", f"measured {metric}", "full model", "drop"], rows)]
     return lines
 
 
 def _latency(manifest: Mapping[str, Any]) -> list[str]:
-    lat = _dict(_dict(manifest.get("run")).get("latency_ms"))
-    int8 = any("head_int8_ms" in _dict(v) for v in lat.values())
+    lat = md.as_dict(md.as_dict(manifest.get("run")).get("latency_ms"))
+    int8 = any("head_int8_ms" in md.as_dict(v) for v in lat.values())
     rows = []
     for key in sorted(lat):
-        v = _dict(lat[key])
+        v = md.as_dict(lat[key])
         if not v:
             continue
-        head, tail, full = _num(v.get("head_ms")), _num(v.get("tail_ms")), _num(v.get("full_ms"))
+        head, tail, full = md.num(v.get("head_ms")), md.num(v.get("tail_ms")), md.num(v.get("full_ms"))
         both = head + tail if head is not None and tail is not None else None
-        ratio = _num(v.get("ratio"))
+        ratio = md.num(v.get("ratio"))
         if ratio is None and both is not None and full:
             ratio = both / full
-        row = [f"`{key}`", *(_ms(x) for x in (head, tail, both, full)), _ms(ratio)]
+        row = [f"`{key}`", *(md.ms(x) for x in (head, tail, both, full)), md.ms(ratio)]
         if int8:
-            qh, qt = _num(v.get("head_int8_ms")), _num(v.get("tail_int8_ms"))
-            row += [_ms(qh), _ms(qt), _speedup(head, qh), _speedup(tail, qt)]
+            qh, qt = md.num(v.get("head_int8_ms")), md.num(v.get("tail_int8_ms"))
+            row += [md.ms(qh), md.ms(qt), _speedup(head, qh), _speedup(tail, qt)]
         rows.append(row)
     if not rows:
         return []
@@ -456,7 +383,7 @@ def _latency(manifest: Mapping[str, Any]) -> list[str]:
         "Median onnxruntime latency at batch 1 (ms, one thread, runs interleaved) on the machine that built "
         "the bundle; ratio = (head + tail) / full, the cost of splitting." + note,
         "",
-        *_table(header, rows),
+        *md.table(header, rows),
     ]
 
 
@@ -465,19 +392,24 @@ def _speedup(fp32: float | None, int8: float | None) -> str:
 
 
 def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
+    from isplit_export.targets.engine_plan import plan_report_lines
+
     plans = []
-    for s in map(_dict, _list(manifest.get("splits"))):
-        files = [str(f) for f in _dict(s.get("files")).values() if isinstance(f, str)]
+    for s in map(md.as_dict, md.as_list(manifest.get("splits"))):
+        files = [str(f) for f in md.as_dict(s.get("files")).values() if isinstance(f, str)]
         script = next((f for f in sorted(files) if f.endswith("build_engines.sh")), None)
         if script is None:
             continue
         plan = next((f for f in sorted(files) if f.endswith("engine_plan.json")), None)
         plans.append(f"- `{script}`" + (f" (plan: `{plan}`)" if plan else ""))
+        plans += plan_report_lines(md.as_dict(md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir")))))
     if not plans:
         return []
-    target = _dict(manifest.get("target"))
+    target = md.as_dict(manifest.get("target"))
     versions = ", ".join(
-        f"{k} {target[k]}" for k in ("jetpack", "tensorrt", "cuda") if target.get(k) is not None
+        f"{label} {target[k]}"
+        for k, label in (("jetpack", "jetpack"), ("tensorrt_version", "tensorrt"), ("cuda", "cuda"))
+        if target.get(k) is not None
     )
     return [
         "## TensorRT build plan",
@@ -507,7 +439,7 @@ def _reverify() -> list[str]:
 
 def _options(manifest: Mapping[str, Any]) -> list[str]:
     """The options the bundle was made with (the manifest's ``options`` block), one per line."""
-    opts = _dict(manifest.get("options"))
+    opts = md.as_dict(manifest.get("options"))
     if not opts:
         return []
     lines = ["## Options", "", "| option | value |", "|---|---|"]
@@ -522,7 +454,7 @@ def render_report(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> st
 
     Deterministic for the same inputs; optional keys that are missing only drop their lines.
     """
-    manifest, ranking = _dict(manifest), _dict(ranking)
+    manifest, ranking = md.as_dict(manifest), md.as_dict(ranking)
     sections = [
         _header(manifest, ranking),
         _plots(),
@@ -535,7 +467,7 @@ def render_report(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> st
         _options(manifest),
         _reverify(),
     ]
-    ver = _dict(manifest.get("verification"))
+    ver = md.as_dict(manifest.get("verification"))
     if isinstance(ver.get("passed"), bool):
         sections[0] += ["", f"**Verification: {'PASS' if ver['passed'] else 'FAIL'}**"]
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"

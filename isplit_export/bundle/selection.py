@@ -18,42 +18,13 @@ tightest one (the constraint that alone drops the most candidates).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from isplit_export.errors import BadInputError
-
-OBJECTIVES = ("cui", "latency", "balanced")
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Upper bounds a split must meet: head FLOPs share (0-1], boundary KiB, end-to-end ms; None = no bound."""
-
-    max_head_flops: float | None = None
-    max_boundary_kib: float | None = None
-    max_latency_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_head_flops is not None and not 0 < self.max_head_flops <= 1:
-            raise BadInputError(
-                f"--max-head-flops {self.max_head_flops}: pass the head's share of the FLOPs, in (0, 1] (0.5 = half)"
-            )
-        for flag, value in (("--max-boundary-kib", self.max_boundary_kib), ("--max-latency-ms", self.max_latency_ms)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise BadInputError(f"{flag} {value}: pass a positive number")
-
-    def active(self) -> list[tuple[str, float]]:
-        """The bounds that are set, as (flag, value)."""
-        pairs = (("--max-head-flops", self.max_head_flops), ("--max-boundary-kib", self.max_boundary_kib),
-                 ("--max-latency-ms", self.max_latency_ms))  # fmt: skip
-        return [(flag, v) for flag, v in pairs if v is not None]
-
-    def to_json(self) -> dict[str, float | None]:
-        return {"max_head_flops": self.max_head_flops, "max_boundary_kib": self.max_boundary_kib,
-                "max_latency_ms": self.max_latency_ms}  # fmt: skip
+from isplit_export.options import OBJECTIVES as OBJECTIVES  # the vocabulary lives with the options
+from isplit_export.options import Constraints
 
 
 def _measure(row: Mapping[str, Any], flag: str) -> float | None:

@@ -9,26 +9,33 @@ it is not hashed by the manifest; ``manifest_sha256`` ties it to the bundle it d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from isplit_export.files import json_dumps, sha256_file
-
-if TYPE_CHECKING:
-    from isplit_export.bundle.build import ExportResult
+from isplit_export.contract import MANIFEST_FILE, manifest_sha256
+from isplit_export.errors import BadInputError
+from isplit_export.files import json_dumps, write_text_atomic
 
 SUMMARY_SCHEMA = "isplit.summary/1"
 
 
-def summarize(result: ExportResult) -> dict[str, Any]:
-    """The ``isplit.summary/1`` document for an export result (see ``docs/ci.md`` for every field)."""
-    m = result.manifest
+def gate_failures(manifest: Mapping[str, Any]) -> list[str]:
+    """Every gate failure of the bundle's splits, one line each (``<split dir>: <reason>``)."""
+    return [f"{s['dir']}: {r}" for s in manifest["splits"] for r in s["verification"]["failures"]]
+
+
+def summarize(out: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``isplit.summary/1`` document for the bundle ``out`` and its manifest (``docs/ci.md`` has every field)."""
+    m = manifest
+    out = Path(out)
+    passed = bool(m["verification"]["passed"])
     files: dict[str, dict[str, Any]] = m["files"]
     weights_dir = str(m.get("weights", {}).get("dir", "weights")) + "/"
     total = sum(int(f["bytes"]) for f in files.values())
-    report = result.out / "report.md"
+    report = out / "report.md"
     total += report.stat().st_size if report.is_file() else 0
-    total += (result.out / "manifest.json").stat().st_size
+    total += (out / MANIFEST_FILE).stat().st_size
     splits = []
     for s in m["splits"]:
         v = s["verification"]
@@ -56,10 +63,10 @@ def summarize(result: ExportResult) -> dict[str, Any]:
     return {
         "schema": SUMMARY_SCHEMA,
         "tool": m["tool"],
-        "passed": result.passed,
-        "outcome": "passed" if result.passed else "gate-failed",
-        "bundle": result.out.as_posix(),
-        "manifest_sha256": sha256_file(result.out / "manifest.json"),
+        "passed": passed,
+        "outcome": "passed" if passed else "gate-failed",
+        "bundle": out.as_posix(),
+        "manifest_sha256": manifest_sha256(out),  # what `verify --expect-sha256` pins on the device
         "model": {"name": m["model"].get("name"), "weights": m["model"].get("weights")},
         "target": m["target"].get("name"),
         "boundary_encoding": m["boundary_encoding"],
@@ -72,12 +79,17 @@ def summarize(result: ExportResult) -> dict[str, Any]:
             "weights_bytes": sum(int(f["bytes"]) for k, f in files.items() if k.startswith(weights_dir)),
         },
         "splits": splits,
-        "gate_failures": list(result.failures),
+        "gate_failures": gate_failures(m),
     }
 
 
-def write_summary(path: Path, result: ExportResult) -> None:
-    """Write :func:`summarize` of ``result`` to ``path`` (parent folders created)."""
+def write_summary(path: Path, out: Path, manifest: Mapping[str, Any]) -> None:
+    """Write :func:`summarize` of the bundle ``out`` to ``path`` (parent folders created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json_dumps(summarize(result)), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json_dumps(summarize(out, manifest)))
+    except OSError as e:
+        raise BadInputError(
+            f"bundle {out} is written, but --summary-json {path} could not be ({e.strerror}): choose a writable path"
+        ) from None

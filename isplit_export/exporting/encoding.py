@@ -265,34 +265,29 @@ def strip_head_encoding(head: onnx.ModelProto) -> onnx.ModelProto:
     An fp32 head comes back unchanged. Used to quantize an already-encoded head, and wherever a
     consumer cannot take the codec node (TensorRT parses no uint8 ``QuantizeLinear``).
     """
-    model = _copy(head)
-    graph = model.graph
-    out = _find_value(graph.output, BOUNDARY, "head graph output")
-    if out.type.tensor_type.elem_type == TensorProto.FLOAT:
-        return model
-    node = _remove_codec(graph, _codec_of(graph, BOUNDARY, produced=True))
-    inner = node.input[0]
-    for n in graph.node:
-        _replace(n.input, inner, BOUNDARY)
-        _replace(n.output, inner, BOUNDARY)
-    _drop_value_infos(graph, inner)
-    out.type.tensor_type.elem_type = TensorProto.FLOAT
-    return model
+    return _strip_codec(head, head=True)
 
 
 def strip_tail_decoding(tail: onnx.ModelProto) -> onnx.ModelProto:
     """Undo :func:`decode_tail`: a copy whose ``boundary`` input is float32 again (fp32: unchanged)."""
-    model = _copy(tail)
+    return _strip_codec(tail, head=False)
+
+
+def _strip_codec(source: onnx.ModelProto, *, head: bool) -> onnx.ModelProto:
+    """A copy of a head (its ``boundary`` output) or tail (its input) without the boundary codec node."""
+    model = _copy(source)
     graph = model.graph
-    inp = _find_value(graph.input, BOUNDARY, "tail graph input")
-    if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
+    value = _find_value(graph.output if head else graph.input, BOUNDARY, "head graph output" if head else "tail graph input")
+    if value.type.tensor_type.elem_type == TensorProto.FLOAT:
         return model
-    node = _remove_codec(graph, _codec_of(graph, BOUNDARY, produced=False))
-    inner = node.output[0]
+    node = _remove_codec(graph, _codec_of(graph, BOUNDARY, produced=head))
+    inner = node.input[0] if head else node.output[0]
     for n in graph.node:
         _replace(n.input, inner, BOUNDARY)
+        if head:
+            _replace(n.output, inner, BOUNDARY)
     _drop_value_infos(graph, inner)
-    inp.type.tensor_type.elem_type = TensorProto.FLOAT
+    value.type.tensor_type.elem_type = TensorProto.FLOAT
     return model
 
 

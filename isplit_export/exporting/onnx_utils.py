@@ -17,6 +17,8 @@ OPSET = 17
 (JetPack 5.1, the last release for Xavier NX) stops at 17, TensorRT 10 and onnxruntime take it."""
 
 PRODUCER = "isplit-export"
+ORT_LOG_SEVERITY = 4
+"""onnxruntime log level of our sessions and its default logger: 4 = fatal only."""
 
 
 def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -41,8 +43,11 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
 
 def make_session(model: Path | bytes, *, threads: int = 0) -> ort.InferenceSession:
     """An onnxruntime CPU session; ``threads=0`` lets onnxruntime choose."""
+    # fatal only: every failure reaches the caller as an exception that becomes our one line, so ORT's own
+    # multi-line coloured log (errors of a failed load or run) would only precede it
+    ort.set_default_logger_severity(ORT_LOG_SEVERITY)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = ORT_LOG_SEVERITY
     if threads:
         opts.intra_op_num_threads = threads
     src = str(model) if isinstance(model, Path) else model

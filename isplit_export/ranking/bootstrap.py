@@ -120,7 +120,7 @@ def _exact_parts(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class BootstrapSums:
     """B Poisson-bootstrap replicate sums per class key: ``hi + lo`` (double-double) ``[B, cuts]`` of the
-    weighted scores and ``n`` ``[B]`` of the weights. Mergeable: :meth:`merge`, :meth:`to_arrays`."""
+    weighted scores and ``n`` ``[B]`` of the weights. Mergeable: :meth:`merge`."""
 
     replicates: int
     num_cuts: int
@@ -175,29 +175,6 @@ class BootstrapSums:
             lo += err + other.lo[key]
             n += other.n[key]
         self.seen += other.seen
-
-    def to_arrays(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-        """``(keys, hi [K,B,C], lo [K,B,C], n [K,B])`` in sorted key order: plain arrays to send between
-        processes. Gather them and :meth:`merge` (order-independent); summing ``hi`` across processes
-        with a float all-reduce is correct only to ~1e-16 relative."""
-        keys = sorted(self.hi)
-        shape = (len(keys), self.replicates, self.num_cuts)
-        hi = np.stack([self.hi[k] for k in keys]) if keys else np.zeros(shape)
-        lo = np.stack([self.lo[k] for k in keys]) if keys else np.zeros(shape)
-        n = np.stack([self.n[k] for k in keys]) if keys else np.zeros(shape[:2], dtype=np.int64)
-        return keys, hi, lo, n
-
-    @classmethod
-    def from_arrays(
-        cls, keys: Sequence[int], hi: np.ndarray, lo: np.ndarray, n: np.ndarray, *, seed: int, seen: int = 0
-    ) -> BootstrapSums:
-        """The inverse of :meth:`to_arrays`."""
-        out = cls(int(hi.shape[1]), int(hi.shape[2]), seed=seed, seen=seen)
-        for i, k in enumerate(keys):
-            out.hi[int(k)] = np.array(hi[i], dtype=np.float64)
-            out.lo[int(k)] = np.array(lo[i], dtype=np.float64)
-            out.n[int(k)] = np.array(n[i], dtype=np.int64)
-        return out
 
     @property
     def nbytes(self) -> int:

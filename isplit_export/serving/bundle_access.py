@@ -1,9 +1,8 @@
 """The one place :mod:`isplit_export.serving` reads a bundle: manifest fields, split entries, paths, hashes.
 
 Everything the serve and run jobs (and the Triton repository writer) need from a bundle comes through
-here, on top of the bundle readers of :mod:`isplit_export.verification.verify` (``load_manifest``,
-``check_files``, ``_select``, ``_split_file``, ``_encoding``, ``_load_golden``). When the bundle
-contract gets its own module, only this file changes.
+here, on top of the bundle contract (:mod:`isplit_export.contract`): manifest validation, path containment,
+hashes and size-bounded goldens.
 
 A bundle is untrusted input: every path is resolved by the contract's readers (inside the bundle, no
 ``..``), every file is re-hashed before it is served or run (:func:`open_bundle` with ``verify``), and
@@ -12,7 +11,6 @@ a modified file is a :class:`~isplit_export.errors.GateFailedError` naming it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,26 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from isplit_export import contract
+from isplit_export.bundle.triton import model_name
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import BoundaryEncoding
-from isplit_export.files import sha256_file
-from isplit_export.verification import verify as _contract
-
-TRITON_DIR = "triton"
-"""The Triton model repository inside a bundle (``OUT/triton/``)."""
-
-_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def model_name(entry: Mapping[str, Any]) -> str:
-    """The served model name of a split entry: its folder name (``01-features.3``), Triton-safe."""
-    base = str(entry["dir"]).rstrip("/").rsplit("/", 1)[-1]
-    return _NAME_BAD.sub("_", base)
+from isplit_export.verification.verify import _encoding, _load_golden
 
 
 def boundary_encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> BoundaryEncoding:
     """The split's boundary encoding (dtype, scale, zero point) as the manifest records it."""
-    return _contract._encoding(manifest, entry)
+    return _encoding(manifest, entry)
 
 
 @dataclass(frozen=True)
@@ -72,7 +60,7 @@ class SplitAccess:
 
     def load_golden(self) -> dict[str, np.ndarray]:
         """The split's golden ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown)."""
-        return _contract._load_golden(self.golden, self.dir + "/golden.npz")
+        return _load_golden(self.golden, self.dir + "/golden.npz")
 
 
 @dataclass(frozen=True)
@@ -139,14 +127,14 @@ def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str,
         node=str(entry.get("node", "")),
         index=int(index) if isinstance(index, int) else None,
         model=model_name(entry),
-        head=_contract._split_file(bundle, manifest, entry, "head"),
-        tail=_contract._split_file(bundle, manifest, entry, "tail"),
-        golden=_contract._split_file(bundle, manifest, entry, "golden"),
+        head=contract.split_file(manifest, bundle, entry, "head"),
+        tail=contract.split_file(manifest, bundle, entry, "tail"),
+        golden=contract.split_file(manifest, bundle, entry, "golden"),
         encoding=enc,
         shape=shape,
         bytes_per_image=nbytes,
-        split_dir=_contract._bundle_path(bundle, entry["dir"]),
-        engine_plan=(_contract._split_file(bundle, manifest, entry, "engine_plan_json")
+        split_dir=contract.bundle_path(bundle, entry["dir"]),
+        engine_plan=(contract.split_file(manifest, bundle, entry, "engine_plan_json")
                      if "engine_plan_json" in entry["files"] else None),
     )
 
@@ -157,35 +145,21 @@ def open_bundle(bundle: Path | str, split: int | None = None, *, verify: bool = 
     Raises :class:`BadInputError` (no bundle, bad manifest, split out of range) or
     :class:`GateFailedError` naming the first missing or modified file.
     """
-    root = Path(bundle)
-    manifest = _contract.load_manifest(root)
-    selected = _contract._select(manifest, split)
+    m = contract.read_manifest(bundle)
+    root, manifest = m.bundle, m.data
+    selected = contract.select_splits(m, split)
     if verify:
-        _contract.check_files(root, manifest)
+        contract.check_files(root, m)
     files = manifest["files"]
-    full = _contract._bundle_path(root, "full.onnx") if "full.onnx" in files else None
+    full = contract.bundle_path(root, "full.onnx") if "full.onnx" in files else None
     return BundleAccess(
         root=root,
         manifest=manifest,
-        manifest_sha256=sha256_file(root / "manifest.json"),
+        manifest_sha256=m.sha256,
         splits=tuple(_split(root, manifest, pos, entry) for pos, entry in selected),
         full=full,
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# at build time: the split entries before the manifest exists (the Triton repository writer)
 
 
-def entry_tail(entry: Mapping[str, Any]) -> str:
-    """The bundle-relative path of a split entry's tail ONNX."""
-    rel = (entry.get("files") or {}).get("tail")
-    if not isinstance(rel, str):
-        raise BadInputError(f"split {entry.get('dir')} has no tail file: rebuild the bundle")
-    return rel
-
-
-def entry_engine_plan(entry: Mapping[str, Any]) -> str | None:
-    """The bundle-relative path of a split entry's ``engine_plan.json`` (TensorRT targets), if any."""
-    rel = (entry.get("files") or {}).get("engine_plan_json")
-    return rel if isinstance(rel, str) else None

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export import __version__
+from isplit_export import contract
 from isplit_export.errors import BadInputError, IsplitError, NotRunError
 from isplit_export.exporting.encoding import encode_array
 from isplit_export.exporting.onnx_utils import make_session
@@ -57,9 +57,9 @@ from isplit_export.options import MAX_BACKOFF_MS, RunOptions, parse_address
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_bundle
 from isplit_export.verification.gates import gate_for
 from isplit_export.verification.metrics import compare_logits
+from isplit_export.version import __version__
 
-RUN_FILE = "run.json"
-RUN_SCHEMA = "isplit.run/1"
+RUN_FILE, RUN_SCHEMA = contract.RUN_FILE, contract.RUN_SCHEMA
 EXIT_UNREACHABLE = 5
 """No server answered at ``--server`` within ``--wait`` seconds (or the model is not loaded there)."""
 EXIT_REQUESTS_FAILED = 6
@@ -531,7 +531,7 @@ def _local_reference(
 
 def _local_latency(split: SplitAccess, images: list[Image_], threads: int) -> dict[str, float] | None:
     """Median local head and tail ms (onnxruntime, interleaved) on the first readable image."""
-    from isplit_export.verification.verify import measure_latency
+    from isplit_export.verification.runtime import measure_latency
 
     x = next((im.x for im in images if im.x is not None), None)
     if x is None:
@@ -772,10 +772,10 @@ def _write(options: RunOptions, bundle: BundleAccess, split: SplitAccess, data: 
     runs: dict[str, Any] = {}
     if path.is_file():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
+            old = contract.read_json(path, str(path))  # bounded, strict; a broken old file is replaced
             if old.get("schema") == RUN_SCHEMA and old.get("manifest_sha256") == bundle.manifest_sha256:
                 runs = dict(old.get("runs") or {})
-        except (OSError, ValueError, AttributeError):
+        except IsplitError:
             runs = {}
     runs[split.dir] = data
     doc = {"schema": RUN_SCHEMA, "tool": {"name": "isplit-export", "version": __version__},
@@ -785,23 +785,6 @@ def _write(options: RunOptions, bundle: BundleAccess, split: SplitAccess, data: 
     except OSError as e:
         raise BadInputError(f"cannot write {path} ({_first_line(e)}): make the bundle writable or pass --out FILE") from e
     return path
-
-
-def load_runs(bundle: Path, manifest_sha256: str | None = None) -> dict[str, Any]:
-    """run.json's entries by split dir (empty when absent, unreadable or of another manifest)."""
-    path = Path(bundle) / RUN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict) or doc.get("schema") != RUN_SCHEMA:
-        return {}
-    if manifest_sha256 is not None and doc.get("manifest_sha256") != manifest_sha256:
-        return {}
-    runs = doc.get("runs")
-    return dict(runs) if isinstance(runs, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -855,4 +838,4 @@ def format_run(data: dict[str, Any], written: Path | None = None) -> str:
 
 
 __all__ = ["EXIT_REQUESTS_FAILED", "EXIT_UNREACHABLE", "RUN_FILE", "RUN_SCHEMA", "RunResult", "ServerUnreachableError",
-           "format_run", "load_runs", "preprocess_image", "run"]
+           "format_run", "preprocess_image", "run"]

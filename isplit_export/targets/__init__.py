@@ -1,5 +1,10 @@
 """Stage 3, targets: device profiles, TensorRT build plans and runners, and the cost model.
 
-``profiles`` (``targets/*.json``), ``tensorrt_plan`` (``build_engines.sh``, ``engine_plan.json``),
-``trt_backend`` (TensorRT 10 builder and runner, on the device), ``cost`` (device, link, server ms).
+``profiles`` (``targets/*.json``), ``engine_plan`` (``build_engines.sh``, ``engine_plan.json``), ``dla``
+(which head layers the DLA can run, before the build), ``typed`` (fp16-typed ONNX copies for TensorRT 11),
+``trt_backend`` (TensorRT 10/11 builder and runner, on the device) with ``cuda_runtime``, ``cost``
+(device, link, server ms).
 """
+
+MIN_DLA_FRACTION = 0.9
+"""Default of ``--min-dla-fraction``: a head stays on the DLA only when this share of its layers runs there."""

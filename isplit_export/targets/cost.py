@@ -32,6 +32,7 @@ from typing import Any
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import element_bytes
+from isplit_export.numbers import rounded
 from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 
 """Bytes per boundary element of each encoding (encoding.ENCODINGS)."""
@@ -77,6 +78,10 @@ LINKS: dict[str, Link] = {
         "RTT 0.2 ms: assumption (one switched LAN hop)",
     ),
 }
+LINK_MBIT_RANGE = (1e-3, 1e6)
+"""Physical range of a custom link's bandwidth in Mbit/s: 1 kbit/s to 1 Tbit/s (1e-320 gave inf ms)."""
+LINK_RTT_RANGE = (0.0, 600_000.0)
+"""Physical range of a custom link's RTT in ms: 0 to 10 minutes."""
 _CUSTOM = re.compile(r"^\s*([^,]+?)\s*(?:,\s*([^,]+?)\s*)?$")
 
 
@@ -94,10 +99,15 @@ def parse_link(text: str) -> Link:
         rtt = float(m.group(2)) if m.group(2) is not None else 0.0
     except ValueError:
         raise BadInputError(f"unknown --link {text!r}: {usage}") from None
-    if not math.isfinite(mbit) or mbit <= 0:
-        raise BadInputError(f"--link {text!r}: the bandwidth must be a positive number of Mbit/s, got {m.group(1)}")
-    if not math.isfinite(rtt) or rtt < 0:
-        raise BadInputError(f"--link {text!r}: the RTT must be a non-negative number of ms, got {m.group(2)}")
+    if not math.isfinite(mbit) or not LINK_MBIT_RANGE[0] <= mbit <= LINK_MBIT_RANGE[1]:
+        raise BadInputError(
+            f"--link {text!r}: the bandwidth must be a positive number of Mbit/s from {LINK_MBIT_RANGE[0]:g} to "
+            f"{LINK_MBIT_RANGE[1]:g} (1 kbit/s to 1 Tbit/s), got {m.group(1)}"
+        )
+    if not math.isfinite(rtt) or not LINK_RTT_RANGE[0] <= rtt <= LINK_RTT_RANGE[1]:
+        raise BadInputError(
+            f"--link {text!r}: the RTT must be a non-negative number of ms up to {LINK_RTT_RANGE[1]:g}, got {m.group(2)}"
+        )
     return Link(f"{mbit:g} Mbit/s, {rtt:g} ms", mbit, rtt, "given on the command line")
 
 
@@ -124,13 +134,13 @@ def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
     if profile.cost is None:
         raise BadInputError(f"target {profile.name} has no cost profile: add a 'cost' block (targets/README.md)")
     p = profile.default_precision
-    dla = head and profile.has_dla and p in DLA_PRECISIONS  # tensorrt_plan.default_head_dla_core's rule
+    dla = head and profile.has_dla and p in DLA_PRECISIONS  # engine_plan.default_head_dla_core's rule
     unit = "dla0" if dla else ("cpu" if profile.backend == "onnxruntime" else "gpu")
     return Compute(profile.name, unit, p, profile.cost.rate(p, dla=dla), profile.cost.power_w)
 
 
 def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 6)
+    return rounded(v, 6, decimals=True)
 
 
 def cut_cost(

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS
-from isplit_export.verification.gates import PRECISIONS
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -28,10 +27,35 @@ if TYPE_CHECKING:
 ALIASES: dict[str, str] = {"jetson": "jetson-orin-nx"}
 """Short target names: ``jetson`` is the default Jetson profile (Orin NX, JetPack 6, one DLA core)."""
 
+PRECISIONS = ("fp32", "fp16", "int8")
+"""Engine / model precisions a target can run (also the TensorRT verification precisions)."""
 KINDS = ("jetson", "server", "cpu", "onnx")
 BACKENDS = ("tensorrt", "onnxruntime")
+"""A target's runtime (``backend`` in its profile); ``verify --backend`` has its own list (gates.VERIFY_BACKENDS)."""
+PRECISIONS = ("fp32", "fp16", "int8")
+"""Engine precisions a target may support; the gates and ``verify`` read them from here."""
 DLA_PRECISIONS = ("fp16", "int8")
 """DLA computes in fp16 or int8 only; an fp32 engine never goes to DLA."""
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def dla_unsupported(tensorrt_version: str, gpu: str) -> str | None:
+    """Why TensorRT ``tensorrt_version`` cannot use a Jetson's DLA, or None when it can (targets/README.md).
+
+    NVIDIA's TensorRT 11.x docs: DLA left after 10.7, was absent from 11.0 to 11.3 (11.4.0: Windows on
+    ARM only) and returned in 11.4.1 on Jetson AGX Orin only, under JetPack 7.2.2 or later.
+    """
+    release = _release(tensorrt_version)
+    if (10, 8) <= release < (11,):
+        return f"TensorRT {tensorrt_version} has no DLA support (10.7 was the last 10.x release with DLA)"
+    if (11,) <= release < (11, 4, 1):
+        return f"TensorRT {tensorrt_version} has no Jetson DLA support (it returned in 11.4.1)"
+    if release >= (11, 4, 1) and "agx orin" not in gpu.lower():
+        return f"TensorRT {tensorrt_version} supports the DLA on Jetson AGX Orin only (gpu is {gpu!r})"
+    return None
+
 
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -75,7 +99,7 @@ class TargetProfile:
     kind: str  # "jetson" | "server" | "cpu" | "onnx"
     backend: str  # "tensorrt" | "onnxruntime"
     jetpack: str | None
-    tensorrt: str | None  # expected TensorRT version, e.g. "10.3"
+    tensorrt_version: str | None  # TensorRT version the plan is written for, e.g. "10.3"
     cuda: str | None
     gpu: str | None
     precisions: tuple[str, ...]
@@ -100,7 +124,7 @@ class TargetProfile:
     @property
     def tensorrt_major(self) -> int | None:
         """Major TensorRT version (10 for "10.3"), or None without TensorRT."""
-        return int(self.tensorrt.split(".")[0]) if self.tensorrt else None
+        return int(self.tensorrt_version.split(".")[0]) if self.tensorrt_version else None
 
     def to_json(self) -> dict[str, Any]:
         """The profile as the JSON object it was loaded from (the manifest's ``target`` block)."""
@@ -110,7 +134,7 @@ class TargetProfile:
             "kind": self.kind,
             "backend": self.backend,
             "jetpack": self.jetpack,
-            "tensorrt": self.tensorrt,
+            "tensorrt_version": self.tensorrt_version,
             "cuda": self.cuda,
             "gpu": self.gpu,
             "precisions": list(self.precisions),
@@ -214,7 +238,7 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
     kind = _choice(data, "kind", source, KINDS)
     backend = _choice(data, "backend", source, BACKENDS)
     jetpack = _version(data, "jetpack", source)
-    tensorrt = _version(data, "tensorrt", source)
+    tensorrt = _version(data, "tensorrt_version", source)
     cuda = _version(data, "cuda", source)
     gpu = _str(data, "gpu", source, nullable=True)
 
@@ -272,15 +296,19 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
     if kind != "jetson" and jetpack is not None:
         raise _fail(source, "jetpack", f"must be null for kind {kind!r}")
     if backend == "tensorrt":
-        for field, value in (("tensorrt", tensorrt), ("cuda", cuda), ("gpu", gpu)):
+        for field, value in (("tensorrt_version", tensorrt), ("cuda", cuda), ("gpu", gpu)):
             if value is None:
                 raise _fail(source, field, "must be set for a TensorRT target")
         if workspace_mib <= 0:
             raise _fail(source, "workspace_mib", "must be > 0 for a TensorRT target")
     else:
-        for field, value in (("tensorrt", tensorrt), ("cuda", cuda)):
+        for field, value in (("tensorrt_version", tensorrt), ("cuda", cuda)):
             if value is not None:
                 raise _fail(source, field, f"must be null for backend {backend!r}")
+    if dla_cores and tensorrt is not None:
+        why = dla_unsupported(tensorrt, gpu or "")
+        if why:
+            raise _fail(source, "dla_cores", f"is {dla_cores} but {why}: set 0")
     from isplit_export.exporting.onnx_utils import (
         OPSET,  # lazy: keeps `import isplit_export.targets.profiles` light
     )
@@ -300,7 +328,7 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
         kind=kind,
         backend=backend,
         jetpack=jetpack,
-        tensorrt=tensorrt,
+        tensorrt_version=tensorrt,
         cuda=cuda,
         gpu=gpu,
         precisions=precisions,

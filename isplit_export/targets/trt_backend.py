@@ -1,10 +1,9 @@
-"""TensorRT 10 Python backend: build a split's engines on the device, run them, check they belong to this machine.
+"""TensorRT 10 / 11 Python backend: build a split's engines on the device, run them, check they belong to this machine.
 
 ``tensorrt`` is imported inside each function: this module imports everywhere, and every entry point
 raises ``NotRunError`` (exit 4) where TensorRT is missing, so a CPU machine reports "not run", never a
 fake result. On JetPack, TensorRT comes from the system (the L4T container of ``Dockerfile.jetson``),
-not from pip. Device memory goes through a small ctypes wrapper around ``libcudart`` (part of every
-CUDA / JetPack install), so the container needs neither pycuda nor cuda-python.
+not from pip. Device memory goes through :mod:`isplit_export.targets.cuda_runtime` (ctypes, libcudart).
 
 Refusals: engines built by another TensorRT version or on another GPU are refused by
 ``check_engine_record`` with ``BadInputError`` (exit 2): the engines are the wrong input for this
@@ -14,19 +13,18 @@ longer match ``engines/build.json`` is a tampered bundle: ``GateFailedError`` (e
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from isplit_export import contract
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, TechnicalError
 from isplit_export.files import sha256_file
-from isplit_export.targets.tensorrt_plan import RECORD_NAME, RECORD_SCHEMA, read_plan
+from isplit_export.targets.cuda_runtime import CudaRuntime, current_gpu_name
+from isplit_export.targets.engine_plan import RECORD_NAME, RECORD_SCHEMA, check_tensorrt_version
 
 if TYPE_CHECKING:
     import tensorrt
@@ -63,149 +61,6 @@ def tensorrt_version() -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# CUDA runtime through ctypes
-
-
-def _load_cudart() -> ctypes.CDLL:
-    names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12", "libcudart.so.11.0"]
-    names += ["/usr/local/cuda/lib64/libcudart.so", "/usr/local/cuda/targets/aarch64-linux/lib/libcudart.so"]
-    for name in names:
-        if not name:
-            continue
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    raise NotRunError(
-        "the CUDA runtime (libcudart) is not found here: run this on the device (see Dockerfile.jetson)"
-    )
-
-
-class CudaRuntime:
-    """Just enough of libcudart for TensorRT I/O: device buffers, synchronous copies, one stream."""
-
-    HOST_TO_DEVICE = 1  # cudaMemcpyHostToDevice
-    DEVICE_TO_HOST = 2  # cudaMemcpyDeviceToHost
-
-    def __init__(self) -> None:
-        lib = _load_cudart()
-        c_int, c_void_p, c_size_t = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
-        signatures: dict[str, list[Any]] = {
-            "cudaMalloc": [ctypes.POINTER(c_void_p), c_size_t],
-            "cudaFree": [c_void_p],
-            "cudaMemcpy": [c_void_p, c_void_p, c_size_t, c_int],
-            "cudaStreamCreate": [ctypes.POINTER(c_void_p)],
-            "cudaStreamSynchronize": [c_void_p],
-            "cudaStreamDestroy": [c_void_p],
-            "cudaGetDeviceCount": [ctypes.POINTER(c_int)],
-        }
-        for fn, argtypes in signatures.items():
-            getattr(lib, fn).argtypes = argtypes
-            getattr(lib, fn).restype = c_int
-        lib.cudaGetErrorString.argtypes = [c_int]
-        lib.cudaGetErrorString.restype = ctypes.c_char_p
-        self._lib = lib
-
-    def _check(self, status: int, what: str) -> None:
-        if status != 0:
-            text = self._lib.cudaGetErrorString(status)
-            message = text.decode(errors="replace") if isinstance(text, bytes) else "unknown error"
-            raise TechnicalError(f"CUDA {what} failed: {message} (error {status})")
-
-    def device_count(self) -> int:
-        count = ctypes.c_int(0)
-        status = self._lib.cudaGetDeviceCount(ctypes.byref(count))
-        return int(count.value) if status == 0 else 0
-
-    def malloc(self, nbytes: int) -> int:
-        ptr = ctypes.c_void_p()
-        self._check(
-            self._lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(int(nbytes), 1))), "cudaMalloc"
-        )
-        return int(ptr.value or 0)
-
-    def free(self, ptr: int) -> None:
-        self._check(self._lib.cudaFree(ctypes.c_void_p(ptr)), "cudaFree")
-
-    def to_device(self, dst: int, src: np.ndarray) -> None:
-        src = np.ascontiguousarray(src)
-        status = self._lib.cudaMemcpy(
-            ctypes.c_void_p(dst),
-            src.ctypes.data_as(ctypes.c_void_p),
-            ctypes.c_size_t(src.nbytes),
-            self.HOST_TO_DEVICE,
-        )
-        self._check(status, "cudaMemcpy host->device")
-
-    def to_host(self, dst: np.ndarray, src: int) -> None:
-        if not dst.flags.c_contiguous:
-            raise TechnicalError("internal: host output buffer is not contiguous")
-        status = self._lib.cudaMemcpy(
-            dst.ctypes.data_as(ctypes.c_void_p),
-            ctypes.c_void_p(src),
-            ctypes.c_size_t(dst.nbytes),
-            self.DEVICE_TO_HOST,
-        )
-        self._check(status, "cudaMemcpy device->host")
-
-    def stream_create(self) -> int:
-        stream = ctypes.c_void_p()
-        self._check(self._lib.cudaStreamCreate(ctypes.byref(stream)), "cudaStreamCreate")
-        return int(stream.value or 0)
-
-    def stream_synchronize(self, stream: int) -> None:
-        self._check(self._lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "cudaStreamSynchronize")
-
-    def stream_destroy(self, stream: int) -> None:
-        self._check(self._lib.cudaStreamDestroy(ctypes.c_void_p(stream)), "cudaStreamDestroy")
-
-    def device_name(self) -> str | None:
-        """Device 0's name from ``cudaDeviceProp.name`` (its first field, char[256]); None when unavailable."""
-        buf = ctypes.create_string_buffer(8192)  # larger than cudaDeviceProp in any CUDA release
-        for fn in ("cudaGetDeviceProperties_v2", "cudaGetDeviceProperties"):
-            func = getattr(self._lib, fn, None)
-            if func is None:
-                continue
-            func.argtypes = [ctypes.c_void_p, ctypes.c_int]
-            func.restype = ctypes.c_int
-            if func(ctypes.cast(buf, ctypes.c_void_p), 0) == 0:
-                return buf.raw[:256].split(b"\0", 1)[0].decode(errors="replace").strip() or None
-        return None
-
-
-def current_gpu_name() -> str:
-    """This machine's accelerator name, found the way ``build_engines.sh`` finds it.
-
-    Jetson: ``/proc/device-tree/model`` (names the module / developer kit); elsewhere ``nvidia-smi``;
-    then the CUDA runtime; "unknown" when none answers.
-    """
-    model = Path("/proc/device-tree/model")
-    try:
-        if model.is_file():
-            name = model.read_bytes().replace(b"\0", b"").decode(errors="replace").strip()
-            if name:
-                return name
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.strip()
-        if out:
-            return out.splitlines()[0].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        return CudaRuntime().device_name() or "unknown"
-    except (NotRunError, TechnicalError, OSError, AttributeError):
-        return "unknown"
-
-
-# --------------------------------------------------------------------------------------------------
 # Build
 
 
@@ -221,12 +76,17 @@ def build_engine(
     min_shape: Sequence[int],
     opt_shape: Sequence[int],
     max_shape: Sequence[int],
+    expected_fallback: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Build one engine from an ONNX file with the TensorRT Python API and report what the build did.
 
-    ``precision`` "fp16" sets FP16; "int8" sets INT8 + FP16 for QDQ models (explicit quantization, no
-    calibrator). With ``dla_core`` the engine targets that DLA core with GPU fallback; DLA needs
-    min = opt = max. Writes the engine, its layer information (``<engine>.layers.json``, from the engine
+    TensorRT 10: ``precision`` "fp16" sets FP16; "int8" sets INT8 + FP16 for QDQ models (explicit
+    quantization, no calibrator); "fp32" builds a strongly typed network. TensorRT 11 has no precision
+    flags: the network is strongly typed and the ONNX file carries the precision. With ``dla_core`` the
+    engine targets that DLA core (DLA needs min = opt = max); ``expected_fallback`` names the ONNX nodes
+    the plan's DLA check expects on the GPU: none -> no GPU fallback (and, where the ONNX parser has it,
+    ``REPORT_CAPABILITY_DLA``), so any fallback fails the build; some -> GPU fallback, and a layer the
+    DLA cannot run that is not on the list is refused before the build. Writes the engine, its layer information (``<engine>.layers.json``, from the engine
     inspector) and updates ``timing_cache``. Returns the report: layer counts, DLA placement, warnings.
     """
     _require_tensorrt()
@@ -252,9 +112,23 @@ def build_engine(
     builder = trt.Builder(logger)
     major = int(str(trt.__version__).split(".")[0])
     # TensorRT 10: networks are always explicit batch (the flag is deprecated); 8.x needs it set.
+    # TensorRT 11: every network is strongly typed (the default); 10 opts in where the ONNX carries fp32.
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if major == 10 and precision == "fp32":
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
+    config = builder.create_builder_config()
+    if dla_core is not None and expected_fallback is not None and not expected_fallback:
+        # TensorRT >= 10.15 / 11.x (onnx-tensorrt changelog): the parser refuses a node the DLA cannot
+        # run. Older parsers (JetPack 6's 10.3) lack the flag: there, no GPU fallback does the same.
+        report_flag = getattr(getattr(trt, "OnnxParserFlag", None), "REPORT_CAPABILITY_DLA", None)
+        set_config = getattr(parser, "set_builder_config", None)
+        if report_flag is not None and set_config is not None:
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = dla_core
+            set_config(config)
+            parser.set_flag(report_flag)
     # parse_from_file, not parse(bytes): external data (the shared weights layout) is found relative to
     # the model file's directory, which only the file path gives the parser
     if not parser.parse_from_file(str(onnx_path)):
@@ -263,12 +137,11 @@ def build_engine(
             f"TensorRT could not parse {onnx_path.name}: {errors[0] if errors else 'no detail'}"
         )
 
-    config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names + devices in the inspector
-    if precision in ("fp16", "int8"):
+    if major < 11 and precision in ("fp16", "int8"):  # TensorRT 11 removed the weak-typing flags
         config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
+    if major < 11 and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
 
     dla_capable: int | None = None
@@ -282,8 +155,17 @@ def build_engine(
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        dla_capable = sum(1 for i in range(network.num_layers) if config.can_run_on_DLA(network.get_layer(i)))
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        off = [str(layer.name) for layer in layers if not config.can_run_on_DLA(layer)]
+        dla_capable = network.num_layers - len(off)
+        if expected_fallback is None or expected_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        unexpected = [n for n in off if not any(e in n for e in expected_fallback or ())]
+        if expected_fallback is not None and unexpected:
+            raise TechnicalError(
+                f"{len(unexpected)} layer(s) of {onnx_path.name} cannot run on the DLA but the plan does not expect "
+                f"it (first: {unexpected[0]}): re-export to re-plan the head, or build it on the GPU"
+            )
 
     profile = builder.create_optimization_profile()
     profile.set_shape(
@@ -294,7 +176,10 @@ def build_engine(
     )
     config.add_optimization_profile(profile)
 
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache_bytes = (
+        timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() and not timing_cache.is_symlink()
+        else b""
+    )  # fmt: skip
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)
 
@@ -303,11 +188,9 @@ def build_engine(
         detail = logger.messages[-1] if logger.messages else "no detail"
         raise TechnicalError(f"TensorRT could not build {engine_path.name}: {detail}")
     engine_bytes = bytes(serialized)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(engine_bytes)
+    contract.write_output(engine_path, engine_bytes)  # temporary file + rename: never through a symlink
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        contract.write_output(timing_cache, bytes(config.get_timing_cache().serialize()))
 
     engine_layers: int | None = None
     layer_file = engine_path.with_name(engine_path.name + ".layers.json")
@@ -315,7 +198,7 @@ def build_engine(
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is not None:
         info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
-        layer_file.write_text(info, encoding="utf-8")
+        contract.write_output(layer_file, info.encode("utf-8"))
         try:
             layers = json.loads(info).get("Layers", [])
             engine_layers = len(layers) if isinstance(layers, list) else None
@@ -341,71 +224,66 @@ def build_engine(
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A strict, bounded JSON object (:func:`isplit_export.contract.read_json`); ``what`` says how to fix it."""
     if not path.is_file():
         raise BadInputError(f"{path} is missing: {what}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path} is not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise BadInputError(f"{path} does not hold a JSON object")
-    return data
+    return contract.read_json(path, str(path))
 
 
-def build_bundle_engines(bundle: Path, split: int | None = None) -> list[dict[str, Any]]:
-    """Build head and tail engines for every split of ``bundle`` (or only the split of rank ``split``).
+def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha256: str | None = None) -> list[dict[str, Any]]:
+    """Build head and tail engines for every split of ``bundle`` (or only split ``split``, 1-based).
 
-    Follows each split's ``engine_plan.json`` and writes ``engines/build.json`` next to the engines with
-    the TensorRT version, GPU, precision and DLA placement. Returns one record per split.
+    The bundle is read through :mod:`isplit_export.contract`: the manifest is validated (and pinned with
+    ``expect_sha256``), every file is re-hashed, each split's ``engine_plan.json`` and the ONNX files
+    it names must be hashed files of the bundle, and everything written (engines, layer info, timing
+    cache, ``engines/build.json``) must lie in the split's ``engines/`` folder, reached through no
+    symlink. Returns one record per split.
     """
-    _require_tensorrt()
+    _require_tensorrt()  # first, like every entry point here: a CPU machine reports "not run" (exit 4)
+    if expect_sha256 is not None:
+        expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
+    m = contract.read_manifest(bundle)
+    contract.check_expected_sha256(m, expect_sha256)
+    chosen = contract.select_splits(m, split)
+    contract.check_files(m.bundle, m)
+    plans = [(entry, contract.read_engine_plan(m, entry)) for _, entry in chosen]  # all checked before any build
     import tensorrt as trt
-
-    manifest = _read_json(bundle / "manifest.json", "not a bundle (isplit-export writes manifest.json)")
-    splits = [s for s in manifest.get("splits", []) if isinstance(s, dict)]
-    chosen = [s for s in splits if split is None or s.get("rank") == split]
-    if not chosen:
-        ranks = ", ".join(str(s.get("rank")) for s in splits) or "none"
-        raise BadInputError(f"split {split} is not in {bundle / 'manifest.json'}: choose a rank from {ranks}")
 
     gpu = current_gpu_name()
     records: list[dict[str, Any]] = []
-    for entry in chosen:
-        split_dir = bundle / str(entry["dir"])
-        plan = read_plan(split_dir)
-        timing = split_dir / str(plan["timing_cache"])
+    for entry, plan in plans:
+        check_tensorrt_version(plan.data, str(trt.__version__))
+        dla = plan.data.get("dla") or {}
         built: dict[str, Any] = {}
         for part in ("head", "tail"):
-            spec = plan["engines"][part]
-            shapes = spec["input"]
+            spec = plan.parts[part]
             # resolve(): in the shared weights layout the plan names ../../<file>.onnx, whose external
             # data (weights/...) TensorRT's parser resolves relative to the model file's own directory
             report = build_engine(
-                (split_dir / str(spec["onnx"])).resolve(),
-                split_dir / str(spec["engine"]),
-                precision=str(plan["precision"]),
-                workspace_mib=int(plan["workspace_mib"]),
-                dla_core=spec["dla_core"],
-                timing_cache=timing,
-                input_name=str(shapes["name"]),
-                min_shape=shapes["min"],
-                opt_shape=shapes["opt"],
-                max_shape=shapes["max"],
+                spec.onnx.resolve(),
+                spec.engine,
+                precision=plan.precision,
+                workspace_mib=plan.workspace_mib,
+                dla_core=spec.dla_core,
+                timing_cache=plan.timing_cache,
+                input_name=spec.input_name,
+                min_shape=spec.min_shape,
+                opt_shape=spec.opt_shape,
+                max_shape=spec.max_shape,
+                expected_fallback=[str(f["node"]) for f in dla.get("fallback", [])] if part == "head" and dla else None,
             )
-            built[part] = {"file": spec["engine"], **report}
+            built[part] = {"file": spec.engine_rel, **report}
         record: dict[str, Any] = {
             "schema": RECORD_SCHEMA,
             "builder": "python",
-            "target": plan["target"],
+            "target": plan.data["target"],
             "tensorrt_version": str(trt.__version__),
-            "tensorrt_expected": plan.get("tensorrt_expected"),
+            "tensorrt_expected": plan.data.get("tensorrt_version"),
             "gpu": gpu,
-            "precision": plan["precision"],
+            "precision": plan.precision,
             "engines": built,
         }
-        out = split_dir / RECORD_NAME
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        contract.write_output(plan.record, (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
         records.append({"split": str(entry["dir"]), **record})
     return records
 
@@ -426,7 +304,7 @@ def check_engine_record(split_dir: Path) -> dict[str, Any]:
     A version or GPU recorded as "unknown" cannot be compared: ``checked`` says so.
     """
     _require_tensorrt()
-    path = split_dir / RECORD_NAME
+    path = contract.bundle_path(split_dir, RECORD_NAME, RECORD_NAME)  # inside the split, no symlink
     record = _read_json(
         path, "build the engines first (bash build_engines.sh, or isplit-export build-engines)"
     )
@@ -447,7 +325,9 @@ def check_engine_record(split_dir: Path) -> dict[str, Any]:
     if not isinstance(engines, dict) or not engines:
         raise BadInputError(f"{path} lists no engines: rebuild them with build_engines.sh")
     for part, info in sorted(engines.items()):
-        engine = split_dir / str(info.get("file", ""))
+        if not isinstance(info, dict):
+            raise BadInputError(f"{path} entry {part!r} is not an object: rebuild them with build_engines.sh")
+        engine = contract.bundle_path(split_dir, info.get("file"), RECORD_NAME)  # inside the split, no symlink
         if not engine.is_file():
             raise BadInputError(f"{engine} is missing ({part} engine): rebuild them with build_engines.sh")
         expected = info.get("sha256")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS
+from isplit_export.targets.profiles import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,8 @@ GATES: dict[str, Gate] = {
 }
 """Every gate by name: boundary encodings (onnxruntime), the QDQ pair, TensorRT precisions."""
 
-PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "tensorrt")
+VERIFY_BACKENDS = ("onnxruntime", "tensorrt")
+"""``isplit-export verify --backend``: where the goldens run (not a target's runtime, ``profiles.BACKENDS``)."""
 
 
 def _loosest(a: Gate, b: Gate) -> Gate:
@@ -125,4 +126,4 @@ def gate_for(encoding: str, precision: str = "fp32", backend: str = "onnxruntime
     if backend == "tensorrt":
         trt = GATES[f"trt-{precision}"]
         return trt if encoding == "fp32" else _loosest(trt, GATES[encoding])
-    raise BadInputError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    raise BadInputError(f"unknown backend {backend!r}: expected one of {', '.join(VERIFY_BACKENDS)}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -34,7 +35,31 @@ import onnx
 from onnx import TensorProto
 
 from isplit_export.errors import BadInputError, TechnicalError
-from isplit_export.serving.bundle_access import TRITON_DIR, entry_engine_plan, entry_tail, model_name
+
+TRITON_DIR = "triton"
+"""The Triton model repository inside a bundle (``OUT/triton/``)."""
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def model_name(entry: Mapping[str, Any]) -> str:
+    """The served model name of a split entry: its folder name (``01-features.3``), Triton-safe."""
+    base = str(entry["dir"]).rstrip("/").rsplit("/", 1)[-1]
+    return _NAME_BAD.sub("_", base)
+
+
+def entry_tail(entry: Mapping[str, Any]) -> str:
+    """The bundle-relative path of a split entry's tail ONNX."""
+    rel = (entry.get("files") or {}).get("tail")
+    if not isinstance(rel, str):
+        raise BadInputError(f"split {entry.get('dir')} has no tail file: rebuild the bundle")
+    return rel
+
+
+def entry_engine_plan(entry: Mapping[str, Any]) -> str | None:
+    """The bundle-relative path of a split entry's ``engine_plan.json`` (TensorRT targets), if any."""
+    rel = (entry.get("files") or {}).get("engine_plan_json")
+    return rel if isinstance(rel, str) else None
 
 MAX_BATCH_SIZE = 8
 """``max_batch_size`` of every model (the engine plans' ``max_batch`` too): dynamic batching merges up to 8."""

@@ -23,7 +23,7 @@ three *refuse* a location that leaves it (``../``: onnx "points outside the dire
 allowed"). A file in ``splits/01-x/`` can therefore never point into ``OUT/weights/``: every ONNX file
 that shares weights has to sit in ``OUT/`` itself. The split folders keep everything else (goldens,
 calibration tensors, engine plans), the manifest's ``files`` entries name the new paths, and each
-engine plan refers to its models as ``../../<file>`` (:func:`tensorrt_plan.relocate_models`).
+engine plan refers to its models as ``../../<file>`` (:func:`engine_plan.relocate_models`).
 
 Everything stays reproducible (files in sorted order, tensors in graph order, deterministic
 serialization), the manifest hashes the pack files like any other file (``verify`` names a modified
@@ -47,6 +47,7 @@ from onnx import numpy_helper
 from isplit_export.errors import TechnicalError
 from isplit_export.exporting.onnx_utils import canonicalize
 from isplit_export.options import WEIGHT_LAYOUTS as LAYOUTS
+from isplit_export.targets.engine_plan import PLAN_NAME, relocate_models
 
 __all__ = ["ALIGNMENT", "LAYOUTS", "MIN_EXTERNAL_BYTES", "WEIGHTS_DIR", "inline_info", "share_weights"]
 
@@ -117,16 +118,15 @@ def _new_name(rel: str) -> str:
     return rel if len(parts) == 1 else f"{parts[-2]}.{parts[-1]}"
 
 
-def share_weights(root: Path, splits: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Rewrite the bundle being built in ``root`` to the shared layout (see the module docstring).
 
     Every ``*.onnx`` file under ``root`` moves to ``root`` itself with its large initializers as
-    external data in ``root/weights/``; the ``files`` entries of ``splits`` (the manifest's split
-    entries) and each split's engine plan are updated to the new paths. Returns the manifest's
-    ``weights`` block: the layout, the packs (element type, tensor count, bytes) and the settings.
+    external data in ``root/weights/``; the engine plan of each split folder in ``split_dirs`` is
+    updated to the new paths. Returns the manifest's ``weights`` block (the layout, the packs: element
+    type, tensor count, bytes, and the settings) and the moves (old -> new bundle path) for the
+    caller to apply to the manifest's split entries.
     """
-    from isplit_export.targets.tensorrt_plan import PLAN_NAME, relocate_models
-
     sources = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.onnx"))
     moves = {rel: _new_name(rel) for rel in sources}
     if len(set(moves.values())) != len(moves):
@@ -176,16 +176,13 @@ def share_weights(root: Path, splits: Sequence[dict[str, Any]]) -> dict[str, Any
             onnx.checker.check_model(str(target), full_check=True)
         except onnx.checker.ValidationError as exc:
             raise TechnicalError(f"{moves[rel]} fails the ONNX checker in the shared layout: {exc}") from exc
-    for entry in splits:
-        files = entry["files"]
-        for key, rel in list(files.items()):
-            files[key] = moves.get(rel, rel)
-        plan_dir = root / str(entry["dir"])
+    for sdir in split_dirs:
+        plan_dir = root / sdir
         if (plan_dir / PLAN_NAME).is_file():
-            up = "../" * len(PurePosixPath(str(entry["dir"])).parts)
+            up = "../" * len(PurePosixPath(sdir).parts)
             relocate_models(plan_dir, {PurePosixPath(old).name: up + new for old, new in moves.items()
-                                       if PurePosixPath(old).parent == PurePosixPath(str(entry["dir"]))})  # fmt: skip
-    return {
+                                       if PurePosixPath(old).parent == PurePosixPath(sdir)})  # fmt: skip
+    block = {
         "layout": "shared",
         "dir": WEIGHTS_DIR,
         "min_external_bytes": MIN_EXTERNAL_BYTES,
@@ -194,6 +191,7 @@ def share_weights(root: Path, splits: Sequence[dict[str, Any]]) -> dict[str, Any
             names[d]: {"dtype": d, "tensors": p.tensors, "bytes": p.size} for d, p in sorted(packs.items())
         },
     }
+    return block, moves
 
 
 def inline_info() -> dict[str, Any]:

@@ -24,10 +24,9 @@ import pytest
 
 from isplit_export.errors import EXIT_NOT_RUN, BadInputError, GateFailedError, NotRunError
 from isplit_export.targets import trt_backend
-from isplit_export.targets.profiles import TargetProfile, list_targets, load_target
-from isplit_export.targets.tensorrt_plan import (
+from isplit_export.targets.engine_plan import (
+    ENGINE_PLAN_SCHEMA,
     PLAN_NAME,
-    PLAN_SCHEMA,
     RECORD_NAME,
     SCRIPT_NAME,
     build_plan,
@@ -36,6 +35,7 @@ from isplit_export.targets.tensorrt_plan import (
     trtexec_command,
     write_build_plan,
 )
+from isplit_export.targets.profiles import TargetProfile, list_targets, load_target
 
 INPUT = (1, 3, 224, 224)
 BOUNDARY = (1, 40, 28, 28)
@@ -64,6 +64,10 @@ def _write(
     split_dir: Path, target: str = "jetson-orin-agx", precision: str = "fp16", **kw: object
 ) -> list[Path]:
     int8 = precision == "int8"
+    head = split_dir / ("head.int8.onnx" if int8 else "head.onnx")
+    if not head.exists():  # the plan checks the head's layers against the DLA rules: give it a real one
+        split_dir.mkdir(parents=True, exist_ok=True)
+        _tiny_onnx(head)
     return write_build_plan(
         split_dir,
         load_target(target),
@@ -217,9 +221,9 @@ def test_plan_files_are_byte_identical_across_writes(tmp_path: Path) -> None:
 def test_engine_plan_json_content(tmp_path: Path) -> None:
     _, plan_path = _write(tmp_path, "jetson-orin-nx", "int8")
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    assert plan["schema"] == PLAN_SCHEMA
+    assert plan["schema"] == ENGINE_PLAN_SCHEMA
     assert plan["target"] == "jetson-orin-nx"
-    assert plan["tensorrt_expected"] == "10.3" and plan["jetpack"] == "6.2"
+    assert plan["tensorrt_version"] == "10.3" and plan["jetpack"] == "6.2"
     assert plan["precision"] == "int8" and plan["workspace_mib"] == 2048 and plan["max_batch"] == 8
     assert plan["timing_cache"] == "engines/timing.cache" and plan["record"] == RECORD_NAME
     head, tail = plan["engines"]["head"], plan["engines"]["tail"]
@@ -445,6 +449,7 @@ def test_check_engine_record_refuses_missing_or_modified_engines(tmp_path: Path)
         trt_backend.check_engine_record(tmp_path)
 
 
+@pytest.mark.e2e
 def test_trt_backend_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
     """mypy checks trt_backend.py against tensorrt-stubs 10.13, and a wrong call is caught (control).
 
@@ -566,3 +571,106 @@ def test_check_engine_record_accepts_a_python_build(tmp_path: Path) -> None:
     records = trt_backend.build_bundle_engines(tmp_path, 1)
     assert records[0]["tensorrt_version"] == trt_backend.tensorrt_version()
     assert trt_backend.check_engine_record(split)["checked"]["version_compared"] is True
+
+
+# --------------------------------------------------------------------------------------------------
+# TensorRT 10 vs 11: golden plans, the version the plan was written for, and the refusal of a mismatch
+
+GOLDEN_TAIL = ["--minShapes=boundary:1x40x28x28", "--optShapes=boundary:1x40x28x28", "--maxShapes=boundary:8x40x28x28",
+               "--memPoolSize=workspace:4096M", "--timingCacheFile=engines/timing.cache", "--skipInference"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("target", "precision", "onnx", "flags"),
+    [
+        ("x86-tensorrt", "fp32", "tail.onnx", ["--stronglyTyped"]),  # 10.x: the fp32 file carries its precision
+        ("x86-tensorrt", "fp16", "tail.onnx", ["--fp16"]),  # 10.x: weak typing, today's flags
+        ("x86-tensorrt", "int8", "tail.int8.onnx", ["--int8", "--fp16"]),
+        ("x86-tensorrt-11", "fp16", "tail.fp16.onnx", []),  # 11.x: the file carries fp16, no flag
+        ("x86-tensorrt-11", "int8", "tail.int8.onnx", []),  # 11.x: Q/DQ carries int8, no flag
+    ],
+)
+def test_golden_tail_commands_for_tensorrt_10_and_11(target: str, precision: str, onnx: str, flags: list[str]) -> None:
+    plan = build_plan(load_target(target), precision=precision, head_onnx="h.onnx", tail_onnx=onnx,
+                      input_shape=INPUT, boundary_shape=BOUNDARY)  # fmt: skip
+    assert plan["engines"]["tail"]["trtexec"] == [
+        "trtexec", f"--onnx={onnx}", f"--saveEngine=engines/tail.{precision}.engine", *flags, *GOLDEN_TAIL
+    ]
+    assert plan["tensorrt_version"] == load_target(target).tensorrt_version
+    assert plan["typing"] == ("strong" if target.endswith("-11") or precision == "fp32" else "weak")
+
+
+def test_tensorrt11_plans_never_carry_a_removed_flag(tmp_path: Path) -> None:
+    from isplit_export.targets.engine_plan import WEAK_TYPING_FLAGS
+
+    for target in ("x86-tensorrt-11", "jetson-orin-agx-jp7"):
+        for precision in ("fp16", "int8"):
+            _write(tmp_path / target / precision, target, precision)
+            plan = read_plan(tmp_path / target / precision)
+            script = (tmp_path / target / precision / SCRIPT_NAME).read_text()
+            for spec in plan["engines"].values():
+                assert not set(spec["trtexec"]) & set(WEAK_TYPING_FLAGS), spec["trtexec"]
+            assert not re.search(r"--(fp16|int8|best|bf16|fp8|int4)\b", script)
+            assert plan["typing"] == "strong" and plan["tensorrt_major"] == 11
+
+
+def test_tensorrt11_dla_head_without_fallback_reports_capability(tmp_path: Path) -> None:
+    """AGX Orin on JetPack 7.2.2 / TensorRT 11.4.1: a head the check finds fully DLA-capable is built with
+    --reportCapabilityDLA and without GPU fallback, so an unexpected fallback is a build error."""
+    _write(tmp_path, "jetson-orin-agx-jp7", "fp16")
+    head = read_plan(tmp_path)["engines"]["head"]
+    assert head["device"] == "dla" and "--useDLACore=0" in head["trtexec"]
+    assert "--reportCapabilityDLA" in head["trtexec"] and "--allowGPUFallback" not in head["trtexec"]
+    _write(tmp_path / "t10", "jetson-orin-agx", "fp16")  # TensorRT 10.3 has no such parser flag
+    head10 = read_plan(tmp_path / "t10")["engines"]["head"]
+    assert "--allowGPUFallback" not in head10["trtexec"] and "--reportCapabilityDLA" not in head10["trtexec"]
+
+
+def test_tensorrt11_profiles_refuse_dla_where_11_has_none() -> None:
+    from isplit_export.targets.profiles import dla_unsupported
+
+    assert dla_unsupported("10.3", "Orin") is None
+    assert "10.7 was the last" in (dla_unsupported("10.13", "Orin") or "")
+    assert "returned in 11.4.1" in (dla_unsupported("11.3", "Jetson AGX Orin") or "")
+    assert "AGX Orin only" in (dla_unsupported("11.4.1", "Jetson Orin NX") or "")
+    assert dla_unsupported("11.4.1", "Jetson AGX Orin (Ampere, sm_87)") is None
+
+
+def test_check_tensorrt_version() -> None:
+    from isplit_export.targets.engine_plan import check_tensorrt_version
+
+    check_tensorrt_version({"tensorrt_version": "10.3"}, "10.3.0.30")
+    check_tensorrt_version({"tensorrt_version": "11.4.1"}, "11.4.1.2")
+    for plan_version, installed in (("10.3", "10.7.0.23"), ("11.4", "10.3.0.30"), ("11.4.1", "11.4.0.1")):
+        with pytest.raises(BadInputError, match=f"written for TensorRT {re.escape(plan_version)} but TensorRT"):
+            check_tensorrt_version({"tensorrt_version": plan_version}, installed)
+
+
+def test_build_engines_refuses_a_version_mismatch(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in ``tensorrt`` module (a version string and a Builder name, nothing else) stands for the
+    installed TensorRT in the version check only: the refusal comes before any TensorRT call."""
+    import types
+
+    from isplit_export.contract import SCHEMA
+    from isplit_export.files import sha256_file
+    from tests.helpers import run_cli
+
+    split = tmp_path / "split"
+    _write(split, "x86-tensorrt-11", "fp16")
+    if not (split / "tail.onnx").exists():
+        (split / "tail.onnx").write_bytes((split / "head.onnx").read_bytes())
+    files = {p.relative_to(tmp_path).as_posix(): {"sha256": sha256_file(p)} for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    manifest = {"schema": SCHEMA, "files": files, "splits": [{"dir": "split", "rank": 1, "files": {}}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")  # a valid, hashed bundle
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.3.0.30"  # type: ignore[attr-defined]
+    fake.Builder = object  # type: ignore[attr-defined]  # tensorrt_available() looks for it
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    code, out, err = run_cli(capsys, "build-engines", tmp_path)
+    assert code == 2 and out == ""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "written for TensorRT 11.4 but TensorRT 10.3.0.30 is installed" in lines[0]
+    assert not (split / "engines").exists()  # nothing built, nothing written

@@ -5,14 +5,22 @@ carries engines: it carries the plan, and the device runs it (``bash build_engin
 ``isplit-export build-engines``, which reads ``engine_plan.json``). No TensorRT import here: the plan is
 generated and tested on machines without a GPU.
 
-Choices, each visible in the generated commands:
+Choices, each visible in the generated commands (targets/README.md cites the TensorRT sources):
 
-- precision ``fp16``: ``--fp16``; ``int8``: ``--int8 --fp16`` on the QDQ models (explicit quantization:
-  the Q/DQ scales come from the ONNX graph, no calibrator; ``--fp16`` lets the layers outside Q/DQ pairs
-  run in fp16 instead of fp32); ``fp32``: no flag.
-- the head goes to DLA core 0 (``--useDLACore=0 --allowGPUFallback``) on Jetsons with DLA, for fp16/int8
-  only. DLA needs static shapes, so a DLA engine is built for batch 1 (min = opt = max); GPU engines get a
-  dynamic batch profile 1 / 1 / ``max_batch``.
+- the plan is written for the profile's TensorRT version (``tensorrt_version`` in the plan) and branches
+  on its major version. TensorRT 10: weak typing as before (``--fp16``; ``--int8 --fp16`` on the QDQ
+  models, explicit quantization, no calibrator), and ``--stronglyTyped`` where the ONNX file already
+  carries the precision (fp32). TensorRT 11 removed every weak-typing flag (``--fp16``, ``--int8``,
+  ``--best``, ...): networks are always strongly typed, so the plan names ONNX files that carry their
+  precision (``*.fp16.onnx`` with fp16 casts, or the INT8 Q/DQ models) and passes no precision flag.
+- the head goes to DLA core 0 on Jetsons with DLA, for fp16/int8 only, and only when
+  :func:`isplit_export.targets.dla.check_model` finds that at least ``min_dla_fraction`` of its layers
+  run there; the plan records the check (``dla``) and says in one line why the head is on the DLA or the
+  GPU. DLA needs static shapes, so a DLA engine is built for batch 1 (min = opt = max); GPU engines get
+  a dynamic batch profile 1 / 1 / ``max_batch``. A DLA head with no expected fallback is built without
+  ``--allowGPUFallback`` (TensorRT 10) or with ``--reportCapabilityDLA`` (TensorRT 11), so an
+  unexpected fallback fails the build; with expected fallbacks the script refuses a build log that
+  reports more fallback layers than the plan lists.
 - ``--memPoolSize=workspace:<N>M`` (TensorRT 10 removed ``--workspace``; 8.x reads the bare number as MiB).
 - ``--timingCacheFile`` shared by head and tail: rebuilds reuse the measured tactics.
 - ``--skipInference``: the script only builds; numbers come from ``isplit-export verify --backend
@@ -24,19 +32,24 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from isplit_export.errors import BadInputError
+from isplit_export.targets import MIN_DLA_FRACTION
+from isplit_export.targets.dla import DlaReport, check_model, choose_device
 from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 
-PLAN_SCHEMA = "isplit.engine_plan/1"
+ENGINE_PLAN_SCHEMA = "isplit.engine_plan/1"
 RECORD_SCHEMA = "isplit.engines/1"
 SCRIPT_NAME = "build_engines.sh"
 PLAN_NAME = "engine_plan.json"
 ENGINE_DIR = "engines"
 RECORD_NAME = f"{ENGINE_DIR}/build.json"
 TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
+WEAK_TYPING_FLAGS = ("--fp16", "--int8", "--bf16", "--fp8", "--int4", "--best")
+"""trtexec precision flags that TensorRT 11 removed (strongly typed networks only)."""
 TRTEXEC_DEFAULT = "/usr/src/tensorrt/bin/trtexec"
 """Where JetPack and NVIDIA's TensorRT containers put trtexec (it is not on PATH there)."""
 
@@ -110,6 +123,7 @@ def trtexec_command(
     dla_core: int | None,
     timing_cache: str,
     max_batch: int = 8,
+    gpu_fallback: bool = True,
 ) -> list[str]:
     """The trtexec argv that builds ``engine`` from ``onnx`` for ``profile`` (argv[0] is ``trtexec``).
 
@@ -125,12 +139,21 @@ def trtexec_command(
         f"{profile.workspace_mib}M" if (profile.tensorrt_major or 0) >= 10 else str(profile.workspace_mib)
     )
     cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
-    if precision == "fp16":
+    major = profile.tensorrt_major or 0
+    if major >= 11:
+        pass  # strongly typed only: the ONNX file carries the precision (--stronglyTyped is a no-op there)
+    elif precision == "fp16":
         cmd.append("--fp16")
     elif precision == "int8":
         cmd += ["--int8", "--fp16"]
+    elif major >= 10:
+        cmd.append("--stronglyTyped")  # the fp32 ONNX file already carries the precision
     if dla_core is not None:
-        cmd += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
+        cmd.append(f"--useDLACore={dla_core}")
+        if gpu_fallback:
+            cmd.append("--allowGPUFallback")
+        elif major >= 11:
+            cmd.append("--reportCapabilityDLA")  # the parser refuses a node the DLA cannot run
     cmd += [
         f"--minShapes={_shape_spec(input_name, lo)}",
         f"--optShapes={_shape_spec(input_name, opt)}",
@@ -155,22 +178,35 @@ def build_plan(
     output_name: str = "logits",
     max_batch: int = 8,
     use_dla: bool = True,
+    dla: DlaReport | None = None,
+    min_dla_fraction: float = MIN_DLA_FRACTION,
 ) -> dict[str, Any]:
-    """The plan as data (what ``engine_plan.json`` holds); paths are relative to the split folder."""
+    """The plan as data (what ``engine_plan.json`` holds); paths are relative to the split folder.
+
+    ``dla`` is the head's DLA capability report: with it, the head stays on the DLA only when at
+    least ``min_dla_fraction`` of its layers run there (the plan's ``dla.decision`` says why).
+    """
     _check_precision(profile, precision)
     head_dla = default_head_dla_core(profile, precision) if use_dla else None
+    dla_block: dict[str, Any] | None = None
+    if head_dla is not None and dla is not None:
+        keep, why = choose_device(dla, min_dla_fraction)
+        dla_block = {**dla.to_json(), "min_fraction": min_dla_fraction, "device": "dla" if keep else "gpu",
+                     "decision": why}  # fmt: skip
+        head_dla = head_dla if keep else None
+    fallback_ok = bool(dla_block and dla_block["fallback"]) or dla is None
     parts: dict[str, Any] = {}
-    for part, onnx, name, shape, output, dla in (
+    for part, onnx, name, shape, output, core in (
         ("head", head_onnx, input_name, input_shape, boundary_name, head_dla),
         ("tail", tail_onnx, boundary_name, boundary_shape, output_name, None),
     ):
-        lo, opt, hi = profile_shapes(shape, max_batch=max_batch, dla=dla is not None)
+        lo, opt, hi = profile_shapes(shape, max_batch=max_batch, dla=core is not None)
         engine = engine_file(part, precision)
         parts[part] = {
             "onnx": onnx,
             "engine": engine,
-            "device": "dla" if dla is not None else "gpu",
-            "dla_core": dla,
+            "device": "dla" if core is not None else "gpu",
+            "dla_core": core,
             "input": {"name": name, "min": list(lo), "opt": list(opt), "max": list(hi)},
             "output": output,
             "trtexec": trtexec_command(
@@ -180,16 +216,20 @@ def build_plan(
                 profile=profile,
                 input_name=name,
                 input_shape=shape,
-                dla_core=dla,
+                dla_core=core,
                 timing_cache=TIMING_CACHE,
                 max_batch=max_batch,
+                gpu_fallback=fallback_ok,
             ),
         }
     return {
-        "schema": PLAN_SCHEMA,
+        "schema": ENGINE_PLAN_SCHEMA,
         "target": profile.name,
         "jetpack": profile.jetpack,
-        "tensorrt_expected": profile.tensorrt,
+        "tensorrt_version": profile.tensorrt_version,
+        "tensorrt_major": profile.tensorrt_major,
+        "typing": "strong" if (profile.tensorrt_major or 0) >= 11 or precision == "fp32" else "weak",
+        "dla": dla_block,
         "precision": precision,
         "workspace_mib": profile.workspace_mib,
         "max_batch": max_batch,
@@ -204,6 +244,16 @@ def _bash_argv(cmd: list[str]) -> str:
     return '"$TRTEXEC" \\\n    ' + " \\\n    ".join(shlex.quote(a) for a in cmd[1:])
 
 
+def _fallback_guard(engine: str, expected: int) -> list[str]:
+    """Script lines that fail the build when the log reports more DLA fallbacks than the plan expects."""
+    return [
+        f'if [ "${{FALLBACK:-0}}" -gt {expected} ]; then',
+        f'  echo "the head build reports $FALLBACK DLA fallback line(s); the plan expects {expected}: see {engine}.log" >&2',
+        "  exit 3",
+        "fi",
+    ]
+
+
 def render_script(plan: dict[str, Any]) -> str:
     """``build_engines.sh`` for ``plan``: builds both engines with trtexec, then writes ``engines/build.json``."""
     head, tail = plan["engines"]["head"], plan["engines"]["tail"]
@@ -215,8 +265,9 @@ def render_script(plan: dict[str, Any]) -> str:
         f"# (generated by isplit-export; the same plan as data: {PLAN_NAME}).",
         "# Run it on the device itself: engines only run on the GPU model and TensorRT version that built them.",
         "#   bash build_engines.sh            (TRTEXEC=/path/to/trtexec overrides the trtexec binary)",
-        f"# Expected TensorRT: {plan['tensorrt_expected']}. Head on "
-        + (f"DLA core {dla} (GPU fallback allowed)." if dla is not None else "the GPU."),
+        f"# Written for TensorRT {plan['tensorrt_version']} ({plan['typing']}ly typed). Head on "
+        + (f"DLA core {dla}." if dla is not None else "the GPU."),
+        *([f"# DLA check: {plan['dla']['decision']}"] if plan.get("dla") else []),
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         "",
@@ -260,6 +311,7 @@ def render_script(plan: dict[str, Any]) -> str:
         "sha() { sha256sum \"$1\" | cut -d ' ' -f 1; }",
         "# Lines where TensorRT reports a layer it could not place on DLA (a count, from the build log).",
         f"FALLBACK=\"$(grep -ciE 'unsupported on DLA|not supported on DLA|falling back to GPU' {head['engine']}.log || true)\"",
+        *(_fallback_guard(head["engine"], len((plan.get("dla") or {}).get("fallback", []))) if dla is not None else []),
         f"cat > {RECORD_NAME} <<EOF",
         "{",
         f'  "schema": "{RECORD_SCHEMA}",',
@@ -296,6 +348,7 @@ def write_build_plan(
     output_name: str = "logits",
     max_batch: int = 8,
     use_dla: bool = True,
+    min_dla_fraction: float = MIN_DLA_FRACTION,
 ) -> list[Path]:
     """Write ``build_engines.sh`` (executable) and ``engine_plan.json`` into ``split_dir``; byte-deterministic.
 
@@ -305,6 +358,11 @@ def write_build_plan(
     for onnx in (head_onnx, tail_onnx):
         if Path(onnx).is_absolute() or ".." in Path(onnx).parts or not _safe_path(onnx):
             raise BadInputError(f"model path {onnx!r} must be a plain file name inside the split folder")
+    dla = None
+    if use_dla and default_head_dla_core(profile, precision) is not None:
+        import onnx as onnx_lib  # lazy: the plan module stays light for readers
+
+        dla = check_model(onnx_lib.load(str(split_dir / head_onnx), load_external_data=False), batch=1)
     plan = build_plan(
         profile,
         precision=precision,
@@ -317,13 +375,15 @@ def write_build_plan(
         output_name=output_name,
         max_batch=max_batch,
         use_dla=use_dla,
+        dla=dla,
+        min_dla_fraction=min_dla_fraction,
     )
     split_dir.mkdir(parents=True, exist_ok=True)
     script = split_dir / SCRIPT_NAME
     plan_path = split_dir / PLAN_NAME
     script.write_text(render_script(plan), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    plan_path.write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
+    plan_path.write_text(json.dumps(plan, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")
     return [script, plan_path]
 
 
@@ -343,15 +403,43 @@ def read_plan(split_dir: Path) -> dict[str, Any]:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(f"{path} is not readable JSON ({exc}): re-export the bundle") from exc
-    if not isinstance(plan, dict) or plan.get("schema") != PLAN_SCHEMA:
-        raise BadInputError(f"{path} is not an {PLAN_SCHEMA} plan: re-export the bundle")
+    if not isinstance(plan, dict) or plan.get("schema") != ENGINE_PLAN_SCHEMA:
+        raise BadInputError(f"{path} is not an {ENGINE_PLAN_SCHEMA} plan: re-export the bundle")
     return plan
+
+
+def plan_report_lines(plan: Mapping[str, Any]) -> list[str]:
+    """Markdown lines for the bundle report: the TensorRT version a plan is written for and its DLA check."""
+    if not plan:
+        return []
+    lines = [f"  - written for TensorRT {plan.get('tensorrt_version')} ({plan.get('typing')}ly typed)"]
+    dla = plan.get("dla") if isinstance(plan.get("dla"), Mapping) else None
+    if dla:
+        fallback = [f for f in dla.get("fallback", []) if isinstance(f, Mapping)]
+        lines.append(f"  - DLA check: {dla.get('on_dla')}/{dla.get('layers')} head layers can run on the DLA; {dla.get('decision')}")
+        lines += [f"    - `{f.get('node')}` ({f.get('op')}): {f.get('reason')}" for f in fallback[:5]]
+        if len(fallback) > 5:
+            lines.append(f"    - ... {len(fallback) - 5} more in the plan's `dla.fallback`")
+    return lines
+
+
+def check_tensorrt_version(plan: dict[str, Any], installed: str) -> None:
+    """Refuse to build a plan written for another TensorRT major.minor than the one installed (one line)."""
+    wanted = str(plan.get("tensorrt_version") or "")
+    if not wanted:
+        raise BadInputError("the engine plan names no TensorRT version: re-export the bundle")
+    want, have = wanted.split("."), str(installed).split(".")
+    if want != have[: len(want)]:
+        raise BadInputError(
+            f"the plan was written for TensorRT {wanted} but TensorRT {installed} is installed: "
+            f"re-export with the matching --target (see `isplit-export targets`) or install TensorRT {wanted}"
+        )
 
 
 def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
     """Point a written plan at moved ONNX files: ``moves`` maps a model path of the plan (relative to
     ``split_dir``) to its new one, e.g. ``head.onnx`` -> ``../../01-x.head.onnx`` in the shared weights
-    layout (:mod:`isplit_export.exporting.weights`). Rewrites ``engine_plan.json`` and ``build_engines.sh``."""
+    layout (:mod:`isplit_export.bundle.weights`). Rewrites ``engine_plan.json`` and ``build_engines.sh``."""
     plan = read_plan(split_dir)
     for spec in plan["engines"].values():
         new = moves.get(str(spec["onnx"]))
@@ -364,4 +452,4 @@ def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
     script = split_dir / SCRIPT_NAME
     script.write_text(render_script(plan), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    (split_dir / PLAN_NAME).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
+    (split_dir / PLAN_NAME).write_text(json.dumps(plan, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")

@@ -1,0 +1,194 @@
+"""Bias correction of a QDQ model: lower each quantized Conv/Gemm bias by the mean error of its int8 rounding.
+
+Nagel et al., "Data-Free Quantization" (2019), empirical variant; why it is needed and what it buys
+is in docs/int8.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from isplit_export.exporting.onnx_utils import make_session, run_session
+from isplit_export.exporting.qdq_graph import attr, graph_inputs, probe_model, unique_name
+
+
+@dataclass(frozen=True)
+class _BiasTarget:
+    """A quantized Conv/Gemm whose float bias gets corrected (see :func:`correct_biases`)."""
+
+    node: onnx.NodeProto
+    x: str  # its float input tensor, as named in the reference model
+    act_scale: np.ndarray | None  # the input's per-tensor int8 scale; None: input not quantized
+    weight: np.ndarray  # float weight: Conv [O, C/group, *kernel], Gemm [N, K]
+    weight_q: np.ndarray  # the same after the model's int8 Q/DQ
+    bias: onnx.TensorProto | None  # its 1-D bias initializer; None: it has none (one gets added)
+    gain: float  # output change per unit of bias: 1 for Conv, alpha / beta for Gemm
+
+
+def correct_biases(
+    model: onnx.ModelProto, reference: onnx.ModelProto, feeds: Mapping[str, np.ndarray]
+) -> None:
+    """Lower each quantized Conv/Gemm bias by the expected output error of its own int8 rounding.
+
+    For a node ``y = conv(W, x) + b`` quantized to ``conv(W_q, Q(x)) + b``, the mean error of output
+    channel ``o`` over the calibration data is ``E[conv(W_q, Q(x))]_o - E[conv(W, x)]_o``. A convolution
+    is linear, so that only needs, per input channel and kernel tap, the mean of ``x`` (and of ``Q(x)``)
+    over the samples and the output positions the tap reads, zero padding included. Those means come
+    from one pass of the fp32 ``reference`` (the model onnxruntime quantized: same tensor names) over
+    ``feeds``, one sample at a time. ``Q`` and ``W_q`` reproduce the model's own Q/DQ (round half to
+    even, saturate to int8, zero point 0). Each correction uses its layer's fp32 input, so the
+    corrections are independent of one another (no order, no iteration).
+    """
+    targets = _bias_targets(model, reference)
+    if not targets:
+        return
+    inputs = set(graph_inputs(reference))
+    probes = sorted({t.x for t in targets} - inputs)
+    session = make_session(probe_model(reference, probes).SerializeToString()) if probes else None
+    count = len(next(iter(feeds.values())))
+    sums = [[np.zeros(0), np.zeros(0)] for _ in targets]  # per target: sum of E[x], sum of E[Q(x)]
+    for i in range(count):
+        sample = {k: v[i : i + 1] for k, v in feeds.items()}
+        values = dict(sample)
+        if session is not None:
+            values.update(zip(probes, run_session(session, sample), strict=True))
+        for target, acc in zip(targets, sums, strict=True):
+            x = np.asarray(values[target.x], dtype=np.float32)
+            xq = x if target.act_scale is None else _fake_quant(x, target.act_scale)
+            for k, v in enumerate((x, xq)):
+                means = _input_means(target, v)
+                acc[k] = means if i == 0 else acc[k] + means
+    for target, (m, mq) in zip(targets, sums, strict=True):
+        error = _output_means(target, target.weight_q, mq / count) - _output_means(
+            target, target.weight, m / count
+        )
+        shift = target.gain * error
+        if target.bias is None:
+            name = unique_name(model, f"{target.node.name or target.node.output[0]}_bias")
+            model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
+            target.node.input.append(name)
+        else:
+            b = numpy_helper.to_array(target.bias).astype(np.float64)
+            target.bias.CopyFrom(numpy_helper.from_array((b - shift).astype(np.float32), target.bias.name))
+
+
+def _bias_targets(model: onnx.ModelProto, reference: onnx.ModelProto) -> list[_BiasTarget]:
+    """The Conv/Gemm nodes with Q/DQ int8 weights whose bias can be corrected, in graph order."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    known = {o for n in reference.graph.node for o in n.output} | set(graph_inputs(reference))
+    ref_inits = {t.name: t for t in reference.graph.initializer}
+    ref_weight = {n.name: n.input[1] for n in reference.graph.node if n.name and len(n.input) > 1}
+    targets = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b""):
+                continue
+            gain = 1.0
+        elif node.op_type == "Gemm":
+            alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
+            if attr(node, "transA", 0) or beta == 0.0:
+                continue
+            gain = alpha / beta
+        else:
+            continue
+        wq = _dequantized_initializer(node.input[1], producer, inits)
+        float_weight = ref_inits.get(ref_weight.get(node.name, ""))
+        x, act_scale = _quantized_input(node.input[0], producer, inits)
+        if wq is None or float_weight is None or x not in known:
+            continue
+        w = numpy_helper.to_array(float_weight).astype(np.float64)
+        if w.shape != wq.shape:
+            continue
+        if node.op_type == "Gemm" and not attr(node, "transB", 0):
+            w, wq = w.T, wq.T
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = inits.get(node.input[2])
+            if bias is None or uses[bias.name] != 1 or tuple(bias.dims) != (w.shape[0],):
+                continue
+        targets.append(_BiasTarget(node, x, act_scale, w, wq, bias, gain))
+    return targets
+
+
+def _dequantized_initializer(
+    name: str, producer: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto]
+) -> np.ndarray | None:
+    """``W_q`` (float64) when ``name`` is DequantizeLinear(int8 initializer, scale, zero point 0), else None."""
+    dq = producer.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
+        return None
+    q = numpy_helper.to_array(inits[dq.input[0]])
+    zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    if q.dtype != np.int8 or (zero is not None and numpy_helper.to_array(zero).any()):
+        return None
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+    if scale.ndim:
+        axis = int(attr(dq, "axis", 1)) % q.ndim
+        scale = scale.reshape([-1 if a == axis else 1 for a in range(q.ndim)])
+    return q.astype(np.float64) * scale
+
+
+def _quantized_input(
+    name: str, producer: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto]
+) -> tuple[str, np.ndarray | None]:
+    """The float tensor feeding ``name`` and its per-tensor int8 scale; the scale is None without Q/DQ."""
+    dq = producer.get(name)
+    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear" or q.input[1] not in inits:
+        return name, None
+    scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
+    return (q.input[0], scale) if scale.ndim == 0 else (name, None)
+
+
+def _fake_quant(x: np.ndarray, scale: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """ONNX QuantizeLinear then DequantizeLinear to int8 with zero point 0, in float32."""
+    s = np.asarray(scale, dtype=np.float32)
+    if axis is not None:
+        s = s.reshape([-1 if a == axis % x.ndim else 1 for a in range(x.ndim)])
+    q = np.clip(np.rint(x.astype(np.float32) / s), -128, 127)
+    return (q * s).astype(np.float32)
+
+
+def _input_means(target: _BiasTarget, x: np.ndarray) -> np.ndarray:
+    """Gemm: the mean input row ``[K]``. Conv: per input channel and kernel tap, the mean over the
+    batch and the output positions of the input that tap reads, zero padding included ``[C, taps]``."""
+    if target.node.op_type == "Gemm":
+        return np.asarray(x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64))
+    node, kernel = target.node, target.weight.shape[2:]
+    nd = len(kernel)
+    strides = attr(node, "strides", [1] * nd)
+    dilations = attr(node, "dilations", [1] * nd)
+    pads = attr(node, "pads", [0] * (2 * nd))
+    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
+    out = [(padded.shape[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(nd)]
+    axes = (0, *range(2, 2 + nd))
+    means = np.empty((x.shape[1], int(np.prod(kernel))), dtype=np.float64)
+    for t, tap in enumerate(np.ndindex(*kernel)):
+        window = tuple(
+            slice(tap[i] * dilations[i], tap[i] * dilations[i] + strides[i] * (out[i] - 1) + 1, strides[i])
+            for i in range(nd)
+        )
+        means[:, t] = padded[(slice(None), slice(None), *window)].mean(axis=axes, dtype=np.float64)
+    return means
+
+
+def _output_means(target: _BiasTarget, weight: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Per output channel, the mean of ``conv(weight, x)`` (Gemm: ``x @ weight.T``) from :func:`_input_means`."""
+    if target.node.op_type == "Gemm":
+        return np.asarray(weight @ means)
+    group = int(attr(target.node, "group", 1))
+    out_ch, in_per_group = weight.shape[:2]
+    w = weight.reshape(group, out_ch // group, in_per_group, -1)
+    m = means.reshape(group, in_per_group, -1)
+    return np.einsum("goct,gct->go", w, m).reshape(out_ch)
+

@@ -1,0 +1,237 @@
+"""Judging a pair, once: the task metric, the pair check against a gate, and the boundary/code checks.
+
+Export (:mod:`isplit_export.bundle.build`), ``verify`` (:mod:`isplit_export.verification.verify`),
+the bottleneck and the study all judge a head/tail pair with these functions, so "how a pair is
+judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a device without PyTorch.
+
+- :func:`task_metric`: top-1 accuracy on the known labels, else top-1 agreement with the full model;
+  on held-out images with its Wilson 95 % interval (:func:`~isplit_export.verification.metrics.proportion_ci`);
+- :func:`check_pair`: the logits of a pair against reference logits under a :class:`Gate`, plus the task;
+- :func:`compare_boundary`: a transmitted boundary against the golden one (dtype, shape, steps or tolerance);
+- :func:`check_code_pair`: a bottleneck pair, held to the fp32 gate against the PyTorch pair *with* its
+  bottleneck, and its code within one quantization step of PyTorch's;
+- :func:`cui_order`: does the CUI order hold over the exported splits (Spearman of CUI vs task).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from isplit_export.numbers import rounded
+from isplit_export.verification.gates import GATES, Gate
+from isplit_export.verification.metrics import compare_logits, proportion_ci, spearman
+
+Rounding = Callable[[float | None], float | None]
+"""How a check rounds its numbers for JSON (the identity for ``verify.json``)."""
+
+BOUNDARY_FLOAT_TOLERANCE = {"float32": 1e-4, "float16": 2e-3}
+"""Max ``|got - golden| / max|golden|`` for a float boundary on onnxruntime. The golden boundary
+comes from onnxruntime too, so only the CPU (x86 vs ARM kernels) differs: ~1e-6 for float32; for
+float16 one rounding may land on the neighbouring value, <= 2^-10 relative to the largest element."""
+
+BOUNDARY_MAX_STEP = 1
+"""Max ``|got - golden|`` in quantization steps for a uint8 boundary: a float value that sits on a
+rounding edge may round either way on another CPU, nothing more."""
+
+CODE_MAX_ABS_REL = 1e-3
+"""Max relative distance of a float bottleneck code from PyTorch's (an fp16 code rounds once)."""
+
+
+def _raw(v: float | None) -> float | None:
+    return v
+
+
+def manifest_rounding(v: float | None) -> float | None:
+    """Nine significant digits, non-finite values kept: the export's rounding of its checks."""
+    return rounded(v)
+
+
+def held_out_rounding(v: float | None) -> float | None:
+    """Nine significant digits, non-finite values as None: the bottleneck's and the study's rounding."""
+    return rounded(v, finite=True)
+
+
+def task_metric(
+    full: np.ndarray,
+    got: np.ndarray,
+    labels: np.ndarray,
+    *,
+    held_out: bool = False,
+    rnd: Rounding = _raw,
+    agreement_with: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Top-1 accuracy of ``got`` on the known labels (``>= 0``), else top-1 agreement with ``full``.
+
+    ``full`` are the full model's logits on the same images. ``held_out`` adds the Wilson 95 % interval
+    (``ci95``), the number of images and ``held_out: true``: the images were not used for training.
+    ``agreement_with`` replaces ``full`` as the logits the agreement is counted against (``verify``
+    counts a replayed INT8 pair's agreement against its own golden logits).
+    """
+    f, g = np.asarray(full), np.asarray(got)
+    lab = np.asarray(labels).reshape(-1)
+    same = f.shape == g.shape and g.size > 0
+    known = lab >= 0
+    if same and known.any():
+        pred = g.reshape(g.shape[0], -1).argmax(1)
+        metric, k, n = "accuracy", int((pred[known] == lab[known]).sum()), int(known.sum())
+        full_value = float((f.reshape(f.shape[0], -1).argmax(1)[known] == lab[known]).mean())
+    else:
+        metric, full_value = "agreement", 1.0
+        if agreement_with is not None:
+            f = np.asarray(agreement_with)
+            same = f.shape == g.shape and g.size > 0
+        if same:
+            agree = g.reshape(g.shape[0], -1).argmax(1) == f.reshape(f.shape[0], -1).argmax(1)
+            k, n = int(agree.sum()), len(agree)
+        else:
+            k, n = 0, 0
+    value = k / n if n else float("nan")
+    task: dict[str, Any] = {"metric": metric, "value": rnd(value)}
+    if held_out:
+        lo, hi = proportion_ci(k, n)
+        task.update(ci95=[rnd(lo), rnd(hi)], images=n, held_out=True)
+    return {**task, "full_model": rnd(full_value), "drop": rnd(full_value - value)}
+
+
+def check_pair(
+    full: np.ndarray,
+    got: np.ndarray,
+    labels: np.ndarray,
+    gate: Gate,
+    *,
+    reference: np.ndarray | None = None,
+    rnd: Rounding = _raw,
+    held_out: bool = False,
+    agreement_with_reference: bool = False,
+) -> dict[str, Any]:
+    """The pair's logits ``got`` against ``reference`` (default ``full``) under ``gate``, and its task.
+
+    Returns the manifest's check: ``metrics`` (:func:`compare_logits`), ``gate`` (with ``passed`` and
+    ``failures``) and ``task`` (:func:`task_metric`: accuracy against the labels and the full model;
+    without labels, agreement with the full model, or with ``reference`` if
+    ``agreement_with_reference``). Logits of another shape than the reference fail the gate with the
+    reason, they do not raise.
+    """
+    try:
+        metrics = {k: rnd(v) for k, v in compare_logits(full if reference is None else reference, got).items()}
+        ok, reasons = gate.check(metrics)  # type: ignore[arg-type]
+    except ValueError as e:  # e.g. the tail's logits have another shape than the reference
+        metrics, ok, reasons = {}, False, [str(e)]
+    return {
+        "metrics": metrics,
+        "gate": {**gate.to_json(), "passed": ok, "failures": reasons},
+        "task": task_metric(full, got, labels, held_out=held_out, rnd=rnd,
+                            agreement_with=reference if agreement_with_reference else None),
+    }
+
+
+def check_int8_code_pair(
+    fp32_logits: np.ndarray, q_logits: np.ndarray, full: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """The ``int8-qdq`` check of a bottleneck pair: the gate against the exported fp32 pair *with* its bottleneck.
+
+    The int8 gate measures what quantization changed. Against the full model it would gate the
+    bottleneck's own distillation error, which no precision can remove (docs/int8.md) and which the
+    fp32 pair's tier 1 does not gate either. That cost stays visible: the held-out task measure and
+    ``metrics_vs_full_model`` are both against the full model.
+    """
+    check = check_pair(full, q_logits, labels, GATES["int8-qdq"], reference=fp32_logits, rnd=manifest_rounding)
+    return {
+        "reference": "fp32 pair with its bottleneck",
+        "metrics": check["metrics"],
+        "metrics_vs_full_model": {k: manifest_rounding(v) for k, v in compare_logits(full, q_logits).items()},
+        "gate": check["gate"],
+        "task": task_metric(full, q_logits, labels, held_out=True, rnd=held_out_rounding),
+    }
+
+
+def compare_boundary(golden: np.ndarray, got: np.ndarray, *, rel_limit: float | None = None,
+                     step_limit: int = BOUNDARY_MAX_STEP) -> dict[str, Any]:  # fmt: skip
+    """Compare a transmitted boundary with the golden one.
+
+    Integer (uint8) boundaries: ``max_step`` = max ``|got - golden|`` must be <= ``step_limit``.
+    Float boundaries: ``max_abs_rel`` = max ``|got - golden| / max|golden|`` must be <= ``rel_limit``
+    (default :data:`BOUNDARY_FLOAT_TOLERANCE` for the dtype). Dtype or shape mismatches fail.
+    """
+    g, a = np.asarray(golden), np.asarray(got)
+    res: dict[str, Any] = {"compared": True, "dtype": str(a.dtype), "shape": list(a.shape)}
+    if a.dtype != g.dtype:
+        return {**res, "passed": False, "reason": f"boundary dtype {a.dtype} != golden {g.dtype}"}
+    if a.shape != g.shape:
+        return {**res, "passed": False, "reason": f"boundary shape {list(a.shape)} != golden {list(g.shape)}"}
+    if np.issubdtype(g.dtype, np.integer):
+        step = int(np.max(np.abs(a.astype(np.int64) - g.astype(np.int64)))) if g.size else 0
+        ok = step <= step_limit
+        reason = (
+            None if ok else f"boundary max_step {step} not <= {step_limit} quantization step(s) from golden"
+        )
+        return {**res, "max_step": step, "limit": step_limit, "passed": ok, "reason": reason}
+    limit = rel_limit if rel_limit is not None else BOUNDARY_FLOAT_TOLERANCE.get(str(g.dtype), 1e-4)
+    g64, a64 = g.astype(np.float64), a.astype(np.float64)
+    scale = float(np.max(np.abs(g64))) if g.size else 0.0
+    err = float(np.max(np.abs(a64 - g64))) if g.size else 0.0
+    rel = err / max(scale, 1e-30)
+    ok = rel <= limit  # False for nan
+    reason = None if ok else f"boundary max_abs_rel {rel:.6g} not <= {limit:g} from golden"
+    return {**res, "max_abs_rel": rel, "limit": limit, "passed": ok, "reason": reason}
+
+
+def check_code_pair(
+    pair_ref: np.ndarray, got: np.ndarray, torch_code: np.ndarray, code: np.ndarray, full: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    """Tier 1 and tier 2 for an exported bottleneck pair that sent ``code`` and computed ``got``.
+
+    Tier 1 holds the exported pair to the fp32 gate against ``pair_ref``, the PyTorch tail's logits
+    from the very code the exported head sent, and the code to :func:`compare_boundary` against
+    ``torch_code`` (PyTorch's code, encoded): one quantization step for uint8 (a float on a rounding
+    edge may round either way), :data:`CODE_MAX_ABS_REL` for a float code. Tier 2 is the held-out
+    task metric against the original full model (``full``).
+    """
+    rnd = held_out_rounding
+    metrics: dict[str, Any] = {k: rnd(v) for k, v in compare_logits(pair_ref, got).items()}
+    res = compare_boundary(torch_code, code, rel_limit=CODE_MAX_ABS_REL, step_limit=1)
+    if "max_step" in res:
+        metrics["code_max_step"] = res["max_step"]
+        reason = f"code max_step {res['max_step']} not <= 1 quantization step from PyTorch"
+    elif "max_abs_rel" in res:
+        metrics["code_max_abs_rel"] = rnd(res["max_abs_rel"])
+        reason = f"code max_abs_rel {res['max_abs_rel']:.3g} not <= {CODE_MAX_ABS_REL:g} from PyTorch"
+    else:  # dtype or shape mismatch
+        reason = f"code: {res['reason']}"
+    gate = GATES["fp32"]
+    ok, reasons = gate.check({k: v for k, v in metrics.items() if not k.startswith("code_")})
+    if not res["passed"]:
+        ok, reasons = False, [*reasons, reason]
+    return {
+        "reference": "pytorch pair with its bottleneck",
+        "metrics": metrics,
+        "gate": {**gate.to_json(), "passed": ok, "failures": reasons},
+        "task": task_metric(full, got, labels, held_out=True, rnd=rnd),
+    }
+
+
+def cui_order(splits: Sequence[Mapping[str, Any]], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
+    """Does the CUI order hold? Spearman(CUI, measured task value) over the exported splits."""
+    values = [s["verification"]["checks"][encoding_name]["task"]["value"] for s in splits]
+    cuis = [s["cui"] for s in splits]
+    rho = spearman(cuis, values) if encoding_name != "fp32" else None
+    if encoding_name == "fp32":
+        note = "fp32 boundary is lossless: every split measures the same as the full model, so the CUI order is not tested"
+        held = None
+    elif rho is None:
+        note = "all splits measured the same task value: the CUI order is neither confirmed nor contradicted"
+        held = None
+    else:
+        held = rho > 0
+        note = f"Spearman(CUI, measured) = {rho:.3f}: the CUI order {'held' if held else 'did not hold'}"
+    return {
+        "passed": all(s["verification"]["passed"] for s in splits),
+        "full_model_accuracy": manifest_rounding(full_acc),
+        "cui_vs_task_spearman": manifest_rounding(rho),
+        "cui_order_held": held,
+        "note": note,
+    }
