@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,8 +26,9 @@ from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 
 if TYPE_CHECKING:
-    from isplit_export.bottleneck.core import BottleneckOptions
     from isplit_export.bundle.selection import Constraints
+    from isplit_export.options import BottleneckOptions
+    from isplit_export.ranking.candidates import Ranking
 
 app = typer.Typer(
     add_completion=False,
@@ -77,8 +78,8 @@ TrainBatchOpt = Annotated[int, typer.Option("--train-batch", help="images per bo
 
 def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> BottleneckOptions | None:
     """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
-    from isplit_export.bottleneck.core import BottleneckOptions
     from isplit_export.errors import BadInputError
+    from isplit_export.options import BottleneckOptions
 
     if size is None:
         defaults = BottleneckOptions()
@@ -90,7 +91,8 @@ def _bottleneck(size: str | None, finetune: str, steps: int, batch: int) -> Bott
 
 
 ObjectiveOpt = Annotated[
-    str, typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)")
+    str, typer.Option("--objective", help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
+                      "or probe (the probe's score at --bottleneck)")
 ]
 HeadFlopsOpt = Annotated[
     float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
@@ -103,6 +105,11 @@ def _constraints(head: float | None, kib: float | None, ms: float | None) -> Con
     from isplit_export.bundle.selection import Constraints
 
     return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options the user gave (None: the options dataclass's default applies)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _split_classes(classes: str | None) -> tuple[str, ...] | None:
@@ -181,6 +188,8 @@ def export_cmd(
         typer.echo(format_table(result.rank.ranking.to_json()))
     else:
         typer.echo(result.rank.ranking.table(top))
+    if objective == "cui" and (line := probe_choice(result.rank.ranking)) is not None:
+        typer.echo(line)
     for split in result.manifest["splits"]:
         v = split["verification"]
         b = split["boundary"]
@@ -216,18 +225,26 @@ def rank_cmd(
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     bootstrap: BootstrapOpt = DEFAULT_REPLICATES,
+    bottleneck: Annotated[
+        str | None, typer.Option("--bottleneck", help="link budget (64B, 1KiB, 1/16): add the probe's held-out score")
+    ] = None,
+    probe_cuts: Annotated[
+        str | None, typer.Option("--probe-cuts", help="probe the 'candidates' (default) or 'all' cuts")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
     from isplit_export.api import rank
     from isplit_export.distributed import is_primary
-    from isplit_export.options import RankOptions
+    from isplit_export.options import BottleneckOptions, RankOptions
 
     _setup(verbose)
     options = RankOptions(
         model=model, data=data, classes=_split_classes(classes), weights=weights, images=images, score=score, top=top,
         input_size=input_size, batch_size=batch_size, out=out, progress=sys.stderr.isatty(), device=device,
         workers=workers, distributed=distributed, bootstrap=bootstrap,
+        bottleneck=_bottleneck(bottleneck, "none", BottleneckOptions.train_steps, BottleneckOptions.train_batch),
+        **_given(probe_cuts=probe_cuts),
     )  # fmt: skip
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
@@ -236,8 +253,26 @@ def rank_cmd(
     skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""
     typer.echo(f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}")
     typer.echo(r.table(top))
+    if (line := probe_choice(r)) is not None:
+        typer.echo(line)
     if out is not None:
-        typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}")
+        typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
+                   + (f", {out / 'probe.png'}" if r.probe is not None else ""))  # fmt: skip
+
+
+def probe_choice(r: Ranking) -> str | None:
+    """One line when the probe would choose another cut than the CUI (None otherwise, or without a probe)."""
+    if r.probe is None or not r.ranked(1):
+        return None
+    cui_pick, best = r.ranked(1)[0], r.probe.best()
+    if best is None or best == cui_pick.index:
+        return None
+    s, c = r.probe.scores, r.cuts[best]
+    mine = s.get(cui_pick.index)
+    theirs = f"{100 * mine['value']:.1f}%" if mine else "not probed"
+    return (f"the probe at {r.probe.spec.text} would choose cut {best} ({c.node}, {s[best]['metric']} "
+            f"{100 * s[best]['value']:.1f}%) over CUI's cut {cui_pick.index} ({cui_pick.node}, {theirs}): "
+            "--objective probe exports it")  # fmt: skip
 
 
 @app.command("study")
@@ -260,14 +295,17 @@ def study_cmd(
     out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
     batch_size: BatchOpt = 16,
     seed: Annotated[int, typer.Option("--seed", help="seed of the split, the training and the random baseline")] = 0,
+    repeats: Annotated[
+        int | None, typer.Option("--repeats", help="bottlenecks trained per cut with different seeds (default 3)")
+    ] = None,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
-    from isplit_export.bottleneck.core import BottleneckOptions
-    from isplit_export.bottleneck.study import StudyOptions, study
+    from isplit_export.bottleneck.study import study
     from isplit_export.distributed import is_primary
+    from isplit_export.options import BottleneckOptions, StudyOptions
 
     _setup(verbose)
     options = StudyOptions(
@@ -275,7 +313,7 @@ def study_cmd(
         train_steps=train_steps, train_batch=train_batch), boundary=boundary, data=data,
         classes=_split_classes(classes), weights=weights, images=images, score=score, input_size=input_size,
         out=out, batch_size=batch_size, seed=seed, progress=sys.stderr.isatty(), workers=workers,
-        distributed=distributed,
+        distributed=distributed, **_given(repeats=repeats),
     )  # fmt: skip
     result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports
@@ -286,7 +324,7 @@ def study_cmd(
 
 def format_study(data: dict[str, object]) -> str:
     """The study as a terminal table plus its summary lines."""
-    from typing import Any, cast
+    from typing import cast
 
     d = cast("dict[str, Any]", data)
     metric = d["summary"]["metric"]

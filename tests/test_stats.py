@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from isplit_export.verification.metrics import bootstrap_ci, kendall_tau, proportion_ci, spearman
+from isplit_export.stats import bootstrap_ci, kendall_tau, proportion_ci, spearman
 
 
 def test_kendall_tau_hand_computed() -> None:
