@@ -98,7 +98,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         ranking.probe = probe_ranking(
             RankResult(opts, loaded, traced, imgs, ranking), opts.bottleneck.spec, opts.probe_cuts,
             encoding=getattr(opts, "boundary", None) or "int8", batch_size=opts.batch_size, seed=opts.seed,
-            holdout=opts.bottleneck.holdout, job=current,
+            holdout=opts.bottleneck.holdout, max_images=getattr(opts, "verify_images", 2000), job=current,
         )  # fmt: skip
     if opts.out is not None:
         out = opts.out

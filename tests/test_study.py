@@ -36,7 +36,7 @@ def test_study_json_schema(study_dir: Path) -> None:
     s = data["summary"]
     for name in ("cui", "cde", "random"):
         p = s["predictors"][name]
-        assert set(p) == {"spearman", "spearman_ci95", "kendall", "kendall_ci95"}
+        assert set(p) == {"spearman", "spearman_ci95", "kendall", "kendall_ci95", "top_pick", "regret"}
         assert p["spearman"] is None or -1 <= p["spearman"] <= 1
     assert s["regret"] >= 0 and s["cui_top_pick"]["index"] in range(6) and isinstance(s["cui_beats_cde"], bool)
     assert s["conclusive"] and s["cuts"] == 6
