@@ -222,7 +222,7 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
     first = task_measure(ctx.y_full_held, ctx.y_full_held, ctx.labels_held)
     measured = {
         "metric": first["metric"], "value": _r(float(values.mean())),
-        "sd": _r(float(values.std(ddof=1)) if len(values) > 1 else 0.0),
+        "sd": _r(float(out.sum(axis=1).std(ddof=1)) / out.shape[1] if len(values) > 1 else 0.0),  # from counts: exact 0
         "ci95": _ci(ci) if ci is not None else [_r(float(values.mean())), _r(float(values.mean()))],
         "images": int(out.shape[1]), "repeats": int(out.shape[0]), "held_out": True,
         "full_model": first["full_model"], "drop": _r(float(first["full_model"] or 0.0) - float(values.mean())),
