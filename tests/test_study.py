@@ -31,7 +31,10 @@ def test_study_json_schema(study_dir: Path) -> None:
     assert data["images"] == {"source": data["images"]["source"], "train": 150, "held_out": 50, "labelled": True}
     assert len(data["cuts"]) == 6 == len(data["curve"]["cui"])
     for c in data["cuts"]:
-        assert set(c) >= {"index", "node", "cui", "boundary_bytes", "code_bytes", "measured", "training"}
+        assert set(c) >= {"index", "node", "cui", "boundary_bytes", "code_bytes", "measured", "training", "probe",
+                          "repeats"}
+        assert len(c["repeats"]) == 2 == c["measured"]["repeats"] and c["measured"]["sd"] >= 0
+        assert c["probe"]["ci95"][0] <= c["probe"]["value"] <= c["probe"]["ci95"][1]
         assert c["code_bytes"] <= 64 < c["boundary_bytes"]
         m = c["measured"]
         assert m["metric"] == "accuracy" and m["images"] == 50 and m["ci95"][0] <= m["value"] <= m["ci95"][1]
