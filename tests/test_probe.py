@@ -186,3 +186,22 @@ def test_two_gloo_processes_give_the_single_process_probe(
     two = json.loads((tmp_path / "two" / "ranking.json").read_text())
     assert [c.get("probe") for c in one["candidates"]] == [c.get("probe") for c in two["candidates"]]
     assert all("probe" in c for c in two["candidates"])
+
+
+@pytest.mark.e2e
+def test_objective_probe_exports_the_probes_choice_and_records_both_scores(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    code, out, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--top", "1",
+                             "--bottleneck", "64B", "--objective", "probe", "--train-steps", "8",
+                             "--latency-runs", "2", "--out", tmp_path / "b")  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    ranking = json.loads((tmp_path / "b" / "ranking.json").read_text())
+    probed = {c["index"]: c["probe"]["value"] for c in ranking["candidates"] if "probe" in c}
+    (split,) = manifest["splits"]
+    assert split["index"] == max(probed, key=lambda i: (probed[i], -i)) == ranking["probe"]["best"]
+    block = split["bottleneck"]
+    assert block["probe"]["images"] == block["trained"]["images"] and block["probe"]["value"] is not None
+    assert block["trained"] == split["verification"]["checks"]["int8"]["task"]
+    assert "probe" in (tmp_path / "b" / "report.md").read_text()

@@ -86,7 +86,7 @@ class CovarianceSums:
         x64 = x.detach().to("cpu", torch.float64)
         self.n += int(x64.shape[0])
         self.s1 += x64.sum(0)
-        self.s2 += x64.T @ x64
+        self.s2.addmm_(x64.T, x64)
         if x64.numel():
             self.minimum = min(self.minimum, float(x64.min()))
 

@@ -179,9 +179,8 @@ def probe_ranking(ranked: Any, spec: SizeSpec, cuts: str = "candidates", *, enco
     from isplit_export.distributed import images_tensor
     from isplit_export.models import forward_batched
 
-    chosen = (
-        list(ranked.traced.cuts) if cuts == "all" else sorted(ranked.ranking.ranked(None), key=lambda c: c.index)
-    )
+    ranks = ranked.ranking.ranks  # every candidate (local maximum), whatever the ranking's top
+    chosen = [c for c, r in zip(ranked.traced.cuts, ranks, strict=True) if cuts == "all" or r is not None]
     x, labels, names = images_tensor(ranked.images, max_images)
     train_idx, held_idx = split_holdout(names, holdout, seed)
     x_held = x[held_idx]
