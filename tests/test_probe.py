@@ -196,6 +196,7 @@ def test_objective_probe_exports_the_probes_choice_and_records_both_scores(
                              "--bottleneck", "64B", "--objective", "probe", "--train-steps", "8",
                              "--latency-runs", "2", "--out", tmp_path / "b")  # fmt: skip
     assert code == 0, err
+    assert "probe 64B [95% CI]" in out
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     ranking = json.loads((tmp_path / "b" / "ranking.json").read_text())
     probed = {c["index"]: c["probe"]["value"] for c in ranking["candidates"] if "probe" in c}
