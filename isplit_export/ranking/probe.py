@@ -10,7 +10,8 @@ For a budget ``--bottleneck SIZE|RATIO`` and every probed cut (the CUI's candida
    split the bottleneck uses) accumulates every probed cut's float64 patch covariance sums at once
    (:meth:`TracedModel.capture_module`); the top-K principal components are fitted
    (:mod:`isplit_export.bottleneck.pca`);
-3. a second forward pass over the train part records each component's range, which scales it to
+3. a second pass over the train part (over the kept activations when they fit in
+   :data:`KEEP_BYTES`, else a second forward) records each component's range, which scales it to
    ``[-1, 1]`` for the int8 codec: exactly the code an untrained bottleneck's exported head sends;
 4. one forward pass over the *held-out* part encodes, quantises, decodes and runs each cut's real tail:
    held-out top-1 accuracy (labelled images) or agreement with the full model, with a Wilson 95 % CI.
@@ -21,6 +22,7 @@ held-out logits are gathered and added up, so every process ends with the same p
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +48,9 @@ from isplit_export.options import SizeSpec
 if TYPE_CHECKING:
     from isplit_export.distributed import Job
     from isplit_export.ranking.graph import Cut, TracedModel
+
+KEEP_BYTES = 1 << 30
+"""Up to this many bytes of train activations are kept between the two train passes (else recomputed)."""
 
 METHOD = (
     "patch PCA at the budget (k x k patches, stride k; top-K components of float64 covariance sums over the "
@@ -119,11 +124,16 @@ def run_probe(
     pos = {c.index: i for i, c in enumerate(traced.cuts)}
     capture = traced.capture_module().eval()
     sums = {i: CovarianceSums(s.boundary_shape[0] * s.kernel * s.kernel) for i, s in shapes.items()}
+    per_image = sum(4 * math.prod(c.shape) for c in cuts)
+    keep = per_image * len(x_train) <= KEEP_BYTES  # small enough: the ranges' pass reuses the activations
+    kept: list[list[torch.Tensor]] = []
     with torch.no_grad():
         for a, b in _batches(len(x_train), batch_size, job):
             acts = capture(x_train[a:b])[1:]
             for i, s in shapes.items():
                 sums[i].add(patches(channels_first(acts[pos[i]], s.layout), s.kernel))
+            if keep:
+                kept.append([acts[pos[i]] for i in shapes])
     if job is not None and job.active:
         parts = _gather(job, sums)
         sums = {i: CovarianceSums(v.dim) for i, v in sums.items()}
@@ -134,10 +144,11 @@ def run_probe(
     raw = {i: PcaEncoder(p).eval() for i, p in pcas.items()}
     ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
     with torch.no_grad():
-        for a, b in _batches(len(x_train), batch_size, job):
-            acts = capture(x_train[a:b])[1:]
-            for i in shapes:
-                ranges[i].add(raw[i](acts[pos[i]]))
+        batches = kept if keep else ([capture(x_train[a:b])[1:][pos[i]] for i in shapes]
+                                     for a, b in _batches(len(x_train), batch_size, job))  # fmt: skip
+        for acts_kept in batches:
+            for i, act in zip(shapes, acts_kept, strict=True):
+                ranges[i].add(raw[i](act))
     if job is not None and job.active:
         parts = _gather(job, ranges)
         ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
