@@ -269,6 +269,8 @@ def probe_choice(r: Ranking) -> str | None:
         return None
     s, c = r.probe.scores, r.cuts[best]
     mine = s.get(cui_pick.index)
+    if mine is not None and mine["value"] is not None and mine["value"] >= s[best]["value"]:
+        return None  # tied: the probe has no reason to move away from the CUI's choice
     theirs = f"{100 * mine['value']:.1f}%" if mine else "not probed"
     return (f"the probe at {r.probe.spec.text} would choose cut {best} ({c.node}, {s[best]['metric']} "
             f"{100 * s[best]['value']:.1f}%) over CUI's cut {cui_pick.index} ({cui_pick.node}, {theirs}): "
