@@ -422,14 +422,17 @@ def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
              _pct(task.get("full_model")), _pp(task.get("drop"))]
         )  # fmt: skip
     lines = ["## Does the CUI order hold?", "", _spearman_sentence(manifest, metric)]
-    if any(_dict(_dict(s.get("bottleneck")).get("probe")) for s in splits):
+    probed = any(_dict(_dict(s.get("bottleneck")).get("probe")) for s in splits)
+    header = ["CUI rank", "node", "CUI", f"probe {metric} [95% CI]", f"measured {metric} [95% CI]", "full model", "drop"]
+    if not probed:  # no bottleneck: no probe column
+        header, rows = [h for h in header if not h.startswith("probe")], [r[:3] + r[4:] for r in rows]
+    if probed:
         lines += ["", "The probe is the split's untrained linear code at the same budget (patch PCA, int8, the real "
                   "tail; `docs/probe.md`), on the same held-out images: a training-free prediction of the measured "
                   "value, next to CUI's. Every bottleneck starts from it and keeps a trained checkpoint only when "
                   "its validation slice says it is better."]  # fmt: skip
     if rows:
-        lines += ["", *_table(["CUI rank", "node", "CUI", f"probe {metric} [95% CI]", f"measured {metric} [95% CI]",
-                               "full model", "drop"], rows)]  # fmt: skip
+        lines += ["", *_table(header, rows)]
     return lines
 
 
