@@ -160,7 +160,7 @@ def run_probe(
     codec = code_encoding(encoding)
     pairs: dict[int, tuple[PcaEncoder, PcaDecoder, torch.nn.Module]] = {}
     for c in cuts:
-        pairs[c.index] = (PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index]).eval(), traced.split(c)[1].eval())
+        pairs[c.index] = (PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index]).eval(), traced.tail(c).eval())
     mine: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in shapes}
     with torch.no_grad():
         for a, b in _batches(len(x_held), batch_size, job):
