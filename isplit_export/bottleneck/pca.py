@@ -218,6 +218,15 @@ class PcaDecoder(nn.Module):
             self.conv2.bias.zero_()  # type: ignore[union-attr]
         self.nonnegative = pca.nonnegative
 
+    def linear_forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The linear path only: equal to :meth:`forward` while the residual's last conv is zero (untrained),
+        at a fraction of the cost (the probe uses it)."""
+        y = self.linear(z)
+        if any(self.pad):
+            y = F.pad(y, self.pad)
+        y = y + self.fill
+        return from_channels_first(F.relu(y) if self.nonnegative else y, self.layout)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         y = self.linear(z)
         up = F.interpolate(z, scale_factor=float(self.k), mode="nearest") if self.k > 1 else z

@@ -168,7 +168,7 @@ def run_probe(
             for i, (enc, dec, tail_i) in pairs.items():
                 z = encode_array(enc(acts[pos[i]]).numpy(), codec)
                 zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
-                mine[i].append((a, tail_i(dec(zq)).numpy()))
+                mine[i].append((a, tail_i(dec.linear_forward(zq)).numpy()))  # == dec(zq): residual is 0
     logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in shapes}
     for part in _gather(job, mine):
         for i, chunks in part.items():
