@@ -201,10 +201,11 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
     rows, outcomes, trainings, seconds = [], [], [], 0.0
     class_measured = None
     for r in range(opts.repeats):
-        init = ctx.probe.pcas.get(cut.index) if ctx.probe is not None else None
+        # the bottleneck fits its own PCA on ctx.x_train (the probe's code, but summed in one fixed order):
+        # a cut's result must not depend on how many processes added up the probe's sums
         trained = train(
             cut, head, tail, ctx.x_train, opts.bn, seed=opts.seed, repeat=r, encoding=opts.boundary,
-            batch_size=opts.batch_size, progress=opts.progress, init=init,
+            batch_size=opts.batch_size, progress=opts.progress,
         )  # fmt: skip
         logits = trained.logits(ctx.x_held, opts.batch_size)
         m = task_measure(logits, ctx.y_full_held, ctx.labels_held)
