@@ -30,16 +30,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from isplit_export.api import rank
-    from isplit_export.bottleneck.core import BottleneckOptions
-    from isplit_export.bottleneck.study import StudyOptions, study
+    from isplit_export.bottleneck.study import study
     from isplit_export.bundle.build import export
     from isplit_export.bundle.planning import plan
-    from isplit_export.options import Constraints, ExportOptions, RankOptions
+    from isplit_export.options import BottleneckOptions, Constraints, ExportOptions, RankOptions, StudyOptions
     from isplit_export.verification.verify import verify_bundle
 
 _LAZY = {"rank": "api", "export": "bundle.build", "verify_bundle": "verification.verify", "RankOptions": "options",
-         "ExportOptions": "options", "study": "bottleneck.study", "StudyOptions": "bottleneck.study",
-         "BottleneckOptions": "bottleneck.core", "plan": "bundle.planning", "Constraints": "options"}  # fmt: skip
+         "ExportOptions": "options", "study": "bottleneck.study", "StudyOptions": "options",
+         "BottleneckOptions": "options", "plan": "bundle.planning", "Constraints": "options"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

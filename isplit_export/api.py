@@ -99,6 +99,14 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         bootstrap_seed=opts.seed if opts.bootstrap else None,
         total_flops=traced.total_flops,
     )
+    if opts.bottleneck is not None:  # the probe at the link's budget (isplit_export.bottleneck.probe)
+        from isplit_export.bottleneck.probe import probe_ranking
+
+        ranking.probe = probe_ranking(
+            RankResult(opts, loaded, traced, imgs, ranking), opts.bottleneck.spec, opts.probe_cuts,
+            encoding=getattr(opts, "boundary", None) or "int8", batch_size=opts.batch_size, seed=opts.seed,
+            holdout=opts.bottleneck.holdout, max_images=getattr(opts, "verify_images", 2000), job=current,
+        )  # fmt: skip
     if opts.out is not None:
         out = opts.out
         current.write(lambda: _write_rank_out(ranking, out, opts.force))  # process 0, once every process is ok
@@ -127,7 +135,7 @@ def _write_rank_out(ranking: Ranking, out: Path, force: bool) -> list[Path]:
 
 
 def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
-    """Write ``ranking.json``, ``cui.png``, ``cde.png`` (and ``tradeoff.png`` with costs) into ``out``."""
+    """Write ``ranking.json``, ``cui.png``, ``cde.png`` (``probe.png`` with a budget, ``tradeoff.png`` with costs)."""
     from isplit_export.files import write_json
     from isplit_export.plots import plot_cde, plot_cui
 
@@ -137,6 +145,11 @@ def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
     write_json(paths[0], data)
     plot_cui(data, paths[1])
     plot_cde(data, paths[2])
+    if ranking.probe is not None:  # the probe at the budget, next to the CUI
+        from isplit_export.plots import plot_probe
+
+        paths.append(out / "probe.png")
+        plot_probe(data, paths[-1])
     if ranking.cost is not None:  # the export was given a link: CUI against end-to-end latency
         from isplit_export.plots import plot_tradeoff
 

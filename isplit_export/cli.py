@@ -28,11 +28,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
-from isplit_export.options import Constraints, ExportOptions, RankOptions, RunOptions, ServeOptions
+from isplit_export.options import (
+    BottleneckOptions,
+    Constraints,
+    ExportOptions,
+    RankOptions,
+    RunOptions,
+    ServeOptions,
+    StudyOptions,
+)
 from isplit_export.version import __version__
 
 if TYPE_CHECKING:
-    from isplit_export.bottleneck.core import BottleneckOptions
+    from isplit_export.ranking.candidates import Ranking
 
 app = typer.Typer(
     add_completion=False,
@@ -99,7 +107,7 @@ BottleneckOpt = Annotated[
     str | None,
     typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
 ]
-# Left out, the bottleneck flags take BottleneckOptions' defaults (bottleneck/core.py imports torch: not read here).
+# Left out, the bottleneck flags take BottleneckOptions' defaults.
 FinetuneOpt = Annotated[
     str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
 ]
@@ -111,7 +119,6 @@ TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch", help="images
 
 def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch: int | None) -> BottleneckOptions | None:
     """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
-    from isplit_export.bottleneck.core import BottleneckOptions  # lazy: imports torch
     from isplit_export.errors import BadInputError
 
     training = _given(finetune=finetune, train_steps=steps, train_batch=batch)
@@ -124,7 +131,8 @@ def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch
 
 ObjectiveOpt = Annotated[
     str | None,
-    typer.Option("--objective", help="cui (I-Split's ranking), latency, or balanced (Pareto front of CUI vs latency)",
+    typer.Option("--objective", help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
+                 "or probe (the probe's score at --bottleneck)",
                  show_default=_shown(ExportOptions, "objective")),
 ]
 HeadFlopsOpt = Annotated[
@@ -229,6 +237,8 @@ def export_cmd(
         typer.echo(format_table(result.rank.ranking.to_json()))
     else:
         typer.echo(result.rank.ranking.table(options.top))
+    if options.objective == "cui" and (line := probe_choice(result.rank.ranking)) is not None:
+        typer.echo(line)
     for split in result.manifest["splits"]:
         v = split["verification"]
         b = split["boundary"]
@@ -267,6 +277,12 @@ def rank_cmd(
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     bootstrap: BootstrapOpt = None,
+    bottleneck: Annotated[
+        str | None, typer.Option("--bottleneck", help="link budget (64B, 1KiB, 1/16): add the probe's held-out score")
+    ] = None,
+    probe_cuts: Annotated[
+        str | None, typer.Option("--probe-cuts", help="probe the 'candidates' (default) or 'all' cuts")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
@@ -277,7 +293,9 @@ def rank_cmd(
     options = RankOptions(
         model=model, data=data, classes=_split_classes(classes), images=images, top=top, input_size=input_size,
         out=out, progress=sys.stderr.isatty(), workers=workers, distributed=distributed,
-        **_given(weights=weights, score=score, batch_size=batch_size, device=device, bootstrap=bootstrap, force=force),
+        **_given(weights=weights, score=score, batch_size=batch_size, device=device, bootstrap=bootstrap, force=force,
+                 probe_cuts=probe_cuts),
+        bottleneck=_bottleneck(bottleneck, None, None, None),
     )  # fmt: skip
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
@@ -286,14 +304,34 @@ def rank_cmd(
     skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""
     typer.echo(f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}")
     typer.echo(r.table(top))
+    if (line := probe_choice(r)) is not None:
+        typer.echo(line)
     if out is not None:
-        typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}")
+        typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
+                   + (f", {out / 'probe.png'}" if r.probe is not None else ""))  # fmt: skip
+
+
+def probe_choice(r: Ranking) -> str | None:
+    """One line when the probe would choose another cut than the CUI (None otherwise, or without a probe)."""
+    if r.probe is None or not r.ranked(1):
+        return None
+    cui_pick, best = r.ranked(1)[0], r.probe.best()
+    if best is None or best == cui_pick.index:
+        return None
+    s, c = r.probe.scores, r.cuts[best]
+    mine = s.get(cui_pick.index)
+    if mine is not None and mine["value"] is not None and mine["value"] >= s[best]["value"]:
+        return None  # tied: the probe has no reason to move away from the CUI's choice
+    theirs = f"{100 * mine['value']:.1f}%" if mine else "not probed"
+    return (f"the probe at {r.probe.spec.text} would choose cut {best} ({c.node}, {s[best]['metric']} "
+            f"{100 * s[best]['value']:.1f}%) over CUI's cut {cui_pick.index} ({cui_pick.node}, {theirs}): "
+            "--objective probe exports it")  # fmt: skip
 
 
 @app.command("study")
 def study_cmd(
     model: ModelArg = "efficientnet_lite0",
-    # Left out, a flag takes StudyOptions' / BottleneckOptions' default (bottleneck/, torch: not read here).
+    # Left out, a flag takes StudyOptions' / BottleneckOptions' default.
     cuts: Annotated[
         str | None, typer.Option("--cuts", help="'candidates' (local maxima of the CUI, default) or 'all'")
     ] = None,
@@ -317,13 +355,15 @@ def study_cmd(
         int | None,
         typer.Option("--seed", help="seed of the split, the training and the random baseline", show_default=_shown(RankOptions, "seed")),
     ] = None,
+    repeats: Annotated[
+        int | None, typer.Option("--repeats", help="bottlenecks trained per cut with different seeds", show_default=_shown(StudyOptions, "repeats"))
+    ] = None,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
-    from isplit_export.bottleneck.core import BottleneckOptions
-    from isplit_export.bottleneck.study import StudyOptions, study
+    from isplit_export.bottleneck.study import study
     from isplit_export.distributed import is_primary
 
     _setup(verbose)
@@ -332,7 +372,8 @@ def study_cmd(
         train_steps=train_steps, train_batch=train_batch)), data=data, classes=_split_classes(classes),
         images=images, input_size=input_size, out=out, progress=sys.stderr.isatty(), workers=workers,
         distributed=distributed,
-        **_given(cuts=cuts, boundary=boundary, weights=weights, score=score, batch_size=batch_size, seed=seed),
+        **_given(cuts=cuts, boundary=boundary, weights=weights, score=score, batch_size=batch_size, seed=seed,
+                 repeats=repeats),
     )  # fmt: skip
     result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports

@@ -14,23 +14,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from isplit_export.errors import BadInputError
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 from isplit_export.targets import MIN_DLA_FRACTION
-
-if TYPE_CHECKING:  # torch-free at import time
-    from isplit_export.bottleneck.core import BottleneckOptions
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
 WEIGHT_LAYOUTS = ("shared", "inline")
 """``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.bundle.weights`) or inline."""
 
-OBJECTIVES = ("cui", "latency", "balanced")
+OBJECTIVES = ("cui", "latency", "balanced", "probe")
 """``--objective``: how :mod:`isplit_export.bundle.selection` orders the candidates."""
 
 
@@ -67,6 +66,113 @@ _RUN_ONLY = {"manifest": False}
 
 T = TypeVar("T", bound="RankOptions")
 
+FINETUNE = ("none", "tail")
+"""``--finetune`` values: train only the encoder/decoder, or also the tail's own weights."""
+
+DEFAULT_ENCODING = "int8"
+"""Boundary encoding of the code when ``--bottleneck`` is given and ``--boundary`` is not."""
+
+_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """A parsed ``--bottleneck`` value: ``kind`` ``ratio`` (of the boundary's elements) or ``bytes`` per image."""
+
+    kind: str
+    value: float
+    text: str
+
+    def elements(self, boundary_elements: int, bytes_per_element: int) -> int:
+        """Code elements this spec allows at a boundary of ``boundary_elements`` (may be 0: unreachable)."""
+        if self.kind == "ratio":
+            return math.floor(self.value * boundary_elements + 1e-9)
+        return int(self.value) // bytes_per_element
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.text, "kind": self.kind, "value": self.value}
+
+
+def parse_size(text: str) -> SizeSpec:
+    """Parse ``1/16``, ``0.0625`` (ratios in (0, 1]) or ``64B``, ``2KiB``, ``1MB`` (bytes per image)."""
+    t = str(text).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KkMm]i?[Bb]|[Bb])", t)
+    if m:
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        if n < 1 or n != int(n):
+            raise BadInputError(
+                f"--bottleneck {t}: a size must be a whole number of bytes >= 1 (e.g. 64B, 2KiB)"
+            )
+        return SizeSpec("bytes", float(int(n)), t)
+    try:
+        ratio = float(Fraction(t)) if "/" in t else float(t)
+    except (ValueError, ZeroDivisionError) as err:
+        raise BadInputError(
+            f"--bottleneck {t!r} is neither a ratio (1/16, 0.0625) nor a size (64B, 2KiB): pass one of those"
+        ) from err
+    if not 0.0 < ratio <= 1.0 or not math.isfinite(ratio):
+        raise BadInputError(
+            f"--bottleneck {t}: a ratio must be in (0, 1] (e.g. 1/16); for a fixed size add a unit (e.g. {t}B)"
+        )
+    return SizeSpec("ratio", ratio, t)
+
+
+@dataclass(frozen=True)
+class BottleneckOptions:
+    """How the bottleneck is sized and trained (``ExportOptions.bottleneck``, ``StudyOptions.bottleneck``).
+
+    ``size``: ratio or bytes per image (:func:`parse_size`); ``finetune``: ``none`` or ``tail``;
+    ``train_steps`` / ``train_batch``: the budget (defaults sized for a 2-core CPU; 0 steps keeps the probe's
+    linear code, :mod:`isplit_export.bottleneck.pca`); ``holdout``: the
+    fraction of images held out from training (measured on, never trained on); ``patience``: steps
+    without improvement of the smoothed loss before stopping early.
+    """
+
+    size: str = "1/16"
+    finetune: str = "none"
+    train_steps: int = 64
+    train_batch: int = 8
+    temperature: float = 4.0
+    mse_weight: float = 1.0
+    lr: float = 2e-3
+    holdout: float = 0.25
+    patience: int = 20
+    validation: float = 0.2
+    """Fraction of the *train* images kept out of the gradient steps to choose the checkpoint on."""
+
+    def __post_init__(self) -> None:
+        parse_size(self.size)
+        if self.finetune not in FINETUNE:
+            raise BadInputError(f"--finetune {self.finetune!r}: choose {' or '.join(FINETUNE)}")
+        if self.train_steps < 0 or self.train_batch < 1:
+            raise BadInputError(
+                f"--train-steps {self.train_steps} / --train-batch {self.train_batch}: pass 0 or more steps "
+                "(0: the probe's untrained code) and a positive batch"
+            )
+        if not 0.0 < self.validation < 1.0:
+            raise BadInputError(f"validation fraction {self.validation}: pass a fraction strictly between 0 and 1")
+        if not 0.0 < self.holdout < 1.0:
+            raise BadInputError(f"held-out fraction {self.holdout}: pass a fraction strictly between 0 and 1")
+        if self.temperature <= 0 or self.lr <= 0 or self.mse_weight < 0 or self.patience < 1:
+            raise BadInputError("bottleneck temperature, lr and patience must be positive, mse_weight >= 0")
+
+    @property
+    def spec(self) -> SizeSpec:
+        return parse_size(self.size)
+
+
+def as_bottleneck(value: BottleneckOptions | str | None) -> BottleneckOptions | None:
+    """Accept a :class:`BottleneckOptions`, a size spec string (``"1/16"``) or None."""
+    if value is None or isinstance(value, BottleneckOptions):
+        return value
+    if isinstance(value, str):
+        return BottleneckOptions(size=value)
+    raise BadInputError(
+        f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}"
+    )
+
+
+
 
 @dataclass(frozen=True)
 class RankOptions:
@@ -99,6 +205,11 @@ class RankOptions:
     """Run as a torch.distributed job (implied under torchrun with WORLD_SIZE > 1)."""
     force: bool = field(default=False, metadata=_RUN_ONLY)
     """Replace an existing ``out`` (only an empty folder, or an output of this tool: outdir.check_out)."""
+    bottleneck: BottleneckOptions | None = None
+    """A link budget (``--bottleneck 64B`` or ``1/16``): the ranking adds the probe
+    (:mod:`isplit_export.bottleneck.probe`) at that budget; the export and the study train a bottleneck at it."""
+    probe_cuts: str = "candidates"
+    """Where the probe runs: ``candidates`` (the CUI's local maxima) or ``all`` cuts."""
 
     def __post_init__(self) -> None:
         # Normalise the types the CLI and callers hand in, so equal options compare (and hash) equal.
@@ -124,6 +235,10 @@ class RankOptions:
             raise BadInputError(f"--workers {self.workers}: pass 0 (decode in the main process) or more")
         if self.bootstrap < 0:
             raise BadInputError(f"--bootstrap {self.bootstrap}: pass 0 (off) or a number of replicates, e.g. 200")
+        if self.bottleneck is not None:
+            object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
+        if self.probe_cuts not in CUT_SETS:
+            raise BadInputError(f"--probe-cuts {self.probe_cuts!r}: choose {' or '.join(CUT_SETS)}")
 
     def to_json(self) -> dict[str, Any]:
         """The fields that decide what is computed (not where or how fast), JSON-ready."""
@@ -173,12 +288,6 @@ class ExportOptions(RankOptions):
     """Write ``OUT/triton/`` (a Triton model repository of the tails): None = when the tail runs on a server."""
 
     def validate(self) -> None:
-        if self.bottleneck is not None:
-            from isplit_export.bottleneck.core import (
-                as_bottleneck,  # lazy: imports torch (moves here, issue 16)
-            )
-
-            object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         super().validate()
         if isinstance(self.constraints, dict):  # from the API or a manifest's options block
             object.__setattr__(self, "constraints", Constraints(**self.constraints))
@@ -190,12 +299,14 @@ class ExportOptions(RankOptions):
             raise BadInputError(f"--latency-runs {self.latency_runs}: pass a positive number of runs")
         if self.objective not in OBJECTIVES:
             raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
+        if self.objective == "probe" and self.bottleneck is None:
+            raise BadInputError("--objective probe scores the splits at a link budget: add --bottleneck SIZE (e.g. 64B)")
         if self.link is not None:
             from isplit_export.targets.cost import parse_link  # lazy: keeps `import options` free of onnx
 
             parse_link(self.link)
-        elif self.objective != "cui" or self.constraints.max_latency_ms is not None:
-            what = f"--objective {self.objective}" if self.objective != "cui" else "--max-latency-ms"
+        if self.link is None and (self.objective not in ("cui", "probe") or self.constraints.max_latency_ms is not None):
+            what = f"--objective {self.objective}" if self.objective not in ("cui", "probe") else "--max-latency-ms"
             raise BadInputError(f"{what} needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
         if not 0.0 <= self.min_dla_fraction <= 1.0:
             raise BadInputError(f"--min-dla-fraction {self.min_dla_fraction}: pass a share between 0 and 1")
@@ -323,6 +434,42 @@ class RunOptions:
 
 MAX_BACKOFF_MS = 5000.0
 """Cap of one retry's wait: a retry budget stays bounded in time whatever ``retries`` is."""
+
+
+CUT_SETS = ("candidates", "all")
+"""``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""
+
+
+@dataclass(frozen=True)
+class StudyOptions(RankOptions):
+    """What the study measures: ``cuts`` (``candidates`` or ``all``), the ``bottleneck`` at each, trained
+    ``repeats`` times with different seeds, the code's ``boundary`` encoding, at most ``max_images`` images
+    in memory, ``ci_reps`` bootstrap replicates for the correlations' CIs (``bootstrap``, inherited, is the
+    ranking's Poisson bootstrap of the CUI)."""
+
+    cuts: str = "candidates"
+    boundary: str = "int8"
+    max_images: int = 2000
+    ci_reps: int = 1000
+    repeats: int = 3
+    """Bottlenecks trained per cut with different seeds: the spread between them is the training noise."""
+
+    def validate(self) -> None:
+        object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck) or BottleneckOptions())
+        super().validate()
+        if self.cuts not in CUT_SETS:
+            raise BadInputError(f"--cuts {self.cuts!r}: choose {' or '.join(CUT_SETS)}")
+        if self.boundary not in ("fp32", "fp16", "int8"):
+            raise BadInputError(f"--boundary {self.boundary!r}: choose fp32, fp16 or int8")
+        if self.max_images < 1 or self.ci_reps < 1:
+            raise BadInputError("max_images and ci_reps must be positive")
+        if self.repeats < 1:
+            raise BadInputError(f"--repeats {self.repeats}: pass at least 1 training seed per cut (3 or more to see the noise)")
+
+    @property
+    def bn(self) -> BottleneckOptions:
+        assert self.bottleneck is not None  # set by validate()
+        return self.bottleneck
 
 
 def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) -> T:

@@ -36,7 +36,7 @@ def bn_bundle(
     """A 1/8 bottleneck bundle of the top 2 digits splits; records what each training saw."""
     real_train = bn.train
 
-    def spy(*args: object, **kwargs: object) -> bn.Trained:
+    def spy(*args: object, **kwargs: object) -> bn.TrainedBottleneck:
         seen["train"].append(args[3].clone())  # type: ignore[union-attr]  # x_train
         return real_train(*args, **kwargs)  # type: ignore[arg-type]
 
@@ -149,9 +149,9 @@ def test_size_specs() -> None:
 
 def test_plan_reaches_a_fixed_size_with_a_stride(digits_model: tuple[torch.nn.Module, float]) -> None:
     cut, _, _ = _digits_cut(digits_model[0], 0)  # 16x16x16
-    p = bn.plan(cut, bn.parse_size("64B"), "int8")  # type: ignore[arg-type]
+    p = bn.code_shape(cut, bn.parse_size("64B"), "int8")  # type: ignore[arg-type]
     assert p.code_shape == (1, 8, 8) and p.stride == 2 and p.code_bytes == 64
-    p = bn.plan(cut, bn.parse_size("1/8"), "int8")  # type: ignore[arg-type]
+    p = bn.code_shape(cut, bn.parse_size("1/8"), "int8")  # type: ignore[arg-type]
     assert p.code_shape == (2, 16, 16) and p.stride == 1
 
 
@@ -161,7 +161,7 @@ def test_plan_reaches_a_fixed_size_with_a_stride(digits_model: tuple[torch.nn.Mo
     [
         (("--bottleneck", "0"), "a ratio must be in (0, 1]"),
         (("--bottleneck", "1.5"), "a ratio must be in (0, 1]"),
-        (("--bottleneck", "64KiB"), "is larger than cut 2 (features_4)'s boundary"),
+        (("--bottleneck", "64KiB"), "is larger than cut 0 (features_1)'s boundary"),
         (("--bottleneck", "1B"), "smallest code there is 4 B"),
         (("--bottleneck", "1/8", "--finetune", "all"), "--finetune 'all': choose none or tail"),
         (("--finetune", "tail"), "add --bottleneck"),
@@ -222,14 +222,14 @@ def test_nhwc_and_token_cuts_are_viewed_channels_first(
     from types import SimpleNamespace
 
     cut = SimpleNamespace(index=3, node="blocks_3", shape=shape, layout=layout)
-    p = bn.plan(cut, bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
+    p = bn.code_shape(cut, bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
     assert (p.boundary_shape, p.code_shape, p.stride, p.layout) == (view, code, 1, layout)
     a = torch.randn(2, *shape)
     assert torch.equal(bn.from_channels_first(bn.channels_first(a, layout), layout), a)
     assert tuple(bn.channels_first(a, layout).shape[1:]) == view
     bad = (7, 7) if layout == "nhwc" else (7, 7, 7)
     with pytest.raises(BadInputError, match=rf"cut 3 \(blocks_3\) has boundary shape \[{', '.join(map(str, bad))}\] \({layout}\)"):
-        bn.plan(SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
+        bn.code_shape(SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
 
 
 @pytest.mark.e2e

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from isplit_export.numbers import rounded
+from isplit_export.stats import proportion_ci
 from isplit_export.verification.checks import (
     check_code_pair,
     check_pair,
@@ -16,7 +17,6 @@ from isplit_export.verification.checks import (
     task_metric,
 )
 from isplit_export.verification.gates import GATES
-from isplit_export.verification.metrics import proportion_ci
 from isplit_export.verification.runtime import median_ms
 
 

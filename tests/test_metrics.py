@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from isplit_export.verification.metrics import REL_FLOOR, accuracy, compare_logits, spearman
+from isplit_export.stats import spearman
+from isplit_export.verification.metrics import REL_FLOOR, accuracy, compare_logits
 
 
 def test_compare_logits_hand_computed() -> None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from isplit_export.verification.metrics import bootstrap_ci, kendall_tau, proportion_ci, spearman
+from isplit_export.stats import bootstrap_ci, kendall_tau, proportion_ci, spearman
 
 
 def test_kendall_tau_hand_computed() -> None:
@@ -82,3 +82,37 @@ def test_bootstrap_ci() -> None:
     assert wide is not None and wide[1] - wide[0] > hi - lo
     assert bootstrap_ci(spearman, [1.0], [2.0]) is None
     assert bootstrap_ci(spearman, [1, 1, 1], [1, 2, 3]) is None  # never defined
+
+
+def test_two_level_bootstrap_resamples_images_and_repeats() -> None:
+    from isplit_export.stats import two_level_replicates
+
+    # cut 0: every repeat identical (no training noise); cut 1: repeats disagree completely
+    m = np.zeros((2, 4, 10))
+    m[0, :, :5] = 1.0
+    m[1, :2, :] = 1.0
+    reps = two_level_replicates(m, reps=400, seed=1)
+    assert reps.shape == (400, 2)
+    assert np.array_equal(reps, two_level_replicates(m, reps=400, seed=1))  # seeded
+    # cut 1's mean varies only through the repeats drawn (its images all agree within a repeat)
+    assert set(np.round(reps[:, 1] * 4).astype(int).tolist()) <= set(range(5)) and reps[:, 1].std() > 0.1
+    # cut 0 varies only through the images drawn, and the same image draw applies to both cuts
+    assert 0.0 < reps[:, 0].std() < 0.25 and abs(reps[:, 0].mean() - 0.5) < 0.05
+    with pytest.raises(ValueError):
+        two_level_replicates(np.zeros((2, 3)))
+
+
+def test_difference_ci_is_paired_and_excludes_zero_only_for_a_real_difference() -> None:
+    from isplit_export.stats import difference_ci, excludes_zero, replicate_ci
+
+    rng = np.random.default_rng(0)
+    truth = np.arange(8, dtype=float)
+    replicates = truth + rng.normal(0, 0.3, size=(300, 8))  # measured values, a little noise
+    good, reversed_ = truth, truth[::-1]
+    ci = difference_ci(spearman, good, reversed_, replicates)
+    assert ci is not None and ci[0] > 1.5 and excludes_zero(ci)
+    same = difference_ci(spearman, good, good, replicates)
+    assert same == (0.0, 0.0) and not excludes_zero(same)
+    lo, hi = replicate_ci(spearman, good, replicates) or (0.0, 0.0)
+    assert 0.8 < lo <= hi <= 1.0
+    assert not excludes_zero(None) and not excludes_zero([None, 0.5]) and excludes_zero([-0.4, -0.1])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from isplit_export.bottleneck.study import SCHEMA, CutResult, StudyOptions, measure_cut, prepare, summarize
+from isplit_export.bottleneck.study import SCHEMA, CutResult, measure_cut, prepare, summarize
 from isplit_export.cli import main
+from isplit_export.options import StudyOptions
 from tests.helpers import DIGITS, run_cli
 
 
@@ -17,7 +19,7 @@ from tests.helpers import DIGITS, run_cli
 def study_dir(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("study") / "s"
     assert main(["study", DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--cuts", "all",
-                 "--bottleneck", "64B", "--train-steps", "30", "--out", str(out)]) == 0  # fmt: skip
+                 "--bottleneck", "64B", "--train-steps", "30", "--repeats", "2", "--out", str(out)]) == 0  # fmt: skip
     return out
 
 
@@ -29,7 +31,10 @@ def test_study_json_schema(study_dir: Path) -> None:
     assert data["images"] == {"source": data["images"]["source"], "train": 150, "held_out": 50, "labelled": True}
     assert len(data["cuts"]) == 6 == len(data["curve"]["cui"])
     for c in data["cuts"]:
-        assert set(c) >= {"index", "node", "cui", "boundary_bytes", "code_bytes", "measured", "training"}
+        assert set(c) >= {"index", "node", "cui", "boundary_bytes", "code_bytes", "measured", "training", "probe",
+                          "repeats"}
+        assert len(c["repeats"]) == 2 == c["measured"]["repeats"] and c["measured"]["sd"] >= 0
+        assert c["probe"]["ci95"][0] <= c["probe"]["value"] <= c["probe"]["ci95"][1]
         assert c["code_bytes"] <= 64 < c["boundary_bytes"]
         m = c["measured"]
         assert m["metric"] == "accuracy" and m["images"] == 50 and m["ci95"][0] <= m["value"] <= m["ci95"][1]
@@ -37,10 +42,11 @@ def test_study_json_schema(study_dir: Path) -> None:
     s = data["summary"]
     for name in ("cui", "cde", "random"):
         p = s["predictors"][name]
-        assert set(p) == {"spearman", "spearman_ci95", "kendall", "kendall_ci95"}
+        assert set(p) == {"spearman", "spearman_ci95", "kendall", "kendall_ci95", "top_pick", "regret"}
         assert p["spearman"] is None or -1 <= p["spearman"] <= 1
     assert s["regret"] >= 0 and s["cui_top_pick"]["index"] in range(6) and isinstance(s["cui_beats_cde"], bool)
-    assert s["conclusive"] and s["cuts"] == 6
+    assert s["cuts"] == 6 and s["repeats"] == 2 and set(s["differences"]) == {"probe-cui", "cui-cde"}
+    assert s["conclusive"] == any(d["conclusive"] for d in s["differences"].values())
     assert set(data["run"]["train_seconds"]) == {str(i) for i in range(6)}
     assert "train_seconds" not in json.dumps({k: v for k, v in data.items() if k != "run"})
     assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -71,10 +77,40 @@ def test_summary_statistics_match_hand_computed_values() -> None:
     assert summarize(results, reps=50)["regret"] == pytest.approx(0.3 - 0.05)
 
 
+def _with_outcomes(index: int, cui: float, probe: float, outcomes: list[list[int]]) -> CutResult:
+    out = np.array(outcomes, dtype=np.float64)
+    r = CutResult(index, f"n{index}", f"m{index}", (1, 1, 1), cui, None, 100 * (index + 1), (1, 1, 1), 1,
+                  {"metric": "accuracy", "value": float(out.mean())}, None, [], 0.0, outcomes=out,
+                  probe={"value": probe})  # fmt: skip
+    return r
+
+
+def test_conclusive_only_where_a_difference_ci_excludes_zero() -> None:
+    # 6 cuts, 3 repeats, 40 images; measured accuracy rises with the cut index (0.2 .. 0.7), noise-free.
+    def outcomes(p: float) -> list[list[int]]:
+        return [[1 if i < round(40 * p) else 0 for i in range(40)] for _ in range(3)]
+
+    accs = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    # CUI and the probe both order the cuts exactly as measured: their difference is 0, its CI contains 0;
+    # CDE (100, 200, ...) also orders them so: nothing is decided.
+    same = [_with_outcomes(i, float(i + 1), float(i + 1), outcomes(p)) for i, p in enumerate(accs)]
+    s = summarize(same, seed=0, reps=300)
+    d = s["differences"]["probe-cui"]
+    assert d["spearman_difference"] == 0.0 and d["ci95"][0] <= 0.0 <= d["ci95"][1] and not d["conclusive"]
+    assert not s["conclusive"] and s["concludes_for"] is None and "inconclusive" in s["note"]
+    # the probe orders them right, CUI reversed: the difference's CI is above 0, the study concludes for the probe
+    apart = [_with_outcomes(i, float(6 - i), float(i + 1), outcomes(p)) for i, p in enumerate(accs)]
+    s = summarize(apart, seed=0, reps=300)
+    d = s["differences"]["probe-cui"]
+    assert d["ci95"][0] > 0 and d["conclusive"] and d["better"] == "probe"
+    assert s["conclusive"] and s["concludes_for"] == "probe" and "probe predicts better than cui" in s["note"]
+    assert s["predictors"]["probe"]["regret"] == 0.0 and s["predictors"]["cui"]["regret"] == pytest.approx(0.5)
+
+
 @pytest.mark.e2e
 def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, digits_dir: Path) -> None:
     opts = StudyOptions(model=DIGITS, weights=str(digits_weights), data=digits_dir, cuts="all", images=80,
-                        bottleneck="1/8")  # fmt: skip
+                        bottleneck="1/8", repeats=2)  # fmt: skip
     ctx = prepare(opts)
     first = measure_cut(ctx, ctx.cuts[4]).to_json()
     measure_cut(ctx, ctx.cuts[1])
@@ -88,7 +124,7 @@ def test_classes_set_class_and_all_class_cui_against_class_accuracy(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
     code, out, err = run_cli(capsys, "study", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--cuts", "all",
-                          "--classes", "0,1", "--train-steps", "10", "--out", tmp_path / "s")  # fmt: skip
+                          "--classes", "0,1", "--train-steps", "10", "--repeats", "1", "--out", tmp_path / "s")  # fmt: skip
     assert code == 0, err
     data = json.loads((tmp_path / "s" / "study.json").read_text())
     cls = data["summary"]["classes"]
@@ -101,7 +137,7 @@ def test_classes_set_class_and_all_class_cui_against_class_accuracy(
 @pytest.mark.parametrize(
     ("args", "expect"),
     [(("--cuts", "some"), "--cuts 'some'"), (("--bottleneck", "2"), "a ratio must be in (0, 1]"),
-     (("--finetune", "head"), "--finetune 'head'")],
+     (("--finetune", "head"), "--finetune 'head'"), (("--repeats", "0"), "--repeats 0")],
 )  # fmt: skip
 def test_bad_study_inputs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, args: tuple[str, ...], expect: str

@@ -14,11 +14,14 @@ Size specs (``--bottleneck``): a ratio of the boundary's elements (``1/16``, ``0
 code size per image (``64B``, ``2KiB``, ``1MiB``), the same at every cut. A fixed size is a link's
 budget and the fair way to set CUI against CDE; under a ratio the code grows with the layer.
 
-Encoder at an NCHW cut of shape (C, H, W) and a budget of E code elements: a fixed per-channel
-normalisation, then a ``k x k`` conv with stride ``s`` to ``K`` channels, with the smallest
-``s`` in 1, 2, 4, 8 for which ``K = E // (H//s * W//s)`` is at least 1 (``K <= C``: undercomplete).
-Decoder: nearest upsampling back to (H, W) when ``s > 1``, 3x3 conv ``K -> C``, ReLU, 1x1 conv
-``C -> C``, the inverse normalisation, and a ReLU when the boundary is non-negative (after a ReLU).
+The code's shape at an NCHW cut of shape (C, H, W) and a budget of E code elements
+(:func:`code_shape`): ``k x k`` patches at stride ``k``, ``k`` the smallest of 1, 2, 4, 8 that leaves
+at most E positions, and ``K = E // positions`` code channels (at most ``C*k*k``). The encoder and
+decoder *start* as the probe's linear code (patch PCA, :mod:`isplit_export.bottleneck.pca`): a
+``k x k`` stride-``k`` conv to K channels, and its transposed conv back, plus a nonlinear residual
+(nearest upsampling, 3x3 conv ``K -> C``, ReLU, 1x1 conv ``C -> C``) that starts at zero, and a ReLU
+when the boundary is non-negative. Training keeps the checkpoint that scores best on a validation
+slice of the train images, the untrained code included.
 
 Other layouts are viewed channels-first around the same encoder and decoder: an NHWC map
 ``[B, H, W, C]`` as ``[B, C, H, W]``, a token sequence ``[B, T, D]`` as ``[B, D, T, 1]`` (the tokens
@@ -30,11 +33,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from isplit_export.bottleneck.pca import (  # noqa: F401  (channels_first/from_channels_first re-exported)
+    PatchPCA,
+    PcaDecoder,
+    PcaEncoder,
+    channels_first,
+    code_encoding,
+    fit_at_cut,
+    from_channels_first,
+)
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import (
     BoundaryEncoding,
@@ -52,133 +62,23 @@ from isplit_export.exporting.encoding import (
 )
 from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
+from isplit_export.options import (  # noqa: F401  (re-exported: the bottleneck's options live in options.py)
+    DEFAULT_ENCODING,
+    FINETUNE,
+    BottleneckOptions,
+    SizeSpec,
+    as_bottleneck,
+    parse_size,
+)
 
 if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut
 
-FINETUNE = ("none", "tail")
-"""``--finetune`` values: train only the encoder/decoder, or also the tail's own weights."""
-
 MAX_STRIDE = 8
 """Largest spatial stride of the encoder: beyond it the decoder has too little to upsample from."""
 
-DEFAULT_ENCODING = "int8"
-"""Boundary encoding of the code when ``--bottleneck`` is given and ``--boundary`` is not."""
-
-_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
-
-
 @dataclass(frozen=True)
-class SizeSpec:
-    """A parsed ``--bottleneck`` value: ``kind`` ``ratio`` (of the boundary's elements) or ``bytes`` per image."""
-
-    kind: str
-    value: float
-    text: str
-
-    def elements(self, boundary_elements: int, bytes_per_element: int) -> int:
-        """Code elements this spec allows at a boundary of ``boundary_elements`` (may be 0: unreachable)."""
-        if self.kind == "ratio":
-            return math.floor(self.value * boundary_elements + 1e-9)
-        return int(self.value) // bytes_per_element
-
-    def to_json(self) -> dict[str, Any]:
-        return {"spec": self.text, "kind": self.kind, "value": self.value}
-
-
-def parse_size(text: str) -> SizeSpec:
-    """Parse ``1/16``, ``0.0625`` (ratios in (0, 1]) or ``64B``, ``2KiB``, ``1MB`` (bytes per image)."""
-    t = str(text).strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KkMm]i?[Bb]|[Bb])", t)
-    if m:
-        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-        if n < 1 or n != int(n):
-            raise BadInputError(
-                f"--bottleneck {t}: a size must be a whole number of bytes >= 1 (e.g. 64B, 2KiB)"
-            )
-        return SizeSpec("bytes", float(int(n)), t)
-    try:
-        ratio = float(Fraction(t)) if "/" in t else float(t)
-    except (ValueError, ZeroDivisionError) as err:
-        raise BadInputError(
-            f"--bottleneck {t!r} is neither a ratio (1/16, 0.0625) nor a size (64B, 2KiB): pass one of those"
-        ) from err
-    if not 0.0 < ratio <= 1.0 or not math.isfinite(ratio):
-        raise BadInputError(
-            f"--bottleneck {t}: a ratio must be in (0, 1] (e.g. 1/16); for a fixed size add a unit (e.g. {t}B)"
-        )
-    return SizeSpec("ratio", ratio, t)
-
-
-@dataclass(frozen=True)
-class BottleneckOptions:
-    """How the bottleneck is sized and trained (``ExportOptions.bottleneck``, ``StudyOptions.bottleneck``).
-
-    ``size``: ratio or bytes per image (:func:`parse_size`); ``finetune``: ``none`` or ``tail``;
-    ``train_steps`` / ``train_batch``: the budget (defaults sized for a 2-core CPU); ``holdout``: the
-    fraction of images held out from training (measured on, never trained on); ``patience``: steps
-    without improvement of the smoothed loss before stopping early.
-    """
-
-    size: str = "1/16"
-    finetune: str = "none"
-    train_steps: int = 64
-    train_batch: int = 8
-    temperature: float = 4.0
-    mse_weight: float = 1.0
-    lr: float = 2e-3
-    holdout: float = 0.25
-    patience: int = 20
-
-    def __post_init__(self) -> None:
-        parse_size(self.size)
-        if self.finetune not in FINETUNE:
-            raise BadInputError(f"--finetune {self.finetune!r}: choose {' or '.join(FINETUNE)}")
-        if self.train_steps < 1 or self.train_batch < 1:
-            raise BadInputError(
-                f"--train-steps {self.train_steps} / --train-batch {self.train_batch}: pass positive numbers"
-            )
-        if not 0.0 < self.holdout < 1.0:
-            raise BadInputError(f"held-out fraction {self.holdout}: pass a fraction strictly between 0 and 1")
-        if self.temperature <= 0 or self.lr <= 0 or self.mse_weight < 0 or self.patience < 1:
-            raise BadInputError("bottleneck temperature, lr and patience must be positive, mse_weight >= 0")
-
-    @property
-    def spec(self) -> SizeSpec:
-        return parse_size(self.size)
-
-
-def as_bottleneck(value: BottleneckOptions | str | None) -> BottleneckOptions | None:
-    """Accept a :class:`BottleneckOptions`, a size spec string (``"1/16"``) or None."""
-    if value is None or isinstance(value, BottleneckOptions):
-        return value
-    if isinstance(value, str):
-        return BottleneckOptions(size=value)
-    raise BadInputError(
-        f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}"
-    )
-
-
-def channels_first(a: torch.Tensor, layout: str) -> torch.Tensor:
-    """A boundary of ``layout`` viewed as ``[B, C, H, W]`` (NHWC permuted, tokens ``[B, D, T, 1]``)."""
-    if layout == "nhwc":
-        return a.permute(0, 3, 1, 2)
-    if layout == "tokens":
-        return a.transpose(1, 2).unsqueeze(-1)
-    return a
-
-
-def from_channels_first(a: torch.Tensor, layout: str) -> torch.Tensor:
-    """The inverse of :func:`channels_first`."""
-    if layout == "nhwc":
-        return a.permute(0, 2, 3, 1)
-    if layout == "tokens":
-        return a.squeeze(-1).transpose(1, 2)
-    return a
-
-
-@dataclass(frozen=True)
-class Plan:
+class CodeShape:
     """The encoder's shape at one cut: ``channels`` code channels after a ``stride``-``stride`` conv.
 
     ``boundary_shape`` is the cut's boundary viewed channels-first (:func:`channels_first`)."""
@@ -211,7 +111,7 @@ class Plan:
         }
 
 
-def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
+def code_shape(cut: Cut, spec: SizeSpec, encoding: str) -> CodeShape:
     """Size the encoder at ``cut`` for ``spec``; a size the encoder cannot reach is a one-line error."""
     layout = getattr(cut, "layout", "nchw")
     dims = [int(d) for d in cut.shape]
@@ -237,9 +137,9 @@ def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
     ]
     for s in strides:
         hs, ws = max(h // s, 1), max(w // s, 1)
-        k = min(budget // (hs * ws), c)
+        k = min(budget // (hs * ws), c * s * s)  # at most the patch vector's length C*k*k
         if k >= 1:
-            return Plan((c, h, w), k, s, 1 if s == 1 else s, (k, hs, ws), bpe, layout)
+            return CodeShape((c, h, w), k, s, 1 if s == 1 else s, (k, hs, ws), bpe, layout)
     s = strides[-1]
     smallest = max(h // s, 1) * max(w // s, 1) * bpe
     raise BadInputError(
@@ -248,59 +148,10 @@ def plan(cut: Cut, spec: SizeSpec, encoding: str) -> Plan:
     )
 
 
-class _Affine(nn.Module):
-    """A fixed per-channel ``x * scale + shift`` (the boundary's normalisation or its inverse)."""
-
-    scale: torch.Tensor
-    shift: torch.Tensor
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale.reshape(1, -1, 1, 1).clone())
-        self.register_buffer("shift", shift.reshape(1, -1, 1, 1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
-class Encoder(nn.Module):
-    """Normalise the boundary per channel, then one conv down to the code."""
-
-    def __init__(self, p: Plan, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        c = p.boundary_shape[0]
-        self.layout = p.layout
-        self.norm = _Affine(1.0 / std, -mean / std)
-        self.conv = nn.Conv2d(c, p.channels, p.kernel, stride=p.stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(channels_first(x, self.layout)))
-
-
-class Decoder(nn.Module):
-    """Upsample the code (when strided), 3x3 conv, ReLU, 1x1 conv, de-normalise (ReLU if the boundary is >= 0)."""
-
-    def __init__(self, p: Plan, mean: torch.Tensor, std: torch.Tensor, nonnegative: bool) -> None:
-        super().__init__()
-        c, h, w = p.boundary_shape
-        self.size = (h, w) if p.stride > 1 else None
-        self.conv1 = nn.Conv2d(p.channels, c, 3, padding=1)
-        self.conv2 = nn.Conv2d(c, c, 1)
-        self.denorm = _Affine(std, mean)
-        self.nonnegative = nonnegative
-        self.layout = p.layout
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.size is not None:
-            z = F.interpolate(z, size=self.size, mode="nearest")
-        y = self.denorm(self.conv2(F.relu(self.conv1(z))))
-        return from_channels_first(F.relu(y) if self.nonnegative else y, self.layout)
-
-
 class BottleneckHead(nn.Module):
     """The cut's head followed by the encoder: input -> code."""
 
-    def __init__(self, head: nn.Module, encoder: Encoder) -> None:
+    def __init__(self, head: nn.Module, encoder: PcaEncoder) -> None:
         super().__init__()
         self.head, self.encoder = head, encoder
 
@@ -311,7 +162,7 @@ class BottleneckHead(nn.Module):
 class BottleneckTail(nn.Module):
     """The decoder followed by the cut's tail: code -> logits."""
 
-    def __init__(self, decoder: Decoder, tail: nn.Module) -> None:
+    def __init__(self, decoder: PcaDecoder, tail: nn.Module) -> None:
         super().__init__()
         self.decoder, self.tail = decoder, tail
 
@@ -320,15 +171,25 @@ class BottleneckTail(nn.Module):
 
 
 @dataclass
-class Trained:
+class TrainedBottleneck:
     """A trained bottleneck pair at one cut, its codec (calibrated on the train codes) and its training summary."""
 
-    plan: Plan
+    plan: CodeShape
     head: BottleneckHead
     tail: BottleneckTail
     encoding: BoundaryEncoding
     summary: dict[str, Any]
     seconds: float
+    initial: tuple[BottleneckHead, BottleneckTail, BoundaryEncoding] | None = None
+    """The untrained pair (the probe's code) and its codec: what the probe scored."""
+
+    def initial_logits(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """What the untrained (probe) pair computes on ``x``, through its codec."""
+        assert self.initial is not None
+        h, t, codec = self.initial
+        z = encode_array(forward_batched(h, x, batch_size).numpy(), codec)
+        zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
+        return forward_batched(t, zq, batch_size).numpy()
 
     def code(self, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """The float code of inputs ``x`` (before the boundary encoding)."""
@@ -380,18 +241,25 @@ def train(
     options: BottleneckOptions,
     *,
     seed: int,
+    repeat: int = 0,
     encoding: str = DEFAULT_ENCODING,
     batch_size: int = 64,
     progress: bool = False,
-) -> Trained:
-    """Train the bottleneck at ``cut`` by distillation from the frozen ``head`` + ``tail`` on ``x_train``.
+    init: PatchPCA | None = None,
+) -> TrainedBottleneck:
+    """Train the bottleneck at ``cut`` from the probe's linear code, by distillation from the frozen model.
 
-    Deterministic for a given ``seed`` (its own generator; the global RNG is left as it was). The
-    codec is calibrated on the codes of the (un-augmented) train images, never on held-out images.
+    The encoder and decoder start as the patch-PCA code of the train images (``init``, or fitted here
+    with :func:`isplit_export.bottleneck.pca.fit_at_cut`), so step 0 sends what the probe sends. A
+    validation slice of ``x_train`` (``options.validation``) takes no gradient steps; every few steps the
+    pair is scored on it through the real codec (agreement with the full model, then KL), and the best
+    checkpoint is kept, the initialisation included: training never returns a worse pair on it.
+    Deterministic for ``(seed, cut.index, repeat)`` (:func:`cut_seed`; the global RNG is left as it was).
     """
     from tqdm import tqdm
 
-    p = plan(cut, options.spec, encoding)
+    p = code_shape(cut, options.spec, encoding)
+    run_seed = cut_seed(seed, cut.index, repeat)
     start = time.perf_counter()
     head = copy.deepcopy(head).eval()
     teacher_tail = copy.deepcopy(tail).eval()
@@ -402,36 +270,54 @@ def train(
     if options.finetune == "tail":
         for param in student_tail.parameters():
             param.requires_grad_(True)
+    n = len(x_train)
     with deterministic(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        a = channels_first(forward_batched(head, x_train, batch_size), p.layout).double()
-        mean = a.mean(dim=(0, 2, 3))
+        torch.manual_seed(run_seed)
+        gen = torch.Generator().manual_seed(run_seed)
+        with torch.no_grad():
+            acts = [head(x_train[i : i + batch_size]) for i in range(0, n, batch_size)]
+        pca = init if init is not None else fit_at_cut(acts, p.kernel, p.channels, p.layout, p.boundary_shape)
+        a_all = torch.cat(acts)
+        a = channels_first(a_all, p.layout).double()
         std = a.std(dim=(0, 2, 3))
         std = std.clamp_min(0.01 * float(std.mean()) + 1e-12)  # near-dead channels must not dominate the MSE
-        nonneg = bool(a.min() >= 0)
-        encoder = Encoder(p, mean.float(), std.float())
-        decoder = Decoder(p, mean.float(), std.float(), nonneg)
         inv_std = (1.0 / std.float()).reshape(1, -1, 1, 1)
-        groups: list[dict[str, Any]] = [
-            {"params": [*encoder.parameters(), *decoder.parameters()], "lr": options.lr}
-        ]
+        encoder, decoder = PcaEncoder(pca), PcaDecoder(pca)
+        initial = (copy.deepcopy(encoder), copy.deepcopy(decoder), copy.deepcopy(student_tail))
+        perm = torch.randperm(n, generator=gen).tolist()
+        n_val = max(1, min(n - 1, round(n * options.validation)))
+        val_idx, fit_idx = sorted(perm[:n_val]), perm[n_val:]
+        with torch.no_grad():
+            teacher_val = teacher_tail(a_all[val_idx])
+
+        def score(codec: BoundaryEncoding) -> tuple[int, float]:
+            """(agreements with the full model, -KL) on the validation slice, through the codec."""
+            with torch.no_grad():
+                z = encode_array(encoder(a_all[val_idx]).numpy(), codec)
+                zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
+                out = student_tail(decoder(zq))
+                kl = F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher_val, 1), log_target=True, reduction="batchmean")
+                return int((out.argmax(1) == teacher_val.argmax(1)).sum()), -float(kl)
+
+        def snapshot() -> list[dict[str, torch.Tensor]]:
+            return [copy.deepcopy(m.state_dict()) for m in (encoder, decoder, student_tail)]
+
+        codec0 = code_encoding(encoding)
+        best_score, best_step, best_state, best_codec = score(codec0), 0, snapshot(), codec0
+        init_score = best_score
+        groups: list[dict[str, Any]] = [{"params": [*encoder.parameters(), *decoder.parameters()], "lr": options.lr}]
         if options.finetune == "tail":
             groups.append({"params": list(student_tail.parameters()), "lr": options.lr * 0.1})
         opt = torch.optim.Adam(groups)
         t = options.temperature
-        n = len(x_train)
+        every = max(1, options.train_steps // 8)
         order: list[int] = []
-        ema: float | None = None
-        best, best_step, step = math.inf, 0, 0
-        warmup = min(options.train_steps, 2 * options.patience)  # no early stop before the loss settles
+        step = 0
         last = {"loss": math.nan, "kl": math.nan, "mse": math.nan}
-        bar = tqdm(
-            total=options.train_steps, disable=not progress, desc=f"bottleneck {cut.node}", leave=False
-        )
+        bar = tqdm(total=options.train_steps, disable=not progress, desc=f"bottleneck {cut.node}", leave=False)
         for step in range(1, options.train_steps + 1):
             if len(order) < options.train_batch:
-                order += torch.randperm(n, generator=gen).tolist()
+                order += [fit_idx[i] for i in torch.randperm(len(fit_idx), generator=gen).tolist()]
             idx, order = order[: options.train_batch], order[options.train_batch :]
             xb = augment(x_train[idx], gen)
             with torch.no_grad():
@@ -449,38 +335,46 @@ def train(
             loss.backward()
             opt.step()
             last = {"loss": float(loss.detach()), "kl": float(kl.detach()), "mse": float(mse.detach())}
-            ema = last["loss"] if ema is None else 0.9 * ema + 0.1 * last["loss"]
             bar.update(1)
-            bar.set_postfix(loss=f"{ema:.4f}")
-            if ema < best * (1 - 1e-3):
-                best, best_step = ema, step
-            elif step - best_step >= options.patience and step >= warmup:
-                break
+            if step % every == 0 or step == options.train_steps:
+                with torch.no_grad():
+                    codec = calibrate_encoding(encoding, encoder(a_all).numpy())
+                sc = score(codec)
+                if sc > best_score:
+                    best_score, best_step, best_state, best_codec = sc, step, snapshot(), codec
+                elif step - best_step >= max(options.patience, every) * 2:
+                    break  # no better checkpoint for a long while
         bar.close()
-    encoder.eval()
-    decoder.eval()
-    student_tail.eval()
-    for module in (encoder, decoder, student_tail):
+    for module, state in zip((encoder, decoder, student_tail), best_state, strict=True):
+        module.load_state_dict(state)
+    for module in (encoder, decoder, student_tail, *initial):
+        module.eval()
         for param in module.parameters():
             param.requires_grad_(False)
     # eval() on the wrappers too: torch.onnx.export restores the *top* module's mode recursively afterwards
     pair_head, pair_tail = BottleneckHead(head, encoder).eval(), BottleneckTail(decoder, student_tail).eval()
-    codes = forward_batched(pair_head, x_train, batch_size).numpy()
-    enc = calibrate_encoding(encoding, codes)
     summary = {
+        "init": "patch PCA (the probe's code)",
         "steps": step,
-        "stopped_early": step < options.train_steps,
+        "best_step": best_step,
+        "kept": "initialisation" if best_step == 0 else "trained",
+        "validation": {
+            "images": n_val, "init_agreement": rounded(init_score[0] / n_val, finite=True),
+            "best_agreement": rounded(best_score[0] / n_val, finite=True), "init_kl": rounded(-init_score[1], finite=True),
+            "best_kl": rounded(-best_score[1], finite=True),
+        },
         "final_loss": rounded(last["loss"], finite=True),
         "final_kl": rounded(last["kl"], finite=True),
         "final_mse": rounded(last["mse"], finite=True),
-        "smoothed_loss": rounded(ema, finite=True),
-        "train_images": n,
-        "seed": seed,
-    }
-    return Trained(p, pair_head, pair_tail, enc, summary, time.perf_counter() - start)
+        "train_images": n - n_val,
+        "seed": run_seed,
+        "repeat": repeat,
+    }  # fmt: skip
+    init_pair = (BottleneckHead(head, initial[0]).eval(), BottleneckTail(initial[1], initial[2]).eval(), codec0)
+    return TrainedBottleneck(p, pair_head, pair_tail, best_codec, summary, time.perf_counter() - start, initial=init_pair)
 
 
-def config(options: BottleneckOptions, p: Plan, encoding: BoundaryEncoding) -> dict[str, Any]:
+def config(options: BottleneckOptions, p: CodeShape, encoding: BoundaryEncoding) -> dict[str, Any]:
     """The manifest's ``bottleneck`` block for one split (byte-reproducible: no timings)."""
     return {
         **options.spec.to_json(),
@@ -498,10 +392,9 @@ def config(options: BottleneckOptions, p: Plan, encoding: BoundaryEncoding) -> d
     }
 
 
-def cut_seed(seed: int, cut_index: int) -> int:
-    """The training seed of the bottleneck at ``cut_index``: a function of (seed, cut index) only."""
+def cut_seed(seed: int, cut_index: int, repeat: int = 0) -> int:
+    """The training seed of the bottleneck at ``cut_index``: a function of (seed, cut index, repeat) only."""
     import hashlib
 
-    return int.from_bytes(
-        hashlib.sha256(f"isplit-bottleneck:{seed}:{cut_index}".encode()).digest()[:4], "little"
-    )
+    key = f"isplit-bottleneck:{seed}:{cut_index}" + (f":{repeat}" if repeat else "")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")

@@ -30,58 +30,39 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from isplit_export.bottleneck.core import (
-    BottleneckOptions,
-    as_bottleneck,
-    cut_seed,
-    plan,
-    train,
-)
+from isplit_export.bottleneck.core import code_shape, train
 from isplit_export.errors import BadInputError
 from isplit_export.models import forward_batched
-from isplit_export.options import RankOptions, make_options
+from isplit_export.options import CUT_SETS, StudyOptions, make_options
+from isplit_export.stats import (
+    MIN_TO_CONCLUDE,
+    difference_ci,
+    excludes_zero,
+    kendall_tau,
+    percentile_ci,
+    replicate_ci,
+    spearman,
+    two_level_replicates,
+)
 from isplit_export.verification.checks import held_out_rounding, task_metric
-from isplit_export.verification.metrics import bootstrap_ci, kendall_tau, spearman
 from isplit_export.version import __version__
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from isplit_export.api import RankResult
+    from isplit_export.bottleneck.probe import Probe
+    from isplit_export.distributed import Job
     from isplit_export.ranking.graph import Cut
 
-SCHEMA = "isplit.study/1"
-CUT_SETS = ("candidates", "all")
-MIN_CUTS_TO_CONCLUDE = 5
+SCHEMA = "isplit.study/2"
+__all__ = ["CUT_SETS", "MIN_CUTS_TO_CONCLUDE", "SCHEMA", "StudyOptions", "measure_cut", "prepare", "study", "summarize"]
+MIN_CUTS_TO_CONCLUDE = MIN_TO_CONCLUDE
 """Below this many measured cuts the correlations are reported but said to be inconclusive."""
 
-
-@dataclass(frozen=True)
-class StudyOptions(RankOptions):
-    """What the study measures: ``cuts`` (``candidates`` or ``all``), the ``bottleneck`` at each, the code's
-    ``boundary`` encoding, at most ``max_images`` images in memory, ``ci_reps`` bootstrap replicates for the
-    correlations' CIs (``bootstrap``, inherited, is the ranking's Poisson bootstrap of the CUI)."""
-
-    cuts: str = "candidates"
-    bottleneck: BottleneckOptions | None = None
-    boundary: str = "int8"
-    max_images: int = 2000
-    ci_reps: int = 1000
-
-    def validate(self) -> None:
-        object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck) or BottleneckOptions())
-        super().validate()
-        if self.cuts not in CUT_SETS:
-            raise BadInputError(f"--cuts {self.cuts!r}: choose {' or '.join(CUT_SETS)}")
-        if self.boundary not in ("fp32", "fp16", "int8"):
-            raise BadInputError(f"--boundary {self.boundary!r}: choose fp32, fp16 or int8")
-        if self.max_images < 1 or self.ci_reps < 1:
-            raise BadInputError("max_images and ci_reps must be positive")
-
-    @property
-    def bn(self) -> BottleneckOptions:
-        assert self.bottleneck is not None  # set by validate()
-        return self.bottleneck
+PREDICTORS = ("cui", "cde", "probe", "random")
+DIFFERENCES = (("probe", "cui"), ("cui", "cde"))
+"""The differences in Spearman the study tests: the probe against CUI, CUI against CDE."""
 
 
 @dataclass
@@ -99,11 +80,13 @@ class StudyContext:
     y_full_held: np.ndarray
     class_mask: np.ndarray | None
     names_held: list[str] = field(default_factory=list)
+    probe: Probe | None = None
 
 
 @dataclass
 class CutResult:
-    """One measured cut. ``train_seconds`` is the only field that varies from run to run."""
+    """One measured cut over its repeats. ``outcomes`` ``[repeats, images]`` is 1 where the pair got a
+    held-out image right (the bootstrap's input); ``train_seconds`` is the only field that varies between runs."""
 
     index: int
     node: str
@@ -116,8 +99,11 @@ class CutResult:
     code_bytes: int
     measured: dict[str, Any]
     class_measured: dict[str, Any] | None
-    training: dict[str, Any]
+    training: list[dict[str, Any]]
     train_seconds: float
+    outcomes: np.ndarray | None = None
+    probe: dict[str, Any] | None = None
+    repeats: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The byte-reproducible part (no seconds)."""
@@ -131,6 +117,8 @@ class CutResult:
             "code_shape": list(self.code_shape),
             "code_bytes": self.code_bytes,
             "measured": self.measured,
+            "repeats": self.repeats,
+            "probe": self.probe,
             "training": self.training,
         }
         if self.class_measured is not None:
@@ -148,7 +136,7 @@ class StudyResult:
     paths: list[Path]
 
 
-def prepare(options: StudyOptions) -> StudyContext:
+def prepare(options: StudyOptions, job: Job | None = None) -> StudyContext:
     """Rank (all classes, and the class subset with ``classes``), load the images, split train/held-out."""
     from isplit_export.api import rank
     from isplit_export.bottleneck.holdout import split_holdout
@@ -156,7 +144,7 @@ def prepare(options: StudyOptions) -> StudyContext:
     from isplit_export.distributed import images_tensor
 
     opts = options.replace(out=None)
-    ranked = rank(opts.replace(classes=None))
+    ranked = rank(opts.replace(classes=None, bottleneck=None))  # the probe runs below, on the study's split
     cuts = (
         ranked.traced.cuts
         if opts.cuts == "all"
@@ -165,7 +153,7 @@ def prepare(options: StudyOptions) -> StudyContext:
     if not cuts:
         raise BadInputError("no candidate cut (no local maximum of the CUI curve): pass --cuts all")
     for cut in cuts:  # every size error before any training
-        plan(cut, opts.bn.spec, opts.boundary)
+        code_shape(cut, opts.bn.spec, opts.boundary)
     x, labels, names = images_tensor(ranked.images, opts.max_images)  # decoded in parts under torchrun
     train_idx, held_idx = split_holdout(names, opts.bn.holdout, opts.seed)
     x_train, x_held = x[train_idx], x[held_idx]
@@ -175,7 +163,7 @@ def prepare(options: StudyOptions) -> StudyContext:
     cui_all = None
     mask = None
     if opts.classes:
-        cls_rank = rank(opts)
+        cls_rank = rank(opts.replace(bottleneck=None))
         cui_all, cui = cui, cls_rank.ranking.cui
         if cls_rank.images.folders:
             keys = {it.label for it in cls_rank.images.items if it.label >= 0}
@@ -193,41 +181,74 @@ def prepare(options: StudyOptions) -> StudyContext:
             raise BadInputError(
                 "--classes: no held-out image belongs to those classes: pass more images of them"
             )
+    from isplit_export.bottleneck.probe import run_probe
+
+    probe = run_probe(ranked.traced, cuts, opts.bn.spec, x_train, x[held_idx], y_full, lab, encoding=opts.boundary,
+                      batch_size=opts.batch_size, job=job)  # fmt: skip
     return StudyContext(
         opts, ranked, list(cuts), np.asarray(cui), None if cui_all is None else np.asarray(cui_all),
-        x_train, x_held, lab, y_full, mask, [names[i] for i in held_idx],
+        x_train, x_held, lab, y_full, mask, [names[i] for i in held_idx], probe,
     )  # fmt: skip
 
 
 def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
-    """Train the bottleneck at ``cut`` and measure it on the held-out images (seeded by the cut index)."""
+    """Train ``repeats`` bottlenecks at ``cut`` (seeds from (seed, cut index, repeat) only) and measure each
+    on the held-out images: per repeat its value and CI; over repeats the mean, the spread (sd) and the
+    CI of the mean (two-level bootstrap over images and repeats)."""
     opts = ctx.options
     head, tail = ctx.ranked.traced.split(cut)
-    trained = train(
-        cut, head, tail, ctx.x_train, opts.bn, seed=cut_seed(opts.seed, cut.index), encoding=opts.boundary,
-        batch_size=opts.batch_size, progress=opts.progress,
-    )  # fmt: skip
-    logits = trained.logits(ctx.x_held, opts.batch_size)
-    measured = task_metric(ctx.y_full_held, logits, ctx.labels_held, held_out=True, rnd=held_out_rounding)
+    lab, full = ctx.labels_held, ctx.y_full_held.argmax(1)
+    truth = np.where(lab >= 0, lab, full) if (lab >= 0).any() else full
+    rows, outcomes, trainings, seconds = [], [], [], 0.0
     class_measured = None
-    if ctx.class_mask is not None:
-        m = ctx.class_mask
-        class_measured = task_metric(ctx.y_full_held[m], logits[m], ctx.labels_held[m], held_out=True, rnd=held_out_rounding)
+    for r in range(opts.repeats):
+        # the bottleneck fits its own PCA on ctx.x_train (the probe's code, but summed in one fixed order):
+        # a cut's result must not depend on how many processes added up the probe's sums
+        trained = train(
+            cut, head, tail, ctx.x_train, opts.bn, seed=opts.seed, repeat=r, encoding=opts.boundary,
+            batch_size=opts.batch_size, progress=opts.progress,
+        )  # fmt: skip
+        logits = trained.logits(ctx.x_held, opts.batch_size)
+        m = task_metric(ctx.y_full_held, logits, ctx.labels_held, held_out=True, rnd=held_out_rounding)
+        rows.append({"value": m["value"], "ci95": m["ci95"], "kept": trained.summary["kept"]})
+        outcomes.append((logits.argmax(1) == truth).astype(np.float64))
+        trainings.append(trained.summary)
+        seconds += trained.seconds
+        if r == 0 and ctx.class_mask is not None:  # the class subset: first repeat
+            k = ctx.class_mask
+            class_measured = task_metric(ctx.y_full_held[k], logits[k], ctx.labels_held[k], held_out=True, rnd=held_out_rounding)
+    out = np.stack(outcomes)
+    values = out.mean(axis=1)
+    reps = two_level_replicates(out[None], opts.ci_reps, opts.seed)[:, 0]
+    ci = percentile_ci(reps.tolist())
+    first = task_metric(ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding)
+    measured = {
+        "metric": first["metric"], "value": held_out_rounding(float(values.mean())),
+        "sd": held_out_rounding(float(out.sum(axis=1).std(ddof=1)) / out.shape[1] if len(values) > 1 else 0.0),  # from counts: exact 0
+        "ci95": _ci(ci) if ci is not None else [held_out_rounding(float(values.mean())), held_out_rounding(float(values.mean()))],
+        "images": int(out.shape[1]), "repeats": int(out.shape[0]), "held_out": True,
+        "full_model": first["full_model"], "drop": held_out_rounding(float(first["full_model"] or 0.0) - float(values.mean())),
+    }  # fmt: skip
+    cs = trained.plan
     return CutResult(
         index=cut.index, node=cut.node, module=cut.module, shape=tuple(cut.shape), cui=float(ctx.cui[cut.index]),
         cui_all=None if ctx.cui_all is None else float(ctx.cui_all[cut.index]), boundary_bytes=cut.boundary_bytes,
-        code_shape=trained.plan.code_shape, code_bytes=trained.plan.code_bytes, measured=measured,
-        class_measured=class_measured, training=trained.summary, train_seconds=round(trained.seconds, 3),
+        code_shape=cs.code_shape, code_bytes=cs.code_bytes, measured=measured, class_measured=class_measured,
+        training=trainings, train_seconds=round(seconds, 3), outcomes=out,
+        probe=None if ctx.probe is None else ctx.probe.scores.get(cut.index), repeats=rows,
     )  # fmt: skip
 
 
-def _predictor(pred: Sequence[float], values: Sequence[float], reps: int, seed: int) -> dict[str, Any]:
-    rho, tau = spearman(pred, values), kendall_tau(pred, values)
+def _predictor(pred: Sequence[float], values: Sequence[float], replicates: np.ndarray, indices: Sequence[int]) -> dict[str, Any]:
+    """Spearman and Kendall of ``pred`` with the measured ``values``, CIs over the replicates, regret of its top pick."""
+    top, best = int(np.argmax(pred)), int(np.argmax(values))
     return {
-        "spearman": held_out_rounding(rho),
-        "spearman_ci95": _ci(bootstrap_ci(spearman, pred, values, reps, seed)),
-        "kendall": held_out_rounding(tau),
-        "kendall_ci95": _ci(bootstrap_ci(kendall_tau, pred, values, reps, seed)),
+        "spearman": held_out_rounding(spearman(pred, values)),
+        "spearman_ci95": _ci(replicate_ci(spearman, pred, replicates)),
+        "kendall": held_out_rounding(kendall_tau(pred, values)),
+        "kendall_ci95": _ci(replicate_ci(kendall_tau, pred, replicates)),
+        "top_pick": {"index": indices[top], "value": held_out_rounding(values[top])},
+        "regret": held_out_rounding(values[best] - values[top]),
     }
 
 
@@ -241,50 +262,89 @@ def _regret(cui: Sequence[float], values: Sequence[float], indices: Sequence[int
     }
 
 
+def _outcomes(results: Sequence[CutResult]) -> np.ndarray:
+    """``[cuts, repeats, images]`` outcomes; a cut without them stands as its value (one repeat, one image)."""
+    if all(r.outcomes is not None for r in results):
+        reps = min(int(r.outcomes.shape[0]) for r in results if r.outcomes is not None)
+        return np.stack([np.asarray(r.outcomes)[:reps] for r in results])
+    return np.array([[[float(r.measured["value"])]] for r in results])
+
+
 def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) -> dict[str, Any]:
-    """Correlations of CUI, CDE and a seeded random order with the measured values; regret; CUI vs CDE."""
+    """Correlations of CUI, CDE, the probe and a seeded random order with the measured means (CIs from the
+    two-level bootstrap over images and repeats), each predictor's regret, and the differences in Spearman
+    probe - CUI and CUI - CDE with their CIs. ``conclusive`` only where such a difference's CI excludes 0."""
     n = len(results)
     values = [float(r.measured["value"]) for r in results]
     cui = [r.cui for r in results]
     indices = [r.index for r in results]
-    random_order = np.random.default_rng(seed).permutation(n).astype(float).tolist()
-    preds = {
-        "cui": _predictor(cui, values, reps, seed),
-        "cde": _predictor([float(r.boundary_bytes) for r in results], values, reps, seed),
-        "random": _predictor(random_order, values, reps, seed),
+    replicates = two_level_replicates(_outcomes(results), reps, seed) if results else np.zeros((0, 0))
+    preds_in: dict[str, list[float]] = {
+        "cui": cui,
+        "cde": [float(r.boundary_bytes) for r in results],
+        "random": np.random.default_rng(seed).permutation(n).astype(float).tolist(),
     }
-    rc, rd = preds["cui"]["spearman"], preds["cde"]["spearman"]
+    if results and all(r.probe is not None and r.probe.get("value") is not None for r in results):
+        preds_in["probe"] = [float(r.probe["value"]) for r in results if r.probe is not None]
+    preds = {k: _predictor(v, values, replicates, indices) for k, v in preds_in.items()} if n else {}
+    diffs: dict[str, Any] = {}
+    conclusions: list[str] = []
+    for a, b in DIFFERENCES:
+        if a not in preds_in or b not in preds_in or n < 2:
+            continue
+        ra, rb = spearman(preds_in[a], values), spearman(preds_in[b], values)
+        ci = difference_ci(spearman, preds_in[a], preds_in[b], replicates)
+        decided = n >= MIN_CUTS_TO_CONCLUDE and excludes_zero(ci)
+        better = (a if ci is not None and ci[0] > 0 else b) if decided else None
+        diffs[f"{a}-{b}"] = {"spearman_difference": held_out_rounding(None if ra is None or rb is None else ra - rb),
+                             "ci95": _ci(ci), "conclusive": decided, "better": better}  # fmt: skip
+        if better is not None:
+            conclusions.append(f"{better} predicts better than {b if better == a else a}")
+    rc, rd = spearman(cui, values) if n else None, spearman(preds_in["cde"], values) if n else None
     beats = None if rc is None or rd is None else bool(rc > rd)
-    conclusive = n >= MIN_CUTS_TO_CONCLUDE
+    conclusive = bool(conclusions)
     if n < 2:
         note = "fewer than two cuts were measured: nothing can be concluded"
     elif rc is None:
         note = "every cut measured the same value (or CUI is constant): the CUI order is neither confirmed nor contradicted"
     else:
-        cde = "undefined" if rd is None else f"{rd:.3f}"
-        note = f"Spearman(CUI, measured) = {rc:.3f}, Spearman(CDE, measured) = {cde}: " + (
-            "CUI predicted better than CDE" if beats else "CUI did not predict better than CDE"
-        )
-        if not conclusive:
-            note += f"; but {n} cuts are too few to conclude anything (need {MIN_CUTS_TO_CONCLUDE}+)"
+        parts = [f"Spearman with the measured mean: {k.upper()} {_fmt(preds[k]['spearman'])}" if k == "cui"
+                 else f"{k.upper()} {_fmt(preds[k]['spearman'])}" for k in ("cui", "cde", "probe") if k in preds]  # fmt: skip
+        note = ", ".join(parts)
+        if n < MIN_CUTS_TO_CONCLUDE:
+            note += f"; {n} cuts are too few to conclude anything (need {MIN_CUTS_TO_CONCLUDE}+)"
+        elif conclusions:
+            note += "; conclusive: " + "; ".join(conclusions)
+        else:
+            note += "; inconclusive: every difference's 95 % CI contains 0"
     out: dict[str, Any] = {
         "cuts": n,
+        "repeats": int(replicates.shape[0] and _outcomes(results).shape[1]) if results else 0,
         "metric": results[0].measured["metric"] if results else None,
+        "bootstrap": {"method": "two-level: images (shared by the cuts) x repeats (per cut), percentile",
+                      "replicates": reps, "seed": seed},
         "predictors": preds,
+        "differences": diffs,
         **(_regret(cui, values, indices) if results else {}),
         "cui_beats_cde": beats,
         "conclusive": conclusive,
+        "concludes_for": conclusions[0].split(" ")[0] if conclusions else None,
         "note": note,
     }
     if results and results[0].class_measured is not None:
         cvals = [float(r.class_measured["value"]) for r in results if r.class_measured is not None]
         call = [float(r.cui_all) if r.cui_all is not None else math.nan for r in results]
+        crep = np.array([cvals])  # the class subset is measured on one repeat: no bootstrap over images here
         out["classes"] = {
             "metric": results[0].class_measured["metric"] if results[0].class_measured else None,
-            "class_cui": {**_predictor(cui, cvals, reps, seed), **_regret(cui, cvals, indices)},
-            "all_class_cui": {**_predictor(call, cvals, reps, seed), **_regret(call, cvals, indices)},
+            "class_cui": {**_predictor(cui, cvals, crep, indices), **_regret(cui, cvals, indices)},
+            "all_class_cui": {**_predictor(call, cvals, crep, indices), **_regret(call, cvals, indices)},
         }
     return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
 
 
 def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyResult:
@@ -296,7 +356,7 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
     out = opts.out or Path("study")
     paths = [out / "study.json", out / "study.png"]
     with job(opts.distributed, opts.device) as current:  # under torchrun: the cuts are shared out
-        ctx = prepare(opts)
+        ctx = prepare(opts, current)
         mine = [measure_cut(ctx, ctx.cuts[i]) for i in current.share(len(ctx.cuts))]
         results = merge_order(current.gather(mine), len(ctx.cuts), current.world_size)
         data = study_json(ctx, results)
@@ -336,6 +396,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
             "input_bytes": r.ranking.input_bytes,
         },
         "cuts": [res.to_json() for res in results],
+        "probe": None if ctx.probe is None else ctx.probe.to_json(),
         "summary": summarize(results, seed=opts.seed, reps=opts.ci_reps),
         "run": {
             "created": dt.datetime.now(dt.timezone.utc)
@@ -345,6 +406,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
             "host": platform.platform(),
             "torch": torch.__version__,
             "train_seconds": {str(res.index): res.train_seconds for res in results},
+            "probe_seconds": None if ctx.probe is None else round(ctx.probe.seconds, 3),
         },
     }
 
@@ -374,10 +436,14 @@ def study_figure(data: dict[str, Any]) -> Figure:
         lo = [c["measured"]["value"] - c["measured"]["ci95"][0] for c in cuts]
         hi = [c["measured"]["ci95"][1] - c["measured"]["value"] for c in cuts]
         right.errorbar(xs, ys, yerr=[lo, hi], color="#d1495b", marker="s", markersize=5, linestyle="-",
-                       linewidth=1.0, capsize=3, label=f"held-out {metric} (95 % CI)")  # fmt: skip
+                       linewidth=1.0, capsize=3, label=f"trained: held-out {metric}, mean over repeats (95 % CI)")  # fmt: skip
         right.axhline(
             data["full_model"]["value"], color="#6c757d", linestyle="--", linewidth=0.8, label="full model"
         )
+        probed = [(c["index"], c["probe"]) for c in cuts if isinstance(c.get("probe"), dict)]
+        if probed:
+            right.plot([i for i, _ in probed], [p["value"] for _, p in probed], color="#2a9d8f", marker="^",
+                       markersize=5, linestyle="--", linewidth=1.0, label=f"probe (untrained linear code), {metric}")  # fmt: skip
     right.set_ylabel(f"held-out {metric}", color="#d1495b")
     spec = data["options"].get("bottleneck", {}).get("size", "?")
     top.set_title(f"{data['model'].get('name', '?')}: CUI and measured {metric} with a {spec} bottleneck")

@@ -49,6 +49,7 @@ from isplit_export.numbers import rounded
 from isplit_export.options import ExportOptions, make_options
 from isplit_export.outdir import atomic_directory, check_out, check_writable_file
 from isplit_export.ranking.graph import Cut
+from isplit_export.stats import MIN_TO_CONCLUDE
 from isplit_export.targets.engine_plan import write_build_plan
 from isplit_export.targets.profiles import TargetProfile, load_target
 from isplit_export.verification.checks import (
@@ -56,7 +57,9 @@ from isplit_export.verification.checks import (
     check_int8_code_pair,
     check_pair,
     cui_order,
+    held_out_rounding,
     manifest_rounding,
+    task_metric,
 )
 from isplit_export.verification.gates import GATES, gate_for
 from isplit_export.verification.metrics import accuracy
@@ -66,8 +69,8 @@ from isplit_export.version import __version__
 
 log = logging.getLogger(__name__)
 
-MIN_SPLITS_TO_CONCLUDE = 5
-"""Below this many measured splits a rank correlation says nothing (3 splits have only 6 orders)."""
+MIN_SPLITS_TO_CONCLUDE = MIN_TO_CONCLUDE
+"""Below this many measured splits a rank correlation says nothing (:data:`isplit_export.stats.MIN_TO_CONCLUDE`)."""
 
 
 @dataclass
@@ -121,11 +124,11 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     x, labels, names = ranked.images.tensor(limit=opts.verify_images)
     x_train: torch.Tensor | None = None
     if bn is not None:  # train on one part, verify on the held-out rest; sizes checked before writing
-        from isplit_export.bottleneck.core import plan
+        from isplit_export.bottleneck.core import code_shape
         from isplit_export.bottleneck.holdout import split_holdout
 
         for cut in cuts:
-            plan(cut, bn.spec, encoding_name)
+            code_shape(cut, bn.spec, encoding_name)
         train_idx, held_idx = split_holdout(names, bn.holdout, opts.seed)
         x_train, x, labels = x[train_idx], x[held_idx], labels[held_idx]
         names = [names[i] for i in held_idx]
@@ -219,7 +222,7 @@ def _export_split(
         from isplit_export.bottleneck import core as bottleneck
 
         trained = bottleneck.train(
-            cut, head_gm, tail_gm, x_train, opts.bottleneck, seed=bottleneck.cut_seed(opts.seed, cut.index),
+            cut, head_gm, tail_gm, x_train, opts.bottleneck, seed=opts.seed,
             encoding=encoding_name, batch_size=batch_size, progress=opts.progress,
         )  # fmt: skip
         head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
@@ -294,7 +297,10 @@ def _export_split(
     if trained is not None and opts.bottleneck is not None:
         from isplit_export.bottleneck.core import config
 
-        entry["bottleneck"] = {**config(opts.bottleneck, trained.plan, enc), "training": trained.summary}
+        # the probe's score (the untrained PCA code) next to the trained pair's, on the same held-out images
+        probe = task_metric(y_ref, trained.initial_logits(x, batch_size), labels, held_out=True, rnd=held_out_rounding)
+        entry["bottleneck"] = {**config(opts.bottleneck, trained.plan, enc), "training": trained.summary,
+                               "probe": probe, "trained": checks[encoding_name]["task"]}  # fmt: skip
     return entry, lat
 
 

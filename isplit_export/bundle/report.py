@@ -342,14 +342,32 @@ def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
         task = checks[0].task if checks else {}
         if task.get("metric"):
             metric = str(task["metric"])
+        probe = md.as_dict(md.as_dict(s.get("bottleneck")).get("probe"))
         rows.append(
-            [s.get("cui_rank", s.get("rank", "-")), f"`{s.get('node', '?')}`", md.sig(s.get("cui"), 4), md.pct(task.get("value")),
+            [s.get("cui_rank", s.get("rank", "-")), f"`{s.get('node', '?')}`", md.sig(s.get("cui"), 4),
+             md.pct(probe.get("value")) + _ci_pct(probe.get("ci95")), md.pct(task.get("value")) + _ci_pct(task.get("ci95")),
              md.pct(task.get("full_model")), md.pp(task.get("drop"))]
         )  # fmt: skip
     lines = ["## Does the CUI order hold?", "", _spearman_sentence(manifest, metric)]
+    probed = any(md.as_dict(md.as_dict(s.get("bottleneck")).get("probe")) for s in splits)
+    header = ["CUI rank", "node", "CUI", f"probe {metric} [95% CI]", f"measured {metric} [95% CI]", "full model", "drop"]
+    if not probed:  # no bottleneck: no probe column
+        header, rows = [h for h in header if not h.startswith("probe")], [r[:3] + r[4:] for r in rows]
+    if probed:
+        lines += ["", "The probe is the split's untrained linear code at the same budget (patch PCA, int8, the real "
+                  "tail; `docs/probe.md`), on the same held-out images: a training-free prediction of the measured "
+                  "value, next to CUI's. Every bottleneck starts from it and keeps a trained checkpoint only when "
+                  "its validation slice says it is better."]  # fmt: skip
     if rows:
-        lines += ["", *md.table(["CUI rank", "node", "CUI", f"measured {metric}", "full model", "drop"], rows)]
+        lines += ["", *md.table(header, rows)]
     return lines
+
+
+def _ci_pct(ci: Any) -> str:
+    """`` [lo, hi]`` in percent, or nothing without an interval."""
+    if not isinstance(ci, list | tuple) or len(ci) != 2 or ci[0] is None or ci[1] is None:
+        return ""
+    return f" [{100 * float(ci[0]):.1f}, {100 * float(ci[1]):.1f}]"
 
 
 def _latency(manifest: Mapping[str, Any]) -> list[str]:

@@ -9,6 +9,8 @@ curve), ``head_flops_share``, ``bytes`` (the boundary as sent) and ``total_ms`` 
 - ``latency``: local maxima by end-to-end latency (ties: higher CUI first). A cut that is not a local
   maximum is never selected, but the note says when one is faster than the fastest candidate, and by how
   much.
+- ``probe``: candidates by the probe's held-out score at the ``--bottleneck`` budget
+  (:mod:`isplit_export.bottleneck.probe`; ties: I-Split's rank); needs no link.
 - ``balanced``: the Pareto front of (CUI high, latency low) among the candidates, best CUI first; when
   the front has fewer than K cuts, the next front follows (non-dominated sorting).
 
@@ -106,7 +108,7 @@ def select(rows: Sequence[Mapping[str, Any]], objective: str, constraints: Const
     """Apply ``constraints`` to the candidates (rows with a rank), order them by ``objective``, take ``top``."""
     if objective not in OBJECTIVES:
         raise BadInputError(f"unknown --objective {objective!r}: choose {', '.join(OBJECTIVES)}")
-    needs_ms = objective != "cui"
+    needs_ms = objective not in ("cui", "probe")
     if needs_ms and any(r.get("total_ms") is None for r in rows):
         raise BadInputError(f"--objective {objective} needs the end-to-end latency: pass --link")
     candidates = [r for r in rows if r.get("rank") is not None]
@@ -123,6 +125,10 @@ def select(rows: Sequence[Mapping[str, Any]], objective: str, constraints: Const
         pareto = sorted(int(r["index"]) for r, layer in zip(kept, layers, strict=True) if layer == 0)
     if objective == "cui":
         ordered = sorted(kept, key=lambda r: int(r["rank"]))
+    elif objective == "probe":
+        if any(not isinstance(r.get("probe"), Mapping) for r in kept):
+            raise BadInputError("--objective probe needs the probe's scores: add --bottleneck SIZE (e.g. 64B)")
+        ordered = sorted(kept, key=lambda r: (-float(r["probe"]["value"]), int(r["rank"])))
     elif objective == "latency":
         ordered = sorted(kept, key=lambda r: (float(r["total_ms"]), -float(r["cui"]), int(r["index"])))
     else:

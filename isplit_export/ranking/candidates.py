@@ -18,11 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from isplit_export.ranking.graph import Cut
+
+if TYPE_CHECKING:
+    from isplit_export.bottleneck.probe import Probe
 
 SCHEMA = "isplit.ranking/2"
 
@@ -67,6 +70,8 @@ class Ranking:
 
         return summarize(self.cui, self.replicates, self.ranks)
     total_flops: int | None = None
+    probe: Probe | None = None
+    """The probe at a ``--bottleneck`` budget (:mod:`isplit_export.bottleneck.probe`): a score per probed cut."""
     cost: dict[str, Any] | None = None
     """The cost block (``isplit_export.bundle.planning``): ``per_cut`` (one row per cut) goes into each candidate."""
 
@@ -115,6 +120,8 @@ class Ranking:
                 row["head_flops"] = round(cut.head_flops_share * self.total_flops)
             if self.cost is not None:
                 row["cost"] = self.cost["per_cut"][i]
+            if self.probe is not None and i in self.probe.scores:
+                row["probe"] = self.probe.scores[i]
             candidates.append(row)
         out: dict[str, Any] = {
             "schema": SCHEMA,
@@ -145,6 +152,8 @@ class Ranking:
                 "flip_threshold": FLIP_THRESHOLD,
                 "ties": unc["pairs"],
             }
+        if self.probe is not None:
+            out["probe"] = self.probe.to_json()
         if self.cost is not None:
             out["cost"] = {k: v for k, v in self.cost.items() if k != "per_cut"}
         return out
@@ -157,7 +166,10 @@ class Ranking:
         """
         ranks, log10 = self.ranks, self.log10_cui
         unc = self.uncertainty
-        head = ("rank", "cut", "node", "module", "shape", "KiB", "head FLOPs", "log10 CUI")
+        head: tuple[str, ...] = ("rank", "cut", "node", "module", "shape", "KiB", "head FLOPs", "log10 CUI")
+        probe = self.probe
+        if probe is not None:
+            head += (f"probe {probe.spec.text} [95% CI]",)
         rows: list[tuple[str, ...]] = [head + (("stable", "ties") if unc is not None else ())]
         for cut in self.ranked(top):
             i = cut.index
@@ -176,8 +188,17 @@ class Ranking:
                     f"{cut.boundary_bytes / 1024:.1f}",
                     f"{100 * cut.head_flops_share:.1f}%",
                     f"{log10[i]:.3f}" if log10[i] is not None else "-inf",
+                    *((_probe_cell(probe.scores.get(i)),) if probe is not None else ()),
                     *extra,
                 )
             )
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _probe_cell(score: dict[str, Any] | None) -> str:
+    """``88.0% [76.2, 94.4]`` (or ``-`` for a cut the probe did not score)."""
+    if score is None or score.get("value") is None:
+        return "-"
+    lo, hi = score["ci95"]
+    return f"{100 * score['value']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"

@@ -109,7 +109,13 @@ class TracedModel:
 
     def split(self, cut: Cut) -> tuple[fx.GraphModule, fx.GraphModule]:
         """Head (input -> boundary) and tail (boundary -> logits) modules for ``cut``."""
-        return _split(self.gm, cut.node)
+        head, tail = _split(self.gm, cut.node)
+        assert head is not None
+        return head, tail
+
+    def tail(self, cut: Cut) -> fx.GraphModule:
+        """The tail alone (boundary -> logits): what the probe runs, without building the head."""
+        return _split(self.gm, cut.node, head=False)[1]
 
 
 def trace(module: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
@@ -275,16 +281,17 @@ def _node_flops(gm: fx.GraphModule, batch: int = 1) -> dict[fx.Node, int]:
     return out
 
 
-def _split(gm: fx.GraphModule, cut_name: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+def _split(gm: fx.GraphModule, cut_name: str, head: bool = True) -> tuple[fx.GraphModule | None, fx.GraphModule]:
     nodes = list(gm.graph.nodes)
     k = next(i for i, n in enumerate(nodes) if n.name == cut_name)
     free = _free_nodes(nodes)
 
-    head = fx.Graph()
+    head_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    for n in nodes[: k + 1]:
-        env[n] = head.node_copy(n, lambda a: env[a])
-    head.output(env[nodes[k]])
+    if head:
+        for n in nodes[: k + 1]:
+            env[n] = head_graph.node_copy(n, lambda a: env[a])
+        head_graph.output(env[nodes[k]])
 
     tail = fx.Graph()
     boundary = tail.placeholder("boundary")
@@ -307,8 +314,10 @@ def _split(gm: fx.GraphModule, cut_name: str) -> tuple[fx.GraphModule, fx.GraphM
                 tenv[n] = tail.call_method("size", (boundary, 0))
             continue
         tenv[n] = tail.node_copy(n, lookup)
-    pair = fx.GraphModule(gm, head, "Head"), fx.GraphModule(gm, tail, "Tail")
-    for part in pair:
-        part.graph.eliminate_dead_code()
-        part.recompile()
-    return pair
+    head_gm = fx.GraphModule(gm, head_graph, "Head") if head else None
+    tail_gm = fx.GraphModule(gm, tail, "Tail")
+    for part in (head_gm, tail_gm):
+        if part is not None:
+            part.graph.eliminate_dead_code()
+            part.recompile()
+    return head_gm, tail_gm

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from isplit_export.numbers import rounded
+from isplit_export.stats import proportion_ci, spearman
 from isplit_export.verification.gates import GATES, Gate
-from isplit_export.verification.metrics import compare_logits, proportion_ci, spearman
+from isplit_export.verification.metrics import compare_logits
 
 Rounding = Callable[[float | None], float | None]
 """How a check rounds its numbers for JSON (the identity for ``verify.json``)."""

@@ -1,13 +1,10 @@
-"""Numerical comparison of logits, task accuracy and rank correlation (numpy only).
+"""Numerical comparison of logits and task accuracy (numpy only).
 
 Torch-free on purpose: :mod:`isplit_export.verification.verify` uses these on a Jetson without PyTorch.
 All arithmetic runs in float64 so the metric itself adds no error to what it measures.
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -95,121 +92,3 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
         return None
     pred = np.argmax(rows[known], axis=1)
     return float(np.mean(pred == lab[known]))
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x``; tied values share the mean of the ranks they span."""
-    order = np.argsort(x, kind="stable")
-    sx = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
-
-
-def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float | None:
-    """Spearman rank correlation of ``a`` and ``b`` (Pearson correlation of average ranks).
-
-    Ties get the average of the ranks they span (the usual "fractional ranking", as scipy does).
-    Returns ``None`` when it is undefined: fewer than 2 points, or either vector is constant
-    (or contains NaN). Used to ask whether the CUI order of the splits holds on the task metric.
-    """
-    x = np.asarray(a, dtype=np.float64).reshape(-1)
-    y = np.asarray(b, dtype=np.float64).reshape(-1)
-    if x.shape != y.shape:
-        raise ValueError(f"spearman needs equal lengths, got {x.size} and {y.size}")
-    if x.size < 2 or np.isnan(x).any() or np.isnan(y).any():
-        return None
-    rx, ry = _average_ranks(x), _average_ranks(y)
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    den = float(np.sqrt(np.sum(dx * dx) * np.sum(dy * dy)))
-    if den == 0.0:
-        return None
-    return float(np.clip(np.sum(dx * dy) / den, -1.0, 1.0))
-
-
-def _pair(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(a, dtype=np.float64).reshape(-1)
-    y = np.asarray(b, dtype=np.float64).reshape(-1)
-    if x.shape != y.shape:
-        raise ValueError(f"{name} needs equal lengths, got {x.size} and {y.size}")
-    return x, y
-
-
-def kendall_tau(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float | None:
-    """Kendall's tau-b of ``a`` and ``b``: concordant minus discordant pairs over the geometric mean of
-    the pairs untied in ``a`` and untied in ``b``, i.e. ``sum sgn(da) sgn(db) / sqrt(sum sgn(da)^2 *
-    sum sgn(db)^2)`` over all pairs ``i < j`` (ties handled as scipy's default ``variant="b"``).
-
-    Returns ``None`` when it is undefined: fewer than 2 points, NaN, or either vector constant.
-    O(n^2) pairs: meant for the handful of splits a study compares.
-    """
-    x, y = _pair(a, b, "kendall_tau")
-    if x.size < 2 or np.isnan(x).any() or np.isnan(y).any():
-        return None
-    i, j = np.triu_indices(x.size, k=1)
-    sx, sy = np.sign(x[j] - x[i]), np.sign(y[j] - y[i])
-    den = float(np.sqrt(np.sum(sx * sx) * np.sum(sy * sy)))
-    if den == 0.0:
-        return None
-    return float(np.clip(np.sum(sx * sy) / den, -1.0, 1.0))
-
-
-def bootstrap_ci(
-    stat_fn: Callable[[np.ndarray, np.ndarray], float | None],
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
-    reps: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of ``stat_fn(a, b)`` over *paired* samples (e.g. a rank correlation).
-
-    Each of ``reps`` replicates draws ``n`` indices with replacement (``numpy.random.default_rng(seed)``,
-    so the same seed gives the same interval) and evaluates ``stat_fn(a[idx], b[idx])``. Replicates where
-    the statistic is undefined (``None``/NaN, e.g. a resample whose values are all tied) are left out.
-    Returns ``(lo, hi)``, or ``None`` when fewer than 2 points or under half the replicates are defined.
-    """
-    x, y = _pair(a, b, "bootstrap_ci")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if x.size < 2 or reps < 1:
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(reps, x.size))
-    values = []
-    for row in idx:
-        v = stat_fn(x[row], y[row])
-        if v is not None and math.isfinite(v):
-            values.append(float(v))
-    if len(values) < max(1, reps // 2):
-        return None
-    tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.percentile(np.array(values), [tail, 100.0 - tail])
-    return float(lo), float(hi)
-
-
-Z95 = 1.959963984540054
-"""The standard normal quantile for a two-sided 95 % interval."""
-
-
-def proportion_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval (95 % by default) for a proportion of ``k`` successes in ``n`` trials.
-
-    Wilson rather than the normal (Wald) interval: it stays inside [0, 1] and keeps its coverage near
-    0 and 1 (an accuracy of 100 % on 50 images gives [0.929, 1], not [1, 1]). ``n = 0`` gives [0, 1].
-    """
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,0 +1,203 @@
+"""The probe: each cut's best linear code at the link's budget, scored by the real tail without training.
+
+For a budget ``--bottleneck SIZE|RATIO`` and every probed cut (the CUI's candidates, or all cuts):
+
+1. the code's shape is the bottleneck's (:func:`isplit_export.bottleneck.core.code_shape`): ``k x k``
+   patches at stride ``k`` (``k`` the smallest power of two leaving at most the budget's positions) and
+   ``K`` = budget elements // positions components (at most ``C*k*k``); a budget a cut cannot reach is
+   a one-line error naming the cut and the smallest size it can reach;
+2. one forward pass over the *train* part of the images (:mod:`isplit_export.bottleneck.holdout`, the
+   split the bottleneck uses) accumulates every probed cut's float64 patch covariance sums at once
+   (:meth:`TracedModel.capture_module`); the top-K principal components are fitted
+   (:mod:`isplit_export.bottleneck.pca`);
+3. a second pass over the train part (over the kept activations when they fit in
+   :data:`KEEP_BYTES`, else a second forward) records each component's range, which scales it to
+   ``[-1, 1]`` for the int8 codec: exactly the code an untrained bottleneck's exported head sends;
+4. one forward pass over the *held-out* part encodes, quantises, decodes and runs each cut's real tail:
+   held-out top-1 accuracy (labelled images) or agreement with the full model, with a Wilson 95 % CI.
+
+Under torchrun the train and held-out batches are shared out; the covariance sums, the ranges and the
+held-out logits are gathered and added up, so every process ends with the same probe.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from isplit_export.bottleneck.pca import (
+    CovarianceSums,
+    PatchPCA,
+    PcaDecoder,
+    PcaEncoder,
+    ProjectionRanges,
+    channels_first,
+    code_encoding,
+    fit,
+    patches,
+)
+from isplit_export.exporting.encoding import decode_array, encode_array
+from isplit_export.options import SizeSpec
+
+if TYPE_CHECKING:
+    from isplit_export.distributed import Job
+    from isplit_export.ranking.graph import Cut, TracedModel
+
+KEEP_BYTES = 1 << 30
+"""Up to this many bytes of train activations are kept between the two train passes (else recomputed)."""
+
+METHOD = (
+    "patch PCA at the budget (k x k patches, stride k; top-K components of float64 covariance sums over the "
+    "train images), each component scaled to its train range and quantised as the exported code, decoded, "
+    "the real tail run on held-out images; Wilson 95 % CI"
+)
+
+
+@dataclass
+class Probe:
+    """The probe's scores: per probed cut index, the held-out measure (``value``, ``ci95``, ``metric``...)
+    and the code's shape; ``pcas`` are the fitted codes (reused to initialise bottlenecks)."""
+
+    spec: SizeSpec
+    encoding: str
+    scores: dict[int, dict[str, Any]]
+    pcas: dict[int, PatchPCA]
+    train_images: int
+    held_out_images: int
+    seconds: float
+
+    def best(self) -> int | None:
+        """The probed cut with the highest score (ties: earlier cut)."""
+        if not self.scores:
+            return None
+        return min(self.scores, key=lambda i: (-float(self.scores[i]["value"] or 0.0), i))
+
+    def to_json(self) -> dict[str, Any]:
+        """The ranking's ``probe`` block (byte-reproducible: no seconds)."""
+        return {
+            "budget": self.spec.to_json(),
+            "encoding": self.encoding,
+            "method": METHOD,
+            "train_images": self.train_images,
+            "held_out_images": self.held_out_images,
+            "metric": next(iter(self.scores.values()))["metric"] if self.scores else None,
+            "best": self.best(),
+        }
+
+
+def _batches(n: int, batch_size: int, job: Job | None) -> list[tuple[int, int]]:
+    """This process's ``(start, stop)`` batches of ``range(n)`` (strided by batch under torchrun)."""
+    spans = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if job is None or not job.active:
+        return spans
+    return [s for b, s in enumerate(spans) if b % job.world_size == job.rank]
+
+
+def _gather(job: Job | None, obj: Any) -> list[Any]:
+    return [obj] if job is None or not job.active else job.gather(obj)
+
+
+def run_probe(
+    traced: TracedModel,
+    cuts: Sequence[Cut],
+    spec: SizeSpec,
+    x_train: torch.Tensor,
+    x_held: torch.Tensor,
+    y_full_held: np.ndarray,
+    labels_held: np.ndarray,
+    *,
+    encoding: str = "int8",
+    batch_size: int = 16,
+    job: Job | None = None,
+) -> Probe:
+    """Score every cut of ``cuts`` by its linear code at ``spec`` (see the module docstring)."""
+    from isplit_export.bottleneck.core import code_shape
+    from isplit_export.verification.checks import held_out_rounding, task_metric
+
+    start = time.perf_counter()
+    shapes = {c.index: code_shape(c, spec, encoding) for c in cuts}  # every unreachable budget before any pass
+    pos = {c.index: i for i, c in enumerate(traced.cuts)}
+    capture = traced.capture_module().eval()
+    sums = {i: CovarianceSums(s.boundary_shape[0] * s.kernel * s.kernel) for i, s in shapes.items()}
+    per_image = sum(4 * math.prod(c.shape) for c in cuts)
+    keep = per_image * len(x_train) <= KEEP_BYTES  # small enough: the ranges' pass reuses the activations
+    kept: list[list[torch.Tensor]] = []
+    with torch.no_grad():
+        for a, b in _batches(len(x_train), batch_size, job):
+            acts = capture(x_train[a:b])[1:]
+            for i, s in shapes.items():
+                sums[i].add(patches(channels_first(acts[pos[i]], s.layout), s.kernel))
+            if keep:
+                kept.append([acts[pos[i]] for i in shapes])
+    if job is not None and job.active:
+        parts = _gather(job, sums)
+        sums = {i: CovarianceSums(v.dim) for i, v in sums.items()}
+        for part in parts:
+            for i, v in part.items():
+                sums[i].merge(v)
+    pcas = {i: fit(sums[i], s.kernel, s.channels, s.boundary_shape, s.layout) for i, s in shapes.items()}
+    raw = {i: PcaEncoder(p).eval() for i, p in pcas.items()}
+    ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
+    with torch.no_grad():
+        batches = kept if keep else ([capture(x_train[a:b])[1:][pos[i]] for i in shapes]
+                                     for a, b in _batches(len(x_train), batch_size, job))  # fmt: skip
+        for acts_kept in batches:
+            for i, act in zip(shapes, acts_kept, strict=True):
+                ranges[i].add(raw[i](act))
+    if job is not None and job.active:
+        parts = _gather(job, ranges)
+        ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
+        for part in parts:
+            for i, r in part.items():
+                ranges[i].merge(r)
+    for i, p in pcas.items():
+        p.set_ranges(*ranges[i].bounds())
+    codec = code_encoding(encoding)
+    pairs: dict[int, tuple[PcaEncoder, PcaDecoder, torch.nn.Module]] = {}
+    for c in cuts:
+        pairs[c.index] = (PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index]).eval(), traced.tail(c).eval())
+    mine: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in shapes}
+    with torch.no_grad():
+        for a, b in _batches(len(x_held), batch_size, job):
+            acts = capture(x_held[a:b])[1:]
+            for i, (enc, dec, tail_i) in pairs.items():
+                z = encode_array(enc(acts[pos[i]]).numpy(), codec)
+                zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
+                mine[i].append((a, tail_i(dec.linear_forward(zq)).numpy()))  # == dec(zq): residual is 0
+    logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in shapes}
+    for part in _gather(job, mine):
+        for i, chunks in part.items():
+            logits[i].extend(chunks)
+    scores: dict[int, dict[str, Any]] = {}
+    for i, s in shapes.items():
+        got = np.concatenate([v for _, v in sorted(logits[i], key=lambda t: t[0])])
+        scores[i] = {**task_metric(y_full_held, got, labels_held, held_out=True, rnd=held_out_rounding), "code_shape": list(s.code_shape),
+                     "kernel": s.kernel, "code_bytes": s.code_bytes}  # fmt: skip
+    return Probe(spec, encoding, scores, pcas, len(x_train), len(x_held), time.perf_counter() - start)
+
+
+def probe_ranking(ranked: Any, spec: SizeSpec, cuts: str = "candidates", *, encoding: str = "int8",
+                  batch_size: int = 16, seed: int = 0, holdout: float = 0.25, max_images: int = 2000,
+                  job: Job | None = None) -> Probe:  # fmt: skip
+    """The probe for a :class:`~isplit_export.api.RankResult`: its images split train/held-out by name
+    (the bottleneck's split), over its candidates (``cuts="candidates"``) or all its cuts."""
+    from isplit_export.bottleneck.holdout import split_holdout
+    from isplit_export.distributed import images_tensor
+    from isplit_export.models import forward_batched
+
+    ranks = ranked.ranking.ranks  # every candidate (local maximum), whatever the ranking's top
+    chosen = [c for c, r in zip(ranked.traced.cuts, ranks, strict=True) if cuts == "all" or r is not None]
+    x, labels, names = images_tensor(ranked.images, max_images)
+    train_idx, held_idx = split_holdout(names, holdout, seed)
+    x_held = x[held_idx]
+    y_full = forward_batched(ranked.model.module, x_held, batch_size).numpy()
+    return run_probe(
+        ranked.traced, chosen, spec, x[train_idx], x_held, y_full, labels.numpy()[held_idx],
+        encoding=encoding, batch_size=batch_size, job=job,
+    )  # fmt: skip

@@ -1,0 +1,212 @@
+"""The probe (patch PCA at a budget, scored by the real tail) and the bottlenecks that start from it.
+
+Reference computations (``torch.linalg.svd`` on stacked patches, a batch covariance), a real ONNX export
+of an untrained bottleneck against the probe, the trained digits CNN, and a 2-process gloo job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from isplit_export.api import rank
+from isplit_export.bottleneck import core as bn
+from isplit_export.bottleneck.holdout import split_holdout
+from isplit_export.bottleneck.pca import CovarianceSums, fit, patches
+from isplit_export.bottleneck.probe import probe_ranking, run_probe
+from isplit_export.exporting.encoding import decode_tail, encode_head
+from isplit_export.exporting.onnx_export import to_onnx
+from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.models import forward_batched
+from isplit_export.options import BottleneckOptions, parse_size
+from isplit_export.verification.verify import run_pair_onnx
+from tests.helpers import DIGITS, run_cli
+
+
+@pytest.mark.parametrize(("k", "channels"), [(1, 1), (1, 3), (2, 1), (2, 5), (4, 7)])
+def test_pca_equals_svd_of_the_stacked_patches(k: int, channels: int) -> None:
+    gen = torch.Generator().manual_seed(k * 10 + channels)
+    a = torch.randn(6, 3, 9, 10, generator=gen) * torch.tensor([3.0, 1.0, 0.3]).reshape(1, 3, 1, 1) + 1.5
+    sums = CovarianceSums(3 * k * k)
+    sums.add(patches(a, k))
+    pca = fit(sums, k, channels, (3, 9, 10))
+    # reference: every whole k x k patch (stride k) as a row, centred, SVD
+    rows = []
+    for b in range(6):
+        for i in range(9 // k):
+            for j in range(10 // k):
+                rows.append(a[b, :, i * k : (i + 1) * k, j * k : (j + 1) * k].reshape(-1))
+    x = torch.stack(rows).double()
+    xc = x - x.mean(0)
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    ref = vh[:channels]
+    assert torch.allclose(pca.mean, x.mean(0), atol=1e-12)
+    assert torch.allclose(pca.eigenvalues, (s[:channels] ** 2) / len(x), rtol=1e-9, atol=1e-12)
+    # the same directions (up to sign, which fit() fixes: largest entry positive)
+    dots = (pca.components * ref).sum(1).abs()
+    assert torch.allclose(dots, torch.ones(channels, dtype=torch.float64), atol=1e-8)
+    assert bool((pca.components.gather(1, pca.components.abs().argmax(1, keepdim=True)) > 0).all())
+
+
+def test_streaming_covariance_equals_the_batch_one_at_any_batch_size_and_order() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 12, generator=gen, dtype=torch.float64) * 5 + 100  # a large mean: cancellation
+    ref = torch.cov(x.T, correction=0)
+    for batch in (1, 7, 64, 500):
+        for perm in (torch.arange(500), torch.randperm(500, generator=gen)):
+            sums = CovarianceSums(12)
+            xs = x[perm]
+            for i in range(0, 500, batch):
+                sums.add(xs[i : i + batch])
+            assert sums.n == 500
+            assert float((sums.covariance() - ref).abs().max()) < 1e-10
+    # merging two halves (two processes) is the same as one stream
+    a, b = CovarianceSums(12), CovarianceSums(12)
+    a.add(x[:123])
+    b.add(x[123:])
+    a.merge(b)
+    assert float((a.covariance() - ref).abs().max()) < 1e-10
+
+
+@pytest.fixture(scope="module")
+def digits_ranked(digits_weights: Path, digits_dir: Path) -> object:
+    return rank(DIGITS, weights=str(digits_weights), data=digits_dir, bootstrap=0)
+
+
+def test_untrained_bottleneck_exported_to_onnx_gives_the_probes_score(digits_ranked: object, tmp_path: Path) -> None:
+    r = digits_ranked
+    x, labels, names = r.images.tensor()  # type: ignore[attr-defined]
+    train_idx, held_idx = split_holdout(names, 0.25, 0)
+    x_train, x_held, lab = x[train_idx], x[held_idx], labels.numpy()[held_idx]
+    y_full = forward_batched(r.model.module, x_held, 16).numpy()  # type: ignore[attr-defined]
+    cuts = [r.traced.cuts[i] for i in (0, 2, 5)]  # type: ignore[attr-defined]
+    probe = run_probe(r.traced, cuts, parse_size("64B"), x_train, x_held, y_full, lab, batch_size=16)  # type: ignore[attr-defined]
+    opts = BottleneckOptions(size="64B", train_steps=0)
+    for cut in cuts:
+        head, tail = r.traced.split(cut)  # type: ignore[attr-defined]
+        t = bn.train(cut, head, tail, x_train, opts, seed=0, batch_size=16)
+        assert t.summary["kept"] == "initialisation" and t.summary["steps"] == 0
+        hp, tp = tmp_path / f"h{cut.index}.onnx", tmp_path / f"t{cut.index}.onnx"
+        save_model(encode_head(to_onnx(t.head, x_held[:1], "input", "boundary"), t.encoding), hp)
+        code = forward_batched(t.head, x_held[:1], 1)
+        save_model(decode_tail(to_onnx(t.tail, code, "boundary", "logits"), t.encoding), tp)
+        _, logits = run_pair_onnx(hp, tp, x_held.numpy(), batch=16)
+        exported = bn.task_measure(logits, y_full, lab)
+        assert exported == {k: probe.scores[cut.index][k] for k in exported}, (cut.index, exported)
+
+
+def test_training_never_returns_a_pair_worse_than_its_start_on_validation(digits_ranked: object) -> None:
+    r = digits_ranked
+    x, _, names = r.images.tensor()  # type: ignore[attr-defined]
+    train_idx, _ = split_holdout(names, 0.25, 0)
+    for index, lr in ((3, 2e-3), (4, 0.5)):  # lr 0.5: training that diverges must fall back to the start
+        cut = r.traced.cuts[index]  # type: ignore[attr-defined]
+        head, tail = r.traced.split(cut)  # type: ignore[attr-defined]
+        t = bn.train(cut, head, tail, x[train_idx], BottleneckOptions(size="64B", train_steps=24, lr=lr), seed=0)
+        v = t.summary["validation"]
+        assert v["best_agreement"] >= v["init_agreement"], v
+        if t.summary["kept"] == "initialisation":
+            assert v["best_agreement"] == v["init_agreement"] and t.summary["best_step"] == 0
+            assert np.array_equal(t.logits(x[:8]), t.initial_logits(x[:8]))
+
+
+def test_probe_on_the_trained_digits_cnn_at_64_bytes(digits_ranked: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut 0 (features_1) measures best after training; the probe picks it or a cut tied with it within the
+    CI, and ranks cut 4 (features_8) last or second to last."""
+    from isplit_export.bottleneck import probe as probe_mod
+
+    p = probe_ranking(digits_ranked, parse_size("64B"), "all")
+    monkeypatch.setattr(probe_mod, "KEEP_BYTES", 0)  # the second train pass recomputed: the same probe
+    assert probe_ranking(digits_ranked, parse_size("64B"), "all").scores == p.scores
+    s = p.scores
+    best = p.best()
+    assert best is not None
+    lo0, hi0 = s[0]["ci95"]
+    assert best == 0 or lo0 <= s[best]["value"] <= hi0 or s[best]["ci95"][0] <= s[0]["value"], s
+    order = sorted(s, key=lambda i: s[i]["value"])
+    assert 4 in order[:2], {i: s[i]["value"] for i in s}
+
+
+def test_rank_with_a_budget_adds_the_probe_column(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    code, out, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
+                             "--bottleneck", "64B", "--bootstrap", "0", "--out", tmp_path / "r")  # fmt: skip
+    assert code == 0, err
+    assert "probe 64B [95% CI]" in out
+    data = json.loads((tmp_path / "r" / "ranking.json").read_text())
+    probed = [c for c in data["candidates"] if "probe" in c]
+    assert probed and all(c["local_max"] for c in probed)
+    assert all(c["probe"]["ci95"][0] <= c["probe"]["value"] <= c["probe"]["ci95"][1] for c in probed)
+    assert data["probe"]["budget"]["spec"] == "64B" and data["probe"]["best"] in {c["index"] for c in probed}
+    assert (tmp_path / "r" / "probe.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (("rank", "--bottleneck", "1B"), "smallest code there is 4 B"),
+        (("rank", "--bottleneck", "1B"), "cut 0 (features_1)"),
+        (("export", "--objective", "probe", "--out", "OUT"), "--objective probe scores the splits at a link budget"),
+        (("study", "--repeats", "0", "--out", "OUT"), "--repeats 0"),
+    ],
+)
+def test_bad_probe_inputs_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
+    args: tuple[str, ...], expect: str,
+) -> None:  # fmt: skip
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in args]
+    code, _, err = run_cli(capsys, argv[0], DIGITS, "--weights", digits_weights, "--data", digits_dir, *argv[1:])
+    assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.e2e
+def test_two_gloo_processes_give_the_single_process_probe(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    args = ["rank", DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--bottleneck", "64B",
+            "--probe-cuts", "all", "--bootstrap", "0", "--workers", "0"]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, _, err = run_cli(capsys, *args, "--out", tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ISPLIT_DIST_TIMEOUT_S": "60"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+           "isplit_export.cli", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "ranking.json").read_text())
+    two = json.loads((tmp_path / "two" / "ranking.json").read_text())
+    assert [c.get("probe") for c in one["candidates"]] == [c.get("probe") for c in two["candidates"]]
+    assert all("probe" in c for c in two["candidates"])
+
+
+@pytest.mark.e2e
+def test_objective_probe_exports_the_probes_choice_and_records_both_scores(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    code, out, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--top", "1",
+                             "--bottleneck", "64B", "--objective", "probe", "--train-steps", "8",
+                             "--latency-runs", "2", "--out", tmp_path / "b")  # fmt: skip
+    assert code == 0, err
+    assert "probe 64B [95% CI]" in out
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    ranking = json.loads((tmp_path / "b" / "ranking.json").read_text())
+    probed = {c["index"]: c["probe"]["value"] for c in ranking["candidates"] if "probe" in c}
+    (split,) = manifest["splits"]
+    assert split["index"] == max(probed, key=lambda i: (probed[i], -i)) == ranking["probe"]["best"]
+    block = split["bottleneck"]
+    assert block["probe"]["images"] == block["trained"]["images"] and block["probe"]["value"] is not None
+    assert block["trained"] == split["verification"]["checks"]["int8"]["task"]
+    assert "probe" in (tmp_path / "b" / "report.md").read_text()
