@@ -1,4 +1,4 @@
-"""Make the digits study's inputs as the tests do (``tests/conftest.py``): W, the DigitsCNN trained on 75 %
+"""Make the digits study's inputs as the tests do (``tests/support/fixtures.py``): W, the DigitsCNN trained on 75 %
 of scikit-learn's digits (seed 0), and D, 200 digits it never saw (indices 1500-1699) as an ImageFolder.
 
     python benchmarks/make_digits.py OUT      # writes OUT/digits.pt and OUT/digits/

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import DIGITS
+from tests.support.helpers import DIGITS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------

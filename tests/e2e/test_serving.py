@@ -26,8 +26,8 @@ from isplit_export.cli import main
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.options import RunOptions, ServeOptions
-from tests.helpers import DIGITS, run_cli
-from tests.serving_helpers import LOOPBACK, Server, free_port
+from tests.support.helpers import DIGITS, run_cli
+from tests.support.serving_helpers import LOOPBACK, Server, free_port
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 

@@ -12,7 +12,7 @@ import torch
 from isplit_export.bottleneck.study import SCHEMA, CutResult, measure_cut, prepare, summarize
 from isplit_export.cli import main
 from isplit_export.options import StudyOptions
-from tests.helpers import DIGITS, run_cli
+from tests.support.helpers import DIGITS, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from isplit_export.ranking import exactsum
 from isplit_export.ranking.graph import trace
 from isplit_export.ranking.importance import compute_importance
 from isplit_export.zoo import DIGITS_PREPROCESSING, DigitsCNN
-from tests.helpers import DIGITS
+from tests.support.helpers import DIGITS
 
 
 def _torchrun(nproc: int, *args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:

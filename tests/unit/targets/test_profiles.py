@@ -13,7 +13,7 @@ from isplit_export.exporting.onnx_utils import OPSET
 from isplit_export.targets import profiles as targets
 from isplit_export.targets.profiles import ALIASES, TargetProfile, list_targets, load_target, validate_profile
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TARGETS_DIR = Path(__file__).resolve().parents[3] / "targets"
 EXPECTED = {
     "cpu",
     "jetson-orin-agx",
@@ -229,7 +229,7 @@ def test_falls_back_to_the_repo_folder_without_the_resource_package(monkeypatch:
 
 
 def test_targets_command_shows_each_tensorrt_version(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.helpers import run_cli
+    from tests.support.helpers import run_cli
 
     code, out, _ = run_cli(capsys, "targets")
     assert code == 0

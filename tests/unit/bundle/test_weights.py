@@ -24,7 +24,7 @@ from isplit_export.files import sha256_file
 from isplit_export.targets import trt_backend
 from isplit_export.targets.engine_plan import read_plan
 from isplit_export.verification.verify import verify_bundle
-from tests.helpers import DIGITS
+from tests.support.helpers import DIGITS
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 

@@ -15,7 +15,7 @@ from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.verification.gates import GATES
 from isplit_export.verification.metrics import compare_logits
 from isplit_export.verification.verify import verify_bundle
-from tests.helpers import DIGITS
+from tests.support.helpers import DIGITS
 
 
 def _pair(head: Path, tail: Path, x: np.ndarray) -> np.ndarray:

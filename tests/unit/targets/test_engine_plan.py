@@ -655,7 +655,7 @@ def test_build_engines_refuses_a_version_mismatch(
 
     from isplit_export.contract import SCHEMA
     from isplit_export.files import sha256_file
-    from tests.helpers import run_cli
+    from tests.support.helpers import run_cli
 
     split = tmp_path / "split"
     _write(split, "x86-tensorrt-11", "fp16")

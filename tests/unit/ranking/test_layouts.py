@@ -28,7 +28,7 @@ from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.ranking.graph import trace
 from isplit_export.ranking.importance import batch_scores, reference_cui
 from isplit_export.verification.runtime import run_pair_onnx
-from tests.layout_models import SIZE, ChannelsLastNet, PartitionNet, TinyViT
+from tests.support.layout_models import SIZE, ChannelsLastNet, PartitionNet, TinyViT
 
 Formula = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -186,7 +186,7 @@ def test_vit_b_16_encoder_blocks_are_token_cuts() -> None:
 
 
 def test_ranking_json_records_the_layout(tmp_path: Path) -> None:
-    result = rank("tests.layout_models:tiny_vit", weights="none", images=2, out=tmp_path)
+    result = rank("tests.support.layout_models:tiny_vit", weights="none", images=2, out=tmp_path)
     data = json.loads((tmp_path / "ranking.json").read_text())
     rows = data["candidates"]
     assert [r["layout"] for r in rows] == ["nchw"] + ["tokens"] * (len(rows) - 1)

@@ -18,7 +18,7 @@ from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.ranking.graph import trace
 from isplit_export.verification.verify import verify_bundle
 from isplit_export.zoo import DIGITS_PREPROCESSING, write_digits_imagefolder
-from tests.helpers import DIGITS, run_cli, run_cli_without_torch
+from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
 
 FAST = ("--latency-runs", "2", "--train-steps", "40")
 
@@ -239,7 +239,7 @@ def test_bottleneck_on_nhwc_and_token_cuts_exports_exactly(
 ) -> None:
     """A Swin/ConvNeXt-like channels-last map and a ViT token sequence get a bottleneck too."""
     out = tmp_path / "b"
-    code, _, err = run_cli(capsys, f"tests.layout_models:{model}", "--weights", "none", "--top", "4",
+    code, _, err = run_cli(capsys, f"tests.support.layout_models:{model}", "--weights", "none", "--top", "4",
                            "--bottleneck", "1/4", "--train-steps", "4", "--latency-runs", "1", "--out", out)  # fmt: skip
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())

@@ -156,7 +156,7 @@ def test_choose_device_follows_the_fraction() -> None:
 def test_real_heads_fraction_and_plan_choice(capsys: pytest.CaptureFixture[str], tmp_path: Path, model_name: str) -> None:
     """Export real heads (weights none) for the Jetson target: each plan's DLA block matches an
     independent check of the head file, and the head is on the DLA exactly when the fraction reaches 0.9."""
-    from tests.helpers import run_cli
+    from tests.support.helpers import run_cli
 
     out = tmp_path / "b"
     code, _, err = run_cli(capsys, model_name, "--weights", "none", "--images", "3", "--verify-images", "3",

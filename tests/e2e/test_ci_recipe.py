@@ -26,7 +26,7 @@ from isplit_export.verification.verify import verify_bundle
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 
-CI_MD = Path(__file__).resolve().parents[1] / "docs" / "ci.md"
+CI_MD = Path(__file__).resolve().parents[2] / "docs" / "ci.md"
 
 
 def _workflow() -> list[str]:

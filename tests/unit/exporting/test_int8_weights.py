@@ -16,7 +16,7 @@ from onnx import TensorProto, numpy_helper
 
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session, run_session
-from tests.helpers import DIGITS
+from tests.support.helpers import DIGITS
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 

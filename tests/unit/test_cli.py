@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import DIGITS, run_cli
+from tests.support.helpers import DIGITS, run_cli
 
 
 @pytest.mark.e2e
@@ -115,7 +115,7 @@ def test_bad_inputs(
                           "--classes", "cat"), 2, "class 'cat'")  # fmt: skip
     _one_line_error(run_cli(capsys, "rank", "--images", "2", "--classes", "espresso,tabby"), 2,
                     "no images of the requested classes")  # fmt: skip
-    _one_line_error(run_cli(capsys, "rank", "tests.untraceable:model", "--weights", "none"), 2, "cannot be traced")
+    _one_line_error(run_cli(capsys, "rank", "tests.support.untraceable:model", "--weights", "none"), 2, "cannot be traced")
     _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--images", "0"), 2, "--images 0")
     _one_line_error(run_cli(capsys, "rank", "--images", "2", "--score", "label"), 2, "--score label needs labelled")
     if not torch.cuda.is_available():

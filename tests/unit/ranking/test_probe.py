@@ -28,7 +28,7 @@ from isplit_export.models import forward_batched
 from isplit_export.options import BottleneckOptions, parse_size
 from isplit_export.verification.checks import held_out_rounding, task_metric
 from isplit_export.verification.verify import run_pair_onnx
-from tests.helpers import DIGITS, run_cli
+from tests.support.helpers import DIGITS, run_cli
 
 
 @pytest.mark.parametrize(("k", "channels"), [(1, 1), (1, 3), (2, 1), (2, 5), (4, 7)])
