@@ -174,7 +174,7 @@ def export_cmd(
     images: ImagesOpt = None,
     score: ScoreOpt = None,
     input_size: SizeOpt = None,
-    golden: Annotated[int | None, typer.Option("--golden", help="golden images stored per split", show_default=_shown(ExportOptions, "golden"))] = None,
+    golden: Annotated[int | None, typer.Option("--golden", help="golden images stored per split", show_default=_shown(ExportOptions, "golden_images"))] = None,
     verify_images: Annotated[
         int | None,
         typer.Option("--verify-images", help="images for calibration and verification (in memory)", show_default=_shown(ExportOptions, "verify_images")),
@@ -226,18 +226,18 @@ def export_cmd(
         images=images, input_size=input_size, force=force, progress=sys.stderr.isatty(), link=link,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
         constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms), summary_json=summary_json, triton=triton,
-        **_given(top=top, target=target, weights=weights, score=score, golden=golden, verify_images=verify_images,
+        **_given(top=top, target=target, weights=weights, score=score, golden_images=golden, verify_images=verify_images,
                  batch_size=batch_size, latency_runs=latency_runs, bootstrap=bootstrap, objective=objective,
                  server=server, weights_layout=weights_layout, min_dla_fraction=min_dla_fraction),
     )  # fmt: skip
     result = export(options)
-    if result.rank.ranking.cost is not None:
+    if result.ranked.ranking.cost is not None:
         from isplit_export.bundle.planning import format_table
 
-        typer.echo(format_table(result.rank.ranking.to_json()))
+        typer.echo(format_table(result.ranked.ranking.to_json()))
     else:
-        typer.echo(result.rank.ranking.table(options.top))
-    if options.objective == "cui" and (line := probe_choice(result.rank.ranking)) is not None:
+        typer.echo(result.ranked.ranking.table(options.top))
+    if options.objective == "cui" and (line := probe_choice(result.ranked.ranking)) is not None:
         typer.echo(line)
     for split in result.manifest["splits"]:
         v = split["verification"]

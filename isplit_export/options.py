@@ -260,7 +260,7 @@ class ExportOptions(RankOptions):
     ``boundary`` is the boundary encoding (``fp32``, ``fp16``, ``int8``; default: the target's),
     ``precision`` the TensorRT engine precision of the build plan (default: the target's). The first
     ``verify_images`` images (held in memory) calibrate the encodings and INT8 models and are the
-    verification set; ``golden`` of them are stored per split for ``isplit-export verify``.
+    verification set; ``golden_images`` of them are stored per split for ``isplit-export verify``.
     ``weights_layout`` is ``shared`` (every weight stored once per precision in ``weights/``, see
     :mod:`isplit_export.bundle.weights`) or ``inline`` (self-contained ONNX files in the split folders).
     ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
@@ -270,7 +270,7 @@ class ExportOptions(RankOptions):
     target: str = "onnx"
     boundary: str | None = None
     precision: str | None = None
-    golden: int = 4
+    golden_images: int = 4
     verify_images: int = 256
     link: str | None = None
     objective: str = "cui"
@@ -291,9 +291,9 @@ class ExportOptions(RankOptions):
         super().validate()
         if isinstance(self.constraints, dict):  # from the API or a manifest's options block
             object.__setattr__(self, "constraints", Constraints(**self.constraints))
-        if self.golden < 1 or self.verify_images < 1:
+        if self.golden_images < 1 or self.verify_images < 1:
             raise BadInputError(
-                f"--golden {self.golden} / --verify-images {self.verify_images}: pass positive numbers of images"
+                f"--golden {self.golden_images} / --verify-images {self.verify_images}: pass positive numbers of images"
             )
         if self.latency_runs < 1:
             raise BadInputError(f"--latency-runs {self.latency_runs}: pass a positive number of runs")

@@ -79,7 +79,7 @@ class ExportResult:
 
     out: Path
     manifest: dict[str, Any]
-    rank: RankResult
+    ranked: RankResult
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -215,7 +215,7 @@ def _export_split(
     With a bottleneck (``x_train`` given), the encoder/decoder are trained first and wrap the head and
     tail, so the exported pair carries them; ``x`` are then the held-out images.
     """
-    golden, batch_size = opts.golden, opts.batch_size
+    golden, batch_size = opts.golden_images, opts.batch_size
     head_gm, tail_gm = ranked.traced.split(cut)
     trained = None
     if opts.bottleneck is not None and x_train is not None:

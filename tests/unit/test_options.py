@@ -27,7 +27,7 @@ def test_frozen_and_validated() -> None:
         with pytest.raises(BadInputError, match=flag):
             RankOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(BadInputError, match="--golden"):
-        ExportOptions(golden=0)
+        ExportOptions(golden_images=0)
     with pytest.raises(BadInputError, match=r"unknown option.*tpo"):
         make_options(ExportOptions, None, {"tpo": 3})
 
