@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,17 @@ def _gather(job: Job | None, obj: Any) -> list[Any]:
     return [obj] if job is None or not job.active else job.gather(obj)
 
 
+def _merged(job: Job | None, local: dict[int, Any], empty: Callable[[int], Any]) -> dict[int, Any]:
+    """Per-cut sums (anything with ``merge``) added up over the processes of ``job``; ``local`` alone without one."""
+    if job is None or not job.active:
+        return local
+    out = {i: empty(i) for i in local}
+    for part in _gather(job, local):
+        for i, v in part.items():
+            out[i].merge(v)
+    return out
+
+
 def run_probe(
     traced: TracedModel,
     cuts: Sequence[Cut],
@@ -135,12 +146,7 @@ def run_probe(
                 sums[i].add(patches(channels_first(acts[pos[i]], s.layout), s.kernel))
             if keep:
                 kept.append([acts[pos[i]] for i in shapes])
-    if job is not None and job.active:
-        parts = _gather(job, sums)
-        sums = {i: CovarianceSums(v.dim) for i, v in sums.items()}
-        for part in parts:
-            for i, v in part.items():
-                sums[i].merge(v)
+    sums = _merged(job, sums, lambda i: CovarianceSums(sums[i].dim))
     pcas = {i: fit(sums[i], s.kernel, s.channels, s.boundary_shape, s.layout) for i, s in shapes.items()}
     raw = {i: PcaEncoder(p).eval() for i, p in pcas.items()}
     ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
@@ -150,12 +156,7 @@ def run_probe(
         for acts_kept in batches:
             for i, act in zip(shapes, acts_kept, strict=True):
                 ranges[i].add(raw[i](act))
-    if job is not None and job.active:
-        parts = _gather(job, ranges)
-        ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
-        for part in parts:
-            for i, r in part.items():
-                ranges[i].merge(r)
+    ranges = _merged(job, ranges, lambda i: ProjectionRanges(pcas[i].channels))
     for i, p in pcas.items():
         p.set_ranges(*ranges[i].bounds())
     codec = code_encoding(encoding)
