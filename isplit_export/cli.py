@@ -18,25 +18,47 @@ failure, 4 a check that could not run here (e.g. TensorRT without a GPU); ``run`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
-from isplit_export.options import (
-    BottleneckOptions,
-    Constraints,
-    ExportOptions,
-    RankOptions,
-    RunOptions,
-    ServeOptions,
-    StudyOptions,
+from isplit_export.cli_bundle import build_engines_cmd, plan_cmd, verify_cmd
+from isplit_export.cli_options import (
+    BatchOpt,
+    BootstrapOpt,
+    BottleneckOpt,
+    BoundaryKibOpt,
+    ClassesOpt,
+    DataOpt,
+    DeviceOpt,
+    DistributedOpt,
+    FinetuneOpt,
+    HeadFlopsOpt,
+    ImagesOpt,
+    LatencyOpt,
+    ModelArg,
+    ObjectiveOpt,
+    ScoreOpt,
+    SizeOpt,
+    TopOpt,
+    TrainBatchOpt,
+    TrainStepsOpt,
+    VerboseOpt,
+    WeightsOpt,
+    WorkersOpt,
+    _bottleneck,
+    _constraints,
+    _given,
+    _setup,
+    _shown,
+    _split_classes,
 )
+from isplit_export.cli_serving import run_cmd, serve_cmd
+from isplit_export.errors import EXIT_GATE_FAILED, EXIT_TECHNICAL, IsplitError
+from isplit_export.options import BottleneckOptions, ExportOptions, RankOptions, StudyOptions
 from isplit_export.version import __version__
 
 if TYPE_CHECKING:
@@ -50,108 +72,6 @@ app = typer.Typer(
 )
 
 EXIT_INTERRUPTED = 130
-
-
-def _shown(cls: type, name: str) -> str:
-    """The default of option field ``name`` of ``cls``, for ``--help``: a flag left out (None) means it."""
-    return str(next(f.default for f in dataclasses.fields(cls) if f.name == name))
-
-
-def _given(**flags: Any) -> dict[str, Any]:
-    """The flags that were given: None means "the option's default", written once, in its dataclass."""
-    return {k: v for k, v in flags.items() if v is not None}
-
-
-ModelArg = Annotated[
-    str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
-]
-DataOpt = Annotated[
-    Path | None, typer.Option("--data", help="folder of images or of class sub-folders (default: skimage photos)")
-]
-ClassesOpt = Annotated[
-    str | None, typer.Option("--classes", help="comma-separated class names or indices: class-specific CUI")
-]
-WeightsOpt = Annotated[
-    str | None,
-    typer.Option("--weights", help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
-                 show_default=_shown(RankOptions, "weights")),
-]
-ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
-ScoreOpt = Annotated[
-    str | None,
-    typer.Option("--score", help="Grad-CAM target: 'top' predicted class or 'label'", show_default=_shown(RankOptions, "score")),
-]
-TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report")]
-SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
-BatchOpt = Annotated[
-    int | None,
-    typer.Option("--batch-size", help="images per forward/backward pass", show_default=_shown(RankOptions, "batch_size")),
-]
-DeviceOpt = Annotated[
-    str | None,
-    typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)", show_default=_shown(RankOptions, "device")),
-]
-BootstrapOpt = Annotated[
-    int | None,
-    typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
-                 show_default=_shown(RankOptions, "bootstrap")),
-]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
-WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)")
-]
-DistributedOpt = Annotated[
-    bool, typer.Option("--distributed", help="torch.distributed job (implied under torchrun with several processes)")
-]
-BottleneckOpt = Annotated[
-    str | None,
-    typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
-]
-# Left out, the bottleneck flags take BottleneckOptions' defaults.
-FinetuneOpt = Annotated[
-    str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
-]
-TrainStepsOpt = Annotated[
-    int | None, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")
-]
-TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch", help="images per bottleneck training step")]
-
-
-def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch: int | None) -> BottleneckOptions | None:
-    """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
-    from isplit_export.errors import BadInputError
-
-    training = _given(finetune=finetune, train_steps=steps, train_batch=batch)
-    if size is None:
-        if BottleneckOptions(**training) != BottleneckOptions():  # bad values first, then the missing flag
-            raise BadInputError("--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16")
-        return None
-    return BottleneckOptions(size=size, **training)
-
-
-ObjectiveOpt = Annotated[
-    str | None,
-    typer.Option("--objective", help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
-                 "or probe (the probe's score at --bottleneck)",
-                 show_default=_shown(ExportOptions, "objective")),
-]
-HeadFlopsOpt = Annotated[
-    float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
-]
-BoundaryKibOpt = Annotated[float | None, typer.Option("--max-boundary-kib", help="constraint: boundary KiB per image")]
-LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="constraint: end-to-end ms per image")]
-
-
-def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
-    return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
-
-
-def _split_classes(classes: str | None) -> tuple[str, ...] | None:
-    return tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
-
-
-def _setup(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True)
 
 
 @app.command("export")
@@ -384,186 +304,13 @@ def study_cmd(
     typer.echo(f"wrote {result.paths[0]}, {result.paths[1]}")
 
 
-ExpectShaOpt = Annotated[
-    str | None,
-    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
-]
-ReportOpt = Annotated[
-    Path | None, typer.Option("--report", help="write the result JSON here instead of into the bundle")
-]
-NoWriteOpt = Annotated[
-    bool | None, typer.Option("--no-write", help="print only, write nothing (e.g. a read-only bundle)")
-]
-
-
-def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool | None) -> bool:
-    """Validate --expect-sha256 / --report / --no-write before any work; returns whether to write."""
-    from isplit_export.contract import check_sha256_text
-    from isplit_export.errors import BadInputError
-    from isplit_export.options import DEFAULT_WRITE_RESULT
-    from isplit_export.outdir import check_writable_file
-
-    write = DEFAULT_WRITE_RESULT if no_write is None else not no_write
-    if expect_sha256 is not None:
-        check_sha256_text(expect_sha256, "--expect-sha256")
-    if report is not None:
-        if not write:
-            raise BadInputError("--report and --no-write contradict each other: pass one of them")
-        check_writable_file(report, "--report")
-    return write
-
-
-@app.command("verify")
-def verify_cmd(
-    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt")] = "onnxruntime",
-    split: Annotated[int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")] = None,
-    expect_sha256: ExpectShaOpt = None,
-    report: ReportOpt = None,
-    no_write: NoWriteOpt = None,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
-    from isplit_export.verification.results import format_table
-    from isplit_export.verification.verify import verify_bundle, write_verification
-
-    _setup(verbose)
-    write = _result_path(expect_sha256, report, no_write)
-    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256)
-    typer.echo(format_table(result))  # printed first: a read-only bundle still shows its results
-    if write:
-        typer.echo(f"wrote {write_verification(result, report)}")
-    if not result.passed:
-        raise typer.Exit(EXIT_GATE_FAILED)
-
-
-@app.command("plan")
-def plan_cmd(
-    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    link: Annotated[
-        str | None,
-        typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured (default: run.json's)"),
-    ] = None,
-    objective: Annotated[
-        str | None, typer.Option("--objective", help="cui, latency or balanced (default: the export's)")
-    ] = None,
-    server: Annotated[
-        str | None, typer.Option("--server", help="server profile for the tail (default: the export's)")
-    ] = None,
-    top: Annotated[int | None, typer.Option("--top", help="how many splits to select (default: the export's)")] = None,
-    max_head_flops: HeadFlopsOpt = None,
-    max_boundary_kib: BoundaryKibOpt = None,
-    max_latency_ms: LatencyOpt = None,
-    measured: Annotated[
-        bool, typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only")
-    ] = True,
-    expect_sha256: ExpectShaOpt = None,
-    report: ReportOpt = None,
-    no_write: NoWriteOpt = None,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
-    from isplit_export.bundle.planning import plan, write_plan
-
-    _setup(verbose)
-    if top is not None and top < 1:
-        from isplit_export.errors import BadInputError
-
-        raise BadInputError(f"--top {top}: pass a positive number of splits")
-    write = _result_path(expect_sha256, report, no_write)
-    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured, write=False,
-                  expect_sha256=expect_sha256,
-                  constraints=None if (max_head_flops, max_boundary_kib, max_latency_ms) == (None, None, None)
-                  else _constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
-    typer.echo(result.table())  # printed first: a read-only bundle still shows the plan
-    if write:
-        typer.echo(f"wrote {write_plan(result, report)}")
-
-
-_SERVE, _RUN = ServeOptions, RunOptions  # the defaults live in the dataclasses; help texts quote them
-
-
-@app.command("serve")
-def serve_cmd(
-    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    split: Annotated[
-        str | None, typer.Option("--split", help="serve split N only, or 'all' (default: all)")
-    ] = None,
-    host: Annotated[str | None, typer.Option("--host", help=f"address to listen on (default: {_SERVE.host})")] = None,
-    port: Annotated[int | None, typer.Option("--port", help=f"gRPC port (default: {_SERVE.port})")] = None,
-    http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP/REST port (default: --port + 1)")] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help=f"onnxruntime threads per tail (default: {_SERVE.threads}; 0: all cores)")
-    ] = None,
-) -> None:
-    """Serve the bundle's tails over the Open Inference Protocol (gRPC + HTTP) with MLServer (verifies first)."""
-    from isplit_export.errors import BadInputError
-    from isplit_export.serving.serve import serve
-
-    n: int | None = None
-    if split is not None and split.strip().lower() != "all":
-        if not split.strip().isdigit():
-            raise BadInputError(f"--split {split!r}: pass a split number (as in splits/NN-*) or 'all'")
-        n = int(split)
-    serve(ServeOptions(**_given(bundle=bundle, split=n, host=host, port=port, http_port=http_port,
-                                threads=threads)))  # fmt: skip
-
-
-@app.command("run")
-def run_cmd(
-    bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    server: Annotated[str, typer.Option("--server", help="HOST:PORT of the server (isplit-export serve / Triton)")],
-    split: Annotated[int | None, typer.Option("--split", help=f"split N (default: {_RUN.split})")] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="images to send (default: the split's golden inputs)")
-    ] = None,
-    images: Annotated[int | None, typer.Option("--images", help="use at most N images")] = None,
-    requests: Annotated[int | None, typer.Option("--requests", help="send N requests, cycling over the images")] = None,
-    duration: Annotated[float | None, typer.Option("--duration", help="send for S seconds instead")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help=f"requests in flight (default: {_RUN.concurrency})")] = None,
-    protocol: Annotated[str | None, typer.Option("--protocol", help=f"grpc or http (JSON) (default: {_RUN.protocol})")] = None,
-    timeout_ms: Annotated[float | None, typer.Option("--timeout-ms", help=f"per-attempt timeout (default: {_RUN.timeout_ms:g})")] = None,
-    retries: Annotated[int | None, typer.Option("--retries", help=f"retries per request (default: {_RUN.retries})")] = None,
-    backoff_ms: Annotated[
-        float | None, typer.Option("--backoff-ms", help=f"first retry's wait, doubling (default: {_RUN.backoff_ms:g})")
-    ] = None,
-    wait: Annotated[float | None, typer.Option("--wait", help=f"seconds to wait for the server (default: {_RUN.wait_s:g})")] = None,
-    backend: Annotated[
-        str | None, typer.Option("--backend", help=f"head runtime: onnxruntime or tensorrt (default: {_RUN.backend})")
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help=f"onnxruntime threads of the head (default: {_RUN.threads})")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="run.json path (default: BUNDLE/run.json)")] = None,
-) -> None:
-    """Run the head here against a served tail: every request measured and accounted for; writes run.json.
-
-    Exit codes: 0 ok, 1 a check failed, 5 no server at --server, 6 requests failed after retries.
-    """
-    from isplit_export.serving.run import format_run, run
-
-    options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,
-                                  requests=requests, duration_s=duration, concurrency=concurrency, protocol=protocol,
-                                  timeout_ms=timeout_ms, retries=retries, backoff_ms=backoff_ms, wait_s=wait,
-                                  backend=backend, threads=threads, out=out))  # fmt: skip
-    result = run(options)
-    typer.echo(format_run(result.data, result.written))
-    if result.exit_code:
-        raise typer.Exit(result.exit_code)
-
-
-@app.command("build-engines")
-def build_engines_cmd(
-    bundle: Annotated[Path, typer.Argument(help="bundle directory written with a TensorRT target")],
-    split: Annotated[int | None, typer.Option("--split", help="only split N")] = None,
-    expect_sha256: ExpectShaOpt = None,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Build the TensorRT engines of a bundle with the TensorRT 10/11 Python API (on the device)."""
-    from isplit_export.targets.trt_backend import build_bundle_engines
-
-    _setup(verbose)
-    _result_path(expect_sha256, None, None)
-    for record in build_bundle_engines(bundle, split, expect_sha256=expect_sha256):
-        typer.echo(str(record))
+# The bundle commands (cli_bundle) and the serving commands (cli_serving), registered here so that --help
+# lists every command in this order.
+app.command("verify")(verify_cmd)
+app.command("plan")(plan_cmd)
+app.command("serve")(serve_cmd)
+app.command("run")(run_cmd)
+app.command("build-engines")(build_engines_cmd)
 
 
 @app.command("targets")

@@ -123,9 +123,9 @@ class BottleneckOptions:
 
     ``size``: ratio or bytes per image (:func:`parse_size`); ``finetune``: ``none`` or ``tail``;
     ``train_steps`` / ``train_batch``: the budget (defaults sized for a 2-core CPU; 0 steps keeps the probe's
-    linear code, :mod:`isplit_export.bottleneck.pca`); ``holdout``: the
-    fraction of images held out from training (measured on, never trained on); ``patience``: steps
-    without improvement of the smoothed loss before stopping early.
+    linear code, :mod:`isplit_export.bottleneck.pca`); ``holdout``: the fraction of images held out from
+    training (measured on, never trained on); ``patience``: steps without improvement of the smoothed loss
+    before stopping early.
     """
 
     size: str = "1/16"
@@ -167,9 +167,7 @@ def as_bottleneck(value: BottleneckOptions | str | None) -> BottleneckOptions | 
         return value
     if isinstance(value, str):
         return BottleneckOptions(size=value)
-    raise BadInputError(
-        f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}"
-    )
+    raise BadInputError(f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}")
 
 
 
@@ -434,7 +432,6 @@ class RunOptions:
 
 MAX_BACKOFF_MS = 5000.0
 """Cap of one retry's wait: a retry budget stays bounded in time whatever ``retries`` is."""
-
 
 CUT_SETS = ("candidates", "all")
 """``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""

@@ -1,0 +1,116 @@
+"""The CLI's shared options and helpers: the typer option types its commands reuse, and the helpers that turn
+flags into option dataclasses (``cli``, ``cli_bundle``, ``cli_serving`` import them). Torch-free."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from isplit_export.options import BottleneckOptions, Constraints, ExportOptions, RankOptions
+
+
+def _shown(cls: type, name: str) -> str:
+    """The default of option field ``name`` of ``cls``, for ``--help``: a flag left out (None) means it."""
+    return str(next(f.default for f in dataclasses.fields(cls) if f.name == name))
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """The flags that were given: None means "the option's default", written once, in its dataclass."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+ModelArg = Annotated[
+    str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
+]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="folder of images or of class sub-folders (default: skimage photos)")
+]
+ClassesOpt = Annotated[
+    str | None, typer.Option("--classes", help="comma-separated class names or indices: class-specific CUI")
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option("--weights", help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
+                 show_default=_shown(RankOptions, "weights")),
+]
+ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
+ScoreOpt = Annotated[
+    str | None,
+    typer.Option("--score", help="Grad-CAM target: 'top' predicted class or 'label'", show_default=_shown(RankOptions, "score")),
+]
+TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report")]
+SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="images per forward/backward pass", show_default=_shown(RankOptions, "batch_size")),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)", show_default=_shown(RankOptions, "device")),
+]
+BootstrapOpt = Annotated[
+    int | None,
+    typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
+                 show_default=_shown(RankOptions, "bootstrap")),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)")
+]
+DistributedOpt = Annotated[
+    bool, typer.Option("--distributed", help="torch.distributed job (implied under torchrun with several processes)")
+]
+BottleneckOpt = Annotated[
+    str | None,
+    typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
+]
+# Left out, the bottleneck flags take BottleneckOptions' defaults.
+FinetuneOpt = Annotated[
+    str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
+]
+TrainStepsOpt = Annotated[
+    int | None, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")
+]
+TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch", help="images per bottleneck training step")]
+
+
+def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch: int | None) -> BottleneckOptions | None:
+    """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
+    from isplit_export.errors import BadInputError
+
+    training = _given(finetune=finetune, train_steps=steps, train_batch=batch)
+    if size is None:
+        if BottleneckOptions(**training) != BottleneckOptions():  # bad values first, then the missing flag
+            raise BadInputError("--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16")
+        return None
+    return BottleneckOptions(size=size, **training)
+
+
+ObjectiveOpt = Annotated[
+    str | None,
+    typer.Option("--objective", help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
+                 "or probe (the probe's score at --bottleneck)",
+                 show_default=_shown(ExportOptions, "objective")),
+]
+HeadFlopsOpt = Annotated[
+    float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
+]
+BoundaryKibOpt = Annotated[float | None, typer.Option("--max-boundary-kib", help="constraint: boundary KiB per image")]
+LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="constraint: end-to-end ms per image")]
+
+
+def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
+    return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
+
+
+def _split_classes(classes: str | None) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
+
+
+def _setup(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True)
+
