@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from isplit_export.cli import main as cli  # noqa: E402
 from isplit_export.options import RunOptions  # noqa: E402
-from isplit_export.serving.run import Request, run  # noqa: E402
+from isplit_export.serving.records import Request  # noqa: E402
+from isplit_export.serving.run import run  # noqa: E402
 from tests.support.serving_helpers import Server  # noqa: E402
 
 

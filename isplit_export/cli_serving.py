@@ -66,7 +66,8 @@ def run_cmd(
 
     Exit codes: 0 ok, 1 a check failed, 5 no server at --server, 6 requests failed after retries.
     """
-    from isplit_export.serving.run import format_run, run
+    from isplit_export.serving.records import format_run
+    from isplit_export.serving.run import run
 
     options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,
                                   requests=requests, duration_s=duration, concurrency=concurrency, protocol=protocol,

@@ -129,7 +129,7 @@ def test_preprocess_matches_the_torch_pipeline(tmp_path: Path, digits_dir: Path)
 
     from isplit_export.data import preprocess
     from isplit_export.models import Preprocessing
-    from isplit_export.serving.run import preprocess_image
+    from isplit_export.serving.local import preprocess_image
     from isplit_export.zoo import DIGITS_PREPROCESSING
 
     png = next(iter(sorted(digits_dir.rglob("*.png"))))
@@ -192,7 +192,8 @@ def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path) -> None:
 def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path,
                             digits_dir: Path) -> None:  # fmt: skip
     from isplit_export.serving.bundle_access import open_bundle
-    from isplit_export.serving.run import load_images, run
+    from isplit_export.serving.local import load_images
+    from isplit_export.serving.run import run
     from isplit_export.verification.verify import run_pair_onnx
 
     bundle = tmp_path / "b"
@@ -259,7 +260,8 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
 
 @pytest.mark.e2e
 def test_server_killed_mid_run_then_restarted(tmp_path: Path, int8_bundle: Path) -> None:
-    from isplit_export.serving.run import EXIT_REQUESTS_FAILED, Request, run
+    from isplit_export.serving.records import Request
+    from isplit_export.serving.run import EXIT_REQUESTS_FAILED, run
 
     m = _manifest(int8_bundle)
     model = m["triton"]["models"][0]["name"]
@@ -329,13 +331,14 @@ def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
         server.wait_ready(name)
         code, _, err = run_cli(capsys, "run", int8_bundle, "--server", server.address, "--out", tmp_path / "r.json")
         # past that check, a request the server refuses (uint8 to an fp32 tail) is retried, bounded, then failed
-        from isplit_export.serving.run import Client, Request, _send
+        from isplit_export.serving.client import Client, send
+        from isplit_export.serving.records import Request
 
         options = RunOptions(server=server.address, retries=2, backoff_ms=10)
         client = Client(options, name)
         req = Request(n=0, image=0)
         t = time.monotonic()
-        _, logits = _send(client, options, np.zeros((1, 16, 8, 8), np.uint8), 10, req, threading.Event())
+        _, logits = send(client, options, np.zeros((1, 16, 8, 8), np.uint8), 10, req, threading.Event())
         client.close()
         assert logits is None and req.status == "failed" and req.attempts == 3 and time.monotonic() - t < 10
         assert "UINT8" in str(req.error) or "FP32" in str(req.error)

@@ -1,0 +1,175 @@
+"""What runs on this machine in ``isplit-export run``: the images, the split's head, the local reference.
+
+Torch-free (the device has no PyTorch): the images are preprocessed with PIL and numpy as
+:func:`isplit_export.data.preprocess` does, the head runs with onnxruntime or its TensorRT engine, and
+the local pair (head + tail here) and the full model give the logits the served ones are compared with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isplit_export.errors import BadInputError, NotRunError
+from isplit_export.exporting.encoding import encode_array
+from isplit_export.exporting.onnx_utils import make_session
+from isplit_export.options import RunOptions
+from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
+from isplit_export.serving.records import first_line
+
+# --------------------------------------------------------------------------------------------------
+# images (torch-free: the device has no PyTorch)
+
+_INTERP = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
+
+
+def preprocess_image(path: Path, prep: dict[str, Any]) -> np.ndarray:
+    """One image file as the model's (1, C, H, W) float32 input, as :func:`isplit_export.data.preprocess`
+    computes it (torchvision on PIL images: short side resized with PIL, center crop, /255, normalize)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        img = im.convert("L" if int(prep["channels"]) == 1 else "RGB")
+    size, crop = int(prep["resize"]), int(prep["crop"])
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), _INTERP[str(prep.get("interpolation", "bilinear"))])
+    top, left = round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)
+    img = img.crop((left, top, left + crop, top + crop))
+    a = np.asarray(img, dtype=np.uint8)
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    x = a.astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(prep["mean"], dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(prep["std"], dtype=np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray(((x - mean) / std)[None], dtype=np.float32)
+
+
+_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Image_:
+    """One image to send: its name, its (1, C, H, W) input (None: unreadable) and label (-1 unknown)."""
+
+    name: str
+    x: np.ndarray | None
+    label: int = -1
+    error: str | None = None
+
+
+def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -> tuple[list[Image_], str]:
+    """The images of the run: ``--data`` (class sub-folders give labels) or the split's golden inputs."""
+    if options.data is None:
+        g = split.load_golden()
+        n = g["input"].shape[0] if options.images is None else min(options.images, g["input"].shape[0])
+        images = [Image_(f"golden[{i}]", np.ascontiguousarray(g["input"][i : i + 1]), int(g["labels"][i]))
+                  for i in range(n)]  # fmt: skip
+        return images, f"{split.dir}/golden.npz"
+    root = options.data
+    if not root.is_dir():
+        raise BadInputError(f"--data {root} is not a directory: pass a folder of images or of class sub-folders")
+    classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items: list[tuple[str, Path, int]] = []
+    for d in subdirs or [root]:
+        label = int(d.name) if d is not root and d.name.isdigit() and int(d.name) < classes else -1
+        for f in sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES):
+            items.append((f.relative_to(root).as_posix(), f, label))
+    if options.images is not None:
+        items = items[: options.images]
+    if not items:
+        raise BadInputError(f"no images found in --data {root}: pass a folder of .png/.jpg files or class sub-folders")
+    prep = bundle.preprocessing
+    images = []
+    for name, path, label in items:
+        try:
+            images.append(Image_(name, preprocess_image(path, prep), label))
+        except Exception as e:  # an unreadable file is skipped and counted, never silently dropped
+            images.append(Image_(name, None, label, f"unreadable image: {first_line(e)}"))
+    return images, str(root)
+
+
+# --------------------------------------------------------------------------------------------------
+# the head here
+
+
+class Head:
+    """The split's head on this machine: onnxruntime, or its TensorRT engine (``--backend tensorrt``)."""
+
+    def __init__(self, bundle: BundleAccess, split: SplitAccess, backend: str, threads: int) -> None:
+        self.split = split
+        self.backend = backend
+        self._input = bundle.input_name
+        if backend == "onnxruntime":
+            self._session = make_session(split.head, threads=threads)
+            self._name = self._session.get_inputs()[0].name
+            return
+        from isplit_export.targets import trt_backend  # lazy: imports tensorrt
+
+        if not trt_backend.tensorrt_available():
+            raise NotRunError(
+                "TensorRT is not available on this machine: run with --backend tensorrt on the device, "
+                "or use --backend onnxruntime"
+            )
+        if split.engine_plan is None:
+            raise BadInputError(f"split {split.dir} has no engine build plan: export the bundle for a TensorRT target")
+        plan = json.loads(split.engine_plan.read_text(encoding="utf-8"))
+        head = plan["engines"]["head"]
+        self._engine = split.split_dir / str(head["engine"])
+        self._dla = head.get("dla_core") if isinstance(head.get("dla_core"), int) else None
+        if not self._engine.is_file():
+            raise NotRunError(f"no engine {self._engine}: run isplit-export build-engines {bundle.root} first")
+        trt_backend.check_engine_record(split.split_dir)
+        self._trt = trt_backend
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The boundary as transmitted (the encoding applied here when the engine emits float)."""
+        if self.backend == "onnxruntime":
+            return np.asarray(self._session.run(None, {self._name: x})[0])
+        outputs = self._trt.run_engine(self._engine, {self._input: x}, dla_core=self._dla)
+        b = np.asarray(next(iter(outputs.values())))
+        return b if b.dtype == self.split.dtype else encode_array(b, self.split.encoding)
+
+
+# --------------------------------------------------------------------------------------------------
+# the local reference
+
+
+def local_reference(
+    bundle: BundleAccess, split: SplitAccess, images: list[Image_], head: Head, threads: int
+) -> dict[int, dict[str, np.ndarray]]:
+    """Per readable image: the boundary (head here), the local tail's logits and the full model's."""
+    tail = make_session(split.tail, threads=threads)
+    full = make_session(bundle.full, threads=threads) if bundle.full is not None else None
+    t_in = tail.get_inputs()[0].name
+    ref: dict[int, dict[str, np.ndarray]] = {}
+    for i, im in enumerate(images):
+        if im.x is None:
+            continue
+        b = head(im.x)
+        r = {"boundary": b, "pair": np.asarray(tail.run(None, {t_in: b})[0])}
+        if full is not None:
+            r["full"] = np.asarray(full.run(None, {full.get_inputs()[0].name: im.x})[0])
+        ref[i] = r
+    return ref
+
+
+def local_latency(split: SplitAccess, images: list[Image_], threads: int) -> dict[str, float] | None:
+    """Median local head and tail ms (onnxruntime, interleaved) on the first readable image."""
+    from isplit_export.verification.runtime import measure_latency
+
+    x = next((im.x for im in images if im.x is not None), None)
+    if x is None:
+        return None
+    lat = measure_latency({"head": split.head, "tail": split.tail}, x, runs=30, threads=max(threads, 1))
+    return {k: round(v, 4) for k, v in lat.items()}
+
+
+__all__ = ["Head", "Image_", "load_images", "local_latency", "local_reference", "preprocess_image"]

@@ -1,0 +1,278 @@
+"""What ``isplit-export run`` records: each request, folded in as it ends, the split's ``run.json``
+entry (percentiles, bytes, checks, the accounting of every request), the file, and the terminal summary.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import threading
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from isplit_export import contract
+from isplit_export.errors import BadInputError, IsplitError
+from isplit_export.files import json_dumps, write_text_atomic
+from isplit_export.options import RunOptions, parse_address
+from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
+from isplit_export.verification.gates import gate_for
+from isplit_export.verification.metrics import compare_logits
+from isplit_export.version import __version__
+
+if TYPE_CHECKING:
+    from isplit_export.serving.local import Image_
+
+RUN_FILE, RUN_SCHEMA = contract.RUN_FILE, contract.RUN_SCHEMA
+MAX_LISTED_FAILURES = 100
+"""run.json lists at most this many failed/skipped requests one by one (all are counted)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The error as one line (at most 300 characters), as requests record it and messages quote it."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+@dataclass
+class Request:
+    """One request: one image through head, wire and tail; ``status`` ok / failed / skipped."""
+
+    n: int
+    image: int
+    status: str = "skipped"
+    attempts: int = 0
+    head_ms: float | None = None
+    encode_ms: float | None = None
+    round_trip_ms: float | None = None
+    server_ms: float | None = None
+    end_to_end_ms: float | None = None
+    bytes_sent: int | None = None
+    error: str | None = None
+
+
+class Recorder:
+    """Every finished request, folded in as it ends: compact per-request timings (about 50 bytes a
+    request), counts, the first failures, and no logits beyond one row per distinct image, so the
+    client's memory stays flat however long it runs. Thread-safe."""
+
+    def __init__(self, images: list[Image_], ref: dict[int, dict[str, np.ndarray]]) -> None:
+        self.images, self.ref = images, ref
+        self.lock = threading.Lock()
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+        self.ms: dict[str, array[float]] = {k: array("d") for k in ("head", "encode", "round_trip", "server",
+                                                                     "end_to_end", "transport")}  # fmt: skip
+        self.payload: set[int] = set()
+        self.failures: list[dict[str, Any]] = []
+        self.worst: dict[int, tuple[float, np.ndarray]] = {}
+        self.full_seen = self.full_agree = self.labelled = self.correct = self.full_correct = 0
+
+    def add(self, req: Request, logits: np.ndarray | None) -> None:
+        with self.lock:
+            self.counts[req.status] += 1
+            if req.bytes_sent is not None:
+                self.payload.add(req.bytes_sent)
+            if req.status != "ok" or logits is None:
+                if len(self.failures) < MAX_LISTED_FAILURES:
+                    self.failures.append({"request": req.n, "image": self.images[req.image].name, "status": req.status,
+                                          "attempts": req.attempts, "error": req.error})  # fmt: skip
+                return
+            for key, v in (("head", req.head_ms), ("encode", req.encode_ms), ("round_trip", req.round_trip_ms),
+                           ("end_to_end", req.end_to_end_ms), ("server", req.server_ms)):  # fmt: skip
+                if v is not None:
+                    self.ms[key].append(v)
+            if req.server_ms is not None and req.round_trip_ms is not None:
+                # what the split adds over computing head + tail in one place: encode, network, protocol
+                self.ms["transport"].append((req.encode_ms or 0.0) + req.round_trip_ms - req.server_ms)
+            r = self.ref[req.image]
+            diff = float(np.max(np.abs(logits.astype(np.float64) - r["pair"])))
+            if req.image not in self.worst or diff > self.worst[req.image][0]:
+                self.worst[req.image] = (diff, np.array(logits, copy=True))
+            top = int(np.argmax(logits))
+            full_top = int(np.argmax(r["full"])) if "full" in r else None
+            if full_top is not None:
+                self.full_seen += 1
+                self.full_agree += int(top == full_top)
+            label = self.images[req.image].label
+            if label >= 0 and full_top is not None:
+                self.labelled += 1
+                self.correct += int(top == label)
+                self.full_correct += int(full_top == label)
+
+
+def stats(values: list[float]) -> dict[str, Any] | None:
+    """n, p50/p95/p99, mean, min and max of some milliseconds (None if there are none)."""
+    if not values:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    return {"n": len(values), "p50": rounded(float(np.percentile(a, 50))), "p95": rounded(float(np.percentile(a, 95))),
+            "p99": rounded(float(np.percentile(a, 99))), "mean": rounded(float(a.mean())), "min": rounded(float(a.min())),
+            "max": rounded(float(a.max()))}  # fmt: skip
+
+
+def rounded(v: float | None, digits: int = 6) -> float | None:
+    """``digits`` significant digits; None for None and non-finite values (run.json is strict JSON)."""
+    return None if v is None or not math.isfinite(v) else float(f"{v:.{digits}g}")
+
+
+# --------------------------------------------------------------------------------------------------
+# run.json
+
+
+def run_entry(
+    options: RunOptions, split: SplitAccess, source: str, images: list[Image_],
+    ref: dict[int, dict[str, np.ndarray]], rec: Recorder, goldens: dict[str, Any],
+    local: dict[str, float] | None, wire: list[int], wall: float, rss: list[float],
+    stats_before: tuple[int, int] | None, stats_after: tuple[int, int] | None, interrupted: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The run.json entry of the split (see docs/serving.md for every field)."""
+    counts = dict(rec.counts)
+    pair_gate = gate_for("fp32")
+    vs_pair: dict[str, Any] = {"gate": pair_gate.name, "images": counts["ok"], "distinct_compared": len(rec.worst)}
+    if rec.worst:
+        keys = sorted(rec.worst)
+        pair = np.concatenate([ref[i]["pair"] for i in keys])
+        served = np.concatenate([rec.worst[i][1] for i in keys])
+        metrics = compare_logits(pair, served)
+        passed, reasons = pair_gate.check(metrics)
+        vs_pair.update(metrics={k: rounded(v) for k, v in metrics.items()}, passed=passed, failures=reasons)
+    else:
+        vs_pair.update(passed=False, failures=["no request succeeded"])
+    task: dict[str, Any] = {}
+    if rec.full_seen:
+        task["agreement_with_full_model"] = rounded(rec.full_agree / rec.full_seen)
+    if rec.labelled:
+        task.update(accuracy=rounded(rec.correct / rec.labelled), full_model_accuracy=rounded(rec.full_correct / rec.labelled),
+                    labelled=rec.labelled)  # fmt: skip
+    server_ms = list(rec.ms["server"])
+    server: dict[str, Any] = {"source": None, "ms": None}
+    if server_ms:
+        server = {"source": "response parameter compute_us (per request)", "ms": stats(server_ms)}
+    elif stats_before is not None and stats_after is not None and stats_after[0] > stats_before[0]:
+        mean = (stats_after[1] - stats_before[1]) / (stats_after[0] - stats_before[0]) / 1e6
+        server = {"source": "statistics extension compute_infer (mean over the run)", "ms": {"mean": rounded(mean)}}
+    latency = {k: stats(list(rec.ms[k])) for k in ("head", "encode", "round_trip", "end_to_end", "transport")}
+    overhead = None
+    if local is not None and latency["end_to_end"] is not None and latency["head"] is not None:
+        overhead = rounded(latency["end_to_end"]["p50"] - latency["head"]["p50"] - local["tail_ms"])
+    link = None
+    if latency["round_trip"] is not None:
+        srv = (server["ms"] or {}).get("p50", (server["ms"] or {}).get("mean"))
+        link = rounded(latency["round_trip"]["p50"] - (srv or 0.0))
+    payload = sorted(rec.payload)
+    listed = sorted(rec.failures, key=lambda f: int(f["request"]))
+    host, port = parse_address(options.server)
+    passed = bool(goldens.get("passed")) and bool(vs_pair.get("passed")) and not counts["failed"] and not counts["skipped"]
+    return {
+        "split": split.dir,
+        "index": split.index,
+        "model": split.model,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.platform(),
+        "server": {"address": f"{host}:{port}", "protocol": options.protocol},
+        "backend": options.backend,
+        "options": {"requests": options.requests, "duration_s": options.duration_s, "concurrency": options.concurrency,
+                    "timeout_ms": options.timeout_ms, "retries": options.retries, "backoff_ms": options.backoff_ms,
+                    "threads": options.threads, "data": source},
+        "images": {"distinct": len(images), "requests": sum(counts.values()), **counts},
+        "interrupted": interrupted,
+        "wall_s": rounded(wall),
+        "throughput_rps": rounded(counts["ok"] / wall) if wall > 0 else None,
+        "latency_ms": latency,
+        "server_compute": server,
+        "link_ms_p50": link,
+        "local_ms": local,
+        "transport_overhead_ms_p50": overhead,
+        "bytes": {"bundle_bytes_per_image": split.bytes_per_image, "payload_per_image": payload[0] if len(payload) == 1 else payload,
+                  "request_on_wire": wire[0] if wire else None,
+                  "framing": (wire[0] - split.bytes_per_image) if wire else None,
+                  "framing_note": ("gRPC: protobuf ModelInferRequest + 5-byte message prefix; HTTP/2 frame and "
+                                   "header bytes not included" if options.protocol == "grpc" else
+                                   "HTTP: the JSON request body (numbers as text); HTTP headers not included")},
+        "client_rss_mib": {"start": rounded(rss[0]), "quarter": rounded(rss[len(rss) // 4]), "end": rounded(rss[-1]), "max": rounded(max(rss)),
+                           "samples": len(rss)} if rss else None,
+        "goldens": goldens,
+        "vs_local_pair": vs_pair,
+        "task": task,
+        "failures": listed,
+        "passed": passed,
+    }
+
+
+def write_run(options: RunOptions, bundle: BundleAccess, split: SplitAccess, data: dict[str, Any]) -> Path:
+    """Merge the split's entry into run.json (other splits' entries of the same manifest are kept)."""
+    path = options.out if options.out is not None else bundle.root / RUN_FILE
+    runs: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            old = contract.read_json(path, str(path))  # bounded, strict; a broken old file is replaced
+            if old.get("schema") == RUN_SCHEMA and old.get("manifest_sha256") == bundle.manifest_sha256:
+                runs = dict(old.get("runs") or {})
+        except IsplitError:
+            runs = {}
+    runs[split.dir] = data
+    doc = {"schema": RUN_SCHEMA, "tool": {"name": "isplit-export", "version": __version__},
+           "manifest_sha256": bundle.manifest_sha256, "runs": runs}  # fmt: skip
+    try:
+        write_text_atomic(path, json_dumps(doc))
+    except OSError as e:
+        raise BadInputError(f"cannot write {path} ({first_line(e)}): make the bundle writable or pass --out FILE") from e
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# the terminal summary
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.3f}"
+
+
+def format_run(data: dict[str, Any], written: Path | None = None) -> str:
+    """The latency table, agreement, bytes and the accounting of every image."""
+    lines = [
+        f"split {data['split']} -> model {data['model']} at {data['server']['address']} ({data['server']['protocol']}), "
+        f"{data['images']['requests']} requests, concurrency {data['options']['concurrency']}, backend {data['backend']}",
+        f"{'ms':16} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'n':>6}",
+    ]
+    rows: list[tuple[str, Any]] = [(k.replace("_", " "), v) for k, v in data["latency_ms"].items()]
+    srv = data["server_compute"]["ms"]
+    rows.insert(3, ("server compute", srv))
+    for name, s in rows:
+        s = s or {}
+        lines.append(f"{name:16} {_fmt(s.get('p50')):>8} {_fmt(s.get('p95')):>8} {_fmt(s.get('p99')):>8} "
+                     f"{_fmt(s.get('mean')):>8} {s.get('n', '-'):>6}")  # fmt: skip
+    local = data.get("local_ms")
+    if local:
+        lines.append(f"local head + tail (onnxruntime here): {local['head_ms']:.3f} + {local['tail_ms']:.3f} ms; "
+                     f"transport overhead p50: {_fmt(data['transport_overhead_ms_p50'])} ms")  # fmt: skip
+    lines.append(f"throughput: {_fmt(data['throughput_rps'])} requests/s over {_fmt(data['wall_s'])} s")
+    b = data["bytes"]
+    lines.append(f"bytes per image: payload {b['payload_per_image']} B (bundle bytes_per_image {b['bundle_bytes_per_image']} B), "
+                 f"on the wire {b['request_on_wire']} B (framing {b['framing']} B)")  # fmt: skip
+    t = data["task"]
+    if "agreement_with_full_model" in t:
+        acc = (f"; accuracy {t['accuracy']:.1%} (full model {t['full_model_accuracy']:.1%}, {t['labelled']} labelled)"
+               if "accuracy" in t else "")  # fmt: skip
+        lines.append(f"agreement with the full model: {t['agreement_with_full_model']:.1%}{acc}")
+    vp, g = data["vs_local_pair"], data["goldens"]
+    mar = (vp.get("metrics") or {}).get("max_abs_rel")
+    lines.append(f"served vs local pair: max_abs_rel {_fmt(mar)}, gate {vp['gate']} {'pass' if vp['passed'] else 'FAIL'}; "
+                 f"goldens: {g['images']} through the server, gate {g['gate']} {'pass' if g['passed'] else 'FAIL'}")  # fmt: skip
+    for reason in [*vp.get("failures", []), *g.get("failures", [])]:
+        lines.append(f"check failed: {reason}")
+    c = data["images"]
+    lines.append(f"requests: {c['ok']} ok, {c['failed']} failed after retries, {c['skipped']} skipped")
+    for f in data["failures"][:10]:
+        lines.append(f"  request {f['request']} ({f['image']}): {f['status']} after {f['attempts']} attempt(s): {f['error']}")
+    if written is not None:
+        lines.append(f"wrote {written}")
+    return "\n".join(lines)
+
+
+__all__ = ["MAX_LISTED_FAILURES", "RUN_FILE", "RUN_SCHEMA", "Recorder", "Request", "first_line", "format_run",
+           "rounded", "run_entry", "stats", "write_run"]
