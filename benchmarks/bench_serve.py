@@ -42,10 +42,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.serving_helpers import Server  # noqa: E402
+
 from isplit_export.cli import main as cli  # noqa: E402
 from isplit_export.options import RunOptions  # noqa: E402
 from isplit_export.serving.run import Request, run  # noqa: E402
-from tests.serving_helpers import Server  # noqa: E402
 
 
 def build(work: Path) -> dict[str, Path]:
