@@ -42,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+
 from isplit_export.cli import main as cli  # noqa: E402
 from isplit_export.options import RunOptions  # noqa: E402
 from isplit_export.serving.records import Request  # noqa: E402

@@ -1,0 +1,148 @@
+"""The bundle contract, owned in one place: every reader of a bundle goes through this package.
+
+A bundle travels (CI -> artefact store -> device), so every reader treats it as hostile input
+(SPEC section 5). This package is the lowest layer (stdlib, numpy, :mod:`errors`, :mod:`files`; no
+torch, no onnx) and holds, each part in its own module, all of them re-exported here:
+
+- ``schema``: the schema constants, file names and limits (:data:`SCHEMA`, :data:`MANIFEST_FILE`, ...);
+- ``jsonio``: strict, bounded JSON reading (:func:`read_json`): size and nesting depth capped, no
+  NaN/Infinity, no duplicate keys, a JSON object at the top; the field checks (``req_*``, ``opt_dict``);
+- ``manifest``: :func:`read_manifest`: the manifest's bytes are read once, hashed
+  (:attr:`Manifest.sha256`) and validated: the type of every field the tools use, with one line naming
+  the field; hashes (:func:`check_files`, :func:`check_listed`), and the provenance pin
+  (:func:`check_expected_sha256`: the manifest's sha256 must be the one CI published); one split
+  selection rule (:func:`select_splits`: 1-based position, which equals ``rank``);
+- ``paths``: the containment rule (:func:`bundle_path`): a bundle path is relative, has no ``..``,
+  crosses no symlink, and still lies inside the bundle after resolving;
+- ``npz``: bounded ``.npz`` loading (:func:`load_npz_bounded`): zip and ``.npy`` headers are checked
+  before anything is decompressed, no pickle;
+- ``results``: validated accessors for ``ranking.json`` (:func:`read_ranking`), ``verify.json``
+  (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`);
+- ``engine_plan``: ``engine_plan.json`` (:func:`read_engine_plan`) and the checked output paths of
+  ``build-engines`` (:func:`engine_output`, :func:`write_output`).
+
+Errors: a malformed file is :class:`BadInputError` (exit 2); a file that does not match its hash, a
+path leaving the bundle, a symlink, or a manifest other than the pinned one is
+:class:`GateFailedError` (exit 1, "tampered").
+"""
+
+from __future__ import annotations
+
+from isplit_export.contract.engine_plan import (
+    EnginePart,
+    EnginePlan,
+    engine_output,
+    read_engine_plan,
+    write_output,
+)
+from isplit_export.contract.jsonio import (
+    check_sha256_text,
+    json_depth,
+    opt_dict,
+    parse_json,
+    read_json,
+    req_dict,
+    req_int,
+    req_number,
+    req_str,
+)
+from isplit_export.contract.manifest import (
+    Manifest,
+    check_expected_sha256,
+    check_files,
+    check_listed,
+    is_rank_output,
+    is_tool_bundle,
+    load_manifest,
+    manifest_sha256,
+    read_manifest,
+    select_splits,
+    split_file,
+    validate_manifest,
+)
+from isplit_export.contract.npz import load_npz_bounded
+from isplit_export.contract.paths import bundle_path, bundle_root, check_rel, join_rel
+from isplit_export.contract.results import read_ranking, read_runs, read_verify_latencies
+from isplit_export.contract.schema import (
+    ENGINE_PLAN_FILE,
+    ENGINE_PLAN_SCHEMA,
+    ENGINES_DIR,
+    MANIFEST_FILE,
+    MAX_DIM,
+    MAX_ELEMENTS,
+    MAX_FLOPS,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_MS,
+    MAX_NPZ_MEMBER_BYTES,
+    MAX_NPZ_MEMBERS,
+    MAX_NPZ_TOTAL_BYTES,
+    PLAN_FILE,
+    RANK_OUTPUT_FILES,
+    RANKING_FILE,
+    RANKING_SCHEMA_PREFIX,
+    REPORT_FILE,
+    RUN_FILE,
+    RUN_SCHEMA,
+    SCHEMA,
+    VERIFY_FILE,
+)
+
+__all__ = [
+    "ENGINES_DIR",
+    "ENGINE_PLAN_FILE",
+    "ENGINE_PLAN_SCHEMA",
+    "MANIFEST_FILE",
+    "MAX_DIM",
+    "MAX_ELEMENTS",
+    "MAX_FLOPS",
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_MS",
+    "MAX_NPZ_MEMBERS",
+    "MAX_NPZ_MEMBER_BYTES",
+    "MAX_NPZ_TOTAL_BYTES",
+    "PLAN_FILE",
+    "RANKING_FILE",
+    "RANKING_SCHEMA_PREFIX",
+    "RANK_OUTPUT_FILES",
+    "REPORT_FILE",
+    "RUN_FILE",
+    "RUN_SCHEMA",
+    "SCHEMA",
+    "VERIFY_FILE",
+    "EnginePart",
+    "EnginePlan",
+    "Manifest",
+    "bundle_path",
+    "bundle_root",
+    "check_expected_sha256",
+    "check_files",
+    "check_listed",
+    "check_rel",
+    "check_sha256_text",
+    "engine_output",
+    "is_rank_output",
+    "is_tool_bundle",
+    "join_rel",
+    "json_depth",
+    "load_manifest",
+    "load_npz_bounded",
+    "manifest_sha256",
+    "opt_dict",
+    "parse_json",
+    "read_engine_plan",
+    "read_json",
+    "read_manifest",
+    "read_ranking",
+    "read_runs",
+    "read_verify_latencies",
+    "req_dict",
+    "req_int",
+    "req_number",
+    "req_str",
+    "select_splits",
+    "split_file",
+    "validate_manifest",
+    "write_output",
+]

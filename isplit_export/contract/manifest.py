@@ -1,0 +1,270 @@
+"""The manifest (read once, hashed, validated), the provenance pin, file hashes and split selection."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from isplit_export.contract.jsonio import (
+    _bad,
+    _read_bytes,
+    _rebuild,
+    check_sha256_text,
+    opt_dict,
+    parse_json,
+    req_dict,
+    req_int,
+    req_number,
+    req_str,
+)
+from isplit_export.contract.paths import bundle_path, bundle_root, check_rel
+from isplit_export.contract.schema import (
+    _TENSOR_NAME,
+    MANIFEST_FILE,
+    MAX_ELEMENTS,
+    MAX_JSON_BYTES,
+    MAX_MS,
+    RANK_OUTPUT_FILES,
+    RANKING_FILE,
+    RANKING_SCHEMA_PREFIX,
+    REPORT_FILE,
+    SCHEMA,
+)
+from isplit_export.errors import BadInputError, GateFailedError
+from isplit_export.files import sha256_file
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: its parsed ``data``, the sha256 of the exact bytes parsed, and the bundle."""
+
+    bundle: Path
+    data: dict[str, Any]
+    sha256: str
+
+    @property
+    def splits(self) -> list[dict[str, Any]]:
+        return list(self.data["splits"])
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return dict(self.data["files"])
+
+
+def _validate_split(s: Any, i: int, src: str) -> None:
+    f = f"splits[{i}]"
+    if not isinstance(s, dict):
+        raise _bad(src, f, "an object", s)
+    check_rel(req_str(s, "dir", src, f"{f}.dir"), f"{src} {f}.dir")
+    files = req_dict(s, "files", src, f"{f}.files")
+    for k, v in files.items():
+        req_str(files, k, src, f"{f}.files.{k}")
+        check_rel(v, f"{src} {f}.files.{k}")
+    if s.get("rank") is not None and req_int(s, "rank", src, f"{f}.rank", lo=1) != i + 1:
+        raise BadInputError(f"{src}: field '{f}.rank' must be {i + 1} (splits are stored in rank order): {_rebuild(src)}")
+    req_int(s, "index", src, f"{f}.index", optional=True)
+    req_str(s, "node", src, f"{f}.node", optional=True)
+    b = opt_dict(s, "boundary", src, f"{f}.boundary")
+    req_str(b, "encoding", src, f"{f}.boundary.encoding", optional=True)
+    req_str(b, "dtype", src, f"{f}.boundary.dtype", optional=True)
+    req_int(b, "bytes_per_image", src, f"{f}.boundary.bytes_per_image", lo=0, hi=MAX_ELEMENTS * 8, optional=True)
+    req_number(b, "scale", src, f"{f}.boundary.scale", lo=0.0, hi=1e30, positive=True, optional=True)
+    req_int(b, "zero_point", src, f"{f}.boundary.zero_point", lo=0, hi=255, optional=True)
+
+
+def _validate_latencies(lat: Mapping[str, Any], src: str, field: str) -> None:
+    for key, v in lat.items():
+        if v is not None:
+            req_number(lat, key, src, f"{field}.{key}", lo=0.0, hi=MAX_MS, positive=True)
+
+
+def validate_manifest(m: Any, src: str = MANIFEST_FILE) -> dict[str, Any]:
+    """Check the schema and the type of every field the tools read; one :class:`BadInputError` line naming the field."""
+    if not isinstance(m, dict):
+        raise BadInputError(f"{src} is not a JSON object: {_rebuild(src)}")
+    if m.get("schema") != SCHEMA:
+        raise BadInputError(
+            f"{src} has schema {str(m.get('schema'))[:40]!r}, expected {SCHEMA!r}: rebuild the bundle with this isplit-export version"
+        )
+    files = req_dict(m, "files", src)
+    for rel in files:
+        check_rel(rel, f"{src} files")
+        e = req_dict(files, rel, src, f"files.{rel}")
+        check_sha256_text(e.get("sha256"), f"{src} files.{rel}.sha256")
+        req_int(e, "bytes", src, f"files.{rel}.bytes", optional=True)
+    splits = m.get("splits")
+    if not isinstance(splits, list):
+        raise _bad(src, "splits", "a list", splits)
+    for i, s in enumerate(splits):
+        _validate_split(s, i, src)
+    req_str(m, "boundary_encoding", src, optional=True)
+    ranking = opt_dict(m, "ranking", src)
+    req_str(ranking, "file", src, "ranking.file", optional=True)
+    if ranking.get("file") is not None:
+        check_rel(ranking["file"], f"{src} ranking.file")
+    req_int(ranking, "top", src, "ranking.top", lo=1, optional=True)
+    target = opt_dict(m, "target", src)
+    req_str(target, "name", src, "target.name", optional=True)
+    options = opt_dict(m, "options", src)
+    req_str(options, "objective", src, "options.objective", optional=True)
+    req_str(options, "server", src, "options.server", optional=True)
+    cons = opt_dict(options, "constraints", src, "options.constraints")
+    for k in cons:
+        if k not in ("max_head_flops", "max_boundary_kib", "max_latency_ms"):
+            raise BadInputError(f"{src}: field 'options.constraints.{k}' is not a constraint: {_rebuild(src)}")
+        req_number(cons, k, src, f"options.constraints.{k}", hi=1e12, positive=True, optional=True)
+    inp = opt_dict(m, "input", src)
+    name = req_str(inp, "name", src, "input.name", optional=True)
+    if name is not None and not _TENSOR_NAME.match(name):
+        raise _bad(src, "input.name", "a tensor name", name)
+    run = opt_dict(m, "run", src)
+    if run.get("report_sha256") is not None:
+        check_sha256_text(run["report_sha256"], f"{src} run.report_sha256")
+    req_str(run, "host", src, "run.host", optional=True)
+    lat = opt_dict(run, "latency_ms", src, "run.latency_ms")
+    for rel in lat:
+        _validate_latencies(req_dict(lat, rel, src, f"run.latency_ms.{rel}"), src, f"run.latency_ms.{rel}")
+    return m
+
+
+def read_manifest(bundle: Path | str) -> Manifest:
+    """Read ``bundle/manifest.json`` once, hash those bytes and validate them (see :func:`validate_manifest`)."""
+    root = bundle_root(bundle)
+    path = root / MANIFEST_FILE
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise BadInputError(
+            f"{path} not found: {root} is not an isplit-export bundle (create one with isplit-export MODEL --out DIR)"
+        ) from None
+    except OSError as e:
+        raise BadInputError(f"cannot read {path} ({e.strerror}): fix its permissions") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise GateFailedError(f"{path} is a symlink; a bundle holds none: rebuild the bundle")
+    raw = _read_bytes(path, str(path), MAX_JSON_BYTES)
+    data = validate_manifest(parse_json(raw, str(path)), str(path))
+    return Manifest(root, data, hashlib.sha256(raw).hexdigest())
+
+
+def load_manifest(bundle: Path | str) -> dict[str, Any]:
+    """The validated manifest dict of ``bundle`` (:func:`read_manifest` without the hash)."""
+    return read_manifest(bundle).data
+
+
+def manifest_sha256(bundle: Path | str) -> str:
+    """sha256 of ``bundle/manifest.json``: the value CI publishes and ``--expect-sha256`` pins."""
+    return read_manifest(bundle).sha256
+
+
+def check_expected_sha256(manifest: Manifest | Path | str, expected: str | None) -> str:
+    """Refuse a manifest whose sha256 is not ``expected`` (the value CI published); returns the actual hash.
+
+    ``expected=None`` checks nothing. Reusable by every reader (verify, plan, build-engines, serve).
+    """
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    if expected is None:
+        return m.sha256
+    want = check_sha256_text(expected, "--expect-sha256")
+    if m.sha256 != want:
+        raise GateFailedError(
+            f"manifest.json has sha256 {m.sha256[:16]}..., not the expected {want[:16]}...: this is not the bundle "
+            "CI published (tampered or another build): fetch the published bundle"
+        )
+    return m.sha256
+
+
+def is_tool_bundle(path: Path) -> bool:
+    """True when ``path`` holds a readable ``manifest.json`` of schema :data:`SCHEMA` (used by ``--force``)."""
+    try:
+        data = parse_json(_read_bytes(Path(path) / MANIFEST_FILE, MANIFEST_FILE, MAX_JSON_BYTES), MANIFEST_FILE)
+    except (BadInputError, GateFailedError):
+        return False
+    return isinstance(data, dict) and data.get("schema") == SCHEMA
+
+
+def is_rank_output(path: Path) -> bool:
+    """True when ``path`` holds only what ``rank --out`` writes, with a ranking.json of ours."""
+    try:
+        names = {p.name for p in Path(path).iterdir()}
+        data = parse_json(_read_bytes(Path(path) / RANKING_FILE, RANKING_FILE, MAX_JSON_BYTES), RANKING_FILE)
+    except (OSError, BadInputError, GateFailedError):
+        return False
+    schema = data.get("schema") if isinstance(data, dict) else None
+    return names <= RANK_OUTPUT_FILES and isinstance(schema, str) and schema.startswith(RANKING_SCHEMA_PREFIX)
+
+
+# --------------------------------------------------------------------------------------------------
+# hashes
+
+
+def _hash_one(bundle: Path, rel: str, expected: str) -> Path:
+    path = bundle_path(bundle, rel)
+    if not path.is_file():
+        raise GateFailedError(
+            f"bundle file {rel} is missing (listed in manifest.json): rebuild the bundle or restore the file"
+        )
+    try:
+        actual = sha256_file(path)
+    except OSError as e:
+        raise BadInputError(f"cannot read bundle file {rel} ({e.strerror}): fix its permissions") from None
+    if actual != expected:
+        raise GateFailedError(
+            f"bundle file {rel} was modified (its sha256 differs from manifest.json): rebuild the bundle or restore the file"
+        )
+    return path
+
+
+def check_files(bundle: Path | str, manifest: Manifest | Mapping[str, Any]) -> None:
+    """Re-hash every file of ``manifest["files"]`` and ``report.md`` (``run.report_sha256``).
+
+    Raises :class:`GateFailedError` naming the first missing, modified, symlinked or escaping file.
+    Files the manifest does not list (``verify.json``, ``plan.json``, ``engines/``) are ignored.
+    """
+    data = manifest.data if isinstance(manifest, Manifest) else validate_manifest(dict(manifest))
+    root = Path(bundle)
+    for rel, entry in data["files"].items():
+        _hash_one(root, rel, entry["sha256"])
+    run = data.get("run") or {}
+    if run.get("report_sha256") is not None:
+        _hash_one(root, REPORT_FILE, run["report_sha256"])
+
+
+def check_listed(manifest: Manifest, rel: str, what: str) -> Path:
+    """The bundle file ``rel``, which must be listed (hashed) in the manifest; re-hashed here."""
+    entry = manifest.data["files"].get(rel)
+    if entry is None:
+        raise GateFailedError(f"{what} {rel} is not listed (hashed) in manifest.json files: rebuild the bundle")
+    return _hash_one(manifest.bundle, rel, entry["sha256"])
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+
+
+def select_splits(manifest: Manifest | Mapping[str, Any], split: int | None) -> list[tuple[int, dict[str, Any]]]:
+    """``(NN, entry)`` of the splits to use: all, or only split ``split`` (1-based position == its rank)."""
+    data = manifest.data if isinstance(manifest, Manifest) else manifest
+    splits: list[dict[str, Any]] = data["splits"]
+    if not splits:
+        raise BadInputError("this bundle has no splits: rebuild it with --top 1 or more")
+    if split is None:
+        return list(enumerate(splits, start=1))
+    if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= len(splits):
+        raise BadInputError(f"split {split} out of range: this bundle has splits 1..{len(splits)}")
+    return [(split, splits[split - 1])]
+
+
+def split_file(manifest: Manifest | Mapping[str, Any], bundle: Path, entry: Mapping[str, Any], key: str) -> Path:
+    """The split's file ``key`` (head, tail, golden...), which must be one of the hashed files."""
+    data = manifest.data if isinstance(manifest, Manifest) else manifest
+    rel = entry["files"].get(key)
+    if not isinstance(rel, str):
+        raise BadInputError(f"manifest.json split {entry['dir']} has no '{key}' file: rebuild the bundle")
+    if rel not in data["files"]:
+        raise GateFailedError(f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle")
+    return bundle_path(Path(bundle), rel)
