@@ -54,7 +54,7 @@ def model_settings(bundle: BundleAccess, threads: int) -> list[Any]:
     files = bundle.manifest["files"]
     out = []
     for s in bundle.splits:
-        rel = s.tail.relative_to(bundle.root).as_posix()
+        rel = s.tail.relative_to(bundle.root.resolve()).as_posix()  # contract paths are resolved
         classes = int((bundle.manifest.get("model") or {}).get("num_classes") or -1)
         out.append(
             ModelSettings(

@@ -200,7 +200,7 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     shutil.copytree(int8_bundle, bundle)
     m = _manifest(bundle)
     model = m["triton"]["models"][0]["name"]
-    server = Server(bundle, log=tmp_path / "serve.log").start()
+    server = Server(Path("b"), log=tmp_path / "serve.log", cwd=tmp_path).start()  # a relative BUNDLE, as typed
     try:
         server.wait_ready(model)
         code, out, err = run_cli(capsys, "run", bundle, "--server", server.address, "--data", digits_dir,

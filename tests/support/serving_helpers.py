@@ -24,8 +24,10 @@ class Server:
     """``isplit-export serve BUNDLE`` on two free loopback ports, started and stopped by the caller."""
 
     def __init__(self, bundle: Path, *, split: str = "all", port: int | None = None, http_port: int | None = None,
-                 log: Path | None = None) -> None:  # fmt: skip
+                 log: Path | None = None, cwd: Path | None = None) -> None:  # fmt: skip
         self.bundle = bundle
+        self.cwd = cwd
+        """Working directory of the server process (a relative ``bundle`` is resolved there)."""
         self.split = split
         self.port = port or free_port()
         self.http_port = http_port or free_port()
@@ -42,7 +44,7 @@ class Server:
                "--host", LOOPBACK, "--port", str(self.port), "--http-port", str(self.http_port), "--threads", "1"]  # fmt: skip
         out = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
         return self
 
     def wait_ready(self, model: str, timeout: float = 90.0) -> None:
