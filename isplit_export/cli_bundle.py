@@ -98,10 +98,6 @@ def plan_cmd(
     from isplit_export.bundle.planning import plan, write_plan
 
     _setup(verbose)
-    if top is not None and top < 1:
-        from isplit_export.errors import BadInputError
-
-        raise BadInputError(f"--top {top}: pass a positive number of splits")
     write = _result_path(expect_sha256, report, no_write)
     result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured, write=False,
                   expect_sha256=expect_sha256,

@@ -43,14 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isplit_export.bottleneck.pca import (  # noqa: F401  (channels_first/from_channels_first re-exported)
+from isplit_export.bottleneck.pca import (
     PatchPCA,
     PcaDecoder,
     PcaEncoder,
     channels_first,
     code_encoding,
     fit_at_cut,
-    from_channels_first,
 )
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import (
@@ -62,14 +61,7 @@ from isplit_export.exporting.encoding import (
 )
 from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
-from isplit_export.options import (  # noqa: F401  (re-exported: the bottleneck's options live in options.py)
-    DEFAULT_ENCODING,
-    FINETUNE,
-    BottleneckOptions,
-    SizeSpec,
-    as_bottleneck,
-    parse_size,
-)
+from isplit_export.options import DEFAULT_ENCODING, BottleneckOptions, SizeSpec
 
 if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut

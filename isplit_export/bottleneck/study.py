@@ -56,9 +56,7 @@ if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut
 
 SCHEMA = "isplit.study/2"
-__all__ = ["CUT_SETS", "MIN_CUTS_TO_CONCLUDE", "SCHEMA", "StudyOptions", "measure_cut", "prepare", "study", "summarize"]
-MIN_CUTS_TO_CONCLUDE = MIN_TO_CONCLUDE
-"""Below this many measured cuts the correlations are reported but said to be inconclusive."""
+__all__ = ["CUT_SETS", "SCHEMA", "StudyOptions", "measure_cut", "prepare", "study", "summarize"]
 
 PREDICTORS = ("cui", "cde", "probe", "random")
 DIFFERENCES = (("probe", "cui"), ("cui", "cde"))
@@ -294,7 +292,7 @@ def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) 
             continue
         ra, rb = spearman(preds_in[a], values), spearman(preds_in[b], values)
         ci = difference_ci(spearman, preds_in[a], preds_in[b], replicates)
-        decided = n >= MIN_CUTS_TO_CONCLUDE and excludes_zero(ci)
+        decided = n >= MIN_TO_CONCLUDE and excludes_zero(ci)
         better = (a if ci is not None and ci[0] > 0 else b) if decided else None
         diffs[f"{a}-{b}"] = {"spearman_difference": held_out_rounding(None if ra is None or rb is None else ra - rb),
                              "ci95": _ci(ci), "conclusive": decided, "better": better}  # fmt: skip
@@ -311,8 +309,8 @@ def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) 
         parts = [f"Spearman with the measured mean: {k.upper()} {_fmt(preds[k]['spearman'])}" if k == "cui"
                  else f"{k.upper()} {_fmt(preds[k]['spearman'])}" for k in ("cui", "cde", "probe") if k in preds]  # fmt: skip
         note = ", ".join(parts)
-        if n < MIN_CUTS_TO_CONCLUDE:
-            note += f"; {n} cuts are too few to conclude anything (need {MIN_CUTS_TO_CONCLUDE}+)"
+        if n < MIN_TO_CONCLUDE:
+            note += f"; {n} cuts are too few to conclude anything (need {MIN_TO_CONCLUDE}+)"
         elif conclusions:
             note += "; conclusive: " + "; ".join(conclusions)
         else:

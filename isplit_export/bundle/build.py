@@ -69,8 +69,6 @@ from isplit_export.version import __version__
 
 log = logging.getLogger(__name__)
 
-MIN_SPLITS_TO_CONCLUDE = MIN_TO_CONCLUDE
-"""Below this many measured splits a rank correlation says nothing (:data:`isplit_export.stats.MIN_TO_CONCLUDE`)."""
 
 
 @dataclass
@@ -166,11 +164,11 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             triton = write_repository(tmp, splits, model=ranked.model.name)
         full_acc = accuracy(y_ref, lab)
         summary = cui_order(splits, encoding_name, full_acc)
-        if bn is not None and len(splits) < MIN_SPLITS_TO_CONCLUDE:
+        if bn is not None and len(splits) < MIN_TO_CONCLUDE:
             summary["too_few_splits"] = True
             summary["note"] += (
                 f"; but {len(splits)} split(s) are too few to conclude anything about the CUI order "
-                f"(run `isplit-export study` over {MIN_SPLITS_TO_CONCLUDE}+ cuts)"
+                f"(run `isplit-export study` over {MIN_TO_CONCLUDE}+ cuts)"
             )
         manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
         manifest["weights"] = weights

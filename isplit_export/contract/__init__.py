@@ -60,7 +60,7 @@ from isplit_export.contract.manifest import (
     split_file,
     validate_manifest,
 )
-from isplit_export.contract.npz import load_npz_bounded
+from isplit_export.contract.npz import load_golden, load_npz_bounded
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel, join_rel
 from isplit_export.contract.results import read_ranking, read_runs, read_verify_latencies
 from isplit_export.contract.schema import (
@@ -126,6 +126,7 @@ __all__ = [
     "is_tool_bundle",
     "join_rel",
     "json_depth",
+    "load_golden",
     "load_manifest",
     "load_npz_bounded",
     "manifest_sha256",

@@ -68,3 +68,16 @@ def load_npz_bounded(path: Path, what: str, *, max_member: int = MAX_NPZ_MEMBER_
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, TypeError) as e:
         text = str(e).strip().splitlines()
         raise BadInputError(f"cannot read {what} ({text[0][:120] if text else type(e).__name__}): rebuild the bundle") from None
+
+
+def load_golden(path: Path, what: str) -> dict[str, np.ndarray]:
+    """A split's ``golden.npz``, size-bounded: ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown)."""
+    golden = load_npz_bounded(path, what)
+    missing = [k for k in ("input", "boundary", "logits") if k not in golden]
+    if missing:
+        raise BadInputError(f"{what} lacks {', '.join(missing)}: rebuild the bundle")
+    n = golden["input"].shape[0] if golden["input"].ndim else 0
+    if n == 0:
+        raise BadInputError(f"{what} holds no golden input: rebuild the bundle")
+    golden.setdefault("labels", np.full(n, -1, dtype=np.int64))
+    return golden

@@ -22,12 +22,7 @@ from isplit_export import contract
 from isplit_export.bundle.triton import model_name
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import BoundaryEncoding
-from isplit_export.verification.verify import _encoding, _load_golden
-
-
-def boundary_encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> BoundaryEncoding:
-    """The split's boundary encoding (dtype, scale, zero point) as the manifest records it."""
-    return _encoding(manifest, entry)
+from isplit_export.verification.verify import split_encoding
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,7 @@ class SplitAccess:
 
     def load_golden(self) -> dict[str, np.ndarray]:
         """The split's golden ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown)."""
-        return _load_golden(self.golden, self.dir + "/golden.npz")
+        return contract.load_golden(self.golden, self.dir + "/golden.npz")
 
 
 @dataclass(frozen=True)
@@ -112,7 +107,7 @@ class BundleAccess:
 
 
 def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str, Any]) -> SplitAccess:
-    enc = boundary_encoding(manifest, entry)
+    enc = split_encoding(manifest, entry)
     b = entry.get("boundary") or {}
     shape = tuple(int(d) for d in (b.get("shape") or [])[1:])
     if not shape or any(d < 1 for d in shape):

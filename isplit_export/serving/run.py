@@ -15,16 +15,16 @@ pair's (the fp32 gate: same ONNX, other process), and the bundle's goldens sent 
 (the encoding's gate, as ``verify``).
 
 Faults, all bounded: the server must be ready within ``--wait`` seconds, else one line naming the
-address and the fix (:data:`EXIT_UNREACHABLE`). A request that errors, exceeds ``--timeout-ms`` or
+address and the fix (:data:`isplit_export.serving.client.EXIT_UNREACHABLE`). A request that errors, exceeds ``--timeout-ms`` or
 comes back with the wrong name, shape or dtype is retried ``--retries`` times with exponential
 backoff (``--backoff-ms``, doubling, capped at :data:`~isplit_export.options.MAX_BACKOFF_MS`). Every
 request ends as exactly one of ``ok``, ``failed`` (after its retries) or ``skipped`` (never sent: the
 run was interrupted, or its image could not be read); ``run.json`` counts each and lists the failed
 ones. Exit codes: 0 all ok and every check passed; 1 a check failed (goldens, agreement with the
-local pair); :data:`EXIT_UNREACHABLE` (5) no server; :data:`EXIT_REQUESTS_FAILED` (6) some request
+local pair); :data:`isplit_export.serving.client.EXIT_UNREACHABLE` (5) no server; :data:`EXIT_REQUESTS_FAILED` (6) some request
 failed after its retries or was skipped; 2 bad input; 130 interrupted.
 
-``run.json`` (schema :data:`RUN_SCHEMA`, strict JSON, documented in ``docs/serving.md``) goes into the
+``run.json`` (schema :data:`isplit_export.contract.RUN_SCHEMA`, strict JSON, documented in ``docs/serving.md``) goes into the
 bundle by default, keyed by split so that runs of several splits add up; ``isplit-export plan`` then
 uses its measured device, link and server times.
 """
@@ -48,19 +48,14 @@ from isplit_export.options import RunOptions
 from isplit_export.serving.bundle_access import SplitAccess, open_bundle
 from isplit_export.serving.client import (
     DATATYPES,
-    EXIT_UNREACHABLE,
     Client,
-    ServerUnreachableError,
     send,
     wait_ready,
 )
-from isplit_export.serving.local import Head, load_images, local_latency, local_reference, preprocess_image
+from isplit_export.serving.local import Head, load_images, local_latency, local_reference
 from isplit_export.serving.records import (
-    RUN_FILE,
-    RUN_SCHEMA,
     Recorder,
     Request,
-    format_run,
     rounded,
     run_entry,
     write_run,
@@ -264,5 +259,4 @@ def _exit_code(data: dict[str, Any]) -> int:
     return 0 if data["passed"] else 1
 
 
-__all__ = ["EXIT_REQUESTS_FAILED", "EXIT_UNREACHABLE", "RUN_FILE", "RUN_SCHEMA", "Request", "RunResult",
-           "ServerUnreachableError", "format_run", "preprocess_image", "run"]
+__all__ = ["EXIT_REQUESTS_FAILED", "RunResult", "run"]

@@ -49,30 +49,8 @@ VERIFY_FILE = contract.VERIFY_FILE
 # manifest and files
 
 
-def load_manifest(bundle: Path) -> dict[str, Any]:
-    """Read and validate ``bundle/manifest.json`` (:func:`isplit_export.contract.load_manifest`)."""
-    return contract.load_manifest(bundle)
-
-
-def _bundle_path(bundle: Path, rel: Any) -> Path:
-    """``bundle / rel`` under the containment rule (:func:`isplit_export.contract.bundle_path`)."""
-    return contract.bundle_path(bundle, rel)
-
-
-def check_files(bundle: Path, manifest: Mapping[str, Any]) -> None:
-    """Re-hash every listed file and ``report.md`` (:func:`isplit_export.contract.check_files`)."""
-    contract.check_files(bundle, manifest)
-
-
-def _select(manifest: Mapping[str, Any], split: int | None) -> list[tuple[int, dict[str, Any]]]:
-    return contract.select_splits(manifest, split)
-
-
-def _split_file(bundle: Path, manifest: Mapping[str, Any], entry: Mapping[str, Any], key: str) -> Path:
-    return contract.split_file(manifest, bundle, entry, key)
-
-
-def _encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> BoundaryEncoding:
+def split_encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> BoundaryEncoding:
+    """The boundary encoding (dtype, scale, zero point) a split's manifest entry records."""
     block = entry.get("boundary")
     data: dict[str, Any] = dict(block) if isinstance(block, Mapping) else {}
     data.setdefault("encoding", manifest.get("boundary_encoding"))
@@ -82,19 +60,6 @@ def _encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> Boundary
         )
     return BoundaryEncoding.from_json({k: data.get(k) for k in ("encoding", "dtype", "scale", "zero_point")
                                        if data.get(k) is not None})  # fmt: skip
-
-
-def _load_golden(path: Path, rel: str) -> dict[str, np.ndarray]:
-    """A split's golden arrays, size-bounded (:func:`isplit_export.contract.load_npz_bounded`)."""
-    golden = contract.load_npz_bounded(path, rel)
-    missing = [k for k in ("input", "boundary", "logits") if k not in golden]
-    if missing:
-        raise BadInputError(f"{rel} lacks {', '.join(missing)}: rebuild the bundle")
-    n = golden["input"].shape[0] if golden["input"].ndim else 0
-    if n == 0:
-        raise BadInputError(f"{rel} holds no golden input: rebuild the bundle")
-    golden.setdefault("labels", np.full(n, -1, dtype=np.int64))
-    return golden
 
 
 def _row(
@@ -141,10 +106,10 @@ def _verify_onnx(
     bundle: Path, manifest: Mapping[str, Any], pos: int, entry: Mapping[str, Any]
 ) -> list[SplitVerification]:
     """The exported pair (gate of the boundary encoding) and, if listed, the INT8 QDQ pair."""
-    enc = _encoding(manifest, entry)
+    enc = split_encoding(manifest, entry)
     golden_rel = entry["files"].get("golden")
-    golden = _load_golden(_split_file(bundle, manifest, entry, "golden"), str(golden_rel))
-    head, tail = _split_file(bundle, manifest, entry, "head"), _split_file(bundle, manifest, entry, "tail")
+    golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(golden_rel))
+    head, tail = contract.split_file(manifest, bundle, entry, "head"), contract.split_file(manifest, bundle, entry, "tail")
     boundary, logits = run_pair_onnx(head, tail, golden["input"])
     rows = [
         _row(
@@ -167,8 +132,8 @@ def _verify_onnx(
         )
     if all(has_q):
         qh, qt = (
-            _split_file(bundle, manifest, entry, "head_int8"),
-            _split_file(bundle, manifest, entry, "tail_int8"),
+            contract.split_file(manifest, bundle, entry, "head_int8"),
+            contract.split_file(manifest, bundle, entry, "tail_int8"),
         )
         _, q_logits = run_pair_onnx(qh, qt, golden["input"])
         note = "not compared: the QDQ head quantizes inside, its boundary differs from the golden by design"
@@ -212,21 +177,21 @@ def _verify_tensorrt(
         )
     plan: list[tuple[int, dict[str, Any], list[str]]] = []
     for pos, entry in selected:
-        precisions = _engines(_bundle_path(bundle, entry["dir"]))
+        precisions = _engines(contract.bundle_path(bundle, entry["dir"]))
         if not precisions:
             raise NotRunError(
                 f"no engines in {entry['dir']}/engines: run build_engines.sh or isplit-export build-engines first"
             )
         plan.append((pos, entry, precisions))
     for _, entry, _ in plan:
-        trt_backend.check_engine_record(_bundle_path(bundle, entry["dir"]))
+        trt_backend.check_engine_record(contract.bundle_path(bundle, entry["dir"]))
 
     input_name = str(manifest.get("input", {}).get("name", "input"))
     rows: list[SplitVerification] = []
     for pos, entry, precisions in plan:
-        enc = _encoding(manifest, entry)
-        golden = _load_golden(_split_file(bundle, manifest, entry, "golden"), str(entry["files"]["golden"]))
-        edir = _bundle_path(bundle, entry["dir"]) / "engines"
+        enc = split_encoding(manifest, entry)
+        golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(entry["files"]["golden"]))
+        edir = contract.bundle_path(bundle, entry["dir"]) / "engines"
         for p in precisions:
             gate = gate_for(enc.name, p, "tensorrt")
             boundary, logits = run_pair_trt(
@@ -290,8 +255,8 @@ def verify_bundle(
     m = contract.read_manifest(bundle)
     contract.check_expected_sha256(m, expect_sha256)
     manifest = m.data
-    selected = _select(manifest, split)
-    check_files(bundle, manifest)
+    selected = contract.select_splits(manifest, split)
+    contract.check_files(bundle, manifest)
     if backend == "onnxruntime":
         rows = [row for pos, entry in selected for row in _verify_onnx(bundle, manifest, pos, entry)]
     else:

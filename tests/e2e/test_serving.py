@@ -194,7 +194,7 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     from isplit_export.serving.bundle_access import open_bundle
     from isplit_export.serving.local import load_images
     from isplit_export.serving.run import run
-    from isplit_export.verification.verify import run_pair_onnx
+    from isplit_export.verification.runtime import run_pair_onnx
 
     bundle = tmp_path / "b"
     shutil.copytree(int8_bundle, bundle)
@@ -303,7 +303,7 @@ def test_server_killed_mid_run_then_restarted(tmp_path: Path, int8_bundle: Path)
 
 @pytest.mark.e2e
 def test_no_server_gets_one_line_within_the_wait(capsys: pytest.CaptureFixture[str], int8_bundle: Path) -> None:
-    from isplit_export.serving.run import EXIT_UNREACHABLE
+    from isplit_export.serving.client import EXIT_UNREACHABLE
 
     address = f"{LOOPBACK}:{free_port()}"
     t = time.monotonic()
@@ -354,7 +354,7 @@ def test_a_hung_server_gets_the_one_line_in_bounded_time(capsys: pytest.CaptureF
     """A socket that accepts connections and never answers: every call times out, the run still ends."""
     import socket
 
-    from isplit_export.serving.run import EXIT_UNREACHABLE
+    from isplit_export.serving.client import EXIT_UNREACHABLE
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hung:
         hung.bind((LOOPBACK, 0))

@@ -11,10 +11,12 @@ import torch
 
 from isplit_export.bottleneck import core as bn
 from isplit_export.bottleneck.holdout import minimum_images, split_holdout
+from isplit_export.bottleneck.pca import channels_first, from_channels_first
 from isplit_export.cli import main
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.options import BottleneckOptions, SizeSpec, parse_size
 from isplit_export.ranking.graph import trace
 from isplit_export.verification.verify import verify_bundle
 from isplit_export.zoo import DIGITS_PREPROCESSING, write_digits_imagefolder
@@ -124,7 +126,7 @@ def test_same_seed_gives_byte_identical_onnx(digits_model: tuple[torch.nn.Module
     images, _ = digits_arrays()
     x = digits_tensor(images[1500:1540])
     cut, head, tail = _digits_cut(digits_model[0], 2)
-    opts = bn.BottleneckOptions(size="1/8", train_steps=15)
+    opts = BottleneckOptions(size="1/8", train_steps=15)
     blobs = []
     for i, seed in enumerate((7, 7, 8)):
         t = bn.train(cut, head, tail, x, opts, seed=seed)  # type: ignore[arg-type]
@@ -138,20 +140,20 @@ def test_same_seed_gives_byte_identical_onnx(digits_model: tuple[torch.nn.Module
 
 
 def test_size_specs() -> None:
-    assert bn.parse_size("1/16") == bn.SizeSpec("ratio", 0.0625, "1/16")
-    assert bn.parse_size("0.0625").value == 0.0625 and bn.parse_size("1").value == 1.0
-    assert bn.parse_size("2KiB") == bn.SizeSpec("bytes", 2048.0, "2KiB")
-    assert bn.parse_size("64B").value == 64 and bn.parse_size("1MB").value == 1e6
+    assert parse_size("1/16") == SizeSpec("ratio", 0.0625, "1/16")
+    assert parse_size("0.0625").value == 0.0625 and parse_size("1").value == 1.0
+    assert parse_size("2KiB") == SizeSpec("bytes", 2048.0, "2KiB")
+    assert parse_size("64B").value == 64 and parse_size("1MB").value == 1e6
     for bad in ("0", "-1/8", "1.5", "2048", "nope", "1/0"):
         with pytest.raises(BadInputError):
-            bn.parse_size(bad)
+            parse_size(bad)
 
 
 def test_plan_reaches_a_fixed_size_with_a_stride(digits_model: tuple[torch.nn.Module, float]) -> None:
     cut, _, _ = _digits_cut(digits_model[0], 0)  # 16x16x16
-    p = bn.code_shape(cut, bn.parse_size("64B"), "int8")  # type: ignore[arg-type]
+    p = bn.code_shape(cut, parse_size("64B"), "int8")  # type: ignore[arg-type]
     assert p.code_shape == (1, 8, 8) and p.stride == 2 and p.code_bytes == 64
-    p = bn.code_shape(cut, bn.parse_size("1/8"), "int8")  # type: ignore[arg-type]
+    p = bn.code_shape(cut, parse_size("1/8"), "int8")  # type: ignore[arg-type]
     assert p.code_shape == (2, 16, 16) and p.stride == 1
 
 
@@ -189,12 +191,12 @@ def test_api_takes_a_size_spec_or_options() -> None:
     from isplit_export import ExportOptions
 
     opts = ExportOptions(model=DIGITS, bottleneck="1/16")
-    assert opts.bottleneck == bn.BottleneckOptions(size="1/16") and opts.to_json()["bottleneck"]["size"] == "1/16"
+    assert opts.bottleneck == BottleneckOptions(size="1/16") and opts.to_json()["bottleneck"]["size"] == "1/16"
     assert ExportOptions(model=DIGITS).bottleneck is None
     with pytest.raises(BadInputError, match="a ratio must be in"):
         ExportOptions(model=DIGITS, bottleneck="0")
     with pytest.raises(BadInputError, match="--finetune"):
-        bn.BottleneckOptions(finetune="head")
+        BottleneckOptions(finetune="head")
 
 
 @pytest.mark.e2e
@@ -206,7 +208,7 @@ def test_finetune_tail_adapts_the_tail_and_none_keeps_it(digits_model: tuple[tor
     cut, head, tail = _digits_cut(digits_model[0], 4)
     before = {k: v.clone() for k, v in tail.state_dict().items()}
     for mode, changed in (("none", False), ("tail", True)):
-        t = bn.train(cut, head, tail, x, bn.BottleneckOptions(size="1/8", finetune=mode, train_steps=5), seed=0)  # type: ignore[arg-type]
+        t = bn.train(cut, head, tail, x, BottleneckOptions(size="1/8", finetune=mode, train_steps=5), seed=0)  # type: ignore[arg-type]
         after = t.tail.tail.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before) is changed
         assert all(torch.equal(before[k], v) for k, v in tail.state_dict().items())  # the model itself is untouched
@@ -222,14 +224,14 @@ def test_nhwc_and_token_cuts_are_viewed_channels_first(
     from types import SimpleNamespace
 
     cut = SimpleNamespace(index=3, node="blocks_3", shape=shape, layout=layout)
-    p = bn.code_shape(cut, bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
+    p = bn.code_shape(cut, parse_size("1/16"), "int8")  # type: ignore[arg-type]
     assert (p.boundary_shape, p.code_shape, p.stride, p.layout) == (view, code, 1, layout)
     a = torch.randn(2, *shape)
-    assert torch.equal(bn.from_channels_first(bn.channels_first(a, layout), layout), a)
-    assert tuple(bn.channels_first(a, layout).shape[1:]) == view
+    assert torch.equal(from_channels_first(channels_first(a, layout), layout), a)
+    assert tuple(channels_first(a, layout).shape[1:]) == view
     bad = (7, 7) if layout == "nhwc" else (7, 7, 7)
     with pytest.raises(BadInputError, match=rf"cut 3 \(blocks_3\) has boundary shape \[{', '.join(map(str, bad))}\] \({layout}\)"):
-        bn.code_shape(SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), bn.parse_size("1/16"), "int8")  # type: ignore[arg-type]
+        bn.code_shape(SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), parse_size("1/16"), "int8")  # type: ignore[arg-type]
 
 
 @pytest.mark.e2e

@@ -27,7 +27,7 @@ from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.models import forward_batched
 from isplit_export.options import BottleneckOptions, parse_size
 from isplit_export.verification.checks import held_out_rounding, task_metric
-from isplit_export.verification.verify import run_pair_onnx
+from isplit_export.verification.runtime import run_pair_onnx
 from tests.support.helpers import DIGITS, run_cli
 
 

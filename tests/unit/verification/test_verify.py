@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 
+from isplit_export.contract import check_files
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError
 from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, encode_array, encode_head
 from isplit_export.exporting.onnx_utils import make_session, run_session
@@ -24,7 +25,7 @@ from isplit_export.files import load_npz, save_npz, sha256_file, write_json
 from isplit_export.verification.checks import compare_boundary
 from isplit_export.verification.results import format_table
 from isplit_export.verification.runtime import measure_latency, run_pair_onnx
-from isplit_export.verification.verify import VERIFY_FILE, check_files, verify_bundle
+from isplit_export.verification.verify import VERIFY_FILE, verify_bundle
 
 torch = pytest.importorskip("torch")  # only the fixture needs torch; verify itself is torch-free
 
