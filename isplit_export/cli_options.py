@@ -73,7 +73,7 @@ FinetuneOpt = Annotated[
     str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
 ]
 TrainStepsOpt = Annotated[
-    int | None, typer.Option("--train-steps", help="bottleneck training steps (early stopping may end sooner)")
+    int | None, typer.Option("--train-steps", help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)")
 ]
 TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch", help="images per bottleneck training step")]
 

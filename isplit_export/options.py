@@ -122,21 +122,20 @@ class BottleneckOptions:
     """How the bottleneck is sized and trained (``ExportOptions.bottleneck``, ``StudyOptions.bottleneck``).
 
     ``size``: ratio or bytes per image (:func:`parse_size`); ``finetune``: ``none`` or ``tail``;
-    ``train_steps`` / ``train_batch``: the budget (defaults sized for a 2-core CPU; 0 steps keeps the probe's
-    linear code, :mod:`isplit_export.bottleneck.pca`); ``holdout``: the fraction of images held out from
-    training (measured on, never trained on); ``patience``: steps without improvement of the smoothed loss
-    before stopping early.
+    ``train_steps`` / ``train_batch``: the budget (0 steps keeps the probe's linear code,
+    :mod:`isplit_export.bottleneck.pca`); ``holdout``: the fraction of images held out from
+    training (measured on, never trained on). Training runs all ``train_steps`` under a cosine learning-rate
+    decay (no early stopping) and keeps the checkpoint best on the validation slice (``validation``).
     """
 
     size: str = "1/16"
     finetune: str = "none"
-    train_steps: int = 64
+    train_steps: int = 256
     train_batch: int = 8
     temperature: float = 4.0
     mse_weight: float = 1.0
     lr: float = 2e-3
     holdout: float = 0.25
-    patience: int = 20
     validation: float = 0.2
     """Fraction of the *train* images kept out of the gradient steps to choose the checkpoint on."""
 
@@ -153,8 +152,8 @@ class BottleneckOptions:
             raise BadInputError(f"validation fraction {self.validation}: pass a fraction strictly between 0 and 1")
         if not 0.0 < self.holdout < 1.0:
             raise BadInputError(f"held-out fraction {self.holdout}: pass a fraction strictly between 0 and 1")
-        if self.temperature <= 0 or self.lr <= 0 or self.mse_weight < 0 or self.patience < 1:
-            raise BadInputError("bottleneck temperature, lr and patience must be positive, mse_weight >= 0")
+        if self.temperature <= 0 or self.lr <= 0 or self.mse_weight < 0:
+            raise BadInputError("bottleneck temperature and lr must be positive, mse_weight >= 0")
 
     @property
     def spec(self) -> SizeSpec:

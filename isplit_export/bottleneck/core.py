@@ -243,9 +243,10 @@ def train(
 
     The encoder and decoder start as the patch-PCA code of the train images (``init``, or fitted here
     with :func:`isplit_export.bottleneck.pca.fit_at_cut`), so step 0 sends what the probe sends. A
-    validation slice of ``x_train`` (``options.validation``) takes no gradient steps; every few steps the
-    pair is scored on it through the real codec (agreement with the full model, then KL), and the best
-    checkpoint is kept, the initialisation included: training never returns a worse pair on it.
+    validation slice of ``x_train`` (``options.validation``, chosen by ``seed`` only) takes no gradient
+    steps. Adam runs all ``train_steps`` with a cosine learning-rate decay to 0; every ``train_steps/8``
+    steps the pair is scored on the slice through the real codec (agreement with the full model, then KL),
+    and the best checkpoint is kept, the initialisation included: training never returns a worse pair on it.
     Deterministic for ``(seed, cut.index, repeat)`` (:func:`cut_seed`; the global RNG is left as it was).
     """
     from tqdm import tqdm
@@ -276,7 +277,9 @@ def train(
         inv_std = (1.0 / std.float()).reshape(1, -1, 1, 1)
         encoder, decoder = PcaEncoder(pca), PcaDecoder(pca)
         initial = (copy.deepcopy(encoder), copy.deepcopy(decoder), copy.deepcopy(student_tail))
-        perm = torch.randperm(n, generator=gen).tolist()
+        # the validation slice is a function of ``seed`` alone (like the held-out part): repeats vary the
+        # training's randomness (residual init, batch order, augmentation), not the data it is chosen on
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         n_val = max(1, min(n - 1, round(n * options.validation)))
         val_idx, fit_idx = sorted(perm[:n_val]), perm[n_val:]
         with torch.no_grad():
@@ -301,6 +304,8 @@ def train(
         if options.finetune == "tail":
             groups.append({"params": list(student_tail.parameters()), "lr": options.lr * 0.1})
         opt = torch.optim.Adam(groups)
+        total = max(options.train_steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total)))
         t = options.temperature
         every = max(1, options.train_steps // 8)
         order: list[int] = []
@@ -326,6 +331,7 @@ def train(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             last = {"loss": float(loss.detach()), "kl": float(kl.detach()), "mse": float(mse.detach())}
             bar.update(1)
             if step % every == 0 or step == options.train_steps:
@@ -334,8 +340,6 @@ def train(
                 sc = score(codec)
                 if sc > best_score:
                     best_score, best_step, best_state, best_codec = sc, step, snapshot(), codec
-                elif step - best_step >= max(options.patience, every) * 2:
-                    break  # no better checkpoint for a long while
         bar.close()
     for module, state in zip((encoder, decoder, student_tail), best_state, strict=True):
         module.load_state_dict(state)
@@ -377,7 +381,6 @@ def config(options: BottleneckOptions, p: CodeShape, encoding: BoundaryEncoding)
         "mse_weight": options.mse_weight,
         "lr": options.lr,
         "holdout": options.holdout,
-        "patience": options.patience,
         "code_encoding": encoding.name,
         "code_bytes_per_image": p.code_bytes,
         **p.to_json(),

@@ -28,11 +28,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from isplit_export.exporting.encoding import BoundaryEncoding, calibrate_encoding
+
+SUBSET_EIGH_FRACTION = 4
+"""Below ``D / SUBSET_EIGH_FRACTION`` components, only the top ones are computed (measured: faster)."""
+
+ZERO_EIGENVALUE = float(np.finfo(np.float64).eps)
+"""An eigenvalue at most ``ZERO_EIGENVALUE * D`` times the largest is numerically zero: its row is dropped."""
 
 MIN_HALF_RANGE = 1e-12
 """A component that is constant on the training images gets this half-range (its code is always 0)."""
@@ -64,9 +72,28 @@ def patches(a: torch.Tensor, k: int) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, c * k * k)
 
 
+GRAM_BLOCKS = 4
+"""``x^T x`` of ``D >= GRAM_BLOCK_MIN`` columns is summed in 4 x 4 column blocks, upper ones only (10 of 16
+products; measured 1.5x faster than the full product at D = 1536)."""
+GRAM_BLOCK_MIN = 1024
+
+
+def _add_gram(s2: torch.Tensor, x: torch.Tensor) -> None:
+    """``s2 += x^T x`` in its upper triangle (by blocks; the full product for small ``D``)."""
+    d = x.shape[1]
+    if d < GRAM_BLOCK_MIN:
+        s2.addmm_(x.T, x)
+        return
+    e = [round(i * d / GRAM_BLOCKS) for i in range(GRAM_BLOCKS + 1)]
+    for i in range(GRAM_BLOCKS):
+        for j in range(i, GRAM_BLOCKS):
+            s2[e[i] : e[i + 1], e[j] : e[j + 1]].addmm_(x[:, e[i] : e[i + 1]].T, x[:, e[j] : e[j + 1]])
+
+
 @dataclass
 class CovarianceSums:
-    """Streaming float64 sums of the patch vectors: count, sum, sum of outer products, and the minimum."""
+    """Streaming float64 sums of the patch vectors: count, sum, sum of outer products (``s2``: only its upper
+    triangle is kept up to date), and the minimum."""
 
     dim: int
     n: int = 0
@@ -86,7 +113,7 @@ class CovarianceSums:
         x64 = x.detach().to("cpu", torch.float64)
         self.n += int(x64.shape[0])
         self.s1 += x64.sum(0)
-        self.s2.addmm_(x64.T, x64)
+        _add_gram(self.s2, x64)
         if x64.numel():
             self.minimum = min(self.minimum, float(x64.min()))
 
@@ -103,11 +130,13 @@ class CovarianceSums:
         return self.s1 / max(self.n, 1)
 
     def covariance(self) -> torch.Tensor:
-        """The (biased, ``1/n``) covariance of the patch vectors, symmetrised."""
+        """The (biased, ``1/n``) covariance of the patch vectors from ``s2``'s upper triangle (in numpy: see
+        :func:`fit`)."""
         assert self.s2 is not None
-        mu = self.mean()
-        cov = self.s2 / max(self.n, 1) - torch.outer(mu, mu)
-        return (cov + cov.T) / 2
+        mu = self.mean().numpy()
+        upper = np.triu(self.s2.numpy())
+        cov = (upper + np.triu(upper, 1).T) / max(self.n, 1) - np.outer(mu, mu)
+        return torch.from_numpy(cov)
 
 
 @dataclass
@@ -142,17 +171,47 @@ class PatchPCA:
 
 
 def fit(sums: CovarianceSums, k: int, channels: int, boundary_shape: tuple[int, int, int], layout: str = "nchw") -> PatchPCA:
-    """The top ``channels`` principal components of the patch covariance (eigenvectors, float64)."""
+    """The top ``channels`` principal components of the patch covariance (eigenvectors, float64).
+
+    At most the data's rank (``n - 1`` patch vectors, numerically non-zero eigenvalues) are eigenvectors;
+    the rest of the ``channels`` rows are zero, so they send 0 and decode to nothing (an eigenvector of a
+    zero eigenvalue would be an arbitrary direction scaled by ``1 / MIN_HALF_RANGE``). Few components are
+    computed alone (:func:`_top_eigenpairs`); many by the full ``syevd``. The covariance is formed in numpy:
+    torch's thread pool slows down next to scipy's spinning BLAS threads."""
     cov = sums.covariance()
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
-    order = torch.argsort(evals, descending=True, stable=True)[:channels]
-    v = evecs[:, order].T.contiguous()  # [K, D]
-    idx = v.abs().argmax(dim=1)
-    sign = torch.sign(v[torch.arange(v.shape[0]), idx])
-    v = v * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
-    return PatchPCA(
-        boundary_shape, k, v, evals[order].clamp_min(0.0), sums.mean(), bool(sums.minimum >= 0.0), layout=layout
-    )
+    d = cov.shape[0]
+    r = min(channels, d, max(sums.n - 1, 0))
+    components = torch.zeros(channels, d, dtype=torch.float64)
+    eigenvalues = torch.zeros(channels, dtype=torch.float64)
+    if r > 0:
+        if r * SUBSET_EIGH_FRACTION <= d:
+            evals, evecs = _top_eigenpairs(cov.numpy(), r)
+        else:
+            evals, evecs = torch.linalg.eigh(cov)  # ascending
+        order = torch.argsort(evals, descending=True, stable=True)[:r]
+        v, top = evecs[:, order].T.contiguous(), evals[order]  # [r, D], [r]
+        keep = top > ZERO_EIGENVALUE * max(float(top[0]), 0.0) * d
+        v, top = v[keep], top[keep]
+        idx = v.abs().argmax(dim=1)
+        sign = torch.sign(v[torch.arange(v.shape[0]), idx])
+        components[: len(v)] = v * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
+        eigenvalues[: len(v)] = top
+    return PatchPCA(boundary_shape, k, components, eigenvalues, sums.mean(), bool(sums.minimum >= 0.0), layout=layout)
+
+
+def _top_eigenpairs(cov: np.ndarray, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``r`` largest eigenpairs of ``cov`` (ascending): ARPACK's Lanczos iteration to machine precision
+    from a fixed start (deterministic), or LAPACK's ``syevr`` for those only if it does not converge.
+    Measured on resnet50's cuts at 1 KiB (D up to 2048): 2.3x faster than ``syevr``, same vectors to 1e-14."""
+    d = cov.shape[0]
+    if r < d - 1:  # ARPACK's limit
+        try:
+            w, vecs = scipy.sparse.linalg.eigsh(cov, k=r, which="LA", v0=np.full(d, d**-0.5), tol=0.0)
+            return torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(np.ascontiguousarray(vecs))
+        except scipy.sparse.linalg.ArpackNoConvergence:
+            pass
+    w, vecs = scipy.linalg.eigh(cov, subset_by_index=[d - r, d - 1], driver="evr")
+    return torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(np.ascontiguousarray(vecs))
 
 
 def code_encoding(name: str) -> BoundaryEncoding:
@@ -185,12 +244,13 @@ class PcaEncoder(nn.Module):
 
 class PcaDecoder(nn.Module):
     """Linear path ``mu + V (z * half + mid)`` per patch (transposed conv, stride ``k``; uncoded border rows/
-    columns get the channel mean), plus a residual ``conv1x1(relu(conv3x3(upsampled z)))`` whose last conv
-    starts at zero, then a ReLU when the boundary is non-negative."""
+    columns get the channel mean), plus (``residual``) a ``conv1x1(relu(conv3x3(upsampled z)))`` whose last
+    conv starts at zero, then a ReLU when the boundary is non-negative. Without the residual (the probe) it
+    is the linear code alone, which is what an untrained decoder computes."""
 
     fill: torch.Tensor
 
-    def __init__(self, pca: PatchPCA) -> None:
+    def __init__(self, pca: PatchPCA, residual: bool = True) -> None:
         super().__init__()
         c, h, w = pca.boundary_shape
         k, kk = pca.kernel, pca.channels
@@ -211,28 +271,23 @@ class PcaDecoder(nn.Module):
         covered[:, :, : (h // k) * k, : (w // k) * k] = True
         fill = torch.where(covered, fill, channel_mean.reshape(1, c, 1, 1).expand(1, c, h, w))
         self.register_buffer("fill", fill.float())
-        self.conv1 = nn.Conv2d(kk, c, 3, padding=1)
-        self.conv2 = nn.Conv2d(c, c, 1)
-        with torch.no_grad():
-            self.conv2.weight.zero_()
-            self.conv2.bias.zero_()  # type: ignore[union-attr]
+        self.residual: nn.Sequential | None = None
+        if residual:
+            first, last = nn.Conv2d(kk, c, 3, padding=1), nn.Conv2d(c, c, 1)
+            self.residual = nn.Sequential(first, nn.ReLU(), last)
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()  # type: ignore[union-attr]
         self.nonnegative = pca.nonnegative
 
-    def linear_forward(self, z: torch.Tensor) -> torch.Tensor:
-        """The linear path only: equal to :meth:`forward` while the residual's last conv is zero (untrained),
-        at a fraction of the cost (the probe uses it)."""
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         y = self.linear(z)
         if any(self.pad):
             y = F.pad(y, self.pad)
         y = y + self.fill
-        return from_channels_first(F.relu(y) if self.nonnegative else y, self.layout)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        y = self.linear(z)
-        up = F.interpolate(z, scale_factor=float(self.k), mode="nearest") if self.k > 1 else z
-        if any(self.pad):
-            y, up = F.pad(y, self.pad), F.pad(up, self.pad)
-        y = y + self.fill + self.conv2(F.relu(self.conv1(up)))
+        if self.residual is not None:
+            up = F.interpolate(z, scale_factor=float(self.k), mode="nearest") if self.k > 1 else z
+            y = y + self.residual(F.pad(up, self.pad) if any(self.pad) else up)
         return from_channels_first(F.relu(y) if self.nonnegative else y, self.layout)
 
 

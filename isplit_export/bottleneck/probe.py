@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from isplit_export.distributed import Job
     from isplit_export.ranking.graph import Cut, TracedModel
 
+FULL = -1
+"""The key of the full model's held-out logits among the per-cut ones."""
+
 KEEP_BYTES = 1 << 30
 """Up to this many bytes of train activations are kept between the two train passes (else recomputed)."""
 
@@ -120,14 +123,15 @@ def run_probe(
     spec: SizeSpec,
     x_train: torch.Tensor,
     x_held: torch.Tensor,
-    y_full_held: np.ndarray,
+    y_full_held: np.ndarray | None,
     labels_held: np.ndarray,
     *,
     encoding: str = "int8",
     batch_size: int = 16,
     job: Job | None = None,
 ) -> Probe:
-    """Score every cut of ``cuts`` by its linear code at ``spec`` (see the module docstring)."""
+    """Score every cut of ``cuts`` by its linear code at ``spec`` (see the module docstring). ``y_full_held``:
+    the full model's logits on ``x_held``, or ``None`` to take them from the held-out pass itself."""
     from isplit_export.bottleneck.core import code_shape
     from isplit_export.verification.checks import held_out_rounding, task_metric
 
@@ -160,25 +164,25 @@ def run_probe(
     for i, p in pcas.items():
         p.set_ranges(*ranges[i].bounds())
     codec = code_encoding(encoding)
-    pairs: dict[int, tuple[PcaEncoder, PcaDecoder, torch.nn.Module]] = {}
-    for c in cuts:
-        pairs[c.index] = (PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index]).eval(), traced.tail(c).eval())
-    mine: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in shapes}
+    pairs = {c.index: (c, PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index], residual=False).eval()) for c in cuts}
+    mine: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in [*shapes, FULL]}
     with torch.no_grad():
         for a, b in _batches(len(x_held), batch_size, job):
-            acts = capture(x_held[a:b])[1:]
-            for i, (enc, dec, tail_i) in pairs.items():
+            full, *acts = capture(x_held[a:b])
+            mine[FULL].append((a, full.numpy()))
+            for i, (cut, enc, dec) in pairs.items():
                 z = encode_array(enc(acts[pos[i]]).numpy(), codec)
                 zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
-                mine[i].append((a, tail_i(dec.linear_forward(zq)).numpy()))  # == dec(zq): residual is 0
-    logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in shapes}
+                mine[i].append((a, traced.run_tail(cut, dec(zq)).numpy()))
+    logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in mine}
     for part in _gather(job, mine):
         for i, chunks in part.items():
             logits[i].extend(chunks)
+    got = {i: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for i, chunks in logits.items()}
+    y_full = got[FULL] if y_full_held is None else y_full_held
     scores: dict[int, dict[str, Any]] = {}
     for i, s in shapes.items():
-        got = np.concatenate([v for _, v in sorted(logits[i], key=lambda t: t[0])])
-        scores[i] = {**task_metric(y_full_held, got, labels_held, held_out=True, rnd=held_out_rounding), "code_shape": list(s.code_shape),
+        scores[i] = {**task_metric(y_full, got[i], labels_held, held_out=True, rnd=held_out_rounding), "code_shape": list(s.code_shape),
                      "kernel": s.kernel, "code_bytes": s.code_bytes}  # fmt: skip
     return Probe(spec, encoding, scores, pcas, len(x_train), len(x_held), time.perf_counter() - start)
 
@@ -190,15 +194,12 @@ def probe_ranking(ranked: Any, spec: SizeSpec, cuts: str = "candidates", *, enco
     (the bottleneck's split), over its candidates (``cuts="candidates"``) or all its cuts."""
     from isplit_export.bottleneck.holdout import split_holdout
     from isplit_export.distributed import images_tensor
-    from isplit_export.models import forward_batched
 
     ranks = ranked.ranking.ranks  # every candidate (local maximum), whatever the ranking's top
     chosen = [c for c, r in zip(ranked.traced.cuts, ranks, strict=True) if cuts == "all" or r is not None]
     x, labels, names = images_tensor(ranked.images, max_images)
     train_idx, held_idx = split_holdout(names, holdout, seed)
-    x_held = x[held_idx]
-    y_full = forward_batched(ranked.model.module, x_held, batch_size).numpy()
     return run_probe(
-        ranked.traced, chosen, spec, x[train_idx], x_held, y_full, labels.numpy()[held_idx],
+        ranked.traced, chosen, spec, x[train_idx], x[held_idx], None, labels.numpy()[held_idx],
         encoding=encoding, batch_size=batch_size, job=job,
     )  # fmt: skip

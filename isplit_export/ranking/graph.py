@@ -114,8 +114,46 @@ class TracedModel:
         return head, tail
 
     def tail(self, cut: Cut) -> fx.GraphModule:
-        """The tail alone (boundary -> logits): what the probe runs, without building the head."""
+        """The tail alone (boundary -> logits) as a module, without building the head."""
         return _split(self.gm, cut.node, head=False)[1]
+
+    def run_tail(self, cut: Cut, boundary: torch.Tensor) -> torch.Tensor:
+        """The tail's output for ``boundary``, interpreted node by node on the traced graph: the same
+        computation as :meth:`tail` without building a module (the probe runs every cut's tail once)."""
+        nodes = list(self.gm.graph.nodes)
+        k = next(i for i, n in enumerate(nodes) if n.name == cut.node)
+        free = _free_nodes(nodes)
+        last_use = {a: i for i, n in enumerate(nodes) for a in n.all_input_nodes}
+        env: dict[fx.Node, Any] = {nodes[k]: boundary}
+
+        def load(a: fx.Node) -> Any:
+            if a in env:
+                return env[a]
+            if a.op == "get_attr":
+                return _fetch_attr(self.gm, str(a.target))
+            if _is_batch_size(a):
+                return boundary.size(0)
+            raise BadInputError(f"cut after {cut.node} is not valid: {a.name} also crosses it")
+
+        for i in range(k + 1, len(nodes)):
+            n = nodes[i]
+            if n in free:
+                continue
+            args, kwargs = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
+            if n.op == "output":
+                return args[0]
+            if n.op == "call_module":
+                env[n] = self.gm.get_submodule(str(n.target))(*args, **kwargs)
+            elif n.op == "call_function":
+                env[n] = n.target(*args, **kwargs)
+            elif n.op == "call_method":
+                env[n] = getattr(args[0], str(n.target))(*args[1:], **kwargs)
+            elif n.op == "get_attr":
+                env[n] = _fetch_attr(self.gm, str(n.target))
+            for a in n.all_input_nodes:
+                if last_use.get(a) == i:
+                    env.pop(a, None)  # a value is dropped after its last use, as fx's generated code does
+        raise ValueError("the traced graph has no output node")
 
 
 def trace(module: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
@@ -196,6 +234,14 @@ def _followed_by_pointwise(n: fx.Node, nxt: fx.Node, gm: fx.GraphModule) -> bool
     if nxt.op == "call_method":
         return nxt.target in POINTWISE_METHODS
     return False
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    """The attribute ``a.b.c`` of ``gm`` (a ``get_attr`` node's value)."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _is_batch_size(n: fx.Node) -> bool:

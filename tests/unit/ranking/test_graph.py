@@ -21,7 +21,10 @@ def _assert_splits_reproduce(model: nn.Module, shape: tuple[int, ...]) -> None:
             head, tail = traced.split(cut)
             boundary = head(x)
             assert tuple(boundary.shape[1:]) == cut.shape
-            assert torch.allclose(tail(boundary), ref, atol=1e-5, rtol=1e-5), cut
+            out = tail(boundary)
+            assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), cut
+            # the probe's interpreted tail computes exactly what the tail module does
+            assert torch.equal(traced.run_tail(cut, boundary), out), cut
 
 
 @pytest.mark.e2e

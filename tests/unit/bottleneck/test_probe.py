@@ -19,7 +19,6 @@ import torch
 from isplit_export.api import rank
 from isplit_export.bottleneck import core as bn
 from isplit_export.bottleneck.holdout import split_holdout
-from isplit_export.bottleneck.pca import CovarianceSums, fit, patches
 from isplit_export.bottleneck.probe import probe_ranking, run_probe
 from isplit_export.exporting.encoding import decode_tail, encode_head
 from isplit_export.exporting.onnx_export import to_onnx
@@ -29,51 +28,6 @@ from isplit_export.options import BottleneckOptions, parse_size
 from isplit_export.verification.checks import held_out_rounding, task_metric
 from isplit_export.verification.runtime import run_pair_onnx
 from tests.support.helpers import DIGITS, run_cli
-
-
-@pytest.mark.parametrize(("k", "channels"), [(1, 1), (1, 3), (2, 1), (2, 5), (4, 7)])
-def test_pca_equals_svd_of_the_stacked_patches(k: int, channels: int) -> None:
-    gen = torch.Generator().manual_seed(k * 10 + channels)
-    a = torch.randn(6, 3, 9, 10, generator=gen) * torch.tensor([3.0, 1.0, 0.3]).reshape(1, 3, 1, 1) + 1.5
-    sums = CovarianceSums(3 * k * k)
-    sums.add(patches(a, k))
-    pca = fit(sums, k, channels, (3, 9, 10))
-    # reference: every whole k x k patch (stride k) as a row, centred, SVD
-    rows = []
-    for b in range(6):
-        for i in range(9 // k):
-            for j in range(10 // k):
-                rows.append(a[b, :, i * k : (i + 1) * k, j * k : (j + 1) * k].reshape(-1))
-    x = torch.stack(rows).double()
-    xc = x - x.mean(0)
-    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
-    ref = vh[:channels]
-    assert torch.allclose(pca.mean, x.mean(0), atol=1e-12)
-    assert torch.allclose(pca.eigenvalues, (s[:channels] ** 2) / len(x), rtol=1e-9, atol=1e-12)
-    # the same directions (up to sign, which fit() fixes: largest entry positive)
-    dots = (pca.components * ref).sum(1).abs()
-    assert torch.allclose(dots, torch.ones(channels, dtype=torch.float64), atol=1e-8)
-    assert bool((pca.components.gather(1, pca.components.abs().argmax(1, keepdim=True)) > 0).all())
-
-
-def test_streaming_covariance_equals_the_batch_one_at_any_batch_size_and_order() -> None:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(500, 12, generator=gen, dtype=torch.float64) * 5 + 100  # a large mean: cancellation
-    ref = torch.cov(x.T, correction=0)
-    for batch in (1, 7, 64, 500):
-        for perm in (torch.arange(500), torch.randperm(500, generator=gen)):
-            sums = CovarianceSums(12)
-            xs = x[perm]
-            for i in range(0, 500, batch):
-                sums.add(xs[i : i + batch])
-            assert sums.n == 500
-            assert float((sums.covariance() - ref).abs().max()) < 1e-10
-    # merging two halves (two processes) is the same as one stream
-    a, b = CovarianceSums(12), CovarianceSums(12)
-    a.add(x[:123])
-    b.add(x[123:])
-    a.merge(b)
-    assert float((a.covariance() - ref).abs().max()) < 1e-10
 
 
 @pytest.fixture(scope="module")
