@@ -72,6 +72,22 @@ def test_training_never_returns_a_pair_worse_than_its_start_on_validation(digits
             assert np.array_equal(t.logits(x[:8]), t.initial_logits(x[:8]))
 
 
+def test_repeats_share_the_validation_slice_and_differ_in_training(digits_ranked: object) -> None:
+    """The study's repeats at one cut vary only the training's randomness: same validation slice (so the
+    same untrained score on it), different trained weights."""
+    r = digits_ranked
+    x, _, names = r.images.tensor()  # type: ignore[attr-defined]
+    train_idx, _ = split_holdout(names, 0.25, 0)
+    cut = r.traced.cuts[3]  # type: ignore[attr-defined]
+    head, tail = r.traced.split(cut)  # type: ignore[attr-defined]
+    opts = BottleneckOptions(size="64B", train_steps=8)
+    runs = [bn.train(cut, head, tail, x[train_idx], opts, seed=0, repeat=rep) for rep in (0, 1)]
+    inits = [(t.summary["validation"]["init_agreement"], t.summary["validation"]["init_kl"]) for t in runs]
+    assert inits[0] == inits[1]
+    assert runs[0].summary["seed"] != runs[1].summary["seed"]
+    assert not np.array_equal(runs[0].logits(x[:8]), runs[1].logits(x[:8]))
+
+
 def test_probe_on_the_trained_digits_cnn_at_64_bytes(digits_ranked: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """Cut 0 (features_1) measures best after training; the probe picks it or a cut tied with it within the
     CI, and ranks cut 4 (features_8) last or second to last."""
