@@ -5,7 +5,7 @@ what ``conclusive`` says.
 
     .venv/bin/python benchmarks/make_digits.py run
     .venv/bin/python benchmarks/bench_study.py --weights run/digits.pt --data run/digits \\
-        [--bottleneck 64B] [--seeds 0 1 2 3 4] [--repeats 5]
+        [--bottleneck 64B] [--seeds 0 1 2 3 4] [--repeats 5] [--out DIR]
 
 Targets: Spearman(probe) >= 0.9; the probe's top pick within the CI of the best cut; the spread between
 seeds <= 2 points at every cut; the trained mean >= the probe at every cut.
@@ -54,12 +54,13 @@ def main() -> None:
     p.add_argument("--bottleneck", default="64B")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, default=None, help="keep each study here (DIR/seed-N/study.json)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            r = row(run_study(args.weights.resolve(), args.data.resolve(), args.bottleneck, seed, args.repeats,
-                              Path(tmp) / f"s{seed}"))  # fmt: skip
+            out = (args.out or Path(tmp)).resolve() / f"seed-{seed}"
+            r = row(run_study(args.weights.resolve(), args.data.resolve(), args.bottleneck, seed, args.repeats, out))
             rows.append(r)
             print(json.dumps({"seed": seed, **r}))
     n = len(rows)

@@ -1,5 +1,7 @@
 """Make the digits study's inputs as the tests do (``tests/support/fixtures.py``): W, the DigitsCNN trained on 75 %
 of scikit-learn's digits (seed 0), and D, 200 digits it never saw (indices 1500-1699) as an ImageFolder.
+W is byte-identical for the same torch thread count (the numbers in docs/probe.md: 2 threads, sha256
+9eedfdbb...); another thread count trains a slightly different CNN, and the study's numbers move with it.
 
     python benchmarks/make_digits.py OUT      # writes OUT/digits.pt and OUT/digits/
     isplit-export study isplit_export.zoo:digits_cnn --weights OUT/digits.pt --data OUT/digits \\
