@@ -73,9 +73,14 @@ FinetuneOpt = Annotated[
     str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
 ]
 TrainStepsOpt = Annotated[
-    int | None, typer.Option("--train-steps", help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)")
+    int | None,
+    typer.Option("--train-steps", help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)",
+                 show_default=_shown(BottleneckOptions, "train_steps")),
 ]
-TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch", help="images per bottleneck training step")]
+TrainBatchOpt = Annotated[
+    int | None,
+    typer.Option("--train-batch", help="images per bottleneck training step", show_default=_shown(BottleneckOptions, "train_batch")),
+]
 
 
 def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch: int | None) -> BottleneckOptions | None:
