@@ -66,7 +66,7 @@ def test_training_never_returns_a_pair_worse_than_its_start_on_validation(digits
         head, tail = r.traced.split(cut)  # type: ignore[attr-defined]
         t = bn.train(cut, head, tail, x[train_idx], BottleneckOptions(size="64B", train_steps=24, lr=lr), seed=0)
         v = t.summary["validation"]
-        assert v["best_agreement"] >= v["init_agreement"], v
+        assert v["best_agreement"] >= v["init_agreement"] and v["best_kl"] <= v["init_kl"], v
         if t.summary["kept"] == "initialisation":
             assert v["best_agreement"] == v["init_agreement"] and t.summary["best_step"] == 0
             assert np.array_equal(t.logits(x[:8]), t.initial_logits(x[:8]))
