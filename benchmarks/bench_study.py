@@ -26,7 +26,9 @@ def run_study(weights: Path, data: Path, bottleneck: str, seed: int, repeats: in
     cmd = [sys.executable, "-m", "isplit_export.cli", "study", "isplit_export.zoo:digits_cnn", "--weights", str(weights),
            "--data", str(data), "--cuts", "all", "--bottleneck", bottleneck, "--repeats", str(repeats),
            "--seed", str(seed), "--out", str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"study --seed {seed} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return dict(json.loads((out / "study.json").read_text()))
 
 
