@@ -16,6 +16,7 @@ outermost module that the cut closes (``layer2.0``), like torchvision's feature_
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import operator
 from dataclasses import dataclass
@@ -117,13 +118,19 @@ class TracedModel:
         """The tail alone (boundary -> logits) as a module, without building the head."""
         return _split(self.gm, cut.node, head=False)[1]
 
+    @functools.cached_property
+    def _schedule(self) -> tuple[list[fx.Node], dict[str, int], set[fx.Node], dict[fx.Node, int]]:
+        """For :meth:`run_tail`, once per traced graph: the nodes in order, each name's position, the nodes
+        that cross a cut for free, and each node's last use."""
+        nodes = list(self.gm.graph.nodes)
+        last_use = {a: i for i, n in enumerate(nodes) for a in n.all_input_nodes}
+        return nodes, {n.name: i for i, n in enumerate(nodes)}, _free_nodes(nodes), last_use
+
     def run_tail(self, cut: Cut, boundary: torch.Tensor) -> torch.Tensor:
         """The tail's output for ``boundary``, interpreted node by node on the traced graph: the same
         computation as :meth:`tail` without building a module (the probe runs every cut's tail once)."""
-        nodes = list(self.gm.graph.nodes)
-        k = next(i for i, n in enumerate(nodes) if n.name == cut.node)
-        free = _free_nodes(nodes)
-        last_use = {a: i for i, n in enumerate(nodes) for a in n.all_input_nodes}
+        nodes, position, free, last_use = self._schedule
+        k = position[cut.node]
         env: dict[fx.Node, Any] = {nodes[k]: boundary}
 
         def load(a: fx.Node) -> Any:
@@ -141,11 +148,11 @@ class TracedModel:
                 continue
             args, kwargs = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
             if n.op == "output":
-                return args[0]
+                return args[0]  # type: ignore[return-value]
             if n.op == "call_module":
                 env[n] = self.gm.get_submodule(str(n.target))(*args, **kwargs)
             elif n.op == "call_function":
-                env[n] = n.target(*args, **kwargs)
+                env[n] = n.target(*args, **kwargs)  # type: ignore[operator]
             elif n.op == "call_method":
                 env[n] = getattr(args[0], str(n.target))(*args[1:], **kwargs)
             elif n.op == "get_attr":
