@@ -4,7 +4,6 @@ entry (percentiles, bytes, checks, the accounting of every request), the file, a
 
 from __future__ import annotations
 
-import math
 import platform
 import threading
 import time
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from isplit_export import contract
+from isplit_export import contract, numbers
 from isplit_export.errors import BadInputError, IsplitError
 from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import RunOptions, parse_address
@@ -114,9 +113,9 @@ def stats(values: list[float]) -> dict[str, Any] | None:
             "max": rounded(float(a.max()))}  # fmt: skip
 
 
-def rounded(v: float | None, digits: int = 6) -> float | None:
-    """``digits`` significant digits; None for None and non-finite values (run.json is strict JSON)."""
-    return None if v is None or not math.isfinite(v) else float(f"{v:.{digits}g}")
+def rounded(v: float | None) -> float | None:
+    """Six significant digits; None for None and non-finite values (run.json is strict JSON)."""
+    return numbers.rounded(v, 6, finite=True)
 
 
 # --------------------------------------------------------------------------------------------------
