@@ -1,7 +1,8 @@
 """The digits study's targets (issue 16) over several ``--seed`` values: per seed (its own train/held-out
 split and training seeds), the largest spread between training repeats, the cuts whose trained mean is
 below the probe, Spearman of the probe, CUI and CDE with the measured means, the top picks' regrets and
-what ``conclusive`` says.
+what ``conclusive`` says, and how each predictor orders the pairs of cuts whose measured difference is
+outside the noise (its paired bootstrap CI excludes 0).
 
     .venv/bin/python benchmarks/make_digits.py run
     .venv/bin/python benchmarks/bench_study.py --weights run/digits.pt --data run/digits \\
@@ -20,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+PREDICTORS = ("probe", "cui", "cde", "random")
 
 
 def run_study(weights: Path, data: Path, bottleneck: str, seed: int, repeats: int, out: Path) -> dict[str, Any]:
@@ -45,7 +48,9 @@ def row(study: dict[str, Any]) -> dict[str, Any]:
         "spearman": {p: round(s["predictors"][p]["spearman"], 3) for p in ("probe", "cui", "cde")},
         "regret_points": {p: round(100 * s["predictors"][p]["regret"], 1) for p in ("probe", "cui", "cde")},
         "probe_pick_in_best_ci": bool(lo <= mean[pick] <= hi),
-        "conclusive": s["note"].split("; ", 1)[1],
+        "conclusive": s["concludes_for"] or "nothing",
+        "separated_pairs": len(s["separated_pairs"]["pairs"]),
+        "ordered_right": {p: s["predictors"][p]["separated_pairs"]["right"] for p in PREDICTORS},
     }
 
 
@@ -71,6 +76,9 @@ def main() -> None:
           f"{sum(not r['below_probe'] for r in rows)}/{n}; Spearman(probe) >= 0.9 in "
           f"{sum(r['spearman']['probe'] >= 0.9 for r in rows)}/{n}; probe's pick within the best cut's CI in "
           f"{sum(r['probe_pick_in_best_ci'] for r in rows)}/{n}")  # fmt: skip
+    pairs = sum(r["separated_pairs"] for r in rows)
+    right = ", ".join(f"{p} {sum(r['ordered_right'][p] for r in rows)}/{pairs}" for p in PREDICTORS)
+    print(f"pairs of cuts that differ outside the noise: {pairs}; ordered right by {right}")
 
 
 if __name__ == "__main__":

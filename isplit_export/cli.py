@@ -159,6 +159,8 @@ def export_cmd(
         typer.echo(result.ranked.ranking.table(options.top))
     if options.objective == "cui" and (line := probe_choice(result.ranked.ranking)) is not None:
         typer.echo(line)
+    if (line := probe_caveat(result.ranked.ranking)) is not None:
+        typer.echo(line)
     for split in result.manifest["splits"]:
         v = split["verification"]
         b = split["boundary"]
@@ -224,11 +226,23 @@ def rank_cmd(
     skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""
     typer.echo(f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}")
     typer.echo(r.table(top))
-    if (line := probe_choice(r)) is not None:
-        typer.echo(line)
+    for line in (probe_choice(r), probe_caveat(r)):
+        if line is not None:
+            typer.echo(line)
     if out is not None:
         typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
                    + (f", {out / 'probe.png'}" if r.probe is not None else ""))  # fmt: skip
+
+
+def probe_caveat(r: Ranking) -> str | None:
+    """One line when too few train images were fitted for the budget's code at some probed cuts."""
+    probe = r.probe
+    if probe is None or not (limited := probe.rank_limited()):
+        return None
+    i = max(limited, key=lambda j: limited[j][1] - limited[j][0])
+    return (f"the probe's code is limited by the number of images at {len(limited)} of {len(probe.scores)} probed cuts "
+            f"(cut {i}: {limited[i][0]} of {limited[i][1]} components; {probe.train_images} train images): "
+            "pass more images (--data) for a probe that measures the cut")  # fmt: skip
 
 
 def probe_choice(r: Ranking) -> str | None:

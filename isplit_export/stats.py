@@ -213,6 +213,26 @@ def difference_ci(
     return percentile_ci(diffs, level)
 
 
+def separated_pairs(replicates: np.ndarray, level: float = CI_LEVEL) -> list[tuple[int, int]]:
+    """The pairs ``(i, j)``, ``i < j``, of points whose difference ``values[i] - values[j]`` has a percentile
+    CI over the (paired) ``replicates`` ``[reps, points]`` that excludes 0: the differences the data show.
+
+    One interval per pair, not corrected for the number of pairs."""
+    r = np.asarray(replicates, dtype=np.float64)
+    n = r.shape[1] if r.ndim == 2 else 0
+    return [(i, j) for i in range(n) for j in range(i + 1, n) if excludes_zero(percentile_ci(r[:, i] - r[:, j], level))]
+
+
+def pair_order(pred: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
+               pairs: Sequence[tuple[int, int]]) -> dict[str, int]:  # fmt: skip
+    """How ``pred`` orders the ``pairs`` of ``values``: ``right`` (same sign), ``wrong`` (opposite) or ``tied``
+    (``pred`` equal, or ``values`` equal)."""
+    p, v = _pair(pred, values, "pred")
+    signs = [np.sign(p[i] - p[j]) * np.sign(v[i] - v[j]) for i, j in pairs]
+    return {"right": sum(1 for s in signs if s > 0), "wrong": sum(1 for s in signs if s < 0),
+            "tied": sum(1 for s in signs if s == 0)}  # fmt: skip
+
+
 def excludes_zero(ci: tuple[float, float] | Sequence[float | None] | None) -> bool:
     """True when the interval exists and lies entirely above or entirely below 0."""
     if ci is None or ci[0] is None or ci[1] is None:

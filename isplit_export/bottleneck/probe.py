@@ -81,6 +81,14 @@ class Probe:
             return None
         return min(self.scores, key=lambda i: (-float(self.scores[i]["value"] or 0.0), i))
 
+    def rank_limited(self) -> dict[int, tuple[int, int]]:
+        """The probed cuts where too few patch vectors were fitted for the budget's ``K`` components (``n``
+        vectors span at most ``n - 1`` dimensions): ``{index: (components, K)}``. There the probe measures
+        the number of images more than the cut. (Fewer components for another reason, e.g. channels that
+        are always 0, lose nothing.)"""
+        return {i: (s["components"], s["code_shape"][0]) for i, s in self.scores.items()
+                if s["patch_vectors"] - 1 < s["code_shape"][0]}  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
         """The ranking's ``probe`` block (byte-reproducible: no seconds)."""
         return {
@@ -183,7 +191,8 @@ def run_probe(
     scores: dict[int, dict[str, Any]] = {}
     for i, s in shapes.items():
         scores[i] = {**task_metric(y_full, got[i], labels_held, held_out=True, rnd=held_out_rounding), "code_shape": list(s.code_shape),
-                     "kernel": s.kernel, "code_bytes": s.code_bytes}  # fmt: skip
+                     "kernel": s.kernel, "code_bytes": s.code_bytes,
+                     "components": int((pcas[i].eigenvalues > 0).sum()), "patch_vectors": sums[i].n}  # fmt: skip
     return Probe(spec, encoding, scores, pcas, len(x_train), len(x_held), time.perf_counter() - start)
 
 

@@ -39,8 +39,10 @@ from isplit_export.stats import (
     difference_ci,
     excludes_zero,
     kendall_tau,
+    pair_order,
     percentile_ci,
     replicate_ci,
+    separated_pairs,
     spearman,
     two_level_replicates,
 )
@@ -237,9 +239,12 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
     )  # fmt: skip
 
 
-def _predictor(pred: Sequence[float], values: Sequence[float], replicates: np.ndarray, indices: Sequence[int]) -> dict[str, Any]:
-    """Spearman and Kendall of ``pred`` with the measured ``values``, CIs over the replicates, regret of its top pick."""
+def _predictor(pred: Sequence[float], values: Sequence[float], replicates: np.ndarray, indices: Sequence[int],
+               pairs: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Spearman and Kendall of ``pred`` with the measured ``values``, CIs over the replicates, regret of its top
+    pick, and (``pairs``) how it orders the pairs of cuts whose measured difference is outside the noise."""
     top, best = int(np.argmax(pred)), int(np.argmax(values))
+    extra = {} if pairs is None else {"separated_pairs": pair_order(pred, values, pairs)}
     return {
         "spearman": held_out_rounding(spearman(pred, values)),
         "spearman_ci95": _ci(replicate_ci(spearman, pred, replicates)),
@@ -247,6 +252,7 @@ def _predictor(pred: Sequence[float], values: Sequence[float], replicates: np.nd
         "kendall_ci95": _ci(replicate_ci(kendall_tau, pred, replicates)),
         "top_pick": {"index": indices[top], "value": held_out_rounding(values[top])},
         "regret": held_out_rounding(values[best] - values[top]),
+        **extra,
     }
 
 
@@ -284,7 +290,8 @@ def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) 
     }
     if results and all(r.probe is not None and r.probe.get("value") is not None for r in results):
         preds_in["probe"] = [float(r.probe["value"]) for r in results if r.probe is not None]
-    preds = {k: _predictor(v, values, replicates, indices) for k, v in preds_in.items()} if n else {}
+    pairs = separated_pairs(replicates) if n >= 2 else []
+    preds = {k: _predictor(v, values, replicates, indices, pairs) for k, v in preds_in.items()} if n else {}
     diffs: dict[str, Any] = {}
     conclusions: list[str] = []
     for a, b in DIFFERENCES:
@@ -315,6 +322,10 @@ def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) 
             note += "; conclusive: " + "; ".join(conclusions)
         else:
             note += "; inconclusive: every difference's 95 % CI contains 0"
+        if pairs:
+            order = ", ".join(f"{k.upper()} {preds[k]['separated_pairs']['right']}" for k in ("cui", "cde", "probe") if k in preds)
+            note += (f"; {len(pairs)} of {n * (n - 1) // 2} cut pairs differ outside the noise, ordered right by "
+                     f"{order}")  # fmt: skip
     out: dict[str, Any] = {
         "cuts": n,
         "repeats": int(replicates.shape[0] and _outcomes(results).shape[1]) if results else 0,
@@ -323,6 +334,10 @@ def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) 
                       "replicates": reps, "seed": seed},
         "predictors": preds,
         "differences": diffs,
+        "separated_pairs": {
+            "method": "pairs of cuts whose paired bootstrap difference has a 95 % CI excluding 0 (uncorrected)",
+            "pairs": [[indices[i], indices[j]] for i, j in pairs], "of": n * (n - 1) // 2,
+        },
         **(_regret(cui, values, indices) if results else {}),
         "cui_beats_cde": beats,
         "conclusive": conclusive,

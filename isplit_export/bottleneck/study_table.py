@@ -30,7 +30,9 @@ def format_study(data: dict[str, object]) -> str:
         sci, kci = q["spearman_ci95"], q["kendall_ci95"]
         pick = q.get("top_pick") or {}
         regret = f"  top pick cut {pick['index']}, regret {q['regret']:.1%}" if pick and q.get("regret") is not None else ""
-        rows.append(f"{name.upper():6} Spearman {_f(q['spearman'])} {_fci(sci)}  Kendall {_f(q['kendall'])} {_fci(kci)}{regret}")
+        sep = q.get("separated_pairs")
+        pairs = f"  separated pairs right {sep['right']}/{sum(sep.values())}" if sep and sum(sep.values()) else ""
+        rows.append(f"{name.upper():6} Spearman {_f(q['spearman'])} {_fci(sci)}  Kendall {_f(q['kendall'])} {_fci(kci)}{regret}{pairs}")
     for key, diff in (s.get("differences") or {}).items():
         a, b = key.split("-")
         verdict = f"conclusive: {diff['better']} better" if diff["conclusive"] else "CI contains 0: inconclusive"

@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from isplit_export.stats import bootstrap_ci, kendall_tau, proportion_ci, spearman
+from isplit_export.stats import (
+    bootstrap_ci,
+    kendall_tau,
+    pair_order,
+    proportion_ci,
+    separated_pairs,
+    spearman,
+)
 
 
 def test_kendall_tau_hand_computed() -> None:
@@ -116,3 +123,14 @@ def test_difference_ci_is_paired_and_excludes_zero_only_for_a_real_difference() 
     lo, hi = replicate_ci(spearman, good, replicates) or (0.0, 0.0)
     assert 0.8 < lo <= hi <= 1.0
     assert not excludes_zero(None) and not excludes_zero([None, 0.5]) and excludes_zero([-0.4, -0.1])
+
+
+def test_separated_pairs_and_how_a_predictor_orders_them() -> None:
+    # 3 points over 4 replicates: 0 - 1 is always > 0, 0 - 2 straddles 0, 1 - 2 is always < 0
+    reps = np.array([[0.9, 0.5, 0.8], [0.8, 0.4, 0.9], [0.85, 0.5, 0.7], [0.9, 0.45, 1.0]])
+    assert separated_pairs(reps) == [(0, 1), (1, 2)]
+    values = [0.86, 0.46, 0.85]
+    assert pair_order([3, 1, 2], values, [(0, 1), (1, 2)]) == {"right": 2, "wrong": 0, "tied": 0}
+    assert pair_order([1, 3, 2], values, [(0, 1), (1, 2)]) == {"right": 0, "wrong": 2, "tied": 0}
+    assert pair_order([2, 2, 1], values, [(0, 1), (1, 2)]) == {"right": 0, "wrong": 1, "tied": 1}
+    assert separated_pairs(np.array([[0.5, 0.5], [0.6, 0.6]])) == []  # equal in every replicate: no difference

@@ -20,6 +20,7 @@ from isplit_export.api import rank
 from isplit_export.bottleneck import core as bn
 from isplit_export.bottleneck.holdout import split_holdout
 from isplit_export.bottleneck.probe import probe_ranking, run_probe
+from isplit_export.cli import probe_caveat
 from isplit_export.exporting.encoding import decode_tail, encode_head
 from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
@@ -118,6 +119,26 @@ def test_rank_with_a_budget_adds_the_probe_column(
     assert all(c["probe"]["ci95"][0] <= c["probe"]["value"] <= c["probe"]["ci95"][1] for c in probed)
     assert data["probe"]["budget"]["spec"] == "64B" and data["probe"]["best"] in {c["index"] for c in probed}
     assert (tmp_path / "r" / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(c["probe"]["components"] == c["probe"]["code_shape"][0] for c in probed)  # 150 train images: enough
+    assert all(c["probe"]["patch_vectors"] > c["probe"]["code_shape"][0] for c in probed)
+    assert "limited by the number of images" not in out
+
+
+def test_a_code_wider_than_the_images_allow_is_named(digits_ranked: object) -> None:
+    # features_9 is 32x4x4: at 1/1 the code wants 32 components per position; one train image gives 16 patch
+    # vectors, which span at most 15 dimensions
+    r = digits_ranked
+    x, labels, _ = r.images.tensor()  # type: ignore[attr-defined]
+    cut = r.traced.cuts[5]  # type: ignore[attr-defined]
+    few = run_probe(r.traced, [cut], parse_size("1/1"), x[:1], x[1:9], None, labels.numpy()[1:9])  # type: ignore[attr-defined]
+    assert few.scores[5]["patch_vectors"] == 16 and few.rank_limited() == {5: (few.scores[5]["components"], 32)}
+    assert few.scores[5]["components"] <= 15
+    r.ranking.probe = few  # type: ignore[attr-defined]
+    line = probe_caveat(r.ranking)  # type: ignore[attr-defined]
+    assert line is not None and "1 of 1 probed cuts (cut 5:" in line and "of 32 components; 1 train images" in line
+    enough = run_probe(r.traced, [cut], parse_size("1/1"), x[:8], x[8:16], None, labels.numpy()[8:16])  # type: ignore[attr-defined]
+    assert enough.rank_limited() == {}
+    r.ranking.probe = None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

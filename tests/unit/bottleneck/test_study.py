@@ -42,8 +42,10 @@ def test_study_json_schema(study_dir: Path) -> None:
     s = data["summary"]
     for name in ("cui", "cde", "random"):
         p = s["predictors"][name]
-        assert set(p) == {"spearman", "spearman_ci95", "kendall", "kendall_ci95", "top_pick", "regret"}
+        assert set(p) == {"spearman", "spearman_ci95", "kendall", "kendall_ci95", "top_pick", "regret", "separated_pairs"}
         assert p["spearman"] is None or -1 <= p["spearman"] <= 1
+        assert sum(p["separated_pairs"].values()) == len(s["separated_pairs"]["pairs"])
+    assert s["separated_pairs"]["of"] == 15 and all(a < b for a, b in s["separated_pairs"]["pairs"])
     assert s["regret"] >= 0 and s["cui_top_pick"]["index"] in range(6) and isinstance(s["cui_beats_cde"], bool)
     assert s["cuts"] == 6 and s["repeats"] == 2 and set(s["differences"]) == {"probe-cui", "cui-cde"}
     assert s["conclusive"] == any(d["conclusive"] for d in s["differences"].values())
@@ -105,6 +107,22 @@ def test_conclusive_only_where_a_difference_ci_excludes_zero() -> None:
     assert d["ci95"][0] > 0 and d["conclusive"] and d["better"] == "probe"
     assert s["conclusive"] and s["concludes_for"] == "probe" and "probe predicts better than cui" in s["note"]
     assert s["predictors"]["probe"]["regret"] == 0.0 and s["predictors"]["cui"]["regret"] == pytest.approx(0.5)
+
+
+def test_separated_pairs_count_only_differences_outside_the_noise() -> None:
+    # 40 images, 2 repeats. Cuts 0 and 1 are right on the same 30 images (no difference), cut 3 on 29 of
+    # them (one image apart from 0 and 1: inside the noise), cut 2 on 10 (20 images apart from all three).
+    def outcomes(right: int) -> list[list[int]]:
+        return [[1 if i < right else 0 for i in range(40)] for _ in range(2)]
+
+    rights, probe, cui = [30, 30, 10, 29], [4.0, 3.0, 1.0, 2.0], [1.0, 2.0, 3.0, 0.5]
+    results = [_with_outcomes(i, cui[i], probe[i], outcomes(r)) for i, r in enumerate(rights)]
+    s = summarize(results, seed=0, reps=400)
+    assert s["separated_pairs"]["pairs"] == [[0, 2], [1, 2], [2, 3]] and s["separated_pairs"]["of"] == 6
+    assert s["predictors"]["probe"]["separated_pairs"] == {"right": 3, "wrong": 0, "tied": 0}
+    assert s["predictors"]["cui"]["separated_pairs"] == {"right": 0, "wrong": 3, "tied": 0}
+    assert s["predictors"]["cde"]["separated_pairs"] == {"right": 1, "wrong": 2, "tied": 0}  # 100, 200, 300, 400
+    assert "3 of 6 cut pairs differ outside the noise, ordered right by CUI 0, CDE 1, PROBE 3" in s["note"]
 
 
 @pytest.mark.e2e
