@@ -17,7 +17,7 @@ ENGINE_PLAN_SCHEMA = "isplit.engine_plan/1"
 ENGINES_DIR = "engines"
 """Inside a split folder: the only place ``build-engines`` writes (engines, timing cache, build.json)."""
 RANKING_SCHEMA_PREFIX = "isplit.ranking/"
-RANK_OUTPUT_FILES = frozenset({"ranking.json", "cui.png", "cde.png", "tradeoff.png"})
+RANK_OUTPUT_FILES = frozenset({"ranking.json", "cui.png", "cde.png", "probe.png", "tradeoff.png"})
 """What ``isplit-export rank --out`` writes: a folder holding only these is a rank output of this tool."""
 
 MAX_JSON_BYTES = 64 << 20

@@ -122,6 +122,10 @@ def test_rank_with_a_budget_adds_the_probe_column(
     assert all(c["probe"]["components"] == c["probe"]["code_shape"][0] for c in probed)  # 150 train images: enough
     assert all(c["probe"]["patch_vectors"] > c["probe"]["code_shape"][0] for c in probed)
     assert "limited by the number of images" not in out
+    # a rank output with probe.png is this tool's: --force replaces it
+    code, _, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
+                           "--bottleneck", "64B", "--bootstrap", "0", "--out", tmp_path / "r", "--force")  # fmt: skip
+    assert code == 0, err
 
 
 def test_a_code_wider_than_the_images_allow_is_named(digits_ranked: object) -> None:
