@@ -235,14 +235,13 @@ def rank_cmd(
 
 
 def probe_caveat(r: Ranking) -> str | None:
-    """One line when too few train images were fitted for the budget's code at some probed cuts."""
+    """One line when the probe's code was fitted on too few images at some probed cuts (the deepest three named)."""
     probe = r.probe
-    if probe is None or not (limited := probe.rank_limited()):
+    if probe is None or not (under := probe.underfitted()):
         return None
-    i = max(limited, key=lambda j: limited[j][1] - limited[j][0])
-    return (f"the probe's code is limited by the number of images at {len(limited)} of {len(probe.scores)} probed cuts "
-            f"(cut {i}: {limited[i][0]} of {limited[i][1]} components; {probe.train_images} train images): "
-            "pass more images (--data) for a probe that measures the cut")  # fmt: skip
+    named = "; ".join(f"cut {i}: {why}" for i, why in sorted(under.items(), key=lambda t: -t[0])[:3])
+    return (f"the probe's code is fitted on too few images at {len(under)} of {len(probe.scores)} probed cuts "
+            f"({probe.train_images} train images; {named}): pass more images (--data) for a probe that measures the cut")  # fmt: skip
 
 
 def probe_choice(r: Ranking) -> str | None:

@@ -55,6 +55,9 @@ FULL = -1
 KEEP_BYTES = 1 << 30
 """Up to this many bytes of train activations are kept between the two train passes (else recomputed)."""
 
+CLIPPED_WARN = 0.01
+"""Above this fraction of held-out code values outside the train range, the probe's code is underfitted."""
+
 METHOD = (
     "patch PCA at the budget (k x k patches, stride k; top-K components of float64 covariance sums over the "
     "train images), each component scaled to its train range and quantised as the exported code, decoded, "
@@ -81,13 +84,19 @@ class Probe:
             return None
         return min(self.scores, key=lambda i: (-float(self.scores[i]["value"] or 0.0), i))
 
-    def rank_limited(self) -> dict[int, tuple[int, int]]:
-        """The probed cuts where too few patch vectors were fitted for the budget's ``K`` components (``n``
-        vectors span at most ``n - 1`` dimensions): ``{index: (components, K)}``. There the probe measures
-        the number of images more than the cut. (Fewer components for another reason, e.g. channels that
-        are always 0, lose nothing.)"""
-        return {i: (s["components"], s["code_shape"][0]) for i, s in self.scores.items()
-                if s["patch_vectors"] - 1 < s["code_shape"][0]}  # fmt: skip
+    def underfitted(self) -> dict[int, str]:
+        """The probed cuts whose code was fitted on too few images, each with the reason: fewer patch vectors
+        than the budget's ``K`` components (``n`` vectors span at most ``n - 1`` dimensions; fewer components
+        for another reason, e.g. channels that are always 0, lose nothing), or more than
+        :data:`CLIPPED_WARN` of the held-out code values outside the train range (saturated by the codec).
+        There the probe measures the number of images more than the cut."""
+        out: dict[int, str] = {}
+        for i, s in self.scores.items():
+            if s["patch_vectors"] - 1 < s["code_shape"][0]:
+                out[i] = f"{s['components']} of {s['code_shape'][0]} components"
+            elif s["clipped"] > CLIPPED_WARN:
+                out[i] = f"{s['clipped']:.0%} of held-out code values outside the train range"
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The ranking's ``probe`` block (byte-reproducible: no seconds)."""
@@ -174,25 +183,34 @@ def run_probe(
     codec = code_encoding(encoding)
     pairs = {c.index: (c, PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index], residual=False).eval()) for c in cuts}
     mine: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in [*shapes, FULL]}
+    clipped = {i: [0, 0] for i in shapes}  # held-out code values outside [-1, 1], all code values
     with torch.no_grad():
         for a, b in _batches(len(x_held), batch_size, job):
             full, *acts = capture(x_held[a:b])
             mine[FULL].append((a, full.numpy()))
             for i, (cut, enc, dec) in pairs.items():
-                z = encode_array(enc(acts[pos[i]]).numpy(), codec)
+                zf = enc(acts[pos[i]]).numpy()
+                clipped[i][0] += int((np.abs(zf[:, : int((pcas[i].eigenvalues > 0).sum())]) > 1.0).sum())
+                clipped[i][1] += zf.size
+                z = encode_array(zf, codec)
                 zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
                 mine[i].append((a, traced.run_tail(cut, dec(zq)).numpy()))
     logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in mine}
-    for part in _gather(job, mine):
+    clipped_all = {i: [0, 0] for i in shapes}
+    for part, part_clipped in _gather(job, (mine, clipped)):
         for i, chunks in part.items():
             logits[i].extend(chunks)
+        for i, (k, n) in part_clipped.items():
+            clipped_all[i][0] += k
+            clipped_all[i][1] += n
     got = {i: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for i, chunks in logits.items()}
     y_full = got[FULL] if y_full_held is None else y_full_held
     scores: dict[int, dict[str, Any]] = {}
     for i, s in shapes.items():
         scores[i] = {**task_metric(y_full, got[i], labels_held, held_out=True, rnd=held_out_rounding), "code_shape": list(s.code_shape),
                      "kernel": s.kernel, "code_bytes": s.code_bytes,
-                     "components": int((pcas[i].eigenvalues > 0).sum()), "patch_vectors": sums[i].n}  # fmt: skip
+                     "components": int((pcas[i].eigenvalues > 0).sum()), "patch_vectors": sums[i].n,
+                     "clipped": held_out_rounding(clipped_all[i][0] / max(clipped_all[i][1], 1))}  # fmt: skip
     return Probe(spec, encoding, scores, pcas, len(x_train), len(x_held), time.perf_counter() - start)
 
 

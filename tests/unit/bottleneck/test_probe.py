@@ -128,21 +128,27 @@ def test_rank_with_a_budget_adds_the_probe_column(
     assert code == 0, err
 
 
-def test_a_code_wider_than_the_images_allow_is_named(digits_ranked: object) -> None:
+def test_a_code_fitted_on_too_few_images_is_named(digits_ranked: object) -> None:
     # features_9 is 32x4x4: at 1/1 the code wants 32 components per position; one train image gives 16 patch
     # vectors, which span at most 15 dimensions
     r = digits_ranked
-    x, labels, _ = r.images.tensor()  # type: ignore[attr-defined]
+    x, labels, names = r.images.tensor()  # type: ignore[attr-defined]
     cut = r.traced.cuts[5]  # type: ignore[attr-defined]
     few = run_probe(r.traced, [cut], parse_size("1/1"), x[:1], x[1:9], None, labels.numpy()[1:9])  # type: ignore[attr-defined]
-    assert few.scores[5]["patch_vectors"] == 16 and few.rank_limited() == {5: (few.scores[5]["components"], 32)}
-    assert few.scores[5]["components"] <= 15
+    s = few.scores[5]
+    assert s["patch_vectors"] == 16 and s["components"] <= 15
+    assert few.underfitted() == {5: f"{s['components']} of 32 components"}
     r.ranking.probe = few  # type: ignore[attr-defined]
     line = probe_caveat(r.ranking)  # type: ignore[attr-defined]
-    assert line is not None and "1 of 1 probed cuts (cut 5:" in line and "of 32 components; 1 train images" in line
-    enough = run_probe(r.traced, [cut], parse_size("1/1"), x[:8], x[8:16], None, labels.numpy()[8:16])  # type: ignore[attr-defined]
-    assert enough.rank_limited() == {}
+    assert line is not None and "at 1 of 1 probed cuts (1 train images; cut 5:" in line and "pass more images" in line
     r.ranking.probe = None  # type: ignore[attr-defined]
+    # 4 train images: enough vectors, but the held-out codes leave the 4 images' ranges
+    some = run_probe(r.traced, [cut], parse_size("1/1"), x[:4], x[4:36], None, labels.numpy()[4:36])  # type: ignore[attr-defined]
+    assert some.scores[5]["clipped"] > 0.01 and "outside the train range" in some.underfitted()[5]
+    # 150 train images (the digits' train part): none of that
+    train, held = split_holdout(names, 0.25, 0)
+    enough = run_probe(r.traced, [cut], parse_size("1/1"), x[train], x[held], None, labels.numpy()[held])  # type: ignore[attr-defined]
+    assert enough.underfitted() == {} and enough.scores[5]["clipped"] <= 0.01
 
 
 @pytest.mark.parametrize(
