@@ -8,6 +8,7 @@ the local pair (head + tail here) and the full model give the logits the served 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,15 +128,22 @@ class Head:
         if not self._engine.is_file():
             raise NotRunError(f"no engine {self._engine}: run isplit-export build-engines {bundle.root} first")
         trt_backend.check_engine_record(split.split_dir)
-        self._trt = trt_backend
+        self._trt = trt_backend.Engine(self._engine, dla_core=self._dla)  # loaded once for the whole run
+        self._lock = threading.Lock()  # one execution context: one request at a time through it
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The boundary as transmitted (the encoding applied here when the engine emits float)."""
         if self.backend == "onnxruntime":
             return np.asarray(self._session.run(None, {self._name: x})[0])
-        outputs = self._trt.run_engine(self._engine, {self._input: x}, dla_core=self._dla)
+        with self._lock:
+            outputs = self._trt({self._input: x})
         b = np.asarray(next(iter(outputs.values())))
         return b if b.dtype == self.split.dtype else encode_array(b, self.split.encoding)
+
+    def close(self) -> None:
+        """Free the engine's device memory (nothing to do for onnxruntime)."""
+        if self.backend != "onnxruntime":
+            self._trt.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,14 +45,14 @@ import numpy as np
 
 from isplit_export.errors import BadInputError
 from isplit_export.options import RunOptions
-from isplit_export.serving.bundle_access import SplitAccess, open_bundle
+from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_bundle
 from isplit_export.serving.client import (
     DATATYPES,
     Client,
     send,
     wait_ready,
 )
-from isplit_export.serving.local import Head, load_images, local_latency, local_reference
+from isplit_export.serving.local import Head, Image_, load_images, local_latency, local_reference
 from isplit_export.serving.records import (
     Recorder,
     Request,
@@ -141,6 +141,15 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None)
         raise BadInputError("manifest.json model block has no num_classes: rebuild the bundle")
     images, source = load_images(options, bundle, split)
     head = Head(bundle, split, options.backend, options.threads)
+    try:
+        return _run(options, on_result, bundle, split, classes, images, source, head)
+    finally:
+        head.close()
+
+
+def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundle: BundleAccess, split: SplitAccess,
+         classes: int, images: list[Image_], source: str, head: Head) -> RunResult:  # fmt: skip
+    """:func:`run` once the bundle, the images and the head are loaded."""
     wait_ready(options, split.model)
     probe = Client(options, split.model)
     try:

@@ -367,77 +367,108 @@ def _numpy_dtype(dtype: tensorrt.DataType) -> np.dtype[Any]:
     return table[dtype]
 
 
+class Engine:
+    """A serialized engine loaded once (runtime, engine, execution context, stream) and run many times.
+
+    Deserialising and allocating per call would cost more than the inference on a Jetson: a serving loop or
+    a latency measurement keeps one :class:`Engine`. Device buffers are kept between calls and grown when a
+    larger batch comes. Floating feeds are cast to the engine's input type (fp32 <-> fp16); any other type
+    mismatch is refused. ``dla_core`` selects the DLA core a DLA engine runs on (default: TensorRT's
+    choice). One call at a time (an execution context is not re-entrant): callers that share one across
+    threads hold a lock. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, engine_path: Path, *, dla_core: int | None = None) -> None:
+        _require_tensorrt()
+        import tensorrt as trt
+
+        if not engine_path.is_file():
+            raise BadInputError(f"{engine_path} is missing: build the engines first (bash build_engines.sh)")
+        self.path = engine_path
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        if dla_core is not None:
+            runtime.DLA_core = dla_core
+        engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if engine is None:
+            raise BadInputError(
+                f"TensorRT {trt.__version__} cannot load {engine_path.name} (built elsewhere?): rebuild it with build_engines.sh"
+            )
+        self._runtime, self._engine = runtime, engine  # the runtime must outlive the engine
+        self._context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._cuda = CudaRuntime()
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._stream: int | None = self._cuda.stream_create()
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """The device buffer of ``name``, at least ``nbytes`` long, bound to the context."""
+        ptr, size = self._buffers.get(name, (0, -1))
+        if size < nbytes:
+            if size >= 0:
+                self._cuda.free(ptr)
+                del self._buffers[name]
+            ptr = self._cuda.malloc(nbytes)
+            self._buffers[name] = (ptr, nbytes)
+        self._context.set_tensor_address(name, ptr)
+        return ptr
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on ``feeds`` (name -> array) and return every output by name (fresh host arrays)."""
+        if self._stream is None:
+            raise TechnicalError(f"internal: {self.path.name} was closed")
+        what = self.path.name
+        if sorted(feeds) != sorted(self.inputs):
+            raise BadInputError(f"{what} takes inputs {sorted(self.inputs)}, got {sorted(feeds)}")
+        for name in self.inputs:
+            want = _numpy_dtype(self._engine.get_tensor_dtype(name))
+            arr = np.asarray(feeds[name])
+            if arr.dtype != want and not (arr.dtype.kind == "f" and want.kind == "f"):
+                raise BadInputError(f"input {name!r} of {what} is {want}, got {arr.dtype}")
+            arr = np.ascontiguousarray(arr, dtype=want)
+            if not self._context.set_input_shape(name, tuple(int(d) for d in arr.shape)):
+                raise BadInputError(f"shape {list(arr.shape)} of input {name!r} is outside {what}'s profile")
+            self._cuda.to_device(self._buffer(name, arr.nbytes), arr)
+        host: dict[str, np.ndarray] = {}
+        for name in self.outputs:
+            dims = self._context.get_tensor_shape(name)
+            shape = tuple(int(dims[i]) for i in range(len(dims)))
+            if any(d < 0 for d in shape):
+                raise TechnicalError(f"output {name!r} of {what} has an unresolved shape {list(shape)}")
+            host[name] = np.empty(shape, dtype=_numpy_dtype(self._engine.get_tensor_dtype(name)))
+            self._buffer(name, host[name].nbytes)
+        if not self._context.execute_async_v3(self._stream):
+            raise TechnicalError(f"TensorRT failed to run {what}")
+        self._cuda.stream_synchronize(self._stream)
+        for name in self.outputs:
+            self._cuda.to_host(host[name], self._buffers[name][0])
+        return host
+
+    def close(self) -> None:
+        """Free the device buffers and the stream (best effort: a failed free must not hide another error)."""
+        buffers, stream = list(self._buffers.values()), self._stream
+        self._buffers, self._stream = {}, None
+        try:
+            for ptr, _ in buffers:
+                self._cuda.free(ptr)
+            if stream is not None:
+                self._cuda.stream_destroy(stream)
+        except TechnicalError:
+            pass
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_engine(
     engine_path: Path, feeds: Mapping[str, np.ndarray], *, dla_core: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Run a serialized engine once on ``feeds`` (name -> array) and return every output by name.
-
-    Floating feeds are cast to the engine's input type (fp32 <-> fp16); any other type mismatch is refused.
-    ``dla_core`` selects the DLA core a DLA engine runs on (default: TensorRT's choice).
-    """
-    _require_tensorrt()
-    import tensorrt as trt
-
-    if not engine_path.is_file():
-        raise BadInputError(f"{engine_path} is missing: build the engines first (bash build_engines.sh)")
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    if dla_core is not None:
-        runtime.DLA_core = dla_core
-    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
-    if engine is None:
-        raise BadInputError(
-            f"TensorRT {trt.__version__} cannot load {engine_path.name} (built elsewhere?): rebuild it with build_engines.sh"
-        )
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    if sorted(feeds) != sorted(inputs):
-        raise BadInputError(f"{engine_path.name} takes inputs {sorted(inputs)}, got {sorted(feeds)}")
-
-    cuda = CudaRuntime()
-    buffers: list[int] = []
-    stream = cuda.stream_create()
-    try:
-        for name in inputs:
-            want = _numpy_dtype(engine.get_tensor_dtype(name))
-            arr = np.asarray(feeds[name])
-            if arr.dtype != want and not (arr.dtype.kind == "f" and want.kind == "f"):
-                raise BadInputError(f"input {name!r} of {engine_path.name} is {want}, got {arr.dtype}")
-            arr = np.ascontiguousarray(arr, dtype=want)
-            if not context.set_input_shape(name, tuple(int(d) for d in arr.shape)):
-                raise BadInputError(
-                    f"shape {list(arr.shape)} of input {name!r} is outside {engine_path.name}'s profile"
-                )
-            ptr = cuda.malloc(arr.nbytes)
-            buffers.append(ptr)
-            cuda.to_device(ptr, arr)
-            context.set_tensor_address(name, ptr)
-        host: dict[str, np.ndarray] = {}
-        device: dict[str, int] = {}
-        for name in outputs:
-            dims = context.get_tensor_shape(name)
-            shape = tuple(int(dims[i]) for i in range(len(dims)))
-            if any(d < 0 for d in shape):
-                raise TechnicalError(
-                    f"output {name!r} of {engine_path.name} has an unresolved shape {list(shape)}"
-                )
-            host[name] = np.empty(shape, dtype=_numpy_dtype(engine.get_tensor_dtype(name)))
-            ptr = cuda.malloc(host[name].nbytes)
-            buffers.append(ptr)
-            device[name] = ptr
-            context.set_tensor_address(name, ptr)
-        if not context.execute_async_v3(stream):
-            raise TechnicalError(f"TensorRT failed to run {engine_path.name}")
-        cuda.stream_synchronize(stream)
-        for name in outputs:
-            cuda.to_host(host[name], device[name])
-        return host
-    finally:
-        try:  # best effort: a failed free must not hide the error that brought us here
-            for ptr in buffers:
-                cuda.free(ptr)
-            cuda.stream_destroy(stream)
-        except TechnicalError:
-            pass
+    """Load ``engine_path``, run it once on ``feeds`` and return every output by name (see :class:`Engine`;
+    for more than one call, keep an :class:`Engine`)."""
+    with Engine(engine_path, dla_core=dla_core) as engine:
+        return engine(feeds)

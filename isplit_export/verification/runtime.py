@@ -151,23 +151,24 @@ def run_pair_trt(
     TensorRT's parser cannot take the uint8 QuantizeLinear/DequantizeLinear codec, so engines may be
     built without it: when the head engine emits float instead of the encoded dtype, the codec runs
     here in numpy (:func:`encode_array` / :func:`decode_array`, bit-identical to onnxruntime's) and
-    the tail engine is fed the decoded float32 (int8) or the fp16 tensor (``run_engine`` casts
-    floats to the engine's type). When the head emits the encoded dtype, the tail takes it as is.
+    the tail engine is fed the decoded float32 (int8) or the fp16 tensor (:class:`~isplit_export.targets.trt_backend.Engine`
+    casts floats to the engine's type). When the head emits the encoded dtype, the tail takes it as is.
     The head is fed by the manifest's input name, the tail by the bundle's ``boundary`` name.
     ``trt`` is :mod:`isplit_export.targets.trt_backend`, passed in so that this module stays torch-
     and TensorRT-free at import time.
     """
     boundaries: list[np.ndarray] = []
     logits: list[np.ndarray] = []
-    for i in range(x.shape[0]):
-        b = _only_output(trt.run_engine(head, {input_name: np.ascontiguousarray(x[i : i + 1])}), head)
-        if b.dtype == np.dtype(enc.dtype):  # the engines carry the codec nodes themselves
-            wire = feed = b
-        else:  # codec stripped at the cut: encode / decode here, exactly as onnxruntime would
-            wire = encode_array(b, enc)
-            feed = decode_array(wire, enc) if enc.name == "int8" else wire
-        logits.append(_only_output(trt.run_engine(tail, {"boundary": feed}), tail))
-        boundaries.append(wire)
+    with trt.Engine(head) as head_engine, trt.Engine(tail) as tail_engine:
+        for i in range(x.shape[0]):
+            b = _only_output(head_engine({input_name: np.ascontiguousarray(x[i : i + 1])}), head)
+            if b.dtype == np.dtype(enc.dtype):  # the engines carry the codec nodes themselves
+                wire = feed = b
+            else:  # codec stripped at the cut: encode / decode here, exactly as onnxruntime would
+                wire = encode_array(b, enc)
+                feed = decode_array(wire, enc) if enc.name == "int8" else wire
+            logits.append(_only_output(tail_engine({"boundary": feed}), tail))
+            boundaries.append(wire)
     return np.concatenate(boundaries), np.concatenate(logits)
 
 
@@ -175,9 +176,11 @@ def time_engines(
     trt: ModuleType, head: Path, tail: Path, x: np.ndarray, input_name: str, runs: int = TRT_LATENCY_RUNS
 ) -> dict[str, float]:
     """Median ms of the head engine on one golden image and of the tail engine on its output,
-    interleaved by :func:`median_ms`, to 4 decimals; ``isplit-export plan`` uses these in place of
-    the cost model's estimates."""
+    interleaved by :func:`median_ms`, to 4 decimals (each engine loaded once: a call is the host-device
+    copies and the inference); ``isplit-export plan`` uses these in place of the cost model's estimates."""
     feed = {input_name: np.ascontiguousarray(x[:1])}
-    boundary = {"boundary": _only_output(trt.run_engine(head, feed), head)}
-    calls = {"head_ms": lambda: trt.run_engine(head, feed), "tail_ms": lambda: trt.run_engine(tail, boundary)}
-    return {k: float(rounded(v, 4, decimals=True) or 0.0) for k, v in median_ms(calls, warmup=5, runs=runs).items()}
+    with trt.Engine(head) as head_engine, trt.Engine(tail) as tail_engine:
+        boundary = {"boundary": _only_output(head_engine(feed), head)}
+        calls = {"head_ms": lambda: head_engine(feed), "tail_ms": lambda: tail_engine(boundary)}
+        ms = median_ms(calls, warmup=5, runs=runs)
+    return {k: float(rounded(v, 4, decimals=True) or 0.0) for k, v in ms.items()}

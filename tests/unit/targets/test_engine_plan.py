@@ -550,8 +550,15 @@ def test_build_and_run_engine_matches_onnxruntime(tmp_path: Path) -> None:
     assert (tmp_path / "engines" / "timing.cache").is_file()
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
     got = trt_backend.run_engine(engine, {"input": x})["boundary"]
-    want = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"input": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)  # TF32 convolutions on Ampere and newer
+    # one loaded engine, many calls: batch 1, then 4 (its buffers grow), then 2 again
+    with trt_backend.Engine(engine) as loaded:
+        for n in (1, 4, 2):
+            xn = np.random.default_rng(n).standard_normal((n, 3, 8, 8)).astype(np.float32)
+            out = loaded({"input": xn})["boundary"]
+            np.testing.assert_allclose(out, sess.run(None, {"input": xn})[0], rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.tensorrt

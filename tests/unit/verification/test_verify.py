@@ -351,25 +351,37 @@ def test_tensorrt_backend_is_not_run_without_tensorrt(bundle: Path) -> None:
     assert not (bundle / VERIFY_FILE).exists()
 
 
-def _onnx_engine_backend() -> types.ModuleType:
-    """A stand-in for trt_backend whose "engines" are ONNX copies run by onnxruntime (wiring test only)."""
+def _onnx_engine_backend(loads: list[str]) -> types.ModuleType:
+    """A stand-in for trt_backend whose "engines" are ONNX copies run by onnxruntime (wiring test only);
+    ``loads`` records each engine loaded."""
     fake = types.ModuleType("isplit_export.targets.trt_backend")
     fake.tensorrt_available = lambda: True  # type: ignore[attr-defined]
     fake.check_engine_record = lambda split_dir: {}  # type: ignore[attr-defined]
 
-    def run_engine(engine_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sess = make_session(engine_path)
-        out = run_session(sess, {sess.get_inputs()[0].name: next(iter(feeds.values()))})
-        return {sess.get_outputs()[0].name: out[0]}
+    class Engine:
+        def __init__(self, engine_path: Path, *, dla_core: int | None = None) -> None:
+            loads.append(f"{engine_path.parent.parent.name}/{engine_path.name}")
+            self.sess = make_session(engine_path)
 
-    fake.run_engine = run_engine  # type: ignore[attr-defined]
+        def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            out = run_session(self.sess, {self.sess.get_inputs()[0].name: next(iter(feeds.values()))})
+            return {self.sess.get_outputs()[0].name: out[0]}
+
+        def __enter__(self) -> Engine:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    fake.Engine = Engine  # type: ignore[attr-defined]
     return fake
 
 
 def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import isplit_export.targets
 
-    fake = _onnx_engine_backend()
+    loads: list[str] = []
+    fake = _onnx_engine_backend(loads)
     monkeypatch.setitem(sys.modules, "isplit_export.targets.trt_backend", fake)
     monkeypatch.setattr(isplit_export.targets, "trt_backend", fake, raising=False)
     with pytest.raises(
@@ -389,6 +401,8 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
     assert written["backend"] == "tensorrt"
     for row in written["rows"]:  # engine latencies, which `isplit-export plan` prefers to its estimates
         assert set(row["latency_ms"]) == {"head_ms", "tail_ms"} and all(v > 0 for v in row["latency_ms"].values())
+    # each engine is loaded once to run the goldens and once to be timed, never once per image or per run
+    assert sorted(loads) == sorted(f"{d}/{e}.fp16.engine" for d in ("01-pool1", "02-relu2") for e in ("head", "tail") for _ in range(2))
 
 
 # --------------------------------------------------------------------------------------------------
