@@ -183,34 +183,33 @@ def run_probe(
     codec = code_encoding(encoding)
     pairs = {c.index: (c, PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index], residual=False).eval()) for c in cuts}
     mine: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in [*shapes, FULL]}
-    clipped = {i: [0, 0] for i in shapes}  # held-out code values outside [-1, 1], all code values
+    fitted = {i: int((p.eigenvalues > 0).sum()) for i, p in pcas.items()}  # components beyond are always 0
+    clipped = {i: np.zeros(2, dtype=np.int64) for i in shapes}  # held-out code values outside [-1, 1], all
     with torch.no_grad():
         for a, b in _batches(len(x_held), batch_size, job):
             full, *acts = capture(x_held[a:b])
             mine[FULL].append((a, full.numpy()))
             for i, (cut, enc, dec) in pairs.items():
                 zf = enc(acts[pos[i]]).numpy()
-                clipped[i][0] += int((np.abs(zf[:, : int((pcas[i].eigenvalues > 0).sum())]) > 1.0).sum())
-                clipped[i][1] += zf.size
+                clipped[i] += (int((np.abs(zf[:, : fitted[i]]) > 1.0).sum()), zf[:, : fitted[i]].size)
                 z = encode_array(zf, codec)
                 zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
                 mine[i].append((a, traced.run_tail(cut, dec(zq)).numpy()))
     logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in mine}
-    clipped_all = {i: [0, 0] for i in shapes}
+    clipped_all = {i: np.zeros(2, dtype=np.int64) for i in shapes}
     for part, part_clipped in _gather(job, (mine, clipped)):
         for i, chunks in part.items():
             logits[i].extend(chunks)
-        for i, (k, n) in part_clipped.items():
-            clipped_all[i][0] += k
-            clipped_all[i][1] += n
+        for i, counts in part_clipped.items():
+            clipped_all[i] += counts
     got = {i: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for i, chunks in logits.items()}
     y_full = got[FULL] if y_full_held is None else y_full_held
     scores: dict[int, dict[str, Any]] = {}
     for i, s in shapes.items():
         scores[i] = {**task_metric(y_full, got[i], labels_held, held_out=True, rnd=held_out_rounding), "code_shape": list(s.code_shape),
                      "kernel": s.kernel, "code_bytes": s.code_bytes,
-                     "components": int((pcas[i].eigenvalues > 0).sum()), "patch_vectors": sums[i].n,
-                     "clipped": held_out_rounding(clipped_all[i][0] / max(clipped_all[i][1], 1))}  # fmt: skip
+                     "components": fitted[i], "patch_vectors": sums[i].n,
+                     "clipped": held_out_rounding(int(clipped_all[i][0]) / max(int(clipped_all[i][1]), 1))}  # fmt: skip
     return Probe(spec, encoding, scores, pcas, len(x_train), len(x_held), time.perf_counter() - start)
 
 
