@@ -365,10 +365,14 @@ EXIT_TERMINATED = 143
 
 
 class _Terminated:
-    """Set by the SIGTERM handler; truthy once the signal came."""
+    """Set by the SIGTERM handler; truthy once the signal came. ``commits``: :func:`outdir.commits` when the
+    command started."""
 
     def __init__(self) -> None:
+        from isplit_export.outdir import commits
+
         self.seen = False
+        self.commits = commits()
 
     def __bool__(self) -> bool:
         return self.seen
@@ -398,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     terminated = _handle_sigterm()
     try:
         return _main(args, terminated)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM landing after the command had returned
+        return _stopped(terminated)
     finally:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, previous)
@@ -424,12 +430,19 @@ def _main(args: list[str], terminated: _Terminated) -> int:
     except Exception as err:
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)
         return EXIT_TECHNICAL
-    if terminated:  # SIGTERM (timeout, CI cancellation, docker stop): cleaned up like Ctrl-C
-        typer.echo("error: terminated (SIGTERM): nothing was written to --out", err=True)
-        return EXIT_TERMINATED
-    if rc == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
-        typer.echo("error: interrupted: nothing was written to --out", err=True)
+    if terminated or rc == EXIT_INTERRUPTED:  # SIGTERM (timeout, CI cancellation, docker stop) or Ctrl-C
+        return _stopped(terminated)
     return rc if isinstance(rc, int) else 0
+
+
+def _stopped(terminated: _Terminated) -> int:
+    """One line for a run stopped by SIGTERM (exit 143) or Ctrl-C (130), saying whether ``--out`` was put in
+    place before the signal (then it is complete) or not (then nothing was written: temporaries are removed)."""
+    from isplit_export.outdir import commits
+
+    done = "--out was complete before the signal" if commits() > terminated.commits else "nothing was written to --out"
+    typer.echo(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}: {done}", err=True)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

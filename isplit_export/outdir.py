@@ -28,6 +28,15 @@ same host)."""
 _LOCKS: dict[str, int] = {}
 """Lock file descriptors this process holds, by absolute ``--out`` path."""
 
+_COMMITTED: list[Path] = []
+"""The ``--out`` directories this process has put in place (renamed from their temporary directory)."""
+
+
+def commits() -> int:
+    """How many ``--out`` directories this process has put in place so far (an interrupted command compares
+    the count with its start: a directory put in place before the signal is complete)."""
+    return len(_COMMITTED)
+
 
 def _abs(out: Path) -> Path:
     return Path(os.path.abspath(out))
@@ -230,11 +239,13 @@ def atomic_directory(out: Path, *, force: bool, allow_empty: bool = False) -> It
                 _mark(old)
                 os.replace(a, old / a.name)
                 os.replace(tmp, a)
+                _COMMITTED.append(a)
                 shutil.rmtree(old, ignore_errors=True)
                 _marker(old).unlink(missing_ok=True)
             else:
                 try:
                     os.rename(tmp, a)  # replaces at most an empty folder someone made meanwhile
+                    _COMMITTED.append(a)
                 except OSError as e:
                     raise BadInputError(
                         f"--out {out} appeared while this run was writing it ({_first_line(e)}): nothing replaced, rerun"

@@ -557,9 +557,12 @@ def test_killed_export_keeps_the_previous_bundle_and_next_run_cleans_up(
     proc.send_signal(sig)
     rc = proc.wait(timeout=120)
     err = proc.stderr.read() if proc.stderr else ""
-    assert snapshot(out) == before  # the previous bundle is intact
+    assert snapshot(out) == before  # the previous bundle is intact (or replaced by the same bytes: reproducible)
     if sig == signal.SIGTERM:
-        assert rc == 143 and err.strip().splitlines()[-1] == "error: terminated (SIGTERM): nothing was written to --out"
+        # mid-write, nothing is put in place; a signal that lands as the export ends finds --out complete
+        last = err.strip().splitlines()[-1]
+        assert rc == 143 and last in ("error: terminated (SIGTERM): nothing was written to --out",
+                                      "error: terminated (SIGTERM): --out was complete before the signal"), err  # fmt: skip
         assert not list(tmp_path.glob(".b.*"))
     else:
         assert rc == -9 and list(tmp_path.glob(".b.tmp-*"))  # SIGKILL cannot be handled: a leftover
