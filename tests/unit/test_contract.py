@@ -535,7 +535,8 @@ def _popen(args: list[object], cwd: Path) -> subprocess.Popen[str]:
 @pytest.mark.e2e
 def test_two_exports_to_the_same_out_second_is_refused(tmp_path: Path, built: dict[str, Any]) -> None:
     out = tmp_path / "b"
-    first = _popen(_export_args(built, out), tmp_path)
+    # the first holds the lock for seconds (a bottleneck to train), however slowly the second one starts
+    first = _popen(_export_args(built, out, "--bottleneck", "1/4", "--train-steps", "1500"), tmp_path)
     _wait_for(lambda: (tmp_path / ".b.lock").exists() or first.poll() is not None)
     second = cli(*_export_args(built, out, "--force"), cwd=tmp_path)
     assert first.wait(timeout=600) == 0, first.stderr.read() if first.stderr else ""
