@@ -128,7 +128,7 @@ class Head:
         if not self._engine.is_file():
             raise NotRunError(f"no engine {self._engine}: run isplit-export build-engines {bundle.root} first")
         trt_backend.check_engine_record(split.split_dir)
-        self._trt = trt_backend.Engine(self._engine, dla_core=self._dla)  # loaded once for the whole run
+        self._loaded = trt_backend.Engine(self._engine, dla_core=self._dla)  # loaded once for the whole run
         self._lock = threading.Lock()  # one execution context: one request at a time through it
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -136,14 +136,14 @@ class Head:
         if self.backend == "onnxruntime":
             return np.asarray(self._session.run(None, {self._name: x})[0])
         with self._lock:
-            outputs = self._trt({self._input: x})
+            outputs = self._loaded({self._input: x})
         b = np.asarray(next(iter(outputs.values())))
         return b if b.dtype == self.split.dtype else encode_array(b, self.split.encoding)
 
     def close(self) -> None:
         """Free the engine's device memory (nothing to do for onnxruntime)."""
         if self.backend != "onnxruntime":
-            self._trt.close()
+            self._loaded.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -463,12 +463,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run_engine(
-    engine_path: Path, feeds: Mapping[str, np.ndarray], *, dla_core: int | None = None
-) -> dict[str, np.ndarray]:
-    """Load ``engine_path``, run it once on ``feeds`` and return every output by name (see :class:`Engine`;
-    for more than one call, keep an :class:`Engine`)."""
-    with Engine(engine_path, dla_core=dla_core) as engine:
-        return engine(feeds)

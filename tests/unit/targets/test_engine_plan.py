@@ -355,7 +355,7 @@ def test_backend_reports_not_run_without_tensorrt(tmp_path: Path) -> None:
     calls = [
         lambda: trt_backend.build_bundle_engines(tmp_path),
         lambda: trt_backend.check_engine_record(tmp_path),
-        lambda: trt_backend.run_engine(tmp_path / "x.engine", {}),
+        lambda: trt_backend.Engine(tmp_path / "x.engine"),
         lambda: trt_backend.tensorrt_version(),
         lambda: trt_backend.build_engine(
             tmp_path / "a.onnx",
@@ -549,7 +549,8 @@ def test_build_and_run_engine_matches_onnxruntime(tmp_path: Path) -> None:
     assert engine.is_file() and report["device"] == "gpu" and report["network_layers"] >= 2
     assert (tmp_path / "engines" / "timing.cache").is_file()
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    got = trt_backend.run_engine(engine, {"input": x})["boundary"]
+    with trt_backend.Engine(engine) as once:
+        got = once({"input": x})["boundary"]
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     want = sess.run(None, {"input": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)  # TF32 convolutions on Ampere and newer
