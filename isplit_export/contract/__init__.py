@@ -18,6 +18,9 @@ torch, no onnx) and holds, each part in its own module, all of them re-exported 
   before anything is decompressed, no pickle;
 - ``results``: validated accessors for ``ranking.json`` (:func:`read_ranking`), ``verify.json``
   (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`);
+- ``machine`` / ``verdict``: where the export's gates were measured (:class:`Machine`: CPU, ISA
+  features, onnxruntime, threads, exact int8 mode) and their outcome per split and pair
+  (:func:`export_verdicts`), both validated on read;
 - ``engine_plan``: ``engine_plan.json`` (:func:`read_engine_plan`) and the checked output paths of
   ``build-engines`` (:func:`engine_output`, :func:`write_output`).
 
@@ -46,6 +49,7 @@ from isplit_export.contract.jsonio import (
     req_number,
     req_str,
 )
+from isplit_export.contract.machine import Machine
 from isplit_export.contract.manifest import (
     Manifest,
     check_expected_sha256,
@@ -87,6 +91,7 @@ from isplit_export.contract.schema import (
     SCHEMA,
     VERIFY_FILE,
 )
+from isplit_export.contract.verdict import ExportVerdict, export_machine, export_verdicts
 
 __all__ = [
     "ENGINES_DIR",
@@ -113,6 +118,8 @@ __all__ = [
     "VERIFY_FILE",
     "EnginePart",
     "EnginePlan",
+    "ExportVerdict",
+    "Machine",
     "Manifest",
     "bundle_path",
     "bundle_root",
@@ -122,6 +129,8 @@ __all__ = [
     "check_rel",
     "check_sha256_text",
     "engine_output",
+    "export_machine",
+    "export_verdicts",
     "is_rank_output",
     "is_tool_bundle",
     "join_rel",

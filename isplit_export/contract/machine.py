@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from isplit_export.contract import jsonio
 from isplit_export.errors import BadInputError
 
 ISA_FLAGS = (
@@ -103,11 +104,7 @@ class Machine:
 
 
 def _bad(src: str, key: str, what: str, value: Any) -> BadInputError:
-    field = f"machine.{key}" if key else "machine"
-    shown = repr(value)[:40]
-    return BadInputError(
-        f"{src}: field '{field}' must be {what}, got {shown}: rebuild the bundle with this isplit-export"
-    )
+    return jsonio._bad(src, f"machine.{key}" if key else "machine", what, value)
 
 
 def _text(data: Mapping[str, Any], key: str, src: str) -> str:
