@@ -158,7 +158,12 @@ def _cpuinfo() -> dict[str, str]:
 def cpu_model() -> str:
     """This CPU's model name (``/proc/cpuinfo``, else :func:`platform.processor`), printable, bounded."""
     info = _cpuinfo()
-    name = info.get("model name") or info.get("Model") or info.get("Hardware") or platform.processor()
+    arm = (
+        f"ARM CPU implementer {info.get('CPU implementer', '?')} part {info['CPU part']}"
+        if "CPU part" in info
+        else ""
+    )
+    name = info.get("model name") or info.get("Model") or info.get("Hardware") or arm or platform.processor()
     name = " ".join(name.split()) or "unknown CPU"
     return "".join(c for c in name if c.isprintable())[:_MAX_TEXT]
 
