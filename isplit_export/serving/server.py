@@ -8,7 +8,7 @@
   (403 / ``PERMISSION_DENIED``): a client can
   neither load a model from disk nor take a served tail down. MLServer has no setting for this.
 - **Bounded bodies.** An HTTP body over :attr:`Limits.body_bytes` is refused with 413 before it is
-  read (``Content-Length``) or as soon as the count passes it (chunked); a compressed body
+  read (``Content-Length``) or as soon as what was read passes it (chunked: read here, up to the limit); a compressed body
   (``Content-Encoding``, which MLServer would inflate without a bound) with 415. gRPC messages are
   capped at the same size (``grpc_max_message_length``).
 - **400, never 500.** A body that does not parse or validate (FastAPI answers 422) and a gRPC message
@@ -74,10 +74,6 @@ class ClosedRepositoryHandlers(ModelRepositoryHandlers):
         raise _RepositoryOff()
 
 
-class _Refused(Exception):
-    """The HTTP body grew past the limit while it was being read."""
-
-
 class BodyLimit:
     """ASGI middleware: the repository paths, compressed bodies and bodies over ``limit`` bytes are refused."""
 
@@ -106,28 +102,40 @@ class BodyLimit:
         if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
             await _answer(send, 413, too_big)
             return
-        seen = 0
-        started = False
+        if length is not None:  # the server reads no more than Content-Length: the check above bounds it
+            await self.app(scope, receive, send)
+            return
+        body = await _read_bounded(receive, self.limit)  # chunked: read up to the limit, refuse past it
+        if body is None:
+            await _answer(send, 413, too_big)
+            return
+        replayed = False
 
-        async def bounded_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message.get("type") == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _Refused()
-            return message
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message.get("type") == "http.response.start"
-            await send(message)
+        await self.app(scope, replay, send)
 
-        try:
-            await self.app(scope, bounded_receive, tracking_send)
-        except _Refused:
-            if not started:
-                await _answer(send, 413, too_big)
+
+async def _read_bounded(receive: Receive, limit: int) -> bytes | None:
+    """A chunked body, read until its end; None as soon as it passes ``limit`` bytes (the rest is never read)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message.get("type") != "http.request":
+            return b"".join(parts)
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 async def _answer(send: Send, status: int, error: str) -> None:
