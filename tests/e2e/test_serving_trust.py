@@ -26,7 +26,6 @@ from tests.support import serving_probes as probes
 from tests.support.helpers import DIGITS
 from tests.support.serving_helpers import LOOPBACK, Server, free_port
 
-
 pytest.importorskip("tritonclient.grpc")  # (not mlserver: both register the same protobuf names)
 
 CLI = [sys.executable, "-m", "isplit_export.cli"]
