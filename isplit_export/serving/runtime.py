@@ -112,7 +112,7 @@ class OnnxTailRuntime(MLModel):
             raise self._refuse(f"must have shape {self._dims}, got {str(shape)[:80]}")
         if not 1 <= dims[0] <= self._max_batch:
             raise self._refuse(f"batch {dims[0]} is outside 1..{self._max_batch} (this server's batch limit)")
-        if any(d != w for d, w in zip(dims[1:], self._dims[1:], strict=True) if w != -1) or min(dims) < 1:
+        if any(d != w for d, w in zip(dims, self._dims, strict=True) if w != -1) or min(dims) < 1:
             raise self._refuse(f"must have shape {self._dims}, got {dims}")
         return dims
 
@@ -124,7 +124,7 @@ class OnnxTailRuntime(MLModel):
             raise self._refuse(f"data is not a flat or nested list of numbers ({str(e)[:80]})") from None
         if x.dtype.kind not in "biuf":
             raise self._refuse(
-                f"data must be numbers, got {'strings' if x.dtype.kind in 'USO' else x.dtype.name}"
+                f"data must be numbers, got {'strings' if x.dtype.kind in 'US' else 'other values'}"
             )
         if x.size != count:
             raise self._refuse(f"has {x.size} values, shape {shape} needs {count}")
