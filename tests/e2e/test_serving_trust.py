@@ -184,6 +184,9 @@ def test_a_150_mb_request_is_refused_and_the_server_stays_small(tmp_path: Path, 
         status, text = _chunked_post(server.http_port, f"/v2/models/{name}/infer", 4 << 20)
         assert status == 413 and "request body over" in text, (status, text)
         assert probes.rss_mib(server.proc.pid) - idle < 50.0
+        # gRPC has the same bound: a 1 MiB message (under gRPC's default 4 MiB) is refused before it is decoded
+        big = {"datatype": datatype, "shape": [1, *dims], "raw": bytes(1 << 20)}
+        assert probes.grpc_infer(server.address, name, "boundary", big)[0] == "RESOURCE_EXHAUSTED"
         # a compressed body (MLServer would inflate it without a bound): 415
         status, text = _post_with_headers(
             server.http_port, f"/v2/models/{name}/infer", {"Content-Encoding": "gzip"}
