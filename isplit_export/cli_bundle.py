@@ -10,6 +10,7 @@ import typer
 
 from isplit_export.cli_options import (
     BoundaryKibOpt,
+    ExpectShaOpt,
     HeadFlopsOpt,
     LatencyOpt,
     VerboseOpt,
@@ -18,10 +19,6 @@ from isplit_export.cli_options import (
 )
 from isplit_export.errors import EXIT_GATE_FAILED
 
-ExpectShaOpt = Annotated[
-    str | None,
-    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
-]
 ReportOpt = Annotated[
     Path | None, typer.Option("--report", help="write the result JSON here instead of into the bundle")
 ]
@@ -50,7 +47,9 @@ def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool 
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt")] = "onnxruntime",
-    split: Annotated[int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")] = None,
+    split: Annotated[
+        int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")
+    ] = None,
     expect_sha256: ExpectShaOpt = None,
     report: ReportOpt = None,
     no_write: NoWriteOpt = None,
@@ -74,7 +73,9 @@ def plan_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     link: Annotated[
         str | None,
-        typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured (default: run.json's)"),
+        typer.Option(
+            "--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured (default: run.json's)"
+        ),
     ] = None,
     objective: Annotated[
         str | None, typer.Option("--objective", help="cui, latency or balanced (default: the export's)")
@@ -82,12 +83,15 @@ def plan_cmd(
     server: Annotated[
         str | None, typer.Option("--server", help="server profile for the tail (default: the export's)")
     ] = None,
-    top: Annotated[int | None, typer.Option("--top", help="how many splits to select (default: the export's)")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", help="how many splits to select (default: the export's)")
+    ] = None,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     measured: Annotated[
-        bool, typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only")
+        bool,
+        typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only"),
     ] = True,
     expect_sha256: ExpectShaOpt = None,
     report: ReportOpt = None,

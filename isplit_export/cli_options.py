@@ -23,6 +23,12 @@ def _given(**flags: Any) -> dict[str, Any]:
     return {k: v for k, v in flags.items() if v is not None}
 
 
+ExpectShaOpt = Annotated[
+    str | None,
+    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
+]
+"""``--expect-sha256``, on every command that reads a bundle (verify, plan, build-engines, serve, run); the
+pin itself is one check of the contract (:func:`isplit_export.contract.check_expected_sha256`)."""
 ModelArg = Annotated[
     str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
 ]

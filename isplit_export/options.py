@@ -345,7 +345,7 @@ class ServeOptions:
     """``isplit-export serve``: the bundle's tails over gRPC (``port``) and HTTP (``http_port``) with MLServer.
 
     ``split`` None serves every split; ``threads`` are the onnxruntime intra-op threads of each tail
-    (0: onnxruntime's default, all cores).
+    (0: onnxruntime's default, all cores); ``expect_sha256`` pins the manifest (checked by the contract).
     """
 
     bundle: Path = Path("bundle")
@@ -355,6 +355,7 @@ class ServeOptions:
     http_port: int | None = None
     """HTTP/REST port (None: ``port + 1``)."""
     threads: int = 0
+    expect_sha256: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle", Path(self.bundle))
@@ -380,7 +381,7 @@ class RunOptions:
     images), ``duration_s`` sends for that long; neither: each image once. ``concurrency`` requests are
     kept in flight. A failed request (error, ``timeout_ms``, wrong answer) is retried ``retries`` times
     after ``backoff_ms``, doubling, at most :data:`MAX_BACKOFF_MS`. The server must be ready within
-    ``wait_s``. ``out`` receives ``run.json`` (None: ``BUNDLE/run.json``).
+    ``wait_s``. ``out`` receives ``run.json`` (None: ``BUNDLE/run.json``). ``expect_sha256`` pins the manifest.
     """
 
     bundle: Path = Path("bundle")
@@ -400,6 +401,7 @@ class RunOptions:
     threads: int = 1
     """onnxruntime intra-op threads of the local head (and of the local reference runs)."""
     out: Path | None = None
+    expect_sha256: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle", Path(self.bundle))

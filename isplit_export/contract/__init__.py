@@ -12,6 +12,8 @@ torch, no onnx) and holds, each part in its own module, all of them re-exported 
   the field; hashes (:func:`check_files`, :func:`check_listed`), and the provenance pin
   (:func:`check_expected_sha256`: the manifest's sha256 must be the one CI published); one split
   selection rule (:func:`select_splits`: 1-based position, which equals ``rank``);
+- ``layout``: the closed bundle (:func:`check_layout`, run by :func:`check_files`): every file and
+  folder of the tree is listed in the manifest or is a known output; anything else is named, exit 1;
 - ``paths``: the containment rule (:func:`bundle_path`): a bundle path is relative, has no ``..``,
   crosses no symlink, and still lies inside the bundle after resolving;
 - ``npz``: bounded ``.npz`` loading (:func:`load_npz_bounded`): zip and ``.npy`` headers are checked
@@ -46,11 +48,13 @@ from isplit_export.contract.jsonio import (
     req_number,
     req_str,
 )
+from isplit_export.contract.layout import TOP_LEVEL_OUTPUTS, check_layout, unlisted_entries
 from isplit_export.contract.manifest import (
     Manifest,
     check_expected_sha256,
     check_files,
     check_listed,
+    copy_listed,
     is_rank_output,
     is_tool_bundle,
     load_manifest,
@@ -68,6 +72,7 @@ from isplit_export.contract.schema import (
     ENGINE_PLAN_SCHEMA,
     ENGINES_DIR,
     MANIFEST_FILE,
+    MAX_BATCH_SIZE,
     MAX_DIM,
     MAX_ELEMENTS,
     MAX_FLOPS,
@@ -85,6 +90,7 @@ from isplit_export.contract.schema import (
     RUN_FILE,
     RUN_SCHEMA,
     SCHEMA,
+    TRITON_ENGINE_FILE,
     VERIFY_FILE,
 )
 
@@ -93,6 +99,7 @@ __all__ = [
     "ENGINE_PLAN_FILE",
     "ENGINE_PLAN_SCHEMA",
     "MANIFEST_FILE",
+    "MAX_BATCH_SIZE",
     "MAX_DIM",
     "MAX_ELEMENTS",
     "MAX_FLOPS",
@@ -110,6 +117,8 @@ __all__ = [
     "RUN_FILE",
     "RUN_SCHEMA",
     "SCHEMA",
+    "TOP_LEVEL_OUTPUTS",
+    "TRITON_ENGINE_FILE",
     "VERIFY_FILE",
     "EnginePart",
     "EnginePlan",
@@ -118,9 +127,11 @@ __all__ = [
     "bundle_root",
     "check_expected_sha256",
     "check_files",
+    "check_layout",
     "check_listed",
     "check_rel",
     "check_sha256_text",
+    "copy_listed",
     "engine_output",
     "is_rank_output",
     "is_tool_bundle",
@@ -144,6 +155,7 @@ __all__ = [
     "req_str",
     "select_splits",
     "split_file",
+    "unlisted_entries",
     "validate_manifest",
     "write_output",
 ]

@@ -134,7 +134,7 @@ def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: i
 
 def run(options: RunOptions, on_result: Callable[[Request], None] | None = None) -> RunResult:
     """Run the split against the server; see the module docstring. ``on_result`` sees each finished request."""
-    bundle = open_bundle(options.bundle, options.split, verify=True)
+    bundle = open_bundle(options.bundle, options.split, verify=True, expect_sha256=options.expect_sha256)
     split = bundle.splits[0]
     classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
     if classes < 1:

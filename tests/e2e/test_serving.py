@@ -159,15 +159,6 @@ def test_serve_and_run_options_refuse_bad_values() -> None:
 # e2e: a real MLServer on 127.0.0.1
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
-    """A digits bundle with an int8 boundary and a Triton repository (--triton on the onnx target)."""
-    out = tmp_path_factory.mktemp("serve") / "bundle"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2", "--target", "onnx",
-                 "--boundary", "int8", "--triton", "--out", str(out), "--latency-runs", "2"]) == 0  # fmt: skip
-    return out
-
-
 def _manifest(bundle: Path) -> dict[str, Any]:
     return dict(json.loads((bundle / "manifest.json").read_text(encoding="utf-8")))
 
