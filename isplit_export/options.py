@@ -322,8 +322,8 @@ DEFAULT_WRITE_RESULT = True
 
 PROTOCOLS = ("grpc", "http")
 """``RunOptions.protocol``: the Open Inference Protocol over gRPC, or JSON over HTTP/REST."""
-RUN_BACKENDS = ("onnxruntime", "tensorrt")
-"""``RunOptions.backend``: what runs the head on the device."""
+RUN_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+"""``RunOptions.backend`` (the head's runtime); ``auto``: TensorRT when its head engine was built here, else onnxruntime."""
 LOOPBACK = "127.0.0.1"
 
 
@@ -380,7 +380,10 @@ class RunOptions:
     images), ``duration_s`` sends for that long; neither: each image once. ``concurrency`` requests are
     kept in flight. A failed request (error, ``timeout_ms``, wrong answer) is retried ``retries`` times
     after ``backoff_ms``, doubling, at most :data:`MAX_BACKOFF_MS`. The server must be ready within
-    ``wait_s``. ``out`` receives ``run.json`` (None: ``BUNDLE/run.json``).
+    ``wait_s``. ``out`` receives ``run.json`` (None: ``BUNDLE/run.json``), checked before the first request;
+    ``no_write`` writes nothing. After ``fail_after`` consecutive failed requests the run stops sending
+    (a circuit breaker; 0: never) and counts the rest as skipped. ``trust_engines`` lets the head
+    deserialise a TensorRT engine that ``build-engines`` did not build here.
     """
 
     bundle: Path = Path("bundle")
@@ -396,10 +399,13 @@ class RunOptions:
     retries: int = 6
     backoff_ms: float = 100.0
     wait_s: float = 10.0
-    backend: str = "onnxruntime"
+    backend: str = "auto"
     threads: int = 1
     """onnxruntime intra-op threads of the local head (and of the local reference runs)."""
     out: Path | None = None
+    no_write: bool = False
+    fail_after: int = 5
+    trust_engines: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle", Path(self.bundle))
@@ -423,6 +429,8 @@ class RunOptions:
             (0 <= self.wait_s <= 600, f"--wait {self.wait_s}: pass 0..600 seconds"),
             (self.backend in RUN_BACKENDS, f"--backend {self.backend!r}: choose {' or '.join(RUN_BACKENDS)}"),
             (self.threads >= 0, f"--threads {self.threads}: pass 0 (onnxruntime's default) or more"),
+            (0 <= self.fail_after <= 1_000_000, f"--fail-after {self.fail_after}: pass 0 (never) or a count"),
+            (self.out is None or not self.no_write, "--out and --no-write contradict each other: pass one of them"),
         )  # fmt: skip
         for ok, message in checks:
             if not ok:
