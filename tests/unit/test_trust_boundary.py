@@ -36,11 +36,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _env(tmp: Path, state: str = "state", **extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_STATE_HOME": str(tmp / state), **extra}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([extra["PYTHONPATH"]] if "PYTHONPATH" in extra else [])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *([extra["PYTHONPATH"]] if "PYTHONPATH" in extra else [])]
+    )
     return env
 
 
-def cli(*args: object, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: object, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child process."""
     return subprocess.run(
         [sys.executable, "-m", "isplit_export.cli", *map(str, args)],
@@ -78,9 +82,29 @@ def rehash(b: Path, *rels: str) -> None:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("trust") / "bundle"
-    p = cli(DIGITS, "--weights", digits_weights, "--data", digits_dir, "--target", "jetson", "--top", "1",
-            "--link", "wifi", "--out", out, "--verify-images", "16", "--golden", "2", "--latency-runs", "2",
-            "--bootstrap", "0")  # fmt: skip
+    p = cli(
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--target",
+        "jetson",
+        "--top",
+        "1",
+        "--link",
+        "wifi",
+        "--out",
+        out,
+        "--verify-images",
+        "16",
+        "--golden",
+        "2",
+        "--latency-runs",
+        "2",
+        "--bootstrap",
+        "0",
+    )
     assert p.returncode == 0, p.stderr
     return out
 
@@ -150,8 +174,13 @@ def test_engines_built_elsewhere_or_forged_are_refused_built_here_accepted(
     assert cli("build-engines", b, env=elsewhere).returncode == 0
     head, tail = sdir / "engines/head.fp16.engine", sdir / "engines/tail.fp16.engine"
     assert head.is_file() and tail.is_file()
-    line = one_line(cli("verify", b, "--backend", "tensorrt", "--no-write", env=here), 2, "build-engines",
-                    "--trust-engines", str(head))  # fmt: skip
+    line = one_line(
+        cli("verify", b, "--backend", "tensorrt", "--no-write", env=here),
+        2,
+        "build-engines",
+        "--trust-engines",
+        str(head),
+    )
     assert "was not built on this machine" in line
     assert _deserialised(trt) == []  # refused before TensorRT saw a byte
     # a forged engine with a build.json re-hashed to match it: refused too
@@ -160,11 +189,27 @@ def test_engines_built_elsewhere_or_forged_are_refused_built_here_accepted(
     record["engines"]["head"]["sha256"] = _sha(head)
     (sdir / "engines/build.json").write_text(json.dumps(record))
     one_line(cli("verify", b, "--backend", "tensorrt", "--no-write", env=elsewhere), 2, "build-engines")
-    one_line(cli("run", b, "--server", "127.0.0.1:9", "--backend", "tensorrt", "--wait", "0", "--no-write",
-                 env=elsewhere), 2, "build-engines")  # fmt: skip
+    one_line(
+        cli(
+            "run",
+            b,
+            "--server",
+            "127.0.0.1:9",
+            "--backend",
+            "tensorrt",
+            "--wait",
+            "0",
+            "--no-write",
+            env=elsewhere,
+        ),
+        2,
+        "build-engines",
+    )
     assert _deserialised(trt) == []
     # --trust-engines: the explicit opt-in hands them to TensorRT (whose stand-in then cannot load them)
-    one_line(cli("verify", b, "--backend", "tensorrt", "--no-write", "--trust-engines", env=here), 2, "cannot load")
+    one_line(
+        cli("verify", b, "--backend", "tensorrt", "--no-write", "--trust-engines", env=here), 2, "cannot load"
+    )
     assert _deserialised(trt) == [_sha(head)]
     # built here by build-engines: accepted without the flag, by verify and by run's head
     trt["log"].write_text("")
@@ -172,8 +217,23 @@ def test_engines_built_elsewhere_or_forged_are_refused_built_here_accepted(
     assert _sha(head) != hashlib.sha256(b"attacker's engine").hexdigest()
     one_line(cli("verify", b, "--backend", "tensorrt", "--no-write", env=here), 2, "cannot load")
     assert _deserialised(trt) == [_sha(head)]
-    one_line(cli("run", b, "--server", "127.0.0.1:9", "--backend", "tensorrt", "--wait", "0", "--no-write",
-                 env=here), 2, "cannot load", "head.fp16.engine")  # fmt: skip
+    one_line(
+        cli(
+            "run",
+            b,
+            "--server",
+            "127.0.0.1:9",
+            "--backend",
+            "tensorrt",
+            "--wait",
+            "0",
+            "--no-write",
+            env=here,
+        ),
+        2,
+        "cannot load",
+        "head.fp16.engine",
+    )
     assert _deserialised(trt) == [_sha(head)] * 2
     # the record lives outside the bundle, private to the user
     state = tmp_path / "here" / "isplit-export" / "engines.json"
@@ -182,7 +242,9 @@ def test_engines_built_elsewhere_or_forged_are_refused_built_here_accepted(
     assert not any(p.name == "engines.json" for p in b.rglob("*"))
 
 
-def test_run_auto_backend_takes_the_head_engine_built_here(b: Path, tmp_path: Path, trt: dict[str, Any]) -> None:
+def test_run_auto_backend_takes_the_head_engine_built_here(
+    b: Path, tmp_path: Path, trt: dict[str, Any]
+) -> None:
     """``run``'s default ``--backend auto``: TensorRT's head engine when build-engines built it here, else
     onnxruntime (then, with no server, exit 5 after the head was set up)."""
     env = _env(tmp_path, PYTHONPATH=trt["path"], STANDIN_TRT_LOG=str(trt["log"]))
@@ -204,11 +266,17 @@ def test_run_auto_backend_takes_the_head_engine_built_here(b: Path, tmp_path: Pa
 def _run_entry(b: Path, **over: Any) -> dict[str, Any]:
     s = manifest(b)["splits"][0]
     entry: dict[str, Any] = {
-        "split": s["dir"], "index": s["index"], "backend": "tensorrt", "host": "device",
+        "split": s["dir"],
+        "index": s["index"],
+        "backend": "tensorrt",
+        "host": "device",
         "server": {"address": "127.0.0.1:8001", "protocol": "grpc", "address_class": "loopback"},
-        "images": {"ok": 20}, "server_compute": {"ms": {"p50": 0.5}}, "link_ms_p50": 4.67,
-        "latency_ms": {"head": {"p50": 0.25}}, "bytes": {"bundle_bytes_per_image": s["boundary"]["bytes_per_image"]},
-    }  # fmt: skip
+        "images": {"ok": 20},
+        "server_compute": {"ms": {"p50": 0.5}},
+        "link_ms_p50": 4.67,
+        "latency_ms": {"head": {"p50": 0.25}},
+        "bytes": {"bundle_bytes_per_image": s["boundary"]["bytes_per_image"]},
+    }
     entry.update(over)
     return entry
 
@@ -232,8 +300,14 @@ def test_plan_derives_no_bandwidth_from_a_loopback_run(capsys: pytest.CaptureFix
     code, _, err = run_cli(capsys, "plan", b, "--link", "measured", "--no-write")
     assert code == 2 and "server on this machine" in err and len(err.strip().splitlines()) == 1
     # the same figures from a server on another machine: a measured link
-    _write_runs(b, {sdir: _run_entry(b, server={"address": "10.0.0.2:8001", "protocol": "grpc",
-                                               "address_class": "remote"})})  # fmt: skip
+    _write_runs(
+        b,
+        {
+            sdir: _run_entry(
+                b, server={"address": "10.0.0.2:8001", "protocol": "grpc", "address_class": "remote"}
+            )
+        },
+    )
     code, out, err = run_cli(capsys, "plan", b, "--no-write")
     assert code == 0, err
     assert out.splitlines()[0].startswith("objective") and "link measured" in out.splitlines()[0]
@@ -253,8 +327,9 @@ def test_plan_derives_no_bandwidth_from_a_loopback_run(capsys: pytest.CaptureFix
         ({"server": {"address": "x:1", "protocol": "grpc", "address_class": "moon"}}, "address_class"),
     ],
 )
-def test_plan_range_checks_run_json(capsys: pytest.CaptureFixture[str], b: Path, over: dict[str, Any],
-                                    needle: str) -> None:  # fmt: skip
+def test_plan_range_checks_run_json(
+    capsys: pytest.CaptureFixture[str], b: Path, over: dict[str, Any], needle: str
+) -> None:
     sdir = manifest(b)["splits"][0]["dir"]
     remote = {"address": "10.0.0.2:8001", "protocol": "grpc", "address_class": "remote"}
     _write_runs(b, {sdir: _run_entry(b, server=remote) | over})
@@ -264,7 +339,9 @@ def test_plan_range_checks_run_json(capsys: pytest.CaptureFixture[str], b: Path,
     assert needle in lines[0] and "run.json" in lines[0] and "--estimated" in lines[0]
 
 
-def test_plan_refuses_a_run_entry_for_a_split_not_in_the_manifest(capsys: pytest.CaptureFixture[str], b: Path) -> None:
+def test_plan_refuses_a_run_entry_for_a_split_not_in_the_manifest(
+    capsys: pytest.CaptureFixture[str], b: Path
+) -> None:
     sdir = manifest(b)["splits"][0]["dir"]
     _write_runs(b, {sdir: _run_entry(b), "splits/09-forged": _run_entry(b, split="splits/09-forged")})
     code, _, err = run_cli(capsys, "plan", b, "--no-write")
@@ -368,8 +445,14 @@ def _verify_rss_mib(b: Path) -> tuple[int, float]:
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     return p.returncode, float(p.stderr.strip().splitlines()[-1])
 
 
@@ -409,6 +492,6 @@ def test_a_used_golden_member_over_the_manifest_budget_is_refused(b: Path) -> No
         _big_zero_member(zf, "input", 64 << 20)
     from isplit_export.errors import BadInputError
 
-    with pytest.raises(BadInputError, match="over the .* byte limit .*manifest's shapes"):
+    with pytest.raises(BadInputError, match=r"over the .* byte limit .*manifest.s shapes"):
         load_golden(path, "golden.npz", budget)
     assert load_golden(path, "golden.npz")["input"].nbytes == 64 << 20  # within the generic caps only
