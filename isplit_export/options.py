@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from isplit_export.errors import BadInputError
+from isplit_export.files import jsonable
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 from isplit_export.targets import MIN_DLA_FRACTION
 
@@ -242,7 +243,7 @@ class RankOptions:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.metadata.get("manifest", True):
-                out[f.name] = _jsonable(getattr(self, f.name))
+                out[f.name] = jsonable(getattr(self, f.name))
         return out
 
     def replace(self: T, **changes: Any) -> T:
@@ -380,10 +381,7 @@ class RunOptions:
     images), ``duration_s`` sends for that long; neither: each image once. ``concurrency`` requests are
     kept in flight. A failed request (error, ``timeout_ms``, wrong answer) is retried ``retries`` times
     after ``backoff_ms``, doubling, at most :data:`MAX_BACKOFF_MS`. The server must be ready within
-    ``wait_s``. ``out`` receives ``run.json`` (None: ``BUNDLE/run.json``), checked before the first request;
-    ``no_write`` writes nothing. After ``fail_after`` consecutive failed requests the run stops sending
-    (a circuit breaker; 0: never) and counts the rest as skipped. ``trust_engines`` lets the head
-    deserialise a TensorRT engine that ``build-engines`` did not build here.
+    ``wait_s``. ``out``: ``run.json`` (None: ``BUNDLE/run.json``); ``fail_after``: the circuit breaker (docs/serving.md).
     """
 
     bundle: Path = Path("bundle")
@@ -495,12 +493,3 @@ def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) 
         raise BadInputError(f"expected {cls.__name__}, got {type(options).__name__}")
     return dataclasses.replace(options, **fields) if fields else options
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return value.as_posix()
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return value
