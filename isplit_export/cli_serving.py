@@ -88,7 +88,7 @@ def run_cmd(
                                   fail_after=fail_after, trust_engines=trust_engines or None))  # fmt: skip
     result = run(options, write=False)
     typer.echo(format_run(result.data))  # printed first: the results show even if the file cannot be written
-    written = result.write(options)
+    written = result.write()
     if written is not None:
         typer.echo(f"wrote {written}")
     stopped = result.interrupted_error()

@@ -271,7 +271,7 @@ def write_run(path: Path, bundle: BundleAccess, split: SplitAccess, data: dict[s
     try:
         write_text_atomic(path, json_dumps(doc))
     except OSError as e:
-        raise BadInputError(f"cannot write {path} ({first_line(e)}): the summary is above; pass --out FILE") from e
+        raise BadInputError(f"cannot write {path} ({first_line(e)}): pass a writable --out FILE, or --no-write") from e
     return path
 
 

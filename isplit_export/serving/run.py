@@ -105,7 +105,7 @@ class RunResult:
     bundle: BundleAccess | None = None
     split: SplitAccess | None = None
 
-    def write(self, options: RunOptions) -> Path | None:
+    def write(self) -> Path | None:
         """Merge the entry into run.json at :attr:`path` (nothing with ``--no-write``); returns the path."""
         if self.path is not None and self.bundle is not None and self.split is not None and self.written is None:
             self.written = write_run(self.path, self.bundle, self.split, self.data)
@@ -113,9 +113,9 @@ class RunResult:
 
     def interrupted_error(self) -> RunInterruptedError | None:
         """The one line of an interrupted run (what was written, the accounting), or None."""
-        stopped = self.data.get("stopped") or {}
         if not self.data.get("interrupted"):
             return None
+        stopped = self.data.get("stopped") or {}
         c = self.data["images"]
         where = f"wrote {self.written}" if self.written is not None else "nothing written (--no-write)"
         sig = str(stopped.get("signal") or "SIGINT")
@@ -197,7 +197,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None,
         head.close()
     result.path, result.bundle, result.split = path, bundle, split
     if write:
-        result.write(options)
+        result.write()
     return result
 
 
