@@ -437,12 +437,14 @@ def _big_zero_member(zf: zipfile.ZipFile, name: str, nbytes: int) -> None:
 
 
 def _verify_rss_mib(b: Path) -> tuple[int, float]:
-    """(exit code, peak RSS MiB) of ``verify --no-write`` in a child process."""
+    """(exit code, peak RSS MiB) of ``verify --no-write`` in a child process: its own VmHWM (``ru_maxrss``
+    would carry over the forking test process's peak)."""
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from isplit_export.cli import main\n"
         f"rc = main(['verify', {str(b)!r}, '--no-write'])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0]\n"
+        "print(int(hwm.split()[1]) / 1024, file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
     p = subprocess.run(
