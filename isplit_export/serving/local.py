@@ -7,7 +7,6 @@ the local pair (head + tail here) and the full model give the logits the served 
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export.errors import BadInputError, NotRunError
+from isplit_export import contract
+from isplit_export.errors import BadInputError, GateFailedError, NotRunError
 from isplit_export.exporting.encoding import encode_array
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.options import RunOptions
@@ -102,15 +102,18 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
 
 
 def _head_engine(bundle: BundleAccess, split: SplitAccess) -> tuple[Path, int | None]:
-    """The split's head engine file (from its ``engine_plan.json``) and its DLA core."""
+    """The split's head engine file and DLA core, from its ``engine_plan.json`` read through the contract
+    (validated, paths inside the split's ``engines/``)."""
     if split.engine_plan is None:
         raise BadInputError(f"split {split.dir} has no engine build plan: export the bundle for a TensorRT target")
-    plan = json.loads(split.engine_plan.read_text(encoding="utf-8"))  # hashed: open_bundle checked it
-    head = plan["engines"]["head"]
-    engine = split.split_dir / str(head["engine"])
-    if not engine.is_file():
-        raise NotRunError(f"no engine {engine}: run isplit-export build-engines {bundle.root} first")
-    return engine, head.get("dla_core") if isinstance(head.get("dla_core"), int) else None
+    m = contract.read_manifest(bundle.root)
+    if m.sha256 != bundle.manifest_sha256:
+        raise GateFailedError(f"{bundle.root}/manifest.json changed while the run started: run again")
+    (_, entry), *_ = contract.select_splits(m, split.pos)
+    head = contract.read_engine_plan(m, entry).parts["head"]
+    if not head.engine.is_file():
+        raise NotRunError(f"no engine {head.engine}: run isplit-export build-engines {bundle.root} first")
+    return head.engine, head.dla_core
 
 
 def choose_backend(bundle: BundleAccess, split: SplitAccess, backend: str, trust: bool) -> tuple[str, str]:
