@@ -81,11 +81,29 @@ def run_cmd(
     from isplit_export.serving.records import format_run
     from isplit_export.serving.run import run
 
-    options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,
-                                  requests=requests, duration_s=duration, concurrency=concurrency, protocol=protocol,
-                                  timeout_ms=timeout_ms, retries=retries, backoff_ms=backoff_ms, wait_s=wait,
-                                  backend=backend, threads=threads, out=out, no_write=no_write or None,
-                                  fail_after=fail_after, trust_engines=trust_engines or None))  # fmt: skip
+    options = RunOptions(
+        **_given(
+            bundle=bundle,
+            server=server,
+            split=split,
+            data=data,
+            images=images,
+            requests=requests,
+            duration_s=duration,
+            concurrency=concurrency,
+            protocol=protocol,
+            timeout_ms=timeout_ms,
+            retries=retries,
+            backoff_ms=backoff_ms,
+            wait_s=wait,
+            backend=backend,
+            threads=threads,
+            out=out,
+            no_write=no_write or None,
+            fail_after=fail_after,
+            trust_engines=trust_engines or None,
+        )
+    )
     result = run(options, write=False)
     typer.echo(format_run(result.data))  # printed first: the results show even if the file cannot be written
     written = result.write()

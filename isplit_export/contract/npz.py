@@ -28,7 +28,11 @@ def golden_budget(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> dict
     per-image elements (input, boundary, classes) x 8 bytes (the widest element) + a header."""
     options = manifest.get("options") if isinstance(manifest.get("options"), Mapping) else {}
     n = options.get("golden_images") if isinstance(options, Mapping) else None
-    n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_GOLDEN_IMAGES else MAX_GOLDEN_IMAGES
+    n = (
+        n
+        if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_GOLDEN_IMAGES
+        else MAX_GOLDEN_IMAGES
+    )
     model = manifest.get("model") if isinstance(manifest.get("model"), Mapping) else {}
     classes = model.get("num_classes") if isinstance(model, Mapping) else None
     dims: dict[str, list[Any]] = {
@@ -79,9 +83,15 @@ def load_npz_bounded(
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             if len(infos) > max_members:
-                raise BadInputError(f"{what} has {len(infos)} members, over the limit of {max_members}: rebuild the bundle")
+                raise BadInputError(
+                    f"{what} has {len(infos)} members, over the limit of {max_members}: rebuild the bundle"
+                )
             if members is not None:
-                infos = [i for i in infos if i.filename.removesuffix(".npy") in members and i.filename.endswith(".npy")]
+                infos = [
+                    i
+                    for i in infos
+                    if i.filename.removesuffix(".npy") in members and i.filename.endswith(".npy")
+                ]
             total = sum(i.file_size for i in infos)
             for info in infos:
                 limit = min(max_member, (budget or {}).get(info.filename.removesuffix(".npy"), max_member))
@@ -97,7 +107,9 @@ def load_npz_bounded(
             out: dict[str, np.ndarray] = {}
             for info in infos:
                 if not info.filename.endswith(".npy") or "/" in info.filename:
-                    raise BadInputError(f"{what} member {info.filename[:60]!r} is not a .npy array: rebuild the bundle")
+                    raise BadInputError(
+                        f"{what} member {info.filename[:60]!r} is not a .npy array: rebuild the bundle"
+                    )
                 with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
                     if version == (1, 0):
@@ -107,7 +119,9 @@ def load_npz_bounded(
                     else:
                         raise ValueError(f"unknown .npy version {version}")
                     if dtype.hasobject:
-                        raise BadInputError(f"{what} member {info.filename[:60]!r} holds Python objects (pickle): rebuild the bundle")
+                        raise BadInputError(
+                            f"{what} member {info.filename[:60]!r} holds Python objects (pickle): rebuild the bundle"
+                        )
                     count = math.prod(int(d) for d in shape)
                     nbytes = count * dtype.itemsize
                     if nbytes > info.file_size:
@@ -118,7 +132,9 @@ def load_npz_bounded(
                     arr = np.empty(count, dtype=dtype)
                     got = _read_into(f, arr, nbytes)
                 if got != nbytes:
-                    raise BadInputError(f"{what} member {info.filename[:60]!r} is truncated: rebuild the bundle")
+                    raise BadInputError(
+                        f"{what} member {info.filename[:60]!r} is truncated: rebuild the bundle"
+                    )
                 arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
                 out[info.filename[: -len(".npy")]] = arr
             return out
@@ -126,7 +142,9 @@ def load_npz_bounded(
         raise
     except (OSError, zipfile.BadZipFile, ValueError, EOFError, TypeError) as e:
         text = str(e).strip().splitlines()
-        raise BadInputError(f"cannot read {what} ({text[0][:120] if text else type(e).__name__}): rebuild the bundle") from None
+        raise BadInputError(
+            f"cannot read {what} ({text[0][:120] if text else type(e).__name__}): rebuild the bundle"
+        ) from None
 
 
 def load_golden(path: Path, what: str, budget: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:

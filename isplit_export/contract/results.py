@@ -170,13 +170,20 @@ def _run_record(manifest: Manifest, key: str, r: Any, splits: Mapping[str, Mappi
     where = req_str(server, "address_class", RUN_FILE, f"{f}.server.address_class", optional=True) or "unknown"
     if where not in (*ADDRESS_CLASSES, "unknown"):
         raise _bad(RUN_FILE, f"{f}.server.address_class", " or ".join(ADDRESS_CLASSES), where)
-    nbytes = req_int(opt_dict(r, "bytes", RUN_FILE, f"{f}.bytes"), "bundle_bytes_per_image", RUN_FILE,
-                     f"{f}.bytes.bundle_bytes_per_image", lo=1, hi=MAX_ELEMENTS * 8, optional=True)  # fmt: skip
+    nbytes = req_int(
+        opt_dict(r, "bytes", RUN_FILE, f"{f}.bytes"),
+        "bundle_bytes_per_image",
+        RUN_FILE,
+        f"{f}.bytes.bundle_bytes_per_image",
+        lo=1,
+        hi=MAX_ELEMENTS * 8,
+        optional=True,
+    )
     want = (entry.get("boundary") or {}).get("bytes_per_image")
     if nbytes is not None and nbytes != want:
         raise _bad(RUN_FILE, f"{f}.bytes.bundle_bytes_per_image", f"the manifest's {want} of {key}", nbytes)
-    srv = opt_dict(opt_dict(r, "server_compute", RUN_FILE, f"{f}.server_compute"), "ms", RUN_FILE,
-                   f"{f}.server_compute.ms")  # fmt: skip
+    compute = opt_dict(r, "server_compute", RUN_FILE, f"{f}.server_compute")
+    srv = opt_dict(compute, "ms", RUN_FILE, f"{f}.server_compute.ms")
     p50, mean = (_opt_ms(srv, k, f"{f}.server_compute.ms.{k}") for k in ("p50", "mean"))
     head = opt_dict(opt_dict(r, "latency_ms", RUN_FILE, f"{f}.latency_ms"), "head", RUN_FILE, f"{f}.latency_ms.head")
     return RunRecord(

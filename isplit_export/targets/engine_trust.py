@@ -72,8 +72,13 @@ def record_engine(engine: Path, *, bundle: str = "") -> str:
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     records = _load(path)
-    records[digest] = {"tensorrt_version": version, "gpu": gpu, "file": engine.name, "bundle": bundle,
-                       "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    records[digest] = {
+        "tensorrt_version": version,
+        "gpu": gpu,
+        "file": engine.name,
+        "bundle": bundle,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if len(records) > MAX_RECORDS:
         records = dict(sorted(records.items(), key=lambda kv: str(kv[1].get("built")))[-MAX_RECORDS:])
     text = json.dumps({"schema": TRUST_SCHEMA, "engines": records}, indent=1, sort_keys=True) + "\n"

@@ -143,7 +143,13 @@ def _only_output(outputs: Mapping[str, np.ndarray], engine: Path) -> np.ndarray:
 
 
 def run_pair_trt(
-    trt: ModuleType, head: Path, tail: Path, x: np.ndarray, enc: BoundaryEncoding, input_name: str, *,
+    trt: ModuleType,
+    head: Path,
+    tail: Path,
+    x: np.ndarray,
+    enc: BoundaryEncoding,
+    input_name: str,
+    *,
     trust: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Golden inputs through the head then the tail engine, one image at a time.
@@ -174,7 +180,13 @@ def run_pair_trt(
 
 
 def time_engines(
-    trt: ModuleType, head: Path, tail: Path, x: np.ndarray, input_name: str, runs: int = TRT_LATENCY_RUNS, *,
+    trt: ModuleType,
+    head: Path,
+    tail: Path,
+    x: np.ndarray,
+    input_name: str,
+    runs: int = TRT_LATENCY_RUNS,
+    *,
     trust: bool = False,
 ) -> dict[str, float]:
     """Median ms of the head engine on one golden image and of the tail engine on its output,
