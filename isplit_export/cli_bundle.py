@@ -13,6 +13,7 @@ from isplit_export.cli_options import (
     ExpectShaOpt,
     HeadFlopsOpt,
     LatencyOpt,
+    TrustEnginesOpt,
     VerboseOpt,
     _constraints,
     _setup,
@@ -53,6 +54,7 @@ def verify_cmd(
     expect_sha256: ExpectShaOpt = None,
     report: ReportOpt = None,
     no_write: NoWriteOpt = None,
+    trust_engines: TrustEnginesOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
@@ -61,7 +63,8 @@ def verify_cmd(
 
     _setup(verbose)
     write = _result_path(expect_sha256, report, no_write)
-    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256)
+    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256,
+                           trust_engines=trust_engines)
     typer.echo(format_table(result))  # printed first: a read-only bundle still shows its results
     if write:
         typer.echo(f"wrote {write_verification(result, report)}")

@@ -64,6 +64,11 @@ BootstrapOpt = Annotated[
                  show_default=_shown(RankOptions, "bootstrap")),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+TrustEnginesOpt = Annotated[
+    bool,
+    typer.Option("--trust-engines", help="deserialise TensorRT engines that build-engines did not build on this "
+                 "machine (engines shipped on purpose; an engine is code)"),
+]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)")
 ]

@@ -17,9 +17,10 @@ torch, no onnx) and holds, each part in its own module, all of them re-exported 
 - ``paths``: the containment rule (:func:`bundle_path`): a bundle path is relative, has no ``..``,
   crosses no symlink, and still lies inside the bundle after resolving;
 - ``npz``: bounded ``.npz`` loading (:func:`load_npz_bounded`): zip and ``.npy`` headers are checked
-  before anything is decompressed, no pickle;
+  before anything is decompressed, no pickle; goldens read only the members used, each within a budget
+  from the manifest's shapes (:func:`golden_budget`);
 - ``results``: validated accessors for ``ranking.json`` (:func:`read_ranking`), ``verify.json``
-  (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`);
+  (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`: a :class:`RunRecord` per split);
 - ``engine_plan``: ``engine_plan.json`` (:func:`read_engine_plan`) and the checked output paths of
   ``build-engines`` (:func:`engine_output`, :func:`write_output`).
 
@@ -64,9 +65,15 @@ from isplit_export.contract.manifest import (
     split_file,
     validate_manifest,
 )
-from isplit_export.contract.npz import load_golden, load_npz_bounded
+from isplit_export.contract.npz import golden_budget, load_golden, load_npz_bounded
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel, join_rel
-from isplit_export.contract.results import read_ranking, read_runs, read_verify_latencies
+from isplit_export.contract.results import (
+    MIN_LINK_MS,
+    RunRecord,
+    read_ranking,
+    read_runs,
+    read_verify_latencies,
+)
 from isplit_export.contract.schema import (
     ENGINE_PLAN_FILE,
     ENGINE_PLAN_SCHEMA,
@@ -109,6 +116,7 @@ __all__ = [
     "MAX_NPZ_MEMBERS",
     "MAX_NPZ_MEMBER_BYTES",
     "MAX_NPZ_TOTAL_BYTES",
+    "MIN_LINK_MS",
     "PLAN_FILE",
     "RANKING_FILE",
     "RANKING_SCHEMA_PREFIX",
@@ -123,6 +131,7 @@ __all__ = [
     "EnginePart",
     "EnginePlan",
     "Manifest",
+    "RunRecord",
     "bundle_path",
     "bundle_root",
     "check_expected_sha256",
@@ -133,6 +142,7 @@ __all__ = [
     "check_sha256_text",
     "copy_listed",
     "engine_output",
+    "golden_budget",
     "is_rank_output",
     "is_tool_bundle",
     "join_rel",

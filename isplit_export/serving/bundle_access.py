@@ -47,6 +47,8 @@ class SplitAccess:
     split_dir: Path
     engine_plan: Path | None = None
     """``engine_plan.json`` (TensorRT targets): the engines' files, precision and DLA core."""
+    golden_budget: Mapping[str, int] | None = None
+    """Bytes each golden member may expand to (:func:`isplit_export.contract.golden_budget`)."""
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -55,7 +57,7 @@ class SplitAccess:
 
     def load_golden(self) -> dict[str, np.ndarray]:
         """The split's golden ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown)."""
-        return contract.load_golden(self.golden, self.dir + "/golden.npz")
+        return contract.load_golden(self.golden, self.dir + "/golden.npz", self.golden_budget)
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,9 @@ def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str,
         shape=shape,
         bytes_per_image=nbytes,
         split_dir=contract.bundle_path(bundle, entry["dir"]),
-        engine_plan=(
-            contract.split_file(manifest, bundle, entry, "engine_plan_json")
-            if "engine_plan_json" in entry["files"]
-            else None
-        ),
+        engine_plan=(contract.split_file(manifest, bundle, entry, "engine_plan_json")
+                     if "engine_plan_json" in entry["files"] else None),
+        golden_budget=contract.golden_budget(manifest, entry),
     )
 
 
