@@ -10,18 +10,16 @@ import typer
 
 from isplit_export.cli_options import (
     BoundaryKibOpt,
+    ExpectShaOpt,
     HeadFlopsOpt,
     LatencyOpt,
+    TrustEnginesOpt,
     VerboseOpt,
     _constraints,
     _setup,
 )
 from isplit_export.errors import EXIT_GATE_FAILED
 
-ExpectShaOpt = Annotated[
-    str | None,
-    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
-]
 ReportOpt = Annotated[
     Path | None, typer.Option("--report", help="write the result JSON here instead of into the bundle")
 ]
@@ -50,10 +48,13 @@ def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool 
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt")] = "onnxruntime",
-    split: Annotated[int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")] = None,
+    split: Annotated[
+        int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")
+    ] = None,
     expect_sha256: ExpectShaOpt = None,
     report: ReportOpt = None,
     no_write: NoWriteOpt = None,
+    trust_engines: TrustEnginesOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
@@ -62,7 +63,8 @@ def verify_cmd(
 
     _setup(verbose)
     write = _result_path(expect_sha256, report, no_write)
-    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256)
+    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256,
+                           trust_engines=trust_engines)
     typer.echo(format_table(result))  # printed first: a read-only bundle still shows its results
     if write:
         typer.echo(f"wrote {write_verification(result, report)}")
@@ -74,7 +76,9 @@ def plan_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
     link: Annotated[
         str | None,
-        typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured (default: run.json's)"),
+        typer.Option(
+            "--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured (default: run.json's)"
+        ),
     ] = None,
     objective: Annotated[
         str | None, typer.Option("--objective", help="cui, latency or balanced (default: the export's)")
@@ -82,12 +86,15 @@ def plan_cmd(
     server: Annotated[
         str | None, typer.Option("--server", help="server profile for the tail (default: the export's)")
     ] = None,
-    top: Annotated[int | None, typer.Option("--top", help="how many splits to select (default: the export's)")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", help="how many splits to select (default: the export's)")
+    ] = None,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     measured: Annotated[
-        bool, typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only")
+        bool,
+        typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only"),
     ] = True,
     expect_sha256: ExpectShaOpt = None,
     report: ReportOpt = None,

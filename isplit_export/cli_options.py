@@ -23,6 +23,12 @@ def _given(**flags: Any) -> dict[str, Any]:
     return {k: v for k, v in flags.items() if v is not None}
 
 
+ExpectShaOpt = Annotated[
+    str | None,
+    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
+]
+"""``--expect-sha256``, on every command that reads a bundle (verify, plan, build-engines, serve, run); the
+pin itself is one check of the contract (:func:`isplit_export.contract.check_expected_sha256`)."""
 ModelArg = Annotated[
     str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
 ]
@@ -58,6 +64,11 @@ BootstrapOpt = Annotated[
                  show_default=_shown(RankOptions, "bootstrap")),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+TrustEnginesOpt = Annotated[
+    bool,
+    typer.Option("--trust-engines", help="deserialise TensorRT engines that build-engines did not build on this "
+                 "machine (engines shipped on purpose; an engine is code)"),
+]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)")
 ]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from isplit_export.cli_options import _given
+from isplit_export.cli_options import ExpectShaOpt, TrustEnginesOpt, _given
 from isplit_export.options import RunOptions, ServeOptions
 
 _SERVE, _RUN = ServeOptions, RunOptions  # the defaults live in the dataclasses; help texts quote them
@@ -24,8 +24,13 @@ def serve_cmd(
     threads: Annotated[
         int | None, typer.Option("--threads", help=f"onnxruntime threads per tail (default: {_SERVE.threads}; 0: all cores)")
     ] = None,
+    expect_sha256: ExpectShaOpt = None,
 ) -> None:
-    """Serve the bundle's tails over the Open Inference Protocol (gRPC + HTTP) with MLServer (verifies first)."""
+    """Serve the bundle's tails over the Open Inference Protocol (gRPC + HTTP) with MLServer (verifies first).
+
+    Exit codes: 0 stopped by SIGINT/SIGTERM, 1 a modified or unlisted file or another manifest than
+    --expect-sha256, 2 bad input (a port already in use included).
+    """
     from isplit_export.errors import BadInputError
     from isplit_export.serving.serve import serve
 
@@ -35,7 +40,7 @@ def serve_cmd(
             raise BadInputError(f"--split {split!r}: pass a split number (as in splits/NN-*) or 'all'")
         n = int(split)
     serve(ServeOptions(**_given(bundle=bundle, split=n, host=host, port=port, http_port=http_port,
-                                threads=threads)))  # fmt: skip
+                                threads=threads, expect_sha256=expect_sha256)))  # fmt: skip
 
 
 def run_cmd(
@@ -57,23 +62,62 @@ def run_cmd(
     ] = None,
     wait: Annotated[float | None, typer.Option("--wait", help=f"seconds to wait for the server (default: {_RUN.wait_s:g})")] = None,
     backend: Annotated[
-        str | None, typer.Option("--backend", help=f"head runtime: onnxruntime or tensorrt (default: {_RUN.backend})")
+        str | None,
+        typer.Option("--backend", help="head runtime: auto (TensorRT when build-engines built its head engine here, "
+                     f"else onnxruntime), onnxruntime or tensorrt (default: {_RUN.backend})"),
     ] = None,
     threads: Annotated[int | None, typer.Option("--threads", help=f"onnxruntime threads of the head (default: {_RUN.threads})")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="run.json path (default: BUNDLE/run.json)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="run.json path, checked before the first request (default: BUNDLE/run.json)")
+    ] = None,
+    no_write: Annotated[bool, typer.Option("--no-write", help="print the summary only, write no run.json")] = False,
+    fail_after: Annotated[
+        int | None,
+        typer.Option("--fail-after", help=f"stop after N requests in a row failed, the rest skipped (default: "
+                     f"{_RUN.fail_after}; 0: never)"),
+    ] = None,
+    trust_engines: TrustEnginesOpt = False,
+    expect_sha256: ExpectShaOpt = None,
 ) -> None:
     """Run the head here against a served tail: every request measured and accounted for; writes run.json.
 
-    Exit codes: 0 ok, 1 a check failed, 5 no server at --server, 6 requests failed after retries.
+    Exit codes: 0 ok, 1 a check failed (or another manifest than --expect-sha256), 5 no server at --server, 6 requests failed after retries or were
+    skipped (the circuit breaker), 130/143 interrupted (run.json written first).
     """
     from isplit_export.serving.records import format_run
     from isplit_export.serving.run import run
 
-    options = RunOptions(**_given(bundle=bundle, server=server, split=split, data=data, images=images,
-                                  requests=requests, duration_s=duration, concurrency=concurrency, protocol=protocol,
-                                  timeout_ms=timeout_ms, retries=retries, backoff_ms=backoff_ms, wait_s=wait,
-                                  backend=backend, threads=threads, out=out))  # fmt: skip
-    result = run(options)
-    typer.echo(format_run(result.data, result.written))
+    options = RunOptions(
+        **_given(
+            bundle=bundle,
+            server=server,
+            split=split,
+            data=data,
+            images=images,
+            requests=requests,
+            duration_s=duration,
+            concurrency=concurrency,
+            protocol=protocol,
+            timeout_ms=timeout_ms,
+            retries=retries,
+            backoff_ms=backoff_ms,
+            wait_s=wait,
+            backend=backend,
+            threads=threads,
+            out=out,
+            no_write=no_write or None,
+            fail_after=fail_after,
+            trust_engines=trust_engines or None,
+            expect_sha256=expect_sha256,
+        )
+    )
+    result = run(options, write=False)
+    typer.echo(format_run(result.data))  # printed first: the results show even if the file cannot be written
+    written = result.write()
+    if written is not None:
+        typer.echo(f"wrote {written}")
+    stopped = result.interrupted_error()
+    if stopped is not None:
+        raise stopped
     if result.exit_code:
         raise typer.Exit(result.exit_code)

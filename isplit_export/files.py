@@ -6,6 +6,7 @@ ordering), which is what lets two runs of the same command produce identical bun
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -91,3 +92,14 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Read an ``.npz`` fully into memory (never with pickle)."""
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def jsonable(value: Any) -> Any:
+    """An options value as JSON data: paths as POSIX text, tuples as lists, dataclasses as objects."""
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, tuple):
+        return [jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from isplit_export.errors import BadInputError
+from isplit_export.files import jsonable
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 from isplit_export.targets import MIN_DLA_FRACTION
 
@@ -242,7 +243,7 @@ class RankOptions:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.metadata.get("manifest", True):
-                out[f.name] = _jsonable(getattr(self, f.name))
+                out[f.name] = jsonable(getattr(self, f.name))
         return out
 
     def replace(self: T, **changes: Any) -> T:
@@ -322,8 +323,8 @@ DEFAULT_WRITE_RESULT = True
 
 PROTOCOLS = ("grpc", "http")
 """``RunOptions.protocol``: the Open Inference Protocol over gRPC, or JSON over HTTP/REST."""
-RUN_BACKENDS = ("onnxruntime", "tensorrt")
-"""``RunOptions.backend``: what runs the head on the device."""
+RUN_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+"""``RunOptions.backend`` (the head's runtime); ``auto``: TensorRT when its head engine was built here, else onnxruntime."""
 LOOPBACK = "127.0.0.1"
 
 
@@ -345,7 +346,7 @@ class ServeOptions:
     """``isplit-export serve``: the bundle's tails over gRPC (``port``) and HTTP (``http_port``) with MLServer.
 
     ``split`` None serves every split; ``threads`` are the onnxruntime intra-op threads of each tail
-    (0: onnxruntime's default, all cores).
+    (0: onnxruntime's default, all cores); ``expect_sha256`` pins the manifest (checked by the contract).
     """
 
     bundle: Path = Path("bundle")
@@ -355,6 +356,7 @@ class ServeOptions:
     http_port: int | None = None
     """HTTP/REST port (None: ``port + 1``)."""
     threads: int = 0
+    expect_sha256: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle", Path(self.bundle))
@@ -380,7 +382,8 @@ class RunOptions:
     images), ``duration_s`` sends for that long; neither: each image once. ``concurrency`` requests are
     kept in flight. A failed request (error, ``timeout_ms``, wrong answer) is retried ``retries`` times
     after ``backoff_ms``, doubling, at most :data:`MAX_BACKOFF_MS`. The server must be ready within
-    ``wait_s``. ``out`` receives ``run.json`` (None: ``BUNDLE/run.json``).
+    ``wait_s``. ``out``: ``run.json`` (None: ``BUNDLE/run.json``); ``fail_after``: the circuit breaker (docs/serving.md).
+    ``expect_sha256`` pins the manifest.
     """
 
     bundle: Path = Path("bundle")
@@ -396,10 +399,14 @@ class RunOptions:
     retries: int = 6
     backoff_ms: float = 100.0
     wait_s: float = 10.0
-    backend: str = "onnxruntime"
+    backend: str = "auto"
     threads: int = 1
     """onnxruntime intra-op threads of the local head (and of the local reference runs)."""
     out: Path | None = None
+    expect_sha256: str | None = None
+    no_write: bool = False
+    fail_after: int = 5
+    trust_engines: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle", Path(self.bundle))
@@ -423,6 +430,8 @@ class RunOptions:
             (0 <= self.wait_s <= 600, f"--wait {self.wait_s}: pass 0..600 seconds"),
             (self.backend in RUN_BACKENDS, f"--backend {self.backend!r}: choose {' or '.join(RUN_BACKENDS)}"),
             (self.threads >= 0, f"--threads {self.threads}: pass 0 (onnxruntime's default) or more"),
+            (0 <= self.fail_after <= 1_000_000, f"--fail-after {self.fail_after}: pass 0 (never) or a count"),
+            (self.out is None or not self.no_write, "--out and --no-write contradict each other: pass one of them"),
         )  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -487,12 +496,3 @@ def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) 
         raise BadInputError(f"expected {cls.__name__}, got {type(options).__name__}")
     return dataclasses.replace(options, **fields) if fields else options
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return value.as_posix()
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return value

@@ -1,5 +1,5 @@
 """Registers the shared fixtures of ``tests/support/fixtures.py`` for every test (unit and e2e)."""
 
-from tests.support.fixtures import digits_dir, digits_model, digits_weights
+from tests.support.fixtures import digits_dir, digits_model, digits_weights, private_state_dir
 
-__all__ = ["digits_dir", "digits_model", "digits_weights"]
+__all__ = ["digits_dir", "digits_model", "digits_weights", "private_state_dir"]

@@ -17,11 +17,17 @@ constraints, and with the latencies measured so far in place of the estimates:
 - ``verify.json`` rows that carry ``latency_ms`` (``head_ms``, ``tail_ms``) from ``verify --backend
   tensorrt`` on the device, at the device's precision: the head replaces the device estimate.
 
-- ``run.json`` (``isplit-export run`` against a served tail, :mod:`isplit_export.serving.run`): the served
-  tail's compute time replaces the server estimate, the head's time the device estimate when the run's
-  backend is the device's, and with ``--link measured`` (the default when ``--link`` is omitted) the
-  measured link time (round trip minus server compute) replaces the link estimate; splits not run get
-  the run's effective rate (bytes / link time). Each figure is flagged ``measured`` with its source.
+- ``run.json`` (``isplit-export run`` against a served tail, :mod:`isplit_export.serving.run`, read as
+  :class:`~isplit_export.contract.RunRecord`): the served tail's compute time replaces the server
+  estimate, the head's time the device estimate when the run's backend is the device's. The link is
+  the round trip minus the server's compute (transfer and protocol), and only a run against a
+  ``remote`` server measures one: a loopback or same-host round trip is protocol overhead, so from such
+  a run no bandwidth is derived (one note line says so) and the link stays the named one (``--link``,
+  else the export's). With ``--link measured`` (the default when ``--link`` is omitted and a remote run
+  exists) the measured link times replace the estimates of the splits run; the others get the link
+  fitted to the runs (RTT + bytes / bandwidth when the runs had two or more boundary sizes, else the
+  effective rate bytes / link time with RTT 0), range-checked as ``--link`` is.
+  Each figure is flagged ``measured`` with its source.
 
 It writes ``plan.json`` into the bundle (an output, like ``verify.json``: not listed in the manifest,
 not hashed) unless ``write=False``.
@@ -41,7 +47,16 @@ from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import element_bytes
 from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import OBJECTIVES, Constraints
-from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
+from isplit_export.targets.cost import (
+    LINK_MBIT_RANGE,
+    LINK_RTT_RANGE,
+    Compute,
+    Link,
+    boundary_bytes,
+    compute_for,
+    cost_rows,
+    parse_link,
+)
 from isplit_export.targets.profiles import TargetProfile, load_target, validate_profile
 
 if TYPE_CHECKING:
@@ -69,7 +84,7 @@ def build_cost(
     per_cut, baselines = cost_rows(ranking, device, server, link, encoding, bytes_override=bytes_override,
                                    measured=measured)  # fmt: skip
     rows = [
-        {"index": c["index"], "node": c["node"], "cui": c["cui"], "rank": c["rank"],
+        {"index": c["index"], "node": c["node"], "cui": c["cui"], "rank": c.get("rank"),
          "head_flops_share": c["head_flops_share"], "bytes": pc["bytes"], "total_ms": pc["total_ms"]}
         for c, pc in zip(ranking["candidates"], per_cut, strict=True)
     ]  # fmt: skip
@@ -186,47 +201,76 @@ MEASURED_LINK = "measured"
 
 
 def _run_measured(
-    runs: Mapping[str, dict[str, Any]], device_backend: str, link_measured: bool
+    runs: Mapping[str, contract.RunRecord], device_backend: str, link_measured: bool
 ) -> dict[Any, dict[str, Any]]:
     """Measured figures by cut index from ``run.json`` (``isplit-export run``): server compute (p50), the
-    link (round trip p50 minus server compute, only with ``--link measured``) and the head when the run's
-    backend is the device's. ``runs``: :func:`isplit_export.contract.read_runs` (validated)."""
+    link (round trip p50 minus server compute, only with ``--link measured`` and only from a remote
+    server) and the head when the run's backend is the device's. ``runs``: :func:`isplit_export.contract.read_runs`."""
     out: dict[Any, dict[str, Any]] = {}
     for r in runs.values():
-        if not isinstance(r, dict) or not isinstance(r.get("index"), int) or not (r.get("images") or {}).get("ok"):
+        if r.index < 0 or not r.ok:
             continue
-        where = f"{(r.get('server') or {}).get('protocol')} {(r.get('server') or {}).get('address')}, run.json"
-        srv = (r.get("server_compute") or {}).get("ms") or {}
+        where = f"{r.protocol} {r.address}, run.json"
         row: dict[str, Any] = {}
-        server_ms = srv.get("p50", srv.get("mean"))
-        if server_ms is not None:
-            row.update(server_ms=server_ms, server=f"served tail compute p50 ({where})")
-        if link_measured and r.get("link_ms_p50") is not None:
-            row.update(link_ms=r["link_ms_p50"], link=f"round trip p50 minus server compute ({where})")
-        head = ((r.get("latency_ms") or {}).get("head") or {}).get("p50")
-        if head is not None and r.get("backend") == device_backend:
-            row.update(device_ms=head, device=f"head p50, {r.get('backend')} on {r.get('host')} (run.json)")
+        if r.server_ms is not None:
+            row.update(server_ms=r.server_ms, server=f"served tail compute p50 ({where})")
+        if link_measured and r.measures_link:
+            row.update(link_ms=r.link_ms, link=f"round trip p50 minus server compute ({where})")
+        if r.head_ms is not None and r.backend == device_backend:
+            row.update(device_ms=r.head_ms, device=f"head p50, {r.backend} on {r.host} (run.json)")
         if row:
-            out[int(r["index"])] = row
+            out[r.index] = row
     return out
 
 
-def _measured_link(bundle: Path, runs: Mapping[str, dict[str, Any]]) -> Link:
-    """The link of ``--link measured``: run.json's bytes over its measured link time, as a rate with RTT 0.
+def _local_runs_note(runs: Mapping[str, contract.RunRecord], link: str) -> str | None:
+    """The line that says why a run against this machine gives no link (None: no such run)."""
+    local = [r for r in runs.values() if not r.measures_link and r.link_ms is not None]
+    if not local:
+        return None
+    where = ", ".join(sorted({f"{r.address_class} {r.address}" for r in local}))
+    return (
+        f"run.json: {len(local)} run(s) against a server on this machine or of unknown place ({where}): their round "
+        f"trip is protocol overhead, not a network, so no bandwidth is derived from it; the link stays {link} "
+        "(server compute and head times are used)"
+    )
 
-    Splits that were run use their own measured link time; the rate estimates the others.
+
+def _measured_link(bundle: Path, runs: Mapping[str, contract.RunRecord]) -> Link:
+    """The link of ``--link measured`` from the remote runs of run.json: RTT + bytes / bandwidth fitted when
+    they had two or more boundary sizes, else their effective rate (bytes / link time) with RTT 0.
+
+    Splits that were run use their own measured link time; this link estimates the others. Both figures
+    are range-checked as ``--link`` is: anything outside is one line (exit 2).
     """
-    pairs = [(float((r.get("bytes") or {}).get("bundle_bytes_per_image") or 0), float(r["link_ms_p50"]))
-             for r in runs.values() if isinstance(r, dict) and r.get("link_ms_p50")]  # fmt: skip
-    total_ms = sum(ms for _, ms in pairs)
-    if not pairs or total_ms <= 0:
+    pairs = [(float(r.bytes_per_image), float(r.link_ms or 0.0)) for r in runs.values() if r.measures_link]
+    if not pairs:
+        local = sorted({f"{r.address_class} {r.address}" for r in runs.values() if r.link_ms is not None})
+        why = f"no measured link in {bundle / contract.RUN_FILE}"
+        if local:
+            why = f"run.json's runs were against a server on this machine ({', '.join(local)}): no link to measure"
         raise BadInputError(
-            f"no measured link in {bundle / contract.RUN_FILE}: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>], "
-            "or run `isplit-export run` against a served tail first"
+            f"{why}: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>], or run `isplit-export run` against a "
+            "server on another machine"
         )
-    mbit = sum(b for b, _ in pairs) * 8 / (total_ms * 1e3)
-    return Link("measured", float(f"{mbit:.6g}"), 0.0,
-                f"run.json: {len(pairs)} split(s) run; effective rate = bytes / (round trip - server compute)")  # fmt: skip
+    rtt, how = 0.0, "effective rate = bytes / (round trip - server compute), RTT 0"
+    sizes = {b for b, _ in pairs}
+    if len(sizes) >= 2:  # least squares ms = rtt + bytes * slope
+        mb, mm = statistics.fmean(b for b, _ in pairs), statistics.fmean(ms for _, ms in pairs)
+        slope = sum((b - mb) * (ms - mm) for b, ms in pairs) / sum((b - mb) ** 2 for b, _ in pairs)
+        intercept = mm - slope * mb
+        if slope > 0 and intercept >= 0:
+            mbit, rtt = 8.0 / (slope * 1e3), intercept
+            how = f"RTT + bytes / bandwidth fitted to {len(sizes)} boundary sizes"
+    if not rtt and "fitted" not in how:
+        mbit = sum(b for b, _ in pairs) * 8 / (sum(ms for _, ms in pairs) * 1e3)
+    if not (LINK_MBIT_RANGE[0] <= mbit <= LINK_MBIT_RANGE[1] and LINK_RTT_RANGE[0] <= rtt <= LINK_RTT_RANGE[1]):
+        raise BadInputError(
+            f"{contract.RUN_FILE}: its link times give {mbit:.4g} Mbit/s, RTT {rtt:.4g} ms, outside what --link takes "
+            f"({LINK_MBIT_RANGE[0]:g}..{LINK_MBIT_RANGE[1]:g} Mbit/s, RTT {LINK_RTT_RANGE[0]:g}..{LINK_RTT_RANGE[1]:g} ms): "
+            "re-run isplit-export run, or pass --link"
+        )
+    return Link("measured", float(f"{mbit:.6g}"), float(f"{rtt:.6g}"), f"run.json: {len(pairs)} remote run(s); {how}")
 
 
 def plan(
@@ -257,14 +301,18 @@ def plan(
     ranking = contract.read_ranking(m)
     if link is None and not measured:
         raise BadInputError("--estimated needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
-    link_measured = measured and (link is None or link.strip().lower() == MEASURED_LINK)
     runs = contract.read_runs(m) if measured else {}
+    options = manifest.get("options") or {}
+    named = options.get("link") if isinstance(options.get("link"), str) else None
+    if link is None and not any(r.measures_link for r in runs.values()) and named is not None:
+        link = named  # no remote run: the export's named link, not one derived from loopback overhead
+    link_measured = measured and (link is None or link.strip().lower() == MEASURED_LINK)
     lk = _measured_link(bundle, runs) if link_measured else parse_link(str(link))
+    run_note = _local_runs_note(runs, f"{lk.name}") if measured else None
     target_json = manifest.get("target")
     if not isinstance(target_json, dict) or "name" not in target_json:
         raise BadInputError(f"{bundle / contract.MANIFEST_FILE} has no target block: rebuild the bundle")
     device_profile = validate_profile(target_json, "manifest.json target")  # every profile has a cost block
-    options = manifest.get("options") or {}
     objective = objective or str(options.get("objective") or "cui")
     if objective not in OBJECTIVES:
         raise BadInputError(f"manifest.json options.objective {objective!r} is unknown: pass --objective")
@@ -290,6 +338,8 @@ def plan(
     candidates = [{**c, "cost": pc} for c, pc in zip(ranking["candidates"], block["per_cut"], strict=True)]
     exported = [int(s["index"]) for s in manifest["splits"] if s.get("index") is not None]
     cost = {key: v for key, v in block.items() if key != "per_cut"} | {"exported": exported}
+    if run_note is not None:
+        cost["note"] = f"{cost['note']}; {run_note}" if cost.get("note") else run_note
     result = PlanResult(bundle, {**ranking, "candidates": candidates, "cost": cost}, sel, None)
     if write:
         write_plan(result, report)

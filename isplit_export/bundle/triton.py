@@ -34,6 +34,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from isplit_export.contract import MAX_BATCH_SIZE
 from isplit_export.errors import BadInputError, TechnicalError
 
 TRITON_DIR = "triton"
@@ -61,8 +62,7 @@ def entry_engine_plan(entry: Mapping[str, Any]) -> str | None:
     rel = (entry.get("files") or {}).get("engine_plan_json")
     return rel if isinstance(rel, str) else None
 
-MAX_BATCH_SIZE = 8
-"""``max_batch_size`` of every model (the engine plans' ``max_batch`` too): dynamic batching merges up to 8."""
+
 MAX_QUEUE_DELAY_US = 100
 """Dynamic batching waits at most 100 µs for company: negligible next to a network hop."""
 VERSION = "1"
@@ -106,7 +106,10 @@ def tensor_spec(path: Path, *, output: bool) -> tuple[str, str, list[int]]:
     elem = v.type.tensor_type.elem_type
     if elem not in TRITON_TYPES:
         raise TechnicalError(f"{path.name}: {v.name} has ONNX element type {elem}, which Triton cannot serve")
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in v.type.tensor_type.shape.dim]
+    dims = [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+        for d in v.type.tensor_type.shape.dim
+    ]
     return v.name, TRITON_TYPES[elem], dims
 
 
@@ -140,7 +143,7 @@ def config_text(
     return "\n".join(lines) + "\n"
 
 
-def _external_locations(path: Path) -> list[str]:
+def external_locations(path: Path) -> list[str]:
     """The distinct external-data files an ONNX model reads, relative to its folder, in order."""
     model = onnx.load(str(path), load_external_data=False)
     seen: list[str] = []
@@ -208,7 +211,7 @@ def write_repository(root: Path, splits: Sequence[Mapping[str, Any]], *, model: 
         vdir = root / TRITON_DIR / name / VERSION
         vdir.mkdir(parents=True)
         linked = []
-        if _external_locations(tail):  # shared packs: this tail's tensors only, in the version folder
+        if external_locations(tail):  # shared packs: this tail's tensors only, in the version folder
             model_proto = onnx.load(str(tail))  # reads its tensors from the packs
             onnx.save_model(model_proto, str(vdir / "model.onnx"), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=MIN_EXTERNAL_BYTES)  # fmt: skip

@@ -12,12 +12,15 @@ torch, no onnx) and holds, each part in its own module, all of them re-exported 
   the field; hashes (:func:`check_files`, :func:`check_listed`), and the provenance pin
   (:func:`check_expected_sha256`: the manifest's sha256 must be the one CI published); one split
   selection rule (:func:`select_splits`: 1-based position, which equals ``rank``);
+- ``layout``: the closed bundle (:func:`check_layout`, run by :func:`check_files`): every file and
+  folder of the tree is listed in the manifest or is a known output; anything else is named, exit 1;
 - ``paths``: the containment rule (:func:`bundle_path`): a bundle path is relative, has no ``..``,
   crosses no symlink, and still lies inside the bundle after resolving;
 - ``npz``: bounded ``.npz`` loading (:func:`load_npz_bounded`): zip and ``.npy`` headers are checked
-  before anything is decompressed, no pickle;
+  before anything is decompressed, no pickle; goldens read only the members used, each within a budget
+  from the manifest's shapes (:func:`golden_budget`);
 - ``results``: validated accessors for ``ranking.json`` (:func:`read_ranking`), ``verify.json``
-  (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`);
+  (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`: a :class:`RunRecord` per split);
 - ``machine`` / ``verdict``: where the export's gates were measured (:class:`Machine`: CPU, ISA
   features, onnxruntime, threads, exact int8 mode) and their outcome per split and pair
   (:func:`export_verdicts`), both validated on read;
@@ -49,12 +52,14 @@ from isplit_export.contract.jsonio import (
     req_number,
     req_str,
 )
+from isplit_export.contract.layout import TOP_LEVEL_OUTPUTS, check_layout, unlisted_entries
 from isplit_export.contract.machine import Machine
 from isplit_export.contract.manifest import (
     Manifest,
     check_expected_sha256,
     check_files,
     check_listed,
+    copy_listed,
     is_rank_output,
     is_tool_bundle,
     load_manifest,
@@ -64,14 +69,21 @@ from isplit_export.contract.manifest import (
     split_file,
     validate_manifest,
 )
-from isplit_export.contract.npz import load_golden, load_npz_bounded
+from isplit_export.contract.npz import golden_budget, load_golden, load_npz_bounded
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel, join_rel
-from isplit_export.contract.results import read_ranking, read_runs, read_verify_latencies
+from isplit_export.contract.results import (
+    MIN_LINK_MS,
+    RunRecord,
+    read_ranking,
+    read_runs,
+    read_verify_latencies,
+)
 from isplit_export.contract.schema import (
     ENGINE_PLAN_FILE,
     ENGINE_PLAN_SCHEMA,
     ENGINES_DIR,
     MANIFEST_FILE,
+    MAX_BATCH_SIZE,
     MAX_DIM,
     MAX_ELEMENTS,
     MAX_FLOPS,
@@ -89,6 +101,7 @@ from isplit_export.contract.schema import (
     RUN_FILE,
     RUN_SCHEMA,
     SCHEMA,
+    TRITON_ENGINE_FILE,
     VERIFY_FILE,
 )
 from isplit_export.contract.verdict import ExportVerdict, export_machine, export_verdicts
@@ -98,6 +111,7 @@ __all__ = [
     "ENGINE_PLAN_FILE",
     "ENGINE_PLAN_SCHEMA",
     "MANIFEST_FILE",
+    "MAX_BATCH_SIZE",
     "MAX_DIM",
     "MAX_ELEMENTS",
     "MAX_FLOPS",
@@ -107,6 +121,7 @@ __all__ = [
     "MAX_NPZ_MEMBERS",
     "MAX_NPZ_MEMBER_BYTES",
     "MAX_NPZ_TOTAL_BYTES",
+    "MIN_LINK_MS",
     "PLAN_FILE",
     "RANKING_FILE",
     "RANKING_SCHEMA_PREFIX",
@@ -115,22 +130,28 @@ __all__ = [
     "RUN_FILE",
     "RUN_SCHEMA",
     "SCHEMA",
+    "TOP_LEVEL_OUTPUTS",
+    "TRITON_ENGINE_FILE",
     "VERIFY_FILE",
     "EnginePart",
     "EnginePlan",
     "ExportVerdict",
     "Machine",
     "Manifest",
+    "RunRecord",
     "bundle_path",
     "bundle_root",
     "check_expected_sha256",
     "check_files",
+    "check_layout",
     "check_listed",
     "check_rel",
     "check_sha256_text",
+    "copy_listed",
     "engine_output",
     "export_machine",
     "export_verdicts",
+    "golden_budget",
     "is_rank_output",
     "is_tool_bundle",
     "join_rel",
@@ -153,6 +174,7 @@ __all__ = [
     "req_str",
     "select_splits",
     "split_file",
+    "unlisted_entries",
     "validate_manifest",
     "write_output",
 ]

@@ -17,6 +17,7 @@ from isplit_export.contract.schema import (
     MAX_FLOPS,
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
+    RUN_FILE,
     VERIFY_FILE,
 )
 from isplit_export.errors import BadInputError, GateFailedError
@@ -26,6 +27,8 @@ def _rebuild(where: str) -> str:
     """The fix named at the end of each line: verify.json is re-made by verify, the rest by an export."""
     if where.endswith(VERIFY_FILE):
         return "re-run isplit-export verify, or plan with --estimated"
+    if where.endswith(RUN_FILE):
+        return "re-run isplit-export run, or plan with --estimated"
     return "rebuild the bundle (isplit-export MODEL --out DIR)"
 
 

@@ -22,6 +22,7 @@ from isplit_export.contract.jsonio import (
     req_number,
     req_str,
 )
+from isplit_export.contract.layout import check_layout
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel
 from isplit_export.contract.schema import (
     _TENSOR_NAME,
@@ -67,13 +68,17 @@ def _validate_split(s: Any, i: int, src: str) -> None:
         req_str(files, k, src, f"{f}.files.{k}")
         check_rel(v, f"{src} {f}.files.{k}")
     if s.get("rank") is not None and req_int(s, "rank", src, f"{f}.rank", lo=1) != i + 1:
-        raise BadInputError(f"{src}: field '{f}.rank' must be {i + 1} (splits are stored in rank order): {_rebuild(src)}")
+        raise BadInputError(
+            f"{src}: field '{f}.rank' must be {i + 1} (splits are stored in rank order): {_rebuild(src)}"
+        )
     req_int(s, "index", src, f"{f}.index", optional=True)
     req_str(s, "node", src, f"{f}.node", optional=True)
     b = opt_dict(s, "boundary", src, f"{f}.boundary")
     req_str(b, "encoding", src, f"{f}.boundary.encoding", optional=True)
     req_str(b, "dtype", src, f"{f}.boundary.dtype", optional=True)
-    req_int(b, "bytes_per_image", src, f"{f}.boundary.bytes_per_image", lo=0, hi=MAX_ELEMENTS * 8, optional=True)
+    req_int(
+        b, "bytes_per_image", src, f"{f}.boundary.bytes_per_image", lo=0, hi=MAX_ELEMENTS * 8, optional=True
+    )
     req_number(b, "scale", src, f"{f}.boundary.scale", lo=0.0, hi=1e30, positive=True, optional=True)
     req_int(b, "zero_point", src, f"{f}.boundary.zero_point", lo=0, hi=255, optional=True)
 
@@ -119,7 +124,9 @@ def validate_manifest(m: Any, src: str = MANIFEST_FILE) -> dict[str, Any]:
     cons = opt_dict(options, "constraints", src, "options.constraints")
     for k in cons:
         if k not in ("max_head_flops", "max_boundary_kib", "max_latency_ms"):
-            raise BadInputError(f"{src}: field 'options.constraints.{k}' is not a constraint: {_rebuild(src)}")
+            raise BadInputError(
+                f"{src}: field 'options.constraints.{k}' is not a constraint: {_rebuild(src)}"
+            )
         req_number(cons, k, src, f"options.constraints.{k}", hi=1e12, positive=True, optional=True)
     inp = opt_dict(m, "input", src)
     name = req_str(inp, "name", src, "input.name", optional=True)
@@ -184,7 +191,9 @@ def check_expected_sha256(manifest: Manifest | Path | str, expected: str | None)
 def is_tool_bundle(path: Path) -> bool:
     """True when ``path`` holds a readable ``manifest.json`` of schema :data:`SCHEMA` (used by ``--force``)."""
     try:
-        data = parse_json(_read_bytes(Path(path) / MANIFEST_FILE, MANIFEST_FILE, MAX_JSON_BYTES), MANIFEST_FILE)
+        data = parse_json(
+            _read_bytes(Path(path) / MANIFEST_FILE, MANIFEST_FILE, MAX_JSON_BYTES), MANIFEST_FILE
+        )
     except (BadInputError, GateFailedError):
         return False
     return isinstance(data, dict) and data.get("schema") == SCHEMA
@@ -223,10 +232,10 @@ def _hash_one(bundle: Path, rel: str, expected: str) -> Path:
 
 
 def check_files(bundle: Path | str, manifest: Manifest | Mapping[str, Any]) -> None:
-    """Re-hash every file of ``manifest["files"]`` and ``report.md`` (``run.report_sha256``).
+    """Re-hash every file of ``manifest["files"]`` and ``report.md`` (``run.report_sha256``), and refuse
+    anything else in the bundle tree but the known outputs (:func:`~isplit_export.contract.layout.check_layout`).
 
-    Raises :class:`GateFailedError` naming the first missing, modified, symlinked or escaping file.
-    Files the manifest does not list (``verify.json``, ``plan.json``, ``engines/``) are ignored.
+    Raises :class:`GateFailedError` naming the first missing, modified, symlinked, escaping or unlisted file.
     """
     data = manifest.data if isinstance(manifest, Manifest) else validate_manifest(dict(manifest))
     root = Path(bundle)
@@ -235,13 +244,16 @@ def check_files(bundle: Path | str, manifest: Manifest | Mapping[str, Any]) -> N
     run = data.get("run") or {}
     if run.get("report_sha256") is not None:
         _hash_one(root, REPORT_FILE, run["report_sha256"])
+    check_layout(root, data)
 
 
 def check_listed(manifest: Manifest, rel: str, what: str) -> Path:
     """The bundle file ``rel``, which must be listed (hashed) in the manifest; re-hashed here."""
     entry = manifest.data["files"].get(rel)
     if entry is None:
-        raise GateFailedError(f"{what} {rel} is not listed (hashed) in manifest.json files: rebuild the bundle")
+        raise GateFailedError(
+            f"{what} {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
+        )
     return _hash_one(manifest.bundle, rel, entry["sha256"])
 
 
@@ -249,7 +261,9 @@ def check_listed(manifest: Manifest, rel: str, what: str) -> Path:
 # splits
 
 
-def select_splits(manifest: Manifest | Mapping[str, Any], split: int | None) -> list[tuple[int, dict[str, Any]]]:
+def select_splits(
+    manifest: Manifest | Mapping[str, Any], split: int | None
+) -> list[tuple[int, dict[str, Any]]]:
     """``(NN, entry)`` of the splits to use: all, or only split ``split`` (1-based position == its rank)."""
     data = manifest.data if isinstance(manifest, Manifest) else manifest
     splits: list[dict[str, Any]] = data["splits"]
@@ -262,12 +276,54 @@ def select_splits(manifest: Manifest | Mapping[str, Any], split: int | None) -> 
     return [(split, splits[split - 1])]
 
 
-def split_file(manifest: Manifest | Mapping[str, Any], bundle: Path, entry: Mapping[str, Any], key: str) -> Path:
+def split_file(
+    manifest: Manifest | Mapping[str, Any], bundle: Path, entry: Mapping[str, Any], key: str
+) -> Path:
     """The split's file ``key`` (head, tail, golden...), which must be one of the hashed files."""
     data = manifest.data if isinstance(manifest, Manifest) else manifest
     rel = entry["files"].get(key)
     if not isinstance(rel, str):
         raise BadInputError(f"manifest.json split {entry['dir']} has no '{key}' file: rebuild the bundle")
     if rel not in data["files"]:
-        raise GateFailedError(f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle")
+        raise GateFailedError(
+            f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
+        )
     return bundle_path(Path(bundle), rel)
+
+
+def copy_listed(manifest: Manifest | Mapping[str, Any], bundle: Path, rel: str, dest: Path) -> Path:
+    """Copy the listed bundle file ``rel`` to ``dest`` (outside the bundle), hashing the bytes as they are
+    copied: the copy is what the manifest hashed, whatever happens to the bundle afterwards.
+
+    Raises :class:`GateFailedError` when ``rel`` is not listed, is missing, or its bytes differ (the
+    partial copy is removed).
+    """
+    data = manifest.data if isinstance(manifest, Manifest) else manifest
+    entry = data["files"].get(rel)
+    if entry is None:
+        raise GateFailedError(
+            f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
+        )
+    src = bundle_path(Path(bundle), rel)
+    if not src.is_file():
+        raise GateFailedError(
+            f"bundle file {rel} is missing (listed in manifest.json): rebuild the bundle or restore the file"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    try:
+        with open(src, "rb") as f, open(dest, "xb") as out:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as e:
+        dest.unlink(missing_ok=True)
+        raise BadInputError(
+            f"cannot copy bundle file {rel} ({e.strerror}): fix its permissions or free disk space"
+        ) from None
+    if digest.hexdigest() != entry["sha256"]:
+        dest.unlink(missing_ok=True)
+        raise GateFailedError(
+            f"bundle file {rel} was modified (its sha256 differs from manifest.json): rebuild the bundle or restore the file"
+        )
+    return dest

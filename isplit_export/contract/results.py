@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from isplit_export.contract.jsonio import (
@@ -108,16 +109,107 @@ def read_verify_latencies(manifest: Manifest) -> list[dict[str, Any]]:
     return out
 
 
-def _opt_number(obj: Mapping[str, Any], key: str, src: str, field: str) -> float | None:
-    v = req_number(obj, key, src, field, lo=0.0, hi=MAX_MS, optional=True)
+MIN_LINK_MS = 1e-3
+"""The smallest link time a run.json may carry (1 µs): below it no transfer took place, and a rate derived
+from it would be unbounded (``5e-324`` ms gives ``inf`` Mbit/s)."""
+ADDRESS_CLASSES = ("loopback", "same-host", "remote")
+"""``run.json`` ``server.address_class``: where the server was, seen from the client (only ``remote``
+measures a link)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What ``plan`` takes from one ``run.json`` entry, validated against the manifest.
+
+    ``link_ms``: round trip p50 minus the server's compute (transfer + protocol); ``server_ms``: the
+    served tail's compute (p50, else the mean); ``head_ms``: the head's p50 with ``backend``.
+    """
+
+    dir: str
+    index: int
+    ok: int
+    bytes_per_image: int
+    address: str
+    protocol: str
+    address_class: str
+    """``loopback``, ``same-host``, ``remote``; ``unknown`` for runs recorded before the field existed."""
+    backend: str | None
+    host: str | None
+    server_ms: float | None
+    link_ms: float | None
+    head_ms: float | None
+
+    @property
+    def measures_link(self) -> bool:
+        """A link time from a server on this machine is protocol overhead, not a network: only ``remote``."""
+        return self.address_class == "remote" and self.link_ms is not None and self.ok > 0
+
+
+def _opt_ms(obj: Mapping[str, Any], key: str, field: str, *, lo: float = 0.0) -> float | None:
+    v = req_number(obj, key, RUN_FILE, field, lo=lo, hi=MAX_MS, optional=True)
     return None if v is None else float(v)
 
 
-def read_runs(manifest: Manifest) -> dict[str, dict[str, Any]]:
+def _run_record(manifest: Manifest, key: str, r: Any, splits: Mapping[str, Mapping[str, Any]]) -> RunRecord:
+    f = f"runs.{key}"
+    if not isinstance(r, dict):
+        raise _bad(RUN_FILE, f, "an object", r)
+    entry = splits.get(key)
+    if entry is None:
+        raise BadInputError(
+            f"{RUN_FILE}: entry {key[:80]!r} names no split of the bundle's manifest: re-run isplit-export run, "
+            "or plan with --estimated"
+        )
+    if r.get("split", key) != key:
+        raise _bad(RUN_FILE, f"{f}.split", repr(key), r.get("split"))
+    index = req_int(r, "index", RUN_FILE, f"{f}.index", optional=True)
+    if index != entry.get("index"):
+        raise _bad(RUN_FILE, f"{f}.index", f"the manifest's index of {key} ({entry.get('index')})", index)
+    ok = req_int(opt_dict(r, "images", RUN_FILE, f"{f}.images"), "ok", RUN_FILE, f"{f}.images.ok", optional=True)
+    server = opt_dict(r, "server", RUN_FILE, f"{f}.server")
+    where = req_str(server, "address_class", RUN_FILE, f"{f}.server.address_class", optional=True) or "unknown"
+    if where not in (*ADDRESS_CLASSES, "unknown"):
+        raise _bad(RUN_FILE, f"{f}.server.address_class", " or ".join(ADDRESS_CLASSES), where)
+    nbytes = req_int(
+        opt_dict(r, "bytes", RUN_FILE, f"{f}.bytes"),
+        "bundle_bytes_per_image",
+        RUN_FILE,
+        f"{f}.bytes.bundle_bytes_per_image",
+        lo=1,
+        hi=MAX_ELEMENTS * 8,
+        optional=True,
+    )
+    want = (entry.get("boundary") or {}).get("bytes_per_image")
+    if nbytes is not None and nbytes != want:
+        raise _bad(RUN_FILE, f"{f}.bytes.bundle_bytes_per_image", f"the manifest's {want} of {key}", nbytes)
+    compute = opt_dict(r, "server_compute", RUN_FILE, f"{f}.server_compute")
+    srv = opt_dict(compute, "ms", RUN_FILE, f"{f}.server_compute.ms")
+    p50, mean = (_opt_ms(srv, k, f"{f}.server_compute.ms.{k}") for k in ("p50", "mean"))
+    head = opt_dict(opt_dict(r, "latency_ms", RUN_FILE, f"{f}.latency_ms"), "head", RUN_FILE, f"{f}.latency_ms.head")
+    return RunRecord(
+        dir=key,
+        index=int(index) if index is not None else -1,
+        ok=int(ok or 0),
+        bytes_per_image=int(nbytes if nbytes is not None else want or 0),
+        address=str(req_str(server, "address", RUN_FILE, f"{f}.server.address", optional=True) or "?"),
+        protocol=str(req_str(server, "protocol", RUN_FILE, f"{f}.server.protocol", optional=True) or "?"),
+        address_class=where,
+        backend=req_str(r, "backend", RUN_FILE, f"{f}.backend", optional=True),
+        host=req_str(r, "host", RUN_FILE, f"{f}.host", optional=True),
+        server_ms=p50 if p50 is not None else mean,
+        link_ms=_opt_ms(r, "link_ms_p50", f"{f}.link_ms_p50", lo=MIN_LINK_MS),
+        head_ms=_opt_ms(head, "p50", f"{f}.latency_ms.head.p50"),
+    )
+
+
+def read_runs(manifest: Manifest) -> dict[str, RunRecord]:
     """``run.json`` (``isplit-export run``) by split dir, every figure that ``plan`` uses validated.
 
     Like ``verify.json`` it is an output, not hashed: used only when it names this manifest (its
-    ``manifest_sha256``), with every measured figure finite, non-negative and bounded. Absent: ``{}``.
+    ``manifest_sha256``). Each entry must name a split of the manifest (its dir, index and boundary
+    bytes), every measured figure must be finite and in range (a link time of at least
+    :data:`MIN_LINK_MS`); anything else is one line, exit 2 (re-run ``run``, or plan with
+    ``--estimated``). Absent: ``{}``.
     """
     path = manifest.bundle / RUN_FILE
     if not os.path.lexists(path):
@@ -132,24 +224,5 @@ def read_runs(manifest: Manifest) -> dict[str, dict[str, Any]]:
             "or plan with --estimated"
         )
     runs = req_dict(doc, "runs", RUN_FILE)
-    for key, r in runs.items():
-        f = f"runs.{key}"
-        if not isinstance(r, dict):
-            raise _bad(RUN_FILE, f, "an object", r)
-        req_int(r, "index", RUN_FILE, f"{f}.index", optional=True)
-        req_int(opt_dict(r, "images", RUN_FILE, f"{f}.images"), "ok", RUN_FILE, f"{f}.images.ok", optional=True)
-        server = opt_dict(r, "server", RUN_FILE, f"{f}.server")
-        for k in ("protocol", "address"):
-            req_str(server, k, RUN_FILE, f"{f}.server.{k}", optional=True)
-        for k in ("backend", "host"):
-            req_str(r, k, RUN_FILE, f"{f}.{k}", optional=True)
-        srv = opt_dict(opt_dict(r, "server_compute", RUN_FILE, f"{f}.server_compute"), "ms", RUN_FILE,
-                       f"{f}.server_compute.ms")  # fmt: skip
-        for k in ("p50", "mean"):
-            _opt_number(srv, k, RUN_FILE, f"{f}.server_compute.ms.{k}")
-        _opt_number(r, "link_ms_p50", RUN_FILE, f"{f}.link_ms_p50")
-        head = opt_dict(opt_dict(r, "latency_ms", RUN_FILE, f"{f}.latency_ms"), "head", RUN_FILE, f"{f}.latency_ms.head")
-        _opt_number(head, "p50", RUN_FILE, f"{f}.latency_ms.head.p50")
-        req_int(opt_dict(r, "bytes", RUN_FILE, f"{f}.bytes"), "bundle_bytes_per_image", RUN_FILE,
-                f"{f}.bytes.bundle_bytes_per_image", lo=0, hi=MAX_ELEMENTS * 8, optional=True)  # fmt: skip
-    return runs
+    splits = {str(s.get("dir")): s for s in manifest.data.get("splits") or [] if isinstance(s, dict)}
+    return {str(key): _run_record(manifest, str(key), r, splits) for key, r in runs.items()}

@@ -16,6 +16,10 @@ ENGINE_PLAN_FILE = "engine_plan.json"
 ENGINE_PLAN_SCHEMA = "isplit.engine_plan/1"
 ENGINES_DIR = "engines"
 """Inside a split folder: the only place ``build-engines`` writes (engines, timing cache, build.json)."""
+TRITON_ENGINE_FILE = "model.plan"
+"""``triton/<model>/1/model.plan``: where a Triton server's own tail engine goes (built there, not shipped)."""
+MAX_BATCH_SIZE = 8
+"""Largest batch a served tail takes: the Triton configs' ``max_batch_size`` and the engine plans' ``max_batch``."""
 RANKING_SCHEMA_PREFIX = "isplit.ranking/"
 RANK_OUTPUT_FILES = frozenset({"ranking.json", "cui.png", "cde.png", "probe.png", "tradeoff.png"})
 """What ``isplit-export rank --out`` writes: a folder holding only these is a rank output of this tool."""

@@ -47,6 +47,8 @@ class SplitAccess:
     split_dir: Path
     engine_plan: Path | None = None
     """``engine_plan.json`` (TensorRT targets): the engines' files, precision and DLA core."""
+    golden_budget: Mapping[str, int] | None = None
+    """Bytes each golden member may expand to (:func:`isplit_export.contract.golden_budget`)."""
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -55,7 +57,7 @@ class SplitAccess:
 
     def load_golden(self) -> dict[str, np.ndarray]:
         """The split's golden ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown)."""
-        return contract.load_golden(self.golden, self.dir + "/golden.npz")
+        return contract.load_golden(self.golden, self.dir + "/golden.npz", self.golden_budget)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,9 @@ def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str,
         raise BadInputError(f"manifest.json split {entry['dir']} has no boundary shape: rebuild the bundle")
     nbytes = b.get("bytes_per_image")
     if not isinstance(nbytes, int) or nbytes < 1:
-        raise BadInputError(f"manifest.json split {entry['dir']} has no boundary bytes_per_image: rebuild the bundle")
+        raise BadInputError(
+            f"manifest.json split {entry['dir']} has no boundary bytes_per_image: rebuild the bundle"
+        )
     index = entry.get("index")
     return SplitAccess(
         pos=pos,
@@ -131,16 +135,22 @@ def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str,
         split_dir=contract.bundle_path(bundle, entry["dir"]),
         engine_plan=(contract.split_file(manifest, bundle, entry, "engine_plan_json")
                      if "engine_plan_json" in entry["files"] else None),
+        golden_budget=contract.golden_budget(manifest, entry),
     )
 
 
-def open_bundle(bundle: Path | str, split: int | None = None, *, verify: bool = True) -> BundleAccess:
-    """Read ``bundle``'s manifest, select ``split`` (None: all) and, with ``verify``, re-hash every file.
+def open_bundle(
+    bundle: Path | str, split: int | None = None, *, verify: bool = True, expect_sha256: str | None = None
+) -> BundleAccess:
+    """Read ``bundle``'s manifest, pin it to ``expect_sha256`` (None: no pin), select ``split`` (None: all)
+    and, with ``verify``, re-hash every file and refuse unlisted ones.
 
-    Raises :class:`BadInputError` (no bundle, bad manifest, split out of range) or
-    :class:`GateFailedError` naming the first missing or modified file.
+    Raises :class:`BadInputError` (no bundle, bad manifest, malformed pin, split out of range) or
+    :class:`GateFailedError` naming the first missing, modified or unlisted file, or a manifest other
+    than the pinned one.
     """
     m = contract.read_manifest(bundle)
+    contract.check_expected_sha256(m, expect_sha256)
     root, manifest = m.bundle, m.data
     selected = contract.select_splits(m, split)
     if verify:
@@ -154,7 +164,3 @@ def open_bundle(bundle: Path | str, split: int | None = None, *, verify: bool = 
         splits=tuple(_split(root, manifest, pos, entry) for pos, entry in selected),
         full=full,
     )
-
-
-
-

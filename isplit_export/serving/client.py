@@ -25,6 +25,67 @@ DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int8": "IN
 GRPC_PREFIX_BYTES = 5
 """gRPC length-prefixed message: 1 flag byte + 4 length bytes before each protobuf message."""
 _MAX_MESSAGE = 2**31 - 1
+RESPONSE_OVERHEAD_BYTES = 64 << 10
+"""Room for everything in a response besides the logits: names, shape, parameters, framing; and for the
+control answers (readiness, metadata, statistics), which are a few hundred bytes."""
+BYTES_PER_LOGIT = {"grpc": 4, "http": 32}
+"""A float32 logit in the response: 4 bytes raw (gRPC), at most 32 characters as JSON text (HTTP)."""
+
+
+def response_limit(protocol: str, classes: int, batch: int = 1) -> int:
+    """The most bytes a response may have: ``batch`` x ``classes`` logits plus the overhead. A server
+    that sends more is refused before the client holds it (a hostile server cannot fill its memory)."""
+    return RESPONSE_OVERHEAD_BYTES + BYTES_PER_LOGIT[protocol] * max(classes, 0) * max(batch, 1)
+
+
+class _BoundedResponse:
+    """An HTTP response read at most ``limit`` bytes far: a larger ``Content-Length`` is refused before the
+    body is read, a chunked body is read in blocks and refused past the limit, a compressed body (never
+    asked for: it could expand without bound) is refused. The connection is then dropped, not reused."""
+
+    def __init__(self, response: Any, limit: int) -> None:
+        self._r, self._limit = response, limit
+        if response.get("Content-Encoding") not in (None, "identity"):
+            self._refuse(f"the server sent a {response.get('Content-Encoding')}-compressed response, never asked for")
+        length = response.get("Content-Length")
+        if length is not None and (not str(length).isdigit() or int(length) > limit):
+            self._refuse(f"the server's response declares {length} bytes, over the {limit}-byte limit for the logits")
+
+    def _refuse(self, why: str) -> None:
+        pool, sock = getattr(self._r, "_pool", None), getattr(self._r, "_sock", None)
+        with contextlib.suppress(Exception):  # drop the connection: its unread body must not be reused
+            if pool is not None and sock is not None:
+                pool.release_socket(sock)
+            elif sock is not None:
+                sock.close()
+            self._r._sock = self._r._pool = None
+        raise ResponseTooLargeError(f"{why}: refused")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._r.get(key, default)
+
+    @property
+    def status_code(self) -> int:
+        return int(self._r.status_code)
+
+    def read(self, length: int | None = None) -> bytes:
+        if length is not None and length >= 0:
+            return bytes(self._r.read(min(length, self._limit + 1)))
+        parts: list[bytes] = []
+        total = 0
+        while chunk := self._r.read(64 << 10):
+            total += len(chunk)
+            if total > self._limit:
+                self._refuse(f"the server's response exceeds the {self._limit}-byte limit for the logits")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._r, name)
+
+
+class ResponseTooLargeError(ValueError):
+    """A response over :func:`response_limit` (or compressed): refused, the request fails (and is retried)."""
 
 
 class ServerUnreachableError(IsplitError):
@@ -34,11 +95,16 @@ class ServerUnreachableError(IsplitError):
 
 
 class Client:
-    """One tritonclient connection (gRPC or HTTP JSON) to one model; one per worker thread."""
+    """One tritonclient connection (gRPC or HTTP JSON) to one model; one per worker thread.
 
-    def __init__(self, options: RunOptions, model: str) -> None:
+    Responses are bounded by :func:`response_limit` for ``classes`` logits (gRPC's receive limit; the HTTP
+    body read through :class:`_BoundedResponse`); ``classes`` 0 allows the control answers only.
+    """
+
+    def __init__(self, options: RunOptions, model: str, classes: int = 0) -> None:
         self.protocol = options.protocol
         self.model = model
+        self.limit = response_limit(options.protocol, classes)
         self.timeout_s = options.timeout_ms / 1000.0
         # control calls (ready, metadata, statistics) are bounded too: a hung server cannot stall the run
         self._ctl: dict[str, float] = {"client_timeout": max(self.timeout_s, 1.0)} if self.protocol == "grpc" else {}
@@ -50,7 +116,7 @@ class Client:
                 options.server,
                 channel_args=[
                     ("grpc.max_send_message_length", _MAX_MESSAGE),
-                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                    ("grpc.max_receive_message_length", self.limit),
                     # reconnect quickly after a server restart (gRPC's default backoff grows to 120 s)
                     ("grpc.initial_reconnect_backoff_ms", 100),
                     ("grpc.min_reconnect_backoff_ms", 100),
@@ -64,6 +130,12 @@ class Client:
             self._client = httpclient.InferenceServerClient(
                 options.server, connection_timeout=max(self.timeout_s, 1.0), network_timeout=self.timeout_s
             )
+            # tritonclient reads a whole body into memory: every response goes through the bounded reader
+            # (its connection object is private API, pinned by the tests of a server sending 300 MB)
+            stub = self._client._client_stub
+            post, get = stub.post, stub.get
+            stub.post = lambda *a, **kw: _BoundedResponse(post(*a, **kw), self.limit)
+            stub.get = lambda *a, **kw: _BoundedResponse(get(*a, **kw), self.limit)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken connection must not hide the run's result
@@ -210,5 +282,5 @@ def send(
     return inp, None
 
 
-__all__ = ["DATATYPES", "EXIT_UNREACHABLE", "GRPC_PREFIX_BYTES", "Client", "ServerUnreachableError", "send",
-           "wait_ready"]
+__all__ = ["DATATYPES", "EXIT_UNREACHABLE", "GRPC_PREFIX_BYTES", "Client", "ResponseTooLargeError",
+           "ServerUnreachableError", "response_limit", "send", "wait_ready"]

@@ -7,7 +7,6 @@ the local pair (head + tail here) and the full model give the logits the served 
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export.errors import BadInputError, NotRunError
+from isplit_export import contract
+from isplit_export.errors import BadInputError, GateFailedError, NotRunError
 from isplit_export.exporting.encoding import encode_array
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.options import RunOptions
@@ -101,14 +101,48 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
 # the head here
 
 
-class Head:
-    """The split's head on this machine: onnxruntime, or its TensorRT engine (``--backend tensorrt``)."""
+def _head_engine(bundle: BundleAccess, split: SplitAccess) -> tuple[Path, int | None]:
+    """The split's head engine file and DLA core, from its ``engine_plan.json`` read through the contract
+    (validated, paths inside the split's ``engines/``)."""
+    if split.engine_plan is None:
+        raise BadInputError(f"split {split.dir} has no engine build plan: export the bundle for a TensorRT target")
+    m = contract.read_manifest(bundle.root)
+    if m.sha256 != bundle.manifest_sha256:
+        raise GateFailedError(f"{bundle.root}/manifest.json changed while the run started: run again")
+    (_, entry), *_ = contract.select_splits(m, split.pos)
+    head = contract.read_engine_plan(m, entry).parts["head"]
+    if not head.engine.is_file():
+        raise NotRunError(f"no engine {head.engine}: run isplit-export build-engines {bundle.root} first")
+    return head.engine, head.dla_core
 
-    def __init__(self, bundle: BundleAccess, split: SplitAccess, backend: str, threads: int) -> None:
+
+def choose_backend(bundle: BundleAccess, split: SplitAccess, backend: str, trust: bool) -> tuple[str, str]:
+    """(the head's runtime, why): ``auto`` takes the TensorRT head engine when TensorRT imports here and
+    ``build-engines`` built that engine on this machine (or ``trust``), else onnxruntime."""
+    if backend != "auto":
+        return backend, f"--backend {backend}"
+    from isplit_export.targets import engine_trust, trt_backend  # lazy: imports tensorrt
+
+    if not trt_backend.tensorrt_available():
+        return "onnxruntime", "auto: TensorRT does not import here"
+    try:
+        engine, _ = _head_engine(bundle, split)
+    except (BadInputError, NotRunError) as e:
+        return "onnxruntime", f"auto: no TensorRT head engine ({first_line(e).split(':')[0]})"
+    if not (trust or engine_trust.trusted(engine.read_bytes())):
+        return "onnxruntime", f"auto: {engine.name} was not built here by build-engines"
+    return "tensorrt", f"auto: {engine.name}, built here by build-engines"
+
+
+class Head:
+    """The split's head on this machine: onnxruntime, or its TensorRT engine (``--backend tensorrt``, or
+    ``auto`` where :func:`choose_backend` finds one built here). ``why`` says which and why, in a few words."""
+
+    def __init__(self, bundle: BundleAccess, split: SplitAccess, backend: str, threads: int, trust: bool = False) -> None:
         self.split = split
-        self.backend = backend
+        self.backend, self.why = choose_backend(bundle, split, backend, trust)
         self._input = bundle.input_name
-        if backend == "onnxruntime":
+        if self.backend == "onnxruntime":
             self._session = make_session(split.head, threads=threads)
             self._name = self._session.get_inputs()[0].name
             return
@@ -119,16 +153,10 @@ class Head:
                 "TensorRT is not available on this machine: run with --backend tensorrt on the device, "
                 "or use --backend onnxruntime"
             )
-        if split.engine_plan is None:
-            raise BadInputError(f"split {split.dir} has no engine build plan: export the bundle for a TensorRT target")
-        plan = json.loads(split.engine_plan.read_text(encoding="utf-8"))
-        head = plan["engines"]["head"]
-        self._engine = split.split_dir / str(head["engine"])
-        self._dla = head.get("dla_core") if isinstance(head.get("dla_core"), int) else None
-        if not self._engine.is_file():
-            raise NotRunError(f"no engine {self._engine}: run isplit-export build-engines {bundle.root} first")
+        self._engine, self._dla = _head_engine(bundle, split)
         trt_backend.check_engine_record(split.split_dir)
-        self._loaded = trt_backend.Engine(self._engine, dla_core=self._dla)  # loaded once for the whole run
+        # loaded once for the whole run; only an engine built here (or --trust-engines) is deserialised
+        self._loaded = trt_backend.Engine(self._engine, dla_core=self._dla, trust=trust)
         self._lock = threading.Lock()  # one execution context: one request at a time through it
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -180,4 +208,4 @@ def local_latency(split: SplitAccess, images: list[Image_], threads: int) -> dic
     return {k: round(v, 4) for k, v in lat.items()}
 
 
-__all__ = ["Head", "Image_", "load_images", "local_latency", "local_reference", "preprocess_image"]
+__all__ = ["Head", "Image_", "choose_backend", "load_images", "local_latency", "local_reference", "preprocess_image"]

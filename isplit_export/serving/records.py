@@ -4,7 +4,9 @@ entry (percentiles, bytes, checks, the accounting of every request), the file, a
 
 from __future__ import annotations
 
+import ipaddress
 import platform
+import socket
 import threading
 import time
 from array import array
@@ -18,6 +20,7 @@ from isplit_export import contract, numbers
 from isplit_export.errors import BadInputError, IsplitError
 from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import RunOptions, parse_address
+from isplit_export.outdir import check_writable_file
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
 from isplit_export.verification.gates import gate_for
 from isplit_export.verification.metrics import compare_logits
@@ -165,6 +168,7 @@ def run_entry(
     payload = sorted(rec.payload)
     listed = sorted(rec.failures, key=lambda f: int(f["request"]))
     host, port = parse_address(options.server)
+    where = address_class(host)
     passed = bool(goldens.get("passed")) and bool(vs_pair.get("passed")) and not counts["failed"] and not counts["skipped"]
     return {
         "split": split.dir,
@@ -172,7 +176,7 @@ def run_entry(
         "model": split.model,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.platform(),
-        "server": {"address": f"{host}:{port}", "protocol": options.protocol},
+        "server": {"address": f"{host}:{port}", "protocol": options.protocol, "address_class": where},
         "backend": options.backend,
         "options": {"requests": options.requests, "duration_s": options.duration_s, "concurrency": options.concurrency,
                     "timeout_ms": options.timeout_ms, "retries": options.retries, "backoff_ms": options.backoff_ms,
@@ -202,9 +206,57 @@ def run_entry(
     }
 
 
-def write_run(options: RunOptions, bundle: BundleAccess, split: SplitAccess, data: dict[str, Any]) -> Path:
-    """Merge the split's entry into run.json (other splits' entries of the same manifest are kept)."""
-    path = options.out if options.out is not None else bundle.root / RUN_FILE
+def address_class(host: str) -> str:
+    """Where the server is, seen from here: ``loopback`` (127.0.0.0/8, ::1, localhost), ``same-host`` (an
+    address of this machine) or ``remote``; ``plan`` derives a link only from ``remote`` runs.
+
+    Same host: a UDP socket "connected" to the address (no packet is sent) gets that very address as its
+    own source address; an unresolvable name counts as remote.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+    except (OSError, UnicodeError):
+        return "remote"
+    classes = set()
+    for family, _, _, _, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if ip.is_loopback or ip.is_unspecified:
+            classes.add("loopback")
+            continue
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((str(ip), 9))
+                own = ipaddress.ip_address(str(s.getsockname()[0]).split("%")[0])
+        except OSError:
+            own = None
+        classes.add("same-host" if own == ip else "remote")
+    for c in ("loopback", "same-host"):
+        if c in classes:
+            return c
+    return "remote"
+
+
+def check_run_path(options: RunOptions, root: Path) -> Path | None:
+    """Where run.json goes (None: ``--no-write``), checked before the first request: not a folder, its
+    folder exists, writable (probed for real; a read-only bundle is named as such). One line, exit 2."""
+    if options.no_write:
+        return None
+    path = options.out if options.out is not None else root / RUN_FILE
+    flag = "--out" if options.out is not None else f"run.json in the bundle ({root})"
+    hint = "pass --out FILE or --no-write" if options.out is None else "pass a writable --out FILE or --no-write"
+    if path.is_dir():
+        raise BadInputError(f"{flag} {path} is a directory: {hint}")
+    if not path.parent.is_dir():
+        raise BadInputError(f"{flag}: folder {path.parent} does not exist: create it, or {hint}")
+    try:
+        check_writable_file(path, "--out")
+    except BadInputError as e:
+        raise BadInputError(f"cannot write {path} (a read-only bundle or folder?): {hint}") from e
+    return path
+
+
+def write_run(path: Path, bundle: BundleAccess, split: SplitAccess, data: dict[str, Any]) -> Path:
+    """Merge the split's entry into run.json at ``path`` (other splits' entries of the same manifest are kept)."""
     runs: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -219,7 +271,7 @@ def write_run(options: RunOptions, bundle: BundleAccess, split: SplitAccess, dat
     try:
         write_text_atomic(path, json_dumps(doc))
     except OSError as e:
-        raise BadInputError(f"cannot write {path} ({first_line(e)}): make the bundle writable or pass --out FILE") from e
+        raise BadInputError(f"cannot write {path} ({first_line(e)}): pass a writable --out FILE, or --no-write") from e
     return path
 
 
@@ -233,9 +285,11 @@ def _fmt(v: Any) -> str:
 
 def format_run(data: dict[str, Any], written: Path | None = None) -> str:
     """The latency table, agreement, bytes and the accounting of every image."""
+    choice = f" ({data['backend_choice']})" if data.get("backend_choice") else ""
     lines = [
         f"split {data['split']} -> model {data['model']} at {data['server']['address']} ({data['server']['protocol']}), "
-        f"{data['images']['requests']} requests, concurrency {data['options']['concurrency']}, backend {data['backend']}",
+        f"{data['images']['requests']} requests, concurrency {data['options']['concurrency']}, "
+        f"head on {data['backend']}{choice}",
         f"{'ms':16} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'n':>6}",
     ]
     rows: list[tuple[str, Any]] = [(k.replace("_", " "), v) for k, v in data["latency_ms"].items()]
@@ -266,6 +320,9 @@ def format_run(data: dict[str, Any], written: Path | None = None) -> str:
         lines.append(f"check failed: {reason}")
     c = data["images"]
     lines.append(f"requests: {c['ok']} ok, {c['failed']} failed after retries, {c['skipped']} skipped")
+    stopped = data.get("stopped") or {}
+    if stopped.get("reason") == "circuit breaker":
+        lines.append(f"stopped: {stopped['fail_after']} requests in a row failed (--fail-after); the rest were not sent")
     for f in data["failures"][:10]:
         lines.append(f"  request {f['request']} ({f['image']}): {f['status']} after {f['attempts']} attempt(s): {f['error']}")
     if written is not None:
@@ -273,5 +330,5 @@ def format_run(data: dict[str, Any], written: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MAX_LISTED_FAILURES", "RUN_FILE", "RUN_SCHEMA", "Recorder", "Request", "first_line", "format_run",
-           "rounded", "run_entry", "stats", "write_run"]
+__all__ = ["MAX_LISTED_FAILURES", "RUN_FILE", "RUN_SCHEMA", "Recorder", "Request", "address_class",
+           "check_run_path", "first_line", "format_run", "rounded", "run_entry", "stats", "write_run"]

@@ -14,15 +14,25 @@ model (``full.onnx`` run here), accuracy where labels are known, the served logi
 pair's (the fp32 gate: same ONNX, other process), and the bundle's goldens sent through the server
 (the encoding's gate, as ``verify``).
 
+``--out`` (default ``BUNDLE/run.json``) is checked before the first request (a folder, a missing parent
+folder, an unwritable file or a read-only bundle: one line, exit 2); ``--no-write`` writes nothing. The
+CLI prints the summary first, then writes the file. The head runs with ``--backend auto`` (the default)
+on the TensorRT head engine when TensorRT imports and ``build-engines`` built that engine on this
+machine, else on onnxruntime; the summary's first line says which, and why.
+
 Faults, all bounded: the server must be ready within ``--wait`` seconds, else one line naming the
 address and the fix (:data:`isplit_export.serving.client.EXIT_UNREACHABLE`). A request that errors, exceeds ``--timeout-ms`` or
 comes back with the wrong name, shape or dtype is retried ``--retries`` times with exponential
 backoff (``--backoff-ms``, doubling, capped at :data:`~isplit_export.options.MAX_BACKOFF_MS`). Every
 request ends as exactly one of ``ok``, ``failed`` (after its retries) or ``skipped`` (never sent: the
 run was interrupted, or its image could not be read); ``run.json`` counts each and lists the failed
-ones. Exit codes: 0 all ok and every check passed; 1 a check failed (goldens, agreement with the
+ones. A circuit breaker stops a run whose server is gone: after ``--fail-after`` consecutive failed
+requests (default 5; 0: never) nothing more is sent and the requests not sent yet are counted as
+skipped. Responses are bounded (:func:`~isplit_export.serving.client.response_limit`: the logits of one
+image plus 64 KiB). Exit codes: 0 all ok and every check passed; 1 a check failed (goldens, agreement with the
 local pair); :data:`isplit_export.serving.client.EXIT_UNREACHABLE` (5) no server; :data:`EXIT_REQUESTS_FAILED` (6) some request
-failed after its retries or was skipped; 2 bad input; 130 interrupted.
+failed after its retries or was skipped (the circuit breaker included); 2 bad input; 130 interrupted
+(143: SIGTERM), after run.json was written with the accounting (the error line says where).
 
 ``run.json`` (schema :data:`isplit_export.contract.RUN_SCHEMA`, strict JSON, documented in ``docs/serving.md``) goes into the
 bundle by default, keyed by split so that runs of several splits add up; ``isplit-export plan`` then
@@ -43,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export.errors import BadInputError
+from isplit_export.errors import BadInputError, IsplitError
 from isplit_export.options import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_bundle
 from isplit_export.serving.client import (
@@ -56,6 +66,7 @@ from isplit_export.serving.local import Head, Image_, load_images, local_latency
 from isplit_export.serving.records import (
     Recorder,
     Request,
+    check_run_path,
     rounded,
     run_entry,
     write_run,
@@ -65,6 +76,16 @@ from isplit_export.verification.metrics import compare_logits
 
 EXIT_REQUESTS_FAILED = 6
 """At least one request failed after its retries, or was skipped."""
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class RunInterruptedError(IsplitError):
+    """Ctrl-C or SIGTERM stopped the run after run.json was written (or ``--no-write``): the one line says
+    what was written, with the accounting; exit 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -72,13 +93,37 @@ class RunResult:
     """The run's record (``data`` is run.json's entry for the split), its exit code, where it went.
 
     ``served``: per distinct image (index into the run's images), the served logits that differed most
-    from the local pair's (what ``vs_local_pair`` compared).
+    from the local pair's (what ``vs_local_pair`` compared). ``path``: where :meth:`write` puts run.json
+    (None: ``--no-write``); ``written`` once it did.
     """
 
     data: dict[str, Any]
     exit_code: int
     written: Path | None
     served: dict[int, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+    bundle: BundleAccess | None = None
+    split: SplitAccess | None = None
+
+    def write(self) -> Path | None:
+        """Merge the entry into run.json at :attr:`path` (nothing with ``--no-write``); returns the path."""
+        if self.path is not None and self.bundle is not None and self.split is not None and self.written is None:
+            self.written = write_run(self.path, self.bundle, self.split, self.data)
+        return self.written
+
+    def interrupted_error(self) -> RunInterruptedError | None:
+        """The one line of an interrupted run (what was written, the accounting), or None."""
+        if not self.data.get("interrupted"):
+            return None
+        stopped = self.data.get("stopped") or {}
+        c = self.data["images"]
+        where = f"wrote {self.written}" if self.written is not None else "nothing written (--no-write)"
+        sig = str(stopped.get("signal") or "SIGINT")
+        return RunInterruptedError(
+            f"{'terminated (SIGTERM)' if sig == 'SIGTERM' else 'interrupted'}: {where} with every request "
+            f"accounted for: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (not sent)",
+            EXIT_SIGNAL.get(sig, 130),
+        )
 
 
 def _rss_mib() -> float | None:
@@ -132,26 +177,35 @@ def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: i
             "passed": ok, "failures": reasons}  # fmt: skip
 
 
-def run(options: RunOptions, on_result: Callable[[Request], None] | None = None) -> RunResult:
-    """Run the split against the server; see the module docstring. ``on_result`` sees each finished request."""
-    bundle = open_bundle(options.bundle, options.split, verify=True)
+def run(options: RunOptions, on_result: Callable[[Request], None] | None = None, *, write: bool = True) -> RunResult:
+    """Run the split against the server; see the module docstring. ``on_result`` sees each finished request.
+
+    ``--out`` is checked before anything is sent. With ``write`` the entry goes into run.json here (the CLI
+    passes False: it prints the summary first, then calls :meth:`RunResult.write`).
+    """
+    bundle = open_bundle(options.bundle, options.split, verify=True, expect_sha256=options.expect_sha256)
+    path = check_run_path(options, bundle.root)  # before the first request: a run's results are kept
     split = bundle.splits[0]
     classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
     if classes < 1:
         raise BadInputError("manifest.json model block has no num_classes: rebuild the bundle")
     images, source = load_images(options, bundle, split)
-    head = Head(bundle, split, options.backend, options.threads)
+    head = Head(bundle, split, options.backend, options.threads, options.trust_engines)
     try:
-        return _run(options, on_result, bundle, split, classes, images, source, head)
+        result = _run(options, on_result, bundle, split, classes, images, source, head)
     finally:
         head.close()
+    result.path, result.bundle, result.split = path, bundle, split
+    if write:
+        result.write()
+    return result
 
 
 def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundle: BundleAccess, split: SplitAccess,
          classes: int, images: list[Image_], source: str, head: Head) -> RunResult:  # fmt: skip
     """:func:`run` once the bundle, the images and the head are loaded."""
     wait_ready(options, split.model)
-    probe = Client(options, split.model)
+    probe = Client(options, split.model, classes)
     try:
         dtype, shape = probe.metadata()
         want = DATATYPES[split.encoding.dtype]
@@ -165,7 +219,7 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
     finally:
         probe.close()
     ref = local_reference(bundle, split, images, head, options.threads)
-    local = local_latency(split, images, options.threads) if options.backend == "onnxruntime" else None
+    local = local_latency(split, images, options.threads) if head.backend == "onnxruntime" else None
 
     total = options.requests if options.requests is not None else (None if options.duration_s else len(images))
     deadline = time.monotonic() + options.duration_s if options.duration_s is not None else None
@@ -174,9 +228,21 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
     lock = threading.Lock()
     wire: list[int] = []
     flight = [0, 0]  # requests in flight now, most at once
+    streak = [0]  # consecutive failed requests (the circuit breaker's count)
+    tripped: list[str] = []
+
+    def breaker(req: Request) -> None:
+        """Count a failed request; ``fail_after`` in a row (the server is gone) stop the schedule."""
+        if req.status not in ("ok", "failed"):
+            return
+        with lock:
+            streak[0] = streak[0] + 1 if req.status == "failed" else 0
+            if options.fail_after and streak[0] >= options.fail_after and not tripped:
+                tripped.append(str(req.error))
+                sched.stop.set()
 
     def worker() -> None:
-        client = Client(options, split.model)
+        client = Client(options, split.model, classes)
         try:
             while (n := sched.next()) is not None:
                 i = n % len(images)
@@ -203,6 +269,7 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
                     if req.status == "ok":
                         req.end_to_end_ms = (req.head_ms or 0.0) + (req.encode_ms or 0.0) + (req.round_trip_ms or 0.0)
                 rec.add(req, logits)
+                breaker(req)
                 if on_result is not None:
                     on_result(req)
         finally:
@@ -210,7 +277,8 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
 
     rss: list[float] = []
     interrupted = False
-    previous = _install_sigterm()
+    signals: list[str] = []
+    previous = _install_sigterm(signals)
     t0 = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="isplit-run") as pool:
@@ -230,27 +298,38 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
         _restore_sigterm(previous)
     wall = time.perf_counter() - t0
     stats_after = None
-    if not rec.ms["server"]:
-        probe = Client(options, split.model)
+    if not rec.ms["server"] and not tripped:
+        probe = Client(options, split.model, classes)
         stats_after = probe.compute_statistics()
         probe.close()
-    if total is not None and sched.issued < total:  # never sent: interrupted
+    why = "not sent: the run was interrupted"
+    if tripped:
+        why = f"not sent: {options.fail_after} requests in a row failed (--fail-after), the last: {tripped[0]}"
+    if total is not None and sched.issued < total:  # never sent: interrupted, or the circuit breaker
         for n in range(sched.issued, total):
-            rec.add(Request(n=n, image=n % len(images), error="not sent: the run was interrupted"), None)
+            rec.add(Request(n=n, image=n % len(images), error=why[:300]), None)
     data = run_entry(options, split, source, images, ref, rec, goldens, local, wire, wall, rss,
                    stats_before, stats_after, interrupted)  # fmt: skip
     data["in_flight_max"] = flight[1]
-    written = write_run(options, bundle, split, data)
-    code = 130 if interrupted else _exit_code(data)
-    return RunResult(data=data, exit_code=code, written=written, served={i: w[1] for i, w in rec.worst.items()})
+    data["backend"], data["backend_choice"] = head.backend, head.why
+    sig = signals[0] if signals else "SIGINT"
+    data["stopped"] = None
+    if tripped:
+        data["stopped"] = {"reason": "circuit breaker", "fail_after": options.fail_after, "last_error": tripped[0]}
+    elif interrupted:
+        data["stopped"] = {"reason": "signal", "signal": sig}
+    code = EXIT_SIGNAL[sig] if interrupted else _exit_code(data)
+    return RunResult(data=data, exit_code=code, written=None, served={i: w[1] for i, w in rec.worst.items()})
 
 
-def _install_sigterm() -> Any:
-    """SIGTERM stops the run like Ctrl-C (the main thread only; elsewhere nothing is installed)."""
+def _install_sigterm(signals: list[str]) -> Any:
+    """SIGTERM stops the run like Ctrl-C (the main thread only; elsewhere nothing is installed); ``signals``
+    records it."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum: int, frame: Any) -> None:
+        signals.append("SIGTERM")
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
@@ -268,4 +347,4 @@ def _exit_code(data: dict[str, Any]) -> int:
     return 0 if data["passed"] else 1
 
 
-__all__ = ["EXIT_REQUESTS_FAILED", "RunResult", "run"]
+__all__ = ["EXIT_REQUESTS_FAILED", "RunInterruptedError", "RunResult", "run"]

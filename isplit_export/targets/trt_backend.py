@@ -23,6 +23,7 @@ import numpy as np
 from isplit_export import contract
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, TechnicalError
 from isplit_export.files import sha256_file
+from isplit_export.targets import engine_trust
 from isplit_export.targets.cuda_runtime import CudaRuntime, current_gpu_name
 from isplit_export.targets.engine_plan import RECORD_NAME, RECORD_SCHEMA, check_tensorrt_version
 
@@ -273,6 +274,8 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
                 expected_fallback=[str(f["node"]) for f in dla.get("fallback", [])] if part == "head" and dla else None,
             )
             built[part] = {"file": spec.engine_rel, **report}
+            # outside the bundle: what lets verify and run deserialise this engine on this machine
+            engine_trust.record_engine(spec.engine, bundle=str(m.bundle))
         record: dict[str, Any] = {
             "schema": RECORD_SCHEMA,
             "builder": "python",
@@ -375,10 +378,11 @@ class Engine:
     larger batch comes. Floating feeds are cast to the engine's input type (fp32 <-> fp16); any other type
     mismatch is refused. ``dla_core`` selects the DLA core a DLA engine runs on (default: TensorRT's
     choice). One call at a time (an execution context is not re-entrant): callers that share one across
-    threads hold a lock. Use it as a context manager, or call :meth:`close`.
+    threads hold a lock. Use it as a context manager, or call :meth:`close`. Only engines ``build-engines``
+    built on this machine are deserialised (:mod:`~isplit_export.targets.engine_trust`), unless ``trust``.
     """
 
-    def __init__(self, engine_path: Path, *, dla_core: int | None = None) -> None:
+    def __init__(self, engine_path: Path, *, dla_core: int | None = None, trust: bool = False) -> None:
         _require_tensorrt()
         import tensorrt as trt
 
@@ -389,7 +393,9 @@ class Engine:
         runtime = trt.Runtime(self._logger)
         if dla_core is not None:
             runtime.DLA_core = dla_core
-        engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        data = engine_path.read_bytes()
+        engine_trust.require_trusted(engine_path, data, trust=trust)  # the very bytes deserialised next
+        engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise BadInputError(
                 f"TensorRT {trt.__version__} cannot load {engine_path.name} (built elsewhere?): rebuild it with build_engines.sh"

@@ -143,7 +143,14 @@ def _only_output(outputs: Mapping[str, np.ndarray], engine: Path) -> np.ndarray:
 
 
 def run_pair_trt(
-    trt: ModuleType, head: Path, tail: Path, x: np.ndarray, enc: BoundaryEncoding, input_name: str
+    trt: ModuleType,
+    head: Path,
+    tail: Path,
+    x: np.ndarray,
+    enc: BoundaryEncoding,
+    input_name: str,
+    *,
+    trust: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Golden inputs through the head then the tail engine, one image at a time.
 
@@ -155,11 +162,11 @@ def run_pair_trt(
     casts floats to the engine's type). When the head emits the encoded dtype, the tail takes it as is.
     The head is fed by the manifest's input name, the tail by the bundle's ``boundary`` name.
     ``trt`` is :mod:`isplit_export.targets.trt_backend`, passed in so that this module stays torch-
-    and TensorRT-free at import time.
+    and TensorRT-free at import time. ``trust``: deserialise engines not built here (``--trust-engines``).
     """
     boundaries: list[np.ndarray] = []
     logits: list[np.ndarray] = []
-    with trt.Engine(head) as head_engine, trt.Engine(tail) as tail_engine:
+    with trt.Engine(head, trust=trust) as head_engine, trt.Engine(tail, trust=trust) as tail_engine:
         for i in range(x.shape[0]):
             b = _only_output(head_engine({input_name: np.ascontiguousarray(x[i : i + 1])}), head)
             if b.dtype == np.dtype(enc.dtype):  # the engines carry the codec nodes themselves
@@ -173,13 +180,20 @@ def run_pair_trt(
 
 
 def time_engines(
-    trt: ModuleType, head: Path, tail: Path, x: np.ndarray, input_name: str, runs: int = TRT_LATENCY_RUNS
+    trt: ModuleType,
+    head: Path,
+    tail: Path,
+    x: np.ndarray,
+    input_name: str,
+    runs: int = TRT_LATENCY_RUNS,
+    *,
+    trust: bool = False,
 ) -> dict[str, float]:
     """Median ms of the head engine on one golden image and of the tail engine on its output,
     interleaved by :func:`median_ms`, to 4 decimals (each engine loaded once: a call is the host-device
     copies and the inference); ``isplit-export plan`` uses these in place of the cost model's estimates."""
     feed = {input_name: np.ascontiguousarray(x[:1])}
-    with trt.Engine(head) as head_engine, trt.Engine(tail) as tail_engine:
+    with trt.Engine(head, trust=trust) as head_engine, trt.Engine(tail, trust=trust) as tail_engine:
         boundary = {"boundary": _only_output(head_engine(feed), head)}
         calls = {"head_ms": lambda: head_engine(feed), "tail_ms": lambda: tail_engine(boundary)}
         ms = median_ms(calls, warmup=5, runs=runs)

@@ -112,7 +112,8 @@ def _verify_onnx(
     """The exported pair (gate of the boundary encoding) and, if listed, the INT8 QDQ pair."""
     enc = split_encoding(manifest, entry)
     golden_rel = entry["files"].get("golden")
-    golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(golden_rel))
+    golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(golden_rel),
+                                  contract.golden_budget(manifest, entry))
     head, tail = contract.split_file(manifest, bundle, entry, "head"), contract.split_file(manifest, bundle, entry, "tail")
     boundary, logits = run_pair_onnx(head, tail, golden["input"])
     rows = [
@@ -169,10 +170,11 @@ def _engines(split_dir: Path) -> list[str]:
 
 
 def _verify_tensorrt(
-    bundle: Path, manifest: Mapping[str, Any], selected: list[tuple[int, dict[str, Any]]]
+    bundle: Path, manifest: Mapping[str, Any], selected: list[tuple[int, dict[str, Any]]], trust: bool = False
 ) -> list[SplitVerification]:
-    """Every engine pair present in the selected splits, after checking that each split has one."""
-    from isplit_export.targets import trt_backend  # lazy: imports tensorrt
+    """Every engine pair present in the selected splits, after checking that each split has one and that
+    every engine was built on this machine by ``build-engines`` (or ``trust``: ``--trust-engines``)."""
+    from isplit_export.targets import engine_trust, trt_backend  # lazy: imports tensorrt
 
     if not trt_backend.tensorrt_available():
         raise NotRunError(
@@ -187,14 +189,19 @@ def _verify_tensorrt(
                 f"no engines in {entry['dir']}/engines: run build_engines.sh or isplit-export build-engines first"
             )
         plan.append((pos, entry, precisions))
-    for _, entry, _ in plan:
+    for _, entry, precisions in plan:
         trt_backend.check_engine_record(contract.bundle_path(bundle, entry["dir"]))
+        edir = contract.bundle_path(bundle, entry["dir"]) / contract.ENGINES_DIR
+        for p in precisions:  # all refused before any engine is deserialised
+            for part in ("head", "tail"):
+                engine_trust.require_trusted_file(edir / f"{part}.{p}.engine", trust=trust)
 
     input_name = str(manifest.get("input", {}).get("name", "input"))
     rows: list[SplitVerification] = []
     for pos, entry, precisions in plan:
         enc = split_encoding(manifest, entry)
-        golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(entry["files"]["golden"]))
+        golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(entry["files"]["golden"]),
+                                      contract.golden_budget(manifest, entry))
         edir = contract.bundle_path(bundle, entry["dir"]) / "engines"
         for p in precisions:
             gate = gate_for(enc.name, p, "tensorrt")
@@ -205,6 +212,7 @@ def _verify_tensorrt(
                 golden["input"],
                 enc,
                 input_name,
+                trust=trust,
             )
             # TF32 / fp16 / int8 kernels move the boundary too: hold it to the gate's relative bound.
             rel = max(BOUNDARY_FLOAT_TOLERANCE.get(enc.dtype, 1e-4), gate.max_abs_rel)
@@ -225,7 +233,7 @@ def _verify_tensorrt(
                     reference=golden.get("logits_int8") if p == "int8" else None,
                 )
             head_e, tail_e = edir / f"head.{p}.engine", edir / f"tail.{p}.engine"
-            row.latency_ms = time_engines(trt_backend, head_e, tail_e, golden["input"], input_name)
+            row.latency_ms = time_engines(trt_backend, head_e, tail_e, golden["input"], input_name, trust=trust)
             rows.append(row)
     return rows
 
@@ -236,7 +244,7 @@ def _verify_tensorrt(
 
 def verify_bundle(
     bundle: Path | str, *, backend: str = "onnxruntime", split: int | None = None, write: bool = True,
-    expect_sha256: str | None = None, report: Path | None = None,
+    expect_sha256: str | None = None, report: Path | None = None, trust_engines: bool = False,
 ) -> BundleVerification:  # fmt: skip
     """Re-hash ``bundle`` and re-run its goldens on ``backend``; see the module docstring.
 
@@ -244,6 +252,8 @@ def verify_bundle(
     hashes are always checked for the whole bundle. ``expect_sha256`` pins the manifest to the value CI
     published (:func:`isplit_export.contract.check_expected_sha256`). With ``write`` the result goes to
     ``report`` or else ``bundle/verify.json`` (an output of verify, not part of the hashed bundle).
+    ``trust_engines`` deserialises engines that ``build-engines`` did not build on this machine
+    (:mod:`isplit_export.targets.engine_trust`); without it they are refused (exit 2).
 
     Raises:
         BadInputError: unknown backend, unreadable/invalid manifest, split out of range.
@@ -264,7 +274,7 @@ def verify_bundle(
     if backend == "onnxruntime":
         rows = [row for pos, entry in selected for row in _verify_onnx(bundle, manifest, pos, entry)]
     else:
-        rows = _verify_tensorrt(bundle, manifest, selected)
+        rows = _verify_tensorrt(bundle, manifest, selected, trust_engines)
     positions = {pos for pos, _ in selected}
     export = [v for v in contract.export_verdicts(manifest) if v.split in positions]
     replayed = bool(rows) and all(r.passed for r in rows)

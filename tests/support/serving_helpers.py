@@ -24,7 +24,7 @@ class Server:
     """``isplit-export serve BUNDLE`` on two free loopback ports, started and stopped by the caller."""
 
     def __init__(self, bundle: Path, *, split: str = "all", port: int | None = None, http_port: int | None = None,
-                 log: Path | None = None, cwd: Path | None = None) -> None:  # fmt: skip
+                 log: Path | None = None, cwd: Path | None = None, extra: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.bundle = bundle
         self.cwd = cwd
         """Working directory of the server process (a relative ``bundle`` is resolved there)."""
@@ -32,6 +32,8 @@ class Server:
         self.port = port or free_port()
         self.http_port = http_port or free_port()
         self.log = log
+        self.extra = extra
+        """More ``serve`` arguments (``--expect-sha256 ...``)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +43,7 @@ class Server:
     def start(self) -> Server:
         """Start the server process (does not wait for it)."""
         cmd = [sys.executable, "-m", "isplit_export.cli", "serve", str(self.bundle), "--split", self.split,
-               "--host", LOOPBACK, "--port", str(self.port), "--http-port", str(self.http_port), "--threads", "1"]  # fmt: skip
+               "--host", LOOPBACK, "--port", str(self.port), "--http-port", str(self.http_port), "--threads", "1", *self.extra]  # fmt: skip
         out = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)

@@ -359,7 +359,8 @@ def _onnx_engine_backend(loads: list[str]) -> types.ModuleType:
     fake.check_engine_record = lambda split_dir: {}  # type: ignore[attr-defined]
 
     class Engine:
-        def __init__(self, engine_path: Path, *, dla_core: int | None = None) -> None:
+        def __init__(self, engine_path: Path, *, dla_core: int | None = None, trust: bool = False) -> None:
+            assert trust  # copied ONNX files, not built here: only --trust-engines lets them load
             loads.append(f"{engine_path.parent.parent.name}/{engine_path.name}")
             self.sess = make_session(engine_path)
 
@@ -392,7 +393,7 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
         (sdir / "engines").mkdir()
         shutil.copy(sdir / "head.onnx", sdir / "engines/head.fp16.engine")
         shutil.copy(sdir / "tail.onnx", sdir / "engines/tail.fp16.engine")
-    result = verify_bundle(bundle, backend="tensorrt")
+    result = verify_bundle(bundle, backend="tensorrt", trust_engines=True)
     assert result.passed, format_table(result)
     assert [(r.split, r.check, r.gate.name) for r in result.rows] == [
         (1, "tensorrt-fp16", "trt-fp16"), (2, "tensorrt-fp16", "trt-fp16"),
