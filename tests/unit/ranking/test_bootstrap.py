@@ -57,7 +57,9 @@ def _sums(scores: np.ndarray, keys: np.ndarray, batch: int, seed: int = 0) -> Bo
 def test_poisson_weights_are_a_pure_function_of_seed_and_index() -> None:
     all_w = poisson_weights(7, np.arange(50), B)
     assert all_w.shape == (50, B) and all_w.dtype == np.int64
-    np.testing.assert_array_equal(poisson_weights(7, [13, 2, 40], B), all_w[[13, 2, 40]])  # any order, any batch
+    np.testing.assert_array_equal(
+        poisson_weights(7, [13, 2, 40], B), all_w[[13, 2, 40]]
+    )  # any order, any batch
     assert not np.array_equal(poisson_weights(8, np.arange(50), B), all_w)  # the seed matters
     many = poisson_weights(0, np.arange(20_000), 50).ravel()  # 10^6 draws
     assert many.min() >= 0 and many.max() <= MAX_WEIGHT
@@ -136,7 +138,9 @@ def test_memory_does_not_depend_on_the_number_of_images(digits_scores: tuple[np.
     small, large = _sums(scores[:30], keys[:30], 16), _sums(scores, keys, 16)
     per_key = B * (2 * cuts + 1) * 8  # hi and lo [B, cuts] float64, n [B] int64
     for boot in (small, large):
-        assert all(boot.hi[k].shape == boot.lo[k].shape == (B, cuts) and boot.n[k].shape == (B,) for k in boot.hi)
+        assert all(
+            boot.hi[k].shape == boot.lo[k].shape == (B, cuts) and boot.n[k].shape == (B,) for k in boot.hi
+        )
         assert boot.nbytes == len(boot.hi) * per_key
     assert len(large.hi) == 10  # one slot per class key, however many images: at most the 10 digits
     assert large.nbytes <= 10 * per_key and large.seen == 200
@@ -238,7 +242,9 @@ def test_rank_stability_on_a_case_built_to_be_ambiguous() -> None:
     imp, _ = _ambiguous()
     reps = imp.replicate_cui()
     assert reps is not None
-    r = Ranking("toy", "none", 60, None, "top", _toy_cuts(6), imp.cui(), 48, top=3, replicates=reps, bootstrap_seed=0)
+    r = Ranking(
+        "toy", "none", 60, None, "top", _toy_cuts(6), imp.cui(), 48, top=3, replicates=reps, bootstrap_seed=0
+    )
     ranks = r.ranks
     assert ranks[5] == 1 and {ranks[1], ranks[3]} == {2, 3}
     unc = summarize(r.cui, reps, ranks)
@@ -264,7 +270,9 @@ def test_rank_stability_on_a_case_built_to_be_ambiguous() -> None:
                for row in rows)  # fmt: skip
     lines = r.table().splitlines()
     assert lines[0].split()[-2:] == ["stable", "ties"]
-    assert lines[1].split()[-2:] == ["100%", "-"] and lines[2].split()[-1] == "3" and lines[3].split()[-1] == "2"
+    assert (
+        lines[1].split()[-2:] == ["100%", "-"] and lines[2].split()[-1] == "3" and lines[3].split()[-1] == "2"
+    )
 
 
 def test_clear_order_is_stable() -> None:
@@ -295,12 +303,19 @@ def test_empty_replicates_of_a_small_subset_are_left_out() -> None:
 def test_cui_plot_has_error_bars() -> None:
     imp, _ = _ambiguous()
     cuts = _toy_cuts(6)
-    with_ci = Ranking("toy", "none", 60, None, "top", cuts, imp.cui(), 48, top=2, replicates=imp.replicate_cui())
+    with_ci = Ranking(
+        "toy", "none", 60, None, "top", cuts, imp.cui(), 48, top=2, replicates=imp.replicate_cui()
+    )
     without = Ranking("toy", "none", 60, None, "top", cuts, imp.cui(), 48, top=2)
 
     def ci_artists(data: dict[str, object]) -> list[LineCollection]:
         fig = cui_figure(data)
-        return [c for ax in fig.axes for c in ax.collections if c.get_gid() == CI_GID and isinstance(c, LineCollection)]
+        return [
+            c
+            for ax in fig.axes
+            for c in ax.collections
+            if c.get_gid() == CI_GID and isinstance(c, LineCollection)
+        ]
 
     (bars,) = ci_artists(with_ci.to_json())
     segments = bars.get_segments()
