@@ -49,6 +49,7 @@ from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_
 from isplit_export.serving.client import (
     DATATYPES,
     Client,
+    require_packages,
     send,
     wait_ready,
 )
@@ -134,6 +135,7 @@ def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: i
 
 def run(options: RunOptions, on_result: Callable[[Request], None] | None = None) -> RunResult:
     """Run the split against the server; see the module docstring. ``on_result`` sees each finished request."""
+    require_packages(options)
     bundle = open_bundle(options.bundle, options.split, verify=True)
     split = bundle.splits[0]
     classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
@@ -167,7 +169,9 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
     ref = local_reference(bundle, split, images, head, options.threads)
     local = local_latency(split, images, options.threads) if options.backend == "onnxruntime" else None
 
-    total = options.requests if options.requests is not None else (None if options.duration_s else len(images))
+    total = (
+        options.requests if options.requests is not None else (None if options.duration_s else len(images))
+    )
     deadline = time.monotonic() + options.duration_s if options.duration_s is not None else None
     sched = _Schedule(total, deadline)
     rec = Recorder(images, ref)
@@ -201,7 +205,9 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
                     if not wire:
                         wire.append(client.wire_bytes(inp))
                     if req.status == "ok":
-                        req.end_to_end_ms = (req.head_ms or 0.0) + (req.encode_ms or 0.0) + (req.round_trip_ms or 0.0)
+                        req.end_to_end_ms = (
+                            (req.head_ms or 0.0) + (req.encode_ms or 0.0) + (req.round_trip_ms or 0.0)
+                        )
                 rec.add(req, logits)
                 if on_result is not None:
                     on_result(req)
@@ -242,7 +248,9 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
     data["in_flight_max"] = flight[1]
     written = write_run(options, bundle, split, data)
     code = 130 if interrupted else _exit_code(data)
-    return RunResult(data=data, exit_code=code, written=written, served={i: w[1] for i, w in rec.worst.items()})
+    return RunResult(
+        data=data, exit_code=code, written=written, served={i: w[1] for i, w in rec.worst.items()}
+    )
 
 
 def _install_sigterm() -> Any:
