@@ -4,7 +4,8 @@ One test, in the order a device goes through it:
 
 1. the wheel is built from a copy of the package's sources (``pip wheel --no-deps``, docs/ci.md's ``wheel``
    step), so a file missing from the package (targets, calibration tables) shows up here;
-2. a fresh venv gets the wheel alone (the core): ``run`` says in one line which install it needs (exit 2);
+2. a fresh venv gets the wheel alone (the core): ``run`` says in one line which install it needs (exit 2),
+   and that install works (pip takes the installed isplit-export, which no index has);
 3. Dockerfile.jetson's install step, taken from the Dockerfile and run as written (with this venv's
    ``python3`` and the wheel where the image copies it), adds numpy 1.26.4 and the ``device`` extra, and runs
    its own checks (CLI, client, pillow; no torch, no MLServer);
@@ -110,6 +111,10 @@ def test_wheel_with_device_extra_runs_verify_plan_and_run_in_a_fresh_venv(
     assert p.returncode == 2, p.stdout + p.stderr
     assert len(lines) == 1 and "tritonclient" in lines[0], lines
     assert "pip install 'isplit-export[device]'" in lines[0] and f"'{wheel.name}[device]'" in lines[0]
+    # and the line's first advice works with no index that has isplit-export: pip takes the installed one
+    _pip(venv / "bin" / "python", "install", "isplit-export[device]", env=_venv_env(venv))
+    probe = "import tritonclient.grpc, PIL.Image"
+    subprocess.run([str(venv / "bin" / "python"), "-c", probe], check=True, env=_venv_env(venv), timeout=120)
 
     # Dockerfile.jetson's install step, as written, with this venv's python3 and the wheel where the image has it
     wheels, entry = tmp_path / "wheels", tmp_path / "entrypoint"
@@ -127,10 +132,12 @@ def test_wheel_with_device_extra_runs_verify_plan_and_run_in_a_fresh_venv(
 
     p = _device(venv, "verify", bundle, "--expect-sha256", sha, "--no-write")
     assert p.returncode == 0, p.stdout + p.stderr
-    p = _device(venv, "plan", bundle)
+    p = _device(venv, "plan", bundle, "--link", "lte")
     assert p.returncode == 0, p.stdout + p.stderr
-    split = sorted(d.name for d in (bundle / "splits").iterdir())[0]
-    assert split in p.stdout
+    split = sorted(d.name for d in (bundle / "splits").iterdir())[0]  # 01-<node>: the Triton model's name
+    exported = [line for line in p.stdout.splitlines() if line.startswith("#1*")]  # the exported split's row
+    assert len(exported) == 1 and split.split("-", 1)[1] in exported[0].split(), p.stdout
+    assert (bundle / "plan.json").is_file()
 
     # the tail: MLServer (isplit-export serve) from the main environment, on 127.0.0.1
     server = Server(bundle, log=tmp_path / "serve.log").start()
