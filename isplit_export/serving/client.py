@@ -41,7 +41,7 @@ def require_packages(options: RunOptions) -> None:
             importlib.import_module(module)
         except ImportError as e:
             if module == "tritonclient.http":
-                fix = "pip install 'tritonclient[http]==2.73.0' (the device extra has gRPC only), or --protocol grpc"
+                fix = "pip install 'tritonclient[http]' (the device extra has gRPC only), or --protocol grpc"
             else:
                 fix = (
                     "pip install 'isplit-export[device]', or with the wheel published next to the bundle: "
@@ -248,6 +248,7 @@ __all__ = [
     "GRPC_PREFIX_BYTES",
     "Client",
     "ServerUnreachableError",
+    "require_packages",
     "send",
     "wait_ready",
 ]
