@@ -38,14 +38,22 @@ from tests.support.serving_helpers import Server, free_port
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "isplit_export", "targets", "calibration")
 """What the wheel is built from (pyproject's package-dir), copied so that the build writes nothing in the tree."""
-_OFFLINE = re.compile(r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
-                      r"|Network is unreachable|No route to host|ProxyError")  # fmt: skip
+_OFFLINE = re.compile(
+    r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
+    r"|Network is unreachable|No route to host|ProxyError"
+)
 
 
 def _pip(python: Path | str, *args: str, env: dict[str, str] | None = None) -> None:
     """``python -m pip ARGS`` quietly; skip the test when the index cannot be reached, fail on anything else."""
-    p = subprocess.run([str(python), "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
-                       capture_output=True, text=True, check=False, env=env, timeout=600)  # fmt: skip
+    p = subprocess.run(
+        [str(python), "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=600,
+    )
     if p.returncode != 0 and _OFFLINE.search(p.stdout + p.stderr):
         pytest.skip(f"pip cannot reach the package index: {(p.stdout + p.stderr).strip().splitlines()[-1]}")
     assert p.returncode == 0, p.stdout + p.stderr
@@ -82,8 +90,28 @@ def jetson_bundle(
     and its manifest sha256, as CI publishes them."""
     where = tmp_path_factory.mktemp("device")
     out, summary = where / "bundle", where / "summary.json"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--target", "jetson",
-                 "--top", "1", "--latency-runs", "2", "--out", str(out), "--summary-json", str(summary)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--target",
+                "jetson",
+                "--top",
+                "1",
+                "--latency-runs",
+                "2",
+                "--out",
+                str(out),
+                "--summary-json",
+                str(summary),
+            ]
+        )
+        == 0
+    )
     return out, json.loads(summary.read_text())["manifest_sha256"]
 
 
@@ -123,8 +151,14 @@ def test_wheel_with_device_extra_runs_verify_plan_and_run_in_a_fresh_venv(
     shutil.copy2(ROOT / "docker" / "jetson-entrypoint.sh", entry)
     script = _dockerfile_install_step().replace("/tmp/wheels", str(wheels))
     script = script.replace("/usr/local/bin/isplit-export-entrypoint", str(entry))
-    step = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False,
-                          env={**_venv_env(venv), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}, timeout=600)  # fmt: skip
+    step = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**_venv_env(venv), "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        timeout=600,
+    )
     if step.returncode != 0 and _OFFLINE.search(step.stdout + step.stderr):
         pytest.skip("pip cannot reach the package index (Dockerfile.jetson's install step)")
     assert step.returncode == 0, step.stdout + step.stderr
@@ -151,10 +185,15 @@ def test_wheel_with_device_extra_runs_verify_plan_and_run_in_a_fresh_venv(
     assert p.returncode == 0, p.stdout + p.stderr
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["manifest_sha256"] == sha
-    (entry,) = run["runs"].values()
-    assert entry["images"]["ok"] == 8 and entry["images"]["failed"] == entry["images"]["skipped"] == 0
+    (record,) = run["runs"].values()
+    assert record["images"]["ok"] == 8 and record["images"]["failed"] == record["images"]["skipped"] == 0
 
     probe = "import importlib.util as u, numpy; print(u.find_spec('torch'), u.find_spec('mlserver'), numpy.__version__)"
-    p = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, check=True,
-                       env=_venv_env(venv))  # fmt: skip
+    p = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_venv_env(venv),
+    )
     assert p.stdout.split() == ["None", "None", "1.26.4"]
