@@ -8,7 +8,8 @@
   metadata, requests with retries) and :mod:`.records` (per-request records, ``run.json``, the summary);
 - :mod:`.bundle_access`: the one place this package reads a bundle (manifest, files, hashes).
 
-MLServer and tritonclient are the ``serve`` extra (``pip install .[serve]``); only :mod:`.runtime`,
+MLServer and tritonclient are the ``serve`` extra (``pip install .[serve]``), tritonclient's gRPC client and
+pillow alone the ``device`` extra (what ``run`` needs on the device); only :mod:`.runtime`,
 :mod:`.serve` and :mod:`.client` import them, lazily; MLServer and ``tritonclient.grpc`` are never
 imported in one process (the same protobuf symbols), so nothing :mod:`.serve` imports imports :mod:`.client`.
 """

@@ -9,15 +9,17 @@ so they cannot share a process).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
-from isplit_export.errors import IsplitError
+from isplit_export.errors import BadInputError, IsplitError
 from isplit_export.options import MAX_BACKOFF_MS, RunOptions, parse_address
 from isplit_export.serving.records import Request, first_line
+from isplit_export.version import __version__
 
 EXIT_UNREACHABLE = 5
 """No server answered at ``--server`` within ``--wait`` seconds (or the model is not loaded there)."""
@@ -88,6 +90,29 @@ class ResponseTooLargeError(ValueError):
     """A response over :func:`response_limit` (or compressed): refused, the request fails (and is retried)."""
 
 
+def require_packages(options: RunOptions) -> None:
+    """Fail before any work, in one line naming the install, when ``run`` lacks a package beyond the core:
+    the client (``tritonclient``; the ``device`` extra has its gRPC half) or, for ``--data``, pillow. A device
+    installed with only the core would otherwise stop at the first request with an internal failure."""
+    needed = ["tritonclient.grpc" if options.protocol == "grpc" else "tritonclient.http"]
+    if options.data is not None:
+        needed.append("PIL.Image")
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            if module == "tritonclient.http":
+                fix = "pip install 'tritonclient[http]' (the device extra has gRPC only), or --protocol grpc"
+            else:
+                fix = (
+                    "pip install 'isplit-export[device]', or with the wheel published next to the bundle: "
+                    f"pip install 'isplit_export-{__version__}-py3-none-any.whl[device]'"
+                )
+            raise BadInputError(
+                f"run needs {module}, which does not import here ({first_line(e)}): {fix}"
+            ) from e
+
+
 class ServerUnreachableError(IsplitError):
     """No inference server (or not the model) at the address: exit :data:`EXIT_UNREACHABLE`."""
 
@@ -107,7 +132,9 @@ class Client:
         self.limit = response_limit(options.protocol, classes)
         self.timeout_s = options.timeout_ms / 1000.0
         # control calls (ready, metadata, statistics) are bounded too: a hung server cannot stall the run
-        self._ctl: dict[str, float] = {"client_timeout": max(self.timeout_s, 1.0)} if self.protocol == "grpc" else {}
+        self._ctl: dict[str, float] = (
+            {"client_timeout": max(self.timeout_s, 1.0)} if self.protocol == "grpc" else {}
+        )
         if self.protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
@@ -255,7 +282,12 @@ def _valid_logits(logits: np.ndarray, classes: int) -> str | None:
 
 
 def send(
-    client: Client, options: RunOptions, boundary: np.ndarray, classes: int, req: Request, stop: threading.Event
+    client: Client,
+    options: RunOptions,
+    boundary: np.ndarray,
+    classes: int,
+    req: Request,
+    stop: threading.Event,
 ) -> tuple[Any, np.ndarray | None]:
     """Encode and send one boundary with retries; fills ``req``; returns (the encoded input, logits or None)."""
     t = time.perf_counter()
@@ -282,5 +314,15 @@ def send(
     return inp, None
 
 
-__all__ = ["DATATYPES", "EXIT_UNREACHABLE", "GRPC_PREFIX_BYTES", "Client", "ResponseTooLargeError",
-           "ServerUnreachableError", "response_limit", "send", "wait_ready"]
+__all__ = [
+    "DATATYPES",
+    "EXIT_UNREACHABLE",
+    "GRPC_PREFIX_BYTES",
+    "Client",
+    "ResponseTooLargeError",
+    "ServerUnreachableError",
+    "require_packages",
+    "response_limit",
+    "send",
+    "wait_ready",
+]

@@ -59,6 +59,7 @@ from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_
 from isplit_export.serving.client import (
     DATATYPES,
     Client,
+    require_packages,
     send,
     wait_ready,
 )
@@ -183,6 +184,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None,
     ``--out`` is checked before anything is sent. With ``write`` the entry goes into run.json here (the CLI
     passes False: it prints the summary first, then calls :meth:`RunResult.write`).
     """
+    require_packages(options)
     bundle = open_bundle(options.bundle, options.split, verify=True, expect_sha256=options.expect_sha256)
     path = check_run_path(options, bundle.root)  # before the first request: a run's results are kept
     split = bundle.splits[0]
@@ -221,7 +223,9 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
     ref = local_reference(bundle, split, images, head, options.threads)
     local = local_latency(split, images, options.threads) if head.backend == "onnxruntime" else None
 
-    total = options.requests if options.requests is not None else (None if options.duration_s else len(images))
+    total = (
+        options.requests if options.requests is not None else (None if options.duration_s else len(images))
+    )
     deadline = time.monotonic() + options.duration_s if options.duration_s is not None else None
     sched = _Schedule(total, deadline)
     rec = Recorder(images, ref)
@@ -267,7 +271,9 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
                     if not wire:
                         wire.append(client.wire_bytes(inp))
                     if req.status == "ok":
-                        req.end_to_end_ms = (req.head_ms or 0.0) + (req.encode_ms or 0.0) + (req.round_trip_ms or 0.0)
+                        req.end_to_end_ms = (
+                            (req.head_ms or 0.0) + (req.encode_ms or 0.0) + (req.round_trip_ms or 0.0)
+                        )
                 rec.add(req, logits)
                 breaker(req)
                 if on_result is not None:

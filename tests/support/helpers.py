@@ -22,8 +22,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str
 
 def run_cli_without_torch(*args: object) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a child process in which any ``import torch`` raises ImportError (the device container)."""
+    return run_cli_without(["torch"], *args)
+
+
+def run_cli_without(modules: list[str], *args: object) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process in which importing any of ``modules`` (or their submodules) raises
+    ImportError, as on a machine where those packages are not installed."""
     code = (
-        "import sys; sys.modules['torch'] = None\n"
+        f"import sys; sys.modules.update(dict.fromkeys({modules!r}))\n"
         "from isplit_export.cli import main\n"
         f"sys.exit(main({[str(a) for a in args]!r}))\n"
     )

@@ -36,7 +36,9 @@ def digits_ranked(digits_weights: Path, digits_dir: Path) -> object:
     return rank(DIGITS, weights=str(digits_weights), data=digits_dir, bootstrap=0)
 
 
-def test_untrained_bottleneck_exported_to_onnx_gives_the_probes_score(digits_ranked: object, tmp_path: Path) -> None:
+def test_untrained_bottleneck_exported_to_onnx_gives_the_probes_score(
+    digits_ranked: object, tmp_path: Path
+) -> None:
     r = digits_ranked
     x, labels, names = r.images.tensor()  # type: ignore[attr-defined]
     train_idx, held_idx = split_holdout(names, 0.25, 0)
@@ -65,7 +67,9 @@ def test_training_never_returns_a_pair_worse_than_its_start_on_validation(digits
     for index, lr in ((3, 2e-3), (4, 0.5)):  # lr 0.5: training that diverges must fall back to the start
         cut = r.traced.cuts[index]  # type: ignore[attr-defined]
         head, tail = r.traced.split(cut)  # type: ignore[attr-defined]
-        t = bn.train(cut, head, tail, x[train_idx], BottleneckOptions(size="64B", train_steps=24, lr=lr), seed=0)
+        t = bn.train(
+            cut, head, tail, x[train_idx], BottleneckOptions(size="64B", train_steps=24, lr=lr), seed=0
+        )
         v = t.summary["validation"]
         assert v["best_agreement"] >= v["init_agreement"] and v["best_kl"] <= v["init_kl"], v
         if t.summary["kept"] == "initialisation":
@@ -89,7 +93,9 @@ def test_repeats_share_the_validation_slice_and_differ_in_training(digits_ranked
     assert not np.array_equal(runs[0].logits(x[:8]), runs[1].logits(x[:8]))
 
 
-def test_probe_on_the_trained_digits_cnn_at_64_bytes(digits_ranked: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probe_on_the_trained_digits_cnn_at_64_bytes(
+    digits_ranked: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Cut 0 (features_1) measures best after training; the probe picks it or a cut tied with it within the
     CI, and ranks cut 4 (features_8) last or second to last."""
     from isplit_export.bottleneck import probe as probe_mod
@@ -119,7 +125,9 @@ def test_rank_with_a_budget_adds_the_probe_column(
     assert all(c["probe"]["ci95"][0] <= c["probe"]["value"] <= c["probe"]["ci95"][1] for c in probed)
     assert data["probe"]["budget"]["spec"] == "64B" and data["probe"]["best"] in {c["index"] for c in probed}
     assert (tmp_path / "r" / "probe.png").read_bytes()[:4] == b"\x89PNG"
-    assert all(c["probe"]["components"] == c["probe"]["code_shape"][0] for c in probed)  # 150 train images: enough
+    assert all(
+        c["probe"]["components"] == c["probe"]["code_shape"][0] for c in probed
+    )  # 150 train images: enough
     assert all(c["probe"]["patch_vectors"] > c["probe"]["code_shape"][0] for c in probed)
     assert "limited by the number of images" not in out
     # a rank output with probe.png is this tool's: --force replaces it
@@ -140,7 +148,11 @@ def test_a_code_fitted_on_too_few_images_is_named(digits_ranked: object) -> None
     assert few.underfitted() == {5: f"{s['components']} of 32 components"}
     r.ranking.probe = few  # type: ignore[attr-defined]
     line = probe_caveat(r.ranking)  # type: ignore[attr-defined]
-    assert line is not None and "at 1 of 1 probed cuts (1 train images; cut 5:" in line and "pass more images" in line
+    assert (
+        line is not None
+        and "at 1 of 1 probed cuts (1 train images; cut 5:" in line
+        and "pass more images" in line
+    )
     r.ranking.probe = None  # type: ignore[attr-defined]
     # 4 train images: enough vectors, but the held-out codes leave the 4 images' ranges
     some = run_probe(r.traced, [cut], parse_size("1/1"), x[:4], x[4:36], None, labels.numpy()[4:36])  # type: ignore[attr-defined]
@@ -156,7 +168,10 @@ def test_a_code_fitted_on_too_few_images_is_named(digits_ranked: object) -> None
     [
         (("rank", "--bottleneck", "1B"), "smallest code there is 4 B"),
         (("rank", "--bottleneck", "1B"), "cut 0 (features_1)"),
-        (("export", "--objective", "probe", "--out", "OUT"), "--objective probe scores the splits at a link budget"),
+        (
+            ("export", "--objective", "probe", "--out", "OUT"),
+            "--objective probe scores the splits at a link budget",
+        ),
         (("study", "--repeats", "0", "--out", "OUT"), "--repeats 0"),
     ],
 )
@@ -165,7 +180,9 @@ def test_bad_probe_inputs_one_line_exit_2(
     args: tuple[str, ...], expect: str,
 ) -> None:  # fmt: skip
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in args]
-    code, _, err = run_cli(capsys, argv[0], DIGITS, "--weights", digits_weights, "--data", digits_dir, *argv[1:])
+    code, _, err = run_cli(
+        capsys, argv[0], DIGITS, "--weights", digits_weights, "--data", digits_dir, *argv[1:]
+    )
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
 
@@ -206,8 +223,15 @@ def test_objective_probe_exports_the_probes_choice_and_records_both_scores(
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     ranking = json.loads((tmp_path / "b" / "ranking.json").read_text())
     probed = {c["index"]: c["probe"]["value"] for c in ranking["candidates"] if "probe" in c}
+    rank = {c["index"]: c["rank"] for c in ranking["candidates"] if c.get("rank") is not None}
     (split,) = manifest["splits"]
-    assert split["index"] == max(probed, key=lambda i: (probed[i], -i)) == ranking["probe"]["best"]
+    # Probe scores are fractions of the held-out images, so two cuts can tie (which do depends on the trained
+    # weights, hence on the CPU's kernels: 0.9 at cuts 0 and 2 under ATEN_CPU_CAPABILITY=default). The export
+    # takes the best score, ties to I-Split's rank (bundle/selection.py); ranking.json's probe "best" takes
+    # ties to the earlier cut (bottleneck/probe.py). Both are checked against their own rule.
+    assert split["index"] == min((i for i in probed if i in rank), key=lambda i: (-probed[i], rank[i]))
+    assert ranking["probe"]["best"] == min(probed, key=lambda i: (-probed[i], i))
+    assert probed[split["index"]] == probed[ranking["probe"]["best"]] == max(probed.values())
     block = split["bottleneck"]
     assert block["probe"]["images"] == block["trained"]["images"] and block["probe"]["value"] is not None
     assert block["trained"] == split["verification"]["checks"]["int8"]["task"]

@@ -57,7 +57,9 @@ def _sums(scores: np.ndarray, keys: np.ndarray, batch: int, seed: int = 0) -> Bo
 def test_poisson_weights_are_a_pure_function_of_seed_and_index() -> None:
     all_w = poisson_weights(7, np.arange(50), B)
     assert all_w.shape == (50, B) and all_w.dtype == np.int64
-    np.testing.assert_array_equal(poisson_weights(7, [13, 2, 40], B), all_w[[13, 2, 40]])  # any order, any batch
+    np.testing.assert_array_equal(
+        poisson_weights(7, [13, 2, 40], B), all_w[[13, 2, 40]]
+    )  # any order, any batch
     assert not np.array_equal(poisson_weights(8, np.arange(50), B), all_w)  # the seed matters
     many = poisson_weights(0, np.arange(20_000), 50).ravel()  # 10^6 draws
     assert many.min() >= 0 and many.max() <= MAX_WEIGHT
@@ -136,7 +138,9 @@ def test_memory_does_not_depend_on_the_number_of_images(digits_scores: tuple[np.
     small, large = _sums(scores[:30], keys[:30], 16), _sums(scores, keys, 16)
     per_key = B * (2 * cuts + 1) * 8  # hi and lo [B, cuts] float64, n [B] int64
     for boot in (small, large):
-        assert all(boot.hi[k].shape == boot.lo[k].shape == (B, cuts) and boot.n[k].shape == (B,) for k in boot.hi)
+        assert all(
+            boot.hi[k].shape == boot.lo[k].shape == (B, cuts) and boot.n[k].shape == (B,) for k in boot.hi
+        )
         assert boot.nbytes == len(boot.hi) * per_key
     assert len(large.hi) == 10  # one slot per class key, however many images: at most the 10 digits
     assert large.nbytes <= 10 * per_key and large.seen == 200
@@ -150,15 +154,38 @@ def _ci(scores: np.ndarray, keys: np.ndarray, pick: np.ndarray) -> tuple[np.ndar
     return ci, imp.cui(), imp
 
 
-def test_ci_narrows_as_images_grow(digits_scores: tuple[np.ndarray, np.ndarray]) -> None:
-    """8x the images: the CI width should shrink by about sqrt(8) = 2.8 at every cut.
+def _grad_cam_like_scores() -> tuple[np.ndarray, np.ndarray]:
+    """200 images x 6 cuts of non-negative scores shaped like Grad-CAM's, and their class keys (20 per class,
+    sorted by class as an ImageFolder is). Cuts 0-4: gamma-distributed, means differing by cut and class; cut
+    5 is sparse, as a late cut is: only every tenth image scores above 0 (two per class).
 
-    Compared as the mean width over 8 random 25-image samples (seeded; the ImageFolder is sorted by
-    class, so a prefix would be one class) against the 200 images: a single small sample can miss the
-    rare non-zero scores of a late, sparse cut (most images score 0 there), and then its bootstrap CI is
-    too narrow, which is a property of the percentile bootstrap on small samples, not of this code.
+    Built with numpy from a seed, so the answer does not depend on a trained model or on the CPU's kernels.
     """
-    scores, keys = digits_scores
+    rng = np.random.default_rng(2024)
+    keys = np.repeat(np.arange(10), 20)
+    cut_means = np.array([0.2, 0.5, 1.0, 0.6, 0.3, 0.05])
+    scores = cut_means * rng.gamma(2.0, 0.5, size=(200, 6)) * (1.0 + 0.1 * keys[:, None])
+    scores[np.arange(200) % 10 != 3, 5] = 0.0
+    return scores, keys
+
+
+NARROWING = math.sqrt(8) / 2
+"""Least accepted ratio of the mean 25-image CI width to the 200-image width. The width of a mean's interval
+goes as 1/sqrt(n), so 8x the images narrow it sqrt(8) = 2.83x; half of that leaves room for the scatter of
+the width itself: a 25-image sample's spread (about 15 % for gamma scores, averaged over 8 samples ~5 %),
+B = 200 percentile estimates (about 10 %), and the sparse cut, whose samples hold Binomial(25, 0.1) non-zero
+images (0 in 7 % of them: width 0). Measured on these scores: 2.49 (sparse cut) to 3.09."""
+
+
+def test_ci_narrows_as_images_grow() -> None:
+    """8x the images: the CI narrows by about sqrt(8) at every cut; a class subset's interval is wider.
+
+    Compared as the mean width over 8 random 25-image samples (seeded; the keys are sorted by class, so a
+    prefix would be one class) against the 200 images: a single small sample can miss the rare non-zero
+    scores of the sparse cut, and then its bootstrap CI is too narrow, which is a property of the percentile
+    bootstrap on small samples, not of this code.
+    """
+    scores, keys = _grad_cam_like_scores()
     full, cui, imp = _ci(scores, keys, np.arange(len(keys)))
     assert np.all(full[:, 0] <= cui) and np.all(cui <= full[:, 1])  # the interval holds the estimate
     small = []
@@ -168,13 +195,28 @@ def test_ci_narrows_as_images_grow(digits_scores: tuple[np.ndarray, np.ndarray])
         assert np.all(ci[:, 0] <= cui25) and np.all(cui25 <= ci[:, 1])
         small.append(ci[:, 1] - ci[:, 0])
     width = full[:, 1] - full[:, 0]
-    assert np.all(np.mean(small, axis=0) > 1.5 * width)
-    # a class subset gets its own (wider: fewer images) interval around its own CUI
+    assert np.all(width > 0)
+    assert np.all(np.mean(small, axis=0) > NARROWING * width)
+    # a class subset (20 images: about sqrt(10) wider) gets its own interval around its own CUI
     sub_ci = imp.cui_ci([7])
     assert sub_ci is not None
     sub = imp.cui([7])
     assert np.all(sub_ci[:, 0] <= sub) and np.all(sub <= sub_ci[:, 1])
     assert np.all(sub_ci[:, 1] - sub_ci[:, 0] > width)
+
+
+def test_digits_ci_holds_the_estimate(digits_scores: tuple[np.ndarray, np.ndarray]) -> None:
+    """On the trained digits CNN's scores, what holds whatever the trained weights: each interval holds its
+    estimate (all images, and a class subset). How wide the intervals are depends on the weights (a cut at
+    which no image of class 7 scores above 0 has a subset width of 0), hence on the CPU that trained them:
+    the widths are checked on scores that do not, in ``test_ci_narrows_as_images_grow``."""
+    scores, keys = digits_scores
+    full, cui, imp = _ci(scores, keys, np.arange(len(keys)))
+    assert np.all(full[:, 0] <= cui) and np.all(cui <= full[:, 1])
+    sub_ci = imp.cui_ci([7])
+    assert sub_ci is not None
+    sub = imp.cui([7])
+    assert np.all(sub_ci[:, 0] <= sub) and np.all(sub <= sub_ci[:, 1])
 
 
 def _toy_cuts(n: int) -> list[Cut]:
@@ -200,7 +242,9 @@ def test_rank_stability_on_a_case_built_to_be_ambiguous() -> None:
     imp, _ = _ambiguous()
     reps = imp.replicate_cui()
     assert reps is not None
-    r = Ranking("toy", "none", 60, None, "top", _toy_cuts(6), imp.cui(), 48, top=3, replicates=reps, bootstrap_seed=0)
+    r = Ranking(
+        "toy", "none", 60, None, "top", _toy_cuts(6), imp.cui(), 48, top=3, replicates=reps, bootstrap_seed=0
+    )
     ranks = r.ranks
     assert ranks[5] == 1 and {ranks[1], ranks[3]} == {2, 3}
     unc = summarize(r.cui, reps, ranks)
@@ -226,7 +270,9 @@ def test_rank_stability_on_a_case_built_to_be_ambiguous() -> None:
                for row in rows)  # fmt: skip
     lines = r.table().splitlines()
     assert lines[0].split()[-2:] == ["stable", "ties"]
-    assert lines[1].split()[-2:] == ["100%", "-"] and lines[2].split()[-1] == "3" and lines[3].split()[-1] == "2"
+    assert (
+        lines[1].split()[-2:] == ["100%", "-"] and lines[2].split()[-1] == "3" and lines[3].split()[-1] == "2"
+    )
 
 
 def test_clear_order_is_stable() -> None:
@@ -257,12 +303,19 @@ def test_empty_replicates_of_a_small_subset_are_left_out() -> None:
 def test_cui_plot_has_error_bars() -> None:
     imp, _ = _ambiguous()
     cuts = _toy_cuts(6)
-    with_ci = Ranking("toy", "none", 60, None, "top", cuts, imp.cui(), 48, top=2, replicates=imp.replicate_cui())
+    with_ci = Ranking(
+        "toy", "none", 60, None, "top", cuts, imp.cui(), 48, top=2, replicates=imp.replicate_cui()
+    )
     without = Ranking("toy", "none", 60, None, "top", cuts, imp.cui(), 48, top=2)
 
     def ci_artists(data: dict[str, object]) -> list[LineCollection]:
         fig = cui_figure(data)
-        return [c for ax in fig.axes for c in ax.collections if c.get_gid() == CI_GID and isinstance(c, LineCollection)]
+        return [
+            c
+            for ax in fig.axes
+            for c in ax.collections
+            if c.get_gid() == CI_GID and isinstance(c, LineCollection)
+        ]
 
     (bars,) = ci_artists(with_ci.to_json())
     segments = bars.get_segments()
