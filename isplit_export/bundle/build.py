@@ -41,7 +41,7 @@ from isplit_export.exporting.encoding import (
     strip_tail_decoding,
 )
 from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
-from isplit_export.exporting.onnx_utils import OPSET, save_model
+from isplit_export.exporting.onnx_utils import OPSET, save_model, this_machine
 from isplit_export.exporting.quantize import build_int8_pair
 from isplit_export.files import save_npz, sha256_file, write_json
 from isplit_export.models import forward_batched
@@ -372,6 +372,7 @@ def _manifest(
             "file": "calibration/inputs.npz" if uses_int8 else None,
         },
         "gates": {k: g.to_json() for k, g in GATES.items()},
+        "machine": this_machine().to_json(),  # where the gates were measured (contract.Machine)
         "splits": splits,
         "verification": summary,
     }

@@ -21,6 +21,9 @@ torch, no onnx) and holds, each part in its own module, all of them re-exported 
   from the manifest's shapes (:func:`golden_budget`);
 - ``results``: validated accessors for ``ranking.json`` (:func:`read_ranking`), ``verify.json``
   (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`: a :class:`RunRecord` per split);
+- ``machine`` / ``verdict``: where the export's gates were measured (:class:`Machine`: CPU, ISA
+  features, onnxruntime, threads, exact int8 mode) and their outcome per split and pair
+  (:func:`export_verdicts`), both validated on read;
 - ``engine_plan``: ``engine_plan.json`` (:func:`read_engine_plan`) and the checked output paths of
   ``build-engines`` (:func:`engine_output`, :func:`write_output`).
 
@@ -50,6 +53,7 @@ from isplit_export.contract.jsonio import (
     req_str,
 )
 from isplit_export.contract.layout import TOP_LEVEL_OUTPUTS, check_layout, unlisted_entries
+from isplit_export.contract.machine import Machine
 from isplit_export.contract.manifest import (
     Manifest,
     check_expected_sha256,
@@ -100,6 +104,7 @@ from isplit_export.contract.schema import (
     TRITON_ENGINE_FILE,
     VERIFY_FILE,
 )
+from isplit_export.contract.verdict import ExportVerdict, export_machine, export_verdicts
 
 __all__ = [
     "ENGINES_DIR",
@@ -130,6 +135,8 @@ __all__ = [
     "VERIFY_FILE",
     "EnginePart",
     "EnginePlan",
+    "ExportVerdict",
+    "Machine",
     "Manifest",
     "RunRecord",
     "bundle_path",
@@ -142,6 +149,8 @@ __all__ = [
     "check_sha256_text",
     "copy_listed",
     "engine_output",
+    "export_machine",
+    "export_verdicts",
     "golden_budget",
     "is_rank_output",
     "is_tool_bundle",

@@ -36,6 +36,7 @@ from isplit_export.contract.schema import (
     REPORT_FILE,
     SCHEMA,
 )
+from isplit_export.contract.verdict import export_machine, export_verdicts
 from isplit_export.errors import BadInputError, GateFailedError
 from isplit_export.files import sha256_file
 
@@ -107,6 +108,8 @@ def validate_manifest(m: Any, src: str = MANIFEST_FILE) -> dict[str, Any]:
         raise _bad(src, "splits", "a list", splits)
     for i, s in enumerate(splits):
         _validate_split(s, i, src)
+    export_verdicts(m, src)  # the export's gates and machine, typed and bounded (contract/verdict.py)
+    export_machine(m, src)
     req_str(m, "boundary_encoding", src, optional=True)
     ranking = opt_dict(m, "ranking", src)
     req_str(ranking, "file", src, "ranking.file", optional=True)

@@ -36,8 +36,8 @@ def golden_budget(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> dict
     model = manifest.get("model") if isinstance(manifest.get("model"), Mapping) else {}
     classes = model.get("num_classes") if isinstance(model, Mapping) else None
     dims: dict[str, list[Any]] = {
-        "input": list((manifest.get("input") or {}).get("shape") or [])[1:],
-        "boundary": list((entry.get("boundary") or {}).get("shape") or [])[1:],
+        "input": _per_image(manifest.get("input")),
+        "boundary": _per_image(entry.get("boundary")),
         "logits": [classes],
         "logits_int8": [classes],
         "labels": [],
@@ -47,6 +47,15 @@ def golden_budget(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> dict
         if all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 1 << 31 for x in d):
             out[name] = n * math.prod(d) * 8 + NPY_HEADER_SLACK
     return out
+
+
+def _per_image(block: Any) -> list[Any]:
+    """A block's ``shape`` without its batch axis (``[]`` when it has none); ``[None]`` (no budget: the
+    global limits hold) when the block or its shape is not a JSON object / list (a bound, never a crash)."""
+    shape = block.get("shape") if isinstance(block, Mapping) else None if block is None else 0
+    if not shape:
+        return [] if shape is None or shape == [] else [None]
+    return list(shape[1:]) if isinstance(shape, list) else [None]
 
 
 def _read_into(f: IO[bytes], arr: np.ndarray, nbytes: int) -> int:

@@ -5,12 +5,15 @@ Torch-free on purpose: the ``verify`` path must run in a Jetson container withou
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+from isplit_export.contract.machine import Machine, cpu_count, cpu_isa, cpu_model
 
 OPSET = 17
 """Pinned ONNX opset. 17 is the newest opset that every supported target parses: TensorRT 8.5
@@ -19,6 +22,18 @@ OPSET = 17
 PRODUCER = "isplit-export"
 ORT_LOG_SEVERITY = 4
 """onnxruntime log level of our sessions and its default logger: 4 = fatal only."""
+
+EXACT_INT8_KEY = "session.x64quantprecision"
+"""onnxruntime's session config entry ``kOrtSessionOptionsAvx2PrecisionMode`` (declared in
+``include/onnxruntime/core/session/onnxruntime_session_options_config_keys.h``): "1" makes the x64
+integer GEMM/conv use U8U8 products instead of U8S8 ones. Without VNNI (SSE4.1, AVX2, AVX-512 without
+VNNI) the U8S8 kernels multiply-add byte pairs with ``vpmaddubsw``, which saturates at int16, so an
+INT8 QDQ graph gives other numbers there than on a VNNI machine, an ARM one or its float simulation
+(docs/int8.md, "One answer on every CPU"). Where they do not saturate (VNNI) the results are the same
+either way (bit-identical on an AMD EPYC with AVX512-VNNI), at about 1.3x the time of the default kernels."""
+EXACT_INT8_VALUE = "1"
+EXACT_INT8 = True
+"""Whether :func:`make_session` sets :data:`EXACT_INT8_KEY` unless told otherwise (recorded in the manifest)."""
 
 
 def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -41,8 +56,21 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(model.SerializeToString(deterministic=True))
 
 
-def make_session(model: Path | bytes, *, threads: int = 0) -> ort.InferenceSession:
-    """An onnxruntime CPU session; ``threads=0`` lets onnxruntime choose."""
+def make_session(
+    model: Path | bytes,
+    *,
+    threads: int = 0,
+    exact_int8: bool = EXACT_INT8,
+    optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session; ``threads=0`` lets onnxruntime choose.
+
+    The one session factory of the tool: every CPU session (export gates, verify, study, ``run``, the
+    serving runtime) comes from here, so every INT8 graph runs in the exact integer mode
+    (:data:`EXACT_INT8_KEY`). ``exact_int8=False`` and ``optimization`` exist for the measurements that
+    compare kernel sets (the kernel-agreement test, ``benchmarks/bench_int8_kernels.py``):
+    ``ORT_DISABLE_ALL`` leaves a QDQ graph unfused, so it runs as its float simulation.
+    """
     # fatal only: every failure reaches the caller as an exception that becomes our one line, so ORT's own
     # multi-line coloured log (errors of a failed load or run) would only precede it
     ort.set_default_logger_severity(ORT_LOG_SEVERITY)
@@ -50,8 +78,25 @@ def make_session(model: Path | bytes, *, threads: int = 0) -> ort.InferenceSessi
     opts.log_severity_level = ORT_LOG_SEVERITY
     if threads:
         opts.intra_op_num_threads = threads
+    if exact_int8:
+        opts.add_session_config_entry(EXACT_INT8_KEY, EXACT_INT8_VALUE)
+    opts.graph_optimization_level = optimization
     src = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def this_machine(threads: int = 0) -> Machine:
+    """This machine as :func:`make_session` runs it (the ``machine`` block of the manifest and verify.json)."""
+    return Machine(
+        cpu=cpu_model(),
+        arch=platform.machine() or "unknown",
+        isa=cpu_isa(),
+        onnxruntime=ort.__version__,
+        providers=tuple(ort.get_available_providers())[:16],
+        threads=threads,
+        cpus=cpu_count(),
+        exact_int8=EXACT_INT8,
+    )
 
 
 def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

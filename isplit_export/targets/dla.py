@@ -125,14 +125,14 @@ class _Graph:
 def _evaluate(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Every node output of ``model`` from one onnxruntime run on zero inputs ({} when it cannot run)."""
     try:
-        import onnxruntime as ort
+        from isplit_export.exporting.onnx_utils import make_session  # lazy: onnxruntime
 
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
         known = {o.name for o in probe.graph.output}
         names = [o for n in probe.graph.node for o in n.output if o and o not in known]
         probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = make_session(probe.SerializeToString())
         inits = {t.name for t in model.graph.initializer}
         feeds = {}
         for inp in session.get_inputs():

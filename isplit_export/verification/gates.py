@@ -75,10 +75,20 @@ GATES: dict[str, Gate] = {
     "int8-qdq": Gate("int8-qdq", min_top1_agreement=0.80, max_abs_rel=3e-1, min_cosine=0.95),
     # The INT8 QDQ pair replayed on the golden images against the logits it produced at export time
     # (golden.npz "logits_int8", Polygraphy-style golden outputs): the same quantized model on another
-    # machine, so only kernel differences (int8 paths of another ISA, a requantization step) remain.
-    # Accuracy against the full model was gated at export, on every verification image, by "int8-qdq";
-    # the few golden images cannot re-measure it (one near-tie flip of 4 is 0.75 agreement).
-    "int8-qdq-replay": Gate("int8-qdq-replay", min_top1_agreement=0.75, max_abs_rel=5e-2, min_cosine=0.999),
+    # machine, so only kernel differences remain. Accuracy against the full model was gated at export,
+    # on every verification image, by "int8-qdq"; the few golden images cannot re-measure it (one
+    # near-tie flip of 4 is 0.75 agreement). The tolerance comes from how far the results move between
+    # the kernel sets we can run (benchmarks/bench_int8_kernels.py, docs/int8.md "One answer on every
+    # CPU"; AMD EPYC with AVX512-VNNI, natively and under qemu-x86_64 -cpu Haswell, onnxruntime 1.32.0):
+    # - exact integer mode (make_session), VNNI vs Haswell AVX2: bit-identical (max_abs_rel 0);
+    # - float simulation of the same QDQ graph (ORT_DISABLE_ALL, other roundings, as a device with
+    #   other fusions would round): max_abs_rel 0.024 / cosine >= 0.9978 (efficientnet_lite0, 3 splits),
+    #   0.013 / 0.99994 (digits CNN);
+    # - PyTorch references under ATEN_CPU_CAPABILITY default/avx2/avx512, ONEDNN_MAX_CPU_ISA=AVX2: <= 4.3e-7;
+    # - the saturating AVX2 kernels (exact mode off, Haswell): 0.064 / 0.987 (lite0), 0.105 / 0.998 (digits).
+    # So: max_abs_rel 5e-2 and cosine 0.995, twice the simulation's distance (error and deficit), which
+    # every correct kernel set lies within; the saturating kernels fail max_abs_rel on both models.
+    "int8-qdq-replay": Gate("int8-qdq-replay", min_top1_agreement=0.75, max_abs_rel=5e-2, min_cosine=0.995),
     # TensorRT on device, fp32 engines: TensorRT enables TF32 for convolutions/matmuls on Ampere+
     # (Orin) by default, 10-bit mantissa inputs with fp32 accumulation: fp16-boundary-like error.
     "trt-fp32": Gate("trt-fp32", min_top1_agreement=0.95, max_abs_rel=1e-2, min_cosine=0.999),

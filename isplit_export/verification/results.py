@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isplit_export.contract import ExportVerdict, Machine
 from isplit_export.verification.gates import Gate
 from isplit_export.version import __version__
 
@@ -79,8 +80,12 @@ class SplitVerification:
 class BundleVerification:
     """The outcome of :func:`verify_bundle`.
 
-    ``outcome`` is ``passed`` (every row passed) or ``gate-failed`` (a gate or a boundary check
-    failed); a check that cannot run here raises :class:`NotRunError` instead.
+    ``outcome`` is ``passed`` (every row passed and so did the export's gates), ``gate-failed`` (a
+    gate or a boundary check failed here) or ``export-failed`` (the replay reproduces the export, but
+    the export's own gates failed: a bundle that should not have shipped); the CLI exits 1 for both
+    failures. A check that cannot run here raises :class:`NotRunError` instead. ``export`` holds the
+    export's gate outcome of each verified split, ``export_machine`` where it was measured (None for a
+    bundle that does not record it) and ``machine`` where this replay ran.
     """
 
     bundle: Path
@@ -91,6 +96,9 @@ class BundleVerification:
     note: str | None = None
     pinned: bool = False
     """True when ``--expect-sha256`` matched: the manifest is the one CI published."""
+    export: list[ExportVerdict] = field(default_factory=list)
+    export_machine: Machine | None = None
+    machine: Machine | None = None
 
     @property
     def passed(self) -> bool:
@@ -108,6 +116,12 @@ class BundleVerification:
                 "outcome": self.outcome,
                 "passed": self.passed,
                 "note": self.note,
+                "machine": None if self.machine is None else self.machine.to_json(),
+                "export": {
+                    "passed": all(v.passed for v in self.export) if self.export else None,
+                    "machine": None if self.export_machine is None else self.export_machine.to_json(),
+                    "splits": [v.to_json() for v in self.export],
+                },
                 "rows": [r.to_json() for r in self.rows],
             }
         )
@@ -127,6 +141,26 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _export_lines(result: BundleVerification) -> list[str]:
+    """The export's gates per split next to the replay, and both machines when they differ."""
+    if not result.export:
+        return ["export gates: not recorded in this bundle"]
+    lines = []
+    for v in result.export:
+        checks = ", ".join(f"{name} {'pass' if ok else 'FAIL'}" for name, ok in v.checks)
+        lines.append(f"export gates {v.split:02d} ({v.dir}): {checks}")
+        lines.extend(f"{v.dir} [export]: {reason}" for reason in v.failures)
+    here, there = result.machine, result.export_machine
+    if there is None:
+        lines.append("export machine: not recorded (a bundle of an older isplit-export)")
+    if here is not None and there is not None and here.describe() != there.describe():
+        lines.append(f"export machine: {there.describe()}")
+        lines.append(f"this machine:   {here.describe()}")
+        if not here.same_kernels(there):
+            lines.append("the two run different INT8 kernels: the replay gate allows for that (docs/int8.md)")
+    return lines
+
+
 def format_table(result: BundleVerification) -> str:
     """A plain-text table, one line per verified pair, then the reasons of each failure and the outcome."""
     header = ["split", "node", "check", "precision/encoding", "max_abs_rel", "cosine", "top1", "gate"]
@@ -141,6 +175,7 @@ def format_table(result: BundleVerification) -> str:
     text = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines]
     for r in result.rows:
         text.extend(f"{r.dir} [{r.check}]: {reason}" for reason in r.reasons)
+    text.extend(_export_lines(result))
     suffix = f": {result.note}" if result.note else ""
     if result.manifest_sha256 is not None:
         text.append(PASSED_MEANS + ".")

@@ -13,7 +13,10 @@ What is checked, in order:
 3. for each split, the golden ``input`` goes through head then tail; the transmitted boundary is
    compared with the golden ``boundary`` and the logits with the golden ``logits`` (from the full
    PyTorch model) under :func:`isplit_export.verification.gates.gate_for`. A failed gate does not raise: it
-   gives ``outcome="gate-failed"`` (the CLI maps it to exit 1).
+   gives ``outcome="gate-failed"`` (the CLI maps it to exit 1);
+4. the export's own gates (``splits[i].verification``, measured on the machine in ``manifest.machine``)
+   are reported next to the replay: when they failed, a replay that passes gives
+   ``outcome="export-failed"`` (exit 1), never a bare ``passed``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from isplit_export import contract
 from isplit_export.errors import BadInputError, NotRunError
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
+from isplit_export.exporting.onnx_utils import this_machine
 from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.verification.checks import (
     BOUNDARY_FLOAT_TOLERANCE,
@@ -271,17 +275,30 @@ def verify_bundle(
         rows = [row for pos, entry in selected for row in _verify_onnx(bundle, manifest, pos, entry)]
     else:
         rows = _verify_tensorrt(bundle, manifest, selected, trust_engines)
+    positions = {pos for pos, _ in selected}
+    export = [v for v in contract.export_verdicts(manifest) if v.split in positions]
+    replayed = bool(rows) and all(r.passed for r in rows)
     result = BundleVerification(
         bundle=bundle,
         backend=backend,
-        outcome="passed" if rows and all(r.passed for r in rows) else "gate-failed",
+        outcome=_outcome(replayed, all(v.passed for v in export)),
         rows=rows,
         manifest_sha256=m.sha256,
         pinned=expect_sha256 is not None,
+        export=export,
+        export_machine=contract.export_machine(manifest),
+        machine=this_machine(),
     )
     if write:
         write_verification(result, report)
     return result
+
+
+def _outcome(replayed: bool, exported: bool) -> str:
+    """``gate-failed`` when the replay here failed, else ``export-failed`` when the export's gates had, else ``passed``."""
+    if not replayed:
+        return "gate-failed"
+    return "passed" if exported else "export-failed"
 
 
 def write_verification(result: BundleVerification, report: Path | None = None) -> Path:

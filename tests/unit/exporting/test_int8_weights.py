@@ -16,7 +16,9 @@ from onnx import TensorProto, numpy_helper
 
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session, run_session
+from isplit_export.verification.runtime import run_pair_onnx
 from tests.support.helpers import DIGITS
+from tests.support.int8 import assert_kernels_agree, pair_logits
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 
@@ -71,17 +73,23 @@ def test_int8_files_hold_int8_weights_a_quarter_of_the_bytes(cpu_bundle: Path) -
 
 
 def test_int8_pair_agrees_with_the_trained_model(cpu_bundle: Path) -> None:
-    """On 200 held-out digits: the INT8 pair's top-1 agrees with the fp32 model, accuracy drops <= 2 points."""
+    """On 200 held-out digits: the INT8 pair's integer kernels give the float simulation's result within
+    the quantization's own error and the same top-1 agreement with the fp32 pair (``tests/support/int8.py``:
+    a property of the graph, true on any CPU), and the stored INT8 run replays exactly here."""
     m = json.loads((cpu_bundle / "manifest.json").read_text())
+    x = np.load(cpu_bundle / m["calibration"]["file"])["input"]
+    assert len(x) == 200
     for split in m["splits"]:
         check = split["verification"]["checks"]["int8-qdq"]
-        assert check["gate"]["passed"], check
-        assert check["metrics"]["top1_agreement"] >= 0.97, check["metrics"]
-        assert check["metrics"]["cosine"] >= 0.995, check["metrics"]
-        assert check["task"]["metric"] == "accuracy" and check["task"]["drop"] <= 0.02, check["task"]
-        golden = np.load(cpu_bundle / split["files"]["golden"])
-        boundary = run_session(make_session(cpu_bundle / split["files"]["head_int8"]), {"input": golden["input"]})[0]
-        logits = run_session(make_session(cpu_bundle / split["files"]["tail_int8"]), {"boundary": boundary})[0]
+        assert check["gate"]["passed"] and check["task"]["metric"] == "accuracy", check
+        files = {k: cpu_bundle / v for k, v in split["files"].items()}
+        integer = pair_logits(files["head_int8"], files["tail_int8"], x)
+        simulated = pair_logits(files["head_int8"], files["tail_int8"], x, simulate=True)
+        _, fp32 = run_pair_onnx(files["head"], files["tail"], x)
+        assert_kernels_agree(integer, simulated, fp32)
+        golden = np.load(files["golden"])
+        boundary = run_session(make_session(files["head_int8"]), {"input": golden["input"]})[0]
+        logits = run_session(make_session(files["tail_int8"]), {"boundary": boundary})[0]
         np.testing.assert_allclose(logits, golden["logits_int8"], rtol=0, atol=1e-4)  # replays the stored run
 
 
