@@ -31,8 +31,8 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-portable
+	$(BIN)/python -m pytest -q
 
 # The INT8 kernel-agreement test once more on an emulated AVX2 CPU without VNNI (qemu-user's Haswell
 # model), the CPU class whose u8 x s8 kernels saturate unless session.x64quantprecision is on
