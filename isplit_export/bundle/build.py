@@ -50,7 +50,7 @@ from isplit_export.options import ExportOptions, make_options
 from isplit_export.outdir import atomic_directory, check_out, check_writable_file
 from isplit_export.ranking.graph import Cut
 from isplit_export.stats import MIN_TO_CONCLUDE
-from isplit_export.targets.engine_plan import write_build_plan
+from isplit_export.targets.engine_build import write_build_plan
 from isplit_export.targets.profiles import TargetProfile, load_target
 from isplit_export.verification.checks import (
     check_code_pair,
@@ -309,7 +309,7 @@ def _engine_plan(
     """Write the TensorRT build plan; returns the new files for the manifest.
 
     TensorRT 11 has no ``--fp16``: an fp16 plan builds from strongly typed copies (``*.fp16.onnx``,
-    :func:`isplit_export.targets.typed.to_fp16`). ``min_dla_fraction``: see ``engine_plan.write_build_plan``.
+    :func:`isplit_export.targets.typed.to_fp16`). ``min_dla_fraction``: see ``engine_build.write_build_plan``.
 
     TensorRT parses Q/DQ only as symmetric int8 and the boundary codec is host work anyway, so with a
     non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)

@@ -415,7 +415,7 @@ def _speedup(fp32: float | None, int8: float | None) -> str:
 
 
 def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
-    from isplit_export.targets.engine_plan import plan_report_lines
+    from isplit_export.targets.engine_build import plan_report_lines
 
     plans = []
     for s in map(md.as_dict, md.as_list(manifest.get("splits"))):

@@ -23,7 +23,7 @@ three *refuse* a location that leaves it (``../``: onnx "points outside the dire
 allowed"). A file in ``splits/01-x/`` can therefore never point into ``OUT/weights/``: every ONNX file
 that shares weights has to sit in ``OUT/`` itself. The split folders keep everything else (goldens,
 calibration tensors, engine plans), the manifest's ``files`` entries name the new paths, and each
-engine plan refers to its models as ``../../<file>`` (:func:`engine_plan.relocate_models`).
+engine plan refers to its models as ``../../<file>`` (:func:`engine_build.relocate_models`).
 
 Everything stays reproducible (files in sorted order, tensors in graph order, deterministic
 serialization), the manifest hashes the pack files like any other file (``verify`` names a modified
@@ -47,7 +47,7 @@ from onnx import numpy_helper
 from isplit_export.errors import TechnicalError
 from isplit_export.exporting.onnx_utils import canonicalize
 from isplit_export.options import WEIGHT_LAYOUTS as LAYOUTS
-from isplit_export.targets.engine_plan import PLAN_NAME, relocate_models
+from isplit_export.targets.engine_build import PLAN_NAME, relocate_models
 
 __all__ = ["ALIGNMENT", "LAYOUTS", "MIN_EXTERNAL_BYTES", "WEIGHTS_DIR", "inline_info", "share_weights"]
 

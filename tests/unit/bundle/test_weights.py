@@ -22,7 +22,7 @@ from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file
 from isplit_export.targets import trt_backend
-from isplit_export.targets.engine_plan import read_plan
+from isplit_export.targets.engine_build import read_plan
 from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS
 

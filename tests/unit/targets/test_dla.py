@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from isplit_export.targets.dla import check_model, choose_device
-from isplit_export.targets.engine_plan import PLAN_NAME, write_build_plan
+from isplit_export.targets.engine_build import PLAN_NAME, write_build_plan
 from isplit_export.targets.profiles import load_target
 
 RNG = np.random.default_rng(0)
@@ -205,7 +205,7 @@ def test_plan_moves_a_mostly_unsupported_head_to_the_gpu(tmp_path: Path) -> None
 
 
 def test_report_lines_show_the_version_and_the_dla_check(tmp_path: Path) -> None:
-    from isplit_export.targets.engine_plan import plan_report_lines
+    from isplit_export.targets.engine_build import plan_report_lines
 
     model = _model([helper.make_node("HardSwish", ["x"], ["boundary"], name="hs")], [_x(["batch", 3, 8, 8])],
                    "boundary", [])  # fmt: skip

@@ -24,7 +24,7 @@ import pytest
 
 from isplit_export.errors import EXIT_NOT_RUN, BadInputError, GateFailedError, NotRunError
 from isplit_export.targets import trt_backend
-from isplit_export.targets.engine_plan import (
+from isplit_export.targets.engine_build import (
     ENGINE_PLAN_SCHEMA,
     PLAN_NAME,
     RECORD_NAME,
@@ -609,7 +609,7 @@ def test_golden_tail_commands_for_tensorrt_10_and_11(target: str, precision: str
 
 
 def test_tensorrt11_plans_never_carry_a_removed_flag(tmp_path: Path) -> None:
-    from isplit_export.targets.engine_plan import WEAK_TYPING_FLAGS
+    from isplit_export.targets.engine_build import WEAK_TYPING_FLAGS
 
     for target in ("x86-tensorrt-11", "jetson-orin-agx-jp7"):
         for precision in ("fp16", "int8"):
@@ -645,7 +645,7 @@ def test_tensorrt11_profiles_refuse_dla_where_11_has_none() -> None:
 
 
 def test_check_tensorrt_version() -> None:
-    from isplit_export.targets.engine_plan import check_tensorrt_version
+    from isplit_export.targets.engine_build import check_tensorrt_version
 
     check_tensorrt_version({"tensorrt_version": "10.3"}, "10.3.0.30")
     check_tensorrt_version({"tensorrt_version": "11.4.1"}, "11.4.1.2")
