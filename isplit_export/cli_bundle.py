@@ -58,7 +58,7 @@ def verify_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
-    from isplit_export.verification.results import format_table
+    from isplit_export.verification.outcome import format_table
     from isplit_export.verification.verify import verify_bundle, write_verification
 
     _setup(verbose)

@@ -40,7 +40,7 @@ from isplit_export.verification.checks import (
     compare_boundary,
 )
 from isplit_export.verification.gates import GATES, PRECISIONS, VERIFY_BACKENDS, Gate, gate_for
-from isplit_export.verification.results import BundleVerification, SplitVerification
+from isplit_export.verification.outcome import BundleVerification, SplitVerification
 from isplit_export.verification.runtime import first_line as _first_line
 from isplit_export.verification.runtime import run_pair_onnx, run_pair_trt, time_engines
 

@@ -23,7 +23,7 @@ from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, en
 from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.files import load_npz, save_npz, sha256_file, write_json
 from isplit_export.verification.checks import compare_boundary
-from isplit_export.verification.results import format_table
+from isplit_export.verification.outcome import format_table
 from isplit_export.verification.runtime import measure_latency, run_pair_onnx
 from isplit_export.verification.verify import VERIFY_FILE, verify_bundle
 
