@@ -141,7 +141,8 @@ class Ranking:
         if self.distributed:  # how it was computed (torch.distributed); absent in one process
             out["distributed"] = self.distributed
         if unc is not None and self.replicates is not None:
-            from isplit_export.ranking.bootstrap import CI_LEVEL, FLIP_THRESHOLD, METHOD
+            from isplit_export.ranking.bootstrap import FLIP_THRESHOLD, METHOD
+            from isplit_export.stats import CI_LEVEL
 
             out["bootstrap"] = {
                 "method": METHOD,

@@ -24,13 +24,13 @@ from isplit_export.ranking.bootstrap import (
     FLIP_THRESHOLD,
     MAX_WEIGHT,
     BootstrapSums,
-    percentile_ci,
     poisson_weights,
     summarize,
 )
 from isplit_export.ranking.candidates import SCHEMA, Ranking
 from isplit_export.ranking.graph import Cut, trace
 from isplit_export.ranking.importance import Importance, batch_scores, compute_importance
+from isplit_export.stats import percentile_ci_columns
 from isplit_export.zoo import DIGITS_PREPROCESSING
 
 B = 200
@@ -297,7 +297,7 @@ def test_empty_replicates_of_a_small_subset_are_left_out() -> None:
     assert 0.25 < empty.mean() < 0.5
     np.testing.assert_allclose(reps[~empty], np.tile([0.5, 0.7, 0.2], (int((~empty).sum()), 1)))
     assert summarize(imp.cui([9]), reps, [None, 1, None])["valid_replicates"] == int((~empty).sum())
-    np.testing.assert_allclose(percentile_ci(reps), [[0.5, 0.5], [0.7, 0.7], [0.2, 0.2]])
+    np.testing.assert_allclose(percentile_ci_columns(reps), [[0.5, 0.5], [0.7, 0.7], [0.2, 0.2]])
 
 
 def test_cui_plot_has_error_bars() -> None:
