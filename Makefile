@@ -13,7 +13,7 @@ $(BIN)/isplit-export: pyproject.toml
 	$(BIN)/pip install -q -e ".[export,dev,serve]"
 	# tensorrt-stubs declares a dependency on the real tensorrt wheel, which needs a GPU: stubs only.
 	# PyPI has no tensorrt-stubs 11.x (latest 10.13.0.35.1, `pip index versions tensorrt-stubs`, 2026-11-30),
-	# so trt_backend.py is type-checked against 10.x only: see targets/README.md, "TensorRT 10 and 11".
+	# so trt_backend.py is type-checked against 10.x only: see isplit_export/profiles/README.md, "TensorRT 10 and 11".
 	$(BIN)/pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
 	touch $@
 

@@ -6,7 +6,7 @@ This module walks the ONNX graph the engine is built from and holds every node t
 layers and restrictions, so that the plan can say *before* the build what would leave the DLA, and put a
 head that would mostly leave it on the GPU instead (:func:`isplit_export.targets.engine_build.write_build_plan`).
 
-Sources (targets/README.md cites them in full): the per-layer limits are the ``If executing this layer
+Sources (isplit_export/profiles/README.md cites them in full): the per-layer limits are the ``If executing this layer
 on DLA`` clauses of ``include/NvInfer.h`` in NVIDIA/TensorRT, identical at tags v10.3.0 (JetPack 6.2)
 and v11.1 (the DLA limits did not change between the two; 11.4.1 restored DLA on AGX Orin); the general
 rules (no dynamic dimensions, batch <= 4096, non-batch dimensions <= 8192) are the "DLA Supported Layers

@@ -5,7 +5,7 @@ carries engines: it carries the plan, and the device runs it (``bash build_engin
 ``isplit-export build-engines``, which reads ``engine_plan.json``). No TensorRT import here: the plan is
 generated and tested on machines without a GPU.
 
-Choices, each visible in the generated commands (targets/README.md cites the TensorRT sources):
+Choices, each visible in the generated commands (isplit_export/profiles/README.md cites the TensorRT sources):
 
 - the plan is written for the profile's TensorRT version (``tensorrt_version`` in the plan) and branches
   on its major version. TensorRT 10: weak typing as before (``--fp16``; ``--int8 --fp16`` on the QDQ

@@ -19,7 +19,7 @@ from isplit_export.targets.profiles import list_targets, validate_profile
 
 torch = pytest.importorskip("torch")  # only the toy model's trace needs torch; cost/selection are torch-free
 
-TARGETS = Path(__file__).resolve().parents[3] / "targets"
+TARGETS = Path(__file__).resolve().parents[3] / "isplit_export" / "profiles"
 
 # Toy model on a 1x8x8 input, FLOPs = 2 x MACs for conv/linear, one per output element otherwise:
 #   conv1 1->2 3x3: 2*128*9 = 2304, relu 128           -> cut 0 after 2432
