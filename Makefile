@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned to the releases that lie on the build machines' disk (fast, offline-friendly installs).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast test-portable lint typecheck bench clean
+.PHONY: install demo test test-fast test-portable lint bench clean
 
 $(BIN)/isplit-export: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(BIN)/isplit-export: pyproject.toml
 install: $(BIN)/isplit-export
 
 demo: install
-	$(BIN)/isplit-export efficientnet_lite0 --top 3 --target onnx --out bundle --force
+	$(BIN)/isplit-export efficientnet_lite0 --top 3 --target onnx --out out/demo-bundle --force
 
 lint: install
 	$(BIN)/ruff check .
@@ -60,4 +60,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_latency.py
 
 clean:
-	rm -rf $(VENV) bundle .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache
