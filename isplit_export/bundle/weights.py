@@ -45,7 +45,7 @@ import onnx
 from onnx import numpy_helper
 
 from isplit_export.errors import TechnicalError
-from isplit_export.exporting.onnx_utils import canonicalize
+from isplit_export.exporting.onnx_graph import canonicalize
 from isplit_export.options import WEIGHT_LAYOUTS as LAYOUTS
 from isplit_export.targets.engine_build import PLAN_NAME, relocate_models
 
