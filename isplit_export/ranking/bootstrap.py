@@ -17,7 +17,7 @@ every image the same weights. The sums are held as double-double numbers (``hi +
 TwoSum; each product ``w * s`` is split so that it is exact), so they equal the exact sum to about
 2**-106 relative and do not depend on the order of the additions or of :meth:`BootstrapSums.merge`.
 
-What :func:`summarize` derives (all from the same paired replicates, so the strong correlation of
+What :func:`summarize_uncertainty` derives (all from the same paired replicates, so the strong correlation of
 the CUI at neighbouring cuts, which share the images, is accounted for):
 
 * ``cui_ci``: the 95 % percentile interval of CUI*_b per cut;
@@ -210,7 +210,9 @@ def _ranks_of(values: np.ndarray, members: Sequence[int]) -> np.ndarray:
     return ranks
 
 
-def summarize(cui: np.ndarray, replicates: np.ndarray, ranks: Sequence[int | None]) -> dict[str, Any]:
+def summarize_uncertainty(
+    cui: np.ndarray, replicates: np.ndarray, ranks: Sequence[int | None]
+) -> dict[str, Any]:
     """What the replicates ``[B, cuts]`` say about the point-estimate ``cui`` and its ``ranks``.
 
     Returns ``cui_ci`` (per cut ``[lo, hi]`` or None), ``rank_stability`` and ``ties`` (per cut; None /
