@@ -229,7 +229,7 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
         "images": int(out.shape[1]), "repeats": int(out.shape[0]), "held_out": True,
         "full_model": first["full_model"], "drop": held_out_rounding(float(first["full_model"] or 0.0) - float(values.mean())),
     }  # fmt: skip
-    cs = trained.plan
+    cs = trained.shape
     return CutResult(
         index=cut.index, node=cut.node, module=cut.module, shape=tuple(cut.shape), cui=float(ctx.cui[cut.index]),
         cui_all=None if ctx.cui_all is None else float(ctx.cui_all[cut.index]), boundary_bytes=cut.boundary_bytes,

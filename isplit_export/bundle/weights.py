@@ -47,7 +47,7 @@ from onnx import numpy_helper
 from isplit_export.errors import TechnicalError
 from isplit_export.exporting.onnx_graph import canonicalize
 from isplit_export.options import WEIGHT_LAYOUTS as LAYOUTS
-from isplit_export.targets.engine_build import PLAN_NAME, relocate_models
+from isplit_export.targets.engine_build import ENGINE_BUILD_FILE, relocate_models
 
 __all__ = ["ALIGNMENT", "LAYOUTS", "MIN_EXTERNAL_BYTES", "WEIGHTS_DIR", "inline_info", "share_weights"]
 
@@ -178,7 +178,7 @@ def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any]
             raise TechnicalError(f"{moves[rel]} fails the ONNX checker in the shared layout: {exc}") from exc
     for sdir in split_dirs:
         plan_dir = root / sdir
-        if (plan_dir / PLAN_NAME).is_file():
+        if (plan_dir / ENGINE_BUILD_FILE).is_file():
             up = "../" * len(PurePosixPath(sdir).parts)
             relocate_models(plan_dir, {PurePosixPath(old).name: up + new for old, new in moves.items()
                                        if PurePosixPath(old).parent == PurePosixPath(sdir)})  # fmt: skip

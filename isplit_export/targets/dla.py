@@ -3,8 +3,9 @@
 With ``--allowGPUFallback`` TensorRT moves every layer the DLA cannot run to the GPU without a word
 (NVIDIA, "DLA Runtime Configuration", GPU Fallback Mode), and each move costs a DLA<->GPU hand-over.
 This module walks the ONNX graph the engine is built from and holds every node to the DLA's supported
-layers and restrictions, so that the plan can say *before* the build what would leave the DLA, and put a
-head that would mostly leave it on the GPU instead (:func:`isplit_export.targets.engine_build.write_build_plan`).
+layers and restrictions, so that the engine build recipe can say *before* the build what would leave the
+DLA, and put a head that would mostly leave it on the GPU instead
+(:func:`~isplit_export.targets.engine_build.write_engine_build`).
 
 Sources (isplit_export/profiles/README.md cites them in full): the per-layer limits are the ``If executing this layer
 on DLA`` clauses of ``include/NvInfer.h`` in NVIDIA/TensorRT, identical at tags v10.3.0 (JetPack 6.2)
