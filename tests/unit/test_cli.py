@@ -161,5 +161,7 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     shown = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert __version__ in shown.stdout
-    bad = subprocess.run([*run, "verify", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*run, "verify", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
