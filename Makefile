@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned to the releases that lie on the build machines' disk (fast, offline-friendly installs).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast test-portable lint typecheck bench clean
+.PHONY: install demo test test-fast test-portable lint bench clean
 
 $(BIN)/isplit-export: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,14 +13,14 @@ $(BIN)/isplit-export: pyproject.toml
 	$(BIN)/pip install -q -e ".[export,dev,serve]"
 	# tensorrt-stubs declares a dependency on the real tensorrt wheel, which needs a GPU: stubs only.
 	# PyPI has no tensorrt-stubs 11.x (latest 10.13.0.35.1, `pip index versions tensorrt-stubs`, 2026-11-30),
-	# so trt_backend.py is type-checked against 10.x only: see targets/README.md, "TensorRT 10 and 11".
+	# so trt_backend.py is type-checked against 10.x only: see isplit_export/profiles/README.md, "TensorRT 10 and 11".
 	$(BIN)/pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
 	touch $@
 
 install: $(BIN)/isplit-export
 
 demo: install
-	$(BIN)/isplit-export efficientnet_lite0 --top 3 --target onnx --out bundle --force
+	$(BIN)/isplit-export efficientnet_lite0 --top 3 --target onnx --out out/demo-bundle --force
 
 lint: install
 	$(BIN)/ruff check .
@@ -60,4 +60,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_latency.py
 
 clean:
-	rm -rf $(VENV) bundle .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache

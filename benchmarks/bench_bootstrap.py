@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     from isplit_export import rank
-    from isplit_export.ranking.bootstrap import BootstrapSums, summarize
+    from isplit_export.ranking.bootstrap import BootstrapSums, summarize_uncertainty
 
     torch.set_num_threads(1)
     rank(args.model, bootstrap=0)  # warm-up: imports, weights, oneDNN caches
@@ -52,7 +52,7 @@ def main() -> None:
         t = time.perf_counter()
         boot.add([0] * n, scores)
         reps = boot.replicate_cui()
-        summarize(r.cui, reps, r.ranks)
+        summarize_uncertainty(r.cui, reps, r.ranks)
         t_add = min(t_add, time.perf_counter() - t)
 
     out = {

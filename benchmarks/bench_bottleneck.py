@@ -75,7 +75,7 @@ def bench_model(spec: str, splits: int, size: str) -> None:
             )
         t3 = time.perf_counter()
         totals.append(t3 - t1)
-        p = trained.plan
+        p = trained.shape
         print(
             f"{cut.index:>4} {cut.node[:24]:24} {trained.summary['steps']:>5} {t2 - t1:>8.1f} {t3 - t2:>8.1f} "
             f"{t3 - t1:>8.1f} {p.code_bytes:>8} {cut.boundary_bytes:>9} {input_bytes:>8} "

@@ -4,7 +4,7 @@ Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundl
 
     rank(options | model, **fields)   -> api.RankResult               the I-Split ranking of every valid cut
     export(options | model, **fields) -> bundle.build.ExportResult     a verified, reproducible bundle
-    verify_bundle(path, ...)          -> verification.results.BundleVerification  (torch-free)
+    verify_bundle(path, ...)          -> verification.outcome.BundleVerification  (torch-free)
     study(options | model, **fields)  -> bottleneck.study.StudyResult  bottleneck at each cut, measured vs CUI/CDE
     plan(bundle, link=..., ...)       -> bundle.planning.PlanResult    re-plan a bundle for a link (torch-free)
     RankOptions, ExportOptions        the frozen options objects (options.py) every job reads

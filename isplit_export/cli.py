@@ -152,9 +152,9 @@ def export_cmd(
     )  # fmt: skip
     result = export(options)
     if result.ranked.ranking.cost is not None:
-        from isplit_export.bundle.planning import format_table
+        from isplit_export.bundle.planning import format_cost_table
 
-        typer.echo(format_table(result.ranked.ranking.to_json()))
+        typer.echo(format_cost_table(result.ranked.ranking.to_json()))
     else:
         typer.echo(result.ranked.ranking.table(options.top))
     if options.objective == "cui" and (line := probe_choice(result.ranked.ranking)) is not None:

@@ -58,14 +58,14 @@ def verify_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
-    from isplit_export.verification.results import format_table
+    from isplit_export.verification.outcome import format_verification
     from isplit_export.verification.verify import verify_bundle, write_verification
 
     _setup(verbose)
     write = _result_path(expect_sha256, report, no_write)
     result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256,
                            trust_engines=trust_engines)
-    typer.echo(format_table(result))  # printed first: a read-only bundle still shows its results
+    typer.echo(format_verification(result))  # printed first: a read-only bundle still shows its results
     if write:
         typer.echo(f"wrote {write_verification(result, report)}")
     if not result.passed:

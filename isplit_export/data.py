@@ -7,7 +7,7 @@ Sources, in the order they are tried:
   maps to that class; other folders are kept but unlabelled for accuracy purposes;
 * ``--data DIR`` holding image files directly: unlabelled;
 * no ``--data``: the real photographs shipped inside ``scikit-image`` (``skimage.data``), listed in
-  ``calibration/skimage_photos.json``; offline, always there.
+  ``isplit_export/calibration/skimage_photos.json``; offline, always there.
 
 Images are decoded lazily, batch by batch, so memory does not grow with the data set size; with
 ``workers > 0`` a :class:`torch.utils.data.DataLoader` decodes them in worker processes while the
@@ -313,13 +313,10 @@ class _SkimageOpener:
 
 
 def skimage_recipe() -> dict[str, Any]:
-    """The default calibration set's recipe (``calibration/skimage_photos.json``)."""
+    """The default calibration set's recipe (``isplit_export/calibration/skimage_photos.json``)."""
     from importlib import resources
 
-    try:
-        text = resources.files("isplit_export._calibration").joinpath("skimage_photos.json").read_text()
-    except (ModuleNotFoundError, FileNotFoundError):
-        text = (Path(__file__).resolve().parent.parent / "calibration" / "skimage_photos.json").read_text()
+    text = resources.files("isplit_export").joinpath("calibration", "skimage_photos.json").read_text()
     recipe: dict[str, Any] = json.loads(text)
     return recipe
 

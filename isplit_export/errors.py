@@ -41,3 +41,12 @@ class NotRunError(IsplitError):
     """The requested check cannot run on this machine, e.g. TensorRT without a GPU (exit 4)."""
 
     exit_code = EXIT_NOT_RUN
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name when it has none), cut to ``limit`` characters.
+
+    The one way a caught error is quoted in a one-line message or recorded (run.json caps it at 300)."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if limit is None else line[:limit]

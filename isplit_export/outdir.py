@@ -42,7 +42,8 @@ def _abs(out: Path) -> Path:
     return Path(os.path.abspath(out))
 
 
-def _first_line(err: BaseException) -> str:
+def _os_reason(err: BaseException) -> str:
+    """Why the OS refused (``strerror``, without the path the message already names), else the first line."""
     text = (getattr(err, "strerror", None) or str(err)).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -72,7 +73,7 @@ def check_writable_file(path: Path, flag: str) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
-        raise BadInputError(f"cannot write {flag} {path} ({_first_line(e)}): choose a writable path") from None
+        raise BadInputError(f"cannot write {flag} {path} ({_os_reason(e)}): choose a writable path") from None
 
 
 def check_out(out: Path, *, force: bool, allow_empty: bool = False) -> None:
@@ -107,7 +108,7 @@ def check_out(out: Path, *, force: bool, allow_empty: bool = False) -> None:
         probe = Path(tempfile.mkdtemp(prefix=f".{a.name}.probe-", dir=parent))
         probe.rmdir()
     except OSError as e:
-        raise BadInputError(f"cannot create --out {out} ({_first_line(e)}): choose a writable location") from None
+        raise BadInputError(f"cannot create --out {out} ({_os_reason(e)}): choose a writable location") from None
     _lock(a)
     clean_stale(parent, a.name)  # leftovers of a killed run into the same --out (dead PID, our marker)
 
@@ -126,7 +127,7 @@ def _lock(a: Path) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~umask())
         except OSError as e:
-            raise BadInputError(f"cannot create --out {a} ({_first_line(e)}): choose a writable location") from None
+            raise BadInputError(f"cannot create --out {a} ({_os_reason(e)}): choose a writable location") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -248,7 +249,7 @@ def atomic_directory(out: Path, *, force: bool, allow_empty: bool = False) -> It
                     _COMMITTED.append(a)
                 except OSError as e:
                     raise BadInputError(
-                        f"--out {out} appeared while this run was writing it ({_first_line(e)}): nothing replaced, rerun"
+                        f"--out {out} appeared while this run was writing it ({_os_reason(e)}): nothing replaced, rerun"
                     ) from None
         finally:
             if tmp.exists():

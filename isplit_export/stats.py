@@ -3,7 +3,9 @@
 numpy only (torch-free, like :mod:`isplit_export.verification.metrics`), float64 throughout, seeded.
 
 * :func:`spearman`, :func:`kendall_tau`: rank correlations with ties handled as scipy does;
-* :func:`bootstrap_ci`: percentile bootstrap over *paired* points (cuts);
+* :func:`bootstrap_ci`: percentile bootstrap over *paired* points (cuts); :func:`percentile_ci` (one
+  statistic) and :func:`percentile_ci_columns` (one interval per column of ``[B, cuts]`` replicates,
+  the ranking's CUI bootstrap) are the one home of percentile intervals;
 * :func:`two_level_replicates`: the study's two-level bootstrap. Per cut ``c``, repeat (training seed)
   ``r`` and held-out image ``i`` the study has an outcome ``m[c, r, i]`` (1 when the pair got the image
   right). One replicate draws the images with replacement (the same draw for every cut: the images are
@@ -161,6 +163,17 @@ def percentile_ci(values: Sequence[float | None] | np.ndarray, level: float = CI
     tail = 100.0 * (1.0 - level) / 2.0
     lo, hi = np.percentile(np.array(vals), [tail, 100.0 - tail])
     return float(lo), float(hi)
+
+
+def percentile_ci_columns(replicates: np.ndarray, level: float = CI_LEVEL) -> np.ndarray:
+    """The percentile interval ``[cuts, 2]`` of each column of replicate values ``[B, cuts]``.
+
+    Rows with any NaN are left out (a replicate that left a cut undefined); all NaN when none is left."""
+    valid = replicates[~np.isnan(replicates).any(axis=1)]
+    if valid.shape[0] == 0:
+        return np.full((replicates.shape[1], 2), np.nan)
+    tail = 100.0 * (1.0 - level) / 2.0
+    return np.percentile(valid, [tail, 100.0 - tail], axis=0).T
 
 
 def two_level_replicates(outcomes: np.ndarray, reps: int = 1000, seed: int = 0) -> np.ndarray:

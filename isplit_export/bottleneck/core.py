@@ -166,7 +166,7 @@ class BottleneckTail(nn.Module):
 class TrainedBottleneck:
     """A trained bottleneck pair at one cut, its codec (calibrated on the train codes) and its training summary."""
 
-    plan: CodeShape
+    shape: CodeShape
     head: BottleneckHead
     tail: BottleneckTail
     encoding: BoundaryEncoding

@@ -10,7 +10,7 @@ Three public pieces, kept apart so the cuts can be shared out across processes:
 * :func:`prepare` builds the :class:`StudyContext` (model, trace, ranking, train/held-out split);
 * :func:`measure_cut` is a pure function of (context, cut): its seed comes from
   ``(options.seed, cut.index)`` only, never from global state or the order the cuts run in;
-* :func:`summarize` turns the :class:`CutResult` list into the summary (correlations with
+* :func:`summarize_study` turns the :class:`CutResult` list into the summary (correlations with
   bootstrap CIs, regret, CUI vs CDE).
 
 :func:`study` runs the three and writes ``study.json`` (schema ``isplit.study/1``; everything but
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut
 
 SCHEMA = "isplit.study/2"
-__all__ = ["CUT_SETS", "SCHEMA", "StudyOptions", "measure_cut", "prepare", "study", "summarize"]
+__all__ = ["CUT_SETS", "SCHEMA", "StudyOptions", "measure_cut", "prepare", "study", "summarize_study"]
 
 PREDICTORS = ("cui", "cde", "probe", "random")
 DIFFERENCES = (("probe", "cui"), ("cui", "cde"))
@@ -229,7 +229,7 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
         "images": int(out.shape[1]), "repeats": int(out.shape[0]), "held_out": True,
         "full_model": first["full_model"], "drop": held_out_rounding(float(first["full_model"] or 0.0) - float(values.mean())),
     }  # fmt: skip
-    cs = trained.plan
+    cs = trained.shape
     return CutResult(
         index=cut.index, node=cut.node, module=cut.module, shape=tuple(cut.shape), cui=float(ctx.cui[cut.index]),
         cui_all=None if ctx.cui_all is None else float(ctx.cui_all[cut.index]), boundary_bytes=cut.boundary_bytes,
@@ -274,7 +274,7 @@ def _outcomes(results: Sequence[CutResult]) -> np.ndarray:
     return np.array([[[float(r.measured["value"])]] for r in results])
 
 
-def summarize(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) -> dict[str, Any]:
+def summarize_study(results: Sequence[CutResult], *, seed: int = 0, reps: int = 1000) -> dict[str, Any]:
     """Correlations of CUI, CDE, the probe and a seeded random order with the measured means (CIs from the
     two-level bootstrap over images and repeats), each predictor's regret, and the differences in Spearman
     probe - CUI and CUI - CDE with their CIs. ``conclusive`` only where such a difference's CI excludes 0."""
@@ -410,7 +410,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
         },
         "cuts": [res.to_json() for res in results],
         "probe": None if ctx.probe is None else ctx.probe.to_json(),
-        "summary": summarize(results, seed=opts.seed, reps=opts.ci_reps),
+        "summary": summarize_study(results, seed=opts.seed, reps=opts.ci_reps),
         "run": {
             "created": dt.datetime.now(dt.timezone.utc)
             .replace(microsecond=0)

@@ -50,7 +50,7 @@ from isplit_export.options import ExportOptions, make_options
 from isplit_export.outdir import atomic_directory, check_out, check_writable_file
 from isplit_export.ranking.graph import Cut
 from isplit_export.stats import MIN_TO_CONCLUDE
-from isplit_export.targets.engine_plan import write_build_plan
+from isplit_export.targets.engine_build import write_engine_build
 from isplit_export.targets.profiles import TargetProfile, load_target
 from isplit_export.verification.checks import (
     check_code_pair,
@@ -262,7 +262,7 @@ def _export_split(
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
     save_npz(sdir / "golden.npz", goldens)
     if profile.uses_tensorrt:
-        shape = trained.plan.code_shape if trained is not None else cut.shape
+        shape = trained.shape.code_shape if trained is not None else cut.shape
         files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape,
                                   min_dla_fraction=opts.min_dla_fraction))  # fmt: skip
 
@@ -284,7 +284,7 @@ def _export_split(
         "boundary": {
             **enc.to_json(),
             "encoding": enc.name,
-            "shape": [BATCH_AXIS, *(trained.plan.code_shape if trained is not None else cut.shape)],
+            "shape": [BATCH_AXIS, *(trained.shape.code_shape if trained is not None else cut.shape)],
             "layout": "nchw" if trained is not None else cut.layout,  # a bottleneck's code is NCHW
             "bytes_per_image": enc.bytes_per_image(boundary.shape[1:]),
             "fp32_bytes_per_image": cut.boundary_bytes,
@@ -297,7 +297,7 @@ def _export_split(
 
         # the probe's score (the untrained PCA code) next to the trained pair's, on the same held-out images
         probe = task_metric(y_ref, trained.initial_logits(x, batch_size), labels, held_out=True, rnd=held_out_rounding)
-        entry["bottleneck"] = {**config(opts.bottleneck, trained.plan, enc), "training": trained.summary,
+        entry["bottleneck"] = {**config(opts.bottleneck, trained.shape, enc), "training": trained.summary,
                                "probe": probe, "trained": checks[encoding_name]["task"]}  # fmt: skip
     return entry, lat
 
@@ -309,7 +309,7 @@ def _engine_plan(
     """Write the TensorRT build plan; returns the new files for the manifest.
 
     TensorRT 11 has no ``--fp16``: an fp16 plan builds from strongly typed copies (``*.fp16.onnx``,
-    :func:`isplit_export.targets.typed.to_fp16`). ``min_dla_fraction``: see ``engine_plan.write_build_plan``.
+    :func:`isplit_export.targets.typed.to_fp16`). ``min_dla_fraction``: see ``write_engine_build``.
 
     TensorRT parses Q/DQ only as symmetric int8 and the boundary codec is host work anyway, so with a
     non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)
@@ -332,7 +332,7 @@ def _engine_plan(
             save_model(to_fp16(onnx.load(sdir / names[part])), sdir / name)
             names[part] = name
             files[f"{part}_fp16"] = f"{rel}/{name}"
-    plan = write_build_plan(
+    plan = write_engine_build(
         sdir, profile, precision=profile.default_precision, head_onnx=names["head"], tail_onnx=names["tail"],
         input_shape=(1, *input_shape), boundary_shape=(1, *boundary_shape), min_dla_fraction=min_dla_fraction,
     )

@@ -58,6 +58,7 @@ from isplit_export.targets.cost import (
     parse_link,
 )
 from isplit_export.targets.profiles import TargetProfile, load_target, validate_profile
+from isplit_export.text_table import text_table
 
 if TYPE_CHECKING:
     from isplit_export.api import RankResult
@@ -144,7 +145,7 @@ class PlanResult:
         return dict(self.ranking["cost"])
 
     def table(self) -> str:
-        return format_table(self.ranking)
+        return format_cost_table(self.ranking)
 
     def to_json(self) -> dict[str, Any]:
         """``plan.json``: the cost block with one row per cut (index, node, module, CUI, rank, cost)."""
@@ -401,7 +402,7 @@ def cost_table_rows(ranking: Mapping[str, Any]) -> tuple[list[str], list[list[st
     return header, rows
 
 
-def format_table(ranking: Mapping[str, Any]) -> str:
+def format_cost_table(ranking: Mapping[str, Any]) -> str:
     """The terminal table of a ranking dict with a ``cost`` block, with a one-line header and the note."""
     cost = ranking["cost"]
     lk, dev, srv = cost["link"], cost["device"], cost["server"]
@@ -412,9 +413,7 @@ def format_table(ranking: Mapping[str, Any]) -> str:
         f"boundary {cost['encoding']}"
     )
     header, rows = cost_table_rows(ranking)
-    table = [header, *rows]
-    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
-    lines = [head, *("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table)]
+    lines = [head, *text_table([header, *rows])]
     lines.append("sel: #N = selected in that order" + ("; * = exported in the bundle" if cost.get("exported") else ""))
     if cost.get("note"):
         lines.append(f"note: {cost['note']}")

@@ -415,7 +415,7 @@ def _speedup(fp32: float | None, int8: float | None) -> str:
 
 
 def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
-    from isplit_export.targets.engine_plan import plan_report_lines
+    from isplit_export.targets.engine_build import engine_build_lines
 
     plans = []
     for s in map(md.as_dict, md.as_list(manifest.get("splits"))):
@@ -425,7 +425,7 @@ def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
             continue
         plan = next((f for f in sorted(files) if f.endswith("engine_plan.json")), None)
         plans.append(f"- `{script}`" + (f" (plan: `{plan}`)" if plan else ""))
-        plans += plan_report_lines(md.as_dict(md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir")))))
+        plans += engine_build_lines(md.as_dict(md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir")))))
     if not plans:
         return []
     target = md.as_dict(manifest.get("target"))

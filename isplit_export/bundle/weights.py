@@ -23,7 +23,7 @@ three *refuse* a location that leaves it (``../``: onnx "points outside the dire
 allowed"). A file in ``splits/01-x/`` can therefore never point into ``OUT/weights/``: every ONNX file
 that shares weights has to sit in ``OUT/`` itself. The split folders keep everything else (goldens,
 calibration tensors, engine plans), the manifest's ``files`` entries name the new paths, and each
-engine plan refers to its models as ``../../<file>`` (:func:`engine_plan.relocate_models`).
+engine plan refers to its models as ``../../<file>`` (:func:`engine_build.relocate_models`).
 
 Everything stays reproducible (files in sorted order, tensors in graph order, deterministic
 serialization), the manifest hashes the pack files like any other file (``verify`` names a modified
@@ -45,9 +45,9 @@ import onnx
 from onnx import numpy_helper
 
 from isplit_export.errors import TechnicalError
-from isplit_export.exporting.onnx_utils import canonicalize
+from isplit_export.exporting.onnx_graph import canonicalize
 from isplit_export.options import WEIGHT_LAYOUTS as LAYOUTS
-from isplit_export.targets.engine_plan import PLAN_NAME, relocate_models
+from isplit_export.targets.engine_build import ENGINE_BUILD_FILE, relocate_models
 
 __all__ = ["ALIGNMENT", "LAYOUTS", "MIN_EXTERNAL_BYTES", "WEIGHTS_DIR", "inline_info", "share_weights"]
 
@@ -178,7 +178,7 @@ def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any]
             raise TechnicalError(f"{moves[rel]} fails the ONNX checker in the shared layout: {exc}") from exc
     for sdir in split_dirs:
         plan_dir = root / sdir
-        if (plan_dir / PLAN_NAME).is_file():
+        if (plan_dir / ENGINE_BUILD_FILE).is_file():
             up = "../" * len(PurePosixPath(sdir).parts)
             relocate_models(plan_dir, {PurePosixPath(old).name: up + new for old, new in moves.items()
                                        if PurePosixPath(old).parent == PurePosixPath(sdir)})  # fmt: skip

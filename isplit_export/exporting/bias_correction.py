@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from isplit_export.exporting.onnx_graph import attr, graph_inputs, probe_model, unique_name, used_names
 from isplit_export.exporting.onnx_utils import make_session, run_session
-from isplit_export.exporting.qdq_graph import attr, graph_inputs, probe_model, unique_name
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,14 @@ def correct_biases(
             for k, v in enumerate((x, xq)):
                 means = _input_means(target, v)
                 acc[k] = means if i == 0 else acc[k] + means
+    names = used_names(model.graph)
     for target, (m, mq) in zip(targets, sums, strict=True):
         error = _output_means(target, target.weight_q, mq / count) - _output_means(
             target, target.weight, m / count
         )
         shift = target.gain * error
         if target.bias is None:
-            name = unique_name(model, f"{target.node.name or target.node.output[0]}_bias")
+            name = unique_name(f"{target.node.name or target.node.output[0]}_bias", names)
             model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
             target.node.input.append(name)
         else:

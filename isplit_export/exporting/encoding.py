@@ -29,6 +29,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from isplit_export.errors import BadInputError
+from isplit_export.exporting.onnx_graph import (
+    copy_model,
+    drop_value_infos,
+    replace_name,
+    unique_name,
+    used_names,
+)
 
 ENCODINGS = ("fp32", "fp16", "int8")
 """Valid boundary encoding names, in increasing compression."""
@@ -202,7 +209,7 @@ def encode_head(head: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto
     float32 scale and uint8 zero point initializers appended. The old float32 output is renamed
     (``boundary_fp32`` unless taken); the output keeps its shape, dynamic batch dim included.
     """
-    model = _copy(head)
+    model = copy_model(head)
     if enc.name == "fp32":
         return model
     _require_opset(model, 13)
@@ -211,12 +218,12 @@ def encode_head(head: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto
     _require_float(out, "head graph output")
     if not any(BOUNDARY in n.output for n in graph.node):
         raise BadInputError(f"head graph output {BOUNDARY!r} is not produced by a node: cannot encode it")
-    names = _all_names(graph)
-    inner = _unique(ENCODED_INNER_NAME, names)
+    names = used_names(graph)
+    inner = unique_name(ENCODED_INNER_NAME, names)
     for node in graph.node:
-        _replace(node.input, BOUNDARY, inner)
-        _replace(node.output, BOUNDARY, inner)
-    _drop_value_infos(graph, BOUNDARY)
+        replace_name(node.input, BOUNDARY, inner)
+        replace_name(node.output, BOUNDARY, inner)
+    drop_value_infos(graph, BOUNDARY)
     inner_vi = onnx.ValueInfoProto()
     inner_vi.CopyFrom(out)
     inner_vi.name = inner
@@ -233,7 +240,7 @@ def decode_tail(tail: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto
     ``DequantizeLinear`` (int8) feeding the old consumers under a new name (``boundary_fp32`` unless
     taken). fp32: unchanged copy.
     """
-    model = _copy(tail)
+    model = copy_model(tail)
     if enc.name == "fp32":
         return model
     _require_opset(model, 13)
@@ -242,11 +249,11 @@ def decode_tail(tail: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto
     _require_float(inp, "tail graph input")
     if any(o.name == BOUNDARY for o in graph.output):
         raise BadInputError(f"tail graph output {BOUNDARY!r} is its input: nothing to decode into")
-    names = _all_names(graph)
-    inner = _unique(ENCODED_INNER_NAME, names)
+    names = used_names(graph)
+    inner = unique_name(ENCODED_INNER_NAME, names)
     for node in graph.node:
-        _replace(node.input, BOUNDARY, inner)
-    _drop_value_infos(graph, BOUNDARY)
+        replace_name(node.input, BOUNDARY, inner)
+    drop_value_infos(graph, BOUNDARY)
     inner_vi = onnx.ValueInfoProto()
     inner_vi.CopyFrom(inp)
     inner_vi.name = inner
@@ -275,7 +282,7 @@ def strip_tail_decoding(tail: onnx.ModelProto) -> onnx.ModelProto:
 
 def _strip_codec(source: onnx.ModelProto, *, head: bool) -> onnx.ModelProto:
     """A copy of a head (its ``boundary`` output) or tail (its input) without the boundary codec node."""
-    model = _copy(source)
+    model = copy_model(source)
     graph = model.graph
     value = _find_value(graph.output if head else graph.input, BOUNDARY, "head graph output" if head else "tail graph input")
     if value.type.tensor_type.elem_type == TensorProto.FLOAT:
@@ -283,10 +290,10 @@ def _strip_codec(source: onnx.ModelProto, *, head: bool) -> onnx.ModelProto:
     node = _remove_codec(graph, _codec_of(graph, BOUNDARY, produced=head))
     inner = node.input[0] if head else node.output[0]
     for n in graph.node:
-        _replace(n.input, inner, BOUNDARY)
+        replace_name(n.input, inner, BOUNDARY)
         if head:
-            _replace(n.output, inner, BOUNDARY)
-    _drop_value_infos(graph, inner)
+            replace_name(n.output, inner, BOUNDARY)
+    drop_value_infos(graph, inner)
     value.type.tensor_type.elem_type = TensorProto.FLOAT
     return model
 
@@ -324,23 +331,17 @@ def _codec_node(
     graph: onnx.GraphProto, enc: BoundaryEncoding, names: set[str], *, src: str, dst: str, encode: bool
 ) -> onnx.NodeProto:
     """The Cast / QuantizeLinear / DequantizeLinear node between ``src`` and ``dst``; adds initializers."""
-    node_name = _unique("boundary_encode" if encode else "boundary_decode", names)
+    node_name = unique_name("boundary_encode" if encode else "boundary_decode", names)
     if enc.name == "fp16":
         to = TensorProto.FLOAT16 if encode else TensorProto.FLOAT
         return helper.make_node("Cast", [src], [dst], name=node_name, to=to)
     assert enc.scale is not None and enc.zero_point is not None
-    scale_name = _unique("boundary_encoding_scale", names)
-    zp_name = _unique("boundary_encoding_zero_point", names)
+    scale_name = unique_name("boundary_encoding_scale", names)
+    zp_name = unique_name("boundary_encoding_zero_point", names)
     graph.initializer.append(numpy_helper.from_array(np.array(enc.scale, dtype=np.float32), scale_name))
     graph.initializer.append(numpy_helper.from_array(np.array(enc.zero_point, dtype=np.uint8), zp_name))
     op = "QuantizeLinear" if encode else "DequantizeLinear"
     return helper.make_node(op, [src, scale_name, zp_name], [dst], name=node_name)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _require_opset(model: onnx.ModelProto, minimum: int) -> None:
@@ -362,38 +363,3 @@ def _require_float(vi: onnx.ValueInfoProto, what: str) -> None:
         raise BadInputError(
             f"{what} {vi.name!r} is {TensorProto.DataType.Name(elem)}, expected FLOAT: already encoded?"
         )
-
-
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        names.add(node.name)
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        names.add(vi.name)
-    names.update(t.name for t in graph.initializer)
-    return names
-
-
-def _unique(base: str, names: set[str]) -> str:
-    """``base`` or ``base_1``, ``base_2``... whichever is free first; reserves it in ``names``."""
-    name, i = base, 0
-    while name in names:
-        i += 1
-        name = f"{base}_{i}"
-    names.add(name)
-    return name
-
-
-def _replace(field: Any, old: str, new: str) -> None:
-    for i, value in enumerate(field):
-        if value == old:
-            field[i] = new
-
-
-def _drop_value_infos(graph: onnx.GraphProto, name: str) -> None:
-    """Remove stale ``value_info`` entries for ``name`` (its type is set on the graph input/output)."""
-    keep = [vi for vi in graph.value_info if vi.name != name]
-    del graph.value_info[:]
-    graph.value_info.extend(keep)

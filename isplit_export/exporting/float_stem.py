@@ -8,14 +8,9 @@ import numpy as np
 import onnx
 
 from isplit_export.errors import BadInputError
+from isplit_export.exporting.onnx_graph import attr, graph_inputs, probe_model
 from isplit_export.exporting.onnx_utils import make_session, run_session
-from isplit_export.exporting.qdq_graph import (
-    SPATIAL_OP_TYPES,
-    WEIGHTED_OP_TYPES,
-    attr,
-    graph_inputs,
-    probe_model,
-)
+from isplit_export.exporting.qdq_graph import SPATIAL_OP_TYPES, WEIGHTED_OP_TYPES
 
 
 def nodes_kept_float(

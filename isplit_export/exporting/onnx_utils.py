@@ -1,4 +1,6 @@
-"""Small ONNX / onnxruntime helpers shared by export, encoding, quantization and verification.
+"""onnxruntime sessions and ONNX model files, shared by export, quantization, verification and serving.
+
+Graph edits are :mod:`isplit_export.exporting.onnx_graph`.
 
 Torch-free on purpose: the ``verify`` path must run in a Jetson container without PyTorch.
 """
@@ -14,12 +16,12 @@ import onnx
 import onnxruntime as ort
 
 from isplit_export.contract.machine import Machine, cpu_count, cpu_isa, cpu_model
+from isplit_export.exporting.onnx_graph import canonicalize
 
 OPSET = 17
 """Pinned ONNX opset. 17 is the newest opset that every supported target parses: TensorRT 8.5
 (JetPack 5.1, the last release for Xavier NX) stops at 17, TensorRT 10 and onnxruntime take it."""
 
-PRODUCER = "isplit-export"
 ORT_LOG_SEVERITY = 4
 """onnxruntime log level of our sessions and its default logger: 4 = fatal only."""
 
@@ -34,19 +36,6 @@ either way (bit-identical on an AMD EPYC with AVX512-VNNI), at about 1.3x the ti
 EXACT_INT8_VALUE = "1"
 EXACT_INT8 = True
 """Whether :func:`make_session` sets :data:`EXACT_INT8_KEY` unless told otherwise (recorded in the manifest)."""
-
-
-def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Strip run-dependent text (doc strings, producer version) so equal graphs give equal bytes."""
-    model.producer_name = PRODUCER
-    model.producer_version = ""
-    model.doc_string = ""
-    model.graph.doc_string = ""
-    for node in model.graph.node:
-        node.doc_string = ""
-    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
-        vi.doc_string = ""
-    return model
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

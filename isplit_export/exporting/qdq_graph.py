@@ -1,4 +1,4 @@
-"""ONNX graph work around onnxruntime's QDQ output: probes, float inputs, separate Q/DQ parameters, tidying.
+"""ONNX graph work around onnxruntime's QDQ output: float inputs, separate Q/DQ parameters, tidying.
 
 Shared by :mod:`isplit_export.exporting.quantize` (which runs onnxruntime's static quantization and
 then fixes its output up here), :mod:`~isplit_export.exporting.bias_correction` and
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import onnx
 
 from isplit_export.errors import TechnicalError
-from isplit_export.exporting.onnx_utils import OPSET, canonicalize
+from isplit_export.exporting.onnx_graph import canonicalize
+from isplit_export.exporting.onnx_utils import OPSET
 
 WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 """Operators with weights: int8 weight initializers behind DequantizeLinear, per output channel."""
@@ -23,46 +23,6 @@ SPATIAL_OP_TYPES = ("Conv", "ConvTranspose")
 """Weighted operators that work on a spatial map (their resolution decides the float stem)."""
 
 _ORT_METADATA_KEYS = ("onnx.infer", "onnx.quant.pre_process")
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[str]:
-    """The names of the graph inputs that are not initializers (what a caller feeds)."""
-    inits = {t.name for t in model.graph.initializer}
-    return [vi.name for vi in model.graph.input if vi.name not in inits]
-
-
-def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are the tensors ``names``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
-    del probe.graph.output[:]
-    for name in names:
-        probe.graph.output.append(
-            onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
-        )
-    return probe
-
-
-def attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    """The value of ``node``'s attribute ``name``, or ``default`` when it has none."""
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def unique_name(model: onnx.ModelProto, base: str) -> str:
-    """``base``, or ``base_<k>`` with the smallest k that no tensor, node input/output or graph value uses."""
-    used = {t.name for t in model.graph.initializer} | {
-        x for n in model.graph.node for x in [*n.input, *n.output]
-    }
-    used |= {vi.name for vi in [*model.graph.input, *model.graph.output]}
-    name, k = base, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    return name
 
 
 def float_inputs(model: onnx.ModelProto, names: Sequence[str]) -> None:

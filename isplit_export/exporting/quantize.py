@@ -32,14 +32,9 @@ from isplit_export.exporting.encoding import (
     strip_tail_decoding,
 )
 from isplit_export.exporting.float_stem import nodes_kept_float, stem_share
+from isplit_export.exporting.onnx_graph import graph_inputs
 from isplit_export.exporting.onnx_utils import make_session, run_session, save_model
-from isplit_export.exporting.qdq_graph import (
-    WEIGHTED_OP_TYPES,
-    float_inputs,
-    graph_inputs,
-    separate_quant_params,
-    tidy,
-)
+from isplit_export.exporting.qdq_graph import WEIGHTED_OP_TYPES, float_inputs, separate_quant_params, tidy
 
 __all__ = [
     "FLOAT_OUTPUT_OP_TYPES",

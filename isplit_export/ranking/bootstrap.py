@@ -17,7 +17,7 @@ every image the same weights. The sums are held as double-double numbers (``hi +
 TwoSum; each product ``w * s`` is split so that it is exact), so they equal the exact sum to about
 2**-106 relative and do not depend on the order of the additions or of :meth:`BootstrapSums.merge`.
 
-What :func:`summarize` derives (all from the same paired replicates, so the strong correlation of
+What :func:`summarize_uncertainty` derives (all from the same paired replicates, so the strong correlation of
 the CUI at neighbouring cuts, which share the images, is accounted for):
 
 * ``cui_ci``: the 95 % percentile interval of CUI*_b per cut;
@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from isplit_export.stats import percentile_ci_columns
+
 DEFAULT_REPLICATES = 200
 """Bootstrap replicates B by default (``--bootstrap``; 0 turns the bootstrap off)."""
-CI_LEVEL = 0.95
-"""Coverage of the percentile interval ``cui_ci``."""
 FLIP_THRESHOLD = 0.05
 """Two candidates are a tie when their order flips in more than this fraction of the replicates."""
 METHOD = (
@@ -199,15 +199,6 @@ class BootstrapSums:
         return cui
 
 
-def percentile_ci(replicates: np.ndarray, level: float = CI_LEVEL) -> np.ndarray:
-    """The percentile interval ``[cuts, 2]`` of replicate values ``[B, cuts]`` (NaN rows ignored)."""
-    valid = replicates[~np.isnan(replicates).any(axis=1)]
-    if valid.shape[0] == 0:
-        return np.full((replicates.shape[1], 2), np.nan)
-    tail = 100.0 * (1.0 - level) / 2.0
-    return np.percentile(valid, [tail, 100.0 - tail], axis=0).T
-
-
 def _ranks_of(values: np.ndarray, members: Sequence[int]) -> np.ndarray:
     """Per row of ``values`` [R, cuts]: the 1-based rank of each of ``members`` among ``members`` by value,
     highest first, ties to the earlier cut (as :attr:`isplit_export.ranking.candidates.Ranking.ranks`)."""
@@ -219,7 +210,9 @@ def _ranks_of(values: np.ndarray, members: Sequence[int]) -> np.ndarray:
     return ranks
 
 
-def summarize(cui: np.ndarray, replicates: np.ndarray, ranks: Sequence[int | None]) -> dict[str, Any]:
+def summarize_uncertainty(
+    cui: np.ndarray, replicates: np.ndarray, ranks: Sequence[int | None]
+) -> dict[str, Any]:
     """What the replicates ``[B, cuts]`` say about the point-estimate ``cui`` and its ``ranks``.
 
     Returns ``cui_ci`` (per cut ``[lo, hi]`` or None), ``rank_stability`` and ``ties`` (per cut; None /
@@ -227,7 +220,7 @@ def summarize(cui: np.ndarray, replicates: np.ndarray, ranks: Sequence[int | Non
     cuts, ranks and the flip fraction), ``valid_replicates``.
     """
     valid = replicates[~np.isnan(replicates).any(axis=1)]
-    ci = percentile_ci(replicates)
+    ci = percentile_ci_columns(replicates)
     members = [i for i, r in enumerate(ranks) if r is not None]
     n_cuts = len(ranks)
     stability: list[float | None] = [None] * n_cuts

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from isplit_export.ranking.graph import Cut
+from isplit_export.text_table import text_table
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.probe import Probe
@@ -63,12 +64,12 @@ class Ranking:
 
     @property
     def uncertainty(self) -> dict[str, Any] | None:
-        """:func:`isplit_export.ranking.bootstrap.summarize` of the replicates (None without them)."""
+        """:func:`~isplit_export.ranking.bootstrap.summarize_uncertainty` of the replicates (None without)."""
         if self.replicates is None or self.replicates.shape[0] == 0:
             return None
-        from isplit_export.ranking.bootstrap import summarize
+        from isplit_export.ranking.bootstrap import summarize_uncertainty
 
-        return summarize(self.cui, self.replicates, self.ranks)
+        return summarize_uncertainty(self.cui, self.replicates, self.ranks)
     total_flops: int | None = None
     probe: Probe | None = None
     """The probe at a ``--bottleneck`` budget (:mod:`isplit_export.bottleneck.probe`): a score per probed cut."""
@@ -141,7 +142,8 @@ class Ranking:
         if self.distributed:  # how it was computed (torch.distributed); absent in one process
             out["distributed"] = self.distributed
         if unc is not None and self.replicates is not None:
-            from isplit_export.ranking.bootstrap import CI_LEVEL, FLIP_THRESHOLD, METHOD
+            from isplit_export.ranking.bootstrap import FLIP_THRESHOLD, METHOD
+            from isplit_export.stats import CI_LEVEL
 
             out["bootstrap"] = {
                 "method": METHOD,
@@ -192,8 +194,7 @@ class Ranking:
                     *extra,
                 )
             )
-        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+        return "\n".join(text_table(rows))
 
 
 def _probe_cell(score: dict[str, Any] | None) -> str:

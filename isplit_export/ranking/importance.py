@@ -101,10 +101,10 @@ class Importance:
 
     def cui_ci(self, classes: Sequence[int] | None = None) -> np.ndarray | None:
         """The 95 % percentile bootstrap interval of :meth:`cui` per cut ``[cuts, 2]``, or None."""
-        from isplit_export.ranking.bootstrap import percentile_ci
+        from isplit_export.stats import percentile_ci_columns
 
         reps = self.replicate_cui(classes)
-        return None if reps is None else percentile_ci(reps)
+        return None if reps is None else percentile_ci_columns(reps)
 
     def cui(self, classes: Sequence[int] | None = None) -> np.ndarray:
         """CUI per cut over all images, or over the images whose class key is in ``classes``."""

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export.errors import BadInputError, IsplitError
+from isplit_export.errors import BadInputError, IsplitError, first_line
 from isplit_export.options import MAX_BACKOFF_MS, RunOptions, parse_address
-from isplit_export.serving.records import Request, first_line
+from isplit_export.serving.records import ERROR_CHARS, Request
 from isplit_export.version import __version__
 
 EXIT_UNREACHABLE = 5
@@ -109,7 +109,7 @@ def require_packages(options: RunOptions) -> None:
                     f"pip install 'isplit_export-{__version__}-py3-none-any.whl[device]'"
                 )
             raise BadInputError(
-                f"run needs {module}, which does not import here ({first_line(e)}): {fix}"
+                f"run needs {module}, which does not import here ({first_line(e, ERROR_CHARS)}): {fix}"
             ) from e
 
 
@@ -177,7 +177,7 @@ class Client:
                 return False, f"model {self.model} is not loaded there"
             return True, ""
         except Exception as e:
-            return False, first_line(e)
+            return False, first_line(e, ERROR_CHARS)
 
     def metadata(self) -> tuple[str, list[int]]:
         """(datatype, shape) of the model's first input, as the server declares it."""
@@ -305,7 +305,7 @@ def send(
                 return inp, logits
             req.error = problem
         except Exception as e:  # timeouts, refused connections, server errors: all retried, all bounded
-            req.error = first_line(e)
+            req.error = first_line(e, ERROR_CHARS)
         if attempt < options.retries and not stop.is_set():
             stop.wait(min(options.backoff_ms * 2**attempt, MAX_BACKOFF_MS) / 1e3)
         if stop.is_set():

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from isplit_export import contract
-from isplit_export.errors import BadInputError, GateFailedError, NotRunError
+from isplit_export.errors import BadInputError, GateFailedError, NotRunError, first_line
 from isplit_export.exporting.encoding import encode_array
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.options import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
-from isplit_export.serving.records import first_line
+from isplit_export.serving.records import ERROR_CHARS
 
 # --------------------------------------------------------------------------------------------------
 # images (torch-free: the device has no PyTorch)
@@ -93,7 +93,7 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
         try:
             images.append(Image_(name, preprocess_image(path, prep), label))
         except Exception as e:  # an unreadable file is skipped and counted, never silently dropped
-            images.append(Image_(name, None, label, f"unreadable image: {first_line(e)}"))
+            images.append(Image_(name, None, label, f"unreadable image: {first_line(e, ERROR_CHARS)}"))
     return images, str(root)
 
 
@@ -128,7 +128,7 @@ def choose_backend(bundle: BundleAccess, split: SplitAccess, backend: str, trust
     try:
         engine, _ = _head_engine(bundle, split)
     except (BadInputError, NotRunError) as e:
-        return "onnxruntime", f"auto: no TensorRT head engine ({first_line(e).split(':')[0]})"
+        return "onnxruntime", f"auto: no TensorRT head engine ({first_line(e, ERROR_CHARS).split(':')[0]})"
     if not (trust or engine_trust.trusted(engine.read_bytes())):
         return "onnxruntime", f"auto: {engine.name} was not built here by build-engines"
     return "tensorrt", f"auto: {engine.name}, built here by build-engines"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from isplit_export import contract, numbers
-from isplit_export.errors import BadInputError, IsplitError
+from isplit_export.errors import BadInputError, IsplitError, first_line
 from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import RunOptions, parse_address
 from isplit_export.outdir import check_writable_file
@@ -30,14 +30,10 @@ if TYPE_CHECKING:
     from isplit_export.serving.local import Image_
 
 RUN_FILE, RUN_SCHEMA = contract.RUN_FILE, contract.RUN_SCHEMA
+ERROR_CHARS = 300
+"""A request's recorded error is its first line, at most this many characters."""
 MAX_LISTED_FAILURES = 100
 """run.json lists at most this many failed/skipped requests one by one (all are counted)."""
-
-
-def first_line(err: BaseException) -> str:
-    """The error as one line (at most 300 characters), as requests record it and messages quote it."""
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 @dataclass
@@ -271,7 +267,7 @@ def write_run(path: Path, bundle: BundleAccess, split: SplitAccess, data: dict[s
     try:
         write_text_atomic(path, json_dumps(doc))
     except OSError as e:
-        raise BadInputError(f"cannot write {path} ({first_line(e)}): pass a writable --out FILE, or --no-write") from e
+        raise BadInputError(f"cannot write {path} ({first_line(e, ERROR_CHARS)}): pass a writable --out FILE, or --no-write") from e
     return path
 
 
@@ -330,5 +326,5 @@ def format_run(data: dict[str, Any], written: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MAX_LISTED_FAILURES", "RUN_FILE", "RUN_SCHEMA", "Recorder", "Request", "address_class",
-           "check_run_path", "first_line", "format_run", "rounded", "run_entry", "stats", "write_run"]
+__all__ = ["ERROR_CHARS", "MAX_LISTED_FAILURES", "RUN_FILE", "RUN_SCHEMA", "Recorder", "Request", "address_class",
+           "check_run_path", "format_run", "rounded", "run_entry", "stats", "write_run"]

@@ -10,7 +10,7 @@ copies in a private folder (:mod:`isplit_export.serving.model_store`); MLServer'
 and every request is bounded (:mod:`isplit_export.serving.server`). A port already bound (another
 server) is refused before anything is printed (exit 2). Each selected split's tail becomes one model,
 named like its Triton model (``01-features.3``), served by
-:class:`isplit_export.serving.runtime.OnnxTailRuntime` in this process (MLServer's
+:class:`isplit_export.serving.tail_runtime.OnnxTailRuntime` in this process (MLServer's
 ``parallel_workers: 0``: its worker pool does not start on every Python). One
 log line per model loaded; SIGINT and SIGTERM stop the servers cleanly (MLServer's own handlers) and
 the command returns 0. MLServer's metrics server is off (one port fewer to collide). In production
@@ -109,7 +109,7 @@ def model_settings(bundle: BundleAccess, threads: int, store: ModelStore | None 
     from mlserver.settings import ModelParameters, ModelSettings
     from mlserver.types import MetadataTensor
 
-    from isplit_export.serving.runtime import DATATYPES, OnnxTailRuntime
+    from isplit_export.serving.tail_runtime import DATATYPES, OnnxTailRuntime
 
     files = bundle.manifest["files"]
     out = []

@@ -13,7 +13,7 @@
   capped at the same size (``grpc_max_message_length``).
 - **400, never 500.** A body that does not parse or validate (FastAPI answers 422) and a gRPC message
   MLServer cannot convert (it answers ``INTERNAL``) become 400 / ``INVALID_ARGUMENT`` with one line;
-  the runtime (:mod:`isplit_export.serving.runtime`) refuses the rest of a malformed request the same way.
+  the runtime (:mod:`isplit_export.serving.tail_runtime`) refuses the rest of a malformed request the same way.
 - **No ``SO_REUSEPORT``** on the gRPC port (``grpc.so_reuseport`` 0): a second server cannot share it.
 """
 

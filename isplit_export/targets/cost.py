@@ -1,7 +1,7 @@
 """What each cut costs, Neurosurgeon-style: head on the device, the boundary over the link, tail on the server.
 
 Torch-free: everything comes from the ranking (FLOPs per cut, boundary shape), the target profiles
-(``targets/*.json``, effective GFLOP/s per precision and power) and a :class:`Link`.
+(``isplit_export/profiles/*.json``, effective GFLOP/s per precision and power) and a :class:`Link`.
 
 Per cut, at batch 1:
 
@@ -132,9 +132,9 @@ class Compute:
 def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
     """The unit and rate a profile runs at its default precision; the head goes to DLA core 0 like the plan."""
     if profile.cost is None:
-        raise BadInputError(f"target {profile.name} has no cost profile: add a 'cost' block (targets/README.md)")
+        raise BadInputError(f"target {profile.name} has no cost profile: add a 'cost' block (isplit_export/profiles/README.md)")
     p = profile.default_precision
-    dla = head and profile.has_dla and p in DLA_PRECISIONS  # engine_plan.default_head_dla_core's rule
+    dla = head and profile.has_dla and p in DLA_PRECISIONS  # engine_build.default_head_dla_core's rule
     unit = "dla0" if dla else ("cpu" if profile.backend == "onnxruntime" else "gpu")
     return Compute(profile.name, unit, p, profile.cost.rate(p, dla=dla), profile.cost.power_w)
 

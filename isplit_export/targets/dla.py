@@ -3,10 +3,11 @@
 With ``--allowGPUFallback`` TensorRT moves every layer the DLA cannot run to the GPU without a word
 (NVIDIA, "DLA Runtime Configuration", GPU Fallback Mode), and each move costs a DLA<->GPU hand-over.
 This module walks the ONNX graph the engine is built from and holds every node to the DLA's supported
-layers and restrictions, so that the plan can say *before* the build what would leave the DLA, and put a
-head that would mostly leave it on the GPU instead (:func:`isplit_export.targets.engine_plan.write_build_plan`).
+layers and restrictions, so that the engine build recipe can say *before* the build what would leave the
+DLA, and put a head that would mostly leave it on the GPU instead
+(:func:`~isplit_export.targets.engine_build.write_engine_build`).
 
-Sources (targets/README.md cites them in full): the per-layer limits are the ``If executing this layer
+Sources (isplit_export/profiles/README.md cites them in full): the per-layer limits are the ``If executing this layer
 on DLA`` clauses of ``include/NvInfer.h`` in NVIDIA/TensorRT, identical at tags v10.3.0 (JetPack 6.2)
 and v11.1 (the DLA limits did not change between the two; 11.4.1 restored DLA on AGX Orin); the general
 rules (no dynamic dimensions, batch <= 4096, non-batch dimensions <= 8192) are the "DLA Supported Layers
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from isplit_export.exporting.onnx_graph import attr, copy_model
 
 MAX_BATCH = 4096
 MAX_DIM = 8192
@@ -86,8 +89,7 @@ class _Graph:
         # tensor's static shape (and every shape tensor's value) from one onnxruntime run on zeros: shape
         # arithmetic (Shape -> Gather -> ... -> Pad, as exporters write "same" padding) is then static,
         # as it is for TensorRT at build time. Without onnxruntime's answer, ONNX shape inference.
-        fixed = onnx.ModelProto()
-        fixed.CopyFrom(model)
+        fixed = copy_model(model)
         for inp in fixed.graph.input:
             dims = inp.type.tensor_type.shape.dim
             if dims and not dims[0].HasField("dim_value"):
@@ -127,8 +129,7 @@ def _evaluate(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     try:
         from isplit_export.exporting.onnx_utils import make_session  # lazy: onnxruntime
 
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
+        probe = copy_model(model)
         known = {o.name for o in probe.graph.output}
         names = [o for n in probe.graph.node for o in n.output if o and o not in known]
         probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
@@ -148,35 +149,28 @@ def _evaluate(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         return {}
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _bad_range(values: Sequence[int], lo: int, hi: int) -> bool:
     return any(not lo <= int(v) <= hi for v in values)
 
 
 def _conv(g: _Graph, node: onnx.NodeProto) -> str | None:
     w = g.shape(node.input[1]) if len(node.input) > 1 else None
-    kernel = list(_attr(node, "kernel_shape", []) or (w[2:] if w else []))
+    kernel = list(attr(node, "kernel_shape", []) or (w[2:] if w else []))
     if len(kernel) != 2:
         return f"{len(kernel)}D convolution: DLA runs 2D only"
     if _bad_range(kernel, 1, 32):
         return f"kernel {kernel} outside [1,32]"
-    stride = list(_attr(node, "strides", [1, 1]))
+    stride = list(attr(node, "strides", [1, 1]))
     if _bad_range(stride, 1, 8):
         return f"stride {stride} outside [1,8]"
-    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
     if _bad_range(pads, 0, 31) or any(p >= k for p, k in zip(pads, kernel + kernel, strict=False)):
         return f"padding {pads} outside [0,31] or not below kernel {kernel}"
-    dil = list(_attr(node, "dilations", [1, 1]))
+    dil = list(attr(node, "dilations", [1, 1]))
     if _bad_range(dil, 1, 32):
         return f"dilation {dil} outside [1,32]"
-    if int(_attr(node, "group", 1)) > 8192:
-        return f"{_attr(node, 'group')} groups: DLA takes at most 8192"
+    if int(attr(node, "group", 1)) > 8192:
+        return f"{attr(node, 'group')} groups: DLA takes at most 8192"
     if w and isinstance(w[0], int) and not 1 <= w[0] <= 8192:
         return f"{w[0]} output maps outside [1,8192]"
     return None
@@ -184,7 +178,7 @@ def _conv(g: _Graph, node: onnx.NodeProto) -> str | None:
 
 def _deconv(g: _Graph, node: onnx.NodeProto) -> str | None:
     w = g.shape(node.input[1]) if len(node.input) > 1 else None
-    kernel = list(_attr(node, "kernel_shape", []) or (w[2:] if w else []))
+    kernel = list(attr(node, "kernel_shape", []) or (w[2:] if w else []))
     if len(kernel) != 2:
         return f"{len(kernel)}D deconvolution: DLA runs 2D only"
 
@@ -193,27 +187,27 @@ def _deconv(g: _Graph, node: onnx.NodeProto) -> str | None:
 
     if not ok(kernel):
         return f"kernel {kernel} outside [1,32] (or 1x64/96/128)"
-    stride = list(_attr(node, "strides", [1, 1]))
+    stride = list(attr(node, "strides", [1, 1]))
     if not ok(stride):
         return f"stride {stride} outside [1,32] (or 1x64/96/128)"
-    if any(int(p) for p in _attr(node, "pads", [])):
+    if any(int(p) for p in attr(node, "pads", [])):
         return "deconvolution padding must be 0 on DLA"
-    if int(_attr(node, "group", 1)) != 1:
+    if int(attr(node, "group", 1)) != 1:
         return "grouped deconvolution: DLA needs one group"
     return None
 
 
 def _pool(g: _Graph, node: onnx.NodeProto) -> str | None:
-    window = list(_attr(node, "kernel_shape", []))
+    window = list(attr(node, "kernel_shape", []))
     if len(window) != 2:
         return f"{len(window)}D pooling: DLA runs 2D only"
     if _bad_range(window, 1, 8):
         return f"window {window} outside [1,8]"
-    stride = list(_attr(node, "strides", [1, 1]))
+    stride = list(attr(node, "strides", [1, 1]))
     if _bad_range(stride, 1, 16):
         return f"stride {stride} outside [1,16]"
-    if _bad_range(list(_attr(node, "pads", [0, 0, 0, 0])), 0, 7):
-        return f"padding {list(_attr(node, 'pads'))} outside [0,7]"
+    if _bad_range(list(attr(node, "pads", [0, 0, 0, 0])), 0, 7):
+        return f"padding {list(attr(node, 'pads'))} outside [0,7]"
     return None
 
 
@@ -230,7 +224,7 @@ def _elementwise(g: _Graph, node: onnx.NodeProto) -> str | None:
 
 def _concat(g: _Graph, node: onnx.NodeProto) -> str | None:
     rank = len(g.shape(node.output[0]) or [])
-    axis = int(_attr(node, "axis", 0))
+    axis = int(attr(node, "axis", 0))
     axis = axis + rank if axis < 0 else axis
     if rank and axis != rank - 3:
         return f"concatenation on axis {axis}: DLA concatenates on the channel axis (third from last) only"
@@ -248,7 +242,7 @@ def _resize(g: _Graph, node: onnx.NodeProto) -> str | None:
     if scales is None or scales.size != 4:
         return "resize without 4 constant scales (output sizes are not supported on DLA)"
     s = [float(v) for v in scales.ravel()]
-    mode = _attr(node, "mode", b"nearest")
+    mode = attr(node, "mode", b"nearest")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     hi = 32 if mode == "nearest" else 4
     if s[:2] != [1.0, 1.0] or any(v != int(v) or not 1 <= v <= hi for v in s[2:]):

@@ -1,7 +1,7 @@
 """Deployment target profiles: what a device runs (TensorRT / onnxruntime), in which precisions, with DLA or not.
 
-Every target is a JSON data file in the top-level ``targets/`` folder (installed as the package
-``isplit_export._targets``); ``targets/README.md`` explains each field. This module loads and validates
+Every target is a JSON data file in ``isplit_export/profiles/`` (package data: the same folder in a
+checkout and in an installed wheel); its ``README.md`` explains each field. This module loads and validates
 them, so a typo in a profile fails with one line naming the file and the field, never deep inside the
 export.
 
@@ -42,7 +42,7 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def dla_unsupported(tensorrt_version: str, gpu: str) -> str | None:
-    """Why TensorRT ``tensorrt_version`` cannot use a Jetson's DLA, or None when it can (targets/README.md).
+    """Why TensorRT ``tensorrt_version`` cannot use a Jetson's DLA, or None when it can (isplit_export/profiles/README.md).
 
     NVIDIA's TensorRT 11.x docs: DLA left after 10.7, was absent from 11.0 to 11.3 (11.4.0: Windows on
     ARM only) and returned in 11.4.1 on Jetson AGX Orin only, under JetPack 7.2.2 or later.
@@ -63,7 +63,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 @dataclass(frozen=True)
 class CostProfile:
-    """What a target costs to run (targets/README.md gives the source or assumption of every figure).
+    """What a target costs to run (isplit_export/profiles/README.md gives the source or assumption of every figure).
 
     ``gflops`` is the effective throughput in GFLOP/s (FLOPs = 2 x MACs, as :mod:`graph` counts them) of
     the GPU (or the CPU, for onnxruntime targets) per precision; ``dla_gflops`` the same for one DLA
@@ -92,7 +92,7 @@ class CostProfile:
 
 @dataclass(frozen=True)
 class TargetProfile:
-    """One deployment target, as loaded from ``targets/<name>.json`` (field meanings: targets/README.md)."""
+    """One deployment target, as loaded from ``isplit_export/profiles/<name>.json`` (field meanings: isplit_export/profiles/README.md)."""
 
     name: str
     description: str
@@ -153,14 +153,8 @@ _OPTIONAL = ("cost",)
 
 
 def _targets_dir() -> Traversable:
-    """The folder holding the profile files: the installed resource package, else the repo's ``targets/``."""
-    try:
-        res = importlib.resources.files("isplit_export._targets")
-        if res.is_dir():
-            return res
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[2] / "targets"
+    """The folder holding the profile files: the package data folder ``isplit_export/profiles/``."""
+    return importlib.resources.files("isplit_export").joinpath("profiles")
 
 
 def _profile_files() -> dict[str, Traversable]:

@@ -25,7 +25,7 @@ from isplit_export.errors import BadInputError, GateFailedError, NotRunError, Te
 from isplit_export.files import sha256_file
 from isplit_export.targets import engine_trust
 from isplit_export.targets.cuda_runtime import CudaRuntime, current_gpu_name
-from isplit_export.targets.engine_plan import RECORD_NAME, RECORD_SCHEMA, check_tensorrt_version
+from isplit_export.targets.engine_build import RECORD_NAME, RECORD_SCHEMA, check_tensorrt_version
 
 if TYPE_CHECKING:
     import tensorrt

@@ -16,14 +16,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from isplit_export.exporting.onnx_graph import copy_model
+
 KEEP_FLOAT32 = {"Resize": {1, 2}, "Upsample": {1}}
 """Inputs that ONNX types as float32 whatever the data type (``roi`` / ``scales``): left alone."""
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` computing in fp16 with an unchanged float32 interface (see the module docstring)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     g = out.graph
     keep = {node.input[i] for node in g.node for i in KEEP_FLOAT32.get(node.op_type, ()) if i < len(node.input)}
     for init in g.initializer:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from isplit_export.errors import BadInputError, TechnicalError
+from isplit_export.errors import BadInputError, TechnicalError, first_line
 from isplit_export.exporting.encoding import BoundaryEncoding, decode_array, encode_array
 from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.numbers import rounded
@@ -30,12 +30,6 @@ compute. (Absolute latency with all cores is a deployment question, not the 5 % 
 
 TRT_LATENCY_RUNS = 50
 """Timed batch-1 runs per engine (after 5 warm-up runs) for the ``latency_ms`` of TensorRT rows."""
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _session(path: Path, threads: int = 0) -> ort.InferenceSession:

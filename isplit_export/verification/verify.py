@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from isplit_export import contract
-from isplit_export.errors import BadInputError, NotRunError
+from isplit_export.errors import BadInputError, NotRunError, first_line
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.exporting.onnx_utils import this_machine
 from isplit_export.files import json_dumps, write_text_atomic
@@ -40,8 +40,7 @@ from isplit_export.verification.checks import (
     compare_boundary,
 )
 from isplit_export.verification.gates import GATES, PRECISIONS, VERIFY_BACKENDS, Gate, gate_for
-from isplit_export.verification.results import BundleVerification, SplitVerification
-from isplit_export.verification.runtime import first_line as _first_line
+from isplit_export.verification.outcome import BundleVerification, SplitVerification
 from isplit_export.verification.runtime import run_pair_onnx, run_pair_trt, time_engines
 
 SCHEMA = contract.SCHEMA
@@ -308,7 +307,7 @@ def write_verification(result: BundleVerification, report: Path | None = None) -
         write_text_atomic(path, json_dumps(result.to_json()))
     except OSError as e:
         raise BadInputError(
-            f"cannot write {path} ({_first_line(e)}): the results are above; pass --report PATH or --no-write "
+            f"cannot write {path} ({first_line(e)}): the results are above; pass --report PATH or --no-write "
             "(e.g. for a read-only bundle)"
         ) from e
     return path

@@ -151,3 +151,17 @@ def test_a_signal_after_the_command_is_one_line_that_says_what_is_on_disk(
     done = "--out was complete before the signal" if put_in_place else "nothing was written to --out"
     assert err == [f"error: interrupted: {done}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == (["o"] if put_in_place else [])
+
+
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    """``python -m isplit_export`` is the console script's CLI: same version line, same exit code on bad input."""
+    from isplit_export.version import __version__
+
+    run = [sys.executable, "-m", "isplit_export"]
+    shown = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert __version__ in shown.stdout
+    bad = subprocess.run(
+        [*run, "verify", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr

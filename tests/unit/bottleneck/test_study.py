@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from isplit_export.bottleneck.study import SCHEMA, CutResult, measure_cut, prepare, summarize
+from isplit_export.bottleneck.study import SCHEMA, CutResult, measure_cut, prepare, summarize_study
 from isplit_export.cli import main
 from isplit_export.options import StudyOptions
 from tests.support.helpers import DIGITS, run_cli
@@ -64,7 +64,7 @@ def test_summary_statistics_match_hand_computed_values() -> None:
     # pairs: 5 concordant, 1 discordant -> tau = 4/6. CDE ranks 4,3,2,1 (reversed): rho = -0.8, tau = -4/6.
     results = [_result(i, cui, nb, v) for i, (cui, nb, v) in enumerate(
         [(1.0, 400, 0.1), (2.0, 300, 0.3), (3.0, 200, 0.2), (4.0, 100, 0.4)])]  # fmt: skip
-    s = summarize(results, seed=0, reps=200)
+    s = summarize_study(results, seed=0, reps=200)
     assert s["predictors"]["cui"]["spearman"] == pytest.approx(0.8)
     assert s["predictors"]["cui"]["kendall"] == pytest.approx(4 / 6)
     assert s["predictors"]["cde"]["spearman"] == pytest.approx(-0.8)
@@ -73,10 +73,10 @@ def test_summary_statistics_match_hand_computed_values() -> None:
     assert not s["conclusive"] and "too few to conclude" in s["note"]
     lo, hi = s["predictors"]["cui"]["spearman_ci95"]
     assert -1 <= lo <= hi <= 1
-    assert summarize(results, seed=0, reps=200) == s  # seeded
+    assert summarize_study(results, seed=0, reps=200) == s  # seeded
     # CUI's top pick is not the best: regret is the gap
     results[3] = _result(3, 4.0, 100, 0.05)
-    assert summarize(results, reps=50)["regret"] == pytest.approx(0.3 - 0.05)
+    assert summarize_study(results, reps=50)["regret"] == pytest.approx(0.3 - 0.05)
 
 
 def _with_outcomes(index: int, cui: float, probe: float, outcomes: list[list[int]]) -> CutResult:
@@ -96,13 +96,13 @@ def test_conclusive_only_where_a_difference_ci_excludes_zero() -> None:
     # CUI and the probe both order the cuts exactly as measured: their difference is 0, its CI contains 0;
     # CDE (100, 200, ...) also orders them so: nothing is decided.
     same = [_with_outcomes(i, float(i + 1), float(i + 1), outcomes(p)) for i, p in enumerate(accs)]
-    s = summarize(same, seed=0, reps=300)
+    s = summarize_study(same, seed=0, reps=300)
     d = s["differences"]["probe-cui"]
     assert d["spearman_difference"] == 0.0 and d["ci95"][0] <= 0.0 <= d["ci95"][1] and not d["conclusive"]
     assert not s["conclusive"] and s["concludes_for"] is None and "inconclusive" in s["note"]
     # the probe orders them right, CUI reversed: the difference's CI is above 0, the study concludes for the probe
     apart = [_with_outcomes(i, float(6 - i), float(i + 1), outcomes(p)) for i, p in enumerate(accs)]
-    s = summarize(apart, seed=0, reps=300)
+    s = summarize_study(apart, seed=0, reps=300)
     d = s["differences"]["probe-cui"]
     assert d["ci95"][0] > 0 and d["conclusive"] and d["better"] == "probe"
     assert s["conclusive"] and s["concludes_for"] == "probe" and "probe predicts better than cui" in s["note"]
@@ -117,7 +117,7 @@ def test_separated_pairs_count_only_differences_outside_the_noise() -> None:
 
     rights, probe, cui = [30, 30, 10, 29], [4.0, 3.0, 1.0, 2.0], [1.0, 2.0, 3.0, 0.5]
     results = [_with_outcomes(i, cui[i], probe[i], outcomes(r)) for i, r in enumerate(rights)]
-    s = summarize(results, seed=0, reps=400)
+    s = summarize_study(results, seed=0, reps=400)
     assert s["separated_pairs"]["pairs"] == [[0, 2], [1, 2], [2, 3]] and s["separated_pairs"]["of"] == 6
     assert s["predictors"]["probe"]["separated_pairs"] == {"right": 3, "wrong": 0, "tied": 0}
     assert s["predictors"]["cui"]["separated_pairs"] == {"right": 0, "wrong": 3, "tied": 0}

@@ -22,7 +22,7 @@ from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file
 from isplit_export.targets import trt_backend
-from isplit_export.targets.engine_plan import read_plan
+from isplit_export.targets.engine_build import read_engine_build
 from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS
 
@@ -136,7 +136,7 @@ def test_engine_plans_point_at_the_shared_models(shared: Path, tmp_path: Path) -
     shutil.copytree(shared, copy)
     for split in m["splits"]:
         split_dir = copy / split["dir"]
-        plan = read_plan(split_dir)
+        plan = read_engine_build(split_dir)
         for part in ("head", "tail"):
             spec = plan["engines"][part]
             target = (split_dir / spec["onnx"]).resolve()  # what trt_backend.build_bundle_engines parses

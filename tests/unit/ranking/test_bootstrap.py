@@ -24,13 +24,13 @@ from isplit_export.ranking.bootstrap import (
     FLIP_THRESHOLD,
     MAX_WEIGHT,
     BootstrapSums,
-    percentile_ci,
     poisson_weights,
-    summarize,
+    summarize_uncertainty,
 )
 from isplit_export.ranking.candidates import SCHEMA, Ranking
 from isplit_export.ranking.graph import Cut, trace
 from isplit_export.ranking.importance import Importance, batch_scores, compute_importance
+from isplit_export.stats import percentile_ci_columns
 from isplit_export.zoo import DIGITS_PREPROCESSING
 
 B = 200
@@ -247,7 +247,7 @@ def test_rank_stability_on_a_case_built_to_be_ambiguous() -> None:
     )
     ranks = r.ranks
     assert ranks[5] == 1 and {ranks[1], ranks[3]} == {2, 3}
-    unc = summarize(r.cui, reps, ranks)
+    unc = summarize_uncertainty(r.cui, reps, ranks)
     stab = unc["rank_stability"]
     assert all(v is None for i, v in enumerate(stab) if i not in (1, 3, 5))
     assert all(0.0 <= v <= 1.0 for v in stab if v is not None)
@@ -283,7 +283,7 @@ def test_clear_order_is_stable() -> None:
     imp.add(torch.zeros(40, dtype=torch.int64), torch.from_numpy(s))
     reps = imp.replicate_cui()
     assert reps is not None
-    unc = summarize(imp.cui(), reps, [None, 1, None, 2, None])
+    unc = summarize_uncertainty(imp.cui(), reps, [None, 1, None, 2, None])
     assert unc["rank_stability"][1] == unc["rank_stability"][3] == 1.0 and unc["pairs"] == []
 
 
@@ -296,8 +296,9 @@ def test_empty_replicates_of_a_small_subset_are_left_out() -> None:
     empty = np.isnan(reps).all(axis=1)
     assert 0.25 < empty.mean() < 0.5
     np.testing.assert_allclose(reps[~empty], np.tile([0.5, 0.7, 0.2], (int((~empty).sum()), 1)))
-    assert summarize(imp.cui([9]), reps, [None, 1, None])["valid_replicates"] == int((~empty).sum())
-    np.testing.assert_allclose(percentile_ci(reps), [[0.5, 0.5], [0.7, 0.7], [0.2, 0.2]])
+    valid = summarize_uncertainty(imp.cui([9]), reps, [None, 1, None])["valid_replicates"]
+    assert valid == int((~empty).sum())
+    np.testing.assert_allclose(percentile_ci_columns(reps), [[0.5, 0.5], [0.7, 0.7], [0.2, 0.2]])
 
 
 def test_cui_plot_has_error_bars() -> None:

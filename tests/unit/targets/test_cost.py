@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from isplit_export.bundle.planning import build_cost, format_table
+from isplit_export.bundle.planning import build_cost, format_cost_table
 from isplit_export.bundle.selection import pareto_layers, select
 from isplit_export.errors import BadInputError
 from isplit_export.options import Constraints
@@ -19,7 +19,7 @@ from isplit_export.targets.profiles import list_targets, validate_profile
 
 torch = pytest.importorskip("torch")  # only the toy model's trace needs torch; cost/selection are torch-free
 
-TARGETS = Path(__file__).resolve().parents[3] / "targets"
+TARGETS = Path(__file__).resolve().parents[3] / "isplit_export" / "profiles"
 
 # Toy model on a 1x8x8 input, FLOPs = 2 x MACs for conv/linear, one per output element otherwise:
 #   conv1 1->2 3x3: 2*128*9 = 2304, relu 128           -> cut 0 after 2432
@@ -134,7 +134,7 @@ def test_objectives_and_constraints(toy_ranking: dict[str, Any]) -> None:
     assert slow_link["note"] and "cut 3 (adaptive_avg_pool2d) is not a local maximum" in slow_link["note"]
     gain = slow_link["per_cut"][0]["total_ms"] - slow_link["per_cut"][3]["total_ms"]
     assert f"{gain:.3f} ms faster" in slow_link["note"]
-    text = format_table({**toy_ranking, "candidates": [{**c, "cost": pc} for c, pc in
+    text = format_cost_table({**toy_ranking, "candidates": [{**c, "cost": pc} for c, pc in
                          zip(toy_ranking["candidates"], slow_link["per_cut"], strict=True)], "cost": slow_link})  # fmt: skip
     assert "all on device" in text and "all on server" in text and "note: cut 3" in text
 

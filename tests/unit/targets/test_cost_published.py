@@ -1,4 +1,4 @@
-"""The cost model held to published Jetson measurements (each figure's source: targets/README.md).
+"""The cost model held to published Jetson measurements (each figure's source: isplit_export/profiles/README.md).
 
 ResNet-50 v1.5, 224x224, INT8, as counted by the tool (``graph.trace``: 8,204,815,360 FLOPs, 2 x MACs).
 The model's estimate is FLOPs / the profile's effective rate; every check allows 25 %.

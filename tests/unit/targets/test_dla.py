@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from isplit_export.targets.dla import check_model, choose_device
-from isplit_export.targets.engine_plan import PLAN_NAME, write_build_plan
+from isplit_export.targets.engine_build import ENGINE_BUILD_FILE, write_engine_build
 from isplit_export.targets.profiles import load_target
 
 RNG = np.random.default_rng(0)
@@ -164,7 +164,7 @@ def test_real_heads_fraction_and_plan_choice(capsys: pytest.CaptureFixture[str],
     assert code in (0, 1), err  # 1: a gate failed on random weights; the plans are written either way
     manifest = json.loads((out / "manifest.json").read_text())
     for split in manifest["splits"]:
-        plan_file = next(f for f in split["files"].values() if str(f).endswith(PLAN_NAME))
+        plan_file = next(f for f in split["files"].values() if str(f).endswith(ENGINE_BUILD_FILE))
         plan = json.loads((out / plan_file).read_text())
         block, head = plan["dla"], plan["engines"]["head"]
         onnx_file = (out / plan_file).parent / head["onnx"]
@@ -190,10 +190,10 @@ def test_plan_moves_a_mostly_unsupported_head_to_the_gpu(tmp_path: Path) -> None
     onnx.save(model, str(tmp_path / "head.onnx"))
     onnx.save(model, str(tmp_path / "tail.onnx"))
     for fraction, device in ((0.9, "gpu"), (0.5, "dla")):
-        write_build_plan(tmp_path, load_target("jetson-orin-agx"), precision="fp16", head_onnx="head.onnx",
+        write_engine_build(tmp_path, load_target("jetson-orin-agx"), precision="fp16", head_onnx="head.onnx",
                          tail_onnx="tail.onnx", input_shape=(1, 3, 16, 16), boundary_shape=(1, 4, 16, 16),
                          min_dla_fraction=fraction)  # fmt: skip
-        plan = json.loads((tmp_path / PLAN_NAME).read_text())
+        plan = json.loads((tmp_path / ENGINE_BUILD_FILE).read_text())
         assert plan["engines"]["head"]["device"] == device == plan["dla"]["device"]
         assert plan["dla"]["fallback"] == [{"node": "hswish", "op": "HardSwish",
                                             "reason": "HardSwish is not among the DLA supported layers"}]  # fmt: skip
@@ -205,16 +205,16 @@ def test_plan_moves_a_mostly_unsupported_head_to_the_gpu(tmp_path: Path) -> None
 
 
 def test_report_lines_show_the_version_and_the_dla_check(tmp_path: Path) -> None:
-    from isplit_export.targets.engine_plan import plan_report_lines
+    from isplit_export.targets.engine_build import engine_build_lines
 
     model = _model([helper.make_node("HardSwish", ["x"], ["boundary"], name="hs")], [_x(["batch", 3, 8, 8])],
                    "boundary", [])  # fmt: skip
     onnx.save(model, str(tmp_path / "head.onnx"))
     onnx.save(model, str(tmp_path / "tail.onnx"))
-    write_build_plan(tmp_path, load_target("jetson-orin-agx"), precision="fp16", head_onnx="head.onnx",
+    write_engine_build(tmp_path, load_target("jetson-orin-agx"), precision="fp16", head_onnx="head.onnx",
                      tail_onnx="tail.onnx", input_shape=(1, 3, 8, 8), boundary_shape=(1, 3, 8, 8))  # fmt: skip
-    lines = plan_report_lines(json.loads((tmp_path / PLAN_NAME).read_text()))
+    lines = engine_build_lines(json.loads((tmp_path / ENGINE_BUILD_FILE).read_text()))
     assert lines[0] == "  - written for TensorRT 10.3 (weakly typed)"
     assert lines[1].startswith("  - DLA check: 0/1 head layers can run on the DLA; GPU: only 0/1 layers")
     assert lines[2] == "    - `hs` (HardSwish): HardSwish is not among the DLA supported layers"
-    assert plan_report_lines({}) == []
+    assert engine_build_lines({}) == []

@@ -24,16 +24,16 @@ import pytest
 
 from isplit_export.errors import EXIT_NOT_RUN, BadInputError, GateFailedError, NotRunError
 from isplit_export.targets import trt_backend
-from isplit_export.targets.engine_plan import (
+from isplit_export.targets.engine_build import (
+    ENGINE_BUILD_FILE,
     ENGINE_PLAN_SCHEMA,
-    PLAN_NAME,
     RECORD_NAME,
     SCRIPT_NAME,
-    build_plan,
+    build_recipe,
     default_head_dla_core,
-    read_plan,
+    read_engine_build,
     trtexec_command,
-    write_build_plan,
+    write_engine_build,
 )
 from isplit_export.targets.profiles import TargetProfile, list_targets, load_target
 
@@ -68,7 +68,7 @@ def _write(
     if not head.exists():  # the plan checks the head's layers against the DLA rules: give it a real one
         split_dir.mkdir(parents=True, exist_ok=True)
         _tiny_onnx(head)
-    return write_build_plan(
+    return write_engine_build(
         split_dir,
         load_target(target),
         precision=precision,
@@ -158,7 +158,7 @@ def test_bad_shapes_and_names_are_refused() -> None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_dla_flags_only_where_there_is_dla_and_never_for_fp32(target: str, precision: str) -> None:
     profile = load_target(target)
-    plan = build_plan(
+    plan = build_recipe(
         profile,
         precision=precision,
         head_onnx="head.onnx",
@@ -184,7 +184,7 @@ def test_dla_flags_only_where_there_is_dla_and_never_for_fp32(target: str, preci
 
 def test_write_build_plan_files(tmp_path: Path) -> None:
     script, plan_path = _write(tmp_path / "splits" / "01-layer2")
-    assert (script.name, plan_path.name) == (SCRIPT_NAME, PLAN_NAME)
+    assert (script.name, plan_path.name) == (SCRIPT_NAME, ENGINE_BUILD_FILE)
     assert script.stat().st_mode & stat.S_IXUSR
     text = script.read_text(encoding="utf-8")
     assert text.startswith("#!/usr/bin/env bash\n")
@@ -247,7 +247,7 @@ def test_engine_plan_json_content(tmp_path: Path) -> None:
         "--onnx=head.int8.onnx",
         "--saveEngine=engines/head.int8.engine",
     ]
-    assert read_plan(tmp_path) == plan
+    assert read_engine_build(tmp_path) == plan
 
 
 def test_use_dla_false_keeps_the_head_on_the_gpu(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_use_dla_false_keeps_the_head_on_the_gpu(tmp_path: Path) -> None:
 
 def test_write_build_plan_refuses_odd_paths_and_cpu_targets(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="plain file name"):
-        write_build_plan(
+        write_engine_build(
             tmp_path,
             load_target("x86-tensorrt"),
             precision="fp16",
@@ -275,10 +275,10 @@ def test_write_build_plan_refuses_odd_paths_and_cpu_targets(tmp_path: Path) -> N
 
 def test_read_plan_refuses_missing_and_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="has no TensorRT plan"):
-        read_plan(tmp_path)
-    (tmp_path / PLAN_NAME).write_text('{"schema": "other"}', encoding="utf-8")
+        read_engine_build(tmp_path)
+    (tmp_path / ENGINE_BUILD_FILE).write_text('{"schema": "other"}', encoding="utf-8")
     with pytest.raises(BadInputError, match=r"not an isplit\.engine_plan/1 plan"):
-        read_plan(tmp_path)
+        read_engine_build(tmp_path)
 
 
 STAND_IN_TRTEXEC = """#!/usr/bin/env bash
@@ -570,7 +570,7 @@ def test_check_engine_record_accepts_a_python_build(tmp_path: Path) -> None:
     _tiny_onnx(split / "head.onnx")
     _tiny_onnx(split / "tail.onnx")
     profile: TargetProfile = load_target("x86-tensorrt")
-    write_build_plan(
+    write_engine_build(
         split, profile, precision="fp16", head_onnx="head.onnx", tail_onnx="tail.onnx",
         input_shape=(1, 3, 8, 8), boundary_shape=(1, 3, 8, 8), boundary_name="input",
     )  # fmt: skip
@@ -599,7 +599,7 @@ GOLDEN_TAIL = ["--minShapes=boundary:1x40x28x28", "--optShapes=boundary:1x40x28x
     ],
 )
 def test_golden_tail_commands_for_tensorrt_10_and_11(target: str, precision: str, onnx: str, flags: list[str]) -> None:
-    plan = build_plan(load_target(target), precision=precision, head_onnx="h.onnx", tail_onnx=onnx,
+    plan = build_recipe(load_target(target), precision=precision, head_onnx="h.onnx", tail_onnx=onnx,
                       input_shape=INPUT, boundary_shape=BOUNDARY)  # fmt: skip
     assert plan["engines"]["tail"]["trtexec"] == [
         "trtexec", f"--onnx={onnx}", f"--saveEngine=engines/tail.{precision}.engine", *flags, *GOLDEN_TAIL
@@ -609,12 +609,12 @@ def test_golden_tail_commands_for_tensorrt_10_and_11(target: str, precision: str
 
 
 def test_tensorrt11_plans_never_carry_a_removed_flag(tmp_path: Path) -> None:
-    from isplit_export.targets.engine_plan import WEAK_TYPING_FLAGS
+    from isplit_export.targets.engine_build import WEAK_TYPING_FLAGS
 
     for target in ("x86-tensorrt-11", "jetson-orin-agx-jp7"):
         for precision in ("fp16", "int8"):
             _write(tmp_path / target / precision, target, precision)
-            plan = read_plan(tmp_path / target / precision)
+            plan = read_engine_build(tmp_path / target / precision)
             script = (tmp_path / target / precision / SCRIPT_NAME).read_text()
             for spec in plan["engines"].values():
                 assert not set(spec["trtexec"]) & set(WEAK_TYPING_FLAGS), spec["trtexec"]
@@ -626,11 +626,11 @@ def test_tensorrt11_dla_head_without_fallback_reports_capability(tmp_path: Path)
     """AGX Orin on JetPack 7.2.2 / TensorRT 11.4.1: a head the check finds fully DLA-capable is built with
     --reportCapabilityDLA and without GPU fallback, so an unexpected fallback is a build error."""
     _write(tmp_path, "jetson-orin-agx-jp7", "fp16")
-    head = read_plan(tmp_path)["engines"]["head"]
+    head = read_engine_build(tmp_path)["engines"]["head"]
     assert head["device"] == "dla" and "--useDLACore=0" in head["trtexec"]
     assert "--reportCapabilityDLA" in head["trtexec"] and "--allowGPUFallback" not in head["trtexec"]
     _write(tmp_path / "t10", "jetson-orin-agx", "fp16")  # TensorRT 10.3 has no such parser flag
-    head10 = read_plan(tmp_path / "t10")["engines"]["head"]
+    head10 = read_engine_build(tmp_path / "t10")["engines"]["head"]
     assert "--allowGPUFallback" not in head10["trtexec"] and "--reportCapabilityDLA" not in head10["trtexec"]
 
 
@@ -645,7 +645,7 @@ def test_tensorrt11_profiles_refuse_dla_where_11_has_none() -> None:
 
 
 def test_check_tensorrt_version() -> None:
-    from isplit_export.targets.engine_plan import check_tensorrt_version
+    from isplit_export.targets.engine_build import check_tensorrt_version
 
     check_tensorrt_version({"tensorrt_version": "10.3"}, "10.3.0.30")
     check_tensorrt_version({"tensorrt_version": "11.4.1"}, "11.4.1.2")

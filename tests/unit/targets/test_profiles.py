@@ -13,7 +13,7 @@ from isplit_export.exporting.onnx_utils import OPSET
 from isplit_export.targets import profiles as targets
 from isplit_export.targets.profiles import ALIASES, TargetProfile, list_targets, load_target, validate_profile
 
-TARGETS_DIR = Path(__file__).resolve().parents[3] / "targets"
+TARGETS_DIR = Path(__file__).resolve().parents[3] / "isplit_export" / "profiles"
 EXPECTED = {
     "cpu",
     "jetson-orin-agx",
@@ -85,7 +85,7 @@ def test_unknown_target_lists_every_valid_name_in_one_line() -> None:
 def test_profile_facts(
     name: str, kind: str, backend: str, jetpack: str | None, trt: str | None, cuda: str | None, dla: int
 ) -> None:
-    """The looked-up platform facts (targets/README.md cites the sources) stay what the docs say."""
+    """The looked-up platform facts (isplit_export/profiles/README.md cites the sources) stay what the docs say."""
     p = load_target(name)
     assert (p.kind, p.backend, p.jetpack, p.tensorrt_version, p.cuda, p.dla_cores) == (
         kind,
@@ -219,13 +219,26 @@ def test_unreadable_profile_file_is_refused(tmp_path: Path, monkeypatch: pytest.
         load_target("bad")
 
 
-def test_falls_back_to_the_repo_folder_without_the_resource_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(name: str) -> object:
-        raise ModuleNotFoundError(name)
+def test_profiles_and_calibration_are_package_data_a_wheel_carries() -> None:
+    """One folder each inside the package, and pyproject's package-data globs name every file in them."""
+    import ast
+    import fnmatch
+    import re
 
-    monkeypatch.setattr(targets.importlib.resources, "files", missing)
     assert Path(str(targets._targets_dir())) == TARGETS_DIR
-    assert load_target("jetson").name == "jetson-orin-nx"
+    root = TARGETS_DIR.parents[1]
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")  # no tomllib on Python 3.10
+    package_data = pyproject.split("[tool.setuptools.package-data]", 1)[1]
+    found = re.search(r'^"isplit_export" = (\[.*\])$', package_data, re.MULTILINE)
+    assert found, "pyproject.toml declares no package data for isplit_export"
+    globs = ast.literal_eval(found.group(1))
+    for folder in ("profiles", "calibration"):
+        files = sorted((root / "isplit_export" / folder).iterdir())
+        assert files, folder
+        for f in files:
+            rel = f"{folder}/{f.name}"
+            assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not package data"
+    assert not (root / "targets").exists() and not (root / "calibration").exists()
 
 
 def test_targets_command_shows_each_tensorrt_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,7 @@ from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, en
 from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.files import load_npz, save_npz, sha256_file, write_json
 from isplit_export.verification.checks import compare_boundary
-from isplit_export.verification.results import format_table
+from isplit_export.verification.outcome import format_verification
 from isplit_export.verification.runtime import measure_latency, run_pair_onnx
 from isplit_export.verification.verify import VERIFY_FILE, verify_bundle
 
@@ -204,7 +204,7 @@ def test_fresh_bundle_passes_and_writes_verify_json(bundle: Path) -> None:
 @pytest.mark.parametrize(("encoding", "dtype"), [("fp16", "float16"), ("int8", "uint8")])
 def test_encoded_bundles_pass_under_their_gate(bundles: dict[str, Path], encoding: str, dtype: str) -> None:
     result = verify_bundle(bundles[encoding], write=False)
-    assert result.passed, format_table(result)
+    assert result.passed, format_verification(result)
     assert {r.gate.name for r in result.rows} == {encoding}
     assert all(r.boundary["dtype"] == dtype and r.boundary["passed"] for r in result.rows)
     if encoding == "int8":
@@ -219,7 +219,7 @@ def test_single_split(bundle: Path) -> None:
 
 
 def test_format_table(bundle: Path) -> None:
-    text = format_table(verify_bundle(bundle, write=False))
+    text = format_verification(verify_bundle(bundle, write=False))
     lines = text.splitlines()
     assert lines[0].split() == [
         "split",
@@ -285,7 +285,7 @@ def test_mismatched_golden_logits_fail_the_gate(bundle: Path) -> None:
     assert [(r.split, r.check) for r in failed] == [(1, "onnx")]
     assert any(reason.startswith("max_abs_rel ") and "gate fp32" in reason for reason in failed[0].reasons)
     assert json.loads((bundle / VERIFY_FILE).read_text())["outcome"] == "gate-failed"
-    text = format_table(result)
+    text = format_verification(result)
     assert "FAIL (fp32)" in text and "splits/01-pool1 [onnx]: max_abs_rel" in text
     assert text.splitlines()[-1] == "onnxruntime: gate-failed"
 
@@ -394,7 +394,7 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
         shutil.copy(sdir / "head.onnx", sdir / "engines/head.fp16.engine")
         shutil.copy(sdir / "tail.onnx", sdir / "engines/tail.fp16.engine")
     result = verify_bundle(bundle, backend="tensorrt", trust_engines=True)
-    assert result.passed, format_table(result)
+    assert result.passed, format_verification(result)
     assert [(r.split, r.check, r.gate.name) for r in result.rows] == [
         (1, "tensorrt-fp16", "trt-fp16"), (2, "tensorrt-fp16", "trt-fp16"),
     ]  # fmt: skip

@@ -1,26 +1,27 @@
-"""Per-split TensorRT engine build plan: ``build_engines.sh`` (trtexec) and ``engine_plan.json`` (the same as data).
+"""Per-split TensorRT engine build recipe: ``build_engines.sh`` (trtexec) and ``engine_plan.json`` (the same
+as data; the file keeps its bundle name, "plan" in code means the cost plan of ``bundle/planning.py``).
 
 TensorRT engines are tied to the GPU and the TensorRT version that built them, so the bundle never
-carries engines: it carries the plan, and the device runs it (``bash build_engines.sh`` or
-``isplit-export build-engines``, which reads ``engine_plan.json``). No TensorRT import here: the plan is
+carries engines: it carries the recipe, and the device runs it (``bash build_engines.sh`` or
+``isplit-export build-engines``, which reads ``engine_plan.json``). No TensorRT import here: the recipe is
 generated and tested on machines without a GPU.
 
-Choices, each visible in the generated commands (targets/README.md cites the TensorRT sources):
+Choices, each visible in the generated commands (isplit_export/profiles/README.md cites the TensorRT sources):
 
-- the plan is written for the profile's TensorRT version (``tensorrt_version`` in the plan) and branches
+- the recipe is written for the profile's TensorRT version (``tensorrt_version`` in the recipe) and branches
   on its major version. TensorRT 10: weak typing as before (``--fp16``; ``--int8 --fp16`` on the QDQ
   models, explicit quantization, no calibrator), and ``--stronglyTyped`` where the ONNX file already
   carries the precision (fp32). TensorRT 11 removed every weak-typing flag (``--fp16``, ``--int8``,
-  ``--best``, ...): networks are always strongly typed, so the plan names ONNX files that carry their
+  ``--best``, ...): networks are always strongly typed, so the recipe names ONNX files that carry their
   precision (``*.fp16.onnx`` with fp16 casts, or the INT8 Q/DQ models) and passes no precision flag.
 - the head goes to DLA core 0 on Jetsons with DLA, for fp16/int8 only, and only when
   :func:`isplit_export.targets.dla.check_model` finds that at least ``min_dla_fraction`` of its layers
-  run there; the plan records the check (``dla``) and says in one line why the head is on the DLA or the
+  run there; the recipe records the check (``dla``) and says in one line why the head is on the DLA or the
   GPU. DLA needs static shapes, so a DLA engine is built for batch 1 (min = opt = max); GPU engines get
   a dynamic batch profile 1 / 1 / ``max_batch``. A DLA head with no expected fallback is built without
   ``--allowGPUFallback`` (TensorRT 10) or with ``--reportCapabilityDLA`` (TensorRT 11), so an
   unexpected fallback fails the build; with expected fallbacks the script refuses a build log that
-  reports more fallback layers than the plan lists.
+  reports more fallback layers than the recipe lists.
 - ``--memPoolSize=workspace:<N>M`` (TensorRT 10 removed ``--workspace``; 8.x reads the bare number as MiB).
 - ``--timingCacheFile`` shared by head and tail: rebuilds reuse the measured tactics.
 - ``--skipInference``: the script only builds; numbers come from ``isplit-export verify --backend
@@ -44,7 +45,7 @@ from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 ENGINE_PLAN_SCHEMA = "isplit.engine_plan/1"
 RECORD_SCHEMA = "isplit.engines/1"
 SCRIPT_NAME = "build_engines.sh"
-PLAN_NAME = "engine_plan.json"
+ENGINE_BUILD_FILE = "engine_plan.json"
 ENGINE_DIR = "engines"
 RECORD_NAME = f"{ENGINE_DIR}/build.json"
 TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
@@ -165,7 +166,7 @@ def trtexec_command(
     return cmd
 
 
-def build_plan(
+def build_recipe(
     profile: TargetProfile,
     *,
     precision: str,
@@ -184,7 +185,7 @@ def build_plan(
     """The plan as data (what ``engine_plan.json`` holds); paths are relative to the split folder.
 
     ``dla`` is the head's DLA capability report: with it, the head stays on the DLA only when at
-    least ``min_dla_fraction`` of its layers run there (the plan's ``dla.decision`` says why).
+    least ``min_dla_fraction`` of its layers run there (the recipe's ``dla.decision`` says why).
     """
     _check_precision(profile, precision)
     head_dla = default_head_dla_core(profile, precision) if use_dla else None
@@ -245,7 +246,7 @@ def _bash_argv(cmd: list[str]) -> str:
 
 
 def _fallback_guard(engine: str, expected: int) -> list[str]:
-    """Script lines that fail the build when the log reports more DLA fallbacks than the plan expects."""
+    """Script lines that fail the build when the log reports more DLA fallbacks than the recipe expects."""
     return [
         f'if [ "${{FALLBACK:-0}}" -gt {expected} ]; then',
         f'  echo "the head build reports $FALLBACK DLA fallback line(s); the plan expects {expected}: see {engine}.log" >&2',
@@ -254,20 +255,20 @@ def _fallback_guard(engine: str, expected: int) -> list[str]:
     ]
 
 
-def render_script(plan: dict[str, Any]) -> str:
-    """``build_engines.sh`` for ``plan``: builds both engines with trtexec, then writes ``engines/build.json``."""
-    head, tail = plan["engines"]["head"], plan["engines"]["tail"]
+def render_script(recipe: dict[str, Any]) -> str:
+    """``build_engines.sh`` for ``recipe``: builds both engines with trtexec, then writes ``engines/build.json``."""
+    head, tail = recipe["engines"]["head"], recipe["engines"]["tail"]
     dla = head["dla_core"]
     dla_json = "null" if dla is None else str(dla)
     lines = [
         "#!/usr/bin/env bash",
-        f"# TensorRT engine build plan for target {plan['target']}, precision {plan['precision']}",
-        f"# (generated by isplit-export; the same plan as data: {PLAN_NAME}).",
+        f"# TensorRT engine build plan for target {recipe['target']}, precision {recipe['precision']}",
+        f"# (generated by isplit-export; the same plan as data: {ENGINE_BUILD_FILE}).",
         "# Run it on the device itself: engines only run on the GPU model and TensorRT version that built them.",
         "#   bash build_engines.sh            (TRTEXEC=/path/to/trtexec overrides the trtexec binary)",
-        f"# Written for TensorRT {plan['tensorrt_version']} ({plan['typing']}ly typed). Head on "
+        f"# Written for TensorRT {recipe['tensorrt_version']} ({recipe['typing']}ly typed). Head on "
         + (f"DLA core {dla}." if dla is not None else "the GPU."),
-        *([f"# DLA check: {plan['dla']['decision']}"] if plan.get("dla") else []),
+        *([f"# DLA check: {recipe['dla']['decision']}"] if recipe.get("dla") else []),
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         "",
@@ -311,15 +312,15 @@ def render_script(plan: dict[str, Any]) -> str:
         "sha() { sha256sum \"$1\" | cut -d ' ' -f 1; }",
         "# Lines where TensorRT reports a layer it could not place on DLA (a count, from the build log).",
         f"FALLBACK=\"$(grep -ciE 'unsupported on DLA|not supported on DLA|falling back to GPU' {head['engine']}.log || true)\"",
-        *(_fallback_guard(head["engine"], len((plan.get("dla") or {}).get("fallback", []))) if dla is not None else []),
+        *(_fallback_guard(head["engine"], len((recipe.get("dla") or {}).get("fallback", []))) if dla is not None else []),
         f"cat > {RECORD_NAME} <<EOF",
         "{",
         f'  "schema": "{RECORD_SCHEMA}",',
         '  "builder": "trtexec",',
-        f'  "target": "{plan["target"]}",',
+        f'  "target": "{recipe["target"]}",',
         '  "tensorrt_version": "$TRT_VERSION",',
         '  "gpu": "$GPU",',
-        f'  "precision": "{plan["precision"]}",',
+        f'  "precision": "{recipe["precision"]}",',
         '  "engines": {',
         f'    "head": {{"file": "{head["engine"]}", "onnx": "{head["onnx"]}", "dla_core": {dla_json}, '
         f'"sha256": "$(sha {head["engine"]})", "dla_fallback_log_lines": ${{FALLBACK:-0}}}},',
@@ -334,7 +335,7 @@ def render_script(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_build_plan(
+def write_engine_build(
     split_dir: Path,
     profile: TargetProfile,
     *,
@@ -360,10 +361,10 @@ def write_build_plan(
             raise BadInputError(f"model path {onnx!r} must be a plain file name inside the split folder")
     dla = None
     if use_dla and default_head_dla_core(profile, precision) is not None:
-        import onnx as onnx_lib  # lazy: the plan module stays light for readers
+        import onnx as onnx_lib  # lazy: this module stays light for readers
 
         dla = check_model(onnx_lib.load(str(split_dir / head_onnx), load_external_data=False), batch=1)
-    plan = build_plan(
+    recipe = build_recipe(
         profile,
         precision=precision,
         head_onnx=head_onnx,
@@ -380,10 +381,10 @@ def write_build_plan(
     )
     split_dir.mkdir(parents=True, exist_ok=True)
     script = split_dir / SCRIPT_NAME
-    plan_path = split_dir / PLAN_NAME
-    script.write_text(render_script(plan), encoding="utf-8", newline="\n")
+    plan_path = split_dir / ENGINE_BUILD_FILE
+    script.write_text(render_script(recipe), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    plan_path.write_text(json.dumps(plan, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")
+    plan_path.write_text(json.dumps(recipe, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")
     return [script, plan_path]
 
 
@@ -392,28 +393,28 @@ def _safe_path(name: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*", name) is not None
 
 
-def read_plan(split_dir: Path) -> dict[str, Any]:
+def read_engine_build(split_dir: Path) -> dict[str, Any]:
     """Load a split's ``engine_plan.json``, refusing a missing or foreign file with one line."""
-    path = split_dir / PLAN_NAME
+    path = split_dir / ENGINE_BUILD_FILE
     if not path.is_file():
         raise BadInputError(
             f"{path} is missing: this split has no TensorRT plan (export with a Jetson or x86-tensorrt target)"
         )
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
+        recipe = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(f"{path} is not readable JSON ({exc}): re-export the bundle") from exc
-    if not isinstance(plan, dict) or plan.get("schema") != ENGINE_PLAN_SCHEMA:
+    if not isinstance(recipe, dict) or recipe.get("schema") != ENGINE_PLAN_SCHEMA:
         raise BadInputError(f"{path} is not an {ENGINE_PLAN_SCHEMA} plan: re-export the bundle")
-    return plan
+    return recipe
 
 
-def plan_report_lines(plan: Mapping[str, Any]) -> list[str]:
-    """Markdown lines for the bundle report: the TensorRT version a plan is written for and its DLA check."""
-    if not plan:
+def engine_build_lines(recipe: Mapping[str, Any]) -> list[str]:
+    """Markdown lines for the bundle report: the TensorRT version a recipe is written for and its DLA check."""
+    if not recipe:
         return []
-    lines = [f"  - written for TensorRT {plan.get('tensorrt_version')} ({plan.get('typing')}ly typed)"]
-    dla = plan.get("dla") if isinstance(plan.get("dla"), Mapping) else None
+    lines = [f"  - written for TensorRT {recipe.get('tensorrt_version')} ({recipe.get('typing')}ly typed)"]
+    dla = recipe.get("dla") if isinstance(recipe.get("dla"), Mapping) else None
     if dla:
         fallback = [f for f in dla.get("fallback", []) if isinstance(f, Mapping)]
         lines.append(f"  - DLA check: {dla.get('on_dla')}/{dla.get('layers')} head layers can run on the DLA; {dla.get('decision')}")
@@ -423,9 +424,9 @@ def plan_report_lines(plan: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def check_tensorrt_version(plan: dict[str, Any], installed: str) -> None:
-    """Refuse to build a plan written for another TensorRT major.minor than the one installed (one line)."""
-    wanted = str(plan.get("tensorrt_version") or "")
+def check_tensorrt_version(recipe: dict[str, Any], installed: str) -> None:
+    """Refuse to build a recipe written for another TensorRT major.minor than the one installed (one line)."""
+    wanted = str(recipe.get("tensorrt_version") or "")
     if not wanted:
         raise BadInputError("the engine plan names no TensorRT version: re-export the bundle")
     want, have = wanted.split("."), str(installed).split(".")
@@ -437,11 +438,11 @@ def check_tensorrt_version(plan: dict[str, Any], installed: str) -> None:
 
 
 def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
-    """Point a written plan at moved ONNX files: ``moves`` maps a model path of the plan (relative to
+    """Point a written recipe at moved ONNX files: ``moves`` maps a model path of the recipe (relative to
     ``split_dir``) to its new one, e.g. ``head.onnx`` -> ``../../01-x.head.onnx`` in the shared weights
     layout (:mod:`isplit_export.bundle.weights`). Rewrites ``engine_plan.json`` and ``build_engines.sh``."""
-    plan = read_plan(split_dir)
-    for spec in plan["engines"].values():
+    recipe = read_engine_build(split_dir)
+    for spec in recipe["engines"].values():
         new = moves.get(str(spec["onnx"]))
         if new is None:
             continue
@@ -450,6 +451,6 @@ def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
         spec["trtexec"] = [f"--onnx={new}" if a == f"--onnx={spec['onnx']}" else a for a in spec["trtexec"]]
         spec["onnx"] = new
     script = split_dir / SCRIPT_NAME
-    script.write_text(render_script(plan), encoding="utf-8", newline="\n")
+    script.write_text(render_script(recipe), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    (split_dir / PLAN_NAME).write_text(json.dumps(plan, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")
+    (split_dir / ENGINE_BUILD_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")

@@ -1,7 +1,7 @@
 """What ``verify`` reports: one row per verified pair, the bundle's outcome, and its terminal table.
 
 ``verify.json`` is :meth:`BundleVerification.to_json` (schema ``isplit.verify/1``); ``isplit-export
-verify`` prints :func:`format_table`.
+verify`` prints :func:`format_verification`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from isplit_export.contract import ExportVerdict, Machine
+from isplit_export.text_table import text_table
 from isplit_export.verification.gates import Gate
 from isplit_export.version import __version__
 
@@ -161,7 +162,7 @@ def _export_lines(result: BundleVerification) -> list[str]:
     return lines
 
 
-def format_table(result: BundleVerification) -> str:
+def format_verification(result: BundleVerification) -> str:
     """A plain-text table, one line per verified pair, then the reasons of each failure and the outcome."""
     header = ["split", "node", "check", "precision/encoding", "max_abs_rel", "cosine", "top1", "gate"]
     lines = [header]
@@ -171,8 +172,7 @@ def format_table(result: BundleVerification) -> str:
             _fmt(r.metrics.get("max_abs_rel")), _fmt(r.metrics.get("cosine")), _fmt(r.metrics.get("top1_agreement")),
             f"{'pass' if r.passed else 'FAIL'} ({r.gate.name})",
         ])  # fmt: skip
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines]
+    text = text_table(lines)
     for r in result.rows:
         text.extend(f"{r.dir} [{r.check}]: {reason}" for reason in r.reasons)
     text.extend(_export_lines(result))

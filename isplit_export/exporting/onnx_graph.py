@@ -1,0 +1,100 @@
+"""The one home of ONNX graph helpers: copies, names, attributes, probes and canonical bytes.
+
+Pure ``onnx`` (no onnxruntime, no torch): the boundary codecs of :mod:`isplit_export.exporting.encoding`
+run on the torch-free ``verify`` / ``plan`` path, and the Q/DQ passes, bias correction, the float stem
+and the DLA check edit graphs with the same helpers. Sessions and model files are
+:mod:`isplit_export.exporting.onnx_utils`. onnx-graphsurgeon is not used: the edits here are a few
+protobuf field updates each, which it would not make shorter, and it is not in the device image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableSequence, Sequence
+from typing import Any
+
+import onnx
+
+PRODUCER = "isplit-export"
+
+
+def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Strip run-dependent text (doc strings, producer version) so equal graphs give equal bytes."""
+    model.producer_name = PRODUCER
+    model.producer_version = ""
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        vi.doc_string = ""
+    return model
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of ``model`` (edits to it leave ``model`` alone)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[str]:
+    """The names of the graph inputs that are not initializers (what a caller feeds)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [vi.name for vi in model.graph.input if vi.name not in inits]
+
+
+def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are the tensors ``names``."""
+    probe = copy_model(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
+    del probe.graph.output[:]
+    for name in names:
+        probe.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
+        )
+    return probe
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of ``node``'s attribute ``name``, or ``default`` when it has none."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def used_names(graph: onnx.GraphProto) -> set[str]:
+    """Every name ``graph`` uses: node names, node inputs and outputs, values, initializers."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        names.add(vi.name)
+    names.update(t.name for t in graph.initializer)
+    return names
+
+
+def unique_name(base: str, names: set[str]) -> str:
+    """``base`` or ``base_1``, ``base_2``... whichever is free first in ``names``; reserves it there."""
+    name, i = base, 0
+    while name in names:
+        i += 1
+        name = f"{base}_{i}"
+    names.add(name)
+    return name
+
+
+def replace_name(field: MutableSequence[str], old: str, new: str) -> None:
+    """Rename ``old`` to ``new`` in a node's ``input`` or ``output`` field."""
+    for i, value in enumerate(field):
+        if value == old:
+            field[i] = new
+
+
+def drop_value_infos(graph: onnx.GraphProto, name: str) -> None:
+    """Remove stale ``value_info`` entries for ``name`` (its type is set on the graph input/output)."""
+    keep = [vi for vi in graph.value_info if vi.name != name]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
