@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 
+from isplit_export import contract
 from isplit_export.api import RankResult, rank, write_ranking
 from isplit_export.bundle.planning import choose_cuts
 from isplit_export.bundle.report import render_report
@@ -76,13 +76,14 @@ class ExportResult:
     """The written bundle and its manifest; ``passed`` is False when a verification gate failed."""
 
     out: Path
-    manifest: dict[str, Any]
+    manifest: contract.Manifest
+    """The written manifest, read back through the contract (typed, hashed)."""
     ranked: RankResult
     failures: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return bool(self.manifest["verification"]["passed"])
+        return self.manifest.verification.passed
 
 
 def export(options: ExportOptions | str | None = None, /, **fields: Any) -> ExportResult:
@@ -142,7 +143,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             (tmp / "calibration").mkdir()
             save_npz(tmp / "calibration" / "inputs.npz", {"input": x.numpy(), "labels": lab})
 
-        splits: list[dict[str, Any]] = []
+        splits: list[contract.Split] = []
         latency: dict[str, Any] = {}
         train_seconds: dict[str, float] = {}
         for pos, cut in enumerate(cuts, start=1):
@@ -157,8 +158,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
         weights = inline_info()
         if opts.weights_layout == "shared":
-            weights, moves = share_weights(tmp, [str(s["dir"]) for s in splits])
-            splits = [{**s, "files": {k: moves.get(v, v) for k, v in s["files"].items()}} for s in splits]
+            weights, moves = share_weights(tmp, [s.dir for s in splits])
+            splits = [s.with_files({k: moves.get(v, v) for k, v in s.files.items()}) for s in splits]
         triton = None
         if wants_repository(profile.kind, opts.triton):  # OUT/triton/: the tails as Triton models (hashed below)
             triton = write_repository(tmp, splits, model=ranked.model.name)
@@ -170,13 +171,14 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 f"; but {len(splits)} split(s) are too few to conclude anything about the CUI order "
                 f"(run `isplit-export study` over {MIN_TO_CONCLUDE}+ cuts)"
             )
-        manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
-        manifest["weights"] = weights
-        if triton is not None:
-            manifest["triton"] = triton
-        manifest["files"] = _hash_files(tmp)
-        plans = {str(sp["dir"]): json.loads(f.read_text()) for sp in splits
-                 if (f := tmp / str(sp["dir"]) / "engine_plan.json").is_file()}  # fmt: skip  # for the report only
+        manifest = {
+            **_manifest(ranked, profile, encoding_name, [s.to_json() for s in splits], summary, len(names), uses_int8),
+            "weights": weights,
+            **({"triton": triton} if triton is not None else {}),
+            "files": _hash_files(tmp),
+        }
+        # for the report only: each TensorRT split's plan, through the contract's one reader
+        plans = {sp.dir: contract.load_engine_plan(tmp, sp.dir).data for sp in splits if "engine_plan_json" in sp.files}
         report = render_report({**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {
@@ -188,9 +190,10 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             "report_sha256": sha256_file(tmp / "report.md"),
         }
         write_json(tmp / MANIFEST_FILE, manifest)
+    written = contract.read_manifest(out)
     if opts.summary_json is not None:
-        write_summary(opts.summary_json, out, manifest)
-    return ExportResult(out, manifest, ranked, gate_failures(manifest))
+        write_summary(opts.summary_json, written)
+    return ExportResult(out, written, ranked, gate_failures(written))
 
 
 def _export_split(
@@ -207,8 +210,8 @@ def _export_split(
     profile: TargetProfile,
     x_train: torch.Tensor | None = None,
     train_seconds: dict[str, float] | None = None,
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """Export, encode, verify and describe one split; returns its manifest entry and latency.
+) -> tuple[contract.Split, dict[str, float]]:
+    """Export, encode, verify and describe one split; returns its manifest entry (validated) and latency.
 
     With a bottleneck (``x_train`` given), the encoder/decoder are trained first and wrap the head and
     tail, so the exported pair carries them; ``x`` are then the held-out images.
@@ -299,7 +302,7 @@ def _export_split(
         probe = task_metric(y_ref, trained.initial_logits(x, batch_size), labels, held_out=True, rnd=held_out_rounding)
         entry["bottleneck"] = {**config(opts.bottleneck, trained.plan, enc), "training": trained.summary,
                                "probe": probe, "trained": checks[encoding_name]["task"]}  # fmt: skip
-    return entry, lat
+    return contract.Split.from_json(entry, rank_pos - 1), lat
 
 
 def _engine_plan(

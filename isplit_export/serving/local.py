@@ -76,7 +76,7 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
     root = options.data
     if not root.is_dir():
         raise BadInputError(f"--data {root} is not a directory: pass a folder of images or of class sub-folders")
-    classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
+    classes = bundle.manifest.num_classes or 0
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     items: list[tuple[str, Path, int]] = []
     for d in subdirs or [root]:

@@ -188,7 +188,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None,
     bundle = open_bundle(options.bundle, options.split, verify=True, expect_sha256=options.expect_sha256)
     path = check_run_path(options, bundle.root)  # before the first request: a run's results are kept
     split = bundle.splits[0]
-    classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
+    classes = bundle.manifest.num_classes or 0
     if classes < 1:
         raise BadInputError("manifest.json model block has no num_classes: rebuild the bundle")
     images, source = load_images(options, bundle, split)

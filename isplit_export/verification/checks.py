@@ -15,11 +15,12 @@ judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from isplit_export.contract import Split
 from isplit_export.numbers import rounded
 from isplit_export.stats import proportion_ci, spearman
 from isplit_export.verification.gates import GATES, Gate
@@ -215,10 +216,10 @@ def check_code_pair(
     }
 
 
-def cui_order(splits: Sequence[Mapping[str, Any]], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
+def cui_order(splits: Sequence[Split], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
     """Does the CUI order hold? Spearman(CUI, measured task value) over the exported splits."""
-    values = [s["verification"]["checks"][encoding_name]["task"]["value"] for s in splits]
-    cuis = [s["cui"] for s in splits]
+    values = [float(s.task(encoding_name).value or 0.0) for s in splits]  # the writer's splits: always measured
+    cuis = [float(s.cui or 0.0) for s in splits]
     rho = spearman(cuis, values) if encoding_name != "fp32" else None
     if encoding_name == "fp32":
         note = "fp32 boundary is lossless: every split measures the same as the full model, so the CUI order is not tested"
@@ -230,7 +231,7 @@ def cui_order(splits: Sequence[Mapping[str, Any]], encoding_name: str, full_acc:
         held = rho > 0
         note = f"Spearman(CUI, measured) = {rho:.3f}: the CUI order {'held' if held else 'did not hold'}"
     return {
-        "passed": all(s["verification"]["passed"] for s in splits),
+        "passed": all(s.verification is not None and s.verification.passed for s in splits),
         "full_model_accuracy": manifest_rounding(full_acc),
         "cui_vs_task_spearman": manifest_rounding(rho),
         "cui_order_held": held,
