@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ class EnginePart:
 
     onnx: Path
     engine: Path
-    engine_rel: str
+    engine_rel: str = field(metadata={"json": None})
+    """``engine`` as written: relative to the split folder."""
     dla_core: int | None
-    input_name: str
-    min_shape: list[int]
-    opt_shape: list[int]
-    max_shape: list[int]
+    input_name: str = field(metadata={"json": "input.name"})
+    min_shape: list[int] = field(metadata={"json": "input.min"})
+    opt_shape: list[int] = field(metadata={"json": "input.opt"})
+    max_shape: list[int] = field(metadata={"json": "input.max"})
 
 
 @dataclass(frozen=True)

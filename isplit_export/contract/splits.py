@@ -131,10 +131,11 @@ class Task:
 class Check:
     """One pair's check at export (``splits[i].verification.checks.<name>``): its metrics, gate and task."""
 
-    name: str
-    passed: bool
-    gate: str
-    failures: tuple[str, ...]
+    name: str = field(metadata={"json": None})
+    """The check's key in ``verification.checks`` (``fp32``, ``int8-qdq``...)."""
+    passed: bool = field(metadata={"json": "gate.passed"})
+    gate: str = field(metadata={"json": "gate.name"})
+    failures: tuple[str, ...] = field(metadata={"json": "gate.failures"})
     metrics: Mapping[str, float | None]
     task: Task
     raw: Mapping[str, Any] = field(repr=False, compare=False)
