@@ -58,7 +58,6 @@ from isplit_export.verification.checks import (
     check_pair,
     cui_order,
     held_out_rounding,
-    manifest_rounding,
     task_metric,
 )
 from isplit_export.verification.gates import GATES, gate_for
@@ -228,7 +227,7 @@ def _export_split(
         )  # fmt: skip
         head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
         if train_seconds is not None:
-            train_seconds[rel] = round(trained.seconds, 3)
+            train_seconds[rel] = rounded(trained.seconds, 3, decimals=True)
     boundary_fp32 = forward_batched(head_gm, x, batch_size)
     enc = trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
     head_path, tail_path = sdir / "head.onnx", sdir / "tail.onnx"
@@ -244,7 +243,7 @@ def _export_split(
         checks = {encoding_name: check_code_pair(pair_ref, logits, torch_code, boundary, y_ref, labels)}
         golden_logits = pair_ref  # the pair's own logits: verify re-proves the export, not the bottleneck's loss
     else:
-        checks = {encoding_name: check_pair(y_ref, logits, labels, gate_for(encoding_name), rnd=manifest_rounding)}
+        checks = {encoding_name: check_pair(y_ref, logits, labels, gate_for(encoding_name), rnd=rounded)}
         golden_logits = y_ref
     goldens = {"input": xn[:golden], "boundary": boundary[:golden], "logits": golden_logits[:golden],
                "labels": labels[:golden]}  # fmt: skip
@@ -259,7 +258,7 @@ def _export_split(
         if trained is not None:
             checks["int8-qdq"] = check_int8_code_pair(logits, q_logits, y_ref, labels)
         else:
-            checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=manifest_rounding)
+            checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=rounded)
         goldens["logits_int8"] = q_logits[:golden]
         files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
@@ -283,7 +282,7 @@ def _export_split(
         "module": cut.module,
         "cui": float(ranked.ranking.cui[cut.index]),
         "log10_cui": rounded(ranked.ranking.log10_cui[cut.index]),
-        "head_flops_share": round(cut.head_flops_share, 6),
+        "head_flops_share": rounded(cut.head_flops_share, 6, decimals=True),
         "boundary": {
             **enc.to_json(),
             "encoding": enc.name,

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from isplit_export.numbers import rounded
+
 MAX_BATCH = 4096
 MAX_DIM = 8192
 RULES = "NVIDIA/TensorRT include/NvInfer.h DLA clauses (v10.3.0 = v11.1) + DLA supported layers page"
@@ -72,7 +74,7 @@ class DlaReport:
         return {
             "layers": self.layers,
             "on_dla": self.on_dla,
-            "fraction": round(self.fraction, 4),
+            "fraction": rounded(self.fraction, 4, decimals=True),
             "fallback": [f.to_json() for f in self.fallback],
             "rules": RULES,
         }
