@@ -10,6 +10,7 @@ it back unchanged: the fields typed here are the ones the tools read, the rest t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -151,7 +152,15 @@ class Check:
             raise _bad(src, f"{f}.gate.passed", "true or false", ok)
         metrics = opt_dict(c, "metrics", src, f"{f}.metrics")
         for k in metrics:
-            req_number(metrics, k, src, f"{f}.metrics.{k}", lo=-MAX_FLOPS, optional=True)
+            req_number(
+                metrics,
+                k,
+                src,
+                f"{f}.metrics.{k}",
+                lo=-sys.float_info.max,
+                hi=sys.float_info.max,
+                optional=True,
+            )
         return cls(
             name=name,
             passed=ok,
