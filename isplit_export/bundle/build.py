@@ -171,13 +171,19 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 f"(run `isplit-export study` over {MIN_TO_CONCLUDE}+ cuts)"
             )
         manifest = {
-            **_manifest(ranked, profile, encoding_name, [s.to_json() for s in splits], summary, len(names), uses_int8),
+            **_manifest(
+                ranked, profile, encoding_name, [s.to_json() for s in splits], summary, len(names), uses_int8
+            ),
             "weights": weights,
             **({"triton": triton} if triton is not None else {}),
             "files": _hash_files(tmp),
         }
         # for the report only: each TensorRT split's plan, through the contract's one reader
-        plans = {sp.dir: contract.load_engine_plan(tmp, sp.dir).data for sp in splits if "engine_plan_json" in sp.files}
+        plans = {
+            sp.dir: contract.load_engine_plan(tmp, sp.dir).data
+            for sp in splits
+            if "engine_plan_json" in sp.files
+        }
         report = render_report({**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {

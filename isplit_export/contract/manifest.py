@@ -70,10 +70,22 @@ class CuiOrder:
             raise _bad(src, "verification.passed", "true or false", passed)
         if held is not None and not isinstance(held, bool):
             raise _bad(src, "verification.cui_order_held", "true, false or null", held)
-        acc = req_number(v, "full_model_accuracy", src, "verification.full_model_accuracy", hi=1.0, optional=True)
-        rho = req_number(v, "cui_vs_task_spearman", src, "verification.cui_vs_task_spearman", lo=-1.0, hi=1.0, optional=True)
+        acc = req_number(
+            v, "full_model_accuracy", src, "verification.full_model_accuracy", hi=1.0, optional=True
+        )
+        rho = req_number(
+            v,
+            "cui_vs_task_spearman",
+            src,
+            "verification.cui_vs_task_spearman",
+            lo=-1.0,
+            hi=1.0,
+            optional=True,
+        )
         note = req_str(v, "note", src, "verification.note", optional=True) or ""
-        return cls(passed=passed, note=note, full_model_accuracy=acc, cui_vs_task_spearman=rho, cui_order_held=held)
+        return cls(
+            passed=passed, note=note, full_model_accuracy=acc, cui_vs_task_spearman=rho, cui_order_held=held
+        )
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,16 @@ class Manifest:
     @property
     def input_name(self) -> str:
         """The model input's tensor name (``input`` when the manifest does not record it)."""
-        return req_str(opt_dict(self.data, "input", MANIFEST_FILE), "name", MANIFEST_FILE, "input.name", optional=True) or "input"
+        return (
+            req_str(
+                opt_dict(self.data, "input", MANIFEST_FILE),
+                "name",
+                MANIFEST_FILE,
+                "input.name",
+                optional=True,
+            )
+            or "input"
+        )
 
     @property
     def input_shape(self) -> tuple[int, ...]:

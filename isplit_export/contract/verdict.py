@@ -43,7 +43,9 @@ def _verdict(pos: int, entry: Mapping[str, Any], src: str) -> ExportVerdict | No
     v = entry.get("verification")
     if v is None:
         return None
-    typed = Verification.from_json(v, src, f"splits[{pos - 1}].verification")  # the one validation of the block
+    typed = Verification.from_json(
+        v, src, f"splits[{pos - 1}].verification"
+    )  # the one validation of the block
     checks = tuple((name, c.passed) for name, c in typed.checks.items())
     return ExportVerdict(pos, str(entry.get("dir", "")), typed.passed, checks, typed.failures)
 

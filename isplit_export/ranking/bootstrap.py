@@ -249,7 +249,13 @@ def summarize(cui: np.ndarray, replicates: np.ndarray, ranks: Sequence[int | Non
                     ties[k].append(i)
                     lo_r, hi_r = sorted((int(point[a]), int(point[b])))
                     first, second = (i, k) if point[a] < point[b] else (k, i)
-                    pairs.append({"cuts": [first, second], "ranks": [lo_r, hi_r], "flip": rounded(flip, 6, decimals=True)})
+                    pairs.append(
+                        {
+                            "cuts": [first, second],
+                            "ranks": [lo_r, hi_r],
+                            "flip": rounded(flip, 6, decimals=True),
+                        }
+                    )
     pairs.sort(key=lambda p: (p["ranks"][0], p["ranks"][1]))
     return {
         "cui_ci": [None if np.isnan(row).any() else [float(row[0]), float(row[1])] for row in ci],

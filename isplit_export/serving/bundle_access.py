@@ -111,7 +111,9 @@ def _split(bundle: Path, manifest: contract.Manifest, pos: int, entry: contract.
         raise BadInputError(f"manifest.json split {entry.dir} has no boundary shape: rebuild the bundle")
     nbytes = b.bytes_per_image
     if nbytes is None or nbytes < 1:
-        raise BadInputError(f"manifest.json split {entry.dir} has no boundary bytes_per_image: rebuild the bundle")
+        raise BadInputError(
+            f"manifest.json split {entry.dir} has no boundary bytes_per_image: rebuild the bundle"
+        )
     return SplitAccess(
         pos=pos,
         dir=entry.dir,
@@ -126,7 +128,9 @@ def _split(bundle: Path, manifest: contract.Manifest, pos: int, entry: contract.
         bytes_per_image=nbytes,
         split_dir=contract.bundle_path(bundle, entry.dir),
         engine_plan=(
-            contract.split_file(manifest, bundle, entry, "engine_plan_json") if "engine_plan_json" in entry.files else None
+            contract.split_file(manifest, bundle, entry, "engine_plan_json")
+            if "engine_plan_json" in entry.files
+            else None
         ),
         golden_budget=contract.golden_budget(manifest, entry),
     )

@@ -58,7 +58,9 @@ def split_encoding(manifest: contract.Manifest, entry: contract.Split) -> Bounda
     b = entry.boundary
     name = b.encoding or manifest.boundary_encoding
     if name not in ENCODINGS:
-        raise BadInputError(f"manifest.json split {entry.dir}: unknown boundary encoding {name!r}: rebuild the bundle")
+        raise BadInputError(
+            f"manifest.json split {entry.dir}: unknown boundary encoding {name!r}: rebuild the bundle"
+        )
     data = {"encoding": name, "dtype": b.dtype, "scale": b.scale, "zero_point": b.zero_point}
     return BoundaryEncoding.from_json({k: v for k, v in data.items() if v is not None})
 
