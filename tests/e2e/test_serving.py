@@ -96,9 +96,11 @@ def _toy_bundle(root: Path) -> list[Split]:
         "precision": "fp16",
         "workspace_mib": 1024,
         "timing_cache": "engines/timing.cache",
-        "engines": {"head": part("head", "../../01-conv.tail.trt.onnx", "input"),
-                    "tail": part("tail", "../../01-conv.tail.trt.onnx", "boundary")},
-    }  # fmt: skip
+        "engines": {
+            "head": part("head", "../../01-conv.tail.trt.onnx", "input"),
+            "tail": part("tail", "../../01-conv.tail.trt.onnx", "boundary"),
+        },
+    }
     (sdir / "engine_plan.json").write_text(json.dumps(plan), encoding="utf-8")
     files = {"tail": "01-conv.tail.onnx", "engine_plan_json": "splits/01-conv/engine_plan.json"}
     return [Split.from_json({"dir": "splits/01-conv", "files": files}, 0)]
