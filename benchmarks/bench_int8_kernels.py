@@ -61,7 +61,7 @@ def measure(bundle: Path, runs: int = 1) -> list[dict[str, object]]:
     m = contract.read_manifest(bundle)
     rows: list[dict[str, object]] = []
     for _, entry in contract.select_splits(m, None):
-        if "head_int8" not in entry["files"]:
+        if "head_int8" not in entry.files:
             continue
         golden = contract.load_golden(contract.split_file(m, bundle, entry, "golden"), "golden")
         head = contract.split_file(m, bundle, entry, "head_int8")
@@ -73,7 +73,7 @@ def measure(bundle: Path, runs: int = 1) -> list[dict[str, object]]:
             vs_full = compare_logits(golden["logits"], logits)
             rows.append(
                 {
-                    "split": entry["dir"],
+                    "split": entry.dir,
                     "mode": mode,
                     "ms": round(ms, 3),
                     "vs_export_max_abs_rel": float(vs_export["max_abs_rel"]),

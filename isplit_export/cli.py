@@ -161,17 +161,16 @@ def export_cmd(
         typer.echo(line)
     if (line := probe_caveat(result.ranked.ranking)) is not None:
         typer.echo(line)
-    for split in result.manifest["splits"]:
-        v = split["verification"]
-        b = split["boundary"]
-        task = v["checks"][b["encoding"]]["task"]
-        ci = f" [{task['ci95'][0]:.1%}, {task['ci95'][1]:.1%}] on {task['images']} held-out images" if "ci95" in task else ""
+    for split in result.manifest.splits:
+        b = split.boundary
+        task = split.task(str(b.encoding))
+        ci = f" [{task.ci95[0]:.1%}, {task.ci95[1]:.1%}] on {task.images} held-out images" if task.ci95 else ""
         typer.echo(
-            f"{split['dir']}: boundary {b['encoding']} {b['bytes_per_image']} B/image "
-            f"(fp32 {b['fp32_bytes_per_image']} B), gates {'PASS' if v['passed'] else 'FAIL'}, "
-            f"{task['metric']} {task['value']:.1%}{ci}"
+            f"{split.dir}: boundary {b.encoding} {b.bytes_per_image} B/image "
+            f"(fp32 {b.fp32_bytes_per_image} B), gates {'PASS' if split.verification and split.verification.passed else 'FAIL'}, "
+            f"{task.metric} {task.value or 0.0:.1%}{ci}"
         )
-    typer.echo(result.manifest["verification"]["note"])
+    typer.echo(result.manifest.verification.note)
     typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
     if not result.passed:
         for failure in result.failures:

@@ -33,6 +33,7 @@ import torch
 from isplit_export.bottleneck.core import code_shape, train
 from isplit_export.errors import BadInputError
 from isplit_export.models import forward_batched
+from isplit_export.numbers import rounded
 from isplit_export.options import CUT_SETS, StudyOptions, make_options
 from isplit_export.stats import (
     MIN_TO_CONCLUDE,
@@ -234,7 +235,7 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
         index=cut.index, node=cut.node, module=cut.module, shape=tuple(cut.shape), cui=float(ctx.cui[cut.index]),
         cui_all=None if ctx.cui_all is None else float(ctx.cui_all[cut.index]), boundary_bytes=cut.boundary_bytes,
         code_shape=cs.code_shape, code_bytes=cs.code_bytes, measured=measured, class_measured=class_measured,
-        training=trainings, train_seconds=round(seconds, 3), outcomes=out,
+        training=trainings, train_seconds=rounded(seconds, 3, decimals=True), outcomes=out,
         probe=None if ctx.probe is None else ctx.probe.scores.get(cut.index), repeats=rows,
     )  # fmt: skip
 
@@ -419,7 +420,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
             "host": platform.platform(),
             "torch": torch.__version__,
             "train_seconds": {str(res.index): res.train_seconds for res in results},
-            "probe_seconds": None if ctx.probe is None else round(ctx.probe.seconds, 3),
+            "probe_seconds": None if ctx.probe is None else rounded(ctx.probe.seconds, 3, decimals=True),
         },
     }
 

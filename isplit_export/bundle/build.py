@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 
+from isplit_export import contract
 from isplit_export.api import RankResult, rank, write_ranking
 from isplit_export.bundle.planning import choose_cuts
 from isplit_export.bundle.report import render_report
@@ -58,7 +58,6 @@ from isplit_export.verification.checks import (
     check_pair,
     cui_order,
     held_out_rounding,
-    manifest_rounding,
     task_metric,
 )
 from isplit_export.verification.gates import GATES, gate_for
@@ -76,13 +75,14 @@ class ExportResult:
     """The written bundle and its manifest; ``passed`` is False when a verification gate failed."""
 
     out: Path
-    manifest: dict[str, Any]
+    manifest: contract.Manifest
+    """The written manifest, read back through the contract (typed, hashed)."""
     ranked: RankResult
     failures: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return bool(self.manifest["verification"]["passed"])
+        return self.manifest.verification.passed
 
 
 def export(options: ExportOptions | str | None = None, /, **fields: Any) -> ExportResult:
@@ -142,7 +142,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             (tmp / "calibration").mkdir()
             save_npz(tmp / "calibration" / "inputs.npz", {"input": x.numpy(), "labels": lab})
 
-        splits: list[dict[str, Any]] = []
+        splits: list[contract.Split] = []
         latency: dict[str, Any] = {}
         train_seconds: dict[str, float] = {}
         for pos, cut in enumerate(cuts, start=1):
@@ -157,8 +157,8 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
         weights = inline_info()
         if opts.weights_layout == "shared":
-            weights, moves = share_weights(tmp, [str(s["dir"]) for s in splits])
-            splits = [{**s, "files": {k: moves.get(v, v) for k, v in s["files"].items()}} for s in splits]
+            weights, moves = share_weights(tmp, [s.dir for s in splits])
+            splits = [s.with_files({k: moves.get(v, v) for k, v in s.files.items()}) for s in splits]
         triton = None
         if wants_repository(profile.kind, opts.triton):  # OUT/triton/: the tails as Triton models (hashed below)
             triton = write_repository(tmp, splits, model=ranked.model.name)
@@ -170,13 +170,20 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 f"; but {len(splits)} split(s) are too few to conclude anything about the CUI order "
                 f"(run `isplit-export study` over {MIN_TO_CONCLUDE}+ cuts)"
             )
-        manifest = _manifest(ranked, profile, encoding_name, splits, summary, len(names), uses_int8)
-        manifest["weights"] = weights
-        if triton is not None:
-            manifest["triton"] = triton
-        manifest["files"] = _hash_files(tmp)
-        plans = {str(sp["dir"]): json.loads(f.read_text()) for sp in splits
-                 if (f := tmp / str(sp["dir"]) / "engine_plan.json").is_file()}  # fmt: skip  # for the report only
+        manifest = {
+            **_manifest(
+                ranked, profile, encoding_name, [s.to_json() for s in splits], summary, len(names), uses_int8
+            ),
+            "weights": weights,
+            **({"triton": triton} if triton is not None else {}),
+            "files": _hash_files(tmp),
+        }
+        # for the report only: each TensorRT split's plan, through the contract's one reader
+        plans = {
+            sp.dir: contract.load_engine_plan(tmp, sp.dir).data
+            for sp in splits
+            if "engine_plan_json" in sp.files
+        }
         report = render_report({**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json())
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {
@@ -188,9 +195,10 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             "report_sha256": sha256_file(tmp / "report.md"),
         }
         write_json(tmp / MANIFEST_FILE, manifest)
+    written = contract.read_manifest(out)
     if opts.summary_json is not None:
-        write_summary(opts.summary_json, out, manifest)
-    return ExportResult(out, manifest, ranked, gate_failures(manifest))
+        write_summary(opts.summary_json, written)
+    return ExportResult(out, written, ranked, gate_failures(written))
 
 
 def _export_split(
@@ -207,8 +215,8 @@ def _export_split(
     profile: TargetProfile,
     x_train: torch.Tensor | None = None,
     train_seconds: dict[str, float] | None = None,
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """Export, encode, verify and describe one split; returns its manifest entry and latency.
+) -> tuple[contract.Split, dict[str, float]]:
+    """Export, encode, verify and describe one split; returns its manifest entry (validated) and latency.
 
     With a bottleneck (``x_train`` given), the encoder/decoder are trained first and wrap the head and
     tail, so the exported pair carries them; ``x`` are then the held-out images.
@@ -225,7 +233,7 @@ def _export_split(
         )  # fmt: skip
         head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
         if train_seconds is not None:
-            train_seconds[rel] = round(trained.seconds, 3)
+            train_seconds[rel] = rounded(trained.seconds, 3, decimals=True)
     boundary_fp32 = forward_batched(head_gm, x, batch_size)
     enc = trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
     head_path, tail_path = sdir / "head.onnx", sdir / "tail.onnx"
@@ -241,7 +249,7 @@ def _export_split(
         checks = {encoding_name: check_code_pair(pair_ref, logits, torch_code, boundary, y_ref, labels)}
         golden_logits = pair_ref  # the pair's own logits: verify re-proves the export, not the bottleneck's loss
     else:
-        checks = {encoding_name: check_pair(y_ref, logits, labels, gate_for(encoding_name), rnd=manifest_rounding)}
+        checks = {encoding_name: check_pair(y_ref, logits, labels, gate_for(encoding_name), rnd=rounded)}
         golden_logits = y_ref
     goldens = {"input": xn[:golden], "boundary": boundary[:golden], "logits": golden_logits[:golden],
                "labels": labels[:golden]}  # fmt: skip
@@ -256,7 +264,7 @@ def _export_split(
         if trained is not None:
             checks["int8-qdq"] = check_int8_code_pair(logits, q_logits, y_ref, labels)
         else:
-            checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=manifest_rounding)
+            checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=rounded)
         goldens["logits_int8"] = q_logits[:golden]
         files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
                      calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
@@ -280,7 +288,7 @@ def _export_split(
         "module": cut.module,
         "cui": float(ranked.ranking.cui[cut.index]),
         "log10_cui": rounded(ranked.ranking.log10_cui[cut.index]),
-        "head_flops_share": round(cut.head_flops_share, 6),
+        "head_flops_share": rounded(cut.head_flops_share, 6, decimals=True),
         "boundary": {
             **enc.to_json(),
             "encoding": enc.name,
@@ -299,7 +307,7 @@ def _export_split(
         probe = task_metric(y_ref, trained.initial_logits(x, batch_size), labels, held_out=True, rnd=held_out_rounding)
         entry["bottleneck"] = {**config(opts.bottleneck, trained.shape, enc), "training": trained.summary,
                                "probe": probe, "trained": checks[encoding_name]["task"]}  # fmt: skip
-    return entry, lat
+    return contract.Split.from_json(entry, rank_pos - 1), lat
 
 
 def _engine_plan(

@@ -164,10 +164,9 @@ def _measured(
     Every figure was validated by :mod:`isplit_export.contract` (finite, positive, bounded);
     ``verify.json`` is used only when it names this manifest.
     """
-    manifest = m.data
     out: dict[Any, dict[str, Any]] = {}
-    by_dir = {s["dir"]: int(s["index"]) for s in manifest["splits"] if s.get("index") is not None}
-    run = manifest.get("run") or {}
+    by_dir = {s.dir: s.index for s in m.splits if s.index is not None}
+    run = m.block("run")
     host = run.get("host", "the build host")
     source = f"onnxruntime 1 thread on {host}"
     full: list[float] = []
@@ -298,20 +297,19 @@ def plan(
     server_profile = load_target(server) if server is not None else None  # options first, then the bundle
     m = contract.read_manifest(bundle)
     contract.check_expected_sha256(m, expect_sha256)
-    manifest = m.data
     ranking = contract.read_ranking(m)
     if link is None and not measured:
         raise BadInputError("--estimated needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
     runs = contract.read_runs(m) if measured else {}
-    options = manifest.get("options") or {}
+    options = m.block("options")
     named = options.get("link") if isinstance(options.get("link"), str) else None
     if link is None and not any(r.measures_link for r in runs.values()) and named is not None:
         link = named  # no remote run: the export's named link, not one derived from loopback overhead
     link_measured = measured and (link is None or link.strip().lower() == MEASURED_LINK)
     lk = _measured_link(bundle, runs) if link_measured else parse_link(str(link))
     run_note = _local_runs_note(runs, f"{lk.name}") if measured else None
-    target_json = manifest.get("target")
-    if not isinstance(target_json, dict) or "name" not in target_json:
+    target_json = dict(m.block("target"))
+    if "name" not in target_json:
         raise BadInputError(f"{bundle / contract.MANIFEST_FILE} has no target block: rebuild the bundle")
     device_profile = validate_profile(target_json, "manifest.json target")  # every profile has a cost block
     objective = objective or str(options.get("objective") or "cui")
@@ -322,22 +320,22 @@ def plan(
     if server_profile is None:
         server_profile = load_target(options.get("server") or "x86-tensorrt")
     device, srv = compute_for(device_profile, head=True), compute_for(server_profile, head=False)
-    encoding = str(manifest.get("boundary_encoding") or device_profile.default_boundary)
+    encoding = str(m.boundary_encoding or device_profile.default_boundary)
     element_bytes(encoding)  # an unknown encoding is one line here, not a KeyError later
     bytes_override = {
-        int(s["index"]): int(s["boundary"]["bytes_per_image"])
-        for s in manifest["splits"]
-        if s.get("index") is not None and (s.get("boundary") or {}).get("bytes_per_image") is not None
+        s.index: s.boundary.bytes_per_image
+        for s in m.splits
+        if s.index is not None and s.boundary.bytes_per_image is not None
     }
     meas = _measured(m, device, device_profile.backend, srv, server_profile.backend) if measured else {}
     if measured:  # what `isplit-export run` measured over a real connection wins over the build host's figures
         for key, row in _run_measured(runs, device_profile.backend, link_measured).items():
             meas.setdefault(key, {}).update(row)
-    k = top if top is not None else (manifest.get("ranking") or {}).get("top")
+    k = top if top is not None else m.block("ranking").get("top")
     block, sel = build_cost(ranking, device, srv, lk, encoding, objective=objective, constraints=constraints, top=k,
                             bytes_override=bytes_override, measured=meas)  # fmt: skip
     candidates = [{**c, "cost": pc} for c, pc in zip(ranking["candidates"], block["per_cut"], strict=True)]
-    exported = [int(s["index"]) for s in manifest["splits"] if s.get("index") is not None]
+    exported = [s.index for s in m.splits if s.index is not None]
     cost = {key: v for key, v in block.items() if key != "per_cut"} | {"exported": exported}
     if run_note is not None:
         cost["note"] = f"{cost['note']}; {run_note}" if cost.get("note") else run_note

@@ -23,18 +23,17 @@ see ``docs/serving.md``). Everything here is deterministic text, so the bundle s
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import onnx
 from onnx import TensorProto
 
-from isplit_export.contract import MAX_BATCH_SIZE
+from isplit_export.contract import MAX_BATCH_SIZE, Split, load_engine_plan
 from isplit_export.errors import BadInputError, TechnicalError
 
 TRITON_DIR = "triton"
@@ -43,24 +42,18 @@ TRITON_DIR = "triton"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def model_name(entry: Mapping[str, Any]) -> str:
+def model_name(entry: Split) -> str:
     """The served model name of a split entry: its folder name (``01-features.3``), Triton-safe."""
-    base = str(entry["dir"]).rstrip("/").rsplit("/", 1)[-1]
+    base = entry.dir.rstrip("/").rsplit("/", 1)[-1]
     return _NAME_BAD.sub("_", base)
 
 
-def entry_tail(entry: Mapping[str, Any]) -> str:
+def entry_tail(entry: Split) -> str:
     """The bundle-relative path of a split entry's tail ONNX."""
-    rel = (entry.get("files") or {}).get("tail")
-    if not isinstance(rel, str):
-        raise BadInputError(f"split {entry.get('dir')} has no tail file: rebuild the bundle")
+    rel = entry.files.get("tail")
+    if rel is None:
+        raise BadInputError(f"split {entry.dir} has no tail file: rebuild the bundle")
     return rel
-
-
-def entry_engine_plan(entry: Mapping[str, Any]) -> str | None:
-    """The bundle-relative path of a split entry's ``engine_plan.json`` (TensorRT targets), if any."""
-    rel = (entry.get("files") or {}).get("engine_plan_json")
-    return rel if isinstance(rel, str) else None
 
 
 MAX_QUEUE_DELAY_US = 100
@@ -166,22 +159,20 @@ def _follow_umask(path: Path) -> None:
     path.chmod(0o666 & ~mask)
 
 
-def _tensorrt_variant(root: Path, entry: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+def _tensorrt_variant(root: Path, entry: Split, name: str) -> dict[str, Any] | None:
     """Write ``configs/tensorrt.pbtxt`` from the split's engine plan; None when it has no plan."""
-    plan_rel = entry_engine_plan(entry)
-    if plan_rel is None:
+    if "engine_plan_json" not in entry.files:
         return None
-    plan = json.loads((root / plan_rel).read_text(encoding="utf-8"))
-    tail = plan["engines"]["tail"]
-    split_dir = PurePosixPath(str(entry["dir"]))
-    onnx_path = root / split_dir / str(tail["onnx"])  # relative to the split folder (may be ../../x.onnx)
-    engine = (split_dir / str(tail["engine"])).as_posix()
+    plan = load_engine_plan(root, entry.dir)  # the bundle being built: contained paths, typed fields
+    tail = plan.parts["tail"]
+    onnx_path = tail.onnx  # the split folder's ONNX path, resolved (may be ../../x.onnx)
+    engine = (PurePosixPath(entry.dir) / tail.engine_rel).as_posix()
     inp = tensor_spec(onnx_path, output=False)
     out = tensor_spec(onnx_path, output=True)
-    max_batch = int(tail["input"]["max"][0]) if inp[2] and inp[2][0] == -1 else 0
+    max_batch = int(tail.max_shape[0]) if inp[2] and inp[2][0] == -1 else 0
     text = config_text(
         name, "tensorrt_plan", inp, out, max_batch=max_batch, kind="KIND_GPU", model_file="model.plan",
-        comment=(f"TensorRT variant ({plan['precision']}) of split {entry['dir']}: select it with "
+        comment=(f"TensorRT variant ({plan.precision}) of split {entry.dir}: select it with "
                  f"tritonserver --model-config-name={TENSORRT_CONFIG}; it loads {VERSION}/model.plan, "
                  f"the engine {engine} that the split's build plan makes (copy it there after building)"),
     )  # fmt: skip
@@ -189,10 +180,10 @@ def _tensorrt_variant(root: Path, entry: Mapping[str, Any], name: str) -> dict[s
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_text(text, encoding="utf-8")
     return {"config": rel, "engine": engine, "install_to": f"{TRITON_DIR}/{name}/{VERSION}/model.plan",
-            "precision": plan["precision"], "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]}}  # fmt: skip
+            "precision": plan.precision, "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]}}  # fmt: skip
 
 
-def write_repository(root: Path, splits: Sequence[Mapping[str, Any]], *, model: str) -> dict[str, Any]:
+def write_repository(root: Path, splits: Sequence[Split], *, model: str) -> dict[str, Any]:
     """Write ``root/triton/`` for the split entries (before the manifest is hashed); returns its manifest block.
 
     ``root`` is the bundle being built; each entry's ``files.tail`` is its tail ONNX (relative to
@@ -221,11 +212,11 @@ def write_repository(root: Path, splits: Sequence[Mapping[str, Any]], *, model: 
             shutil.copyfile(tail, vdir / "model.onnx")
         text = config_text(
             name, "onnxruntime_onnx", inp, out, max_batch=max_batch, kind="KIND_AUTO",
-            comment=f"{model} tail of split {entry['dir']} (boundary -> logits), written by isplit-export",
+            comment=f"{model} tail of split {entry.dir} (boundary -> logits), written by isplit-export",
         )  # fmt: skip
         (root / TRITON_DIR / name / "config.pbtxt").write_text(text, encoding="utf-8")
         record: dict[str, Any] = {
-            "split": str(entry["dir"]),
+            "split": entry.dir,
             "name": name,
             "platform": "onnxruntime_onnx",
             "config": f"{TRITON_DIR}/{name}/config.pbtxt",

@@ -24,7 +24,9 @@ torch, no onnx) and holds, each part in its own module, all of them re-exported 
 - ``machine`` / ``verdict``: where the export's gates were measured (:class:`Machine`: CPU, ISA
   features, onnxruntime, threads, exact int8 mode) and their outcome per split and pair
   (:func:`export_verdicts`), both validated on read;
-- ``engine_plan``: ``engine_plan.json`` (:func:`read_engine_plan`) and the checked output paths of
+- ``splits``: the manifest's split entries as typed values (:class:`Split`, :class:`Boundary`,
+  :class:`Verification`, :class:`Check`), validated by ``from_json``; :class:`Manifest` hands them out;
+- ``engine_plan``: ``engine_plan.json``, read only here (:func:`load_engine_plan`, :func:`read_engine_plan`) and the checked output paths of
   ``build-engines`` (:func:`engine_output`, :func:`write_output`).
 
 Errors: a malformed file is :class:`BadInputError` (exit 2); a file that does not match its hash, a
@@ -38,6 +40,8 @@ from isplit_export.contract.engine_plan import (
     EnginePart,
     EnginePlan,
     engine_output,
+    engine_plan_json,
+    load_engine_plan,
     read_engine_plan,
     write_output,
 )
@@ -55,6 +59,8 @@ from isplit_export.contract.jsonio import (
 from isplit_export.contract.layout import TOP_LEVEL_OUTPUTS, check_layout, unlisted_entries
 from isplit_export.contract.machine import Machine
 from isplit_export.contract.manifest import (
+    CuiOrder,
+    FileEntry,
     Manifest,
     check_expected_sha256,
     check_files,
@@ -104,6 +110,7 @@ from isplit_export.contract.schema import (
     TRITON_ENGINE_FILE,
     VERIFY_FILE,
 )
+from isplit_export.contract.splits import Boundary, Check, Split, Task, Verification
 from isplit_export.contract.verdict import ExportVerdict, export_machine, export_verdicts
 
 __all__ = [
@@ -133,12 +140,19 @@ __all__ = [
     "TOP_LEVEL_OUTPUTS",
     "TRITON_ENGINE_FILE",
     "VERIFY_FILE",
+    "Boundary",
+    "Check",
+    "CuiOrder",
     "EnginePart",
     "EnginePlan",
     "ExportVerdict",
+    "FileEntry",
     "Machine",
     "Manifest",
     "RunRecord",
+    "Split",
+    "Task",
+    "Verification",
     "bundle_path",
     "bundle_root",
     "check_expected_sha256",
@@ -149,6 +163,7 @@ __all__ = [
     "check_sha256_text",
     "copy_listed",
     "engine_output",
+    "engine_plan_json",
     "export_machine",
     "export_verdicts",
     "golden_budget",
@@ -156,6 +171,7 @@ __all__ = [
     "is_tool_bundle",
     "join_rel",
     "json_depth",
+    "load_engine_plan",
     "load_golden",
     "load_manifest",
     "load_npz_bounded",

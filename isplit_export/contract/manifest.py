@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,11 @@ from isplit_export.contract.jsonio import (
     req_str,
 )
 from isplit_export.contract.layout import check_layout
+from isplit_export.contract.machine import Machine
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel
 from isplit_export.contract.schema import (
     _TENSOR_NAME,
     MANIFEST_FILE,
-    MAX_ELEMENTS,
     MAX_JSON_BYTES,
     MAX_MS,
     RANK_OUTPUT_FILES,
@@ -36,51 +37,136 @@ from isplit_export.contract.schema import (
     REPORT_FILE,
     SCHEMA,
 )
-from isplit_export.contract.verdict import export_machine, export_verdicts
+from isplit_export.contract.splits import Split
+from isplit_export.contract.verdict import ExportVerdict, export_machine, export_verdicts
 from isplit_export.errors import BadInputError, GateFailedError
 from isplit_export.files import sha256_file
 
 
 @dataclass(frozen=True)
+class FileEntry:
+    """One hashed bundle file (``manifest.files.<rel>``)."""
+
+    sha256: str
+    bytes: int | None
+
+
+@dataclass(frozen=True)
+class CuiOrder:
+    """The bundle's verdict (``manifest.verification``): all gates passed, and did the CUI order hold?"""
+
+    passed: bool
+    note: str
+    full_model_accuracy: float | None
+    cui_vs_task_spearman: float | None
+    cui_order_held: bool | None
+
+    @classmethod
+    def from_json(cls, v: Mapping[str, Any], src: str = MANIFEST_FILE) -> CuiOrder:
+        """Validate the ``verification`` block (absent in hand-made bundles: passed, no note)."""
+        passed = v.get("passed", True)
+        held = v.get("cui_order_held")
+        if not isinstance(passed, bool):
+            raise _bad(src, "verification.passed", "true or false", passed)
+        if held is not None and not isinstance(held, bool):
+            raise _bad(src, "verification.cui_order_held", "true, false or null", held)
+        acc = req_number(
+            v, "full_model_accuracy", src, "verification.full_model_accuracy", hi=1.0, optional=True
+        )
+        rho = req_number(
+            v,
+            "cui_vs_task_spearman",
+            src,
+            "verification.cui_vs_task_spearman",
+            lo=-1.0,
+            hi=1.0,
+            optional=True,
+        )
+        note = req_str(v, "note", src, "verification.note", optional=True) or ""
+        return cls(
+            passed=passed, note=note, full_model_accuracy=acc, cui_vs_task_spearman=rho, cui_order_held=held
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """A validated manifest: its parsed ``data``, the sha256 of the exact bytes parsed, and the bundle."""
+    """A validated manifest: its parsed ``data``, the sha256 of the exact bytes parsed, and the bundle.
+
+    Readers use the typed views (:attr:`splits`, :attr:`files`, :attr:`verification`, :meth:`block`),
+    never ``data``'s keys.
+    """
 
     bundle: Path
     data: dict[str, Any]
     sha256: str
 
-    @property
-    def splits(self) -> list[dict[str, Any]]:
-        return list(self.data["splits"])
+    @cached_property
+    def splits(self) -> tuple[Split, ...]:
+        """The exported splits in rank order, each a validated :class:`Split`."""
+        return tuple(Split.from_json(s, i) for i, s in enumerate(self.data["splits"]))
+
+    @cached_property
+    def files(self) -> Mapping[str, FileEntry]:
+        """Every hashed bundle file by its bundle-relative path."""
+        return {rel: FileEntry(str(e["sha256"]), e.get("bytes")) for rel, e in self.data["files"].items()}
+
+    @cached_property
+    def verification(self) -> CuiOrder:
+        """The bundle's verdict: every split's gates, and the CUI order check."""
+        return CuiOrder.from_json(opt_dict(self.data, "verification", MANIFEST_FILE))
+
+    def block(self, key: str) -> Mapping[str, Any]:
+        """A top-level provenance block (``tool``, ``model``, ``target``, ``weights``...) as written; {} when absent."""
+        return opt_dict(self.data, key, MANIFEST_FILE)
+
+    @cached_property
+    def export_verdicts(self) -> tuple[ExportVerdict, ...]:
+        """The export's gate outcome of every split that records one (:func:`export_verdicts`)."""
+        return tuple(export_verdicts(self.data))
+
+    @cached_property
+    def machine(self) -> Machine | None:
+        """Where the export's gates were measured; None for a bundle that does not record it."""
+        return export_machine(self.data)
 
     @property
-    def files(self) -> dict[str, dict[str, Any]]:
-        return dict(self.data["files"])
-
-
-def _validate_split(s: Any, i: int, src: str) -> None:
-    f = f"splits[{i}]"
-    if not isinstance(s, dict):
-        raise _bad(src, f, "an object", s)
-    check_rel(req_str(s, "dir", src, f"{f}.dir"), f"{src} {f}.dir")
-    files = req_dict(s, "files", src, f"{f}.files")
-    for k, v in files.items():
-        req_str(files, k, src, f"{f}.files.{k}")
-        check_rel(v, f"{src} {f}.files.{k}")
-    if s.get("rank") is not None and req_int(s, "rank", src, f"{f}.rank", lo=1) != i + 1:
-        raise BadInputError(
-            f"{src}: field '{f}.rank' must be {i + 1} (splits are stored in rank order): {_rebuild(src)}"
+    def input_name(self) -> str:
+        """The model input's tensor name (``input`` when the manifest does not record it)."""
+        return (
+            req_str(
+                opt_dict(self.data, "input", MANIFEST_FILE),
+                "name",
+                MANIFEST_FILE,
+                "input.name",
+                optional=True,
+            )
+            or "input"
         )
-    req_int(s, "index", src, f"{f}.index", optional=True)
-    req_str(s, "node", src, f"{f}.node", optional=True)
-    b = opt_dict(s, "boundary", src, f"{f}.boundary")
-    req_str(b, "encoding", src, f"{f}.boundary.encoding", optional=True)
-    req_str(b, "dtype", src, f"{f}.boundary.dtype", optional=True)
-    req_int(
-        b, "bytes_per_image", src, f"{f}.boundary.bytes_per_image", lo=0, hi=MAX_ELEMENTS * 8, optional=True
-    )
-    req_number(b, "scale", src, f"{f}.boundary.scale", lo=0.0, hi=1e30, positive=True, optional=True)
-    req_int(b, "zero_point", src, f"{f}.boundary.zero_point", lo=0, hi=255, optional=True)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one preprocessed image (``input.shape`` without its batch axis)."""
+        shape = self.block("input").get("shape") or []
+        dims = tuple(int(d) for d in shape[1:] if isinstance(d, int) and not isinstance(d, bool))
+        if not isinstance(shape, list) or len(dims) != 3:
+            raise BadInputError("manifest.json input has no (C, H, W) shape: rebuild the bundle")
+        return dims
+
+    @property
+    def num_classes(self) -> int | None:
+        """The model's number of classes (``model.num_classes``), if recorded."""
+        return req_int(self.block("model"), "num_classes", MANIFEST_FILE, "model.num_classes", optional=True)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The model's class names (``model.class_names``), if recorded."""
+        names = self.block("model").get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    @property
+    def boundary_encoding(self) -> str | None:
+        """The bundle's boundary encoding (``fp32``, ``fp16``, ``int8``)."""
+        return req_str(self.data, "boundary_encoding", MANIFEST_FILE, optional=True)
 
 
 def _validate_latencies(lat: Mapping[str, Any], src: str, field: str) -> None:
@@ -107,7 +193,7 @@ def validate_manifest(m: Any, src: str = MANIFEST_FILE) -> dict[str, Any]:
     if not isinstance(splits, list):
         raise _bad(src, "splits", "a list", splits)
     for i, s in enumerate(splits):
-        _validate_split(s, i, src)
+        Split.from_json(s, i, src)
     export_verdicts(m, src)  # the export's gates and machine, typed and bounded (contract/verdict.py)
     export_machine(m, src)
     req_str(m, "boundary_encoding", src, optional=True)
@@ -261,12 +347,9 @@ def check_listed(manifest: Manifest, rel: str, what: str) -> Path:
 # splits
 
 
-def select_splits(
-    manifest: Manifest | Mapping[str, Any], split: int | None
-) -> list[tuple[int, dict[str, Any]]]:
-    """``(NN, entry)`` of the splits to use: all, or only split ``split`` (1-based position == its rank)."""
-    data = manifest.data if isinstance(manifest, Manifest) else manifest
-    splits: list[dict[str, Any]] = data["splits"]
+def select_splits(manifest: Manifest, split: int | None) -> list[tuple[int, Split]]:
+    """``(NN, split)`` of the splits to use: all, or only split ``split`` (1-based position == its rank)."""
+    splits = manifest.splits
     if not splits:
         raise BadInputError("this bundle has no splits: rebuild it with --top 1 or more")
     if split is None:
@@ -276,15 +359,12 @@ def select_splits(
     return [(split, splits[split - 1])]
 
 
-def split_file(
-    manifest: Manifest | Mapping[str, Any], bundle: Path, entry: Mapping[str, Any], key: str
-) -> Path:
+def split_file(manifest: Manifest, bundle: Path, entry: Split, key: str) -> Path:
     """The split's file ``key`` (head, tail, golden...), which must be one of the hashed files."""
-    data = manifest.data if isinstance(manifest, Manifest) else manifest
-    rel = entry["files"].get(key)
-    if not isinstance(rel, str):
-        raise BadInputError(f"manifest.json split {entry['dir']} has no '{key}' file: rebuild the bundle")
-    if rel not in data["files"]:
+    rel = entry.files.get(key)
+    if rel is None:
+        raise BadInputError(f"manifest.json split {entry.dir} has no '{key}' file: rebuild the bundle")
+    if rel not in manifest.files:
         raise GateFailedError(
             f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
         )

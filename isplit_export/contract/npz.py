@@ -11,7 +11,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from isplit_export.contract.manifest import Manifest
 from isplit_export.contract.schema import MAX_NPZ_MEMBER_BYTES, MAX_NPZ_MEMBERS, MAX_NPZ_TOTAL_BYTES
+from isplit_export.contract.splits import Split
 from isplit_export.errors import BadInputError, GateFailedError
 
 GOLDEN_MEMBERS = ("input", "boundary", "logits", "labels", "logits_int8")
@@ -23,9 +25,10 @@ NPY_HEADER_SLACK = 4096
 _CHUNK = 1 << 20
 
 
-def golden_budget(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, int]:
+def golden_budget(m: Manifest, entry: Split) -> dict[str, int]:
     """The most bytes each golden member may expand to, from the manifest's shapes: golden images x the
     per-image elements (input, boundary, classes) x 8 bytes (the widest element) + a header."""
+    manifest = m.data
     options = manifest.get("options") if isinstance(manifest.get("options"), Mapping) else {}
     n = options.get("golden_images") if isinstance(options, Mapping) else None
     n = (
@@ -37,7 +40,7 @@ def golden_budget(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> dict
     classes = model.get("num_classes") if isinstance(model, Mapping) else None
     dims: dict[str, list[Any]] = {
         "input": _per_image(manifest.get("input")),
-        "boundary": _per_image(entry.get("boundary")),
+        "boundary": _per_image(entry.raw.get("boundary")),
         "logits": [classes],
         "logits_int8": [classes],
         "labels": [],

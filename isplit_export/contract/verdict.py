@@ -15,10 +15,7 @@ from typing import Any
 
 from isplit_export.contract.jsonio import _bad
 from isplit_export.contract.machine import Machine
-
-_MAX_CHECKS = 16
-_MAX_FAILURES = 64
-_MAX_REASON = 500
+from isplit_export.contract.splits import Verification
 
 
 @dataclass(frozen=True)
@@ -43,34 +40,14 @@ class ExportVerdict:
 
 
 def _verdict(pos: int, entry: Mapping[str, Any], src: str) -> ExportVerdict | None:
-    f = f"splits[{pos - 1}].verification"
     v = entry.get("verification")
     if v is None:
         return None
-    if not isinstance(v, Mapping):
-        raise _bad(src, f, "an object", v)
-    passed = v.get("passed")
-    if not isinstance(passed, bool):
-        raise _bad(src, f"{f}.passed", "true or false", passed)
-    failures = v.get("failures")
-    if not isinstance(failures, list) or len(failures) > _MAX_FAILURES:
-        raise _bad(src, f"{f}.failures", f"a list of at most {_MAX_FAILURES} lines", failures)
-    for i, line in enumerate(failures):
-        if not isinstance(line, str) or len(line) > _MAX_REASON:
-            raise _bad(src, f"{f}.failures[{i}]", f"a string of at most {_MAX_REASON} characters", line)
-    checks = v.get("checks")
-    if not isinstance(checks, Mapping) or len(checks) > _MAX_CHECKS:
-        raise _bad(src, f"{f}.checks", f"an object of at most {_MAX_CHECKS} checks", checks)
-    results: list[tuple[str, bool]] = []
-    for name, c in checks.items():
-        gate = c.get("gate") if isinstance(c, Mapping) else None
-        ok = gate.get("passed") if isinstance(gate, Mapping) else None
-        if len(name) > 64 or not isinstance(ok, bool):
-            raise _bad(src, f"{f}.checks.{name[:64]}.gate.passed", "true or false", ok)
-        results.append((name, ok))
-    if passed != (all(ok for _, ok in results) and not failures):
-        raise _bad(src, f"{f}.passed", "the outcome of its checks", passed)
-    return ExportVerdict(pos, str(entry.get("dir", "")), passed, tuple(results), tuple(failures))
+    typed = Verification.from_json(
+        v, src, f"splits[{pos - 1}].verification"
+    )  # the one validation of the block
+    checks = tuple((name, c.passed) for name, c in typed.checks.items())
+    return ExportVerdict(pos, str(entry.get("dir", "")), typed.passed, checks, typed.failures)
 
 
 def export_verdicts(manifest: Mapping[str, Any], src: str = "manifest.json") -> list[ExportVerdict]:

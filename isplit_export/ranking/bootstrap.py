@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from isplit_export.numbers import rounded
 from isplit_export.stats import percentile_ci_columns
 
 DEFAULT_REPLICATES = 200
@@ -230,7 +231,7 @@ def summarize_uncertainty(
         rep_ranks = _ranks_of(valid, members)  # [R, M]
         point = np.array([ranks[i] for i in members])
         for j, i in enumerate(members):
-            stability[i] = round(float(np.mean(rep_ranks[:, j] == point[j])), 6)
+            stability[i] = rounded(float(np.mean(rep_ranks[:, j] == point[j])), 6, decimals=True)
         for a in range(len(members)):
             for b in range(a + 1, len(members)):
                 flip = float(np.mean((rep_ranks[:, a] < rep_ranks[:, b]) != (point[a] < point[b])))
@@ -240,7 +241,13 @@ def summarize_uncertainty(
                     ties[k].append(i)
                     lo_r, hi_r = sorted((int(point[a]), int(point[b])))
                     first, second = (i, k) if point[a] < point[b] else (k, i)
-                    pairs.append({"cuts": [first, second], "ranks": [lo_r, hi_r], "flip": round(flip, 6)})
+                    pairs.append(
+                        {
+                            "cuts": [first, second],
+                            "ranks": [lo_r, hi_r],
+                            "flip": rounded(flip, 6, decimals=True),
+                        }
+                    )
     pairs.sort(key=lambda p: (p["ranks"][0], p["ranks"][1]))
     return {
         "cui_ci": [None if np.isnan(row).any() else [float(row[0]), float(row[1])] for row in ci],

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from isplit_export.numbers import rounded
 from isplit_export.ranking.graph import Cut
 from isplit_export.text_table import text_table
 
@@ -109,7 +110,7 @@ class Ranking:
             row = cut.to_json()
             row.update(
                 cui=float(self.cui[i]),
-                log10_cui=None if log10[i] is None else round(log10[i] or 0.0, 6),
+                log10_cui=None if log10[i] is None else rounded(log10[i] or 0.0, 6, decimals=True),
                 local_max=flags[i],
                 rank=ranks[i],
             )

@@ -28,6 +28,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from isplit_export.errors import BadInputError
+from isplit_export.numbers import rounded
 from isplit_export.ranking.layouts import classify, example_input, infer_axes
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Cut:
             "shape": list(self.shape),
             "layout": self.layout,
             "boundary_bytes": self.boundary_bytes,
-            "head_flops_share": round(self.head_flops_share, 6),
+            "head_flops_share": rounded(self.head_flops_share, 6, decimals=True),
         }
         if self.layout == "tokens":
             out["class_tokens"] = self.class_tokens

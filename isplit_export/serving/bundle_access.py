@@ -65,7 +65,7 @@ class BundleAccess:
     """An opened (and, by default, re-hashed) bundle."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: contract.Manifest
     manifest_sha256: str
     splits: tuple[SplitAccess, ...]
     full: Path | None
@@ -73,33 +73,28 @@ class BundleAccess:
 
     @property
     def input_name(self) -> str:
-        return str((self.manifest.get("input") or {}).get("name", "input"))
+        return self.manifest.input_name
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """(C, H, W) of one preprocessed image."""
-        shape = (self.manifest.get("input") or {}).get("shape") or []
-        dims = tuple(int(d) for d in shape[1:] if isinstance(d, int))
-        if len(dims) != 3:
-            raise BadInputError("manifest.json input has no (C, H, W) shape: rebuild the bundle")
-        return dims
+        return self.manifest.input_shape
 
     @property
     def preprocessing(self) -> dict[str, Any]:
         """The manifest's preprocessing block (resize, crop, mean, std, channels, interpolation)."""
-        prep = self.manifest.get("preprocessing")
-        if not isinstance(prep, dict):
+        prep = self.manifest.block("preprocessing")
+        if not prep:
             raise BadInputError("manifest.json has no preprocessing block: rebuild the bundle")
-        return prep
+        return dict(prep)
 
     @property
     def class_names(self) -> list[str] | None:
-        names = (self.manifest.get("model") or {}).get("class_names")
-        return [str(n) for n in names] if isinstance(names, list) else None
+        return self.manifest.class_names
 
     @property
     def target(self) -> dict[str, Any]:
-        return dict(self.manifest.get("target") or {})
+        return dict(self.manifest.block("target"))
 
     def split(self, pos: int) -> SplitAccess:
         for s in self.splits:
@@ -108,23 +103,22 @@ class BundleAccess:
         raise BadInputError(f"split {pos} is not selected: pass --split {self.splits[0].pos}")
 
 
-def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str, Any]) -> SplitAccess:
+def _split(bundle: Path, manifest: contract.Manifest, pos: int, entry: contract.Split) -> SplitAccess:
     enc = split_encoding(manifest, entry)
-    b = entry.get("boundary") or {}
-    shape = tuple(int(d) for d in (b.get("shape") or [])[1:])
+    b = entry.boundary
+    shape = tuple(int(d) for d in b.shape[1:])
     if not shape or any(d < 1 for d in shape):
-        raise BadInputError(f"manifest.json split {entry['dir']} has no boundary shape: rebuild the bundle")
-    nbytes = b.get("bytes_per_image")
-    if not isinstance(nbytes, int) or nbytes < 1:
+        raise BadInputError(f"manifest.json split {entry.dir} has no boundary shape: rebuild the bundle")
+    nbytes = b.bytes_per_image
+    if nbytes is None or nbytes < 1:
         raise BadInputError(
-            f"manifest.json split {entry['dir']} has no boundary bytes_per_image: rebuild the bundle"
+            f"manifest.json split {entry.dir} has no boundary bytes_per_image: rebuild the bundle"
         )
-    index = entry.get("index")
     return SplitAccess(
         pos=pos,
-        dir=str(entry["dir"]),
-        node=str(entry.get("node", "")),
-        index=int(index) if isinstance(index, int) else None,
+        dir=entry.dir,
+        node=entry.node or "",
+        index=entry.index,
         model=model_name(entry),
         head=contract.split_file(manifest, bundle, entry, "head"),
         tail=contract.split_file(manifest, bundle, entry, "tail"),
@@ -132,9 +126,12 @@ def _split(bundle: Path, manifest: Mapping[str, Any], pos: int, entry: dict[str,
         encoding=enc,
         shape=shape,
         bytes_per_image=nbytes,
-        split_dir=contract.bundle_path(bundle, entry["dir"]),
-        engine_plan=(contract.split_file(manifest, bundle, entry, "engine_plan_json")
-                     if "engine_plan_json" in entry["files"] else None),
+        split_dir=contract.bundle_path(bundle, entry.dir),
+        engine_plan=(
+            contract.split_file(manifest, bundle, entry, "engine_plan_json")
+            if "engine_plan_json" in entry.files
+            else None
+        ),
         golden_budget=contract.golden_budget(manifest, entry),
     )
 
@@ -151,16 +148,15 @@ def open_bundle(
     """
     m = contract.read_manifest(bundle)
     contract.check_expected_sha256(m, expect_sha256)
-    root, manifest = m.bundle, m.data
+    root = m.bundle
     selected = contract.select_splits(m, split)
     if verify:
         contract.check_files(root, m)
-    files = manifest["files"]
-    full = contract.bundle_path(root, "full.onnx") if "full.onnx" in files else None
+    full = contract.bundle_path(root, "full.onnx") if "full.onnx" in m.files else None
     return BundleAccess(
         root=root,
-        manifest=manifest,
+        manifest=m,
         manifest_sha256=m.sha256,
-        splits=tuple(_split(root, manifest, pos, entry) for pos, entry in selected),
+        splits=tuple(_split(root, m, pos, entry) for pos, entry in selected),
         full=full,
     )

@@ -18,6 +18,7 @@ from isplit_export import contract
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, first_line
 from isplit_export.exporting.encoding import encode_array
 from isplit_export.exporting.onnx_utils import make_session
+from isplit_export.numbers import rounded
 from isplit_export.options import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
 from isplit_export.serving.records import ERROR_CHARS
@@ -76,7 +77,7 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
     root = options.data
     if not root.is_dir():
         raise BadInputError(f"--data {root} is not a directory: pass a folder of images or of class sub-folders")
-    classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
+    classes = bundle.manifest.num_classes or 0
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     items: list[tuple[str, Path, int]] = []
     for d in subdirs or [root]:
@@ -205,7 +206,7 @@ def local_latency(split: SplitAccess, images: list[Image_], threads: int) -> dic
     if x is None:
         return None
     lat = measure_latency({"head": split.head, "tail": split.tail}, x, runs=30, threads=max(threads, 1))
-    return {k: round(v, 4) for k, v in lat.items()}
+    return {k: rounded(v, 4, decimals=True) for k, v in lat.items()}
 
 
 __all__ = ["Head", "Image_", "choose_backend", "load_images", "local_latency", "local_reference", "preprocess_image"]

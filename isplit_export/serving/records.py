@@ -22,8 +22,8 @@ from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import RunOptions, parse_address
 from isplit_export.outdir import check_writable_file
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
+from isplit_export.verification.checks import judge
 from isplit_export.verification.gates import gate_for
-from isplit_export.verification.metrics import compare_logits
 from isplit_export.version import __version__
 
 if TYPE_CHECKING:
@@ -135,8 +135,7 @@ def run_entry(
         keys = sorted(rec.worst)
         pair = np.concatenate([ref[i]["pair"] for i in keys])
         served = np.concatenate([rec.worst[i][1] for i in keys])
-        metrics = compare_logits(pair, served)
-        passed, reasons = pair_gate.check(metrics)
+        metrics, passed, reasons = judge(pair, served, pair_gate)
         vs_pair.update(metrics={k: rounded(v) for k, v in metrics.items()}, passed=passed, failures=reasons)
     else:
         vs_pair.update(passed=False, failures=["no request succeeded"])

@@ -72,8 +72,8 @@ from isplit_export.serving.records import (
     run_entry,
     write_run,
 )
+from isplit_export.verification.checks import judge
 from isplit_export.verification.gates import gate_for
-from isplit_export.verification.metrics import compare_logits
 
 EXIT_REQUESTS_FAILED = 6
 """At least one request failed after its retries, or was skipped."""
@@ -172,8 +172,7 @@ def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: i
             return {"images": int(g["boundary"].shape[0]), "passed": False, "gate": gate.name,
                     "failures": [f"golden {i}: {req.error}"]}  # fmt: skip
         got.append(logits)
-    metrics = compare_logits(g["logits"], np.concatenate(got))
-    ok, reasons = gate.check(metrics)
+    metrics, ok, reasons = judge(g["logits"], np.concatenate(got), gate)
     return {"images": len(got), "gate": gate.name, "metrics": {k: rounded(v) for k, v in metrics.items()},
             "passed": ok, "failures": reasons}  # fmt: skip
 
@@ -188,7 +187,7 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None,
     bundle = open_bundle(options.bundle, options.split, verify=True, expect_sha256=options.expect_sha256)
     path = check_run_path(options, bundle.root)  # before the first request: a run's results are kept
     split = bundle.splits[0]
-    classes = int((bundle.manifest.get("model") or {}).get("num_classes") or 0)
+    classes = bundle.manifest.num_classes or 0
     if classes < 1:
         raise BadInputError("manifest.json model block has no num_classes: rebuild the bundle")
     images, source = load_images(options, bundle, split)

@@ -111,11 +111,10 @@ def model_settings(bundle: BundleAccess, threads: int, store: ModelStore | None 
 
     from isplit_export.serving.tail_runtime import DATATYPES, OnnxTailRuntime
 
-    files = bundle.manifest["files"]
     out = []
     for s in bundle.splits:
         rel = s.tail.relative_to(bundle.root.resolve()).as_posix()  # contract paths are resolved
-        classes = int((bundle.manifest.get("model") or {}).get("num_classes") or -1)
+        classes = bundle.manifest.num_classes or -1
         out.append(
             ModelSettings(
                 name=s.model,
@@ -132,7 +131,7 @@ def model_settings(bundle: BundleAccess, threads: int, store: ModelStore | None 
                     version="1",
                     extra={
                         "threads": threads,
-                        "sha256": files[rel]["sha256"],
+                        "sha256": bundle.manifest.files[rel].sha256,
                         "split": s.dir,
                         "file": rel,
                         "max_batch": contract.MAX_BATCH_SIZE,

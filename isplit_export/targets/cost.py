@@ -139,10 +139,6 @@ def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
     return Compute(profile.name, unit, p, profile.cost.rate(p, dla=dla), profile.cost.power_w)
 
 
-def _r(v: float | None) -> float | None:
-    return rounded(v, 6, decimals=True)
-
-
 def cut_cost(
     head_flops: float, tail_flops: float, nbytes: int, device: Compute, server: Compute, link: Link,
     measured: Mapping[str, Any] | None = None,
@@ -163,12 +159,12 @@ def cut_cost(
     return {
         "head_flops": int(head_flops),
         "bytes": int(nbytes) if sends else 0,
-        "device_ms": _r(device_ms),
-        "transfer_ms": _r(transfer),
-        "link_ms": _r(link_ms),
-        "server_ms": _r(server_ms),
-        "total_ms": _r(device_ms + link_ms + server_ms),
-        "device_energy_mj": _r(energy),
+        "device_ms": rounded(device_ms, 6, decimals=True),
+        "transfer_ms": rounded(transfer, 6, decimals=True),
+        "link_ms": rounded(link_ms, 6, decimals=True),
+        "server_ms": rounded(server_ms, 6, decimals=True),
+        "total_ms": rounded(device_ms + link_ms + server_ms, 6, decimals=True),
+        "device_energy_mj": rounded(energy, 6, decimals=True),
         "measured": {k: measured[k] for k in ("device", "link", "server") if measured.get(k)},
     }
 

@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from isplit_export.exporting.onnx_graph import attr, copy_model
+from isplit_export.numbers import rounded
 
 MAX_BATCH = 4096
 MAX_DIM = 8192
@@ -75,7 +76,7 @@ class DlaReport:
         return {
             "layers": self.layers,
             "on_dla": self.on_dla,
-            "fraction": round(self.fraction, 4),
+            "fraction": rounded(self.fraction, 4, decimals=True),
             "fallback": [f.to_json() for f in self.fallback],
             "rules": RULES,
         }

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from isplit_export.contract import engine_plan_json
 from isplit_export.errors import BadInputError
 from isplit_export.targets import MIN_DLA_FRACTION
 from isplit_export.targets.dla import DlaReport, check_model, choose_device
@@ -394,19 +395,8 @@ def _safe_path(name: str) -> bool:
 
 
 def read_engine_build(split_dir: Path) -> dict[str, Any]:
-    """Load a split's ``engine_plan.json``, refusing a missing or foreign file with one line."""
-    path = split_dir / ENGINE_BUILD_FILE
-    if not path.is_file():
-        raise BadInputError(
-            f"{path} is missing: this split has no TensorRT plan (export with a Jetson or x86-tensorrt target)"
-        )
-    try:
-        recipe = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path} is not readable JSON ({exc}): re-export the bundle") from exc
-    if not isinstance(recipe, dict) or recipe.get("schema") != ENGINE_PLAN_SCHEMA:
-        raise BadInputError(f"{path} is not an {ENGINE_PLAN_SCHEMA} plan: re-export the bundle")
-    return recipe
+    """Load a split's ``engine_plan.json`` through the contract's one reader, refusing a missing or foreign file."""
+    return engine_plan_json(split_dir / ENGINE_BUILD_FILE)
 
 
 def engine_build_lines(recipe: Mapping[str, Any]) -> list[str]:
@@ -424,9 +414,9 @@ def engine_build_lines(recipe: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def check_tensorrt_version(recipe: dict[str, Any], installed: str) -> None:
-    """Refuse to build a recipe written for another TensorRT major.minor than the one installed (one line)."""
-    wanted = str(recipe.get("tensorrt_version") or "")
+def check_tensorrt_version(wanted: str | None, installed: str) -> None:
+    """Refuse to build a recipe written for another TensorRT ``wanted`` major.minor than the one installed (one line)."""
+    wanted = wanted or ""
     if not wanted:
         raise BadInputError("the engine plan names no TensorRT version: re-export the bundle")
     want, have = wanted.split("."), str(installed).split(".")

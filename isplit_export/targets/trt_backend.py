@@ -253,8 +253,7 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
     gpu = current_gpu_name()
     records: list[dict[str, Any]] = []
     for entry, plan in plans:
-        check_tensorrt_version(plan.data, str(trt.__version__))
-        dla = plan.data.get("dla") or {}
+        check_tensorrt_version(plan.tensorrt_version, str(trt.__version__))
         built: dict[str, Any] = {}
         for part in ("head", "tail"):
             spec = plan.parts[part]
@@ -271,7 +270,7 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
                 min_shape=spec.min_shape,
                 opt_shape=spec.opt_shape,
                 max_shape=spec.max_shape,
-                expected_fallback=[str(f["node"]) for f in dla.get("fallback", [])] if part == "head" and dla else None,
+                expected_fallback=plan.dla_fallback if part == "head" and plan.dla else None,
             )
             built[part] = {"file": spec.engine_rel, **report}
             # outside the bundle: what lets verify and run deserialise this engine on this machine
@@ -279,15 +278,15 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
         record: dict[str, Any] = {
             "schema": RECORD_SCHEMA,
             "builder": "python",
-            "target": plan.data["target"],
+            "target": plan.target,
             "tensorrt_version": str(trt.__version__),
-            "tensorrt_expected": plan.data.get("tensorrt_version"),
+            "tensorrt_expected": plan.tensorrt_version,
             "gpu": gpu,
             "precision": plan.precision,
             "engines": built,
         }
         contract.write_output(plan.record, (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
-        records.append({"split": str(entry["dir"]), **record})
+        records.append({"split": entry.dir, **record})
     return records
 
 

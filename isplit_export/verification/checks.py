@@ -15,11 +15,12 @@ judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from isplit_export.contract import Split
 from isplit_export.numbers import rounded
 from isplit_export.stats import proportion_ci, spearman
 from isplit_export.verification.gates import GATES, Gate
@@ -43,11 +44,6 @@ CODE_MAX_ABS_REL = 1e-3
 
 def _raw(v: float | None) -> float | None:
     return v
-
-
-def manifest_rounding(v: float | None) -> float | None:
-    """Nine significant digits, non-finite values kept: the export's rounding of its checks."""
-    return rounded(v)
 
 
 def held_out_rounding(v: float | None) -> float | None:
@@ -97,6 +93,21 @@ def task_metric(
     return {**task, "full_model": rnd(full_value), "drop": rnd(full_value - value)}
 
 
+def judge(
+    reference: np.ndarray, got: np.ndarray, gate: Gate, rnd: Rounding = _raw
+) -> tuple[dict[str, float | None], bool, list[str]]:
+    """The one judgement of a pair's logits ``got`` against ``reference`` under ``gate``: the metrics
+    (:func:`compare_logits`, through ``rnd``), passed, and the failure lines. Logits of another shape
+    than the reference fail the gate with the reason, they do not raise. ``check_pair`` (export, verify)
+    and ``isplit-export run`` (goldens through the server, served vs local pair) all judge here."""
+    try:
+        metrics = {k: rnd(v) for k, v in compare_logits(reference, got).items()}
+        ok, reasons = gate.check(metrics)  # type: ignore[arg-type]
+    except ValueError as e:  # e.g. the tail's logits have another shape than the reference
+        return {}, False, [str(e)]
+    return metrics, ok, reasons
+
+
 def check_pair(
     full: np.ndarray,
     got: np.ndarray,
@@ -116,11 +127,7 @@ def check_pair(
     ``agreement_with_reference``). Logits of another shape than the reference fail the gate with the
     reason, they do not raise.
     """
-    try:
-        metrics = {k: rnd(v) for k, v in compare_logits(full if reference is None else reference, got).items()}
-        ok, reasons = gate.check(metrics)  # type: ignore[arg-type]
-    except ValueError as e:  # e.g. the tail's logits have another shape than the reference
-        metrics, ok, reasons = {}, False, [str(e)]
+    metrics, ok, reasons = judge(full if reference is None else reference, got, gate, rnd)
     return {
         "metrics": metrics,
         "gate": {**gate.to_json(), "passed": ok, "failures": reasons},
@@ -139,11 +146,11 @@ def check_int8_code_pair(
     fp32 pair's tier 1 does not gate either. That cost stays visible: the held-out task measure and
     ``metrics_vs_full_model`` are both against the full model.
     """
-    check = check_pair(full, q_logits, labels, GATES["int8-qdq"], reference=fp32_logits, rnd=manifest_rounding)
+    check = check_pair(full, q_logits, labels, GATES["int8-qdq"], reference=fp32_logits, rnd=rounded)
     return {
         "reference": "fp32 pair with its bottleneck",
         "metrics": check["metrics"],
-        "metrics_vs_full_model": {k: manifest_rounding(v) for k, v in compare_logits(full, q_logits).items()},
+        "metrics_vs_full_model": {k: rounded(v) for k, v in compare_logits(full, q_logits).items()},
         "gate": check["gate"],
         "task": task_metric(full, q_logits, labels, held_out=True, rnd=held_out_rounding),
     }
@@ -215,10 +222,10 @@ def check_code_pair(
     }
 
 
-def cui_order(splits: Sequence[Mapping[str, Any]], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
+def cui_order(splits: Sequence[Split], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
     """Does the CUI order hold? Spearman(CUI, measured task value) over the exported splits."""
-    values = [s["verification"]["checks"][encoding_name]["task"]["value"] for s in splits]
-    cuis = [s["cui"] for s in splits]
+    values = [float(s.task(encoding_name).value or 0.0) for s in splits]  # the writer's splits: always measured
+    cuis = [float(s.cui or 0.0) for s in splits]
     rho = spearman(cuis, values) if encoding_name != "fp32" else None
     if encoding_name == "fp32":
         note = "fp32 boundary is lossless: every split measures the same as the full model, so the CUI order is not tested"
@@ -230,9 +237,9 @@ def cui_order(splits: Sequence[Mapping[str, Any]], encoding_name: str, full_acc:
         held = rho > 0
         note = f"Spearman(CUI, measured) = {rho:.3f}: the CUI order {'held' if held else 'did not hold'}"
     return {
-        "passed": all(s["verification"]["passed"] for s in splits),
-        "full_model_accuracy": manifest_rounding(full_acc),
-        "cui_vs_task_spearman": manifest_rounding(rho),
+        "passed": all(s.verification is not None and s.verification.passed for s in splits),
+        "full_model_accuracy": rounded(full_acc),
+        "cui_vs_task_spearman": rounded(rho),
         "cui_order_held": held,
         "note": note,
     }

@@ -7,7 +7,7 @@ container from ``Dockerfile.jetson``, which has no PyTorch. TensorRT is imported
 What is checked, in order:
 
 1. ``manifest.json`` is readable and has schema ``isplit.bundle/1`` (else :class:`BadInputError`);
-2. every file listed in ``manifest["files"]`` and ``report.md`` (against ``run.report_sha256``)
+2. every file listed in the manifest's ``files`` and ``report.md`` (against ``run.report_sha256``)
    hashes as recorded (else :class:`GateFailedError` naming the file). Files *not* listed are
    ignored: ``verify.json``, which verify itself writes, is an output, not part of the bundle;
 3. for each split, the golden ``input`` goes through head then tail; the transmitted boundary is
@@ -52,22 +52,21 @@ VERIFY_FILE = contract.VERIFY_FILE
 # manifest and files
 
 
-def split_encoding(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> BoundaryEncoding:
+def split_encoding(manifest: contract.Manifest, entry: contract.Split) -> BoundaryEncoding:
     """The boundary encoding (dtype, scale, zero point) a split's manifest entry records."""
-    block = entry.get("boundary")
-    data: dict[str, Any] = dict(block) if isinstance(block, Mapping) else {}
-    data.setdefault("encoding", manifest.get("boundary_encoding"))
-    if data["encoding"] not in ENCODINGS:
+    b = entry.boundary
+    name = b.encoding or manifest.boundary_encoding
+    if name not in ENCODINGS:
         raise BadInputError(
-            f"manifest.json split {entry['dir']}: unknown boundary encoding {data['encoding']!r}: rebuild the bundle"
+            f"manifest.json split {entry.dir}: unknown boundary encoding {name!r}: rebuild the bundle"
         )
-    return BoundaryEncoding.from_json({k: data.get(k) for k in ("encoding", "dtype", "scale", "zero_point")
-                                       if data.get(k) is not None})  # fmt: skip
+    data = {"encoding": name, "dtype": b.dtype, "scale": b.scale, "zero_point": b.zero_point}
+    return BoundaryEncoding.from_json({k: v for k, v in data.items() if v is not None})
 
 
 def _row(
     pos: int,
-    entry: Mapping[str, Any],
+    entry: contract.Split,
     *,
     check: str,
     backend: str,
@@ -86,8 +85,8 @@ def _row(
     reasons.extend(c["gate"]["failures"])
     return SplitVerification(
         split=pos,
-        dir=str(entry["dir"]),
-        node=str(entry.get("node", "")),
+        dir=entry.dir,
+        node=entry.node or "",
         check=check,
         backend=backend,
         precision=precision,
@@ -106,11 +105,11 @@ def _row(
 
 
 def _verify_onnx(
-    bundle: Path, manifest: Mapping[str, Any], pos: int, entry: Mapping[str, Any]
+    bundle: Path, manifest: contract.Manifest, pos: int, entry: contract.Split
 ) -> list[SplitVerification]:
     """The exported pair (gate of the boundary encoding) and, if listed, the INT8 QDQ pair."""
     enc = split_encoding(manifest, entry)
-    golden_rel = entry["files"].get("golden")
+    golden_rel = entry.files.get("golden")
     golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(golden_rel),
                                   contract.golden_budget(manifest, entry))
     head, tail = contract.split_file(manifest, bundle, entry, "head"), contract.split_file(manifest, bundle, entry, "tail")
@@ -129,10 +128,10 @@ def _verify_onnx(
             boundary=compare_boundary(golden["boundary"], boundary),
         )
     ]
-    has_q = ("head_int8" in entry["files"], "tail_int8" in entry["files"])
+    has_q = ("head_int8" in entry.files, "tail_int8" in entry.files)
     if any(has_q) and not all(has_q):
         raise BadInputError(
-            f"manifest.json split {entry['dir']} lists only one of head_int8/tail_int8: rebuild the bundle"
+            f"manifest.json split {entry.dir} lists only one of head_int8/tail_int8: rebuild the bundle"
         )
     if all(has_q):
         qh, qt = (
@@ -169,7 +168,7 @@ def _engines(split_dir: Path) -> list[str]:
 
 
 def _verify_tensorrt(
-    bundle: Path, manifest: Mapping[str, Any], selected: list[tuple[int, dict[str, Any]]], trust: bool = False
+    bundle: Path, manifest: contract.Manifest, selected: list[tuple[int, contract.Split]], trust: bool = False
 ) -> list[SplitVerification]:
     """Every engine pair present in the selected splits, after checking that each split has one and that
     every engine was built on this machine by ``build-engines`` (or ``trust``: ``--trust-engines``)."""
@@ -180,28 +179,28 @@ def _verify_tensorrt(
             "TensorRT is not available on this machine: run verify --backend tensorrt on the device "
             "(Dockerfile.jetson), or use --backend onnxruntime"
         )
-    plan: list[tuple[int, dict[str, Any], list[str]]] = []
+    plan: list[tuple[int, contract.Split, list[str]]] = []
     for pos, entry in selected:
-        precisions = _engines(contract.bundle_path(bundle, entry["dir"]))
+        precisions = _engines(contract.bundle_path(bundle, entry.dir))
         if not precisions:
             raise NotRunError(
-                f"no engines in {entry['dir']}/engines: run build_engines.sh or isplit-export build-engines first"
+                f"no engines in {entry.dir}/engines: run build_engines.sh or isplit-export build-engines first"
             )
         plan.append((pos, entry, precisions))
     for _, entry, precisions in plan:
-        trt_backend.check_engine_record(contract.bundle_path(bundle, entry["dir"]))
-        edir = contract.bundle_path(bundle, entry["dir"]) / contract.ENGINES_DIR
+        trt_backend.check_engine_record(contract.bundle_path(bundle, entry.dir))
+        edir = contract.bundle_path(bundle, entry.dir) / contract.ENGINES_DIR
         for p in precisions:  # all refused before any engine is deserialised
             for part in ("head", "tail"):
                 engine_trust.require_trusted_file(edir / f"{part}.{p}.engine", trust=trust)
 
-    input_name = str(manifest.get("input", {}).get("name", "input"))
+    input_name = manifest.input_name
     rows: list[SplitVerification] = []
     for pos, entry, precisions in plan:
         enc = split_encoding(manifest, entry)
-        golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(entry["files"]["golden"]),
+        golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(entry.files["golden"]),
                                       contract.golden_budget(manifest, entry))
-        edir = contract.bundle_path(bundle, entry["dir"]) / "engines"
+        edir = contract.bundle_path(bundle, entry.dir) / "engines"
         for p in precisions:
             gate = gate_for(enc.name, p, "tensorrt")
             boundary, logits = run_pair_trt(
@@ -267,7 +266,7 @@ def verify_bundle(
         expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
     m = contract.read_manifest(bundle)
     contract.check_expected_sha256(m, expect_sha256)
-    manifest = m.data
+    manifest = m
     selected = contract.select_splits(manifest, split)
     contract.check_files(bundle, manifest)
     if backend == "onnxruntime":
@@ -275,7 +274,7 @@ def verify_bundle(
     else:
         rows = _verify_tensorrt(bundle, manifest, selected, trust_engines)
     positions = {pos for pos, _ in selected}
-    export = [v for v in contract.export_verdicts(manifest) if v.split in positions]
+    export = [v for v in m.export_verdicts if v.split in positions]
     replayed = bool(rows) and all(r.passed for r in rows)
     result = BundleVerification(
         bundle=bundle,
@@ -285,7 +284,7 @@ def verify_bundle(
         manifest_sha256=m.sha256,
         pinned=expect_sha256 is not None,
         export=export,
-        export_machine=contract.export_machine(manifest),
+        export_machine=m.machine,
         machine=this_machine(),
     )
     if write:

@@ -23,6 +23,7 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
 from isplit_export.cli import main
+from isplit_export.contract import Split
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.options import RunOptions, ServeOptions
@@ -63,7 +64,7 @@ def _assert_config_matches(config: Any, name: str, tail: Path) -> None:
 # fast: the repository writer on small real tails
 
 
-def _toy_bundle(root: Path) -> list[dict[str, Any]]:
+def _toy_bundle(root: Path) -> list[Split]:
     """A uint8-boundary tail with its weights in a shared pack (weights/...), and a float TensorRT twin."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w")
@@ -85,11 +86,24 @@ def _toy_bundle(root: Path) -> list[dict[str, Any]]:
     onnx.save_model(trt, str(root / "01-conv.tail.trt.onnx"))
     sdir = root / "splits" / "01-conv"
     sdir.mkdir(parents=True)
-    plan = {"precision": "fp16", "engines": {"tail": {"onnx": "../../01-conv.tail.trt.onnx",
-            "engine": "engines/tail.fp16.engine", "input": {"max": [8, 4, 2, 2]}}}}  # fmt: skip
+    def part(name: str, onnx_rel: str, inp: str) -> dict[str, Any]:
+        shapes = {"name": inp, "min": [1, 4, 2, 2], "opt": [1, 4, 2, 2], "max": [8, 4, 2, 2]}
+        return {"onnx": onnx_rel, "engine": f"engines/{name}.fp16.engine", "input": shapes}
+
+    plan = {
+        "schema": "isplit.engine_plan/1",
+        "target": "x86-tensorrt",
+        "precision": "fp16",
+        "workspace_mib": 1024,
+        "timing_cache": "engines/timing.cache",
+        "engines": {
+            "head": part("head", "../../01-conv.tail.trt.onnx", "input"),
+            "tail": part("tail", "../../01-conv.tail.trt.onnx", "boundary"),
+        },
+    }
     (sdir / "engine_plan.json").write_text(json.dumps(plan), encoding="utf-8")
-    return [{"dir": "splits/01-conv", "files": {"tail": "01-conv.tail.onnx",
-             "engine_plan_json": "splits/01-conv/engine_plan.json"}}]  # fmt: skip
+    files = {"tail": "01-conv.tail.onnx", "engine_plan_json": "splits/01-conv/engine_plan.json"}
+    return [Split.from_json({"dir": "splits/01-conv", "files": files}, 0)]
 
 
 def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:

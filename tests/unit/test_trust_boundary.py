@@ -478,13 +478,13 @@ def test_unused_golden_members_are_never_decompressed(b: Path, tmp_path: Path) -
 
 
 def test_a_used_golden_member_over_the_manifest_budget_is_refused(b: Path) -> None:
-    from isplit_export.contract import golden_budget, load_golden
+    from isplit_export.contract import golden_budget, load_golden, read_manifest
 
-    m = manifest(b)
-    entry = m["splits"][0]
+    m = read_manifest(b)
+    entry = m.splits[0]
     budget = golden_budget(m, entry)
     assert budget["input"] < 1 << 20  # 2 digits images of 1x16x16: a few KiB
-    path = b / entry["files"]["golden"]
+    path = b / entry.files["golden"]
     g = dict(np.load(path))
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for k, v in g.items():

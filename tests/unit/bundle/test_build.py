@@ -224,7 +224,7 @@ def test_python_api_mirrors_the_cli(tmp_path: Path, digits_weights: Path, digits
     assert r.ranking.images == 50 and len(r.ranking.ranked()) <= 2
     result = export(DIGITS, out=tmp_path / "api", weights=str(digits_weights), data=digits_dir, top=1, images=50,
                     latency_runs=2)  # fmt: skip
-    assert result.passed and result.manifest["splits"][0]["node"] == r.ranking.ranked(1)[0].node
+    assert result.passed and result.manifest.splits[0].node == r.ranking.ranked(1)[0].node
     assert verify_bundle(tmp_path / "api").outcome == "passed"
 
 

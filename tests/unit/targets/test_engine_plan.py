@@ -647,11 +647,11 @@ def test_tensorrt11_profiles_refuse_dla_where_11_has_none() -> None:
 def test_check_tensorrt_version() -> None:
     from isplit_export.targets.engine_build import check_tensorrt_version
 
-    check_tensorrt_version({"tensorrt_version": "10.3"}, "10.3.0.30")
-    check_tensorrt_version({"tensorrt_version": "11.4.1"}, "11.4.1.2")
+    check_tensorrt_version("10.3", "10.3.0.30")
+    check_tensorrt_version("11.4.1", "11.4.1.2")
     for plan_version, installed in (("10.3", "10.7.0.23"), ("11.4", "10.3.0.30"), ("11.4.1", "11.4.0.1")):
         with pytest.raises(BadInputError, match=f"written for TensorRT {re.escape(plan_version)} but TensorRT"):
-            check_tensorrt_version({"tensorrt_version": plan_version}, installed)
+            check_tensorrt_version(plan_version, installed)
 
 
 def test_build_engines_refuses_a_version_mismatch(

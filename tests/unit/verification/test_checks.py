@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from isplit_export.contract import Split
 from isplit_export.numbers import rounded
 from isplit_export.stats import proportion_ci
 from isplit_export.verification.checks import (
@@ -77,8 +78,10 @@ def test_check_code_pair_holds_the_code_to_one_step() -> None:
 
 
 def test_cui_order_sentence() -> None:
-    def split(cui: float, value: float, enc: str = "int8") -> dict[str, object]:
-        return {"cui": cui, "verification": {"passed": True, "checks": {enc: {"task": {"value": value}}}}}
+    def split(cui: float, value: float, enc: str = "int8") -> Split:
+        check = {"gate": {"passed": True, "failures": []}, "task": {"value": value}}
+        v = {"passed": True, "failures": [], "checks": {enc: check}}
+        return Split.from_json({"dir": "splits/x", "files": {}, "cui": cui, "verification": v}, 0)
 
     held = cui_order([split(3.0, 0.9), split(2.0, 0.8), split(1.0, 0.5)], "int8", 0.95)
     assert held["cui_order_held"] is True and held["cui_vs_task_spearman"] == 1.0 and held["passed"]
