@@ -1,4 +1,4 @@
-"""The CUI and CDE plots: valid PNGs of a fixed size, byte-deterministic, one star per local maximum."""
+"""The CUI and CDE plots: valid PNGs of a fixed size, one star per local maximum (byte determinism: tests/e2e)."""
 
 from __future__ import annotations
 
