@@ -51,9 +51,10 @@ test-portable: install
 		$(QEMU) -cpu $(QEMU_CPU) $(BIN)/python -m pytest -q --noconftest -p no:cacheprovider $(PORTABLE_TESTS); \
 	fi
 
-# The inner loop: everything but the end-to-end tests (marked e2e: whole pipelines, torchrun, training).
+# The inner loop: tests/unit, which trains nothing and runs no whole pipeline (docs/testing.md); tests/e2e
+# holds the rest (whole pipelines, training, torchrun, servers) and runs in `make test`.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q tests/unit
 
 bench: install
 	$(BIN)/python benchmarks/bench_ranking.py

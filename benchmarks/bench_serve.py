@@ -43,11 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+from serve_process import ServeProcess  # noqa: E402
+
 from isplit_export.cli import main as cli  # noqa: E402
 from isplit_export.options import RunOptions  # noqa: E402
 from isplit_export.serving.records import Request  # noqa: E402
 from isplit_export.serving.run import run  # noqa: E402
-from tests.support.serving_helpers import Server  # noqa: E402
 
 
 def build(work: Path) -> dict[str, Path]:
@@ -79,7 +80,7 @@ def _manifest(bundle: Path) -> dict[str, Any]:
 def sweep(name: str, bundle: Path, work: Path, requests: int) -> list[dict[str, Any]]:
     """Every split at concurrency 1, 4, 8 against one server."""
     m = _manifest(bundle)
-    server = Server(bundle, log=work / f"{name}.serve.log").start()
+    server = ServeProcess(bundle, log=work / f"{name}.serve.log").start()
     rows = []
     try:
         server.wait_ready(m["triton"]["models"][-1]["name"])
@@ -101,9 +102,9 @@ def restart(bundle: Path, work: Path, requests: int = 400) -> dict[str, Any]:
     m = _manifest(bundle)
     model = m["triton"]["models"][0]["name"]
     log = work / "restart.serve.log"
-    first = Server(bundle, log=log).start()
+    first = ServeProcess(bundle, log=log).start()
     first.wait_ready(model)
-    second = Server(bundle, port=first.port, http_port=first.http_port, log=log)
+    second = ServeProcess(bundle, port=first.port, http_port=first.http_port, log=log)
     timing: dict[str, float] = {}
 
     def back() -> None:
@@ -130,7 +131,7 @@ def restart(bundle: Path, work: Path, requests: int = 400) -> dict[str, Any]:
 def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
     """Client RSS over a ``seconds`` run at concurrency 4: ``isplit-export run`` in its own process."""
     m = _manifest(bundle)
-    server = Server(bundle, split="1", log=work / "memory.serve.log").start()
+    server = ServeProcess(bundle, split="1", log=work / "memory.serve.log").start()
     out = work / "runs" / "memory.json"
     try:
         server.wait_ready(m["triton"]["models"][0]["name"])

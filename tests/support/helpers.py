@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 
 from isplit_export.cli import main
+
+if TYPE_CHECKING:
+    import torch
 
 DIGITS = "isplit_export.zoo:digits_cnn"
 """The trained digits CNN's factory, as the CLI takes it."""
@@ -34,3 +38,14 @@ def run_cli_without(modules: list[str], *args: object) -> subprocess.CompletedPr
         f"sys.exit(main({[str(a) for a in args]!r}))\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+
+
+def digits_cut(model: torch.nn.Module, index: int) -> tuple[object, torch.nn.Module, torch.nn.Module]:
+    """Cut ``index`` of the traced digits CNN and its (head, tail), as the bottleneck tests train them."""
+    from isplit_export.ranking.graph import trace
+    from isplit_export.zoo import DIGITS_PREPROCESSING
+
+    traced = trace(model, DIGITS_PREPROCESSING.input_shape)
+    cut = traced.cuts[index]
+    head, tail = traced.split(cut)
+    return cut, head, tail

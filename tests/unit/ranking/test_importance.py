@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 import torch
-import torchvision
 from torch import nn
 
-from isplit_export.data import load_images
 from isplit_export.ranking.graph import trace
 from isplit_export.ranking.importance import (
     Importance,
     batch_scores,
-    compute_importance,
     gradcam_scores,
-    reference_cui,
 )
-from isplit_export.zoo import DIGITS_PREPROCESSING
+from tests.support.cui import assert_cui_matches_reference
 
 
 def test_gradcam_scores_hand_computed() -> None:
@@ -62,48 +55,8 @@ def test_cui_closed_form_on_pool_linear() -> None:
     assert keys.tolist() == model(x).argmax(1).tolist()
 
 
-@pytest.mark.parametrize(
-    "arch", ["digits", pytest.param("resnet18", marks=pytest.mark.e2e), pytest.param("mobilenet_v3_small", marks=pytest.mark.e2e)]
-)
-def test_cui_matches_reference_algorithm(arch: str, digits_model: tuple[nn.Module, float]) -> None:
-    torch.manual_seed(0)
-    if arch == "digits":
-        model, shape = digits_model[0], (1, 16, 16)
-    else:
-        model, shape = torchvision.models.get_model(arch).eval(), (3, 32, 32)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    traced = trace(model, shape)
-    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(1))
-    scores, _ = batch_scores(traced.capture_module(), x, torch.full((5,), -1), "top")
-    fast = scores.double().mean(0).numpy()
-    ref = reference_cui(traced, x)
-    np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-9)
-
-
-@pytest.mark.e2e
-def test_batch_size_does_not_change_cui(digits_model: tuple[nn.Module, float], digits_dir: Path) -> None:
-    traced = trace(digits_model[0], (1, 16, 16))
-    images = load_images(digits_dir, DIGITS_PREPROCESSING, class_names=[str(i) for i in range(10)], limit=40)
-    cuis = [compute_importance(traced, images, batch_size=b).cui() for b in (1, 7, 40)]
-    np.testing.assert_allclose(cuis[0], cuis[1], rtol=1e-5)
-    np.testing.assert_allclose(cuis[0], cuis[2], rtol=1e-5)
-
-
-@pytest.mark.e2e
-def test_label_score_and_class_subsets(digits_model: tuple[nn.Module, float], digits_dir: Path) -> None:
-    traced = trace(digits_model[0], (1, 16, 16))
-    images = load_images(digits_dir, DIGITS_PREPROCESSING, class_names=[str(i) for i in range(10)])
-    imp = compute_importance(traced, images, score="label")
-    assert imp.images == 200 and sorted(imp.counts) == list(range(10))
-    all_cui = imp.cui()
-    # the overall CUI is the count-weighted mean of the per-class CUIs
-    weighted = sum(imp.counts[k] * imp.cui([k]) for k in imp.counts) / imp.images
-    np.testing.assert_allclose(all_cui, weighted, rtol=1e-10)
-    curves = np.stack([imp.cui([k]) for k in range(10)])
-    # class-specific curves really differ (the paper's point): >10 % spread at some cut
-    spread = (curves.max(0) - curves.min(0)) / curves.mean(0)
-    assert spread.max() > 0.1
+def test_cui_matches_reference_algorithm(digits_model: tuple[nn.Module, float]) -> None:
+    assert_cui_matches_reference(digits_model[0], (1, 16, 16))
 
 
 def test_importance_memory_is_per_class_not_per_image() -> None:

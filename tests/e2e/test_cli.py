@@ -130,29 +130,6 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("error: unknown model") and len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("put_in_place", [False, True])
-def test_a_signal_after_the_command_is_one_line_that_says_what_is_on_disk(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, put_in_place: bool
-) -> None:
-    """Ctrl-C (or SIGTERM) landing after the command returned, before ``main`` did, ends like any other:
-    one line, exit 130, and the line says whether --out had been put in place (then it is complete)."""
-    from isplit_export import cli
-    from isplit_export.outdir import atomic_directory
-
-    def command_then_signal(args: list[str], terminated: object) -> int:
-        if put_in_place:
-            with atomic_directory(tmp_path / "o", force=False) as d:
-                (d / "ranking.json").write_text("{}")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli, "_main", command_then_signal)
-    assert cli.main(["rank"]) == 130
-    err = capsys.readouterr().err.strip().splitlines()
-    done = "--out was complete before the signal" if put_in_place else "nothing was written to --out"
-    assert err == [f"error: interrupted: {done}"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["o"] if put_in_place else [])
-
-
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     """``python -m isplit_export`` is the console script's CLI: same version line, same exit code on bad input."""
     from isplit_export.version import __version__
