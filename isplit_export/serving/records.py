@@ -22,7 +22,7 @@ from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import RunOptions, parse_address
 from isplit_export.outdir import check_writable_file
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
-from isplit_export.verification.gates import gate_for
+from isplit_export.verification.backends import gate_for
 from isplit_export.verification.metrics import compare_logits
 from isplit_export.version import __version__
 

@@ -72,7 +72,7 @@ from isplit_export.serving.records import (
     run_entry,
     write_run,
 )
-from isplit_export.verification.gates import gate_for
+from isplit_export.verification.backends import gate_for
 from isplit_export.verification.metrics import compare_logits
 
 EXIT_REQUESTS_FAILED = 6
@@ -221,7 +221,7 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
     finally:
         probe.close()
     ref = local_reference(bundle, split, images, head, options.threads)
-    local = local_latency(split, images, options.threads) if head.backend == "onnxruntime" else None
+    local = local_latency(split, images, head, options.threads)
 
     total = (
         options.requests if options.requests is not None else (None if options.duration_s else len(images))

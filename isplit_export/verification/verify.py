@@ -21,28 +21,24 @@ What is checked, in order:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from isplit_export import contract
-from isplit_export.errors import BadInputError, NotRunError
+from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.exporting.onnx_utils import this_machine
 from isplit_export.files import json_dumps, write_text_atomic
-from isplit_export.verification.checks import (
-    BOUNDARY_FLOAT_TOLERANCE,
-    BOUNDARY_MAX_STEP,
-    check_pair,
-    compare_boundary,
-)
-from isplit_export.verification.gates import GATES, PRECISIONS, VERIFY_BACKENDS, Gate, gate_for
+from isplit_export.numbers import rounded
+from isplit_export.verification.backends import Backend, PairFiles, backend_named
+from isplit_export.verification.checks import check_pair
+from isplit_export.verification.gates import Gate
 from isplit_export.verification.results import BundleVerification, SplitVerification
-from isplit_export.verification.runtime import first_line as _first_line
-from isplit_export.verification.runtime import run_pair_onnx, run_pair_trt, time_engines
+from isplit_export.verification.runners import first_line, measure_latency, run_pair
 
 SCHEMA = contract.SCHEMA
 VERIFY_FILE = contract.VERIFY_FILE
@@ -82,7 +78,9 @@ def _row(
 ) -> SplitVerification:
     """One verified pair; ``reference`` (default: the full model's golden logits) is what the gate
     compares against (:func:`~isplit_export.verification.checks.check_pair`)."""
-    c = check_pair(golden["logits"], logits, golden["labels"], gate, reference=reference, agreement_with_reference=True)
+    c = check_pair(
+        golden["logits"], logits, golden["labels"], gate, reference=reference, agreement_with_reference=True
+    )
     reasons = [str(boundary["reason"])] if boundary.get("compared") and not boundary["passed"] else []
     reasons.extend(c["gate"]["failures"])
     return SplitVerification(
@@ -103,138 +101,57 @@ def _row(
 
 
 # --------------------------------------------------------------------------------------------------
-# backends
+# the pairs
 
 
-def _verify_onnx(
-    bundle: Path, manifest: Mapping[str, Any], pos: int, entry: Mapping[str, Any]
+def _verify_split(
+    backend: Backend,
+    bundle: Path,
+    manifest: Mapping[str, Any],
+    pos: int,
+    entry: Mapping[str, Any],
+    pairs: list[PairFiles],
+    trust: bool,
 ) -> list[SplitVerification]:
-    """The exported pair (gate of the boundary encoding) and, if listed, the INT8 QDQ pair."""
+    """Each of the split's ``pairs`` (:meth:`Backend.verify_pairs`) on the goldens, under the backend's gate.
+
+    Each runner is activated once: it runs the goldens and, where the backend times its pairs, is timed
+    (head on one golden image, tail on its output, :func:`~isplit_export.verification.runners.measure_latency`).
+    """
     enc = split_encoding(manifest, entry)
-    golden_rel = entry["files"].get("golden")
-    golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(golden_rel),
-                                  contract.golden_budget(manifest, entry))
-    head, tail = contract.split_file(manifest, bundle, entry, "head"), contract.split_file(manifest, bundle, entry, "tail")
-    boundary, logits = run_pair_onnx(head, tail, golden["input"])
-    rows = [
-        _row(
-            pos,
-            entry,
-            check="onnx",
-            backend="onnxruntime",
-            precision="fp32",
-            encoding=enc.name,
-            gate=gate_for(enc.name),
-            golden=golden,
-            logits=logits,
-            boundary=compare_boundary(golden["boundary"], boundary),
-        )
-    ]
-    has_q = ("head_int8" in entry["files"], "tail_int8" in entry["files"])
-    if any(has_q) and not all(has_q):
-        raise BadInputError(
-            f"manifest.json split {entry['dir']} lists only one of head_int8/tail_int8: rebuild the bundle"
-        )
-    if all(has_q):
-        qh, qt = (
-            contract.split_file(manifest, bundle, entry, "head_int8"),
-            contract.split_file(manifest, bundle, entry, "tail_int8"),
-        )
-        _, q_logits = run_pair_onnx(qh, qt, golden["input"])
-        note = "not compared: the QDQ head quantizes inside, its boundary differs from the golden by design"
-        replay = "logits_int8" in golden
-        rows.append(
-            _row(
-                pos,
-                entry,
-                check="onnx-int8-qdq",
-                backend="onnxruntime",
-                precision="int8",
-                encoding=enc.name,
-                gate=gate_for(enc.name, "int8") if replay else GATES["int8-qdq"],
-                golden=golden,
-                logits=q_logits,
-                boundary={"compared": False, "note": note},
-                reference=golden.get("logits_int8"),
-            )
-        )
-    return rows
-
-
-def _engines(split_dir: Path) -> list[str]:
-    """Precisions with both ``engines/head.<p>.engine`` and ``engines/tail.<p>.engine`` present."""
-    def present(name: str) -> bool:  # inside the split, reached through no symlink (contract.bundle_path)
-        return contract.bundle_path(split_dir, f"{contract.ENGINES_DIR}/{name}", "engines").is_file()
-
-    return [p for p in PRECISIONS if present(f"head.{p}.engine") and present(f"tail.{p}.engine")]
-
-
-def _verify_tensorrt(
-    bundle: Path, manifest: Mapping[str, Any], selected: list[tuple[int, dict[str, Any]]], trust: bool = False
-) -> list[SplitVerification]:
-    """Every engine pair present in the selected splits, after checking that each split has one and that
-    every engine was built on this machine by ``build-engines`` (or ``trust``: ``--trust-engines``)."""
-    from isplit_export.targets import engine_trust, trt_backend  # lazy: imports tensorrt
-
-    if not trt_backend.tensorrt_available():
-        raise NotRunError(
-            "TensorRT is not available on this machine: run verify --backend tensorrt on the device "
-            "(Dockerfile.jetson), or use --backend onnxruntime"
-        )
-    plan: list[tuple[int, dict[str, Any], list[str]]] = []
-    for pos, entry in selected:
-        precisions = _engines(contract.bundle_path(bundle, entry["dir"]))
-        if not precisions:
-            raise NotRunError(
-                f"no engines in {entry['dir']}/engines: run build_engines.sh or isplit-export build-engines first"
-            )
-        plan.append((pos, entry, precisions))
-    for _, entry, precisions in plan:
-        trt_backend.check_engine_record(contract.bundle_path(bundle, entry["dir"]))
-        edir = contract.bundle_path(bundle, entry["dir"]) / contract.ENGINES_DIR
-        for p in precisions:  # all refused before any engine is deserialised
-            for part in ("head", "tail"):
-                engine_trust.require_trusted_file(edir / f"{part}.{p}.engine", trust=trust)
-
+    golden_file = contract.split_file(manifest, bundle, entry, "golden")
+    golden = contract.load_golden(
+        golden_file, str(entry["files"]["golden"]), contract.golden_budget(manifest, entry)
+    )
     input_name = str(manifest.get("input", {}).get("name", "input"))
     rows: list[SplitVerification] = []
-    for pos, entry, precisions in plan:
-        enc = split_encoding(manifest, entry)
-        golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(entry["files"]["golden"]),
-                                      contract.golden_budget(manifest, entry))
-        edir = contract.bundle_path(bundle, entry["dir"]) / "engines"
-        for p in precisions:
-            gate = gate_for(enc.name, p, "tensorrt")
-            boundary, logits = run_pair_trt(
-                trt_backend,
-                edir / f"head.{p}.engine",
-                edir / f"tail.{p}.engine",
-                golden["input"],
-                enc,
-                input_name,
-                trust=trust,
-            )
-            # TF32 / fp16 / int8 kernels move the boundary too: hold it to the gate's relative bound.
-            rel = max(BOUNDARY_FLOAT_TOLERANCE.get(enc.dtype, 1e-4), gate.max_abs_rel)
-            steps = max(BOUNDARY_MAX_STEP, math.ceil(gate.max_abs_rel * 255))
-            bcheck = compare_boundary(golden["boundary"], boundary, rel_limit=rel, step_limit=steps)
-            row = _row(
-                    pos,
-                    entry,
-                    check=f"tensorrt-{p}",
-                    backend="tensorrt",
-                    precision=p,
-                    encoding=enc.name,
-                    gate=gate,
-                    golden=golden,
-                    logits=logits,
-                    boundary=bcheck,
-                    # int8 engines come from the QDQ pair: compare with its golden outputs when stored
-                    reference=golden.get("logits_int8") if p == "int8" else None,
-                )
-            head_e, tail_e = edir / f"head.{p}.engine", edir / f"tail.{p}.engine"
-            row.latency_ms = time_engines(trt_backend, head_e, tail_e, golden["input"], input_name, trust=trust)
-            rows.append(row)
+    for pair in pairs:
+        # the INT8 pair (QDQ models, int8 engines) is compared with its own golden outputs where stored
+        reference = golden.get("logits_int8") if pair.precision == "int8" else None
+        gate = backend.gate(enc.name, pair.precision, replay="logits_int8" in golden)
+        with ExitStack() as stack:
+            head = stack.enter_context(backend.runner(pair.head, input_name=input_name, trust=trust))
+            tail = stack.enter_context(backend.runner(pair.tail, input_name="boundary", trust=trust))
+            boundary, logits = run_pair(head, tail, golden["input"], encoding=enc)
+            latency = None
+            if backend.timing_runs is not None:
+                ms = measure_latency({"head": head, "tail": tail}, golden["input"], runs=backend.timing_runs)
+                latency = {k: float(rounded(v, 4, decimals=True) or 0.0) for k, v in ms.items()}
+        row = _row(
+            pos,
+            entry,
+            check=pair.check,
+            backend=backend.name,
+            precision=pair.precision,
+            encoding=enc.name,
+            gate=gate,
+            golden=golden,
+            logits=logits,
+            boundary=backend.check_boundary(golden["boundary"], boundary, gate, enc, pair.precision),
+            reference=reference,
+        )
+        row.latency_ms = latency
+        rows.append(row)
     return rows
 
 
@@ -262,8 +179,7 @@ def verify_bundle(
         TechnicalError: onnxruntime / TensorRT failed to load or run a model.
     """
     bundle = Path(bundle)
-    if backend not in VERIFY_BACKENDS:
-        raise BadInputError(f"unknown backend {backend!r}: choose {' or '.join(VERIFY_BACKENDS)}")
+    runtime = backend_named(backend)
     if expect_sha256 is not None:
         expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
     m = contract.read_manifest(bundle)
@@ -271,10 +187,12 @@ def verify_bundle(
     manifest = m.data
     selected = contract.select_splits(manifest, split)
     contract.check_files(bundle, manifest)
-    if backend == "onnxruntime":
-        rows = [row for pos, entry in selected for row in _verify_onnx(bundle, manifest, pos, entry)]
-    else:
-        rows = _verify_tensorrt(bundle, manifest, selected, trust_engines)
+    pairs = runtime.verify_pairs(manifest, bundle, [entry for _, entry in selected], trust=trust_engines)
+    rows = [
+        row
+        for (pos, entry), p in zip(selected, pairs, strict=True)
+        for row in _verify_split(runtime, bundle, manifest, pos, entry, p, trust_engines)
+    ]
     positions = {pos for pos, _ in selected}
     export = [v for v in contract.export_verdicts(manifest) if v.split in positions]
     replayed = bool(rows) and all(r.passed for r in rows)
@@ -308,8 +226,7 @@ def write_verification(result: BundleVerification, report: Path | None = None) -
         write_text_atomic(path, json_dumps(result.to_json()))
     except OSError as e:
         raise BadInputError(
-            f"cannot write {path} ({_first_line(e)}): the results are above; pass --report PATH or --no-write "
+            f"cannot write {path} ({first_line(e)}): the results are above; pass --report PATH or --no-write "
             "(e.g. for a read-only bundle)"
         ) from e
     return path
-
