@@ -301,7 +301,8 @@ def format_run(data: dict[str, Any], written: Path | None = None) -> str:
                      f"{_fmt(s.get('mean')):>8} {s.get('n', '-'):>6}")  # fmt: skip
     local = data.get("local_ms")
     if local:
-        lines.append(f"local head + tail (onnxruntime here): {local['head_ms']:.3f} + {local['tail_ms']:.3f} ms; "
+        lines.append(f"local head ({data.get('backend', '?')}) + tail (onnxruntime) here: {local['head_ms']:.3f} + "
+                     f"{local['tail_ms']:.3f} ms; "
                      f"transport overhead p50: {_fmt(data['transport_overhead_ms_p50'])} ms")  # fmt: skip
     lines.append(f"throughput: {_fmt(data['throughput_rps'])} requests/s over {_fmt(data['wall_s'])} s")
     b = data["bytes"]

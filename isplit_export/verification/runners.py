@@ -105,6 +105,12 @@ class OnnxrtRunner(Runner):
             raise TechnicalError(f"onnxruntime cannot load {self.path}: {first_line(e)}") from e
         self._input = self._session.get_inputs()[0].name
 
+    def input_meta(self) -> ort.NodeArg:
+        """The model's (first) input: name, type, shape (activates first if needed)."""
+        self.activate()
+        assert self._session is not None
+        return self._session.get_inputs()[0]
+
     def _infer(self, x: np.ndarray) -> np.ndarray:
         assert self._session is not None
         try:

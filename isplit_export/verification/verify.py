@@ -1,8 +1,10 @@
 """Re-check a bundle anywhere: re-hash its files, re-run its goldens, apply the gates.
 
 Torch-free on purpose (numpy, onnx, onnxruntime): ``isplit-export verify`` runs in the Jetson
-container from ``Dockerfile.jetson``, which has no PyTorch. TensorRT is imported lazily, only for
-``backend="tensorrt"`` (through :mod:`isplit_export.targets.trt_backend`).
+container from ``Dockerfile.jetson``, which has no PyTorch. The backend is looked up in the one
+registry (:mod:`isplit_export.verification.backends`), which says which pairs it runs, opens them as
+runners (:mod:`isplit_export.verification.runners`) and names their gates; TensorRT is imported only
+when a ``TrtRunner`` activates (``--backend tensorrt``).
 
 What is checked, in order:
 
@@ -12,7 +14,7 @@ What is checked, in order:
    ignored: ``verify.json``, which verify itself writes, is an output, not part of the bundle;
 3. for each split, the golden ``input`` goes through head then tail; the transmitted boundary is
    compared with the golden ``boundary`` and the logits with the golden ``logits`` (from the full
-   PyTorch model) under :func:`isplit_export.verification.gates.gate_for`. A failed gate does not raise: it
+   PyTorch model) under :meth:`isplit_export.verification.backends.Backend.gate`. A failed gate does not raise: it
    gives ``outcome="gate-failed"`` (the CLI maps it to exit 1);
 4. the export's own gates (``splits[i].verification``, measured on the machine in ``manifest.machine``)
    are reported next to the replay: when they failed, a replay that passes gives
