@@ -2,11 +2,13 @@
 
 Torch-free (the device has no PyTorch): the images are preprocessed with PIL and numpy as
 :func:`isplit_export.data.preprocess` does, the head runs on the runner of the backend chosen
-(:mod:`isplit_export.verification.backends`: onnxruntime or its TensorRT engine), and the local pair (head + tail here) and the full model give the logits the served ones are compared with.
+(:mod:`isplit_export.verification.backends`: onnxruntime or its TensorRT engine), and the local pair
+(head + tail here) and the full model give the logits the served ones are compared with.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,14 +160,15 @@ def local_reference(
     tail = OnnxrtRunner(split.tail, threads=threads)
     full = OnnxrtRunner(bundle.full, threads=threads) if bundle.full is not None else None
     ref: dict[int, dict[str, np.ndarray]] = {}
-    for i, im in enumerate(images):
-        if im.x is None:
-            continue
-        b = head(im.x)
-        r = {"boundary": b, "pair": tail.infer(b)}
-        if full is not None:
-            r["full"] = full.infer(im.x)
-        ref[i] = r
+    with tail, full if full is not None else nullcontext():
+        for i, im in enumerate(images):
+            if im.x is None:
+                continue
+            b = head(im.x)
+            r = {"boundary": b, "pair": tail.infer(b)}
+            if full is not None:
+                r["full"] = full.infer(im.x)
+            ref[i] = r
     return ref
 
 

@@ -14,8 +14,8 @@ What is checked, in order:
    ignored: ``verify.json``, which verify itself writes, is an output, not part of the bundle;
 3. for each split, the golden ``input`` goes through head then tail; the transmitted boundary is
    compared with the golden ``boundary`` and the logits with the golden ``logits`` (from the full
-   PyTorch model) under :meth:`isplit_export.verification.backends.Backend.gate`. A failed gate does not raise: it
-   gives ``outcome="gate-failed"`` (the CLI maps it to exit 1);
+   PyTorch model) under the backend's gate (:meth:`isplit_export.verification.backends.Backend.gate`).
+   A failed gate does not raise: it gives ``outcome="gate-failed"`` (the CLI maps it to exit 1);
 4. the export's own gates (``splits[i].verification``, measured on the machine in ``manifest.machine``)
    are reported next to the replay: when they failed, a replay that passes gives
    ``outcome="export-failed"`` (exit 1), never a bare ``passed``.
