@@ -122,7 +122,9 @@ def _split_head(bundle: BundleAccess, split: SplitAccess) -> SplitHead:
     return SplitHead(split.head, split.split_dir, bundle.input_name, lambda: _head_engine(bundle, split))
 
 
-def choose_backend(bundle: BundleAccess, split: SplitAccess, backend: str, trust: bool) -> tuple[Backend, str]:
+def choose_backend(
+    bundle: BundleAccess, split: SplitAccess, backend: str, trust: bool
+) -> tuple[Backend, str]:
     """(the head's backend, why): :func:`~isplit_export.verification.backends.head_backend` (``auto``: the
     TensorRT head engine when TensorRT imports here and ``build-engines`` built that engine on this
     machine, or ``trust``; else onnxruntime)."""
@@ -172,7 +174,9 @@ def local_reference(
     return ref
 
 
-def local_latency(split: SplitAccess, images: list[Image_], head: Head, threads: int) -> dict[str, float] | None:
+def local_latency(
+    split: SplitAccess, images: list[Image_], head: Head, threads: int
+) -> dict[str, float] | None:
     """Median ms of the head as it runs here and of the local tail (onnxruntime), interleaved, on the first
     readable image; the tail is fed the head's boundary as transmitted."""
     x = next((im.x for im in images if im.x is not None), None)
