@@ -33,7 +33,7 @@ def bench_model(spec: str, splits: int, size: str) -> None:
     from isplit_export.exporting.onnx_export import to_onnx
     from isplit_export.exporting.onnx_utils import save_model
     from isplit_export.verification.checks import check_code_pair
-    from isplit_export.verification.runtime import run_pair_onnx
+    from isplit_export.verification.runners import OnnxrtRunner, run_pair
 
     name, weights = spec.split(":") if ":" in spec else (spec, "default")
     opts = bn.BottleneckOptions(size=size)
@@ -68,7 +68,7 @@ def bench_model(spec: str, splits: int, size: str) -> None:
                 encode_head(to_onnx(trained.head, x_held[:1], "input", "boundary"), trained.encoding), hp
             )
             save_model(decode_tail(to_onnx(trained.tail, code, "boundary", "logits"), trained.encoding), tp)
-            sent, logits = run_pair_onnx(hp, tp, x_held.numpy())
+            sent, logits = run_pair(OnnxrtRunner(hp), OnnxrtRunner(tp), x_held.numpy())
             check = check_code_pair(
                 trained.logits_from_code(sent), logits, encode_array(trained.code(x_held), trained.encoding), sent,
                 y_full, np.full(len(x_held), -1),

@@ -33,7 +33,7 @@ from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, en
 from isplit_export.exporting.onnx_export import export_file, to_onnx
 from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.exporting.quantize import build_int8_pair
-from isplit_export.verification.runtime import measure_latency, run_pair_onnx
+from isplit_export.verification.runners import LATENCY_THREADS, OnnxrtRunner, measure_latency, run_pair
 
 BUNDLES = [
     ("resnet50", ("--weights", "none", "--top", "3", "--target", "jetson"), 300),
@@ -64,9 +64,8 @@ def bench(name: str, runs: int, tmp: Path) -> list[dict[str, object]]:
         save_model(tail, tail_p)
         qhead_p, qtail_p = Path(f"{stem}-head.int8.onnx"), Path(f"{stem}-tail.int8.onnx")
         build_int8_pair(head_p, tail_p, xn, qhead_p, qtail_p, calibrate_encoding("fp32", b.numpy()))
-        lat = measure_latency(
-            {"head": head_p, "tail": tail_p, "full": full, "head_int8": qhead_p, "tail_int8": qtail_p}, xn[:1], runs=runs
-        )
+        timed = {"head": head_p, "tail": tail_p, "full": full, "head_int8": qhead_p, "tail_int8": qtail_p}
+        lat = measure_latency({k: OnnxrtRunner(p, threads=LATENCY_THREADS) for k, p in timed.items()}, xn[:1], runs=runs)
         sizes = {k: p.stat().st_size for k, p in (("head", head_p), ("tail", tail_p), ("head_int8", qhead_p),
                                                     ("tail_int8", qtail_p))}  # fmt: skip
         boundary_bytes = {}
@@ -75,7 +74,7 @@ def bench(name: str, runs: int, tmp: Path) -> list[dict[str, object]]:
             hp, tp = tmp / "h.onnx", tmp / "t.onnx"
             save_model(encode_head(head, enc), hp)
             save_model(decode_tail(tail, enc), tp)
-            boundary, _ = run_pair_onnx(hp, tp, xn[:1])
+            boundary, _ = run_pair(OnnxrtRunner(hp), OnnxrtRunner(tp), xn[:1])
             boundary_bytes[enc_name] = int(boundary[0].nbytes)
         row = {"model": name, "cut": cut.node, "shape": list(cut.shape), **lat, "bytes": sizes,
                "bytes_per_image": boundary_bytes, "input_bytes": int(np.prod(x.shape[1:])) * 4}  # fmt: skip

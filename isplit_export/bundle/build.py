@@ -52,6 +52,7 @@ from isplit_export.ranking.graph import Cut
 from isplit_export.stats import MIN_TO_CONCLUDE
 from isplit_export.targets.engine_build import write_engine_build
 from isplit_export.targets.profiles import TargetProfile, load_target
+from isplit_export.verification.backends import gate_for
 from isplit_export.verification.checks import (
     check_code_pair,
     check_int8_code_pair,
@@ -60,9 +61,9 @@ from isplit_export.verification.checks import (
     held_out_rounding,
     task_metric,
 )
-from isplit_export.verification.gates import GATES, gate_for
+from isplit_export.verification.gates import GATES
 from isplit_export.verification.metrics import accuracy
-from isplit_export.verification.runtime import measure_latency, run_pair_onnx
+from isplit_export.verification.runners import LATENCY_THREADS, OnnxrtRunner, measure_latency, run_pair
 from isplit_export.verification.verify import SCHEMA
 from isplit_export.version import __version__
 
@@ -241,7 +242,7 @@ def _export_split(
     save_model(decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc), tail_path)
 
     xn = x.numpy()
-    boundary, logits = run_pair_onnx(head_path, tail_path, xn, batch=batch_size)
+    boundary, logits = run_pair(OnnxrtRunner(head_path), OnnxrtRunner(tail_path), xn, batch=batch_size)
     files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
     if trained is not None:
         pair_ref = trained.logits_from_code(boundary, batch_size)  # the PyTorch tail on the code that was sent
@@ -260,7 +261,8 @@ def _export_split(
         calib = build_int8_pair(head_path, tail_path, calib_x, sdir / "head.int8.onnx",
                                 sdir / "tail.int8.onnx", enc)  # fmt: skip
         save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
-        _, q_logits = run_pair_onnx(sdir / "head.int8.onnx", sdir / "tail.int8.onnx", xn, batch=batch_size)
+        q_head, q_tail = OnnxrtRunner(sdir / "head.int8.onnx"), OnnxrtRunner(sdir / "tail.int8.onnx")
+        _, q_logits = run_pair(q_head, q_tail, xn, batch=batch_size)
         if trained is not None:
             checks["int8-qdq"] = check_int8_code_pair(logits, q_logits, y_ref, labels)
         else:
@@ -277,7 +279,8 @@ def _export_split(
     timed = {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}
     if profile.int8:  # the INT8 pair, interleaved with the fp32 one
         timed.update(head_int8=sdir / "head.int8.onnx", tail_int8=sdir / "tail.int8.onnx")
-    lat = measure_latency(timed, xn[:1], runs=opts.latency_runs)
+    runners = {k: OnnxrtRunner(path, threads=LATENCY_THREADS) for k, path in timed.items()}
+    lat = measure_latency(runners, xn[:1], runs=opts.latency_runs)
     failures = [f"{name}: {reason}" for name, c in checks.items() for reason in c["gate"]["failures"]]
     entry = {
         "dir": rel,

@@ -1,13 +1,14 @@
 """What runs on this machine in ``isplit-export run``: the images, the split's head, the local reference.
 
 Torch-free (the device has no PyTorch): the images are preprocessed with PIL and numpy as
-:func:`isplit_export.data.preprocess` does, the head runs with onnxruntime or its TensorRT engine, and
-the local pair (head + tail here) and the full model give the logits the served ones are compared with.
+:func:`isplit_export.data.preprocess` does, the head runs on the runner of the backend chosen
+(:mod:`isplit_export.verification.backends`: onnxruntime or its TensorRT engine), and the local pair
+(head + tail here) and the full model give the logits the served ones are compared with.
 """
 
 from __future__ import annotations
 
-import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,12 @@ import numpy as np
 
 from isplit_export import contract
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, first_line
-from isplit_export.exporting.encoding import encode_array
-from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.numbers import rounded
 from isplit_export.options import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
 from isplit_export.serving.records import ERROR_CHARS
+from isplit_export.verification.backends import Backend, SplitHead, head_backend
+from isplit_export.verification.runners import OnnxrtRunner, median_ms, to_wire
 
 # --------------------------------------------------------------------------------------------------
 # images (torch-free: the device has no PyTorch)
@@ -117,62 +118,38 @@ def _head_engine(bundle: BundleAccess, split: SplitAccess) -> tuple[Path, int | 
     return head.engine, head.dla_core
 
 
-def choose_backend(bundle: BundleAccess, split: SplitAccess, backend: str, trust: bool) -> tuple[str, str]:
-    """(the head's runtime, why): ``auto`` takes the TensorRT head engine when TensorRT imports here and
-    ``build-engines`` built that engine on this machine (or ``trust``), else onnxruntime."""
-    if backend != "auto":
-        return backend, f"--backend {backend}"
-    from isplit_export.targets import engine_trust, trt_backend  # lazy: imports tensorrt
+def _split_head(bundle: BundleAccess, split: SplitAccess) -> SplitHead:
+    """Where the split's head lives, for the backends (:mod:`isplit_export.verification.backends`)."""
+    return SplitHead(split.head, split.split_dir, bundle.input_name, lambda: _head_engine(bundle, split))
 
-    if not trt_backend.tensorrt_available():
-        return "onnxruntime", "auto: TensorRT does not import here"
-    try:
-        engine, _ = _head_engine(bundle, split)
-    except (BadInputError, NotRunError) as e:
-        return "onnxruntime", f"auto: no TensorRT head engine ({first_line(e, ERROR_CHARS).split(':')[0]})"
-    if not (trust or engine_trust.trusted(engine.read_bytes())):
-        return "onnxruntime", f"auto: {engine.name} was not built here by build-engines"
-    return "tensorrt", f"auto: {engine.name}, built here by build-engines"
+
+def choose_backend(
+    bundle: BundleAccess, split: SplitAccess, backend: str, trust: bool
+) -> tuple[Backend, str]:
+    """(the head's backend, why): :func:`~isplit_export.verification.backends.head_backend` (``auto``: the
+    TensorRT head engine when TensorRT imports here and ``build-engines`` built that engine on this
+    machine, or ``trust``; else onnxruntime)."""
+    return head_backend(backend, _split_head(bundle, split), trust=trust)
 
 
 class Head:
-    """The split's head on this machine: onnxruntime, or its TensorRT engine (``--backend tensorrt``, or
-    ``auto`` where :func:`choose_backend` finds one built here). ``why`` says which and why, in a few words."""
+    """The split's head on this machine: the runner of the backend :func:`choose_backend` picks, activated
+    once for the whole run. ``backend`` names it, ``why`` says why in a few words."""
 
     def __init__(self, bundle: BundleAccess, split: SplitAccess, backend: str, threads: int, trust: bool = False) -> None:
         self.split = split
-        self.backend, self.why = choose_backend(bundle, split, backend, trust)
-        self._input = bundle.input_name
-        if self.backend == "onnxruntime":
-            self._session = make_session(split.head, threads=threads)
-            self._name = self._session.get_inputs()[0].name
-            return
-        from isplit_export.targets import trt_backend  # lazy: imports tensorrt
-
-        if not trt_backend.tensorrt_available():
-            raise NotRunError(
-                "TensorRT is not available on this machine: run with --backend tensorrt on the device, "
-                "or use --backend onnxruntime"
-            )
-        self._engine, self._dla = _head_engine(bundle, split)
-        trt_backend.check_engine_record(split.split_dir)
-        # loaded once for the whole run; only an engine built here (or --trust-engines) is deserialised
-        self._loaded = trt_backend.Engine(self._engine, dla_core=self._dla, trust=trust)
-        self._lock = threading.Lock()  # one execution context: one request at a time through it
+        chosen, self.why = choose_backend(bundle, split, backend, trust)
+        self.backend = chosen.name
+        self.runner = chosen.head(_split_head(bundle, split), threads=threads, trust=trust)
+        self.runner.activate()  # TensorRT: only an engine built here (or --trust-engines) is deserialised
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The boundary as transmitted (the encoding applied here when the engine emits float)."""
-        if self.backend == "onnxruntime":
-            return np.asarray(self._session.run(None, {self._name: x})[0])
-        with self._lock:
-            outputs = self._loaded({self._input: x})
-        b = np.asarray(next(iter(outputs.values())))
-        return b if b.dtype == self.split.dtype else encode_array(b, self.split.encoding)
+        """The boundary as transmitted (the encoding applied here when the head emits float)."""
+        return to_wire(self.runner.infer(x), self.split.encoding)
 
     def close(self) -> None:
-        """Free the engine's device memory (nothing to do for onnxruntime)."""
-        if self.backend != "onnxruntime":
-            self._loaded.close()
+        """Free what the runner holds (a TensorRT engine's device memory)."""
+        self.runner.deactivate()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,30 +160,33 @@ def local_reference(
     bundle: BundleAccess, split: SplitAccess, images: list[Image_], head: Head, threads: int
 ) -> dict[int, dict[str, np.ndarray]]:
     """Per readable image: the boundary (head here), the local tail's logits and the full model's."""
-    tail = make_session(split.tail, threads=threads)
-    full = make_session(bundle.full, threads=threads) if bundle.full is not None else None
-    t_in = tail.get_inputs()[0].name
+    tail = OnnxrtRunner(split.tail, threads=threads)
+    full = OnnxrtRunner(bundle.full, threads=threads) if bundle.full is not None else None
     ref: dict[int, dict[str, np.ndarray]] = {}
-    for i, im in enumerate(images):
-        if im.x is None:
-            continue
-        b = head(im.x)
-        r = {"boundary": b, "pair": np.asarray(tail.run(None, {t_in: b})[0])}
-        if full is not None:
-            r["full"] = np.asarray(full.run(None, {full.get_inputs()[0].name: im.x})[0])
-        ref[i] = r
+    with tail, full if full is not None else nullcontext():
+        for i, im in enumerate(images):
+            if im.x is None:
+                continue
+            b = head(im.x)
+            r = {"boundary": b, "pair": tail.infer(b)}
+            if full is not None:
+                r["full"] = full.infer(im.x)
+            ref[i] = r
     return ref
 
 
-def local_latency(split: SplitAccess, images: list[Image_], threads: int) -> dict[str, float] | None:
-    """Median local head and tail ms (onnxruntime, interleaved) on the first readable image."""
-    from isplit_export.verification.runtime import measure_latency
-
+def local_latency(
+    split: SplitAccess, images: list[Image_], head: Head, threads: int
+) -> dict[str, float] | None:
+    """Median ms of the head as it runs here and of the local tail (onnxruntime), interleaved, on the first
+    readable image; the tail is fed the head's boundary as transmitted."""
     x = next((im.x for im in images if im.x is not None), None)
     if x is None:
         return None
-    lat = measure_latency({"head": split.head, "tail": split.tail}, x, runs=30, threads=max(threads, 1))
-    return {k: rounded(v, 4, decimals=True) for k, v in lat.items()}
+    with OnnxrtRunner(split.tail, threads=max(threads, 1)) as tail:
+        b = head(x)
+        ms = median_ms({"head_ms": lambda: head(x), "tail_ms": lambda: tail.infer(b)}, warmup=5, runs=30)
+    return {k: rounded(v, 4, decimals=True) for k, v in ms.items()}
 
 
 __all__ = ["Head", "Image_", "choose_backend", "load_images", "local_latency", "local_reference", "preprocess_image"]

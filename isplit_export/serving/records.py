@@ -22,8 +22,8 @@ from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options import RunOptions, parse_address
 from isplit_export.outdir import check_writable_file
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
+from isplit_export.verification.backends import gate_for
 from isplit_export.verification.checks import judge
-from isplit_export.verification.gates import gate_for
 from isplit_export.version import __version__
 
 if TYPE_CHECKING:
@@ -296,7 +296,8 @@ def format_run(data: dict[str, Any], written: Path | None = None) -> str:
                      f"{_fmt(s.get('mean')):>8} {s.get('n', '-'):>6}")  # fmt: skip
     local = data.get("local_ms")
     if local:
-        lines.append(f"local head + tail (onnxruntime here): {local['head_ms']:.3f} + {local['tail_ms']:.3f} ms; "
+        lines.append(f"local head ({data.get('backend', '?')}) + tail (onnxruntime) here: {local['head_ms']:.3f} + "
+                     f"{local['tail_ms']:.3f} ms; "
                      f"transport overhead p50: {_fmt(data['transport_overhead_ms_p50'])} ms")  # fmt: skip
     lines.append(f"throughput: {_fmt(data['throughput_rps'])} requests/s over {_fmt(data['wall_s'])} s")
     b = data["bytes"]

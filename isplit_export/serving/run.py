@@ -72,8 +72,8 @@ from isplit_export.serving.records import (
     run_entry,
     write_run,
 )
+from isplit_export.verification.backends import gate_for
 from isplit_export.verification.checks import judge
-from isplit_export.verification.gates import gate_for
 
 EXIT_REQUESTS_FAILED = 6
 """At least one request failed after its retries, or was skipped."""
@@ -220,7 +220,7 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
     finally:
         probe.close()
     ref = local_reference(bundle, split, images, head, options.threads)
-    local = local_latency(split, images, options.threads) if head.backend == "onnxruntime" else None
+    local = local_latency(split, images, head, options.threads)
 
     total = (
         options.requests if options.requests is not None else (None if options.duration_s else len(images))

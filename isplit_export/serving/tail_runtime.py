@@ -29,8 +29,9 @@ from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, Parameters, ResponseOutput
 
 from isplit_export.contract import MAX_BATCH_SIZE
-from isplit_export.exporting.onnx_utils import make_session
+from isplit_export.errors import TechnicalError, first_line
 from isplit_export.files import sha256_file
+from isplit_export.verification.runners import OnnxrtRunner
 
 log = logging.getLogger("isplit_export.serve")
 
@@ -86,12 +87,11 @@ class OnnxTailRuntime(MLModel):
             raise MLServerError(
                 f"{path.name} changed since the bundle was verified: restore it", status_code=500
             )
-        self._session = make_session(path, threads=int(extra.get("threads", 0)))
-        inp = self._session.get_inputs()[0]
+        self._runner = OnnxrtRunner(path, threads=int(extra.get("threads", 0)))
+        inp = self._runner.input_meta()
         self._input = inp.name
         self._dtype = np.dtype(_ORT_TYPES.get(inp.type, "float32"))
         self._dims = [d if isinstance(d, int) and d > 0 else -1 for d in inp.shape]
-        self._output = self._session.get_outputs()[0].name
         self._max_batch = int(extra.get("max_batch", MAX_BATCH_SIZE))
         keep_raw_tensors()
         log.info(
@@ -167,7 +167,11 @@ class OnnxTailRuntime(MLModel):
         """Run the tail on the request's boundary; the logits go back with the compute time."""
         x = self._check(payload)
         t0 = time.perf_counter()
-        logits = self._session.run([self._output], {self._input: x})[0]
+        try:
+            logits = self._runner.infer(x)
+        except TechnicalError as e:  # the model's own message, not this server's paths
+            cause = e.__cause__ if e.__cause__ is not None else e
+            raise MLServerError(f"model {self.name}: onnxruntime failed: {first_line(cause)}"[:400]) from None
         compute_us = round((time.perf_counter() - t0) * 1e6)
         if not np.isfinite(logits).all():  # JSON cannot carry them, and no caller can use them
             raise self._refuse("gives non-finite logits (the tail overflowed on this boundary)")

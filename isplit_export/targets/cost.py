@@ -135,7 +135,7 @@ def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
         raise BadInputError(f"target {profile.name} has no cost profile: add a 'cost' block (isplit_export/profiles/README.md)")
     p = profile.default_precision
     dla = head and profile.has_dla and p in DLA_PRECISIONS  # engine_build.default_head_dla_core's rule
-    unit = "dla0" if dla else ("cpu" if profile.backend == "onnxruntime" else "gpu")
+    unit = "dla0" if dla else ("gpu" if profile.uses_tensorrt else "cpu")
     return Compute(profile.name, unit, p, profile.cost.rate(p, dla=dla), profile.cost.power_w)
 
 

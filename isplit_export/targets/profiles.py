@@ -31,7 +31,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 """Engine / model precisions a target can run (also the TensorRT verification precisions)."""
 KINDS = ("jetson", "server", "cpu", "onnx")
 BACKENDS = ("tensorrt", "onnxruntime")
-"""A target's runtime (``backend`` in its profile); ``verify --backend`` has its own list (gates.VERIFY_BACKENDS)."""
+"""A target's runtime (``backend`` in its profile); ``verify --backend`` has its own list (verification.backends.BACKENDS)."""
 PRECISIONS = ("fp32", "fp16", "int8")
 """Engine precisions a target may support; the gates and ``verify`` read them from here."""
 DLA_PRECISIONS = ("fp16", "int8")

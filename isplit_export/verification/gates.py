@@ -16,10 +16,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from isplit_export.errors import BadInputError
-from isplit_export.exporting.encoding import ENCODINGS
-from isplit_export.targets.profiles import PRECISIONS
-
 
 @dataclass(frozen=True)
 class Gate:
@@ -101,11 +97,8 @@ GATES: dict[str, Gate] = {
 }
 """Every gate by name: boundary encodings (onnxruntime), the QDQ pair, TensorRT precisions."""
 
-VERIFY_BACKENDS = ("onnxruntime", "tensorrt")
-"""``isplit-export verify --backend``: where the goldens run (not a target's runtime, ``profiles.BACKENDS``)."""
 
-
-def _loosest(a: Gate, b: Gate) -> Gate:
+def loosest(a: Gate, b: Gate) -> Gate:
     """A gate that admits what either admits: both error sources are present at once."""
     return Gate(
         name=f"{a.name}+{b.name}",
@@ -113,27 +106,3 @@ def _loosest(a: Gate, b: Gate) -> Gate:
         max_abs_rel=max(a.max_abs_rel, b.max_abs_rel),
         min_cosine=min(a.min_cosine, b.min_cosine),
     )
-
-
-def gate_for(encoding: str, precision: str = "fp32", backend: str = "onnxruntime") -> Gate:
-    """The gate for a pair with boundary ``encoding`` run at ``precision`` on ``backend``.
-
-    onnxruntime: precision ``fp32`` is the exported pair (gate = the encoding's gate); ``int8`` is
-    the QDQ pair replayed against its own golden logits (gate ``int8-qdq-replay``, whatever the
-    boundary encoding; the export gates it against the full model with ``int8-qdq``). tensorrt: ``trt-<precision>``; with a non-fp32 boundary encoding the
-    loosest of that gate and the encoding's gate (named e.g. ``trt-fp16+int8``).
-    """
-    if encoding not in ENCODINGS:
-        raise BadInputError(f"unknown boundary encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
-    if precision not in PRECISIONS:
-        raise BadInputError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if backend == "onnxruntime":
-        if precision == "fp32":
-            return GATES[encoding]
-        if precision == "int8":
-            return GATES["int8-qdq-replay"]
-        raise BadInputError("onnxruntime verification has no fp16 pair: use precision fp32 or int8")
-    if backend == "tensorrt":
-        trt = GATES[f"trt-{precision}"]
-        return trt if encoding == "fp32" else _loosest(trt, GATES[encoding])
-    raise BadInputError(f"unknown backend {backend!r}: expected one of {', '.join(VERIFY_BACKENDS)}")

@@ -1,8 +1,10 @@
 """Re-check a bundle anywhere: re-hash its files, re-run its goldens, apply the gates.
 
 Torch-free on purpose (numpy, onnx, onnxruntime): ``isplit-export verify`` runs in the Jetson
-container from ``Dockerfile.jetson``, which has no PyTorch. TensorRT is imported lazily, only for
-``backend="tensorrt"`` (through :mod:`isplit_export.targets.trt_backend`).
+container from ``Dockerfile.jetson``, which has no PyTorch. The backend is looked up in the one
+registry (:mod:`isplit_export.verification.backends`), which says which pairs it runs, opens them as
+runners (:mod:`isplit_export.verification.runners`) and names their gates; TensorRT is imported only
+when a ``TrtRunner`` activates (``--backend tensorrt``).
 
 What is checked, in order:
 
@@ -12,8 +14,8 @@ What is checked, in order:
    ignored: ``verify.json``, which verify itself writes, is an output, not part of the bundle;
 3. for each split, the golden ``input`` goes through head then tail; the transmitted boundary is
    compared with the golden ``boundary`` and the logits with the golden ``logits`` (from the full
-   PyTorch model) under :func:`isplit_export.verification.gates.gate_for`. A failed gate does not raise: it
-   gives ``outcome="gate-failed"`` (the CLI maps it to exit 1);
+   PyTorch model) under the backend's gate (:meth:`isplit_export.verification.backends.Backend.gate`).
+   A failed gate does not raise: it gives ``outcome="gate-failed"`` (the CLI maps it to exit 1);
 4. the export's own gates (``splits[i].verification``, measured on the machine in ``manifest.machine``)
    are reported next to the replay: when they failed, a replay that passes gives
    ``outcome="export-failed"`` (exit 1), never a bare ``passed``.
@@ -21,27 +23,24 @@ What is checked, in order:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from isplit_export import contract
-from isplit_export.errors import BadInputError, NotRunError, first_line
+from isplit_export.errors import BadInputError, first_line
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.exporting.onnx_utils import this_machine
 from isplit_export.files import json_dumps, write_text_atomic
-from isplit_export.verification.checks import (
-    BOUNDARY_FLOAT_TOLERANCE,
-    BOUNDARY_MAX_STEP,
-    check_pair,
-    compare_boundary,
-)
-from isplit_export.verification.gates import GATES, PRECISIONS, VERIFY_BACKENDS, Gate, gate_for
+from isplit_export.numbers import rounded
+from isplit_export.verification.backends import Backend, PairFiles, backend_named
+from isplit_export.verification.checks import check_pair
+from isplit_export.verification.gates import Gate
 from isplit_export.verification.outcome import BundleVerification, SplitVerification
-from isplit_export.verification.runtime import run_pair_onnx, run_pair_trt, time_engines
+from isplit_export.verification.runners import measure_latency, run_pair
 
 SCHEMA = contract.SCHEMA
 VERIFY_FILE = contract.VERIFY_FILE
@@ -80,7 +79,9 @@ def _row(
 ) -> SplitVerification:
     """One verified pair; ``reference`` (default: the full model's golden logits) is what the gate
     compares against (:func:`~isplit_export.verification.checks.check_pair`)."""
-    c = check_pair(golden["logits"], logits, golden["labels"], gate, reference=reference, agreement_with_reference=True)
+    c = check_pair(
+        golden["logits"], logits, golden["labels"], gate, reference=reference, agreement_with_reference=True
+    )
     reasons = [str(boundary["reason"])] if boundary.get("compared") and not boundary["passed"] else []
     reasons.extend(c["gate"]["failures"])
     return SplitVerification(
@@ -101,138 +102,57 @@ def _row(
 
 
 # --------------------------------------------------------------------------------------------------
-# backends
+# the pairs
 
 
-def _verify_onnx(
-    bundle: Path, manifest: contract.Manifest, pos: int, entry: contract.Split
+def _verify_split(
+    backend: Backend,
+    bundle: Path,
+    manifest: contract.Manifest,
+    pos: int,
+    entry: contract.Split,
+    pairs: list[PairFiles],
+    trust: bool,
 ) -> list[SplitVerification]:
-    """The exported pair (gate of the boundary encoding) and, if listed, the INT8 QDQ pair."""
+    """Each of the split's ``pairs`` (:meth:`Backend.verify_pairs`) on the goldens, under the backend's gate.
+
+    Each runner is activated once: it runs the goldens and, where the backend times its pairs, is timed
+    (head on one golden image, tail on its output, :func:`~isplit_export.verification.runners.measure_latency`).
+    """
     enc = split_encoding(manifest, entry)
-    golden_rel = entry.files.get("golden")
-    golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(golden_rel),
-                                  contract.golden_budget(manifest, entry))
-    head, tail = contract.split_file(manifest, bundle, entry, "head"), contract.split_file(manifest, bundle, entry, "tail")
-    boundary, logits = run_pair_onnx(head, tail, golden["input"])
-    rows = [
-        _row(
+    golden_file = contract.split_file(manifest, bundle, entry, "golden")
+    golden = contract.load_golden(
+        golden_file, str(entry.files["golden"]), contract.golden_budget(manifest, entry)
+    )
+    input_name = manifest.input_name  # only engines are fed by name; an onnxruntime runner takes its first input
+    rows: list[SplitVerification] = []
+    for pair in pairs:
+        # the INT8 pair (QDQ models, int8 engines) is compared with its own golden outputs where stored
+        reference = golden.get("logits_int8") if pair.precision == "int8" else None
+        gate = backend.gate(enc.name, pair.precision, replay="logits_int8" in golden)
+        with ExitStack() as stack:
+            head = stack.enter_context(backend.runner(pair.head, input_name=input_name, trust=trust))
+            tail = stack.enter_context(backend.runner(pair.tail, input_name="boundary", trust=trust))
+            boundary, logits = run_pair(head, tail, golden["input"], encoding=enc)
+            latency = None
+            if backend.timing_runs is not None:
+                ms = measure_latency({"head": head, "tail": tail}, golden["input"], runs=backend.timing_runs)
+                latency = {k: float(rounded(v, 4, decimals=True) or 0.0) for k, v in ms.items()}
+        row = _row(
             pos,
             entry,
-            check="onnx",
-            backend="onnxruntime",
-            precision="fp32",
+            check=pair.check,
+            backend=backend.name,
+            precision=pair.precision,
             encoding=enc.name,
-            gate=gate_for(enc.name),
+            gate=gate,
             golden=golden,
             logits=logits,
-            boundary=compare_boundary(golden["boundary"], boundary),
+            boundary=backend.check_boundary(golden["boundary"], boundary, gate, enc, pair.precision),
+            reference=reference,
         )
-    ]
-    has_q = ("head_int8" in entry.files, "tail_int8" in entry.files)
-    if any(has_q) and not all(has_q):
-        raise BadInputError(
-            f"manifest.json split {entry.dir} lists only one of head_int8/tail_int8: rebuild the bundle"
-        )
-    if all(has_q):
-        qh, qt = (
-            contract.split_file(manifest, bundle, entry, "head_int8"),
-            contract.split_file(manifest, bundle, entry, "tail_int8"),
-        )
-        _, q_logits = run_pair_onnx(qh, qt, golden["input"])
-        note = "not compared: the QDQ head quantizes inside, its boundary differs from the golden by design"
-        replay = "logits_int8" in golden
-        rows.append(
-            _row(
-                pos,
-                entry,
-                check="onnx-int8-qdq",
-                backend="onnxruntime",
-                precision="int8",
-                encoding=enc.name,
-                gate=gate_for(enc.name, "int8") if replay else GATES["int8-qdq"],
-                golden=golden,
-                logits=q_logits,
-                boundary={"compared": False, "note": note},
-                reference=golden.get("logits_int8"),
-            )
-        )
-    return rows
-
-
-def _engines(split_dir: Path) -> list[str]:
-    """Precisions with both ``engines/head.<p>.engine`` and ``engines/tail.<p>.engine`` present."""
-    def present(name: str) -> bool:  # inside the split, reached through no symlink (contract.bundle_path)
-        return contract.bundle_path(split_dir, f"{contract.ENGINES_DIR}/{name}", "engines").is_file()
-
-    return [p for p in PRECISIONS if present(f"head.{p}.engine") and present(f"tail.{p}.engine")]
-
-
-def _verify_tensorrt(
-    bundle: Path, manifest: contract.Manifest, selected: list[tuple[int, contract.Split]], trust: bool = False
-) -> list[SplitVerification]:
-    """Every engine pair present in the selected splits, after checking that each split has one and that
-    every engine was built on this machine by ``build-engines`` (or ``trust``: ``--trust-engines``)."""
-    from isplit_export.targets import engine_trust, trt_backend  # lazy: imports tensorrt
-
-    if not trt_backend.tensorrt_available():
-        raise NotRunError(
-            "TensorRT is not available on this machine: run verify --backend tensorrt on the device "
-            "(Dockerfile.jetson), or use --backend onnxruntime"
-        )
-    plan: list[tuple[int, contract.Split, list[str]]] = []
-    for pos, entry in selected:
-        precisions = _engines(contract.bundle_path(bundle, entry.dir))
-        if not precisions:
-            raise NotRunError(
-                f"no engines in {entry.dir}/engines: run build_engines.sh or isplit-export build-engines first"
-            )
-        plan.append((pos, entry, precisions))
-    for _, entry, precisions in plan:
-        trt_backend.check_engine_record(contract.bundle_path(bundle, entry.dir))
-        edir = contract.bundle_path(bundle, entry.dir) / contract.ENGINES_DIR
-        for p in precisions:  # all refused before any engine is deserialised
-            for part in ("head", "tail"):
-                engine_trust.require_trusted_file(edir / f"{part}.{p}.engine", trust=trust)
-
-    input_name = manifest.input_name
-    rows: list[SplitVerification] = []
-    for pos, entry, precisions in plan:
-        enc = split_encoding(manifest, entry)
-        golden = contract.load_golden(contract.split_file(manifest, bundle, entry, "golden"), str(entry.files["golden"]),
-                                      contract.golden_budget(manifest, entry))
-        edir = contract.bundle_path(bundle, entry.dir) / "engines"
-        for p in precisions:
-            gate = gate_for(enc.name, p, "tensorrt")
-            boundary, logits = run_pair_trt(
-                trt_backend,
-                edir / f"head.{p}.engine",
-                edir / f"tail.{p}.engine",
-                golden["input"],
-                enc,
-                input_name,
-                trust=trust,
-            )
-            # TF32 / fp16 / int8 kernels move the boundary too: hold it to the gate's relative bound.
-            rel = max(BOUNDARY_FLOAT_TOLERANCE.get(enc.dtype, 1e-4), gate.max_abs_rel)
-            steps = max(BOUNDARY_MAX_STEP, math.ceil(gate.max_abs_rel * 255))
-            bcheck = compare_boundary(golden["boundary"], boundary, rel_limit=rel, step_limit=steps)
-            row = _row(
-                    pos,
-                    entry,
-                    check=f"tensorrt-{p}",
-                    backend="tensorrt",
-                    precision=p,
-                    encoding=enc.name,
-                    gate=gate,
-                    golden=golden,
-                    logits=logits,
-                    boundary=bcheck,
-                    # int8 engines come from the QDQ pair: compare with its golden outputs when stored
-                    reference=golden.get("logits_int8") if p == "int8" else None,
-                )
-            head_e, tail_e = edir / f"head.{p}.engine", edir / f"tail.{p}.engine"
-            row.latency_ms = time_engines(trt_backend, head_e, tail_e, golden["input"], input_name, trust=trust)
-            rows.append(row)
+        row.latency_ms = latency
+        rows.append(row)
     return rows
 
 
@@ -260,8 +180,7 @@ def verify_bundle(
         TechnicalError: onnxruntime / TensorRT failed to load or run a model.
     """
     bundle = Path(bundle)
-    if backend not in VERIFY_BACKENDS:
-        raise BadInputError(f"unknown backend {backend!r}: choose {' or '.join(VERIFY_BACKENDS)}")
+    runtime = backend_named(backend)
     if expect_sha256 is not None:
         expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
     m = contract.read_manifest(bundle)
@@ -269,10 +188,12 @@ def verify_bundle(
     manifest = m
     selected = contract.select_splits(manifest, split)
     contract.check_files(bundle, manifest)
-    if backend == "onnxruntime":
-        rows = [row for pos, entry in selected for row in _verify_onnx(bundle, manifest, pos, entry)]
-    else:
-        rows = _verify_tensorrt(bundle, manifest, selected, trust_engines)
+    pairs = runtime.verify_pairs(manifest, bundle, [entry for _, entry in selected], trust=trust_engines)
+    rows = [
+        row
+        for (pos, entry), p in zip(selected, pairs, strict=True)
+        for row in _verify_split(runtime, bundle, manifest, pos, entry, p, trust_engines)
+    ]
     positions = {pos for pos, _ in selected}
     export = [v for v in m.export_verdicts if v.split in positions]
     replayed = bool(rows) and all(r.passed for r in rows)
@@ -310,4 +231,3 @@ def write_verification(result: BundleVerification, report: Path | None = None) -
             "(e.g. for a read-only bundle)"
         ) from e
     return path
-

@@ -199,7 +199,7 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     from isplit_export.serving.bundle_access import open_bundle
     from isplit_export.serving.local import load_images
     from isplit_export.serving.run import run
-    from isplit_export.verification.runtime import run_pair_onnx
+    from isplit_export.verification.runners import OnnxrtRunner, run_pair
 
     bundle = tmp_path / "b"
     shutil.copytree(int8_bundle, bundle)
@@ -224,7 +224,7 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
         ba = open_bundle(bundle, 1)
         images, _ = load_images(RunOptions(bundle=bundle, data=digits_dir, images=12), ba, ba.splits[0])
         x = np.concatenate([im.x for im in images if im.x is not None])
-        _, local = run_pair_onnx(ba.splits[0].head, ba.splits[0].tail, x)
+        _, local = run_pair(OnnxrtRunner(ba.splits[0].head), OnnxrtRunner(ba.splits[0].tail), x)
         assert sorted(result.served) == list(range(12))  # every image served (its least faithful answer kept)
         served = np.concatenate([result.served[i] for i in range(12)])
         assert served.shape == local.shape

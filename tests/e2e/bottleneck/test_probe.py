@@ -27,7 +27,7 @@ from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.models import forward_batched
 from isplit_export.options import BottleneckOptions, parse_size
 from isplit_export.verification.checks import held_out_rounding, task_metric
-from isplit_export.verification.runtime import run_pair_onnx
+from isplit_export.verification.runners import OnnxrtRunner, run_pair
 from tests.support.helpers import DIGITS, run_cli
 
 
@@ -55,7 +55,7 @@ def test_untrained_bottleneck_exported_to_onnx_gives_the_probes_score(
         save_model(encode_head(to_onnx(t.head, x_held[:1], "input", "boundary"), t.encoding), hp)
         code = forward_batched(t.head, x_held[:1], 1)
         save_model(decode_tail(to_onnx(t.tail, code, "boundary", "logits"), t.encoding), tp)
-        _, logits = run_pair_onnx(hp, tp, x_held.numpy(), batch=16)
+        _, logits = run_pair(OnnxrtRunner(hp), OnnxrtRunner(tp), x_held.numpy(), batch=16)
         exported = task_metric(y_full, logits, lab, held_out=True, rnd=held_out_rounding)
         assert exported == {k: probe.scores[cut.index][k] for k in exported}, (cut.index, exported)
 

@@ -15,7 +15,7 @@ from isplit_export.bundle import build as bundle_mod
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file, write_json
-from isplit_export.verification.runtime import run_pair_onnx
+from isplit_export.verification.runners import OnnxrtRunner, run_pair
 from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
 from tests.support.int8 import assert_kernels_agree, pair_logits
@@ -246,7 +246,7 @@ def test_int8_qdq_pair_on_pretrained_efficientnet_lite0(capsys: pytest.CaptureFi
     x = np.load(out / m["calibration"]["file"])["input"]
     integer = pair_logits(files["head_int8"], files["tail_int8"], x)
     simulated = pair_logits(files["head_int8"], files["tail_int8"], x, simulate=True)
-    _, fp32 = run_pair_onnx(files["head"], files["tail"], x)
+    _, fp32 = run_pair(OnnxrtRunner(files["head"]), OnnxrtRunner(files["tail"]), x)
     assert_kernels_agree(integer, simulated, fp32)
     # the device-side check replays the goldens: the fresh bundle passes it too
     result = verify_bundle(out, write=False)

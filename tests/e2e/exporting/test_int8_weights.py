@@ -16,7 +16,7 @@ from onnx import TensorProto, numpy_helper
 
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session, run_session
-from isplit_export.verification.runtime import run_pair_onnx
+from isplit_export.verification.runners import OnnxrtRunner, run_pair
 from tests.support.helpers import DIGITS
 from tests.support.int8 import assert_kernels_agree, pair_logits
 
@@ -85,7 +85,7 @@ def test_int8_pair_agrees_with_the_trained_model(cpu_bundle: Path) -> None:
         files = {k: cpu_bundle / v for k, v in split["files"].items()}
         integer = pair_logits(files["head_int8"], files["tail_int8"], x)
         simulated = pair_logits(files["head_int8"], files["tail_int8"], x, simulate=True)
-        _, fp32 = run_pair_onnx(files["head"], files["tail"], x)
+        _, fp32 = run_pair(OnnxrtRunner(files["head"]), OnnxrtRunner(files["tail"]), x)
         assert_kernels_agree(integer, simulated, fp32)
         golden = np.load(files["golden"])
         boundary = run_session(make_session(files["head_int8"]), {"input": golden["input"]})[0]

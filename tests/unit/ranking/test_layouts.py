@@ -16,7 +16,7 @@ from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, en
 from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.ranking.graph import trace
-from isplit_export.verification.runtime import run_pair_onnx
+from isplit_export.verification.runners import OnnxrtRunner, run_pair
 from tests.support.layout_cui import cut_scores, hook_scores, nchw, nhwc, random_images
 from tests.support.layout_models import SIZE, ChannelsLastNet, PartitionNet, TinyViT
 
@@ -86,7 +86,7 @@ def test_token_boundary_onnx_pair_with_encoding(tmp_path: Path, encoding: str) -
     enc = calibrate_encoding(encoding, boundary.numpy())
     save_model(encode_head(to_onnx(head, x[:1], "input", "boundary"), enc), tmp_path / "head.onnx")
     save_model(decode_tail(to_onnx(tail, boundary[:1], "boundary", "logits"), enc), tmp_path / "tail.onnx")
-    sent, logits = run_pair_onnx(tmp_path / "head.onnx", tmp_path / "tail.onnx", x.numpy(), batch=2)
+    sent, logits = run_pair(OnnxrtRunner(tmp_path / "head.onnx"), OnnxrtRunner(tmp_path / "tail.onnx"), x.numpy(), batch=2)
     assert sent.shape == (4, 17, 16) and sent.dtype == np.dtype(enc.dtype)
     # the codec on a 3-D tensor (onnxruntime's float boundary may differ from torch's by an ulp)
     expected = encode_array(boundary.numpy(), enc).astype(np.float64)

@@ -18,7 +18,7 @@ from isplit_export.verification.checks import (
     task_metric,
 )
 from isplit_export.verification.gates import GATES
-from isplit_export.verification.runtime import median_ms
+from isplit_export.verification.runners import median_ms
 
 
 def _logits(classes: list[int], k: int = 4) -> np.ndarray:

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from isplit_export.errors import BadInputError
-from isplit_export.verification.gates import GATES, Gate, gate_for
+from isplit_export.verification.backends import gate_for
+from isplit_export.verification.gates import GATES, Gate
 
 PASSING = {"top1_agreement": 1.0, "max_abs_rel": 0.0, "cosine": 1.0}
 

@@ -24,7 +24,7 @@ from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.files import load_npz, save_npz, sha256_file, write_json
 from isplit_export.verification.checks import compare_boundary
 from isplit_export.verification.outcome import format_verification
-from isplit_export.verification.runtime import measure_latency, run_pair_onnx
+from isplit_export.verification.runners import OnnxrtRunner, measure_latency, run_pair
 from isplit_export.verification.verify import VERIFY_FILE, verify_bundle
 
 torch = pytest.importorskip("torch")  # only the fixture needs torch; verify itself is torch-free
@@ -218,7 +218,7 @@ def test_single_split(bundle: Path) -> None:
     assert {r.dir for r in result.rows} == {"splits/02-relu2"}
 
 
-def test_format_table(bundle: Path) -> None:
+def test_format_verification(bundle: Path) -> None:
     text = format_verification(verify_bundle(bundle, write=False))
     lines = text.splitlines()
     assert lines[0].split() == [
@@ -368,11 +368,8 @@ def _onnx_engine_backend(loads: list[str]) -> types.ModuleType:
             out = run_session(self.sess, {self.sess.get_inputs()[0].name: next(iter(feeds.values()))})
             return {self.sess.get_outputs()[0].name: out[0]}
 
-        def __enter__(self) -> Engine:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
+        def close(self) -> None:
+            self.sess = None
 
     fake.Engine = Engine  # type: ignore[attr-defined]
     return fake
@@ -402,8 +399,8 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
     assert written["backend"] == "tensorrt"
     for row in written["rows"]:  # engine latencies, which `isplit-export plan` prefers to its estimates
         assert set(row["latency_ms"]) == {"head_ms", "tail_ms"} and all(v > 0 for v in row["latency_ms"].values())
-    # each engine is loaded once to run the goldens and once to be timed, never once per image or per run
-    assert sorted(loads) == sorted(f"{d}/{e}.fp16.engine" for d in ("01-pool1", "02-relu2") for e in ("head", "tail") for _ in range(2))
+    # each engine is loaded once, runs the goldens and is timed: never once per image or per run
+    assert sorted(loads) == sorted(f"{d}/{e}.fp16.engine" for d in ("01-pool1", "02-relu2") for e in ("head", "tail"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -413,25 +410,27 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
 def test_run_pair_onnx_batches(bundle: Path) -> None:
     sdir = bundle / "splits/01-pool1"
     x = load_npz(sdir / "golden.npz")["input"]
-    b1, y1 = run_pair_onnx(sdir / "head.onnx", sdir / "tail.onnx", x, batch=1)
-    _, y4 = run_pair_onnx(sdir / "head.onnx", sdir / "tail.onnx", x, batch=4)
+    b1, y1 = run_pair(OnnxrtRunner(sdir / "head.onnx"), OnnxrtRunner(sdir / "tail.onnx"), x, batch=1)
+    _, y4 = run_pair(OnnxrtRunner(sdir / "head.onnx"), OnnxrtRunner(sdir / "tail.onnx"), x, batch=4)
     assert b1.shape == (N_GOLDEN, 8, 8, 8) and y1.shape == (N_GOLDEN, 5)
     np.testing.assert_allclose(y1, y4, rtol=1e-5, atol=1e-6)
     with pytest.raises(BadInputError):
-        run_pair_onnx(sdir / "head.onnx", sdir / "tail.onnx", x, batch=0)
+        run_pair(OnnxrtRunner(sdir / "head.onnx"), OnnxrtRunner(sdir / "tail.onnx"), x, batch=0)
 
 
 def test_measure_latency(bundle: Path) -> None:
     sdir = bundle / "splits/01-pool1"
     x = load_npz(sdir / "golden.npz")["input"]
     paths = {"head": sdir / "head.onnx", "tail": sdir / "tail.onnx", "full": bundle / "full.onnx"}
-    lat = measure_latency(paths, x[:1], warmup=1, runs=3)
+    runners = {k: OnnxrtRunner(p, threads=1) for k, p in paths.items()}
+    lat = measure_latency(runners, x[:1], warmup=1, runs=3)
     assert set(lat) == {"head_ms", "tail_ms", "full_ms", "ratio"}
     assert all(v > 0 for v in lat.values())
     assert lat["ratio"] == pytest.approx((lat["head_ms"] + lat["tail_ms"]) / lat["full_ms"])
-    assert set(measure_latency({"full": paths["full"]}, x, warmup=0, runs=1)) == {"full_ms"}
+    assert not any(r.active for r in runners.values())  # activated for the timing only, then freed
+    assert set(measure_latency({"full": runners["full"]}, x, warmup=0, runs=1)) == {"full_ms"}
     with pytest.raises(BadInputError, match="needs the head"):
-        measure_latency({"tail": paths["tail"]}, x)
+        measure_latency({"tail": runners["tail"]}, x)
 
 
 def test_compare_boundary() -> None:
