@@ -70,8 +70,12 @@ def bench_model(spec: str, splits: int, size: str) -> None:
             save_model(decode_tail(to_onnx(trained.tail, code, "boundary", "logits"), trained.encoding), tp)
             sent, logits = run_pair(OnnxrtRunner(hp), OnnxrtRunner(tp), x_held.numpy())
             check = check_code_pair(
-                trained.logits_from_code(sent), logits, encode_array(trained.code(x_held), trained.encoding), sent,
-                y_full, np.full(len(x_held), -1),
+                trained.logits_from_code(sent),
+                logits,
+                encode_array(trained.code(x_held), trained.encoding),
+                sent,
+                y_full,
+                np.full(len(x_held), -1),
             )
         t3 = time.perf_counter()
         totals.append(t3 - t1)

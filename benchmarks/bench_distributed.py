@@ -52,15 +52,27 @@ def _timed_child(args: argparse.Namespace) -> None:
         from isplit_export import rank
         from isplit_export.options import RankOptions
 
-        opts = RankOptions(model=args.model, weights=args.weights, data=Path(args.data), batch_size=args.batch,
-                           workers=args.workers, input_size=args.input_size)  # fmt: skip
+        opts = RankOptions(
+            model=args.model,
+            weights=args.weights,
+            data=Path(args.data),
+            batch_size=args.batch,
+            workers=args.workers,
+            input_size=args.input_size,
+        )
         result = rank(opts)
         images = result.ranking.images
     else:
         from isplit_export.bottleneck.study import StudyOptions, study
 
-        sopts = StudyOptions(model=args.model, weights=args.weights, data=Path(args.data), cuts="all",
-                             workers=args.workers, out=Path(args.out))  # fmt: skip
+        sopts = StudyOptions(
+            model=args.model,
+            weights=args.weights,
+            data=Path(args.data),
+            cuts="all",
+            workers=args.workers,
+            out=Path(args.out),
+        )
         images = len(study(sopts).results)  # cuts, here
     seconds = time.perf_counter() - t
     if is_primary():
@@ -72,8 +84,15 @@ def launch(processes: int, child_args: list[str]) -> dict[str, Any]:
     if processes == 1:
         cmd = [sys.executable, str(HERE), *child_args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               str(HERE), *child_args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            str(HERE),
+            *child_args,
+        ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if run.returncode != 0:
         raise SystemExit(f"benchmark job failed: {' '.join(cmd)}\n{run.stderr[-3000:]}")
@@ -108,13 +127,22 @@ def bench_rank(name: str, base: list[str]) -> list[dict[str, Any]]:
     for processes in (1, 2):
         for workers in (0, 2):
             r = launch(processes, [*base, "--workers", str(workers)])
-            rows.append({"model": name, "processes": processes, "workers": workers, **r,
-                         "images_per_s": r["images"] / r["seconds"]})  # fmt: skip
+            rows.append(
+                {
+                    "model": name,
+                    "processes": processes,
+                    "workers": workers,
+                    **r,
+                    "images_per_s": r["images"] / r["seconds"],
+                }
+            )
     ref = rows[0]["images_per_s"]
     for row in rows:
         row["speedup"] = row["images_per_s"] / ref
-        print(f"{name:22} processes={row['processes']} workers={row['workers']}  {row['images']:5d} images "
-              f"{row['seconds']:7.2f} s  {row['images_per_s']:8.1f} images/s  x{row['speedup']:.2f}")  # fmt: skip
+        print(
+            f"{name:22} processes={row['processes']} workers={row['workers']}  {row['images']:5d} images "
+            f"{row['seconds']:7.2f} s  {row['images_per_s']:8.1f} images/s  x{row['speedup']:.2f}"
+        )
     return rows
 
 
@@ -152,7 +180,9 @@ def bench_gpu(batch: int = 64, repeats: int = 10) -> dict[str, float]:
             fn()
         torch.cuda.synchronize()
         out[f"{label}_images_per_s"] = batch * repeats / (time.perf_counter() - t)
-    out["ranking_over_forward_backward_time"] = out["forward_backward_images_per_s"] / out["ranking_images_per_s"]
+    out["ranking_over_forward_backward_time"] = (
+        out["forward_backward_images_per_s"] / out["ranking_images_per_s"]
+    )
     return out
 
 
@@ -176,20 +206,57 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = prepare(Path(tmp), args.digits_images, args.effnet_images)
         results: dict[str, Any] = {}
-        results["digits_cnn"] = bench_rank("digits_cnn", ["--child", "rank", "--model", "isplit_export.zoo:digits_cnn",
-                                           "--weights", str(paths["weights"]), "--data", str(paths["digits"])])  # fmt: skip
+        results["digits_cnn"] = bench_rank(
+            "digits_cnn",
+            [
+                "--child",
+                "rank",
+                "--model",
+                "isplit_export.zoo:digits_cnn",
+                "--weights",
+                str(paths["weights"]),
+                "--data",
+                str(paths["digits"]),
+            ],
+        )
         study_rows = []
         for processes in (1, 2):
-            r = launch(processes, ["--child", "study", "--model", "isplit_export.zoo:digits_cnn", "--weights",
-                                   str(paths["weights"]), "--data", str(paths["digits"]), "--out", tmp + "/study"])  # fmt: skip
+            r = launch(
+                processes,
+                [
+                    "--child",
+                    "study",
+                    "--model",
+                    "isplit_export.zoo:digits_cnn",
+                    "--weights",
+                    str(paths["weights"]),
+                    "--data",
+                    str(paths["digits"]),
+                    "--out",
+                    tmp + "/study",
+                ],
+            )
             study_rows.append({"processes": processes, "cuts": r["images"], "seconds": r["seconds"]})
         for row in study_rows:
             row["speedup"] = study_rows[0]["seconds"] / row["seconds"]
-            print(f"digits_cnn study, all {row['cuts']} cuts: processes={row['processes']}  {row['seconds']:7.2f} s  "
-                  f"x{row['speedup']:.2f} (target >= 1.6 with 2)")  # fmt: skip
+            print(
+                f"digits_cnn study, all {row['cuts']} cuts: processes={row['processes']}  {row['seconds']:7.2f} s  "
+                f"x{row['speedup']:.2f} (target >= 1.6 with 2)"
+            )
         results["digits_cnn_study"] = study_rows
-        results["efficientnet_lite0"] = bench_rank("efficientnet_lite0@224", ["--child", "rank", "--model",
-                                                   "efficientnet_lite0", "--data", str(paths["photos"]), "--batch", "8"])  # fmt: skip
+        results["efficientnet_lite0"] = bench_rank(
+            "efficientnet_lite0@224",
+            [
+                "--child",
+                "rank",
+                "--model",
+                "efficientnet_lite0",
+                "--data",
+                str(paths["photos"]),
+                "--batch",
+                "8",
+            ],
+        )
         if args.gpu:
             results["gpu_resnet50"] = bench_gpu()
             print(json.dumps(results["gpu_resnet50"]))

@@ -42,7 +42,9 @@ from isplit_export.verification.metrics import compare_logits
 
 def _pair(head: Path, tail: Path, x: np.ndarray) -> np.ndarray:
     h, t = make_session(head), make_session(tail)
-    return np.concatenate([run_session(t, {"boundary": run_session(h, {"input": x[i : i + 1]})[0]})[0] for i in range(len(x))])
+    return np.concatenate(
+        [run_session(t, {"boundary": run_session(h, {"input": x[i : i + 1]})[0]})[0] for i in range(len(x))]
+    )
 
 
 def _bypass(model: onnx.ModelProto, q_name: str, dq_name: str) -> None:
@@ -64,9 +66,15 @@ def _bypass(model: onnx.ModelProto, q_name: str, dq_name: str) -> None:
 
 
 def _quantized_pair(
-    head: onnx.ModelProto, tail: onnx.ModelProto, enc: BoundaryEncoding, x_train: np.ndarray, x: np.ndarray,
-    head_float: Sequence[str], tail_float: Sequence[str], bypass_code: bool,
-) -> np.ndarray:  # fmt: skip
+    head: onnx.ModelProto,
+    tail: onnx.ModelProto,
+    enc: BoundaryEncoding,
+    x_train: np.ndarray,
+    x: np.ndarray,
+    head_float: Sequence[str],
+    tail_float: Sequence[str],
+    bypass_code: bool,
+) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         w = Path(tmp)
         save_model(head, w / "h.onnx")
@@ -74,7 +82,9 @@ def _quantized_pair(
         quantize_qdq(w / "h.onnx", w / "hq.onnx", {"input": x_train}, keep_float=list(head_float))
         hs = make_session(w / "hq.onnx")
         b = np.concatenate([run_session(hs, {"input": x_train[i : i + 1]})[0] for i in range(len(x_train))])
-        quantize_qdq(w / "t.onnx", w / "tq.onnx", {"boundary": b.astype(np.float32)}, keep_float=list(tail_float))
+        quantize_qdq(
+            w / "t.onnx", w / "tq.onnx", {"boundary": b.astype(np.float32)}, keep_float=list(tail_float)
+        )
         hq, tq = onnx.load(str(w / "hq.onnx")), onnx.load(str(w / "tq.onnx"))
         if bypass_code:
             for m in (hq, tq):
@@ -114,7 +124,9 @@ def main() -> None:
         bn, b = split["bottleneck"], split["boundary"]
         train_idx, _ = split_holdout(names, bn["holdout"], opts["seed"])
         x_train = x_all[train_idx].numpy()
-        enc = BoundaryEncoding(name=b["encoding"], dtype=b["dtype"], scale=b.get("scale"), zero_point=b.get("zero_point"))
+        enc = BoundaryEncoding(
+            name=b["encoding"], dtype=b["dtype"], scale=b.get("scale"), zero_point=b.get("zero_point")
+        )
         files = split["files"]
         head = strip_head_encoding(onnx.load(str(args.bundle / files["head"])))
         tail = strip_tail_decoding(onnx.load(str(args.bundle / files["tail"])))

@@ -59,15 +59,22 @@ def bench(name: str, runs: int, tmp: Path) -> list[dict[str, object]]:
             b = head_gm(x)
         stem = tmp / f"{name}-{cut.node}"
         head_p, tail_p = Path(f"{stem}-head.onnx"), Path(f"{stem}-tail.onnx")
-        head, tail = to_onnx(head_gm, x[:1], "input", "boundary"), to_onnx(tail_gm, b[:1], "boundary", "logits")
+        head, tail = (
+            to_onnx(head_gm, x[:1], "input", "boundary"),
+            to_onnx(tail_gm, b[:1], "boundary", "logits"),
+        )
         save_model(head, head_p)
         save_model(tail, tail_p)
         qhead_p, qtail_p = Path(f"{stem}-head.int8.onnx"), Path(f"{stem}-tail.int8.onnx")
         build_int8_pair(head_p, tail_p, xn, qhead_p, qtail_p, calibrate_encoding("fp32", b.numpy()))
         timed = {"head": head_p, "tail": tail_p, "full": full, "head_int8": qhead_p, "tail_int8": qtail_p}
-        lat = measure_latency({k: OnnxrtRunner(p, threads=LATENCY_THREADS) for k, p in timed.items()}, xn[:1], runs=runs)
-        sizes = {k: p.stat().st_size for k, p in (("head", head_p), ("tail", tail_p), ("head_int8", qhead_p),
-                                                    ("tail_int8", qtail_p))}  # fmt: skip
+        lat = measure_latency(
+            {k: OnnxrtRunner(p, threads=LATENCY_THREADS) for k, p in timed.items()}, xn[:1], runs=runs
+        )
+        sizes = {
+            k: p.stat().st_size
+            for k, p in (("head", head_p), ("tail", tail_p), ("head_int8", qhead_p), ("tail_int8", qtail_p))
+        }
         boundary_bytes = {}
         for enc_name in ("fp32", "fp16", "int8"):
             enc = calibrate_encoding(enc_name, b.numpy())
@@ -76,8 +83,15 @@ def bench(name: str, runs: int, tmp: Path) -> list[dict[str, object]]:
             save_model(decode_tail(tail, enc), tp)
             boundary, _ = run_pair(OnnxrtRunner(hp), OnnxrtRunner(tp), xn[:1])
             boundary_bytes[enc_name] = int(boundary[0].nbytes)
-        row = {"model": name, "cut": cut.node, "shape": list(cut.shape), **lat, "bytes": sizes,
-               "bytes_per_image": boundary_bytes, "input_bytes": int(np.prod(x.shape[1:])) * 4}  # fmt: skip
+        row = {
+            "model": name,
+            "cut": cut.node,
+            "shape": list(cut.shape),
+            **lat,
+            "bytes": sizes,
+            "bytes_per_image": boundary_bytes,
+            "input_bytes": int(np.prod(x.shape[1:])) * 4,
+        }
         rows.append(row)
         for part in ("head", "tail"):
             fp, q = lat[f"{part}_ms"], lat[f"{part}_int8_ms"]
@@ -106,7 +120,9 @@ def bundle_sizes(tmp: Path) -> list[dict[str, object]]:
             total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
             rows.append({"model": model, "args": list(args), "layout": layout, "bytes": total, "exit": code})
             note = f"(target <= {limit} MB)" if layout == "shared" else ""
-            print(f"bundle {model} {' '.join(args)} --weights-layout {layout}: {_mb(total)} {note}", flush=True)
+            print(
+                f"bundle {model} {' '.join(args)} --weights-layout {layout}: {_mb(total)} {note}", flush=True
+            )
             if layout == "inline":
                 import shutil
 
@@ -127,7 +143,9 @@ def main() -> None:
         for name in args.models:
             rows += bench(name, args.runs, Path(d))
         ratios = [float(r["ratio"]) for r in rows]  # type: ignore[arg-type]
-        print(f"(head+tail)/full: min {min(ratios):.3f}, median {float(np.median(ratios)):.3f}, max {max(ratios):.3f}")
+        print(
+            f"(head+tail)/full: min {min(ratios):.3f}, median {float(np.median(ratios)):.3f}, max {max(ratios):.3f}"
+        )
         if args.bundles:
             rows += bundle_sizes(Path(d))
     if args.json:

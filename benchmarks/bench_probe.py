@@ -39,11 +39,18 @@ def bench(model: str, weights: str, budget: str, repeats: int) -> dict[str, Any]
     t_all = best(lambda: probe_ranking(ranked, spec, "all", batch_size=16))
     n_cand = len(ranked.ranking.ranked(None))
     return {
-        "model": model, "weights": weights, "budget": budget, "images": ranked.images.__len__(),
-        "cuts": len(ranked.traced.cuts), "candidates": n_cand, "ranking_s": round(t_rank, 3),
-        "probe_candidates_s": round(t_cand, 3), "probe_all_s": round(t_all, 3),
-        "ratio_candidates": round(t_cand / t_rank, 3), "ratio_all": round(t_all / t_rank, 3),
-    }  # fmt: skip
+        "model": model,
+        "weights": weights,
+        "budget": budget,
+        "images": ranked.images.__len__(),
+        "cuts": len(ranked.traced.cuts),
+        "candidates": n_cand,
+        "ranking_s": round(t_rank, 3),
+        "probe_candidates_s": round(t_cand, 3),
+        "probe_all_s": round(t_all, 3),
+        "ratio_candidates": round(t_cand / t_rank, 3),
+        "ratio_all": round(t_all / t_rank, 3),
+    }
 
 
 def main() -> None:
@@ -59,9 +66,11 @@ def main() -> None:
         weights = "default" if model == "efficientnet_lite0" else "none"
         r = bench(model, weights, args.budget, args.repeats)
         print(json.dumps(r))
-        print(f"{model}: ranking {r['ranking_s']:.2f} s; probe over {r['candidates']} candidates "
-              f"{r['probe_candidates_s']:.2f} s ({r['ratio_candidates']:.2f}x, target <= 1); over all {r['cuts']} "
-              f"cuts {r['probe_all_s']:.2f} s ({r['ratio_all']:.2f}x, target <= 3)")  # fmt: skip
+        print(
+            f"{model}: ranking {r['ranking_s']:.2f} s; probe over {r['candidates']} candidates "
+            f"{r['probe_candidates_s']:.2f} s ({r['ratio_candidates']:.2f}x, target <= 1); over all {r['cuts']} "
+            f"cuts {r['probe_all_s']:.2f} s ({r['ratio_all']:.2f}x, target <= 3)"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,23 @@ def build(work: Path) -> dict[str, Path]:
     """The two bundles (built once; reused when present)."""
     bundles = {"effnet": work / "effnet", "digits-bn": work / "digits-bn"}
     if not (bundles["effnet"] / "manifest.json").is_file():
-        code = cli(["efficientnet_lite0", "--top", "3", "--target", "onnx", "--boundary", "fp16", "--triton",
-                    "--out", str(bundles["effnet"]), "--latency-runs", "5", "--force"])  # fmt: skip
+        code = cli(
+            [
+                "efficientnet_lite0",
+                "--top",
+                "3",
+                "--target",
+                "onnx",
+                "--boundary",
+                "fp16",
+                "--triton",
+                "--out",
+                str(bundles["effnet"]),
+                "--latency-runs",
+                "5",
+                "--force",
+            ]
+        )
         assert code in (0, 1), code
     if not (bundles["digits-bn"] / "manifest.json").is_file():
         import torch
@@ -66,9 +81,27 @@ def build(work: Path) -> dict[str, Path]:
         model, _ = train_digits_cnn(seed=0)
         torch.save(model.state_dict(), work / "digits.pt")
         data = write_digits_imagefolder(work / "digits", start=1500, count=200)
-        code = cli(["isplit_export.zoo:digits_cnn", "--weights", str(work / "digits.pt"), "--data", str(data),
-                    "--top", "2", "--target", "onnx", "--bottleneck", "1/8", "--triton", "--out",
-                    str(bundles["digits-bn"]), "--latency-runs", "5", "--force"])  # fmt: skip
+        code = cli(
+            [
+                "isplit_export.zoo:digits_cnn",
+                "--weights",
+                str(work / "digits.pt"),
+                "--data",
+                str(data),
+                "--top",
+                "2",
+                "--target",
+                "onnx",
+                "--bottleneck",
+                "1/8",
+                "--triton",
+                "--out",
+                str(bundles["digits-bn"]),
+                "--latency-runs",
+                "5",
+                "--force",
+            ]
+        )
         assert code in (0, 1), code
     return bundles
 
@@ -88,8 +121,16 @@ def sweep(name: str, bundle: Path, work: Path, requests: int) -> list[dict[str, 
             for c in (1, 4, 8):
                 out = work / "runs" / f"{name}-{pos}-c{c}.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
-                r = run(RunOptions(bundle=bundle, server=server.address, split=pos, requests=requests * max(1, c // 2),
-                                   concurrency=c, out=out)).data  # fmt: skip
+                r = run(
+                    RunOptions(
+                        bundle=bundle,
+                        server=server.address,
+                        split=pos,
+                        requests=requests * max(1, c // 2),
+                        concurrency=c,
+                        out=out,
+                    )
+                ).data
                 rows.append({"bundle": name, "split": split["dir"], "concurrency": c, "run": r})
     finally:
         rc = server.stop()
@@ -119,13 +160,21 @@ def restart(bundle: Path, work: Path, requests: int = 400) -> dict[str, Any]:
             threading.Thread(target=back, daemon=True).start()
 
     try:
-        r = run(RunOptions(bundle=bundle, server=first.address, requests=requests, out=work / "runs" / "restart.json"),
-                on_result=on_result).data  # fmt: skip
+        r = run(
+            RunOptions(
+                bundle=bundle, server=first.address, requests=requests, out=work / "runs" / "restart.json"
+            ),
+            on_result=on_result,
+        ).data
     finally:
         first.kill()
         second.stop()
-    return {"images": r["images"], "restart_ready_s": timing.get("ready_s"), "max_attempts":
-            max((f["attempts"] for f in r["failures"]), default=None), "round_trip_ms": r["latency_ms"]["round_trip"]}  # fmt: skip
+    return {
+        "images": r["images"],
+        "restart_ready_s": timing.get("ready_s"),
+        "max_attempts": max((f["attempts"] for f in r["failures"]), default=None),
+        "round_trip_ms": r["latency_ms"]["round_trip"],
+    }
 
 
 def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
@@ -135,13 +184,34 @@ def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
     out = work / "runs" / "memory.json"
     try:
         server.wait_ready(m["triton"]["models"][0]["name"])
-        subprocess.run([sys.executable, "-m", "isplit_export.cli", "run", str(bundle), "--server", server.address,
-                        "--duration", str(seconds), "--concurrency", "4", "--out", str(out)],
-                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "isplit_export.cli",
+                "run",
+                str(bundle),
+                "--server",
+                server.address,
+                "--duration",
+                str(seconds),
+                "--concurrency",
+                "4",
+                "--out",
+                str(out),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
     finally:
         server.stop()
     r = json.loads(out.read_text(encoding="utf-8"))["runs"][m["splits"][0]["dir"]]
-    return {"images": r["images"], "client_rss_mib": r["client_rss_mib"], "throughput_rps": r["throughput_rps"]}
+    return {
+        "images": r["images"],
+        "client_rss_mib": r["client_rss_mib"],
+        "throughput_rps": r["throughput_rps"],
+    }
 
 
 def _f(v: Any, spec: str = ".3f") -> str:
@@ -155,12 +225,16 @@ def main() -> None:
     ap.add_argument("--memory-seconds", type=float, default=60.0)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"# OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, cpus={os.cpu_count()}, loopback 127.0.0.1, gRPC")
+    print(
+        f"# OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, cpus={os.cpu_count()}, loopback 127.0.0.1, gRPC"
+    )
     bundles = build(args.work)
     rows = [row for name, b in bundles.items() for row in sweep(name, b, args.work, args.requests)]
-    head = (f"{'bundle':10} {'split':24} {'C':>2} {'payload B':>9} {'bundle B':>8} {'wire B':>8} {'framing':>7} "
-            f"{'rtt p50':>8} {'rtt p99':>8} {'e2e p50':>8} {'req/s':>8} {'local h+t':>9} {'overhead':>8} "
-            f"{'srv p50':>7} {'trans p50':>9} {'agree':>6} {'ok/fail/skip':>12}")  # fmt: skip
+    head = (
+        f"{'bundle':10} {'split':24} {'C':>2} {'payload B':>9} {'bundle B':>8} {'wire B':>8} {'framing':>7} "
+        f"{'rtt p50':>8} {'rtt p99':>8} {'e2e p50':>8} {'req/s':>8} {'local h+t':>9} {'overhead':>8} "
+        f"{'srv p50':>7} {'trans p50':>9} {'agree':>6} {'ok/fail/skip':>12}"
+    )
     print(head)
     for row in rows:
         r = row["run"]
@@ -168,26 +242,33 @@ def main() -> None:
         srv = (r["server_compute"]["ms"] or {}).get("p50")
         lt = (local.get("head_ms", 0) + local.get("tail_ms", 0)) if local else None
         i = r["images"]
-        print(f"{row['bundle']:10} {row['split'][-24:]:24} {row['concurrency']:>2} {b['payload_per_image']!s:>9} "
-              f"{b['bundle_bytes_per_image']:>8} {b['request_on_wire']!s:>8} {b['framing']!s:>7} "
-              f"{_f(lat['round_trip']['p50']):>8} {_f(lat['round_trip']['p99']):>8} {_f(lat['end_to_end']['p50']):>8} "
-              f"{_f(r['throughput_rps'], '.1f'):>8} {_f(lt):>9} "
-              f"{_f(r['transport_overhead_ms_p50']) if row['concurrency'] == 1 else '-':>8} {_f(srv):>7} "
-              f"{_f((lat.get('transport') or {}).get('p50')):>9} "
-              f"{_f(r['task'].get('agreement_with_full_model'), '.2f'):>6} "
-              f"{str(i['ok']) + '/' + str(i['failed']) + '/' + str(i['skipped']):>12}")  # fmt: skip
+        print(
+            f"{row['bundle']:10} {row['split'][-24:]:24} {row['concurrency']:>2} {b['payload_per_image']!s:>9} "
+            f"{b['bundle_bytes_per_image']:>8} {b['request_on_wire']!s:>8} {b['framing']!s:>7} "
+            f"{_f(lat['round_trip']['p50']):>8} {_f(lat['round_trip']['p99']):>8} {_f(lat['end_to_end']['p50']):>8} "
+            f"{_f(r['throughput_rps'], '.1f'):>8} {_f(lt):>9} "
+            f"{_f(r['transport_overhead_ms_p50']) if row['concurrency'] == 1 else '-':>8} {_f(srv):>7} "
+            f"{_f((lat.get('transport') or {}).get('p50')):>9} "
+            f"{_f(r['task'].get('agreement_with_full_model'), '.2f'):>6} "
+            f"{str(i['ok']) + '/' + str(i['failed']) + '/' + str(i['skipped']):>12}"
+        )
     rs = restart(bundles["digits-bn"], args.work)
-    print(f"restart (digits-bn split 1, SIGKILL after 100 of 400 requests, new server at once, retries 6): "
-          f"{rs['images']['ok']} ok, {rs['images']['failed']} failed, {rs['images']['skipped']} skipped; "
-          f"server ready again after {_f(rs['restart_ready_s'], '.2f')} s")  # fmt: skip
+    print(
+        f"restart (digits-bn split 1, SIGKILL after 100 of 400 requests, new server at once, retries 6): "
+        f"{rs['images']['ok']} ok, {rs['images']['failed']} failed, {rs['images']['skipped']} skipped; "
+        f"server ready again after {_f(rs['restart_ready_s'], '.2f')} s"
+    )
     mem = memory(bundles["effnet"], args.work, args.memory_seconds)
     rss = mem["client_rss_mib"] or {}
-    print(f"client memory over {args.memory_seconds:g} s (effnet split 1, concurrency 4, {mem['images']['ok']} ok, "
-          f"{_f(mem['throughput_rps'], '.1f')} req/s): RSS start {_f(rss.get('start'), '.1f')} MiB, "
-          f"at 1/4 {_f(rss.get('quarter'), '.1f')} MiB, "
-          f"end {_f(rss.get('end'), '.1f')} MiB, max {_f(rss.get('max'), '.1f')} MiB ({rss.get('samples')} samples)")  # fmt: skip
+    print(
+        f"client memory over {args.memory_seconds:g} s (effnet split 1, concurrency 4, {mem['images']['ok']} ok, "
+        f"{_f(mem['throughput_rps'], '.1f')} req/s): RSS start {_f(rss.get('start'), '.1f')} MiB, "
+        f"at 1/4 {_f(rss.get('quarter'), '.1f')} MiB, "
+        f"end {_f(rss.get('end'), '.1f')} MiB, max {_f(rss.get('max'), '.1f')} MiB ({rss.get('samples')} samples)"
+    )
     (args.work / "bench_serve.json").write_text(
-        json.dumps({"rows": rows, "restart": rs, "memory": mem}, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        json.dumps({"rows": rows, "restart": rs, "memory": mem}, indent=2, allow_nan=False) + "\n",
+        encoding="utf-8",
     )
     print(f"wrote {args.work / 'bench_serve.json'}")
 

@@ -25,13 +25,35 @@ from typing import Any
 PREDICTORS = ("probe", "cui", "cde", "random")
 
 
-def run_study(weights: Path, data: Path, bottleneck: str, seed: int, repeats: int, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "isplit_export.cli", "study", "isplit_export.zoo:digits_cnn", "--weights", str(weights),
-           "--data", str(data), "--cuts", "all", "--bottleneck", bottleneck, "--repeats", str(repeats),
-           "--seed", str(seed), "--out", str(out)]  # fmt: skip
+def run_study(
+    weights: Path, data: Path, bottleneck: str, seed: int, repeats: int, out: Path
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "isplit_export.cli",
+        "study",
+        "isplit_export.zoo:digits_cnn",
+        "--weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--cuts",
+        "all",
+        "--bottleneck",
+        bottleneck,
+        "--repeats",
+        str(repeats),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"study --seed {seed} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(
+            f"study --seed {seed} failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"
+        )
     return dict(json.loads((out / "study.json").read_text()))
 
 
@@ -67,15 +89,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             out = (args.out or Path(tmp)).resolve() / f"seed-{seed}"
-            r = row(run_study(args.weights.resolve(), args.data.resolve(), args.bottleneck, seed, args.repeats, out))
+            r = row(
+                run_study(
+                    args.weights.resolve(), args.data.resolve(), args.bottleneck, seed, args.repeats, out
+                )
+            )
             rows.append(r)
             print(json.dumps({"seed": seed, **r}))
     n = len(rows)
-    print(f"{args.bottleneck}, {n} seeds x {args.repeats} repeats: spread <= 2 points at every cut in "
-          f"{sum(r['max_sd_points'] <= 2 for r in rows)}/{n}; trained >= probe at every cut in "
-          f"{sum(not r['below_probe'] for r in rows)}/{n}; Spearman(probe) >= 0.9 in "
-          f"{sum(r['spearman']['probe'] >= 0.9 for r in rows)}/{n}; probe's pick within the best cut's CI in "
-          f"{sum(r['probe_pick_in_best_ci'] for r in rows)}/{n}")  # fmt: skip
+    print(
+        f"{args.bottleneck}, {n} seeds x {args.repeats} repeats: spread <= 2 points at every cut in "
+        f"{sum(r['max_sd_points'] <= 2 for r in rows)}/{n}; trained >= probe at every cut in "
+        f"{sum(not r['below_probe'] for r in rows)}/{n}; Spearman(probe) >= 0.9 in "
+        f"{sum(r['spearman']['probe'] >= 0.9 for r in rows)}/{n}; probe's pick within the best cut's CI in "
+        f"{sum(r['probe_pick_in_best_ci'] for r in rows)}/{n}"
+    )
     pairs = sum(r["separated_pairs"] for r in rows)
     right = ", ".join(f"{p} {sum(r['ordered_right'][p] for r in rows)}/{pairs}" for p in PREDICTORS)
     print(f"pairs of cuts that differ outside the noise: {pairs}; ordered right by {right}")

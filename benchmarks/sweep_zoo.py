@@ -58,7 +58,11 @@ def run_model(name: str, out: Path, timeout: float, max_rss: int) -> dict[str, o
             if peak > max_rss or elapsed > timeout:
                 proc.kill()
                 proc.wait()
-                note = f"stopped: RSS > {max_rss / 2**30:.0f} GiB" if peak > max_rss else f"stopped: > {timeout:.0f} s"
+                note = (
+                    f"stopped: RSS > {max_rss / 2**30:.0f} GiB"
+                    if peak > max_rss
+                    else f"stopped: > {timeout:.0f} s"
+                )
                 break
             time.sleep(0.2)
         code = proc.returncode
@@ -101,8 +105,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", help="default: every model `isplit-export models` lists")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
-    ap.add_argument("--max-rss-gib", type=float, default=8.0, help="stop a model whose process grows past this")
-    ap.add_argument("--table", type=Path, help="also write the table (markdown) here, updated after every model")
+    ap.add_argument(
+        "--max-rss-gib", type=float, default=8.0, help="stop a model whose process grows past this"
+    )
+    ap.add_argument(
+        "--table", type=Path, help="also write the table (markdown) here, updated after every model"
+    )
     args = ap.parse_args()
     names = args.models or list_models()
     rows: list[dict[str, object]] = []
@@ -110,16 +118,20 @@ def main() -> int:
         for name in names:
             row = run_model(name, Path(tmp) / name, args.timeout, int(args.max_rss_gib * 2**30))
             rows.append(row)
-            print(f"{name}: exit {row['exit']}, {row['cuts']} cuts {row['layouts']} ({row['seconds']} s) {row['note']}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{name}: exit {row['exit']}, {row['cuts']} cuts {row['layouts']} ({row['seconds']} s) {row['note']}",
+                flush=True,
+            )
             if args.table:
                 args.table.write_text(table(rows) + "\n", encoding="utf-8")
     print(table(rows))
     ok = sum(1 for r in rows if r["exit"] == 0)
     refused = sum(1 for r in rows if r["exit"] == 2)
     bad = [str(r["model"]) for r in rows if r["internal_failure"]]
-    print(f"\n{len(rows)} models: {ok} ranked, {refused} refused (exit 2), "
-          f"{len(rows) - ok - refused} other; internal failures: {', '.join(bad) or 'none'}")  # fmt: skip
+    print(
+        f"\n{len(rows)} models: {ok} ranked, {refused} refused (exit 2), "
+        f"{len(rows) - ok - refused} other; internal failures: {', '.join(bad) or 'none'}"
+    )
     return 1 if bad else 0
 
 

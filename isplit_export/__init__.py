@@ -24,9 +24,18 @@ from typing import TYPE_CHECKING, Any
 from isplit_export.version import __version__
 
 __all__ = [
-    "BottleneckOptions", "Constraints", "ExportOptions", "RankOptions", "StudyOptions", "__version__", "export", "plan",
-    "rank", "study", "verify_bundle",
-]  # fmt: skip
+    "BottleneckOptions",
+    "Constraints",
+    "ExportOptions",
+    "RankOptions",
+    "StudyOptions",
+    "__version__",
+    "export",
+    "plan",
+    "rank",
+    "study",
+    "verify_bundle",
+]
 
 if TYPE_CHECKING:
     from isplit_export.api import rank
@@ -36,9 +45,18 @@ if TYPE_CHECKING:
     from isplit_export.options import BottleneckOptions, Constraints, ExportOptions, RankOptions, StudyOptions
     from isplit_export.verification.verify import verify_bundle
 
-_LAZY = {"rank": "api", "export": "bundle.build", "verify_bundle": "verification.verify", "RankOptions": "options",
-         "ExportOptions": "options", "study": "bottleneck.study", "StudyOptions": "options",
-         "BottleneckOptions": "options", "plan": "bundle.planning", "Constraints": "options"}  # fmt: skip
+_LAZY = {
+    "rank": "api",
+    "export": "bundle.build",
+    "verify_bundle": "verification.verify",
+    "RankOptions": "options",
+    "ExportOptions": "options",
+    "study": "bottleneck.study",
+    "StudyOptions": "options",
+    "BottleneckOptions": "options",
+    "plan": "bundle.planning",
+    "Constraints": "options",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -67,21 +67,33 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         check_out(opts.out, force=opts.force, allow_empty=True)
     loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
     imgs = data_mod.load_images(
-        opts.data, loaded.preprocessing, class_names=loaded.class_names, classes=opts.classes, limit=opts.images
+        opts.data,
+        loaded.preprocessing,
+        class_names=loaded.class_names,
+        classes=opts.classes,
+        limit=opts.images,
     )
     traced = trace(loaded.module, loaded.preprocessing.input_shape)
     imp = compute_importance(
-        traced, imgs, score=opts.score, batch_size=opts.batch_size, device=current.device,
-        progress=opts.progress and current.primary, shard=current.shard(opts.batch_size),
+        traced,
+        imgs,
+        score=opts.score,
+        batch_size=opts.batch_size,
+        device=current.device,
+        progress=opts.progress and current.primary,
+        shard=current.shard(opts.batch_size),
         workers=data_mod.default_workers() if opts.workers is None else opts.workers,
-        bootstrap=opts.bootstrap, seed=opts.seed,
-    )  # fmt: skip
+        bootstrap=opts.bootstrap,
+        seed=opts.seed,
+    )
     imp = current.reduce_importance(imp, imgs)
     subset: list[int] | None = None
     if opts.classes and not imgs.folders:
         subset = data_mod.resolve_model_classes(opts.classes, loaded.class_names, loaded.num_classes)
     cui = imp.cui(subset)
-    curves = {"all images": imp.cui().tolist(), "selected classes": cui.tolist()} if subset is not None else None
+    curves = (
+        {"all images": imp.cui().tolist(), "selected classes": cui.tolist()} if subset is not None else None
+    )
     c, h, w = loaded.preprocessing.input_shape
     ranking = Ranking(
         model=loaded.name,
@@ -103,13 +115,21 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         from isplit_export.bottleneck.probe import probe_ranking
 
         ranking.probe = probe_ranking(
-            RankResult(opts, loaded, traced, imgs, ranking), opts.bottleneck.spec, opts.probe_cuts,
-            encoding=getattr(opts, "boundary", None) or "int8", batch_size=opts.batch_size, seed=opts.seed,
-            holdout=opts.bottleneck.holdout, max_images=getattr(opts, "verify_images", 2000), job=current,
-        )  # fmt: skip
+            RankResult(opts, loaded, traced, imgs, ranking),
+            opts.bottleneck.spec,
+            opts.probe_cuts,
+            encoding=getattr(opts, "boundary", None) or "int8",
+            batch_size=opts.batch_size,
+            seed=opts.seed,
+            holdout=opts.bottleneck.holdout,
+            max_images=getattr(opts, "verify_images", 2000),
+            job=current,
+        )
     if opts.out is not None:
         out = opts.out
-        current.write(lambda: _write_rank_out(ranking, out, opts.force))  # process 0, once every process is ok
+        current.write(
+            lambda: _write_rank_out(ranking, out, opts.force)
+        )  # process 0, once every process is ok
     return RankResult(opts, loaded, traced, imgs, ranking)
 
 

@@ -77,16 +77,28 @@ EXIT_INTERRUPTED = 130
 @app.command("export")
 def export_cmd(
     model: ModelArg = "efficientnet_lite0",
-    top: Annotated[int | None, typer.Option("--top", help="number of ranked splits to export", show_default=_shown(ExportOptions, "top"))] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top", help="number of ranked splits to export", show_default=_shown(ExportOptions, "top")
+        ),
+    ] = None,
     target: Annotated[
-        str | None, typer.Option("--target", help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)", show_default=_shown(ExportOptions, "target"))
+        str | None,
+        typer.Option(
+            "--target",
+            help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)",
+            show_default=_shown(ExportOptions, "target"),
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="bundle directory to create")] = Path("bundle"),
     boundary: Annotated[
-        str | None, typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)")
+        str | None,
+        typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)"),
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="TensorRT engine precision fp32|fp16|int8 (default: the target's)")
+        str | None,
+        typer.Option("--precision", help="TensorRT engine precision fp32|fp16|int8 (default: the target's)"),
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
@@ -94,16 +106,32 @@ def export_cmd(
     images: ImagesOpt = None,
     score: ScoreOpt = None,
     input_size: SizeOpt = None,
-    golden: Annotated[int | None, typer.Option("--golden", help="golden images stored per split", show_default=_shown(ExportOptions, "golden_images"))] = None,
+    golden: Annotated[
+        int | None,
+        typer.Option(
+            "--golden",
+            help="golden images stored per split",
+            show_default=_shown(ExportOptions, "golden_images"),
+        ),
+    ] = None,
     verify_images: Annotated[
         int | None,
-        typer.Option("--verify-images", help="images for calibration and verification (in memory)", show_default=_shown(ExportOptions, "verify_images")),
+        typer.Option(
+            "--verify-images",
+            help="images for calibration and verification (in memory)",
+            show_default=_shown(ExportOptions, "verify_images"),
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
     batch_size: BatchOpt = None,
     latency_runs: Annotated[
-        int | None, typer.Option("--latency-runs", help="timed runs per model for the latency table", show_default=_shown(ExportOptions, "latency_runs"))
+        int | None,
+        typer.Option(
+            "--latency-runs",
+            help="timed runs per model for the latency table",
+            show_default=_shown(ExportOptions, "latency_runs"),
+        ),
     ] = None,
     bootstrap: BootstrapOpt = None,
     bottleneck: BottleneckOpt = None,
@@ -111,29 +139,46 @@ def export_cmd(
     train_steps: TrainStepsOpt = None,
     train_batch: TrainBatchOpt = None,
     link: Annotated[
-        str | None, typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns")
+        str | None,
+        typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns"),
     ] = None,
     objective: ObjectiveOpt = None,
     server: Annotated[
-        str | None, typer.Option("--server", help="target profile of the server running the tail", show_default=_shown(ExportOptions, "server"))
+        str | None,
+        typer.Option(
+            "--server",
+            help="target profile of the server running the tail",
+            show_default=_shown(ExportOptions, "server"),
+        ),
     ] = None,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     weights_layout: Annotated[
         str | None,
-        typer.Option("--weights-layout", help="shared (each weight once, in OUT/weights/) or inline", show_default=_shown(ExportOptions, "weights_layout")),
+        typer.Option(
+            "--weights-layout",
+            help="shared (each weight once, in OUT/weights/) or inline",
+            show_default=_shown(ExportOptions, "weights_layout"),
+        ),
     ] = None,
     min_dla_fraction: Annotated[
         float | None,
-        typer.Option("--min-dla-fraction", help="plan a head on the DLA only if this share of its layers runs there", show_default=_shown(ExportOptions, "min_dla_fraction")),
+        typer.Option(
+            "--min-dla-fraction",
+            help="plan a head on the DLA only if this share of its layers runs there",
+            show_default=_shown(ExportOptions, "min_dla_fraction"),
+        ),
     ] = None,
     summary_json: Annotated[
-        Path | None, typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file")
+        Path | None,
+        typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file"),
     ] = None,
     triton: Annotated[
         bool | None,
-        typer.Option("--triton/--no-triton", help="write OUT/triton/ (default: when the tail runs on a server)"),
+        typer.Option(
+            "--triton/--no-triton", help="write OUT/triton/ (default: when the tail runs on a server)"
+        ),
     ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -142,14 +187,37 @@ def export_cmd(
 
     _setup(verbose)
     options = ExportOptions(
-        model=model, out=out, boundary=boundary, precision=precision, data=data, classes=_split_classes(classes),
-        images=images, input_size=input_size, force=force, progress=sys.stderr.isatty(), link=link,
+        model=model,
+        out=out,
+        boundary=boundary,
+        precision=precision,
+        data=data,
+        classes=_split_classes(classes),
+        images=images,
+        input_size=input_size,
+        force=force,
+        progress=sys.stderr.isatty(),
+        link=link,
         bottleneck=_bottleneck(bottleneck, finetune, train_steps, train_batch),
-        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms), summary_json=summary_json, triton=triton,
-        **_given(top=top, target=target, weights=weights, score=score, golden_images=golden, verify_images=verify_images,
-                 batch_size=batch_size, latency_runs=latency_runs, bootstrap=bootstrap, objective=objective,
-                 server=server, weights_layout=weights_layout, min_dla_fraction=min_dla_fraction),
-    )  # fmt: skip
+        constraints=_constraints(max_head_flops, max_boundary_kib, max_latency_ms),
+        summary_json=summary_json,
+        triton=triton,
+        **_given(
+            top=top,
+            target=target,
+            weights=weights,
+            score=score,
+            golden_images=golden,
+            verify_images=verify_images,
+            batch_size=batch_size,
+            latency_runs=latency_runs,
+            bootstrap=bootstrap,
+            objective=objective,
+            server=server,
+            weights_layout=weights_layout,
+            min_dla_fraction=min_dla_fraction,
+        ),
+    )
     result = export(options)
     if result.ranked.ranking.cost is not None:
         from isplit_export.bundle.planning import format_cost_table
@@ -164,7 +232,9 @@ def export_cmd(
     for split in result.manifest.splits:
         b = split.boundary
         task = split.task(str(b.encoding))
-        ci = f" [{task.ci95[0]:.1%}, {task.ci95[1]:.1%}] on {task.images} held-out images" if task.ci95 else ""
+        ci = (
+            f" [{task.ci95[0]:.1%}, {task.ci95[1]:.1%}] on {task.images} held-out images" if task.ci95 else ""
+        )
         typer.echo(
             f"{split.dir}: boundary {b.encoding} {b.bytes_per_image} B/image "
             f"(fp32 {b.fp32_bytes_per_image} B), gates {'PASS' if split.verification and split.verification.passed else 'FAIL'}, "
@@ -189,9 +259,12 @@ def rank_cmd(
     score: ScoreOpt = None,
     top: TopOpt = 5,
     input_size: SizeOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")
+    ] = None,
     force: Annotated[
-        bool | None, typer.Option("--force", help="replace an existing --out (only a rank output or bundle of this tool)")
+        bool | None,
+        typer.Option("--force", help="replace an existing --out (only a rank output or bundle of this tool)"),
     ] = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
@@ -199,7 +272,8 @@ def rank_cmd(
     distributed: DistributedOpt = False,
     bootstrap: BootstrapOpt = None,
     bottleneck: Annotated[
-        str | None, typer.Option("--bottleneck", help="link budget (64B, 1KiB, 1/16): add the probe's held-out score")
+        str | None,
+        typer.Option("--bottleneck", help="link budget (64B, 1KiB, 1/16): add the probe's held-out score"),
     ] = None,
     probe_cuts: Annotated[
         str | None, typer.Option("--probe-cuts", help="probe the 'candidates' (default) or 'all' cuts")
@@ -212,25 +286,44 @@ def rank_cmd(
 
     _setup(verbose)
     options = RankOptions(
-        model=model, data=data, classes=_split_classes(classes), images=images, top=top, input_size=input_size,
-        out=out, progress=sys.stderr.isatty(), workers=workers, distributed=distributed,
-        **_given(weights=weights, score=score, batch_size=batch_size, device=device, bootstrap=bootstrap, force=force,
-                 probe_cuts=probe_cuts),
+        model=model,
+        data=data,
+        classes=_split_classes(classes),
+        images=images,
+        top=top,
+        input_size=input_size,
+        out=out,
+        progress=sys.stderr.isatty(),
+        workers=workers,
+        distributed=distributed,
+        **_given(
+            weights=weights,
+            score=score,
+            batch_size=batch_size,
+            device=device,
+            bootstrap=bootstrap,
+            force=force,
+            probe_cuts=probe_cuts,
+        ),
         bottleneck=_bottleneck(bottleneck, None, None, None),
-    )  # fmt: skip
+    )
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return
     r = result.ranking
     skipped = f" ({result.images.skipped} unreadable files skipped)" if result.images.skipped else ""
-    typer.echo(f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}")
+    typer.echo(
+        f"{r.model} ({r.weights}), {r.images} images{skipped}, {len(r.cuts)} valid cuts, score={r.score}"
+    )
     typer.echo(r.table(top))
     for line in (probe_choice(r), probe_caveat(r)):
         if line is not None:
             typer.echo(line)
     if out is not None:
-        typer.echo(f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
-                   + (f", {out / 'probe.png'}" if r.probe is not None else ""))  # fmt: skip
+        typer.echo(
+            f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
+            + (f", {out / 'probe.png'}" if r.probe is not None else "")
+        )
 
 
 def probe_caveat(r: Ranking) -> str | None:
@@ -239,8 +332,10 @@ def probe_caveat(r: Ranking) -> str | None:
     if probe is None or not (under := probe.underfitted()):
         return None
     named = "; ".join(f"cut {i}: {why}" for i, why in sorted(under.items(), key=lambda t: -t[0])[:3])
-    return (f"the probe's code is fitted on too few images at {len(under)} of {len(probe.scores)} probed cuts "
-            f"({probe.train_images} train images; {named}): pass more images (--data) for a probe that measures the cut")  # fmt: skip
+    return (
+        f"the probe's code is fitted on too few images at {len(under)} of {len(probe.scores)} probed cuts "
+        f"({probe.train_images} train images; {named}): pass more images (--data) for a probe that measures the cut"
+    )
 
 
 def probe_choice(r: Ranking) -> str | None:
@@ -255,9 +350,11 @@ def probe_choice(r: Ranking) -> str | None:
     if mine is not None and mine["value"] is not None and mine["value"] >= s[best]["value"]:
         return None  # tied: the probe has no reason to move away from the CUI's choice
     theirs = f"{100 * mine['value']:.1f}%" if mine else "not probed"
-    return (f"the probe at {r.probe.spec.text} would choose cut {best} ({c.node}, {s[best]['metric']} "
-            f"{100 * s[best]['value']:.1f}%) over CUI's cut {cui_pick.index} ({cui_pick.node}, {theirs}): "
-            "--objective probe exports it")  # fmt: skip
+    return (
+        f"the probe at {r.probe.spec.text} would choose cut {best} ({c.node}, {s[best]['metric']} "
+        f"{100 * s[best]['value']:.1f}%) over CUI's cut {cui_pick.index} ({cui_pick.node}, {theirs}): "
+        "--objective probe exports it"
+    )
 
 
 @app.command("study")
@@ -269,12 +366,17 @@ def study_cmd(
     ] = None,
     bottleneck: Annotated[
         str | None,
-        typer.Option("--bottleneck", help="bottleneck at each cut: ratio of the boundary (default 1/16) or bytes (2KiB)"),
+        typer.Option(
+            "--bottleneck",
+            help="bottleneck at each cut: ratio of the boundary (default 1/16) or bytes (2KiB)",
+        ),
     ] = None,
     finetune: FinetuneOpt = None,
     train_steps: TrainStepsOpt = None,
     train_batch: TrainBatchOpt = None,
-    boundary: Annotated[str | None, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")] = None,
+    boundary: Annotated[
+        str | None, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")
+    ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
     weights: WeightsOpt = None,
@@ -285,10 +387,19 @@ def study_cmd(
     batch_size: BatchOpt = None,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", help="seed of the split, the training and the random baseline", show_default=_shown(RankOptions, "seed")),
+        typer.Option(
+            "--seed",
+            help="seed of the split, the training and the random baseline",
+            show_default=_shown(RankOptions, "seed"),
+        ),
     ] = None,
     repeats: Annotated[
-        int | None, typer.Option("--repeats", help="bottlenecks trained per cut with different seeds", show_default=_shown(StudyOptions, "repeats"))
+        int | None,
+        typer.Option(
+            "--repeats",
+            help="bottlenecks trained per cut with different seeds",
+            show_default=_shown(StudyOptions, "repeats"),
+        ),
     ] = None,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
@@ -300,13 +411,28 @@ def study_cmd(
 
     _setup(verbose)
     options = StudyOptions(
-        model=model, bottleneck=BottleneckOptions(**_given(size=bottleneck, finetune=finetune,
-        train_steps=train_steps, train_batch=train_batch)), data=data, classes=_split_classes(classes),
-        images=images, input_size=input_size, out=out, progress=sys.stderr.isatty(), workers=workers,
+        model=model,
+        bottleneck=BottleneckOptions(
+            **_given(size=bottleneck, finetune=finetune, train_steps=train_steps, train_batch=train_batch)
+        ),
+        data=data,
+        classes=_split_classes(classes),
+        images=images,
+        input_size=input_size,
+        out=out,
+        progress=sys.stderr.isatty(),
+        workers=workers,
         distributed=distributed,
-        **_given(cuts=cuts, boundary=boundary, weights=weights, score=score, batch_size=batch_size, seed=seed,
-                 repeats=repeats),
-    )  # fmt: skip
+        **_given(
+            cuts=cuts,
+            boundary=boundary,
+            weights=weights,
+            score=score,
+            batch_size=batch_size,
+            seed=seed,
+            repeats=repeats,
+        ),
+    )
     result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return
@@ -439,7 +565,11 @@ def _stopped(terminated: _Terminated) -> int:
     place before the signal (then it is complete) or not (then nothing was written: temporaries are removed)."""
     from isplit_export.outdir import commits
 
-    done = "--out was complete before the signal" if commits() > terminated.commits else "nothing was written to --out"
+    done = (
+        "--out was complete before the signal"
+        if commits() > terminated.commits
+        else "nothing was written to --out"
+    )
     typer.echo(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}: {done}", err=True)
     return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 

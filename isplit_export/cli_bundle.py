@@ -63,8 +63,14 @@ def verify_cmd(
 
     _setup(verbose)
     write = _result_path(expect_sha256, report, no_write)
-    result = verify_bundle(bundle, backend=backend, split=split, write=False, expect_sha256=expect_sha256,
-                           trust_engines=trust_engines)
+    result = verify_bundle(
+        bundle,
+        backend=backend,
+        split=split,
+        write=False,
+        expect_sha256=expect_sha256,
+        trust_engines=trust_engines,
+    )
     typer.echo(format_verification(result))  # printed first: a read-only bundle still shows its results
     if write:
         typer.echo(f"wrote {write_verification(result, report)}")
@@ -106,10 +112,19 @@ def plan_cmd(
 
     _setup(verbose)
     write = _result_path(expect_sha256, report, no_write)
-    result = plan(bundle, link=link, objective=objective, server=server, top=top, measured=measured, write=False,
-                  expect_sha256=expect_sha256,
-                  constraints=None if (max_head_flops, max_boundary_kib, max_latency_ms) == (None, None, None)
-                  else _constraints(max_head_flops, max_boundary_kib, max_latency_ms))  # fmt: skip
+    result = plan(
+        bundle,
+        link=link,
+        objective=objective,
+        server=server,
+        top=top,
+        measured=measured,
+        write=False,
+        expect_sha256=expect_sha256,
+        constraints=None
+        if (max_head_flops, max_boundary_kib, max_latency_ms) == (None, None, None)
+        else _constraints(max_head_flops, max_boundary_kib, max_latency_ms),
+    )
     typer.echo(result.table())  # printed first: a read-only bundle still shows the plan
     if write:
         typer.echo(f"wrote {write_plan(result, report)}")

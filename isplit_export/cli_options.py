@@ -25,98 +25,152 @@ def _given(**flags: Any) -> dict[str, Any]:
 
 ExpectShaOpt = Annotated[
     str | None,
-    typer.Option("--expect-sha256", help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance"),
+    typer.Option(
+        "--expect-sha256",
+        help="the manifest's sha256 CI published (summary manifest_sha256): proves provenance",
+    ),
 ]
 """``--expect-sha256``, on every command that reads a bundle (verify, plan, build-engines, serve, run); the
 pin itself is one check of the contract (:func:`isplit_export.contract.check_expected_sha256`)."""
 ModelArg = Annotated[
-    str, typer.Argument(help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory")
+    str,
+    typer.Argument(
+        help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory"
+    ),
 ]
 DataOpt = Annotated[
-    Path | None, typer.Option("--data", help="folder of images or of class sub-folders (default: skimage photos)")
+    Path | None,
+    typer.Option("--data", help="folder of images or of class sub-folders (default: skimage photos)"),
 ]
 ClassesOpt = Annotated[
     str | None, typer.Option("--classes", help="comma-separated class names or indices: class-specific CUI")
 ]
 WeightsOpt = Annotated[
     str | None,
-    typer.Option("--weights", help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
-                 show_default=_shown(RankOptions, "weights")),
+    typer.Option(
+        "--weights",
+        help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
+        show_default=_shown(RankOptions, "weights"),
+    ),
 ]
 ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
 ScoreOpt = Annotated[
     str | None,
-    typer.Option("--score", help="Grad-CAM target: 'top' predicted class or 'label'", show_default=_shown(RankOptions, "score")),
+    typer.Option(
+        "--score",
+        help="Grad-CAM target: 'top' predicted class or 'label'",
+        show_default=_shown(RankOptions, "score"),
+    ),
 ]
 TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report")]
 SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
 BatchOpt = Annotated[
     int | None,
-    typer.Option("--batch-size", help="images per forward/backward pass", show_default=_shown(RankOptions, "batch_size")),
+    typer.Option(
+        "--batch-size",
+        help="images per forward/backward pass",
+        show_default=_shown(RankOptions, "batch_size"),
+    ),
 ]
 DeviceOpt = Annotated[
     str | None,
-    typer.Option("--device", help="torch device for the ranking passes (cpu, cuda)", show_default=_shown(RankOptions, "device")),
+    typer.Option(
+        "--device",
+        help="torch device for the ranking passes (cpu, cuda)",
+        show_default=_shown(RankOptions, "device"),
+    ),
 ]
 BootstrapOpt = Annotated[
     int | None,
-    typer.Option("--bootstrap", help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
-                 show_default=_shown(RankOptions, "bootstrap")),
+    typer.Option(
+        "--bootstrap",
+        help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
+        show_default=_shown(RankOptions, "bootstrap"),
+    ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
 TrustEnginesOpt = Annotated[
     bool,
-    typer.Option("--trust-engines", help="deserialise TensorRT engines that build-engines did not build on this "
-                 "machine (engines shipped on purpose; an engine is code)"),
+    typer.Option(
+        "--trust-engines",
+        help="deserialise TensorRT engines that build-engines did not build on this "
+        "machine (engines shipped on purpose; an engine is code)",
+    ),
 ]
 WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)")
+    int | None,
+    typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)"),
 ]
 DistributedOpt = Annotated[
-    bool, typer.Option("--distributed", help="torch.distributed job (implied under torchrun with several processes)")
+    bool,
+    typer.Option(
+        "--distributed", help="torch.distributed job (implied under torchrun with several processes)"
+    ),
 ]
 BottleneckOpt = Annotated[
     str | None,
-    typer.Option("--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"),
+    typer.Option(
+        "--bottleneck", help="learned bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)"
+    ),
 ]
 # Left out, the bottleneck flags take BottleneckOptions' defaults.
 FinetuneOpt = Annotated[
-    str | None, typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'")
+    str | None,
+    typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'"),
 ]
 TrainStepsOpt = Annotated[
     int | None,
-    typer.Option("--train-steps", help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)",
-                 show_default=_shown(BottleneckOptions, "train_steps")),
+    typer.Option(
+        "--train-steps",
+        help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)",
+        show_default=_shown(BottleneckOptions, "train_steps"),
+    ),
 ]
 TrainBatchOpt = Annotated[
     int | None,
-    typer.Option("--train-batch", help="images per bottleneck training step", show_default=_shown(BottleneckOptions, "train_batch")),
+    typer.Option(
+        "--train-batch",
+        help="images per bottleneck training step",
+        show_default=_shown(BottleneckOptions, "train_batch"),
+    ),
 ]
 
 
-def _bottleneck(size: str | None, finetune: str | None, steps: int | None, batch: int | None) -> BottleneckOptions | None:
+def _bottleneck(
+    size: str | None, finetune: str | None, steps: int | None, batch: int | None
+) -> BottleneckOptions | None:
     """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
     from isplit_export.errors import BadInputError
 
     training = _given(finetune=finetune, train_steps=steps, train_batch=batch)
     if size is None:
         if BottleneckOptions(**training) != BottleneckOptions():  # bad values first, then the missing flag
-            raise BadInputError("--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16")
+            raise BadInputError(
+                "--finetune/--train-steps/--train-batch configure a bottleneck: add --bottleneck 1/16"
+            )
         return None
     return BottleneckOptions(size=size, **training)
 
 
 ObjectiveOpt = Annotated[
     str | None,
-    typer.Option("--objective", help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
-                 "or probe (the probe's score at --bottleneck)",
-                 show_default=_shown(ExportOptions, "objective")),
+    typer.Option(
+        "--objective",
+        help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
+        "or probe (the probe's score at --bottleneck)",
+        show_default=_shown(ExportOptions, "objective"),
+    ),
 ]
 HeadFlopsOpt = Annotated[
-    float | None, typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]")
+    float | None,
+    typer.Option("--max-head-flops", help="constraint: the head's share of the FLOPs, in (0, 1]"),
 ]
-BoundaryKibOpt = Annotated[float | None, typer.Option("--max-boundary-kib", help="constraint: boundary KiB per image")]
-LatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="constraint: end-to-end ms per image")]
+BoundaryKibOpt = Annotated[
+    float | None, typer.Option("--max-boundary-kib", help="constraint: boundary KiB per image")
+]
+LatencyOpt = Annotated[
+    float | None, typer.Option("--max-latency-ms", help="constraint: end-to-end ms per image")
+]
 
 
 def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
@@ -128,5 +182,6 @@ def _split_classes(classes: str | None) -> tuple[str, ...] | None:
 
 
 def _setup(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True)
-
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True
+    )

@@ -18,11 +18,18 @@ def serve_cmd(
     split: Annotated[
         str | None, typer.Option("--split", help="serve split N only, or 'all' (default: all)")
     ] = None,
-    host: Annotated[str | None, typer.Option("--host", help=f"address to listen on (default: {_SERVE.host})")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help=f"address to listen on (default: {_SERVE.host})")
+    ] = None,
     port: Annotated[int | None, typer.Option("--port", help=f"gRPC port (default: {_SERVE.port})")] = None,
-    http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP/REST port (default: --port + 1)")] = None,
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", help="HTTP/REST port (default: --port + 1)")
+    ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help=f"onnxruntime threads per tail (default: {_SERVE.threads}; 0: all cores)")
+        int | None,
+        typer.Option(
+            "--threads", help=f"onnxruntime threads per tail (default: {_SERVE.threads}; 0: all cores)"
+        ),
     ] = None,
     expect_sha256: ExpectShaOpt = None,
 ) -> None:
@@ -39,42 +46,83 @@ def serve_cmd(
         if not split.strip().isdigit():
             raise BadInputError(f"--split {split!r}: pass a split number (as in splits/NN-*) or 'all'")
         n = int(split)
-    serve(ServeOptions(**_given(bundle=bundle, split=n, host=host, port=port, http_port=http_port,
-                                threads=threads, expect_sha256=expect_sha256)))  # fmt: skip
+    serve(
+        ServeOptions(
+            **_given(
+                bundle=bundle,
+                split=n,
+                host=host,
+                port=port,
+                http_port=http_port,
+                threads=threads,
+                expect_sha256=expect_sha256,
+            )
+        )
+    )
 
 
 def run_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    server: Annotated[str, typer.Option("--server", help="HOST:PORT of the server (isplit-export serve / Triton)")],
+    server: Annotated[
+        str, typer.Option("--server", help="HOST:PORT of the server (isplit-export serve / Triton)")
+    ],
     split: Annotated[int | None, typer.Option("--split", help=f"split N (default: {_RUN.split})")] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="images to send (default: the split's golden inputs)")
     ] = None,
     images: Annotated[int | None, typer.Option("--images", help="use at most N images")] = None,
-    requests: Annotated[int | None, typer.Option("--requests", help="send N requests, cycling over the images")] = None,
-    duration: Annotated[float | None, typer.Option("--duration", help="send for S seconds instead")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help=f"requests in flight (default: {_RUN.concurrency})")] = None,
-    protocol: Annotated[str | None, typer.Option("--protocol", help=f"grpc or http (JSON) (default: {_RUN.protocol})")] = None,
-    timeout_ms: Annotated[float | None, typer.Option("--timeout-ms", help=f"per-attempt timeout (default: {_RUN.timeout_ms:g})")] = None,
-    retries: Annotated[int | None, typer.Option("--retries", help=f"retries per request (default: {_RUN.retries})")] = None,
-    backoff_ms: Annotated[
-        float | None, typer.Option("--backoff-ms", help=f"first retry's wait, doubling (default: {_RUN.backoff_ms:g})")
+    requests: Annotated[
+        int | None, typer.Option("--requests", help="send N requests, cycling over the images")
     ] = None,
-    wait: Annotated[float | None, typer.Option("--wait", help=f"seconds to wait for the server (default: {_RUN.wait_s:g})")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="send for S seconds instead")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help=f"requests in flight (default: {_RUN.concurrency})")
+    ] = None,
+    protocol: Annotated[
+        str | None, typer.Option("--protocol", help=f"grpc or http (JSON) (default: {_RUN.protocol})")
+    ] = None,
+    timeout_ms: Annotated[
+        float | None, typer.Option("--timeout-ms", help=f"per-attempt timeout (default: {_RUN.timeout_ms:g})")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option("--retries", help=f"retries per request (default: {_RUN.retries})")
+    ] = None,
+    backoff_ms: Annotated[
+        float | None,
+        typer.Option("--backoff-ms", help=f"first retry's wait, doubling (default: {_RUN.backoff_ms:g})"),
+    ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option("--wait", help=f"seconds to wait for the server (default: {_RUN.wait_s:g})"),
+    ] = None,
     backend: Annotated[
         str | None,
-        typer.Option("--backend", help="head runtime: auto (TensorRT when build-engines built its head engine here, "
-                     f"else onnxruntime), onnxruntime or tensorrt (default: {_RUN.backend})"),
+        typer.Option(
+            "--backend",
+            help="head runtime: auto (TensorRT when build-engines built its head engine here, "
+            f"else onnxruntime), onnxruntime or tensorrt (default: {_RUN.backend})",
+        ),
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help=f"onnxruntime threads of the head (default: {_RUN.threads})")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help=f"onnxruntime threads of the head (default: {_RUN.threads})"),
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="run.json path, checked before the first request (default: BUNDLE/run.json)")
+        Path | None,
+        typer.Option(
+            "--out", help="run.json path, checked before the first request (default: BUNDLE/run.json)"
+        ),
     ] = None,
-    no_write: Annotated[bool, typer.Option("--no-write", help="print the summary only, write no run.json")] = False,
+    no_write: Annotated[
+        bool, typer.Option("--no-write", help="print the summary only, write no run.json")
+    ] = False,
     fail_after: Annotated[
         int | None,
-        typer.Option("--fail-after", help=f"stop after N requests in a row failed, the rest skipped (default: "
-                     f"{_RUN.fail_after}; 0: never)"),
+        typer.Option(
+            "--fail-after",
+            help=f"stop after N requests in a row failed, the rest skipped (default: "
+            f"{_RUN.fail_after}; 0: never)",
+        ),
     ] = None,
     trust_engines: TrustEnginesOpt = False,
     expect_sha256: ExpectShaOpt = None,

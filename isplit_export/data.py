@@ -36,6 +36,7 @@ from isplit_export.models import Preprocessing
 
 log = logging.getLogger(__name__)
 
+
 def default_workers() -> int:
     """DataLoader decoding processes when ``--workers`` is not given: min(4, CPUs per process - 1),
     where the usable CPUs are shared by the ``LOCAL_WORLD_SIZE`` processes torchrun starts here."""
@@ -209,16 +210,22 @@ def load_images(
     else:
         data = Path(data)
         if not data.is_dir():
-            raise BadInputError(f"--data {data} is not a directory: pass a folder of images or of class sub-folders")
+            raise BadInputError(
+                f"--data {data} is not a directory: pass a folder of images or of class sub-folders"
+            )
         items, folders = _folder_items(data, class_names)
         source = str(data)
         if classes and folders:
             keep = resolve_folder_classes(classes, folders)
             items = [it for it in items if it.folder in keep]
             if not items:
-                raise BadInputError(f"no images of classes {','.join(classes)} in {data}: pick classes that have images")
+                raise BadInputError(
+                    f"no images of classes {','.join(classes)} in {data}: pick classes that have images"
+                )
     if not items:
-        raise BadInputError(f"no images found in {source}: pass --data with .png/.jpg files or class sub-folders")
+        raise BadInputError(
+            f"no images found in {source}: pass --data with .png/.jpg files or class sub-folders"
+        )
     if limit:
         items = items[:limit]
     return ImageSet(items, preprocessing, source, folders)
@@ -234,11 +241,15 @@ def resolve_folder_classes(classes: Sequence[str], folders: Sequence[str]) -> se
         elif c.isdigit() and int(c) < len(folders):
             keep.add(folders[int(c)])
         else:
-            raise BadInputError(f"class '{c}' is not a class folder of the data (have: {', '.join(folders[:10])}...)")
+            raise BadInputError(
+                f"class '{c}' is not a class folder of the data (have: {', '.join(folders[:10])}...)"
+            )
     return keep
 
 
-def resolve_model_classes(classes: Sequence[str], class_names: Sequence[str] | None, num_classes: int) -> list[int]:
+def resolve_model_classes(
+    classes: Sequence[str], class_names: Sequence[str] | None, num_classes: int
+) -> list[int]:
     """Map ``--classes`` entries (model class names / synonyms or indices) to model class indices."""
     out: list[int] = []
     index = _class_index(class_names)
@@ -249,7 +260,9 @@ def resolve_model_classes(classes: Sequence[str], class_names: Sequence[str] | N
         elif key.isdigit() and int(key) < num_classes:
             out.append(int(key))
         else:
-            raise BadInputError(f"class '{c}' is not a class of the model: use its name or an index 0..{num_classes - 1}")
+            raise BadInputError(
+                f"class '{c}' is not a class of the model: use its name or an index 0..{num_classes - 1}"
+            )
     return sorted(set(out))
 
 
@@ -328,8 +341,6 @@ def _skimage_items() -> list[ImageItem]:
     return items
 
 
-
-
 @dataclass
 class _Decoded:
     """What one DataLoader batch carries back: the readable images and the (name, error) of the others."""
@@ -360,7 +371,9 @@ class _DecodeDataset(torch.utils.data.Dataset[tuple[torch.Tensor | None, int, st
         except (OSError, UnidentifiedImageError, ValueError) as err:  # a marker: the parent counts it
             return None, item.label, item.name, i, str(err)
         except Exception as err:  # e.g. a decompression bomb: not skipped, but named
-            raise BadInputError(f"image {item.name} cannot be used ({type(err).__name__}: {err}): remove or replace it") from err
+            raise BadInputError(
+                f"image {item.name} cannot be used ({type(err).__name__}: {err}): remove or replace it"
+            ) from err
 
 
 def _collate(samples: list[tuple[torch.Tensor | None, int, str, int, str]]) -> _Decoded:
@@ -380,7 +393,9 @@ def _unwrapped(loader: Iterable[_Decoded]) -> Iterator[_Decoded]:
     try:
         yield from it
     except (EOFError, ConnectionError) as err:  # a worker died while handing over a batch
-        raise RuntimeError(f"DataLoader worker exited unexpectedly ({type(err).__name__} receiving a batch)") from err
+        raise RuntimeError(
+            f"DataLoader worker exited unexpectedly ({type(err).__name__} receiving a batch)"
+        ) from err
     except Exception as err:
         lines = [ln for ln in str(err).splitlines() if ln.strip()]
         if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:

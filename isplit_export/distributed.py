@@ -171,7 +171,9 @@ class Job:
             return
         origins = [f for f in failed if s_origin(f[1])] or failed
         r, status = origins[0]
-        message = f"process {r} of {self.world_size} (rank {r}) failed: {status['cause']}; nothing was written"
+        message = (
+            f"process {r} of {self.world_size} (rank {r}) failed: {status['cause']}; nothing was written"
+        )
         self._report(message)
         raise DistributedError(message, int(status["exit_code"]), reported=True)
 
@@ -217,7 +219,11 @@ class Job:
         from isplit_export.ranking.bootstrap import BootstrapSums
         from isplit_export.ranking.importance import Importance
 
-        mine = (Importance(imp.num_cuts, counts=imp.counts, exact=imp.exact), sorted(images.unreadable), imp.boot)
+        mine = (
+            Importance(imp.num_cuts, counts=imp.counts, exact=imp.exact),
+            sorted(images.unreadable),
+            imp.boot,
+        )
         parts = self.gather(mine)
         out = Importance(imp.num_cuts)
         for part, unreadable, _ in parts:  # exact sums: the order of the parts does not matter
@@ -251,7 +257,9 @@ class Job:
             # last collective's data from them (a store round, outside the process group)
             with contextlib.suppress(Exception):
                 self.store.set(f"isplit/done/{self.rank}", "1")
-                self.store.wait([f"isplit/done/{r}" for r in range(self.world_size)], dt.timedelta(seconds=60))
+                self.store.wait(
+                    [f"isplit/done/{r}" for r in range(self.world_size)], dt.timedelta(seconds=60)
+                )
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
@@ -267,7 +275,9 @@ def images_tensor(images: ImageSet, limit: int | None = None) -> tuple[torch.Ten
     from isplit_export.data import ImageSet, Shard
 
     sub = ImageSet(images.items[:limit] if limit else images.items, images.preprocessing, images.source)
-    parts = list(sub.indexed_batches(64, shard=Shard(current.rank, current.world_size, 64, current.check_peers)))
+    parts = list(
+        sub.indexed_batches(64, shard=Shard(current.rank, current.world_size, 64, current.check_peers))
+    )
     mine = (
         torch.cat([b.x for b in parts]) if parts else None,
         torch.cat([b.labels for b in parts]) if parts else None,
@@ -368,8 +378,9 @@ def _init(device: str) -> Job:
     if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
         dist.init_process_group(backend, timeout=timeout, device_id=dev if dev.type == "cuda" else None)
     else:  # --distributed outside torchrun: a world of one process
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                timeout=timeout)  # fmt: skip
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, timeout=timeout
+        )
     control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
     store = dist.distributed_c10d._get_default_store()
     rank, world = dist.get_rank(), dist.get_world_size()

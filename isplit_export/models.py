@@ -119,7 +119,9 @@ def load_model(
     weights offline, or a weights file that is unreadable, unsafe, or does not fit the model.
     """
     if not name:
-        raise BadInputError("empty model name: pass e.g. efficientnet_lite0, resnet50 or package.module:factory")
+        raise BadInputError(
+            "empty model name: pass e.g. efficientnet_lite0, resnet50 or package.module:factory"
+        )
     torch.manual_seed(seed)
     if ":" in name:
         spec = _from_factory(name)
@@ -131,12 +133,16 @@ def load_model(
 
     module = spec.module
     if weights == "none":
-        log.warning("--weights none: random weights (seed %d); the CUI ranking is meaningless for deployment", seed)
+        log.warning(
+            "--weights none: random weights (seed %d); the CUI ranking is meaningless for deployment", seed
+        )
         _randomize_zero_linears(module)
         desc, digest = "none", None
     elif weights == "default":
         if default_weights is None:
-            raise BadInputError(f"model {name} has no default weights: pass --weights PATH (a state dict) or --weights none")
+            raise BadInputError(
+                f"model {name} has no default weights: pass --weights PATH (a state dict) or --weights none"
+            )
         path, desc = default_weights
         _load_state_dict(module, path, name)
         digest = sha256_file(path)
@@ -162,7 +168,9 @@ def _randomize_zero_linears(module: nn.Module) -> None:
     """
     for name, m in module.named_modules():
         if isinstance(m, nn.Linear) and not bool(m.weight.detach().any()):
-            log.info("--weights none: %s is initialized to zero by the architecture; drawing it at random", name)
+            log.info(
+                "--weights none: %s is initialized to zero by the architecture; drawing it at random", name
+            )
             m.reset_parameters()
 
 
@@ -205,7 +213,9 @@ def _torchvision(
         module = get_model(name, weights=None, **_size_kwargs(name, wenum, pretrained, input_size))
     except ValueError as err:  # e.g. MaxViT: the input size is not divisible by its partition size
         first = (str(err).strip().splitlines() or [""])[0][:160]
-        raise BadInputError(f"{name} cannot be built for input size {input_size} ({first}): change --input-size") from err
+        raise BadInputError(
+            f"{name} cannot be built for input size {input_size} ({first}): change --input-size"
+        ) from err
     tf = wenum.transforms()
     prep = Preprocessing(
         resize=int(tf.resize_size[0]),
@@ -238,7 +248,9 @@ def _size_kwargs(name: str, wenum: Any, pretrained: bool, input_size: int | None
             )
         patch = int(name.split("_")[-1])
         if size % patch:
-            raise BadInputError(f"{name} needs an input size divisible by its patch size {patch}: change --input-size {size}")
+            raise BadInputError(
+                f"{name} needs an input size divisible by its patch size {patch}: change --input-size {size}"
+            )
         return {"image_size": size}
     if cls is MaxVit:
         return {"input_size": (size, size)}
@@ -282,33 +294,45 @@ def _from_factory(ref: str) -> ModelSpec:
     try:
         factory = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as err:
-        raise BadInputError(f"cannot import model factory '{ref}' ({err}): check the module:callable path") from err
+        raise BadInputError(
+            f"cannot import model factory '{ref}' ({err}): check the module:callable path"
+        ) from err
     made = factory()
     if isinstance(made, ModelSpec):
         return made
     if isinstance(made, nn.Module):
         return ModelSpec(made)
-    raise BadInputError(f"model factory '{ref}' returned {type(made).__name__}: it must return an nn.Module or a ModelSpec")
+    raise BadInputError(
+        f"model factory '{ref}' returned {type(made).__name__}: it must return an nn.Module or a ModelSpec"
+    )
 
 
 def _load_state_dict(module: nn.Module, path: Path, name: str) -> None:
     if not path.is_file():
-        raise BadInputError(f"weights file {path} does not exist: pass an existing state-dict file or --weights none")
+        raise BadInputError(
+            f"weights file {path} does not exist: pass an existing state-dict file or --weights none"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not _looks_like_pickle(path):
-            raise BadInputError(f"cannot read weights file {path} (not a torch.save file): pass a file written by torch.save") from err
+            raise BadInputError(
+                f"cannot read weights file {path} (not a torch.save file): pass a file written by torch.save"
+            ) from err
         raise BadInputError(
             f"weights file {path} is not a plain state dict (loading it would run code): "
             "re-save it with torch.save(model.state_dict(), path)"
         ) from err
     except Exception as err:
-        raise BadInputError(f"cannot read weights file {path} ({type(err).__name__}): pass a file written by torch.save") from err
+        raise BadInputError(
+            f"cannot read weights file {path} ({type(err).__name__}): pass a file written by torch.save"
+        ) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadInputError(f"weights file {path} does not hold a state dict of tensors: save model.state_dict()")
+        raise BadInputError(
+            f"weights file {path} does not hold a state dict of tensors: save model.state_dict()"
+        )
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of another size, e.g. ViT weights for another input size
@@ -345,7 +369,9 @@ def _num_classes(module: nn.Module, prep: Preprocessing, name: str = "the model"
             "pass --input-size with a size it accepts"
         ) from err
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise BadInputError("the model must return a logits tensor of shape [batch, classes]: wrap it to do so")
+        raise BadInputError(
+            "the model must return a logits tensor of shape [batch, classes]: wrap it to do so"
+        )
     return int(out.shape[1])
 
 

@@ -47,19 +47,28 @@ class Constraints:
             raise BadInputError(
                 f"--max-head-flops {self.max_head_flops}: pass the head's share of the FLOPs, in (0, 1] (0.5 = half)"
             )
-        for flag, value in (("--max-boundary-kib", self.max_boundary_kib), ("--max-latency-ms", self.max_latency_ms)):
+        for flag, value in (
+            ("--max-boundary-kib", self.max_boundary_kib),
+            ("--max-latency-ms", self.max_latency_ms),
+        ):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise BadInputError(f"{flag} {value}: pass a positive number")
 
     def active(self) -> list[tuple[str, float]]:
         """The bounds that are set, as (flag, value)."""
-        pairs = (("--max-head-flops", self.max_head_flops), ("--max-boundary-kib", self.max_boundary_kib),
-                 ("--max-latency-ms", self.max_latency_ms))  # fmt: skip
+        pairs = (
+            ("--max-head-flops", self.max_head_flops),
+            ("--max-boundary-kib", self.max_boundary_kib),
+            ("--max-latency-ms", self.max_latency_ms),
+        )
         return [(flag, v) for flag, v in pairs if v is not None]
 
     def to_json(self) -> dict[str, float | None]:
-        return {"max_head_flops": self.max_head_flops, "max_boundary_kib": self.max_boundary_kib,
-                "max_latency_ms": self.max_latency_ms}  # fmt: skip
+        return {
+            "max_head_flops": self.max_head_flops,
+            "max_boundary_kib": self.max_boundary_kib,
+            "max_latency_ms": self.max_latency_ms,
+        }
 
 
 _RUN_ONLY = {"manifest": False}
@@ -150,7 +159,9 @@ class BottleneckOptions:
                 "(0: the probe's untrained code) and a positive batch"
             )
         if not 0.0 < self.validation < 1.0:
-            raise BadInputError(f"validation fraction {self.validation}: pass a fraction strictly between 0 and 1")
+            raise BadInputError(
+                f"validation fraction {self.validation}: pass a fraction strictly between 0 and 1"
+            )
         if not 0.0 < self.holdout < 1.0:
             raise BadInputError(f"held-out fraction {self.holdout}: pass a fraction strictly between 0 and 1")
         if self.temperature <= 0 or self.lr <= 0 or self.mse_weight < 0:
@@ -167,9 +178,9 @@ def as_bottleneck(value: BottleneckOptions | str | None) -> BottleneckOptions | 
         return value
     if isinstance(value, str):
         return BottleneckOptions(size=value)
-    raise BadInputError(f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}")
-
-
+    raise BadInputError(
+        f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}"
+    )
 
 
 @dataclass(frozen=True)
@@ -232,7 +243,9 @@ class RankOptions:
         if self.workers is not None and self.workers < 0:
             raise BadInputError(f"--workers {self.workers}: pass 0 (decode in the main process) or more")
         if self.bootstrap < 0:
-            raise BadInputError(f"--bootstrap {self.bootstrap}: pass 0 (off) or a number of replicates, e.g. 200")
+            raise BadInputError(
+                f"--bootstrap {self.bootstrap}: pass 0 (off) or a number of replicates, e.g. 200"
+            )
         if self.bottleneck is not None:
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         if self.probe_cuts not in CUT_SETS:
@@ -298,18 +311,28 @@ class ExportOptions(RankOptions):
         if self.objective not in OBJECTIVES:
             raise BadInputError(f"unknown --objective {self.objective!r}: choose {', '.join(OBJECTIVES)}")
         if self.objective == "probe" and self.bottleneck is None:
-            raise BadInputError("--objective probe scores the splits at a link budget: add --bottleneck SIZE (e.g. 64B)")
+            raise BadInputError(
+                "--objective probe scores the splits at a link budget: add --bottleneck SIZE (e.g. 64B)"
+            )
         if self.link is not None:
             from isplit_export.targets.cost import parse_link  # lazy: keeps `import options` free of onnx
 
             parse_link(self.link)
-        if self.link is None and (self.objective not in ("cui", "probe") or self.constraints.max_latency_ms is not None):
-            what = f"--objective {self.objective}" if self.objective not in ("cui", "probe") else "--max-latency-ms"
+        if self.link is None and (
+            self.objective not in ("cui", "probe") or self.constraints.max_latency_ms is not None
+        ):
+            what = (
+                f"--objective {self.objective}"
+                if self.objective not in ("cui", "probe")
+                else "--max-latency-ms"
+            )
             raise BadInputError(f"{what} needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
         if not 0.0 <= self.min_dla_fraction <= 1.0:
             raise BadInputError(f"--min-dla-fraction {self.min_dla_fraction}: pass a share between 0 and 1")
         if self.weights_layout not in WEIGHT_LAYOUTS:
-            raise BadInputError(f"--weights-layout {self.weights_layout!r}: choose {' or '.join(WEIGHT_LAYOUTS)}")
+            raise BadInputError(
+                f"--weights-layout {self.weights_layout!r}: choose {' or '.join(WEIGHT_LAYOUTS)}"
+            )
         if self.summary_json is not None and not isinstance(self.summary_json, Path):
             object.__setattr__(self, "summary_json", Path(self.summary_json))
         from isplit_export.targets.profiles import load_target
@@ -418,21 +441,41 @@ class RunOptions:
         checks = (
             (self.split >= 1, f"--split {self.split}: pass a split number 1..N (as in splits/NN-*)"),
             (self.images is None or self.images >= 1, f"--images {self.images}: pass a positive number"),
-            (self.requests is None or self.requests >= 1, f"--requests {self.requests}: pass a positive number"),
-            (self.duration_s is None or 0 < self.duration_s <= 86400.0,
-             f"--duration {self.duration_s}: pass seconds in (0, 86400]"),
-            (self.requests is None or self.duration_s is None, "--requests and --duration exclude each other: pass one"),
-            (1 <= self.concurrency <= 256, f"--concurrency {self.concurrency}: pass 1..256 requests in flight"),
+            (
+                self.requests is None or self.requests >= 1,
+                f"--requests {self.requests}: pass a positive number",
+            ),
+            (
+                self.duration_s is None or 0 < self.duration_s <= 86400.0,
+                f"--duration {self.duration_s}: pass seconds in (0, 86400]",
+            ),
+            (
+                self.requests is None or self.duration_s is None,
+                "--requests and --duration exclude each other: pass one",
+            ),
+            (
+                1 <= self.concurrency <= 256,
+                f"--concurrency {self.concurrency}: pass 1..256 requests in flight",
+            ),
             (self.protocol in PROTOCOLS, f"--protocol {self.protocol!r}: choose {' or '.join(PROTOCOLS)}"),
-            (0 < self.timeout_ms <= 600_000, f"--timeout-ms {self.timeout_ms}: pass milliseconds in (0, 600000]"),
+            (
+                0 < self.timeout_ms <= 600_000,
+                f"--timeout-ms {self.timeout_ms}: pass milliseconds in (0, 600000]",
+            ),
             (0 <= self.retries <= 20, f"--retries {self.retries}: pass 0..20"),
-            (0 <= self.backoff_ms <= MAX_BACKOFF_MS, f"--backoff-ms {self.backoff_ms}: pass 0..{MAX_BACKOFF_MS:g}"),
+            (
+                0 <= self.backoff_ms <= MAX_BACKOFF_MS,
+                f"--backoff-ms {self.backoff_ms}: pass 0..{MAX_BACKOFF_MS:g}",
+            ),
             (0 <= self.wait_s <= 600, f"--wait {self.wait_s}: pass 0..600 seconds"),
             (self.backend in RUN_BACKENDS, f"--backend {self.backend!r}: choose {' or '.join(RUN_BACKENDS)}"),
             (self.threads >= 0, f"--threads {self.threads}: pass 0 (onnxruntime's default) or more"),
             (0 <= self.fail_after <= 1_000_000, f"--fail-after {self.fail_after}: pass 0 (never) or a count"),
-            (self.out is None or not self.no_write, "--out and --no-write contradict each other: pass one of them"),
-        )  # fmt: skip
+            (
+                self.out is None or not self.no_write,
+                "--out and --no-write contradict each other: pass one of them",
+            ),
+        )
         for ok, message in checks:
             if not ok:
                 raise BadInputError(message)
@@ -469,7 +512,9 @@ class StudyOptions(RankOptions):
         if self.max_images < 1 or self.ci_reps < 1:
             raise BadInputError("max_images and ci_reps must be positive")
         if self.repeats < 1:
-            raise BadInputError(f"--repeats {self.repeats}: pass at least 1 training seed per cut (3 or more to see the noise)")
+            raise BadInputError(
+                f"--repeats {self.repeats}: pass at least 1 training seed per cut (3 or more to see the noise)"
+            )
 
     @property
     def bn(self) -> BottleneckOptions:
@@ -489,10 +534,11 @@ def make_options(cls: type[T], options: T | str | None, fields: dict[str, Any]) 
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise BadInputError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}: valid are {', '.join(sorted(known))}")
+        raise BadInputError(
+            f"unknown option(s) {', '.join(unknown)} for {cls.__name__}: valid are {', '.join(sorted(known))}"
+        )
     if options is None:
         return cls(**fields)
     if not isinstance(options, cls):
         raise BadInputError(f"expected {cls.__name__}, got {type(options).__name__}")
     return dataclasses.replace(options, **fields) if fields else options
-

@@ -93,10 +93,14 @@ def check_out(out: Path, *, force: bool, allow_empty: bool = False) -> None:
         if not a.is_dir():
             raise BadInputError(f"--out {out} is a file, not a directory: choose another --out")
         if not force and not (allow_empty and not any(a.iterdir())):
-            raise BadInputError(f"output directory {out} already exists: pass --force to replace it, or choose another --out")
+            raise BadInputError(
+                f"output directory {out} already exists: pass --force to replace it, or choose another --out"
+            )
         cwd = Path.cwd()
         if cwd == a or a in cwd.parents:
-            raise BadInputError(f"--out {out} is the current directory (or holds it): choose a directory to create")
+            raise BadInputError(
+                f"--out {out} is the current directory (or holds it): choose a directory to create"
+            )
         if not replaceable(a):
             raise BadInputError(
                 f"--force replaces only an empty folder or a bundle of this tool, and {out} is neither "
@@ -108,7 +112,9 @@ def check_out(out: Path, *, force: bool, allow_empty: bool = False) -> None:
         probe = Path(tempfile.mkdtemp(prefix=f".{a.name}.probe-", dir=parent))
         probe.rmdir()
     except OSError as e:
-        raise BadInputError(f"cannot create --out {out} ({_os_reason(e)}): choose a writable location") from None
+        raise BadInputError(
+            f"cannot create --out {out} ({_os_reason(e)}): choose a writable location"
+        ) from None
     _lock(a)
     clean_stale(parent, a.name)  # leftovers of a killed run into the same --out (dead PID, our marker)
 
@@ -127,7 +133,9 @@ def _lock(a: Path) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~umask())
         except OSError as e:
-            raise BadInputError(f"cannot create --out {a} ({_os_reason(e)}): choose a writable location") from None
+            raise BadInputError(
+                f"cannot create --out {a} ({_os_reason(e)}): choose a writable location"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -179,7 +187,9 @@ def clean_stale(parent: Path, name: str) -> list[Path]:
 
     removed = []
     host = socket.gethostname()
-    for d in list(parent.glob(f".{glob_escape(name)}.tmp-*")) + list(parent.glob(f".{glob_escape(name)}.old-*")):
+    for d in list(parent.glob(f".{glob_escape(name)}.tmp-*")) + list(
+        parent.glob(f".{glob_escape(name)}.old-*")
+    ):
         marker = _marker(d)
         try:
             if d.name.endswith(TMP_MARKER) or d.is_symlink() or not d.is_dir() or not marker.is_file():
@@ -234,8 +244,15 @@ def atomic_directory(out: Path, *, force: bool, allow_empty: bool = False) -> It
             _chmod_default(tmp, directory=True)
             if os.path.lexists(a):
                 empty = a.is_dir() and not a.is_symlink() and not any(a.iterdir())
-                if not (force or (allow_empty and empty)) or not a.is_dir() or a.is_symlink() or not replaceable(a):
-                    raise BadInputError(f"--out {out} changed while this run was writing it: nothing replaced, rerun")
+                if (
+                    not (force or (allow_empty and empty))
+                    or not a.is_dir()
+                    or a.is_symlink()
+                    or not replaceable(a)
+                ):
+                    raise BadInputError(
+                        f"--out {out} changed while this run was writing it: nothing replaced, rerun"
+                    )
                 old = Path(tempfile.mkdtemp(prefix=f".{a.name}.old-", dir=parent))
                 _mark(old)
                 os.replace(a, old / a.name)

@@ -163,34 +163,61 @@ def cui_figure(ranking: Mapping[str, Any], *, title: str | None = None) -> Figur
         is_ranked = not ranked_drawn and _same_curve(ys, ranked_y)
         ranked_drawn = ranked_drawn or is_ranked
         ax.plot(
-            xs, ys, marker="o", markersize=3.5, linewidth=1.6 if is_ranked else 1.1,
-            color=_COLORS[k % len(_COLORS)], label=f"{name} (ranked)" if is_ranked else name,
-            zorder=3 if is_ranked else 2, alpha=1.0 if is_ranked else 0.8,
-        )  # fmt: skip
+            xs,
+            ys,
+            marker="o",
+            markersize=3.5,
+            linewidth=1.6 if is_ranked else 1.1,
+            color=_COLORS[k % len(_COLORS)],
+            label=f"{name} (ranked)" if is_ranked else name,
+            zorder=3 if is_ranked else 2,
+            alpha=1.0 if is_ranked else 0.8,
+        )
     if not ranked_drawn:
         ax.plot(
-            xs, ranked_y, marker="o", markersize=3.5, linewidth=1.6, color=_COLORS[0],
-            label="CUI (ranked)" if curves else "CUI", zorder=3,
-        )  # fmt: skip
+            xs,
+            ranked_y,
+            marker="o",
+            markersize=3.5,
+            linewidth=1.6,
+            color=_COLORS[0],
+            label="CUI (ranked)" if curves else "CUI",
+            zorder=3,
+        )
 
     ci = _ci_log10(candidates)
     maxima = [i for i, c in enumerate(candidates) if c.get("local_max") and not math.isnan(ranked_y[i])]
     top = ranking.get("top")
     ax.plot(
-        [xs[i] for i in maxima], [ranked_y[i] for i in maxima], linestyle="none", marker="*",
-        markersize=18, markerfacecolor=_STAR, markeredgecolor="#333333", markeredgewidth=0.8,
-        zorder=5, gid=STAR_GID, label=f"local maxima ({len(maxima)})",
-    )  # fmt: skip
+        [xs[i] for i in maxima],
+        [ranked_y[i] for i in maxima],
+        linestyle="none",
+        marker="*",
+        markersize=18,
+        markerfacecolor=_STAR,
+        markeredgecolor="#333333",
+        markeredgewidth=0.8,
+        zorder=5,
+        gid=STAR_GID,
+        label=f"local maxima ({len(maxima)})",
+    )
     for i in maxima:
         r = candidates[i].get("rank")
         if r is None:
             continue
         best = isinstance(top, int) and top > 0 and int(r) <= top
         ax.annotate(
-            str(r), (xs[i], _label_y(ranked_y[i], ci[i])), xytext=(0, 11), textcoords="offset points", ha="center",
-            va="bottom", fontsize=9 if best else 8, fontweight="bold" if best else "normal",
-            color=_TOP if best else "#333333", zorder=6,
-        )  # fmt: skip
+            str(r),
+            (xs[i], _label_y(ranked_y[i], ci[i])),
+            xytext=(0, 11),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=9 if best else 8,
+            fontweight="bold" if best else "normal",
+            color=_TOP if best else "#333333",
+            zorder=6,
+        )
 
     def rank_key(i: int) -> tuple[int, int]:
         r = candidates[i].get("rank")
@@ -237,7 +264,12 @@ def _ci_label(ranking: Mapping[str, Any]) -> str:
 
 
 def _draw_ci(
-    ax: Axes, xs: Sequence[int], ys: Sequence[float], ci: Sequence[tuple[float, float] | None], *, bottom: float,
+    ax: Axes,
+    xs: Sequence[int],
+    ys: Sequence[float],
+    ci: Sequence[tuple[float, float] | None],
+    *,
+    bottom: float,
     label: str,
 ) -> None:
     """Error bars from log10 CI low to high around the ranked curve (one ``errorbar``; its parts carry gid
@@ -253,7 +285,15 @@ def _draw_ci(
         up.append(max(pair[1] - y, 0.0))
     if px:
         bars = ax.errorbar(
-            px, py, yerr=[down, up], fmt="none", ecolor="#555555", elinewidth=1.0, capsize=3, zorder=4, label=label
+            px,
+            py,
+            yerr=[down, up],
+            fmt="none",
+            ecolor="#555555",
+            elinewidth=1.0,
+            capsize=3,
+            zorder=4,
+            label=label,
         )
         for artist in bars.get_children():  # the vertical bars (a LineCollection) and the caps
             artist.set_gid(CI_GID)
@@ -359,26 +399,63 @@ def tradeoff_figure(ranking: Mapping[str, Any]) -> Figure:
         _empty(ax, "no cost data")
         return fig
     ax.set_xscale("log")
-    ax.plot([p[1] for p in points if not p[3]], [p[2] for p in points if not p[3]], linestyle="none", marker="o",
-            markersize=4, color="#8d99ae", label="cut (not a local maximum)", zorder=2)  # fmt: skip
-    ax.plot([p[1] for p in points if p[3]], [p[2] for p in points if p[3]], linestyle="none", marker="*",
-            markersize=15, markerfacecolor=_STAR, markeredgecolor="#333333", markeredgewidth=0.8,
-            label="candidate (local maximum)", zorder=4)  # fmt: skip
+    ax.plot(
+        [p[1] for p in points if not p[3]],
+        [p[2] for p in points if not p[3]],
+        linestyle="none",
+        marker="o",
+        markersize=4,
+        color="#8d99ae",
+        label="cut (not a local maximum)",
+        zorder=2,
+    )
+    ax.plot(
+        [p[1] for p in points if p[3]],
+        [p[2] for p in points if p[3]],
+        linestyle="none",
+        marker="*",
+        markersize=15,
+        markerfacecolor=_STAR,
+        markeredgecolor="#333333",
+        markeredgewidth=0.8,
+        label="candidate (local maximum)",
+        zorder=4,
+    )
     by_index = {p[0]: p for p in points}
     front = sorted((by_index[i] for i in cost.get("pareto") or [] if i in by_index), key=lambda p: p[1])
     if front:
-        ax.plot([p[1] for p in front], [p[2] for p in front], color=_COLORS[0], linewidth=1.4,
-                label=f"Pareto front ({len(front)})", zorder=3)  # fmt: skip
+        ax.plot(
+            [p[1] for p in front],
+            [p[2] for p in front],
+            color=_COLORS[0],
+            linewidth=1.4,
+            label=f"Pareto front ({len(front)})",
+            zorder=3,
+        )
     for k, i in enumerate(cost.get("selected") or [], start=1):
         if i in by_index:
             _, ms, y, _ = by_index[i]
-            ax.annotate(f"#{k} cut {i}", (ms, y), xytext=(0, 10), textcoords="offset points", ha="center",
-                        fontsize=9, fontweight="bold", color=_TOP, zorder=6)  # fmt: skip
+            ax.annotate(
+                f"#{k} cut {i}",
+                (ms, y),
+                xytext=(0, 10),
+                textcoords="offset points",
+                ha="center",
+                fontsize=9,
+                fontweight="bold",
+                color=_TOP,
+                zorder=6,
+            )
     baselines = _as_mapping(cost.get("baselines"))
-    for name, label, color in (("device_only", "all on device", "#2a9d8f"), ("server_only", "all on server", "#8a5a9e")):
+    for name, label, color in (
+        ("device_only", "all on device", "#2a9d8f"),
+        ("server_only", "all on server", "#8a5a9e"),
+    ):
         ms = _as_mapping(baselines.get(name)).get("total_ms")
         if isinstance(ms, (int, float)) and ms > 0:
-            ax.axvline(float(ms), color=color, linestyle="--", linewidth=1.2, label=f"{label}: {float(ms):.2f} ms")
+            ax.axvline(
+                float(ms), color=color, linestyle="--", linewidth=1.2, label=f"{label}: {float(ms):.2f} ms"
+            )
     ax.set_xlabel("end-to-end latency per image (ms, log scale): device + link + server")
     ax.set_ylabel("log10 CUI (predicted accuracy)")
     ax.legend(loc="best", fontsize=8, frameon=True, facecolor="white", edgecolor="#cccccc")
@@ -402,13 +479,22 @@ def probe_figure(ranking: Mapping[str, Any]) -> Figure:
     block = _as_mapping(ranking.get("probe"))
     budget = _as_mapping(block.get("budget")).get("spec", "?")
     metric = block.get("metric") or "score"
-    ax.set_title(f"{ranking.get('model', '?')}: CUI and the probe at {budget} (held-out {metric})", fontsize=11)
+    ax.set_title(
+        f"{ranking.get('model', '?')}: CUI and the probe at {budget} (held-out {metric})", fontsize=11
+    )
     if not candidates:
         _empty(ax, "no cut points")
         return fig
     xs = list(range(len(candidates)))
-    ax.plot(xs, [_candidate_log10(c) for c in candidates], marker="o", markersize=3.5, linewidth=1.4,
-            color=_COLORS[0], label="log10 CUI")  # fmt: skip
+    ax.plot(
+        xs,
+        [_candidate_log10(c) for c in candidates],
+        marker="o",
+        markersize=3.5,
+        linewidth=1.4,
+        color=_COLORS[0],
+        label="log10 CUI",
+    )
     ax.set_xlabel("cut index (network order)")
     ax.set_ylabel("log10 CUI")
     right = ax.twinx()
@@ -417,8 +503,18 @@ def probe_figure(ranking: Mapping[str, Any]) -> Figure:
         ys = [float(p["value"]) for _, p in probed]
         lo = [y - float(p["ci95"][0]) for y, (_, p) in zip(ys, probed, strict=True)]
         hi = [float(p["ci95"][1]) - y for y, (_, p) in zip(ys, probed, strict=True)]
-        right.errorbar([i for i, _ in probed], ys, yerr=[lo, hi], color="#d1495b", marker="s", markersize=5,
-                       linestyle="-", linewidth=1.0, capsize=3, label=f"probe: held-out {metric} (95 % CI)")  # fmt: skip
+        right.errorbar(
+            [i for i, _ in probed],
+            ys,
+            yerr=[lo, hi],
+            color="#d1495b",
+            marker="s",
+            markersize=5,
+            linestyle="-",
+            linewidth=1.0,
+            capsize=3,
+            label=f"probe: held-out {metric} (95 % CI)",
+        )
     right.set_ylabel(f"probe: held-out {metric}", color="#d1495b")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="lower left", fontsize=8)

@@ -69,7 +69,9 @@ def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
     return float(np.clip(np.sum(dx * dy) / den, -1.0, 1.0))
 
 
-def _pair(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _pair(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, name: str
+) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(a, dtype=np.float64).reshape(-1)
     y = np.asarray(b, dtype=np.float64).reshape(-1)
     if x.shape != y.shape:
@@ -151,7 +153,9 @@ def proportion_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def percentile_ci(values: Sequence[float | None] | np.ndarray, level: float = CI_LEVEL) -> tuple[float, float] | None:
+def percentile_ci(
+    values: Sequence[float | None] | np.ndarray, level: float = CI_LEVEL
+) -> tuple[float, float] | None:
     """Percentile interval of bootstrap ``values``; undefined ones (None/NaN) are left out.
 
     None when fewer than half of the values are defined (the statistic is then not estimable)."""
@@ -233,17 +237,26 @@ def separated_pairs(replicates: np.ndarray, level: float = CI_LEVEL) -> list[tup
     One interval per pair, not corrected for the number of pairs."""
     r = np.asarray(replicates, dtype=np.float64)
     n = r.shape[1] if r.ndim == 2 else 0
-    return [(i, j) for i in range(n) for j in range(i + 1, n) if excludes_zero(percentile_ci(r[:, i] - r[:, j], level))]
+    return [
+        (i, j)
+        for i in range(n)
+        for j in range(i + 1, n)
+        if excludes_zero(percentile_ci(r[:, i] - r[:, j], level))
+    ]
 
 
-def pair_order(pred: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
-               pairs: Sequence[tuple[int, int]]) -> dict[str, int]:  # fmt: skip
+def pair_order(
+    pred: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray, pairs: Sequence[tuple[int, int]]
+) -> dict[str, int]:
     """How ``pred`` orders the ``pairs`` of ``values``: ``right`` (same sign), ``wrong`` (opposite) or ``tied``
     (``pred`` equal, or ``values`` equal)."""
     p, v = _pair(pred, values, "pred")
     signs = [np.sign(p[i] - p[j]) * np.sign(v[i] - v[j]) for i, j in pairs]
-    return {"right": sum(1 for s in signs if s > 0), "wrong": sum(1 for s in signs if s < 0),
-            "tied": sum(1 for s in signs if s == 0)}  # fmt: skip
+    return {
+        "right": sum(1 for s in signs if s > 0),
+        "wrong": sum(1 for s in signs if s < 0),
+        "tied": sum(1 for s in signs if s == 0),
+    }
 
 
 def excludes_zero(ci: tuple[float, float] | Sequence[float | None] | None) -> bool:

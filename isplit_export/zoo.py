@@ -19,7 +19,9 @@ from torch import nn
 
 from isplit_export.models import ModelSpec, Preprocessing
 
-DIGITS_PREPROCESSING = Preprocessing(resize=16, crop=16, mean=(0.5,), std=(0.5,), channels=1, interpolation="bilinear")
+DIGITS_PREPROCESSING = Preprocessing(
+    resize=16, crop=16, mean=(0.5,), std=(0.5,), channels=1, interpolation="bilinear"
+)
 
 
 class DigitsCNN(nn.Module):
@@ -29,13 +31,17 @@ class DigitsCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(1, w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-        )  # fmt: skip
+        )
         self.classifier = nn.Linear(2 * w * 4 * 4, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

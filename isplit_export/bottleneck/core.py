@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 MAX_STRIDE = 8
 """Largest spatial stride of the encoder: beyond it the decoder has too little to upsample from."""
 
+
 @dataclass(frozen=True)
 class CodeShape:
     """The encoder's shape at one cut: ``channels`` code channels after a ``stride``-``stride`` conv.
@@ -293,7 +294,12 @@ def train(
                 z = encode_array(encoder(a_all[val_idx]).numpy(), codec)
                 zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
                 out = student_tail(decoder(zq))
-                kl = F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher_val, 1), log_target=True, reduction="batchmean")
+                kl = F.kl_div(
+                    F.log_softmax(out, 1),
+                    F.log_softmax(teacher_val, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
                 return int((out.argmax(1) == teacher_val.argmax(1)).sum()), -float(kl)
 
         def snapshot() -> list[dict[str, torch.Tensor]]:
@@ -302,18 +308,24 @@ def train(
         codec0 = code_encoding(encoding)
         best_score, best_step, best_state, best_codec = score(codec0), 0, snapshot(), codec0
         init_score = best_score
-        groups: list[dict[str, Any]] = [{"params": [*encoder.parameters(), *decoder.parameters()], "lr": options.lr}]
+        groups: list[dict[str, Any]] = [
+            {"params": [*encoder.parameters(), *decoder.parameters()], "lr": options.lr}
+        ]
         if options.finetune == "tail":
             groups.append({"params": list(student_tail.parameters()), "lr": options.lr * 0.1})
         opt = torch.optim.Adam(groups)
         total = max(options.train_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
+        )
         t = options.temperature
         every = max(1, options.train_steps // 8)
         order: list[int] = []
         step = 0
         last = {"loss": math.nan, "kl": math.nan, "mse": math.nan}
-        bar = tqdm(total=options.train_steps, disable=not progress, desc=f"bottleneck {cut.node}", leave=False)
+        bar = tqdm(
+            total=options.train_steps, disable=not progress, desc=f"bottleneck {cut.node}", leave=False
+        )
         for step in range(1, options.train_steps + 1):
             if len(order) < options.train_batch:
                 order += [fit_idx[i] for i in torch.randperm(len(fit_idx), generator=gen).tolist()]
@@ -325,9 +337,11 @@ def train(
             recon = decoder(encoder(ab))
             student = student_tail(recon)
             kl = F.kl_div(
-                F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
-                log_target=True, reduction="batchmean",
-            ) * (t * t)  # fmt: skip
+                F.log_softmax(student / t, dim=1),
+                F.log_softmax(teacher / t, dim=1),
+                log_target=True,
+                reduction="batchmean",
+            ) * (t * t)
             mse = (channels_first(recon - ab, p.layout) * inv_std).pow(2).mean()
             loss = kl + options.mse_weight * mse
             opt.zero_grad()
@@ -357,8 +371,10 @@ def train(
         "best_step": best_step,
         "kept": "initialisation" if best_step == 0 else "trained",
         "validation": {
-            "images": n_val, "init_agreement": rounded(init_score[0] / n_val, finite=True),
-            "best_agreement": rounded(best_score[0] / n_val, finite=True), "init_kl": rounded(-init_score[1], finite=True),
+            "images": n_val,
+            "init_agreement": rounded(init_score[0] / n_val, finite=True),
+            "best_agreement": rounded(best_score[0] / n_val, finite=True),
+            "init_kl": rounded(-init_score[1], finite=True),
             "best_kl": rounded(-best_score[1], finite=True),
         },
         "final_loss": rounded(last["loss"], finite=True),
@@ -367,9 +383,15 @@ def train(
         "train_images": n - n_val,
         "seed": run_seed,
         "repeat": repeat,
-    }  # fmt: skip
-    init_pair = (BottleneckHead(head, initial[0]).eval(), BottleneckTail(initial[1], initial[2]).eval(), codec0)
-    return TrainedBottleneck(p, pair_head, pair_tail, best_codec, summary, time.perf_counter() - start, initial=init_pair)
+    }
+    init_pair = (
+        BottleneckHead(head, initial[0]).eval(),
+        BottleneckTail(initial[1], initial[2]).eval(),
+        codec0,
+    )
+    return TrainedBottleneck(
+        p, pair_head, pair_tail, best_codec, summary, time.perf_counter() - start, initial=init_pair
+    )
 
 
 def config(options: BottleneckOptions, p: CodeShape, encoding: BoundaryEncoding) -> dict[str, Any]:

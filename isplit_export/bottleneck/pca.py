@@ -170,7 +170,9 @@ class PatchPCA:
         return PcaDecoder(self)
 
 
-def fit(sums: CovarianceSums, k: int, channels: int, boundary_shape: tuple[int, int, int], layout: str = "nchw") -> PatchPCA:
+def fit(
+    sums: CovarianceSums, k: int, channels: int, boundary_shape: tuple[int, int, int], layout: str = "nchw"
+) -> PatchPCA:
     """The top ``channels`` principal components of the patch covariance (eigenvectors, float64).
 
     At most the data's rank (``n - 1`` patch vectors, numerically non-zero eigenvalues) are eigenvectors;
@@ -196,7 +198,9 @@ def fit(sums: CovarianceSums, k: int, channels: int, boundary_shape: tuple[int, 
         sign = torch.sign(v[torch.arange(v.shape[0]), idx])
         components[: len(v)] = v * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
         eigenvalues[: len(v)] = top
-    return PatchPCA(boundary_shape, k, components, eigenvalues, sums.mean(), bool(sums.minimum >= 0.0), layout=layout)
+    return PatchPCA(
+        boundary_shape, k, components, eigenvalues, sums.mean(), bool(sums.minimum >= 0.0), layout=layout
+    )
 
 
 def _top_eigenpairs(cov: np.ndarray, r: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,7 +153,9 @@ def run_probe(
     from isplit_export.verification.checks import held_out_rounding, task_metric
 
     start = time.perf_counter()
-    shapes = {c.index: code_shape(c, spec, encoding) for c in cuts}  # every unreachable budget before any pass
+    shapes = {
+        c.index: code_shape(c, spec, encoding) for c in cuts
+    }  # every unreachable budget before any pass
     pos = {c.index: i for i, c in enumerate(traced.cuts)}
     capture = traced.capture_module().eval()
     sums = {i: CovarianceSums(s.boundary_shape[0] * s.kernel * s.kernel) for i, s in shapes.items()}
@@ -172,8 +174,14 @@ def run_probe(
     raw = {i: PcaEncoder(p).eval() for i, p in pcas.items()}
     ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
     with torch.no_grad():
-        batches = kept if keep else ([capture(x_train[a:b])[1:][pos[i]] for i in shapes]
-                                     for a, b in _batches(len(x_train), batch_size, job))  # fmt: skip
+        batches = (
+            kept
+            if keep
+            else (
+                [capture(x_train[a:b])[1:][pos[i]] for i in shapes]
+                for a, b in _batches(len(x_train), batch_size, job)
+            )
+        )
         for acts_kept in batches:
             for i, act in zip(shapes, acts_kept, strict=True):
                 ranges[i].add(raw[i](act))
@@ -181,7 +189,10 @@ def run_probe(
     for i, p in pcas.items():
         p.set_ranges(*ranges[i].bounds())
     codec = code_encoding(encoding)
-    pairs = {c.index: (c, PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index], residual=False).eval()) for c in cuts}
+    pairs = {
+        c.index: (c, PcaEncoder(pcas[c.index]).eval(), PcaDecoder(pcas[c.index], residual=False).eval())
+        for c in cuts
+    }
     mine: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in [*shapes, FULL]}
     fitted = {i: int((p.eigenvalues > 0).sum()) for i, p in pcas.items()}  # components beyond are always 0
     clipped = {i: np.zeros(2, dtype=np.int64) for i in shapes}  # held-out code values outside [-1, 1], all
@@ -202,20 +213,36 @@ def run_probe(
             logits[i].extend(chunks)
         for i, counts in part_clipped.items():
             clipped_all[i] += counts
-    got = {i: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for i, chunks in logits.items()}
+    got = {
+        i: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for i, chunks in logits.items()
+    }
     y_full = got[FULL] if y_full_held is None else y_full_held
     scores: dict[int, dict[str, Any]] = {}
     for i, s in shapes.items():
-        scores[i] = {**task_metric(y_full, got[i], labels_held, held_out=True, rnd=held_out_rounding), "code_shape": list(s.code_shape),
-                     "kernel": s.kernel, "code_bytes": s.code_bytes,
-                     "components": fitted[i], "patch_vectors": sums[i].n,
-                     "clipped": held_out_rounding(int(clipped_all[i][0]) / max(int(clipped_all[i][1]), 1))}  # fmt: skip
+        scores[i] = {
+            **task_metric(y_full, got[i], labels_held, held_out=True, rnd=held_out_rounding),
+            "code_shape": list(s.code_shape),
+            "kernel": s.kernel,
+            "code_bytes": s.code_bytes,
+            "components": fitted[i],
+            "patch_vectors": sums[i].n,
+            "clipped": held_out_rounding(int(clipped_all[i][0]) / max(int(clipped_all[i][1]), 1)),
+        }
     return Probe(spec, encoding, scores, pcas, len(x_train), len(x_held), time.perf_counter() - start)
 
 
-def probe_ranking(ranked: Any, spec: SizeSpec, cuts: str = "candidates", *, encoding: str = "int8",
-                  batch_size: int = 16, seed: int = 0, holdout: float = 0.25, max_images: int = 2000,
-                  job: Job | None = None) -> Probe:  # fmt: skip
+def probe_ranking(
+    ranked: Any,
+    spec: SizeSpec,
+    cuts: str = "candidates",
+    *,
+    encoding: str = "int8",
+    batch_size: int = 16,
+    seed: int = 0,
+    holdout: float = 0.25,
+    max_images: int = 2000,
+    job: Job | None = None,
+) -> Probe:
     """The probe for a :class:`~isplit_export.api.RankResult`: its images split train/held-out by name
     (the bottleneck's split), over its candidates (``cuts="candidates"``) or all its cuts."""
     from isplit_export.bottleneck.holdout import split_holdout
@@ -226,6 +253,14 @@ def probe_ranking(ranked: Any, spec: SizeSpec, cuts: str = "candidates", *, enco
     x, labels, names = images_tensor(ranked.images, max_images)
     train_idx, held_idx = split_holdout(names, holdout, seed)
     return run_probe(
-        ranked.traced, chosen, spec, x[train_idx], x[held_idx], None, labels.numpy()[held_idx],
-        encoding=encoding, batch_size=batch_size, job=job,
-    )  # fmt: skip
+        ranked.traced,
+        chosen,
+        spec,
+        x[train_idx],
+        x[held_idx],
+        None,
+        labels.numpy()[held_idx],
+        encoding=encoding,
+        batch_size=batch_size,
+        job=job,
+    )

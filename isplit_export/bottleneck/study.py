@@ -184,12 +184,32 @@ def prepare(options: StudyOptions, job: Job | None = None) -> StudyContext:
             )
     from isplit_export.bottleneck.probe import run_probe
 
-    probe = run_probe(ranked.traced, cuts, opts.bn.spec, x_train, x[held_idx], y_full, lab, encoding=opts.boundary,
-                      batch_size=opts.batch_size, job=job)  # fmt: skip
+    probe = run_probe(
+        ranked.traced,
+        cuts,
+        opts.bn.spec,
+        x_train,
+        x[held_idx],
+        y_full,
+        lab,
+        encoding=opts.boundary,
+        batch_size=opts.batch_size,
+        job=job,
+    )
     return StudyContext(
-        opts, ranked, list(cuts), np.asarray(cui), None if cui_all is None else np.asarray(cui_all),
-        x_train, x_held, lab, y_full, mask, [names[i] for i in held_idx], probe,
-    )  # fmt: skip
+        opts,
+        ranked,
+        list(cuts),
+        np.asarray(cui),
+        None if cui_all is None else np.asarray(cui_all),
+        x_train,
+        x_held,
+        lab,
+        y_full,
+        mask,
+        [names[i] for i in held_idx],
+        probe,
+    )
 
 
 def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
@@ -206,9 +226,17 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
         # the bottleneck fits its own PCA on ctx.x_train (the probe's code, but summed in one fixed order):
         # a cut's result must not depend on how many processes added up the probe's sums
         trained = train(
-            cut, head, tail, ctx.x_train, opts.bn, seed=opts.seed, repeat=r, encoding=opts.boundary,
-            batch_size=opts.batch_size, progress=opts.progress,
-        )  # fmt: skip
+            cut,
+            head,
+            tail,
+            ctx.x_train,
+            opts.bn,
+            seed=opts.seed,
+            repeat=r,
+            encoding=opts.boundary,
+            batch_size=opts.batch_size,
+            progress=opts.progress,
+        )
         logits = trained.logits(ctx.x_held, opts.batch_size)
         m = task_metric(ctx.y_full_held, logits, ctx.labels_held, held_out=True, rnd=held_out_rounding)
         rows.append({"value": m["value"], "ci95": m["ci95"], "kept": trained.summary["kept"]})
@@ -217,31 +245,59 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
         seconds += trained.seconds
         if r == 0 and ctx.class_mask is not None:  # the class subset: first repeat
             k = ctx.class_mask
-            class_measured = task_metric(ctx.y_full_held[k], logits[k], ctx.labels_held[k], held_out=True, rnd=held_out_rounding)
+            class_measured = task_metric(
+                ctx.y_full_held[k], logits[k], ctx.labels_held[k], held_out=True, rnd=held_out_rounding
+            )
     out = np.stack(outcomes)
     values = out.mean(axis=1)
     reps = two_level_replicates(out[None], opts.ci_reps, opts.seed)[:, 0]
     ci = percentile_ci(reps.tolist())
-    first = task_metric(ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding)
+    first = task_metric(
+        ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding
+    )
     measured = {
-        "metric": first["metric"], "value": held_out_rounding(float(values.mean())),
-        "sd": held_out_rounding(float(out.sum(axis=1).std(ddof=1)) / out.shape[1] if len(values) > 1 else 0.0),  # from counts: exact 0
-        "ci95": _ci(ci) if ci is not None else [held_out_rounding(float(values.mean())), held_out_rounding(float(values.mean()))],
-        "images": int(out.shape[1]), "repeats": int(out.shape[0]), "held_out": True,
-        "full_model": first["full_model"], "drop": held_out_rounding(float(first["full_model"] or 0.0) - float(values.mean())),
-    }  # fmt: skip
+        "metric": first["metric"],
+        "value": held_out_rounding(float(values.mean())),
+        "sd": held_out_rounding(
+            float(out.sum(axis=1).std(ddof=1)) / out.shape[1] if len(values) > 1 else 0.0
+        ),  # from counts: exact 0
+        "ci95": _ci(ci)
+        if ci is not None
+        else [held_out_rounding(float(values.mean())), held_out_rounding(float(values.mean()))],
+        "images": int(out.shape[1]),
+        "repeats": int(out.shape[0]),
+        "held_out": True,
+        "full_model": first["full_model"],
+        "drop": held_out_rounding(float(first["full_model"] or 0.0) - float(values.mean())),
+    }
     cs = trained.shape
     return CutResult(
-        index=cut.index, node=cut.node, module=cut.module, shape=tuple(cut.shape), cui=float(ctx.cui[cut.index]),
-        cui_all=None if ctx.cui_all is None else float(ctx.cui_all[cut.index]), boundary_bytes=cut.boundary_bytes,
-        code_shape=cs.code_shape, code_bytes=cs.code_bytes, measured=measured, class_measured=class_measured,
-        training=trainings, train_seconds=rounded(seconds, 3, decimals=True), outcomes=out,
-        probe=None if ctx.probe is None else ctx.probe.scores.get(cut.index), repeats=rows,
-    )  # fmt: skip
+        index=cut.index,
+        node=cut.node,
+        module=cut.module,
+        shape=tuple(cut.shape),
+        cui=float(ctx.cui[cut.index]),
+        cui_all=None if ctx.cui_all is None else float(ctx.cui_all[cut.index]),
+        boundary_bytes=cut.boundary_bytes,
+        code_shape=cs.code_shape,
+        code_bytes=cs.code_bytes,
+        measured=measured,
+        class_measured=class_measured,
+        training=trainings,
+        train_seconds=rounded(seconds, 3, decimals=True),
+        outcomes=out,
+        probe=None if ctx.probe is None else ctx.probe.scores.get(cut.index),
+        repeats=rows,
+    )
 
 
-def _predictor(pred: Sequence[float], values: Sequence[float], replicates: np.ndarray, indices: Sequence[int],
-               pairs: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:  # fmt: skip
+def _predictor(
+    pred: Sequence[float],
+    values: Sequence[float],
+    replicates: np.ndarray,
+    indices: Sequence[int],
+    pairs: Sequence[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
     """Spearman and Kendall of ``pred`` with the measured ``values``, CIs over the replicates, regret of its top
     pick, and (``pairs``) how it orders the pairs of cuts whose measured difference is outside the noise."""
     top, best = int(np.argmax(pred)), int(np.argmax(values))
@@ -302,8 +358,12 @@ def summarize_study(results: Sequence[CutResult], *, seed: int = 0, reps: int = 
         ci = difference_ci(spearman, preds_in[a], preds_in[b], replicates)
         decided = n >= MIN_TO_CONCLUDE and excludes_zero(ci)
         better = (a if ci is not None and ci[0] > 0 else b) if decided else None
-        diffs[f"{a}-{b}"] = {"spearman_difference": held_out_rounding(None if ra is None or rb is None else ra - rb),
-                             "ci95": _ci(ci), "conclusive": decided, "better": better}  # fmt: skip
+        diffs[f"{a}-{b}"] = {
+            "spearman_difference": held_out_rounding(None if ra is None or rb is None else ra - rb),
+            "ci95": _ci(ci),
+            "conclusive": decided,
+            "better": better,
+        }
         if better is not None:
             conclusions.append(f"{better} predicts better than {b if better == a else a}")
     rc, rd = spearman(cui, values) if n else None, spearman(preds_in["cde"], values) if n else None
@@ -314,8 +374,13 @@ def summarize_study(results: Sequence[CutResult], *, seed: int = 0, reps: int = 
     elif rc is None:
         note = "every cut measured the same value (or CUI is constant): the CUI order is neither confirmed nor contradicted"
     else:
-        parts = [f"Spearman with the measured mean: {k.upper()} {_fmt(preds[k]['spearman'])}" if k == "cui"
-                 else f"{k.upper()} {_fmt(preds[k]['spearman'])}" for k in ("cui", "cde", "probe") if k in preds]  # fmt: skip
+        parts = [
+            f"Spearman with the measured mean: {k.upper()} {_fmt(preds[k]['spearman'])}"
+            if k == "cui"
+            else f"{k.upper()} {_fmt(preds[k]['spearman'])}"
+            for k in ("cui", "cde", "probe")
+            if k in preds
+        ]
         note = ", ".join(parts)
         if n < MIN_TO_CONCLUDE:
             note += f"; {n} cuts are too few to conclude anything (need {MIN_TO_CONCLUDE}+)"
@@ -324,20 +389,30 @@ def summarize_study(results: Sequence[CutResult], *, seed: int = 0, reps: int = 
         else:
             note += "; inconclusive: every difference's 95 % CI contains 0"
         if pairs:
-            order = ", ".join(f"{k.upper()} {preds[k]['separated_pairs']['right']}" for k in ("cui", "cde", "probe") if k in preds)
-            note += (f"; {len(pairs)} of {n * (n - 1) // 2} cut pairs differ outside the noise, ordered right by "
-                     f"{order}")  # fmt: skip
+            order = ", ".join(
+                f"{k.upper()} {preds[k]['separated_pairs']['right']}"
+                for k in ("cui", "cde", "probe")
+                if k in preds
+            )
+            note += (
+                f"; {len(pairs)} of {n * (n - 1) // 2} cut pairs differ outside the noise, ordered right by "
+                f"{order}"
+            )
     out: dict[str, Any] = {
         "cuts": n,
         "repeats": int(replicates.shape[0] and _outcomes(results).shape[1]) if results else 0,
         "metric": results[0].measured["metric"] if results else None,
-        "bootstrap": {"method": "two-level: images (shared by the cuts) x repeats (per cut), percentile",
-                      "replicates": reps, "seed": seed},
+        "bootstrap": {
+            "method": "two-level: images (shared by the cuts) x repeats (per cut), percentile",
+            "replicates": reps,
+            "seed": seed,
+        },
         "predictors": preds,
         "differences": diffs,
         "separated_pairs": {
             "method": "pairs of cuts whose paired bootstrap difference has a 95 % CI excluding 0 (uncorrected)",
-            "pairs": [[indices[i], indices[j]] for i, j in pairs], "of": n * (n - 1) // 2,
+            "pairs": [[indices[i], indices[j]] for i, j in pairs],
+            "of": n * (n - 1) // 2,
         },
         **(_regret(cui, values, indices) if results else {}),
         "cui_beats_cde": beats,
@@ -390,7 +465,9 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
     """The ``isplit.study/1`` document; only its ``run`` block (seconds, host, date) varies between runs."""
     opts = ctx.options
     r = ctx.ranked
-    full = task_metric(ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding)
+    full = task_metric(
+        ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding
+    )
     return {
         "schema": SCHEMA,
         "tool": {"name": "isplit-export", "version": __version__},
@@ -449,15 +526,33 @@ def study_figure(data: dict[str, Any]) -> Figure:
         ys = [c["measured"]["value"] for c in cuts]
         lo = [c["measured"]["value"] - c["measured"]["ci95"][0] for c in cuts]
         hi = [c["measured"]["ci95"][1] - c["measured"]["value"] for c in cuts]
-        right.errorbar(xs, ys, yerr=[lo, hi], color="#d1495b", marker="s", markersize=5, linestyle="-",
-                       linewidth=1.0, capsize=3, label=f"trained: held-out {metric}, mean over repeats (95 % CI)")  # fmt: skip
+        right.errorbar(
+            xs,
+            ys,
+            yerr=[lo, hi],
+            color="#d1495b",
+            marker="s",
+            markersize=5,
+            linestyle="-",
+            linewidth=1.0,
+            capsize=3,
+            label=f"trained: held-out {metric}, mean over repeats (95 % CI)",
+        )
         right.axhline(
             data["full_model"]["value"], color="#6c757d", linestyle="--", linewidth=0.8, label="full model"
         )
         probed = [(c["index"], c["probe"]) for c in cuts if isinstance(c.get("probe"), dict)]
         if probed:
-            right.plot([i for i, _ in probed], [p["value"] for _, p in probed], color="#2a9d8f", marker="^",
-                       markersize=5, linestyle="--", linewidth=1.0, label=f"probe (untrained linear code), {metric}")  # fmt: skip
+            right.plot(
+                [i for i, _ in probed],
+                [p["value"] for _, p in probed],
+                color="#2a9d8f",
+                marker="^",
+                markersize=5,
+                linestyle="--",
+                linewidth=1.0,
+                label=f"probe (untrained linear code), {metric}",
+            )
     right.set_ylabel(f"held-out {metric}", color="#d1495b")
     spec = data["options"].get("bottleneck", {}).get("size", "?")
     top.set_title(f"{data['model'].get('name', '?')}: CUI and measured {metric} with a {spec} bottleneck")

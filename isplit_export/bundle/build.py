@@ -70,7 +70,6 @@ from isplit_export.version import __version__
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class ExportResult:
     """The written bundle and its manifest; ``passed`` is False when a verification gate failed."""
@@ -96,7 +95,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     """
     opts = make_options(ExportOptions, options, fields)
     if requested(opts.distributed):
-        raise BadInputError("export runs in one process: run `isplit-export rank` under torchrun, then export")
+        raise BadInputError(
+            "export runs in one process: run `isplit-export rank` under torchrun, then export"
+        )
     if opts.out is None:
         raise BadInputError("no --out: pass the bundle directory to create")
     profile = load_target(opts.target)
@@ -107,7 +108,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 f"choose {', '.join(profile.precisions)}"
             )
         profile = dataclasses.replace(profile, default_precision=opts.precision)
-    bn = opts.bottleneck  # learned bottleneck at each cut (isplit_export.bottleneck.core); its code is int8 by default
+    bn = (
+        opts.bottleneck
+    )  # learned bottleneck at each cut (isplit_export.bottleneck.core); its code is int8 by default
     encoding_name = opts.boundary or ("int8" if bn is not None else profile.default_boundary)
     if encoding_name not in ENCODINGS:
         raise BadInputError(f"unknown --boundary '{encoding_name}': choose {', '.join(ENCODINGS)}")
@@ -151,7 +154,19 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             sdir = tmp / rel
             sdir.mkdir(parents=True)
             entry, lat = _export_split(
-                ranked, opts, cut, pos, rel, sdir, x, lab, y_ref, encoding_name, profile, x_train, train_seconds
+                ranked,
+                opts,
+                cut,
+                pos,
+                rel,
+                sdir,
+                x,
+                lab,
+                y_ref,
+                encoding_name,
+                profile,
+                x_train,
+                train_seconds,
             )
             splits.append(entry)
             latency[rel] = lat
@@ -161,7 +176,9 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             weights, moves = share_weights(tmp, [s.dir for s in splits])
             splits = [s.with_files({k: moves.get(v, v) for k, v in s.files.items()}) for s in splits]
         triton = None
-        if wants_repository(profile.kind, opts.triton):  # OUT/triton/: the tails as Triton models (hashed below)
+        if wants_repository(
+            profile.kind, opts.triton
+        ):  # OUT/triton/: the tails as Triton models (hashed below)
             triton = write_repository(tmp, splits, model=ranked.model.name)
         full_acc = accuracy(y_ref, lab)
         summary = cui_order(splits, encoding_name, full_acc)
@@ -185,10 +202,15 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             for sp in splits
             if "engine_plan_json" in sp.files
         }
-        report = render_report({**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json())
+        report = render_report(
+            {**manifest, "run": {"latency_ms": latency}, "engine_plans": plans}, ranked.ranking.to_json()
+        )
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {
-            "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+            "created": dt.datetime.now(dt.timezone.utc)
+            .replace(microsecond=0)
+            .isoformat()
+            .replace("+00:00", "Z"),
             "host": platform.platform(),
             "torch": torch.__version__,
             "latency_ms": latency,
@@ -229,14 +251,23 @@ def _export_split(
         from isplit_export.bottleneck import core as bottleneck
 
         trained = bottleneck.train(
-            cut, head_gm, tail_gm, x_train, opts.bottleneck, seed=opts.seed,
-            encoding=encoding_name, batch_size=batch_size, progress=opts.progress,
-        )  # fmt: skip
+            cut,
+            head_gm,
+            tail_gm,
+            x_train,
+            opts.bottleneck,
+            seed=opts.seed,
+            encoding=encoding_name,
+            batch_size=batch_size,
+            progress=opts.progress,
+        )
         head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
         if train_seconds is not None:
             train_seconds[rel] = rounded(trained.seconds, 3, decimals=True)
     boundary_fp32 = forward_batched(head_gm, x, batch_size)
-    enc = trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
+    enc = (
+        trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
+    )
     head_path, tail_path = sdir / "head.onnx", sdir / "tail.onnx"
     save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc), head_path)
     save_model(decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc), tail_path)
@@ -245,21 +276,30 @@ def _export_split(
     boundary, logits = run_pair(OnnxrtRunner(head_path), OnnxrtRunner(tail_path), xn, batch=batch_size)
     files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
     if trained is not None:
-        pair_ref = trained.logits_from_code(boundary, batch_size)  # the PyTorch tail on the code that was sent
+        pair_ref = trained.logits_from_code(
+            boundary, batch_size
+        )  # the PyTorch tail on the code that was sent
         torch_code = encode_array(trained.code(x, batch_size), trained.encoding)
         checks = {encoding_name: check_code_pair(pair_ref, logits, torch_code, boundary, y_ref, labels)}
-        golden_logits = pair_ref  # the pair's own logits: verify re-proves the export, not the bottleneck's loss
+        golden_logits = (
+            pair_ref  # the pair's own logits: verify re-proves the export, not the bottleneck's loss
+        )
     else:
         checks = {encoding_name: check_pair(y_ref, logits, labels, gate_for(encoding_name), rnd=rounded)}
         golden_logits = y_ref
-    goldens = {"input": xn[:golden], "boundary": boundary[:golden], "logits": golden_logits[:golden],
-               "labels": labels[:golden]}  # fmt: skip
+    goldens = {
+        "input": xn[:golden],
+        "boundary": boundary[:golden],
+        "logits": golden_logits[:golden],
+        "labels": labels[:golden],
+    }
 
     if profile.int8:
         # with a bottleneck, calibrate on the training part: the held-out images stay unseen
         calib_x = x_train.numpy() if x_train is not None else xn
-        calib = build_int8_pair(head_path, tail_path, calib_x, sdir / "head.int8.onnx",
-                                sdir / "tail.int8.onnx", enc)  # fmt: skip
+        calib = build_int8_pair(
+            head_path, tail_path, calib_x, sdir / "head.int8.onnx", sdir / "tail.int8.onnx", enc
+        )
         save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
         q_head, q_tail = OnnxrtRunner(sdir / "head.int8.onnx"), OnnxrtRunner(sdir / "tail.int8.onnx")
         _, q_logits = run_pair(q_head, q_tail, xn, batch=batch_size)
@@ -268,13 +308,25 @@ def _export_split(
         else:
             checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=rounded)
         goldens["logits_int8"] = q_logits[:golden]
-        files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx",
-                     calibration_boundary=f"{rel}/calibration_boundary.npz")  # fmt: skip
+        files.update(
+            head_int8=f"{rel}/head.int8.onnx",
+            tail_int8=f"{rel}/tail.int8.onnx",
+            calibration_boundary=f"{rel}/calibration_boundary.npz",
+        )
     save_npz(sdir / "golden.npz", goldens)
     if profile.uses_tensorrt:
         shape = trained.shape.code_shape if trained is not None else cut.shape
-        files.update(_engine_plan(sdir, rel, profile, enc, shape, ranked.model.preprocessing.input_shape,
-                                  min_dla_fraction=opts.min_dla_fraction))  # fmt: skip
+        files.update(
+            _engine_plan(
+                sdir,
+                rel,
+                profile,
+                enc,
+                shape,
+                ranked.model.preprocessing.input_shape,
+                min_dla_fraction=opts.min_dla_fraction,
+            )
+        )
 
     timed = {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}
     if profile.int8:  # the INT8 pair, interleaved with the fp32 one
@@ -307,15 +359,27 @@ def _export_split(
         from isplit_export.bottleneck.core import config
 
         # the probe's score (the untrained PCA code) next to the trained pair's, on the same held-out images
-        probe = task_metric(y_ref, trained.initial_logits(x, batch_size), labels, held_out=True, rnd=held_out_rounding)
-        entry["bottleneck"] = {**config(opts.bottleneck, trained.shape, enc), "training": trained.summary,
-                               "probe": probe, "trained": checks[encoding_name]["task"]}  # fmt: skip
+        probe = task_metric(
+            y_ref, trained.initial_logits(x, batch_size), labels, held_out=True, rnd=held_out_rounding
+        )
+        entry["bottleneck"] = {
+            **config(opts.bottleneck, trained.shape, enc),
+            "training": trained.summary,
+            "probe": probe,
+            "trained": checks[encoding_name]["task"],
+        }
     return contract.Split.from_json(entry, rank_pos - 1), lat
 
 
 def _engine_plan(
-    sdir: Path, rel: str, profile: TargetProfile, enc: BoundaryEncoding, boundary_shape: tuple[int, ...],
-    input_shape: tuple[int, ...], *, min_dla_fraction: float,
+    sdir: Path,
+    rel: str,
+    profile: TargetProfile,
+    enc: BoundaryEncoding,
+    boundary_shape: tuple[int, ...],
+    input_shape: tuple[int, ...],
+    *,
+    min_dla_fraction: float,
 ) -> dict[str, str]:
     """Write the TensorRT build plan; returns the new files for the manifest.
 
@@ -344,8 +408,14 @@ def _engine_plan(
             names[part] = name
             files[f"{part}_fp16"] = f"{rel}/{name}"
     plan = write_engine_build(
-        sdir, profile, precision=profile.default_precision, head_onnx=names["head"], tail_onnx=names["tail"],
-        input_shape=(1, *input_shape), boundary_shape=(1, *boundary_shape), min_dla_fraction=min_dla_fraction,
+        sdir,
+        profile,
+        precision=profile.default_precision,
+        head_onnx=names["head"],
+        tail_onnx=names["tail"],
+        input_shape=(1, *input_shape),
+        boundary_shape=(1, *boundary_shape),
+        min_dla_fraction=min_dla_fraction,
     )
     files.update({p.name.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
     return files
@@ -374,8 +444,13 @@ def _manifest(
         "opset": OPSET,
         "target": profile.to_json(),
         "boundary_encoding": encoding_name,
-        "ranking": {"file": "ranking.json", "images": ranking.images, "classes": ranking.classes,
-                    "score": ranking.score, "top": ranking.top},
+        "ranking": {
+            "file": "ranking.json",
+            "images": ranking.images,
+            "classes": ranking.classes,
+            "score": ranking.score,
+            "top": ranking.top,
+        },
         "calibration": {
             "source": ranked.images.source,
             "count": n_images,
@@ -391,4 +466,6 @@ def _manifest(
 
 def _hash_files(root: Path) -> dict[str, dict[str, Any]]:
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}
+    return {
+        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files
+    }

@@ -77,18 +77,34 @@ ASSUMPTIONS = (
 
 
 def build_cost(
-    ranking: Mapping[str, Any], device: Compute, server: Compute, link: Link, encoding: str, *,
-    objective: str, constraints: Constraints, top: int | None,
-    bytes_override: Mapping[int, int] | None = None, measured: Mapping[Any, Mapping[str, Any]] | None = None,
-) -> tuple[dict[str, Any], Selection]:  # fmt: skip
+    ranking: Mapping[str, Any],
+    device: Compute,
+    server: Compute,
+    link: Link,
+    encoding: str,
+    *,
+    objective: str,
+    constraints: Constraints,
+    top: int | None,
+    bytes_override: Mapping[int, int] | None = None,
+    measured: Mapping[Any, Mapping[str, Any]] | None = None,
+) -> tuple[dict[str, Any], Selection]:
     """The ``cost`` block of ranking.json (with ``per_cut``) and the selection it leads to."""
-    per_cut, baselines = cost_rows(ranking, device, server, link, encoding, bytes_override=bytes_override,
-                                   measured=measured)  # fmt: skip
+    per_cut, baselines = cost_rows(
+        ranking, device, server, link, encoding, bytes_override=bytes_override, measured=measured
+    )
     rows = [
-        {"index": c["index"], "node": c["node"], "cui": c["cui"], "rank": c.get("rank"),
-         "head_flops_share": c["head_flops_share"], "bytes": pc["bytes"], "total_ms": pc["total_ms"]}
+        {
+            "index": c["index"],
+            "node": c["node"],
+            "cui": c["cui"],
+            "rank": c.get("rank"),
+            "head_flops_share": c["head_flops_share"],
+            "bytes": pc["bytes"],
+            "total_ms": pc["total_ms"],
+        }
         for c, pc in zip(ranking["candidates"], per_cut, strict=True)
-    ]  # fmt: skip
+    ]
     sel = select(rows, objective, constraints, top)
     block = {
         "link": link.to_json(),
@@ -116,13 +132,21 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
         return ranking.ranked(opts.top)
     if opts.link is None:  # head FLOPs / boundary constraints only: no latency column
         data = ranking.to_json()
-        rows = [{**c, "bytes": boundary_bytes(c["shape"], encoding), "total_ms": None} for c in data["candidates"]]
+        rows = [
+            {**c, "bytes": boundary_bytes(c["shape"], encoding), "total_ms": None} for c in data["candidates"]
+        ]
         sel = select(rows, opts.objective, opts.constraints, opts.top)
     else:
         block, sel = build_cost(
-            ranking.to_json(), compute_for(profile, head=True), compute_for(load_target(opts.server), head=False),
-            parse_link(opts.link), encoding, objective=opts.objective, constraints=opts.constraints, top=opts.top,
-        )  # fmt: skip
+            ranking.to_json(),
+            compute_for(profile, head=True),
+            compute_for(load_target(opts.server), head=False),
+            parse_link(opts.link),
+            encoding,
+            objective=opts.objective,
+            constraints=opts.constraints,
+            top=opts.top,
+        )
         ranking.cost = block
     return [ranking.cuts[i] for i in sel.selected]
 
@@ -150,10 +174,16 @@ class PlanResult:
     def to_json(self) -> dict[str, Any]:
         """``plan.json``: the cost block with one row per cut (index, node, module, CUI, rank, cost)."""
         cuts = [
-            {k: c.get(k) for k in ("index", "node", "module", "cui", "rank", "head_flops_share")} | {"cost": c["cost"]}
+            {k: c.get(k) for k in ("index", "node", "module", "cui", "rank", "head_flops_share")}
+            | {"cost": c["cost"]}
             for c in self.ranking["candidates"]
         ]
-        return {"schema": PLAN_SCHEMA, "model": self.ranking.get("model"), "cost": self.ranking["cost"], "cuts": cuts}
+        return {
+            "schema": PLAN_SCHEMA,
+            "model": self.ranking.get("model"),
+            "cost": self.ranking["cost"],
+            "cuts": cuts,
+        }
 
 
 def _measured(
@@ -264,20 +294,32 @@ def _measured_link(bundle: Path, runs: Mapping[str, contract.RunRecord]) -> Link
             how = f"RTT + bytes / bandwidth fitted to {len(sizes)} boundary sizes"
     if not rtt and "fitted" not in how:
         mbit = sum(b for b, _ in pairs) * 8 / (sum(ms for _, ms in pairs) * 1e3)
-    if not (LINK_MBIT_RANGE[0] <= mbit <= LINK_MBIT_RANGE[1] and LINK_RTT_RANGE[0] <= rtt <= LINK_RTT_RANGE[1]):
+    if not (
+        LINK_MBIT_RANGE[0] <= mbit <= LINK_MBIT_RANGE[1] and LINK_RTT_RANGE[0] <= rtt <= LINK_RTT_RANGE[1]
+    ):
         raise BadInputError(
             f"{contract.RUN_FILE}: its link times give {mbit:.4g} Mbit/s, RTT {rtt:.4g} ms, outside what --link takes "
             f"({LINK_MBIT_RANGE[0]:g}..{LINK_MBIT_RANGE[1]:g} Mbit/s, RTT {LINK_RTT_RANGE[0]:g}..{LINK_RTT_RANGE[1]:g} ms): "
             "re-run isplit-export run, or pass --link"
         )
-    return Link("measured", float(f"{mbit:.6g}"), float(f"{rtt:.6g}"), f"run.json: {len(pairs)} remote run(s); {how}")
+    return Link(
+        "measured", float(f"{mbit:.6g}"), float(f"{rtt:.6g}"), f"run.json: {len(pairs)} remote run(s); {how}"
+    )
 
 
 def plan(
-    bundle: Path | str, *, link: str | None = None, objective: str | None = None, constraints: Constraints | None = None,
-    server: str | None = None, top: int | None = None, measured: bool = True, write: bool = True,
-    expect_sha256: str | None = None, report: Path | None = None,
-) -> PlanResult:  # fmt: skip
+    bundle: Path | str,
+    *,
+    link: str | None = None,
+    objective: str | None = None,
+    constraints: Constraints | None = None,
+    server: str | None = None,
+    top: int | None = None,
+    measured: bool = True,
+    write: bool = True,
+    expect_sha256: str | None = None,
+    report: Path | None = None,
+) -> PlanResult:
     """Re-plan an exported bundle for ``link`` (torch-free); see the module docstring.
 
     ``objective``, ``constraints``, ``server`` and ``top`` default to the export's (else ``cui``, none,
@@ -328,12 +370,24 @@ def plan(
         if s.index is not None and s.boundary.bytes_per_image is not None
     }
     meas = _measured(m, device, device_profile.backend, srv, server_profile.backend) if measured else {}
-    if measured:  # what `isplit-export run` measured over a real connection wins over the build host's figures
+    if (
+        measured
+    ):  # what `isplit-export run` measured over a real connection wins over the build host's figures
         for key, row in _run_measured(runs, device_profile.backend, link_measured).items():
             meas.setdefault(key, {}).update(row)
     k = top if top is not None else m.block("ranking").get("top")
-    block, sel = build_cost(ranking, device, srv, lk, encoding, objective=objective, constraints=constraints, top=k,
-                            bytes_override=bytes_override, measured=meas)  # fmt: skip
+    block, sel = build_cost(
+        ranking,
+        device,
+        srv,
+        lk,
+        encoding,
+        objective=objective,
+        constraints=constraints,
+        top=k,
+        bytes_override=bytes_override,
+        measured=meas,
+    )
     candidates = [{**c, "cost": pc} for c, pc in zip(ranking["candidates"], block["per_cut"], strict=True)]
     exported = [s.index for s in m.splits if s.index is not None]
     cost = {key: v for key, v in block.items() if key != "per_cut"} | {"exported": exported}
@@ -358,7 +412,6 @@ def write_plan(result: PlanResult, report: Path | None = None) -> Path:
     return path
 
 
-
 # --------------------------------------------------------------------------------------------------
 # table
 
@@ -373,8 +426,22 @@ def cost_table_rows(ranking: Mapping[str, Any]) -> tuple[list[str], list[list[st
     selected = list(cost.get("selected") or [])
     pareto = set(cost.get("pareto") or [])
     exported = set(cost.get("exported") or [])
-    header = ["sel", "rank", "cut", "node", "head FLOPs", "bytes", "device ms", "link ms", "server ms",
-              "end-to-end ms", "energy mJ", "log10 CUI", "pareto", "figures"]  # fmt: skip
+    header = [
+        "sel",
+        "rank",
+        "cut",
+        "node",
+        "head FLOPs",
+        "bytes",
+        "device ms",
+        "link ms",
+        "server ms",
+        "end-to-end ms",
+        "energy mJ",
+        "log10 CUI",
+        "pareto",
+        "figures",
+    ]
     rows = []
     cands = [c for c in ranking["candidates"] if c.get("rank") is not None or int(c["index"]) in selected]
     cands.sort(key=lambda c: (c.get("rank") is None, c.get("rank") or 0, c["index"]))
@@ -387,16 +454,45 @@ def cost_table_rows(ranking: Mapping[str, Any]) -> tuple[list[str], list[list[st
         meas = pc.get("measured") or {}
         figures = "measured " + "+".join(sorted(meas)) if meas else "estimated"
         log10 = c.get("log10_cui")
-        rows.append([mark, str(c.get("rank") or "-"), str(i), str(c["node"]), f"{100 * float(c['head_flops_share']):.1f}%",
-                     str(pc["bytes"]), _ms(pc["device_ms"]), _ms(pc["link_ms"]), _ms(pc["server_ms"]),
-                     _ms(pc["total_ms"]), _ms(pc["device_energy_mj"]), "-inf" if log10 is None else f"{log10:.3f}",
-                     "yes" if i in pareto else "", figures])  # fmt: skip
+        rows.append(
+            [
+                mark,
+                str(c.get("rank") or "-"),
+                str(i),
+                str(c["node"]),
+                f"{100 * float(c['head_flops_share']):.1f}%",
+                str(pc["bytes"]),
+                _ms(pc["device_ms"]),
+                _ms(pc["link_ms"]),
+                _ms(pc["server_ms"]),
+                _ms(pc["total_ms"]),
+                _ms(pc["device_energy_mj"]),
+                "-inf" if log10 is None else f"{log10:.3f}",
+                "yes" if i in pareto else "",
+                figures,
+            ]
+        )
     for name, label in (("device_only", "all on device"), ("server_only", "all on server")):
         b = cost["baselines"][name]
         meas = b.get("measured") or {}
-        rows.append(["", "-", "-", label, "100.0%" if name == "device_only" else "0.0%", str(b["bytes"]),
-                     _ms(b["device_ms"]), _ms(b["link_ms"]), _ms(b["server_ms"]), _ms(b["total_ms"]),
-                     _ms(b["device_energy_mj"]), "-", "", "measured " + "+".join(sorted(meas)) if meas else "estimated"])  # fmt: skip
+        rows.append(
+            [
+                "",
+                "-",
+                "-",
+                label,
+                "100.0%" if name == "device_only" else "0.0%",
+                str(b["bytes"]),
+                _ms(b["device_ms"]),
+                _ms(b["link_ms"]),
+                _ms(b["server_ms"]),
+                _ms(b["total_ms"]),
+                _ms(b["device_energy_mj"]),
+                "-",
+                "",
+                "measured " + "+".join(sorted(meas)) if meas else "estimated",
+            ]
+        )
     return header, rows
 
 
@@ -412,7 +508,9 @@ def format_cost_table(ranking: Mapping[str, Any]) -> str:
     )
     header, rows = cost_table_rows(ranking)
     lines = [head, *text_table([header, *rows])]
-    lines.append("sel: #N = selected in that order" + ("; * = exported in the bundle" if cost.get("exported") else ""))
+    lines.append(
+        "sel: #N = selected in that order" + ("; * = exported in the bundle" if cost.get("exported") else "")
+    )
     if cost.get("note"):
         lines.append(f"note: {cost['note']}")
     return "\n".join(lines)

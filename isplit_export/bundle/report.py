@@ -230,7 +230,11 @@ def _cost(ranking: Mapping[str, Any]) -> list[str]:
         return []
     from isplit_export.bundle.planning import cost_table_rows
 
-    lk, dev, srv = md.as_dict(cost.get("link")), md.as_dict(cost.get("device")), md.as_dict(cost.get("server"))
+    lk, dev, srv = (
+        md.as_dict(cost.get("link")),
+        md.as_dict(cost.get("device")),
+        md.as_dict(cost.get("server")),
+    )
     header, rows = cost_table_rows(ranking)
     lines = [
         "## Cost: device, link and server",
@@ -263,7 +267,10 @@ def _splits(manifest: Mapping[str, Any]) -> list[str]:
         return [*lines, "No split was exported."]
     for s in splits:
         sdir = s.get("dir") or f"split {s.get('rank', '?')}"
-        lines += [f"### `{sdir}`: CUI rank {s.get('cui_rank', s.get('rank', '?'))}, cut after `{s.get('node', '?')}`", ""]
+        lines += [
+            f"### `{sdir}`: CUI rank {s.get('cui_rank', s.get('rank', '?'))}, cut after `{s.get('node', '?')}`",
+            "",
+        ]
         lines.append(
             f"- Module `{s.get('module', '?')}`, cut index {s.get('index', '?')}, CUI {md.sig(s.get('cui'), 4)} "
             f"(log10 {md.sig(s.get('log10_cui'), 4)}), head FLOPs share {md.pct(s.get('head_flops_share'))}"
@@ -315,8 +322,10 @@ def _spearman_sentence(manifest: Mapping[str, Any], metric: str) -> str:
         )
         text = f"Spearman correlation between CUI and measured {metric} over {n} splits: {rho:.3f}, so {verdict}."
         if ver.get("too_few_splits"):
-            text += (f" But {n} splits are too few to conclude anything about the CUI order: "
-                     "`isplit-export study` measures every candidate.")  # fmt: skip
+            text += (
+                f" But {n} splits are too few to conclude anything about the CUI order: "
+                "`isplit-export study` measures every candidate."
+            )
         return text
     lead = f"Spearman correlation between CUI and measured {metric}: not applicable: "
     if encoding in ("fp32", "fp16"):
@@ -344,20 +353,37 @@ def _cui_order(manifest: Mapping[str, Any]) -> list[str]:
             metric = str(task["metric"])
         probe = md.as_dict(md.as_dict(s.get("bottleneck")).get("probe"))
         rows.append(
-            [s.get("cui_rank", s.get("rank", "-")), f"`{s.get('node', '?')}`", md.sig(s.get("cui"), 4),
-             md.pct(probe.get("value")) + _ci_pct(probe.get("ci95")), md.pct(task.get("value")) + _ci_pct(task.get("ci95")),
-             md.pct(task.get("full_model")), md.pp(task.get("drop"))]
-        )  # fmt: skip
+            [
+                s.get("cui_rank", s.get("rank", "-")),
+                f"`{s.get('node', '?')}`",
+                md.sig(s.get("cui"), 4),
+                md.pct(probe.get("value")) + _ci_pct(probe.get("ci95")),
+                md.pct(task.get("value")) + _ci_pct(task.get("ci95")),
+                md.pct(task.get("full_model")),
+                md.pp(task.get("drop")),
+            ]
+        )
     lines = ["## Does the CUI order hold?", "", _spearman_sentence(manifest, metric)]
     probed = any(md.as_dict(md.as_dict(s.get("bottleneck")).get("probe")) for s in splits)
-    header = ["CUI rank", "node", "CUI", f"probe {metric} [95% CI]", f"measured {metric} [95% CI]", "full model", "drop"]
+    header = [
+        "CUI rank",
+        "node",
+        "CUI",
+        f"probe {metric} [95% CI]",
+        f"measured {metric} [95% CI]",
+        "full model",
+        "drop",
+    ]
     if not probed:  # no bottleneck: no probe column
         header, rows = [h for h in header if not h.startswith("probe")], [r[:3] + r[4:] for r in rows]
     if probed:
-        lines += ["", "The probe is the split's untrained linear code at the same budget (patch PCA, int8, the real "
-                  "tail; `docs/probe.md`), on the same held-out images: a training-free prediction of the measured "
-                  "value, next to CUI's. Every bottleneck starts from it and keeps a trained checkpoint only when "
-                  "its validation slice says it is better."]  # fmt: skip
+        lines += [
+            "",
+            "The probe is the split's untrained linear code at the same budget (patch PCA, int8, the real "
+            "tail; `docs/probe.md`), on the same held-out images: a training-free prediction of the measured "
+            "value, next to CUI's. Every bottleneck starts from it and keeps a trained checkpoint only when "
+            "its validation slice says it is better.",
+        ]
     if rows:
         lines += ["", *md.table(header, rows)]
     return lines
@@ -425,7 +451,9 @@ def _tensorrt(manifest: Mapping[str, Any]) -> list[str]:
             continue
         plan = next((f for f in sorted(files) if f.endswith("engine_plan.json")), None)
         plans.append(f"- `{script}`" + (f" (plan: `{plan}`)" if plan else ""))
-        plans += engine_build_lines(md.as_dict(md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir")))))
+        plans += engine_build_lines(
+            md.as_dict(md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir"))))
+        )
     if not plans:
         return []
     target = md.as_dict(manifest.get("target"))
@@ -467,7 +495,9 @@ def _options(manifest: Mapping[str, Any]) -> list[str]:
         return []
     lines = ["## Options", "", "| option | value |", "|---|---|"]
     for key, value in opts.items():
-        shown = "-" if value is None else (",".join(map(str, value)) if isinstance(value, list) else str(value))
+        shown = (
+            "-" if value is None else (",".join(map(str, value)) if isinstance(value, list) else str(value))
+        )
         lines.append(f"| `{key}` | {shown} |")
     return lines
 

@@ -59,12 +59,13 @@ def pareto_layers(points: Sequence[tuple[float, float]]) -> list[int]:
     k = 0
     while remaining:
         front = {
-            i for i in remaining
+            i
+            for i in remaining
             if not any(
                 points[j][0] >= points[i][0] and points[j][1] <= points[i][1] and points[j] != points[i]
                 for j in remaining
             )
-        }  # fmt: skip
+        }
         for i in front:
             layer[i] = k
         remaining -= front
@@ -83,8 +84,13 @@ class Selection:
     note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"objective": self.objective, "selected": self.selected, "pareto": self.pareto,
-                "excluded": {str(k): v for k, v in sorted(self.excluded.items())}, "note": self.note}  # fmt: skip
+        return {
+            "objective": self.objective,
+            "selected": self.selected,
+            "pareto": self.pareto,
+            "excluded": {str(k): v for k, v in sorted(self.excluded.items())},
+            "note": self.note,
+        }
 
 
 def _no_cut_left(candidates: list[Mapping[str, Any]], constraints: Constraints) -> BadInputError:
@@ -104,7 +110,9 @@ def _no_cut_left(candidates: list[Mapping[str, Any]], constraints: Constraints) 
     )
 
 
-def select(rows: Sequence[Mapping[str, Any]], objective: str, constraints: Constraints, top: int | None) -> Selection:
+def select(
+    rows: Sequence[Mapping[str, Any]], objective: str, constraints: Constraints, top: int | None
+) -> Selection:
     """Apply ``constraints`` to the candidates (rows with a rank), order them by ``objective``, take ``top``."""
     if objective not in OBJECTIVES:
         raise BadInputError(f"unknown --objective {objective!r}: choose {', '.join(OBJECTIVES)}")
@@ -127,7 +135,9 @@ def select(rows: Sequence[Mapping[str, Any]], objective: str, constraints: Const
         ordered = sorted(kept, key=lambda r: int(r["rank"]))
     elif objective == "probe":
         if any(not isinstance(r.get("probe"), Mapping) for r in kept):
-            raise BadInputError("--objective probe needs the probe's scores: add --bottleneck SIZE (e.g. 64B)")
+            raise BadInputError(
+                "--objective probe needs the probe's scores: add --bottleneck SIZE (e.g. 64B)"
+            )
         ordered = sorted(kept, key=lambda r: (-float(r["probe"]["value"]), int(r["rank"])))
     elif objective == "latency":
         ordered = sorted(kept, key=lambda r: (float(r["total_ms"]), -float(r["cui"]), int(r["index"])))
@@ -139,7 +149,9 @@ def select(rows: Sequence[Mapping[str, Any]], objective: str, constraints: Const
     return Selection(objective, chosen, pareto, excluded, note)
 
 
-def _faster_note(rows: Sequence[Mapping[str, Any]], kept: list[Mapping[str, Any]], excluded: dict[int, list[str]]) -> str | None:
+def _faster_note(
+    rows: Sequence[Mapping[str, Any]], kept: list[Mapping[str, Any]], excluded: dict[int, list[str]]
+) -> str | None:
     """Say when a cut that is not a candidate (not a local maximum) beats the fastest candidate."""
     fastest = min(kept, key=lambda r: float(r["total_ms"]))
     others = [r for r in rows if r.get("rank") is None and int(r["index"]) not in excluded]

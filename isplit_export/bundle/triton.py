@@ -114,22 +114,41 @@ def _batched(dims: list[int]) -> tuple[int, list[int]]:
 
 
 def config_text(
-    name: str, platform: str, inp: tuple[str, str, list[int]], out: tuple[str, str, list[int]], *,
-    max_batch: int, kind: str, comment: str, model_file: str | None = None,
-) -> str:  # fmt: skip
+    name: str,
+    platform: str,
+    inp: tuple[str, str, list[int]],
+    out: tuple[str, str, list[int]],
+    *,
+    max_batch: int,
+    kind: str,
+    comment: str,
+    model_file: str | None = None,
+) -> str:
     """A ``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``), deterministic."""
 
     def tensor(t: tuple[str, str, list[int]], dims: list[int]) -> list[str]:
-        return ["  {", f'    name: "{t[0]}"', f"    data_type: {t[1]}",
-                f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }"]  # fmt: skip
+        return [
+            "  {",
+            f'    name: "{t[0]}"',
+            f"    data_type: {t[1]}",
+            f"    dims: [ {', '.join(str(d) for d in dims)} ]",
+            "  }",
+        ]
 
     in_dims = inp[2][1:] if max_batch else inp[2]
     out_dims = out[2][1:] if max_batch else out[2]
     lines = [f"# {comment}", f'name: "{name}"', f'platform: "{platform}"']
     if model_file is not None:
         lines.append(f'default_model_filename: "{model_file}"')
-    lines += [f"max_batch_size: {max_batch}", "input [", *tensor(inp, in_dims), "]",
-              "output [", *tensor(out, out_dims), "]"]  # fmt: skip
+    lines += [
+        f"max_batch_size: {max_batch}",
+        "input [",
+        *tensor(inp, in_dims),
+        "]",
+        "output [",
+        *tensor(out, out_dims),
+        "]",
+    ]
     if max_batch:
         lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}", "}"]
     lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
@@ -171,16 +190,29 @@ def _tensorrt_variant(root: Path, entry: Split, name: str) -> dict[str, Any] | N
     out = tensor_spec(onnx_path, output=True)
     max_batch = int(tail.max_shape[0]) if inp[2] and inp[2][0] == -1 else 0
     text = config_text(
-        name, "tensorrt_plan", inp, out, max_batch=max_batch, kind="KIND_GPU", model_file="model.plan",
-        comment=(f"TensorRT variant ({plan.precision}) of split {entry.dir}: select it with "
-                 f"tritonserver --model-config-name={TENSORRT_CONFIG}; it loads {VERSION}/model.plan, "
-                 f"the engine {engine} that the split's build plan makes (copy it there after building)"),
-    )  # fmt: skip
+        name,
+        "tensorrt_plan",
+        inp,
+        out,
+        max_batch=max_batch,
+        kind="KIND_GPU",
+        model_file="model.plan",
+        comment=(
+            f"TensorRT variant ({plan.precision}) of split {entry.dir}: select it with "
+            f"tritonserver --model-config-name={TENSORRT_CONFIG}; it loads {VERSION}/model.plan, "
+            f"the engine {engine} that the split's build plan makes (copy it there after building)"
+        ),
+    )
     rel = f"{TRITON_DIR}/{name}/configs/{TENSORRT_CONFIG}.pbtxt"
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     (root / rel).write_text(text, encoding="utf-8")
-    return {"config": rel, "engine": engine, "install_to": f"{TRITON_DIR}/{name}/{VERSION}/model.plan",
-            "precision": plan.precision, "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]}}  # fmt: skip
+    return {
+        "config": rel,
+        "engine": engine,
+        "install_to": f"{TRITON_DIR}/{name}/{VERSION}/model.plan",
+        "precision": plan.precision,
+        "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]},
+    }
 
 
 def write_repository(root: Path, splits: Sequence[Split], *, model: str) -> dict[str, Any]:
@@ -204,16 +236,27 @@ def write_repository(root: Path, splits: Sequence[Split], *, model: str) -> dict
         linked = []
         if external_locations(tail):  # shared packs: this tail's tensors only, in the version folder
             model_proto = onnx.load(str(tail))  # reads its tensors from the packs
-            onnx.save_model(model_proto, str(vdir / "model.onnx"), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=WEIGHTS_FILE, size_threshold=MIN_EXTERNAL_BYTES)  # fmt: skip
+            onnx.save_model(
+                model_proto,
+                str(vdir / "model.onnx"),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=WEIGHTS_FILE,
+                size_threshold=MIN_EXTERNAL_BYTES,
+            )
             _follow_umask(vdir / WEIGHTS_FILE)  # onnx creates it 0600
             linked.append(f"{TRITON_DIR}/{name}/{VERSION}/{WEIGHTS_FILE}")
         else:  # a self-contained tail (inline layout): byte for byte
             shutil.copyfile(tail, vdir / "model.onnx")
         text = config_text(
-            name, "onnxruntime_onnx", inp, out, max_batch=max_batch, kind="KIND_AUTO",
+            name,
+            "onnxruntime_onnx",
+            inp,
+            out,
+            max_batch=max_batch,
+            kind="KIND_AUTO",
             comment=f"{model} tail of split {entry.dir} (boundary -> logits), written by isplit-export",
-        )  # fmt: skip
+        )
         (root / TRITON_DIR / name / "config.pbtxt").write_text(text, encoding="utf-8")
         record: dict[str, Any] = {
             "split": entry.dir,

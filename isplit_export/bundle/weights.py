@@ -103,7 +103,15 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 def _externalize(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     """Turn ``tensor`` into an external-data reference (its bytes now live in ``location``)."""
-    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+    for name in (
+        "raw_data",
+        "float_data",
+        "int32_data",
+        "int64_data",
+        "double_data",
+        "uint64_data",
+        "string_data",
+    ):
         tensor.ClearField(name)
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -130,7 +138,9 @@ def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any]
     sources = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.onnx"))
     moves = {rel: _new_name(rel) for rel in sources}
     if len(set(moves.values())) != len(moves):
-        raise TechnicalError(f"two ONNX files of the bundle would get the same name in the shared layout: {moves}")
+        raise TechnicalError(
+            f"two ONNX files of the bundle would get the same name in the shared layout: {moves}"
+        )
     clash = sorted(new for new in moves.values() if new not in moves and (root / new).exists())
     if clash:
         raise TechnicalError(f"cannot move ONNX files to the bundle root: {', '.join(clash)} already exist")
@@ -154,7 +164,9 @@ def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any]
                 if dtype not in packs:
                     path = wdir / f".{dtype}.partial"
                     packs[dtype] = _Pack(dtype, path, open(path, "wb"))  # noqa: SIM115  # closed below
-                offset, length = packs[dtype].add(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+                offset, length = packs[dtype].add(
+                    array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+                )
                 _externalize(tensor, dtype, offset, length)  # location fixed below, once the pack is named
             models[rel] = model
     finally:
@@ -180,8 +192,14 @@ def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any]
         plan_dir = root / sdir
         if (plan_dir / ENGINE_BUILD_FILE).is_file():
             up = "../" * len(PurePosixPath(sdir).parts)
-            relocate_models(plan_dir, {PurePosixPath(old).name: up + new for old, new in moves.items()
-                                       if PurePosixPath(old).parent == PurePosixPath(sdir)})  # fmt: skip
+            relocate_models(
+                plan_dir,
+                {
+                    PurePosixPath(old).name: up + new
+                    for old, new in moves.items()
+                    if PurePosixPath(old).parent == PurePosixPath(sdir)
+                },
+            )
     block = {
         "layout": "shared",
         "dir": WEIGHTS_DIR,

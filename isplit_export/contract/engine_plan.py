@@ -62,14 +62,20 @@ def engine_output(bundle: Path, split_rel: str, rel: Any, what: str) -> Path:
     joined = join_rel(split_rel, rel, what)
     base = f"{split_rel}/{ENGINES_DIR}/"
     if not joined.startswith(base):
-        raise GateFailedError(f"{what} names {rel!r}, outside {base}: build-engines writes only there; rebuild the bundle")
+        raise GateFailedError(
+            f"{what} names {rel!r}, outside {base}: build-engines writes only there; rebuild the bundle"
+        )
     return bundle_path(bundle, joined, what, must_exist=False)
 
 
 def _shape(spec: Mapping[str, Any], key: str, src: str, field: str) -> list[int]:
     v = spec.get(key)
-    if (not isinstance(v, list) or not v or len(v) > 8
-            or any(isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= 1 << 20 for d in v)):  # fmt: skip
+    if (
+        not isinstance(v, list)
+        or not v
+        or len(v) > 8
+        or any(isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= 1 << 20 for d in v)
+    ):
         raise _bad(src, field, "a list of 1-8 positive dimensions", v)
     return list(v)
 

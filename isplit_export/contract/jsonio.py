@@ -61,7 +61,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_json(data: bytes, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def parse_json(
+    data: bytes, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
     """Strict JSON from bytes: UTF-8, at most ``max_bytes`` and ``max_depth`` deep, no NaN/Infinity, no duplicate keys."""
     if len(data) > max_bytes:
         raise BadInputError(f"{what} is {len(data)} bytes, over the {max_bytes} byte limit: {_rebuild(what)}")
@@ -71,11 +73,15 @@ def parse_json(data: bytes, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_d
         raise BadInputError(f"{what} is not UTF-8 text: {_rebuild(what)}") from None
     depth = json_depth(text)
     if depth > max_depth:
-        raise BadInputError(f"{what} nests {depth} levels deep, over the limit of {max_depth}: {_rebuild(what)}")
+        raise BadInputError(
+            f"{what} nests {depth} levels deep, over the limit of {max_depth}: {_rebuild(what)}"
+        )
     try:
         return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
-        raise BadInputError(f"{what} is not valid JSON ({e.msg} at line {e.lineno}): {_rebuild(what)}") from None
+        raise BadInputError(
+            f"{what} is not valid JSON ({e.msg} at line {e.lineno}): {_rebuild(what)}"
+        ) from None
     except (ValueError, RecursionError) as e:
         raise BadInputError(f"{what} is not strict JSON ({e}): {_rebuild(what)}") from None
 
@@ -113,7 +119,11 @@ def read_json(path: Path, what: str, *, max_bytes: int = MAX_JSON_BYTES) -> dict
 
 
 def _bad(source: str, field: str, want: str, got: Any) -> BadInputError:
-    shown = type(got).__name__ if not isinstance(got, (int, float, str)) or isinstance(got, bool) else repr(got)[:40]
+    shown = (
+        type(got).__name__
+        if not isinstance(got, (int, float, str)) or isinstance(got, bool)
+        else repr(got)[:40]
+    )
     return BadInputError(f"{source}: field '{field}' must be {want}, got {shown}: {_rebuild(source)}")
 
 
@@ -135,7 +145,9 @@ def opt_dict(obj: Mapping[str, Any], key: str, source: str, field: str | None = 
     return v
 
 
-def req_str(obj: Mapping[str, Any], key: str, source: str, field: str | None = None, *, optional: bool = False) -> str | None:
+def req_str(
+    obj: Mapping[str, Any], key: str, source: str, field: str | None = None, *, optional: bool = False
+) -> str | None:
     """``obj[key]`` as a non-empty string (or None when ``optional`` and absent/null)."""
     v = obj.get(key)
     if v is None and optional:
@@ -145,8 +157,16 @@ def req_str(obj: Mapping[str, Any], key: str, source: str, field: str | None = N
     return v
 
 
-def req_int(obj: Mapping[str, Any], key: str, source: str, field: str | None = None, *, lo: int = 0,
-            hi: int = 1 << 62, optional: bool = False) -> int | None:  # fmt: skip
+def req_int(
+    obj: Mapping[str, Any],
+    key: str,
+    source: str,
+    field: str | None = None,
+    *,
+    lo: int = 0,
+    hi: int = 1 << 62,
+    optional: bool = False,
+) -> int | None:
     """``obj[key]`` as an integer in ``[lo, hi]`` (booleans and floats refused)."""
     v = obj.get(key)
     if v is None and optional:
@@ -156,14 +176,25 @@ def req_int(obj: Mapping[str, Any], key: str, source: str, field: str | None = N
     return v
 
 
-def req_number(obj: Mapping[str, Any], key: str, source: str, field: str | None = None, *, lo: float = 0.0,
-               hi: float = MAX_FLOPS, positive: bool = False, optional: bool = False) -> float | None:  # fmt: skip
+def req_number(
+    obj: Mapping[str, Any],
+    key: str,
+    source: str,
+    field: str | None = None,
+    *,
+    lo: float = 0.0,
+    hi: float = MAX_FLOPS,
+    positive: bool = False,
+    optional: bool = False,
+) -> float | None:
     """``obj[key]`` as a finite number in ``[lo, hi]`` (``> lo`` with ``positive``)."""
     v = obj.get(key)
     if v is None and optional:
         return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not (
-        math.isfinite(v) and lo <= v <= hi and (v > lo or not positive)
+    if (
+        not isinstance(v, (int, float))
+        or isinstance(v, bool)
+        or not (math.isfinite(v) and lo <= v <= hi and (v > lo or not positive))
     ):
         want = f"a finite number in ({lo:g}, {hi:g}]" if positive else f"a finite number in [{lo:g}, {hi:g}]"
         raise _bad(source, field or key, want, v)
@@ -173,5 +204,7 @@ def req_number(obj: Mapping[str, Any], key: str, source: str, field: str | None 
 def check_sha256_text(value: Any, what: str) -> str:
     """``value`` as a lower-case hex sha256 (64 characters), else one line naming ``what``."""
     if not isinstance(value, str) or not _HEX64.match(value.strip().lower()):
-        raise BadInputError(f"{what} {str(value)[:80]!r} is not a sha256: pass the 64 hex digits CI published")
+        raise BadInputError(
+            f"{what} {str(value)[:80]!r} is not a sha256: pass the 64 hex digits CI published"
+        )
     return value.strip().lower()

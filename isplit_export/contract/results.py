@@ -63,9 +63,13 @@ def _validate_ranking(r: dict[str, Any], src: str) -> dict[str, Any]:
         req_number(c, "head_flops_share", src, f"{f}.head_flops_share", hi=1.0)
         req_number(c, "head_flops", src, f"{f}.head_flops", hi=float(total or 0), optional=True)
         shape = c.get("shape")
-        if (not isinstance(shape, list) or not shape or len(shape) > 8
-                or any(isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= MAX_DIM for d in shape)
-                or math.prod(shape) > MAX_ELEMENTS):  # fmt: skip
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or len(shape) > 8
+            or any(isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= MAX_DIM for d in shape)
+            or math.prod(shape) > MAX_ELEMENTS
+        ):
             raise _bad(src, f"{f}.shape", "a list of 1-8 positive dimensions", shape)
     return r
 
@@ -165,9 +169,13 @@ def _run_record(manifest: Manifest, key: str, r: Any, splits: Mapping[str, Mappi
     index = req_int(r, "index", RUN_FILE, f"{f}.index", optional=True)
     if index != entry.get("index"):
         raise _bad(RUN_FILE, f"{f}.index", f"the manifest's index of {key} ({entry.get('index')})", index)
-    ok = req_int(opt_dict(r, "images", RUN_FILE, f"{f}.images"), "ok", RUN_FILE, f"{f}.images.ok", optional=True)
+    ok = req_int(
+        opt_dict(r, "images", RUN_FILE, f"{f}.images"), "ok", RUN_FILE, f"{f}.images.ok", optional=True
+    )
     server = opt_dict(r, "server", RUN_FILE, f"{f}.server")
-    where = req_str(server, "address_class", RUN_FILE, f"{f}.server.address_class", optional=True) or "unknown"
+    where = (
+        req_str(server, "address_class", RUN_FILE, f"{f}.server.address_class", optional=True) or "unknown"
+    )
     if where not in (*ADDRESS_CLASSES, "unknown"):
         raise _bad(RUN_FILE, f"{f}.server.address_class", " or ".join(ADDRESS_CLASSES), where)
     nbytes = req_int(
@@ -185,7 +193,9 @@ def _run_record(manifest: Manifest, key: str, r: Any, splits: Mapping[str, Mappi
     compute = opt_dict(r, "server_compute", RUN_FILE, f"{f}.server_compute")
     srv = opt_dict(compute, "ms", RUN_FILE, f"{f}.server_compute.ms")
     p50, mean = (_opt_ms(srv, k, f"{f}.server_compute.ms.{k}") for k in ("p50", "mean"))
-    head = opt_dict(opt_dict(r, "latency_ms", RUN_FILE, f"{f}.latency_ms"), "head", RUN_FILE, f"{f}.latency_ms.head")
+    head = opt_dict(
+        opt_dict(r, "latency_ms", RUN_FILE, f"{f}.latency_ms"), "head", RUN_FILE, f"{f}.latency_ms.head"
+    )
     return RunRecord(
         dir=key,
         index=int(index) if index is not None else -1,

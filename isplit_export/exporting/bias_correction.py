@@ -192,4 +192,3 @@ def _output_means(target: _BiasTarget, weight: np.ndarray, means: np.ndarray) ->
     w = weight.reshape(group, out_ch // group, in_per_group, -1)
     m = means.reshape(group, in_per_group, -1)
     return np.einsum("goct,gct->go", w, m).reshape(out_ch)
-

@@ -284,7 +284,9 @@ def _strip_codec(source: onnx.ModelProto, *, head: bool) -> onnx.ModelProto:
     """A copy of a head (its ``boundary`` output) or tail (its input) without the boundary codec node."""
     model = copy_model(source)
     graph = model.graph
-    value = _find_value(graph.output if head else graph.input, BOUNDARY, "head graph output" if head else "tail graph input")
+    value = _find_value(
+        graph.output if head else graph.input, BOUNDARY, "head graph output" if head else "tail graph input"
+    )
     if value.type.tensor_type.elem_type == TensorProto.FLOAT:
         return model
     node = _remove_codec(graph, _codec_of(graph, BOUNDARY, produced=head))

@@ -83,7 +83,11 @@ def node_positions(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> 
     for name, value in sample.items():
         if value.ndim >= 3:
             sizes[name] = int(np.prod(value.shape[2:]))
-    convs = {n.name: positions for n, positions, _ in weighted_nodes(model, sample) if n.op_type in SPATIAL_OP_TYPES}
+    convs = {
+        n.name: positions
+        for n, positions, _ in weighted_nodes(model, sample)
+        if n.op_type in SPATIAL_OP_TYPES
+    }
     result = {}
     for node in model.graph.node:
         if node.name in convs:
@@ -106,4 +110,3 @@ def stem_share(
         if node.op_type in SPATIAL_OP_TYPES and positions > above:
             stem += macs
     return stem / total if total else 0.0
-

@@ -43,13 +43,17 @@ def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_na
                 do_constant_folding=True,
             )
     except Exception as err:
-        raise TechnicalError(f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+        raise TechnicalError(
+            f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from err
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return onnx.load_from_string(buf.getvalue())
 
 
-def export_file(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> Path:
+def export_file(
+    module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str
+) -> Path:
     """:func:`to_onnx` then write ``path`` (canonical bytes, ONNX checker run)."""
     save_model(to_onnx(module, example, input_name, output_name), path)
     return path

@@ -88,7 +88,9 @@ def separate_quant_params(model: onnx.ModelProto) -> None:
             continue
         params = tuple(node.input[1:3])
         users = consumers.get(node.output[0], [])
-        if params not in seen or any(u.op_type != "DequantizeLinear" or tuple(u.input[1:3]) != params for u in users):
+        if params not in seen or any(
+            u.op_type != "DequantizeLinear" or tuple(u.input[1:3]) != params for u in users
+        ):
             seen.add(params)
             continue
         copies = []

@@ -47,9 +47,21 @@ __all__ = [
 ]
 
 QUANTIZED_OP_TYPES = (
-    *WEIGHTED_OP_TYPES, "Add", "Mul", "Concat", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
-    "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
-)  # fmt: skip
+    *WEIGHTED_OP_TYPES,
+    "Add",
+    "Mul",
+    "Concat",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+)
 """Operators whose inputs and outputs get Q/DQ: what onnxruntime fuses into integer kernels (QLinearConv,
 QLinearAdd, ...) and TensorRT into int8 layers. Sigmoid, Softmax and friends stay float."""
 
@@ -231,14 +243,24 @@ def build_int8_pair(
         head_q, tail_q = work / "head.qdq.onnx", work / "tail.qdq.onnx"
         save_model(head, head_src)
         save_model(tail, tail_src)
-        quantize_qdq(head_src, head_q, {head_inputs[0]: calib_inputs}, keep_float_above=keep_above,
-                     bias_correction=bias_correction)  # fmt: skip
+        quantize_qdq(
+            head_src,
+            head_q,
+            {head_inputs[0]: calib_inputs},
+            keep_float_above=keep_above,
+            bias_correction=bias_correction,
+        )
         session = make_session(head_q)
         boundary = np.concatenate(
             [run_session(session, {head_inputs[0]: x[i : i + 1]})[0] for i in range(len(x))], axis=0
         ).astype(np.float32, copy=False)
-        quantize_qdq(tail_src, tail_q, {tail_inputs[0]: boundary}, keep_float_above=keep_above,
-                     bias_correction=bias_correction)  # fmt: skip
+        quantize_qdq(
+            tail_src,
+            tail_q,
+            {tail_inputs[0]: boundary},
+            keep_float_above=keep_above,
+            bias_correction=bias_correction,
+        )
         head_model = encode_head(onnx.load(str(head_q)), enc)
         tail_model = decode_tail(onnx.load(str(tail_q)), enc)
     save_model(head_model, Path(out_head))
@@ -251,6 +273,7 @@ def _load(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as exc:
         raise BadInputError(f"cannot read ONNX model {path}: {exc}") from exc
+
 
 def _check_calibration(
     model: onnx.ModelProto, calibration: Mapping[str, np.ndarray]
@@ -277,4 +300,3 @@ def _check_calibration(
     if len(counts) != 1:
         raise BadInputError(f"calibration inputs have different sample counts: {sorted(counts)}")
     return feeds
-

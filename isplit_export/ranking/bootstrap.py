@@ -97,7 +97,9 @@ def poisson_weights(seed: int, indices: Sequence[int] | np.ndarray, replicates: 
         raise ValueError("image indices must be non-negative")
     base = np.uint64((seed + _GOLDEN) & _MASK)
     with np.errstate(over="ignore"):
-        keys = _mix64(_mix64(np.full(idx.shape, base) + (idx.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN)))
+        keys = _mix64(
+            _mix64(np.full(idx.shape, base) + (idx.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
+        )
         steps = (np.arange(1, replicates + 1, dtype=np.uint64) * np.uint64(_GOLDEN))[None, :]
         bits = _mix64(keys[:, None] + steps)
     u = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
@@ -139,7 +141,9 @@ class BootstrapSums:
             self.n[key] = np.zeros(self.replicates, dtype=np.int64)
         return self.hi[key], self.lo[key], self.n[key]
 
-    def add(self, keys: Sequence[int], scores: np.ndarray, indices: Sequence[int] | np.ndarray | None = None) -> None:
+    def add(
+        self, keys: Sequence[int], scores: np.ndarray, indices: Sequence[int] | np.ndarray | None = None
+    ) -> None:
         """Add images with class ``keys`` [n], ``scores`` [n, cuts] and global ``indices`` [n]
         (default: the next ``n`` positions after the images added so far)."""
         s = np.asarray(scores, dtype=np.float64)
@@ -252,7 +256,7 @@ def summarize_uncertainty(
     return {
         "cui_ci": [None if np.isnan(row).any() else [float(row[0]), float(row[1])] for row in ci],
         "rank_stability": stability,
-        "ties": [sorted(t, key=lambda k: (ranks[k] or 0)) for t in ties],
+        "ties": [sorted(t, key=lambda k: ranks[k] or 0) for t in ties],
         "pairs": pairs,
         "valid_replicates": int(valid.shape[0]),
     }

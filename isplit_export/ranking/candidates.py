@@ -71,6 +71,7 @@ class Ranking:
         from isplit_export.ranking.bootstrap import summarize_uncertainty
 
         return summarize_uncertainty(self.cui, self.replicates, self.ranks)
+
     total_flops: int | None = None
     probe: Probe | None = None
     """The probe at a ``--bottleneck`` budget (:mod:`isplit_export.bottleneck.probe`): a score per probed cut."""

@@ -30,7 +30,9 @@ def to_fixed(values: np.ndarray) -> list[list[int]]:
     mantissa, exponent = np.frexp(v)  # v = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
     m = (mantissa * float(1 << _MANTISSA_BITS)).astype(np.int64)  # exact: 53 bits
     shift = exponent.astype(np.int64) - _MANTISSA_BITS + SCALE_BITS  # < 0 only for subnormals
-    return [[_shift(int(a), int(b)) for a, b in zip(mr, sr, strict=True)] for mr, sr in zip(m, shift, strict=True)]
+    return [
+        [_shift(int(a), int(b)) for a, b in zip(mr, sr, strict=True)] for mr, sr in zip(m, shift, strict=True)
+    ]
 
 
 def _shift(mantissa: int, bits: int) -> int:

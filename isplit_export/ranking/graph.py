@@ -34,21 +34,50 @@ from isplit_export.ranking.layouts import classify, example_input, infer_axes
 log = logging.getLogger(__name__)
 
 POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.Mish, nn.Tanh,
-    nn.Softplus, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
-)  # fmt: skip
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.Identity,
+)
 POINTWISE_FUNCTIONS: set[Any] = {
-    torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.nn.functional.silu,
-    torch.nn.functional.hardswish, torch.nn.functional.hardsigmoid, torch.sigmoid, torch.tanh,
-    torch.nn.functional.gelu, torch.nn.functional.dropout, torch.nn.functional.leaky_relu,
+    torch.relu,
+    torch.nn.functional.relu,
+    torch.nn.functional.relu6,
+    torch.nn.functional.silu,
+    torch.nn.functional.hardswish,
+    torch.nn.functional.hardsigmoid,
+    torch.sigmoid,
+    torch.tanh,
+    torch.nn.functional.gelu,
+    torch.nn.functional.dropout,
+    torch.nn.functional.leaky_relu,
     torch.nn.functional.batch_norm,
-}  # fmt: skip
+}
 POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min"}
 # Padding belongs to the conv after it: cutting after it would only send a larger tensor.
 PADDING_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-)  # fmt: skip
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +122,9 @@ class TracedModel:
     def cut(self, index: int) -> Cut:
         """The cut with ``index`` (position in :attr:`cuts`); out of range is a :class:`BadInputError`."""
         if not 0 <= index < len(self.cuts):
-            raise BadInputError(f"split index {index} out of range: this model has cuts 0..{len(self.cuts) - 1}")
+            raise BadInputError(
+                f"split index {index} out of range: this model has cuts 0..{len(self.cuts) - 1}"
+            )
         return self.cuts[index]
 
     def capture_module(self) -> fx.GraphModule:
@@ -201,7 +232,12 @@ def trace(module: nn.Module, input_shape: tuple[int, ...]) -> TracedModel:
         if n.op == "placeholder":
             continue
         live = {m for m in live if last_use[m] > i}
-        if live != {n} or not _is_tensor(n) or _is_padding(n, gm) or _followed_by_pointwise(n, nodes[i + 1], gm):
+        if (
+            live != {n}
+            or not _is_tensor(n)
+            or _is_padding(n, gm)
+            or _followed_by_pointwise(n, nodes[i + 1], gm)
+        ):
             continue
         full = tuple(int(s) for s in n.meta["tensor_meta"].shape)
         layout, class_tokens, reason = classify(axes.get(n), full)
@@ -271,7 +307,12 @@ def _free_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
     free = {n for n in nodes if _is_batch_size(n)}
     for n in nodes:
         shape_op = n.target == "size" or n.target is getattr
-        if shape_op and n.users and all(u in free for u in n.users) and n.op in ("call_method", "call_function"):
+        if (
+            shape_op
+            and n.users
+            and all(u in free for u in n.users)
+            and n.op in ("call_method", "call_function")
+        ):
             free.add(n)
     return free
 
@@ -293,9 +334,14 @@ def _paths(n: fx.Node) -> set[str]:
 
 
 _WEIGHTED_FUNCTIONS: set[Any] = {
-    torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d, torch.conv1d, torch.conv2d,
-    torch.conv3d, torch.nn.functional.linear,
-}  # fmt: skip
+    torch.nn.functional.conv1d,
+    torch.nn.functional.conv2d,
+    torch.nn.functional.conv3d,
+    torch.conv1d,
+    torch.conv2d,
+    torch.conv3d,
+    torch.nn.functional.linear,
+}
 
 
 def _node_flops(gm: fx.GraphModule, batch: int = 1) -> dict[fx.Node, int]:
@@ -335,7 +381,9 @@ def _node_flops(gm: fx.GraphModule, batch: int = 1) -> dict[fx.Node, int]:
     return out
 
 
-def _split(gm: fx.GraphModule, cut_name: str, head: bool = True) -> tuple[fx.GraphModule | None, fx.GraphModule]:
+def _split(
+    gm: fx.GraphModule, cut_name: str, head: bool = True
+) -> tuple[fx.GraphModule | None, fx.GraphModule]:
     nodes = list(gm.graph.nodes)
     k = next(i for i, n in enumerate(nodes) if n.name == cut_name)
     free = _free_nodes(nodes)

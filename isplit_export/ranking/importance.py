@@ -137,13 +137,17 @@ def gradcam_scores(
     return cam.clamp_min(0).mean(dim=1)
 
 
-def target_logits(logits: torch.Tensor, labels: torch.Tensor, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+def target_logits(
+    logits: torch.Tensor, labels: torch.Tensor, score: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The class each image's score is taken for, and the sum of those logits (for one backward)."""
     if score == "top":
         target = logits.argmax(dim=1)
     elif score == "label":
         if bool((labels < 0).any()):
-            raise BadInputError("--score label needs labelled images: use an ImageFolder whose folders are model classes")
+            raise BadInputError(
+                "--score label needs labelled images: use an ImageFolder whose folders are model classes"
+            )
         target = labels.to(logits.device)
     else:
         raise BadInputError(f"unknown --score '{score}': choose one of {', '.join(SCORES)}")
@@ -210,7 +214,9 @@ def batch_scores(
     return scores, keys
 
 
-def reference_cui(traced: TracedModel, x: torch.Tensor, labels: torch.Tensor | None = None, score: str = "top") -> np.ndarray:
+def reference_cui(
+    traced: TracedModel, x: torch.Tensor, labels: torch.Tensor | None = None, score: str = "top"
+) -> np.ndarray:
     """The straightforward I-Split algorithm, for tests and benchmarks: batch 1, and for every cut l
     a fresh forward of layers 0..l (the head) and l..end (the tail) plus a backward. O(images x cuts)."""
     total = np.zeros(len(traced.cuts))

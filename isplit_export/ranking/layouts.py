@@ -127,7 +127,15 @@ def infer_axes(gm: fx.GraphModule) -> dict[fx.Node, Axes | None]:
         shape = _shape(n)
         try:
             out = _node_axes(n, gm, axes, shape) if shape is not None else None
-        except (TypeError, ValueError, IndexError, KeyError, AttributeError, AssertionError, ZeroDivisionError):
+        except (
+            TypeError,
+            ValueError,
+            IndexError,
+            KeyError,
+            AttributeError,
+            AssertionError,
+            ZeroDivisionError,
+        ):
             out = None  # unusual argument forms: the layout is unknown, never an error
         if out is not None and (shape is None or len(out) != len(shape)):
             out = None
@@ -150,7 +158,9 @@ def _name(n: fx.Node) -> str:
     return ""
 
 
-def _node_axes(n: fx.Node, gm: fx.GraphModule, known: dict[fx.Node, Axes | None], shape: tuple[int, ...]) -> Axes | None:
+def _node_axes(
+    n: fx.Node, gm: fx.GraphModule, known: dict[fx.Node, Axes | None], shape: tuple[int, ...]
+) -> Axes | None:
     if n.op == "placeholder":
         if len(shape) == 4:
             return (whole("B", shape[0]), whole("C", shape[1]), whole("H", shape[2]), whole("W", shape[3]))
@@ -202,7 +212,9 @@ def _dims(n: fx.Node, key: str) -> list[int]:
     return [int(d) for d in rest]
 
 
-def _tensor_inputs(n: fx.Node, known: dict[fx.Node, Axes | None]) -> list[tuple[Axes | None, tuple[int, ...]]]:
+def _tensor_inputs(
+    n: fx.Node, known: dict[fx.Node, Axes | None]
+) -> list[tuple[Axes | None, tuple[int, ...]]]:
     out: list[tuple[Axes | None, tuple[int, ...]]] = []
     for a in n.all_input_nodes:
         s = _shape(a)
@@ -239,7 +251,11 @@ def _conv(axes: Axes | None, in_shape: tuple[int, ...] | None, shape: tuple[int,
     spatial = [role_of(a) for a in axes[2:]]
     if any(r not in ("H", "W") for r in spatial):
         return None
-    return (axes[0], whole("C", shape[1]), *[whole(str(r), s) for r, s in zip(spatial, shape[2:], strict=True)])
+    return (
+        axes[0],
+        whole("C", shape[1]),
+        *[whole(str(r), s) for r, s in zip(spatial, shape[2:], strict=True)],
+    )
 
 
 def _linear(axes: Axes | None, in_shape: tuple[int, ...] | None, shape: tuple[int, ...]) -> Axes | None:

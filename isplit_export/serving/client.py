@@ -48,10 +48,14 @@ class _BoundedResponse:
     def __init__(self, response: Any, limit: int) -> None:
         self._r, self._limit = response, limit
         if response.get("Content-Encoding") not in (None, "identity"):
-            self._refuse(f"the server sent a {response.get('Content-Encoding')}-compressed response, never asked for")
+            self._refuse(
+                f"the server sent a {response.get('Content-Encoding')}-compressed response, never asked for"
+            )
         length = response.get("Content-Length")
         if length is not None and (not str(length).isdigit() or int(length) > limit):
-            self._refuse(f"the server's response declares {length} bytes, over the {limit}-byte limit for the logits")
+            self._refuse(
+                f"the server's response declares {length} bytes, over the {limit}-byte limit for the logits"
+            )
 
     def _refuse(self, why: str) -> None:
         pool, sock = getattr(self._r, "_pool", None), getattr(self._r, "_sock", None)

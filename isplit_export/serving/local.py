@@ -72,12 +72,16 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
     if options.data is None:
         g = split.load_golden()
         n = g["input"].shape[0] if options.images is None else min(options.images, g["input"].shape[0])
-        images = [Image_(f"golden[{i}]", np.ascontiguousarray(g["input"][i : i + 1]), int(g["labels"][i]))
-                  for i in range(n)]  # fmt: skip
+        images = [
+            Image_(f"golden[{i}]", np.ascontiguousarray(g["input"][i : i + 1]), int(g["labels"][i]))
+            for i in range(n)
+        ]
         return images, f"{split.dir}/golden.npz"
     root = options.data
     if not root.is_dir():
-        raise BadInputError(f"--data {root} is not a directory: pass a folder of images or of class sub-folders")
+        raise BadInputError(
+            f"--data {root} is not a directory: pass a folder of images or of class sub-folders"
+        )
     classes = bundle.manifest.num_classes or 0
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     items: list[tuple[str, Path, int]] = []
@@ -88,7 +92,9 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
     if options.images is not None:
         items = items[: options.images]
     if not items:
-        raise BadInputError(f"no images found in --data {root}: pass a folder of .png/.jpg files or class sub-folders")
+        raise BadInputError(
+            f"no images found in --data {root}: pass a folder of .png/.jpg files or class sub-folders"
+        )
     prep = bundle.preprocessing
     images = []
     for name, path, label in items:
@@ -107,7 +113,9 @@ def _head_engine(bundle: BundleAccess, split: SplitAccess) -> tuple[Path, int | 
     """The split's head engine file and DLA core, from its ``engine_plan.json`` read through the contract
     (validated, paths inside the split's ``engines/``)."""
     if split.engine_plan is None:
-        raise BadInputError(f"split {split.dir} has no engine build plan: export the bundle for a TensorRT target")
+        raise BadInputError(
+            f"split {split.dir} has no engine build plan: export the bundle for a TensorRT target"
+        )
     m = contract.read_manifest(bundle.root)
     if m.sha256 != bundle.manifest_sha256:
         raise GateFailedError(f"{bundle.root}/manifest.json changed while the run started: run again")
@@ -136,7 +144,9 @@ class Head:
     """The split's head on this machine: the runner of the backend :func:`choose_backend` picks, activated
     once for the whole run. ``backend`` names it, ``why`` says why in a few words."""
 
-    def __init__(self, bundle: BundleAccess, split: SplitAccess, backend: str, threads: int, trust: bool = False) -> None:
+    def __init__(
+        self, bundle: BundleAccess, split: SplitAccess, backend: str, threads: int, trust: bool = False
+    ) -> None:
         self.split = split
         chosen, self.why = choose_backend(bundle, split, backend, trust)
         self.backend = chosen.name
@@ -189,4 +199,12 @@ def local_latency(
     return {k: rounded(v, 4, decimals=True) for k, v in ms.items()}
 
 
-__all__ = ["Head", "Image_", "choose_backend", "load_images", "local_latency", "local_reference", "preprocess_image"]
+__all__ = [
+    "Head",
+    "Image_",
+    "choose_backend",
+    "load_images",
+    "local_latency",
+    "local_reference",
+    "preprocess_image",
+]

@@ -62,8 +62,9 @@ class Recorder:
         self.images, self.ref = images, ref
         self.lock = threading.Lock()
         self.counts = {"ok": 0, "failed": 0, "skipped": 0}
-        self.ms: dict[str, array[float]] = {k: array("d") for k in ("head", "encode", "round_trip", "server",
-                                                                     "end_to_end", "transport")}  # fmt: skip
+        self.ms: dict[str, array[float]] = {
+            k: array("d") for k in ("head", "encode", "round_trip", "server", "end_to_end", "transport")
+        }
         self.payload: set[int] = set()
         self.failures: list[dict[str, Any]] = []
         self.worst: dict[int, tuple[float, np.ndarray]] = {}
@@ -76,11 +77,23 @@ class Recorder:
                 self.payload.add(req.bytes_sent)
             if req.status != "ok" or logits is None:
                 if len(self.failures) < MAX_LISTED_FAILURES:
-                    self.failures.append({"request": req.n, "image": self.images[req.image].name, "status": req.status,
-                                          "attempts": req.attempts, "error": req.error})  # fmt: skip
+                    self.failures.append(
+                        {
+                            "request": req.n,
+                            "image": self.images[req.image].name,
+                            "status": req.status,
+                            "attempts": req.attempts,
+                            "error": req.error,
+                        }
+                    )
                 return
-            for key, v in (("head", req.head_ms), ("encode", req.encode_ms), ("round_trip", req.round_trip_ms),
-                           ("end_to_end", req.end_to_end_ms), ("server", req.server_ms)):  # fmt: skip
+            for key, v in (
+                ("head", req.head_ms),
+                ("encode", req.encode_ms),
+                ("round_trip", req.round_trip_ms),
+                ("end_to_end", req.end_to_end_ms),
+                ("server", req.server_ms),
+            ):
                 if v is not None:
                     self.ms[key].append(v)
             if req.server_ms is not None and req.round_trip_ms is not None:
@@ -107,9 +120,15 @@ def stats(values: list[float]) -> dict[str, Any] | None:
     if not values:
         return None
     a = np.asarray(values, dtype=np.float64)
-    return {"n": len(values), "p50": rounded(float(np.percentile(a, 50))), "p95": rounded(float(np.percentile(a, 95))),
-            "p99": rounded(float(np.percentile(a, 99))), "mean": rounded(float(a.mean())), "min": rounded(float(a.min())),
-            "max": rounded(float(a.max()))}  # fmt: skip
+    return {
+        "n": len(values),
+        "p50": rounded(float(np.percentile(a, 50))),
+        "p95": rounded(float(np.percentile(a, 95))),
+        "p99": rounded(float(np.percentile(a, 99))),
+        "mean": rounded(float(a.mean())),
+        "min": rounded(float(a.min())),
+        "max": rounded(float(a.max())),
+    }
 
 
 def rounded(v: float | None) -> float | None:
@@ -122,15 +141,29 @@ def rounded(v: float | None) -> float | None:
 
 
 def run_entry(
-    options: RunOptions, split: SplitAccess, source: str, images: list[Image_],
-    ref: dict[int, dict[str, np.ndarray]], rec: Recorder, goldens: dict[str, Any],
-    local: dict[str, float] | None, wire: list[int], wall: float, rss: list[float],
-    stats_before: tuple[int, int] | None, stats_after: tuple[int, int] | None, interrupted: bool,
-) -> dict[str, Any]:  # fmt: skip
+    options: RunOptions,
+    split: SplitAccess,
+    source: str,
+    images: list[Image_],
+    ref: dict[int, dict[str, np.ndarray]],
+    rec: Recorder,
+    goldens: dict[str, Any],
+    local: dict[str, float] | None,
+    wire: list[int],
+    wall: float,
+    rss: list[float],
+    stats_before: tuple[int, int] | None,
+    stats_after: tuple[int, int] | None,
+    interrupted: bool,
+) -> dict[str, Any]:
     """The run.json entry of the split (see docs/serving.md for every field)."""
     counts = dict(rec.counts)
     pair_gate = gate_for("fp32")
-    vs_pair: dict[str, Any] = {"gate": pair_gate.name, "images": counts["ok"], "distinct_compared": len(rec.worst)}
+    vs_pair: dict[str, Any] = {
+        "gate": pair_gate.name,
+        "images": counts["ok"],
+        "distinct_compared": len(rec.worst),
+    }
     if rec.worst:
         keys = sorted(rec.worst)
         pair = np.concatenate([ref[i]["pair"] for i in keys])
@@ -143,15 +176,21 @@ def run_entry(
     if rec.full_seen:
         task["agreement_with_full_model"] = rounded(rec.full_agree / rec.full_seen)
     if rec.labelled:
-        task.update(accuracy=rounded(rec.correct / rec.labelled), full_model_accuracy=rounded(rec.full_correct / rec.labelled),
-                    labelled=rec.labelled)  # fmt: skip
+        task.update(
+            accuracy=rounded(rec.correct / rec.labelled),
+            full_model_accuracy=rounded(rec.full_correct / rec.labelled),
+            labelled=rec.labelled,
+        )
     server_ms = list(rec.ms["server"])
     server: dict[str, Any] = {"source": None, "ms": None}
     if server_ms:
         server = {"source": "response parameter compute_us (per request)", "ms": stats(server_ms)}
     elif stats_before is not None and stats_after is not None and stats_after[0] > stats_before[0]:
         mean = (stats_after[1] - stats_before[1]) / (stats_after[0] - stats_before[0]) / 1e6
-        server = {"source": "statistics extension compute_infer (mean over the run)", "ms": {"mean": rounded(mean)}}
+        server = {
+            "source": "statistics extension compute_infer (mean over the run)",
+            "ms": {"mean": rounded(mean)},
+        }
     latency = {k: stats(list(rec.ms[k])) for k in ("head", "encode", "round_trip", "end_to_end", "transport")}
     overhead = None
     if local is not None and latency["end_to_end"] is not None and latency["head"] is not None:
@@ -164,7 +203,12 @@ def run_entry(
     listed = sorted(rec.failures, key=lambda f: int(f["request"]))
     host, port = parse_address(options.server)
     where = address_class(host)
-    passed = bool(goldens.get("passed")) and bool(vs_pair.get("passed")) and not counts["failed"] and not counts["skipped"]
+    passed = (
+        bool(goldens.get("passed"))
+        and bool(vs_pair.get("passed"))
+        and not counts["failed"]
+        and not counts["skipped"]
+    )
     return {
         "split": split.dir,
         "index": split.index,
@@ -173,9 +217,16 @@ def run_entry(
         "host": platform.platform(),
         "server": {"address": f"{host}:{port}", "protocol": options.protocol, "address_class": where},
         "backend": options.backend,
-        "options": {"requests": options.requests, "duration_s": options.duration_s, "concurrency": options.concurrency,
-                    "timeout_ms": options.timeout_ms, "retries": options.retries, "backoff_ms": options.backoff_ms,
-                    "threads": options.threads, "data": source},
+        "options": {
+            "requests": options.requests,
+            "duration_s": options.duration_s,
+            "concurrency": options.concurrency,
+            "timeout_ms": options.timeout_ms,
+            "retries": options.retries,
+            "backoff_ms": options.backoff_ms,
+            "threads": options.threads,
+            "data": source,
+        },
         "images": {"distinct": len(images), "requests": sum(counts.values()), **counts},
         "interrupted": interrupted,
         "wall_s": rounded(wall),
@@ -185,14 +236,27 @@ def run_entry(
         "link_ms_p50": link,
         "local_ms": local,
         "transport_overhead_ms_p50": overhead,
-        "bytes": {"bundle_bytes_per_image": split.bytes_per_image, "payload_per_image": payload[0] if len(payload) == 1 else payload,
-                  "request_on_wire": wire[0] if wire else None,
-                  "framing": (wire[0] - split.bytes_per_image) if wire else None,
-                  "framing_note": ("gRPC: protobuf ModelInferRequest + 5-byte message prefix; HTTP/2 frame and "
-                                   "header bytes not included" if options.protocol == "grpc" else
-                                   "HTTP: the JSON request body (numbers as text); HTTP headers not included")},
-        "client_rss_mib": {"start": rounded(rss[0]), "quarter": rounded(rss[len(rss) // 4]), "end": rounded(rss[-1]), "max": rounded(max(rss)),
-                           "samples": len(rss)} if rss else None,
+        "bytes": {
+            "bundle_bytes_per_image": split.bytes_per_image,
+            "payload_per_image": payload[0] if len(payload) == 1 else payload,
+            "request_on_wire": wire[0] if wire else None,
+            "framing": (wire[0] - split.bytes_per_image) if wire else None,
+            "framing_note": (
+                "gRPC: protobuf ModelInferRequest + 5-byte message prefix; HTTP/2 frame and "
+                "header bytes not included"
+                if options.protocol == "grpc"
+                else "HTTP: the JSON request body (numbers as text); HTTP headers not included"
+            ),
+        },
+        "client_rss_mib": {
+            "start": rounded(rss[0]),
+            "quarter": rounded(rss[len(rss) // 4]),
+            "end": rounded(rss[-1]),
+            "max": rounded(max(rss)),
+            "samples": len(rss),
+        }
+        if rss
+        else None,
         "goldens": goldens,
         "vs_local_pair": vs_pair,
         "task": task,
@@ -238,7 +302,9 @@ def check_run_path(options: RunOptions, root: Path) -> Path | None:
         return None
     path = options.out if options.out is not None else root / RUN_FILE
     flag = "--out" if options.out is not None else f"run.json in the bundle ({root})"
-    hint = "pass --out FILE or --no-write" if options.out is None else "pass a writable --out FILE or --no-write"
+    hint = (
+        "pass --out FILE or --no-write" if options.out is None else "pass a writable --out FILE or --no-write"
+    )
     if path.is_dir():
         raise BadInputError(f"{flag} {path} is a directory: {hint}")
     if not path.parent.is_dir():
@@ -261,12 +327,18 @@ def write_run(path: Path, bundle: BundleAccess, split: SplitAccess, data: dict[s
         except IsplitError:
             runs = {}
     runs[split.dir] = data
-    doc = {"schema": RUN_SCHEMA, "tool": {"name": "isplit-export", "version": __version__},
-           "manifest_sha256": bundle.manifest_sha256, "runs": runs}  # fmt: skip
+    doc = {
+        "schema": RUN_SCHEMA,
+        "tool": {"name": "isplit-export", "version": __version__},
+        "manifest_sha256": bundle.manifest_sha256,
+        "runs": runs,
+    }
     try:
         write_text_atomic(path, json_dumps(doc))
     except OSError as e:
-        raise BadInputError(f"cannot write {path} ({first_line(e, ERROR_CHARS)}): pass a writable --out FILE, or --no-write") from e
+        raise BadInputError(
+            f"cannot write {path} ({first_line(e, ERROR_CHARS)}): pass a writable --out FILE, or --no-write"
+        ) from e
     return path
 
 
@@ -292,39 +364,67 @@ def format_run(data: dict[str, Any], written: Path | None = None) -> str:
     rows.insert(3, ("server compute", srv))
     for name, s in rows:
         s = s or {}
-        lines.append(f"{name:16} {_fmt(s.get('p50')):>8} {_fmt(s.get('p95')):>8} {_fmt(s.get('p99')):>8} "
-                     f"{_fmt(s.get('mean')):>8} {s.get('n', '-'):>6}")  # fmt: skip
+        lines.append(
+            f"{name:16} {_fmt(s.get('p50')):>8} {_fmt(s.get('p95')):>8} {_fmt(s.get('p99')):>8} "
+            f"{_fmt(s.get('mean')):>8} {s.get('n', '-'):>6}"
+        )
     local = data.get("local_ms")
     if local:
-        lines.append(f"local head ({data.get('backend', '?')}) + tail (onnxruntime) here: {local['head_ms']:.3f} + "
-                     f"{local['tail_ms']:.3f} ms; "
-                     f"transport overhead p50: {_fmt(data['transport_overhead_ms_p50'])} ms")  # fmt: skip
+        lines.append(
+            f"local head ({data.get('backend', '?')}) + tail (onnxruntime) here: {local['head_ms']:.3f} + "
+            f"{local['tail_ms']:.3f} ms; "
+            f"transport overhead p50: {_fmt(data['transport_overhead_ms_p50'])} ms"
+        )
     lines.append(f"throughput: {_fmt(data['throughput_rps'])} requests/s over {_fmt(data['wall_s'])} s")
     b = data["bytes"]
-    lines.append(f"bytes per image: payload {b['payload_per_image']} B (bundle bytes_per_image {b['bundle_bytes_per_image']} B), "
-                 f"on the wire {b['request_on_wire']} B (framing {b['framing']} B)")  # fmt: skip
+    lines.append(
+        f"bytes per image: payload {b['payload_per_image']} B (bundle bytes_per_image {b['bundle_bytes_per_image']} B), "
+        f"on the wire {b['request_on_wire']} B (framing {b['framing']} B)"
+    )
     t = data["task"]
     if "agreement_with_full_model" in t:
-        acc = (f"; accuracy {t['accuracy']:.1%} (full model {t['full_model_accuracy']:.1%}, {t['labelled']} labelled)"
-               if "accuracy" in t else "")  # fmt: skip
+        acc = (
+            f"; accuracy {t['accuracy']:.1%} (full model {t['full_model_accuracy']:.1%}, {t['labelled']} labelled)"
+            if "accuracy" in t
+            else ""
+        )
         lines.append(f"agreement with the full model: {t['agreement_with_full_model']:.1%}{acc}")
     vp, g = data["vs_local_pair"], data["goldens"]
     mar = (vp.get("metrics") or {}).get("max_abs_rel")
-    lines.append(f"served vs local pair: max_abs_rel {_fmt(mar)}, gate {vp['gate']} {'pass' if vp['passed'] else 'FAIL'}; "
-                 f"goldens: {g['images']} through the server, gate {g['gate']} {'pass' if g['passed'] else 'FAIL'}")  # fmt: skip
+    lines.append(
+        f"served vs local pair: max_abs_rel {_fmt(mar)}, gate {vp['gate']} {'pass' if vp['passed'] else 'FAIL'}; "
+        f"goldens: {g['images']} through the server, gate {g['gate']} {'pass' if g['passed'] else 'FAIL'}"
+    )
     for reason in [*vp.get("failures", []), *g.get("failures", [])]:
         lines.append(f"check failed: {reason}")
     c = data["images"]
     lines.append(f"requests: {c['ok']} ok, {c['failed']} failed after retries, {c['skipped']} skipped")
     stopped = data.get("stopped") or {}
     if stopped.get("reason") == "circuit breaker":
-        lines.append(f"stopped: {stopped['fail_after']} requests in a row failed (--fail-after); the rest were not sent")
+        lines.append(
+            f"stopped: {stopped['fail_after']} requests in a row failed (--fail-after); the rest were not sent"
+        )
     for f in data["failures"][:10]:
-        lines.append(f"  request {f['request']} ({f['image']}): {f['status']} after {f['attempts']} attempt(s): {f['error']}")
+        lines.append(
+            f"  request {f['request']} ({f['image']}): {f['status']} after {f['attempts']} attempt(s): {f['error']}"
+        )
     if written is not None:
         lines.append(f"wrote {written}")
     return "\n".join(lines)
 
 
-__all__ = ["ERROR_CHARS", "MAX_LISTED_FAILURES", "RUN_FILE", "RUN_SCHEMA", "Recorder", "Request", "address_class",
-           "check_run_path", "format_run", "rounded", "run_entry", "stats", "write_run"]
+__all__ = [
+    "ERROR_CHARS",
+    "MAX_LISTED_FAILURES",
+    "RUN_FILE",
+    "RUN_SCHEMA",
+    "Recorder",
+    "Request",
+    "address_class",
+    "check_run_path",
+    "format_run",
+    "rounded",
+    "run_entry",
+    "stats",
+    "write_run",
+]

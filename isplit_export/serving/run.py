@@ -108,7 +108,12 @@ class RunResult:
 
     def write(self) -> Path | None:
         """Merge the entry into run.json at :attr:`path` (nothing with ``--no-write``); returns the path."""
-        if self.path is not None and self.bundle is not None and self.split is not None and self.written is None:
+        if (
+            self.path is not None
+            and self.bundle is not None
+            and self.split is not None
+            and self.written is None
+        ):
             self.written = write_run(self.path, self.bundle, self.split, self.data)
         return self.written
 
@@ -169,15 +174,26 @@ def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: i
         req = Request(n=-1, image=i)
         _, logits = send(client, options, np.ascontiguousarray(g["boundary"][i : i + 1]), classes, req, stop)
         if logits is None:
-            return {"images": int(g["boundary"].shape[0]), "passed": False, "gate": gate.name,
-                    "failures": [f"golden {i}: {req.error}"]}  # fmt: skip
+            return {
+                "images": int(g["boundary"].shape[0]),
+                "passed": False,
+                "gate": gate.name,
+                "failures": [f"golden {i}: {req.error}"],
+            }
         got.append(logits)
     metrics, ok, reasons = judge(g["logits"], np.concatenate(got), gate)
-    return {"images": len(got), "gate": gate.name, "metrics": {k: rounded(v) for k, v in metrics.items()},
-            "passed": ok, "failures": reasons}  # fmt: skip
+    return {
+        "images": len(got),
+        "gate": gate.name,
+        "metrics": {k: rounded(v) for k, v in metrics.items()},
+        "passed": ok,
+        "failures": reasons,
+    }
 
 
-def run(options: RunOptions, on_result: Callable[[Request], None] | None = None, *, write: bool = True) -> RunResult:
+def run(
+    options: RunOptions, on_result: Callable[[Request], None] | None = None, *, write: bool = True
+) -> RunResult:
     """Run the split against the server; see the module docstring. ``on_result`` sees each finished request.
 
     ``--out`` is checked before anything is sent. With ``write`` the entry goes into run.json here (the CLI
@@ -202,8 +218,16 @@ def run(options: RunOptions, on_result: Callable[[Request], None] | None = None,
     return result
 
 
-def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundle: BundleAccess, split: SplitAccess,
-         classes: int, images: list[Image_], source: str, head: Head) -> RunResult:  # fmt: skip
+def _run(
+    options: RunOptions,
+    on_result: Callable[[Request], None] | None,
+    bundle: BundleAccess,
+    split: SplitAccess,
+    classes: int,
+    images: list[Image_],
+    source: str,
+    head: Head,
+) -> RunResult:
     """:func:`run` once the bundle, the images and the head are loaded."""
     wait_ready(options, split.model)
     probe = Client(options, split.model, classes)
@@ -309,18 +333,38 @@ def _run(options: RunOptions, on_result: Callable[[Request], None] | None, bundl
         probe.close()
     why = "not sent: the run was interrupted"
     if tripped:
-        why = f"not sent: {options.fail_after} requests in a row failed (--fail-after), the last: {tripped[0]}"
+        why = (
+            f"not sent: {options.fail_after} requests in a row failed (--fail-after), the last: {tripped[0]}"
+        )
     if total is not None and sched.issued < total:  # never sent: interrupted, or the circuit breaker
         for n in range(sched.issued, total):
             rec.add(Request(n=n, image=n % len(images), error=why[:300]), None)
-    data = run_entry(options, split, source, images, ref, rec, goldens, local, wire, wall, rss,
-                   stats_before, stats_after, interrupted)  # fmt: skip
+    data = run_entry(
+        options,
+        split,
+        source,
+        images,
+        ref,
+        rec,
+        goldens,
+        local,
+        wire,
+        wall,
+        rss,
+        stats_before,
+        stats_after,
+        interrupted,
+    )
     data["in_flight_max"] = flight[1]
     data["backend"], data["backend_choice"] = head.backend, head.why
     sig = signals[0] if signals else "SIGINT"
     data["stopped"] = None
     if tripped:
-        data["stopped"] = {"reason": "circuit breaker", "fail_after": options.fail_after, "last_error": tripped[0]}
+        data["stopped"] = {
+            "reason": "circuit breaker",
+            "fail_after": options.fail_after,
+            "last_error": tripped[0],
+        }
     elif interrupted:
         data["stopped"] = {"reason": "signal", "signal": sig}
     code = EXIT_SIGNAL[sig] if interrupted else _exit_code(data)

@@ -158,10 +158,18 @@ def server_settings(options: ServeOptions, root: str, max_message: int | None = 
     from mlserver.settings import Settings
 
     return Settings(
-        host=options.host, grpc_port=options.port, http_port=options.http_port, parallel_workers=0,
-        metrics_endpoint=None, debug=False, load_models_at_startup=False, model_repository_root=root,
-        server_name="isplit-export-mlserver", logging_settings=QUIET_LOGS, grpc_max_message_length=max_message,
-    )  # fmt: skip
+        host=options.host,
+        grpc_port=options.port,
+        http_port=options.http_port,
+        parallel_workers=0,
+        metrics_endpoint=None,
+        debug=False,
+        load_models_at_startup=False,
+        model_repository_root=root,
+        server_name="isplit-export-mlserver",
+        logging_settings=QUIET_LOGS,
+        grpc_max_message_length=max_message,
+    )
 
 
 def _quiet_logs() -> None:
@@ -194,9 +202,15 @@ async def _serve(options: ServeOptions, bundle: BundleAccess, store: ModelStore)
     log.info(
         "serving %d model(s) of %s over gRPC %s:%d and HTTP %s:%d (requests up to %d bytes, batch %d; "
         "Ctrl-C or SIGTERM stops)",
-        len(models), bundle.root, options.host, options.port, options.host, options.http_port,
-        bounds.body_bytes, bounds.max_batch,
-    )  # fmt: skip
+        len(models),
+        bundle.root,
+        options.host,
+        options.port,
+        options.host,
+        options.http_port,
+        bounds.body_bytes,
+        bounds.max_batch,
+    )
     try:
         await server.start(models)
     except RuntimeError as e:  # gRPC's own bind, if the port was taken after check_ports_free

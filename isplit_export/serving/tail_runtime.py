@@ -41,8 +41,13 @@ COMPUTE_PARAMETER = "compute_us"
 DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int8": "INT8", "int64": "INT64"}
 """numpy dtype name -> Open Inference Protocol datatype."""
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
-              "tensor(int8)": "int8", "tensor(int64)": "int64"}  # fmt: skip
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int64)": "int64",
+}
 
 
 _RAW_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT8": np.int8, "INT64": np.int64}
@@ -96,9 +101,12 @@ class OnnxTailRuntime(MLModel):
         keep_raw_tensors()
         log.info(
             "loaded model %s: split %s, %s, boundary %s %s",
-            self.name, extra.get("split", "?"), extra.get("file", path.name), DATATYPES.get(self._dtype.name, "?"),
+            self.name,
+            extra.get("split", "?"),
+            extra.get("file", path.name),
+            DATATYPES.get(self._dtype.name, "?"),
             self._dims,
-        )  # fmt: skip
+        )
         return True
 
     def _refuse(self, what: str) -> MLServerError:

@@ -57,23 +57,31 @@ class Link:
 
 LINKS: dict[str, Link] = {
     "wifi": Link(
-        "wifi", 38.32, 20.0,
+        "wifi",
+        38.32,
+        20.0,
         "upload: Ookla Speedtest global median fixed-broadband upload, Q3 2023 (the home uplink behind the Wi-Fi); "
         "RTT: the Wi-Fi hop alone, median about 20 ms (Li et al., INFOCOM 2016, 47 APs: over 50% of packets above "
         "20 ms): assumption that the rest of the path adds little",
     ),
     "lte": Link(
-        "lte", 6.3, 55.25,
+        "lte",
+        6.3,
+        55.25,
         "Opensignal, State of Mobile: USA, May 2019 (Q1 2019): 4G average upload 6.3 Mbit/s; latency 44.1-66.4 ms "
         "across operators, midpoint used",
     ),
     "5g": Link(
-        "5g", 21.08, 32.0,
+        "5g",
+        21.08,
+        32.0,
         "upload: Ookla, State of 5G worldwide, Q3 2021 global median 5G upload; RTT: Ookla Speedtest Intelligence "
         "Q1 2021 US median 5G latency (AT&T, Verizon 32 ms; T-Mobile 33 ms)",
     ),
     "ethernet": Link(
-        "ethernet", 941.5, 0.2,
+        "ethernet",
+        941.5,
+        0.2,
         "1000BASE-T (IEEE 802.3ab) TCP goodput: 1000 Mbit/s x 1448 payload / 1538 wire bytes per frame; "
         "RTT 0.2 ms: assumption (one switched LAN hop)",
     ),
@@ -125,14 +133,21 @@ class Compute:
         return flops / (self.gflops * 1e6)
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "unit": self.unit, "precision": self.precision, "gflops": self.gflops,
-                "power_w": self.power_w}  # fmt: skip
+        return {
+            "target": self.target,
+            "unit": self.unit,
+            "precision": self.precision,
+            "gflops": self.gflops,
+            "power_w": self.power_w,
+        }
 
 
 def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
     """The unit and rate a profile runs at its default precision; the head goes to DLA core 0 like the plan."""
     if profile.cost is None:
-        raise BadInputError(f"target {profile.name} has no cost profile: add a 'cost' block (isplit_export/profiles/README.md)")
+        raise BadInputError(
+            f"target {profile.name} has no cost profile: add a 'cost' block (isplit_export/profiles/README.md)"
+        )
     p = profile.default_precision
     dla = head and profile.has_dla and p in DLA_PRECISIONS  # engine_build.default_head_dla_core's rule
     unit = "dla0" if dla else ("gpu" if profile.uses_tensorrt else "cpu")
@@ -140,9 +155,14 @@ def compute_for(profile: TargetProfile, *, head: bool) -> Compute:
 
 
 def cut_cost(
-    head_flops: float, tail_flops: float, nbytes: int, device: Compute, server: Compute, link: Link,
+    head_flops: float,
+    tail_flops: float,
+    nbytes: int,
+    device: Compute,
+    server: Compute,
+    link: Link,
     measured: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The cost row of one cut (or a baseline); ``measured`` may hold ``device_ms`` / ``link_ms`` / ``server_ms`` and sources."""
     measured = measured or {}
     device_ms = measured.get("device_ms")
@@ -175,9 +195,15 @@ def boundary_bytes(shape: list[int], encoding: str) -> int:
 
 
 def cost_rows(
-    ranking: Mapping[str, Any], device: Compute, server: Compute, link: Link, encoding: str, *,
-    bytes_override: Mapping[int, int] | None = None, measured: Mapping[Any, Mapping[str, Any]] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:  # fmt: skip
+    ranking: Mapping[str, Any],
+    device: Compute,
+    server: Compute,
+    link: Link,
+    encoding: str,
+    *,
+    bytes_override: Mapping[int, int] | None = None,
+    measured: Mapping[Any, Mapping[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Cost rows for every cut of an ``isplit.ranking/2`` dict, and the two baselines.
 
     ``bytes_override`` (cut index -> bytes) is what a bundle actually sends (e.g. a bottleneck's code);
@@ -200,7 +226,14 @@ def cost_rows(
     elements = int(ranking["input_bytes"]) // 4  # the fp32 input tensor, C x H x W
     baselines = {
         "device_only": cut_cost(total, 0.0, 0, device, server, link, measured.get("device_only")),
-        "server_only": cut_cost(0.0, total, boundary_bytes([elements], encoding), device, server, link,
-                                measured.get("server_only")),
+        "server_only": cut_cost(
+            0.0,
+            total,
+            boundary_bytes([elements], encoding),
+            device,
+            server,
+            link,
+            measured.get("server_only"),
+        ),
     }
     return rows, baselines

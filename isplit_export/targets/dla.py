@@ -99,7 +99,9 @@ class _Graph:
         with contextlib.suppress(Exception):  # shapes stay unknown; the rules that need them say so
             fixed = onnx.shape_inference.infer_shapes(fixed)
         g = fixed.graph
-        self.const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer if not t.external_data}
+        self.const: dict[str, np.ndarray] = {
+            t.name: numpy_helper.to_array(t) for t in g.initializer if not t.external_data
+        }
         self.const_names = {t.name for t in g.initializer}
         self.shapes: dict[str, list[int | str | None]] = {t.name: list(t.dims) for t in g.initializer}
         for vi in [*g.input, *g.value_info, *g.output]:
@@ -267,8 +269,10 @@ def _unary(g: _Graph, node: onnx.NodeProto) -> str | None:
 
 
 def _pad(g: _Graph, node: onnx.NodeProto) -> str | None:
-    return ("Pad is not among the DLA supported layers (whether TensorRT fuses a zero Pad into the next "
-            "convolution on the DLA is not documented: counted as a fallback)")  # fmt: skip
+    return (
+        "Pad is not among the DLA supported layers (whether TensorRT fuses a zero Pad into the next "
+        "convolution on the DLA is not documented: counted as a fallback)"
+    )
 
 
 def _none(g: _Graph, node: onnx.NodeProto) -> str | None:
@@ -329,7 +333,9 @@ def check_model(model: onnx.ModelProto, *, batch: int = 1) -> DlaReport:
             folded.update(node.output)  # constant-only: folded at build time
             continue
         if node.op_type in _SHAPE_OPS and _dynamic(g, node) is None:
-            folded.update(node.output)  # static shapes (the DLA profile fixes the batch): a build-time constant
+            folded.update(
+                node.output
+            )  # static shapes (the DLA profile fixes the batch): a build-time constant
             continue
         if node.op_type in _SKIPPED:
             continue
@@ -339,7 +345,9 @@ def check_model(model: onnx.ModelProto, *, batch: int = 1) -> DlaReport:
         if reason is None and not 1 <= batch <= MAX_BATCH:
             reason = f"batch {batch} outside [1,{MAX_BATCH}]"
         if reason is None:
-            reason = f"{node.op_type} is not among the DLA supported layers" if rule is None else rule(g, node)
+            reason = (
+                f"{node.op_type} is not among the DLA supported layers" if rule is None else rule(g, node)
+            )
         if reason is not None:
             report.fallback.append(Fallback(node.name or node.output[0], node.op_type, reason))
     return report

@@ -193,8 +193,12 @@ def build_recipe(
     dla_block: dict[str, Any] | None = None
     if head_dla is not None and dla is not None:
         keep, why = choose_device(dla, min_dla_fraction)
-        dla_block = {**dla.to_json(), "min_fraction": min_dla_fraction, "device": "dla" if keep else "gpu",
-                     "decision": why}  # fmt: skip
+        dla_block = {
+            **dla.to_json(),
+            "min_fraction": min_dla_fraction,
+            "device": "dla" if keep else "gpu",
+            "decision": why,
+        }
         head_dla = head_dla if keep else None
     fallback_ok = bool(dla_block and dla_block["fallback"]) or dla is None
     parts: dict[str, Any] = {}
@@ -313,7 +317,11 @@ def render_script(recipe: dict[str, Any]) -> str:
         "sha() { sha256sum \"$1\" | cut -d ' ' -f 1; }",
         "# Lines where TensorRT reports a layer it could not place on DLA (a count, from the build log).",
         f"FALLBACK=\"$(grep -ciE 'unsupported on DLA|not supported on DLA|falling back to GPU' {head['engine']}.log || true)\"",
-        *(_fallback_guard(head["engine"], len((recipe.get("dla") or {}).get("fallback", []))) if dla is not None else []),
+        *(
+            _fallback_guard(head["engine"], len((recipe.get("dla") or {}).get("fallback", [])))
+            if dla is not None
+            else []
+        ),
         f"cat > {RECORD_NAME} <<EOF",
         "{",
         f'  "schema": "{RECORD_SCHEMA}",',
@@ -385,7 +393,9 @@ def write_engine_build(
     plan_path = split_dir / ENGINE_BUILD_FILE
     script.write_text(render_script(recipe), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    plan_path.write_text(json.dumps(recipe, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")
+    plan_path.write_text(
+        json.dumps(recipe, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n"
+    )
     return [script, plan_path]
 
 
@@ -407,7 +417,9 @@ def engine_build_lines(recipe: Mapping[str, Any]) -> list[str]:
     dla = recipe.get("dla") if isinstance(recipe.get("dla"), Mapping) else None
     if dla:
         fallback = [f for f in dla.get("fallback", []) if isinstance(f, Mapping)]
-        lines.append(f"  - DLA check: {dla.get('on_dla')}/{dla.get('layers')} head layers can run on the DLA; {dla.get('decision')}")
+        lines.append(
+            f"  - DLA check: {dla.get('on_dla')}/{dla.get('layers')} head layers can run on the DLA; {dla.get('decision')}"
+        )
         lines += [f"    - `{f.get('node')}` ({f.get('op')}): {f.get('reason')}" for f in fallback[:5]]
         if len(fallback) > 5:
             lines.append(f"    - ... {len(fallback) - 5} more in the plan's `dla.fallback`")
@@ -443,4 +455,6 @@ def relocate_models(split_dir: Path, moves: dict[str, str]) -> None:
     script = split_dir / SCRIPT_NAME
     script.write_text(render_script(recipe), encoding="utf-8", newline="\n")
     script.chmod(0o755)
-    (split_dir / ENGINE_BUILD_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n")
+    (split_dir / ENGINE_BUILD_FILE).write_text(
+        json.dumps(recipe, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8", newline="\n"
+    )

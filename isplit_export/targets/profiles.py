@@ -37,6 +37,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DLA_PRECISIONS = ("fp16", "int8")
 """DLA computes in fp16 or int8 only; an fp32 engine never goes to DLA."""
 
+
 def _release(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
 
@@ -79,7 +80,9 @@ class CostProfile:
         table = dict(self.dla_gflops or ()) if dla else dict(self.gflops)
         if precision not in table:
             unit = "DLA" if dla else "GPU/CPU"
-            raise BadInputError(f"no {unit} throughput for {precision} in this target's cost profile: choose {', '.join(table)}")
+            raise BadInputError(
+                f"no {unit} throughput for {precision} in this target's cost profile: choose {', '.join(table)}"
+            )
         return table[precision]
 
     def to_json(self) -> dict[str, Any]:
@@ -342,7 +345,9 @@ def _rates(value: Any, source: str, field: str, allowed: tuple[str, ...]) -> tup
         or any(k not in allowed for k in value)
         or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in value.values())
     ):
-        raise _fail(source, field, f"must map precisions ({'/'.join(allowed)}) to positive GFLOP/s, got {value!r}")
+        raise _fail(
+            source, field, f"must map precisions ({'/'.join(allowed)}) to positive GFLOP/s, got {value!r}"
+        )
     return tuple((k, float(value[k])) for k in allowed if k in value)
 
 
@@ -354,16 +359,22 @@ def _cost(data: Any, source: str, precisions: tuple[str, ...], dla_cores: int) -
     gflops = _rates(data["gflops"], source, "cost.gflops", PRECISIONS)
     missing = [p for p in precisions if p not in dict(gflops)]
     if missing:
-        raise _fail(source, "cost.gflops", f"has no throughput for {', '.join(missing)} (a precision of this target)")
+        raise _fail(
+            source, "cost.gflops", f"has no throughput for {', '.join(missing)} (a precision of this target)"
+        )
     dla = None
     if data["dla_gflops"] is not None:
         if not dla_cores:
             raise _fail(source, "cost.dla_gflops", "must be null: the target has no DLA core")
         dla = _rates(data["dla_gflops"], source, "cost.dla_gflops", DLA_PRECISIONS)
     elif dla_cores:
-        raise _fail(source, "cost.dla_gflops", f"must give the DLA throughput: the target has {dla_cores} DLA core(s)")
+        raise _fail(
+            source, "cost.dla_gflops", f"must give the DLA throughput: the target has {dla_cores} DLA core(s)"
+        )
     power = data["power_w"]
-    if power is not None and (isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0):
+    if power is not None and (
+        isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0
+    ):
         raise _fail(source, "cost.power_w", f"must be a positive number of watts or null, got {power!r}")
     return CostProfile(gflops=gflops, dla_gflops=dla, power_w=None if power is None else float(power))
 

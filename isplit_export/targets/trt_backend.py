@@ -178,9 +178,10 @@ def build_engine(
     config.add_optimization_profile(profile)
 
     cache_bytes = (
-        timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() and not timing_cache.is_symlink()
+        timing_cache.read_bytes()
+        if timing_cache is not None and timing_cache.is_file() and not timing_cache.is_symlink()
         else b""
-    )  # fmt: skip
+    )
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)
 
@@ -231,7 +232,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return contract.read_json(path, str(path))
 
 
-def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha256: str | None = None) -> list[dict[str, Any]]:
+def build_bundle_engines(
+    bundle: Path, split: int | None = None, *, expect_sha256: str | None = None
+) -> list[dict[str, Any]]:
     """Build head and tail engines for every split of ``bundle`` (or only split ``split``, 1-based).
 
     The bundle is read through :mod:`isplit_export.contract`: the manifest is validated (and pinned with
@@ -247,7 +250,9 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
     contract.check_expected_sha256(m, expect_sha256)
     chosen = contract.select_splits(m, split)
     contract.check_files(m.bundle, m)
-    plans = [(entry, contract.read_engine_plan(m, entry)) for _, entry in chosen]  # all checked before any build
+    plans = [
+        (entry, contract.read_engine_plan(m, entry)) for _, entry in chosen
+    ]  # all checked before any build
     import tensorrt as trt
 
     gpu = current_gpu_name()
@@ -285,7 +290,9 @@ def build_bundle_engines(bundle: Path, split: int | None = None, *, expect_sha25
             "precision": plan.precision,
             "engines": built,
         }
-        contract.write_output(plan.record, (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+        contract.write_output(
+            plan.record, (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+        )
         records.append({"split": entry.dir, **record})
     return records
 
@@ -329,7 +336,9 @@ def check_engine_record(split_dir: Path) -> dict[str, Any]:
     for part, info in sorted(engines.items()):
         if not isinstance(info, dict):
             raise BadInputError(f"{path} entry {part!r} is not an object: rebuild them with build_engines.sh")
-        engine = contract.bundle_path(split_dir, info.get("file"), RECORD_NAME)  # inside the split, no symlink
+        engine = contract.bundle_path(
+            split_dir, info.get("file"), RECORD_NAME
+        )  # inside the split, no symlink
         if not engine.is_file():
             raise BadInputError(f"{engine} is missing ({part} engine): rebuild them with build_engines.sh")
         expected = info.get("sha256")

@@ -26,15 +26,23 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` computing in fp16 with an unchanged float32 interface (see the module docstring)."""
     out = copy_model(model)
     g = out.graph
-    keep = {node.input[i] for node in g.node for i in KEEP_FLOAT32.get(node.op_type, ()) if i < len(node.input)}
+    keep = {
+        node.input[i] for node in g.node for i in KEEP_FLOAT32.get(node.op_type, ()) if i < len(node.input)
+    }
     for init in g.initializer:
         if init.data_type == TensorProto.FLOAT and init.name not in keep:
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
     for node in g.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT and node.output[0] not in keep:
-                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+                if (
+                    attr.name == "value"
+                    and attr.t.data_type == TensorProto.FLOAT
+                    and node.output[0] not in keep
+                ):
+                    attr.t.CopyFrom(
+                        numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name)
+                    )
         if node.op_type == "Cast":
             for attr in node.attribute:
                 if attr.name == "to" and attr.i == TensorProto.FLOAT:
@@ -42,10 +50,19 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     renames: dict[str, str] = {}
     casts_in = []
     for inp in g.input:
-        if inp.type.tensor_type.elem_type == TensorProto.FLOAT and inp.name not in {i.name for i in g.initializer}:
+        if inp.type.tensor_type.elem_type == TensorProto.FLOAT and inp.name not in {
+            i.name for i in g.initializer
+        }:
             renames[inp.name] = f"{inp.name}__fp16"
-            casts_in.append(helper.make_node("Cast", [inp.name], [renames[inp.name]], to=TensorProto.FLOAT16,
-                                             name=f"{inp.name}__to_fp16"))  # fmt: skip
+            casts_in.append(
+                helper.make_node(
+                    "Cast",
+                    [inp.name],
+                    [renames[inp.name]],
+                    to=TensorProto.FLOAT16,
+                    name=f"{inp.name}__to_fp16",
+                )
+            )
     for node in g.node:
         for i, name in enumerate(node.input):
             if name in renames:
@@ -58,7 +75,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 for i, name in enumerate(node.output):
                     if name == o.name:
                         node.output[i] = inner
-            casts_out.append(helper.make_node("Cast", [inner], [o.name], to=TensorProto.FLOAT, name=f"{o.name}__to_fp32"))
+            casts_out.append(
+                helper.make_node("Cast", [inner], [o.name], to=TensorProto.FLOAT, name=f"{o.name}__to_fp32")
+            )
     nodes = [*casts_in, *g.node, *casts_out]
     del g.node[:]
     g.node.extend(nodes)

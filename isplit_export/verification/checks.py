@@ -131,8 +131,14 @@ def check_pair(
     return {
         "metrics": metrics,
         "gate": {**gate.to_json(), "passed": ok, "failures": reasons},
-        "task": task_metric(full, got, labels, held_out=held_out, rnd=rnd,
-                            agreement_with=reference if agreement_with_reference else None),
+        "task": task_metric(
+            full,
+            got,
+            labels,
+            held_out=held_out,
+            rnd=rnd,
+            agreement_with=reference if agreement_with_reference else None,
+        ),
     }
 
 
@@ -156,8 +162,13 @@ def check_int8_code_pair(
     }
 
 
-def compare_boundary(golden: np.ndarray, got: np.ndarray, *, rel_limit: float | None = None,
-                     step_limit: int = BOUNDARY_MAX_STEP) -> dict[str, Any]:  # fmt: skip
+def compare_boundary(
+    golden: np.ndarray,
+    got: np.ndarray,
+    *,
+    rel_limit: float | None = None,
+    step_limit: int = BOUNDARY_MAX_STEP,
+) -> dict[str, Any]:
     """Compare a transmitted boundary with the golden one.
 
     Integer (uint8) boundaries: ``max_step`` = max ``|got - golden|`` must be <= ``step_limit``.
@@ -188,9 +199,13 @@ def compare_boundary(golden: np.ndarray, got: np.ndarray, *, rel_limit: float | 
 
 
 def check_code_pair(
-    pair_ref: np.ndarray, got: np.ndarray, torch_code: np.ndarray, code: np.ndarray, full: np.ndarray,
+    pair_ref: np.ndarray,
+    got: np.ndarray,
+    torch_code: np.ndarray,
+    code: np.ndarray,
+    full: np.ndarray,
     labels: np.ndarray,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Tier 1 and tier 2 for an exported bottleneck pair that sent ``code`` and computed ``got``.
 
     Tier 1 holds the exported pair to the fp32 gate against ``pair_ref``, the PyTorch tail's logits
@@ -224,7 +239,9 @@ def check_code_pair(
 
 def cui_order(splits: Sequence[Split], encoding_name: str, full_acc: float | None) -> dict[str, Any]:
     """Does the CUI order hold? Spearman(CUI, measured task value) over the exported splits."""
-    values = [float(s.task(encoding_name).value or 0.0) for s in splits]  # the writer's splits: always measured
+    values = [
+        float(s.task(encoding_name).value or 0.0) for s in splits
+    ]  # the writer's splits: always measured
     cuis = [float(s.cui or 0.0) for s in splits]
     rho = spearman(cuis, values) if encoding_name != "fp32" else None
     if encoding_name == "fp32":

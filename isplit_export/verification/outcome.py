@@ -167,11 +167,18 @@ def format_verification(result: BundleVerification) -> str:
     header = ["split", "node", "check", "precision/encoding", "max_abs_rel", "cosine", "top1", "gate"]
     lines = [header]
     for r in result.rows:
-        lines.append([
-            f"{r.split:02d}", r.node, r.check, f"{r.precision}/{r.encoding}",
-            _fmt(r.metrics.get("max_abs_rel")), _fmt(r.metrics.get("cosine")), _fmt(r.metrics.get("top1_agreement")),
-            f"{'pass' if r.passed else 'FAIL'} ({r.gate.name})",
-        ])  # fmt: skip
+        lines.append(
+            [
+                f"{r.split:02d}",
+                r.node,
+                r.check,
+                f"{r.precision}/{r.encoding}",
+                _fmt(r.metrics.get("max_abs_rel")),
+                _fmt(r.metrics.get("cosine")),
+                _fmt(r.metrics.get("top1_agreement")),
+                f"{'pass' if r.passed else 'FAIL'} ({r.gate.name})",
+            ]
+        )
     text = text_table(lines)
     for r in result.rows:
         text.extend(f"{r.dir} [{r.check}]: {reason}" for reason in r.reasons)
@@ -180,8 +187,12 @@ def format_verification(result: BundleVerification) -> str:
     if result.manifest_sha256 is not None:
         text.append(PASSED_MEANS + ".")
         if result.pinned:
-            text.append(f"manifest sha256 {result.manifest_sha256} matches --expect-sha256: this is the published bundle")
+            text.append(
+                f"manifest sha256 {result.manifest_sha256} matches --expect-sha256: this is the published bundle"
+            )
         else:
-            text.append(f"manifest sha256 {result.manifest_sha256}: pin it with --expect-sha256 to prove provenance")
+            text.append(
+                f"manifest sha256 {result.manifest_sha256}: pin it with --expect-sha256 to prove provenance"
+            )
     text.append(f"{result.backend}: {result.outcome}{suffix}")
     return "\n".join(text)

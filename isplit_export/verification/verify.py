@@ -124,7 +124,9 @@ def _verify_split(
     golden = contract.load_golden(
         golden_file, str(entry.files["golden"]), contract.golden_budget(manifest, entry)
     )
-    input_name = manifest.input_name  # only engines are fed by name; an onnxruntime runner takes its first input
+    input_name = (
+        manifest.input_name
+    )  # only engines are fed by name; an onnxruntime runner takes its first input
     rows: list[SplitVerification] = []
     for pair in pairs:
         # the INT8 pair (QDQ models, int8 engines) is compared with its own golden outputs where stored
@@ -161,9 +163,15 @@ def _verify_split(
 
 
 def verify_bundle(
-    bundle: Path | str, *, backend: str = "onnxruntime", split: int | None = None, write: bool = True,
-    expect_sha256: str | None = None, report: Path | None = None, trust_engines: bool = False,
-) -> BundleVerification:  # fmt: skip
+    bundle: Path | str,
+    *,
+    backend: str = "onnxruntime",
+    split: int | None = None,
+    write: bool = True,
+    expect_sha256: str | None = None,
+    report: Path | None = None,
+    trust_engines: bool = False,
+) -> BundleVerification:
     """Re-hash ``bundle`` and re-run its goldens on ``backend``; see the module docstring.
 
     ``split`` restricts the golden runs to split N (1-based, the ``NN`` of ``splits/NN-*``); the

@@ -23,6 +23,27 @@ def int8_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, 
     """A digits bundle with an int8 boundary and a Triton repository (--triton on the onnx target); read-only
     by convention: a test that changes a bundle copies it first (test_serving, test_serving_trust)."""
     out = tmp_path_factory.mktemp("serve") / "bundle"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2", "--target", "onnx",
-                 "--boundary", "int8", "--triton", "--out", str(out), "--latency-runs", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--top",
+                "2",
+                "--target",
+                "onnx",
+                "--boundary",
+                "int8",
+                "--triton",
+                "--out",
+                str(out),
+                "--latency-runs",
+                "2",
+            ]
+        )
+        == 0
+    )
     return out

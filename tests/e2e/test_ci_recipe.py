@@ -69,8 +69,15 @@ def _job_env(lines: list[str], matrix: dict[str, str]) -> dict[str, str]:
 
 
 def _run(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900, check=False)  # fmt: skip
+    return subprocess.run(
+        ["bash", "-e", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the workflow's steps are bash")

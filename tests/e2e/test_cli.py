@@ -19,8 +19,19 @@ from tests.support.helpers import DIGITS, run_cli
 def test_rank_digits_writes_ranking_and_plots(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    code, out, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
-                          "--out", tmp_path, "--top", "3")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "rank",
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--out",
+        tmp_path,
+        "--top",
+        "3",
+    )
     assert code == 0, err
     assert "200 images" in out and "rank" in out
     data = json.loads((tmp_path / "ranking.json").read_text())
@@ -28,8 +39,19 @@ def test_rank_digits_writes_ranking_and_plots(
     assert sum(c["rank"] is not None for c in data["candidates"]) >= 1
     assert (tmp_path / "cui.png").stat().st_size > 1000 and (tmp_path / "cde.png").stat().st_size > 1000
     # the ranking is stable across runs
-    code, _, _ = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
-                      "--out", tmp_path / "again", "--top", "3")  # fmt: skip
+    code, _, _ = run_cli(
+        capsys,
+        "rank",
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--out",
+        tmp_path / "again",
+        "--top",
+        "3",
+    )
     assert code == 0
     assert (tmp_path / "again" / "ranking.json").read_bytes() == (tmp_path / "ranking.json").read_bytes()
 
@@ -41,8 +63,19 @@ def test_class_subsets_give_different_rankings(
     curves = {}
     for classes in ("0,1", "7,8"):
         out = tmp_path / classes.replace(",", "")
-        code, _, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
-                            "--classes", classes, "--out", out)  # fmt: skip
+        code, _, err = run_cli(
+            capsys,
+            "rank",
+            DIGITS,
+            "--weights",
+            digits_weights,
+            "--data",
+            digits_dir,
+            "--classes",
+            classes,
+            "--out",
+            out,
+        )
         assert code == 0, err
         data = json.loads((out / "ranking.json").read_text())
         assert data["classes"] == classes.split(",") and data["images"] < 200
@@ -59,7 +92,9 @@ def test_rank_default_model_on_skimage_photos(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.e2e
 def test_rank_torchvision_random_weights(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "rank", "resnet18", "--weights", "none", "--images", "2", "--input-size", "64")
+    code, out, err = run_cli(
+        capsys, "rank", "resnet18", "--weights", "none", "--images", "2", "--input-size", "64"
+    )
     assert code == 0, err
     assert "random weights" in err and "avgpool" in out
 
@@ -80,9 +115,12 @@ class _Evil:
 
 @pytest.mark.e2e
 def test_bad_inputs(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    digits_weights: Path,
+    digits_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setenv("ISPLIT_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     _one_line_error(run_cli(capsys, "rank", "notamodel"), 2, "unknown model 'notamodel'")
@@ -101,7 +139,9 @@ def test_bad_inputs(
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", empty), 2, "no images found")
+    _one_line_error(
+        run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", empty), 2, "no images found"
+    )
     mixed = tmp_path / "mixed"
     shutil.copytree(digits_dir / "3", mixed)
     (mixed / "broken.png").write_bytes(b"not an image")
@@ -110,24 +150,46 @@ def test_bad_inputs(
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "a.png").write_bytes(b"not an image")
-    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", junk), 2, "no readable images")
-    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
-                          "--classes", "cat"), 2, "class 'cat'")  # fmt: skip
-    _one_line_error(run_cli(capsys, "rank", "--images", "2", "--classes", "espresso,tabby"), 2,
-                    "no images of the requested classes")  # fmt: skip
-    _one_line_error(run_cli(capsys, "rank", "tests.support.untraceable:model", "--weights", "none"), 2, "cannot be traced")
-    _one_line_error(run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--images", "0"), 2, "--images 0")
-    _one_line_error(run_cli(capsys, "rank", "--images", "2", "--score", "label"), 2, "--score label needs labelled")
+    _one_line_error(
+        run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", junk), 2, "no readable images"
+    )
+    _one_line_error(
+        run_cli(
+            capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--classes", "cat"
+        ),
+        2,
+        "class 'cat'",
+    )
+    _one_line_error(
+        run_cli(capsys, "rank", "--images", "2", "--classes", "espresso,tabby"),
+        2,
+        "no images of the requested classes",
+    )
+    _one_line_error(
+        run_cli(capsys, "rank", "tests.support.untraceable:model", "--weights", "none"), 2, "cannot be traced"
+    )
+    _one_line_error(
+        run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--images", "0"), 2, "--images 0"
+    )
+    _one_line_error(
+        run_cli(capsys, "rank", "--images", "2", "--score", "label"), 2, "--score label needs labelled"
+    )
     if not torch.cuda.is_available():
         _one_line_error(run_cli(capsys, "rank", "--images", "2", "--device", "cuda"), 2, "no CUDA GPU")
 
 
 @pytest.mark.e2e
 def test_console_script_exit_code(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "isplit_export.cli", "rank", "notamodel"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "isplit_export.cli", "rank", "notamodel"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: unknown model") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.strip().startswith("error: unknown model") and len(proc.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:

@@ -43,15 +43,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([extra["PYTHONPATH"]] if "PYTHONPATH" in extra else [])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *([extra["PYTHONPATH"]] if "PYTHONPATH" in extra else [])]
+    )
     return env
 
 
-def cli(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def cli(
+    *args: object, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child process."""
-    return subprocess.run([sys.executable, "-m", "isplit_export.cli", *map(str, args)], cwd=cwd, env=env or _env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "isplit_export.cli", *map(str, args)],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line(p: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
@@ -111,11 +121,37 @@ def built(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits
     """A real bundle made by the real CLI (digits CNN, jetson target, 2 splits) and its CI summary."""
     root = tmp_path_factory.mktemp("built")
     out, summary = root / "bundle", root / "summary.json"
-    p = cli(DIGITS, "--weights", digits_weights, "--data", digits_dir, "--target", "jetson", "--top", "2",
-            "--out", out, "--verify-images", "32", "--golden", "2", "--latency-runs", "3", "--bootstrap", "0",
-            "--summary-json", summary, cwd=root)  # fmt: skip
+    p = cli(
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--target",
+        "jetson",
+        "--top",
+        "2",
+        "--out",
+        out,
+        "--verify-images",
+        "32",
+        "--golden",
+        "2",
+        "--latency-runs",
+        "3",
+        "--bootstrap",
+        "0",
+        "--summary-json",
+        summary,
+        cwd=root,
+    )
     assert p.returncode == 0, p.stderr
-    return {"bundle": out, "summary": json.loads(summary.read_text()), "weights": digits_weights, "data": digits_dir}
+    return {
+        "bundle": out,
+        "summary": json.loads(summary.read_text()),
+        "weights": digits_weights,
+        "data": digits_dir,
+    }
 
 
 @pytest.fixture
@@ -145,7 +181,9 @@ def split1(b: Path) -> dict[str, Any]:
 def _trt_standin(where: Path) -> Path:
     """A ``tensorrt`` stand-in (see the module docstring): real path handling, fake TensorRT build."""
     (where / "tensorrt").mkdir(parents=True)
-    (where / "tensorrt" / "__init__.py").write_text('__version__ = "10.3.0.30"\n\n\nclass Builder:  # noqa\n    pass\n')
+    (where / "tensorrt" / "__init__.py").write_text(
+        '__version__ = "10.3.0.30"\n\n\nclass Builder:  # noqa\n    pass\n'
+    )
     (where / "sitecustomize.py").write_text(
         "from pathlib import Path\n"
         "from isplit_export import contract\n"
@@ -160,7 +198,9 @@ def _trt_standin(where: Path) -> Path:
     return where
 
 
-def test_build_engines_with_standin_writes_only_inside_engines(work: tuple[Path, Path], tmp_path: Path) -> None:
+def test_build_engines_with_standin_writes_only_inside_engines(
+    work: tuple[Path, Path], tmp_path: Path
+) -> None:
     area, b = work
     before = snapshot(area, skip=b)
     env = _env(PYTHONPATH=str(_trt_standin(tmp_path / "standin")))
@@ -301,12 +341,20 @@ def test_npz_bomb_is_refused_before_decompressing(work: tuple[Path, Path]) -> No
     before = snapshot(area, skip=b)
     rss = area.parent / "rss.txt"
     # VmHWM: this process's peak RSS (ru_maxrss would include the forking pytest's, kept across exec)
-    code = ("import re, sys\nfrom isplit_export.cli import main\nrc = main(sys.argv[2:])\n"
-            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-            "open(sys.argv[1], 'w').write(hwm)\nsys.exit(rc)\n")
+    code = (
+        "import re, sys\nfrom isplit_export.cli import main\nrc = main(sys.argv[2:])\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "open(sys.argv[1], 'w').write(hwm)\nsys.exit(rc)\n"
+    )
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", code, str(rss), "verify", str(b), "--no-write"], env=_env(),
-                       capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(rss), "verify", str(b), "--no-write"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     rss_mib = int(rss.read_text()) / 1024
     one_line(p, 2, "zip bomb", g)
     assert rss_mib < 512, rss_mib  # on main: 2.24 GB for a 2 GiB member
@@ -379,9 +427,17 @@ def test_symlinked_split_dir_is_refused(work: tuple[Path, Path]) -> None:
 # 5. plan: ranking.file anywhere, unhashed ranking, verify.json figures
 
 
-@pytest.mark.parametrize("value,needle", [("../outside.json", "not a path inside"), ("/etc/hostname", "not a path inside"),
-                                          ("notes.json", "not listed")])  # fmt: skip
-def test_plan_ranking_file_must_be_a_hashed_bundle_file(work: tuple[Path, Path], value: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ("../outside.json", "not a path inside"),
+        ("/etc/hostname", "not a path inside"),
+        ("notes.json", "not listed"),
+    ],
+)
+def test_plan_ranking_file_must_be_a_hashed_bundle_file(
+    work: tuple[Path, Path], value: str, needle: str
+) -> None:
     area, b = work
     (area / "outside.json").write_text((b / "ranking.json").read_text())
     (b / "notes.json").write_text((b / "ranking.json").read_text())
@@ -405,9 +461,18 @@ def test_plan_checks_the_ranking_hash(work: tuple[Path, Path]) -> None:
 def test_plan_validates_measured_figures(work: tuple[Path, Path], value: Any) -> None:
     _, b = work
     sdir = split1(b)["dir"]
-    verify = {"schema": "isplit.verify/1", "manifest_sha256": sha(b / "manifest.json"),
-              "rows": [{"dir": sdir, "backend": "tensorrt", "precision": "fp16", "latency_ms": {"head_ms": value,
-                                                                                               "tail_ms": 1.0}}]}  # fmt: skip
+    verify = {
+        "schema": "isplit.verify/1",
+        "manifest_sha256": sha(b / "manifest.json"),
+        "rows": [
+            {
+                "dir": sdir,
+                "backend": "tensorrt",
+                "precision": "fp16",
+                "latency_ms": {"head_ms": value, "tail_ms": 1.0},
+            }
+        ],
+    }
     (b / "verify.json").write_text(json.dumps(verify))
     p = cli("plan", b, "--link", "wifi", "--no-write")
     if value is None:  # no figure: the estimate stands
@@ -439,7 +504,11 @@ def test_deeply_nested_manifest_is_one_line_exit_2(work: tuple[Path, Path], tmp_
     raw = manifest(b)
     text = json.dumps(raw)[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
     write_manifest(b, None, text)
-    for cmd in (["verify", b, "--no-write"], ["plan", b, "--link", "wifi", "--no-write"], ["build-engines", b]):
+    for cmd in (
+        ["verify", b, "--no-write"],
+        ["plan", b, "--link", "wifi", "--no-write"],
+        ["build-engines", b],
+    ):
         one_line(cli(*cmd, env=env), 2, "nests", "levels deep")
 
 
@@ -457,8 +526,26 @@ def test_non_strict_json_is_refused(work: tuple[Path, Path]) -> None:
 
 
 def _export_args(built: dict[str, Any], out: Path, *extra: object) -> list[object]:
-    return [DIGITS, "--weights", built["weights"], "--data", built["data"], "--top", "1", "--out", out,
-            "--verify-images", "16", "--golden", "2", "--latency-runs", "2", "--bootstrap", "0", *extra]  # fmt: skip
+    return [
+        DIGITS,
+        "--weights",
+        built["weights"],
+        "--data",
+        built["data"],
+        "--top",
+        "1",
+        "--out",
+        out,
+        "--verify-images",
+        "16",
+        "--golden",
+        "2",
+        "--latency-runs",
+        "2",
+        "--bootstrap",
+        "0",
+        *extra,
+    ]
 
 
 def test_force_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path, built: dict[str, Any]) -> None:
@@ -471,7 +558,9 @@ def test_force_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path, built: d
 
 
 @pytest.mark.parametrize("where", ["/proc/isplit-x", "file/x"])
-def test_uncreatable_out_is_refused_before_any_work(tmp_path: Path, built: dict[str, Any], where: str) -> None:
+def test_uncreatable_out_is_refused_before_any_work(
+    tmp_path: Path, built: dict[str, Any], where: str
+) -> None:
     (tmp_path / "file").write_text("a file\n")
     out = Path(where) if where.startswith("/") else tmp_path / where
     t0 = time.perf_counter()
@@ -497,7 +586,9 @@ def test_out_dot_force_is_refused_and_leaves_nothing(tmp_path: Path, built: dict
         (["--link", "10,1e300"], "RTT"),
     ],
 )
-def test_options_are_validated_before_any_work(tmp_path: Path, built: dict[str, Any], extra: list[str], needle: str) -> None:
+def test_options_are_validated_before_any_work(
+    tmp_path: Path, built: dict[str, Any], extra: list[str], needle: str
+) -> None:
     (tmp_path / "DIR").mkdir()
     (tmp_path / "FILE").write_text("x\n")
     args = [a.replace("DIR", str(tmp_path / "DIR")).replace("FILE", str(tmp_path / "FILE")) for a in extra]
@@ -528,8 +619,14 @@ def _wait_for(pred: Any, timeout: float = 300) -> None:
 
 
 def _popen(args: list[object], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "isplit_export.cli", *map(str, args)], cwd=cwd, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "isplit_export.cli", *map(str, args)],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.e2e
@@ -563,7 +660,10 @@ def test_killed_export_keeps_the_previous_bundle_and_next_run_cleans_up(
     err = proc.stderr.read() if proc.stderr else ""
     assert snapshot(out) == before  # the previous bundle is intact
     if sig == signal.SIGTERM:
-        assert rc == 143 and err.strip().splitlines()[-1] == "error: terminated (SIGTERM): nothing was written to --out", err
+        assert (
+            rc == 143
+            and err.strip().splitlines()[-1] == "error: terminated (SIGTERM): nothing was written to --out"
+        ), err
         assert not list(tmp_path.glob(".b.*"))
     else:
         assert rc == -9 and list(tmp_path.glob(".b.tmp-*"))  # SIGKILL cannot be handled: a leftover
@@ -599,7 +699,10 @@ def test_out_that_appears_meanwhile_is_not_replaced(tmp_path: Path) -> None:
     from isplit_export.outdir import atomic_directory
 
     out = tmp_path / "b"
-    with pytest.raises(BadInputError, match="while this run was writing"), atomic_directory(out, force=False) as tmp:
+    with (
+        pytest.raises(BadInputError, match="while this run was writing"),
+        atomic_directory(out, force=False) as tmp,
+    ):
         (tmp / "x").write_text("new\n")
         out.mkdir()
         (out / "theirs.txt").write_text("theirs\n")
@@ -608,7 +711,9 @@ def test_out_that_appears_meanwhile_is_not_replaced(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mask,dmode,fmode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
-def test_bundle_outputs_follow_the_umask(work: tuple[Path, Path], tmp_path: Path, mask: int, dmode: int, fmode: int) -> None:
+def test_bundle_outputs_follow_the_umask(
+    work: tuple[Path, Path], tmp_path: Path, mask: int, dmode: int, fmode: int
+) -> None:
     from isplit_export.files import write_text_atomic
     from isplit_export.outdir import atomic_directory
 
@@ -669,9 +774,30 @@ def test_non_utf8_image_name_with_bottleneck(tmp_path: Path, built: dict[str, An
     first_class = sorted(p for p in data.iterdir() if p.is_dir())[0]
     src = sorted(first_class.iterdir())[0]
     os.rename(bytes(src), bytes(first_class) + b"/\xff\xfe-latin1-\xe9.png")
-    p = cli(DIGITS, "--weights", built["weights"], "--data", data, "--top", "1", "--out", tmp_path / "b",
-            "--verify-images", "32", "--golden", "2", "--latency-runs", "2", "--bootstrap", "0",
-            "--bottleneck", "1/4", "--train-steps", "2", cwd=tmp_path)  # fmt: skip
+    p = cli(
+        DIGITS,
+        "--weights",
+        built["weights"],
+        "--data",
+        data,
+        "--top",
+        "1",
+        "--out",
+        tmp_path / "b",
+        "--verify-images",
+        "32",
+        "--golden",
+        "2",
+        "--latency-runs",
+        "2",
+        "--bootstrap",
+        "0",
+        "--bottleneck",
+        "1/4",
+        "--train-steps",
+        "2",
+        cwd=tmp_path,
+    )
     assert p.returncode in (0, 1), p.stderr
     assert "internal failure" not in p.stderr
 
@@ -722,10 +848,20 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
 
 
 MUTATIONS: list[tuple[str, Any]] = [
-    ("delete", None), ("null", None), ("string", "x"), ("int", 7), ("negative", -1), ("nan", float("nan")),
-    ("huge", 1e308), ("list", []), ("object", {}), ("nested", {"a": [[[{"b": None}]]]}), ("bool", True),
-    ("inf", float("-inf")), ("path", "../../../etc/passwd"),
-]  # fmt: skip
+    ("delete", None),
+    ("null", None),
+    ("string", "x"),
+    ("int", 7),
+    ("negative", -1),
+    ("nan", float("nan")),
+    ("huge", 1e308),
+    ("list", []),
+    ("object", {}),
+    ("nested", {"a": [[[{"b": None}]]]}),
+    ("bool", True),
+    ("inf", float("-inf")),
+    ("path", "../../../etc/passwd"),
+]
 
 
 def _mutate(doc: Any, path: tuple[Any, ...], kind: str, value: Any) -> Any:

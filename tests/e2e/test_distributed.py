@@ -32,8 +32,16 @@ from tests.support.helpers import DIGITS
 
 def _torchrun(nproc: int, *args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ISPLIT_DIST_TIMEOUT_S": "60"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "isplit_export.cli", *map(str, args)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "isplit_export.cli",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
@@ -84,8 +92,20 @@ def test_two_processes_give_the_single_process_ranking(
 def test_two_processes_share_the_study_cuts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    common = ("study", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--cuts", "all",
-              "--train-steps", "16", "--workers", "0")  # fmt: skip
+    common = (
+        "study",
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--cuts",
+        "all",
+        "--train-steps",
+        "16",
+        "--workers",
+        "0",
+    )
     run = _torchrun(2, *common, "--out", tmp_path / "two")
     assert run.returncode == 0, run.stderr
     code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one")
@@ -94,7 +114,11 @@ def test_two_processes_share_the_study_cuts(
     one = json.loads((tmp_path / "one" / "study.json").read_text())
     two = json.loads((tmp_path / "two" / "study.json").read_text())
     assert two.pop("distributed") == {"world_size": 2, "backend": "gloo"} and "distributed" not in one
-    assert set(one.pop("run")["train_seconds"]) == set(two.pop("run")["train_seconds"]) == {str(i) for i in range(6)}
+    assert (
+        set(one.pop("run")["train_seconds"])
+        == set(two.pop("run")["train_seconds"])
+        == {str(i) for i in range(6)}
+    )
     assert two == one
     assert (tmp_path / "two" / "study.png").read_bytes() == (tmp_path / "one" / "study.png").read_bytes()
 
@@ -105,12 +129,16 @@ def test_a_failing_process_fails_the_job_and_writes_nothing(
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(digits_dir, data)
-    Image.new("1", (20000, 20000)).save(data / "0" / "zzz_bomb.png")  # Pillow refuses it: an error, not a skip
+    Image.new("1", (20000, 20000)).save(
+        data / "0" / "zzz_bomb.png"
+    )  # Pillow refuses it: an error, not a skip
     images = load_images(data, DIGITS_PREPROCESSING)
     bomb = next(i for i, it in enumerate(images.items) if it.name == "0/zzz_bomb.png")
     assert bomb in Shard(1, 2, 16).indices(len(images)), "the bad file must be in process 1's shard"
     out = tmp_path / "out"  # (an existing non-empty --out is refused before any work: outdir.check_out)
-    run = _torchrun(2, "rank", DIGITS, "--weights", digits_weights, "--data", data, "--out", out, "--workers", "1")
+    run = _torchrun(
+        2, "rank", DIGITS, "--weights", digits_weights, "--data", data, "--out", out, "--workers", "1"
+    )
     assert run.returncode != 0
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, run.stderr
@@ -124,8 +152,22 @@ def test_a_failing_process_fails_the_job_and_writes_nothing(
 def test_distributed_flag_without_torchrun_is_a_world_of_one(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    code, _, err = _one_process(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
-                                  "--images", "40", "--workers", "0", "--out", tmp_path, "--distributed")  # fmt: skip
+    code, _, err = _one_process(
+        capsys,
+        "rank",
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--images",
+        "40",
+        "--workers",
+        "0",
+        "--out",
+        tmp_path,
+        "--distributed",
+    )
     assert code == 0, err
     data = json.loads((tmp_path / "ranking.json").read_text())
     assert data["distributed"] == {"world_size": 1, "backend": "gloo"} and data["images"] == 40
@@ -190,8 +232,14 @@ print("after")
 def test_a_killed_decoding_worker_is_an_error_not_a_hang(digits_dir: Path) -> None:
     # in a child process: the DataLoader's SIGCHLD handler must not fire inside pytest
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", _KILLED_WORKER, str(digits_dir)], capture_output=True, text=True,
-                         timeout=60, env=env, check=False)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", _KILLED_WORKER, str(digits_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert len(lines) == 2 and lines[1] == "after", run.stdout

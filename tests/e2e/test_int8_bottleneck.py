@@ -21,7 +21,9 @@ from tests.support.helpers import DIGITS
 def _pair(head: Path, tail: Path, x: np.ndarray) -> np.ndarray:
     """Logits of a head/tail pair in onnxruntime, one image at a time (as the bundle runs it)."""
     h, t = make_session(head), make_session(tail)
-    return np.concatenate([run_session(t, {"boundary": run_session(h, {"input": x[i : i + 1]})[0]})[0] for i in range(len(x))])
+    return np.concatenate(
+        [run_session(t, {"boundary": run_session(h, {"input": x[i : i + 1]})[0]})[0] for i in range(len(x))]
+    )
 
 
 def _int8_weighted(path: Path) -> tuple[int, int]:
@@ -33,7 +35,11 @@ def _int8_weighted(path: Path) -> tuple[int, int]:
     int8 = 0
     for node in weighted:
         dq = producer.get(node.input[1])
-        if dq is not None and dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == TensorProto.INT8:
+        if (
+            dq is not None
+            and dq.op_type == "DequantizeLinear"
+            and inits[dq.input[0]].data_type == TensorProto.INT8
+        ):
             int8 += 1
     return len(weighted), int8
 
@@ -43,8 +49,25 @@ def test_int8_pair_of_a_bottleneck_bundle_passes_its_gate(
     tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
     out = tmp_path / "bundle"
-    code = main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "1",
-                 "--bottleneck", "1/8", "--target", "x86-tensorrt", "--latency-runs", "1", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            DIGITS,
+            "--weights",
+            str(digits_weights),
+            "--data",
+            str(digits_dir),
+            "--top",
+            "1",
+            "--bottleneck",
+            "1/8",
+            "--target",
+            "x86-tensorrt",
+            "--latency-runs",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     m = json.loads((out / "manifest.json").read_text())
     (split,) = m["splits"]
@@ -74,5 +97,8 @@ def test_int8_pair_of_a_bottleneck_bundle_passes_its_gate(
     assert check["task"]["held_out"] and check["task"]["metric"] == "accuracy"
     assert check["task"]["full_model"] == pytest.approx(float((full.argmax(1) == labels).mean()))
     assert check["task"]["value"] == pytest.approx(float((q.argmax(1) == labels).mean()))
-    assert "Equivalence `int8-qdq` (against the fp32 pair with its bottleneck): **PASS**" in (out / "report.md").read_text()
+    assert (
+        "Equivalence `int8-qdq` (against the fp32 pair with its bottleneck): **PASS**"
+        in (out / "report.md").read_text()
+    )
     assert verify_bundle(out, write=False).passed

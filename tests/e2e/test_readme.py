@@ -23,8 +23,9 @@ def test_readme_python_example_runs_as_written(tmp_path: Path) -> None:
     assert len(blocks) == 1, "the README has one Python example"
     (tmp_path / "example.py").write_text(blocks[0], encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, env=env,
-                          check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, env=env, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert "passed" in lines  # verify_bundle(...).outcome

@@ -32,7 +32,11 @@ from tests.support.serving_helpers import LOOPBACK, Server, free_port
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
-ONNX_TO_TRITON = {TensorProto.UINT8: "TYPE_UINT8", TensorProto.FLOAT: "TYPE_FP32", TensorProto.FLOAT16: "TYPE_FP16"}
+ONNX_TO_TRITON = {
+    TensorProto.UINT8: "TYPE_UINT8",
+    TensorProto.FLOAT: "TYPE_FP32",
+    TensorProto.FLOAT16: "TYPE_FP16",
+}
 
 
 def _parse(path: Path) -> Any:
@@ -72,20 +76,33 @@ def _toy_bundle(root: Path) -> list[Split]:
     zp = numpy_helper.from_array(np.array(128, np.uint8), "zp")
     shape = helper.make_tensor_value_info("boundary", TensorProto.UINT8, ["N", 4, 2, 2])
     logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 32])
-    nodes = [helper.make_node("DequantizeLinear", ["boundary", "scale", "zp"], ["b"]),
-             helper.make_node("Flatten", ["b"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["logits"])]  # fmt: skip
-    tail = helper.make_model(helper.make_graph(nodes, "tail", [shape], [logits], [w, scale, zp]),
-                             opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["boundary", "scale", "zp"], ["b"]),
+        helper.make_node("Flatten", ["b"], ["f"]),
+        helper.make_node("MatMul", ["f", "w"], ["logits"]),
+    ]
+    tail = helper.make_model(
+        helper.make_graph(nodes, "tail", [shape], [logits], [w, scale, zp]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     (root / "weights").mkdir(parents=True)
-    onnx.save_model(tail, str(root / "01-conv.tail.onnx"), save_as_external_data=True,
-                    location="weights/float32-toy.bin", size_threshold=1024)  # fmt: skip
+    onnx.save_model(
+        tail,
+        str(root / "01-conv.tail.onnx"),
+        save_as_external_data=True,
+        location="weights/float32-toy.bin",
+        size_threshold=1024,
+    )
     f_in = helper.make_tensor_value_info("boundary", TensorProto.FLOAT, ["N", 4, 2, 2])
-    trt = helper.make_model(helper.make_graph(nodes[1:], "tail_trt", [f_in], [logits], [w]),
-                            opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+    trt = helper.make_model(
+        helper.make_graph(nodes[1:], "tail_trt", [f_in], [logits], [w]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     trt.graph.node[0].input[0] = "boundary"
     onnx.save_model(trt, str(root / "01-conv.tail.trt.onnx"))
     sdir = root / "splits" / "01-conv"
     sdir.mkdir(parents=True)
+
     def part(name: str, onnx_rel: str, inp: str) -> dict[str, Any]:
         shapes = {"name": inp, "min": [1, 4, 2, 2], "opt": [1, 4, 2, 2], "max": [8, 4, 2, 2]}
         return {"onnx": onnx_rel, "engine": f"engines/{name}.fp16.engine", "input": shapes}
@@ -120,7 +137,9 @@ def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:
     # the tail's weights sit inside the version folder (no ../); onnx and onnxruntime load them from there
     assert block["models"][0]["weights"] == ["triton/01-conv/1/model.weights.bin"]
     weights = model / "1" / "model.weights.bin"
-    assert weights.stat().st_mode & 0o777 == (model / "config.pbtxt").stat().st_mode & 0o777  # the umask's mode
+    assert (
+        weights.stat().st_mode & 0o777 == (model / "config.pbtxt").stat().st_mode & 0o777
+    )  # the umask's mode
     onnx.checker.check_model(str(model / "1" / "model.onnx"), full_check=True)
     x = np.random.default_rng(1).integers(0, 256, (3, 4, 2, 2), dtype=np.uint8)
     ours = make_session(model / "1" / "model.onnx").run(None, {"boundary": x})[0]
@@ -160,8 +179,15 @@ def test_preprocess_matches_the_torch_pipeline(tmp_path: Path, digits_dir: Path)
 
 
 def test_serve_and_run_options_refuse_bad_values() -> None:
-    for bad in ({"server": "localhost"}, {"server": "h:0"}, {"concurrency": 0}, {"protocol": "udp"},
-                {"requests": 5, "duration_s": 1.0}, {"timeout_ms": 0}, {"retries": -1}):  # fmt: skip
+    for bad in (
+        {"server": "localhost"},
+        {"server": "h:0"},
+        {"concurrency": 0},
+        {"protocol": "udp"},
+        {"requests": 5, "duration_s": 1.0},
+        {"timeout_ms": 0},
+        {"retries": -1},
+    ):
         with pytest.raises(BadInputError):
             RunOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(BadInputError):
@@ -194,8 +220,9 @@ def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path,
-                            digits_dir: Path) -> None:  # fmt: skip
+def test_serve_run_and_plan(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path, digits_dir: Path
+) -> None:
     from isplit_export.serving.bundle_access import open_bundle
     from isplit_export.serving.local import load_images
     from isplit_export.serving.run import run
@@ -205,11 +232,26 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     shutil.copytree(int8_bundle, bundle)
     m = _manifest(bundle)
     model = m["triton"]["models"][0]["name"]
-    server = Server(Path("b"), log=tmp_path / "serve.log", cwd=tmp_path).start()  # a relative BUNDLE, as typed
+    server = Server(
+        Path("b"), log=tmp_path / "serve.log", cwd=tmp_path
+    ).start()  # a relative BUNDLE, as typed
     try:
         server.wait_ready(model)
-        code, out, err = run_cli(capsys, "run", bundle, "--server", server.address, "--data", digits_dir,
-                                 "--images", "40", "--requests", "60", "--concurrency", "2")  # fmt: skip
+        code, out, err = run_cli(
+            capsys,
+            "run",
+            bundle,
+            "--server",
+            server.address,
+            "--data",
+            digits_dir,
+            "--images",
+            "40",
+            "--requests",
+            "60",
+            "--concurrency",
+            "2",
+        )
         assert code == 0, out + err
         assert "p50" in out and "agreement with the full model" in out and "bytes per image" in out
         doc = json.loads((bundle / "run.json").read_text(encoding="utf-8"))
@@ -220,7 +262,11 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
         assert r["latency_ms"]["round_trip"]["n"] == 60 and r["server_compute"]["ms"]["n"] == 60
         assert r["in_flight_max"] == 2  # --concurrency 2 kept two requests in flight
         # independent check: the served logits against the local pair run here, image by image
-        result = run(RunOptions(bundle=bundle, server=server.address, data=digits_dir, images=12, out=tmp_path / "r.json"))
+        result = run(
+            RunOptions(
+                bundle=bundle, server=server.address, data=digits_dir, images=12, out=tmp_path / "r.json"
+            )
+        )
         ba = open_bundle(bundle, 1)
         images, _ = load_images(RunOptions(bundle=bundle, data=digits_dir, images=12), ba, ba.splits[0])
         x = np.concatenate([im.x for im in images if im.x is not None])
@@ -230,8 +276,19 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
         assert served.shape == local.shape
         assert float(np.max(np.abs(served - local))) <= 1e-4 * float(np.max(np.abs(local)))  # the fp32 gate
         # JSON over HTTP gives the same accounting
-        code, out, err = run_cli(capsys, "run", bundle, "--server", f"{LOOPBACK}:{server.http_port}", "--protocol",
-                                 "http", "--requests", "8", "--out", tmp_path / "http.json")  # fmt: skip
+        code, out, err = run_cli(
+            capsys,
+            "run",
+            bundle,
+            "--server",
+            f"{LOOPBACK}:{server.http_port}",
+            "--protocol",
+            "http",
+            "--requests",
+            "8",
+            "--out",
+            tmp_path / "http.json",
+        )
         assert code == 0, out + err
         # Ctrl-C and SIGTERM mid-run: requests in flight finish, the unsent ones are skipped, all counted, exit 130
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -242,10 +299,15 @@ def test_serve_run_and_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
                 if len(sent) == 5:
                     os.kill(os.getpid(), sig)
 
-            stopped = run(RunOptions(bundle=bundle, server=server.address, requests=500, out=tmp_path / "int.json"),
-                          on_result=interrupt)  # fmt: skip
+            stopped = run(
+                RunOptions(bundle=bundle, server=server.address, requests=500, out=tmp_path / "int.json"),
+                on_result=interrupt,
+            )
             c = stopped.data["images"]
-            assert stopped.exit_code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig] and stopped.data["interrupted"]
+            assert (
+                stopped.exit_code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
+                and stopped.data["interrupted"]
+            )
             assert c["ok"] + c["failed"] + c["skipped"] == c["requests"] == 500 and c["skipped"] >= 400
         # plan uses what run measured, flagged as measured; a loopback round trip is no link (issue 24 R8)
         assert r["server"]["address_class"] == "loopback"
@@ -293,8 +355,15 @@ def test_server_killed_mid_run_then_restarted(tmp_path: Path, int8_bundle: Path)
             state["waited"] = True
 
     try:
-        options = RunOptions(bundle=int8_bundle, server=first.address, requests=30, retries=1, backoff_ms=20,
-                             timeout_ms=5000, out=tmp_path / "run.json")  # fmt: skip
+        options = RunOptions(
+            bundle=int8_bundle,
+            server=first.address,
+            requests=30,
+            retries=1,
+            backoff_ms=20,
+            timeout_ms=5000,
+            out=tmp_path / "run.json",
+        )
         result = run(options, on_result=on_result)
     finally:
         first.kill()
@@ -311,7 +380,9 @@ def test_server_killed_mid_run_then_restarted(tmp_path: Path, int8_bundle: Path)
 
 
 @pytest.mark.e2e
-def test_no_server_gets_one_line_within_the_wait(capsys: pytest.CaptureFixture[str], int8_bundle: Path) -> None:
+def test_no_server_gets_one_line_within_the_wait(
+    capsys: pytest.CaptureFixture[str], int8_bundle: Path
+) -> None:
     from isplit_export.serving.client import EXIT_UNREACHABLE
 
     address = f"{LOOPBACK}:{free_port()}"
@@ -322,23 +393,49 @@ def test_no_server_gets_one_line_within_the_wait(capsys: pytest.CaptureFixture[s
     lines = err.strip().splitlines()
     assert len(lines) == 1 and address in lines[0] and "isplit-export serve" in lines[0]
     # the head's TensorRT path needs TensorRT: not run here (exit 4), never faked
-    code, _, err = run_cli(capsys, "run", int8_bundle, "--server", address, "--backend", "tensorrt", "--wait", "0")
+    code, _, err = run_cli(
+        capsys, "run", int8_bundle, "--server", address, "--backend", "tensorrt", "--wait", "0"
+    )
     assert code == 4 and "TensorRT" in err
 
 
 @pytest.mark.e2e
 def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path, digits_weights: Path, digits_dir: Path
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    int8_bundle: Path,
+    digits_weights: Path,
+    digits_dir: Path,
 ) -> None:
     fp32 = tmp_path / "fp32"  # the same cuts (same model names), another boundary encoding
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2", "--target", "onnx",
-                 "--out", str(fp32), "--latency-runs", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--top",
+                "2",
+                "--target",
+                "onnx",
+                "--out",
+                str(fp32),
+                "--latency-runs",
+                "1",
+            ]
+        )
+        == 0
+    )
     name = _manifest(int8_bundle)["triton"]["models"][0]["name"]
     assert _manifest(fp32)["splits"][0]["dir"].endswith(name)
     server = Server(fp32, log=tmp_path / "serve.log").start()
     try:
         server.wait_ready(name)
-        code, _, err = run_cli(capsys, "run", int8_bundle, "--server", server.address, "--out", tmp_path / "r.json")
+        code, _, err = run_cli(
+            capsys, "run", int8_bundle, "--server", server.address, "--out", tmp_path / "r.json"
+        )
         # past that check, a request the server refuses (uint8 to an fp32 tail) is retried, bounded, then failed
         from isplit_export.serving.client import Client, send
         from isplit_export.serving.records import Request
@@ -359,7 +456,9 @@ def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
 
 
 @pytest.mark.e2e
-def test_a_hung_server_gets_the_one_line_in_bounded_time(capsys: pytest.CaptureFixture[str], int8_bundle: Path) -> None:
+def test_a_hung_server_gets_the_one_line_in_bounded_time(
+    capsys: pytest.CaptureFixture[str], int8_bundle: Path
+) -> None:
     """A socket that accepts connections and never answers: every call times out, the run still ends."""
     import socket
 
@@ -370,13 +469,17 @@ def test_a_hung_server_gets_the_one_line_in_bounded_time(capsys: pytest.CaptureF
         hung.listen(8)
         address = f"{LOOPBACK}:{hung.getsockname()[1]}"
         t = time.monotonic()
-        code, _, err = run_cli(capsys, "run", int8_bundle, "--server", address, "--wait", "2", "--timeout-ms", "500")
+        code, _, err = run_cli(
+            capsys, "run", int8_bundle, "--server", address, "--wait", "2", "--timeout-ms", "500"
+        )
         elapsed = time.monotonic() - t
     assert code == EXIT_UNREACHABLE and address in err and elapsed < 15, (elapsed, err)
 
 
 @pytest.mark.e2e
-def test_serve_refuses_a_modified_tail(capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path) -> None:
+def test_serve_refuses_a_modified_tail(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path
+) -> None:
     bundle = tmp_path / "b"
     shutil.copytree(int8_bundle, bundle)
     tail = _manifest(bundle)["splits"][0]["files"]["tail"]

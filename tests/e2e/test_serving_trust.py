@@ -68,8 +68,29 @@ def _sha(bundle: Path) -> str:
 def fp16_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
     """A digits bundle with an fp16 boundary (a float wire: NaN can be sent) and a Triton repository."""
     out = tmp_path_factory.mktemp("serve16") / "bundle"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "1", "--target", "onnx",
-                 "--boundary", "fp16", "--triton", "--out", str(out), "--latency-runs", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--top",
+                "1",
+                "--target",
+                "onnx",
+                "--boundary",
+                "fp16",
+                "--triton",
+                "--out",
+                str(out),
+                "--latency-runs",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -110,8 +131,12 @@ def test_the_repository_api_is_off_and_the_tails_are_private_copies(
     server = Server(bundle, log=tmp_path / "serve.log", extra=("--expect-sha256", _sha(bundle))).start()
     try:
         server.wait_ready(name)
-        for path in ("/v2/repository/index", "/v2/repository/models/evil/load", f"/v2/repository/models/{name}/load",
-                     f"/v2/repository/models/{name}/unload"):  # fmt: skip
+        for path in (
+            "/v2/repository/index",
+            "/v2/repository/models/evil/load",
+            f"/v2/repository/models/{name}/load",
+            f"/v2/repository/models/{name}/unload",
+        ):
             status, text = probes.http_post(server.http_port, path, b"{}")
             assert status == 403 and "repository API is off" in text, (path, status, text)
         for verb in ("load", "unload"):
@@ -153,8 +178,20 @@ def test_serve_and_run_refuse_another_manifest_before_anything(tmp_path: Path, i
         listener.listen(4)
         listener.setblocking(False)
         address = f"{LOOPBACK}:{listener.getsockname()[1]}"
-        _one_line(_cli("run", int8_bundle, "--server", address, "--expect-sha256", wrong, "--out", tmp_path / "r.json"),
-                  1, "not the expected")  # fmt: skip
+        _one_line(
+            _cli(
+                "run",
+                int8_bundle,
+                "--server",
+                address,
+                "--expect-sha256",
+                wrong,
+                "--out",
+                tmp_path / "r.json",
+            ),
+            1,
+            "not the expected",
+        )
         with pytest.raises(BlockingIOError):
             listener.accept()
     assert not (tmp_path / "r.json").exists()
@@ -266,16 +303,33 @@ def test_malformed_requests_are_400_never_500(tmp_path: Path, int8_bundle: Path,
                 nan16 = struct.pack("<e", float("nan")) * n
                 inf16 = struct.pack("<e", float("inf")) + bytes(2 * (n - 1))
                 for raw in (nan16, inf16):
-                    code, details = probes.grpc_infer(server.address, name, "boundary",
-                                                      {"datatype": "FP16", "shape": [1, *dims], "raw": raw})  # fmt: skip
+                    code, details = probes.grpc_infer(
+                        server.address,
+                        name,
+                        "boundary",
+                        {"datatype": "FP16", "shape": [1, *dims], "raw": raw},
+                    )
                     assert code == "INVALID_ARGUMENT" and "non-finite" in details, (code, details)
-                body = json.dumps({"inputs": [{"name": "boundary", "datatype": "FP16", "shape": [1, *dims],
-                                               "data": [1e6] + [0.0] * (n - 1)}]}).encode()  # fmt: skip
+                body = json.dumps(
+                    {
+                        "inputs": [
+                            {
+                                "name": "boundary",
+                                "datatype": "FP16",
+                                "shape": [1, *dims],
+                                "data": [1e6] + [0.0] * (n - 1),
+                            }
+                        ]
+                    }
+                ).encode()
                 status, text = probes.http_post(server.http_port, f"/v2/models/{name}/infer", body)
                 assert status == 400 and "non-finite" in text, (status, text)  # 1e6 overflows fp16
             # a well-formed batch of the limit is served
-            ok: dict[str, Any] = {"datatype": datatype, "shape": [8, *dims],
-                                  "raw": bytes(8 * math.prod(dims) * (2 if datatype == "FP16" else 1))}  # fmt: skip
+            ok: dict[str, Any] = {
+                "datatype": datatype,
+                "shape": [8, *dims],
+                "raw": bytes(8 * math.prod(dims) * (2 if datatype == "FP16" else 1)),
+            }
             assert probes.grpc_infer(server.address, name, "boundary", ok) == ("OK", "")
         finally:
             assert server.stop() == 0

@@ -23,8 +23,17 @@ def free_port() -> int:
 class Server:
     """``isplit-export serve BUNDLE`` on two free loopback ports, started and stopped by the caller."""
 
-    def __init__(self, bundle: Path, *, split: str = "all", port: int | None = None, http_port: int | None = None,
-                 log: Path | None = None, cwd: Path | None = None, extra: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bundle: Path,
+        *,
+        split: str = "all",
+        port: int | None = None,
+        http_port: int | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.bundle = bundle
         self.cwd = cwd
         """Working directory of the server process (a relative ``bundle`` is resolved there)."""
@@ -42,8 +51,24 @@ class Server:
 
     def start(self) -> Server:
         """Start the server process (does not wait for it)."""
-        cmd = [sys.executable, "-m", "isplit_export.cli", "serve", str(self.bundle), "--split", self.split,
-               "--host", LOOPBACK, "--port", str(self.port), "--http-port", str(self.http_port), "--threads", "1", *self.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "isplit_export.cli",
+            "serve",
+            str(self.bundle),
+            "--split",
+            self.split,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--http-port",
+            str(self.http_port),
+            "--threads",
+            "1",
+            *self.extra,
+        ]
         out = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
@@ -54,8 +79,11 @@ class Server:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout
-        fast = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 500)]  # poll a server that is still starting, promptly
+        fast = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]  # poll a server that is still starting, promptly
         client = grpcclient.InferenceServerClient(self.address, channel_args=fast)
         try:
             while time.monotonic() < deadline:

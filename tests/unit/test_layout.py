@@ -40,8 +40,14 @@ def _bundle(root: Path) -> dict[str, Any]:
 def test_a_listed_bundle_with_its_outputs_passes(tmp_path: Path) -> None:
     data = _bundle(tmp_path)
     check_layout(tmp_path, data)
-    for rel in ("verify.json", "plan.json", "run.json", "splits/01-conv/engines/tail.fp16.engine",
-                "splits/01-conv/engines/cache/timing.cache", "triton/01-conv/1/model.plan"):  # fmt: skip
+    for rel in (
+        "verify.json",
+        "plan.json",
+        "run.json",
+        "splits/01-conv/engines/tail.fp16.engine",
+        "splits/01-conv/engines/cache/timing.cache",
+        "triton/01-conv/1/model.plan",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"built here")
     check_layout(tmp_path, data)
@@ -87,7 +93,9 @@ def test_findings_are_counted_and_a_refused_folder_is_not_entered(tmp_path: Path
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / "model-settings.json").write_text("{}")
     (tmp_path / "z.txt").write_text("x")
-    assert unlisted_entries(tmp_path, data) == ["evil/ (a folder the manifest does not list)",
-                                                "z.txt (a file the manifest does not list)"]  # fmt: skip
+    assert unlisted_entries(tmp_path, data) == [
+        "evil/ (a folder the manifest does not list)",
+        "z.txt (a file the manifest does not list)",
+    ]
     with pytest.raises(GateFailedError, match=r"evil/ .* and 1 more"):
         check_layout(tmp_path, data)

@@ -23,7 +23,11 @@ def test_frozen_and_validated() -> None:
     opts = RankOptions()
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.top = 3  # type: ignore[misc]
-    for bad, flag in [({"top": 0}, "--top"), ({"batch_size": 0}, "--batch-size"), ({"images": 0}, "--images")]:
+    for bad, flag in [
+        ({"top": 0}, "--top"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"images": 0}, "--images"),
+    ]:
         with pytest.raises(BadInputError, match=flag):
             RankOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(BadInputError, match="--golden"):
@@ -33,7 +37,9 @@ def test_frozen_and_validated() -> None:
 
 
 def test_to_json_keeps_what_decides_the_result_only() -> None:
-    opts = ExportOptions(model="m", out=Path("/tmp/x"), data=Path("d"), force=True, batch_size=3, device="cpu")
+    opts = ExportOptions(
+        model="m", out=Path("/tmp/x"), data=Path("d"), force=True, batch_size=3, device="cpu"
+    )
     js = opts.to_json()
     assert js["model"] == "m" and js["data"] == "d" and js["top"] == 3 and js["target"] == "onnx"
     assert not {"out", "force", "batch_size", "device", "progress", "latency_runs"} & set(js)

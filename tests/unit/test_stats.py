@@ -133,4 +133,6 @@ def test_separated_pairs_and_how_a_predictor_orders_them() -> None:
     assert pair_order([3, 1, 2], values, [(0, 1), (1, 2)]) == {"right": 2, "wrong": 0, "tied": 0}
     assert pair_order([1, 3, 2], values, [(0, 1), (1, 2)]) == {"right": 0, "wrong": 2, "tied": 0}
     assert pair_order([2, 2, 1], values, [(0, 1), (1, 2)]) == {"right": 0, "wrong": 1, "tied": 1}
-    assert separated_pairs(np.array([[0.5, 0.5], [0.6, 0.6]])) == []  # equal in every replicate: no difference
+    assert (
+        separated_pairs(np.array([[0.5, 0.5], [0.6, 0.6]])) == []
+    )  # equal in every replicate: no difference

@@ -43,8 +43,22 @@ def bn_bundle(
     mp.setattr(bn, "train", spy)
     out = tmp_path_factory.mktemp("bn") / "bundle"
     try:
-        code = main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2",
-                     "--bottleneck", "1/8", "--out", str(out), *FAST])  # fmt: skip
+        code = main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--top",
+                "2",
+                "--bottleneck",
+                "1/8",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
     finally:
         mp.undo()
     assert code == 0
@@ -134,11 +148,26 @@ def test_same_seed_gives_byte_identical_onnx(
     ],
 )
 def test_bad_inputs_one_line_exit_2(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
-    args: tuple[str, ...], expect: str,
-) -> None:  # fmt: skip
-    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--top", "6",
-                        "--out", tmp_path / "b", *args)  # fmt: skip
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    digits_weights: Path,
+    digits_dir: Path,
+    args: tuple[str, ...],
+    expect: str,
+) -> None:
+    code, _, err = run_cli(
+        capsys,
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--top",
+        "6",
+        "--out",
+        tmp_path / "b",
+        *args,
+    )
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b").exists()
 
@@ -167,8 +196,22 @@ def test_bottleneck_on_nhwc_and_token_cuts_exports_exactly(
 ) -> None:
     """A Swin/ConvNeXt-like channels-last map and a ViT token sequence get a bottleneck too."""
     out = tmp_path / "b"
-    code, _, err = run_cli(capsys, f"tests.support.layout_models:{model}", "--weights", "none", "--top", "4",
-                           "--bottleneck", "1/4", "--train-steps", "4", "--latency-runs", "1", "--out", out)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        f"tests.support.layout_models:{model}",
+        "--weights",
+        "none",
+        "--top",
+        "4",
+        "--bottleneck",
+        "1/4",
+        "--train-steps",
+        "4",
+        "--latency-runs",
+        "1",
+        "--out",
+        out,
+    )
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     ranking = {c["index"]: c for c in json.loads((out / "ranking.json").read_text())["candidates"]}

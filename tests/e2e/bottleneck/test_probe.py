@@ -115,8 +115,21 @@ def test_probe_on_the_trained_digits_cnn_at_64_bytes(
 def test_rank_with_a_budget_adds_the_probe_column(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    code, out, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
-                             "--bottleneck", "64B", "--bootstrap", "0", "--out", tmp_path / "r")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "rank",
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--bottleneck",
+        "64B",
+        "--bootstrap",
+        "0",
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
     assert "probe 64B [95% CI]" in out
     data = json.loads((tmp_path / "r" / "ranking.json").read_text())
@@ -131,8 +144,22 @@ def test_rank_with_a_budget_adds_the_probe_column(
     assert all(c["probe"]["patch_vectors"] > c["probe"]["code_shape"][0] for c in probed)
     assert "limited by the number of images" not in out
     # a rank output with probe.png is this tool's: --force replaces it
-    code, _, err = run_cli(capsys, "rank", DIGITS, "--weights", digits_weights, "--data", digits_dir,
-                           "--bottleneck", "64B", "--bootstrap", "0", "--out", tmp_path / "r", "--force")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "rank",
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--bottleneck",
+        "64B",
+        "--bootstrap",
+        "0",
+        "--out",
+        tmp_path / "r",
+        "--force",
+    )
     assert code == 0, err
 
 
@@ -176,9 +203,13 @@ def test_a_code_fitted_on_too_few_images_is_named(digits_ranked: object) -> None
     ],
 )
 def test_bad_probe_inputs_one_line_exit_2(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
-    args: tuple[str, ...], expect: str,
-) -> None:  # fmt: skip
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    digits_weights: Path,
+    digits_dir: Path,
+    args: tuple[str, ...],
+    expect: str,
+) -> None:
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in args]
     code, _, err = run_cli(
         capsys, argv[0], DIGITS, "--weights", digits_weights, "--data", digits_dir, *argv[1:]
@@ -191,8 +222,22 @@ def test_bad_probe_inputs_one_line_exit_2(
 def test_two_gloo_processes_give_the_single_process_probe(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    args = ["rank", DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--bottleneck", "64B",
-            "--probe-cuts", "all", "--bootstrap", "0", "--workers", "0"]  # fmt: skip
+    args = [
+        "rank",
+        DIGITS,
+        "--weights",
+        str(digits_weights),
+        "--data",
+        str(digits_dir),
+        "--bottleneck",
+        "64B",
+        "--probe-cuts",
+        "all",
+        "--bootstrap",
+        "0",
+        "--workers",
+        "0",
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -201,8 +246,18 @@ def test_two_gloo_processes_give_the_single_process_probe(
         torch.set_num_threads(threads)
     assert code == 0, err
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ISPLIT_DIST_TIMEOUT_S": "60"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-           "isplit_export.cli", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "isplit_export.cli",
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     one = json.loads((tmp_path / "one" / "ranking.json").read_text())
@@ -215,9 +270,26 @@ def test_two_gloo_processes_give_the_single_process_probe(
 def test_objective_probe_exports_the_probes_choice_and_records_both_scores(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    code, out, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--top", "1",
-                             "--bottleneck", "64B", "--objective", "probe", "--train-steps", "8",
-                             "--latency-runs", "2", "--out", tmp_path / "b")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--top",
+        "1",
+        "--bottleneck",
+        "64B",
+        "--objective",
+        "probe",
+        "--train-steps",
+        "8",
+        "--latency-runs",
+        "2",
+        "--out",
+        tmp_path / "b",
+    )
     assert code == 0, err
     assert "probe 64B [95% CI]" in out
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())

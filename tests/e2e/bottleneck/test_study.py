@@ -17,8 +17,29 @@ from tests.support.helpers import DIGITS, run_cli
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("study") / "s"
-    assert main(["study", DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--cuts", "all",
-                 "--bottleneck", "64B", "--train-steps", "30", "--repeats", "2", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "study",
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--cuts",
+                "all",
+                "--bottleneck",
+                "64B",
+                "--train-steps",
+                "30",
+                "--repeats",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -79,8 +100,15 @@ def test_study_json_schema(study_dir: Path) -> None:
 
 @pytest.mark.e2e
 def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, digits_dir: Path) -> None:
-    opts = StudyOptions(model=DIGITS, weights=str(digits_weights), data=digits_dir, cuts="all", images=80,
-                        bottleneck="1/8", repeats=2)  # fmt: skip
+    opts = StudyOptions(
+        model=DIGITS,
+        weights=str(digits_weights),
+        data=digits_dir,
+        cuts="all",
+        images=80,
+        bottleneck="1/8",
+        repeats=2,
+    )
     ctx = prepare(opts)
     first = measure_cut(ctx, ctx.cuts[4]).to_json()
     measure_cut(ctx, ctx.cuts[1])
@@ -93,8 +121,25 @@ def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, d
 def test_classes_set_class_and_all_class_cui_against_class_accuracy(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
-    code, out, err = run_cli(capsys, "study", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--cuts", "all",
-                          "--classes", "0,1", "--train-steps", "10", "--repeats", "1", "--out", tmp_path / "s")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "study",
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        digits_dir,
+        "--cuts",
+        "all",
+        "--classes",
+        "0,1",
+        "--train-steps",
+        "10",
+        "--repeats",
+        "1",
+        "--out",
+        tmp_path / "s",
+    )
     assert code == 0, err
     data = json.loads((tmp_path / "s" / "study.json").read_text())
     cls = data["summary"]["classes"]

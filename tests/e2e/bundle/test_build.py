@@ -25,9 +25,12 @@ pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CL
 FAST = ("--latency-runs", "2")
 
 
-
-def _digits_export(capsys: pytest.CaptureFixture[str], out: Path, weights: Path, data: Path, *extra: object) -> int:
-    code, _, err = run_cli(capsys, DIGITS, "--weights", weights, "--data", data, "--top", "2", "--out", out, *FAST, *extra)
+def _digits_export(
+    capsys: pytest.CaptureFixture[str], out: Path, weights: Path, data: Path, *extra: object
+) -> int:
+    code, _, err = run_cli(
+        capsys, DIGITS, "--weights", weights, "--data", data, "--top", "2", "--out", out, *FAST, *extra
+    )
     assert code in (0, 1), err
     return code
 
@@ -35,8 +38,25 @@ def _digits_export(capsys: pytest.CaptureFixture[str], out: Path, weights: Path,
 @pytest.fixture(scope="module")
 def digits_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("b") / "bundle"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2",
-                 "--target", "onnx", "--out", str(out), *FAST]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--top",
+                "2",
+                "--target",
+                "onnx",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -59,7 +79,11 @@ def test_bundle_layout_manifest_and_equivalence(digits_bundle: Path) -> None:
         check = split["verification"]["checks"]["fp32"]
         assert check["metrics"]["top1_agreement"] == 1.0 and check["metrics"]["max_abs_rel"] <= 1e-4
         # labelled digits: accuracy is measured, and the split loses nothing against the full model
-        assert check["task"]["metric"] == "accuracy" and check["task"]["value"] > 0.9 and check["task"]["drop"] == 0
+        assert (
+            check["task"]["metric"] == "accuracy"
+            and check["task"]["value"] > 0.9
+            and check["task"]["drop"] == 0
+        )
         assert split["boundary"]["bytes_per_image"] == split["boundary"]["fp32_bytes_per_image"]
     report = (digits_bundle / "report.md").read_text()
     assert "Does the CUI order hold?" in report and "![CUI](cui.png)" in report and "| `top` | 2 |" in report
@@ -69,11 +93,18 @@ def test_bundle_layout_manifest_and_equivalence(digits_bundle: Path) -> None:
 
 
 def test_same_command_gives_byte_identical_bundle(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_bundle: Path, digits_weights: Path, digits_dir: Path
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    digits_bundle: Path,
+    digits_weights: Path,
+    digits_dir: Path,
 ) -> None:
     again = tmp_path / "again"
     assert _digits_export(capsys, again, digits_weights, digits_dir) == 0
-    a, b = json.loads((digits_bundle / "manifest.json").read_text()), json.loads((again / "manifest.json").read_text())
+    a, b = (
+        json.loads((digits_bundle / "manifest.json").read_text()),
+        json.loads((again / "manifest.json").read_text()),
+    )
     assert a.pop("run")["created"] and b.pop("run")
     assert a == b
     for rel in a["files"]:
@@ -81,9 +112,12 @@ def test_same_command_gives_byte_identical_bundle(
 
 
 def test_out_is_refused_unless_force_and_never_half_written(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    digits_weights: Path,
+    digits_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -91,7 +125,9 @@ def test_out_is_refused_unless_force_and_never_half_written(
     assert code == 2 and "already exists" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "precious"
     # --force replaces only an empty folder or a bundle of this tool (issue 17: it deleted a .tex file)
-    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out, "--force")
+    code, _, err = run_cli(
+        capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", out, "--force"
+    )
     assert code == 2 and "--force replaces only" in err
     assert (out / "keep.txt").read_text() == "precious"
     empty = tmp_path / "empty"
@@ -101,17 +137,26 @@ def test_out_is_refused_unless_force_and_never_half_written(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bundle_mod, "_export_split", boom)
-    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", empty, "--force")
+    code, _, err = run_cli(
+        capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", empty, "--force"
+    )
     assert code == 130 and "interrupted" in err
     assert list(empty.iterdir()) == []  # the old (empty) folder survived
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]  # no temporary directory or lock left
-    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "empty",
+        "out",
+    ]  # no temporary directory or lock left
+    code, _, err = run_cli(
+        capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", tmp_path / "new"
+    )
     assert code == 130 and not (tmp_path / "new").exists()
 
     monkeypatch.undo()
     assert _digits_export(capsys, empty, digits_weights, digits_dir, "--force") == 0
     assert (empty / "manifest.json").is_file()
-    assert _digits_export(capsys, empty, digits_weights, digits_dir, "--force") == 0  # a bundle of ours: replaced
+    assert (
+        _digits_export(capsys, empty, digits_weights, digits_dir, "--force") == 0
+    )  # a bundle of ours: replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]
 
 
@@ -131,11 +176,16 @@ def test_int8_boundary_is_really_8_bit_and_within_gate(
         assert boundary.dtype == np.uint8
         check = split["verification"]["checks"]["int8"]
         assert check["gate"]["passed"] and check["task"]["drop"] <= 0.02
-    assert m["verification"]["cui_vs_task_spearman"] is None or -1 <= m["verification"]["cui_vs_task_spearman"] <= 1
+    assert (
+        m["verification"]["cui_vs_task_spearman"] is None
+        or -1 <= m["verification"]["cui_vs_task_spearman"] <= 1
+    )
     assert "Spearman" in m["verification"]["note"] or "same task value" in m["verification"]["note"]
 
 
-def test_verify_catches_a_broken_tail(capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_bundle: Path) -> None:
+def test_verify_catches_a_broken_tail(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_bundle: Path
+) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(digits_bundle, broken)
     m = json.loads((broken / "manifest.json").read_text())
@@ -162,10 +212,27 @@ def test_verify_catches_a_broken_tail(capsys: pytest.CaptureFixture[str], tmp_pa
     [(DIGITS, "16"), ("resnet18", "64"), ("mobilenet_v3_small", "64"), ("efficientnet_lite0", "224")],
     ids=["vgg-style", "resnet", "mobilenet", "efficientnet-lite"],
 )
-def test_equivalence_on_cnn_families(capsys: pytest.CaptureFixture[str], tmp_path: Path, arch: str, size: str) -> None:
+def test_equivalence_on_cnn_families(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, arch: str, size: str
+) -> None:
     out = tmp_path / "bundle"
-    code, _, err = run_cli(capsys, arch, "--weights", "none", "--input-size", size, "--images", "3", "--top", "2",
-                        "--target", "onnx", "--out", out, *FAST)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        arch,
+        "--weights",
+        "none",
+        "--input-size",
+        size,
+        "--images",
+        "3",
+        "--top",
+        "2",
+        "--target",
+        "onnx",
+        "--out",
+        out,
+        *FAST,
+    )
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
     assert m["verification"]["passed"] and len(m["splits"]) >= 1
@@ -222,13 +289,22 @@ def test_python_api_mirrors_the_cli(tmp_path: Path, digits_weights: Path, digits
 
     r = rank(DIGITS, weights=str(digits_weights), data=digits_dir, top=2, images=50)
     assert r.ranking.images == 50 and len(r.ranking.ranked()) <= 2
-    result = export(DIGITS, out=tmp_path / "api", weights=str(digits_weights), data=digits_dir, top=1, images=50,
-                    latency_runs=2)  # fmt: skip
+    result = export(
+        DIGITS,
+        out=tmp_path / "api",
+        weights=str(digits_weights),
+        data=digits_dir,
+        top=1,
+        images=50,
+        latency_runs=2,
+    )
     assert result.passed and result.manifest.splits[0].node == r.ranking.ranked(1)[0].node
     assert verify_bundle(tmp_path / "api").outcome == "passed"
 
 
-def test_int8_qdq_pair_on_pretrained_efficientnet_lite0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_int8_qdq_pair_on_pretrained_efficientnet_lite0(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """The offline default model with its real ImageNet weights on the 19 real skimage photographs.
 
     Asserts what holds on any CPU (``tests/support/int8.py``): the pair's integer kernels agree with

@@ -19,8 +19,34 @@ pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CL
 @pytest.fixture(scope="module")
 def cost_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("plan") / "bundle"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "2", "--target", "onnx",
-                 "--link", "lte", "--objective", "balanced", "--out", str(out), "--latency-runs", "2", "--images", "300", "--verify-images", "64"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--top",
+                "2",
+                "--target",
+                "onnx",
+                "--link",
+                "lte",
+                "--objective",
+                "balanced",
+                "--out",
+                str(out),
+                "--latency-runs",
+                "2",
+                "--images",
+                "300",
+                "--verify-images",
+                "64",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -29,12 +55,18 @@ def test_export_writes_the_cost_columns_report_and_tradeoff(cost_bundle: Path) -
     r = json.loads((cost_bundle / "ranking.json").read_text())
     assert r["schema"] == "isplit.ranking/2" and r["total_flops"] > 0
     cost = r["cost"]
-    assert cost["objective"] == "balanced" and cost["link"]["name"] == "lte" and cost["device"]["target"] == "onnx"
+    assert (
+        cost["objective"] == "balanced"
+        and cost["link"]["name"] == "lte"
+        and cost["device"]["target"] == "onnx"
+    )
     assert m["options"]["link"] == "lte" and m["options"]["objective"] == "balanced"
     # the exported splits are the selection, in its order; balanced picks from the Pareto front first
     assert [s["index"] for s in m["splits"]] == cost["selected"][:2]
     ranks = {c["index"]: c["rank"] for c in r["candidates"]}
-    assert [s["rank"] for s in m["splits"]] == [1, 2] and all(s["cui_rank"] == ranks[s["index"]] for s in m["splits"])
+    assert [s["rank"] for s in m["splits"]] == [1, 2] and all(
+        s["cui_rank"] == ranks[s["index"]] for s in m["splits"]
+    )
     assert set(cost["selected"][: len(cost["pareto"])]) <= set(cost["pareto"]) or len(cost["pareto"]) < 2
     for c in r["candidates"]:
         pc = c["cost"]
@@ -62,7 +94,9 @@ def test_plan_gives_the_export_numbers_and_measured_latencies_override(cost_bund
         row = by_index[split["index"]]
         assert row["device_ms"] == pytest.approx(lat["head_ms"], abs=1e-6) and "device" in row["measured"]
         assert "server" not in row["measured"]  # the server is x86-tensorrt: its tail stays estimated
-    others = [c for c in measured.ranking["candidates"] if c["index"] not in {s["index"] for s in m["splits"]}]
+    others = [
+        c for c in measured.ranking["candidates"] if c["index"] not in {s["index"] for s in m["splits"]}
+    ]
     assert others and all(c["cost"]["measured"] == {} for c in others)
     base = measured.cost["baselines"]["device_only"]
     full = statistics.median(v["full_ms"] for v in m["run"]["latency_ms"].values())
@@ -82,10 +116,29 @@ def test_tensorrt_latency_from_verify_json_overrides_the_head(cost_bundle: Path,
     b = tmp_path / "b"
     shutil.copytree(cost_bundle, b)
     split = json.loads((b / "manifest.json").read_text())["splits"][0]
-    write_json(b / "verify.json", {"backend": "tensorrt", "manifest_sha256": sha256_file(b / "manifest.json"), "rows": [
-        {"dir": split["dir"], "backend": "tensorrt", "precision": "fp32", "latency_ms": {"head_ms": 0.123}}]})  # fmt: skip
-    row = next(c["cost"] for c in plan(b, link="lte", write=False).ranking["candidates"] if c["index"] == split["index"])
-    assert row["device_ms"] == 0.123 and row["measured"]["device"] == "tensorrt fp32 on the device (verify.json)"
+    write_json(
+        b / "verify.json",
+        {
+            "backend": "tensorrt",
+            "manifest_sha256": sha256_file(b / "manifest.json"),
+            "rows": [
+                {
+                    "dir": split["dir"],
+                    "backend": "tensorrt",
+                    "precision": "fp32",
+                    "latency_ms": {"head_ms": 0.123},
+                }
+            ],
+        },
+    )
+    row = next(
+        c["cost"]
+        for c in plan(b, link="lte", write=False).ranking["candidates"]
+        if c["index"] == split["index"]
+    )
+    assert (
+        row["device_ms"] == 0.123 and row["measured"]["device"] == "tensorrt fp32 on the device (verify.json)"
+    )
 
 
 def test_plan_cli_runs_without_torch_and_writes_plan_json(cost_bundle: Path, tmp_path: Path) -> None:
@@ -104,22 +157,67 @@ def test_plan_cli_runs_without_torch_and_writes_plan_json(cost_bundle: Path, tmp
 
 
 def test_bad_inputs_one_line_exit_2(
-    capsys: pytest.CaptureFixture[str], cost_bundle: Path, tmp_path: Path, digits_weights: Path, digits_dir: Path
+    capsys: pytest.CaptureFixture[str],
+    cost_bundle: Path,
+    tmp_path: Path,
+    digits_weights: Path,
+    digits_dir: Path,
 ) -> None:
     cases = [
-        (("plan", cost_bundle, "--link", "carrier-pigeon"), "unknown --link 'carrier-pigeon': choose wifi, lte, 5g"),
+        (
+            ("plan", cost_bundle, "--link", "carrier-pigeon"),
+            "unknown --link 'carrier-pigeon': choose wifi, lte, 5g",
+        ),
         (("plan", cost_bundle, "--link", "0"), "bandwidth must be a positive number of Mbit/s"),
         (("plan", cost_bundle, "--link", "-3,20"), "bandwidth must be a positive number of Mbit/s"),
         (("plan", cost_bundle, "--link", "lte", "--objective", "fastest"), "unknown --objective 'fastest'"),
-        (("plan", cost_bundle, "--link", "lte", "--max-boundary-kib", "0.0001", "--max-latency-ms", "1e6"),
-         "no candidate split: --max-boundary-kib 0.0001 is the tightest"),
+        (
+            ("plan", cost_bundle, "--link", "lte", "--max-boundary-kib", "0.0001", "--max-latency-ms", "1e6"),
+            "no candidate split: --max-boundary-kib 0.0001 is the tightest",
+        ),
         (("plan", tmp_path / "nope", "--link", "lte"), "not found"),
-        ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--objective", "latency", "--out", tmp_path / "x"),
-         "--objective latency needs a link: pass --link"),
-        ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--link", "0,5", "--out", tmp_path / "x"),
-         "bandwidth must be a positive"),
-        ((DIGITS, "--weights", digits_weights, "--data", digits_dir, "--objective", "speed", "--out", tmp_path / "x"),
-         "unknown --objective 'speed'"),
+        (
+            (
+                DIGITS,
+                "--weights",
+                digits_weights,
+                "--data",
+                digits_dir,
+                "--objective",
+                "latency",
+                "--out",
+                tmp_path / "x",
+            ),
+            "--objective latency needs a link: pass --link",
+        ),
+        (
+            (
+                DIGITS,
+                "--weights",
+                digits_weights,
+                "--data",
+                digits_dir,
+                "--link",
+                "0,5",
+                "--out",
+                tmp_path / "x",
+            ),
+            "bandwidth must be a positive",
+        ),
+        (
+            (
+                DIGITS,
+                "--weights",
+                digits_weights,
+                "--data",
+                digits_dir,
+                "--objective",
+                "speed",
+                "--out",
+                tmp_path / "x",
+            ),
+            "unknown --objective 'speed'",
+        ),
     ]
     for args, msg in cases:
         code, _, err = run_cli(capsys, *args)
@@ -134,12 +232,42 @@ def test_plan_keeps_the_exports_constraints_unless_given(
     from isplit_export import Constraints, plan
 
     out = tmp_path / "b"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "1", "--target", "onnx",
-                 "--link", "lte", "--max-head-flops", "0.1", "--out", str(out), "--latency-runs", "1", "--images", "60",
-                 "--verify-images", "32"]) == 0  # fmt: skip
-    share = {c["index"]: c["head_flops_share"] for c in json.loads((out / "ranking.json").read_text())["candidates"]}
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--top",
+                "1",
+                "--target",
+                "onnx",
+                "--link",
+                "lte",
+                "--max-head-flops",
+                "0.1",
+                "--out",
+                str(out),
+                "--latency-runs",
+                "1",
+                "--images",
+                "60",
+                "--verify-images",
+                "32",
+            ]
+        )
+        == 0
+    )
+    share = {
+        c["index"]: c["head_flops_share"]
+        for c in json.loads((out / "ranking.json").read_text())["candidates"]
+    }
     kept = plan(out, link="ethernet", write=False)
     assert kept.cost["constraints"]["max_head_flops"] == 0.1
     assert all(share[i] <= 0.1 for i in kept.cost["selected"])
     free = plan(out, link="ethernet", constraints=Constraints(), write=False)
-    assert free.cost["constraints"]["max_head_flops"] is None and any(share[i] > 0.1 for i in free.cost["selected"])
+    assert free.cost["constraints"]["max_head_flops"] is None and any(
+        share[i] > 0.1 for i in free.cost["selected"]
+    )

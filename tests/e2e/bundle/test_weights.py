@@ -30,8 +30,26 @@ pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CL
 
 
 def _export(out: Path, weights: Path, data: Path, *extra: str) -> None:
-    code = main([DIGITS, "--weights", str(weights), "--data", str(data), "--images", "60", "--top", "2",
-                 "--target", "jetson", "--out", str(out), "--latency-runs", "2", *extra])  # fmt: skip
+    code = main(
+        [
+            DIGITS,
+            "--weights",
+            str(weights),
+            "--data",
+            str(data),
+            "--images",
+            "60",
+            "--top",
+            "2",
+            "--target",
+            "jetson",
+            "--out",
+            str(out),
+            "--latency-runs",
+            "2",
+            *extra,
+        ]
+    )
     assert code == 0
 
 
@@ -62,7 +80,10 @@ def test_every_weight_is_stored_once_per_precision(shared: Path, digits_weights:
     assert sorted(v["dtype"] for v in packs.values()) == ["float32", "int8"]
     for rel, info in packs.items():  # content-addressed, hashed by the manifest like any file
         assert rel.startswith("weights/") and m["files"][rel]["sha256"] == sha256_file(shared / rel)
-        assert rel.endswith(f"-{m['files'][rel]['sha256'][:16]}.bin") and info["bytes"] == (shared / rel).stat().st_size
+        assert (
+            rel.endswith(f"-{m['files'][rel]['sha256'][:16]}.bin")
+            and info["bytes"] == (shared / rel).stat().st_size
+        )
     onnx_files = _onnx_files(shared)
     assert [p.parent for p in onnx_files] == [shared] * len(onnx_files)  # all next to weights/
     assert len(onnx_files) == 1 + 2 * 6  # full + per split: head/tail, their int8 twins, the trt copies
@@ -80,11 +101,18 @@ def test_every_weight_is_stored_once_per_precision(shared: Path, digits_weights:
     # dedup: the bundle's weight-bearing bytes are the model's fp32 weights + its int8 weights + small files
     params = sum(v.numel() for v in torch.load(digits_weights, weights_only=True).values())
     tensors = sum(v["tensors"] for v in packs.values())
-    model_bytes = sum((shared / rel).stat().st_size for rel in packs) + sum(p.stat().st_size for p in onnx_files)
+    model_bytes = sum((shared / rel).stat().st_size for rel in packs) + sum(
+        p.stat().st_size for p in onnx_files
+    )
     small = 16 * 1024 * len(onnx_files) + ALIGNMENT * tensors  # graphs, scales, biases; page alignment
-    print(f"fp32 {4 * params} B + int8 {params} B; bundle ONNX + weights {model_bytes} B in {len(onnx_files)} files")
+    print(
+        f"fp32 {4 * params} B + int8 {params} B; bundle ONNX + weights {model_bytes} B in {len(onnx_files)} files"
+    )
     assert model_bytes <= 4 * params + params + small
-    assert m["weights"]["files"][next(r for r in packs if "float32" in r)]["bytes"] <= 4 * params + ALIGNMENT * tensors
+    assert (
+        m["weights"]["files"][next(r for r in packs if "float32" in r)]["bytes"]
+        <= 4 * params + ALIGNMENT * tensors
+    )
 
 
 def test_a_moved_copy_loads_and_verifies(shared: Path, tmp_path: Path) -> None:
@@ -99,7 +127,10 @@ def test_a_moved_copy_loads_and_verifies(shared: Path, tmp_path: Path) -> None:
         if inp.name == "input":
             x = np.load(moved / "calibration" / "inputs.npz")["input"][:2]
             assert session.run(None, {"input": x})[0].shape[0] == 2
-        assert all(not Path(r["location"]).is_absolute() for r in _external(onnx.load(str(path), load_external_data=False)))
+        assert all(
+            not Path(r["location"]).is_absolute()
+            for r in _external(onnx.load(str(path), load_external_data=False))
+        )
     assert verify_bundle(moved, write=False).passed
 
 
@@ -140,20 +171,53 @@ def test_engine_plans_point_at_the_shared_models(shared: Path, tmp_path: Path) -
         for part in ("head", "tail"):
             spec = plan["engines"][part]
             target = (split_dir / spec["onnx"]).resolve()  # what trt_backend.build_bundle_engines parses
-            assert spec["onnx"].startswith("../../") and target == (copy / split["files"][f"{part}_trt"]).resolve()
+            assert (
+                spec["onnx"].startswith("../../")
+                and target == (copy / split["files"][f"{part}_trt"]).resolve()
+            )
             assert f"--onnx={spec['onnx']}" in spec["trtexec"]
         if shutil.which("bash") and shutil.which("sha256sum"):
             env = {**os.environ, "TRTEXEC": str(trtexec)}
-            proc = subprocess.run(["bash", str(split_dir / "build_engines.sh")], env=env, capture_output=True,
-                                  text=True, timeout=60, check=False)  # fmt: skip
+            proc = subprocess.run(
+                ["bash", str(split_dir / "build_engines.sh")],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             assert proc.returncode == 0, proc.stderr
             assert (split_dir / "engines" / "head.fp16.engine").is_file()
 
 
-def test_inline_layout_keeps_self_contained_files(tmp_path: Path, digits_weights: Path, digits_dir: Path) -> None:
+def test_inline_layout_keeps_self_contained_files(
+    tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
     out = tmp_path / "inline"
-    assert main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--images", "30", "--top", "1",
-                 "--target", "onnx", "--weights-layout", "inline", "--out", str(out), "--latency-runs", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                DIGITS,
+                "--weights",
+                str(digits_weights),
+                "--data",
+                str(digits_dir),
+                "--images",
+                "30",
+                "--top",
+                "1",
+                "--target",
+                "onnx",
+                "--weights-layout",
+                "inline",
+                "--out",
+                str(out),
+                "--latency-runs",
+                "2",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "manifest.json").read_text())
     assert m["weights"] == {"layout": "inline"} and not (out / "weights").exists()
     assert (out / m["splits"][0]["files"]["head"]).parent == out / m["splits"][0]["dir"]
@@ -167,18 +231,27 @@ def test_same_command_gives_byte_identical_shared_bundle(
 ) -> None:
     again = tmp_path / "again"
     _export(again, digits_weights, digits_dir)
-    a, b = json.loads((shared / "manifest.json").read_text()), json.loads((again / "manifest.json").read_text())
+    a, b = (
+        json.loads((shared / "manifest.json").read_text()),
+        json.loads((again / "manifest.json").read_text()),
+    )
     a.pop("run")
     b.pop("run")
     assert a == b
     for rel in a["files"]:
         assert (shared / rel).read_bytes() == (again / rel).read_bytes(), rel
-    assert sorted(p.name for p in (shared / "weights").iterdir()) == sorted(p.name for p in (again / "weights").iterdir())
+    assert sorted(p.name for p in (shared / "weights").iterdir()) == sorted(
+        p.name for p in (again / "weights").iterdir()
+    )
 
 
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not trt_backend.tensorrt_available(), reason="TensorRT runtime not installed here (tensorrt-stubs only)")
-def test_python_builder_parses_the_shared_models(shared: Path, tmp_path: Path) -> None:  # pragma: no cover - device
+@pytest.mark.skipif(
+    not trt_backend.tensorrt_available(), reason="TensorRT runtime not installed here (tensorrt-stubs only)"
+)
+def test_python_builder_parses_the_shared_models(
+    shared: Path, tmp_path: Path
+) -> None:  # pragma: no cover - device
     copy = tmp_path / "bundle"
     shutil.copytree(shared, copy)
     records = trt_backend.build_bundle_engines(copy, 1)

@@ -26,8 +26,25 @@ pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CL
 @pytest.fixture(scope="module")
 def cpu_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, digits_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    code = main([DIGITS, "--weights", str(digits_weights), "--data", str(digits_dir), "--top", "1",
-                 "--target", "cpu", "--weights-layout", "inline", "--out", str(out), "--latency-runs", "3"])  # fmt: skip
+    code = main(
+        [
+            DIGITS,
+            "--weights",
+            str(digits_weights),
+            "--data",
+            str(digits_dir),
+            "--top",
+            "1",
+            "--target",
+            "cpu",
+            "--weights-layout",
+            "inline",
+            "--out",
+            str(out),
+            "--latency-runs",
+            "3",
+        ]
+    )
     assert code == 0
     return out
 
@@ -61,12 +78,16 @@ def test_int8_files_hold_int8_weights_a_quarter_of_the_bytes(cpu_bundle: Path) -
             bytes32 = sum(numpy_helper.to_array(t).nbytes for t in w32.values())
             bytes8 = sum(numpy_helper.to_array(t).nbytes for t in w8.values())
             assert bytes8 * 4 == bytes32
-            assert not [t.name for t in int8.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) > 1]
+            assert not [
+                t.name for t in int8.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) > 1
+            ]
             # the files: int8 weights plus per-channel scales, float biases and the Q/DQ graph
             size32 = (cpu_bundle / split["files"][part]).stat().st_size
             size8 = (cpu_bundle / split["files"][f"{part}_int8"]).stat().st_size
-            print(f"{split['dir']} {part}: fp32 {size32} B, int8 {size8} B ({size8 / size32:.3f}x), "
-                  f"weights {bytes32} -> {bytes8} B")  # fmt: skip
+            print(
+                f"{split['dir']} {part}: fp32 {size32} B, int8 {size8} B ({size8 / size32:.3f}x), "
+                f"weights {bytes32} -> {bytes8} B"
+            )
             # the file shrinks by at least a third of the 3/4 the weights lose (the rest: scales, Q/DQ nodes);
             # on resnet50 the files are 0.25x (benchmarks/bench_latency.py)
             assert size8 <= size32 - 0.25 * bytes32

@@ -155,7 +155,9 @@ def test_qdq_models_are_symmetric_int8(int8_pair: Int8Pair) -> None:
             assert not zp.any(), name
         inits = {t.name: t for t in model.graph.initializer}
         producer = {o: n for n in model.graph.node for o in n.output}
-        float_weights = [t.name for t in inits.values() if t.data_type == TensorProto.FLOAT and len(t.dims) > 1]
+        float_weights = [
+            t.name for t in inits.values() if t.data_type == TensorProto.FLOAT and len(t.dims) > 1
+        ]
         assert not float_weights, float_weights  # no fp32 weight left behind a Q/DQ pair
         weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
         assert weighted
@@ -202,8 +204,10 @@ def test_int8_pair_top1_agreement(digits: Digits, int8_pair: Int8Pair) -> None:
     acc_fp32 = float((full.argmax(1) == y).mean())
     acc_int8 = float((got.argmax(1) == y).mean())
     rel = float(np.abs(got - full).max() / np.abs(full).max())
-    print(f"digits test n={len(full)}: fp32 acc {acc_fp32:.4f}, int8 QDQ acc {acc_int8:.4f}, "
-          f"top-1 agreement {agree:.4f}, max |logit err| / max |logit| {rel:.4f}")  # fmt: skip
+    print(
+        f"digits test n={len(full)}: fp32 acc {acc_fp32:.4f}, int8 QDQ acc {acc_int8:.4f}, "
+        f"top-1 agreement {agree:.4f}, max |logit err| / max |logit| {rel:.4f}"
+    )
     assert acc_fp32 >= 0.9
     assert agree >= 0.97
     assert acc_int8 >= acc_fp32 - 0.03
@@ -294,8 +298,16 @@ def test_float_stem_stays_float(digits: Digits, int8_pair: Int8Pair, tmp_path: P
     for stride in (4, 2):  # 8x8 input: head convs work at 8x8 (stride 1), the tail conv at 4x4 (stride 2)
         out = tmp_path / str(stride)
         out.mkdir()
-        build_int8_pair(d / "head.onnx", d / "tail.onnx", digits.calib, out / "h.onnx", out / "t.onnx", enc,
-                        float_stride=stride, max_float_share=1.0)  # fmt: skip
+        build_int8_pair(
+            d / "head.onnx",
+            d / "tail.onnx",
+            digits.calib,
+            out / "h.onnx",
+            out / "t.onnx",
+            enc,
+            float_stride=stride,
+            max_float_share=1.0,
+        )
         head, tail = onnx.load(str(out / "h.onnx")), onnx.load(str(out / "t.onnx"))
         for model in (head, tail):
             onnx.checker.check_model(model, full_check=True)
@@ -315,8 +327,15 @@ def test_float_stem_stays_float(digits: Digits, int8_pair: Int8Pair, tmp_path: P
     assert all(head2.values()) and not any(tail2.values())
     for bad in ({"float_stride": 0}, {"max_float_share": 1.5}):
         with pytest.raises(BadInputError, match=next(iter(bad))):
-            build_int8_pair(d / "head.onnx", d / "tail.onnx", digits.calib, tmp_path / "h.onnx",
-                            tmp_path / "t.onnx", enc, **bad)  # fmt: skip
+            build_int8_pair(
+                d / "head.onnx",
+                d / "tail.onnx",
+                digits.calib,
+                tmp_path / "h.onnx",
+                tmp_path / "t.onnx",
+                enc,
+                **bad,
+            )
 
 
 def test_quantize_qdq_keeps_named_nodes_float(digits: Digits, tmp_path: Path) -> None:
@@ -361,8 +380,13 @@ def test_bias_correction_removes_the_mean_error(
     errors = {}
     for bc in (False, True):
         # outputs left float: the bias corrects the layer's own int8 error, not the rounding of its output
-        quantize_qdq(tmp_path / "m.onnx", tmp_path / f"q{bc}.onnx", {"x": xn}, bias_correction=bc,
-                     float_outputs=("Conv", "Gemm"))  # fmt: skip
+        quantize_qdq(
+            tmp_path / "m.onnx",
+            tmp_path / f"q{bc}.onnx",
+            {"x": xn},
+            bias_correction=bc,
+            float_outputs=("Conv", "Gemm"),
+        )
         got = run_session(make_session(tmp_path / f"q{bc}.onnx"), {"x": xn})[0]
         errors[bc] = (np.abs((got - ref).mean(axis=axes)).max(), np.sqrt(((got - ref) ** 2).mean()))
     scale = np.abs(ref).max()

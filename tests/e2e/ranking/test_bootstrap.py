@@ -33,8 +33,16 @@ def test_cli_bootstrap_flag(
 ) -> None:
     from isplit_export.cli import main
 
-    common = ["rank", "isplit_export.zoo:digits_cnn", "--weights", str(digits_weights), "--data", str(digits_dir),
-              "--images", "30"]  # fmt: skip
+    common = [
+        "rank",
+        "isplit_export.zoo:digits_cnn",
+        "--weights",
+        str(digits_weights),
+        "--data",
+        str(digits_dir),
+        "--images",
+        "30",
+    ]
     assert main([*common, "--bootstrap", "50", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].split()[-2:] == ["stable", "ties"]

@@ -31,9 +31,18 @@ def test_resnet_cuts_are_block_boundaries() -> None:
     model = torchvision.models.resnet18().eval()
     traced = trace(model, (3, 64, 64))
     assert [c.module for c in traced.cuts] == [
-        "relu", "maxpool", "layer1.0", "layer1", "layer2.0", "layer2", "layer3.0", "layer3",
-        "layer4.0", "layer4", "avgpool",
-    ]  # fmt: skip
+        "relu",
+        "maxpool",
+        "layer1.0",
+        "layer1",
+        "layer2.0",
+        "layer2",
+        "layer3.0",
+        "layer3",
+        "layer4.0",
+        "layer4",
+        "avgpool",
+    ]
     # every block cut is after the block's final ReLU, never inside the residual block
     assert all(c.node.endswith("relu_1") for c in traced.cuts[2:-1])
     assert [c.shape for c in traced.cuts[:2]] == [(64, 32, 32), (64, 16, 16)]

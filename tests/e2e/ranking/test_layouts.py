@@ -26,8 +26,12 @@ def test_tiny_vit_cui_is_gradcam_over_patch_tokens() -> None:
     assert first["transpose"].layout == "tokens" and first["transpose"].class_tokens == 0  # [B, N, D]
     assert blocks[0].to_json()["layout"] == "tokens" and blocks[0].to_json()["class_tokens"] == 1
     modules, _, scores = cut_scores(model, (3, SIZE, SIZE), x)
-    ref = hook_scores(model, {"blocks.0": model.blocks[0], "blocks": model.blocks[1], "ln": model.ln}, x,
-                      {"blocks.0": tokens, "blocks": tokens, "ln": tokens})  # fmt: skip
+    ref = hook_scores(
+        model,
+        {"blocks.0": model.blocks[0], "blocks": model.blocks[1], "ln": model.ln},
+        x,
+        {"blocks.0": tokens, "blocks": tokens, "ln": tokens},
+    )
     for name, want in ref.items():
         np.testing.assert_allclose(scores[:, last_cut(modules, name)], want, rtol=1e-4, atol=1e-7)
     assert ref["blocks.0"].min() > 0  # not a comparison of zeros
@@ -46,8 +50,12 @@ def test_swin_t_stage_outputs_use_channels_last_axes() -> None:
     size = 32  # 8x8, 4x4, 2x2, 1x1 maps at the four stages
     x = random_images(2, size, seed=2)
     modules, layouts, scores = cut_scores(model, (3, size, size), x)
-    stages = {"features.1": model.features[1], "features.3": model.features[3],
-              "features.5": model.features[5], "features": model.features[7]}  # fmt: skip
+    stages = {
+        "features.1": model.features[1],
+        "features.3": model.features[3],
+        "features.5": model.features[5],
+        "features": model.features[7],
+    }
     ref = hook_scores(model, stages, x, dict.fromkeys(stages, nhwc))
     for name, want in ref.items():
         i = last_cut(modules, name)  # the stage's output

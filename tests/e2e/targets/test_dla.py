@@ -22,8 +22,26 @@ def test_real_heads_fraction_and_plan_choice(
     from tests.support.helpers import run_cli
 
     out = tmp_path / "b"
-    code, _, err = run_cli(capsys, model_name, "--weights", "none", "--images", "3", "--verify-images", "3",
-                           "--golden", "1", "--top", "3", "--target", "jetson", "--out", out, "--latency-runs", "1")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        model_name,
+        "--weights",
+        "none",
+        "--images",
+        "3",
+        "--verify-images",
+        "3",
+        "--golden",
+        "1",
+        "--top",
+        "3",
+        "--target",
+        "jetson",
+        "--out",
+        out,
+        "--latency-runs",
+        "1",
+    )
     assert code in (0, 1), err  # 1: a gate failed on random weights; the plans are written either way
     manifest = json.loads((out / "manifest.json").read_text())
     for split in manifest["splits"]:

@@ -28,8 +28,6 @@ def test_split_holdout_is_deterministic_disjoint_and_by_name() -> None:
         split_holdout(names[:5], 0.25, seed=0)
 
 
-
-
 def test_size_specs() -> None:
     assert parse_size("1/16") == SizeSpec("ratio", 0.0625, "1/16")
     assert parse_size("0.0625").value == 0.0625 and parse_size("1").value == 1.0
@@ -48,11 +46,25 @@ def test_plan_reaches_a_fixed_size_with_a_stride(digits_model: tuple[torch.nn.Mo
     assert p.code_shape == (2, 16, 16) and p.stride == 1
 
 
-def test_too_few_images_names_the_minimum(capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path) -> None:
+def test_too_few_images_names_the_minimum(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path
+) -> None:
     data = write_digits_imagefolder(tmp_path / "few", start=0, count=5)
-    code, _, err = run_cli(capsys, DIGITS, "--weights", digits_weights, "--data", data, "--bottleneck", "1/8",
-                        "--out", tmp_path / "b")  # fmt: skip
-    assert code == 2 and f"at least {minimum_images(0.25)} needed" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(
+        capsys,
+        DIGITS,
+        "--weights",
+        digits_weights,
+        "--data",
+        data,
+        "--bottleneck",
+        "1/8",
+        "--out",
+        tmp_path / "b",
+    )
+    assert (
+        code == 2 and f"at least {minimum_images(0.25)} needed" in err and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "b").exists()
 
 
@@ -60,7 +72,9 @@ def test_api_takes_a_size_spec_or_options() -> None:
     from isplit_export import ExportOptions
 
     opts = ExportOptions(model=DIGITS, bottleneck="1/16")
-    assert opts.bottleneck == BottleneckOptions(size="1/16") and opts.to_json()["bottleneck"]["size"] == "1/16"
+    assert (
+        opts.bottleneck == BottleneckOptions(size="1/16") and opts.to_json()["bottleneck"]["size"] == "1/16"
+    )
     assert ExportOptions(model=DIGITS).bottleneck is None
     with pytest.raises(BadInputError, match="a ratio must be in"):
         ExportOptions(model=DIGITS, bottleneck="0")
@@ -70,7 +84,10 @@ def test_api_takes_a_size_spec_or_options() -> None:
 
 @pytest.mark.parametrize(
     ("layout", "shape", "view", "code"),
-    [("nhwc", (14, 14, 384), (384, 14, 14), (24, 14, 14)), ("tokens", (197, 768), (768, 197, 1), (48, 197, 1))],
+    [
+        ("nhwc", (14, 14, 384), (384, 14, 14), (24, 14, 14)),
+        ("tokens", (197, 768), (768, 197, 1), (48, 197, 1)),
+    ],
 )
 def test_nhwc_and_token_cuts_are_viewed_channels_first(
     layout: str, shape: tuple[int, ...], view: tuple[int, ...], code: tuple[int, ...]
@@ -84,7 +101,10 @@ def test_nhwc_and_token_cuts_are_viewed_channels_first(
     assert torch.equal(from_channels_first(channels_first(a, layout), layout), a)
     assert tuple(channels_first(a, layout).shape[1:]) == view
     bad = (7, 7) if layout == "nhwc" else (7, 7, 7)
-    with pytest.raises(BadInputError, match=rf"cut 3 \(blocks_3\) has boundary shape \[{', '.join(map(str, bad))}\] \({layout}\)"):
-        bn.code_shape(SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), parse_size("1/16"), "int8")  # type: ignore[arg-type]
-
-
+    with pytest.raises(
+        BadInputError,
+        match=rf"cut 3 \(blocks_3\) has boundary shape \[{', '.join(map(str, bad))}\] \({layout}\)",
+    ):
+        bn.code_shape(
+            SimpleNamespace(index=3, node="blocks_3", shape=bad, layout=layout), parse_size("1/16"), "int8"
+        )  # type: ignore[arg-type]

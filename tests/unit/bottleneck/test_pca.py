@@ -12,8 +12,12 @@ from isplit_export.bottleneck.pca import CovarianceSums, PcaDecoder, PcaEncoder,
 def _svd_reference(a: torch.Tensor, k: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every whole k x k patch (stride k) of ``a`` as a row: (mean, top eigenvalues, top directions) by SVD."""
     b, _, h, w = a.shape
-    rows = [a[i, :, y * k : (y + 1) * k, x * k : (x + 1) * k].reshape(-1)
-            for i in range(b) for y in range(h // k) for x in range(w // k)]  # fmt: skip
+    rows = [
+        a[i, :, y * k : (y + 1) * k, x * k : (x + 1) * k].reshape(-1)
+        for i in range(b)
+        for y in range(h // k)
+        for x in range(w // k)
+    ]
     x = torch.stack(rows).double()
     _, s, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
     return x.mean(0), (s[:channels] ** 2) / len(x), vh[:channels]

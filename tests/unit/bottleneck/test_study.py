@@ -12,15 +12,30 @@ from tests.support.helpers import DIGITS, run_cli
 
 
 def _result(index: int, cui: float, nbytes: int, value: float) -> CutResult:
-    return CutResult(index, f"n{index}", f"m{index}", (1, 1, 1), cui, None, nbytes, (1, 1, 1), 1,
-                     {"metric": "accuracy", "value": value, "ci95": [0, 1]}, None, {}, 0.0)  # fmt: skip
+    return CutResult(
+        index,
+        f"n{index}",
+        f"m{index}",
+        (1, 1, 1),
+        cui,
+        None,
+        nbytes,
+        (1, 1, 1),
+        1,
+        {"metric": "accuracy", "value": value, "ci95": [0, 1]},
+        None,
+        {},
+        0.0,
+    )
 
 
 def test_summary_statistics_match_hand_computed_values() -> None:
     # CUI ranks 1,2,3,4 vs measured ranks 1,3,2,4: d^2 = 0+1+1+0 -> rho = 1 - 6*2/(4*15) = 0.8;
     # pairs: 5 concordant, 1 discordant -> tau = 4/6. CDE ranks 4,3,2,1 (reversed): rho = -0.8, tau = -4/6.
-    results = [_result(i, cui, nb, v) for i, (cui, nb, v) in enumerate(
-        [(1.0, 400, 0.1), (2.0, 300, 0.3), (3.0, 200, 0.2), (4.0, 100, 0.4)])]  # fmt: skip
+    results = [
+        _result(i, cui, nb, v)
+        for i, (cui, nb, v) in enumerate([(1.0, 400, 0.1), (2.0, 300, 0.3), (3.0, 200, 0.2), (4.0, 100, 0.4)])
+    ]
     s = summarize_study(results, seed=0, reps=200)
     assert s["predictors"]["cui"]["spearman"] == pytest.approx(0.8)
     assert s["predictors"]["cui"]["kendall"] == pytest.approx(4 / 6)
@@ -38,9 +53,23 @@ def test_summary_statistics_match_hand_computed_values() -> None:
 
 def _with_outcomes(index: int, cui: float, probe: float, outcomes: list[list[int]]) -> CutResult:
     out = np.array(outcomes, dtype=np.float64)
-    r = CutResult(index, f"n{index}", f"m{index}", (1, 1, 1), cui, None, 100 * (index + 1), (1, 1, 1), 1,
-                  {"metric": "accuracy", "value": float(out.mean())}, None, [], 0.0, outcomes=out,
-                  probe={"value": probe})  # fmt: skip
+    r = CutResult(
+        index,
+        f"n{index}",
+        f"m{index}",
+        (1, 1, 1),
+        cui,
+        None,
+        100 * (index + 1),
+        (1, 1, 1),
+        1,
+        {"metric": "accuracy", "value": float(out.mean())},
+        None,
+        [],
+        0.0,
+        outcomes=out,
+        probe={"value": probe},
+    )
     return r
 
 
@@ -63,7 +92,9 @@ def test_conclusive_only_where_a_difference_ci_excludes_zero() -> None:
     d = s["differences"]["probe-cui"]
     assert d["ci95"][0] > 0 and d["conclusive"] and d["better"] == "probe"
     assert s["conclusive"] and s["concludes_for"] == "probe" and "probe predicts better than cui" in s["note"]
-    assert s["predictors"]["probe"]["regret"] == 0.0 and s["predictors"]["cui"]["regret"] == pytest.approx(0.5)
+    assert s["predictors"]["probe"]["regret"] == 0.0 and s["predictors"]["cui"]["regret"] == pytest.approx(
+        0.5
+    )
 
 
 def test_separated_pairs_count_only_differences_outside_the_noise() -> None:
@@ -78,17 +109,31 @@ def test_separated_pairs_count_only_differences_outside_the_noise() -> None:
     assert s["separated_pairs"]["pairs"] == [[0, 2], [1, 2], [2, 3]] and s["separated_pairs"]["of"] == 6
     assert s["predictors"]["probe"]["separated_pairs"] == {"right": 3, "wrong": 0, "tied": 0}
     assert s["predictors"]["cui"]["separated_pairs"] == {"right": 0, "wrong": 3, "tied": 0}
-    assert s["predictors"]["cde"]["separated_pairs"] == {"right": 1, "wrong": 2, "tied": 0}  # 100, 200, 300, 400
+    assert s["predictors"]["cde"]["separated_pairs"] == {
+        "right": 1,
+        "wrong": 2,
+        "tied": 0,
+    }  # 100, 200, 300, 400
     assert "3 of 6 cut pairs differ outside the noise, ordered right by CUI 0, CDE 1, PROBE 3" in s["note"]
 
 
 @pytest.mark.parametrize(
     ("args", "expect"),
-    [(("--cuts", "some"), "--cuts 'some'"), (("--bottleneck", "2"), "a ratio must be in (0, 1]"),
-     (("--finetune", "head"), "--finetune 'head'"), (("--repeats", "0"), "--repeats 0")],
-)  # fmt: skip
+    [
+        (("--cuts", "some"), "--cuts 'some'"),
+        (("--bottleneck", "2"), "a ratio must be in (0, 1]"),
+        (("--finetune", "head"), "--finetune 'head'"),
+        (("--repeats", "0"), "--repeats 0"),
+    ],
+)
 def test_bad_study_inputs(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, args: tuple[str, ...], expect: str
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    digits_weights: Path,
+    args: tuple[str, ...],
+    expect: str,
 ) -> None:
-    code, _, err = run_cli(capsys, "study", DIGITS, "--weights", digits_weights, "--out", tmp_path / "s", *args)
+    code, _, err = run_cli(
+        capsys, "study", DIGITS, "--weights", digits_weights, "--out", tmp_path / "s", *args
+    )
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err

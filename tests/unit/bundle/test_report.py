@@ -78,12 +78,30 @@ def _ranking() -> dict[str, Any]:
     cands = []
     for i, (node, shape, cui, rank) in enumerate(rows):
         cands.append(
-            {"index": i, "node": node, "module": node.replace("_", "."), "shape": shape,
-             "boundary_bytes": 4 * shape[0] * shape[1] * shape[2], "head_flops_share": 0.1 * (i + 1),
-             "cui": cui, "log10_cui": None, "local_max": rank is not None, "rank": rank}
-        )  # fmt: skip
-    return {"schema": "isplit.ranking/1", "model": "resnet50", "weights": "none", "images": 19,
-            "classes": None, "score": "top", "top": 3, "input_bytes": 602112, "candidates": cands}  # fmt: skip
+            {
+                "index": i,
+                "node": node,
+                "module": node.replace("_", "."),
+                "shape": shape,
+                "boundary_bytes": 4 * shape[0] * shape[1] * shape[2],
+                "head_flops_share": 0.1 * (i + 1),
+                "cui": cui,
+                "log10_cui": None,
+                "local_max": rank is not None,
+                "rank": rank,
+            }
+        )
+    return {
+        "schema": "isplit.ranking/1",
+        "model": "resnet50",
+        "weights": "none",
+        "images": 19,
+        "classes": None,
+        "score": "top",
+        "top": 3,
+        "input_bytes": 602112,
+        "candidates": cands,
+    }
 
 
 def _manifest() -> dict[str, Any]:

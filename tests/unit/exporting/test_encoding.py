@@ -307,8 +307,10 @@ def test_encoded_pair_close_to_fp32_pair(pair: Pair, name: str) -> None:
     l_err = float(np.abs(got - ref).max())
     assert l_err <= bound, (l_err, bound)
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
-    print(f"{name}: boundary max err {b_err:.3g} (step bound {step:.3g}), logits max err {l_err:.3g} "
-          f"(bound {bound:.3g}), top-1 agreement {agree:.3f}")  # fmt: skip
+    print(
+        f"{name}: boundary max err {b_err:.3g} (step bound {step:.3g}), logits max err {l_err:.3g} "
+        f"(bound {bound:.3g}), top-1 agreement {agree:.3f}"
+    )
     assert agree >= (1.0 if name == "fp16" else 0.9)
 
 

@@ -264,8 +264,10 @@ def test_rank_stability_on_a_case_built_to_be_ambiguous() -> None:
     assert rows[1]["ties"] == [3] and "rank_stability" not in rows[0] and rows[0]["cui_ci"] is not None
     assert data["bootstrap"]["replicates"] == B and data["bootstrap"]["ties"] == [pair]
     # the interval holds the estimate (to rounding: cuts 0, 2, 4 are constant, their CI has width ~0)
-    assert all(row["cui_ci"][0] <= row["cui"] * (1 + 1e-12) and row["cui"] <= row["cui_ci"][1] * (1 + 1e-12)
-               for row in rows)  # fmt: skip
+    assert all(
+        row["cui_ci"][0] <= row["cui"] * (1 + 1e-12) and row["cui"] <= row["cui_ci"][1] * (1 + 1e-12)
+        for row in rows
+    )
     lines = r.table().splitlines()
     assert lines[0].split()[-2:] == ["stable", "ties"]
     assert (
@@ -329,5 +331,3 @@ def test_cui_plot_has_error_bars() -> None:
 def test_bad_bootstrap_value() -> None:
     with pytest.raises(BadInputError, match="--bootstrap -1"):
         RankOptions(bootstrap=-1)
-
-

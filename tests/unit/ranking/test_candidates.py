@@ -36,8 +36,18 @@ def test_ranking_json_schema() -> None:
     for key in ("model", "weights", "images", "classes", "score", "candidates"):
         assert key in data
     row = data["candidates"][1]
-    assert set(row) >= {"index", "node", "module", "shape", "boundary_bytes", "head_flops_share",
-                        "cui", "log10_cui", "local_max", "rank"}  # fmt: skip
+    assert set(row) >= {
+        "index",
+        "node",
+        "module",
+        "shape",
+        "boundary_bytes",
+        "head_flops_share",
+        "cui",
+        "log10_cui",
+        "local_max",
+        "rank",
+    }
     assert row["rank"] == 1 and row["local_max"] is True and row["log10_cui"] == round(math.log10(0.3), 6)
     assert [c["index"] for c in data["candidates"]] == [0, 1, 2]
 

@@ -31,8 +31,12 @@ def test_channels_last_net_cui_is_gradcam_over_the_last_axis() -> None:
     assert by_module["act"].layout == "nhwc" and by_module["proj"].layout == "nhwc"
     assert by_module["proj"].shape == (8, 8, 12) and by_module["proj"].boundary_bytes == 4 * 8 * 8 * 12
     modules, _, scores = cut_scores(model, (3, SIZE, SIZE), x)
-    ref = hook_scores(model, {"stem": model.stem, "act": model.act, "proj": model.proj}, x,
-                      {"stem": nchw, "act": nhwc, "proj": nhwc})  # fmt: skip
+    ref = hook_scores(
+        model,
+        {"stem": model.stem, "act": model.act, "proj": model.proj},
+        x,
+        {"stem": nchw, "act": nhwc, "proj": nhwc},
+    )
     for name, want in ref.items():
         assert want.max() > 0
         np.testing.assert_allclose(scores[:, modules.index(name)], want, rtol=1e-4, atol=1e-7)
@@ -86,7 +90,9 @@ def test_token_boundary_onnx_pair_with_encoding(tmp_path: Path, encoding: str) -
     enc = calibrate_encoding(encoding, boundary.numpy())
     save_model(encode_head(to_onnx(head, x[:1], "input", "boundary"), enc), tmp_path / "head.onnx")
     save_model(decode_tail(to_onnx(tail, boundary[:1], "boundary", "logits"), enc), tmp_path / "tail.onnx")
-    sent, logits = run_pair(OnnxrtRunner(tmp_path / "head.onnx"), OnnxrtRunner(tmp_path / "tail.onnx"), x.numpy(), batch=2)
+    sent, logits = run_pair(
+        OnnxrtRunner(tmp_path / "head.onnx"), OnnxrtRunner(tmp_path / "tail.onnx"), x.numpy(), batch=2
+    )
     assert sent.shape == (4, 17, 16) and sent.dtype == np.dtype(enc.dtype)
     # the codec on a 3-D tensor (onnxruntime's float boundary may differ from torch's by an ulp)
     expected = encode_array(boundary.numpy(), enc).astype(np.float64)

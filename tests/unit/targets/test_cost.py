@@ -64,18 +64,34 @@ def toy_ranking() -> dict[str, Any]:
     assert traced.total_flops == TOTAL
     assert [round(c.head_flops_share * TOTAL) for c in traced.cuts] == HEAD
     # CUI per cut given by hand: local maxima at cuts 0 and 2 (0.5 > 0.2 < 0.9 > 0.3)
-    r = Ranking("toy", "none", 4, None, "top", traced.cuts, np.array([0.5, 0.2, 0.9, 0.3]), 4 * 64, total_flops=TOTAL)
+    r = Ranking(
+        "toy", "none", 4, None, "top", traced.cuts, np.array([0.5, 0.2, 0.9, 0.3]), 4 * 64, total_flops=TOTAL
+    )
     data = r.to_json()
     assert data["schema"] == "isplit.ranking/2" and [c["head_flops"] for c in data["candidates"]] == HEAD
     return data
 
 
-def _cost(ranking: dict[str, Any], link: str = "8,10", objective: str = "cui", top: int | None = None,
-          constraints: Constraints | None = None, encoding: str = "fp32") -> dict[str, Any]:  # fmt: skip
+def _cost(
+    ranking: dict[str, Any],
+    link: str = "8,10",
+    objective: str = "cui",
+    top: int | None = None,
+    constraints: Constraints | None = None,
+    encoding: str = "fp32",
+) -> dict[str, Any]:
     device = compute_for(_profile("dev", 0.001, power=5.0), head=True)  # 1e6 FLOP/s: ms = FLOPs / 1e3
     server = compute_for(_profile("srv", 0.01), head=False)  # 1e7 FLOP/s: ms = FLOPs / 1e4
-    block, _ = build_cost(ranking, device, server, parse_link(link), encoding, objective=objective,
-                          constraints=constraints or Constraints(), top=top)  # fmt: skip
+    block, _ = build_cost(
+        ranking,
+        device,
+        server,
+        parse_link(link),
+        encoding,
+        objective=objective,
+        constraints=constraints or Constraints(),
+        top=top,
+    )
     return block
 
 
@@ -108,9 +124,14 @@ def test_link_presets_and_custom_links() -> None:
     lk = parse_link("20,40")
     assert (lk.mbit_s, lk.rtt_ms) == (20.0, 40.0) and lk.transfer_ms(2500) == pytest.approx(1.0)
     assert parse_link(" 100 ").rtt_ms == 0.0
-    for bad, msg in (("fiber", r"unknown --link 'fiber': choose wifi, lte, 5g, ethernet"),
-                     ("0", "bandwidth must be a positive number"), ("-5,10", "bandwidth must be a positive"),
-                     ("10,-1", "RTT must be a non-negative"), ("10,x", "unknown --link"), ("nan", "bandwidth")):  # fmt: skip
+    for bad, msg in (
+        ("fiber", r"unknown --link 'fiber': choose wifi, lte, 5g, ethernet"),
+        ("0", "bandwidth must be a positive number"),
+        ("-5,10", "bandwidth must be a positive"),
+        ("10,-1", "RTT must be a non-negative"),
+        ("10,x", "unknown --link"),
+        ("nan", "bandwidth"),
+    ):
         with pytest.raises(BadInputError, match=msg):
             parse_link(bad)
 
@@ -124,7 +145,9 @@ def test_objectives_and_constraints(toy_ranking: dict[str, Any]) -> None:
     assert _cost(toy_ranking, objective="balanced", top=1)["selected"] == [2]  # front, then CUI
     # constraints are applied before the top K: exactly the cuts that meet them remain
     assert _cost(toy_ranking, constraints=Constraints(max_head_flops=0.5))["selected"] == [0]
-    assert _cost(toy_ranking, constraints=Constraints(max_boundary_kib=0.5))["selected"] == [0]  # 512 B; cut 2 = 1 KiB
+    assert _cost(toy_ranking, constraints=Constraints(max_boundary_kib=0.5))["selected"] == [
+        0
+    ]  # 512 B; cut 2 = 1 KiB
     ms0 = cui["per_cut"][0]["total_ms"]
     only0 = _cost(toy_ranking, constraints=Constraints(max_latency_ms=ms0))
     assert only0["selected"] == [0] and only0["excluded"]["2"] == ["--max-latency-ms"]
@@ -134,15 +157,28 @@ def test_objectives_and_constraints(toy_ranking: dict[str, Any]) -> None:
     assert slow_link["note"] and "cut 3 (adaptive_avg_pool2d) is not a local maximum" in slow_link["note"]
     gain = slow_link["per_cut"][0]["total_ms"] - slow_link["per_cut"][3]["total_ms"]
     assert f"{gain:.3f} ms faster" in slow_link["note"]
-    text = format_cost_table({**toy_ranking, "candidates": [{**c, "cost": pc} for c, pc in
-                         zip(toy_ranking["candidates"], slow_link["per_cut"], strict=True)], "cost": slow_link})  # fmt: skip
+    text = format_cost_table(
+        {
+            **toy_ranking,
+            "candidates": [
+                {**c, "cost": pc}
+                for c, pc in zip(toy_ranking["candidates"], slow_link["per_cut"], strict=True)
+            ],
+            "cost": slow_link,
+        }
+    )
     assert "all on device" in text and "all on server" in text and "note: cut 3" in text
 
 
 def test_constraints_leaving_no_cut_name_the_tightest(toy_ranking: dict[str, Any]) -> None:
-    tight = Constraints(max_head_flops=0.1, max_boundary_kib=0.9)  # head drops both candidates, KiB only cut 2
-    with pytest.raises(BadInputError, match=r"no candidate split: --max-head-flops 0\.1 is the tightest \(it alone "
-                                            r"drops 2 of 2 candidates; the smallest candidate value is 0\.1708\)"):  # fmt: skip
+    tight = Constraints(
+        max_head_flops=0.1, max_boundary_kib=0.9
+    )  # head drops both candidates, KiB only cut 2
+    with pytest.raises(
+        BadInputError,
+        match=r"no candidate split: --max-head-flops 0\.1 is the tightest \(it alone "
+        r"drops 2 of 2 candidates; the smallest candidate value is 0\.1708\)",
+    ):
         _cost(toy_ranking, constraints=tight)
     with pytest.raises(BadInputError, match=r"--max-head-flops 1\.5: pass the head.s share"):
         Constraints(max_head_flops=1.5)
@@ -156,8 +192,18 @@ def test_pareto_layers_by_hand() -> None:
     # (cui, ms): a dominates c; b trades CUI for speed; d is dominated by b
     pts = [(0.9, 10.0), (0.5, 2.0), (0.8, 12.0), (0.4, 3.0)]
     assert pareto_layers(pts) == [0, 0, 1, 1]
-    rows = [{"index": i, "node": f"n{i}", "cui": c, "rank": 1 + i, "head_flops_share": 0.1, "bytes": 1, "total_ms": m}
-            for i, (c, m) in enumerate(pts)]  # fmt: skip
+    rows = [
+        {
+            "index": i,
+            "node": f"n{i}",
+            "cui": c,
+            "rank": 1 + i,
+            "head_flops_share": 0.1,
+            "bytes": 1,
+            "total_ms": m,
+        }
+        for i, (c, m) in enumerate(pts)
+    ]
     sel = select(rows, "balanced", Constraints(), None)
     assert sel.pareto == [0, 1] and sel.selected == [0, 1, 2, 3]
 

@@ -67,5 +67,3 @@ def test_the_orin_nx_profile_is_no_longer_twice_too_slow() -> None:
     """The issue's finding: 8.20 GFLOP / the old rate (3760.1) gave 2.18 ms against 1.08 ms measured."""
     assert RESNET50_FLOPS / 3760.1e6 > 2.0 * 1.0823
     assert _gpu_ms("jetson-orin-nx") < 1.25 * 1.0823
-
-

@@ -27,9 +27,12 @@ def _w(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
     return numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
 
 
-def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], output: str,
-           inits: list[onnx.TensorProto]) -> onnx.ModelProto:  # fmt: skip
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits)
+def _model(
+    nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], output: str, inits: list[onnx.TensorProto]
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)  # fills in the output's shape
     onnx.checker.check_model(model)
@@ -52,8 +55,10 @@ def test_a_supported_graph_runs_entirely_on_the_dla() -> None:
             helper.make_node("Relu", ["c"], ["r"], name="relu"),
             helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
         ],
-        [_x([1, 3, 16, 16])], "y", [_w("w", (8, 3, 3, 3))],
-    )  # fmt: skip
+        [_x([1, 3, 16, 16])],
+        "y",
+        [_w("w", (8, 3, 3, 3))],
+    )
     report = check_model(model)
     assert (report.layers, report.on_dla, report.fallback, report.fraction) == (3, 3, [], 1.0)
 
@@ -61,11 +66,17 @@ def test_a_supported_graph_runs_entirely_on_the_dla() -> None:
 def test_kernel_over_the_limit_is_named() -> None:
     model = _model(
         [
-            helper.make_node("Conv", ["x", "w1"], ["a"], name="small", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-            helper.make_node("Conv", ["a", "w2"], ["y"], name="huge", kernel_shape=[33, 33], pads=[16, 16, 16, 16]),
+            helper.make_node(
+                "Conv", ["x", "w1"], ["a"], name="small", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+            ),
+            helper.make_node(
+                "Conv", ["a", "w2"], ["y"], name="huge", kernel_shape=[33, 33], pads=[16, 16, 16, 16]
+            ),
         ],
-        [_x([1, 3, 40, 40])], "y", [_w("w1", (4, 3, 3, 3)), _w("w2", (4, 4, 33, 33))],
-    )  # fmt: skip
+        [_x([1, 3, 40, 40])],
+        "y",
+        [_w("w1", (4, 3, 3, 3)), _w("w2", (4, 4, 33, 33))],
+    )
     [(node, op, reason)] = _fallbacks(model)
     assert (node, op) == ("huge", "Conv")
     assert "kernel [33, 33] outside [1,32]" in reason
@@ -78,8 +89,10 @@ def test_unsupported_activation_is_named() -> None:
             helper.make_node("HardSwish", ["c"], ["h"], name="hswish"),
             helper.make_node("Relu", ["h"], ["y"], name="relu"),
         ],
-        [_x([1, 3, 8, 8])], "y", [_w("w", (4, 3, 1, 1))],
-    )  # fmt: skip
+        [_x([1, 3, 8, 8])],
+        "y",
+        [_w("w", (4, 3, 1, 1))],
+    )
     [(node, op, reason)] = _fallbacks(model)
     assert (node, op) == ("hswish", "HardSwish")
     assert "not among the DLA supported layers" in reason
@@ -93,9 +106,13 @@ def test_dynamic_dimension_is_named() -> None:
             helper.make_node("Sigmoid", ["z"], ["b"], name="dynamic_sigmoid"),
             helper.make_node("Add", ["a", "b"], ["y"], name="add"),
         ],
-        [_x(["batch", 4, 8, 8]), helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4, 8, "width"])],
-        "y", [],
-    )  # fmt: skip
+        [
+            _x(["batch", 4, 8, 8]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4, 8, "width"]),
+        ],
+        "y",
+        [],
+    )
     got = _fallbacks(model)
     assert next(g[0] for g in got) == "dynamic_sigmoid"
     assert "dynamic dimension in z" in got[0][2] and "static shapes" in got[0][2]
@@ -105,16 +122,24 @@ def test_dynamic_dimension_is_named() -> None:
 @pytest.mark.parametrize(
     ("node", "inits", "expected"),
     [
-        (helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[9, 9]), [], "window [9, 9] outside [1,8]"),
-        (helper.make_node("Conv", ["x", "w"], ["y"], name="n", kernel_shape=[3, 3], strides=[9, 9]),
-         [_w("w", (4, 4, 3, 3))], "stride [9, 9] outside [1,8]"),
+        (
+            helper.make_node("MaxPool", ["x"], ["y"], name="n", kernel_shape=[9, 9]),
+            [],
+            "window [9, 9] outside [1,8]",
+        ),
+        (
+            helper.make_node("Conv", ["x", "w"], ["y"], name="n", kernel_shape=[3, 3], strides=[9, 9]),
+            [_w("w", (4, 4, 3, 3))],
+            "stride [9, 9] outside [1,8]",
+        ),
         (helper.make_node("Concat", ["x", "x"], ["y"], name="n", axis=3), [], "channel axis"),
         (helper.make_node("GlobalAveragePool", ["x"], ["y"], name="n"), [], "no DLA implementation"),
         (helper.make_node("Div", ["x", "x"], ["y"], name="n"), [], "not among the DLA supported layers"),
     ],
 )
-def test_pooling_stride_concat_and_elementwise_limits(node: onnx.NodeProto, inits: list[onnx.TensorProto],
-                                                      expected: str) -> None:  # fmt: skip
+def test_pooling_stride_concat_and_elementwise_limits(
+    node: onnx.NodeProto, inits: list[onnx.TensorProto], expected: str
+) -> None:
     [(name, _, reason)] = _fallbacks(_model([node], [_x([1, 4, 32, 32])], "y", inits))
     assert name == "n" and expected in reason
 
@@ -130,8 +155,10 @@ def test_constant_subgraphs_and_qdq_are_not_layers() -> None:
             helper.make_node("Mul", ["w", "s"], ["w2"], name="fold_me"),
             helper.make_node("Conv", ["dq", "w2"], ["y"], name="conv", kernel_shape=[1, 1]),
         ],
-        [_x([1, 3, 8, 8])], "y", [_w("w", (4, 3, 1, 1)), scale, zero],
-    )  # fmt: skip
+        [_x([1, 3, 8, 8])],
+        "y",
+        [_w("w", (4, 3, 1, 1)), scale, zero],
+    )
     report = check_model(model)
     assert (report.layers, report.on_dla) == (1, 1)
 
@@ -142,8 +169,10 @@ def test_choose_device_follows_the_fraction() -> None:
             helper.make_node("Relu", ["x"], ["a"], name="r1"),
             helper.make_node("HardSwish", ["a"], ["y"], name="hs"),
         ],
-        [_x([1, 3, 8, 8])], "y", [],
-    )  # fmt: skip
+        [_x([1, 3, 8, 8])],
+        "y",
+        [],
+    )
     report = check_model(model)
     keep, why = choose_device(report, 0.9)
     assert not keep and why.startswith("GPU: only 1/2 layers (50.0 %)") and "hs HardSwish" in why
@@ -158,18 +187,28 @@ def test_plan_moves_a_mostly_unsupported_head_to_the_gpu(tmp_path: Path) -> None
             helper.make_node("HardSwish", ["c"], ["h"], name="hswish"),
             helper.make_node("Relu", ["h"], ["boundary"], name="relu"),
         ],
-        [_x(["batch", 3, 16, 16])], "boundary", [_w("w", (4, 3, 3, 3))],
-    )  # fmt: skip
+        [_x(["batch", 3, 16, 16])],
+        "boundary",
+        [_w("w", (4, 3, 3, 3))],
+    )
     onnx.save(model, str(tmp_path / "head.onnx"))
     onnx.save(model, str(tmp_path / "tail.onnx"))
     for fraction, device in ((0.9, "gpu"), (0.5, "dla")):
-        write_engine_build(tmp_path, load_target("jetson-orin-agx"), precision="fp16", head_onnx="head.onnx",
-                         tail_onnx="tail.onnx", input_shape=(1, 3, 16, 16), boundary_shape=(1, 4, 16, 16),
-                         min_dla_fraction=fraction)  # fmt: skip
+        write_engine_build(
+            tmp_path,
+            load_target("jetson-orin-agx"),
+            precision="fp16",
+            head_onnx="head.onnx",
+            tail_onnx="tail.onnx",
+            input_shape=(1, 3, 16, 16),
+            boundary_shape=(1, 4, 16, 16),
+            min_dla_fraction=fraction,
+        )
         plan = json.loads((tmp_path / ENGINE_BUILD_FILE).read_text())
         assert plan["engines"]["head"]["device"] == device == plan["dla"]["device"]
-        assert plan["dla"]["fallback"] == [{"node": "hswish", "op": "HardSwish",
-                                            "reason": "HardSwish is not among the DLA supported layers"}]  # fmt: skip
+        assert plan["dla"]["fallback"] == [
+            {"node": "hswish", "op": "HardSwish", "reason": "HardSwish is not among the DLA supported layers"}
+        ]
         script = (tmp_path / "build_engines.sh").read_text()
         assert ("# DLA check: GPU: only 2/3 layers" in script) == (device == "gpu")
         if device == "dla":  # the planned fallback is allowed, one more fails the script
@@ -180,12 +219,23 @@ def test_plan_moves_a_mostly_unsupported_head_to_the_gpu(tmp_path: Path) -> None
 def test_report_lines_show_the_version_and_the_dla_check(tmp_path: Path) -> None:
     from isplit_export.targets.engine_build import engine_build_lines
 
-    model = _model([helper.make_node("HardSwish", ["x"], ["boundary"], name="hs")], [_x(["batch", 3, 8, 8])],
-                   "boundary", [])  # fmt: skip
+    model = _model(
+        [helper.make_node("HardSwish", ["x"], ["boundary"], name="hs")],
+        [_x(["batch", 3, 8, 8])],
+        "boundary",
+        [],
+    )
     onnx.save(model, str(tmp_path / "head.onnx"))
     onnx.save(model, str(tmp_path / "tail.onnx"))
-    write_engine_build(tmp_path, load_target("jetson-orin-agx"), precision="fp16", head_onnx="head.onnx",
-                     tail_onnx="tail.onnx", input_shape=(1, 3, 8, 8), boundary_shape=(1, 3, 8, 8))  # fmt: skip
+    write_engine_build(
+        tmp_path,
+        load_target("jetson-orin-agx"),
+        precision="fp16",
+        head_onnx="head.onnx",
+        tail_onnx="tail.onnx",
+        input_shape=(1, 3, 8, 8),
+        boundary_shape=(1, 3, 8, 8),
+    )
     lines = engine_build_lines(json.loads((tmp_path / ENGINE_BUILD_FILE).read_text()))
     assert lines[0] == "  - written for TensorRT 10.3 (weakly typed)"
     assert lines[1].startswith("  - DLA check: 0/1 head layers can run on the DLA; GPU: only 0/1 layers")

@@ -517,9 +517,15 @@ def test_check_engine_record_accepts_a_python_build(tmp_path: Path) -> None:
     _tiny_onnx(split / "tail.onnx")
     profile: TargetProfile = load_target("x86-tensorrt")
     write_engine_build(
-        split, profile, precision="fp16", head_onnx="head.onnx", tail_onnx="tail.onnx",
-        input_shape=(1, 3, 8, 8), boundary_shape=(1, 3, 8, 8), boundary_name="input",
-    )  # fmt: skip
+        split,
+        profile,
+        precision="fp16",
+        head_onnx="head.onnx",
+        tail_onnx="tail.onnx",
+        input_shape=(1, 3, 8, 8),
+        boundary_shape=(1, 3, 8, 8),
+        boundary_name="input",
+    )
     manifest = {"splits": [{"dir": "split", "rank": 1}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     records = trt_backend.build_bundle_engines(tmp_path, 1)
@@ -530,25 +536,48 @@ def test_check_engine_record_accepts_a_python_build(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # TensorRT 10 vs 11: golden plans, the version the plan was written for, and the refusal of a mismatch
 
-GOLDEN_TAIL = ["--minShapes=boundary:1x40x28x28", "--optShapes=boundary:1x40x28x28", "--maxShapes=boundary:8x40x28x28",
-               "--memPoolSize=workspace:4096M", "--timingCacheFile=engines/timing.cache", "--skipInference"]  # fmt: skip
+GOLDEN_TAIL = [
+    "--minShapes=boundary:1x40x28x28",
+    "--optShapes=boundary:1x40x28x28",
+    "--maxShapes=boundary:8x40x28x28",
+    "--memPoolSize=workspace:4096M",
+    "--timingCacheFile=engines/timing.cache",
+    "--skipInference",
+]
 
 
 @pytest.mark.parametrize(
     ("target", "precision", "onnx", "flags"),
     [
-        ("x86-tensorrt", "fp32", "tail.onnx", ["--stronglyTyped"]),  # 10.x: the fp32 file carries its precision
+        (
+            "x86-tensorrt",
+            "fp32",
+            "tail.onnx",
+            ["--stronglyTyped"],
+        ),  # 10.x: the fp32 file carries its precision
         ("x86-tensorrt", "fp16", "tail.onnx", ["--fp16"]),  # 10.x: weak typing, today's flags
         ("x86-tensorrt", "int8", "tail.int8.onnx", ["--int8", "--fp16"]),
         ("x86-tensorrt-11", "fp16", "tail.fp16.onnx", []),  # 11.x: the file carries fp16, no flag
         ("x86-tensorrt-11", "int8", "tail.int8.onnx", []),  # 11.x: Q/DQ carries int8, no flag
     ],
 )
-def test_golden_tail_commands_for_tensorrt_10_and_11(target: str, precision: str, onnx: str, flags: list[str]) -> None:
-    plan = build_recipe(load_target(target), precision=precision, head_onnx="h.onnx", tail_onnx=onnx,
-                      input_shape=INPUT, boundary_shape=BOUNDARY)  # fmt: skip
+def test_golden_tail_commands_for_tensorrt_10_and_11(
+    target: str, precision: str, onnx: str, flags: list[str]
+) -> None:
+    plan = build_recipe(
+        load_target(target),
+        precision=precision,
+        head_onnx="h.onnx",
+        tail_onnx=onnx,
+        input_shape=INPUT,
+        boundary_shape=BOUNDARY,
+    )
     assert plan["engines"]["tail"]["trtexec"] == [
-        "trtexec", f"--onnx={onnx}", f"--saveEngine=engines/tail.{precision}.engine", *flags, *GOLDEN_TAIL
+        "trtexec",
+        f"--onnx={onnx}",
+        f"--saveEngine=engines/tail.{precision}.engine",
+        *flags,
+        *GOLDEN_TAIL,
     ]
     assert plan["tensorrt_version"] == load_target(target).tensorrt_version
     assert plan["typing"] == ("strong" if target.endswith("-11") or precision == "fp32" else "weak")
@@ -596,7 +625,9 @@ def test_check_tensorrt_version() -> None:
     check_tensorrt_version("10.3", "10.3.0.30")
     check_tensorrt_version("11.4.1", "11.4.1.2")
     for plan_version, installed in (("10.3", "10.7.0.23"), ("11.4", "10.3.0.30"), ("11.4.1", "11.4.0.1")):
-        with pytest.raises(BadInputError, match=f"written for TensorRT {re.escape(plan_version)} but TensorRT"):
+        with pytest.raises(
+            BadInputError, match=f"written for TensorRT {re.escape(plan_version)} but TensorRT"
+        ):
             check_tensorrt_version(plan_version, installed)
 
 
@@ -615,7 +646,11 @@ def test_build_engines_refuses_a_version_mismatch(
     _write(split, "x86-tensorrt-11", "fp16")
     if not (split / "tail.onnx").exists():
         (split / "tail.onnx").write_bytes((split / "head.onnx").read_bytes())
-    files = {p.relative_to(tmp_path).as_posix(): {"sha256": sha256_file(p)} for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    files = {
+        p.relative_to(tmp_path).as_posix(): {"sha256": sha256_file(p)}
+        for p in sorted(tmp_path.rglob("*"))
+        if p.is_file()
+    }
     manifest = {"schema": SCHEMA, "files": files, "splits": [{"dir": "split", "rank": 1, "files": {}}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")  # a valid, hashed bundle
     fake = types.ModuleType("tensorrt")

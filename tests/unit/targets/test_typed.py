@@ -26,8 +26,13 @@ def _model() -> onnx.ModelProto:
         helper.make_node("Resize", ["r", "roi", "scales"], ["u"], mode="nearest"),
         helper.make_node("Add", ["u", "u"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 16, 16])], inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 16, 16])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -37,12 +42,18 @@ def test_fp16_copy_computes_in_fp16_with_an_fp32_interface() -> None:
     onnx.checker.check_model(typed, full_check=True)
     types = {t.name: t.data_type for t in typed.graph.initializer}
     assert types["w"] == types["b"] == types["lo"] == types["hi"] == TensorProto.FLOAT16
-    assert types["scales"] == types["roi"] == TensorProto.FLOAT  # Resize's scales stay float32 by the ONNX spec
+    assert (
+        types["scales"] == types["roi"] == TensorProto.FLOAT
+    )  # Resize's scales stay float32 by the ONNX spec
     assert typed.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert typed.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+    got = ort.InferenceSession(typed.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     assert got.dtype == np.float32 and got.shape == ref.shape == (2, 8, 16, 16)
     assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 5e-3  # fp16 rounding, not a different function
     assert not np.array_equal(got, ref)  # the copy really computed in fp16

@@ -15,7 +15,16 @@ PASSING = {"top1_agreement": 1.0, "max_abs_rel": 0.0, "cosine": 1.0}
 
 
 def test_every_gate_is_named_by_its_key() -> None:
-    assert set(GATES) == {"fp32", "fp16", "int8", "int8-qdq", "int8-qdq-replay", "trt-fp32", "trt-fp16", "trt-int8"}
+    assert set(GATES) == {
+        "fp32",
+        "fp16",
+        "int8",
+        "int8-qdq",
+        "int8-qdq-replay",
+        "trt-fp32",
+        "trt-fp16",
+        "trt-int8",
+    }
     for key, gate in GATES.items():
         assert gate.name == key
         assert 0.0 < gate.min_top1_agreement <= 1.0 and 0.0 < gate.min_cosine <= 1.0 and gate.max_abs_rel > 0
@@ -69,15 +78,22 @@ def test_gate_for_tensorrt_combines_with_the_boundary_encoding() -> None:
     assert gate_for("fp32", "fp16", "tensorrt") is GATES["trt-fp16"]
     g = gate_for("int8", "fp32", "tensorrt")
     trt, enc = GATES["trt-fp32"], GATES["int8"]
-    assert g == Gate("trt-fp32+int8", min(trt.min_top1_agreement, enc.min_top1_agreement),
-                     max(trt.max_abs_rel, enc.max_abs_rel), min(trt.min_cosine, enc.min_cosine))  # fmt: skip
+    assert g == Gate(
+        "trt-fp32+int8",
+        min(trt.min_top1_agreement, enc.min_top1_agreement),
+        max(trt.max_abs_rel, enc.max_abs_rel),
+        min(trt.min_cosine, enc.min_cosine),
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "match"),
-    [(("fp8",), "unknown boundary encoding"), (("fp32", "bf16"), "unknown precision"),
-     (("fp32", "fp32", "openvino"), "unknown backend")],
-)  # fmt: skip
+    [
+        (("fp8",), "unknown boundary encoding"),
+        (("fp32", "bf16"), "unknown precision"),
+        (("fp32", "fp32", "openvino"), "unknown backend"),
+    ],
+)
 def test_gate_for_rejects_unknown_names(args: tuple[str, ...], match: str) -> None:
     with pytest.raises(BadInputError, match=match):
         gate_for(*args)
@@ -85,5 +101,8 @@ def test_gate_for_rejects_unknown_names(args: tuple[str, ...], match: str) -> No
 
 def test_to_json() -> None:
     assert GATES["fp32"].to_json() == {
-        "name": "fp32", "min_top1_agreement": 1.0, "max_abs_rel": 1e-4, "min_cosine": 0.9999,
-    }  # fmt: skip
+        "name": "fp32",
+        "min_top1_agreement": 1.0,
+        "max_abs_rel": 1e-4,
+        "min_cosine": 0.9999,
+    }

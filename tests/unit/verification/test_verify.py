@@ -42,10 +42,15 @@ def _model() -> Any:
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
-    )  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
     return model.eval()
 
 
@@ -61,10 +66,15 @@ def _inputs() -> np.ndarray:
 
 def _export(module: Any, example: Any, path: Path, in_name: str, out_name: str) -> onnx.ModelProto:
     torch.onnx.export(
-        module, (example,), str(path), dynamo=False, opset_version=17,
-        input_names=[in_name], output_names=[out_name],
+        module,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=[in_name],
+        output_names=[out_name],
         dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
-    )  # fmt: skip
+    )
     return onnx.load(str(path))
 
 
@@ -80,8 +90,14 @@ def _quantize(src: Path, dst: Path, feeds: np.ndarray) -> None:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
 
 
 def write_manifest(root: Path, splits: list[dict[str, Any]], encoding: str) -> dict[str, Any]:
@@ -136,11 +152,17 @@ def build_bundle(root: Path, encoding: str, *, qdq: bool = False) -> Path:
             _quantize(sdir / "head.onnx", sdir / "head.int8.onnx", x)
             _quantize(sdir / "tail.onnx", sdir / "tail.int8.onnx", b.numpy())
             files.update(head_int8=f"{rel}/head.int8.onnx", tail_int8=f"{rel}/tail.int8.onnx")
-        entries.append({
-            "dir": rel, "rank": pos, "index": k - 1, "node": node, "module": str(k - 1),
-            "boundary": {**enc.to_json(), "shape": ["batch", *b.shape[1:]], "bytes_per_image": 0},
-            "files": files,
-        })  # fmt: skip
+        entries.append(
+            {
+                "dir": rel,
+                "rank": pos,
+                "index": k - 1,
+                "node": node,
+                "module": str(k - 1),
+                "boundary": {**enc.to_json(), "shape": ["batch", *b.shape[1:]], "bytes_per_image": 0},
+                "files": files,
+            }
+        )
     write_manifest(root, entries, encoding)
     return root
 
@@ -185,8 +207,12 @@ def test_fresh_bundle_passes_and_writes_verify_json(bundle: Path) -> None:
         and main.metrics["top1_agreement"] == 1
     )
     assert main.boundary["passed"] and main.boundary["dtype"] == "float32"
-    assert main.task == {"metric": "accuracy", "value": pytest.approx(main.task["full_model"]),
-                         "full_model": main.task["full_model"], "drop": pytest.approx(0.0)}  # fmt: skip
+    assert main.task == {
+        "metric": "accuracy",
+        "value": pytest.approx(main.task["full_model"]),
+        "full_model": main.task["full_model"],
+        "drop": pytest.approx(0.0),
+    }
     assert result.rows[1].gate.name == "int8-qdq" and result.rows[1].boundary["compared"] is False
 
     data = json.loads((bundle / VERIFY_FILE).read_text())
@@ -393,14 +419,19 @@ def test_tensorrt_path_wiring_with_stand_in_engines(bundle: Path, monkeypatch: p
     result = verify_bundle(bundle, backend="tensorrt", trust_engines=True)
     assert result.passed, format_verification(result)
     assert [(r.split, r.check, r.gate.name) for r in result.rows] == [
-        (1, "tensorrt-fp16", "trt-fp16"), (2, "tensorrt-fp16", "trt-fp16"),
-    ]  # fmt: skip
+        (1, "tensorrt-fp16", "trt-fp16"),
+        (2, "tensorrt-fp16", "trt-fp16"),
+    ]
     written = json.loads((bundle / VERIFY_FILE).read_text())
     assert written["backend"] == "tensorrt"
     for row in written["rows"]:  # engine latencies, which `isplit-export plan` prefers to its estimates
-        assert set(row["latency_ms"]) == {"head_ms", "tail_ms"} and all(v > 0 for v in row["latency_ms"].values())
+        assert set(row["latency_ms"]) == {"head_ms", "tail_ms"} and all(
+            v > 0 for v in row["latency_ms"].values()
+        )
     # each engine is loaded once, runs the goldens and is timed: never once per image or per run
-    assert sorted(loads) == sorted(f"{d}/{e}.fp16.engine" for d in ("01-pool1", "02-relu2") for e in ("head", "tail"))
+    assert sorted(loads) == sorted(
+        f"{d}/{e}.fp16.engine" for d in ("01-pool1", "02-relu2") for e in ("head", "tail")
+    )
 
 
 # --------------------------------------------------------------------------------------------------
