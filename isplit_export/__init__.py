@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from isplit_export.bottleneck.study import study
     from isplit_export.bundle.build import export
     from isplit_export.bundle.planning import plan
-    from isplit_export.options import BottleneckOptions, Constraints, ExportOptions, RankOptions, StudyOptions
+    from isplit_export.options import Constraints, ExportOptions, RankOptions, StudyOptions
+    from isplit_export.options_bottleneck import BottleneckOptions
     from isplit_export.verification.verify import verify_bundle
 
 _LAZY = {
@@ -53,7 +54,7 @@ _LAZY = {
     "ExportOptions": "options",
     "study": "bottleneck.study",
     "StudyOptions": "options",
-    "BottleneckOptions": "options",
+    "BottleneckOptions": "options_bottleneck",
     "plan": "bundle.planning",
     "Constraints": "options",
 }

@@ -15,8 +15,8 @@ from isplit_export.cli_options import (
     LatencyOpt,
     TrustEnginesOpt,
     VerboseOpt,
-    _constraints,
-    _setup,
+    constraints_from_flags,
+    setup_logging,
 )
 from isplit_export.errors import EXIT_GATE_FAILED
 
@@ -61,7 +61,7 @@ def verify_cmd(
     from isplit_export.verification.outcome import format_verification
     from isplit_export.verification.verify import verify_bundle, write_verification
 
-    _setup(verbose)
+    setup_logging(verbose)
     write = _result_path(expect_sha256, report, no_write)
     result = verify_bundle(
         bundle,
@@ -110,7 +110,7 @@ def plan_cmd(
     """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
     from isplit_export.bundle.planning import plan, write_plan
 
-    _setup(verbose)
+    setup_logging(verbose)
     write = _result_path(expect_sha256, report, no_write)
     result = plan(
         bundle,
@@ -123,7 +123,7 @@ def plan_cmd(
         expect_sha256=expect_sha256,
         constraints=None
         if (max_head_flops, max_boundary_kib, max_latency_ms) == (None, None, None)
-        else _constraints(max_head_flops, max_boundary_kib, max_latency_ms),
+        else constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
     )
     typer.echo(result.table())  # printed first: a read-only bundle still shows the plan
     if write:
@@ -139,7 +139,7 @@ def build_engines_cmd(
     """Build the TensorRT engines of a bundle with the TensorRT 10/11 Python API (on the device)."""
     from isplit_export.targets.trt_backend import build_bundle_engines
 
-    _setup(verbose)
+    setup_logging(verbose)
     _result_path(expect_sha256, None, None)
     for record in build_bundle_engines(bundle, split, expect_sha256=expect_sha256):
         typer.echo(str(record))

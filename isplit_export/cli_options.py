@@ -1,5 +1,5 @@
 """The CLI's shared options and helpers: the typer option types its commands reuse, and the helpers that turn
-flags into option dataclasses (``cli``, ``cli_bundle``, ``cli_serving`` import them). Torch-free."""
+flags into option dataclasses (the command modules ``cli_*`` import them). Torch-free."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from isplit_export.options import BottleneckOptions, Constraints, ExportOptions, RankOptions
+from isplit_export.options import Constraints, ExportOptions, RankOptions
+from isplit_export.options_bottleneck import BottleneckOptions
 
 
-def _shown(cls: type, name: str) -> str:
+def shown(cls: type, name: str) -> str:
     """The default of option field ``name`` of ``cls``, for ``--help``: a flag left out (None) means it."""
     return str(next(f.default for f in dataclasses.fields(cls) if f.name == name))
 
 
-def _given(**flags: Any) -> dict[str, Any]:
+def given(**flags: Any) -> dict[str, Any]:
     """The flags that were given: None means "the option's default", written once, in its dataclass."""
     return {k: v for k, v in flags.items() if v is not None}
 
@@ -50,7 +51,7 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
-        show_default=_shown(RankOptions, "weights"),
+        show_default=shown(RankOptions, "weights"),
     ),
 ]
 ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
@@ -59,7 +60,7 @@ ScoreOpt = Annotated[
     typer.Option(
         "--score",
         help="Grad-CAM target: 'top' predicted class or 'label'",
-        show_default=_shown(RankOptions, "score"),
+        show_default=shown(RankOptions, "score"),
     ),
 ]
 TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report")]
@@ -69,7 +70,7 @@ BatchOpt = Annotated[
     typer.Option(
         "--batch-size",
         help="images per forward/backward pass",
-        show_default=_shown(RankOptions, "batch_size"),
+        show_default=shown(RankOptions, "batch_size"),
     ),
 ]
 DeviceOpt = Annotated[
@@ -77,7 +78,7 @@ DeviceOpt = Annotated[
     typer.Option(
         "--device",
         help="torch device for the ranking passes (cpu, cuda)",
-        show_default=_shown(RankOptions, "device"),
+        show_default=shown(RankOptions, "device"),
     ),
 ]
 BootstrapOpt = Annotated[
@@ -85,7 +86,7 @@ BootstrapOpt = Annotated[
     typer.Option(
         "--bootstrap",
         help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
-        show_default=_shown(RankOptions, "bootstrap"),
+        show_default=shown(RankOptions, "bootstrap"),
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
@@ -123,7 +124,7 @@ TrainStepsOpt = Annotated[
     typer.Option(
         "--train-steps",
         help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)",
-        show_default=_shown(BottleneckOptions, "train_steps"),
+        show_default=shown(BottleneckOptions, "train_steps"),
     ),
 ]
 TrainBatchOpt = Annotated[
@@ -131,18 +132,18 @@ TrainBatchOpt = Annotated[
     typer.Option(
         "--train-batch",
         help="images per bottleneck training step",
-        show_default=_shown(BottleneckOptions, "train_batch"),
+        show_default=shown(BottleneckOptions, "train_batch"),
     ),
 ]
 
 
-def _bottleneck(
+def bottleneck_from_flags(
     size: str | None, finetune: str | None, steps: int | None, batch: int | None
 ) -> BottleneckOptions | None:
     """The BottleneckOptions of the flags (None without --bottleneck; --finetune etc. need it)."""
     from isplit_export.errors import BadInputError
 
-    training = _given(finetune=finetune, train_steps=steps, train_batch=batch)
+    training = given(finetune=finetune, train_steps=steps, train_batch=batch)
     if size is None:
         if BottleneckOptions(**training) != BottleneckOptions():  # bad values first, then the missing flag
             raise BadInputError(
@@ -158,7 +159,7 @@ ObjectiveOpt = Annotated[
         "--objective",
         help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
         "or probe (the probe's score at --bottleneck)",
-        show_default=_shown(ExportOptions, "objective"),
+        show_default=shown(ExportOptions, "objective"),
     ),
 ]
 HeadFlopsOpt = Annotated[
@@ -173,15 +174,15 @@ LatencyOpt = Annotated[
 ]
 
 
-def _constraints(head: float | None, kib: float | None, ms: float | None) -> Constraints:
+def constraints_from_flags(head: float | None, kib: float | None, ms: float | None) -> Constraints:
     return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)
 
 
-def _split_classes(classes: str | None) -> tuple[str, ...] | None:
+def split_classes(classes: str | None) -> tuple[str, ...] | None:
     return tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
 
 
-def _setup(verbose: bool) -> None:
+def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True
     )

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from isplit_export.cli_options import ExpectShaOpt, TrustEnginesOpt, _given
-from isplit_export.options import RunOptions, ServeOptions
+from isplit_export.cli_options import ExpectShaOpt, TrustEnginesOpt, given
+from isplit_export.options_serving import RunOptions, ServeOptions
 
 _SERVE, _RUN = ServeOptions, RunOptions  # the defaults live in the dataclasses; help texts quote them
 
@@ -48,7 +48,7 @@ def serve_cmd(
         n = int(split)
     serve(
         ServeOptions(
-            **_given(
+            **given(
                 bundle=bundle,
                 split=n,
                 host=host,
@@ -136,7 +136,7 @@ def run_cmd(
     from isplit_export.serving.run import run
 
     options = RunOptions(
-        **_given(
+        **given(
             bundle=bundle,
             server=server,
             split=split,

@@ -1,4 +1,7 @@
-"""The options of every job, as frozen dataclasses: one object travels from the CLI to each stage.
+"""The options of the jobs (rank, export, study), as frozen dataclasses: one object travels from the CLI to each stage.
+
+The bottleneck's options are in :mod:`isplit_export.options_bottleneck`, those of ``serve`` and ``run`` in
+:mod:`isplit_export.options_serving`.
 
 The CLI builds the object from its flags, the Python API takes it (or builds it from keyword
 fields), the stages read the fields they need, and the bundle's manifest and report record
@@ -14,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
 from isplit_export.errors import BadInputError
 from isplit_export.files import jsonable
+from isplit_export.options_bottleneck import BottleneckOptions, as_bottleneck
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 from isplit_export.targets import MIN_DLA_FRACTION
 
@@ -75,112 +77,6 @@ _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
 
 T = TypeVar("T", bound="RankOptions")
-
-FINETUNE = ("none", "tail")
-"""``--finetune`` values: train only the encoder/decoder, or also the tail's own weights."""
-
-DEFAULT_ENCODING = "int8"
-"""Boundary encoding of the code when ``--bottleneck`` is given and ``--boundary`` is not."""
-
-_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
-
-
-@dataclass(frozen=True)
-class SizeSpec:
-    """A parsed ``--bottleneck`` value: ``kind`` ``ratio`` (of the boundary's elements) or ``bytes`` per image."""
-
-    kind: str
-    value: float
-    text: str
-
-    def elements(self, boundary_elements: int, bytes_per_element: int) -> int:
-        """Code elements this spec allows at a boundary of ``boundary_elements`` (may be 0: unreachable)."""
-        if self.kind == "ratio":
-            return math.floor(self.value * boundary_elements + 1e-9)
-        return int(self.value) // bytes_per_element
-
-    def to_json(self) -> dict[str, Any]:
-        return {"spec": self.text, "kind": self.kind, "value": self.value}
-
-
-def parse_size(text: str) -> SizeSpec:
-    """Parse ``1/16``, ``0.0625`` (ratios in (0, 1]) or ``64B``, ``2KiB``, ``1MB`` (bytes per image)."""
-    t = str(text).strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KkMm]i?[Bb]|[Bb])", t)
-    if m:
-        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-        if n < 1 or n != int(n):
-            raise BadInputError(
-                f"--bottleneck {t}: a size must be a whole number of bytes >= 1 (e.g. 64B, 2KiB)"
-            )
-        return SizeSpec("bytes", float(int(n)), t)
-    try:
-        ratio = float(Fraction(t)) if "/" in t else float(t)
-    except (ValueError, ZeroDivisionError) as err:
-        raise BadInputError(
-            f"--bottleneck {t!r} is neither a ratio (1/16, 0.0625) nor a size (64B, 2KiB): pass one of those"
-        ) from err
-    if not 0.0 < ratio <= 1.0 or not math.isfinite(ratio):
-        raise BadInputError(
-            f"--bottleneck {t}: a ratio must be in (0, 1] (e.g. 1/16); for a fixed size add a unit (e.g. {t}B)"
-        )
-    return SizeSpec("ratio", ratio, t)
-
-
-@dataclass(frozen=True)
-class BottleneckOptions:
-    """How the bottleneck is sized and trained (``ExportOptions.bottleneck``, ``StudyOptions.bottleneck``).
-
-    ``size``: ratio or bytes per image (:func:`parse_size`); ``finetune``: ``none`` or ``tail``;
-    ``train_steps`` / ``train_batch``: the budget (0 steps keeps the probe's linear code,
-    :mod:`isplit_export.bottleneck.pca`); ``holdout``: the fraction of images held out from
-    training (measured on, never trained on). Training runs all ``train_steps`` under a cosine learning-rate
-    decay (no early stopping) and keeps the checkpoint best on the validation slice (``validation``).
-    """
-
-    size: str = "1/16"
-    finetune: str = "none"
-    train_steps: int = 256
-    train_batch: int = 8
-    temperature: float = 4.0
-    mse_weight: float = 1.0
-    lr: float = 2e-3
-    holdout: float = 0.25
-    validation: float = 0.2
-    """Fraction of the *train* images kept out of the gradient steps to choose the checkpoint on."""
-
-    def __post_init__(self) -> None:
-        parse_size(self.size)
-        if self.finetune not in FINETUNE:
-            raise BadInputError(f"--finetune {self.finetune!r}: choose {' or '.join(FINETUNE)}")
-        if self.train_steps < 0 or self.train_batch < 1:
-            raise BadInputError(
-                f"--train-steps {self.train_steps} / --train-batch {self.train_batch}: pass 0 or more steps "
-                "(0: the probe's untrained code) and a positive batch"
-            )
-        if not 0.0 < self.validation < 1.0:
-            raise BadInputError(
-                f"validation fraction {self.validation}: pass a fraction strictly between 0 and 1"
-            )
-        if not 0.0 < self.holdout < 1.0:
-            raise BadInputError(f"held-out fraction {self.holdout}: pass a fraction strictly between 0 and 1")
-        if self.temperature <= 0 or self.lr <= 0 or self.mse_weight < 0:
-            raise BadInputError("bottleneck temperature and lr must be positive, mse_weight >= 0")
-
-    @property
-    def spec(self) -> SizeSpec:
-        return parse_size(self.size)
-
-
-def as_bottleneck(value: BottleneckOptions | str | None) -> BottleneckOptions | None:
-    """Accept a :class:`BottleneckOptions`, a size spec string (``"1/16"``) or None."""
-    if value is None or isinstance(value, BottleneckOptions):
-        return value
-    if isinstance(value, str):
-        return BottleneckOptions(size=value)
-    raise BadInputError(
-        f"bottleneck must be a size spec like '1/16' or BottleneckOptions, got {type(value).__name__}"
-    )
 
 
 @dataclass(frozen=True)
@@ -343,146 +239,6 @@ class ExportOptions(RankOptions):
 DEFAULT_WRITE_RESULT = True
 """``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--report PATH``) unless ``--no-write``."""
 
-
-PROTOCOLS = ("grpc", "http")
-"""``RunOptions.protocol``: the Open Inference Protocol over gRPC, or JSON over HTTP/REST."""
-RUN_BACKENDS = ("auto", "onnxruntime", "tensorrt")
-"""``RunOptions.backend`` (the head's runtime); ``auto``: TensorRT when its head engine was built here, else onnxruntime."""
-LOOPBACK = "127.0.0.1"
-
-
-def parse_address(text: str, flag: str = "--server") -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port); one :class:`BadInputError` line naming the flag otherwise."""
-    host, sep, port = str(text).strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise BadInputError(f"{flag} {text!r}: pass HOST:PORT, e.g. {LOOPBACK}:8001")
-    return host.strip("[]"), int(port)
-
-
-def _check_port(port: int, flag: str) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise BadInputError(f"{flag} {port}: pass a TCP port in 1..65535")
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """``isplit-export serve``: the bundle's tails over gRPC (``port``) and HTTP (``http_port``) with MLServer.
-
-    ``split`` None serves every split; ``threads`` are the onnxruntime intra-op threads of each tail
-    (0: onnxruntime's default, all cores); ``expect_sha256`` pins the manifest (checked by the contract).
-    """
-
-    bundle: Path = Path("bundle")
-    split: int | None = None
-    host: str = LOOPBACK
-    port: int = 8001
-    http_port: int | None = None
-    """HTTP/REST port (None: ``port + 1``)."""
-    threads: int = 0
-    expect_sha256: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bundle", Path(self.bundle))
-        if self.http_port is None:
-            object.__setattr__(self, "http_port", self.port + 1)
-        _check_port(self.port, "--port")
-        _check_port(int(self.http_port or 0), "--http-port")
-        if self.http_port == self.port:
-            raise BadInputError(f"--http-port {self.http_port} equals --port: pass two different ports")
-        if self.split is not None and self.split < 1:
-            raise BadInputError(f"--split {self.split}: pass a split number 1..N (as in splits/NN-*)")
-        if self.threads < 0:
-            raise BadInputError(f"--threads {self.threads}: pass 0 (onnxruntime's default) or more")
-        if not self.host:
-            raise BadInputError(f"--host {self.host!r}: pass an address to listen on, e.g. {LOOPBACK}")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """``isplit-export run``: the head here, the boundary to a server at ``server``, every request measured.
-
-    Without ``data`` the split's golden inputs are sent. ``requests`` sends that many (cycling over the
-    images), ``duration_s`` sends for that long; neither: each image once. ``concurrency`` requests are
-    kept in flight. A failed request (error, ``timeout_ms``, wrong answer) is retried ``retries`` times
-    after ``backoff_ms``, doubling, at most :data:`MAX_BACKOFF_MS`. The server must be ready within
-    ``wait_s``. ``out``: ``run.json`` (None: ``BUNDLE/run.json``); ``fail_after``: the circuit breaker (docs/serving.md).
-    ``expect_sha256`` pins the manifest.
-    """
-
-    bundle: Path = Path("bundle")
-    server: str = f"{LOOPBACK}:8001"
-    split: int = 1
-    data: Path | None = None
-    images: int | None = None
-    requests: int | None = None
-    duration_s: float | None = None
-    concurrency: int = 1
-    protocol: str = "grpc"
-    timeout_ms: float = 1000.0
-    retries: int = 6
-    backoff_ms: float = 100.0
-    wait_s: float = 10.0
-    backend: str = "auto"
-    threads: int = 1
-    """onnxruntime intra-op threads of the local head (and of the local reference runs)."""
-    out: Path | None = None
-    expect_sha256: str | None = None
-    no_write: bool = False
-    fail_after: int = 5
-    trust_engines: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bundle", Path(self.bundle))
-        for name in ("data", "out"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
-        parse_address(self.server)
-        checks = (
-            (self.split >= 1, f"--split {self.split}: pass a split number 1..N (as in splits/NN-*)"),
-            (self.images is None or self.images >= 1, f"--images {self.images}: pass a positive number"),
-            (
-                self.requests is None or self.requests >= 1,
-                f"--requests {self.requests}: pass a positive number",
-            ),
-            (
-                self.duration_s is None or 0 < self.duration_s <= 86400.0,
-                f"--duration {self.duration_s}: pass seconds in (0, 86400]",
-            ),
-            (
-                self.requests is None or self.duration_s is None,
-                "--requests and --duration exclude each other: pass one",
-            ),
-            (
-                1 <= self.concurrency <= 256,
-                f"--concurrency {self.concurrency}: pass 1..256 requests in flight",
-            ),
-            (self.protocol in PROTOCOLS, f"--protocol {self.protocol!r}: choose {' or '.join(PROTOCOLS)}"),
-            (
-                0 < self.timeout_ms <= 600_000,
-                f"--timeout-ms {self.timeout_ms}: pass milliseconds in (0, 600000]",
-            ),
-            (0 <= self.retries <= 20, f"--retries {self.retries}: pass 0..20"),
-            (
-                0 <= self.backoff_ms <= MAX_BACKOFF_MS,
-                f"--backoff-ms {self.backoff_ms}: pass 0..{MAX_BACKOFF_MS:g}",
-            ),
-            (0 <= self.wait_s <= 600, f"--wait {self.wait_s}: pass 0..600 seconds"),
-            (self.backend in RUN_BACKENDS, f"--backend {self.backend!r}: choose {' or '.join(RUN_BACKENDS)}"),
-            (self.threads >= 0, f"--threads {self.threads}: pass 0 (onnxruntime's default) or more"),
-            (0 <= self.fail_after <= 1_000_000, f"--fail-after {self.fail_after}: pass 0 (never) or a count"),
-            (
-                self.out is None or not self.no_write,
-                "--out and --no-write contradict each other: pass one of them",
-            ),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise BadInputError(message)
-
-
-MAX_BACKOFF_MS = 5000.0
-"""Cap of one retry's wait: a retry budget stays bounded in time whatever ``retries`` is."""
 
 CUT_SETS = ("candidates", "all")
 """``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""

@@ -61,7 +61,7 @@ from isplit_export.exporting.encoding import (
 )
 from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
-from isplit_export.options import DEFAULT_ENCODING, BottleneckOptions, SizeSpec
+from isplit_export.options_bottleneck import DEFAULT_ENCODING, BottleneckOptions, SizeSpec
 
 if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut

@@ -43,7 +43,7 @@ from isplit_export.bottleneck.pca import (
     patches,
 )
 from isplit_export.exporting.encoding import decode_array, encode_array
-from isplit_export.options import SizeSpec
+from isplit_export.options_bottleneck import SizeSpec
 
 if TYPE_CHECKING:
     from isplit_export.distributed import Job

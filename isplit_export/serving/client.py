@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from isplit_export.errors import BadInputError, IsplitError, first_line
-from isplit_export.options import MAX_BACKOFF_MS, RunOptions, parse_address
+from isplit_export.options_serving import MAX_BACKOFF_MS, RunOptions, parse_address
 from isplit_export.serving.records import ERROR_CHARS, Request
 from isplit_export.version import __version__
 

@@ -18,7 +18,7 @@ import numpy as np
 from isplit_export import contract
 from isplit_export.errors import BadInputError, GateFailedError, NotRunError, first_line
 from isplit_export.numbers import rounded
-from isplit_export.options import RunOptions
+from isplit_export.options_serving import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
 from isplit_export.serving.records import ERROR_CHARS
 from isplit_export.verification.backends import Backend, SplitHead, head_backend

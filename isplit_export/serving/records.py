@@ -19,7 +19,7 @@ import numpy as np
 from isplit_export import contract, numbers
 from isplit_export.errors import BadInputError, IsplitError, first_line
 from isplit_export.files import json_dumps, write_text_atomic
-from isplit_export.options import RunOptions, parse_address
+from isplit_export.options_serving import RunOptions, parse_address
 from isplit_export.outdir import check_writable_file
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
 from isplit_export.verification.backends import gate_for

@@ -23,7 +23,7 @@ machine, else on onnxruntime; the summary's first line says which, and why.
 Faults, all bounded: the server must be ready within ``--wait`` seconds, else one line naming the
 address and the fix (:data:`isplit_export.serving.client.EXIT_UNREACHABLE`). A request that errors, exceeds ``--timeout-ms`` or
 comes back with the wrong name, shape or dtype is retried ``--retries`` times with exponential
-backoff (``--backoff-ms``, doubling, capped at :data:`~isplit_export.options.MAX_BACKOFF_MS`). Every
+backoff (``--backoff-ms``, doubling, capped at :data:`~isplit_export.options_serving.MAX_BACKOFF_MS`). Every
 request ends as exactly one of ``ok``, ``failed`` (after its retries) or ``skipped`` (never sent: the
 run was interrupted, or its image could not be read); ``run.json`` counts each and lists the failed
 ones. A circuit breaker stops a run whose server is gone: after ``--fail-after`` consecutive failed
@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from isplit_export.errors import BadInputError, IsplitError
-from isplit_export.options import RunOptions
+from isplit_export.options_serving import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_bundle
 from isplit_export.serving.client import (
     DATATYPES,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from isplit_export import contract
 from isplit_export.errors import BadInputError, NotRunError
-from isplit_export.options import ServeOptions
+from isplit_export.options_serving import ServeOptions
 from isplit_export.serving.bundle_access import BundleAccess, open_bundle
 from isplit_export.serving.model_store import ModelStore, stage
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import pytest
 
 from isplit_export.cli import main
-from isplit_export.options import RunOptions
+from isplit_export.options_serving import RunOptions
 from tests.support.helpers import DIGITS, run_cli
 from tests.support.serving_helpers import LOOPBACK, Server, free_port
 

@@ -26,7 +26,7 @@ from isplit_export.cli import main
 from isplit_export.contract import Split
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_utils import make_session
-from isplit_export.options import RunOptions, ServeOptions
+from isplit_export.options_serving import RunOptions, ServeOptions
 from tests.support.helpers import DIGITS, run_cli
 from tests.support.serving_helpers import LOOPBACK, Server, free_port
 

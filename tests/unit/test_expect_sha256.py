@@ -9,7 +9,7 @@ import pytest
 
 from isplit_export import cli_bundle, cli_options, cli_serving
 from isplit_export.errors import BadInputError
-from isplit_export.options import RunOptions, ServeOptions
+from isplit_export.options_serving import RunOptions, ServeOptions
 
 
 @pytest.mark.parametrize(

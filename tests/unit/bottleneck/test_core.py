@@ -11,7 +11,7 @@ from isplit_export.bottleneck import core as bn
 from isplit_export.bottleneck.holdout import minimum_images, split_holdout
 from isplit_export.bottleneck.pca import channels_first, from_channels_first
 from isplit_export.errors import BadInputError
-from isplit_export.options import BottleneckOptions, SizeSpec, parse_size
+from isplit_export.options_bottleneck import BottleneckOptions, SizeSpec, parse_size
 from isplit_export.zoo import write_digits_imagefolder
 from tests.support.helpers import DIGITS, digits_cut, run_cli
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 from isplit_export.errors import BadInputError, NotRunError, TechnicalError
 from isplit_export.exporting.encoding import calibrate_encoding, decode_array, encode_array
 from isplit_export.exporting.onnx_utils import OPSET, save_model
-from isplit_export.options import RUN_BACKENDS
+from isplit_export.options_serving import RUN_BACKENDS
 from isplit_export.verification.backends import AUTO, BACKENDS, SplitHead, backend_named, head_backend
 from isplit_export.verification.runners import OnnxrtRunner, TrtRunner, measure_latency, run_pair
 

@@ -1,0 +1,214 @@
+"""``isplit-export [export]``, the main job: rank MODEL, export its top-K splits for a target, verify them into a
+bundle, and print the cost or ranking table, the probe's lines and one line per split. ``cli`` registers it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from isplit_export.cli_options import (
+    BatchOpt,
+    BootstrapOpt,
+    BottleneckOpt,
+    BoundaryKibOpt,
+    ClassesOpt,
+    DataOpt,
+    FinetuneOpt,
+    HeadFlopsOpt,
+    ImagesOpt,
+    LatencyOpt,
+    ModelArg,
+    ObjectiveOpt,
+    ScoreOpt,
+    SizeOpt,
+    TrainBatchOpt,
+    TrainStepsOpt,
+    VerboseOpt,
+    WeightsOpt,
+    bottleneck_from_flags,
+    constraints_from_flags,
+    given,
+    setup_logging,
+    shown,
+    split_classes,
+)
+from isplit_export.cli_probe import probe_caveat, probe_choice
+from isplit_export.errors import EXIT_GATE_FAILED
+from isplit_export.options import ExportOptions
+
+
+def export_cmd(
+    model: ModelArg = "efficientnet_lite0",
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top", help="number of ranked splits to export", show_default=shown(ExportOptions, "top")
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)",
+            show_default=shown(ExportOptions, "target"),
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="bundle directory to create")] = Path("bundle"),
+    boundary: Annotated[
+        str | None,
+        typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)"),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="TensorRT engine precision fp32|fp16|int8 (default: the target's)"),
+    ] = None,
+    data: DataOpt = None,
+    classes: ClassesOpt = None,
+    weights: WeightsOpt = None,
+    images: ImagesOpt = None,
+    score: ScoreOpt = None,
+    input_size: SizeOpt = None,
+    golden: Annotated[
+        int | None,
+        typer.Option(
+            "--golden",
+            help="golden images stored per split",
+            show_default=shown(ExportOptions, "golden_images"),
+        ),
+    ] = None,
+    verify_images: Annotated[
+        int | None,
+        typer.Option(
+            "--verify-images",
+            help="images for calibration and verification (in memory)",
+            show_default=shown(ExportOptions, "verify_images"),
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
+    strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
+    batch_size: BatchOpt = None,
+    latency_runs: Annotated[
+        int | None,
+        typer.Option(
+            "--latency-runs",
+            help="timed runs per model for the latency table",
+            show_default=shown(ExportOptions, "latency_runs"),
+        ),
+    ] = None,
+    bootstrap: BootstrapOpt = None,
+    bottleneck: BottleneckOpt = None,
+    finetune: FinetuneOpt = None,
+    train_steps: TrainStepsOpt = None,
+    train_batch: TrainBatchOpt = None,
+    link: Annotated[
+        str | None,
+        typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns"),
+    ] = None,
+    objective: ObjectiveOpt = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="target profile of the server running the tail",
+            show_default=shown(ExportOptions, "server"),
+        ),
+    ] = None,
+    max_head_flops: HeadFlopsOpt = None,
+    max_boundary_kib: BoundaryKibOpt = None,
+    max_latency_ms: LatencyOpt = None,
+    weights_layout: Annotated[
+        str | None,
+        typer.Option(
+            "--weights-layout",
+            help="shared (each weight once, in OUT/weights/) or inline",
+            show_default=shown(ExportOptions, "weights_layout"),
+        ),
+    ] = None,
+    min_dla_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--min-dla-fraction",
+            help="plan a head on the DLA only if this share of its layers runs there",
+            show_default=shown(ExportOptions, "min_dla_fraction"),
+        ),
+    ] = None,
+    summary_json: Annotated[
+        Path | None,
+        typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file"),
+    ] = None,
+    triton: Annotated[
+        bool | None,
+        typer.Option(
+            "--triton/--no-triton", help="write OUT/triton/ (default: when the tail runs on a server)"
+        ),
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
+    from isplit_export.bundle.build import export
+
+    setup_logging(verbose)
+    options = ExportOptions(
+        model=model,
+        out=out,
+        boundary=boundary,
+        precision=precision,
+        data=data,
+        classes=split_classes(classes),
+        images=images,
+        input_size=input_size,
+        force=force,
+        progress=sys.stderr.isatty(),
+        link=link,
+        bottleneck=bottleneck_from_flags(bottleneck, finetune, train_steps, train_batch),
+        constraints=constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
+        summary_json=summary_json,
+        triton=triton,
+        **given(
+            top=top,
+            target=target,
+            weights=weights,
+            score=score,
+            golden_images=golden,
+            verify_images=verify_images,
+            batch_size=batch_size,
+            latency_runs=latency_runs,
+            bootstrap=bootstrap,
+            objective=objective,
+            server=server,
+            weights_layout=weights_layout,
+            min_dla_fraction=min_dla_fraction,
+        ),
+    )
+    result = export(options)
+    if result.ranked.ranking.cost is not None:
+        from isplit_export.bundle.planning import format_cost_table
+
+        typer.echo(format_cost_table(result.ranked.ranking.to_json()))
+    else:
+        typer.echo(result.ranked.ranking.table(options.top))
+    if options.objective == "cui" and (line := probe_choice(result.ranked.ranking)) is not None:
+        typer.echo(line)
+    if (line := probe_caveat(result.ranked.ranking)) is not None:
+        typer.echo(line)
+    for split in result.manifest.splits:
+        b = split.boundary
+        task = split.task(str(b.encoding))
+        ci = (
+            f" [{task.ci95[0]:.1%}, {task.ci95[1]:.1%}] on {task.images} held-out images" if task.ci95 else ""
+        )
+        typer.echo(
+            f"{split.dir}: boundary {b.encoding} {b.bytes_per_image} B/image "
+            f"(fp32 {b.fp32_bytes_per_image} B), gates {'PASS' if split.verification and split.verification.passed else 'FAIL'}, "
+            f"{task.metric} {task.value or 0.0:.1%}{ci}"
+        )
+    typer.echo(result.manifest.verification.note)
+    typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
+    if not result.passed:
+        for failure in result.failures:
+            typer.echo(f"gate failed: {failure}", err=True)
+        if strict:
+            raise typer.Exit(EXIT_GATE_FAILED)
