@@ -185,7 +185,7 @@ def export_cmd(
     )
     result = export(options)
     if result.ranked.ranking.cost is not None:
-        from isplit_export.bundle.planning import format_cost_table
+        from isplit_export.bundle.cost_table import format_cost_table
 
         typer.echo(format_cost_table(result.ranked.ranking.to_json()))
     else:

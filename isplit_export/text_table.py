@@ -2,7 +2,7 @@
 
 Used by ``verify`` (:func:`isplit_export.verification.outcome.format_verification`), the ranking
 (:meth:`isplit_export.ranking.candidates.Ranking.table`) and the cost table
-(:func:`isplit_export.bundle.planning.format_cost_table`); Markdown tables are ``bundle/markdown.py``.
+(:func:`isplit_export.bundle.cost_table.format_cost_table`); Markdown tables are ``bundle/markdown.py``.
 """
 
 from __future__ import annotations

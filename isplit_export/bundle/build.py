@@ -22,7 +22,7 @@ import torch
 
 from isplit_export import contract
 from isplit_export.api import RankResult, rank, write_ranking
-from isplit_export.bundle.planning import choose_cuts
+from isplit_export.bundle.cost_block import choose_cuts
 from isplit_export.bundle.report import render_report
 from isplit_export.bundle.summary import gate_failures, write_summary
 from isplit_export.bundle.triton import wants_repository, write_repository

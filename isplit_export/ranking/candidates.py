@@ -76,7 +76,7 @@ class Ranking:
     probe: Probe | None = None
     """The probe at a ``--bottleneck`` budget (:mod:`isplit_export.bottleneck.probe`): a score per probed cut."""
     cost: dict[str, Any] | None = None
-    """The cost block (``isplit_export.bundle.planning``): ``per_cut`` (one row per cut) goes into each candidate."""
+    """The cost block (``isplit_export.bundle.cost_block``): ``per_cut`` (one row per cut) goes into each candidate."""
 
     @property
     def log10_cui(self) -> list[float | None]:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from isplit_export.bundle.planning import build_cost, format_cost_table
+from isplit_export.bundle.cost_block import build_cost
+from isplit_export.bundle.cost_table import format_cost_table
 from isplit_export.bundle.selection import pareto_layers, select
 from isplit_export.errors import BadInputError
 from isplit_export.options import Constraints
