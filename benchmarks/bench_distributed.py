@@ -63,7 +63,8 @@ def _timed_child(args: argparse.Namespace) -> None:
         result = rank(opts)
         images = result.ranking.images
     else:
-        from isplit_export.bottleneck.study import StudyOptions, study
+        from isplit_export.bottleneck.study import study
+        from isplit_export.options import StudyOptions
 
         sopts = StudyOptions(
             model=args.model,

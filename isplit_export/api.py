@@ -157,7 +157,8 @@ def _write_rank_out(ranking: Ranking, out: Path, force: bool) -> list[Path]:
 def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
     """Write ``ranking.json``, ``cui.png``, ``cde.png`` (``probe.png`` with a budget, ``tradeoff.png`` with costs)."""
     from isplit_export.files import write_json
-    from isplit_export.plots import plot_cde, plot_cui
+    from isplit_export.plots_cde import plot_cde
+    from isplit_export.plots_cui import plot_cui
 
     out.mkdir(parents=True, exist_ok=True)
     data = ranking.to_json()
@@ -166,12 +167,12 @@ def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
     plot_cui(data, paths[1])
     plot_cde(data, paths[2])
     if ranking.probe is not None:  # the probe at the budget, next to the CUI
-        from isplit_export.plots import plot_probe
+        from isplit_export.plots_probe import plot_probe
 
         paths.append(out / "probe.png")
         plot_probe(data, paths[-1])
     if ranking.cost is not None:  # the export was given a link: CUI against end-to-end latency
-        from isplit_export.plots import plot_tradeoff
+        from isplit_export.plots_tradeoff import plot_tradeoff
 
         paths.append(out / "tradeoff.png")
         plot_tradeoff(data, paths[-1])

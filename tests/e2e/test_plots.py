@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from isplit_export.plots import plot_cde, plot_cui
+from isplit_export.plots_cde import plot_cde
+from isplit_export.plots_cui import plot_cui
 from tests.unit.test_plots import CUI, make_ranking
 
 
@@ -33,7 +34,8 @@ def test_pngs_are_byte_deterministic(tmp_path: Path, ranking: dict[str, Any]) ->
     # a fresh interpreter (empty font and text caches) writes the same bytes, without importing pyplot
     (tmp_path / "r.json").write_text(json.dumps(ranking))
     code = (
-        "import json, sys; from pathlib import Path; from isplit_export.plots import plot_cui, plot_cde; "
+        "import json, sys; from pathlib import Path; "
+        "from isplit_export.plots_cui import plot_cui; from isplit_export.plots_cde import plot_cde; "
         f"r = json.loads(Path({str(tmp_path / 'r.json')!r}).read_text()); "
         f"plot_cui(r, Path({str(tmp_path / 'e.png')!r})); plot_cde(r, Path({str(tmp_path / 'f.png')!r})); "
         "print('matplotlib.pyplot' in sys.modules)"

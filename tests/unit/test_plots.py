@@ -12,16 +12,9 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Annotation
 from PIL import Image
 
-from isplit_export.plots import (
-    DPI,
-    FIGSIZE,
-    MAX_TICKS,
-    STAR_GID,
-    cde_figure,
-    cui_figure,
-    plot_cde,
-    plot_cui,
-)
+from isplit_export.plots import DPI, FIGSIZE, MAX_TICKS
+from isplit_export.plots_cde import cde_figure, plot_cde
+from isplit_export.plots_cui import STAR_GID, cui_figure, plot_cui
 from isplit_export.ranking.candidates import local_maxima
 
 SIZE = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))

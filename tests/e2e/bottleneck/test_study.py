@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from isplit_export.bottleneck.study import SCHEMA, measure_cut, prepare
+from isplit_export.bottleneck.study import SCHEMA
+from isplit_export.bottleneck.study_measure import measure_cut, prepare
 from isplit_export.cli import main
 from isplit_export.options import StudyOptions
 from tests.support.helpers import DIGITS, run_cli

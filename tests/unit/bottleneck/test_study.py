@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isplit_export.bottleneck.study import CutResult, summarize_study
+from isplit_export.bottleneck.study_measure import CutResult
+from isplit_export.bottleneck.study_summary import summarize_study
 from tests.support.helpers import DIGITS, run_cli
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from isplit_export.data import load_images
 from isplit_export.errors import BadInputError
 from isplit_export.options import RankOptions
-from isplit_export.plots import CI_GID, cui_figure
+from isplit_export.plots_cui import CI_GID, cui_figure
 from isplit_export.ranking.bootstrap import (
     FLIP_THRESHOLD,
     MAX_WEIGHT,
