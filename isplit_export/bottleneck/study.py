@@ -10,7 +10,7 @@ of context and cut, so the cuts can be shared out across processes);
 :mod:`isplit_export.bottleneck.study_summary` holds the statistics (correlations with bootstrap CIs,
 regret, CUI vs CDE); :mod:`isplit_export.bottleneck.study_figure` draws ``study.png``.
 
-:func:`study` runs the three and writes ``study.json`` (schema ``isplit.study/1``; everything but
+:func:`study` runs the three and writes ``study.json`` (schema ``isplit.study/2``; everything but
 its ``run`` block, which holds the training seconds, is byte-reproducible) and ``study.png``.
 """
 
@@ -72,7 +72,7 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
 
 
 def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any]:
-    """The ``isplit.study/1`` document; only its ``run`` block (seconds, host, date) varies between runs."""
+    """The ``isplit.study/2`` document; only its ``run`` block (seconds, host, date) varies between runs."""
     opts = ctx.options
     r = ctx.ranked
     full = task_metric(
