@@ -3,7 +3,7 @@
 One test, in the order a device goes through it:
 
 1. the wheel is built from a copy of the package's sources (``pip wheel --no-deps``, docs/ci.md's ``wheel``
-   step), so a file missing from the package (targets, calibration tables) shows up here;
+   step), so a file missing from the package (the profiles, the calibration tables: package data) shows up here;
 2. a fresh venv gets the wheel alone (the core): ``run`` says in one line which install it needs (exit 2),
    and that install works (pip takes the installed isplit-export, which no index has);
 3. Dockerfile.jetson's install step, taken from the Dockerfile and run as written (with this venv's
@@ -36,7 +36,7 @@ from tests.support.helpers import DIGITS
 from tests.support.serving_helpers import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "isplit_export", "targets", "calibration")
+SOURCES = ("pyproject.toml", "README.md", "isplit_export")
 """What the wheel is built from (pyproject's package-dir), copied so that the build writes nothing in the tree."""
 _OFFLINE = re.compile(
     r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution"
