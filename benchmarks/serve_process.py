@@ -1,7 +1,7 @@
-"""``isplit-export serve BUNDLE`` in a child process on 127.0.0.1, started and stopped by bench_serve.py.
+"""``isplit-export serve BUNDLE`` in a child process on 127.0.0.1, started and stopped by its caller.
 
-The benchmark's own starter (the tests have theirs in tests/support/serving_helpers.py): benchmarks
-import the package, never the tests.
+One home for the serving benchmark and the serving tests (tests/support/serving_helpers.py imports it):
+benchmarks import the package, never the tests.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """One ``serve`` process (1 onnxruntime thread) on a gRPC and an HTTP port, free ones unless given."""
+    """``isplit-export serve BUNDLE`` (1 onnxruntime thread) on a gRPC and an HTTP port, free ones unless given;
+    started and stopped by the caller."""
 
     def __init__(
         self,
@@ -35,10 +36,18 @@ class ServeProcess:
         port: int | None = None,
         http_port: int | None = None,
         log: Path | None = None,
+        cwd: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
-        self.bundle, self.split, self.log = bundle, split, log
+        self.bundle = bundle
+        self.cwd = cwd
+        """Working directory of the server process (a relative ``bundle`` is resolved there)."""
+        self.split = split
         self.port = port or free_port()
         self.http_port = http_port or free_port()
+        self.log = log
+        self.extra = extra
+        """More ``serve`` arguments (``--expect-sha256 ...``)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,20 +72,24 @@ class ServeProcess:
             str(self.http_port),
             "--threads",
             "1",
+            *self.extra,
         ]
         out = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cwd)
         return self
 
     def wait_ready(self, model: str, timeout: float = 90.0) -> None:
-        """Block until ``model`` answers ready over gRPC; raise if the process died or ``timeout`` passed."""
+        """Block until the model answers ready over gRPC (bounded); raise if the process died or time ran out."""
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout
-        client = grpcclient.InferenceServerClient(
-            self.address, channel_args=[("grpc.max_reconnect_backoff_ms", 500)]
-        )
+        fast = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]  # poll a server that is still starting, promptly
+        client = grpcclient.InferenceServerClient(self.address, channel_args=fast)
         try:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
@@ -97,12 +110,12 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait(timeout=30)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait (killed after ``timeout``); the exit code."""
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
+        """``sig`` (SIGTERM, or SIGINT as Ctrl-C) and wait (bounded); the exit code (killed if it does not stop in time)."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
