@@ -63,8 +63,9 @@ from isplit_export.serving.client import (
     send,
     wait_ready,
 )
-from isplit_export.serving.local import Head, Image_, load_images, local_latency, local_reference
+from isplit_export.serving.local import Head, load_images, local_latency, local_reference
 from isplit_export.serving.records import (
+    Image_,
     Recorder,
     Request,
     check_run_path,

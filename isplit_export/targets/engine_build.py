@@ -39,7 +39,7 @@ from typing import Any
 
 from isplit_export.contract import engine_plan_json
 from isplit_export.errors import BadInputError
-from isplit_export.targets import MIN_DLA_FRACTION
+from isplit_export.options import MIN_DLA_FRACTION
 from isplit_export.targets.dla import DlaReport, check_model, choose_device
 from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 
