@@ -1,7 +1,7 @@
 """The measured figures a re-plan (:func:`isplit_export.jobs.plan.plan`) puts in place of the
 estimates, by cut index: from the manifest's ``run`` block and ``verify.json`` (:func:`manifest_figures`),
 from ``run.json`` (:func:`run_figures`), and the link of ``--link measured`` fitted to the remote runs
-(:func:`measured_link`). Which figure replaces which estimate: the docstring of ``bundle/planning.py``.
+(:func:`measured_link`). Which figure replaces which estimate: the docstring of ``jobs/plan.py``.
 """
 
 from __future__ import annotations

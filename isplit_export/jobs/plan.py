@@ -1,4 +1,4 @@
-"""Ranking -> cost -> selection, at export time and later on a bundle (``isplit-export plan``), torch-free.
+"""The plan job (``isplit-export plan``): ranking -> cost -> selection on a bundle, torch-free.
 
     from isplit_export import plan
     result = plan("bundle", link="ethernet")            # re-plan an exported bundle for another link

@@ -1,5 +1,5 @@
 """Per-split TensorRT engine build recipe: ``build_engines.sh`` (trtexec) and ``engine_plan.json`` (the same
-as data; the file keeps its bundle name, "plan" in code means the cost plan of ``bundle/planning.py``).
+as data; the file keeps its bundle name, "plan" in code means the cost plan of ``jobs/plan.py``).
 
 TensorRT engines are tied to the GPU and the TensorRT version that built them, so the bundle never
 carries engines: it carries the recipe, and the device runs it (``bash build_engines.sh`` or
