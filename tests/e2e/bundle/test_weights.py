@@ -171,7 +171,7 @@ def test_engine_plans_point_at_the_shared_models(shared: Path, tmp_path: Path) -
         plan = read_engine_build(split_dir)
         for part in ("head", "tail"):
             spec = plan["engines"][part]
-            target = (split_dir / spec["onnx"]).resolve()  # what jobs.build_engines.build_bundle_engines parses
+            target = (split_dir / spec["onnx"]).resolve()  # what build_bundle_engines parses
             assert (
                 spec["onnx"].startswith("../../")
                 and target == (copy / split["files"][f"{part}_trt"]).resolve()
