@@ -26,12 +26,12 @@ import torch
 
 
 def bench_model(spec: str, splits: int, size: str) -> None:
-    from isplit_export.api import rank
     from isplit_export.bottleneck import core as bn
     from isplit_export.bottleneck.holdout import split_holdout
     from isplit_export.exporting.encoding import decode_tail, encode_array, encode_head
     from isplit_export.exporting.onnx_export import to_onnx
     from isplit_export.exporting.onnx_utils import save_model
+    from isplit_export.jobs.rank import rank
     from isplit_export.verification.checks import check_code_pair
     from isplit_export.verification.runners import OnnxrtRunner, run_pair
 
@@ -94,7 +94,7 @@ def bench_model(spec: str, splits: int, size: str) -> None:
 
 
 def bench_digits(data: Path | None) -> None:
-    from isplit_export.bottleneck.study import study
+    from isplit_export.jobs.study import study
     from isplit_export.zoo import train_digits_cnn, write_digits_imagefolder
 
     with tempfile.TemporaryDirectory() as d:

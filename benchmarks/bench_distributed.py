@@ -63,7 +63,7 @@ def _timed_child(args: argparse.Namespace) -> None:
         result = rank(opts)
         images = result.ranking.images
     else:
-        from isplit_export.bottleneck.study import study
+        from isplit_export.jobs.study import study
         from isplit_export.options import StudyOptions
 
         sopts = StudyOptions(

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isplit_export.api import rank
 from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, encode_head
 from isplit_export.exporting.onnx_export import export_file, to_onnx
 from isplit_export.exporting.onnx_utils import save_model
 from isplit_export.exporting.quantize import build_int8_pair
+from isplit_export.jobs.rank import rank
 from isplit_export.verification.runners import LATENCY_THREADS, OnnxrtRunner, measure_latency, run_pair
 
 BUNDLES = [

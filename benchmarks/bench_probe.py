@@ -18,8 +18,8 @@ from typing import Any
 
 
 def bench(model: str, weights: str, budget: str, repeats: int) -> dict[str, Any]:
-    from isplit_export.api import rank
     from isplit_export.bottleneck.probe import probe_ranking
+    from isplit_export.jobs.rank import rank
     from isplit_export.options_bottleneck import parse_size
     from isplit_export.ranking.importance import compute_importance
 

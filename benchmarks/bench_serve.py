@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT))
 from serve_process import ServeProcess  # noqa: E402
 
 from isplit_export.cli import main as cli  # noqa: E402
+from isplit_export.jobs.run import run  # noqa: E402
 from isplit_export.options_serving import RunOptions  # noqa: E402
 from isplit_export.serving.records import Request  # noqa: E402
-from isplit_export.serving.run import run  # noqa: E402
 
 
 def build(work: Path) -> dict[str, Path]:

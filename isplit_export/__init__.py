@@ -2,19 +2,19 @@
 
 Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundle` need no PyTorch)::
 
-    rank(options | model, **fields)   -> api.RankResult               the I-Split ranking of every valid cut
+    rank(options | model, **fields)   -> ranking.ranked.RankResult    the I-Split ranking of every valid cut
     export(options | model, **fields) -> bundle.build.ExportResult     a verified, reproducible bundle
     verify_bundle(path, ...)          -> verification.outcome.BundleVerification  (torch-free)
-    study(options | model, **fields)  -> bottleneck.study.StudyResult  bottleneck at each cut, measured vs CUI/CDE
-    plan(bundle, link=..., ...)       -> bundle.planning.PlanResult    re-plan a bundle for a link (torch-free)
+    study(options | model, **fields)  -> jobs.study.StudyResult        bottleneck at each cut, measured vs CUI/CDE
+    plan(bundle, link=..., ...)       -> jobs.plan.PlanResult          re-plan a bundle for a link (torch-free)
     RankOptions, ExportOptions        the frozen options objects (options.py) every job reads
     StudyOptions, BottleneckOptions   the study's options and the learned bottleneck's (``bottleneck=``)
     Constraints                       the selection's constraints (``constraints=``)
 
-The implementation is grouped by pipeline stage: ``ranking`` -> ``exporting`` (+ ``bottleneck``) ->
-``targets`` -> ``verification`` -> ``bundle``; shared pieces (``options``, ``models``, ``data``,
-``distributed``, ``plots``, ``files``, ``numbers``, ``errors``, ``version``) sit at the top level next
-to ``api`` and ``cli``. The stage map and the import rule: ``docs/architecture.md``.
+Each job is one module of ``jobs/``, a thin orchestration over the stage libraries (``ranking`` ->
+``exporting`` + ``bottleneck`` -> ``targets`` -> ``verification`` -> ``bundle`` -> ``serving``); shared
+pieces (``options``, ``models``, ``data``, ``distributed``, ``plots``, ``files``, ``numbers``, ``errors``,
+``version``) sit at the top level next to ``cli``. The stage map and the import rule: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -38,24 +38,24 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from isplit_export.api import rank
-    from isplit_export.bottleneck.study import study
     from isplit_export.bundle.build import export
-    from isplit_export.bundle.planning import plan
+    from isplit_export.jobs.plan import plan
+    from isplit_export.jobs.rank import rank
+    from isplit_export.jobs.study import study
+    from isplit_export.jobs.verify import verify_bundle
     from isplit_export.options import Constraints, ExportOptions, RankOptions, StudyOptions
     from isplit_export.options_bottleneck import BottleneckOptions
-    from isplit_export.verification.verify import verify_bundle
 
 _LAZY = {
-    "rank": "api",
+    "rank": "jobs.rank",
     "export": "bundle.build",
-    "verify_bundle": "verification.verify",
+    "verify_bundle": "jobs.verify",
     "RankOptions": "options",
     "ExportOptions": "options",
-    "study": "bottleneck.study",
+    "study": "jobs.study",
     "StudyOptions": "options",
     "BottleneckOptions": "options_bottleneck",
-    "plan": "bundle.planning",
+    "plan": "jobs.plan",
     "Constraints": "options",
 }
 

@@ -57,7 +57,8 @@ app.command("build-engines")(build_engines_cmd)
 @app.command("targets")
 def targets_cmd() -> None:
     """List the deployment target profiles."""
-    from isplit_export.targets.profiles import ALIASES, list_targets
+    from isplit_export.target_names import ALIASES
+    from isplit_export.targets.profiles import list_targets
 
     for t in list_targets():
         alias = [a for a, n in ALIASES.items() if n == t.name]

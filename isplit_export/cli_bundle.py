@@ -58,8 +58,8 @@ def verify_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
+    from isplit_export.jobs.verify import verify_bundle, write_verification
     from isplit_export.verification.outcome import format_verification
-    from isplit_export.verification.verify import verify_bundle, write_verification
 
     setup_logging(verbose)
     write = _result_path(expect_sha256, report, no_write)
@@ -108,7 +108,7 @@ def plan_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
-    from isplit_export.bundle.planning import plan, write_plan
+    from isplit_export.jobs.plan import plan, write_plan
 
     setup_logging(verbose)
     write = _result_path(expect_sha256, report, no_write)
@@ -137,7 +137,7 @@ def build_engines_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build the TensorRT engines of a bundle with the TensorRT 10/11 Python API (on the device)."""
-    from isplit_export.targets.trt_backend import build_bundle_engines
+    from isplit_export.jobs.build_engines import build_bundle_engines
 
     setup_logging(verbose)
     _result_path(expect_sha256, None, None)

@@ -64,8 +64,8 @@ def rank_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
-    from isplit_export.api import rank
     from isplit_export.distributed import is_primary
+    from isplit_export.jobs.rank import rank
 
     setup_logging(verbose)
     options = RankOptions(

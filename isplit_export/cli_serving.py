@@ -39,7 +39,7 @@ def serve_cmd(
     --expect-sha256, 2 bad input (a port already in use included).
     """
     from isplit_export.errors import BadInputError
-    from isplit_export.serving.serve import serve
+    from isplit_export.jobs.serve import serve
 
     n: int | None = None
     if split is not None and split.strip().lower() != "all":
@@ -132,8 +132,8 @@ def run_cmd(
     Exit codes: 0 ok, 1 a check failed (or another manifest than --expect-sha256), 5 no server at --server, 6 requests failed after retries or were
     skipped (the circuit breaker), 130/143 interrupted (run.json written first).
     """
+    from isplit_export.jobs.run import run
     from isplit_export.serving.records import format_run
-    from isplit_export.serving.run import run
 
     options = RunOptions(
         **given(

@@ -81,8 +81,8 @@ def study_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
-    from isplit_export.bottleneck.study import study
     from isplit_export.distributed import is_primary
+    from isplit_export.jobs.study import study
 
     setup_logging(verbose)
     options = StudyOptions(

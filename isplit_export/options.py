@@ -23,12 +23,16 @@ from typing import Any, TypeVar
 
 from isplit_export.errors import BadInputError
 from isplit_export.files import jsonable
+from isplit_export.links import parse_link
 from isplit_export.options_bottleneck import BottleneckOptions, as_bottleneck
-from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
-from isplit_export.targets import MIN_DLA_FRACTION
+from isplit_export.target_names import profile_name
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
+DEFAULT_REPLICATES = 200
+"""Bootstrap replicates B by default (``--bootstrap``; 0 turns the bootstrap off)."""
+MIN_DLA_FRACTION = 0.9
+"""Default of ``--min-dla-fraction``: a head stays on the DLA only when this share of its layers runs there."""
 WEIGHT_LAYOUTS = ("shared", "inline")
 """``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.bundle.weights`) or inline."""
 
@@ -211,8 +215,6 @@ class ExportOptions(RankOptions):
                 "--objective probe scores the splits at a link budget: add --bottleneck SIZE (e.g. 64B)"
             )
         if self.link is not None:
-            from isplit_export.targets.cost import parse_link  # lazy: keeps `import options` free of onnx
-
             parse_link(self.link)
         if self.link is None and (
             self.objective not in ("cui", "probe") or self.constraints.max_latency_ms is not None
@@ -231,9 +233,9 @@ class ExportOptions(RankOptions):
             )
         if self.summary_json is not None and not isinstance(self.summary_json, Path):
             object.__setattr__(self, "summary_json", Path(self.summary_json))
-        from isplit_export.targets.profiles import load_target
-
-        load_target(self.server)  # --server nosuch: refused before any work, not after the ranking
+        # --target / --server nosuch: refused before any work, by name (the job loads the profiles)
+        profile_name(self.target)
+        profile_name(self.server)
 
 
 DEFAULT_WRITE_RESULT = True

@@ -243,7 +243,7 @@ def probe_ranking(
     max_images: int = 2000,
     job: Job | None = None,
 ) -> Probe:
-    """The probe for a :class:`~isplit_export.api.RankResult`: its images split train/held-out by name
+    """The probe for a :class:`~isplit_export.ranking.ranked.RankResult`: its images split train/held-out by name
     (the bottleneck's split), over its candidates (``cuts="candidates"``) or all its cuts."""
     from isplit_export.bottleneck.holdout import split_holdout
     from isplit_export.distributed import images_tensor

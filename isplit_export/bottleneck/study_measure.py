@@ -1,6 +1,7 @@
 """The study's measurement: the shared context and one measured cut.
 
-* :func:`prepare` builds the :class:`StudyContext` (model, trace, ranking, train/held-out split, probe);
+* :func:`prepare` builds the :class:`StudyContext` from the rankings the study job computed (train/held-out
+  split, the full model's outputs, the probe);
 * :func:`measure_cut` is a pure function of (context, cut): its seed comes from
   ``(options.seed, cut.index)`` only, never from global state or the order the cuts run in, so the cuts
   can be shared out across processes. It trains a bottleneck (:mod:`isplit_export.bottleneck.core`)
@@ -23,11 +24,11 @@ from isplit_export.stats import percentile_ci, two_level_replicates
 from isplit_export.verification.checks import held_out_rounding, task_metric
 
 if TYPE_CHECKING:
-    from isplit_export.api import RankResult
     from isplit_export.bottleneck.probe import Probe
     from isplit_export.distributed import Job
     from isplit_export.options import StudyOptions
     from isplit_export.ranking.graph import Cut
+    from isplit_export.ranking.ranked import RankResult
 
 
 @dataclass
@@ -92,15 +93,19 @@ class CutResult:
         return out
 
 
-def prepare(options: StudyOptions, job: Job | None = None) -> StudyContext:
-    """Rank (all classes, and the class subset with ``classes``), load the images, split train/held-out."""
-    from isplit_export.api import rank
+def prepare(
+    options: StudyOptions,
+    ranked: RankResult,
+    class_ranked: RankResult | None = None,
+    job: Job | None = None,
+) -> StudyContext:
+    """The study's context from ``ranked`` (all classes, no probe) and, with ``classes``, ``class_ranked``
+    (the class subset's ranking): load the images, split train/held-out, run the probe on that split."""
     from isplit_export.bottleneck.holdout import split_holdout
     from isplit_export.data import resolve_model_classes
     from isplit_export.distributed import images_tensor
 
     opts = options.replace(out=None)
-    ranked = rank(opts.replace(classes=None, bottleneck=None))  # the probe runs below, on the study's split
     cuts = (
         ranked.traced.cuts
         if opts.cuts == "all"
@@ -119,7 +124,9 @@ def prepare(options: StudyOptions, job: Job | None = None) -> StudyContext:
     cui_all = None
     mask = None
     if opts.classes:
-        cls_rank = rank(opts.replace(bottleneck=None))
+        if class_ranked is None:
+            raise ValueError("prepare: with classes, pass the class subset's ranking (class_ranked)")
+        cls_rank = class_ranked
         cui_all, cui = cui, cls_rank.ranking.cui
         if cls_rank.images.folders:
             keys = {it.label for it in cls_rank.images.items if it.label >= 0}

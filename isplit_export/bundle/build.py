@@ -21,7 +21,6 @@ import onnx
 import torch
 
 from isplit_export import contract
-from isplit_export.api import RankResult, rank, write_ranking
 from isplit_export.bundle.cost_block import choose_cuts
 from isplit_export.bundle.report import render_report
 from isplit_export.bundle.summary import gate_failures, write_summary
@@ -44,6 +43,7 @@ from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
 from isplit_export.exporting.onnx_utils import OPSET, save_model, this_machine
 from isplit_export.exporting.quantize import build_int8_pair
 from isplit_export.files import save_npz, sha256_file, write_json
+from isplit_export.jobs.rank import RankResult, rank, write_ranking
 from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
 from isplit_export.options import ExportOptions, make_options

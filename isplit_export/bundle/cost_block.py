@@ -3,7 +3,7 @@
 
 The block holds the link, device and server figures, the selection (objective, constraints, Pareto
 front), the two Neurosurgeon baselines and one cost row per cut (``per_cut``). :func:`choose_cuts`
-stores it in ``ranking.json`` at export; :func:`isplit_export.bundle.planning.plan` recomputes it on a
+stores it in ``ranking.json`` at export; :func:`isplit_export.jobs.plan.plan` recomputes it on a
 bundle.
 """
 
@@ -13,14 +13,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from isplit_export.bundle.selection import Selection, select
+from isplit_export.links import Link, parse_link
 from isplit_export.options import Constraints
-from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
+from isplit_export.targets.cost import Compute, boundary_bytes, compute_for, cost_rows
 from isplit_export.targets.profiles import TargetProfile, load_target
 
 if TYPE_CHECKING:
-    from isplit_export.api import RankResult
     from isplit_export.options import ExportOptions
     from isplit_export.ranking.graph import Cut
+    from isplit_export.ranking.ranked import RankResult
 
 ASSUMPTIONS = (
     "batch 1; FLOPs = 2 x MACs of conv/linear + one per output element of other ops (graph.py)",

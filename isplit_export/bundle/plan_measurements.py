@@ -1,7 +1,7 @@
-"""The measured figures a re-plan (:func:`isplit_export.bundle.planning.plan`) puts in place of the
+"""The measured figures a re-plan (:func:`isplit_export.jobs.plan.plan`) puts in place of the
 estimates, by cut index: from the manifest's ``run`` block and ``verify.json`` (:func:`manifest_figures`),
 from ``run.json`` (:func:`run_figures`), and the link of ``--link measured`` fitted to the remote runs
-(:func:`measured_link`). Which figure replaces which estimate: the docstring of ``bundle/planning.py``.
+(:func:`measured_link`). Which figure replaces which estimate: the docstring of ``jobs/plan.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 from isplit_export import contract
 from isplit_export.errors import BadInputError
-from isplit_export.targets.cost import LINK_MBIT_RANGE, LINK_RTT_RANGE, Compute, Link
+from isplit_export.links import LINK_MBIT_RANGE, LINK_RTT_RANGE, Link
+from isplit_export.targets.cost import Compute
 
 MEASURED_LINK = "measured"
 """``plan --link measured`` (the default when run.json exists): the link as ``isplit-export run`` measured it."""

@@ -43,8 +43,6 @@ import numpy as np
 from isplit_export.numbers import rounded
 from isplit_export.stats import percentile_ci_columns
 
-DEFAULT_REPLICATES = 200
-"""Bootstrap replicates B by default (``--bootstrap``; 0 turns the bootstrap off)."""
 FLIP_THRESHOLD = 0.05
 """Two candidates are a tie when their order flips in more than this fraction of the replicates."""
 METHOD = (

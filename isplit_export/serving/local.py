@@ -9,7 +9,6 @@ Torch-free (the device has no PyTorch): the images are preprocessed with PIL and
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from isplit_export.errors import BadInputError, GateFailedError, NotRunError, fi
 from isplit_export.numbers import rounded
 from isplit_export.options_serving import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
-from isplit_export.serving.records import ERROR_CHARS
+from isplit_export.serving.records import ERROR_CHARS, Image_
 from isplit_export.verification.backends import Backend, SplitHead, head_backend
 from isplit_export.verification.runners import OnnxrtRunner, median_ms, to_wire
 
@@ -55,16 +54,6 @@ def preprocess_image(path: Path, prep: dict[str, Any]) -> np.ndarray:
 
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-@dataclass
-class Image_:
-    """One image to send: its name, its (1, C, H, W) input (None: unreadable) and label (-1 unknown)."""
-
-    name: str
-    x: np.ndarray | None
-    label: int = -1
-    error: str | None = None
 
 
 def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -> tuple[list[Image_], str]:

@@ -12,7 +12,7 @@ import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,14 +26,21 @@ from isplit_export.verification.backends import gate_for
 from isplit_export.verification.checks import judge
 from isplit_export.version import __version__
 
-if TYPE_CHECKING:
-    from isplit_export.serving.local import Image_
-
 RUN_FILE, RUN_SCHEMA = contract.RUN_FILE, contract.RUN_SCHEMA
 ERROR_CHARS = 300
 """A request's recorded error is its first line, at most this many characters."""
 MAX_LISTED_FAILURES = 100
 """run.json lists at most this many failed/skipped requests one by one (all are counted)."""
+
+
+@dataclass
+class Image_:
+    """One image to send: its name, its (1, C, H, W) input (None: unreadable) and label (-1 unknown)."""
+
+    name: str
+    x: np.ndarray | None
+    label: int = -1
+    error: str | None = None
 
 
 @dataclass
@@ -418,6 +425,7 @@ __all__ = [
     "MAX_LISTED_FAILURES",
     "RUN_FILE",
     "RUN_SCHEMA",
+    "Image_",
     "Recorder",
     "Request",
     "address_class",

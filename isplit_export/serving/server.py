@@ -48,7 +48,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Limits:
-    """The request bounds of one server (see :func:`isplit_export.serving.serve.limits`)."""
+    """The request bounds of one server (see :func:`isplit_export.serving.settings.limits`)."""
 
     body_bytes: int
     """Largest HTTP body and gRPC message."""

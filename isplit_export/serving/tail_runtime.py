@@ -9,7 +9,7 @@ naming the problem in one line (the client retries, then reports it), and it add
 parameter ``compute_us`` (the protocol's per-request statistic this server can give; Triton reports
 its compute time through the statistics extension instead).
 
-Configured by :func:`isplit_export.serving.serve.model_settings`: ``parameters.uri`` is the tail ONNX,
+Configured by :func:`isplit_export.serving.settings.model_settings`: ``parameters.uri`` is the tail ONNX,
 ``parameters.extra`` holds ``threads`` (onnxruntime intra-op threads), ``sha256`` (the manifest's
 hash of the tail, checked again when the model loads) and ``max_batch`` (the bundle's batch limit).
 """

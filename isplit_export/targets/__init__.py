@@ -3,8 +3,5 @@
 ``profiles`` (``isplit_export/profiles/*.json``), ``engine_build`` (``build_engines.sh``, ``engine_plan.json``), ``dla``
 (which head layers the DLA can run, before the build), ``typed`` (fp16-typed ONNX copies for TensorRT 11),
 ``trt_backend`` (TensorRT 10/11 builder and runner, on the device) with ``cuda_runtime``, ``cost``
-(device, link, server ms).
+(device, link, server ms). The default of ``--min-dla-fraction`` is ``isplit_export.options.MIN_DLA_FRACTION``.
 """
-
-MIN_DLA_FRACTION = 0.9
-"""Default of ``--min-dla-fraction``: a head stays on the DLA only when this share of its layers runs there."""

@@ -1,5 +1,5 @@
 """Per-split TensorRT engine build recipe: ``build_engines.sh`` (trtexec) and ``engine_plan.json`` (the same
-as data; the file keeps its bundle name, "plan" in code means the cost plan of ``bundle/planning.py``).
+as data; the file keeps its bundle name, "plan" in code means the cost plan of ``jobs/plan.py``).
 
 TensorRT engines are tied to the GPU and the TensorRT version that built them, so the bundle never
 carries engines: it carries the recipe, and the device runs it (``bash build_engines.sh`` or
@@ -39,7 +39,7 @@ from typing import Any
 
 from isplit_export.contract import engine_plan_json
 from isplit_export.errors import BadInputError
-from isplit_export.targets import MIN_DLA_FRACTION
+from isplit_export.options import MIN_DLA_FRACTION
 from isplit_export.targets.dla import DlaReport, check_model, choose_device
 from isplit_export.targets.profiles import DLA_PRECISIONS, TargetProfile
 

@@ -3,15 +3,11 @@
 Every target is a JSON data file in ``isplit_export/profiles/`` (package data: the same folder in a
 checkout and in an installed wheel); its ``README.md`` explains each field. This module loads and validates
 them, so a typo in a profile fails with one line naming the file and the field, never deep inside the
-export.
-
-``ALIASES`` maps short names to profiles: ``jetson`` is the default Jetson profile, the Orin NX, because
-it is the mid-range Orin module and its plan (DLA core 0, TensorRT 10.3) also runs on an AGX Orin.
+export. The names (and ``ALIASES``) are known without parsing: :mod:`isplit_export.target_names`.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
 from dataclasses import dataclass
@@ -20,12 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS
+from isplit_export.target_names import profile_files, profile_name
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
-
-ALIASES: dict[str, str] = {"jetson": "jetson-orin-nx"}
-"""Short target names: ``jetson`` is the default Jetson profile (Orin NX, JetPack 6, one DLA core)."""
 
 PRECISIONS = ("fp32", "fp16", "int8")
 """Engine / model precisions a target can run (also the TensorRT verification precisions)."""
@@ -153,24 +147,6 @@ class TargetProfile:
 
 _FIELDS: tuple[str, ...] = tuple(TargetProfile.__dataclass_fields__)
 _OPTIONAL = ("cost",)
-
-
-def _targets_dir() -> Traversable:
-    """The folder holding the profile files: the package data folder ``isplit_export/profiles/``."""
-    return importlib.resources.files("isplit_export").joinpath("profiles")
-
-
-def _profile_files() -> dict[str, Traversable]:
-    folder = _targets_dir()
-    files = {e.name[: -len(".json")]: e for e in folder.iterdir() if e.name.endswith(".json") and e.is_file()}
-    if not files:
-        raise BadInputError(f"no target profiles found in {folder} (reinstall isplit-export)")
-    return dict(sorted(files.items()))
-
-
-def target_names() -> list[str]:
-    """Every name ``load_target`` accepts: profile names and aliases, sorted."""
-    return sorted([*_profile_files(), *ALIASES])
 
 
 def _fail(source: str, field: str, why: str) -> BadInputError:
@@ -395,15 +371,9 @@ def _read(path: Traversable) -> TargetProfile:
 
 def load_target(name: str) -> TargetProfile:
     """Load and validate one profile by name or alias; an unknown name lists the valid ones."""
-    files = _profile_files()
-    key = ALIASES.get(name, name)
-    if key not in files:
-        raise BadInputError(
-            f"unknown target {name!r}: choose one of {', '.join(target_names())} (isplit-export targets lists them)"
-        )
-    return _read(files[key])
+    return _read(profile_files()[profile_name(name)])
 
 
 def list_targets() -> list[TargetProfile]:
     """Every profile, validated, sorted by name (aliases not repeated)."""
-    return [_read(path) for path in _profile_files().values()]
+    return [_read(path) for path in profile_files().values()]

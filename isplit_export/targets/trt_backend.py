@@ -25,7 +25,7 @@ from isplit_export.errors import BadInputError, GateFailedError, NotRunError, Te
 from isplit_export.files import sha256_file
 from isplit_export.targets import engine_trust
 from isplit_export.targets.cuda_runtime import CudaRuntime, current_gpu_name
-from isplit_export.targets.engine_build import RECORD_NAME, RECORD_SCHEMA, check_tensorrt_version
+from isplit_export.targets.engine_build import RECORD_NAME
 
 if TYPE_CHECKING:
     import tensorrt
@@ -48,14 +48,14 @@ def tensorrt_available() -> bool:
     return hasattr(trt, "Builder")
 
 
-def _require_tensorrt() -> None:
+def require_tensorrt() -> None:
     if not tensorrt_available():
         raise NotRunError(NOT_INSTALLED)
 
 
 def tensorrt_version() -> str:
     """The running TensorRT version (``trt.__version__``, e.g. "10.3.0.30")."""
-    _require_tensorrt()
+    require_tensorrt()
     import tensorrt as trt
 
     return str(trt.__version__)
@@ -90,7 +90,7 @@ def build_engine(
     DLA cannot run that is not on the list is refused before the build. Writes the engine, its layer information (``<engine>.layers.json``, from the engine
     inspector) and updates ``timing_cache``. Returns the report: layer counts, DLA placement, warnings.
     """
-    _require_tensorrt()
+    require_tensorrt()
     import tensorrt as trt
 
     if precision not in ("fp32", "fp16", "int8"):
@@ -232,71 +232,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return contract.read_json(path, str(path))
 
 
-def build_bundle_engines(
-    bundle: Path, split: int | None = None, *, expect_sha256: str | None = None
-) -> list[dict[str, Any]]:
-    """Build head and tail engines for every split of ``bundle`` (or only split ``split``, 1-based).
-
-    The bundle is read through :mod:`isplit_export.contract`: the manifest is validated (and pinned with
-    ``expect_sha256``), every file is re-hashed, each split's ``engine_plan.json`` and the ONNX files
-    it names must be hashed files of the bundle, and everything written (engines, layer info, timing
-    cache, ``engines/build.json``) must lie in the split's ``engines/`` folder, reached through no
-    symlink. Returns one record per split.
-    """
-    _require_tensorrt()  # first, like every entry point here: a CPU machine reports "not run" (exit 4)
-    if expect_sha256 is not None:
-        expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
-    m = contract.read_manifest(bundle)
-    contract.check_expected_sha256(m, expect_sha256)
-    chosen = contract.select_splits(m, split)
-    contract.check_files(m.bundle, m)
-    plans = [
-        (entry, contract.read_engine_plan(m, entry)) for _, entry in chosen
-    ]  # all checked before any build
-    import tensorrt as trt
-
-    gpu = current_gpu_name()
-    records: list[dict[str, Any]] = []
-    for entry, plan in plans:
-        check_tensorrt_version(plan.tensorrt_version, str(trt.__version__))
-        built: dict[str, Any] = {}
-        for part in ("head", "tail"):
-            spec = plan.parts[part]
-            # resolve(): in the shared weights layout the plan names ../../<file>.onnx, whose external
-            # data (weights/...) TensorRT's parser resolves relative to the model file's own directory
-            report = build_engine(
-                spec.onnx.resolve(),
-                spec.engine,
-                precision=plan.precision,
-                workspace_mib=plan.workspace_mib,
-                dla_core=spec.dla_core,
-                timing_cache=plan.timing_cache,
-                input_name=spec.input_name,
-                min_shape=spec.min_shape,
-                opt_shape=spec.opt_shape,
-                max_shape=spec.max_shape,
-                expected_fallback=plan.dla_fallback if part == "head" and plan.dla else None,
-            )
-            built[part] = {"file": spec.engine_rel, **report}
-            # outside the bundle: what lets verify and run deserialise this engine on this machine
-            engine_trust.record_engine(spec.engine, bundle=str(m.bundle))
-        record: dict[str, Any] = {
-            "schema": RECORD_SCHEMA,
-            "builder": "python",
-            "target": plan.target,
-            "tensorrt_version": str(trt.__version__),
-            "tensorrt_expected": plan.tensorrt_version,
-            "gpu": gpu,
-            "precision": plan.precision,
-            "engines": built,
-        }
-        contract.write_output(
-            plan.record, (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-        )
-        records.append({"split": entry.dir, **record})
-    return records
-
-
 # --------------------------------------------------------------------------------------------------
 # Check and run
 
@@ -312,7 +247,7 @@ def check_engine_record(split_dir: Path) -> dict[str, Any]:
     Returns ``engines/build.json`` plus a ``checked`` block (what was compared, and against what).
     A version or GPU recorded as "unknown" cannot be compared: ``checked`` says so.
     """
-    _require_tensorrt()
+    require_tensorrt()
     path = contract.bundle_path(split_dir, RECORD_NAME, RECORD_NAME)  # inside the split, no symlink
     record = _read_json(
         path, "build the engines first (bash build_engines.sh, or isplit-export build-engines)"
@@ -391,7 +326,7 @@ class Engine:
     """
 
     def __init__(self, engine_path: Path, *, dla_core: int | None = None, trust: bool = False) -> None:
-        _require_tensorrt()
+        require_tensorrt()
         import tensorrt as trt
 
         if not engine_path.is_file():

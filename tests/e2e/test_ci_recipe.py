@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from isplit_export.bundle.summary import SUMMARY_SCHEMA
-from isplit_export.verification.verify import verify_bundle
+from isplit_export.jobs.verify import verify_bundle
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 

@@ -12,9 +12,9 @@ from onnx import TensorProto
 
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session, run_session
+from isplit_export.jobs.verify import verify_bundle
 from isplit_export.verification.gates import GATES
 from isplit_export.verification.metrics import compare_logits
-from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS
 
 

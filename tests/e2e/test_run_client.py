@@ -156,8 +156,8 @@ def test_circuit_breaker_stops_a_run_whose_server_died(bundle: Path, tmp_path: P
     """200 requests, the server SIGKILLed after 5: without the breaker each of the ~195 left would spend its
     retries (0.2 + 0.4 s of backoff each, about 2 minutes in all); with ``fail_after=3`` the run stops after
     three failed requests, and the 190-odd never sent are counted as skipped."""
+    from isplit_export.jobs.run import EXIT_REQUESTS_FAILED, run
     from isplit_export.serving.records import Request
-    from isplit_export.serving.run import EXIT_REQUESTS_FAILED, run
 
     server = Server(bundle, log=tmp_path / "serve.log").start()
     server.wait_ready(_model(bundle))
@@ -269,7 +269,7 @@ class _Hostile(BaseHTTPRequestHandler):
 @pytest.mark.e2e
 @pytest.mark.parametrize("chunked", [False, True])
 def test_http_client_refuses_a_300_mb_response(bundle: Path, chunked: bool) -> None:
-    from isplit_export.serving.run import run
+    from isplit_export.jobs.run import run
 
     shape = [-1, *_manifest(bundle)["splits"][0]["boundary"]["shape"][1:]]
     handler = type("H", (_Hostile,), {"model": _model(bundle), "shape": shape, "chunked": chunked})
@@ -315,7 +315,7 @@ def test_grpc_client_refuses_an_oversized_response(bundle: Path) -> None:
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    from isplit_export.serving.run import run
+    from isplit_export.jobs.run import run
 
     model = _model(bundle)
     dims = [-1, *_manifest(bundle)["splits"][0]["boundary"]["shape"][1:]]

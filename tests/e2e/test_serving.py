@@ -223,9 +223,9 @@ def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path) -> None:
 def test_serve_run_and_plan(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, int8_bundle: Path, digits_dir: Path
 ) -> None:
+    from isplit_export.jobs.run import run
     from isplit_export.serving.bundle_access import open_bundle
     from isplit_export.serving.local import load_images
-    from isplit_export.serving.run import run
     from isplit_export.verification.runners import OnnxrtRunner, run_pair
 
     bundle = tmp_path / "b"
@@ -331,8 +331,8 @@ def test_serve_run_and_plan(
 
 @pytest.mark.e2e
 def test_server_killed_mid_run_then_restarted(tmp_path: Path, int8_bundle: Path) -> None:
+    from isplit_export.jobs.run import EXIT_REQUESTS_FAILED, run
     from isplit_export.serving.records import Request
-    from isplit_export.serving.run import EXIT_REQUESTS_FAILED, run
 
     m = _manifest(int8_bundle)
     model = m["triton"]["models"][0]["name"]
@@ -492,7 +492,7 @@ def test_serve_refuses_a_modified_tail(
 
 def test_schedule_hands_out_each_request_once() -> None:
     """The workers of ``--concurrency`` share one schedule: every request number exactly once."""
-    from isplit_export.serving.run import _Schedule
+    from isplit_export.jobs.run import _Schedule
 
     sched = _Schedule(100, None)
     got: list[int] = []

@@ -43,3 +43,31 @@ def test_to_json_keeps_what_decides_the_result_only() -> None:
     js = opts.to_json()
     assert js["model"] == "m" and js["data"] == "d" and js["top"] == 3 and js["target"] == "onnx"
     assert not {"out", "force", "batch_size", "device", "progress", "latency_runs"} & set(js)
+
+
+@pytest.mark.parametrize("field", ["target", "server"])
+def test_unknown_target_name_is_refused_without_loading_a_profile(field: str) -> None:
+    """The options know the target names from the profile file names; no profile is parsed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from isplit_export.errors import BadInputError\n"
+        "from isplit_export.options import ExportOptions\n"
+        "ExportOptions(target='jetson', server='x86-tensorrt', link='20,40')\n"
+        "try:\n"
+        f"    ExportOptions({field}='nosuch')\n"
+        "except BadInputError as e:\n"
+        "    print(e)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('isplit_export.targets')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    refusal, loaded = out.splitlines()
+    assert refusal.startswith("unknown target 'nosuch': choose one of ") and "jetson-orin-nx" in refusal
+    assert loaded == "[]"
+
+
+def test_bad_link_is_refused_by_the_options() -> None:
+    with pytest.raises(BadInputError, match=r"unknown --link 'dialup'"):
+        ExportOptions(link="dialup")

@@ -13,8 +13,8 @@ from isplit_export.bottleneck import core as bn
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.jobs.verify import verify_bundle
 from isplit_export.options_bottleneck import BottleneckOptions
-from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS, digits_cut, run_cli, run_cli_without_torch
 
 FAST = ("--latency-runs", "2", "--train-steps", "40")

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from isplit_export.api import rank
 from isplit_export.bottleneck import core as bn
 from isplit_export.bottleneck.holdout import split_holdout
 from isplit_export.bottleneck.probe import probe_ranking, run_probe
@@ -24,6 +23,7 @@ from isplit_export.cli_probe import probe_caveat
 from isplit_export.exporting.encoding import decode_tail, encode_head
 from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.jobs.rank import rank
 from isplit_export.models import forward_batched
 from isplit_export.options_bottleneck import BottleneckOptions, parse_size
 from isplit_export.verification.checks import held_out_rounding, task_metric

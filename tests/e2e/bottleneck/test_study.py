@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from isplit_export.bottleneck.study import SCHEMA
-from isplit_export.bottleneck.study_measure import measure_cut, prepare
+from isplit_export.bottleneck.study_measure import measure_cut
 from isplit_export.cli import main
+from isplit_export.jobs.study import SCHEMA, study_context
 from isplit_export.options import StudyOptions
 from tests.support.helpers import DIGITS, run_cli
 
@@ -110,7 +110,7 @@ def test_measure_cut_depends_on_the_cut_not_on_the_order(digits_weights: Path, d
         bottleneck="1/8",
         repeats=2,
     )
-    ctx = prepare(opts)
+    ctx = study_context(opts)
     first = measure_cut(ctx, ctx.cuts[4]).to_json()
     measure_cut(ctx, ctx.cuts[1])
     torch.manual_seed(1234)  # global state must not matter

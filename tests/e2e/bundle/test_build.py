@@ -15,8 +15,8 @@ from isplit_export.bundle import build as bundle_mod
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file, write_json
+from isplit_export.jobs.verify import verify_bundle
 from isplit_export.verification.runners import OnnxrtRunner, run_pair
-from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
 from tests.support.int8 import assert_kernels_agree, pair_logits
 

@@ -10,7 +10,7 @@ import pytest
 
 from isplit_export.cli import main
 from isplit_export.files import sha256_file, write_json
-from isplit_export.verification.verify import verify_bundle
+from isplit_export.jobs.verify import verify_bundle
 from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)

@@ -21,9 +21,10 @@ from isplit_export.bundle.weights import ALIGNMENT, MIN_EXTERNAL_BYTES
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file
+from isplit_export.jobs.build_engines import build_bundle_engines
+from isplit_export.jobs.verify import verify_bundle
 from isplit_export.targets import trt_backend
 from isplit_export.targets.engine_build import read_engine_build
-from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
@@ -170,7 +171,7 @@ def test_engine_plans_point_at_the_shared_models(shared: Path, tmp_path: Path) -
         plan = read_engine_build(split_dir)
         for part in ("head", "tail"):
             spec = plan["engines"][part]
-            target = (split_dir / spec["onnx"]).resolve()  # what trt_backend.build_bundle_engines parses
+            target = (split_dir / spec["onnx"]).resolve()  # what build_bundle_engines parses
             assert (
                 spec["onnx"].startswith("../../")
                 and target == (copy / split["files"][f"{part}_trt"]).resolve()
@@ -254,5 +255,5 @@ def test_python_builder_parses_the_shared_models(
 ) -> None:  # pragma: no cover - device
     copy = tmp_path / "bundle"
     shutil.copytree(shared, copy)
-    records = trt_backend.build_bundle_engines(copy, 1)
+    records = build_bundle_engines(copy, 1)
     assert records and records[0]["engines"]["head"]["bytes"] > 0

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from isplit_export.api import rank
 from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, encode_array, encode_head
 from isplit_export.exporting.onnx_export import to_onnx
 from isplit_export.exporting.onnx_utils import save_model
+from isplit_export.jobs.rank import rank
 from isplit_export.ranking.graph import trace
 from isplit_export.verification.runners import OnnxrtRunner, run_pair
 from tests.support.layout_cui import cut_scores, hook_scores, nchw, nhwc, random_images

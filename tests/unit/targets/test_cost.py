@@ -13,9 +13,10 @@ from isplit_export.bundle.cost_block import build_cost
 from isplit_export.bundle.cost_table import format_cost_table
 from isplit_export.bundle.selection import pareto_layers, select
 from isplit_export.errors import BadInputError
+from isplit_export.links import LINKS, parse_link
 from isplit_export.options import Constraints
 from isplit_export.ranking.candidates import Ranking
-from isplit_export.targets.cost import LINKS, compute_for, parse_link
+from isplit_export.targets.cost import compute_for
 from isplit_export.targets.profiles import list_targets, validate_profile
 
 torch = pytest.importorskip("torch")  # only the toy model's trace needs torch; cost/selection are torch-free

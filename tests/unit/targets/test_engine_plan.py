@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from isplit_export.errors import EXIT_NOT_RUN, BadInputError, GateFailedError, NotRunError
+from isplit_export.jobs.build_engines import build_bundle_engines
 from isplit_export.targets import trt_backend
 from isplit_export.targets.engine_build import (
     ENGINE_BUILD_FILE,
@@ -352,7 +353,7 @@ def test_build_engines_sh_failure_exit_codes(tmp_path: Path) -> None:
 @pytest.mark.skipif(trt_backend.tensorrt_available(), reason="TensorRT is installed here")
 def test_backend_reports_not_run_without_tensorrt(tmp_path: Path) -> None:
     calls = [
-        lambda: trt_backend.build_bundle_engines(tmp_path),
+        lambda: build_bundle_engines(tmp_path),
         lambda: trt_backend.check_engine_record(tmp_path),
         lambda: trt_backend.Engine(tmp_path / "x.engine"),
         lambda: trt_backend.tensorrt_version(),
@@ -403,7 +404,7 @@ def _record(split: Path, version: str, gpu: str) -> None:
 @pytest.fixture
 def this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pin what check_engine_record sees as "this machine" to test its comparison logic alone."""
-    monkeypatch.setattr(trt_backend, "_require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_backend, "require_tensorrt", lambda: None)
     monkeypatch.setattr(trt_backend, "tensorrt_version", lambda: "10.3.0.30")
     monkeypatch.setattr(trt_backend, "current_gpu_name", lambda: "NVIDIA Jetson AGX Orin Developer Kit")
 
@@ -528,7 +529,7 @@ def test_check_engine_record_accepts_a_python_build(tmp_path: Path) -> None:
     )
     manifest = {"splits": [{"dir": "split", "rank": 1}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    records = trt_backend.build_bundle_engines(tmp_path, 1)
+    records = build_bundle_engines(tmp_path, 1)
     assert records[0]["tensorrt_version"] == trt_backend.tensorrt_version()
     assert trt_backend.check_engine_record(split)["checked"]["version_compared"] is True
 

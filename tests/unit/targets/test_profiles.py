@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from isplit_export import target_names
 from isplit_export.errors import EXIT_BAD_INPUT, BadInputError
 from isplit_export.exporting.onnx_utils import OPSET
-from isplit_export.targets import profiles as targets
-from isplit_export.targets.profiles import ALIASES, TargetProfile, list_targets, load_target, validate_profile
+from isplit_export.target_names import ALIASES
+from isplit_export.targets.profiles import TargetProfile, list_targets, load_target, validate_profile
 
 TARGETS_DIR = Path(__file__).resolve().parents[3] / "isplit_export" / "profiles"
 EXPECTED = {
@@ -55,7 +56,7 @@ def test_list_targets_is_sorted_and_complete() -> None:
 def test_jetson_alias_is_the_orin_nx_profile() -> None:
     assert ALIASES == {"jetson": "jetson-orin-nx"}
     assert load_target("jetson") == load_target("jetson-orin-nx")
-    assert "jetson" in targets.target_names()
+    assert "jetson" in target_names.target_names()
 
 
 def test_unknown_target_lists_every_valid_name_in_one_line() -> None:
@@ -214,7 +215,7 @@ def test_not_an_object_is_refused() -> None:
 
 def test_unreadable_profile_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
-    monkeypatch.setattr(targets, "_targets_dir", lambda: tmp_path)
+    monkeypatch.setattr(target_names, "profiles_folder", lambda: tmp_path)
     with pytest.raises(BadInputError, match=r"bad target profile bad\.json: not readable JSON"):
         load_target("bad")
 
@@ -225,7 +226,7 @@ def test_profiles_and_calibration_are_package_data_a_wheel_carries() -> None:
     import fnmatch
     import re
 
-    assert Path(str(targets._targets_dir())) == TARGETS_DIR
+    assert Path(str(target_names.profiles_folder())) == TARGETS_DIR
     root = TARGETS_DIR.parents[1]
     pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")  # no tomllib on Python 3.10
     package_data = pyproject.split("[tool.setuptools.package-data]", 1)[1]

@@ -1,4 +1,4 @@
-"""``isplit-export study``: I-Split's validation experiment, measured.
+"""The study job (``isplit-export study``): I-Split's validation experiment, measured.
 
 At every candidate cut (the CUI curve's local maxima), or at every cut, a bottleneck is trained
 (:mod:`isplit_export.bottleneck.core`) and the pair's accuracy (labelled images) or agreement with the
@@ -10,7 +10,7 @@ of context and cut, so the cuts can be shared out across processes);
 :mod:`isplit_export.bottleneck.study_summary` holds the statistics (correlations with bootstrap CIs,
 regret, CUI vs CDE); :mod:`isplit_export.bottleneck.study_figure` draws ``study.png``.
 
-:func:`study` runs the three and writes ``study.json`` (schema ``isplit.study/2``; everything but
+:func:`study` ranks (:mod:`isplit_export.jobs.rank`), runs the three and writes ``study.json`` (schema ``isplit.study/2``; everything but
 its ``run`` block, which holds the training seconds, is byte-reproducible) and ``study.png``.
 """
 
@@ -21,20 +21,24 @@ import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from isplit_export.bottleneck.study_figure import plot_study
 from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, prepare
 from isplit_export.bottleneck.study_summary import summarize_study
+from isplit_export.jobs.rank import rank
 from isplit_export.numbers import rounded
 from isplit_export.options import StudyOptions, make_options
 from isplit_export.verification.checks import held_out_rounding, task_metric
 from isplit_export.version import __version__
 
+if TYPE_CHECKING:
+    from isplit_export.distributed import Job
+
 SCHEMA = "isplit.study/2"
-__all__ = ["SCHEMA", "StudyResult", "study", "study_json"]
+__all__ = ["SCHEMA", "StudyResult", "study", "study_context", "study_json"]
 
 
 @dataclass
@@ -55,7 +59,7 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
     out = opts.out or Path("study")
     paths = [out / "study.json", out / "study.png"]
     with job(opts.distributed, opts.device) as current:  # under torchrun: the cuts are shared out
-        ctx = prepare(opts, current)
+        ctx = study_context(opts, current)
         mine = [measure_cut(ctx, ctx.cuts[i]) for i in current.share(len(ctx.cuts))]
         results = merge_order(current.gather(mine), len(ctx.cuts), current.world_size)
         data = study_json(ctx, results)
@@ -69,6 +73,15 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
 
         current.write(write)  # process 0, once every process is ok
     return StudyResult(data, results, paths)
+
+
+def study_context(options: StudyOptions, job: Job | None = None) -> StudyContext:
+    """Rank (all classes, and the class subset with ``classes``; no probe: it runs on the study's split),
+    then prepare the study's context (:func:`~isplit_export.bottleneck.study_measure.prepare`)."""
+    opts = options.replace(out=None)
+    ranked = rank(opts.replace(classes=None, bottleneck=None))
+    class_ranked = rank(opts.replace(bottleneck=None)) if opts.classes else None
+    return prepare(opts, ranked, class_ranked, job)
 
 
 def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The ranking job, :func:`rank` (the other jobs: ``bundle.build.export``, ``bundle.planning.plan``,
-``bottleneck.study.study``, ``verification.verify.verify_bundle``; all re-exported by ``isplit_export``).
+"""The rank job, :func:`rank`: load the model and images, trace, compute the CUI, rank the candidates
+(and the probe at a budget), write ``ranking.json`` and its figures with ``out``. The export and the study
+start with it; every job is re-exported by ``isplit_export``.
 
     from isplit_export import ExportOptions, export, rank, verify_bundle
     result = rank("efficientnet_lite0", top=3)                 # I-Split ranking
@@ -11,30 +12,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from isplit_export.errors import BadInputError
 from isplit_export.options import RankOptions, make_options
+from isplit_export.ranking.ranked import RankResult
 
-if TYPE_CHECKING:  # torch-free at import time: `verify` must run without PyTorch
-    from isplit_export.data import ImageSet
+if TYPE_CHECKING:  # torch-free at import time: `import isplit_export.jobs.rank` needs no PyTorch
     from isplit_export.distributed import Job
-    from isplit_export.models import LoadedModel
     from isplit_export.ranking.candidates import Ranking
-    from isplit_export.ranking.graph import TracedModel
 
-
-@dataclass
-class RankResult:
-    """What :func:`rank` computed: the options, the loaded model, its trace, the images and the ranking."""
-
-    options: RankOptions
-    model: LoadedModel
-    traced: TracedModel
-    images: ImageSet
-    ranking: Ranking
+__all__ = ["RankResult", "rank", "write_ranking"]
 
 
 def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResult:

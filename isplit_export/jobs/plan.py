@@ -1,4 +1,4 @@
-"""Ranking -> cost -> selection, at export time and later on a bundle (``isplit-export plan``), torch-free.
+"""The plan job (``isplit-export plan``): ranking -> cost -> selection on a bundle, torch-free.
 
     from isplit_export import plan
     result = plan("bundle", link="ethernet")            # re-plan an exported bundle for another link
@@ -17,7 +17,7 @@ constraints, and with the latencies measured so far in place of the estimates:
 - ``verify.json`` rows that carry ``latency_ms`` (``head_ms``, ``tail_ms``) from ``verify --backend
   tensorrt`` on the device, at the device's precision: the head replaces the device estimate.
 
-- ``run.json`` (``isplit-export run`` against a served tail, :mod:`isplit_export.serving.run`, read as
+- ``run.json`` (``isplit-export run`` against a served tail, :mod:`isplit_export.jobs.run`, read as
   :class:`~isplit_export.contract.RunRecord`): the served tail's compute time replaces the server
   estimate, the head's time the device estimate when the run's backend is the device's. The link is
   the round trip minus the server's compute (transfer and protocol), and only a run against a
@@ -53,8 +53,9 @@ from isplit_export.bundle.selection import Selection
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import element_bytes
 from isplit_export.files import json_dumps, write_text_atomic
+from isplit_export.links import parse_link
 from isplit_export.options import OBJECTIVES, Constraints
-from isplit_export.targets.cost import compute_for, parse_link
+from isplit_export.targets.cost import compute_for
 from isplit_export.targets.profiles import load_target, validate_profile
 
 PLAN_FILE = contract.PLAN_FILE

@@ -1,4 +1,5 @@
-"""``isplit-export run BUNDLE --server H:P``: the device side of a split deployment, every request measured.
+"""The run job (``isplit-export run BUNDLE --server H:P``): the device side of a split deployment,
+every request measured.
 
     isplit-export serve bundle --port 8001 &
     isplit-export run bundle --server 127.0.0.1:8001 --requests 200 --concurrency 4
@@ -63,8 +64,9 @@ from isplit_export.serving.client import (
     send,
     wait_ready,
 )
-from isplit_export.serving.local import Head, Image_, load_images, local_latency, local_reference
+from isplit_export.serving.local import Head, load_images, local_latency, local_reference
 from isplit_export.serving.records import (
+    Image_,
     Recorder,
     Request,
     check_run_path,

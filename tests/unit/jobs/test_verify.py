@@ -22,10 +22,10 @@ from isplit_export.errors import BadInputError, GateFailedError, NotRunError
 from isplit_export.exporting.encoding import calibrate_encoding, decode_tail, encode_array, encode_head
 from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.files import load_npz, save_npz, sha256_file, write_json
+from isplit_export.jobs.verify import VERIFY_FILE, verify_bundle
 from isplit_export.verification.checks import compare_boundary
 from isplit_export.verification.outcome import format_verification
 from isplit_export.verification.runners import OnnxrtRunner, measure_latency, run_pair
-from isplit_export.verification.verify import VERIFY_FILE, verify_bundle
 
 torch = pytest.importorskip("torch")  # only the fixture needs torch; verify itself is torch-free
 
