@@ -5,14 +5,14 @@
     isplit-export study MODEL [--cuts candidates|all] [--bottleneck 1/16|2KiB] [--data DIR] [--classes a,b]
     isplit-export verify BUNDLE [--backend onnxruntime|tensorrt] [--split N]
     isplit-export plan BUNDLE [--link L] [--objective O] [...]  re-plan a bundle for a link (torch-free)
-    isplit-export serve BUNDLE [--split N|all] [--port P]       serve the tails (MLServer, gRPC + HTTP)
-    isplit-export run BUNDLE --server H:P [--requests N]        head here, tail on the server: run.json
+    isplit-export serve BUNDLE [--split N] [--port P]           serve the tails (MLServer, gRPC + HTTP)
+    isplit-export run BUNDLE --url H:P [--requests N]           head here, tail on the server: run.json
     isplit-export build-engines BUNDLE [--split N]              on the device (TensorRT)
     isplit-export targets | models
 
 Exit codes: 0 passed, 1 a gate failed or the bundle was tampered with, 2 bad input, 3 technical
 failure, 4 a check that could not run here (e.g. TensorRT without a GPU); ``run``: 5 no server at
---server, 6 requests failed after their retries (docs/serving.md).
+--url, 6 requests failed after their retries (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -26,14 +26,19 @@ import typer
 
 from isplit_export.cli_bundle import build_engines_cmd, plan_cmd, verify_cmd
 from isplit_export.cli_export import export_cmd
+from isplit_export.cli_names import check_command, usage_line
 from isplit_export.cli_rank import rank_cmd
 from isplit_export.cli_serving import run_cmd, serve_cmd
 from isplit_export.cli_study import study_cmd
 from isplit_export.errors import EXIT_TECHNICAL, IsplitError
 from isplit_export.version import __version__
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+"""``-h`` and ``--help`` on the app and every command (click hands them down to each sub-command)."""
+
 app = typer.Typer(
     add_completion=False,
+    context_settings=HELP_OPTIONS,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Rank CNN split points with I-Split and export verified head/tail ONNX pairs for edge split computing.",
@@ -123,9 +128,6 @@ def _handle_sigterm() -> _Terminated:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: the main job needs no sub-command (``isplit-export vgg16 --top 3``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {c.name for c in app.registered_commands}
-    if args and args[0] not in commands and args[0] not in ("--help", "-h", "--version"):
-        args.insert(0, "export")
     previous = signal.getsignal(signal.SIGTERM)
     terminated = _handle_sigterm()
     try:
@@ -137,8 +139,19 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _with_command(args: list[str]) -> list[str]:
+    """``args`` with ``export`` put first when they name no command (``isplit-export vgg16 --top 3``); a
+    first word that reads as a mistyped command (``verfy``) is refused with a "did you mean" instead."""
+    commands = [str(c.name) for c in app.registered_commands]
+    if not args or args[0] in commands or args[0] in (*HELP_OPTIONS["help_option_names"], "--version"):
+        return args
+    check_command(args[0], commands)
+    return ["export", *args]
+
+
 def _main(args: list[str], terminated: _Terminated) -> int:
     try:
+        args = _with_command(args)
         rc = app(args=args, prog_name="isplit-export", standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):
         rc = EXIT_INTERRUPTED
@@ -149,12 +162,11 @@ def _main(args: list[str], terminated: _Terminated) -> int:
     except typer.Exit as ex:
         return int(ex.exit_code or 0)
     except typer.TyperException as err:  # usage errors: unknown option, bad value...
-        show = getattr(err, "show", None)
-        if callable(show):
-            show()
-        else:
-            typer.echo(f"error: {err.format_message()}", err=True)
-        return 0 if type(err).__name__ == "NoArgsIsHelpError" else err.exit_code
+        if type(err).__name__ == "NoArgsIsHelpError":
+            err.show()
+            return 0
+        typer.echo(f"error: {usage_line(err)}", err=True)
+        return err.exit_code
     except Exception as err:
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)
         return EXIT_TECHNICAL

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    FLAG,
     BatchOpt,
     BootstrapOpt,
     BottleneckOpt,
@@ -24,6 +25,8 @@ from isplit_export.cli_options import (
     ObjectiveOpt,
     ScoreOpt,
     SizeOpt,
+    TargetName,
+    TopOpt,
     TrainBatchOpt,
     TrainStepsOpt,
     VerboseOpt,
@@ -37,33 +40,28 @@ from isplit_export.cli_options import (
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
 from isplit_export.errors import EXIT_GATE_FAILED
-from isplit_export.options import ExportOptions
+from isplit_export.options import DEFAULT_TOP, Encoding, ExportOptions, WeightsLayout
 
 
 def export_cmd(
     model: ModelArg = "efficientnet_lite0",
-    top: Annotated[
-        int | None,
-        typer.Option(
-            "--top", help="number of ranked splits to export", show_default=shown(ExportOptions, "top")
-        ),
-    ] = None,
+    top: TopOpt = DEFAULT_TOP,
     target: Annotated[
-        str | None,
+        TargetName | None,
         typer.Option(
             "--target",
-            help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)",
+            help="the device running the head (isplit-export targets describes them)",
             show_default=shown(ExportOptions, "target"),
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="bundle directory to create")] = Path("bundle"),
     boundary: Annotated[
-        str | None,
-        typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)"),
+        Encoding | None,
+        typer.Option("--boundary", help="boundary encoding", show_default="the target's"),
     ] = None,
     precision: Annotated[
-        str | None,
-        typer.Option("--precision", help="TensorRT engine precision fp32|fp16|int8 (default: the target's)"),
+        Encoding | None,
+        typer.Option("--precision", help="TensorRT engine precision", show_default="the target's"),
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
@@ -87,8 +85,10 @@ def export_cmd(
             show_default=shown(ExportOptions, "verify_images"),
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
-    strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out", metavar=FLAG)] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails", metavar=FLAG)
+    ] = True,
     batch_size: BatchOpt = None,
     latency_runs: Annotated[
         int | None,
@@ -109,7 +109,7 @@ def export_cmd(
     ] = None,
     objective: ObjectiveOpt = None,
     server: Annotated[
-        str | None,
+        TargetName | None,
         typer.Option(
             "--server",
             help="target profile of the server running the tail",
@@ -120,7 +120,7 @@ def export_cmd(
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     weights_layout: Annotated[
-        str | None,
+        WeightsLayout | None,
         typer.Option(
             "--weights-layout",
             help="shared (each weight once, in OUT/weights/) or inline",
@@ -142,7 +142,10 @@ def export_cmd(
     triton: Annotated[
         bool | None,
         typer.Option(
-            "--triton/--no-triton", help="write OUT/triton/ (default: when the tail runs on a server)"
+            "--triton/--no-triton",
+            help="write OUT/triton/",
+            show_default="when the tail runs on a server",
+            metavar=FLAG,
         ),
     ] = None,
     verbose: VerboseOpt = False,
@@ -167,8 +170,8 @@ def export_cmd(
         constraints=constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
         summary_json=summary_json,
         triton=triton,
+        top=top,
         **given(
-            top=top,
             target=target,
             weights=weights,
             score=score,

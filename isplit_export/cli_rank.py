@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    FLAG,
     BatchOpt,
     BootstrapOpt,
     ClassesOpt,
@@ -27,10 +28,11 @@ from isplit_export.cli_options import (
     bottleneck_from_flags,
     given,
     setup_logging,
+    shown,
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
-from isplit_export.options import RankOptions
+from isplit_export.options import DEFAULT_TOP, CutSet, RankOptions
 
 
 def rank_cmd(
@@ -40,15 +42,19 @@ def rank_cmd(
     weights: WeightsOpt = None,
     images: ImagesOpt = None,
     score: ScoreOpt = None,
-    top: TopOpt = 5,
+    top: TopOpt = DEFAULT_TOP,
     input_size: SizeOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")
     ] = None,
     force: Annotated[
-        bool | None,
-        typer.Option("--force", help="replace an existing --out (only a rank output or bundle of this tool)"),
-    ] = None,
+        bool,
+        typer.Option(
+            "--force",
+            help="replace an existing --out (only a rank output or bundle of this tool)",
+            metavar=FLAG,
+        ),
+    ] = False,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
@@ -59,7 +65,12 @@ def rank_cmd(
         typer.Option("--bottleneck", help="link budget (64B, 1KiB, 1/16): add the probe's held-out score"),
     ] = None,
     probe_cuts: Annotated[
-        str | None, typer.Option("--probe-cuts", help="probe the 'candidates' (default) or 'all' cuts")
+        CutSet | None,
+        typer.Option(
+            "--probe-cuts",
+            help="probe the CUI's local maxima or all cuts",
+            show_default=shown(RankOptions, "probe_cuts"),
+        ),
     ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -79,13 +90,13 @@ def rank_cmd(
         progress=sys.stderr.isatty(),
         workers=workers,
         distributed=distributed,
+        force=force,
         **given(
             weights=weights,
             score=score,
             batch_size=batch_size,
             device=device,
             bootstrap=bootstrap,
-            force=force,
             probe_cuts=probe_cuts,
         ),
         bottleneck=bottleneck_from_flags(bottleneck, None, None, None),

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    FLAG,
     BatchOpt,
     ClassesOpt,
     DataOpt,
@@ -29,28 +30,46 @@ from isplit_export.cli_options import (
     shown,
     split_classes,
 )
-from isplit_export.options import RankOptions, StudyOptions
+from isplit_export.options import CutSet, Encoding, RankOptions, StudyOptions
 from isplit_export.options_bottleneck import BottleneckOptions
+
+
+def refuse_existing_study(out: Path, force: bool) -> None:
+    """Refuse an ``--out`` that exists and holds files, unless ``--force``: a study is hours of training,
+    never replaced by accident (a file in its place is refused even with ``--force``)."""
+    from isplit_export.errors import BadInputError
+
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a directory: choose another --out")
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise BadInputError(
+            f"study output {out} already exists: pass --force to replace it, or choose another --out"
+        )
 
 
 def study_cmd(
     model: ModelArg = "efficientnet_lite0",
     # Left out, a flag takes StudyOptions' / BottleneckOptions' default.
     cuts: Annotated[
-        str | None, typer.Option("--cuts", help="'candidates' (local maxima of the CUI, default) or 'all'")
+        CutSet | None,
+        typer.Option(
+            "--cuts", help="the CUI's local maxima or all cuts", show_default=shown(StudyOptions, "cuts")
+        ),
     ] = None,
     bottleneck: Annotated[
         str | None,
         typer.Option(
             "--bottleneck",
-            help="bottleneck at each cut: ratio of the boundary (default 1/16) or bytes (2KiB)",
+            help="bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)",
+            show_default=shown(BottleneckOptions, "size"),
         ),
     ] = None,
     finetune: FinetuneOpt = None,
     train_steps: TrainStepsOpt = None,
     train_batch: TrainBatchOpt = None,
     boundary: Annotated[
-        str | None, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")
+        Encoding | None,
+        typer.Option("--boundary", help="encoding of the code", show_default=shown(StudyOptions, "boundary")),
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
@@ -59,6 +78,9 @@ def study_cmd(
     score: ScoreOpt = None,
     input_size: SizeOpt = None,
     out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
+    force: Annotated[
+        bool, typer.Option("--force", help="replace the study in an existing --out", metavar=FLAG)
+    ] = False,
     batch_size: BatchOpt = None,
     seed: Annotated[
         int | None,
@@ -85,6 +107,7 @@ def study_cmd(
     from isplit_export.distributed import is_primary
 
     setup_logging(verbose)
+    refuse_existing_study(out, force)
     options = StudyOptions(
         model=model,
         bottleneck=BottleneckOptions(
@@ -98,6 +121,7 @@ def study_cmd(
         progress=sys.stderr.isatty(),
         workers=workers,
         distributed=distributed,
+        force=force,
         **given(
             cuts=cuts,
             boundary=boundary,

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from isplit_export.errors import BadInputError
 from isplit_export.files import jsonable
@@ -29,11 +29,24 @@ from isplit_export.targets import MIN_DLA_FRACTION
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_BATCH = 16
-WEIGHT_LAYOUTS = ("shared", "inline")
+DEFAULT_TOP = 3
+"""``--top`` of export and rank: the ranked splits exported, or reported."""
+# The choice options: each a Literal (typer lists its values in --help and refuses others while parsing,
+# before any import of torch) and the tuple of its values, which the validation below reads.
+WeightsLayout = Literal["shared", "inline"]
+WEIGHT_LAYOUTS: tuple[str, ...] = get_args(WeightsLayout)
 """``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.bundle.weights`) or inline."""
 
-OBJECTIVES = ("cui", "latency", "balanced", "probe")
+Objective = Literal["cui", "latency", "balanced", "probe"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 """``--objective``: how :mod:`isplit_export.bundle.selection` orders the candidates."""
+
+Encoding = Literal["fp32", "fp16", "int8"]
+"""``--boundary`` (the boundary's encoding) and ``--precision`` (a TensorRT engine's)."""
+Score = Literal["top", "label"]
+"""``--score``: Grad-CAM's target, the top predicted class or the image's label."""
+VerifyBackend = Literal["onnxruntime", "tensorrt"]
+"""``verify --backend``: the names of :data:`isplit_export.verification.backends.BACKENDS`."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +186,7 @@ class ExportOptions(RankOptions):
     ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 
-    top: int | None = 3
+    top: int | None = DEFAULT_TOP
     target: str = "onnx"
     boundary: str | None = None
     precision: str | None = None
@@ -237,10 +250,11 @@ class ExportOptions(RankOptions):
 
 
 DEFAULT_WRITE_RESULT = True
-"""``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--report PATH``) unless ``--no-write``."""
+"""``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--out PATH``) unless ``--no-write``."""
 
 
-CUT_SETS = ("candidates", "all")
+CutSet = Literal["candidates", "all"]
+CUT_SETS: tuple[str, ...] = get_args(CutSet)
 """``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""
 
 
