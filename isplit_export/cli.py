@@ -88,7 +88,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit", metavar=""
+        ),
     ] = False,
 ) -> None:
     """Rank CNN split points with I-Split and export verified head/tail ONNX pairs."""
@@ -162,8 +165,8 @@ def _main(args: list[str], terminated: _Terminated) -> int:
     except typer.Exit as ex:
         return int(ex.exit_code or 0)
     except typer.TyperException as err:  # usage errors: unknown option, bad value...
-        if type(err).__name__ == "NoArgsIsHelpError":
-            err.show()
+        if type(err).__name__ == "NoArgsIsHelpError":  # its message is the help
+            typer.echo(err.format_message(), err=True)
             return 0
         typer.echo(f"error: {usage_line(err)}", err=True)
         return err.exit_code
