@@ -10,7 +10,10 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    BOTTLENECK,
+    EXPORT,
     FLAG,
+    RANK,
     BatchOpt,
     BootstrapOpt,
     BottleneckOpt,
@@ -35,7 +38,6 @@ from isplit_export.cli_options import (
     constraints_from_flags,
     given,
     setup_logging,
-    shown,
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
@@ -51,9 +53,8 @@ def export_cmd(
         typer.Option(
             "--target",
             help="the device running the head (isplit-export targets describes them)",
-            show_default=shown(ExportOptions, "target"),
         ),
-    ] = None,
+    ] = EXPORT.target,
     out: Annotated[Path, typer.Option("--out", help="bundle directory to create")] = Path("bundle"),
     boundary: Annotated[
         Encoding | None,
@@ -65,57 +66,53 @@ def export_cmd(
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
-    score: ScoreOpt = None,
+    score: ScoreOpt = RANK.score,
     input_size: SizeOpt = None,
     golden: Annotated[
         int | None,
         typer.Option(
             "--golden",
             help="golden images stored per split",
-            show_default=shown(ExportOptions, "golden_images"),
         ),
-    ] = None,
+    ] = EXPORT.golden_images,
     verify_images: Annotated[
         int | None,
         typer.Option(
             "--verify-images",
             help="images for calibration and verification (in memory)",
-            show_default=shown(ExportOptions, "verify_images"),
         ),
-    ] = None,
+    ] = EXPORT.verify_images,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --out", metavar=FLAG)] = False,
     strict: Annotated[
         bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails", metavar=FLAG)
     ] = True,
-    batch_size: BatchOpt = None,
+    batch_size: BatchOpt = RANK.batch_size,
     latency_runs: Annotated[
         int | None,
         typer.Option(
             "--latency-runs",
             help="timed runs per model for the latency table",
-            show_default=shown(ExportOptions, "latency_runs"),
         ),
-    ] = None,
-    bootstrap: BootstrapOpt = None,
+    ] = EXPORT.latency_runs,
+    bootstrap: BootstrapOpt = RANK.bootstrap,
     bottleneck: BottleneckOpt = None,
-    finetune: FinetuneOpt = None,
-    train_steps: TrainStepsOpt = None,
-    train_batch: TrainBatchOpt = None,
+    finetune: FinetuneOpt = BOTTLENECK.finetune,
+    train_steps: TrainStepsOpt = BOTTLENECK.train_steps,
+    train_batch: TrainBatchOpt = BOTTLENECK.train_batch,
     link: Annotated[
         str | None,
         typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns"),
     ] = None,
-    objective: ObjectiveOpt = None,
+    objective: ObjectiveOpt = EXPORT.objective,
     server: Annotated[
         TargetName | None,
         typer.Option(
             "--server",
             help="target profile of the server running the tail",
-            show_default=shown(ExportOptions, "server"),
         ),
-    ] = None,
+    ] = EXPORT.server,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
@@ -124,17 +121,15 @@ def export_cmd(
         typer.Option(
             "--weights-layout",
             help="shared (each weight once, in OUT/weights/) or inline",
-            show_default=shown(ExportOptions, "weights_layout"),
         ),
-    ] = None,
+    ] = EXPORT.weights_layout,
     min_dla_fraction: Annotated[
         float | None,
         typer.Option(
             "--min-dla-fraction",
             help="plan a head on the DLA only if this share of its layers runs there",
-            show_default=shown(ExportOptions, "min_dla_fraction"),
         ),
-    ] = None,
+    ] = EXPORT.min_dla_fraction,
     summary_json: Annotated[
         Path | None,
         typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file"),

@@ -3,7 +3,6 @@ flags into option dataclasses (the command modules ``cli_*`` import them). Torch
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -24,9 +23,9 @@ FLAG = ""
 """The metavar of an on/off flag: none (typer would print ``<bool>``)."""
 
 
-def shown(cls: type, name: str) -> str:
-    """The default of option field ``name`` of ``cls``, for ``--help``: a flag left out (None) means it."""
-    return str(next(f.default for f in dataclasses.fields(cls) if f.name == name))
+RANK, EXPORT, BOTTLENECK = RankOptions(), ExportOptions(), BottleneckOptions()
+"""The options' defaults, written once, in their dataclasses: a flag's default is the field's
+(``weights: WeightsOpt = RANK.weights``), so ``--help`` shows each as ``[default: ...]``."""
 
 
 def given(**flags: Any) -> dict[str, Any]:
@@ -67,7 +66,6 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
-        show_default=shown(RankOptions, "weights"),
     ),
 ]
 ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
@@ -76,7 +74,6 @@ ScoreOpt = Annotated[
     typer.Option(
         "--score",
         help="Grad-CAM target: 'top' predicted class or 'label'",
-        show_default=shown(RankOptions, "score"),
     ),
 ]
 TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to export (rank: to report)")]
@@ -86,7 +83,6 @@ BatchOpt = Annotated[
     typer.Option(
         "--batch-size",
         help="images per forward/backward pass",
-        show_default=shown(RankOptions, "batch_size"),
     ),
 ]
 DeviceOpt = Annotated[
@@ -94,7 +90,6 @@ DeviceOpt = Annotated[
     typer.Option(
         "--device",
         help="torch device for the ranking passes (cpu, cuda)",
-        show_default=shown(RankOptions, "device"),
     ),
 ]
 BootstrapOpt = Annotated[
@@ -102,7 +97,6 @@ BootstrapOpt = Annotated[
     typer.Option(
         "--bootstrap",
         help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
-        show_default=shown(RankOptions, "bootstrap"),
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details", metavar=FLAG)]
@@ -139,7 +133,6 @@ FinetuneOpt = Annotated[
     typer.Option(
         "--finetune",
         help="bottleneck training: 'none' (frozen model) or 'tail' (the tail trained too)",
-        show_default=shown(BottleneckOptions, "finetune"),
     ),
 ]
 TrainStepsOpt = Annotated[
@@ -147,7 +140,6 @@ TrainStepsOpt = Annotated[
     typer.Option(
         "--train-steps",
         help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)",
-        show_default=shown(BottleneckOptions, "train_steps"),
     ),
 ]
 TrainBatchOpt = Annotated[
@@ -155,7 +147,6 @@ TrainBatchOpt = Annotated[
     typer.Option(
         "--train-batch",
         help="images per bottleneck training step",
-        show_default=shown(BottleneckOptions, "train_batch"),
     ),
 ]
 
@@ -182,7 +173,6 @@ ObjectiveOpt = Annotated[
         "--objective",
         help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
         "or probe (the probe's score at --bottleneck)",
-        show_default=shown(ExportOptions, "objective"),
     ),
 ]
 HeadFlopsOpt = Annotated[

@@ -11,6 +11,7 @@ import typer
 
 from isplit_export.cli_options import (
     FLAG,
+    RANK,
     BatchOpt,
     BootstrapOpt,
     ClassesOpt,
@@ -28,7 +29,6 @@ from isplit_export.cli_options import (
     bottleneck_from_flags,
     given,
     setup_logging,
-    shown,
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
@@ -39,9 +39,9 @@ def rank_cmd(
     model: ModelArg = "efficientnet_lite0",
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
-    score: ScoreOpt = None,
+    score: ScoreOpt = RANK.score,
     top: TopOpt = DEFAULT_TOP,
     input_size: SizeOpt = None,
     out: Annotated[
@@ -55,11 +55,11 @@ def rank_cmd(
             metavar=FLAG,
         ),
     ] = False,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = None,
+    batch_size: BatchOpt = RANK.batch_size,
+    device: DeviceOpt = RANK.device,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
-    bootstrap: BootstrapOpt = None,
+    bootstrap: BootstrapOpt = RANK.bootstrap,
     bottleneck: Annotated[
         str | None,
         typer.Option("--bottleneck", help="link budget (64B, 1KiB, 1/16): add the probe's held-out score"),
@@ -69,9 +69,8 @@ def rank_cmd(
         typer.Option(
             "--probe-cuts",
             help="probe the CUI's local maxima or all cuts",
-            show_default=shown(RankOptions, "probe_cuts"),
         ),
-    ] = None,
+    ] = RANK.probe_cuts,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""

@@ -16,9 +16,11 @@ from isplit_export.cli_options import (
     given,
     renamed,
     setup_logging,
-    shown,
 )
 from isplit_export.options_serving import RunBackend, RunOptions, ServeOptions, WireProtocol
+
+SERVE, RUN = ServeOptions(), RunOptions()
+"""serve's and run's defaults (their dataclasses): each flag's default."""
 
 
 def serve_cmd(
@@ -26,11 +28,9 @@ def serve_cmd(
     split: SplitOpt = None,
     host: Annotated[
         str | None,
-        typer.Option("--host", help="address to listen on", show_default=shown(ServeOptions, "host")),
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option("--port", help="gRPC port", show_default=shown(ServeOptions, "port"))
-    ] = None,
+        typer.Option("--host", help="address to listen on"),
+    ] = SERVE.host,
+    port: Annotated[int | None, typer.Option("--port", help="gRPC port")] = SERVE.port,
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="HTTP/REST port", show_default="--port + 1")
     ] = None,
@@ -39,9 +39,8 @@ def serve_cmd(
         typer.Option(
             "--threads",
             help="onnxruntime threads per tail (0: all cores)",
-            show_default=shown(ServeOptions, "threads"),
         ),
-    ] = None,
+    ] = SERVE.threads,
     expect_sha256: ExpectShaOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -75,9 +74,7 @@ def run_cmd(
         typer.Option("--url", "-u", help="HOST:PORT of the server (isplit-export serve / Triton)"),
     ] = None,
     server: Annotated[str | None, typer.Option("--server", hidden=True, help="old spelling of --url")] = None,
-    split: Annotated[
-        int | None, typer.Option("--split", help="split N", show_default=shown(RunOptions, "split"))
-    ] = None,
+    split: Annotated[int | None, typer.Option("--split", help="split N")] = RUN.split,
     data: Annotated[
         Path | None,
         typer.Option("--data", help="images to send", show_default="the split's golden inputs"),
@@ -92,52 +89,39 @@ def run_cmd(
     duration: Annotated[float | None, typer.Option("--duration", help="send for S seconds instead")] = None,
     concurrency: Annotated[
         int | None,
-        typer.Option(
-            "--concurrency", help="requests in flight", show_default=shown(RunOptions, "concurrency")
-        ),
-    ] = None,
+        typer.Option("--concurrency", help="requests in flight"),
+    ] = RUN.concurrency,
     protocol: Annotated[
         WireProtocol | None,
-        typer.Option(
-            "--protocol", help="gRPC, or JSON over HTTP/REST", show_default=shown(RunOptions, "protocol")
-        ),
-    ] = None,
+        typer.Option("--protocol", help="gRPC, or JSON over HTTP/REST"),
+    ] = RUN.protocol,
     timeout_ms: Annotated[
         float | None,
-        typer.Option(
-            "--timeout-ms", help="per-attempt timeout", show_default=shown(RunOptions, "timeout_ms")
-        ),
-    ] = None,
+        typer.Option("--timeout-ms", help="per-attempt timeout"),
+    ] = RUN.timeout_ms,
     retries: Annotated[
         int | None,
-        typer.Option("--retries", help="retries per request", show_default=shown(RunOptions, "retries")),
-    ] = None,
+        typer.Option("--retries", help="retries per request"),
+    ] = RUN.retries,
     backoff_ms: Annotated[
         float | None,
-        typer.Option(
-            "--backoff-ms", help="first retry's wait, doubling", show_default=shown(RunOptions, "backoff_ms")
-        ),
-    ] = None,
+        typer.Option("--backoff-ms", help="first retry's wait, doubling"),
+    ] = RUN.backoff_ms,
     wait: Annotated[
         float | None,
-        typer.Option(
-            "--wait", help="seconds to wait for the server", show_default=shown(RunOptions, "wait_s")
-        ),
-    ] = None,
+        typer.Option("--wait", help="seconds to wait for the server"),
+    ] = RUN.wait_s,
     backend: Annotated[
         RunBackend | None,
         typer.Option(
             "--backend",
             help="head runtime (auto: TensorRT when build-engines built its head engine here, else onnxruntime)",
-            show_default=shown(RunOptions, "backend"),
         ),
-    ] = None,
+    ] = RUN.backend,
     threads: Annotated[
         int | None,
-        typer.Option(
-            "--threads", help="onnxruntime threads of the head", show_default=shown(RunOptions, "threads")
-        ),
-    ] = None,
+        typer.Option("--threads", help="onnxruntime threads of the head"),
+    ] = RUN.threads,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -152,9 +136,8 @@ def run_cmd(
         typer.Option(
             "--fail-after",
             help="stop after N requests in a row failed, the rest skipped (0: never)",
-            show_default=shown(RunOptions, "fail_after"),
         ),
-    ] = None,
+    ] = RUN.fail_after,
     trust_engines: TrustEnginesOpt = False,
     expect_sha256: ExpectShaOpt = None,
     verbose: VerboseOpt = False,

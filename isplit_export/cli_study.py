@@ -10,7 +10,9 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    BOTTLENECK,
     FLAG,
+    RANK,
     BatchOpt,
     ClassesOpt,
     DataOpt,
@@ -27,11 +29,13 @@ from isplit_export.cli_options import (
     WorkersOpt,
     given,
     setup_logging,
-    shown,
     split_classes,
 )
-from isplit_export.options import CutSet, Encoding, RankOptions, StudyOptions
+from isplit_export.options import CutSet, Encoding, StudyOptions
 from isplit_export.options_bottleneck import BottleneckOptions
+
+STUDY = StudyOptions()
+"""The study's defaults (its dataclass): each flag's default."""
 
 
 def refuse_existing_study(out: Path, force: bool) -> None:
@@ -52,52 +56,47 @@ def study_cmd(
     # Left out, a flag takes StudyOptions' / BottleneckOptions' default.
     cuts: Annotated[
         CutSet | None,
-        typer.Option(
-            "--cuts", help="the CUI's local maxima or all cuts", show_default=shown(StudyOptions, "cuts")
-        ),
-    ] = None,
+        typer.Option("--cuts", help="the CUI's local maxima or all cuts"),
+    ] = STUDY.cuts,
     bottleneck: Annotated[
         str | None,
         typer.Option(
             "--bottleneck",
             help="bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)",
-            show_default=shown(BottleneckOptions, "size"),
         ),
-    ] = None,
-    finetune: FinetuneOpt = None,
-    train_steps: TrainStepsOpt = None,
-    train_batch: TrainBatchOpt = None,
+    ] = BOTTLENECK.size,
+    finetune: FinetuneOpt = BOTTLENECK.finetune,
+    train_steps: TrainStepsOpt = BOTTLENECK.train_steps,
+    train_batch: TrainBatchOpt = BOTTLENECK.train_batch,
     boundary: Annotated[
         Encoding | None,
-        typer.Option("--boundary", help="encoding of the code", show_default=shown(StudyOptions, "boundary")),
-    ] = None,
+        typer.Option("--boundary", help="encoding of the code"),
+    ] = STUDY.boundary,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
-    score: ScoreOpt = None,
+    score: ScoreOpt = RANK.score,
     input_size: SizeOpt = None,
     out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
     force: Annotated[
         bool, typer.Option("--force", help="replace the study in an existing --out", metavar=FLAG)
     ] = False,
-    batch_size: BatchOpt = None,
+    batch_size: BatchOpt = RANK.batch_size,
     seed: Annotated[
         int | None,
         typer.Option(
             "--seed",
             help="seed of the split, the training and the random baseline",
-            show_default=shown(RankOptions, "seed"),
         ),
-    ] = None,
+    ] = RANK.seed,
     repeats: Annotated[
         int | None,
         typer.Option(
             "--repeats",
             help="bottlenecks trained per cut with different seeds",
-            show_default=shown(StudyOptions, "repeats"),
         ),
-    ] = None,
+    ] = STUDY.repeats,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,

@@ -47,6 +47,9 @@ Score = Literal["top", "label"]
 """``--score``: Grad-CAM's target, the top predicted class or the image's label."""
 VerifyBackend = Literal["onnxruntime", "tensorrt"]
 """``verify --backend``: the names of :data:`isplit_export.verification.backends.BACKENDS`."""
+CutSet = Literal["candidates", "all"]
+CUT_SETS: tuple[str, ...] = get_args(CutSet)
+"""``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class RankOptions:
     classes: tuple[str, ...] | None = None
     weights: str = "default"
     images: int | None = None
-    score: str = "top"
+    score: Score = "top"
     top: int | None = None
     input_size: int | None = None
     seed: int = 0
@@ -126,7 +129,7 @@ class RankOptions:
     bottleneck: BottleneckOptions | None = None
     """A link budget (``--bottleneck 64B`` or ``1/16``): the ranking adds the probe
     (:mod:`isplit_export.bottleneck.probe`) at that budget; the export and the study train a bottleneck at it."""
-    probe_cuts: str = "candidates"
+    probe_cuts: CutSet = "candidates"
     """Where the probe runs: ``candidates`` (the CUI's local maxima) or ``all`` cuts."""
 
     def __post_init__(self) -> None:
@@ -193,10 +196,10 @@ class ExportOptions(RankOptions):
     golden_images: int = 4
     verify_images: int = 256
     link: str | None = None
-    objective: str = "cui"
+    objective: Objective = "cui"
     constraints: Constraints = field(default_factory=Constraints)
     server: str = "x86-tensorrt"
-    weights_layout: str = "shared"
+    weights_layout: WeightsLayout = "shared"
     min_dla_fraction: float = MIN_DLA_FRACTION
     """Plan a head on the DLA only when at least this share of its layers runs there (:mod:`isplit_export.targets.dla`)."""
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
@@ -253,11 +256,6 @@ DEFAULT_WRITE_RESULT = True
 """``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--out PATH``) unless ``--no-write``."""
 
 
-CutSet = Literal["candidates", "all"]
-CUT_SETS: tuple[str, ...] = get_args(CutSet)
-"""``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""
-
-
 @dataclass(frozen=True)
 class StudyOptions(RankOptions):
     """What the study measures: ``cuts`` (``candidates`` or ``all``), the ``bottleneck`` at each, trained
@@ -265,8 +263,8 @@ class StudyOptions(RankOptions):
     in memory, ``ci_reps`` bootstrap replicates for the correlations' CIs (``bootstrap``, inherited, is the
     ranking's Poisson bootstrap of the CUI)."""
 
-    cuts: str = "candidates"
-    boundary: str = "int8"
+    cuts: CutSet = "candidates"
+    boundary: Encoding = "int8"
     max_images: int = 2000
     ci_reps: int = 1000
     repeats: int = 3

@@ -76,7 +76,7 @@ class BottleneckOptions:
     """
 
     size: str = "1/16"
-    finetune: str = "none"
+    finetune: Finetune = "none"
     train_steps: int = 256
     train_batch: int = 8
     temperature: float = 4.0

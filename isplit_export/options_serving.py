@@ -84,12 +84,12 @@ class RunOptions:
     requests: int | None = None
     duration_s: float | None = None
     concurrency: int = 1
-    protocol: str = "grpc"
+    protocol: WireProtocol = "grpc"
     timeout_ms: float = 1000.0
     retries: int = 6
     backoff_ms: float = 100.0
     wait_s: float = 10.0
-    backend: str = "auto"
+    backend: RunBackend = "auto"
     threads: int = 1
     """onnxruntime intra-op threads of the local head (and of the local reference runs)."""
     out: Path | None = None
