@@ -26,7 +26,7 @@ import typer
 
 from isplit_export.cli_bundle import build_engines_cmd, plan_cmd, verify_cmd
 from isplit_export.cli_export import export_cmd
-from isplit_export.cli_names import check_command, usage_line
+from isplit_export.cli_names import check_command, listed_models, usage_line
 from isplit_export.cli_rank import rank_cmd
 from isplit_export.cli_serving import run_cmd, serve_cmd
 from isplit_export.cli_study import study_cmd
@@ -74,9 +74,12 @@ def targets_cmd() -> None:
 @app.command("models")
 def models_cmd() -> None:
     """List the model names accepted (besides package.module:factory)."""
-    from isplit_export.models import available_models
+    names = listed_models()
+    if names is None:
+        from isplit_export.models import available_models
 
-    typer.echo("\n".join(available_models()))
+        names = available_models()
+    typer.echo("\n".join(names))
 
 
 def _version(value: bool) -> None:

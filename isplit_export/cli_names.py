@@ -40,6 +40,12 @@ def known_model(name: str) -> bool | None:
     return False if _torchvision_listed() else None
 
 
+def listed_models() -> list[str] | None:
+    """The model names ``isplit-export models`` prints, without torch; None when only torchvision can say
+    (another release than the listed one)."""
+    return sorted({DEFAULT_MODEL, *TORCHVISION_MODELS}) if _torchvision_listed() else None
+
+
 def check_model(name: str) -> str:
     """The model argument's check (a typer callback): an unknown name is one line, exit 2, before torch."""
     if known_model(name) is False:

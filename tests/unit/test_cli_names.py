@@ -24,3 +24,23 @@ def test_every_listed_model_is_accepted_and_a_near_miss_named() -> None:
     assert known_model("efficientnet_lite0") and known_model("isplit_export.zoo:digits_cnn")
     assert known_model("mobilenet_v9") is False
     assert check_model("resnet50") == "resnet50"
+
+
+def test_models_lists_the_same_names_as_the_api_without_torch() -> None:
+    """``isplit-export models`` prints the names :func:`isplit_export.models.available_models` accepts,
+    from the shipped list: no torch imported."""
+    import subprocess
+    import sys
+
+    from isplit_export.models import available_models
+
+    code = (
+        "import sys\n"
+        "from isplit_export.cli import main\n"
+        "rc = main(['models'])\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "sys.exit(rc)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == available_models()
