@@ -20,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from isplit_export.cli_bundle import build_engines_cmd, plan_cmd, verify_cmd
 from isplit_export.cli_export import export_cmd
@@ -36,7 +37,29 @@ from isplit_export.version import __version__
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 """``-h`` and ``--help`` on the app and every command (click hands them down to each sub-command)."""
 
+
+def _no_metavar(option: TyperOption | None) -> TyperOption | None:
+    if option is not None:
+        option.metavar = ""  # -h takes no value: no <bool> in --help
+    return option
+
+
+class _Group(TyperGroup):
+    """The app: its ``-h`` shows no ``<bool>``, as no on/off flag does."""
+
+    def get_help_option(self, ctx: Any) -> TyperOption | None:
+        return _no_metavar(super().get_help_option(ctx))
+
+
+class _Command(TyperCommand):
+    """A command: its ``-h`` shows no ``<bool>``, as no on/off flag does."""
+
+    def get_help_option(self, ctx: Any) -> TyperOption | None:
+        return _no_metavar(super().get_help_option(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     context_settings=HELP_OPTIONS,
     no_args_is_help=True,
@@ -49,17 +72,17 @@ EXIT_INTERRUPTED = 130
 
 # The job commands (cli_export, cli_rank, cli_study), the bundle commands (cli_bundle) and the serving commands
 # (cli_serving), registered here so that --help lists every command in this order.
-app.command("export")(export_cmd)
-app.command("rank")(rank_cmd)
-app.command("study")(study_cmd)
-app.command("verify")(verify_cmd)
-app.command("plan")(plan_cmd)
-app.command("serve")(serve_cmd)
-app.command("run")(run_cmd)
-app.command("build-engines")(build_engines_cmd)
+app.command("export", cls=_Command)(export_cmd)
+app.command("rank", cls=_Command)(rank_cmd)
+app.command("study", cls=_Command)(study_cmd)
+app.command("verify", cls=_Command)(verify_cmd)
+app.command("plan", cls=_Command)(plan_cmd)
+app.command("serve", cls=_Command)(serve_cmd)
+app.command("run", cls=_Command)(run_cmd)
+app.command("build-engines", cls=_Command)(build_engines_cmd)
 
 
-@app.command("targets")
+@app.command("targets", cls=_Command)
 def targets_cmd() -> None:
     """List the deployment target profiles."""
     from isplit_export.targets.profiles import ALIASES, list_targets
@@ -71,7 +94,7 @@ def targets_cmd() -> None:
         typer.echo(f"{t.name:20} {trt:16} {t.description}{extra}")
 
 
-@app.command("models")
+@app.command("models", cls=_Command)
 def models_cmd() -> None:
     """List the model names accepted (besides package.module:factory)."""
     names = listed_models()

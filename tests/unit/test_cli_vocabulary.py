@@ -40,7 +40,7 @@ def _cli_child(*args: str) -> tuple[subprocess.CompletedProcess[str], float, flo
 def test_h_is_help_on_the_app_and_every_command(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     code, out, err = run_cli(capsys, *args)
     assert (code, err) == (0, "")
-    assert "Usage: isplit-export" in out
+    assert "Usage: isplit-export" in out and "<bool>" not in out
     if args == ["-h"]:
         assert all(c in out for c in COMMANDS)
 
@@ -124,8 +124,9 @@ def test_choices_are_listed_in_help(
     assert (
         "<fp32|fp16|int8>" in lines["--boundary"] and "<cui|latency|balanced|probe>" in lines["--objective"]
     )
-    flags = [f for f, line in lines.items() if "<bool>" in line]
-    assert flags == ["--help"]  # on/off flags show no value (typer's own --help aside)
+    assert not [
+        f for f, line in lines.items() if "<bool>" in line
+    ]  # on/off flags, -h included, take no value
     assert "[default: 3]" in lines["--top"] and "[default: (the target's)]" in lines["--boundary"]
 
 
