@@ -194,7 +194,7 @@ def _main(args: list[str], terminated: _Terminated) -> int:
         if type(err).__name__ == "NoArgsIsHelpError":  # its message is the help
             typer.echo(err.format_message(), err=True)
             return 0
-        typer.echo(f"error: {usage_line(err)}", err=True)
+        typer.echo(f"error: {usage_line(err, args)}", err=True)
         return err.exit_code
     except Exception as err:
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)

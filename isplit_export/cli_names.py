@@ -69,19 +69,38 @@ def check_command(word: str, commands: list[str]) -> None:
 _NOT_ONE_OF = re.compile(r"'(?P<value>[^']*)' is not one of (?P<choices>.*?)\.?$")
 
 
-def usage_line(err: Any) -> str:
-    """A usage error of typer/click (a bad choice, an unknown option, a missing argument) as one line that
-    names the fix, in the words of the options' own checks: ``unknown --target 'jetsn': did you mean
-    'jetson'? choose one of ...``."""
+_NOT_A = {"a valid integer": "pass a whole number", "a valid number": "pass a number"}
+"""What typer says of a value of the wrong type, and the fix, as the options' own checks word it."""
+
+
+def _given(flags: list[str], args: list[str]) -> str | None:
+    """The value ``args`` gave option ``flags`` (``--flag VALUE`` or ``--flag=VALUE``; the last one)."""
+    value = None
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(f"{flag}="):
+                value = arg.partition("=")[2]
+    return value
+
+
+def usage_line(err: Any, args: list[str]) -> str:
+    """A usage error of typer/click (a bad choice, a value of the wrong type, an unknown option, a missing
+    argument) as one line that names the fix, in the words of the options' own checks: ``unknown --target
+    'jetsn': did you mean 'jetson'? choose one of ...``, ``--split 'x': pass a whole number``."""
     message = str(err.format_message()).replace("Value error, ", "")
     param = getattr(err, "param", None)
     found = _NOT_ONE_OF.search(message)
+    ctx = getattr(err, "ctx", None)
+    where = f" ({ctx.command_path} -h lists the options)" if ctx is not None else ""
     if param is not None and found:
         flag = max(param.opts, key=len)
         choices = [c.strip().strip("'") for c in found["choices"].split(",")]
         near = closest(found["value"], choices)
         hint = f"did you mean '{near}'? " if near else ""
         return f"unknown {flag} '{found['value']}': {hint}choose one of {', '.join(choices)}"
-    ctx = getattr(err, "ctx", None)
-    where = f" ({ctx.command_path} -h lists the options)" if ctx is not None else ""
+    fix = next((f for what, f in _NOT_A.items() if what in message), None)
+    if param is not None and fix is not None and (value := _given(list(param.opts), args)) is not None:
+        return f"{max(param.opts, key=len)} '{value}': {fix}"
     return f"{message.rstrip('.')}{where}"

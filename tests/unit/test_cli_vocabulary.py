@@ -180,8 +180,9 @@ def test_verify_out_and_no_write_contradict(capsys: pytest.CaptureFixture[str], 
 
 def test_split_is_a_number_in_serve_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "serve", tmp_path, "--split", "all")
-    assert code == 2 and err.startswith("error: Invalid value for '--split'")
-    assert len(err.strip().splitlines()) == 1
+    assert (code, err) == (2, "error: --split 'all': pass a whole number\n")
+    code, _, err = run_cli(capsys, "run", tmp_path, "--url", "h:1", "--timeout-ms=soon")
+    assert (code, err) == (2, "error: --timeout-ms 'soon': pass a number\n")
 
 
 def test_a_near_miss_choice_gets_a_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
