@@ -81,12 +81,24 @@ def test_a_path_or_a_known_model_next_to_a_command_name_is_no_typo(tmp_path: Pat
         check_command("plna", commands)
 
 
-def test_an_unknown_target_is_refused_in_under_2_s_without_torch() -> None:
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--target", "nosuch"], "error: unknown --target 'nosuch': choose one of cpu, jetson,"),
+        (
+            ["vgg16", "--boundary", "int4"],
+            "error: unknown --boundary 'int4': did you mean 'int8'? choose one of",
+        ),
+    ],
+)
+def test_an_unknown_target_or_boundary_is_refused_in_under_2_s_without_torch(
+    args: list[str], line: str
+) -> None:
     """``isplit-export --target nosuch``: exit 2 while the flags are parsed, the targets listed, torch never
     imported. The 2 s bound is on the child's CPU time (user + sys), which other load cannot inflate."""
-    p, wall, cpu, modules = _cli_child("--target", "nosuch")
+    p, wall, cpu, modules = _cli_child(*args)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.startswith("error: unknown --target 'nosuch': choose one of cpu, jetson,")
+    assert p.stderr.startswith(line)
     assert "torch" not in modules and "torchvision" not in modules
     assert cpu < 2.0, f"{cpu:.2f} s CPU ({wall:.2f} s wall)"
 
