@@ -180,7 +180,7 @@ def restart(bundle: Path, work: Path, requests: int = 400) -> dict[str, Any]:
 def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
     """Client RSS over a ``seconds`` run at concurrency 4: ``isplit-export run`` in its own process."""
     m = _manifest(bundle)
-    server = ServeProcess(bundle, split="1", log=work / "memory.serve.log").start()
+    server = ServeProcess(bundle, split=1, log=work / "memory.serve.log").start()
     out = work / "runs" / "memory.json"
     try:
         server.wait_ready(m["triton"]["models"][0]["name"])
@@ -191,7 +191,7 @@ def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
                 "isplit_export.cli",
                 "run",
                 str(bundle),
-                "--server",
+                "--url",
                 server.address,
                 "--duration",
                 str(seconds),

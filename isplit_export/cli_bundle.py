@@ -9,27 +9,37 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    FLAG,
     BoundaryKibOpt,
     ExpectShaOpt,
     HeadFlopsOpt,
     LatencyOpt,
+    SplitOpt,
+    TargetName,
     TrustEnginesOpt,
     VerboseOpt,
     constraints_from_flags,
+    renamed,
     setup_logging,
 )
 from isplit_export.errors import EXIT_GATE_FAILED
+from isplit_export.options import Objective, VerifyBackend
 
-ReportOpt = Annotated[
-    Path | None, typer.Option("--report", help="write the result JSON here instead of into the bundle")
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", help="write the result JSON to this file", show_default="verify.json / plan.json in BUNDLE"
+    ),
 ]
+ReportOpt = Annotated[Path | None, typer.Option("--report", hidden=True, help="old spelling of --out")]
 NoWriteOpt = Annotated[
-    bool | None, typer.Option("--no-write", help="print only, write nothing (e.g. a read-only bundle)")
+    bool | None,
+    typer.Option("--no-write", help="print only, write nothing (e.g. a read-only bundle)", metavar=FLAG),
 ]
 
 
 def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool | None) -> bool:
-    """Validate --expect-sha256 / --report / --no-write before any work; returns whether to write."""
+    """Validate --expect-sha256 / --out / --no-write before any work; returns whether to write."""
     from isplit_export.contract import check_sha256_text
     from isplit_export.errors import BadInputError
     from isplit_export.options import DEFAULT_WRITE_RESULT
@@ -40,18 +50,19 @@ def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool 
         check_sha256_text(expect_sha256, "--expect-sha256")
     if report is not None:
         if not write:
-            raise BadInputError("--report and --no-write contradict each other: pass one of them")
-        check_writable_file(report, "--report")
+            raise BadInputError("--out and --no-write contradict each other: pass one of them")
+        check_writable_file(report, "--out")
     return write
 
 
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt")] = "onnxruntime",
-    split: Annotated[
-        int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")
-    ] = None,
+    backend: Annotated[
+        VerifyBackend, typer.Option("--backend", help="runtime of the golden inputs")
+    ] = "onnxruntime",
+    split: SplitOpt = None,
     expect_sha256: ExpectShaOpt = None,
+    out: OutOpt = None,
     report: ReportOpt = None,
     no_write: NoWriteOpt = None,
     trust_engines: TrustEnginesOpt = False,
@@ -62,7 +73,8 @@ def verify_cmd(
     from isplit_export.verification.outcome import format_verification
 
     setup_logging(verbose)
-    write = _result_path(expect_sha256, report, no_write)
+    out = renamed(out, report, "--report", "--out")
+    write = _result_path(expect_sha256, out, no_write)
     result = verify_bundle(
         bundle,
         backend=backend,
@@ -73,7 +85,7 @@ def verify_cmd(
     )
     typer.echo(format_verification(result))  # printed first: a read-only bundle still shows its results
     if write:
-        typer.echo(f"wrote {write_verification(result, report)}")
+        typer.echo(f"wrote {write_verification(result, out)}")
     if not result.passed:
         raise typer.Exit(EXIT_GATE_FAILED)
 
@@ -83,26 +95,38 @@ def plan_cmd(
     link: Annotated[
         str | None,
         typer.Option(
-            "--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured (default: run.json's)"
+            "--link",
+            help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>] or measured",
+            show_default="run.json's",
         ),
     ] = None,
     objective: Annotated[
-        str | None, typer.Option("--objective", help="cui, latency or balanced (default: the export's)")
+        Objective | None,
+        typer.Option("--objective", help="how the splits are ordered", show_default="the export's"),
     ] = None,
     server: Annotated[
-        str | None, typer.Option("--server", help="server profile for the tail (default: the export's)")
+        TargetName | None,
+        typer.Option(
+            "--server", help="target profile of the server running the tail", show_default="the export's"
+        ),
     ] = None,
     top: Annotated[
-        int | None, typer.Option("--top", help="how many splits to select (default: the export's)")
+        int | None,
+        typer.Option("--top", help="how many splits to select", show_default="the export's"),
     ] = None,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     measured: Annotated[
         bool,
-        typer.Option("--measured/--estimated", help="use the latencies measured so far, or estimates only"),
+        typer.Option(
+            "--measured/--estimated",
+            help="use the latencies measured so far, or estimates only",
+            metavar=FLAG,
+        ),
     ] = True,
     expect_sha256: ExpectShaOpt = None,
+    out: OutOpt = None,
     report: ReportOpt = None,
     no_write: NoWriteOpt = None,
     verbose: VerboseOpt = False,
@@ -111,7 +135,8 @@ def plan_cmd(
     from isplit_export.jobs.plan import plan, write_plan
 
     setup_logging(verbose)
-    write = _result_path(expect_sha256, report, no_write)
+    out = renamed(out, report, "--report", "--out")
+    write = _result_path(expect_sha256, out, no_write)
     result = plan(
         bundle,
         link=link,
@@ -127,12 +152,12 @@ def plan_cmd(
     )
     typer.echo(result.table())  # printed first: a read-only bundle still shows the plan
     if write:
-        typer.echo(f"wrote {write_plan(result, report)}")
+        typer.echo(f"wrote {write_plan(result, out)}")
 
 
 def build_engines_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written with a TensorRT target")],
-    split: Annotated[int | None, typer.Option("--split", help="only split N")] = None,
+    split: SplitOpt = None,
     expect_sha256: ExpectShaOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:

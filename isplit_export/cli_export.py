@@ -10,6 +10,10 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    BOTTLENECK,
+    EXPORT,
+    FLAG,
+    RANK,
     BatchOpt,
     BootstrapOpt,
     BottleneckOpt,
@@ -24,6 +28,8 @@ from isplit_export.cli_options import (
     ObjectiveOpt,
     ScoreOpt,
     SizeOpt,
+    TargetName,
+    TopOpt,
     TrainBatchOpt,
     TrainStepsOpt,
     VerboseOpt,
@@ -32,109 +38,98 @@ from isplit_export.cli_options import (
     constraints_from_flags,
     given,
     setup_logging,
-    shown,
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
 from isplit_export.errors import EXIT_GATE_FAILED
-from isplit_export.options import ExportOptions
+from isplit_export.options import DEFAULT_TOP, Encoding, ExportOptions, WeightsLayout
 
 
 def export_cmd(
     model: ModelArg = "efficientnet_lite0",
-    top: Annotated[
-        int | None,
-        typer.Option(
-            "--top", help="number of ranked splits to export", show_default=shown(ExportOptions, "top")
-        ),
-    ] = None,
+    top: TopOpt = DEFAULT_TOP,
     target: Annotated[
-        str | None,
+        TargetName | None,
         typer.Option(
             "--target",
-            help="onnx, cpu, jetson, jetson-orin-nx, ... (see `targets`)",
-            show_default=shown(ExportOptions, "target"),
+            help="the device running the head (isplit-export targets describes them)",
         ),
-    ] = None,
+    ] = EXPORT.target,
     out: Annotated[Path, typer.Option("--out", help="bundle directory to create")] = Path("bundle"),
     boundary: Annotated[
-        str | None,
-        typer.Option("--boundary", help="boundary encoding fp32|fp16|int8 (default: the target's)"),
+        Encoding | None,
+        typer.Option("--boundary", help="boundary encoding", show_default="the target's"),
     ] = None,
     precision: Annotated[
-        str | None,
-        typer.Option("--precision", help="TensorRT engine precision fp32|fp16|int8 (default: the target's)"),
+        Encoding | None,
+        typer.Option("--precision", help="TensorRT engine precision", show_default="the target's"),
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
-    score: ScoreOpt = None,
+    score: ScoreOpt = RANK.score,
     input_size: SizeOpt = None,
     golden: Annotated[
         int | None,
         typer.Option(
             "--golden",
             help="golden images stored per split",
-            show_default=shown(ExportOptions, "golden_images"),
         ),
-    ] = None,
+    ] = EXPORT.golden_images,
     verify_images: Annotated[
         int | None,
         typer.Option(
             "--verify-images",
             help="images for calibration and verification (in memory)",
-            show_default=shown(ExportOptions, "verify_images"),
         ),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing --out")] = False,
-    strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails")] = True,
-    batch_size: BatchOpt = None,
+    ] = EXPORT.verify_images,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out", metavar=FLAG)] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict/--no-strict", help="exit 1 when a gate fails", metavar=FLAG)
+    ] = True,
+    batch_size: BatchOpt = RANK.batch_size,
     latency_runs: Annotated[
         int | None,
         typer.Option(
             "--latency-runs",
             help="timed runs per model for the latency table",
-            show_default=shown(ExportOptions, "latency_runs"),
         ),
-    ] = None,
-    bootstrap: BootstrapOpt = None,
+    ] = EXPORT.latency_runs,
+    bootstrap: BootstrapOpt = RANK.bootstrap,
     bottleneck: BottleneckOpt = None,
-    finetune: FinetuneOpt = None,
-    train_steps: TrainStepsOpt = None,
-    train_batch: TrainBatchOpt = None,
+    finetune: FinetuneOpt = BOTTLENECK.finetune,
+    train_steps: TrainStepsOpt = BOTTLENECK.train_steps,
+    train_batch: TrainBatchOpt = BOTTLENECK.train_batch,
     link: Annotated[
         str | None,
         typer.Option("--link", help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: add the cost columns"),
     ] = None,
-    objective: ObjectiveOpt = None,
+    objective: ObjectiveOpt = EXPORT.objective,
     server: Annotated[
-        str | None,
+        TargetName | None,
         typer.Option(
             "--server",
             help="target profile of the server running the tail",
-            show_default=shown(ExportOptions, "server"),
         ),
-    ] = None,
+    ] = EXPORT.server,
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
     weights_layout: Annotated[
-        str | None,
+        WeightsLayout | None,
         typer.Option(
             "--weights-layout",
             help="shared (each weight once, in OUT/weights/) or inline",
-            show_default=shown(ExportOptions, "weights_layout"),
         ),
-    ] = None,
+    ] = EXPORT.weights_layout,
     min_dla_fraction: Annotated[
         float | None,
         typer.Option(
             "--min-dla-fraction",
             help="plan a head on the DLA only if this share of its layers runs there",
-            show_default=shown(ExportOptions, "min_dla_fraction"),
         ),
-    ] = None,
+    ] = EXPORT.min_dla_fraction,
     summary_json: Annotated[
         Path | None,
         typer.Option("--summary-json", help="write the CI summary (isplit.summary/1) to this file"),
@@ -142,7 +137,10 @@ def export_cmd(
     triton: Annotated[
         bool | None,
         typer.Option(
-            "--triton/--no-triton", help="write OUT/triton/ (default: when the tail runs on a server)"
+            "--triton/--no-triton",
+            help="write OUT/triton/",
+            show_default="when the tail runs on a server",
+            metavar=FLAG,
         ),
     ] = None,
     verbose: VerboseOpt = False,
@@ -167,8 +165,8 @@ def export_cmd(
         constraints=constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
         summary_json=summary_json,
         triton=triton,
+        top=top,
         **given(
-            top=top,
             target=target,
             weights=weights,
             score=score,

@@ -3,20 +3,29 @@ flags into option dataclasses (the command modules ``cli_*`` import them). Torch
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from isplit_export.options import Constraints, ExportOptions, RankOptions
-from isplit_export.options_bottleneck import BottleneckOptions
+from isplit_export.cli_names import check_model
+from isplit_export.options import Constraints, ExportOptions, Objective, RankOptions, Score
+from isplit_export.options_bottleneck import BottleneckOptions, Finetune
+from isplit_export.target_names import target_names
+
+if TYPE_CHECKING:
+    TargetName = str
+else:  # the profile names of isplit_export/profiles/*.json and their aliases: --help lists them
+    TargetName = Literal[tuple(target_names())]
+
+FLAG = ""
+"""The metavar of an on/off flag: none (typer would print ``<bool>``)."""
 
 
-def shown(cls: type, name: str) -> str:
-    """The default of option field ``name`` of ``cls``, for ``--help``: a flag left out (None) means it."""
-    return str(next(f.default for f in dataclasses.fields(cls) if f.name == name))
+RANK, EXPORT, BOTTLENECK = RankOptions(), ExportOptions(), BottleneckOptions()
+"""The options' defaults, written once, in their dataclasses: a flag's default is the field's
+(``weights: WeightsOpt = RANK.weights``), so ``--help`` shows each as ``[default: ...]``."""
 
 
 def given(**flags: Any) -> dict[str, Any]:
@@ -33,15 +42,21 @@ ExpectShaOpt = Annotated[
 ]
 """``--expect-sha256``, on every command that reads a bundle (verify, plan, build-engines, serve, run); the
 pin itself is one check of the contract (:func:`isplit_export.contract.check_expected_sha256`)."""
+SplitOpt = Annotated[
+    int | None,
+    typer.Option("--split", help="only split N (1-based, as in splits/NN-*)", show_default="every split"),
+]
+"""``--split N`` of verify, build-engines and serve: a split number; left out, every split."""
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory"
+        help="efficientnet_lite0 (offline default), a torchvision model name, or package.module:factory",
+        callback=check_model,
     ),
 ]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", help="folder of images or of class sub-folders (default: skimage photos)"),
+    typer.Option("--data", help="folder of images or of class sub-folders", show_default="skimage photos"),
 ]
 ClassesOpt = Annotated[
     str | None, typer.Option("--classes", help="comma-separated class names or indices: class-specific CUI")
@@ -51,26 +66,23 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         help="'default' (pretrained), 'none' (random, seeded) or a state-dict path",
-        show_default=shown(RankOptions, "weights"),
     ),
 ]
 ImagesOpt = Annotated[int | None, typer.Option("--images", help="use at most N images")]
 ScoreOpt = Annotated[
-    str | None,
+    Score | None,
     typer.Option(
         "--score",
         help="Grad-CAM target: 'top' predicted class or 'label'",
-        show_default=shown(RankOptions, "score"),
     ),
 ]
-TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to report")]
+TopOpt = Annotated[int, typer.Option("--top", help="number of ranked splits to export (rank: to report)")]
 SizeOpt = Annotated[int | None, typer.Option("--input-size", help="override the model's input crop size")]
 BatchOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
         help="images per forward/backward pass",
-        show_default=shown(RankOptions, "batch_size"),
     ),
 ]
 DeviceOpt = Annotated[
@@ -78,7 +90,6 @@ DeviceOpt = Annotated[
     typer.Option(
         "--device",
         help="torch device for the ranking passes (cpu, cuda)",
-        show_default=shown(RankOptions, "device"),
     ),
 ]
 BootstrapOpt = Annotated[
@@ -86,26 +97,28 @@ BootstrapOpt = Annotated[
     typer.Option(
         "--bootstrap",
         help="Poisson-bootstrap replicates for CUI CIs and rank stability (0: off)",
-        show_default=shown(RankOptions, "bootstrap"),
     ),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details", metavar=FLAG)]
 TrustEnginesOpt = Annotated[
     bool,
     typer.Option(
         "--trust-engines",
         help="deserialise TensorRT engines that build-engines did not build on this "
         "machine (engines shipped on purpose; an engine is code)",
+        metavar=FLAG,
     ),
 ]
 WorkersOpt = Annotated[
     int | None,
-    typer.Option("--workers", help="image decoding processes (default: min(4, CPUs - 1); 0: inline)"),
+    typer.Option("--workers", help="image decoding processes (0: inline)", show_default="min(4, CPUs - 1)"),
 ]
 DistributedOpt = Annotated[
     bool,
     typer.Option(
-        "--distributed", help="torch.distributed job (implied under torchrun with several processes)"
+        "--distributed",
+        help="torch.distributed job (implied under torchrun with several processes)",
+        metavar=FLAG,
     ),
 ]
 BottleneckOpt = Annotated[
@@ -116,15 +129,17 @@ BottleneckOpt = Annotated[
 ]
 # Left out, the bottleneck flags take BottleneckOptions' defaults.
 FinetuneOpt = Annotated[
-    str | None,
-    typer.Option("--finetune", help="bottleneck training: 'none' (frozen model, default) or 'tail'"),
+    Finetune | None,
+    typer.Option(
+        "--finetune",
+        help="bottleneck training: 'none' (frozen model) or 'tail' (the tail trained too)",
+    ),
 ]
 TrainStepsOpt = Annotated[
     int | None,
     typer.Option(
         "--train-steps",
         help="bottleneck training steps (cosine learning-rate decay over them; 0: the probe's code)",
-        show_default=shown(BottleneckOptions, "train_steps"),
     ),
 ]
 TrainBatchOpt = Annotated[
@@ -132,7 +147,6 @@ TrainBatchOpt = Annotated[
     typer.Option(
         "--train-batch",
         help="images per bottleneck training step",
-        show_default=shown(BottleneckOptions, "train_batch"),
     ),
 ]
 
@@ -154,12 +168,11 @@ def bottleneck_from_flags(
 
 
 ObjectiveOpt = Annotated[
-    str | None,
+    Objective | None,
     typer.Option(
         "--objective",
         help="cui (I-Split's ranking), latency, balanced (Pareto front of CUI vs latency), "
         "or probe (the probe's score at --bottleneck)",
-        show_default=shown(ExportOptions, "objective"),
     ),
 ]
 HeadFlopsOpt = Annotated[
@@ -180,6 +193,19 @@ def constraints_from_flags(head: float | None, kib: float | None, ms: float | No
 
 def split_classes(classes: str | None) -> tuple[str, ...] | None:
     return tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
+
+
+def renamed(value: Any, old_value: Any, old: str, new: str) -> Any:
+    """The value of flag ``new``, or of its deprecated spelling ``old`` (hidden in --help) with one warning
+    line; both given is bad input."""
+    from isplit_export.errors import BadInputError
+
+    if old_value is None:
+        return value
+    if value is not None:
+        raise BadInputError(f"{old} is the old spelling of {new}: pass {new} only")
+    typer.echo(f"warning: {old} is deprecated: use {new}", err=True)
+    return old_value
 
 
 def setup_logging(verbose: bool) -> None:

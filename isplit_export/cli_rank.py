@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    FLAG,
+    RANK,
     BatchOpt,
     BootstrapOpt,
     ClassesOpt,
@@ -30,37 +32,45 @@ from isplit_export.cli_options import (
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
-from isplit_export.options import RankOptions
+from isplit_export.options import DEFAULT_TOP, CutSet, RankOptions
 
 
 def rank_cmd(
     model: ModelArg = "efficientnet_lite0",
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
-    score: ScoreOpt = None,
-    top: TopOpt = 5,
+    score: ScoreOpt = RANK.score,
+    top: TopOpt = DEFAULT_TOP,
     input_size: SizeOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="write ranking.json, cui.png, cde.png here")
     ] = None,
     force: Annotated[
-        bool | None,
-        typer.Option("--force", help="replace an existing --out (only a rank output or bundle of this tool)"),
-    ] = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = None,
+        bool,
+        typer.Option(
+            "--force",
+            help="replace an existing --out (only a rank output or bundle of this tool)",
+            metavar=FLAG,
+        ),
+    ] = False,
+    batch_size: BatchOpt = RANK.batch_size,
+    device: DeviceOpt = RANK.device,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
-    bootstrap: BootstrapOpt = None,
+    bootstrap: BootstrapOpt = RANK.bootstrap,
     bottleneck: Annotated[
         str | None,
         typer.Option("--bottleneck", help="link budget (64B, 1KiB, 1/16): add the probe's held-out score"),
     ] = None,
     probe_cuts: Annotated[
-        str | None, typer.Option("--probe-cuts", help="probe the 'candidates' (default) or 'all' cuts")
-    ] = None,
+        CutSet | None,
+        typer.Option(
+            "--probe-cuts",
+            help="probe the CUI's local maxima or all cuts",
+        ),
+    ] = RANK.probe_cuts,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
@@ -79,13 +89,13 @@ def rank_cmd(
         progress=sys.stderr.isatty(),
         workers=workers,
         distributed=distributed,
+        force=force,
         **given(
             weights=weights,
             score=score,
             batch_size=batch_size,
             device=device,
             bootstrap=bootstrap,
-            force=force,
             probe_cuts=probe_cuts,
         ),
         bottleneck=bottleneck_from_flags(bottleneck, None, None, None),

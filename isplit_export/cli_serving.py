@@ -7,50 +7,56 @@ from typing import Annotated
 
 import typer
 
-from isplit_export.cli_options import ExpectShaOpt, TrustEnginesOpt, given
-from isplit_export.options_serving import RunOptions, ServeOptions
+from isplit_export.cli_options import (
+    FLAG,
+    ExpectShaOpt,
+    SplitOpt,
+    TrustEnginesOpt,
+    VerboseOpt,
+    given,
+    renamed,
+    setup_logging,
+)
+from isplit_export.options_serving import RunBackend, RunOptions, ServeOptions, WireProtocol
 
-_SERVE, _RUN = ServeOptions, RunOptions  # the defaults live in the dataclasses; help texts quote them
+SERVE, RUN = ServeOptions(), RunOptions()
+"""serve's and run's defaults (their dataclasses): each flag's default."""
 
 
 def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    split: Annotated[
-        str | None, typer.Option("--split", help="serve split N only, or 'all' (default: all)")
-    ] = None,
+    split: SplitOpt = None,
     host: Annotated[
-        str | None, typer.Option("--host", help=f"address to listen on (default: {_SERVE.host})")
-    ] = None,
-    port: Annotated[int | None, typer.Option("--port", help=f"gRPC port (default: {_SERVE.port})")] = None,
+        str | None,
+        typer.Option("--host", help="address to listen on"),
+    ] = SERVE.host,
+    port: Annotated[int | None, typer.Option("--port", help="gRPC port")] = SERVE.port,
     http_port: Annotated[
-        int | None, typer.Option("--http-port", help="HTTP/REST port (default: --port + 1)")
+        int | None, typer.Option("--http-port", help="HTTP/REST port", show_default="--port + 1")
     ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
-            "--threads", help=f"onnxruntime threads per tail (default: {_SERVE.threads}; 0: all cores)"
+            "--threads",
+            help="onnxruntime threads per tail (0: all cores)",
         ),
-    ] = None,
+    ] = SERVE.threads,
     expect_sha256: ExpectShaOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve the bundle's tails over the Open Inference Protocol (gRPC + HTTP) with MLServer (verifies first).
 
     Exit codes: 0 stopped by SIGINT/SIGTERM, 1 a modified or unlisted file or another manifest than
     --expect-sha256, 2 bad input (a port already in use included).
     """
-    from isplit_export.errors import BadInputError
     from isplit_export.jobs.serve import serve
 
-    n: int | None = None
-    if split is not None and split.strip().lower() != "all":
-        if not split.strip().isdigit():
-            raise BadInputError(f"--split {split!r}: pass a split number (as in splits/NN-*) or 'all'")
-        n = int(split)
+    setup_logging(verbose)
     serve(
         ServeOptions(
             **given(
                 bundle=bundle,
-                split=n,
+                split=split,
                 host=host,
                 port=port,
                 http_port=http_port,
@@ -63,82 +69,96 @@ def serve_cmd(
 
 def run_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    server: Annotated[
-        str, typer.Option("--server", help="HOST:PORT of the server (isplit-export serve / Triton)")
-    ],
-    split: Annotated[int | None, typer.Option("--split", help=f"split N (default: {_RUN.split})")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", "-u", help="HOST:PORT of the server (isplit-export serve / Triton)"),
+    ] = None,
+    server: Annotated[str | None, typer.Option("--server", hidden=True, help="old spelling of --url")] = None,
+    split: Annotated[int | None, typer.Option("--split", help="split N")] = RUN.split,
     data: Annotated[
-        Path | None, typer.Option("--data", help="images to send (default: the split's golden inputs)")
+        Path | None,
+        typer.Option("--data", help="images to send", show_default="the split's golden inputs"),
     ] = None,
     images: Annotated[int | None, typer.Option("--images", help="use at most N images")] = None,
     requests: Annotated[
-        int | None, typer.Option("--requests", help="send N requests, cycling over the images")
+        int | None,
+        typer.Option(
+            "--requests", help="send N requests, cycling over the images", show_default="each image once"
+        ),
     ] = None,
     duration: Annotated[float | None, typer.Option("--duration", help="send for S seconds instead")] = None,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", help=f"requests in flight (default: {_RUN.concurrency})")
-    ] = None,
+        int | None,
+        typer.Option("--concurrency", help="requests in flight"),
+    ] = RUN.concurrency,
     protocol: Annotated[
-        str | None, typer.Option("--protocol", help=f"grpc or http (JSON) (default: {_RUN.protocol})")
-    ] = None,
+        WireProtocol | None,
+        typer.Option("--protocol", help="gRPC, or JSON over HTTP/REST"),
+    ] = RUN.protocol,
     timeout_ms: Annotated[
-        float | None, typer.Option("--timeout-ms", help=f"per-attempt timeout (default: {_RUN.timeout_ms:g})")
-    ] = None,
+        float | None,
+        typer.Option("--timeout-ms", help="per-attempt timeout"),
+    ] = RUN.timeout_ms,
     retries: Annotated[
-        int | None, typer.Option("--retries", help=f"retries per request (default: {_RUN.retries})")
-    ] = None,
+        int | None,
+        typer.Option("--retries", help="retries per request"),
+    ] = RUN.retries,
     backoff_ms: Annotated[
         float | None,
-        typer.Option("--backoff-ms", help=f"first retry's wait, doubling (default: {_RUN.backoff_ms:g})"),
-    ] = None,
+        typer.Option("--backoff-ms", help="first retry's wait, doubling"),
+    ] = RUN.backoff_ms,
     wait: Annotated[
         float | None,
-        typer.Option("--wait", help=f"seconds to wait for the server (default: {_RUN.wait_s:g})"),
-    ] = None,
+        typer.Option("--wait", help="seconds to wait for the server"),
+    ] = RUN.wait_s,
     backend: Annotated[
-        str | None,
+        RunBackend | None,
         typer.Option(
             "--backend",
-            help="head runtime: auto (TensorRT when build-engines built its head engine here, "
-            f"else onnxruntime), onnxruntime or tensorrt (default: {_RUN.backend})",
+            help="head runtime (auto: TensorRT when build-engines built its head engine here, else onnxruntime)",
         ),
-    ] = None,
+    ] = RUN.backend,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", help=f"onnxruntime threads of the head (default: {_RUN.threads})"),
-    ] = None,
+        typer.Option("--threads", help="onnxruntime threads of the head"),
+    ] = RUN.threads,
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="run.json path, checked before the first request (default: BUNDLE/run.json)"
+            "--out", help="run.json path, checked before the first request", show_default="BUNDLE/run.json"
         ),
     ] = None,
     no_write: Annotated[
-        bool, typer.Option("--no-write", help="print the summary only, write no run.json")
+        bool, typer.Option("--no-write", help="print the summary only, write no run.json", metavar=FLAG)
     ] = False,
     fail_after: Annotated[
         int | None,
         typer.Option(
             "--fail-after",
-            help=f"stop after N requests in a row failed, the rest skipped (default: "
-            f"{_RUN.fail_after}; 0: never)",
+            help="stop after N requests in a row failed, the rest skipped (0: never)",
         ),
-    ] = None,
+    ] = RUN.fail_after,
     trust_engines: TrustEnginesOpt = False,
     expect_sha256: ExpectShaOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the head here against a served tail: every request measured and accounted for; writes run.json.
 
-    Exit codes: 0 ok, 1 a check failed (or another manifest than --expect-sha256), 5 no server at --server, 6 requests failed after retries or were
-    skipped (the circuit breaker), 130/143 interrupted (run.json written first).
+    Exit codes: 0 ok, 1 a check failed (or another manifest than --expect-sha256), 5 no server at --url,
+    6 requests failed after retries or were skipped (the circuit breaker), 130/143 interrupted (run.json written first).
     """
+    from isplit_export.errors import BadInputError
     from isplit_export.jobs.run import run
     from isplit_export.serving.records import format_run
 
+    setup_logging(verbose)
+    address = renamed(url, server, "--server", "--url")
+    if address is None:
+        raise BadInputError("run needs the server's address: pass --url HOST:PORT (e.g. 127.0.0.1:8001)")
     options = RunOptions(
         **given(
             bundle=bundle,
-            server=server,
+            server=address,
             split=split,
             data=data,
             images=images,

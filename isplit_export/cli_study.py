@@ -10,6 +10,9 @@ from typing import Annotated
 import typer
 
 from isplit_export.cli_options import (
+    BOTTLENECK,
+    FLAG,
+    RANK,
     BatchOpt,
     ClassesOpt,
     DataOpt,
@@ -26,56 +29,74 @@ from isplit_export.cli_options import (
     WorkersOpt,
     given,
     setup_logging,
-    shown,
     split_classes,
 )
-from isplit_export.options import RankOptions, StudyOptions
+from isplit_export.options import CutSet, Encoding, StudyOptions
 from isplit_export.options_bottleneck import BottleneckOptions
+
+STUDY = StudyOptions()
+"""The study's defaults (its dataclass): each flag's default."""
+
+
+def refuse_existing_study(out: Path, force: bool) -> None:
+    """Refuse an ``--out`` that exists and holds files, unless ``--force``: a study is hours of training,
+    never replaced by accident (a file in its place is refused even with ``--force``)."""
+    from isplit_export.errors import BadInputError
+
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a directory: choose another --out")
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise BadInputError(
+            f"study output {out} already exists: pass --force to replace it, or choose another --out"
+        )
 
 
 def study_cmd(
     model: ModelArg = "efficientnet_lite0",
     # Left out, a flag takes StudyOptions' / BottleneckOptions' default.
     cuts: Annotated[
-        str | None, typer.Option("--cuts", help="'candidates' (local maxima of the CUI, default) or 'all'")
-    ] = None,
+        CutSet | None,
+        typer.Option("--cuts", help="the CUI's local maxima or all cuts"),
+    ] = STUDY.cuts,
     bottleneck: Annotated[
         str | None,
         typer.Option(
             "--bottleneck",
-            help="bottleneck at each cut: ratio of the boundary (default 1/16) or bytes (2KiB)",
+            help="bottleneck at each cut: ratio of the boundary (1/16) or bytes (2KiB)",
         ),
-    ] = None,
-    finetune: FinetuneOpt = None,
-    train_steps: TrainStepsOpt = None,
-    train_batch: TrainBatchOpt = None,
+    ] = BOTTLENECK.size,
+    finetune: FinetuneOpt = BOTTLENECK.finetune,
+    train_steps: TrainStepsOpt = BOTTLENECK.train_steps,
+    train_batch: TrainBatchOpt = BOTTLENECK.train_batch,
     boundary: Annotated[
-        str | None, typer.Option("--boundary", help="encoding of the code: int8 (default), fp16, fp32")
-    ] = None,
+        Encoding | None,
+        typer.Option("--boundary", help="encoding of the code"),
+    ] = STUDY.boundary,
     data: DataOpt = None,
     classes: ClassesOpt = None,
-    weights: WeightsOpt = None,
+    weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
-    score: ScoreOpt = None,
+    score: ScoreOpt = RANK.score,
     input_size: SizeOpt = None,
     out: Annotated[Path, typer.Option("--out", help="write study.json and study.png here")] = Path("study"),
-    batch_size: BatchOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace the study in an existing --out", metavar=FLAG)
+    ] = False,
+    batch_size: BatchOpt = RANK.batch_size,
     seed: Annotated[
         int | None,
         typer.Option(
             "--seed",
             help="seed of the split, the training and the random baseline",
-            show_default=shown(RankOptions, "seed"),
         ),
-    ] = None,
+    ] = RANK.seed,
     repeats: Annotated[
         int | None,
         typer.Option(
             "--repeats",
             help="bottlenecks trained per cut with different seeds",
-            show_default=shown(StudyOptions, "repeats"),
         ),
-    ] = None,
+    ] = STUDY.repeats,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
@@ -85,6 +106,7 @@ def study_cmd(
     from isplit_export.jobs.study import study
 
     setup_logging(verbose)
+    refuse_existing_study(out, force)
     options = StudyOptions(
         model=model,
         bottleneck=BottleneckOptions(
@@ -98,6 +120,7 @@ def study_cmd(
         progress=sys.stderr.isatty(),
         workers=workers,
         distributed=distributed,
+        force=force,
         **given(
             cuts=cuts,
             boundary=boundary,

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from isplit_export.errors import BadInputError
 from isplit_export.files import jsonable
@@ -33,11 +33,27 @@ DEFAULT_REPLICATES = 200
 """Bootstrap replicates B by default (``--bootstrap``; 0 turns the bootstrap off)."""
 MIN_DLA_FRACTION = 0.9
 """Default of ``--min-dla-fraction``: a head stays on the DLA only when this share of its layers runs there."""
-WEIGHT_LAYOUTS = ("shared", "inline")
+DEFAULT_TOP = 3
+"""``--top`` of export and rank: the ranked splits exported, or reported."""
+# The choice options: each a Literal (typer lists its values in --help and refuses others while parsing,
+# before any import of torch) and the tuple of its values, which the validation below reads.
+WeightsLayout = Literal["shared", "inline"]
+WEIGHT_LAYOUTS: tuple[str, ...] = get_args(WeightsLayout)
 """``ExportOptions.weights_layout``: weights in shared ``weights/`` files (:mod:`isplit_export.bundle.weights`) or inline."""
 
-OBJECTIVES = ("cui", "latency", "balanced", "probe")
+Objective = Literal["cui", "latency", "balanced", "probe"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 """``--objective``: how :mod:`isplit_export.bundle.selection` orders the candidates."""
+
+Encoding = Literal["fp32", "fp16", "int8"]
+"""``--boundary`` (the boundary's encoding) and ``--precision`` (a TensorRT engine's)."""
+Score = Literal["top", "label"]
+"""``--score``: Grad-CAM's target, the top predicted class or the image's label."""
+VerifyBackend = Literal["onnxruntime", "tensorrt"]
+"""``verify --backend``: the names of :data:`isplit_export.verification.backends.BACKENDS`."""
+CutSet = Literal["candidates", "all"]
+CUT_SETS: tuple[str, ...] = get_args(CutSet)
+"""``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +114,7 @@ class RankOptions:
     classes: tuple[str, ...] | None = None
     weights: str = "default"
     images: int | None = None
-    score: str = "top"
+    score: Score = "top"
     top: int | None = None
     input_size: int | None = None
     seed: int = 0
@@ -117,7 +133,7 @@ class RankOptions:
     bottleneck: BottleneckOptions | None = None
     """A link budget (``--bottleneck 64B`` or ``1/16``): the ranking adds the probe
     (:mod:`isplit_export.bottleneck.probe`) at that budget; the export and the study train a bottleneck at it."""
-    probe_cuts: str = "candidates"
+    probe_cuts: CutSet = "candidates"
     """Where the probe runs: ``candidates`` (the CUI's local maxima) or ``all`` cuts."""
 
     def __post_init__(self) -> None:
@@ -177,17 +193,17 @@ class ExportOptions(RankOptions):
     ``summary_json`` receives the CI summary (``isplit.summary/1``, see ``docs/ci.md``).
     """
 
-    top: int | None = 3
+    top: int | None = DEFAULT_TOP
     target: str = "onnx"
     boundary: str | None = None
     precision: str | None = None
     golden_images: int = 4
     verify_images: int = 256
     link: str | None = None
-    objective: str = "cui"
+    objective: Objective = "cui"
     constraints: Constraints = field(default_factory=Constraints)
     server: str = "x86-tensorrt"
-    weights_layout: str = "shared"
+    weights_layout: WeightsLayout = "shared"
     min_dla_fraction: float = MIN_DLA_FRACTION
     """Plan a head on the DLA only when at least this share of its layers runs there (:mod:`isplit_export.targets.dla`)."""
     latency_runs: int = field(default=30, metadata=_RUN_ONLY)
@@ -239,11 +255,7 @@ class ExportOptions(RankOptions):
 
 
 DEFAULT_WRITE_RESULT = True
-"""``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--report PATH``) unless ``--no-write``."""
-
-
-CUT_SETS = ("candidates", "all")
-"""``--cuts`` (study) and ``probe_cuts`` (ranking): the CUI's local maxima, or every valid cut."""
+"""``verify`` / ``plan`` write verify.json / plan.json (into the bundle, or ``--out PATH``) unless ``--no-write``."""
 
 
 @dataclass(frozen=True)
@@ -253,8 +265,8 @@ class StudyOptions(RankOptions):
     in memory, ``ci_reps`` bootstrap replicates for the correlations' CIs (``bootstrap``, inherited, is the
     ranking's Poisson bootstrap of the CUI)."""
 
-    cuts: str = "candidates"
-    boundary: str = "int8"
+    cuts: CutSet = "candidates"
+    boundary: Encoding = "int8"
     max_images: int = 2000
     ci_reps: int = 1000
     repeats: int = 3

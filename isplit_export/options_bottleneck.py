@@ -8,11 +8,12 @@ import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal, get_args
 
 from isplit_export.errors import BadInputError
 
-FINETUNE = ("none", "tail")
+Finetune = Literal["none", "tail"]
+FINETUNE: tuple[str, ...] = get_args(Finetune)
 """``--finetune`` values: train only the encoder/decoder, or also the tail's own weights."""
 
 DEFAULT_ENCODING = "int8"
@@ -75,7 +76,7 @@ class BottleneckOptions:
     """
 
     size: str = "1/16"
-    finetune: str = "none"
+    finetune: Finetune = "none"
     train_steps: int = 256
     train_batch: int = 8
     temperature: float = 4.0

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from isplit_export.errors import BadInputError
 
-PROTOCOLS = ("grpc", "http")
+WireProtocol = Literal["grpc", "http"]
+PROTOCOLS: tuple[str, ...] = get_args(WireProtocol)
 """``RunOptions.protocol``: the Open Inference Protocol over gRPC, or JSON over HTTP/REST."""
-RUN_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+RunBackend = Literal["auto", "onnxruntime", "tensorrt"]
+RUN_BACKENDS: tuple[str, ...] = get_args(RunBackend)
 """``RunOptions.backend`` (the head's runtime); ``auto``: TensorRT when its head engine was built here, else onnxruntime."""
 LOOPBACK = "127.0.0.1"
 
 
-def parse_address(text: str, flag: str = "--server") -> tuple[str, int]:
+def parse_address(text: str, flag: str = "--url") -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port); one :class:`BadInputError` line naming the flag otherwise."""
     host, sep, port = str(text).strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -81,12 +84,12 @@ class RunOptions:
     requests: int | None = None
     duration_s: float | None = None
     concurrency: int = 1
-    protocol: str = "grpc"
+    protocol: WireProtocol = "grpc"
     timeout_ms: float = 1000.0
     retries: int = 6
     backoff_ms: float = 100.0
     wait_s: float = 10.0
-    backend: str = "auto"
+    backend: RunBackend = "auto"
     threads: int = 1
     """onnxruntime intra-op threads of the local head (and of the local reference runs)."""
     out: Path | None = None

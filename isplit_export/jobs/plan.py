@@ -194,7 +194,7 @@ def write_plan(result: PlanResult, report: Path | None = None) -> Path:
         write_text_atomic(path, json_dumps(result.to_json()))
     except (OSError, ValueError) as e:
         raise BadInputError(
-            f"cannot write {path} ({e}): the plan is above; pass --report PATH or --no-write (e.g. for a read-only bundle)"
+            f"cannot write {path} ({e}): the plan is above; pass --out PATH or --no-write (e.g. for a read-only bundle)"
         ) from e
     result.written = path
     return path

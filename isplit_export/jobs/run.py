@@ -1,8 +1,8 @@
-"""The run job (``isplit-export run BUNDLE --server H:P``): the device side of a split deployment,
+"""The run job (``isplit-export run BUNDLE --url H:P``): the device side of a split deployment,
 every request measured.
 
     isplit-export serve bundle --port 8001 &
-    isplit-export run bundle --server 127.0.0.1:8001 --requests 200 --concurrency 4
+    isplit-export run bundle --url 127.0.0.1:8001 --requests 200 --concurrency 4
 
 For each request (one image, batch 1) the head runs here (onnxruntime, or the TensorRT engines with
 ``--backend tensorrt``), the boundary goes to the server exactly as the bundle encodes it (uint8,

@@ -2,7 +2,7 @@
 with MLServer.
 
     isplit-export serve bundle --port 8001            # gRPC on 127.0.0.1:8001, HTTP on :8002
-    isplit-export run bundle --server 127.0.0.1:8001  # the head, on the device
+    isplit-export run bundle --url 127.0.0.1:8001     # the head, on the device
 
 The bundle is pinned (``--expect-sha256``) and re-hashed first (every file of the manifest): a
 modified or unlisted file, or another manifest than the pinned one, is refused, named, and nothing is

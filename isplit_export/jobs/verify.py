@@ -111,7 +111,7 @@ def write_verification(result: BundleVerification, report: Path | None = None) -
         write_text_atomic(path, json_dumps(result.to_json()))
     except OSError as e:
         raise BadInputError(
-            f"cannot write {path} ({first_line(e)}): the results are above; pass --report PATH or --no-write "
+            f"cannot write {path} ({first_line(e)}): the results are above; pass --out PATH or --no-write "
             "(e.g. for a read-only bundle)"
         ) from e
     return path

@@ -22,7 +22,7 @@ from isplit_export.serving.records import ERROR_CHARS, Request
 from isplit_export.version import __version__
 
 EXIT_UNREACHABLE = 5
-"""No server answered at ``--server`` within ``--wait`` seconds (or the model is not loaded there)."""
+"""No server answered at ``--url`` within ``--wait`` seconds (or the model is not loaded there)."""
 DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int8": "INT8"}
 GRPC_PREFIX_BYTES = 5
 """gRPC length-prefixed message: 1 flag byte + 4 length bytes before each protobuf message."""
@@ -270,7 +270,7 @@ def wait_ready(options: RunOptions, model: str) -> None:
     raise ServerUnreachableError(
         f"no inference server ready with model {model} at {options.server} ({options.protocol}) within "
         f"{options.wait_s:g} s ({why}): start one with `isplit-export serve {options.bundle} --port {port}` "
-        f"(or tritonserver --model-repository {options.bundle}/triton), or pass the right --server HOST:PORT"
+        f"(or tritonserver --model-repository {options.bundle}/triton), or pass the right --url HOST:PORT"
     )
 
 

@@ -581,7 +581,7 @@ def test_out_dot_force_is_refused_and_leaves_nothing(tmp_path: Path, built: dict
     [
         (["--summary-json", "DIR"], "is a directory"),
         (["--summary-json", "FILE/summary.json"], "cannot write --summary-json"),
-        (["--server", "nosuch"], "unknown target 'nosuch'"),
+        (["--server", "nosuch"], "unknown --server 'nosuch'"),
         (["--link", "1e-320"], "bandwidth"),
         (["--link", "10,1e300"], "RTT"),
     ],
@@ -602,7 +602,7 @@ def test_plan_link_bounds_and_strict_json(work: tuple[Path, Path]) -> None:
     _, b = work
     one_line(cli("plan", b, "--link", "1e-320"), 2, "bandwidth")
     one_line(cli("plan", b, "--link", "nosuch"), 2, "unknown --link")
-    one_line(cli("plan", b, "--link", "wifi", "--server", "nosuch"), 2, "unknown target")
+    one_line(cli("plan", b, "--link", "wifi", "--server", "nosuch"), 2, "unknown --server 'nosuch'")
     assert cli("plan", b, "--link", "0.001,600000").returncode == 0
     json.loads((b / "plan.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in plan.json"))
 
@@ -739,7 +739,7 @@ def test_exported_bundle_is_readable_by_others(built: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# 10. read-only bundle: results printed anyway, --report, --no-write
+# 10. read-only bundle: results printed anyway, --out, --no-write
 
 
 def test_unwritable_bundle_prints_results_then_one_line(work: tuple[Path, Path], tmp_path: Path) -> None:
@@ -747,7 +747,7 @@ def test_unwritable_bundle_prints_results_then_one_line(work: tuple[Path, Path],
     (b / "verify.json").mkdir()  # writing verify.json fails as on a read-only mount (we run as root here)
     p = cli("verify", b)
     assert "onnxruntime: passed" in p.stdout
-    one_line(p, 2, "--no-write", "--report")
+    one_line(p, 2, "--no-write", "--out PATH")
     (b / "verify.json").rmdir()
     (b / "plan.json").mkdir()
     p = cli("plan", b, "--link", "wifi")
@@ -755,12 +755,12 @@ def test_unwritable_bundle_prints_results_then_one_line(work: tuple[Path, Path],
     one_line(p, 2, "--no-write")
     assert cli("verify", b, "--no-write").returncode == 0
     report = tmp_path / "reports" / "verify.json"
-    p = cli("verify", b, "--report", report)
+    p = cli("verify", b, "--out", report)
     assert p.returncode == 0 and json.loads(report.read_text())["outcome"] == "passed"
-    p = cli("plan", b, "--link", "wifi", "--report", tmp_path / "plan.json")
+    p = cli("plan", b, "--link", "wifi", "--out", tmp_path / "plan.json")
     assert p.returncode == 0 and json.loads((tmp_path / "plan.json").read_text())["schema"] == "isplit.plan/1"
-    one_line(cli("verify", b, "--report", tmp_path / "r.json", "--no-write"), 2, "contradict")
-    one_line(cli("verify", b, "--report", tmp_path), 2, "is a directory")
+    one_line(cli("verify", b, "--out", tmp_path / "r.json", "--no-write"), 2, "contradict")
+    one_line(cli("verify", b, "--out", tmp_path), 2, "is a directory")
 
 
 # --------------------------------------------------------------------------------------------------

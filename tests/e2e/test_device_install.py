@@ -134,7 +134,7 @@ def test_wheel_with_device_extra_runs_verify_plan_and_run_in_a_fresh_venv(
     _pip(venv / "bin" / "python", "install", str(wheel), env=_venv_env(venv))
 
     # the core alone: run names the install, in one line, exit 2, before touching the bundle or the network
-    p = _device(venv, "run", bundle, "--server", f"127.0.0.1:{free_port()}", "--wait", "1")
+    p = _device(venv, "run", bundle, "--url", f"127.0.0.1:{free_port()}", "--wait", "1")
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2, p.stdout + p.stderr
     assert len(lines) == 1 and "tritonclient" in lines[0], lines
@@ -178,7 +178,7 @@ def test_wheel_with_device_extra_runs_verify_plan_and_run_in_a_fresh_venv(
     try:
         server.wait_ready(split)
         p = _device(
-            venv, "run", bundle, "--server", server.address, "--requests", "8", "--out", tmp_path / "run.json"
+            venv, "run", bundle, "--url", server.address, "--requests", "8", "--out", tmp_path / "run.json"
         )
     finally:
         server.stop()

@@ -113,11 +113,11 @@ def test_out_is_checked_before_the_first_request(
     ]
     for where, extra, needle in cases:
         t = time.monotonic()
-        code, out, err = run_cli(capsys, "run", where, "--server", address, "--wait", "20", *extra)
+        code, out, err = run_cli(capsys, "run", where, "--url", address, "--wait", "20", *extra)
         assert code == 2 and out == "" and needle in _one_line(err), (extra, code, err)
         assert time.monotonic() - t < 10, extra
     assert not (tmp_path / "missing").exists()
-    code, _, err = run_cli(capsys, "run", b, "--server", address, "--wait", "0", "--no-write")
+    code, _, err = run_cli(capsys, "run", b, "--url", address, "--wait", "0", "--no-write")
     assert code == 5, err  # --no-write: the run goes on (here to "no server")
 
 
@@ -127,7 +127,7 @@ def test_summary_first_then_the_file_and_no_write(
 ) -> None:
     out_file = tmp_path / "r.json"
     code, out, err = run_cli(
-        capsys, "run", bundle, "--server", served.address, "--requests", "4", "--out", out_file
+        capsys, "run", bundle, "--url", served.address, "--requests", "4", "--out", out_file
     )
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -140,9 +140,7 @@ def test_summary_first_then_the_file_and_no_write(
     assert r["server"]["address_class"] == "loopback" and r["backend"] == "onnxruntime"
     assert r["stopped"] is None
     before = sorted(p.name for p in bundle.iterdir())
-    code, out, err = run_cli(
-        capsys, "run", bundle, "--server", served.address, "--requests", "2", "--no-write"
-    )
+    code, out, err = run_cli(capsys, "run", bundle, "--url", served.address, "--requests", "2", "--no-write")
     assert code == 0, err
     assert "wrote" not in out and sorted(p.name for p in bundle.iterdir()) == before
 
@@ -391,7 +389,7 @@ def test_interrupt_writes_run_json_and_says_so(
         f"    if sum(self.counts.values()) == 5: os.kill(os.getpid(), {int(sig)})\n"
         "records.Recorder.add = hooked\n"
         "from isplit_export.cli import main\n"
-        f"sys.exit(main(['run', {str(bundle)!r}, '--server', {served.address!r}, '--requests', '1000', "
+        f"sys.exit(main(['run', {str(bundle)!r}, '--url', {served.address!r}, '--requests', '1000', "
         f"'--out', {str(out_file)!r}]))\n"
     )
     p = subprocess.run(

@@ -241,7 +241,7 @@ def test_serve_run_and_plan(
             capsys,
             "run",
             bundle,
-            "--server",
+            "--url",
             server.address,
             "--data",
             digits_dir,
@@ -280,7 +280,7 @@ def test_serve_run_and_plan(
             capsys,
             "run",
             bundle,
-            "--server",
+            "--url",
             f"{LOOPBACK}:{server.http_port}",
             "--protocol",
             "http",
@@ -387,14 +387,14 @@ def test_no_server_gets_one_line_within_the_wait(
 
     address = f"{LOOPBACK}:{free_port()}"
     t = time.monotonic()
-    code, _, err = run_cli(capsys, "run", int8_bundle, "--server", address, "--wait", "1")
+    code, _, err = run_cli(capsys, "run", int8_bundle, "--url", address, "--wait", "1")
     assert time.monotonic() - t < 10
     assert code == EXIT_UNREACHABLE
     lines = err.strip().splitlines()
     assert len(lines) == 1 and address in lines[0] and "isplit-export serve" in lines[0]
     # the head's TensorRT path needs TensorRT: not run here (exit 4), never faked
     code, _, err = run_cli(
-        capsys, "run", int8_bundle, "--server", address, "--backend", "tensorrt", "--wait", "0"
+        capsys, "run", int8_bundle, "--url", address, "--backend", "tensorrt", "--wait", "0"
     )
     assert code == 4 and "TensorRT" in err
 
@@ -434,7 +434,7 @@ def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
     try:
         server.wait_ready(name)
         code, _, err = run_cli(
-            capsys, "run", int8_bundle, "--server", server.address, "--out", tmp_path / "r.json"
+            capsys, "run", int8_bundle, "--url", server.address, "--out", tmp_path / "r.json"
         )
         # past that check, a request the server refuses (uint8 to an fp32 tail) is retried, bounded, then failed
         from isplit_export.serving.client import Client, send
@@ -470,7 +470,7 @@ def test_a_hung_server_gets_the_one_line_in_bounded_time(
         address = f"{LOOPBACK}:{hung.getsockname()[1]}"
         t = time.monotonic()
         code, _, err = run_cli(
-            capsys, "run", int8_bundle, "--server", address, "--wait", "2", "--timeout-ms", "500"
+            capsys, "run", int8_bundle, "--url", address, "--wait", "2", "--timeout-ms", "500"
         )
         elapsed = time.monotonic() - t
     assert code == EXIT_UNREACHABLE and address in err and elapsed < 15, (elapsed, err)

@@ -110,7 +110,7 @@ def test_an_unlisted_model_folder_is_refused_and_never_runs(tmp_path: Path, int8
         "manifest does not list",
     )
     _one_line(_cli("serve", bundle, "--port", free_port(), "--http-port", free_port()), 1, "evil/")
-    _one_line(_cli("run", bundle, "--server", f"{LOOPBACK}:{free_port()}", "--wait", "0"), 1, "evil/")
+    _one_line(_cli("run", bundle, "--url", f"{LOOPBACK}:{free_port()}", "--wait", "0"), 1, "evil/")
     assert not marker.exists()
     shutil.rmtree(bundle / "evil")
     # an unlisted model folder inside the Triton repository: the same finding (Triton would load it)
@@ -182,7 +182,7 @@ def test_serve_and_run_refuse_another_manifest_before_anything(tmp_path: Path, i
             _cli(
                 "run",
                 int8_bundle,
-                "--server",
+                "--url",
                 address,
                 "--expect-sha256",
                 wrong,
@@ -195,7 +195,7 @@ def test_serve_and_run_refuse_another_manifest_before_anything(tmp_path: Path, i
         with pytest.raises(BlockingIOError):
             listener.accept()
     assert not (tmp_path / "r.json").exists()
-    _one_line(_cli("run", int8_bundle, "--server", address, "--expect-sha256", "abc"), 2, "--expect-sha256")
+    _one_line(_cli("run", int8_bundle, "--url", address, "--expect-sha256", "abc"), 2, "--expect-sha256")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def test_engines_built_elsewhere_or_forged_are_refused_built_here_accepted(
         cli(
             "run",
             b,
-            "--server",
+            "--url",
             "127.0.0.1:9",
             "--backend",
             "tensorrt",
@@ -221,7 +221,7 @@ def test_engines_built_elsewhere_or_forged_are_refused_built_here_accepted(
         cli(
             "run",
             b,
-            "--server",
+            "--url",
             "127.0.0.1:9",
             "--backend",
             "tensorrt",
@@ -248,7 +248,7 @@ def test_run_auto_backend_takes_the_head_engine_built_here(
     """``run``'s default ``--backend auto``: TensorRT's head engine when build-engines built it here, else
     onnxruntime (then, with no server, exit 5 after the head was set up)."""
     env = _env(tmp_path, PYTHONPATH=trt["path"], STANDIN_TRT_LOG=str(trt["log"]))
-    args = ("run", b, "--server", "127.0.0.1:9", "--wait", "0", "--no-write")
+    args = ("run", b, "--url", "127.0.0.1:9", "--wait", "0", "--no-write")
     assert cli(*args, env=env).returncode == 5  # no engine: onnxruntime, no server
     assert cli("build-engines", b, env=_env(tmp_path, "elsewhere", PYTHONPATH=trt["path"])).returncode == 0
     assert cli(*args, env=env).returncode == 5 and _deserialised(trt) == []  # built elsewhere: not taken

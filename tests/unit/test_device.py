@@ -159,7 +159,7 @@ def test_run_without_the_client_names_the_install(
 ) -> None:
     """A device installed with the core only: ``run`` stops before any work with one line naming the install
     (exit 2), not an internal failure (exit 3) at the first request."""
-    p = run_cli_without(blocked, "run", tmp_path / "bundle", "--server", "127.0.0.1:1", *extra)
+    p = run_cli_without(blocked, "run", tmp_path / "bundle", "--url", "127.0.0.1:1", *extra)
     assert p.returncode == 2, p.stderr
     (line,) = p.stderr.strip().splitlines()
     assert needle in line and fix in line and "internal failure" not in line

@@ -143,7 +143,7 @@ def test_same_seed_gives_byte_identical_onnx(
         (("--bottleneck", "1.5"), "a ratio must be in (0, 1]"),
         (("--bottleneck", "64KiB"), "is larger than cut 0 (features_1)'s boundary"),
         (("--bottleneck", "1B"), "smallest code there is 4 B"),
-        (("--bottleneck", "1/8", "--finetune", "all"), "--finetune 'all': choose none or tail"),
+        (("--bottleneck", "1/8", "--finetune", "all"), "unknown --finetune 'all': choose one of none, tail"),
         (("--finetune", "tail"), "add --bottleneck"),
     ],
 )

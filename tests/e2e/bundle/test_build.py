@@ -267,7 +267,7 @@ def test_cpu_and_jetson_targets(
 
 def test_bad_export_inputs(capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_bundle: Path) -> None:
     code, _, err = run_cli(capsys, DIGITS, "--target", "tpu", "--out", tmp_path / "x")
-    assert code == 2 and "unknown target 'tpu'" in err and "jetson" in err
+    assert code == 2 and "unknown --target 'tpu'" in err and "jetson" in err
     code, _, err = run_cli(capsys, DIGITS, "--weights", "none", "--boundary", "int4", "--out", tmp_path / "x")
     assert code == 2 and "int4" in err
     code, _, err = run_cli(capsys, "verify", digits_bundle, "--split", "9")

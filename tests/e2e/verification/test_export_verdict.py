@@ -65,7 +65,7 @@ def test_verify_of_a_bundle_whose_export_failed_is_not_passed(
     capsys: pytest.CaptureFixture[str], failed_bundle: Path, tmp_path: Path
 ) -> None:
     report = tmp_path / "verify.json"
-    code, out, err = run_cli(capsys, "verify", failed_bundle, "--report", report)
+    code, out, err = run_cli(capsys, "verify", failed_bundle, "--out", report)
     assert code == 1, err
     lines = out.splitlines()
     assert "onnxruntime: export-failed" in lines and "onnxruntime: passed" not in lines
