@@ -3,12 +3,12 @@ bundle, and print the cost or ranking table, the probe's lines and one line per 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from isplit_export import progress
 from isplit_export.cli_options import (
     BatchOpt,
     BootstrapOpt,
@@ -22,6 +22,7 @@ from isplit_export.cli_options import (
     LatencyOpt,
     ModelArg,
     ObjectiveOpt,
+    QuietOpt,
     ScoreOpt,
     SizeOpt,
     TrainBatchOpt,
@@ -146,6 +147,7 @@ def export_cmd(
         ),
     ] = None,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
     from isplit_export.bundle.build import export
@@ -161,7 +163,7 @@ def export_cmd(
         images=images,
         input_size=input_size,
         force=force,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         link=link,
         bottleneck=bottleneck_from_flags(bottleneck, finetune, train_steps, train_batch),
         constraints=constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
@@ -183,7 +185,8 @@ def export_cmd(
             min_dla_fraction=min_dla_fraction,
         ),
     )
-    result = export(options)
+    with progress.stages(quiet=quiet):
+        result = export(options)
     if result.ranked.ranking.cost is not None:
         from isplit_export.bundle.cost_table import format_cost_table
 

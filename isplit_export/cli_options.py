@@ -90,6 +90,12 @@ BootstrapOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="no progress on stderr (a bar on a terminal, else one line per stage)"
+    ),
+]
 TrustEnginesOpt = Annotated[
     bool,
     typer.Option(

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from isplit_export.cli_options import ExpectShaOpt, TrustEnginesOpt, given
+from isplit_export import progress
+from isplit_export.cli_options import ExpectShaOpt, QuietOpt, TrustEnginesOpt, given
 from isplit_export.options_serving import RunOptions, ServeOptions
 
 _SERVE, _RUN = ServeOptions, RunOptions  # the defaults live in the dataclasses; help texts quote them
@@ -126,6 +127,7 @@ def run_cmd(
     ] = None,
     trust_engines: TrustEnginesOpt = False,
     expect_sha256: ExpectShaOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run the head here against a served tail: every request measured and accounted for; writes run.json.
 
@@ -159,7 +161,8 @@ def run_cmd(
             expect_sha256=expect_sha256,
         )
     )
-    result = run(options, write=False)
+    with progress.stages(quiet=quiet):
+        result = run(options, write=False)
     typer.echo(format_run(result.data))  # printed first: the results show even if the file cannot be written
     written = result.write()
     if written is not None:

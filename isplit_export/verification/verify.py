@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export import contract
+from isplit_export import contract, progress
 from isplit_export.errors import BadInputError, first_line
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.exporting.onnx_utils import this_machine
@@ -119,6 +119,7 @@ def _verify_split(
     Each runner is activated once: it runs the goldens and, where the backend times its pairs, is timed
     (head on one golden image, tail on its output, :func:`~isplit_export.verification.runners.measure_latency`).
     """
+    progress.stage(f"split {pos}: goldens and latency on {backend.name}")
     enc = split_encoding(manifest, entry)
     golden_file = contract.split_file(manifest, bundle, entry, "golden")
     golden = contract.load_golden(
@@ -195,13 +196,17 @@ def verify_bundle(
     contract.check_expected_sha256(m, expect_sha256)
     manifest = m
     selected = contract.select_splits(manifest, split)
+    progress.expect(2 + len(selected))
+    progress.stage("hash the bundle's files")
     contract.check_files(bundle, manifest)
+    progress.stage(f"load the {backend} models")
     pairs = runtime.verify_pairs(manifest, bundle, [entry for _, entry in selected], trust=trust_engines)
     rows = [
         row
         for (pos, entry), p in zip(selected, pairs, strict=True)
         for row in _verify_split(runtime, bundle, manifest, pos, entry, p, trust_engines)
     ]
+    progress.done()
     positions = {pos for pos, _ in selected}
     export = [v for v in m.export_verdicts if v.split in positions]
     replayed = bool(rows) and all(r.passed for r in rows)
