@@ -210,6 +210,14 @@ def export_cmd(
         )
     typer.echo(result.manifest.verification.note)
     typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
+    if result.passed:
+        from isplit_export.bundle.next_steps import format_next_steps
+
+        m = result.manifest
+        steps = format_next_steps(
+            m.block("target"), m.block("options"), bool(m.block("triton")), str(out), m.sha256
+        )
+        typer.echo("\n".join(steps))
     if not result.passed:
         for failure in result.failures:
             typer.echo(f"gate failed: {failure}", err=True)
