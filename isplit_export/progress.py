@@ -17,7 +17,7 @@ leaves one finished line; otherwise (CI logs, pipes) each stage prints one line 
 often while it runs (``run --duration``: requests and rate as they go). Without an open display (library
 use) and with ``quiet`` every call is a no-op. ``k/n`` counts the stages the jobs announced with
 :func:`expect` (a job that runs another, such as export running rank, adds its own to theirs); under a
-torchrun job only process 0 reports. Torch-free: ``verify`` and ``plan`` use it on the device.
+torchrun job only process 0 reports. Torch-free (``rich`` comes with ``typer``, a core dependency): ``verify`` and ``run`` use it on the device.
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ class Stage:
         self.done += n
         self._display.update(self)
 
-    def close(self) -> None:
-        """End the stage (its finished line is printed once)."""
+    def close(self, *, stopped: bool = False) -> None:
+        """End the stage (its finished line is printed once; ``stopped``: it did not finish)."""
         if self._display is not None:
             display, self._display = self._display, None
-            display.end(self)
+            display.end(self, stopped=stopped)
 
     def counts(self) -> str:
         """``40/40 img, 7.8/s`` (the count, its total and rate), or '' for a stage without a unit."""
@@ -78,11 +78,12 @@ class Stage:
         rate = f", {self.done / elapsed:.1f}/s" if elapsed > 0 else ""
         return f"{done} {self.unit}{rate}"
 
-    def line(self, n_stages: int) -> str:
-        """``stage k/n: name (counts, elapsed 12.3 s)``."""
+    def line(self, n_stages: int, *, stopped: bool = False) -> str:
+        """``stage k/n: name (counts, elapsed 12.3 s)``; ``stopped``: the job failed or was interrupted in it."""
         elapsed = time.perf_counter() - self.start
         counts = self.counts()
-        inside = f"{counts}, elapsed {elapsed:.1f} s" if counts else f"elapsed {elapsed:.1f} s"
+        when = f"stopped after {elapsed:.1f} s" if stopped else f"elapsed {elapsed:.1f} s"
+        inside = f"{counts}, {when}" if counts else when
         return f"stage {self.index}/{max(n_stages, self.index)}: {self.name} ({inside})"
 
     def __enter__(self) -> Stage:
@@ -91,7 +92,7 @@ class Stage:
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        self.close(stopped=err is not None)
 
 
 class Display:
@@ -120,9 +121,9 @@ class Display:
             )
             self._bar.start()
 
-    def close(self) -> None:
+    def close(self, *, stopped: bool = False) -> None:
         if self.current is not None:
-            self.current.close()
+            self.current.close(stopped=stopped)
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
@@ -150,14 +151,15 @@ class Display:
                 elapsed = now - stage.start
                 self._print(f"  {stage.name}: {stage.counts()} (elapsed {elapsed:.1f} s)")
 
-    def end(self, stage: Stage) -> None:
+    def end(self, stage: Stage, *, stopped: bool = False) -> None:
         if self.current is stage:
             self.current = None
+        line = stage.line(self.total, stopped=stopped)
         if self._bar is not None and stage._task is not None:
             self._bar.remove_task(stage._task)
-            self._bar.console.print(stage.line(self.total), highlight=False, markup=False)
+            self._bar.console.print(line, highlight=False, markup=False)
         else:
-            self._print(stage.line(self.total))
+            self._print(line)
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -184,10 +186,12 @@ def stages(
     display.total = total
     token = _ACTIVE.set(display)
     display.open()
+    stopped = True
     try:
         yield
+        stopped = False
     finally:
-        display.close()
+        display.close(stopped=stopped)  # a failed or interrupted job's last line says where it stopped
         _ACTIVE.reset(token)
 
 

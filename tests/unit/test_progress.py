@@ -9,6 +9,8 @@ import pty
 import re
 import time
 
+import pytest
+
 from isplit_export import progress
 
 LINE = re.compile(r"^stage (\d+)/(\d+): (.+) \((?:(.+), )?elapsed (\d+\.\d) s\)$")
@@ -73,6 +75,17 @@ def test_every_prints_the_count_and_rate_as_it_goes() -> None:
     assert len(live) >= 2, lines
     assert re.match(r"^  requests: \d+ req, \d+\.\d/s \(elapsed \d+\.\d s\)$", live[0])
     assert lines[-1].startswith("stage 1/1: requests (3 req, ")
+
+
+def test_a_failing_job_says_where_it_stopped() -> None:
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt), progress.stages(2, stream=stream, tty=False):
+        progress.stage("load")
+        progress.stage("train")
+        raise KeyboardInterrupt
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("stage 1/2: load (elapsed ")
+    assert re.match(r"^stage 2/2: train \(stopped after \d+\.\d s\)$", lines[1]), lines
 
 
 def test_unreported_stage_is_silent() -> None:
