@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+QUIET_ENV = "ISPLIT_QUIET"
+"""Set to 1: every command as with ``--quiet`` (scripts; the test suite, whose error checks count stderr lines)."""
+
 _ACTIVE: ContextVar[Display | None] = ContextVar("isplit_progress", default=None)
 
 
@@ -172,13 +175,14 @@ def stages(
     """Open the display the stages inside report to (``total``: stages known up front; more via :func:`expect`).
 
     ``stream`` defaults to stderr and ``tty`` to whether it is a terminal; inside an open display this
-    joins it. ``quiet`` (``--quiet``), or a torchrun process other than 0, reports nothing.
+    joins it. ``quiet`` (``--quiet``), ``ISPLIT_QUIET=1`` in the environment, or a torchrun process
+    other than 0 reports nothing.
     """
     if _ACTIVE.get() is not None:
         expect(total)
         yield
         return
-    if quiet or os.environ.get("RANK", "0") != "0":
+    if quiet or os.environ.get(QUIET_ENV, "0") not in ("", "0") or os.environ.get("RANK", "0") != "0":
         yield
         return
     out = stream if stream is not None else sys.stderr

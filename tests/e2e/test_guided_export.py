@@ -17,6 +17,7 @@ import pytest
 
 from isplit_export import contract
 from isplit_export.cli import main
+from isplit_export.progress import QUIET_ENV
 from tests.support.helpers import DIGITS, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -30,11 +31,11 @@ def guided(
 ) -> dict[str, object]:
     """The export's exit code, stdout and stderr (not a terminal under capture) and its bundle."""
     out = tmp_path_factory.mktemp("guided") / "b"
-    err, std = (
-        io.StringIO(),
-        io.StringIO(),
-    )  # capsys is function-scoped: this module-scoped run is captured here
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+    # capsys is function-scoped: this module-scoped run is captured here; the suite runs quiet
+    # (tests/support/fixtures.py) and this test is about the progress
+    err, std = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+        mp.delenv(QUIET_ENV)
         code = main(
             [
                 DIGITS,
@@ -119,7 +120,10 @@ def test_report_explains_the_files_and_the_next_steps(guided: dict[str, object])
     assert "`triton/`" in steps and "docs/jetson.md" in steps and "docs/serving.md" in steps
 
 
-def test_verify_stages_and_quiet(guided: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_stages_and_quiet(
+    guided: dict[str, object], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(QUIET_ENV)
     b = guided["bundle"]
     code, _, err = run_cli(capsys, "verify", b, "--no-write")
     assert code == 0
@@ -142,6 +146,7 @@ def test_a_terminal_gets_the_bar(guided: dict[str, object]) -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=slave,
+        env={k: v for k, v in os.environ.items() if k != QUIET_ENV},
     )
     os.close(slave)
     chunks = []

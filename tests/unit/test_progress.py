@@ -13,6 +13,12 @@ import pytest
 
 from isplit_export import progress
 
+
+@pytest.fixture(autouse=True)
+def _progress_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(progress.QUIET_ENV, raising=False)  # the suite runs quiet (tests/support/fixtures.py)
+
+
 LINE = re.compile(r"^stage (\d+)/(\d+): (.+) \((?:(.+), )?elapsed (\d+\.\d) s\)$")
 
 
@@ -50,6 +56,17 @@ def test_quiet_and_no_display_print_nothing() -> None:
     _workload()  # library use: no display open, every call is a no-op
     assert stream.getvalue() == ""
     assert not progress.active()
+
+
+def test_isplit_quiet_in_the_environment_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setenv(progress.QUIET_ENV, "1")
+    with progress.stages(stream=stream, tty=False):
+        _workload()
+    monkeypatch.setenv(progress.QUIET_ENV, "0")
+    with progress.stages(stream=stream, tty=False):
+        progress.stage("shown")
+    assert stream.getvalue().startswith("stage 1/1: shown (") and len(stream.getvalue().splitlines()) == 1
 
 
 def test_nested_job_joins_the_open_display() -> None:
