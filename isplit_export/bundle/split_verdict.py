@@ -98,3 +98,9 @@ def split_verdict(cost: Mapping[str, Any], candidates: Sequence[Mapping[str, Any
         device_only_ms=float(baselines["device_only"]["total_ms"]),
         server_only_ms=float(baselines["server_only"]["total_ms"]),
     )
+
+
+def verdict_lines(cost: Mapping[str, Any], candidates: Sequence[Any]) -> list[str]:
+    """report.md's cost section: the verdict in bold and a blank line, or nothing without one."""
+    verdict = split_verdict(cost, [c for c in candidates if isinstance(c, Mapping)])
+    return [] if verdict is None else [f"**{verdict.line()}**", ""]

@@ -100,3 +100,11 @@ def test_no_verdict_without_costed_cuts() -> None:
     assert split_verdict({"baselines": {}}, []) is None
     cost = {"baselines": {"device_only": {"total_ms": 1.0}, "server_only": {"total_ms": 2.0}}, "selected": []}
     assert split_verdict(cost, [{"index": 0, "node": "a", "rank": None, "cost": {"total_ms": 0.5}}]) is None
+
+
+def test_the_reports_cost_section_carries_the_verdict() -> None:
+    from isplit_export.bundle.report_ranking import cost_section
+
+    planned = _planned("jetson-orin-agx", "lte")
+    verdict = split_verdict(planned["cost"], planned["candidates"])  # type: ignore[arg-type]
+    assert verdict is not None and f"**{verdict.line()}**" in cost_section(planned)
