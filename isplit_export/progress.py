@@ -72,14 +72,16 @@ class Stage:
             display, self._display = self._display, None
             display.end(self, stopped=stopped)
 
-    def counts(self) -> str:
-        """``40/40 img, 7.8/s`` (the count, its total and rate), or '' for a stage without a unit."""
+    def counts(self, *, rate: bool = True) -> str:
+        """``40/40 img, 7.8/s`` (the count, its total and the rate), or '' for a stage without a unit."""
         if not self.unit:
             return ""
         done = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
         elapsed = time.perf_counter() - self.start
-        rate = f", {self.done / elapsed:.1f}/s" if elapsed > 0 else ""
-        return f"{done} {self.unit}{rate}"
+        if not rate or elapsed <= 0:
+            return f"{done} {self.unit}"
+        rate_text = f", {self.done / elapsed:.1f}/s"
+        return f"{done} {self.unit}{rate_text}"
 
     def line(self, n_stages: int, *, stopped: bool = False) -> str:
         """``stage k/n: name (counts, elapsed 12.3 s)``; ``stopped``: the job failed or was interrupted in it."""
@@ -111,13 +113,12 @@ class Display:
     def open(self) -> None:
         if self.tty:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[unit]}"),
+                TextColumn("{task.fields[counts]}"),  # '12/40 img', '' for a stage without a count
                 TimeElapsedColumn(),
                 console=Console(file=self.stream, force_terminal=True),
                 transient=True,
@@ -140,13 +141,13 @@ class Display:
             stage._task = self._bar.add_task(
                 f"stage {self.count}/{max(self.total, self.count)}: {stage.name}",
                 total=stage.total,
-                unit=stage.unit,
+                counts=stage.counts(rate=False),
             )
         return self.count
 
     def update(self, stage: Stage) -> None:
         if self._bar is not None and stage._task is not None:
-            self._bar.update(stage._task, completed=stage.done)
+            self._bar.update(stage._task, completed=stage.done, counts=stage.counts(rate=False))
         elif not self.tty and stage.every is not None:
             now = time.perf_counter()
             if now - stage._last_line >= stage.every:

@@ -121,7 +121,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
     per_split = 3 + profile.int8 + profile.uses_tensorrt + (bn is not None)
     want_triton = wants_repository(profile.kind, opts.triton)
-    progress.expect(2 + (opts.top or 0) * per_split + (opts.weights_layout == "shared") + want_triton)
+    progress.expect(3 + (opts.top or 0) * per_split + (opts.weights_layout == "shared") + want_triton)
     ranked = rank(opts.replace(out=None))
     cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
     if not cuts:
@@ -145,6 +145,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
     with atomic_directory(out, force=opts.force) as tmp:
         export_file(module, x[:1], tmp / "full.onnx", "input", "logits")
+        progress.stage("write ranking.json and its plots")
         write_ranking(ranked.ranking, tmp)
         uses_int8 = encoding_name == "int8" or profile.int8
         if uses_int8:

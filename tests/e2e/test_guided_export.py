@@ -66,8 +66,8 @@ def test_export_prints_one_stage_line_per_stage_off_a_terminal(guided: dict[str,
     ns = {int(m.group(2)) for m in parsed if m}
     assert ks == list(range(1, len(lines) + 1)) and ns == {len(lines)}, lines  # each stage once, k of n
     names = [m.group(3) for m in parsed if m]
-    # rank (model, graph, importance, ranking), the reference, 3 per split, weights, Triton, the write
-    assert len(names) == 4 + 1 + 2 * 3 + 1 + 1 + 1, names
+    # rank (model, graph, importance, ranking), the reference, the plots, 3 per split, weights, Triton, the write
+    assert len(names) == 4 + 2 + 2 * 3 + 1 + 1 + 1, names
     assert "importance over the images" in names
     imp = lines[names.index("importance over the images")]
     assert re.search(r"\(200/200 img, [\d.]+/s, elapsed", imp), imp
