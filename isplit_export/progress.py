@@ -17,7 +17,8 @@ leaves one finished line; otherwise (CI logs, pipes) each stage prints one line 
 often while it runs (``run --duration``: requests and rate as they go). Without an open display (library
 use) and with ``quiet`` every call is a no-op. ``k/n`` counts the stages the jobs announced with
 :func:`expect` (a job that runs another, such as export running rank, adds its own to theirs); under a
-torchrun job only process 0 reports. Torch-free (``rich`` comes with ``typer``, a core dependency): ``verify`` and ``run`` use it on the device.
+torchrun job only process 0 reports. Torch-free (``rich`` comes with ``typer``, a core dependency):
+``verify`` and ``run`` use it on the device.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class Display:
                 TimeElapsedColumn(),
                 console=Console(file=self.stream, force_terminal=True),
                 transient=True,
+                redirect_stdout=False,  # stdout stays the results' (it may be a file while stderr is a terminal)
+                redirect_stderr=False,
             )
             self._bar.start()
 
@@ -141,13 +144,14 @@ class Display:
             stage._task = self._bar.add_task(
                 f"stage {self.count}/{max(self.total, self.count)}: {stage.name}",
                 total=stage.total,
-                counts=stage.counts(rate=False),
+                counts=stage.counts(rate=stage.every is not None),
             )
         return self.count
 
     def update(self, stage: Stage) -> None:
         if self._bar is not None and stage._task is not None:
-            self._bar.update(stage._task, completed=stage.done, counts=stage.counts(rate=False))
+            counts = stage.counts(rate=stage.every is not None)  # a live rate where the job asked for one
+            self._bar.update(stage._task, completed=stage.done, counts=counts)
         elif not self.tty and stage.every is not None:
             now = time.perf_counter()
             if now - stage._last_line >= stage.every:
