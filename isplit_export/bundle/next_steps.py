@@ -30,9 +30,9 @@ DOCS = {
 _WHERE = {"jetson": "the Jetson", "server": "the head's GPU machine"}
 
 FILE_ROLES = {
-    "head": "the head: input -> boundary, fp32, with the boundary encoder (onnxruntime on the device)",
-    "tail": "the tail: boundary -> logits, with the boundary decoder (what `serve` and Triton run)",
-    "head_int8": "the head quantized to INT8 (QDQ), calibrated on `calibration/inputs.npz`",
+    "head": "the head: input -> boundary, fp32 weights, with the boundary encoder (`run` on onnxruntime)",
+    "tail": "the tail: boundary -> logits, fp32 weights, with the boundary decoder (what `serve` runs)",
+    "head_int8": "the head quantized to INT8 (QDQ)",
     "tail_int8": "the tail quantized to INT8 (QDQ)",
     "head_trt": "the head without the boundary codec (float32 boundary) for TensorRT: the device encodes",
     "tail_trt": "the tail without the boundary codec for TensorRT: the server decodes",
