@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 
+from isplit_export import progress
 from isplit_export.cli_options import (
     FLAG,
     BoundaryKibOpt,
     ExpectShaOpt,
     HeadFlopsOpt,
     LatencyOpt,
+    QuietOpt,
     SplitOpt,
     TargetName,
     TrustEnginesOpt,
@@ -67,6 +69,7 @@ def verify_cmd(
     no_write: NoWriteOpt = None,
     trust_engines: TrustEnginesOpt = False,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Re-hash every bundle file and re-run the golden inputs (torch-free: runs on the device)."""
     from isplit_export.jobs.verify import verify_bundle, write_verification
@@ -75,14 +78,15 @@ def verify_cmd(
     setup_logging(verbose)
     out = renamed(out, report, "--report", "--out")
     write = _result_path(expect_sha256, out, no_write)
-    result = verify_bundle(
-        bundle,
-        backend=backend,
-        split=split,
-        write=False,
-        expect_sha256=expect_sha256,
-        trust_engines=trust_engines,
-    )
+    with progress.stages(quiet=quiet):
+        result = verify_bundle(
+            bundle,
+            backend=backend,
+            split=split,
+            write=False,
+            expect_sha256=expect_sha256,
+            trust_engines=trust_engines,
+        )
     typer.echo(format_verification(result))  # printed first: a read-only bundle still shows its results
     if write:
         typer.echo(f"wrote {write_verification(result, out)}")

@@ -3,12 +3,12 @@ bundle, and print the cost or ranking table, the probe's lines and one line per 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from isplit_export import progress
 from isplit_export.cli_options import (
     BOTTLENECK,
     EXPORT,
@@ -26,6 +26,7 @@ from isplit_export.cli_options import (
     LatencyOpt,
     ModelArg,
     ObjectiveOpt,
+    QuietOpt,
     ScoreOpt,
     SizeOpt,
     TargetName,
@@ -144,6 +145,7 @@ def export_cmd(
         ),
     ] = None,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
     from isplit_export.bundle.build import export
@@ -159,7 +161,7 @@ def export_cmd(
         images=images,
         input_size=input_size,
         force=force,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         link=link,
         bottleneck=bottleneck_from_flags(bottleneck, finetune, train_steps, train_batch),
         constraints=constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
@@ -181,7 +183,8 @@ def export_cmd(
             min_dla_fraction=min_dla_fraction,
         ),
     )
-    result = export(options)
+    with progress.stages(quiet=quiet):
+        result = export(options)
     if result.ranked.ranking.cost is not None:
         from isplit_export.bundle.cost_table import format_cost_table
 
@@ -205,6 +208,14 @@ def export_cmd(
         )
     typer.echo(result.manifest.verification.note)
     typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
+    if result.passed:
+        from isplit_export.bundle.next_steps import format_next_steps
+
+        m = result.manifest
+        steps = format_next_steps(
+            m.block("target"), m.block("options"), bool(m.block("triton")), str(out), m.sha256
+        )
+        typer.echo("\n".join(steps))
     if not result.passed:
         for failure in result.failures:
             typer.echo(f"gate failed: {failure}", err=True)

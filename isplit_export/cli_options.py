@@ -100,6 +100,15 @@ BootstrapOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress details", metavar=FLAG)]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="no progress on stderr (a bar on a terminal, else one line per stage)",
+        metavar=FLAG,
+    ),
+]
 TrustEnginesOpt = Annotated[
     bool,
     typer.Option(

@@ -3,12 +3,12 @@ budget), printed as a table with the probe's lines. ``cli`` registers it."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from isplit_export import progress
 from isplit_export.cli_options import (
     FLAG,
     RANK,
@@ -20,6 +20,7 @@ from isplit_export.cli_options import (
     DistributedOpt,
     ImagesOpt,
     ModelArg,
+    QuietOpt,
     ScoreOpt,
     SizeOpt,
     TopOpt,
@@ -72,6 +73,7 @@ def rank_cmd(
         ),
     ] = RANK.probe_cuts,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
     from isplit_export.distributed import is_primary
@@ -86,7 +88,7 @@ def rank_cmd(
         top=top,
         input_size=input_size,
         out=out,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         workers=workers,
         distributed=distributed,
         force=force,
@@ -100,7 +102,8 @@ def rank_cmd(
         ),
         bottleneck=bottleneck_from_flags(bottleneck, None, None, None),
     )
-    result = rank(options)
+    with progress.stages(quiet=quiet):
+        result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return
     r = result.ranking

@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
+from isplit_export import progress
 from isplit_export.cli_options import (
     FLAG,
     ExpectShaOpt,
+    QuietOpt,
     SplitOpt,
     TrustEnginesOpt,
     VerboseOpt,
@@ -141,6 +143,7 @@ def run_cmd(
     trust_engines: TrustEnginesOpt = False,
     expect_sha256: ExpectShaOpt = None,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run the head here against a served tail: every request measured and accounted for; writes run.json.
 
@@ -179,7 +182,8 @@ def run_cmd(
             expect_sha256=expect_sha256,
         )
     )
-    result = run(options, write=False)
+    with progress.stages(quiet=quiet):
+        result = run(options, write=False)
     typer.echo(format_run(result.data))  # printed first: the results show even if the file cannot be written
     written = result.write()
     if written is not None:

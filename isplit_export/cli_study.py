@@ -3,12 +3,12 @@ CUI/CDE correlate with it. ``cli`` registers it."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from isplit_export import progress
 from isplit_export.cli_options import (
     BOTTLENECK,
     FLAG,
@@ -20,6 +20,7 @@ from isplit_export.cli_options import (
     FinetuneOpt,
     ImagesOpt,
     ModelArg,
+    QuietOpt,
     ScoreOpt,
     SizeOpt,
     TrainBatchOpt,
@@ -100,6 +101,7 @@ def study_cmd(
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
     from isplit_export.distributed import is_primary
@@ -117,7 +119,7 @@ def study_cmd(
         images=images,
         input_size=input_size,
         out=out,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         workers=workers,
         distributed=distributed,
         force=force,
@@ -131,7 +133,8 @@ def study_cmd(
             repeats=repeats,
         ),
     )
-    result = study(options)
+    with progress.stages(quiet=quiet):
+        result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return
     from isplit_export.bottleneck.study_table import format_study

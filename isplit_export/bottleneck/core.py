@@ -62,6 +62,7 @@ from isplit_export.exporting.encoding import (
 from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
 from isplit_export.options_bottleneck import DEFAULT_ENCODING, BottleneckOptions, SizeSpec
+from isplit_export.progress import stage as progress_stage
 
 if TYPE_CHECKING:
     from isplit_export.ranking.graph import Cut
@@ -252,8 +253,6 @@ def train(
     chooses because a 30-image slice's agreement moves in steps of one image.
     Deterministic for ``(seed, cut.index, repeat)`` (:func:`cut_seed`; the global RNG is left as it was).
     """
-    from tqdm import tqdm
-
     p = code_shape(cut, options.spec, encoding)
     run_seed = cut_seed(seed, cut.index, repeat)
     start = time.perf_counter()
@@ -323,8 +322,8 @@ def train(
         order: list[int] = []
         step = 0
         last = {"loss": math.nan, "kl": math.nan, "mse": math.nan}
-        bar = tqdm(
-            total=options.train_steps, disable=not progress, desc=f"bottleneck {cut.node}", leave=False
+        bar = progress_stage(
+            f"train the bottleneck at {cut.node}", total=options.train_steps, unit="steps", report=progress
         )
         for step in range(1, options.train_steps + 1):
             if len(order) < options.train_batch:
@@ -349,7 +348,7 @@ def train(
             opt.step()
             sched.step()
             last = {"loss": float(loss.detach()), "kl": float(kl.detach()), "mse": float(mse.detach())}
-            bar.update(1)
+            bar.advance(1)
             if step % every == 0 or step == options.train_steps:
                 with torch.no_grad():
                     codec = calibrate_encoding(encoding, encoder(a_all).numpy())

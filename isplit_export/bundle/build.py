@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from isplit_export import contract
+from isplit_export import contract, progress
 from isplit_export.bundle.cost_block import choose_cuts
 from isplit_export.bundle.report import render_report
 from isplit_export.bundle.summary import gate_failures, write_summary
@@ -119,10 +119,15 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     if opts.summary_json is not None:
         check_writable_file(opts.summary_json, "--summary-json")
 
+    per_split = 3 + profile.int8 + profile.uses_tensorrt + (bn is not None)
+    want_triton = wants_repository(profile.kind, opts.triton)
+    progress.expect(3 + (opts.top or 0) * per_split + (opts.weights_layout == "shared") + want_triton)
     ranked = rank(opts.replace(out=None))
     cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
     if not cuts:
         raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
+    progress.expect((len(cuts) - (opts.top or 0)) * per_split)  # fewer candidates than --top
+    progress.stage("reference outputs and full.onnx")
     x, labels, names = ranked.images.tensor(limit=opts.verify_images)
     x_train: torch.Tensor | None = None
     if bn is not None:  # train on one part, verify on the held-out rest; sizes checked before writing
@@ -140,6 +145,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
     with atomic_directory(out, force=opts.force) as tmp:
         export_file(module, x[:1], tmp / "full.onnx", "input", "logits")
+        progress.stage("write ranking.json and its plots")
         write_ranking(ranked.ranking, tmp)
         uses_int8 = encoding_name == "int8" or profile.int8
         if uses_int8:
@@ -173,13 +179,16 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
         weights = inline_info()
         if opts.weights_layout == "shared":
+            progress.stage("share the weights (weights/)")
             weights, moves = share_weights(tmp, [s.dir for s in splits])
             splits = [s.with_files({k: moves.get(v, v) for k, v in s.files.items()}) for s in splits]
         triton = None
         if wants_repository(
             profile.kind, opts.triton
         ):  # OUT/triton/: the tails as Triton models (hashed below)
+            progress.stage("write the Triton repository (triton/)")
             triton = write_repository(tmp, splits, model=ranked.model.name)
+        progress.stage("hash the files, write report.md and manifest.json")
         full_acc = accuracy(y_ref, lab)
         summary = cui_order(splits, encoding_name, full_acc)
         if bn is not None and len(splits) < MIN_TO_CONCLUDE:
@@ -218,6 +227,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             "report_sha256": sha256_file(tmp / "report.md"),
         }
         write_json(tmp / MANIFEST_FILE, manifest)
+    progress.done()
     written = contract.read_manifest(out)
     if opts.summary_json is not None:
         write_summary(opts.summary_json, written)
@@ -264,6 +274,7 @@ def _export_split(
         head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
         if train_seconds is not None:
             train_seconds[rel] = rounded(trained.seconds, 3, decimals=True)
+    progress.stage(f"split {rank_pos} ({cut.node}): export the ONNX head and tail")
     boundary_fp32 = forward_batched(head_gm, x, batch_size)
     enc = (
         trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
@@ -272,6 +283,7 @@ def _export_split(
     save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc), head_path)
     save_model(decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc), tail_path)
 
+    progress.stage(f"split {rank_pos}: verify the pair on {len(x)} images")
     xn = x.numpy()
     boundary, logits = run_pair(OnnxrtRunner(head_path), OnnxrtRunner(tail_path), xn, batch=batch_size)
     files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
@@ -296,6 +308,7 @@ def _export_split(
 
     if profile.int8:
         # with a bottleneck, calibrate on the training part: the held-out images stay unseen
+        progress.stage(f"split {rank_pos}: INT8 calibration, export and verification")
         calib_x = x_train.numpy() if x_train is not None else xn
         calib = build_int8_pair(
             head_path, tail_path, calib_x, sdir / "head.int8.onnx", sdir / "tail.int8.onnx", enc
@@ -315,6 +328,7 @@ def _export_split(
         )
     save_npz(sdir / "golden.npz", goldens)
     if profile.uses_tensorrt:
+        progress.stage(f"split {rank_pos}: TensorRT engine build recipe")
         shape = trained.shape.code_shape if trained is not None else cut.shape
         files.update(
             _engine_plan(
@@ -328,6 +342,7 @@ def _export_split(
             )
         )
 
+    progress.stage(f"split {rank_pos}: latency ({opts.latency_runs} runs each)")
     timed = {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}
     if profile.int8:  # the INT8 pair, interleaved with the fp32 one
         timed.update(head_int8=sdir / "head.int8.onnx", tail_int8=sdir / "tail.int8.onnx")

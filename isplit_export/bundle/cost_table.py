@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from isplit_export.bundle.split_verdict import split_verdict
 from isplit_export.text_table import text_table
 
 
@@ -92,7 +93,8 @@ def cost_table_rows(ranking: Mapping[str, Any]) -> tuple[list[str], list[list[st
 
 
 def format_cost_table(ranking: Mapping[str, Any]) -> str:
-    """The terminal table of a ranking dict with a ``cost`` block, with a one-line header and the note."""
+    """The terminal table of a ranking dict with a ``cost`` block: a one-line header, the table, whether
+    splitting pays (:func:`~isplit_export.bundle.split_verdict.split_verdict`) and the note."""
     cost = ranking["cost"]
     lk, dev, srv = cost["link"], cost["device"], cost["server"]
     head = (
@@ -106,6 +108,9 @@ def format_cost_table(ranking: Mapping[str, Any]) -> str:
     lines.append(
         "sel: #N = selected in that order" + ("; * = exported in the bundle" if cost.get("exported") else "")
     )
+    verdict = split_verdict(cost, ranking["candidates"])
+    if verdict is not None:
+        lines.append(verdict.line())
     if cost.get("note"):
         lines.append(f"note: {cost['note']}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from isplit_export.bundle import markdown as md
+from isplit_export.bundle.next_steps import file_naming_section, next_steps_section
 from isplit_export.bundle.report_ranking import cost_section, ranking_section
 from isplit_export.bundle.report_runtime import latency_section, tensorrt_section
 from isplit_export.bundle.report_splits import cui_order_section, splits_section
@@ -119,10 +120,12 @@ def render_report(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> st
     manifest, ranking = md.as_dict(manifest), md.as_dict(ranking)
     sections = [
         _header(manifest, ranking),
+        next_steps_section(manifest),
         _plots(),
         ranking_section(manifest, ranking),
         cost_section(ranking),
         splits_section(manifest),
+        file_naming_section(manifest),
         cui_order_section(manifest),
         latency_section(manifest),
         tensorrt_section(manifest),

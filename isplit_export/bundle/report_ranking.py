@@ -9,6 +9,7 @@ from typing import Any
 
 from isplit_export.bundle import markdown as md
 from isplit_export.bundle.cost_table import cost_table_rows
+from isplit_export.bundle.split_verdict import verdict_lines
 
 RANKING_ROWS = 10
 """The ranking table lists at least this many ranked candidates (more when ``top`` is larger)."""
@@ -95,6 +96,7 @@ def cost_section(ranking: Mapping[str, Any]) -> list[str]:
         "",
         *md.table(header, rows),
         "",
+        *verdict_lines(cost, md.as_list(ranking.get("candidates"))),
         "Assumptions: " + "; ".join(str(a) for a in md.as_list(cost.get("assumptions"))) + ".",
     ]
     constraints = {k: v for k, v in md.as_dict(cost.get("constraints")).items() if v is not None}

@@ -50,6 +50,7 @@ from isplit_export.bundle.plan_measurements import (
     run_figures,
 )
 from isplit_export.bundle.selection import Selection
+from isplit_export.bundle.split_verdict import split_verdict
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import element_bytes
 from isplit_export.files import json_dumps, write_text_atomic
@@ -79,17 +80,19 @@ class PlanResult:
         return format_cost_table(self.ranking)
 
     def to_json(self) -> dict[str, Any]:
-        """``plan.json``: the cost block with one row per cut (index, node, module, CUI, rank, cost)."""
+        """``plan.json``: the cost block, one row per cut (index, node, module, CUI, rank, cost) and the verdict."""
         cuts = [
             {k: c.get(k) for k in ("index", "node", "module", "cui", "rank", "head_flops_share")}
             | {"cost": c["cost"]}
             for c in self.ranking["candidates"]
         ]
+        verdict = split_verdict(self.ranking["cost"], self.ranking["candidates"])
         return {
             "schema": PLAN_SCHEMA,
             "model": self.ranking.get("model"),
             "cost": self.ranking["cost"],
             "cuts": cuts,
+            "verdict": None if verdict is None else verdict.to_json(),
         }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from isplit_export import progress
 from isplit_export.errors import BadInputError
 from isplit_export.options import RankOptions, make_options
 from isplit_export.ranking.ranked import RankResult
@@ -54,6 +55,8 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         from isplit_export.outdir import check_out
 
         check_out(opts.out, force=opts.force, allow_empty=True)
+    progress.expect(4 + (opts.bottleneck is not None) + (opts.out is not None))
+    progress.stage(f"load {opts.model} and the images")
     loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
     imgs = data_mod.load_images(
         opts.data,
@@ -62,6 +65,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         classes=opts.classes,
         limit=opts.images,
     )
+    progress.stage("trace the graph and its cuts")
     traced = trace(loaded.module, loaded.preprocessing.input_shape)
     imp = compute_importance(
         traced,
@@ -76,6 +80,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         seed=opts.seed,
     )
     imp = current.reduce_importance(imp, imgs)
+    progress.stage(f"rank the cuts ({opts.bootstrap} bootstrap replicates)")
     subset: list[int] | None = None
     if opts.classes and not imgs.folders:
         subset = data_mod.resolve_model_classes(opts.classes, loaded.class_names, loaded.num_classes)
@@ -103,6 +108,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
     if opts.bottleneck is not None:  # the probe at the link's budget (isplit_export.bottleneck.probe)
         from isplit_export.bottleneck.probe import probe_ranking
 
+        progress.stage("probe the cuts at the budget")
         ranking.probe = probe_ranking(
             RankResult(opts, loaded, traced, imgs, ranking),
             opts.bottleneck.spec,
@@ -116,9 +122,11 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         )
     if opts.out is not None:
         out = opts.out
+        progress.stage("write the ranking and plots")
         current.write(
             lambda: _write_rank_out(ranking, out, opts.force)
         )  # process 0, once every process is ok
+    progress.done()
     return RankResult(opts, loaded, traced, imgs, ranking)
 
 

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from isplit_export import progress
 from isplit_export.errors import BadInputError, IsplitError
 from isplit_export.options_serving import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_bundle
@@ -208,6 +209,8 @@ def run(
     classes = bundle.manifest.num_classes or 0
     if classes < 1:
         raise BadInputError("manifest.json model block has no num_classes: rebuild the bundle")
+    progress.expect(3)
+    progress.stage("load the images and the head")
     images, source = load_images(options, bundle, split)
     head = Head(bundle, split, options.backend, options.threads, options.trust_engines)
     try:
@@ -231,6 +234,7 @@ def _run(
     head: Head,
 ) -> RunResult:
     """:func:`run` once the bundle, the images and the head are loaded."""
+    progress.stage("wait for the server; goldens, reference and local latency")
     wait_ready(options, split.model)
     probe = Client(options, split.model, classes)
     try:
@@ -310,6 +314,7 @@ def _run(
     interrupted = False
     signals: list[str] = []
     previous = _install_sigterm(signals)
+    sent = progress.stage("requests", total=total, unit="req", every=5.0)
     t0 = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="isplit-run") as pool:
@@ -319,6 +324,7 @@ def _run(
                     m = _rss_mib()
                     if m is not None:
                         rss.append(m)
+                    sent.advance(sum(rec.counts.values()) - sent.done)
                     time.sleep(0.25)
             except KeyboardInterrupt:
                 interrupted = True
@@ -328,6 +334,8 @@ def _run(
     finally:
         _restore_sigterm(previous)
     wall = time.perf_counter() - t0
+    sent.advance(sum(rec.counts.values()) - sent.done)
+    progress.done()
     stats_after = None
     if not rec.ms["server"] and not tripped:
         probe = Client(options, split.model, classes)

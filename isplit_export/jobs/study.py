@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from isplit_export import progress
 from isplit_export.bottleneck.study_figure import plot_study
 from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, prepare
 from isplit_export.bottleneck.study_summary import summarize_study
@@ -60,6 +61,7 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
     paths = [out / "study.json", out / "study.png"]
     with job(opts.distributed, opts.device) as current:  # under torchrun: the cuts are shared out
         ctx = study_context(opts, current)
+        progress.expect(len(ctx.cuts) * opts.repeats + 1)  # one training per cut and repeat; the write
         mine = [measure_cut(ctx, ctx.cuts[i]) for i in current.share(len(ctx.cuts))]
         results = merge_order(current.gather(mine), len(ctx.cuts), current.world_size)
         data = study_json(ctx, results)
@@ -71,7 +73,9 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
             write_json(paths[0], data)
             plot_study(data, paths[1])
 
+        progress.stage("write study.json and study.png")
         current.write(write)  # process 0, once every process is ok
+        progress.done()
     return StudyResult(data, results, paths)
 
 

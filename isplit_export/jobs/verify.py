@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from isplit_export import contract
+from isplit_export import contract, progress
 from isplit_export.errors import BadInputError, first_line
 from isplit_export.exporting.onnx_utils import this_machine
 from isplit_export.files import json_dumps, write_text_atomic
@@ -71,13 +71,17 @@ def verify_bundle(
     contract.check_expected_sha256(m, expect_sha256)
     manifest = m
     selected = contract.select_splits(manifest, split)
+    progress.expect(2 + len(selected))
+    progress.stage("hash the bundle's files")
     contract.check_files(bundle, manifest)
+    progress.stage(f"load the {backend} models")
     pairs = runtime.verify_pairs(manifest, bundle, [entry for _, entry in selected], trust=trust_engines)
     rows = [
         row
         for (pos, entry), p in zip(selected, pairs, strict=True)
         for row in verify_split(runtime, bundle, manifest, pos, entry, p, trust_engines)
     ]
+    progress.done()
     positions = {pos for pos, _ in selected}
     export = [v for v in m.export_verdicts if v.split in positions]
     replayed = bool(rows) and all(r.passed for r in rows)

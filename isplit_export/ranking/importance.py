@@ -37,6 +37,7 @@ from torch import nn
 
 from isplit_export.data import ImageSet, Shard
 from isplit_export.errors import BadInputError
+from isplit_export.progress import stage as progress_stage
 from isplit_export.ranking import exactsum
 from isplit_export.ranking.bootstrap import BootstrapSums
 from isplit_export.ranking.graph import TracedModel
@@ -181,12 +182,13 @@ def compute_importance(
     result = Importance(len(traced.cuts))
     if bootstrap > 0:
         result.boot = BootstrapSums(bootstrap, len(traced.cuts), seed=seed)
-    bar = _progress(len(images) if shard is None else len(shard.indices(len(images))), progress)
+    n = len(images) if shard is None else len(shard.indices(len(images)))
+    bar = progress_stage("importance over the images", total=n, unit="img", report=progress)
     pin = torch.device(device).type == "cuda"
     for batch in images.indexed_batches(batch_size, workers=workers, pin_memory=pin, shard=shard):
         scores, keys = batch_scores(capture, batch.x.to(device, non_blocking=pin), batch.labels, score)
         result.add(keys, scores, batch.indices.tolist())  # global indices: shard-independent weights
-        bar.update(len(batch))
+        bar.advance(len(batch))
     bar.close()
     if result.images == 0 and shard is None:
         raise BadInputError(f"no readable images in {images.source}: pass --data with image files")
@@ -237,20 +239,3 @@ def reference_cui(
 def cde(traced: TracedModel) -> np.ndarray:
     """The layer-size baseline: boundary bytes (fp32, batch 1) at every cut."""
     return np.array([c.boundary_bytes for c in traced.cuts], dtype=np.int64)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> _NoBar:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    bar: _NoBar = tqdm(total=total, unit="img", desc="ranking", leave=False)
-    return bar

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export import contract
+from isplit_export import contract, progress
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.numbers import rounded
@@ -101,6 +101,7 @@ def verify_split(
     Each runner is activated once: it runs the goldens and, where the backend times its pairs, is timed
     (head on one golden image, tail on its output, :func:`~isplit_export.verification.runners.measure_latency`).
     """
+    progress.stage(f"split {pos}: goldens and latency on {backend.name}")
     enc = split_encoding(manifest, entry)
     golden_file = contract.split_file(manifest, bundle, entry, "golden")
     golden = contract.load_golden(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import pytest
 
 from isplit_export.cli import main
 from isplit_export.options_serving import RunOptions
+from isplit_export.progress import QUIET_ENV
 from tests.support.helpers import DIGITS, run_cli
 from tests.support.serving_helpers import LOOPBACK, Server, free_port
 
@@ -143,6 +145,29 @@ def test_summary_first_then_the_file_and_no_write(
     code, out, err = run_cli(capsys, "run", bundle, "--url", served.address, "--requests", "2", "--no-write")
     assert code == 0, err
     assert "wrote" not in out and sorted(p.name for p in bundle.iterdir()) == before
+
+
+@pytest.mark.e2e
+def test_duration_run_shows_requests_and_rate_as_it_goes(
+    capsys: pytest.CaptureFixture[str], bundle: Path, served: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stderr not a terminal: a line with the count and rate every 5 s while it sends, then one per stage."""
+    monkeypatch.delenv(QUIET_ENV)  # the suite runs quiet (tests/support/fixtures.py)
+    code, out, err = run_cli(
+        capsys, "run", bundle, "--server", served.address, "--duration", "6", "--no-write"
+    )
+    assert code == 0, err
+    live = [
+        re.match(r"^  requests: (\d+) req, ([\d.]+)/s \(elapsed ([\d.]+) s\)$", x) for x in err.splitlines()
+    ]
+    counts = [int(m.group(1)) for m in live if m]
+    assert counts and all(float(m.group(2)) > 0 for m in live if m), err
+    stages = [x for x in err.splitlines() if x.startswith("stage ")]
+    assert [x.split(":")[0] for x in stages] == ["stage 1/3", "stage 2/3", "stage 3/3"], err
+    final = re.match(r"^stage 3/3: requests \((\d+) req, [\d.]+/s, elapsed [\d.]+ s\)$", stages[2])
+    assert final and int(final.group(1)) >= counts[-1], err
+    ok = re.search(r"^requests: (\d+) ok", out, re.M)
+    assert ok and int(ok.group(1)) == int(final.group(1)), (out, err)
 
 
 # --------------------------------------------------------------------------------------------------

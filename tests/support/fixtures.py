@@ -77,3 +77,17 @@ def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         os.environ.pop("XDG_STATE_HOME", None)
     else:
         os.environ["XDG_STATE_HOME"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_progress() -> Iterator[None]:
+    """``ISPLIT_QUIET=1`` for the session (and the CLI processes it starts): stderr holds only what a test
+    checks (errors are one line). The progress tests unset it (tests/unit/test_progress.py,
+    tests/e2e/test_guided_export.py)."""
+    old = os.environ.get("ISPLIT_QUIET")
+    os.environ["ISPLIT_QUIET"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("ISPLIT_QUIET", None)
+    else:
+        os.environ["ISPLIT_QUIET"] = old

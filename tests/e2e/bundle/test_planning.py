@@ -156,6 +156,27 @@ def test_plan_cli_runs_without_torch_and_writes_plan_json(cost_bundle: Path, tmp
     assert verify_bundle(b, write=False).passed  # plan.json is an output, not part of the hashed bundle
 
 
+def test_plan_says_in_one_line_when_splitting_does_not_pay(cost_bundle: Path, tmp_path: Path) -> None:
+    """Over LTE the digits CNN is faster all on device than any split: plan says so, and by how much."""
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(cost_bundle, b)
+    proc = run_cli_without_torch("plan", b, "--link", "lte")
+    assert proc.returncode == 0, proc.stderr
+    verdicts = [line for line in proc.stdout.splitlines() if line.startswith("splitting ")]
+    data = json.loads((b / "plan.json").read_text())
+    device_ms = data["cost"]["baselines"]["device_only"]["total_ms"]
+    listed = [c for c in data["cuts"] if c["rank"] is not None or c["index"] in data["cost"]["selected"]]
+    best = min(c["cost"]["total_ms"] for c in listed)
+    assert device_ms < best
+    assert verdicts == [
+        f"splitting does not pay here: all on device {device_ms:.2f} ms beats the best split "
+        f"({data['verdict']['best_split']['node']}, {best:.2f} ms over lte) by {best - device_ms:.2f} ms"
+    ]
+    assert data["verdict"]["splitting_pays"] is False and data["verdict"]["line"] == verdicts[0]
+
+
 def test_bad_inputs_one_line_exit_2(
     capsys: pytest.CaptureFixture[str],
     cost_bundle: Path,
