@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from isplit_export.backend_names import ONNXRUNTIME, TENSORRT
 from isplit_export.cli_options import (
     BoundaryKibOpt,
     ExpectShaOpt,
@@ -47,7 +48,7 @@ def _result_path(expect_sha256: str | None, report: Path | None, no_write: bool 
 
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by isplit-export")],
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt")] = "onnxruntime",
+    backend: Annotated[str, typer.Option("--backend", help=f"{ONNXRUNTIME} or {TENSORRT}")] = ONNXRUNTIME,
     split: Annotated[
         int | None, typer.Option("--split", help="only split N (1-based, as in splits/NN-*)")
     ] = None,

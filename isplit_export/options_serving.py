@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from isplit_export.backend_names import RUN_BACKENDS
 from isplit_export.errors import BadInputError
 
 PROTOCOLS = ("grpc", "http")
 """``RunOptions.protocol``: the Open Inference Protocol over gRPC, or JSON over HTTP/REST."""
-RUN_BACKENDS = ("auto", "onnxruntime", "tensorrt")
-"""``RunOptions.backend`` (the head's runtime); ``auto``: TensorRT when its head engine was built here, else onnxruntime."""
 LOOPBACK = "127.0.0.1"
 
 

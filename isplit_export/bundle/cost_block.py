@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from isplit_export.bundle.selection import Selection, select
+from isplit_export.contract import Candidate, RankingFile
 from isplit_export.options import Constraints
 from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
 from isplit_export.targets.profiles import TargetProfile, load_target
@@ -32,7 +33,7 @@ ASSUMPTIONS = (
 
 
 def build_cost(
-    ranking: Mapping[str, Any],
+    ranking: RankingFile,
     device: Compute,
     server: Compute,
     link: Link,
@@ -49,16 +50,8 @@ def build_cost(
         ranking, device, server, link, encoding, bytes_override=bytes_override, measured=measured
     )
     rows = [
-        {
-            "index": c["index"],
-            "node": c["node"],
-            "cui": c["cui"],
-            "rank": c.get("rank"),
-            "head_flops_share": c["head_flops_share"],
-            "bytes": pc["bytes"],
-            "total_ms": pc["total_ms"],
-        }
-        for c, pc in zip(ranking["candidates"], per_cut, strict=True)
+        selection_row(c, int(pc["bytes"]), float(pc["total_ms"]))
+        for c, pc in zip(ranking.candidates, per_cut, strict=True)
     ]
     sel = select(rows, objective, constraints, top)
     block = {
@@ -66,7 +59,7 @@ def build_cost(
         "device": device.to_json(),
         "server": server.to_json(),
         "encoding": encoding,
-        "total_flops": ranking["total_flops"],
+        "total_flops": ranking.total_flops,
         "constraints": constraints.to_json(),
         "top": top,
         **sel.to_json(),
@@ -77,6 +70,21 @@ def build_cost(
     return block, sel
 
 
+def selection_row(c: Candidate, nbytes: int, total_ms: float | None) -> dict[str, Any]:
+    """What :func:`~isplit_export.bundle.selection.select` weighs of one candidate: its place, CUI, rank,
+    head FLOPs, probe score, boundary bytes and end-to-end milliseconds (None without a link)."""
+    return {
+        "index": c.index,
+        "node": c.node,
+        "cui": c.cui,
+        "rank": c.rank,
+        "head_flops_share": c.head_flops_share,
+        "probe": None if c.probe_value is None else {"value": c.probe_value},
+        "bytes": nbytes,
+        "total_ms": total_ms,
+    }
+
+
 def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile, encoding: str) -> list[Cut]:
     """The export hook: the cuts to export. Without a link or constraints, I-Split's top K unchanged.
 
@@ -85,15 +93,13 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
     ranking = ranked.ranking
     if opts.link is None and not opts.constraints.active() and opts.objective == "cui":
         return ranking.ranked(opts.top)
+    written = RankingFile.from_json(ranking.to_json(), "ranking")
     if opts.link is None:  # head FLOPs / boundary constraints only: no latency column
-        data = ranking.to_json()
-        rows = [
-            {**c, "bytes": boundary_bytes(c["shape"], encoding), "total_ms": None} for c in data["candidates"]
-        ]
+        rows = [selection_row(c, boundary_bytes(list(c.shape), encoding), None) for c in written.candidates]
         sel = select(rows, opts.objective, opts.constraints, opts.top)
     else:
         block, sel = build_cost(
-            ranking.to_json(),
+            written,
             compute_for(profile, head=True),
             compute_for(load_target(opts.server), head=False),
             parse_link(opts.link),
@@ -102,5 +108,6 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
             constraints=opts.constraints,
             top=opts.top,
         )
+        ranking.cost_rows = block.pop("per_cut")
         ranking.cost = block
     return [ranking.cuts[i] for i in sel.selected]

@@ -9,6 +9,7 @@ from typing import Any
 
 from isplit_export.bundle import markdown as md
 from isplit_export.bundle.cost_table import cost_table_rows
+from isplit_export.contract import RankingFile
 
 RANKING_ROWS = 10
 """The ranking table lists at least this many ranked candidates (more when ``top`` is larger)."""
@@ -73,7 +74,7 @@ def ranking_section(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> 
 
 
 def cost_section(ranking: Mapping[str, Any]) -> list[str]:
-    """The cost section (``ranking["cost"]``, written when the export was given ``--link``) and tradeoff.png."""
+    """The cost section (the ranking's ``cost`` block, written when the export was given ``--link``) and tradeoff.png."""
     cost = md.as_dict(ranking.get("cost"))
     if not cost or not ranking.get("candidates"):
         return []
@@ -82,7 +83,7 @@ def cost_section(ranking: Mapping[str, Any]) -> list[str]:
         md.as_dict(cost.get("device")),
         md.as_dict(cost.get("server")),
     )
-    header, rows = cost_table_rows(ranking)
+    header, rows = cost_table_rows(RankingFile.from_json(ranking))
     lines = [
         "## Cost: device, link and server",
         "",

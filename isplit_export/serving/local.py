@@ -71,9 +71,9 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
     """The images of the run: ``--data`` (class sub-folders give labels) or the split's golden inputs."""
     if options.data is None:
         g = split.load_golden()
-        n = g["input"].shape[0] if options.images is None else min(options.images, g["input"].shape[0])
+        n = g.images if options.images is None else min(options.images, g.images)
         images = [
-            Image_(f"golden[{i}]", np.ascontiguousarray(g["input"][i : i + 1]), int(g["labels"][i]))
+            Image_(f"golden[{i}]", np.ascontiguousarray(g.input[i : i + 1]), int(g.labels[i]))
             for i in range(n)
         ]
         return images, f"{split.dir}/golden.npz"

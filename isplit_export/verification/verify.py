@@ -23,7 +23,6 @@ What is checked, in order:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from isplit_export import contract
+from isplit_export.backend_names import ONNXRUNTIME
 from isplit_export.errors import BadInputError, first_line
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.exporting.onnx_utils import this_machine
@@ -72,7 +72,7 @@ def _row(
     precision: str,
     encoding: str,
     gate: Gate,
-    golden: Mapping[str, np.ndarray],
+    golden: contract.Golden,
     logits: np.ndarray,
     boundary: dict[str, Any],
     reference: np.ndarray | None = None,
@@ -80,7 +80,7 @@ def _row(
     """One verified pair; ``reference`` (default: the full model's golden logits) is what the gate
     compares against (:func:`~isplit_export.verification.checks.check_pair`)."""
     c = check_pair(
-        golden["logits"], logits, golden["labels"], gate, reference=reference, agreement_with_reference=True
+        golden.logits, logits, golden.labels, gate, reference=reference, agreement_with_reference=True
     )
     reasons = [str(boundary["reason"])] if boundary.get("compared") and not boundary["passed"] else []
     reasons.extend(c["gate"]["failures"])
@@ -130,15 +130,15 @@ def _verify_split(
     rows: list[SplitVerification] = []
     for pair in pairs:
         # the INT8 pair (QDQ models, int8 engines) is compared with its own golden outputs where stored
-        reference = golden.get("logits_int8") if pair.precision == "int8" else None
-        gate = backend.gate(enc.name, pair.precision, replay="logits_int8" in golden)
+        reference = golden.logits_int8 if pair.precision == "int8" else None
+        gate = backend.gate(enc.name, pair.precision, replay=golden.logits_int8 is not None)
         with ExitStack() as stack:
             head = stack.enter_context(backend.runner(pair.head, input_name=input_name, trust=trust))
             tail = stack.enter_context(backend.runner(pair.tail, input_name="boundary", trust=trust))
-            boundary, logits = run_pair(head, tail, golden["input"], encoding=enc)
+            boundary, logits = run_pair(head, tail, golden.input, encoding=enc)
             latency = None
             if backend.timing_runs is not None:
-                ms = measure_latency({"head": head, "tail": tail}, golden["input"], runs=backend.timing_runs)
+                ms = measure_latency({"head": head, "tail": tail}, golden.input, runs=backend.timing_runs)
                 latency = {k: float(rounded(v, 4, decimals=True) or 0.0) for k, v in ms.items()}
         row = _row(
             pos,
@@ -150,7 +150,7 @@ def _verify_split(
             gate=gate,
             golden=golden,
             logits=logits,
-            boundary=backend.check_boundary(golden["boundary"], boundary, gate, enc, pair.precision),
+            boundary=backend.check_boundary(golden.boundary, boundary, gate, enc, pair.precision),
             reference=reference,
         )
         row.latency_ms = latency
@@ -165,7 +165,7 @@ def _verify_split(
 def verify_bundle(
     bundle: Path | str,
     *,
-    backend: str = "onnxruntime",
+    backend: str = ONNXRUNTIME,
     split: int | None = None,
     write: bool = True,
     expect_sha256: str | None = None,
