@@ -163,6 +163,21 @@ def test_objectives_and_constraints(toy_ranking: RankingFile) -> None:
     assert "all on device" in text and "all on server" in text and "note: cut 3" in text
 
 
+def test_the_probe_objective_with_a_link_ranks_by_the_probe(toy_ranking: RankingFile) -> None:
+    """With a link, the selection rows carry the probe's scores too (they used to be dropped there)."""
+    data = toy_ranking.to_json()
+    scores = {0: 0.9, 2: 0.1}  # the probe prefers cut 0, the CUI cut 2
+    data["candidates"] = [
+        {**c, "probe": {"value": scores[c["index"]]}} if c["index"] in scores else c
+        for c in data["candidates"]
+    ]
+    probed = RankingFile.from_json(data)
+    assert _cost(probed, objective="probe")["selected"] == [0, 2]
+    assert _cost(probed, objective="cui")["selected"] == [2, 0]
+    with pytest.raises(BadInputError, match="needs the probe's scores"):
+        _cost(toy_ranking, objective="probe")
+
+
 def test_constraints_leaving_no_cut_name_the_tightest(toy_ranking: RankingFile) -> None:
     tight = Constraints(
         max_head_flops=0.1, max_boundary_kib=0.9
