@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from isplit_export.bundle.selection import Selection, select
-from isplit_export.contract import Candidate, RankingFile
+from isplit_export.bundle.selection import CutRow, Selection, select
+from isplit_export.contract import Candidate, CutCost, RankingFile
 from isplit_export.options import Constraints
 from isplit_export.targets.cost import Compute, Link, boundary_bytes, compute_for, cost_rows, parse_link
 from isplit_export.targets.profiles import TargetProfile, load_target
@@ -49,10 +49,8 @@ def build_cost(
     per_cut, baselines = cost_rows(
         ranking, device, server, link, encoding, bytes_override=bytes_override, measured=measured
     )
-    rows = [
-        selection_row(c, int(pc["bytes"]), float(pc["total_ms"]))
-        for c, pc in zip(ranking.candidates, per_cut, strict=True)
-    ]
+    costs = [CutCost.from_json(pc, "ranking", f"candidates[{i}].cost") for i, pc in enumerate(per_cut)]
+    rows = [selection_row(c, pc.bytes, pc.total_ms) for c, pc in zip(ranking.candidates, costs, strict=True)]
     sel = select(rows, objective, constraints, top)
     block = {
         "link": link.to_json(),
@@ -70,19 +68,19 @@ def build_cost(
     return block, sel
 
 
-def selection_row(c: Candidate, nbytes: int, total_ms: float | None) -> dict[str, Any]:
+def selection_row(c: Candidate, nbytes: int, total_ms: float | None) -> CutRow:
     """What :func:`~isplit_export.bundle.selection.select` weighs of one candidate: its place, CUI, rank,
     head FLOPs, probe score, boundary bytes and end-to-end milliseconds (None without a link)."""
-    return {
-        "index": c.index,
-        "node": c.node,
-        "cui": c.cui,
-        "rank": c.rank,
-        "head_flops_share": c.head_flops_share,
-        "probe": None if c.probe_value is None else {"value": c.probe_value},
-        "bytes": nbytes,
-        "total_ms": total_ms,
-    }
+    return CutRow(
+        index=c.index,
+        node=c.node,
+        cui=c.cui,
+        rank=c.rank,
+        head_flops_share=c.head_flops_share,
+        bytes=nbytes,
+        total_ms=total_ms,
+        probe=c.probe_value,
+    )
 
 
 def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile, encoding: str) -> list[Cut]:

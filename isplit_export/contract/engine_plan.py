@@ -182,6 +182,16 @@ class EnginePlan:
     """The DLA check of the head (``on_dla``, ``layers``, ``decision``, ``fallback``); None without DLA."""
 
     @property
+    def head(self) -> EnginePart:
+        """The head's engine."""
+        return self.parts["head"]
+
+    @property
+    def tail(self) -> EnginePart:
+        """The tail's engine."""
+        return self.parts["tail"]
+
+    @property
     def dla_fallback(self) -> list[str]:
         """The head nodes the DLA check expects TensorRT to leave on the GPU (``dla.fallback[].node``)."""
         return [] if self.dla is None else [f.node for f in self.dla.fallback]

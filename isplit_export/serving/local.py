@@ -120,7 +120,7 @@ def _head_engine(bundle: BundleAccess, split: SplitAccess) -> tuple[Path, int | 
     if m.sha256 != bundle.manifest_sha256:
         raise GateFailedError(f"{bundle.root}/manifest.json changed while the run started: run again")
     (_, entry), *_ = contract.select_splits(m, split.pos)
-    head = contract.read_engine_plan(m, entry).parts["head"]
+    head = contract.read_engine_plan(m, entry).head
     if not head.engine.is_file():
         raise NotRunError(f"no engine {head.engine}: run isplit-export build-engines {bundle.root} first")
     return head.engine, head.dla_core

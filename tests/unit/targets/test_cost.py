@@ -11,7 +11,7 @@ import pytest
 
 from isplit_export.bundle.cost_block import build_cost
 from isplit_export.bundle.cost_table import format_cost_table
-from isplit_export.bundle.selection import pareto_layers, select
+from isplit_export.bundle.selection import CutRow, pareto_layers, select
 from isplit_export.contract import RankingFile
 from isplit_export.errors import BadInputError
 from isplit_export.options import Constraints
@@ -200,18 +200,7 @@ def test_pareto_layers_by_hand() -> None:
     # (cui, ms): a dominates c; b trades CUI for speed; d is dominated by b
     pts = [(0.9, 10.0), (0.5, 2.0), (0.8, 12.0), (0.4, 3.0)]
     assert pareto_layers(pts) == [0, 0, 1, 1]
-    rows = [
-        {
-            "index": i,
-            "node": f"n{i}",
-            "cui": c,
-            "rank": 1 + i,
-            "head_flops_share": 0.1,
-            "bytes": 1,
-            "total_ms": m,
-        }
-        for i, (c, m) in enumerate(pts)
-    ]
+    rows = [CutRow(i, f"n{i}", c, 1 + i, 0.1, 1, m) for i, (c, m) in enumerate(pts)]
     sel = select(rows, "balanced", Constraints(), None)
     assert sel.pareto == [0, 1] and sel.selected == [0, 1, 2, 3]
 
