@@ -16,7 +16,6 @@ against the fp32 bottleneck pair, and the held-out accuracy. The first row is th
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from isplit_export import contract
 from isplit_export.bottleneck.holdout import split_holdout
 from isplit_export.data import load_images
 from isplit_export.exporting.encoding import (
@@ -111,25 +111,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
     args = ap.parse_args()
-    m = json.loads((args.bundle / "manifest.json").read_text())
-    opts = m["options"]
-    spec = load_model(opts["model"], opts.get("weights"))
-    images = load_images(Path(opts["data"]), spec.preprocessing, class_names=spec.class_names)
-    x_all, _, names = images.tensor(limit=opts["verify_images"])
-    calibration = np.load(args.bundle / "calibration" / "inputs.npz")
-    x, labels = calibration["input"], calibration["labels"]
+    m = contract.read_manifest(args.bundle)
+    opts = m.options
+    if opts.model is None or opts.data is None or opts.seed is None:
+        raise SystemExit(
+            f"{args.bundle}: the manifest records no model, data or seed: export with this version"
+        )
+    spec = load_model(opts.model, opts.weights)
+    images = load_images(Path(opts.data), spec.preprocessing, class_names=spec.class_names)
+    x_all, _, names = images.tensor(limit=opts.verify_images)
+    calibration = contract.load_calibration(
+        args.bundle / "calibration" / "inputs.npz", "calibration/inputs.npz"
+    )
+    x, labels = calibration.input, calibration.labels
     y_full = run_session(make_session(args.bundle / "full.onnx"), {"input": x})[0]
     print("max_abs_rel / cosine / top-1 agreement; gate int8-qdq:", GATES["int8-qdq"].to_json())
-    for split in m["splits"]:
-        bn, b = split["bottleneck"], split["boundary"]
-        train_idx, _ = split_holdout(names, bn["holdout"], opts["seed"])
+    for split in m.splits:
+        if split.holdout is None:
+            continue  # not a bottleneck split: nothing was trained, nothing to hold out
+        train_idx, _ = split_holdout(names, split.holdout, opts.seed)
         x_train = x_all[train_idx].numpy()
-        enc = BoundaryEncoding(
-            name=b["encoding"], dtype=b["dtype"], scale=b.get("scale"), zero_point=b.get("zero_point")
-        )
-        files = split["files"]
-        head = strip_head_encoding(onnx.load(str(args.bundle / files["head"])))
-        tail = strip_tail_decoding(onnx.load(str(args.bundle / files["tail"])))
+        enc = BoundaryEncoding.from_json(split.boundary.to_json())
+        head_file = contract.split_file(m, args.bundle, split, "head")
+        tail_file = contract.split_file(m, args.bundle, split, "tail")
+        head = strip_head_encoding(onnx.load(str(head_file)))
+        tail = strip_tail_decoding(onnx.load(str(tail_file)))
         hn = [n.name for n in head.graph.node if n.op_type in QUANTIZED_OP_TYPES]
         tn = [n.name for n in tail.graph.node if n.op_type in QUANTIZED_OP_TYPES]
         # the decoder's de-normalisation is folded into its conv by onnxruntime's pre-processing
@@ -145,8 +151,9 @@ def main() -> None:
             ("tail Gemm (logits)", (), [n for n in tn if n.startswith("/tail/") and "Gemm" in n], False),
             ("the code's int8 Q/DQ (bypassed)", (), (), True),
         ]
-        y_fp32 = _pair(args.bundle / files["head"], args.bundle / files["tail"], x)
-        print(f"\n{split['dir']} (code {bn['code_shape']}, {b['bytes_per_image']} B/image), kept float:")
+        y_fp32 = _pair(head_file, tail_file, x)
+        code = list(split.boundary.shape)
+        print(f"\n{split.dir} (code {code}, {split.boundary.bytes_per_image} B/image), kept float:")
         print(_row("everything (the fp32 pair)", y_full, y_fp32, y_fp32, labels))
         for label, hf, tf, bypass in groups:
             y = _quantized_pair(head, tail, enc, x_train, x, hf, tf, bypass)

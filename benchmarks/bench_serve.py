@@ -48,6 +48,7 @@ from serve_process import ServeProcess  # noqa: E402
 from isplit_export.cli import main as cli  # noqa: E402
 from isplit_export.jobs.run import run  # noqa: E402
 from isplit_export.options_serving import RunOptions  # noqa: E402
+from isplit_export.serving.bundle_access import SplitAccess, open_bundle  # noqa: E402
 from isplit_export.serving.records import Request  # noqa: E402
 
 
@@ -106,18 +107,19 @@ def build(work: Path) -> dict[str, Path]:
     return bundles
 
 
-def _manifest(bundle: Path) -> dict[str, Any]:
-    return dict(json.loads((bundle / "manifest.json").read_text(encoding="utf-8")))
+def _splits(bundle: Path) -> tuple[SplitAccess, ...]:
+    """The bundle's splits as ``run`` and ``serve`` see them (read through the contract, not re-hashed)."""
+    return open_bundle(bundle, verify=False).splits
 
 
 def sweep(name: str, bundle: Path, work: Path, requests: int) -> list[dict[str, Any]]:
     """Every split at concurrency 1, 4, 8 against one server."""
-    m = _manifest(bundle)
+    splits = _splits(bundle)
     server = ServeProcess(bundle, log=work / f"{name}.serve.log").start()
     rows = []
     try:
-        server.wait_ready(m["triton"]["models"][-1]["name"])
-        for pos, split in enumerate(m["splits"], start=1):
+        server.wait_ready(splits[-1].model)
+        for pos, split in enumerate(splits, start=1):
             for c in (1, 4, 8):
                 out = work / "runs" / f"{name}-{pos}-c{c}.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,7 @@ def sweep(name: str, bundle: Path, work: Path, requests: int) -> list[dict[str, 
                         out=out,
                     )
                 ).data
-                rows.append({"bundle": name, "split": split["dir"], "concurrency": c, "run": r})
+                rows.append({"bundle": name, "split": split.dir, "concurrency": c, "run": r})
     finally:
         rc = server.stop()
     print(f"# {name}: server stopped with exit code {rc}")
@@ -140,8 +142,7 @@ def sweep(name: str, bundle: Path, work: Path, requests: int) -> list[dict[str, 
 
 def restart(bundle: Path, work: Path, requests: int = 400) -> dict[str, Any]:
     """SIGKILL the server after 100 requests, start a new one at once; default retries."""
-    m = _manifest(bundle)
-    model = m["triton"]["models"][0]["name"]
+    model = _splits(bundle)[0].model
     log = work / "restart.serve.log"
     first = ServeProcess(bundle, log=log).start()
     first.wait_ready(model)
@@ -179,11 +180,12 @@ def restart(bundle: Path, work: Path, requests: int = 400) -> dict[str, Any]:
 
 def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
     """Client RSS over a ``seconds`` run at concurrency 4: ``isplit-export run`` in its own process."""
-    m = _manifest(bundle)
+    first = _splits(bundle)[0]
+    model = first.model
     server = ServeProcess(bundle, split=1, log=work / "memory.serve.log").start()
     out = work / "runs" / "memory.json"
     try:
-        server.wait_ready(m["triton"]["models"][0]["name"])
+        server.wait_ready(model)
         subprocess.run(
             [
                 sys.executable,
@@ -206,7 +208,7 @@ def memory(bundle: Path, work: Path, seconds: float) -> dict[str, Any]:
         )
     finally:
         server.stop()
-    r = json.loads(out.read_text(encoding="utf-8"))["runs"][m["splits"][0]["dir"]]
+    r = json.loads(out.read_text(encoding="utf-8"))["runs"][first.dir]
     return {
         "images": r["images"],
         "client_rss_mib": r["client_rss_mib"],

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from isplit_export.backend_names import ONNXRUNTIME
 from isplit_export.cli_bundle import build_engines_cmd, plan_cmd, verify_cmd
 from isplit_export.cli_export import export_cmd
 from isplit_export.cli_names import check_command, listed_models, usage_line
@@ -91,7 +92,7 @@ def targets_cmd() -> None:
     for t in list_targets():
         alias = [a for a, n in ALIASES.items() if n == t.name]
         extra = f" (alias: {', '.join(alias)})" if alias else ""
-        trt = f"TensorRT {t.tensorrt_version}" if t.tensorrt_version else "onnxruntime"
+        trt = f"TensorRT {t.tensorrt_version}" if t.tensorrt_version else ONNXRUNTIME
         typer.echo(f"{t.name:20} {trt:16} {t.description}{extra}")
 
 

@@ -187,8 +187,9 @@ def export_cmd(
         result = export(options)
     if result.ranked.ranking.cost is not None:
         from isplit_export.bundle.cost_table import format_cost_table
+        from isplit_export.contract import RankingFile
 
-        typer.echo(format_cost_table(result.ranked.ranking.to_json()))
+        typer.echo(format_cost_table(RankingFile.from_json(result.ranked.ranking.to_json())))
     else:
         typer.echo(result.ranked.ranking.table(options.top))
     if options.objective == "cui" and (line := probe_choice(result.ranked.ranking)) is not None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
+from isplit_export.backend_names import Runtime
 from isplit_export.errors import BadInputError
 from isplit_export.files import jsonable
 from isplit_export.links import parse_link
@@ -49,7 +50,7 @@ Encoding = Literal["fp32", "fp16", "int8"]
 """``--boundary`` (the boundary's encoding) and ``--precision`` (a TensorRT engine's)."""
 Score = Literal["top", "label"]
 """``--score``: Grad-CAM's target, the top predicted class or the image's label."""
-VerifyBackend = Literal["onnxruntime", "tensorrt"]
+VerifyBackend = Runtime
 """``verify --backend``: the names of :data:`isplit_export.verification.backends.BACKENDS`."""
 CutSet = Literal["candidates", "all"]
 CUT_SETS: tuple[str, ...] = get_args(CutSet)

@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from isplit_export.backend_names import RUN_BACKENDS, RunBackend
 from isplit_export.errors import BadInputError
 
 WireProtocol = Literal["grpc", "http"]
 PROTOCOLS: tuple[str, ...] = get_args(WireProtocol)
 """``RunOptions.protocol``: the Open Inference Protocol over gRPC, or JSON over HTTP/REST."""
-RunBackend = Literal["auto", "onnxruntime", "tensorrt"]
-RUN_BACKENDS: tuple[str, ...] = get_args(RunBackend)
-"""``RunOptions.backend`` (the head's runtime); ``auto``: TensorRT when its head engine was built here, else onnxruntime."""
 LOOPBACK = "127.0.0.1"
 
 

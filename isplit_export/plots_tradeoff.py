@@ -22,7 +22,7 @@ from isplit_export.plots import (
 
 
 def tradeoff_figure(ranking: Mapping[str, Any]) -> Figure:
-    """Predicted accuracy (log10 CUI) against estimated end-to-end latency, from ``ranking["cost"]``.
+    """Predicted accuracy (log10 CUI) against estimated end-to-end latency, from the ranking's ``cost`` block.
 
     Every cut is a grey dot, the candidates (local maxima) amber stars, the Pareto front among them a
     line, the selected cuts are numbered in red, and the two Neurosurgeon baselines (all on the device,

@@ -207,7 +207,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         }
         # for the report only: each TensorRT split's plan, through the contract's one reader
         plans = {
-            sp.dir: contract.load_engine_plan(tmp, sp.dir).data
+            sp.dir: contract.load_engine_plan(tmp, sp.dir).recipe
             for sp in splits
             if "engine_plan_json" in sp.files
         }

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from isplit_export.bundle.selection import Selection, select
+from isplit_export.bundle.selection import CutRow, Selection, select
+from isplit_export.contract import Candidate, CutCost, RankingFile
 from isplit_export.links import Link, parse_link
 from isplit_export.options import Constraints
 from isplit_export.targets.cost import Compute, boundary_bytes, compute_for, cost_rows
@@ -33,7 +34,7 @@ ASSUMPTIONS = (
 
 
 def build_cost(
-    ranking: Mapping[str, Any],
+    ranking: RankingFile,
     device: Compute,
     server: Compute,
     link: Link,
@@ -49,25 +50,15 @@ def build_cost(
     per_cut, baselines = cost_rows(
         ranking, device, server, link, encoding, bytes_override=bytes_override, measured=measured
     )
-    rows = [
-        {
-            "index": c["index"],
-            "node": c["node"],
-            "cui": c["cui"],
-            "rank": c.get("rank"),
-            "head_flops_share": c["head_flops_share"],
-            "bytes": pc["bytes"],
-            "total_ms": pc["total_ms"],
-        }
-        for c, pc in zip(ranking["candidates"], per_cut, strict=True)
-    ]
+    costs = [CutCost.from_json(pc, "ranking", f"candidates[{i}].cost") for i, pc in enumerate(per_cut)]
+    rows = [selection_row(c, pc.bytes, pc.total_ms) for c, pc in zip(ranking.candidates, costs, strict=True)]
     sel = select(rows, objective, constraints, top)
     block = {
         "link": link.to_json(),
         "device": device.to_json(),
         "server": server.to_json(),
         "encoding": encoding,
-        "total_flops": ranking["total_flops"],
+        "total_flops": ranking.total_flops,
         "constraints": constraints.to_json(),
         "top": top,
         **sel.to_json(),
@@ -78,6 +69,21 @@ def build_cost(
     return block, sel
 
 
+def selection_row(c: Candidate, nbytes: int, total_ms: float | None) -> CutRow:
+    """What :func:`~isplit_export.bundle.selection.select` weighs of one candidate: its place, CUI, rank,
+    head FLOPs, probe score, boundary bytes and end-to-end milliseconds (None without a link)."""
+    return CutRow(
+        index=c.index,
+        node=c.node,
+        cui=c.cui,
+        rank=c.rank,
+        head_flops_share=c.head_flops_share,
+        bytes=nbytes,
+        total_ms=total_ms,
+        probe=c.probe_value,
+    )
+
+
 def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile, encoding: str) -> list[Cut]:
     """The export hook: the cuts to export. Without a link or constraints, I-Split's top K unchanged.
 
@@ -86,15 +92,13 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
     ranking = ranked.ranking
     if opts.link is None and not opts.constraints.active() and opts.objective == "cui":
         return ranking.ranked(opts.top)
+    written = RankingFile.from_json(ranking.to_json(), "ranking")
     if opts.link is None:  # head FLOPs / boundary constraints only: no latency column
-        data = ranking.to_json()
-        rows = [
-            {**c, "bytes": boundary_bytes(c["shape"], encoding), "total_ms": None} for c in data["candidates"]
-        ]
+        rows = [selection_row(c, boundary_bytes(list(c.shape), encoding), None) for c in written.candidates]
         sel = select(rows, opts.objective, opts.constraints, opts.top)
     else:
         block, sel = build_cost(
-            ranking.to_json(),
+            written,
             compute_for(profile, head=True),
             compute_for(load_target(opts.server), head=False),
             parse_link(opts.link),
@@ -103,5 +107,6 @@ def choose_cuts(ranked: RankResult, opts: ExportOptions, profile: TargetProfile,
             constraints=opts.constraints,
             top=opts.top,
         )
+        ranking.cost_rows = block.pop("per_cut")
         ranking.cost = block
     return [ranking.cuts[i] for i in sel.selected]

@@ -15,53 +15,61 @@ from isplit_export import contract
 from isplit_export.errors import BadInputError
 from isplit_export.links import LINK_MBIT_RANGE, LINK_RTT_RANGE, Link
 from isplit_export.targets.cost import Compute
+from isplit_export.targets.profiles import TargetProfile
+from isplit_export.verification.backends import BACKENDS
 
 MEASURED_LINK = "measured"
 """``plan --link measured`` (the default when run.json exists): the link as ``isplit-export run`` measured it."""
 
 
 def manifest_figures(
-    m: contract.Manifest, device: Compute, device_backend: str, server: Compute, server_backend: str
+    m: contract.Manifest,
+    device: Compute,
+    device_profile: TargetProfile,
+    server: Compute,
+    server_profile: TargetProfile,
 ) -> dict[Any, dict[str, Any]]:
     """Measured figures by cut index (and baselines) from the manifest's run block and verify.json.
 
+    The build host's timings (onnxruntime, one thread) stand for a side whose target runs the bundle's
+    models as they are (:attr:`TargetProfile.runs_bundle_models`); ``verify.json`` rows for the device when
+    their backend ran engines built on the device (:attr:`Backend.device_engines`) at its precision.
     Every figure was validated by :mod:`isplit_export.contract` (finite, positive, bounded);
     ``verify.json`` is used only when it names this manifest.
     """
     out: dict[Any, dict[str, Any]] = {}
     by_dir = {s.dir: s.index for s in m.splits if s.index is not None}
-    run = m.block("run")
-    host = run.get("host", "the build host")
-    source = f"onnxruntime 1 thread on {host}"
+    source = f"onnxruntime 1 thread on {m.build_host or 'the build host'}"
+    on_device, on_server = device_profile.runs_bundle_models, server_profile.runs_bundle_models
     full: list[float] = []
-    for rel, lat in (run.get("latency_ms") or {}).items():
+    for rel, lat in m.build_latencies.items():
         if rel not in by_dir:
             continue
         i = by_dir[rel]
-        if device_backend == "onnxruntime" and lat.get("head_ms") is not None:
-            out.setdefault(i, {}).update(device_ms=float(lat["head_ms"]), device=source)
-        if server_backend == "onnxruntime" and lat.get("tail_ms") is not None:
-            out.setdefault(i, {}).update(server_ms=float(lat["tail_ms"]), server=source)
-        if lat.get("full_ms") is not None:
-            full.append(float(lat["full_ms"]))
+        if on_device and lat.head_ms is not None:
+            out.setdefault(i, {}).update(device_ms=lat.head_ms, device=source)
+        if on_server and lat.tail_ms is not None:
+            out.setdefault(i, {}).update(server_ms=lat.tail_ms, server=source)
+        if lat.full_ms is not None:
+            full.append(lat.full_ms)
     if full:  # every split timed the full model too: the baselines take the median of those runs
         full_ms = statistics.median(full)
-        if device_backend == "onnxruntime":
+        if on_device:
             out["device_only"] = {"device_ms": full_ms, "device": source}
-        if server_backend == "onnxruntime":
+        if on_server:
             out["server_only"] = {"server_ms": full_ms, "server": source}
     for row in contract.read_verify_latencies(m):
-        lat = row["latency_ms"]
-        if row["backend"] != "tensorrt" or row["precision"] != device.precision:
+        backend = BACKENDS.get(row.backend)
+        if backend is None or not backend.device_engines or row.precision != device.precision:
             continue
-        if row["dir"] in by_dir and lat.get("head_ms") is not None:
-            src = f"tensorrt {device.precision} on the device (verify.json)"
-            out.setdefault(by_dir[row["dir"]], {}).update(device_ms=float(lat["head_ms"]), device=src)
+        if row.dir in by_dir and row.latency.head_ms is not None:
+            src = f"{row.backend} {device.precision} on the device (verify.json)"
+            out.setdefault(by_dir[row.dir], {}).update(device_ms=row.latency.head_ms, device=src)
     return out
 
 
 def run_figures(
-    runs: Mapping[str, contract.RunRecord], device_backend: str, link_measured: bool
+    runs: Mapping[str, contract.RunRecord], device_profile: TargetProfile, link_measured: bool
 ) -> dict[Any, dict[str, Any]]:
     """Measured figures by cut index from ``run.json`` (``isplit-export run``): server compute (p50), the
     link (round trip p50 minus server compute, only with ``--link measured`` and only from a remote
@@ -76,7 +84,7 @@ def run_figures(
             row.update(server_ms=r.server_ms, server=f"served tail compute p50 ({where})")
         if link_measured and r.measures_link:
             row.update(link_ms=r.link_ms, link=f"round trip p50 minus server compute ({where})")
-        if r.head_ms is not None and r.backend == device_backend:
+        if r.head_ms is not None and device_profile.runs_on(r.backend):
             row.update(device_ms=r.head_ms, device=f"head p50, {r.backend} on {r.host} (run.json)")
         if row:
             out[r.index] = row

@@ -10,6 +10,7 @@ from typing import Any
 from isplit_export.bundle import markdown as md
 from isplit_export.bundle.cost_table import cost_table_rows
 from isplit_export.bundle.split_verdict import verdict_lines
+from isplit_export.contract import RankingFile
 
 RANKING_ROWS = 10
 """The ranking table lists at least this many ranked candidates (more when ``top`` is larger)."""
@@ -74,7 +75,7 @@ def ranking_section(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> 
 
 
 def cost_section(ranking: Mapping[str, Any]) -> list[str]:
-    """The cost section (``ranking["cost"]``, written when the export was given ``--link``) and tradeoff.png."""
+    """The cost section (the ranking's ``cost`` block, written when the export was given ``--link``) and tradeoff.png."""
     cost = md.as_dict(ranking.get("cost"))
     if not cost or not ranking.get("candidates"):
         return []
@@ -83,7 +84,8 @@ def cost_section(ranking: Mapping[str, Any]) -> list[str]:
         md.as_dict(cost.get("device")),
         md.as_dict(cost.get("server")),
     )
-    header, rows = cost_table_rows(ranking)
+    typed = RankingFile.from_json(ranking)
+    header, rows = cost_table_rows(typed)
     lines = [
         "## Cost: device, link and server",
         "",
@@ -96,7 +98,7 @@ def cost_section(ranking: Mapping[str, Any]) -> list[str]:
         "",
         *md.table(header, rows),
         "",
-        *verdict_lines(cost, md.as_list(ranking.get("candidates"))),
+        *verdict_lines(typed),
         "Assumptions: " + "; ".join(str(a) for a in md.as_list(cost.get("assumptions"))) + ".",
     ]
     constraints = {k: v for k, v in md.as_dict(cost.get("constraints")).items() if v is not None}

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from isplit_export.bundle import markdown as md
+from isplit_export.contract import EngineRecipe
 
 
 def latency_section(manifest: Mapping[str, Any]) -> list[str]:
@@ -65,9 +66,8 @@ def tensorrt_section(manifest: Mapping[str, Any]) -> list[str]:
             continue
         plan = next((f for f in sorted(files) if f.endswith("engine_plan.json")), None)
         plans.append(f"- `{script}`" + (f" (plan: `{plan}`)" if plan else ""))
-        plans += engine_build_lines(
-            md.as_dict(md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir"))))
-        )
+        recipe = md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir")))
+        plans += engine_build_lines(recipe if isinstance(recipe, EngineRecipe) else None)
     if not plans:
         return []
     target = md.as_dict(manifest.get("target"))

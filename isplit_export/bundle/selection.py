@@ -1,9 +1,8 @@
 """Choose which candidate cuts to export: an objective (``cui``, ``latency``, ``balanced``) and constraints.
 
-Torch-free, and free of any cost model: it works on plain rows (one per cut) with the keys ``index``,
-``node``, ``cui``, ``rank`` (I-Split's rank, ``None`` for a cut that is not a local maximum of the CUI
-curve), ``head_flops_share``, ``bytes`` (the boundary as sent) and ``total_ms`` (end-to-end latency,
-``None`` without a link).
+Torch-free, and free of any cost model: it works on one :class:`CutRow` per cut (its index, node, CUI,
+I-Split rank (``None`` for a cut that is not a local maximum of the CUI curve), head FLOPs share, the
+boundary bytes as sent, the end-to-end latency (``None`` without a link) and the probe's score).
 
 - ``cui`` (default): I-Split's ranking, unchanged: local maxima by CUI.
 - ``latency``: local maxima by end-to-end latency (ties: higher CUI first). A cut that is not a local
@@ -20,7 +19,7 @@ tightest one (the constraint that alone drops the most candidates).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,17 +28,34 @@ from isplit_export.options import OBJECTIVES as OBJECTIVES  # the vocabulary liv
 from isplit_export.options import Constraints
 
 
-def _measure(row: Mapping[str, Any], flag: str) -> float | None:
+@dataclass(frozen=True)
+class CutRow:
+    """What the selection weighs of one cut."""
+
+    index: int
+    node: str
+    cui: float
+    rank: int | None
+    """I-Split's rank; None for a cut that is not a local maximum of the CUI curve (never selected)."""
+    head_flops_share: float
+    bytes: int
+    """The boundary as sent, per image."""
+    total_ms: float | None = None
+    """End-to-end latency per image; None without a link."""
+    probe: float | None = None
+    """The probe's held-out score at the ``--bottleneck`` budget; None when not probed."""
+
+
+def _measure(row: CutRow, flag: str) -> float | None:
     """The row's value that ``flag`` bounds (None: unknown, e.g. latency without a link)."""
     if flag == "--max-head-flops":
-        return float(row["head_flops_share"])
+        return row.head_flops_share
     if flag == "--max-boundary-kib":
-        return float(row["bytes"]) / 1024.0
-    value = row.get("total_ms")
-    return None if value is None else float(value)
+        return row.bytes / 1024.0
+    return row.total_ms
 
 
-def violations(row: Mapping[str, Any], constraints: Constraints) -> list[str]:
+def violations(row: CutRow, constraints: Constraints) -> list[str]:
     """The flags of ``constraints`` that ``row`` breaks."""
     out = []
     for flag, bound in constraints.active():
@@ -93,7 +109,7 @@ class Selection:
         }
 
 
-def _no_cut_left(candidates: list[Mapping[str, Any]], constraints: Constraints) -> BadInputError:
+def _no_cut_left(candidates: list[CutRow], constraints: Constraints) -> BadInputError:
     """One line naming the tightest constraint: the one that alone drops the most candidates."""
     best: tuple[int, str, float, float] | None = None
     for flag, bound in constraints.active():
@@ -110,58 +126,55 @@ def _no_cut_left(candidates: list[Mapping[str, Any]], constraints: Constraints) 
     )
 
 
-def select(
-    rows: Sequence[Mapping[str, Any]], objective: str, constraints: Constraints, top: int | None
-) -> Selection:
+def select(rows: Sequence[CutRow], objective: str, constraints: Constraints, top: int | None) -> Selection:
     """Apply ``constraints`` to the candidates (rows with a rank), order them by ``objective``, take ``top``."""
     if objective not in OBJECTIVES:
         raise BadInputError(f"unknown --objective {objective!r}: choose {', '.join(OBJECTIVES)}")
     needs_ms = objective not in ("cui", "probe")
-    if needs_ms and any(r.get("total_ms") is None for r in rows):
+    if needs_ms and any(r.total_ms is None for r in rows):
         raise BadInputError(f"--objective {objective} needs the end-to-end latency: pass --link")
-    candidates = [r for r in rows if r.get("rank") is not None]
+    candidates = [r for r in rows if r.rank is not None]
     if not candidates:
         raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
-    excluded = {int(r["index"]): v for r in rows if (v := violations(r, constraints))}
-    kept = [r for r in candidates if int(r["index"]) not in excluded]
+    excluded = {r.index: v for r in rows if (v := violations(r, constraints))}
+    kept = [r for r in candidates if r.index not in excluded]
     if not kept:
         raise _no_cut_left(candidates, constraints)
 
     pareto: list[int] = []
-    if all(r.get("total_ms") is not None for r in kept):
-        layers = pareto_layers([(float(r["cui"]), float(r["total_ms"])) for r in kept])
-        pareto = sorted(int(r["index"]) for r, layer in zip(kept, layers, strict=True) if layer == 0)
+    times = [r.total_ms for r in kept]
+    if all(t is not None for t in times):
+        layers = pareto_layers([(r.cui, float(t or 0.0)) for r, t in zip(kept, times, strict=True)])
+        pareto = sorted(r.index for r, layer in zip(kept, layers, strict=True) if layer == 0)
     if objective == "cui":
-        ordered = sorted(kept, key=lambda r: int(r["rank"]))
+        ordered = sorted(kept, key=lambda r: r.rank or 0)
     elif objective == "probe":
-        if any(not isinstance(r.get("probe"), Mapping) for r in kept):
+        if any(r.probe is None for r in kept):
             raise BadInputError(
                 "--objective probe needs the probe's scores: add --bottleneck SIZE (e.g. 64B)"
             )
-        ordered = sorted(kept, key=lambda r: (-float(r["probe"]["value"]), int(r["rank"])))
+        ordered = sorted(kept, key=lambda r: (-(r.probe or 0.0), r.rank or 0))
     elif objective == "latency":
-        ordered = sorted(kept, key=lambda r: (float(r["total_ms"]), -float(r["cui"]), int(r["index"])))
+        ordered = sorted(kept, key=lambda r: (r.total_ms or 0.0, -r.cui, r.index))
     else:
-        layer_of = dict(zip((int(r["index"]) for r in kept), layers, strict=True))
-        ordered = sorted(kept, key=lambda r: (layer_of[int(r["index"])], -float(r["cui"]), int(r["index"])))
-    chosen = [int(r["index"]) for r in (ordered[:top] if top else ordered)]
+        layer_of = dict(zip((r.index for r in kept), layers, strict=True))
+        ordered = sorted(kept, key=lambda r: (layer_of[r.index], -r.cui, r.index))
+    chosen = [r.index for r in (ordered[:top] if top else ordered)]
     note = _faster_note(rows, kept, excluded) if needs_ms else None
     return Selection(objective, chosen, pareto, excluded, note)
 
 
-def _faster_note(
-    rows: Sequence[Mapping[str, Any]], kept: list[Mapping[str, Any]], excluded: dict[int, list[str]]
-) -> str | None:
+def _faster_note(rows: Sequence[CutRow], kept: list[CutRow], excluded: dict[int, list[str]]) -> str | None:
     """Say when a cut that is not a candidate (not a local maximum) beats the fastest candidate."""
-    fastest = min(kept, key=lambda r: float(r["total_ms"]))
-    others = [r for r in rows if r.get("rank") is None and int(r["index"]) not in excluded]
+    fastest = min(kept, key=lambda r: r.total_ms or 0.0)
+    others = [r for r in rows if r.rank is None and r.index not in excluded]
     if not others:
         return None
-    best = min(others, key=lambda r: (float(r["total_ms"]), int(r["index"])))
-    gain = float(fastest["total_ms"]) - float(best["total_ms"])
+    best = min(others, key=lambda r: (r.total_ms or 0.0, r.index))
+    gain = (fastest.total_ms or 0.0) - (best.total_ms or 0.0)
     if gain <= 0:
         return None
     return (
-        f"cut {best['index']} ({best['node']}) is not a local maximum of the CUI, so it is never selected, but it is "
-        f"{gain:.3f} ms faster end to end than the fastest candidate, cut {fastest['index']} ({fastest['node']})"
+        f"cut {best.index} ({best.node}) is not a local maximum of the CUI, so it is never selected, but it is "
+        f"{gain:.3f} ms faster end to end than the fastest candidate, cut {fastest.index} ({fastest.node})"
     )

@@ -11,10 +11,11 @@ server, on this link and device::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from isplit_export.contract import Candidate, CostBlock, RankingFile
 from isplit_export.numbers import rounded
 
 
@@ -73,34 +74,36 @@ class SplitVerdict:
         }
 
 
-def split_verdict(cost: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> SplitVerdict | None:
-    """The verdict of a ``cost`` block (ranking.json's or plan's) over its ``candidates`` (each with ``cost``).
+def split_verdict(cost: CostBlock, candidates: Sequence[Candidate]) -> SplitVerdict | None:
+    """The verdict of a ``cost`` block (ranking.json's or plan's) over its ``candidates`` (each with a cost).
 
     The best split is the fastest end to end among the cuts the cost table lists: I-Split's ranked
     candidates and the selected cuts. None when no such cut has a latency (no link: no cost block).
     """
-    selected = set(cost.get("selected") or [])
+    selected = set(cost.selected)
     listed = [
-        c
+        (c, c.cost.total_ms)
         for c in candidates
-        if (c.get("rank") is not None or int(c["index"]) in selected)
-        and (c.get("cost") or {}).get("total_ms") is not None
+        if (c.rank is not None or c.index in selected) and c.cost is not None and c.cost.total_ms is not None
     ]
-    baselines = cost.get("baselines") or {}
-    if not listed or "device_only" not in baselines or "server_only" not in baselines:
+    device_only = cost.baselines.get("device_only")
+    server_only = cost.baselines.get("server_only")
+    if not listed or device_only is None or server_only is None:
         return None
-    best = min(listed, key=lambda c: (float(c["cost"]["total_ms"]), int(c["index"])))
+    if device_only.total_ms is None or server_only.total_ms is None:
+        return None
+    best, best_ms = min(listed, key=lambda pair: (pair[1], pair[0].index))
     return SplitVerdict(
-        link=str((cost.get("link") or {}).get("name", "the link")),
-        best_index=int(best["index"]),
-        best_node=str(best["node"]),
-        best_ms=float(best["cost"]["total_ms"]),
-        device_only_ms=float(baselines["device_only"]["total_ms"]),
-        server_only_ms=float(baselines["server_only"]["total_ms"]),
+        link=cost.link.name,
+        best_index=best.index,
+        best_node=best.node,
+        best_ms=best_ms,
+        device_only_ms=device_only.total_ms,
+        server_only_ms=server_only.total_ms,
     )
 
 
-def verdict_lines(cost: Mapping[str, Any], candidates: Sequence[Any]) -> list[str]:
+def verdict_lines(ranking: RankingFile) -> list[str]:
     """report.md's cost section: the verdict in bold and a blank line, or nothing without one."""
-    verdict = split_verdict(cost, [c for c in candidates if isinstance(c, Mapping)])
+    verdict = None if ranking.cost is None else split_verdict(ranking.cost, ranking.candidates)
     return [] if verdict is None else [f"**{verdict.line()}**", ""]

@@ -33,8 +33,8 @@ def _check(name: str, c: Check) -> dict[str, Any]:
     return {
         "passed": c.passed,
         "gate": c.gate,
-        "cosine": c.metrics.get("cosine"),
-        "top1_agreement": c.metrics.get("top1_agreement"),
+        "cosine": c.metric("cosine"),
+        "top1_agreement": c.metric("top1_agreement"),
         "task": c.task.to_json(),
     }
 
@@ -64,12 +64,11 @@ def summarize(m: Manifest) -> dict[str, Any]:
     out = m.bundle
     passed = m.verification.passed
     files = m.files
-    weights_dir = str(m.block("weights").get("dir", "weights")) + "/"
+    weights_dir = m.weights.dir + "/"
     total = sum(int(f.bytes or 0) for f in files.values())
     report = out / "report.md"
     total += report.stat().st_size if report.is_file() else 0
     total += (out / MANIFEST_FILE).stat().st_size
-    model, target = m.block("model"), m.block("target")
     return {
         "schema": SUMMARY_SCHEMA,
         "tool": dict(m.block("tool")),
@@ -77,11 +76,11 @@ def summarize(m: Manifest) -> dict[str, Any]:
         "outcome": "passed" if passed else "gate-failed",
         "bundle": out.as_posix(),
         "manifest_sha256": m.sha256,  # what `verify --expect-sha256` pins on the device
-        "model": {"name": model.get("name"), "weights": model.get("weights")},
-        "target": target.get("name"),
+        "model": {"name": m.model.name, "weights": m.model.weights},
+        "target": m.target_name,
         "boundary_encoding": m.boundary_encoding,
-        "precision": target.get("default_precision"),
-        "weights_layout": m.block("weights").get("layout", "inline"),
+        "precision": m.target_precision,
+        "weights_layout": m.weights.layout,
         "sizes": {
             "bundle_bytes": total,
             "files": len(files) + 2,

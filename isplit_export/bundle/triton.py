@@ -183,7 +183,7 @@ def _tensorrt_variant(root: Path, entry: Split, name: str) -> dict[str, Any] | N
     if "engine_plan_json" not in entry.files:
         return None
     plan = load_engine_plan(root, entry.dir)  # the bundle being built: contained paths, typed fields
-    tail = plan.parts["tail"]
+    tail = plan.tail
     onnx_path = tail.onnx  # the split folder's ONNX path, resolved (may be ../../x.onnx)
     engine = (PurePosixPath(entry.dir) / tail.engine_rel).as_posix()
     inp = tensor_spec(onnx_path, output=False)

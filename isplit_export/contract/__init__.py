@@ -19,14 +19,21 @@ torch, no onnx) and holds, each part in its own module, all of them re-exported 
 - ``npz``: bounded ``.npz`` loading (:func:`load_npz_bounded`): zip and ``.npy`` headers are checked
   before anything is decompressed, no pickle; goldens read only the members used, each within a budget
   from the manifest's shapes (:func:`golden_budget`);
+- ``ranking``: ``ranking.json`` as typed values (:class:`RankingFile`, its :class:`Candidate` cuts, their
+  :class:`CutCost` rows and the :class:`CostBlock`), validated by ``from_json``;
 - ``results``: validated accessors for ``ranking.json`` (:func:`read_ranking`), ``verify.json``
-  (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`: a :class:`RunRecord` per split);
+  (:func:`read_verify_latencies`) and ``run.json`` (:func:`read_runs`: a :class:`RunRecord` per split,
+  with its :class:`ServedCheck` verdicts, which ``run`` writes through :meth:`ServedCheck.to_json`);
+- ``provenance``: the manifest's ``options``, ``model`` and ``weights`` blocks as typed values
+  (:class:`RecordedOptions`, :class:`ModelInfo`, :class:`WeightsInfo`);
 - ``machine`` / ``verdict``: where the export's gates were measured (:class:`Machine`: CPU, ISA
   features, onnxruntime, threads, exact int8 mode) and their outcome per split and pair
   (:func:`export_verdicts`), both validated on read;
 - ``splits``: the manifest's split entries as typed values (:class:`Split`, :class:`Boundary`,
   :class:`Verification`, :class:`Check`), validated by ``from_json``; :class:`Manifest` hands them out;
-- ``engine_plan``: ``engine_plan.json``, read only here (:func:`load_engine_plan`, :func:`read_engine_plan`) and the checked output paths of
+- ``engine_plan``: ``engine_plan.json``, read only here: as written (:class:`EngineRecipe`, its
+  :class:`RecipeEngine` builds and :class:`DlaCheck`; :func:`read_engine_recipe`), and with its paths
+  checked (:func:`load_engine_plan`, :func:`read_engine_plan`: :class:`EnginePlan`); the checked output paths of
   ``build-engines`` (:func:`engine_output`, :func:`write_output`).
 
 Errors: a malformed file is :class:`BadInputError` (exit 2); a file that does not match its hash, a
@@ -37,12 +44,17 @@ path leaving the bundle, a symlink, or a manifest other than the pinned one is
 from __future__ import annotations
 
 from isplit_export.contract.engine_plan import (
+    DlaCheck,
+    DlaFallback,
     EnginePart,
     EnginePlan,
+    EngineRecipe,
+    RecipeEngine,
     engine_output,
     engine_plan_json,
     load_engine_plan,
     read_engine_plan,
+    read_engine_recipe,
     write_output,
 )
 from isplit_export.contract.jsonio import (
@@ -75,11 +87,28 @@ from isplit_export.contract.manifest import (
     split_file,
     validate_manifest,
 )
-from isplit_export.contract.npz import golden_budget, load_golden, load_npz_bounded
+from isplit_export.contract.npz import (
+    CalibrationSet,
+    Golden,
+    golden_budget,
+    load_calibration,
+    load_golden,
+    load_npz_bounded,
+)
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel, join_rel
+from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, VerifyLatency, WeightsInfo
+from isplit_export.contract.ranking import (
+    Candidate,
+    ComputeFigures,
+    CostBlock,
+    CutCost,
+    LinkFigures,
+    RankingFile,
+)
 from isplit_export.contract.results import (
     MIN_LINK_MS,
     RunRecord,
+    ServedCheck,
     read_ranking,
     read_runs,
     read_verify_latencies,
@@ -141,18 +170,36 @@ __all__ = [
     "TRITON_ENGINE_FILE",
     "VERIFY_FILE",
     "Boundary",
+    "CalibrationSet",
+    "Candidate",
     "Check",
+    "ComputeFigures",
+    "CostBlock",
     "CuiOrder",
+    "CutCost",
+    "DlaCheck",
+    "DlaFallback",
     "EnginePart",
     "EnginePlan",
+    "EngineRecipe",
     "ExportVerdict",
     "FileEntry",
+    "Golden",
+    "Latency",
+    "LinkFigures",
     "Machine",
     "Manifest",
+    "ModelInfo",
+    "RankingFile",
+    "RecipeEngine",
+    "RecordedOptions",
     "RunRecord",
+    "ServedCheck",
     "Split",
     "Task",
     "Verification",
+    "VerifyLatency",
+    "WeightsInfo",
     "bundle_path",
     "bundle_root",
     "check_expected_sha256",
@@ -171,6 +218,7 @@ __all__ = [
     "is_tool_bundle",
     "join_rel",
     "json_depth",
+    "load_calibration",
     "load_engine_plan",
     "load_golden",
     "load_manifest",
@@ -179,6 +227,7 @@ __all__ = [
     "opt_dict",
     "parse_json",
     "read_engine_plan",
+    "read_engine_recipe",
     "read_json",
     "read_manifest",
     "read_ranking",

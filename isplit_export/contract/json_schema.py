@@ -1,7 +1,12 @@
 """JSON Schema of the typed bundle model, generated from the dataclasses (published in docs/bundle.md).
 
 Each typed value (:class:`Split`, :class:`Boundary`, :class:`Verification`, :class:`Check`,
-:class:`Task`, :class:`FileEntry`, :class:`CuiOrder`, :class:`EnginePart`) becomes one ``$defs`` entry:
+:class:`Task`, :class:`FileEntry`, :class:`CuiOrder`, :class:`EnginePart`; ``ranking.json``'s
+:class:`RankingFile`, :class:`Candidate`, :class:`CutCost`, :class:`CostBlock`, :class:`LinkFigures`,
+:class:`ComputeFigures`; ``engine_plan.json``'s :class:`EngineRecipe`, :class:`RecipeEngine`,
+:class:`DlaCheck`, :class:`DlaFallback`; the manifest's :class:`RecordedOptions`, :class:`ModelInfo`,
+:class:`WeightsInfo`, :class:`Latency`; ``verify.json``'s :class:`VerifyLatency`; ``run.json``'s
+:class:`ServedCheck`) becomes one ``$defs`` entry:
 its fields, their JSON types (``X | None`` is ``[X, "null"]``) and where each one lives in the JSON
 (a field's ``metadata["json"]``, a dotted path, when the key differs from the field name). The fields
 named ``raw`` (the block as written, carried for :meth:`to_json`) and the ones marked
@@ -19,11 +24,46 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from isplit_export.contract.engine_plan import EnginePart
+from isplit_export.contract.engine_plan import DlaCheck, DlaFallback, EnginePart, EngineRecipe, RecipeEngine
 from isplit_export.contract.manifest import CuiOrder, FileEntry
+from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, VerifyLatency, WeightsInfo
+from isplit_export.contract.ranking import (
+    Candidate,
+    ComputeFigures,
+    CostBlock,
+    CutCost,
+    LinkFigures,
+    RankingFile,
+)
+from isplit_export.contract.results import ServedCheck
 from isplit_export.contract.splits import Boundary, Check, Split, Task, Verification
 
-MODEL: tuple[type, ...] = (Split, Boundary, Verification, Check, Task, FileEntry, CuiOrder, EnginePart)
+MODEL: tuple[type, ...] = (
+    Split,
+    Boundary,
+    Verification,
+    Check,
+    Task,
+    FileEntry,
+    CuiOrder,
+    EnginePart,
+    RankingFile,
+    Candidate,
+    CutCost,
+    CostBlock,
+    LinkFigures,
+    ComputeFigures,
+    EngineRecipe,
+    RecipeEngine,
+    DlaCheck,
+    DlaFallback,
+    RecordedOptions,
+    ModelInfo,
+    WeightsInfo,
+    Latency,
+    VerifyLatency,
+    ServedCheck,
+)
 """The typed bundle model, in the order docs/bundle.md lists it."""
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "string"}
 _MODEL_NAMES = {cls.__name__ for cls in MODEL}

@@ -26,6 +26,7 @@ from isplit_export.contract.jsonio import (
 from isplit_export.contract.layout import check_layout
 from isplit_export.contract.machine import Machine
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel
+from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, WeightsInfo
 from isplit_export.contract.schema import (
     _TENSOR_NAME,
     MANIFEST_FILE,
@@ -114,6 +115,72 @@ class Manifest:
     def verification(self) -> CuiOrder:
         """The bundle's verdict: every split's gates, and the CUI order check."""
         return CuiOrder.from_json(opt_dict(self.data, "verification", MANIFEST_FILE))
+
+    @cached_property
+    def options(self) -> RecordedOptions:
+        """The export's options as recorded (``options``)."""
+        return RecordedOptions.from_json(opt_dict(self.data, "options", MANIFEST_FILE))
+
+    @cached_property
+    def model(self) -> ModelInfo:
+        """The exported model's name and weights source (``model``)."""
+        return ModelInfo.from_json(opt_dict(self.data, "model", MANIFEST_FILE))
+
+    @cached_property
+    def weights(self) -> WeightsInfo:
+        """The weights layout (``weights``)."""
+        return WeightsInfo.from_json(opt_dict(self.data, "weights", MANIFEST_FILE))
+
+    @cached_property
+    def build_latencies(self) -> Mapping[str, Latency]:
+        """What the export timed per split folder (``run.latency_ms``: onnxruntime, one thread, on the build host)."""
+        lat = opt_dict(
+            opt_dict(self.data, "run", MANIFEST_FILE), "latency_ms", MANIFEST_FILE, "run.latency_ms"
+        )
+        return {
+            str(rel): Latency.from_json(
+                req_dict(lat, rel, MANIFEST_FILE), MANIFEST_FILE, f"run.latency_ms.{rel}"
+            )
+            for rel in lat
+        }
+
+    @property
+    def build_host(self) -> str | None:
+        """The machine the export ran on (``run.host``)."""
+        return req_str(
+            opt_dict(self.data, "run", MANIFEST_FILE), "host", MANIFEST_FILE, "run.host", optional=True
+        )
+
+    @property
+    def target_name(self) -> str | None:
+        """The deployment target's name (``target.name``)."""
+        return req_str(
+            opt_dict(self.data, "target", MANIFEST_FILE), "name", MANIFEST_FILE, "target.name", optional=True
+        )
+
+    @property
+    def target_precision(self) -> str | None:
+        """The target's default precision (``target.default_precision``)."""
+        target = opt_dict(self.data, "target", MANIFEST_FILE)
+        return req_str(target, "default_precision", MANIFEST_FILE, "target.default_precision", optional=True)
+
+    @property
+    def ranking_top(self) -> int | None:
+        """How many splits the export was asked for (``ranking.top``)."""
+        return req_int(
+            opt_dict(self.data, "ranking", MANIFEST_FILE),
+            "top",
+            MANIFEST_FILE,
+            "ranking.top",
+            lo=1,
+            optional=True,
+        )
+
+    @property
+    def ranking_file(self) -> str:
+        """The bundle path of ``ranking.json`` (``ranking.file``; ``ranking.json`` when not recorded)."""
+        block = opt_dict(self.data, "ranking", MANIFEST_FILE)
+        return req_str(block, "file", MANIFEST_FILE, "ranking.file", optional=True) or RANKING_FILE
 
     def block(self, key: str) -> Mapping[str, Any]:
         """A top-level provenance block (``tool``, ``model``, ``target``, ``weights``...) as written; {} when absent."""

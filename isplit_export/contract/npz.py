@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import zipfile
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -159,7 +160,28 @@ def load_npz_bounded(
         ) from None
 
 
-def load_golden(path: Path, what: str, budget: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Golden:
+    """A split's ``golden.npz``: what the export computed, which ``verify`` and ``run`` replay."""
+
+    input: np.ndarray
+    """The preprocessed images, float32 [N, C, H, W]."""
+    boundary: np.ndarray
+    """The boundary as transmitted (float32, float16 or uint8)."""
+    logits: np.ndarray
+    """The full PyTorch model's logits, float32 [N, K]."""
+    labels: np.ndarray
+    """int64 [N], -1 where unknown."""
+    logits_int8: np.ndarray | None
+    """(int8 targets) what the INT8 QDQ pair computed at export; None when not stored."""
+
+    @property
+    def images(self) -> int:
+        """How many golden images it holds."""
+        return int(self.input.shape[0])
+
+
+def load_golden(path: Path, what: str, budget: Mapping[str, int] | None = None) -> Golden:
     """A split's ``golden.npz``, size-bounded: ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown),
     and ``logits_int8`` where stored; only those members are read, each within ``budget`` (:func:`golden_budget`)."""
     golden = load_npz_bounded(path, what, members=GOLDEN_MEMBERS, budget=budget)
@@ -169,5 +191,27 @@ def load_golden(path: Path, what: str, budget: Mapping[str, int] | None = None) 
     n = golden["input"].shape[0] if golden["input"].ndim else 0
     if n == 0:
         raise BadInputError(f"{what} holds no golden input: rebuild the bundle")
-    golden.setdefault("labels", np.full(n, -1, dtype=np.int64))
-    return golden
+    return Golden(
+        input=golden["input"],
+        boundary=golden["boundary"],
+        logits=golden["logits"],
+        labels=golden.get("labels", np.full(n, -1, dtype=np.int64)),
+        logits_int8=golden.get("logits_int8"),
+    )
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """A bundle's ``calibration/inputs.npz``: the preprocessed calibration images and their labels."""
+
+    input: np.ndarray
+    labels: np.ndarray
+
+
+def load_calibration(path: Path, what: str) -> CalibrationSet:
+    """``calibration/inputs.npz``, size-bounded: ``input`` and ``labels`` (-1 when unknown)."""
+    data = load_npz_bounded(path, what, members=("input", "labels"))
+    if "input" not in data or data["input"].ndim == 0:
+        raise BadInputError(f"{what} holds no calibration input: rebuild the bundle")
+    n = data["input"].shape[0]
+    return CalibrationSet(input=data["input"], labels=data.get("labels", np.full(n, -1, dtype=np.int64)))

@@ -3,15 +3,14 @@ of ``verify`` and ``run``, used only when they name this manifest)."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from isplit_export.contract.jsonio import (
     _bad,
-    _rebuild,
     opt_dict,
     read_json,
     req_dict,
@@ -21,67 +20,32 @@ from isplit_export.contract.jsonio import (
 )
 from isplit_export.contract.manifest import Manifest, _validate_latencies, check_listed
 from isplit_export.contract.paths import bundle_path
+from isplit_export.contract.provenance import Latency, VerifyLatency
+from isplit_export.contract.ranking import RankingFile
 from isplit_export.contract.schema import (
-    MAX_DIM,
     MAX_ELEMENTS,
     MAX_FLOPS,
     MAX_MS,
-    RANKING_FILE,
-    RANKING_SCHEMA_PREFIX,
     RUN_FILE,
     RUN_SCHEMA,
     VERIFY_FILE,
 )
 from isplit_export.errors import BadInputError
+from isplit_export.numbers import rounded
 
 
-def _validate_ranking(r: dict[str, Any], src: str) -> dict[str, Any]:
-    schema = r.get("schema")
-    if schema is not None and (not isinstance(schema, str) or not schema.startswith(RANKING_SCHEMA_PREFIX)):
-        raise _bad(src, "schema", f"{RANKING_SCHEMA_PREFIX}N", schema)
-    total = req_int(r, "total_flops", src, lo=1, hi=int(MAX_FLOPS))
-    req_int(r, "input_bytes", src, lo=4, hi=MAX_ELEMENTS * 4)
-    req_str(r, "model", src, optional=True)
-    req_int(r, "top", src, lo=1, optional=True)
-    cands = r.get("candidates")
-    if not isinstance(cands, list) or not cands:
-        raise _bad(src, "candidates", "a non-empty list", cands)
-    seen: set[int] = set()
-    for i, c in enumerate(cands):
-        f = f"candidates[{i}]"
-        if not isinstance(c, dict):
-            raise _bad(src, f, "an object", c)
-        idx = req_int(c, "index", src, f"{f}.index", hi=1 << 20)
-        if idx in seen:
-            raise BadInputError(f"{src}: field '{f}.index' repeats cut {idx}: {_rebuild(src)}")
-        seen.add(int(idx or 0))
-        req_str(c, "node", src, f"{f}.node")
-        req_str(c, "module", src, f"{f}.module", optional=True)
-        req_number(c, "cui", src, f"{f}.cui", hi=1e30)
-        req_number(c, "log10_cui", src, f"{f}.log10_cui", lo=-1e6, hi=1e6, optional=True)
-        req_int(c, "rank", src, f"{f}.rank", lo=1, optional=True)
-        req_number(c, "head_flops_share", src, f"{f}.head_flops_share", hi=1.0)
-        req_number(c, "head_flops", src, f"{f}.head_flops", hi=float(total or 0), optional=True)
-        shape = c.get("shape")
-        if (
-            not isinstance(shape, list)
-            or not shape
-            or len(shape) > 8
-            or any(isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= MAX_DIM for d in shape)
-            or math.prod(shape) > MAX_ELEMENTS
-        ):
-            raise _bad(src, f"{f}.shape", "a list of 1-8 positive dimensions", shape)
-    return r
-
-
-def read_ranking(manifest: Manifest) -> dict[str, Any]:
-    """``ranking.json`` (``manifest.ranking.file``): listed, hashed, inside the bundle, then validated."""
-    rel = (manifest.data.get("ranking") or {}).get("file") or RANKING_FILE
+def read_ranking(manifest: Manifest) -> RankingFile:
+    """``ranking.json`` (``manifest.ranking.file``): listed, hashed, inside the bundle, then validated
+    (:class:`RankingFile`; ``total_flops`` and ``input_bytes`` required: ``plan`` costs the cuts)."""
+    rel = manifest.ranking_file
     path = check_listed(manifest, rel, "ranking")
-    return _validate_ranking(read_json(path, rel), rel)
+    r = read_json(path, rel)
+    req_int(r, "total_flops", rel, lo=1, hi=int(MAX_FLOPS))
+    req_int(r, "input_bytes", rel, lo=4, hi=MAX_ELEMENTS * 4)
+    return RankingFile.from_json(r, rel)
 
 
-def read_verify_latencies(manifest: Manifest) -> list[dict[str, Any]]:
+def read_verify_latencies(manifest: Manifest) -> list[VerifyLatency]:
     """The rows of ``verify.json`` that carry ``latency_ms``, validated (finite, positive, bounded).
 
     ``verify.json`` is an output of ``verify``, not hashed; it is used only when it names this
@@ -107,9 +71,14 @@ def read_verify_latencies(manifest: Manifest) -> list[dict[str, Any]]:
         if not lat:
             continue
         _validate_latencies(lat, VERIFY_FILE, f"rows[{i}].latency_ms")
-        for k in ("dir", "backend", "precision"):
-            req_str(row, k, VERIFY_FILE, f"rows[{i}].{k}")
-        out.append(row)
+        out.append(
+            VerifyLatency(
+                dir=str(req_str(row, "dir", VERIFY_FILE, f"rows[{i}].dir")),
+                backend=str(req_str(row, "backend", VERIFY_FILE, f"rows[{i}].backend")),
+                precision=str(req_str(row, "precision", VERIFY_FILE, f"rows[{i}].precision")),
+                latency=Latency.from_json(lat, VERIFY_FILE, f"rows[{i}].latency_ms"),
+            )
+        )
     return out
 
 
@@ -119,6 +88,66 @@ from it would be unbounded (``5e-324`` ms gives ``inf`` Mbit/s)."""
 ADDRESS_CLASSES = ("loopback", "same-host", "remote")
 """``run.json`` ``server.address_class``: where the server was, seen from the client (only ``remote``
 measures a link)."""
+
+
+RUN_DIGITS = 6
+"""Significant digits of the figures ``run.json`` records (:func:`isplit_export.numbers.rounded`)."""
+MAX_SERVED_FAILURES = 64
+"""Most failure lines a served check of run.json records."""
+
+
+@dataclass(frozen=True)
+class ServedCheck:
+    """A pair judged over the wire in ``run.json`` (``goldens``: the golden boundaries through the server
+    against the golden logits; ``vs_local_pair``: the served tail against the local pair), by
+    :func:`isplit_export.verification.checks.served_check`: the gate, its outcome and the metrics."""
+
+    gate: str
+    passed: bool
+    failures: tuple[str, ...]
+    metrics: Mapping[str, float | None] | None
+    """:func:`~isplit_export.verification.metrics.compare_logits` (None: nothing was compared)."""
+    images: int
+    distinct_compared: int | None = None
+    """(``vs_local_pair``) how many distinct images the comparison covered."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The block as ``run.json`` holds it, in docs/serving.md's order: ``goldens`` leads with ``images``,
+        ``vs_local_pair`` (which counts ``distinct_compared``) with ``gate``."""
+        out: dict[str, Any] = (
+            {"images": self.images, "gate": self.gate}
+            if self.distinct_compared is None
+            else {"gate": self.gate, "images": self.images, "distinct_compared": self.distinct_compared}
+        )
+        if self.metrics is not None:
+            out["metrics"] = {k: rounded(v, RUN_DIGITS, finite=True) for k, v in self.metrics.items()}
+        return out | {"passed": self.passed, "failures": list(self.failures)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], src: str, f: str) -> ServedCheck:
+        """Validate a served check: ``passed`` a boolean, bounded failure lines, metrics numbers or null."""
+        passed = d.get("passed")
+        if not isinstance(passed, bool):
+            raise _bad(src, f"{f}.passed", "true or false", passed)
+        failures = d.get("failures", [])
+        if not isinstance(failures, list) or len(failures) > MAX_SERVED_FAILURES:
+            raise _bad(src, f"{f}.failures", f"a list of at most {MAX_SERVED_FAILURES} lines", failures)
+        for i, line in enumerate(failures):
+            if not isinstance(line, str) or len(line) > 1000:
+                raise _bad(src, f"{f}.failures[{i}]", "a string of at most 1000 characters", line)
+        metrics = d.get("metrics")
+        if metrics is not None:
+            metrics = opt_dict(d, "metrics", src, f"{f}.metrics")
+            for k in metrics:
+                req_number(metrics, k, src, f"{f}.metrics.{k}", lo=-1e30, hi=1e30, optional=True)
+        return cls(
+            gate=str(req_str(d, "gate", src, f"{f}.gate")),
+            passed=passed,
+            failures=tuple(failures),
+            metrics=None if metrics is None else MappingProxyType(dict(metrics)),
+            images=int(req_int(d, "images", src, f"{f}.images", optional=True) or 0),
+            distinct_compared=req_int(d, "distinct_compared", src, f"{f}.distinct_compared", optional=True),
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +171,10 @@ class RunRecord:
     server_ms: float | None
     link_ms: float | None
     head_ms: float | None
+    goldens: ServedCheck | None = None
+    """The golden boundaries through the server (None in a run.json written before it was typed)."""
+    vs_local_pair: ServedCheck | None = None
+    """The served tail against the local pair."""
 
     @property
     def measures_link(self) -> bool:
@@ -196,6 +229,12 @@ def _run_record(manifest: Manifest, key: str, r: Any, splits: Mapping[str, Mappi
     head = opt_dict(
         opt_dict(r, "latency_ms", RUN_FILE, f"{f}.latency_ms"), "head", RUN_FILE, f"{f}.latency_ms.head"
     )
+    checks = {
+        k: None
+        if r.get(k) is None
+        else ServedCheck.from_json(opt_dict(r, k, RUN_FILE, f"{f}.{k}"), RUN_FILE, f"{f}.{k}")
+        for k in ("goldens", "vs_local_pair")
+    }
     return RunRecord(
         dir=key,
         index=int(index) if index is not None else -1,
@@ -209,6 +248,8 @@ def _run_record(manifest: Manifest, key: str, r: Any, splits: Mapping[str, Mappi
         server_ms=p50 if p50 is not None else mean,
         link_ms=_opt_ms(r, "link_ms_p50", f"{f}.link_ms_p50", lo=MIN_LINK_MS),
         head_ms=_opt_ms(head, "p50", f"{f}.latency_ms.head.p50"),
+        goldens=checks["goldens"],
+        vs_local_pair=checks["vs_local_pair"],
     )
 
 

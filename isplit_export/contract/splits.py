@@ -175,6 +175,10 @@ class Check:
         """The block as written."""
         return dict(self.raw)
 
+    def metric(self, name: str) -> float | None:
+        """The metric ``name`` (``cosine``, ``top1_agreement``, ...); None when not recorded."""
+        return self.metrics.get(name)
+
 
 @dataclass(frozen=True)
 class Verification:
@@ -222,6 +226,8 @@ class Split:
     boundary: Boundary
     files: Mapping[str, str]
     verification: Verification | None
+    holdout: float | None = field(metadata={"json": "bottleneck.holdout"})
+    """(``--bottleneck``) the fraction of the images held out from the bottleneck's training."""
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -244,6 +250,7 @@ class Split:
                 f"{src}: field '{f}.rank' must be {i + 1} (splits are stored in rank order): {_rebuild(src)}"
             )
         v = s.get("verification")
+        bn = opt_dict(s, "bottleneck", src, f"{f}.bottleneck")
         return cls(
             dir=rel,
             rank=rank,
@@ -254,6 +261,7 @@ class Split:
             boundary=Boundary.from_json(opt_dict(s, "boundary", src, f"{f}.boundary"), src, f"{f}.boundary"),
             files=_frozen(files),
             verification=None if v is None else Verification.from_json(v, src, f"{f}.verification"),
+            holdout=req_number(bn, "holdout", src, f"{f}.bottleneck.holdout", hi=1.0, optional=True),
             raw=_frozen(s),
         )
 

@@ -65,33 +65,31 @@ PLAN_SCHEMA = "isplit.plan/1"
 
 @dataclass
 class PlanResult:
-    """The re-plan of a bundle: the ranking dict with its new ``cost`` block, and where it was written."""
+    """The re-plan of a bundle: the ranking with its new ``cost`` block, and where it was written."""
 
     bundle: Path
-    ranking: dict[str, Any]
+    ranking: contract.RankingFile
     selection: Selection
     written: Path | None
 
     @property
-    def cost(self) -> dict[str, Any]:
-        return dict(self.ranking["cost"])
+    def cost(self) -> contract.CostBlock:
+        """The new cost block (always present in a plan)."""
+        if self.ranking.cost is None:
+            raise AssertionError("a plan's ranking carries its cost block")
+        return self.ranking.cost
 
     def table(self) -> str:
         return format_cost_table(self.ranking)
 
     def to_json(self) -> dict[str, Any]:
         """``plan.json``: the cost block, one row per cut (index, node, module, CUI, rank, cost) and the verdict."""
-        cuts = [
-            {k: c.get(k) for k in ("index", "node", "module", "cui", "rank", "head_flops_share")}
-            | {"cost": c["cost"]}
-            for c in self.ranking["candidates"]
-        ]
-        verdict = split_verdict(self.ranking["cost"], self.ranking["candidates"])
+        verdict = split_verdict(self.cost, self.ranking.candidates)
         return {
             "schema": PLAN_SCHEMA,
-            "model": self.ranking.get("model"),
-            "cost": self.ranking["cost"],
-            "cuts": cuts,
+            "model": self.ranking.model,
+            "cost": self.cost.to_json(),
+            "cuts": [c.plan_row() for c in self.ranking.candidates],
             "verdict": None if verdict is None else verdict.to_json(),
         }
 
@@ -132,8 +130,8 @@ def plan(
     if link is None and not measured:
         raise BadInputError("--estimated needs a link: pass --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]")
     runs = contract.read_runs(m) if measured else {}
-    options = m.block("options")
-    named = options.get("link") if isinstance(options.get("link"), str) else None
+    recorded = m.options
+    named = recorded.link
     if link is None and not any(r.measures_link for r in runs.values()) and named is not None:
         link = named  # no remote run: the export's named link, not one derived from loopback overhead
     link_measured = measured and (link is None or link.strip().lower() == MEASURED_LINK)
@@ -143,13 +141,13 @@ def plan(
     if "name" not in target_json:
         raise BadInputError(f"{bundle / contract.MANIFEST_FILE} has no target block: rebuild the bundle")
     device_profile = validate_profile(target_json, "manifest.json target")  # every profile has a cost block
-    objective = objective or str(options.get("objective") or "cui")
+    objective = objective or recorded.objective or "cui"
     if objective not in OBJECTIVES:
         raise BadInputError(f"manifest.json options.objective {objective!r} is unknown: pass --objective")
     if constraints is None:
-        constraints = Constraints(**(options.get("constraints") or {}))
+        constraints = Constraints(**recorded.constraints)
     if server_profile is None:
-        server_profile = load_target(options.get("server") or "x86-tensorrt")
+        server_profile = load_target(recorded.server or "x86-tensorrt")
     device, srv = compute_for(device_profile, head=True), compute_for(server_profile, head=False)
     encoding = str(m.boundary_encoding or device_profile.default_boundary)
     element_bytes(encoding)  # an unknown encoding is one line here, not a KeyError later
@@ -158,15 +156,13 @@ def plan(
         for s in m.splits
         if s.index is not None and s.boundary.bytes_per_image is not None
     }
-    meas = (
-        manifest_figures(m, device, device_profile.backend, srv, server_profile.backend) if measured else {}
-    )
+    meas = manifest_figures(m, device, device_profile, srv, server_profile) if measured else {}
     if (
         measured
     ):  # what `isplit-export run` measured over a real connection wins over the build host's figures
-        for key, row in run_figures(runs, device_profile.backend, link_measured).items():
+        for key, row in run_figures(runs, device_profile, link_measured).items():
             meas.setdefault(key, {}).update(row)
-    k = top if top is not None else m.block("ranking").get("top")
+    k = top if top is not None else m.ranking_top
     block, sel = build_cost(
         ranking,
         device,
@@ -179,12 +175,11 @@ def plan(
         bytes_override=bytes_override,
         measured=meas,
     )
-    candidates = [{**c, "cost": pc} for c, pc in zip(ranking["candidates"], block["per_cut"], strict=True)]
-    exported = [s.index for s in m.splits if s.index is not None]
-    cost = {key: v for key, v in block.items() if key != "per_cut"} | {"exported": exported}
+    per_cut = block.pop("per_cut")
+    cost = block | {"exported": [s.index for s in m.splits if s.index is not None]}
     if run_note is not None:
-        cost["note"] = f"{cost['note']}; {run_note}" if cost.get("note") else run_note
-    result = PlanResult(bundle, {**ranking, "candidates": candidates, "cost": cost}, sel, None)
+        cost["note"] = f"{sel.note}; {run_note}" if sel.note else run_note
+    result = PlanResult(bundle, ranking.with_cost(per_cut, cost), sel, None)
     if write:
         write_plan(result, report)
     return result

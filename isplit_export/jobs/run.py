@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export import progress
+from isplit_export import contract, progress
 from isplit_export.errors import BadInputError, IsplitError
 from isplit_export.options_serving import RunOptions
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess, open_bundle
@@ -71,12 +71,11 @@ from isplit_export.serving.records import (
     Recorder,
     Request,
     check_run_path,
-    rounded,
     run_entry,
     write_run,
 )
 from isplit_export.verification.backends import gate_for
-from isplit_export.verification.checks import judge
+from isplit_export.verification.checks import served_check, unjudged
 
 EXIT_REQUESTS_FAILED = 6
 """At least one request failed after its retries, or was skipped."""
@@ -167,31 +166,19 @@ class _Schedule:
             return n
 
 
-def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: int) -> dict[str, Any]:
+def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: int) -> contract.ServedCheck:
     """The bundle's golden boundaries through the server, against the golden logits (verify's gate)."""
     g = split.load_golden()
     gate = gate_for(split.encoding.name)
     got: list[np.ndarray] = []
     stop = threading.Event()
-    for i in range(g["boundary"].shape[0]):
+    for i in range(len(g.boundary)):
         req = Request(n=-1, image=i)
-        _, logits = send(client, options, np.ascontiguousarray(g["boundary"][i : i + 1]), classes, req, stop)
+        _, logits = send(client, options, np.ascontiguousarray(g.boundary[i : i + 1]), classes, req, stop)
         if logits is None:
-            return {
-                "images": int(g["boundary"].shape[0]),
-                "passed": False,
-                "gate": gate.name,
-                "failures": [f"golden {i}: {req.error}"],
-            }
+            return unjudged(gate, f"golden {i}: {req.error}", images=len(g.boundary))
         got.append(logits)
-    metrics, ok, reasons = judge(g["logits"], np.concatenate(got), gate)
-    return {
-        "images": len(got),
-        "gate": gate.name,
-        "metrics": {k: rounded(v) for k, v in metrics.items()},
-        "passed": ok,
-        "failures": reasons,
-    }
+    return served_check(g.logits, np.concatenate(got), gate, images=len(got))
 
 
 def run(

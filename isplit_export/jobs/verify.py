@@ -28,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from isplit_export import contract, progress
+from isplit_export.backend_names import ONNXRUNTIME
 from isplit_export.errors import BadInputError, first_line
 from isplit_export.exporting.onnx_utils import this_machine
 from isplit_export.files import json_dumps, write_text_atomic
@@ -41,7 +42,7 @@ __all__ = ["VERIFY_FILE", "verify_bundle", "write_verification"]
 def verify_bundle(
     bundle: Path | str,
     *,
-    backend: str = "onnxruntime",
+    backend: str = ONNXRUNTIME,
     split: int | None = None,
     write: bool = True,
     expect_sha256: str | None = None,

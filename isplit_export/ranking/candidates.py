@@ -76,7 +76,9 @@ class Ranking:
     probe: Probe | None = None
     """The probe at a ``--bottleneck`` budget (:mod:`isplit_export.bottleneck.probe`): a score per probed cut."""
     cost: dict[str, Any] | None = None
-    """The cost block (``isplit_export.bundle.cost_block``): ``per_cut`` (one row per cut) goes into each candidate."""
+    """The cost block (``isplit_export.bundle.cost_block``), without its rows."""
+    cost_rows: list[dict[str, Any]] | None = None
+    """The cost block's row of every cut (in cut order): each goes into its candidate."""
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -121,8 +123,8 @@ class Ranking:
                     row.update(rank_stability=unc["rank_stability"][i], ties=unc["ties"][i])
             if self.total_flops is not None:
                 row["head_flops"] = round(cut.head_flops_share * self.total_flops)
-            if self.cost is not None:
-                row["cost"] = self.cost["per_cut"][i]
+            if self.cost_rows is not None:
+                row.update(cost=self.cost_rows[i])
             if self.probe is not None and i in self.probe.scores:
                 row["probe"] = self.probe.scores[i]
             candidates.append(row)
@@ -159,7 +161,7 @@ class Ranking:
         if self.probe is not None:
             out["probe"] = self.probe.to_json()
         if self.cost is not None:
-            out["cost"] = {k: v for k, v in self.cost.items() if k != "per_cut"}
+            out.update(cost=self.cost)
         return out
 
     def table(self, top: int | None = None) -> str:

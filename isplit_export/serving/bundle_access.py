@@ -55,7 +55,7 @@ class SplitAccess:
         """The transmitted dtype (float32, float16 or uint8)."""
         return np.dtype(self.encoding.dtype)
 
-    def load_golden(self) -> dict[str, np.ndarray]:
+    def load_golden(self) -> contract.Golden:
         """The split's golden ``input``, ``boundary``, ``logits`` and ``labels`` (-1 when unknown)."""
         return contract.load_golden(self.golden, self.dir + "/golden.npz", self.golden_budget)
 

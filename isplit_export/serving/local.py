@@ -60,9 +60,9 @@ def load_images(options: RunOptions, bundle: BundleAccess, split: SplitAccess) -
     """The images of the run: ``--data`` (class sub-folders give labels) or the split's golden inputs."""
     if options.data is None:
         g = split.load_golden()
-        n = g["input"].shape[0] if options.images is None else min(options.images, g["input"].shape[0])
+        n = g.images if options.images is None else min(options.images, g.images)
         images = [
-            Image_(f"golden[{i}]", np.ascontiguousarray(g["input"][i : i + 1]), int(g["labels"][i]))
+            Image_(f"golden[{i}]", np.ascontiguousarray(g.input[i : i + 1]), int(g.labels[i]))
             for i in range(n)
         ]
         return images, f"{split.dir}/golden.npz"
@@ -109,7 +109,7 @@ def _head_engine(bundle: BundleAccess, split: SplitAccess) -> tuple[Path, int | 
     if m.sha256 != bundle.manifest_sha256:
         raise GateFailedError(f"{bundle.root}/manifest.json changed while the run started: run again")
     (_, entry), *_ = contract.select_splits(m, split.pos)
-    head = contract.read_engine_plan(m, entry).parts["head"]
+    head = contract.read_engine_plan(m, entry).head
     if not head.engine.is_file():
         raise NotRunError(f"no engine {head.engine}: run isplit-export build-engines {bundle.root} first")
     return head.engine, head.dla_core

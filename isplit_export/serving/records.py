@@ -23,7 +23,7 @@ from isplit_export.options_serving import RunOptions, parse_address
 from isplit_export.outdir import check_writable_file
 from isplit_export.serving.bundle_access import BundleAccess, SplitAccess
 from isplit_export.verification.backends import gate_for
-from isplit_export.verification.checks import judge
+from isplit_export.verification.checks import served_check, unjudged
 from isplit_export.version import __version__
 
 RUN_FILE, RUN_SCHEMA = contract.RUN_FILE, contract.RUN_SCHEMA
@@ -154,7 +154,7 @@ def run_entry(
     images: list[Image_],
     ref: dict[int, dict[str, np.ndarray]],
     rec: Recorder,
-    goldens: dict[str, Any],
+    goldens: contract.ServedCheck,
     local: dict[str, float] | None,
     wire: list[int],
     wall: float,
@@ -166,19 +166,14 @@ def run_entry(
     """The run.json entry of the split (see docs/serving.md for every field)."""
     counts = dict(rec.counts)
     pair_gate = gate_for("fp32")
-    vs_pair: dict[str, Any] = {
-        "gate": pair_gate.name,
-        "images": counts["ok"],
-        "distinct_compared": len(rec.worst),
-    }
+    compared = {"images": counts["ok"], "distinct_compared": len(rec.worst)}
     if rec.worst:
         keys = sorted(rec.worst)
         pair = np.concatenate([ref[i]["pair"] for i in keys])
         served = np.concatenate([rec.worst[i][1] for i in keys])
-        metrics, passed, reasons = judge(pair, served, pair_gate)
-        vs_pair.update(metrics={k: rounded(v) for k, v in metrics.items()}, passed=passed, failures=reasons)
+        vs_pair = served_check(pair, served, pair_gate, **compared)
     else:
-        vs_pair.update(passed=False, failures=["no request succeeded"])
+        vs_pair = unjudged(pair_gate, "no request succeeded", **compared)
     task: dict[str, Any] = {}
     if rec.full_seen:
         task["agreement_with_full_model"] = rounded(rec.full_agree / rec.full_seen)
@@ -210,12 +205,7 @@ def run_entry(
     listed = sorted(rec.failures, key=lambda f: int(f["request"]))
     host, port = parse_address(options.server)
     where = address_class(host)
-    passed = (
-        bool(goldens.get("passed"))
-        and bool(vs_pair.get("passed"))
-        and not counts["failed"]
-        and not counts["skipped"]
-    )
+    passed = goldens.passed and vs_pair.passed and not counts["failed"] and not counts["skipped"]
     return {
         "split": split.dir,
         "index": split.index,
@@ -264,8 +254,8 @@ def run_entry(
         }
         if rss
         else None,
-        "goldens": goldens,
-        "vs_local_pair": vs_pair,
+        "goldens": goldens.to_json(),
+        "vs_local_pair": vs_pair.to_json(),
         "task": task,
         "failures": listed,
         "passed": passed,

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from isplit_export.contract import RankingFile
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import element_bytes
 from isplit_export.links import Link
@@ -115,7 +116,7 @@ def boundary_bytes(shape: list[int], encoding: str) -> int:
 
 
 def cost_rows(
-    ranking: Mapping[str, Any],
+    ranking: RankingFile,
     device: Compute,
     server: Compute,
     link: Link,
@@ -124,26 +125,21 @@ def cost_rows(
     bytes_override: Mapping[int, int] | None = None,
     measured: Mapping[Any, Mapping[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Cost rows for every cut of an ``isplit.ranking/2`` dict, and the two baselines.
+    """Cost rows for every cut of an ``isplit.ranking/2`` ranking, and the two baselines.
 
     ``bytes_override`` (cut index -> bytes) is what a bundle actually sends (e.g. a bottleneck's code);
     ``measured`` (cut index, or ``"device_only"`` / ``"server_only"``, -> measured figures) replaces estimates.
     """
-    total = ranking.get("total_flops")
-    if not isinstance(total, int) or total <= 0:
-        raise BadInputError(
-            "ranking.json has no total_flops (schema isplit.ranking/1): re-export the bundle with this isplit-export version"
-        )
+    total, input_bytes = ranking.require_flops()
     bytes_override = bytes_override or {}
     measured = measured or {}
     rows = []
-    for cand in ranking["candidates"]:
-        i = int(cand["index"])
-        head = cand.get("head_flops")
-        head = float(head) if head is not None else float(cand["head_flops_share"]) * total
-        nbytes = bytes_override.get(i, boundary_bytes(cand["shape"], encoding))
+    for cand in ranking.candidates:
+        i = cand.index
+        head = float(cand.head_flops) if cand.head_flops is not None else cand.head_flops_share * total
+        nbytes = bytes_override.get(i, boundary_bytes(list(cand.shape), encoding))
         rows.append(cut_cost(head, max(total - head, 0.0), nbytes, device, server, link, measured.get(i)))
-    elements = int(ranking["input_bytes"]) // 4  # the fp32 input tensor, C x H x W
+    elements = input_bytes // 4  # the fp32 input tensor, C x H x W
     baselines = {
         "device_only": cut_cost(total, 0.0, 0, device, server, link, measured.get("device_only")),
         "server_only": cut_cost(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from isplit_export.backend_names import ONNXRUNTIME, RUNTIMES, TENSORRT
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS
 from isplit_export.target_names import profile_files, profile_name
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "fp16", "int8")
 """Engine / model precisions a target can run (also the TensorRT verification precisions)."""
 KINDS = ("jetson", "server", "cpu", "onnx")
-BACKENDS = ("tensorrt", "onnxruntime")
+BACKENDS = RUNTIMES
 """A target's runtime (``backend`` in its profile); ``verify --backend`` has its own list (verification.backends.BACKENDS)."""
 PRECISIONS = ("fp32", "fp16", "int8")
 """Engine precisions a target may support; the gates and ``verify`` read them from here."""
@@ -94,7 +95,7 @@ class TargetProfile:
     name: str
     description: str
     kind: str  # "jetson" | "server" | "cpu" | "onnx"
-    backend: str  # "tensorrt" | "onnxruntime"
+    backend: str  # one of backend_names.RUNTIMES
     jetpack: str | None
     tensorrt_version: str | None  # TensorRT version the plan is written for, e.g. "10.3"
     cuda: str | None
@@ -111,7 +112,17 @@ class TargetProfile:
     @property
     def uses_tensorrt(self) -> bool:
         """True when the bundle carries a TensorRT engine build plan for this target."""
-        return self.backend == "tensorrt"
+        return self.backend == TENSORRT
+
+    def runs_on(self, backend: str | None) -> bool:
+        """True when ``backend`` (a name ``verify``/``run`` recorded) is this target's runtime."""
+        return backend == self.backend
+
+    @property
+    def runs_bundle_models(self) -> bool:
+        """True when the target runs the bundle's ONNX models as they are (onnxruntime): what the export
+        timed on the build host is then a measurement of this target's runtime."""
+        return self.backend == ONNXRUNTIME
 
     @property
     def has_dla(self) -> bool:
@@ -260,15 +271,15 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
         raise _fail(
             source, "dla_cores", f"is {dla_cores} but only Jetson targets have DLA (kind is {kind!r})"
         )
-    if kind in ("jetson", "server") and backend != "tensorrt":
-        raise _fail(source, "backend", f"must be 'tensorrt' for kind {kind!r}, got {backend!r}")
-    if kind in ("cpu", "onnx") and backend != "onnxruntime":
-        raise _fail(source, "backend", f"must be 'onnxruntime' for kind {kind!r}, got {backend!r}")
+    if kind in ("jetson", "server") and backend != TENSORRT:
+        raise _fail(source, "backend", f"must be '{TENSORRT}' for kind {kind!r}, got {backend!r}")
+    if kind in ("cpu", "onnx") and backend != ONNXRUNTIME:
+        raise _fail(source, "backend", f"must be '{ONNXRUNTIME}' for kind {kind!r}, got {backend!r}")
     if kind == "jetson" and jetpack is None:
         raise _fail(source, "jetpack", "must name the JetPack release for a Jetson target")
     if kind != "jetson" and jetpack is not None:
         raise _fail(source, "jetpack", f"must be null for kind {kind!r}")
-    if backend == "tensorrt":
+    if backend == TENSORRT:
         for field, value in (("tensorrt_version", tensorrt), ("cuda", cuda), ("gpu", gpu)):
             if value is None:
                 raise _fail(source, field, "must be set for a TensorRT target")
@@ -293,7 +304,8 @@ def validate_profile(data: dict[str, Any], source: str) -> TargetProfile:
             f"is {max_opset} but bundles use ONNX opset {OPSET}: this target could not parse them",
         )
 
-    cost = _cost(data["cost"], source, precisions, dla_cores) if data.get("cost") is not None else None
+    cost_json = data.get("cost")
+    cost = _cost(cost_json, source, precisions, dla_cores) if cost_json is not None else None
     return TargetProfile(
         cost=cost,
         name=name,

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from isplit_export import contract
+from isplit_export.backend_names import AUTO, ONNXRUNTIME, TENSORRT
 from isplit_export.errors import BadInputError, NotRunError, first_line
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.targets.profiles import PRECISIONS
@@ -59,6 +60,8 @@ class Backend(ABC):
     """``run --backend auto`` takes the available backend with the highest priority."""
     timing_runs: ClassVar[int | None] = None
     """verify times each pair with this many runs (its ``latency_ms``); None: not timed."""
+    device_engines: ClassVar[bool] = False
+    """True when it runs engines built on the device itself (its timings measure the device, for ``plan``)."""
 
     @abstractmethod
     def gate(self, encoding: str, precision: str, *, replay: bool = True) -> Gate:
@@ -97,7 +100,7 @@ class Backend(ABC):
 class OnnxruntimeBackend(Backend):
     """The exported ONNX pairs in onnxruntime: the pair (gate of its boundary encoding) and the INT8 QDQ pair."""
 
-    name = "onnxruntime"
+    name = ONNXRUNTIME
     auto_priority = 0
 
     def gate(self, encoding: str, precision: str, *, replay: bool = True) -> Gate:
@@ -156,8 +159,9 @@ class OnnxruntimeBackend(Backend):
 class TensorrtBackend(Backend):
     """The engines ``build-engines`` built in each split's ``engines/`` (``head.<p>.engine``/``tail.<p>.engine``)."""
 
-    name = "tensorrt"
+    name = TENSORRT
     auto_priority = 10
+    device_engines = True
     timing_runs = TRT_LATENCY_RUNS
 
     def gate(self, encoding: str, precision: str, *, replay: bool = True) -> Gate:
@@ -267,17 +271,13 @@ def backend_named(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def gate_for(encoding: str, precision: str = "fp32", backend: str = "onnxruntime") -> Gate:
+def gate_for(encoding: str, precision: str = "fp32", backend: str = ONNXRUNTIME) -> Gate:
     """The gate for a pair with boundary ``encoding`` run at ``precision`` on ``backend`` (:meth:`Backend.gate`)."""
     if encoding not in ENCODINGS:
         raise BadInputError(f"unknown boundary encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
     if precision not in PRECISIONS:
         raise BadInputError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return backend_named(backend).gate(encoding, precision)
-
-
-AUTO = "auto"
-"""``run --backend auto``: the available backend of highest :attr:`Backend.auto_priority` for the head."""
 
 
 def head_backend(name: str, split: SplitHead, *, trust: bool) -> tuple[Backend, str]:

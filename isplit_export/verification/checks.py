@@ -7,6 +7,7 @@ judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a d
 - :func:`task_metric`: top-1 accuracy on the known labels, else top-1 agreement with the full model;
   on held-out images with its Wilson 95 % interval (:func:`~isplit_export.verification.metrics.proportion_ci`);
 - :func:`check_pair`: the logits of a pair against reference logits under a :class:`Gate`, plus the task;
+- :func:`served_check` / :func:`unjudged`: a pair judged over the wire by ``run`` (``run.json``);
 - :func:`compare_boundary`: a transmitted boundary against the golden one (dtype, shape, steps or tolerance);
 - :func:`check_code_pair`: a bottleneck pair, held to the fp32 gate against the PyTorch pair *with* its
   bottleneck, and its code within one quantization step of PyTorch's;
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from isplit_export.contract import Split
+from isplit_export.contract import ServedCheck, Split
 from isplit_export.numbers import rounded
 from isplit_export.stats import proportion_ci, spearman
 from isplit_export.verification.gates import GATES, Gate
@@ -106,6 +107,20 @@ def judge(
     except ValueError as e:  # e.g. the tail's logits have another shape than the reference
         return {}, False, [str(e)]
     return metrics, ok, reasons
+
+
+def served_check(
+    reference: np.ndarray, got: np.ndarray, gate: Gate, *, images: int, distinct_compared: int | None = None
+) -> ServedCheck:
+    """A pair judged over the wire (``run.json``'s ``goldens`` and ``vs_local_pair``): :func:`judge`, as a
+    :class:`~isplit_export.contract.ServedCheck` (its metrics are rounded when it is written)."""
+    metrics, ok, reasons = judge(reference, got, gate)
+    return ServedCheck(gate.name, ok, tuple(reasons), metrics, images, distinct_compared)
+
+
+def unjudged(gate: Gate, reason: str, *, images: int, distinct_compared: int | None = None) -> ServedCheck:
+    """A served check that could not compare anything (``reason``, e.g. no request succeeded): failed."""
+    return ServedCheck(gate.name, False, (reason,), None, images, distinct_compared)
 
 
 def check_pair(

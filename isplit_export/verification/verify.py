@@ -7,7 +7,6 @@ Torch-free on purpose (numpy, onnx, onnxruntime): verify runs in the Jetson cont
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def _row(
     precision: str,
     encoding: str,
     gate: Gate,
-    golden: Mapping[str, np.ndarray],
+    golden: contract.Golden,
     logits: np.ndarray,
     boundary: dict[str, Any],
     reference: np.ndarray | None = None,
@@ -62,7 +61,7 @@ def _row(
     """One verified pair; ``reference`` (default: the full model's golden logits) is what the gate
     compares against (:func:`~isplit_export.verification.checks.check_pair`)."""
     c = check_pair(
-        golden["logits"], logits, golden["labels"], gate, reference=reference, agreement_with_reference=True
+        golden.logits, logits, golden.labels, gate, reference=reference, agreement_with_reference=True
     )
     reasons = [str(boundary["reason"])] if boundary.get("compared") and not boundary["passed"] else []
     reasons.extend(c["gate"]["failures"])
@@ -113,15 +112,15 @@ def verify_split(
     rows: list[SplitVerification] = []
     for pair in pairs:
         # the INT8 pair (QDQ models, int8 engines) is compared with its own golden outputs where stored
-        reference = golden.get("logits_int8") if pair.precision == "int8" else None
-        gate = backend.gate(enc.name, pair.precision, replay="logits_int8" in golden)
+        reference = golden.logits_int8 if pair.precision == "int8" else None
+        gate = backend.gate(enc.name, pair.precision, replay=golden.logits_int8 is not None)
         with ExitStack() as stack:
             head = stack.enter_context(backend.runner(pair.head, input_name=input_name, trust=trust))
             tail = stack.enter_context(backend.runner(pair.tail, input_name="boundary", trust=trust))
-            boundary, logits = run_pair(head, tail, golden["input"], encoding=enc)
+            boundary, logits = run_pair(head, tail, golden.input, encoding=enc)
             latency = None
             if backend.timing_runs is not None:
-                ms = measure_latency({"head": head, "tail": tail}, golden["input"], runs=backend.timing_runs)
+                ms = measure_latency({"head": head, "tail": tail}, golden.input, runs=backend.timing_runs)
                 latency = {k: float(rounded(v, 4, decimals=True) or 0.0) for k, v in ms.items()}
         row = _row(
             pos,
@@ -133,7 +132,7 @@ def verify_split(
             gate=gate,
             golden=golden,
             logits=logits,
-            boundary=backend.check_boundary(golden["boundary"], boundary, gate, enc, pair.precision),
+            boundary=backend.check_boundary(golden.boundary, boundary, gate, enc, pair.precision),
             reference=reference,
         )
         row.latency_ms = latency

@@ -496,4 +496,4 @@ def test_a_used_golden_member_over_the_manifest_budget_is_refused(b: Path) -> No
 
     with pytest.raises(BadInputError, match=r"over the .* byte limit .*manifest.s shapes"):
         load_golden(path, "golden.npz", budget)
-    assert load_golden(path, "golden.npz")["input"].nbytes == 64 << 20  # within the generic caps only
+    assert load_golden(path, "golden.npz").input.nbytes == 64 << 20  # within the generic caps only

@@ -84,21 +84,26 @@ def test_plan_gives_the_export_numbers_and_measured_latencies_override(cost_bund
     r = json.loads((cost_bundle / "ranking.json").read_text())
     m = json.loads((cost_bundle / "manifest.json").read_text())
     same = plan(cost_bundle, link="lte", objective="balanced", measured=False, write=False)
-    assert [c["cost"] for c in same.ranking["candidates"]] == [c["cost"] for c in r["candidates"]]
-    assert same.cost["baselines"] == r["cost"]["baselines"] and same.cost["selected"] == r["cost"]["selected"]
+    assert [c["cost"] for c in same.ranking.to_json()["candidates"]] == [c["cost"] for c in r["candidates"]]
+    assert (
+        same.cost.to_json()["baselines"] == r["cost"]["baselines"]
+        and same.cost.to_json()["selected"] == r["cost"]["selected"]
+    )
 
     measured = plan(cost_bundle, link="lte", objective="balanced", write=False)
-    by_index = {c["index"]: c["cost"] for c in measured.ranking["candidates"]}
+    by_index = {c["index"]: c["cost"] for c in measured.ranking.to_json()["candidates"]}
     for split in m["splits"]:  # onnx target: the build host's onnxruntime head latency is the device's
         lat = m["run"]["latency_ms"][split["dir"]]
         row = by_index[split["index"]]
         assert row["device_ms"] == pytest.approx(lat["head_ms"], abs=1e-6) and "device" in row["measured"]
         assert "server" not in row["measured"]  # the server is x86-tensorrt: its tail stays estimated
     others = [
-        c for c in measured.ranking["candidates"] if c["index"] not in {s["index"] for s in m["splits"]}
+        c
+        for c in measured.ranking.to_json()["candidates"]
+        if c["index"] not in {s["index"] for s in m["splits"]}
     ]
     assert others and all(c["cost"]["measured"] == {} for c in others)
-    base = measured.cost["baselines"]["device_only"]
+    base = measured.cost.to_json()["baselines"]["device_only"]
     full = statistics.median(v["full_ms"] for v in m["run"]["latency_ms"].values())
     assert base["measured"] and base["device_ms"] == pytest.approx(full, abs=1e-6)
     assert "measured device" in measured.table()
@@ -133,7 +138,7 @@ def test_tensorrt_latency_from_verify_json_overrides_the_head(cost_bundle: Path,
     )
     row = next(
         c["cost"]
-        for c in plan(b, link="lte", write=False).ranking["candidates"]
+        for c in plan(b, link="lte", write=False).ranking.to_json()["candidates"]
         if c["index"] == split["index"]
     )
     assert (
@@ -286,9 +291,9 @@ def test_plan_keeps_the_exports_constraints_unless_given(
         for c in json.loads((out / "ranking.json").read_text())["candidates"]
     }
     kept = plan(out, link="ethernet", write=False)
-    assert kept.cost["constraints"]["max_head_flops"] == 0.1
-    assert all(share[i] <= 0.1 for i in kept.cost["selected"])
+    assert kept.cost.to_json()["constraints"]["max_head_flops"] == 0.1
+    assert all(share[i] <= 0.1 for i in kept.cost.to_json()["selected"])
     free = plan(out, link="ethernet", constraints=Constraints(), write=False)
-    assert free.cost["constraints"]["max_head_flops"] is None and any(
-        share[i] > 0.1 for i in free.cost["selected"]
+    assert free.cost.to_json()["constraints"]["max_head_flops"] is None and any(
+        share[i] > 0.1 for i in free.cost.to_json()["selected"]
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from isplit_export.bundle.cost_block import build_cost
 from isplit_export.bundle.cost_table import format_cost_table
 from isplit_export.bundle.split_verdict import SplitVerdict, split_verdict
+from isplit_export.contract import RankingFile
 from isplit_export.links import parse_link
 from isplit_export.options import Constraints
 from isplit_export.targets.cost import compute_for
@@ -29,8 +32,8 @@ def _ranking() -> dict[str, object]:
     }
 
 
-def _planned(device: str, link: str) -> dict[str, object]:
-    ranking = _ranking()
+def _planned(device: str, link: str) -> RankingFile:
+    ranking = RankingFile.from_json(_ranking())
     block, _ = build_cost(
         ranking,
         compute_for(load_target(device), head=True),
@@ -41,16 +44,19 @@ def _planned(device: str, link: str) -> dict[str, object]:
         constraints=Constraints(),
         top=2,
     )
-    cands = [{**c, "cost": pc} for c, pc in zip(ranking["candidates"], block["per_cut"], strict=True)]  # type: ignore[call-overload]
-    return {**ranking, "candidates": cands, "cost": {k: v for k, v in block.items() if k != "per_cut"}}
+    return ranking.with_cost(block["per_cut"], {k: v for k, v in block.items() if k != "per_cut"})
 
 
 def test_a_fast_device_on_a_slow_link_says_splitting_does_not_pay() -> None:
     planned = _planned("jetson-orin-agx", "lte")
-    verdict = split_verdict(planned["cost"], planned["candidates"])  # type: ignore[arg-type]
+    assert planned.cost is not None
+    verdict = split_verdict(planned.cost, planned.candidates)
     assert verdict is not None and not verdict.pays
-    device_ms = planned["cost"]["baselines"]["device_only"]["total_ms"]  # type: ignore[index]
-    best = min(c["cost"]["total_ms"] for c in planned["candidates"])  # type: ignore[attr-defined]
+    device_ms = planned.cost.baselines["device_only"].total_ms
+    best = min(
+        c.cost.total_ms for c in planned.candidates if c.cost is not None and c.cost.total_ms is not None
+    )
+    assert device_ms is not None
     assert verdict.device_only_ms == device_ms and verdict.best_ms == best
     assert verdict.margin_ms == pytest.approx(device_ms - best)
     line = verdict.line()
@@ -63,7 +69,8 @@ def test_a_fast_device_on_a_slow_link_says_splitting_does_not_pay() -> None:
 
 def test_a_slow_device_on_a_fast_link_says_by_how_much_the_split_wins() -> None:
     planned = _planned("cpu", "20,5")  # 85.5 GFLOP/s device: vgg16 takes 362 ms there; the input 65 ms
-    verdict = split_verdict(planned["cost"], planned["candidates"])  # type: ignore[arg-type]
+    assert planned.cost is not None
+    verdict = split_verdict(planned.cost, planned.candidates)
     assert verdict is not None and verdict.pays and verdict.best_node == "features_4"
     table = format_cost_table(planned)
     assert "does not pay" not in table
@@ -98,14 +105,17 @@ def test_the_line_names_the_faster_baseline(
 
 
 def test_no_verdict_without_costed_cuts() -> None:
-    assert split_verdict({"baselines": {}}, []) is None
-    cost = {"baselines": {"device_only": {"total_ms": 1.0}, "server_only": {"total_ms": 2.0}}, "selected": []}
-    assert split_verdict(cost, [{"index": 0, "node": "a", "rank": None, "cost": {"total_ms": 0.5}}]) is None
+    planned = _planned("jetson-orin-agx", "lte")
+    assert planned.cost is not None
+    assert split_verdict(planned.cost, []) is None
+    unranked = [dataclasses.replace(c, rank=None) for c in planned.candidates]
+    assert split_verdict(dataclasses.replace(planned.cost, selected=()), unranked) is None
 
 
 def test_the_reports_cost_section_carries_the_verdict() -> None:
     from isplit_export.bundle.report_ranking import cost_section
 
     planned = _planned("jetson-orin-agx", "lte")
-    verdict = split_verdict(planned["cost"], planned["candidates"])  # type: ignore[arg-type]
-    assert verdict is not None and f"**{verdict.line()}**" in cost_section(planned)
+    assert planned.cost is not None
+    verdict = split_verdict(planned.cost, planned.candidates)
+    assert verdict is not None and f"**{verdict.line()}**" in cost_section(planned.to_json())

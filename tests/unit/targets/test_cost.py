@@ -11,7 +11,8 @@ import pytest
 
 from isplit_export.bundle.cost_block import build_cost
 from isplit_export.bundle.cost_table import format_cost_table
-from isplit_export.bundle.selection import pareto_layers, select
+from isplit_export.bundle.selection import CutRow, pareto_layers, select
+from isplit_export.contract import RankingFile
 from isplit_export.errors import BadInputError
 from isplit_export.links import LINKS, parse_link
 from isplit_export.options import Constraints
@@ -59,7 +60,7 @@ def _profile(name: str, gflops: float, power: float | None = None, kind: str = "
 
 
 @pytest.fixture(scope="module")
-def toy_ranking() -> dict[str, Any]:
+def toy_ranking() -> RankingFile:
     from isplit_export.ranking.graph import trace
 
     traced = trace(_toy(), (1, 8, 8))
@@ -71,11 +72,11 @@ def toy_ranking() -> dict[str, Any]:
     )
     data = r.to_json()
     assert data["schema"] == "isplit.ranking/2" and [c["head_flops"] for c in data["candidates"]] == HEAD
-    return data
+    return RankingFile.from_json(data)
 
 
 def _cost(
-    ranking: dict[str, Any],
+    ranking: RankingFile,
     link: str = "8,10",
     objective: str = "cui",
     top: int | None = None,
@@ -97,7 +98,7 @@ def _cost(
     return block
 
 
-def test_latency_transfer_and_energy_by_hand(toy_ranking: dict[str, Any]) -> None:
+def test_latency_transfer_and_energy_by_hand(toy_ranking: RankingFile) -> None:
     block = _cost(toy_ranking)
     c0 = block["per_cut"][0]
     # head 2432 FLOPs at 1e6 FLOP/s; boundary 2x8x8 fp32 = 512 B at 8 Mbit/s = 0.512 ms, + RTT 10 ms
@@ -138,7 +139,7 @@ def test_link_presets_and_custom_links() -> None:
             parse_link(bad)
 
 
-def test_objectives_and_constraints(toy_ranking: dict[str, Any]) -> None:
+def test_objectives_and_constraints(toy_ranking: RankingFile) -> None:
     # candidates: cut 0 (CUI 0.5, fast: 14.12 ms) and cut 2 (CUI 0.9, slow: 24.35 ms)
     cui = _cost(toy_ranking, objective="cui")
     assert cui["selected"] == [2, 0] and sorted(cui["pareto"]) == [0, 2]
@@ -159,20 +160,26 @@ def test_objectives_and_constraints(toy_ranking: dict[str, Any]) -> None:
     assert slow_link["note"] and "cut 3 (adaptive_avg_pool2d) is not a local maximum" in slow_link["note"]
     gain = slow_link["per_cut"][0]["total_ms"] - slow_link["per_cut"][3]["total_ms"]
     assert f"{gain:.3f} ms faster" in slow_link["note"]
-    text = format_cost_table(
-        {
-            **toy_ranking,
-            "candidates": [
-                {**c, "cost": pc}
-                for c, pc in zip(toy_ranking["candidates"], slow_link["per_cut"], strict=True)
-            ],
-            "cost": slow_link,
-        }
-    )
+    text = format_cost_table(toy_ranking.with_cost(slow_link["per_cut"], slow_link))
     assert "all on device" in text and "all on server" in text and "note: cut 3" in text
 
 
-def test_constraints_leaving_no_cut_name_the_tightest(toy_ranking: dict[str, Any]) -> None:
+def test_the_probe_objective_with_a_link_ranks_by_the_probe(toy_ranking: RankingFile) -> None:
+    """With a link, the selection rows carry the probe's scores too (they used to be dropped there)."""
+    data = toy_ranking.to_json()
+    scores = {0: 0.9, 2: 0.1}  # the probe prefers cut 0, the CUI cut 2
+    data["candidates"] = [
+        {**c, "probe": {"value": scores[c["index"]]}} if c["index"] in scores else c
+        for c in data["candidates"]
+    ]
+    probed = RankingFile.from_json(data)
+    assert _cost(probed, objective="probe")["selected"] == [0, 2]
+    assert _cost(probed, objective="cui")["selected"] == [2, 0]
+    with pytest.raises(BadInputError, match="needs the probe's scores"):
+        _cost(toy_ranking, objective="probe")
+
+
+def test_constraints_leaving_no_cut_name_the_tightest(toy_ranking: RankingFile) -> None:
     tight = Constraints(
         max_head_flops=0.1, max_boundary_kib=0.9
     )  # head drops both candidates, KiB only cut 2
@@ -194,18 +201,7 @@ def test_pareto_layers_by_hand() -> None:
     # (cui, ms): a dominates c; b trades CUI for speed; d is dominated by b
     pts = [(0.9, 10.0), (0.5, 2.0), (0.8, 12.0), (0.4, 3.0)]
     assert pareto_layers(pts) == [0, 0, 1, 1]
-    rows = [
-        {
-            "index": i,
-            "node": f"n{i}",
-            "cui": c,
-            "rank": 1 + i,
-            "head_flops_share": 0.1,
-            "bytes": 1,
-            "total_ms": m,
-        }
-        for i, (c, m) in enumerate(pts)
-    ]
+    rows = [CutRow(i, f"n{i}", c, 1 + i, 0.1, 1, m) for i, (c, m) in enumerate(pts)]
     sel = select(rows, "balanced", Constraints(), None)
     assert sel.pareto == [0, 1] and sel.selected == [0, 1, 2, 3]
 

@@ -217,7 +217,7 @@ def test_plan_moves_a_mostly_unsupported_head_to_the_gpu(tmp_path: Path) -> None
 
 
 def test_report_lines_show_the_version_and_the_dla_check(tmp_path: Path) -> None:
-    from isplit_export.targets.engine_build import engine_build_lines
+    from isplit_export.targets.engine_build import engine_build_lines, read_engine_build
 
     model = _model(
         [helper.make_node("HardSwish", ["x"], ["boundary"], name="hs")],
@@ -236,8 +236,8 @@ def test_report_lines_show_the_version_and_the_dla_check(tmp_path: Path) -> None
         input_shape=(1, 3, 8, 8),
         boundary_shape=(1, 3, 8, 8),
     )
-    lines = engine_build_lines(json.loads((tmp_path / ENGINE_BUILD_FILE).read_text()))
+    lines = engine_build_lines(read_engine_build(tmp_path))
     assert lines[0] == "  - written for TensorRT 10.3 (weakly typed)"
     assert lines[1].startswith("  - DLA check: 0/1 head layers can run on the DLA; GPU: only 0/1 layers")
     assert lines[2] == "    - `hs` (HardSwish): HardSwish is not among the DLA supported layers"
-    assert engine_build_lines({}) == []
+    assert engine_build_lines(None) == []

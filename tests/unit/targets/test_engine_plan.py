@@ -247,7 +247,7 @@ def test_engine_plan_json_content(tmp_path: Path) -> None:
         "--onnx=head.int8.onnx",
         "--saveEngine=engines/head.int8.engine",
     ]
-    assert read_engine_build(tmp_path) == plan
+    assert read_engine_build(tmp_path).to_json() == plan
 
 
 def test_use_dla_false_keeps_the_head_on_the_gpu(tmp_path: Path) -> None:
@@ -590,7 +590,7 @@ def test_tensorrt11_plans_never_carry_a_removed_flag(tmp_path: Path) -> None:
     for target in ("x86-tensorrt-11", "jetson-orin-agx-jp7"):
         for precision in ("fp16", "int8"):
             _write(tmp_path / target / precision, target, precision)
-            plan = read_engine_build(tmp_path / target / precision)
+            plan = read_engine_build(tmp_path / target / precision).to_json()
             script = (tmp_path / target / precision / SCRIPT_NAME).read_text()
             for spec in plan["engines"].values():
                 assert not set(spec["trtexec"]) & set(WEAK_TYPING_FLAGS), spec["trtexec"]
@@ -602,11 +602,11 @@ def test_tensorrt11_dla_head_without_fallback_reports_capability(tmp_path: Path)
     """AGX Orin on JetPack 7.2.2 / TensorRT 11.4.1: a head the check finds fully DLA-capable is built with
     --reportCapabilityDLA and without GPU fallback, so an unexpected fallback is a build error."""
     _write(tmp_path, "jetson-orin-agx-jp7", "fp16")
-    head = read_engine_build(tmp_path)["engines"]["head"]
+    head = read_engine_build(tmp_path).to_json()["engines"]["head"]
     assert head["device"] == "dla" and "--useDLACore=0" in head["trtexec"]
     assert "--reportCapabilityDLA" in head["trtexec"] and "--allowGPUFallback" not in head["trtexec"]
     _write(tmp_path / "t10", "jetson-orin-agx", "fp16")  # TensorRT 10.3 has no such parser flag
-    head10 = read_engine_build(tmp_path / "t10")["engines"]["head"]
+    head10 = read_engine_build(tmp_path / "t10").to_json()["engines"]["head"]
     assert "--allowGPUFallback" not in head10["trtexec"] and "--reportCapabilityDLA" not in head10["trtexec"]
 
 

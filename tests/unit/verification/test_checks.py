@@ -15,7 +15,9 @@ from isplit_export.verification.checks import (
     check_pair,
     cui_order,
     held_out_rounding,
+    served_check,
     task_metric,
+    unjudged,
 )
 from isplit_export.verification.gates import GATES
 from isplit_export.verification.runners import median_ms
@@ -61,6 +63,29 @@ def test_check_pair_records_failures_and_never_raises_on_shapes() -> None:
     shape = check_pair(full, np.zeros((2, 4)), np.array([0, 2]), GATES["fp32"])
     assert not shape["gate"]["passed"] and shape["metrics"] == {}
     assert "logit shapes differ" in shape["gate"]["failures"][0]
+
+
+def test_a_served_check_is_the_same_judgement_typed() -> None:
+    """run.json's verdicts (goldens, vs_local_pair) are judged like every pair, and typed for the contract."""
+    full = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    ok = served_check(full, full.copy(), GATES["fp32"], images=2, distinct_compared=2)
+    same = check_pair(full, full.copy(), np.array([-1, -1]), GATES["fp32"])
+    assert ok.passed and ok.gate == "fp32" and dict(ok.metrics or {}) == same["metrics"]
+    assert ok.to_json()["distinct_compared"] == 2 and next(iter(ok.to_json())) == "gate"
+    flipped = served_check(full, full[::-1].copy(), GATES["fp32"], images=2)
+    assert not flipped.passed and flipped.failures == tuple(
+        check_pair(full, full[::-1].copy(), np.array([0, 2]), GATES["fp32"])["gate"]["failures"]
+    )
+    shape = served_check(full, np.zeros((2, 4)), GATES["fp32"], images=2)
+    assert not shape.passed and shape.metrics == {} and "logit shapes differ" in shape.failures[0]
+    none = unjudged(GATES["fp32"], "no request succeeded", images=0, distinct_compared=0)
+    assert none.to_json() == {
+        "gate": "fp32",
+        "images": 0,
+        "distinct_compared": 0,
+        "passed": False,
+        "failures": ["no request succeeded"],
+    }
 
 
 def test_check_code_pair_holds_the_code_to_one_step() -> None:
