@@ -61,6 +61,14 @@ def rank_cmd(
     probe_cuts: Annotated[
         str | None, typer.Option("--probe-cuts", help="probe the 'candidates' (default) or 'all' cuts")
     ] = None,
+    budgets: Annotated[
+        str | None,
+        typer.Option(
+            "--budgets",
+            help="a ladder of link budgets (16B..16KiB, 16B..1KiB*4, 16B,64B,1KiB; 16B.. ends at the fp16 "
+            "boundary): the probe's rate-accuracy grid, printed and drawn (rate_accuracy.png)",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
@@ -87,6 +95,7 @@ def rank_cmd(
             bootstrap=bootstrap,
             force=force,
             probe_cuts=probe_cuts,
+            budgets=budgets,
         ),
         bottleneck=bottleneck_from_flags(bottleneck, None, None, None),
     )
@@ -102,8 +111,14 @@ def rank_cmd(
     for line in (probe_choice(r), probe_caveat(r)):
         if line is not None:
             typer.echo(line)
+    if r.rate_accuracy is not None:
+        from isplit_export.bundle.grid_table import grid_lines
+
+        for line in grid_lines(r.to_json()):
+            typer.echo(line)
     if out is not None:
         typer.echo(
             f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
             + (f", {out / 'probe.png'}" if r.probe is not None else "")
+            + (f", {out / 'rate_accuracy.png'}" if r.rate_accuracy is not None else "")
         )

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from isplit_export.errors import BadInputError
 from isplit_export.files import jsonable
-from isplit_export.options_bottleneck import BottleneckOptions, as_bottleneck
+from isplit_export.options_bottleneck import BottleneckOptions, Ladder, as_bottleneck, parse_ladder
 from isplit_export.ranking.bootstrap import DEFAULT_REPLICATES
 from isplit_export.targets import MIN_DLA_FRACTION
 
@@ -115,6 +115,9 @@ class RankOptions:
     (:mod:`isplit_export.bottleneck.probe`) at that budget; the export and the study train a bottleneck at it."""
     probe_cuts: str = "candidates"
     """Where the probe runs: ``candidates`` (the CUI's local maxima) or ``all`` cuts."""
+    budgets: str | None = None
+    """A ladder of budgets (``--budgets 16B..1KiB``, :func:`~isplit_export.options_bottleneck.parse_ladder`): the
+    ranking adds the probe's rate-accuracy grid (:mod:`isplit_export.bottleneck.rate_accuracy`) at ``probe_cuts``."""
 
     def __post_init__(self) -> None:
         # Normalise the types the CLI and callers hand in, so equal options compare (and hash) equal.
@@ -146,6 +149,13 @@ class RankOptions:
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         if self.probe_cuts not in CUT_SETS:
             raise BadInputError(f"--probe-cuts {self.probe_cuts!r}: choose {' or '.join(CUT_SETS)}")
+        if self.budgets is not None:
+            parse_ladder(self.budgets)
+
+    @property
+    def ladder(self) -> Ladder | None:
+        """The parsed ``budgets`` (None without)."""
+        return None if self.budgets is None else parse_ladder(self.budgets)
 
     def to_json(self) -> dict[str, Any]:
         """The fields that decide what is computed (not where or how fast), JSON-ready."""

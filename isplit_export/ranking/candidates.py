@@ -28,6 +28,7 @@ from isplit_export.text_table import text_table
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.probe import Probe
+    from isplit_export.bottleneck.rate_accuracy import RateAccuracy
 
 SCHEMA = "isplit.ranking/2"
 
@@ -77,6 +78,8 @@ class Ranking:
     """The probe at a ``--bottleneck`` budget (:mod:`isplit_export.bottleneck.probe`): a score per probed cut."""
     cost: dict[str, Any] | None = None
     """The cost block (``isplit_export.bundle.cost_block``): ``per_cut`` (one row per cut) goes into each candidate."""
+    rate_accuracy: RateAccuracy | None = None
+    """The probe's grid over a ``--budgets`` ladder (:mod:`isplit_export.bottleneck.rate_accuracy`)."""
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -160,6 +163,8 @@ class Ranking:
             out["probe"] = self.probe.to_json()
         if self.cost is not None:
             out["cost"] = {k: v for k, v in self.cost.items() if k != "per_cut"}
+        if self.rate_accuracy is not None:
+            out["rate_accuracy"] = self.rate_accuracy.to_json(ranks, log10)
         return out
 
     def table(self, top: int | None = None) -> str:
