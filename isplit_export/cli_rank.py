@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -27,10 +27,16 @@ from isplit_export.cli_options import (
     bottleneck_from_flags,
     given,
     setup_logging,
+    shown,
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
+from isplit_export.errors import BadInputError
 from isplit_export.options import RankOptions
+from isplit_export.options_grid import PairChoice
+
+if TYPE_CHECKING:
+    from isplit_export.bundle.grid_choice import GridChoice
 
 
 def rank_cmd(
@@ -69,6 +75,39 @@ def rank_cmd(
             "boundary): the probe's rate-accuracy grid, printed and drawn (rate_accuracy.png)",
         ),
     ] = None,
+    link: Annotated[
+        str | None,
+        typer.Option(
+            "--link",
+            help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: price every (cut, budget) of the --budgets grid "
+            "and print its Pareto front (pareto.png), or the pair --max-latency-ms / --min-accuracy choose",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target", help="the device running the head", show_default=shown(PairChoice, "target")
+        ),
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", help="the server running the tail", show_default=shown(PairChoice, "server")
+        ),
+    ] = None,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--max-latency-ms", help="with --link: the most accurate (cut, budget) within this many ms"
+        ),
+    ] = None,
+    min_accuracy: Annotated[
+        str | None,
+        typer.Option(
+            "--min-accuracy",
+            help="with --link: the fastest (cut, budget) reaching this score (0.9) or share of the full model's (99%)",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
@@ -99,6 +138,11 @@ def rank_cmd(
         ),
         bottleneck=bottleneck_from_flags(bottleneck, None, None, None),
     )
+    pair = pair_choice(
+        budgets,
+        link,
+        **given(target=target, server=server, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy),
+    )
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return
@@ -111,14 +155,48 @@ def rank_cmd(
     for line in (probe_choice(r), probe_caveat(r)):
         if line is not None:
             typer.echo(line)
+    chosen = None
     if r.rate_accuracy is not None:
         from isplit_export.bundle.grid_table import grid_lines
 
-        for line in grid_lines(r.to_json()):
+        written = r.to_json()
+        for line in grid_lines(written):
             typer.echo(line)
+        if pair is not None:
+            chosen = choose_on_grid(written, pair, out)
     if out is not None:
         typer.echo(
             f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
             + (f", {out / 'probe.png'}" if r.probe is not None else "")
             + (f", {out / 'rate_accuracy.png'}" if r.rate_accuracy is not None else "")
+            + (f", {out / 'pareto.png'}" if chosen is not None else "")
         )
+
+
+def pair_choice(budgets: str | None, link: str | None, **flags: Any) -> PairChoice | None:
+    """The (cut, budget) choice the flags ask for, checked before any model work (None without ``--link``)."""
+    if link is None:
+        if flags:
+            raise BadInputError(
+                f"{', '.join('--' + k.replace('_', '-') for k in flags)} price the grid: add --link"
+            )
+        return None
+    if budgets is None:
+        raise BadInputError(
+            "rank --link prices the probe's rate-accuracy grid: add --budgets (e.g. 16B..1KiB)"
+        )
+    return PairChoice(link=link, **flags)
+
+
+def choose_on_grid(ranking: dict[str, Any], pair: PairChoice, out: Path | None) -> GridChoice:
+    """Choose on the ranking's grid, print the choice (or the Pareto front) and draw ``pareto.png`` into ``out``."""
+    from isplit_export.bundle.grid_choice import choose_pair
+    from isplit_export.contract.rate_accuracy import RateAccuracyGrid
+    from isplit_export.plots_rate import plot_pareto
+
+    choice = choose_pair(RateAccuracyGrid.from_json(ranking["rate_accuracy"]), pair)
+    for line in choice.lines():
+        typer.echo(line)
+    if out is not None:
+        plot_pareto(choice.to_json(), out / "pareto.png", str(ranking.get("model", "?")))
+    return choice

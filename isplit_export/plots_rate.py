@@ -1,5 +1,6 @@
-"""The rate-accuracy plot (``rate_accuracy.png``): the probe's held-out score against the code's bytes per image,
-one curve per probed cut, with the CUI's order in the legend."""
+"""The rate-accuracy plots: ``rate_accuracy.png`` (the probe's held-out score against the code's bytes per image,
+one curve per probed cut, with the CUI's order in the legend) and ``pareto.png`` (every (cut, code size) of the
+grid against its estimated latency, the Pareto front labelled)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from isplit_export.plots import COLORS, as_mapping, draw_empty, new_figure, save
 
 EXTRA_COLORS = ("#e76f51", "#264653", "#f4a261", "#9c6644", "#588157", "#b5179e")
 """Colours after :data:`isplit_export.plots.COLORS` (cycled beyond both)."""
+
+
+LOG_SPAN = 10.0
+"""``pareto.png`` draws latency on a log axis when the slowest point is at least this many times the fastest."""
 
 
 def _bytes_label(nbytes: int) -> str:
@@ -107,3 +112,71 @@ def rate_accuracy_figure(ranking: Mapping[str, Any]) -> Figure:
 def plot_rate_accuracy(ranking: Mapping[str, Any], path: Path) -> None:
     """Write ``rate_accuracy.png`` (byte-deterministic)."""
     save_png(rate_accuracy_figure(ranking), Path(path))
+
+
+def pareto_figure(choice: Mapping[str, Any], model: str = "?") -> Figure:
+    """Predicted held-out score against estimated end-to-end latency for every (cut, budget) of the grid (grey),
+    the Pareto front as a labelled line (``cut @ bytes``), and the chosen pair in red when there is one."""
+    points = [as_mapping(p) for p in choice.get("points") or []]
+    front = [as_mapping(p) for p in choice.get("front") or []]
+    metric = choice.get("metric") or "score"
+    link = as_mapping(choice.get("link")).get("name", "?")
+    device = as_mapping(choice.get("device")).get("target", "?")
+    fig, ax = new_figure()
+    ax.set_title(
+        f"{model}: the probe's predicted {metric} against latency, every (cut, code size); link {link}, head on {device}",
+        fontsize=11,
+    )
+    if not points:
+        draw_empty(ax, "no reachable (cut, budget)")
+        return fig
+    ms = [float(p["total_ms"]) for p in points]
+    log_x = min(ms) > 0 and max(ms) / min(ms) >= LOG_SPAN
+    if log_x:
+        ax.set_xscale("log")
+    ax.plot(
+        [float(p["total_ms"]) for p in points],
+        [float(p["value"]) for p in points],
+        linestyle="none",
+        marker="o",
+        markersize=4,
+        color="#8d99ae",
+        label="(cut, code size)",
+    )
+    ax.plot(
+        [float(p["total_ms"]) for p in front],
+        [float(p["value"]) for p in front],
+        marker="o",
+        markersize=5,
+        linewidth=1.4,
+        color=COLORS[0],
+        label="Pareto front",
+    )
+    for p in front:
+        ax.annotate(
+            f"cut {p['cut']} @ {_bytes_label(int(p['code_bytes']))}",
+            (float(p["total_ms"]), float(p["value"])),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=7,
+        )
+    chosen = as_mapping(choice.get("chosen"))
+    if chosen:
+        ax.plot(
+            [float(chosen["total_ms"])],
+            [float(chosen["value"])],
+            linestyle="none",
+            marker="*",
+            markersize=14,
+            color="#c0392b",
+            label=f"chosen ({choice.get('mode')})",
+        )
+    ax.set_xlabel("estimated end-to-end ms per image" + (" (log scale)" if log_x else ""))
+    ax.set_ylabel(f"predicted held-out {metric}")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_pareto(choice: Mapping[str, Any], path: Path, model: str = "?") -> None:
+    """Write ``pareto.png`` (byte-deterministic)."""
+    save_png(pareto_figure(choice, model), Path(path))

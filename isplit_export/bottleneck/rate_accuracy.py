@@ -76,6 +76,8 @@ class RateAccuracy:
     metric: str | None
     full_model: float | None
     nodes: dict[int, str]
+    head_flops: dict[int, int]
+    total_flops: int
     points: dict[int, list[dict[str, Any]]]
     unreachable: dict[int, list[int]]
     groups: int
@@ -98,10 +100,12 @@ class RateAccuracy:
             "train_images": self.train_images,
             "held_out_images": self.held_out_images,
             "decompositions": self.groups,
+            "total_flops": self.total_flops,
             "cuts": [
                 {
                     "index": i,
                     "node": self.nodes[i],
+                    "head_flops": self.head_flops[i],
                     "cui_rank": ranks[i],
                     "log10_cui": None if log10_cui[i] is None else rounded(log10_cui[i], 6, decimals=True),
                     "points": self.points[i],
@@ -275,6 +279,8 @@ def run_grid(
         metric,
         full_model,
         {c.index: c.node for c in cuts},
+        {c.index: round(c.head_flops_share * traced.total_flops) for c in cuts},
+        traced.total_flops,
         points,
         unreachable,
         len(pcas),

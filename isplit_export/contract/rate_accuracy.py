@@ -22,6 +22,7 @@ class GridPoint:
     cut: int
     node: str
     cui_rank: int | None
+    head_flops: int
     budget: int
     code_bytes: int
     value: float
@@ -40,6 +41,7 @@ class GridCut:
     index: int
     node: str
     cui_rank: int | None
+    head_flops: int
     log10_cui: float | None
     points: tuple[GridPoint, ...]
     unreachable: tuple[int, ...]
@@ -54,6 +56,7 @@ class RateAccuracyGrid:
     encoding: str
     metric: str
     full_model: float | None
+    total_flops: int
     cuts: tuple[GridCut, ...]
 
     @property
@@ -72,20 +75,21 @@ class RateAccuracyGrid:
         encoding = req_str(block, "encoding", SOURCE)
         metric = req_str(block, "metric", SOURCE, optional=True) or "accuracy"
         full = req_number(block, "full_model", SOURCE, lo=0.0, hi=1.0, optional=True)
+        total = req_int(block, "total_flops", SOURCE) or 0
         rows = block.get("cuts")
         if not isinstance(rows, list):
             raise BadInputError(f"{SOURCE}: field 'cuts' must be a list")
-        return cls(
-            spec or "?", tuple(budgets), encoding or "int8", metric, full, tuple(_cut(r) for r in rows)
-        )
+        cuts = tuple(_cut(r, total) for r in rows)
+        return cls(spec or "?", tuple(budgets), encoding or "int8", metric, full, total, cuts)
 
 
-def _cut(row: Any) -> GridCut:
+def _cut(row: Any, total_flops: int) -> GridCut:
     if not isinstance(row, Mapping):
         raise BadInputError(f"{SOURCE}: every entry of 'cuts' must be an object")
     index = req_int(row, "index", SOURCE, "cuts[].index") or 0
     node = req_str(row, "node", SOURCE, "cuts[].node") or ""
     rank = req_int(row, "cui_rank", SOURCE, "cuts[].cui_rank", lo=1, optional=True)
+    head = req_int(row, "head_flops", SOURCE, "cuts[].head_flops", hi=total_flops) or 0
     log10 = req_number(row, "log10_cui", SOURCE, "cuts[].log10_cui", lo=-1e6, hi=1e6, optional=True)
     points = row.get("points")
     unreachable = row.get("unreachable")
@@ -95,13 +99,14 @@ def _cut(row: Any) -> GridCut:
         index,
         node,
         rank,
+        head,
         log10,
-        tuple(_point(p, index, node, rank) for p in points),
+        tuple(_point(p, index, node, rank, head) for p in points),
         tuple(int(b) for b in unreachable if isinstance(b, int)),
     )
 
 
-def _point(p: Any, cut: int, node: str, rank: int | None) -> GridPoint:
+def _point(p: Any, cut: int, node: str, rank: int | None, head_flops: int) -> GridPoint:
     if not isinstance(p, Mapping):
         raise BadInputError(f"{SOURCE}: every point of cut {cut} must be an object")
     where = f"cuts[{cut}].points[]"
@@ -112,6 +117,7 @@ def _point(p: Any, cut: int, node: str, rank: int | None) -> GridPoint:
         cut,
         node,
         rank,
+        head_flops,
         req_int(p, "budget", SOURCE, f"{where}.budget", lo=1) or 1,
         req_int(p, "code_bytes", SOURCE, f"{where}.code_bytes", lo=1) or 1,
         req_number(p, "value", SOURCE, f"{where}.value", lo=0.0, hi=1.0) or 0.0,

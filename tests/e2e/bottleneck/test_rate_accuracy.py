@@ -44,3 +44,19 @@ def test_rank_with_budgets_prints_writes_and_draws_the_grid(
     assert "rate_accuracy" not in plain and "per code budget" not in out
     assert not (tmp_path / "plain" / "rate_accuracy.png").exists()
     assert {k: v for k, v in data.items() if k != "rate_accuracy"} == plain
+
+
+def test_rank_chooses_a_pair_on_the_grid_or_names_the_fastest(
+    capsys: pytest.CaptureFixture[str], digits_weights: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    common = ["rank", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--probe-cuts", "all"]
+    common += ["--bootstrap", "0", "--budgets", "16B..256B*4", "--link", "lte", "--target", "jetson"]
+    code, out, err = run_cli(capsys, *common, "--min-accuracy", "0.5", "--out", tmp_path / "r")
+    assert code == 0, err
+    chosen = [line for line in out.splitlines() if line.startswith("chosen for --min-accuracy 0.5")]
+    assert len(chosen) == 1 and "link lte" in chosen[0] and " ms (device " in chosen[0], out
+    assert (tmp_path / "r" / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    code, out, err = run_cli(capsys, *common, "--max-latency-ms", "1")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--max-latency-ms 1: no (cut, budget)" in lines[0], err
+    assert "the fastest is 55.2" in lines[0]  # lte's 55.25 ms RTT plus 16 B at 6.3 Mbit/s
