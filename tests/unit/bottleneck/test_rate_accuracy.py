@@ -177,3 +177,14 @@ def test_the_grid_block_reads_back_and_prints_and_draws(
     bad["cuts"][0]["points"][0]["ci95"] = [0.5]
     with pytest.raises(BadInputError, match="ci95"):
         RateAccuracyGrid.from_json(bad)
+
+
+def test_a_rank_output_with_the_grids_plots_is_still_a_rank_output(tmp_path: Path) -> None:
+    from isplit_export.outdir import replaceable
+
+    (tmp_path / "ranking.json").write_text('{"schema": "isplit.ranking/2"}')
+    for name in ("cui.png", "cde.png", "rate_accuracy.png", "pareto.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG")
+    assert replaceable(tmp_path)  # rank --out DIR --force may replace it
+    (tmp_path / "other.txt").write_text("x")
+    assert not replaceable(tmp_path)
