@@ -4,12 +4,13 @@ budget), printed as a table with the probe's lines. ``cli`` registers it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from isplit_export import progress
 from isplit_export.cli_options import (
+    EXPORT,
     FLAG,
     RANK,
     BatchOpt,
@@ -23,6 +24,7 @@ from isplit_export.cli_options import (
     QuietOpt,
     ScoreOpt,
     SizeOpt,
+    TargetName,
     TopOpt,
     VerboseOpt,
     WeightsOpt,
@@ -33,7 +35,12 @@ from isplit_export.cli_options import (
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
+from isplit_export.errors import BadInputError
 from isplit_export.options import DEFAULT_TOP, CutSet, RankOptions
+from isplit_export.options_grid import PairChoice
+
+if TYPE_CHECKING:
+    from isplit_export.bundle.grid_choice import GridChoice
 
 
 def rank_cmd(
@@ -72,6 +79,43 @@ def rank_cmd(
             help="probe the CUI's local maxima or all cuts",
         ),
     ] = RANK.probe_cuts,
+    budgets: Annotated[
+        str | None,
+        typer.Option(
+            "--budgets",
+            help="a ladder of link budgets (16B..16KiB, 16B..1KiB*4, 16B,64B,1KiB; 16B.. ends at the fp16 "
+            "boundary): the probe's rate-accuracy grid, printed and drawn (rate_accuracy.png)",
+        ),
+    ] = None,
+    link: Annotated[
+        str | None,
+        typer.Option(
+            "--link",
+            help="wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]: price every (cut, budget) of the --budgets grid "
+            "and print its Pareto front (pareto.png), or the pair --max-latency-ms / --min-accuracy choose",
+        ),
+    ] = None,
+    target: Annotated[
+        TargetName | None,
+        typer.Option("--target", help="with --link: the device running the head"),
+    ] = EXPORT.target,
+    server: Annotated[
+        TargetName | None,
+        typer.Option("--server", help="with --link: target profile of the server running the tail"),
+    ] = EXPORT.server,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--max-latency-ms", help="with --link: the most accurate (cut, budget) within this many ms"
+        ),
+    ] = None,
+    min_accuracy: Annotated[
+        str | None,
+        typer.Option(
+            "--min-accuracy",
+            help="with --link: the fastest (cut, budget) reaching this score (0.9) or share of the full model's (99%)",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -99,8 +143,15 @@ def rank_cmd(
             device=device,
             bootstrap=bootstrap,
             probe_cuts=probe_cuts,
+            budgets=budgets,
         ),
         bottleneck=bottleneck_from_flags(bottleneck, None, None, None),
+    )
+    pair = pair_choice(
+        budgets,
+        link,
+        **given(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy),
+        **({} if link is None else given(target=target, server=server)),
     )
     with progress.stages(quiet=quiet):
         result = rank(options)
@@ -115,8 +166,51 @@ def rank_cmd(
     for line in (probe_choice(r), probe_caveat(r)):
         if line is not None:
             typer.echo(line)
+    chosen = None
+    if r.rate_accuracy is not None:
+        from isplit_export.bundle.grid_table import grid_lines
+
+        written = r.to_json()
+        for line in grid_lines(written):
+            typer.echo(line)
+        if pair is not None:
+            chosen = choose_on_grid(written, r.model, pair, out)
     if out is not None:
         typer.echo(
             f"wrote {out / 'ranking.json'}, {out / 'cui.png'}, {out / 'cde.png'}"
             + (f", {out / 'probe.png'}" if r.probe is not None else "")
+            + (f", {out / 'rate_accuracy.png'}" if r.rate_accuracy is not None else "")
+            + (f", {out / 'pareto.png'}" if chosen is not None else "")
         )
+
+
+def pair_choice(budgets: str | None, link: str | None, **flags: Any) -> PairChoice | None:
+    """The (cut, budget) choice the flags ask for, checked before any model work (None without ``--link``)."""
+    if link is None:
+        if flags:
+            raise BadInputError(
+                f"{', '.join('--' + k.replace('_', '-') for k in flags)} price the grid: add --link"
+            )
+        return None
+    if budgets is None:
+        raise BadInputError(
+            "rank --link prices the probe's rate-accuracy grid: add --budgets (e.g. 16B..1KiB)"
+        )
+    return PairChoice(link=link, **flags)
+
+
+def choose_on_grid(ranking: dict[str, Any], model: str, pair: PairChoice, out: Path | None) -> GridChoice:
+    """Choose on the ranking's grid, print the choice (or the Pareto front) and draw ``pareto.png`` into ``out``."""
+    from isplit_export.bundle.grid_choice import choose_pair
+    from isplit_export.contract.rate_accuracy import grid_of
+    from isplit_export.plots_rate import plot_pareto
+
+    grid = grid_of(ranking)
+    if grid is None:
+        raise BadInputError("the ranking has no rate-accuracy grid: pass --budgets")
+    choice = choose_pair(grid, pair)
+    for line in choice.lines():
+        typer.echo(line)
+    if out is not None:
+        plot_pareto(choice.to_json(), out / "pareto.png", model)
+    return choice

@@ -25,7 +25,7 @@ from isplit_export.backend_names import Runtime
 from isplit_export.errors import BadInputError
 from isplit_export.files import jsonable
 from isplit_export.links import parse_link
-from isplit_export.options_bottleneck import BottleneckOptions, as_bottleneck
+from isplit_export.options_bottleneck import BottleneckOptions, Ladder, as_bottleneck, parse_ladder
 from isplit_export.target_names import profile_name
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -136,6 +136,9 @@ class RankOptions:
     (:mod:`isplit_export.bottleneck.probe`) at that budget; the export and the study train a bottleneck at it."""
     probe_cuts: CutSet = "candidates"
     """Where the probe runs: ``candidates`` (the CUI's local maxima) or ``all`` cuts."""
+    budgets: str | None = None
+    """A ladder of budgets (``--budgets 16B..1KiB``, :func:`~isplit_export.options_bottleneck.parse_ladder`): the
+    ranking adds the probe's rate-accuracy grid (:mod:`isplit_export.bottleneck.rate_accuracy`) at ``probe_cuts``."""
 
     def __post_init__(self) -> None:
         # Normalise the types the CLI and callers hand in, so equal options compare (and hash) equal.
@@ -167,6 +170,13 @@ class RankOptions:
             object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck))
         if self.probe_cuts not in CUT_SETS:
             raise BadInputError(f"--probe-cuts {self.probe_cuts!r}: choose {' or '.join(CUT_SETS)}")
+        if self.budgets is not None:
+            parse_ladder(self.budgets)
+
+    @property
+    def ladder(self) -> Ladder | None:
+        """The parsed ``budgets`` (None without)."""
+        return None if self.budgets is None else parse_ladder(self.budgets)
 
     def to_json(self) -> dict[str, Any]:
         """The fields that decide what is computed (not where or how fast), JSON-ready."""

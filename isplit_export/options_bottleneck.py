@@ -64,6 +64,89 @@ def parse_size(text: str) -> SizeSpec:
     return SizeSpec("ratio", ratio, t)
 
 
+HOLDOUT = 0.25
+"""The fraction of the images held out from the bottleneck's (and the probe's) fitting."""
+
+DEFAULT_LADDER_FACTOR = 2
+"""The step of a ``--budgets`` range without ``*F``: a log2 ladder."""
+
+MAX_LADDER_POINTS = 64
+"""At most this many budgets in one ladder (each is a tail pass per probed cut); an open range stops there."""
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """A parsed ``--budgets`` value: bytes per image, as a list (``16B,64B,1KiB``) or a range ``A..B`` with a
+    step factor (``16B..16KiB``, ``16B..1KiB*4``; ``*2`` when omitted). A range without an end (``16B..``)
+    runs up to the largest probed cut's fp16 boundary size (:meth:`budgets`)."""
+
+    text: str
+    values: tuple[int, ...] = ()
+    start: int | None = None
+    stop: int | None = None
+    factor: int = DEFAULT_LADDER_FACTOR
+
+    def budgets(self, fp16_boundary_bytes: int) -> list[int]:
+        """The ladder's budgets in bytes, ascending; an open range ends at ``fp16_boundary_bytes``."""
+        if self.start is None:
+            return sorted(set(self.values))
+        stop = self.stop if self.stop is not None else fp16_boundary_bytes
+        out: list[int] = []
+        b = self.start
+        while b <= stop and len(out) < MAX_LADDER_POINTS:
+            out.append(b)
+            b *= self.factor
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.text, "factor": self.factor if self.start is not None else None}
+
+
+def _ladder_bytes(text: str, whole: str) -> int:
+    """One rung of a ladder: a size in bytes (``64B``, ``2KiB``); a ratio is refused."""
+    hint = f"--budgets {whole}: {text!r} is not a size in bytes; pass e.g. 16B..16KiB, 16B..1KiB*4 or 16B,64B,1KiB"
+    if not text:
+        raise BadInputError(hint)
+    try:
+        spec = parse_size(text)
+    except BadInputError as err:
+        raise BadInputError(hint) from err
+    if spec.kind != "bytes":
+        raise BadInputError(hint)
+    return int(spec.value)
+
+
+def parse_ladder(text: str) -> Ladder:
+    """Parse a ``--budgets`` ladder (:class:`Ladder`); a bad one is one line naming the fix."""
+    t = str(text).strip()
+    if ".." in t:
+        rng, _, factor_text = t.partition("*")
+        a, _, b = rng.partition("..")
+        factor = DEFAULT_LADDER_FACTOR
+        if factor_text:
+            if not factor_text.strip().isdigit() or int(factor_text) < 2:
+                raise BadInputError(
+                    f"--budgets {t}: the step factor after '*' must be a whole number >= 2 (e.g. 16B..1KiB*4)"
+                )
+            factor = int(factor_text)
+        start = _ladder_bytes(a.strip(), t)
+        stop = _ladder_bytes(b.strip(), t) if b.strip() else None
+        if stop is not None and stop < start:
+            raise BadInputError(f"--budgets {t}: the range's end is below its start; pass e.g. 16B..1KiB")
+        ladder = Ladder(t, start=start, stop=stop, factor=factor)
+        if stop is not None and math.log(stop / start, factor) >= MAX_LADDER_POINTS:
+            raise BadInputError(
+                f"--budgets {t}: more than {MAX_LADDER_POINTS} budgets; pass a larger step factor"
+            )
+        return ladder
+    if "*" in t:
+        raise BadInputError(f"--budgets {t}: a step factor needs a range (e.g. 16B..1KiB*4)")
+    values = tuple(_ladder_bytes(part.strip(), t) for part in t.split(","))
+    if len(set(values)) > MAX_LADDER_POINTS:
+        raise BadInputError(f"--budgets {t}: more than {MAX_LADDER_POINTS} budgets; pass fewer")
+    return Ladder(t, values=values)
+
+
 @dataclass(frozen=True)
 class BottleneckOptions:
     """How the bottleneck is sized and trained (``ExportOptions.bottleneck``, ``StudyOptions.bottleneck``).
@@ -82,7 +165,7 @@ class BottleneckOptions:
     temperature: float = 4.0
     mse_weight: float = 1.0
     lr: float = 2e-3
-    holdout: float = 0.25
+    holdout: float = HOLDOUT
     validation: float = 0.2
     """Fraction of the *train* images kept out of the gradient steps to choose the checkpoint on."""
 

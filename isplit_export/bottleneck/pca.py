@@ -66,10 +66,11 @@ def from_channels_first(a: torch.Tensor, layout: str) -> torch.Tensor:
 
 def patches(a: torch.Tensor, k: int) -> torch.Tensor:
     """``[B, C, H, W]`` -> ``[B * (H//k) * (W//k), C*k*k]``: the whole ``k x k`` patches at stride ``k``."""
-    _, c, h, w = a.shape
-    a = a[:, :, : (h // k) * k, : (w // k) * k]
-    cols = F.unfold(a, kernel_size=k, stride=k)  # [B, C*k*k, L], rows ordered (c, i, j) like a conv weight
-    return cols.transpose(1, 2).reshape(-1, c * k * k)
+    b, c, h, w = a.shape
+    hk, wk = h // k, w // k
+    blocks = a[:, :, : hk * k, : wk * k].reshape(b, c, hk, k, wk, k)
+    # [B, hk, wk, C, k, k]: patches in row-major order, each ordered (c, i, j) like a conv weight (as F.unfold)
+    return blocks.permute(0, 2, 4, 1, 3, 5).reshape(-1, c * k * k)
 
 
 GRAM_BLOCKS = 4
@@ -162,6 +163,21 @@ class PatchPCA:
         lo64, hi64 = lo.to(torch.float64), hi.to(torch.float64)
         self.mid = (hi64 + lo64) / 2
         self.half = ((hi64 - lo64) / 2).clamp_min(MIN_HALF_RANGE)
+
+    def prefix(self, channels: int) -> PatchPCA:
+        """The code of the first ``channels`` components (and their ranges): a smaller budget's code at the same
+        patch size, without a second decomposition (the top components are nested)."""
+        return PatchPCA(
+            self.boundary_shape,
+            self.kernel,
+            self.components[:channels],
+            self.eigenvalues[:channels],
+            self.mean,
+            self.nonnegative,
+            None if self.mid is None else self.mid[:channels],
+            None if self.half is None else self.half[:channels],
+            self.layout,
+        )
 
     def encoder(self) -> PcaEncoder:
         return PcaEncoder(self)

@@ -111,7 +111,7 @@ class Probe:
         }
 
 
-def _batches(n: int, batch_size: int, job: Job | None) -> list[tuple[int, int]]:
+def shard_batches(n: int, batch_size: int, job: Job | None) -> list[tuple[int, int]]:
     """This process's ``(start, stop)`` batches of ``range(n)`` (strided by batch under torchrun)."""
     spans = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     if job is None or not job.active:
@@ -119,16 +119,17 @@ def _batches(n: int, batch_size: int, job: Job | None) -> list[tuple[int, int]]:
     return [s for b, s in enumerate(spans) if b % job.world_size == job.rank]
 
 
-def _gather(job: Job | None, obj: Any) -> list[Any]:
+def gather_parts(job: Job | None, obj: Any) -> list[Any]:
+    """Every process's ``obj`` under ``job`` (in rank order); ``[obj]`` alone without one."""
     return [obj] if job is None or not job.active else job.gather(obj)
 
 
-def _merged(job: Job | None, local: dict[int, Any], empty: Callable[[int], Any]) -> dict[int, Any]:
+def merged_sums(job: Job | None, local: dict[Any, Any], empty: Callable[[Any], Any]) -> dict[Any, Any]:
     """Per-cut sums (anything with ``merge``) added up over the processes of ``job``; ``local`` alone without one."""
     if job is None or not job.active:
         return local
     out = {i: empty(i) for i in local}
-    for part in _gather(job, local):
+    for part in gather_parts(job, local):
         for i, v in part.items():
             out[i].merge(v)
     return out
@@ -163,13 +164,13 @@ def run_probe(
     keep = per_image * len(x_train) <= KEEP_BYTES  # small enough: the ranges' pass reuses the activations
     kept: list[list[torch.Tensor]] = []
     with torch.no_grad():
-        for a, b in _batches(len(x_train), batch_size, job):
+        for a, b in shard_batches(len(x_train), batch_size, job):
             acts = capture(x_train[a:b])[1:]
             for i, s in shapes.items():
                 sums[i].add(patches(channels_first(acts[pos[i]], s.layout), s.kernel))
             if keep:
                 kept.append([acts[pos[i]] for i in shapes])
-    sums = _merged(job, sums, lambda i: CovarianceSums(sums[i].dim))
+    sums = merged_sums(job, sums, lambda i: CovarianceSums(sums[i].dim))
     pcas = {i: fit(sums[i], s.kernel, s.channels, s.boundary_shape, s.layout) for i, s in shapes.items()}
     raw = {i: PcaEncoder(p).eval() for i, p in pcas.items()}
     ranges = {i: ProjectionRanges(p.channels) for i, p in pcas.items()}
@@ -179,13 +180,13 @@ def run_probe(
             if keep
             else (
                 [capture(x_train[a:b])[1:][pos[i]] for i in shapes]
-                for a, b in _batches(len(x_train), batch_size, job)
+                for a, b in shard_batches(len(x_train), batch_size, job)
             )
         )
         for acts_kept in batches:
             for i, act in zip(shapes, acts_kept, strict=True):
                 ranges[i].add(raw[i](act))
-    ranges = _merged(job, ranges, lambda i: ProjectionRanges(pcas[i].channels))
+    ranges = merged_sums(job, ranges, lambda i: ProjectionRanges(pcas[i].channels))
     for i, p in pcas.items():
         p.set_ranges(*ranges[i].bounds())
     codec = code_encoding(encoding)
@@ -197,7 +198,7 @@ def run_probe(
     fitted = {i: int((p.eigenvalues > 0).sum()) for i, p in pcas.items()}  # components beyond are always 0
     clipped = {i: np.zeros(2, dtype=np.int64) for i in shapes}  # held-out code values outside [-1, 1], all
     with torch.no_grad():
-        for a, b in _batches(len(x_held), batch_size, job):
+        for a, b in shard_batches(len(x_held), batch_size, job):
             full, *acts = capture(x_held[a:b])
             mine[FULL].append((a, full.numpy()))
             for i, (cut, enc, dec) in pairs.items():
@@ -208,7 +209,7 @@ def run_probe(
                 mine[i].append((a, traced.run_tail(cut, dec(zq)).numpy()))
     logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in mine}
     clipped_all = {i: np.zeros(2, dtype=np.int64) for i in shapes}
-    for part, part_clipped in _gather(job, (mine, clipped)):
+    for part, part_clipped in gather_parts(job, (mine, clipped)):
         for i, chunks in part.items():
             logits[i].extend(chunks)
         for i, counts in part_clipped.items():

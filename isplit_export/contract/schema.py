@@ -21,7 +21,9 @@ TRITON_ENGINE_FILE = "model.plan"
 MAX_BATCH_SIZE = 8
 """Largest batch a served tail takes: the Triton configs' ``max_batch_size`` and the engine plans' ``max_batch``."""
 RANKING_SCHEMA_PREFIX = "isplit.ranking/"
-RANK_OUTPUT_FILES = frozenset({"ranking.json", "cui.png", "cde.png", "probe.png", "tradeoff.png"})
+RANK_OUTPUT_FILES = frozenset(
+    {"ranking.json", "cui.png", "cde.png", "probe.png", "tradeoff.png", "rate_accuracy.png", "pareto.png"}
+)
 """What ``isplit-export rank --out`` writes: a folder holding only these is a rank output of this tool."""
 
 MAX_JSON_BYTES = 64 << 20

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from isplit_export import progress
 from isplit_export.errors import BadInputError
 from isplit_export.options import RankOptions, make_options
+from isplit_export.options_bottleneck import HOLDOUT, parse_ladder
 from isplit_export.ranking.ranked import RankResult
 
 if TYPE_CHECKING:  # torch-free at import time: `import isplit_export.jobs.rank` needs no PyTorch
@@ -120,6 +121,20 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
             max_images=getattr(opts, "verify_images", 2000),
             job=current,
         )
+    if opts.budgets is not None:  # the probe at every budget of the ladder (bottleneck.rate_accuracy)
+        from isplit_export.bottleneck.rate_accuracy import grid_ranking
+
+        ranking.rate_accuracy = grid_ranking(
+            RankResult(opts, loaded, traced, imgs, ranking),
+            parse_ladder(opts.budgets),
+            opts.probe_cuts,
+            encoding=getattr(opts, "boundary", None) or "int8",
+            batch_size=opts.batch_size,
+            seed=opts.seed,
+            holdout=opts.bottleneck.holdout if opts.bottleneck is not None else HOLDOUT,
+            max_images=getattr(opts, "verify_images", 2000),
+            job=current,
+        )
     if opts.out is not None:
         out = opts.out
         progress.stage("write the ranking and plots")
@@ -173,4 +188,9 @@ def write_ranking(ranking: Ranking, out: Path) -> list[Path]:
 
         paths.append(out / "tradeoff.png")
         plot_tradeoff(data, paths[-1])
+    if ranking.rate_accuracy is not None:  # the probe at every budget: one curve per cut
+        from isplit_export.plots_rate import plot_rate_accuracy
+
+        paths.append(out / "rate_accuracy.png")
+        plot_rate_accuracy(data, paths[-1])
     return paths

@@ -28,6 +28,7 @@ from isplit_export.text_table import text_table
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.probe import Probe
+    from isplit_export.bottleneck.rate_accuracy import RateAccuracy
 
 SCHEMA = "isplit.ranking/2"
 
@@ -79,6 +80,8 @@ class Ranking:
     """The cost block (``isplit_export.bundle.cost_block``), without its rows."""
     cost_rows: list[dict[str, Any]] | None = None
     """The cost block's row of every cut (in cut order): each goes into its candidate."""
+    rate_accuracy: RateAccuracy | None = None
+    """The probe's grid over a ``--budgets`` ladder (:mod:`isplit_export.bottleneck.rate_accuracy`)."""
 
     @property
     def log10_cui(self) -> list[float | None]:
@@ -162,6 +165,8 @@ class Ranking:
             out["probe"] = self.probe.to_json()
         if self.cost is not None:
             out.update(cost=self.cost)
+        if self.rate_accuracy is not None:
+            out["rate_accuracy"] = self.rate_accuracy.to_json(ranks, log10)
         return out
 
     def table(self, top: int | None = None) -> str:

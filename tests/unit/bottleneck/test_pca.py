@@ -87,3 +87,11 @@ def test_components_beyond_the_datas_rank_are_zero_and_send_nothing() -> None:
     z = enc(held)
     assert bool((z[:, 3:] == 0).all())
     assert torch.isfinite(dec(z)).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_patches_are_the_unfolded_blocks_in_order(k: int) -> None:
+    a = torch.randn(3, 5, 17, 13, generator=torch.Generator().manual_seed(k))
+    cut = a[:, :, : (17 // k) * k, : (13 // k) * k]
+    ref = torch.nn.functional.unfold(cut, kernel_size=k, stride=k).transpose(1, 2).reshape(-1, 5 * k * k)
+    assert torch.equal(patches(a, k), ref)
