@@ -322,7 +322,9 @@ class StudyOptions(RankOptions):
         ):
             raise BadInputError(f"--max-latency-ms {self.max_latency_ms}: pass a positive number")
         if self.grid_sample is not None and self.grid_sample < 0:
-            raise BadInputError(f"--sample {self.grid_sample}: pass 0 or more points to draw besides the front")
+            raise BadInputError(
+                f"--sample {self.grid_sample}: pass 0 or more points to draw besides the front"
+            )
         if self.budgets is not None and self.classes:
             raise BadInputError("--classes is not measured by the grid study: drop --classes or --budgets")
 
