@@ -11,7 +11,8 @@ of context and cut, so the cuts can be shared out across processes);
 regret, CUI vs CDE); :mod:`isplit_export.bottleneck.study_figure` draws ``study.png``.
 
 :func:`study` ranks (:mod:`isplit_export.jobs.rank`), runs the three and writes ``study.json`` (schema ``isplit.study/2``; everything but
-its ``run`` block, which holds the training seconds, is byte-reproducible) and ``study.png``.
+its ``run`` block, which holds the training seconds, is byte-reproducible) and ``study.png``. With ``budgets``
+it runs the grid study instead (:func:`study_grid`, :mod:`isplit_export.bottleneck.study_grid`).
 """
 
 from __future__ import annotations
