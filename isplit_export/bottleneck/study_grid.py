@@ -68,10 +68,11 @@ class GridStudy:
 def select_points(
     points: Sequence[GridPoint], keep: Sequence[GridPoint], sample: int | None, seed: int
 ) -> tuple[list[GridPoint], dict[str, Any]]:
-    """Every point (``sample`` None), or the points of ``keep`` plus ``sample`` of the others drawn at random
+    """Every point (``sample`` None), or the points of ``keep`` (the front and the chosen point) plus ``sample`` of the others drawn at random
     (``numpy.random.default_rng(seed)``); in grid order (cut, then budget)."""
     if sample is None:
         return list(points), {"mode": "all", "points": len(points), "of": len(points)}
+    keep = list(dict.fromkeys(keep))  # the chosen point may be on the front too
     kept = {(p.cut, p.budget) for p in keep}
     rest = [p for p in points if (p.cut, p.budget) not in kept]
     drawn = np.random.default_rng(seed).permutation(len(rest))[: min(sample, len(rest))]
@@ -79,7 +80,7 @@ def select_points(
     out = [p for p in points if (p.cut, p.budget) in chosen]
     return out, {
         "mode": "front+sample",
-        "front": [p.label for p in keep],
+        "kept": [p.label for p in keep],
         "sample": int(min(sample, len(rest))),
         "sample_seed": seed,
         "points": len(out),

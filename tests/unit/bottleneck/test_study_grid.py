@@ -91,9 +91,9 @@ def test_select_points_all_or_front_plus_a_seeded_sample() -> None:
     every, sel = select_points(grid, [], None, 0)
     assert every == grid and sel == {"mode": "all", "points": 12, "of": 12}
     front = [grid[0], grid[5]]
-    some, sel = select_points(grid, front, 3, seed=7)
+    some, sel = select_points(grid, [*front, grid[5]], 3, seed=7)  # the chosen point on the front: once
     assert len(some) == 5 and set(front) <= set(some) and some == [p for p in grid if p in some]
-    assert sel["mode"] == "front+sample" and sel["front"] == ["cut 0 @ 16B", "cut 1 @ 32B"]
+    assert sel["mode"] == "front+sample" and sel["kept"] == ["cut 0 @ 16B", "cut 1 @ 32B"]
     assert select_points(grid, front, 3, seed=7)[0] == some  # seeded
     assert len(select_points(grid, front, 50, seed=7)[0]) == 12  # a sample larger than the rest: all
 
