@@ -56,7 +56,10 @@ def study_rate_figure(data: Mapping[str, Any]) -> Figure:
         data["full_model"]["value"], color="#6c757d", linestyle=":", linewidth=0.8, label="full model"
     )
     left.set_xscale("log", base=2)
-    left.set_xlabel("code bytes per image (log2)")
+    ticks = sorted({int(p["code_bytes"]) for p in points})
+    left.set_xticks(ticks, [f"{b}B" if b < 1024 else f"{b / 1024:g}KiB" for b in ticks])
+    left.minorticks_off()
+    left.set_xlabel("code bytes per image (log scale)")
     left.set_ylabel(f"held-out {metric}")
     left.set_title(
         f"{data['model'].get('name', '?')}: measured (solid, 95 % CI) and predicted (dashed, probe) {metric}",
@@ -79,7 +82,7 @@ def study_rate_figure(data: Mapping[str, Any]) -> Figure:
     right.plot([lo, 1.0], [lo, 1.0], color="#6c757d", linewidth=0.8, linestyle=":")
     right.set_xlabel(f"predicted (probe) {metric}")
     right.set_ylabel(f"measured (trained) {metric}")
-    right.set_title(textwrap.fill(summary["note"], 90), fontsize=8)
+    right.set_title(textwrap.fill(summary["note"], 75), fontsize=8)
     right.grid(True, color="#dddddd", linewidth=0.6)
     if chosen is not None:
         right.legend(loc="lower right", fontsize=8)
