@@ -23,7 +23,8 @@ _MS = ("device_ms", "link_ms", "server_ms", "total_ms")
 
 
 def _bad(field: str, want: str) -> BadInputError:
-    return BadInputError(f"{MANIFEST_FILE}: field '{FIELD}.{field}' must be {want}: rebuild the bundle")
+    name = f"{FIELD}.{field}" if field else FIELD
+    return BadInputError(f"{MANIFEST_FILE}: field '{name}' must be {want}: rebuild the bundle")
 
 
 @dataclass(frozen=True)
