@@ -18,13 +18,13 @@ from isplit_export.errors import BadInputError
 
 
 def _figures(
-    code: int, acc: float, ci: tuple[float, float], ms: tuple[float, float, float]
+    code: int, acc: float, ci: tuple[float, float], ms: tuple[float, float, float], images: int | None
 ) -> dict[str, Any]:
     return {
         "code_bytes": code,
         "accuracy": acc,
         "ci95": list(ci),
-        "images": 50,
+        "images": images,
         "device_ms": ms[0],
         "link_ms": ms[1],
         "server_ms": ms[2],
@@ -43,8 +43,8 @@ def block(mode: str = "max_latency_ms", limit: float = 55.3, met: bool = True) -
         "cut": 2,
         "node": "features_4",
         "budget": 16,
-        "predicted": _figures(16, 0.68, (0.542, 0.792), (0.015, 55.27, 0.0)),
-        "measured": _figures(16, 0.7, (0.56, 0.81), (0.015, 55.27, 0.0)),
+        "predicted": _figures(16, 0.68, (0.542, 0.792), (0.015, 55.27, 0.0), None),
+        "measured": _figures(16, 0.7, (0.56, 0.81), (0.015, 55.27, 0.0), 50),
         "met": met,
     }
 
