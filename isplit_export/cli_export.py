@@ -43,7 +43,7 @@ from isplit_export.cli_options import (
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
 from isplit_export.errors import EXIT_GATE_FAILED, BadInputError
-from isplit_export.options import DEFAULT_TOP, Encoding, ExportOptions, WeightsLayout
+from isplit_export.options import DEFAULT_TOP, CutSet, Encoding, ExportOptions, WeightsLayout
 from isplit_export.options_bottleneck import BottleneckOptions
 
 
@@ -137,6 +137,12 @@ def export_cmd(
             "rate-accuracy grid (16B..1KiB) the target chooses, as one split with a bottleneck at that budget",
         ),
     ] = None,
+    probe_cuts: Annotated[
+        CutSet | None,
+        typer.Option(
+            "--probe-cuts", help="with --budgets: the grid at the CUI's local maxima or at all cuts"
+        ),
+    ] = RANK.probe_cuts,
     min_accuracy: Annotated[
         str | None,
         typer.Option(
@@ -213,6 +219,7 @@ def export_cmd(
             server=server,
             weights_layout=weights_layout,
             min_dla_fraction=min_dla_fraction,
+            probe_cuts=probe_cuts,
         ),
     )
     with progress.stages(quiet=quiet):

@@ -97,6 +97,25 @@ def test_an_unreachable_target_is_one_line_exit_2_before_any_training(
     assert code == 2 and "reaches 99.9% held-out accuracy: the best is" in err and not out.exists(), err
 
 
+def test_at_step_0_the_exported_pair_measures_what_the_probe_predicted(
+    capsys: pytest.CaptureFixture[str], digits_weights: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    """The bottleneck starts from the probe's code: untrained, the exported pair is the grid point itself, on
+    the same held-out images (--min-accuracy this time, over every cut)."""
+    out = tmp_path / "b0"
+    args = [*_export(digits_weights, digits_dir), "--probe-cuts", "all", "--min-accuracy", "0.85"]
+    code, stdout, err = run_cli(capsys, *args, "--bootstrap", "0", "--train-steps", "0", "--out", out)
+    assert code == 0, err
+    g = contract.read_manifest(out).grid_choice
+    assert g is not None and g.mode == "min_accuracy" and g.limit == 0.85
+    assert (g.measured.accuracy, g.measured.ci95) == (g.predicted.accuracy, g.predicted.ci95)
+    assert g.measured.code_bytes == g.predicted.code_bytes and g.measured.total_ms == g.predicted.total_ms
+    assert g.met and g.predicted.accuracy >= 0.85
+    assert (
+        "--min-accuracy 0.85 on link lte: met as measured: the trained pair's held-out accuracy is" in stdout
+    )
+
+
 def test_plan_rechooses_on_the_bundle_grid_without_torch(grid_bundle: Path, tmp_path: Path) -> None:
     g = contract.read_manifest(grid_bundle).grid_choice
     assert g is not None
