@@ -26,7 +26,7 @@ from isplit_export.contract.rate_accuracy import grid_of
 from isplit_export.errors import BadInputError
 from isplit_export.options import ExportOptions
 from isplit_export.options_bottleneck import BottleneckOptions
-from isplit_export.options_grid import PairChoice
+from isplit_export.options_grid import PairChoice, parse_accuracy_floor
 from isplit_export.targets.cost import cut_cost
 
 
@@ -52,10 +52,9 @@ class ExportedPair:
         opts = self.options
         if self.choice.mode == "max_latency_ms" and opts.constraints.max_latency_ms is not None:
             return opts.constraints.max_latency_ms
-        floor = PairChoice(link=str(opts.link), min_accuracy=opts.min_accuracy).floor
-        if floor is None:
+        if opts.min_accuracy is None:
             raise AssertionError("a grid export has a latency or an accuracy target")
-        return floor.of(self.full_model)
+        return parse_accuracy_floor(opts.min_accuracy).of(self.full_model)
 
 
 def choose_export(ranking: Mapping[str, Any], opts: ExportOptions, pair: PairChoice) -> ExportedPair:
@@ -131,7 +130,11 @@ def _row(what: str, f: PairFigures) -> str:
 
 
 def verdict_line(g: GridExport) -> str:
-    """Whether the target was met as measured, and by which figure."""
+    """The target, its link, whether it was met as measured, and by which figure."""
+    return f"{g.target} on link {g.link}: {_verdict(g)}"
+
+
+def _verdict(g: GridExport) -> str:
     word = "met" if g.met else "NOT met"
     if g.mode == "max_latency_ms":
         how = (
@@ -143,7 +146,7 @@ def verdict_line(g: GridExport) -> str:
             f"the trained pair's held-out {g.metric} is {_pct(g.measured.accuracy)} "
             f"({'>=' if g.met else '<'} {_pct(g.limit)})"
         )
-    return f"{g.target} on link {g.link}: {word} as measured: {how}"
+    return f"{word} as measured: {how}"
 
 
 def report_section(manifest: Mapping[str, Any]) -> list[str]:
@@ -157,7 +160,7 @@ def report_section(manifest: Mapping[str, Any]) -> list[str]:
         f"Chosen on the probe's rate-accuracy grid for `{g.target}` on link {g.link}: cut {g.cut} "
         f"(`{g.node}`) at a {g.budget} B budget, exported as `{g.split}` (the bundle's one split).",
         "",
-        f"**Target {verdict_line(g).split(': ', 1)[1]}**",
+        f"**Target {_verdict(g)}**",
         "",
         f"| | code | {g.metric} (95% CI) | device ms | link ms | server ms | total ms |",
         "|---|---|---|---|---|---|---|",
