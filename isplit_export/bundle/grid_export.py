@@ -109,7 +109,7 @@ def grid_block(pick: ExportedPair, split: Split, encoding: str) -> dict[str, Any
         cut=p.cut,
         node=p.node,
         budget=p.budget,
-        predicted=_figures(p.code_bytes, p.value, p.ci95, None, pick.chosen.cost),
+        predicted=_figures(p.code_bytes, p.value, p.ci95, p.images, pick.chosen.cost),
         measured=measured,
         met=met,
     ).to_json()

@@ -109,6 +109,7 @@ def test_at_step_0_the_exported_pair_measures_what_the_probe_predicted(
     g = contract.read_manifest(out).grid_choice
     assert g is not None and g.mode == "min_accuracy" and g.limit == 0.85
     assert (g.measured.accuracy, g.measured.ci95) == (g.predicted.accuracy, g.predicted.ci95)
+    assert g.measured.images == g.predicted.images
     assert g.measured.code_bytes == g.predicted.code_bytes and g.measured.total_ms == g.predicted.total_ms
     assert g.met and g.predicted.accuracy >= 0.85
     assert (
