@@ -24,7 +24,7 @@ from isplit_export.cli_options import (
     renamed,
     setup_logging,
 )
-from isplit_export.errors import EXIT_GATE_FAILED
+from isplit_export.errors import EXIT_GATE_FAILED, BadInputError
 from isplit_export.options import Objective, VerifyBackend
 
 OutOpt = Annotated[
@@ -149,9 +149,8 @@ def plan_cmd(
     setup_logging(verbose)
     out = renamed(out, report, "--report", "--out")
     write = _result_path(expect_sha256, out, no_write)
-    if (
-        max_latency_ms is not None or min_accuracy is not None
-    ):  # a grid bundle: re-run the (cut, budget) choice
+    # on a bundle exported with --budgets, a target re-runs its (cut, budget) choice
+    if max_latency_ms is not None or min_accuracy is not None:
         pair = plan_pair(
             bundle,
             link=link,
@@ -161,6 +160,18 @@ def plan_cmd(
             min_accuracy=min_accuracy,
         )
         if pair is not None:
+            cut_flags: dict[str, object] = {
+                "--objective": objective,
+                "--top": top,
+                "--max-head-flops": max_head_flops,
+                "--max-boundary-kib": max_boundary_kib,
+                "--out": out,
+            }
+            if given := [flag for flag, v in cut_flags.items() if v is not None]:
+                raise BadInputError(
+                    f"{', '.join(given)}: plan re-chooses this bundle's (cut, budget) on its grid and prints it "
+                    "only; drop them (or drop --max-latency-ms / --min-accuracy for the cost re-plan)"
+                )
             typer.echo("\n".join(pair.lines()))
             return
     result = plan(

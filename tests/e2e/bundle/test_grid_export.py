@@ -135,6 +135,11 @@ def test_plan_rechooses_on_the_bundle_grid_without_torch(grid_bundle: Path, tmp_
         assert verdict.startswith(
             "this is the exported pair" if same else "this differs from the exported pair"
         )
+    proc = run_cli_without_torch("plan", grid_bundle, "--link", "lte", "--min-accuracy", "0.6", "--top", "2")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --top: plan re-chooses this bundle's (cut, budget) on its grid and prints it only; drop them "
+        "(or drop --max-latency-ms / --min-accuracy for the cost re-plan)"
+    ], proc.stderr
     proc = run_cli_without_torch("plan", grid_bundle, "--link", "lte", "--max-latency-ms", "50")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "the fastest is 55.2" in proc.stderr
