@@ -3,7 +3,7 @@
 Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundle` need no PyTorch)::
 
     rank(options | model, **fields)   -> api.RankResult               the I-Split ranking of every valid cut
-    export(options | model, **fields) -> bundle.build.ExportResult     a verified, reproducible bundle
+    export(options | model, **fields) -> jobs.export.ExportResult     a verified, reproducible bundle
     verify_bundle(path, ...)          -> verification.outcome.BundleVerification  (torch-free)
     study(options | model, **fields)  -> bottleneck.study.StudyResult  bottleneck at each cut, measured vs CUI/CDE
     plan(bundle, link=..., ...)       -> bundle.planning.PlanResult    re-plan a bundle for a link (torch-free)
@@ -40,15 +40,15 @@ __all__ = [
 if TYPE_CHECKING:
     from isplit_export.api import rank
     from isplit_export.bottleneck.study import study
-    from isplit_export.bundle.build import export
     from isplit_export.bundle.planning import plan
+    from isplit_export.jobs.export import export
     from isplit_export.options import Constraints, ExportOptions, RankOptions, StudyOptions
     from isplit_export.options_bottleneck import BottleneckOptions
     from isplit_export.verification.verify import verify_bundle
 
 _LAZY = {
     "rank": "api",
-    "export": "bundle.build",
+    "export": "jobs.export",
     "verify_bundle": "verification.verify",
     "RankOptions": "options",
     "ExportOptions": "options",

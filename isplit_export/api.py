@@ -1,4 +1,4 @@
-"""The ranking job, :func:`rank` (the other jobs: ``bundle.build.export``, ``bundle.planning.plan``,
+"""The ranking job, :func:`rank` (the other jobs: ``jobs.export.export``, ``bundle.planning.plan``,
 ``bottleneck.study.study``, ``verification.verify.verify_bundle``; all re-exported by ``isplit_export``).
 
     from isplit_export import ExportOptions, export, rank, verify_bundle

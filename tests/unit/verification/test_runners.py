@@ -143,7 +143,7 @@ _COMPARISON = re.compile(
 
 
 @pytest.mark.parametrize(
-    "module", ["verification", "serving", "bundle/build.py", "cli_bundle.py", "cli_serving.py"]
+    "module", ["verification", "serving", "jobs/export.py", "cli_bundle.py", "cli_serving.py"]
 )
 def test_runner_users_never_compare_backend_names(module: str) -> None:
     """verify, run, serve, the export's pair runs and the latency timer take runners from the registry."""

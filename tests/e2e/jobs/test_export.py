@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from isplit_export.bundle import build as bundle_mod
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file, write_json
+from isplit_export.jobs import export as export_job
 from isplit_export.verification.runners import OnnxrtRunner, run_pair
 from isplit_export.verification.verify import verify_bundle
 from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
@@ -136,7 +136,7 @@ def test_out_is_refused_unless_force_and_never_half_written(
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bundle_mod, "_export_split", boom)
+    monkeypatch.setattr(export_job, "_export_split", boom)
     code, _, err = run_cli(
         capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", empty, "--force"
     )
