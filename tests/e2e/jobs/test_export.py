@@ -136,7 +136,7 @@ def test_out_is_refused_unless_force_and_never_half_written(
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_job, "_export_split", boom)
+    monkeypatch.setattr(export_job, "export_split", boom)
     code, _, err = run_cli(
         capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", empty, "--force"
     )
