@@ -39,10 +39,19 @@ EXACT_INT8 = True
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Canonicalize, check with the ONNX checker (full check, shape inference on) and write."""
-    model = canonicalize(model)
-    onnx.checker.check_model(model, full_check=True)
-    path.write_bytes(model.SerializeToString(deterministic=True))
+    """Canonicalize, check with the ONNX checker (full check, shape inference on) and write.
+
+    The model is serialised once: the checker reads the bytes that are written.
+    """
+    data = canonicalize(model).SerializeToString(deterministic=True)
+    onnx.checker.check_model(data, full_check=True)
+    path.write_bytes(data)
+
+
+def write_model(model: onnx.ModelProto, path: Path) -> None:
+    """Canonicalize and write without the checker: for a private intermediate file that a later step reads,
+    whose results are checked by :func:`save_model` (the INT8 build's inputs)."""
+    path.write_bytes(canonicalize(model).SerializeToString(deterministic=True))
 
 
 def make_session(
