@@ -39,13 +39,19 @@ EXACT_INT8 = True
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Canonicalize, check with the ONNX checker (full check, shape inference on) and write.
+    """Canonicalize, write and check the file with the ONNX checker (full check, shape inference on).
 
-    The model is serialised once: the checker reads the bytes that are written.
+    The model is serialised once and its bytes are freed before the checker reads the file, so a
+    large model is held twice at most, not three times; a file the checker refuses is removed.
     """
     data = canonicalize(model).SerializeToString(deterministic=True)
-    onnx.checker.check_model(data, full_check=True)
     path.write_bytes(data)
+    del data
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except onnx.checker.ValidationError:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def write_model(model: onnx.ModelProto, path: Path) -> None:

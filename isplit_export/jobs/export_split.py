@@ -44,7 +44,13 @@ from isplit_export.verification.checks import (
     task_metric,
 )
 from isplit_export.verification.gates import GATES
-from isplit_export.verification.runners import LATENCY_THREADS, OnnxrtRunner, measure_latency, run_pair
+from isplit_export.verification.runners import (
+    LATENCY_KEYS,
+    LATENCY_THREADS,
+    OnnxrtRunner,
+    measure_latency,
+    run_pair,
+)
 
 
 @dataclass
@@ -67,6 +73,8 @@ class SplitJob:
     rel: str
     """The split folder, relative to the bundle (``splits/01-<node>``)."""
     sdir: Path
+    full_ms: float | None = None
+    """The full model's latency when an earlier split timed it (it is timed once per export)."""
 
     def file(self, name: str) -> str:
         """The bundle path of the split folder's file ``name``."""
@@ -203,13 +211,26 @@ def _add_int8_pair(job: SplitJob, pair: _Verified, trained: Any) -> None:
 
 
 def _measure_latency(job: SplitJob) -> dict[str, float]:
-    """Batch-1 latency of the pair, the full model and the INT8 pair, interleaved (one thread each)."""
+    """Batch-1 latency of the pair, the full model and the INT8 pair, interleaved (one thread each).
+
+    The full model is the same for every split: the first split times it, the others reuse that
+    figure (``job.full_ms``) for their ``full_ms`` and ``ratio``.
+    """
     sdir = job.sdir
-    timed = {"head": sdir / "head.onnx", "tail": sdir / "tail.onnx", "full": sdir.parent.parent / "full.onnx"}
+    timed = {"head": sdir / "head.onnx", "tail": sdir / "tail.onnx"}
+    if job.full_ms is None:
+        timed["full"] = sdir.parent.parent / "full.onnx"
     if job.profile.int8:  # the INT8 pair, interleaved with the fp32 one
         timed.update(head_int8=sdir / "head.int8.onnx", tail_int8=sdir / "tail.int8.onnx")
     runners = {k: OnnxrtRunner(path, threads=LATENCY_THREADS) for k, path in timed.items()}
-    return measure_latency(runners, job.x.numpy()[:1], runs=job.opts.latency_runs)
+    lat = measure_latency(runners, job.x.numpy()[:1], runs=job.opts.latency_runs)
+    if job.full_ms is None:
+        return lat
+    lat["full_ms"] = job.full_ms
+    if job.full_ms > 0:
+        lat["ratio"] = (lat["head_ms"] + lat["tail_ms"]) / job.full_ms
+    order = [f"{k}_ms" for k in LATENCY_KEYS] + ["ratio"]
+    return {k: lat[k] for k in order if k in lat}
 
 
 def _split_entry(job: SplitJob, pair: _Verified, trained: Any) -> dict[str, Any]:

@@ -89,6 +89,12 @@ def test_bundle_layout_manifest_and_equivalence(digits_bundle: Path) -> None:
     assert "Does the CUI order hold?" in report and "![CUI](cui.png)" in report and "| `top` | 2 |" in report
     lat = m["run"]["latency_ms"]
     assert all(v["head_ms"] > 0 and v["ratio"] > 0 for v in lat.values())
+    # the full model is timed once (with the first split); every split's ratio divides by that figure
+    first, *others = lat.values()
+    assert list(first) == ["head_ms", "tail_ms", "full_ms", "ratio"] and others
+    for v in others:
+        assert list(v) == list(first) and v["full_ms"] == first["full_ms"]
+        assert v["ratio"] == pytest.approx((v["head_ms"] + v["tail_ms"]) / first["full_ms"])
     assert verify_bundle(digits_bundle, write=False).passed
 
 
