@@ -182,7 +182,7 @@ def export_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
-    from isplit_export.bundle.build import export
+    from isplit_export.jobs.export import export
 
     setup_logging(verbose)
     options = ExportOptions(

@@ -1,6 +1,6 @@
 """The manifest's split entries as typed values: :class:`Split`, its :class:`Boundary`, its pair :class:`Check`\\ s.
 
-The writer (``bundle/build.py``) builds a :class:`Split` per exported cut and serialises it with
+The writer (``jobs/export.py``) builds a :class:`Split` per exported cut and serialises it with
 :meth:`Split.to_json`; every reader receives the :class:`Split` that :meth:`Split.from_json` validated
 (hostile input: types, ranges, bounded sizes, contained paths), so no module outside ``contract/``
 subscripts the manifest's JSON. Each value keeps the JSON block it was read from (``raw``) and writes

@@ -1,6 +1,6 @@
 """Judging a pair, once: the task metric, the pair check against a gate, and the boundary/code checks.
 
-Export (:mod:`isplit_export.bundle.build`), ``verify`` (:mod:`isplit_export.verification.verify`),
+Export (:mod:`isplit_export.jobs.export`), ``verify`` (:mod:`isplit_export.verification.verify`),
 the bottleneck and the study all judge a head/tail pair with these functions, so "how a pair is
 judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a device without PyTorch.
 

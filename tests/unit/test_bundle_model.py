@@ -1,6 +1,6 @@
 """The typed bundle model (``contract.Split`` and friends): round trip, hostile input, published schema.
 
-Fast: no export, no training; the entry is the shape ``bundle/build.py`` writes (docs/bundle.md).
+Fast: no export, no training; the entry is the shape ``jobs/export.py`` writes (docs/bundle.md).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Everything but the manifest's ``run`` block and ``report.md`` is byte-reproducib
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import datetime as dt
 import logging
@@ -16,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import torch
 
 from isplit_export import contract, progress
@@ -30,43 +31,22 @@ from isplit_export.bundle.weights import inline_info, share_weights
 from isplit_export.contract import MANIFEST_FILE
 from isplit_export.distributed import requested
 from isplit_export.errors import BadInputError
-from isplit_export.exporting.encoding import (
-    ENCODINGS,
-    BoundaryEncoding,
-    calibrate_encoding,
-    decode_tail,
-    encode_array,
-    encode_head,
-    strip_head_encoding,
-    strip_tail_decoding,
-)
-from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file, to_onnx
-from isplit_export.exporting.onnx_utils import OPSET, save_model, this_machine
-from isplit_export.exporting.quantize import build_int8_pair
+from isplit_export.exporting.encoding import ENCODINGS
+from isplit_export.exporting.onnx_export import BATCH_AXIS, export_file
+from isplit_export.exporting.onnx_utils import OPSET, this_machine
 from isplit_export.files import save_npz, sha256_file, write_json
+from isplit_export.jobs.export_split import SplitJob, export_split
 from isplit_export.jobs.rank import RankResult, rank, write_ranking
 from isplit_export.models import forward_batched
-from isplit_export.numbers import rounded
 from isplit_export.options import ExportOptions, make_options
 from isplit_export.options_bottleneck import BottleneckOptions
 from isplit_export.options_grid import export_pair
 from isplit_export.outdir import atomic_directory, check_out, check_writable_file
-from isplit_export.ranking.graph import Cut
 from isplit_export.stats import MIN_TO_CONCLUDE
-from isplit_export.targets.engine_build import write_engine_build
 from isplit_export.targets.profiles import TargetProfile, load_target
-from isplit_export.verification.backends import gate_for
-from isplit_export.verification.checks import (
-    check_code_pair,
-    check_int8_code_pair,
-    check_pair,
-    cui_order,
-    held_out_rounding,
-    task_metric,
-)
+from isplit_export.verification.checks import cui_order
 from isplit_export.verification.gates import GATES
 from isplit_export.verification.metrics import accuracy
-from isplit_export.verification.runners import LATENCY_THREADS, OnnxrtRunner, measure_latency, run_pair
 from isplit_export.verification.verify import SCHEMA
 from isplit_export.version import __version__
 
@@ -135,6 +115,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         + want_triton
     )
     ranked = rank(opts.replace(out=None, bottleneck=None) if pair is not None else opts.replace(out=None))
+    _return_freed_memory()
     picked = None
     if pair is not None:  # an unreachable target is refused here: before any training, nothing written
         picked = choose_export(ranked.ranking.to_json(), opts, pair)
@@ -173,27 +154,19 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         splits: list[contract.Split] = []
         latency: dict[str, Any] = {}
         train_seconds: dict[str, float] = {}
+        full_ms: float | None = None
         for pos, cut in enumerate(cuts, start=1):
             rel = f"splits/{pos:02d}-{cut.node}"
             sdir = tmp / rel
             sdir.mkdir(parents=True)
-            entry, lat = _export_split(
-                ranked,
-                opts,
-                cut,
-                pos,
-                rel,
-                sdir,
-                x,
-                lab,
-                y_ref,
-                encoding_name,
-                profile,
-                x_train,
-                train_seconds,
+            job = SplitJob(
+                ranked, opts, profile, encoding_name, x, lab, y_ref, x_train, cut, pos, rel, sdir, full_ms
             )
+            entry, lat = export_split(job, train_seconds)
+            full_ms = lat.get("full_ms")  # timed with the first split, reused by the others
             splits.append(entry)
             latency[rel] = lat
+            _return_freed_memory()  # each split's models are gone: the next one starts from the same RSS
 
         weights = inline_info()
         if opts.weights_layout == "shared":
@@ -201,9 +174,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
             weights, moves = share_weights(tmp, [s.dir for s in splits])
             splits = [s.with_files({k: moves.get(v, v) for k, v in s.files.items()}) for s in splits]
         triton = None
-        if wants_repository(
-            profile.kind, opts.triton
-        ):  # OUT/triton/: the tails as Triton models (hashed below)
+        if want_triton:  # OUT/triton/: the tails as Triton models (hashed below)
             progress.stage("write the Triton repository (triton/)")
             triton = write_repository(tmp, splits, model=ranked.model.name)
         progress.stage("hash the files, write report.md and manifest.json")
@@ -253,208 +224,6 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     return ExportResult(out, written, ranked, gate_failures(written))
 
 
-def _export_split(
-    ranked: RankResult,
-    opts: ExportOptions,
-    cut: Cut,
-    rank_pos: int,
-    rel: str,
-    sdir: Path,
-    x: torch.Tensor,
-    labels: np.ndarray,
-    y_ref: np.ndarray,
-    encoding_name: str,
-    profile: TargetProfile,
-    x_train: torch.Tensor | None = None,
-    train_seconds: dict[str, float] | None = None,
-) -> tuple[contract.Split, dict[str, float]]:
-    """Export, encode, verify and describe one split; returns its manifest entry (validated) and latency.
-
-    With a bottleneck (``x_train`` given), the encoder/decoder are trained first and wrap the head and
-    tail, so the exported pair carries them; ``x`` are then the held-out images.
-    """
-    golden, batch_size = opts.golden_images, opts.batch_size
-    head_gm, tail_gm = ranked.traced.split(cut)
-    trained = None
-    if opts.bottleneck is not None and x_train is not None:
-        from isplit_export.bottleneck import core as bottleneck
-
-        trained = bottleneck.train(
-            cut,
-            head_gm,
-            tail_gm,
-            x_train,
-            opts.bottleneck,
-            seed=opts.seed,
-            encoding=encoding_name,
-            batch_size=batch_size,
-            progress=opts.progress,
-        )
-        head_gm, tail_gm = trained.head, trained.tail  # type: ignore[assignment]
-        if train_seconds is not None:
-            train_seconds[rel] = rounded(trained.seconds, 3, decimals=True)
-    progress.stage(f"split {rank_pos} ({cut.node}): export the ONNX head and tail")
-    boundary_fp32 = forward_batched(head_gm, x, batch_size)
-    enc = (
-        trained.encoding if trained is not None else calibrate_encoding(encoding_name, boundary_fp32.numpy())
-    )
-    head_path, tail_path = sdir / "head.onnx", sdir / "tail.onnx"
-    save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc), head_path)
-    save_model(decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc), tail_path)
-
-    progress.stage(f"split {rank_pos}: verify the pair on {len(x)} images")
-    xn = x.numpy()
-    boundary, logits = run_pair(OnnxrtRunner(head_path), OnnxrtRunner(tail_path), xn, batch=batch_size)
-    files = {"head": f"{rel}/head.onnx", "tail": f"{rel}/tail.onnx", "golden": f"{rel}/golden.npz"}
-    if trained is not None:
-        pair_ref = trained.logits_from_code(
-            boundary, batch_size
-        )  # the PyTorch tail on the code that was sent
-        torch_code = encode_array(trained.code(x, batch_size), trained.encoding)
-        checks = {encoding_name: check_code_pair(pair_ref, logits, torch_code, boundary, y_ref, labels)}
-        golden_logits = (
-            pair_ref  # the pair's own logits: verify re-proves the export, not the bottleneck's loss
-        )
-    else:
-        checks = {encoding_name: check_pair(y_ref, logits, labels, gate_for(encoding_name), rnd=rounded)}
-        golden_logits = y_ref
-    goldens = {
-        "input": xn[:golden],
-        "boundary": boundary[:golden],
-        "logits": golden_logits[:golden],
-        "labels": labels[:golden],
-    }
-
-    if profile.int8:
-        # with a bottleneck, calibrate on the training part: the held-out images stay unseen
-        progress.stage(f"split {rank_pos}: INT8 calibration, export and verification")
-        calib_x = x_train.numpy() if x_train is not None else xn
-        calib = build_int8_pair(
-            head_path, tail_path, calib_x, sdir / "head.int8.onnx", sdir / "tail.int8.onnx", enc
-        )
-        save_npz(sdir / "calibration_boundary.npz", {"boundary": calib})
-        q_head, q_tail = OnnxrtRunner(sdir / "head.int8.onnx"), OnnxrtRunner(sdir / "tail.int8.onnx")
-        _, q_logits = run_pair(q_head, q_tail, xn, batch=batch_size)
-        if trained is not None:
-            checks["int8-qdq"] = check_int8_code_pair(logits, q_logits, y_ref, labels)
-        else:
-            checks["int8-qdq"] = check_pair(y_ref, q_logits, labels, GATES["int8-qdq"], rnd=rounded)
-        goldens["logits_int8"] = q_logits[:golden]
-        files.update(
-            head_int8=f"{rel}/head.int8.onnx",
-            tail_int8=f"{rel}/tail.int8.onnx",
-            calibration_boundary=f"{rel}/calibration_boundary.npz",
-        )
-    save_npz(sdir / "golden.npz", goldens)
-    if profile.uses_tensorrt:
-        progress.stage(f"split {rank_pos}: TensorRT engine build recipe")
-        shape = trained.shape.code_shape if trained is not None else cut.shape
-        files.update(
-            _engine_plan(
-                sdir,
-                rel,
-                profile,
-                enc,
-                shape,
-                ranked.model.preprocessing.input_shape,
-                min_dla_fraction=opts.min_dla_fraction,
-            )
-        )
-
-    progress.stage(f"split {rank_pos}: latency ({opts.latency_runs} runs each)")
-    timed = {"head": head_path, "tail": tail_path, "full": sdir.parent.parent / "full.onnx"}
-    if profile.int8:  # the INT8 pair, interleaved with the fp32 one
-        timed.update(head_int8=sdir / "head.int8.onnx", tail_int8=sdir / "tail.int8.onnx")
-    runners = {k: OnnxrtRunner(path, threads=LATENCY_THREADS) for k, path in timed.items()}
-    lat = measure_latency(runners, xn[:1], runs=opts.latency_runs)
-    failures = [f"{name}: {reason}" for name, c in checks.items() for reason in c["gate"]["failures"]]
-    entry = {
-        "dir": rel,
-        "rank": rank_pos,
-        "cui_rank": ranked.ranking.ranks[cut.index],  # differs from rank (the position) with --objective
-        "index": cut.index,
-        "node": cut.node,
-        "module": cut.module,
-        "cui": float(ranked.ranking.cui[cut.index]),
-        "log10_cui": rounded(ranked.ranking.log10_cui[cut.index]),
-        "head_flops_share": rounded(cut.head_flops_share, 6, decimals=True),
-        "boundary": {
-            **enc.to_json(),
-            "encoding": enc.name,
-            "shape": [BATCH_AXIS, *(trained.shape.code_shape if trained is not None else cut.shape)],
-            "layout": "nchw" if trained is not None else cut.layout,  # a bottleneck's code is NCHW
-            "bytes_per_image": enc.bytes_per_image(boundary.shape[1:]),
-            "fp32_bytes_per_image": cut.boundary_bytes,
-        },
-        "files": files,
-        "verification": {"checks": checks, "passed": not failures, "failures": failures},
-    }
-    if trained is not None and opts.bottleneck is not None:
-        from isplit_export.bottleneck.core import config
-
-        # the probe's score (the untrained PCA code) next to the trained pair's, on the same held-out images
-        probe = task_metric(
-            y_ref, trained.initial_logits(x, batch_size), labels, held_out=True, rnd=held_out_rounding
-        )
-        entry["bottleneck"] = {
-            **config(opts.bottleneck, trained.shape, enc),
-            "training": trained.summary,
-            "probe": probe,
-            "trained": checks[encoding_name]["task"],
-        }
-    return contract.Split.from_json(entry, rank_pos - 1), lat
-
-
-def _engine_plan(
-    sdir: Path,
-    rel: str,
-    profile: TargetProfile,
-    enc: BoundaryEncoding,
-    boundary_shape: tuple[int, ...],
-    input_shape: tuple[int, ...],
-    *,
-    min_dla_fraction: float,
-) -> dict[str, str]:
-    """Write the TensorRT build plan; returns the new files for the manifest.
-
-    TensorRT 11 has no ``--fp16``: an fp16 plan builds from strongly typed copies (``*.fp16.onnx``,
-    :func:`isplit_export.targets.typed.to_fp16`). ``min_dla_fraction``: see ``write_engine_build``.
-
-    TensorRT parses Q/DQ only as symmetric int8 and the boundary codec is host work anyway, so with a
-    non-fp32 boundary the engines are built from codec-free copies (``*.trt.onnx``, float32 boundary)
-    and the device applies the encoding around them (``encoding.encode_array`` / ``decode_array``).
-    """
-    stem = "int8." if profile.default_precision == "int8" else ""
-    names = {"head": f"head.{stem}onnx", "tail": f"tail.{stem}onnx"}
-    files: dict[str, str] = {}
-    if enc.name != "fp32":
-        for part, strip in (("head", strip_head_encoding), ("tail", strip_tail_decoding)):
-            name = f"{part}.{stem}trt.onnx"
-            save_model(strip(onnx.load(sdir / names[part])), sdir / name)
-            names[part] = name
-            files[f"{part}_trt"] = f"{rel}/{name}"
-    if (profile.tensorrt_major or 0) >= 11 and profile.default_precision == "fp16":
-        from isplit_export.targets.typed import to_fp16
-
-        for part in ("head", "tail"):
-            name = names[part].removesuffix(".onnx") + ".fp16.onnx"
-            save_model(to_fp16(onnx.load(sdir / names[part])), sdir / name)
-            names[part] = name
-            files[f"{part}_fp16"] = f"{rel}/{name}"
-    plan = write_engine_build(
-        sdir,
-        profile,
-        precision=profile.default_precision,
-        head_onnx=names["head"],
-        tail_onnx=names["tail"],
-        input_shape=(1, *input_shape),
-        boundary_shape=(1, *boundary_shape),
-        min_dla_fraction=min_dla_fraction,
-    )
-    files.update({p.name.replace(".", "_"): f"{rel}/{p.name}" for p in plan})
-    return files
-
-
 def _manifest(
     ranked: RankResult,
     profile: TargetProfile,
@@ -499,7 +268,26 @@ def _manifest(
 
 
 def _hash_files(root: Path) -> dict[str, dict[str, Any]]:
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {
-        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files
-    }
+    """Every file's sha256 and size; a hard-linked file (the Triton repository's packs) is read once."""
+    by_inode: dict[tuple[int, int], dict[str, Any]] = {}
+    hashed: dict[str, dict[str, Any]] = {}
+    for p in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = p.stat()
+        key = (st.st_dev, st.st_ino)
+        if key not in by_inode:
+            by_inode[key] = {"sha256": sha256_file(p), "bytes": st.st_size}
+        hashed[p.relative_to(root).as_posix()] = dict(by_inode[key])
+    return hashed
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed by the last stage back to the system (glibc ``malloc_trim``).
+
+    glibc keeps freed large blocks in its heap, so without it the peak RSS of one split (a 500 MB
+    tail read, quantized and written) adds to the next one's. Elsewhere (no glibc) nothing happens.
+    """
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # a libc without malloc_trim (musl)
+        ctypes.CDLL(name).malloc_trim(0)
