@@ -211,6 +211,10 @@ class ExportOptions(RankOptions):
     golden_images: int = 4
     verify_images: int = 256
     link: str | None = None
+    min_accuracy: str | None = None
+    """With ``budgets`` and ``link``: export the fastest (cut, budget) of the grid reaching this score (``0.9``) or
+    share of the full model's (``99%``); ``constraints.max_latency_ms`` instead exports the most accurate pair
+    within it (checked by :func:`~isplit_export.options_grid.export_pair` when the export starts)."""
     objective: Objective = "cui"
     constraints: Constraints = field(default_factory=Constraints)
     server: str = "x86-tensorrt"

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from isplit_export.bundle import markdown as md
+from isplit_export.bundle.grid_export import report_section as grid_section
 from isplit_export.bundle.next_steps import file_naming_section, next_steps_section
 from isplit_export.bundle.report_ranking import cost_section, ranking_section
 from isplit_export.bundle.report_runtime import latency_section, tensorrt_section
@@ -124,6 +125,7 @@ def render_report(manifest: Mapping[str, Any], ranking: Mapping[str, Any]) -> st
         _plots(),
         ranking_section(manifest, ranking),
         cost_section(ranking),
+        grid_section(manifest),
         splits_section(manifest),
         file_naming_section(manifest),
         cui_order_section(manifest),

@@ -57,6 +57,7 @@ from isplit_export.contract.engine_plan import (
     read_engine_recipe,
     write_output,
 )
+from isplit_export.contract.grid_export import GridExport, PairFigures
 from isplit_export.contract.jsonio import (
     check_sha256_text,
     json_depth,
@@ -185,11 +186,13 @@ __all__ = [
     "ExportVerdict",
     "FileEntry",
     "Golden",
+    "GridExport",
     "Latency",
     "LinkFigures",
     "Machine",
     "Manifest",
     "ModelInfo",
+    "PairFigures",
     "RankingFile",
     "RecipeEngine",
     "RecordedOptions",

@@ -5,7 +5,7 @@ Each typed value (:class:`Split`, :class:`Boundary`, :class:`Verification`, :cla
 :class:`RankingFile`, :class:`Candidate`, :class:`CutCost`, :class:`CostBlock`, :class:`LinkFigures`,
 :class:`ComputeFigures`; ``engine_plan.json``'s :class:`EngineRecipe`, :class:`RecipeEngine`,
 :class:`DlaCheck`, :class:`DlaFallback`; the manifest's :class:`RecordedOptions`, :class:`ModelInfo`,
-:class:`WeightsInfo`, :class:`Latency`; ``verify.json``'s :class:`VerifyLatency`; ``run.json``'s
+:class:`WeightsInfo`, :class:`Latency`, the chosen (cut, budget)'s :class:`GridExport` and :class:`PairFigures`; ``verify.json``'s :class:`VerifyLatency`; ``run.json``'s
 :class:`ServedCheck`) becomes one ``$defs`` entry:
 its fields, their JSON types (``X | None`` is ``[X, "null"]``) and where each one lives in the JSON
 (a field's ``metadata["json"]``, a dotted path, when the key differs from the field name). The fields
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from isplit_export.contract.engine_plan import DlaCheck, DlaFallback, EnginePart, EngineRecipe, RecipeEngine
+from isplit_export.contract.grid_export import GridExport, PairFigures
 from isplit_export.contract.manifest import CuiOrder, FileEntry
 from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, VerifyLatency, WeightsInfo
 from isplit_export.contract.ranking import (
@@ -63,6 +64,8 @@ MODEL: tuple[type, ...] = (
     Latency,
     VerifyLatency,
     ServedCheck,
+    GridExport,
+    PairFigures,
 )
 """The typed bundle model, in the order docs/bundle.md lists it."""
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "string"}

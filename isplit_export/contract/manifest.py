@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from isplit_export.contract.grid_export import GridExport, grid_export_of
 from isplit_export.contract.jsonio import (
     _bad,
     _read_bytes,
@@ -115,6 +116,11 @@ class Manifest:
     def verification(self) -> CuiOrder:
         """The bundle's verdict: every split's gates, and the CUI order check."""
         return CuiOrder.from_json(opt_dict(self.data, "verification", MANIFEST_FILE))
+
+    @cached_property
+    def grid_choice(self) -> GridExport | None:
+        """The (cut, budget) chosen on the probe's grid, predicted and measured (``grid_choice``); None without."""
+        return grid_export_of(self.data)
 
     @cached_property
     def options(self) -> RecordedOptions:
@@ -263,6 +269,7 @@ def validate_manifest(m: Any, src: str = MANIFEST_FILE) -> dict[str, Any]:
         Split.from_json(s, i, src)
     export_verdicts(m, src)  # the export's gates and machine, typed and bounded (contract/verdict.py)
     export_machine(m, src)
+    grid_export_of(m)  # the (cut, budget) chosen on the grid, when there is one
     req_str(m, "boundary_encoding", src, optional=True)
     ranking = opt_dict(m, "ranking", src)
     req_str(ranking, "file", src, "ranking.file", optional=True)

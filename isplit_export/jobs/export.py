@@ -23,6 +23,7 @@ import torch
 
 from isplit_export import contract, progress
 from isplit_export.bundle.cost_block import choose_cuts
+from isplit_export.bundle.grid_export import choose_export, grid_block
 from isplit_export.bundle.report import render_report
 from isplit_export.bundle.summary import gate_failures, write_summary
 from isplit_export.bundle.triton import wants_repository, write_repository
@@ -38,6 +39,8 @@ from isplit_export.jobs.export_split import SplitJob, export_split
 from isplit_export.jobs.rank import RankResult, rank, write_ranking
 from isplit_export.models import forward_batched
 from isplit_export.options import ExportOptions, make_options
+from isplit_export.options_bottleneck import BottleneckOptions
+from isplit_export.options_grid import export_pair
 from isplit_export.outdir import atomic_directory, check_out, check_writable_file
 from isplit_export.stats import MIN_TO_CONCLUDE
 from isplit_export.targets.profiles import TargetProfile, load_target
@@ -74,6 +77,10 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     whether they are fatal (the CLI exits 1 unless ``--no-strict``).
     """
     opts = make_options(ExportOptions, options, fields)
+    # --budgets with a target: one (cut, budget) chosen on the probe's grid (bundle/grid_export.py)
+    pair = export_pair(opts)
+    if pair is not None:
+        opts = opts.replace(bottleneck=opts.bottleneck or BottleneckOptions())  # its size: the chosen budget
     if requested(opts.distributed):
         raise BadInputError(
             "export runs in one process: run `isplit-export rank` under torchrun, then export"
@@ -101,10 +108,21 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
 
     per_split = 3 + profile.int8 + profile.uses_tensorrt + (bn is not None)
     want_triton = wants_repository(profile.kind, opts.triton)
-    progress.expect(3 + (opts.top or 0) * per_split + (opts.weights_layout == "shared") + want_triton)
-    ranked = rank(opts.replace(out=None))
+    progress.expect(
+        3
+        + (1 if pair is not None else opts.top or 0) * per_split
+        + (opts.weights_layout == "shared")
+        + want_triton
+    )
+    ranked = rank(opts.replace(out=None, bottleneck=None) if pair is not None else opts.replace(out=None))
     _return_freed_memory()
-    cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
+    picked = None
+    if pair is not None:  # an unreachable target is refused here: before any training, nothing written
+        picked = choose_export(ranked.ranking.to_json(), opts, pair)
+        opts = ranked.options = picked.options
+        bn, cuts = opts.bottleneck, [ranked.ranking.cuts[picked.cut]]
+    else:
+        cuts = choose_cuts(ranked, opts, profile, encoding_name)  # ranking -> cost -> selection
     if not cuts:
         raise BadInputError("the ranking has no candidate split (no local maximum of the CUI curve)")
     progress.expect((len(cuts) - (opts.top or 0)) * per_split)  # fewer candidates than --top
@@ -173,6 +191,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
                 ranked, profile, encoding_name, [s.to_json() for s in splits], summary, len(names), uses_int8
             ),
             "weights": weights,
+            **({"grid_choice": grid_block(picked, splits[0], encoding_name)} if picked is not None else {}),
             **({"triton": triton} if triton is not None else {}),
             "files": _hash_files(tmp),
         }
