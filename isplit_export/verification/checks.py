@@ -6,7 +6,8 @@ judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a d
 
 - :func:`task_metric`: top-1 accuracy on the known labels, else top-1 agreement with the full model;
   on held-out images with its Wilson 95 % interval (:func:`~isplit_export.verification.metrics.proportion_ci`);
-- :func:`check_pair`: the logits of a pair against reference logits under a :class:`Gate`, plus the task;
+- :func:`judge_pair`: the logits of a pair against reference logits under a :class:`Gate`, plus the task,
+  as a :class:`PairCheck` (:func:`check_pair` is its JSON, the manifest's check block);
 - :func:`served_check` / :func:`unjudged`: a pair judged over the wire by ``run`` (``run.json``);
 - :func:`compare_boundary`: a transmitted boundary against the golden one (dtype, shape, steps or tolerance);
 - :func:`check_code_pair`: a bottleneck pair, held to the fp32 gate against the PyTorch pair *with* its
@@ -16,7 +17,8 @@ judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -123,6 +125,57 @@ def unjudged(gate: Gate, reason: str, *, images: int, distinct_compared: int | N
     return ServedCheck(gate.name, False, (reason,), None, images, distinct_compared)
 
 
+@dataclass(frozen=True)
+class PairCheck:
+    """A pair judged once (:func:`judge_pair`): its metrics, the gate's outcome and the task metric."""
+
+    metrics: Mapping[str, float | None]
+    """:func:`compare_logits` through the check's rounding ({} when the logits could not be compared)."""
+    gate: Gate
+    passed: bool
+    failures: tuple[str, ...]
+    task: Mapping[str, Any]
+    """:func:`task_metric`: ``metric``, ``value``, ``full_model``, ``drop`` (and ``ci95`` held out)."""
+
+    def gate_json(self) -> dict[str, Any]:
+        """The check's ``gate`` block: the gate's limits, ``passed`` and ``failures``."""
+        return {**self.gate.to_json(), "passed": self.passed, "failures": list(self.failures)}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's check block: ``metrics``, ``gate`` (:meth:`gate_json`), ``task``."""
+        return {"metrics": dict(self.metrics), "gate": self.gate_json(), "task": dict(self.task)}
+
+
+def judge_pair(
+    full: np.ndarray,
+    got: np.ndarray,
+    labels: np.ndarray,
+    gate: Gate,
+    *,
+    reference: np.ndarray | None = None,
+    rnd: Rounding = _raw,
+    held_out: bool = False,
+    agreement_with_reference: bool = False,
+) -> PairCheck:
+    """The pair's logits ``got`` against ``reference`` (default ``full``) under ``gate``, and its task.
+
+    The metrics are :func:`compare_logits`'s; the task is :func:`task_metric` (accuracy against the
+    labels and the full model; without labels, agreement with the full model, or with ``reference``
+    if ``agreement_with_reference``). Logits of another shape than the reference fail the gate with
+    the reason, they do not raise.
+    """
+    metrics, ok, reasons = judge(full if reference is None else reference, got, gate, rnd)
+    task = task_metric(
+        full,
+        got,
+        labels,
+        held_out=held_out,
+        rnd=rnd,
+        agreement_with=reference if agreement_with_reference else None,
+    )
+    return PairCheck(metrics, gate, ok, tuple(reasons), task)
+
+
 def check_pair(
     full: np.ndarray,
     got: np.ndarray,
@@ -134,27 +187,17 @@ def check_pair(
     held_out: bool = False,
     agreement_with_reference: bool = False,
 ) -> dict[str, Any]:
-    """The pair's logits ``got`` against ``reference`` (default ``full``) under ``gate``, and its task.
-
-    Returns the manifest's check: ``metrics`` (:func:`compare_logits`), ``gate`` (with ``passed`` and
-    ``failures``) and ``task`` (:func:`task_metric`: accuracy against the labels and the full model;
-    without labels, agreement with the full model, or with ``reference`` if
-    ``agreement_with_reference``). Logits of another shape than the reference fail the gate with the
-    reason, they do not raise.
-    """
-    metrics, ok, reasons = judge(full if reference is None else reference, got, gate, rnd)
-    return {
-        "metrics": metrics,
-        "gate": {**gate.to_json(), "passed": ok, "failures": reasons},
-        "task": task_metric(
-            full,
-            got,
-            labels,
-            held_out=held_out,
-            rnd=rnd,
-            agreement_with=reference if agreement_with_reference else None,
-        ),
-    }
+    """The manifest's check block of :func:`judge_pair` (what the exporter writes per pair)."""
+    return judge_pair(
+        full,
+        got,
+        labels,
+        gate,
+        reference=reference,
+        rnd=rnd,
+        held_out=held_out,
+        agreement_with_reference=agreement_with_reference,
+    ).to_json()
 
 
 def check_int8_code_pair(
@@ -167,12 +210,12 @@ def check_int8_code_pair(
     fp32 pair's tier 1 does not gate either. That cost stays visible: the held-out task measure and
     ``metrics_vs_full_model`` are both against the full model.
     """
-    check = check_pair(full, q_logits, labels, GATES["int8-qdq"], reference=fp32_logits, rnd=rounded)
+    check = judge_pair(full, q_logits, labels, GATES["int8-qdq"], reference=fp32_logits, rnd=rounded)
     return {
         "reference": "fp32 pair with its bottleneck",
-        "metrics": check["metrics"],
+        "metrics": dict(check.metrics),
         "metrics_vs_full_model": {k: rounded(v) for k, v in compare_logits(full, q_logits).items()},
-        "gate": check["gate"],
+        "gate": check.gate_json(),
         "task": task_metric(full, q_logits, labels, held_out=True, rnd=held_out_rounding),
     }
 

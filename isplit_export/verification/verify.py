@@ -18,7 +18,7 @@ from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.numbers import rounded
 from isplit_export.verification.backends import Backend, PairFiles
-from isplit_export.verification.checks import check_pair
+from isplit_export.verification.checks import judge_pair
 from isplit_export.verification.gates import Gate
 from isplit_export.verification.outcome import SplitVerification
 from isplit_export.verification.runners import measure_latency, run_pair
@@ -59,12 +59,12 @@ def _row(
     reference: np.ndarray | None = None,
 ) -> SplitVerification:
     """One verified pair; ``reference`` (default: the full model's golden logits) is what the gate
-    compares against (:func:`~isplit_export.verification.checks.check_pair`)."""
-    c = check_pair(
+    compares against (:func:`~isplit_export.verification.checks.judge_pair`)."""
+    c = judge_pair(
         golden.logits, logits, golden.labels, gate, reference=reference, agreement_with_reference=True
     )
     reasons = [str(boundary["reason"])] if boundary.get("compared") and not boundary["passed"] else []
-    reasons.extend(c["gate"]["failures"])
+    reasons.extend(c.failures)
     return SplitVerification(
         split=pos,
         dir=entry.dir,
@@ -74,9 +74,9 @@ def _row(
         precision=precision,
         encoding=encoding,
         gate=gate,
-        metrics=c["metrics"],
+        metrics=dict(c.metrics),
         boundary=boundary,
-        task=c["task"],
+        task=dict(c.task),
         passed=not reasons,
         reasons=reasons,
     )
