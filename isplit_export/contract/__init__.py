@@ -85,6 +85,7 @@ from isplit_export.contract.manifest import (
     read_manifest,
     select_splits,
     split_file,
+    unwritten_manifest,
     validate_manifest,
 )
 from isplit_export.contract.npz import (
@@ -96,8 +97,19 @@ from isplit_export.contract.npz import (
     load_npz_bounded,
 )
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel, join_rel
-from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, VerifyLatency, WeightsInfo
+from isplit_export.contract.provenance import (
+    InputInfo,
+    Latency,
+    ModelInfo,
+    Provenance,
+    RankingInfo,
+    RecordedOptions,
+    TargetInfo,
+    VerifyLatency,
+    WeightsInfo,
+)
 from isplit_export.contract.ranking import (
+    Bootstrap,
     Candidate,
     ComputeFigures,
     CostBlock,
@@ -169,6 +181,7 @@ __all__ = [
     "TOP_LEVEL_OUTPUTS",
     "TRITON_ENGINE_FILE",
     "VERIFY_FILE",
+    "Bootstrap",
     "Boundary",
     "CalibrationSet",
     "Candidate",
@@ -185,17 +198,21 @@ __all__ = [
     "ExportVerdict",
     "FileEntry",
     "Golden",
+    "InputInfo",
     "Latency",
     "LinkFigures",
     "Machine",
     "Manifest",
     "ModelInfo",
+    "Provenance",
     "RankingFile",
+    "RankingInfo",
     "RecipeEngine",
     "RecordedOptions",
     "RunRecord",
     "ServedCheck",
     "Split",
+    "TargetInfo",
     "Task",
     "Verification",
     "VerifyLatency",
@@ -240,6 +257,7 @@ __all__ = [
     "select_splits",
     "split_file",
     "unlisted_entries",
+    "unwritten_manifest",
     "validate_manifest",
     "write_output",
 ]
