@@ -125,6 +125,7 @@ from isplit_export.contract.results import (
     read_runs,
     read_verify_latencies,
 )
+from isplit_export.contract.run_summary import FailedRequest, RunSummary, Stats, kept_runs
 from isplit_export.contract.schema import (
     ENGINE_PLAN_FILE,
     ENGINE_PLAN_SCHEMA,
@@ -196,6 +197,7 @@ __all__ = [
     "EnginePlan",
     "EngineRecipe",
     "ExportVerdict",
+    "FailedRequest",
     "FileEntry",
     "Golden",
     "InputInfo",
@@ -210,8 +212,10 @@ __all__ = [
     "RecipeEngine",
     "RecordedOptions",
     "RunRecord",
+    "RunSummary",
     "ServedCheck",
     "Split",
+    "Stats",
     "TargetInfo",
     "Task",
     "Verification",
@@ -235,6 +239,7 @@ __all__ = [
     "is_tool_bundle",
     "join_rel",
     "json_depth",
+    "kept_runs",
     "load_calibration",
     "load_engine_plan",
     "load_golden",
