@@ -135,12 +135,12 @@ def report_text(
     """
     sections = [
         _header(manifest, ranking),
-        next_steps_section(manifest.data),
+        next_steps_section(manifest),
         _plots(),
         ranking_section(manifest, ranking),
         cost_section(ranking),
         splits_section(manifest),
-        file_naming_section(manifest.data),
+        file_naming_section(manifest),
         cui_order_section(manifest),
         latency_section(manifest),
         tensorrt_section(manifest, engine_plans),

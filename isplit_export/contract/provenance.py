@@ -165,6 +165,8 @@ class TargetInfo:
 
     name: str | None
     description: str | None
+    kind: str | None
+    """``jetson``, ``tensorrt``, ``onnx``...: which next steps and guide apply."""
     backend: str | None
     jetpack: str | None
     tensorrt_version: str | None
@@ -173,7 +175,7 @@ class TargetInfo:
     @classmethod
     def from_json(cls, t: Mapping[str, Any], src: str = MANIFEST_FILE, f: str = "target") -> TargetInfo:
         """Validate the ``target`` block's descriptive fields (every one optional)."""
-        keys = ("name", "description", "backend", "jetpack", "tensorrt_version", "cuda")
+        keys = ("name", "description", "kind", "backend", "jetpack", "tensorrt_version", "cuda")
         return cls(*(req_str(t, k, src, f"{f}.{k}", optional=True) for k in keys))
 
 
@@ -235,6 +237,8 @@ class Provenance:
     calibration_count: int | None = field(metadata={"json": "calibration.count"})
     has_tool: bool = field(metadata={"json": None})
     has_calibration: bool = field(metadata={"json": None})
+    has_triton: bool = field(metadata={"json": None})
+    """Whether the bundle carries a Triton model repository of the tails (``triton``)."""
 
     @classmethod
     def from_json(cls, m: Mapping[str, Any], src: str = MANIFEST_FILE) -> Provenance:
@@ -256,4 +260,5 @@ class Provenance:
             calibration_count=req_int(calib, "count", src, "calibration.count", optional=True),
             has_tool=bool(tool),
             has_calibration=bool(calib),
+            has_triton=bool(m.get("triton")),
         )
