@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,13 @@ def stats(values: list[float]) -> dict[str, Any] | None:
     }
 
 
+def _p50(values: Sequence[float]) -> float | None:
+    """The median :func:`stats` records (``p50``), None if there are no values."""
+    if not len(values):
+        return None
+    return rounded(float(np.percentile(np.asarray(values, dtype=np.float64), 50)))
+
+
 def rounded(v: float | None) -> float | None:
     """Six significant digits; None for None and non-finite values (run.json is strict JSON)."""
     return numbers.rounded(v, 6, finite=True)
@@ -186,22 +193,25 @@ def run_entry(
         )
     server_ms = list(rec.ms["server"])
     server: dict[str, Any] = {"source": None, "ms": None}
+    server_p50 = None  # the served tail's compute: p50 per request, else the statistics extension's mean
     if server_ms:
         server = {"source": "response parameter compute_us (per request)", "ms": stats(server_ms)}
+        server_p50 = _p50(server_ms)
     elif stats_before is not None and stats_after is not None and stats_after[0] > stats_before[0]:
         mean = (stats_after[1] - stats_before[1]) / (stats_after[0] - stats_before[0]) / 1e6
         server = {
             "source": "statistics extension compute_infer (mean over the run)",
             "ms": {"mean": rounded(mean)},
         }
+        server_p50 = rounded(mean)
     latency = {k: stats(list(rec.ms[k])) for k in ("head", "encode", "round_trip", "end_to_end", "transport")}
+    head_p50, round_trip_p50, end_to_end_p50 = (_p50(rec.ms[k]) for k in ("head", "round_trip", "end_to_end"))
     overhead = None
-    if local is not None and latency["end_to_end"] is not None and latency["head"] is not None:
-        overhead = rounded(latency["end_to_end"]["p50"] - latency["head"]["p50"] - local["tail_ms"])
+    if local is not None and end_to_end_p50 is not None and head_p50 is not None:
+        overhead = rounded(end_to_end_p50 - head_p50 - local["tail_ms"])
     link = None
-    if latency["round_trip"] is not None:
-        srv = (server["ms"] or {}).get("p50", (server["ms"] or {}).get("mean"))
-        link = rounded(latency["round_trip"]["p50"] - (srv or 0.0))
+    if round_trip_p50 is not None:
+        link = rounded(round_trip_p50 - (server_p50 or 0.0))
     payload = sorted(rec.payload)
     listed = sorted(rec.failures, key=lambda f: int(f["request"]))
     host, port = parse_address(options.server)

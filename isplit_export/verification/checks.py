@@ -9,7 +9,8 @@ judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a d
 - :func:`judge_pair`: the logits of a pair against reference logits under a :class:`Gate`, plus the task,
   as a :class:`PairCheck` (:func:`check_pair` is its JSON, the manifest's check block);
 - :func:`served_check` / :func:`unjudged`: a pair judged over the wire by ``run`` (``run.json``);
-- :func:`compare_boundary`: a transmitted boundary against the golden one (dtype, shape, steps or tolerance);
+- :func:`compare_boundary`: a transmitted boundary against the golden one (dtype, shape, steps or tolerance),
+  as a :class:`BoundaryCheck`;
 - :func:`check_code_pair`: a bottleneck pair, held to the fp32 gate against the PyTorch pair *with* its
   bottleneck, and its code within one quantization step of PyTorch's;
 - :func:`cui_order`: does the CUI order hold over the exported splits (Spearman of CUI vs task).
@@ -220,13 +221,51 @@ def check_int8_code_pair(
     }
 
 
+@dataclass(frozen=True)
+class BoundaryCheck:
+    """A transmitted boundary against the golden one (:func:`compare_boundary`), or why it was not compared.
+
+    ``max_step`` for an integer boundary, ``max_abs_rel`` for a float one, each under its ``limit``;
+    neither when the dtypes or shapes differ (``reason`` says which).
+    """
+
+    compared: bool
+    passed: bool | None = None
+    """None when not compared."""
+    reason: str | None = None
+    """Why it failed (None when it passed)."""
+    dtype: str | None = None
+    shape: tuple[int, ...] = ()
+    max_step: int | None = None
+    max_abs_rel: float | None = None
+    limit: float | None = None
+    note: str | None = None
+    """Why it was not compared."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The block ``verify.json`` writes per row (``boundary``)."""
+        if not self.compared:
+            return {"compared": False, "note": self.note}
+        out: dict[str, Any] = {"compared": True, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.max_step is not None:
+            out |= {"max_step": self.max_step, "limit": self.limit}
+        elif self.max_abs_rel is not None:
+            out |= {"max_abs_rel": self.max_abs_rel, "limit": self.limit}
+        return out | {"passed": self.passed, "reason": self.reason}
+
+
+def not_compared(note: str) -> BoundaryCheck:
+    """A boundary the backend does not compare with the golden one, and why."""
+    return BoundaryCheck(compared=False, note=note)
+
+
 def compare_boundary(
     golden: np.ndarray,
     got: np.ndarray,
     *,
     rel_limit: float | None = None,
     step_limit: int = BOUNDARY_MAX_STEP,
-) -> dict[str, Any]:
+) -> BoundaryCheck:
     """Compare a transmitted boundary with the golden one.
 
     Integer (uint8) boundaries: ``max_step`` = max ``|got - golden|`` must be <= ``step_limit``.
@@ -234,18 +273,21 @@ def compare_boundary(
     (default :data:`BOUNDARY_FLOAT_TOLERANCE` for the dtype). Dtype or shape mismatches fail.
     """
     g, a = np.asarray(golden), np.asarray(got)
-    res: dict[str, Any] = {"compared": True, "dtype": str(a.dtype), "shape": list(a.shape)}
+    dtype, shape = str(a.dtype), tuple(int(d) for d in a.shape)
+    reason: str | None
     if a.dtype != g.dtype:
-        return {**res, "passed": False, "reason": f"boundary dtype {a.dtype} != golden {g.dtype}"}
+        reason = f"boundary dtype {a.dtype} != golden {g.dtype}"
+        return BoundaryCheck(True, False, reason, dtype, shape)
     if a.shape != g.shape:
-        return {**res, "passed": False, "reason": f"boundary shape {list(a.shape)} != golden {list(g.shape)}"}
+        reason = f"boundary shape {list(a.shape)} != golden {list(g.shape)}"
+        return BoundaryCheck(True, False, reason, dtype, shape)
     if np.issubdtype(g.dtype, np.integer):
         step = int(np.max(np.abs(a.astype(np.int64) - g.astype(np.int64)))) if g.size else 0
         ok = step <= step_limit
         reason = (
             None if ok else f"boundary max_step {step} not <= {step_limit} quantization step(s) from golden"
         )
-        return {**res, "max_step": step, "limit": step_limit, "passed": ok, "reason": reason}
+        return BoundaryCheck(True, ok, reason, dtype, shape, max_step=step, limit=step_limit)
     limit = rel_limit if rel_limit is not None else BOUNDARY_FLOAT_TOLERANCE.get(str(g.dtype), 1e-4)
     g64, a64 = g.astype(np.float64), a.astype(np.float64)
     scale = float(np.max(np.abs(g64))) if g.size else 0.0
@@ -253,7 +295,7 @@ def compare_boundary(
     rel = err / max(scale, 1e-30)
     ok = rel <= limit  # False for nan
     reason = None if ok else f"boundary max_abs_rel {rel:.6g} not <= {limit:g} from golden"
-    return {**res, "max_abs_rel": rel, "limit": limit, "passed": ok, "reason": reason}
+    return BoundaryCheck(True, ok, reason, dtype, shape, max_abs_rel=rel, limit=limit)
 
 
 def check_code_pair(
@@ -275,17 +317,17 @@ def check_code_pair(
     rnd = held_out_rounding
     metrics: dict[str, Any] = {k: rnd(v) for k, v in compare_logits(pair_ref, got).items()}
     res = compare_boundary(torch_code, code, rel_limit=CODE_MAX_ABS_REL, step_limit=1)
-    if "max_step" in res:
-        metrics["code_max_step"] = res["max_step"]
-        reason = f"code max_step {res['max_step']} not <= 1 quantization step from PyTorch"
-    elif "max_abs_rel" in res:
-        metrics["code_max_abs_rel"] = rnd(res["max_abs_rel"])
-        reason = f"code max_abs_rel {res['max_abs_rel']:.3g} not <= {CODE_MAX_ABS_REL:g} from PyTorch"
+    if res.max_step is not None:
+        metrics["code_max_step"] = res.max_step
+        reason = f"code max_step {res.max_step} not <= 1 quantization step from PyTorch"
+    elif res.max_abs_rel is not None:
+        metrics["code_max_abs_rel"] = rnd(res.max_abs_rel)
+        reason = f"code max_abs_rel {res.max_abs_rel:.3g} not <= {CODE_MAX_ABS_REL:g} from PyTorch"
     else:  # dtype or shape mismatch
-        reason = f"code: {res['reason']}"
+        reason = f"code: {res.reason}"
     gate = GATES["fp32"]
     ok, reasons = gate.check({k: v for k, v in metrics.items() if not k.startswith("code_")})
-    if not res["passed"]:
+    if not res.passed:
         ok, reasons = False, [*reasons, reason]
     return {
         "reference": "pytorch pair with its bottleneck",
