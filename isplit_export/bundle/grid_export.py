@@ -21,7 +21,7 @@ from typing import Any
 
 from isplit_export.bundle.grid_choice import GridChoice, PricedPoint, choose_pair
 from isplit_export.contract import Split
-from isplit_export.contract.grid_export import GridExport, PairFigures, grid_export_of
+from isplit_export.contract.grid_export import GridExport, PairFigures
 from isplit_export.contract.rate_accuracy import grid_of
 from isplit_export.errors import BadInputError
 from isplit_export.options import ExportOptions
@@ -149,9 +149,9 @@ def _verdict(g: GridExport) -> str:
     return f"{word} as measured: {how}"
 
 
-def report_section(manifest: Mapping[str, Any]) -> list[str]:
-    """report.md's section on the chosen (cut, budget): predicted and measured side by side (none without)."""
-    g = grid_export_of(manifest)
+def report_section(g: GridExport | None) -> list[str]:
+    """report.md's section on the chosen (cut, budget) (the manifest's ``grid_choice``): predicted and
+    measured side by side (none without)."""
     if g is None:
         return []
     return [

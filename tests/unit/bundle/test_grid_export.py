@@ -11,6 +11,7 @@ import pytest
 from isplit_export.bundle.grid_choice import choose_pair
 from isplit_export.bundle.grid_export import choose_export, replan_lines, report_section, verdict_line
 from isplit_export.contract import GridExport
+from isplit_export.contract.grid_export import grid_export_of
 from isplit_export.contract.rate_accuracy import GridCut, GridPoint, RateAccuracyGrid
 from isplit_export.errors import BadInputError
 from isplit_export.options import Constraints, ExportOptions
@@ -97,9 +98,9 @@ def test_choose_export_sizes_the_bottleneck_at_the_chosen_budget_and_exports_one
 
 
 def test_report_section_and_verdict_say_which_figure_decided() -> None:
-    assert report_section({}) == []
+    assert report_section(None) == []
     g = GridExport.from_json(block())
-    text = "\n".join(report_section({"grid_choice": block()}))
+    text = "\n".join(report_section(grid_export_of({"grid_choice": block()})))
     assert "## The chosen (cut, budget)" in text and "`splits/01-features_4`" in text
     assert "| predicted (probe, untrained code) | 16 B | 68.0% [54.2%, 79.2%] |" in text
     assert "| measured (trained pair, held-out) | 16 B | 70.0% [56.0%, 81.0%] on 50 images |" in text
