@@ -13,6 +13,7 @@ from isplit_export.cli_options import (
     BatchOpt,
     BootstrapOpt,
     ClassesOpt,
+    ClassMapOpt,
     DataOpt,
     DeviceOpt,
     DistributedOpt,
@@ -30,13 +31,14 @@ from isplit_export.cli_options import (
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
-from isplit_export.options import RankOptions
+from isplit_export.options import ClassMap, RankOptions
 
 
 def rank_cmd(
     model: ModelArg = "efficientnet_lite0",
     data: DataOpt = None,
     classes: ClassesOpt = None,
+    class_map: ClassMapOpt = None,
     weights: WeightsOpt = None,
     images: ImagesOpt = None,
     score: ScoreOpt = None,
@@ -65,6 +67,7 @@ def rank_cmd(
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
     from isplit_export.api import rank
+    from isplit_export.class_labels import announce
     from isplit_export.distributed import is_primary
 
     setup_logging(verbose)
@@ -72,6 +75,7 @@ def rank_cmd(
         model=model,
         data=data,
         classes=split_classes(classes),
+        class_map=None if class_map is None else ClassMap.read(class_map),
         images=images,
         top=top,
         input_size=input_size,
@@ -90,6 +94,7 @@ def rank_cmd(
         ),
         bottleneck=bottleneck_from_flags(bottleneck, None, None, None),
     )
+    announce(options)  # a class mismatch is refused before torch loads; agreement is said once
     result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return

@@ -12,6 +12,7 @@ import typer
 from isplit_export.cli_options import (
     BatchOpt,
     ClassesOpt,
+    ClassMapOpt,
     DataOpt,
     DistributedOpt,
     FinetuneOpt,
@@ -29,7 +30,7 @@ from isplit_export.cli_options import (
     shown,
     split_classes,
 )
-from isplit_export.options import RankOptions, StudyOptions
+from isplit_export.options import ClassMap, RankOptions, StudyOptions
 from isplit_export.options_bottleneck import BottleneckOptions
 
 
@@ -54,6 +55,7 @@ def study_cmd(
     ] = None,
     data: DataOpt = None,
     classes: ClassesOpt = None,
+    class_map: ClassMapOpt = None,
     weights: WeightsOpt = None,
     images: ImagesOpt = None,
     score: ScoreOpt = None,
@@ -81,7 +83,7 @@ def study_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
-    from isplit_export.bottleneck.study import study
+    from isplit_export.class_labels import announce
     from isplit_export.distributed import is_primary
 
     setup_logging(verbose)
@@ -92,6 +94,7 @@ def study_cmd(
         ),
         data=data,
         classes=split_classes(classes),
+        class_map=None if class_map is None else ClassMap.read(class_map),
         images=images,
         input_size=input_size,
         out=out,
@@ -108,6 +111,9 @@ def study_cmd(
             repeats=repeats,
         ),
     )
+    announce(options)  # a class mismatch is refused before the study (and torch) loads
+    from isplit_export.bottleneck.study import study
+
     result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return

@@ -88,6 +88,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
             "train": len(ctx.x_train),
             "held_out": len(ctx.x_held),
             "labelled": bool((ctx.labels_held >= 0).all()),
+            "labels": r.ranking.labels,
         },
         "full_model": {"metric": full["metric"], "value": full["full_model"]},
         "curve": {
