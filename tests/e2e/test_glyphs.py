@@ -4,6 +4,7 @@ saw far above chance, and the ranking runs on it with the glyph folders labelled
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,11 @@ def test_rank_runs_on_the_glyphs(capsys: pytest.CaptureFixture[str], tmp_path: P
 
 
 @pytest.mark.e2e
+@pytest.mark.skipif(
+    os.environ.get("ISPLIT_SLOW_TESTS") != "1",
+    reason="trains the glyphs ResNet (about 5 CPU-minutes): set ISPLIT_SLOW_TESTS=1 (docs/testing.md); "
+    "tests/e2e/test_digits_weights.py checks the same recipe mechanism in every run",
+)
 def test_make_glyphs_trains_the_committed_weights(tmp_path: Path) -> None:
     """``benchmarks/make_glyphs.py --weights-only`` in a fresh process gives the committed state dict (same
     tensors; the same bytes where the floating-point kernels are those of the machine that made it)."""
