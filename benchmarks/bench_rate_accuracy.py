@@ -37,10 +37,9 @@ def best_interleaved(a: Any, b: Any, repeats: int) -> tuple[float, float]:
 
 
 def bench(data: Path, budgets: str, budget: str, repeats: int) -> dict[str, Any]:
-    from isplit_export.api import rank
-
     from isplit_export.bottleneck.probe import probe_ranking
     from isplit_export.bottleneck.rate_accuracy import grid_ranking
+    from isplit_export.jobs.rank import rank
     from isplit_export.options_bottleneck import parse_ladder, parse_size
 
     ranked = rank("isplit_export.zoo:digits_cnn", weights=str(WEIGHTS), data=data, bootstrap=0, workers=0)

@@ -3,7 +3,7 @@
 Public API (imported lazily, so ``import isplit_export`` and :func:`verify_bundle` need no PyTorch)::
 
     rank(options | model, **fields)   -> ranking.ranked.RankResult    the I-Split ranking of every valid cut
-    export(options | model, **fields) -> bundle.build.ExportResult     a verified, reproducible bundle
+    export(options | model, **fields) -> jobs.export.ExportResult       a verified, reproducible bundle
     verify_bundle(path, ...)          -> verification.outcome.BundleVerification  (torch-free)
     study(options | model, **fields)  -> jobs.study.StudyResult        bottleneck at each cut, measured vs CUI/CDE
     plan(bundle, link=..., ...)       -> jobs.plan.PlanResult          re-plan a bundle for a link (torch-free)
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from isplit_export.bundle.build import export
+    from isplit_export.jobs.export import export
     from isplit_export.jobs.plan import plan
     from isplit_export.jobs.rank import rank
     from isplit_export.jobs.study import study
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "rank": "jobs.rank",
-    "export": "bundle.build",
+    "export": "jobs.export",
     "verify_bundle": "jobs.verify",
     "RankOptions": "options",
     "ExportOptions": "options",

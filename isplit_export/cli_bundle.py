@@ -24,7 +24,7 @@ from isplit_export.cli_options import (
     renamed,
     setup_logging,
 )
-from isplit_export.errors import EXIT_GATE_FAILED
+from isplit_export.errors import EXIT_GATE_FAILED, BadInputError
 from isplit_export.options import Objective, VerifyBackend
 
 OutOpt = Annotated[
@@ -121,6 +121,14 @@ def plan_cmd(
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
+    min_accuracy: Annotated[
+        str | None,
+        typer.Option(
+            "--min-accuracy",
+            help="on a bundle exported with --budgets: the fastest (cut, budget) of its grid reaching this "
+            "score (0.9) or share of the full model's (99%)",
+        ),
+    ] = None,
     measured: Annotated[
         bool,
         typer.Option(
@@ -136,11 +144,36 @@ def plan_cmd(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-plan an exported bundle for a link, objective or constraints, from its measured latencies (torch-free)."""
-    from isplit_export.jobs.plan import plan, write_plan
+    from isplit_export.jobs.plan import plan, plan_pair, write_plan
 
     setup_logging(verbose)
     out = renamed(out, report, "--report", "--out")
     write = _result_path(expect_sha256, out, no_write)
+    # on a bundle exported with --budgets, a target re-runs its (cut, budget) choice
+    if max_latency_ms is not None or min_accuracy is not None:
+        pair = plan_pair(
+            bundle,
+            link=link,
+            server=server,
+            expect_sha256=expect_sha256,
+            max_latency_ms=max_latency_ms,
+            min_accuracy=min_accuracy,
+        )
+        if pair is not None:
+            cut_flags: dict[str, object] = {
+                "--objective": objective,
+                "--top": top,
+                "--max-head-flops": max_head_flops,
+                "--max-boundary-kib": max_boundary_kib,
+                "--out": out,
+            }
+            if given := [flag for flag, v in cut_flags.items() if v is not None]:
+                raise BadInputError(
+                    f"{', '.join(given)}: plan re-chooses this bundle's (cut, budget) on its grid and prints it "
+                    "only; drop them (or drop --max-latency-ms / --min-accuracy for the cost re-plan)"
+                )
+            typer.echo("\n".join(pair.lines()))
+            return
     result = plan(
         bundle,
         link=link,
@@ -155,6 +188,10 @@ def plan_cmd(
         else constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
     )
     typer.echo(result.table())  # printed first: a read-only bundle still shows the plan
+    if link is None or link.strip().lower() != "measured":  # a grid bundle: its own target on this link
+        pair = plan_pair(bundle, link=link, server=server, expect_sha256=expect_sha256)
+        if pair is not None:
+            typer.echo("\n".join(pair.lines()))
     if write:
         typer.echo(f"wrote {write_plan(result, out)}")
 

@@ -42,8 +42,20 @@ from isplit_export.cli_options import (
     split_classes,
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
-from isplit_export.errors import EXIT_GATE_FAILED
-from isplit_export.options import DEFAULT_TOP, Encoding, ExportOptions, WeightsLayout
+from isplit_export.errors import EXIT_GATE_FAILED, BadInputError
+from isplit_export.options import DEFAULT_TOP, CutSet, Encoding, ExportOptions, WeightsLayout
+from isplit_export.options_bottleneck import BottleneckOptions
+
+
+def pair_bottleneck(
+    size: str | None, finetune: str | None, steps: int | None, batch: int | None
+) -> BottleneckOptions:
+    """With ``--budgets`` the chosen budget sizes the bottleneck: only its training flags are taken."""
+    if size is not None:
+        raise BadInputError(
+            f"--bottleneck {size}: with --budgets the target chooses the code size: drop --bottleneck"
+        )
+    return BottleneckOptions(**given(finetune=finetune, train_steps=steps, train_batch=batch))
 
 
 def export_cmd(
@@ -117,6 +129,28 @@ def export_cmd(
     max_head_flops: HeadFlopsOpt = None,
     max_boundary_kib: BoundaryKibOpt = None,
     max_latency_ms: LatencyOpt = None,
+    budgets: Annotated[
+        str | None,
+        typer.Option(
+            "--budgets",
+            help="with --link and --max-latency-ms or --min-accuracy: export the (cut, budget) of the probe's "
+            "rate-accuracy grid (16B..1KiB) the target chooses, as one split with a bottleneck at that budget",
+        ),
+    ] = None,
+    probe_cuts: Annotated[
+        CutSet | None,
+        typer.Option(
+            "--probe-cuts", help="with --budgets: the grid at the CUI's local maxima or at all cuts"
+        ),
+    ] = RANK.probe_cuts,
+    min_accuracy: Annotated[
+        str | None,
+        typer.Option(
+            "--min-accuracy",
+            help="with --budgets: export the fastest (cut, budget) reaching this score (0.9) or share of the "
+            "full model's (99%)",
+        ),
+    ] = None,
     weights_layout: Annotated[
         WeightsLayout | None,
         typer.Option(
@@ -148,7 +182,7 @@ def export_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Rank MODEL, export its top-K splits for TARGET and verify them into the bundle --out."""
-    from isplit_export.bundle.build import export
+    from isplit_export.jobs.export import export
 
     setup_logging(verbose)
     options = ExportOptions(
@@ -163,7 +197,11 @@ def export_cmd(
         force=force,
         progress=not quiet,
         link=link,
-        bottleneck=bottleneck_from_flags(bottleneck, finetune, train_steps, train_batch),
+        bottleneck=pair_bottleneck(bottleneck, finetune, train_steps, train_batch)
+        if budgets is not None
+        else bottleneck_from_flags(bottleneck, finetune, train_steps, train_batch),
+        budgets=budgets,
+        min_accuracy=min_accuracy,
         constraints=constraints_from_flags(max_head_flops, max_boundary_kib, max_latency_ms),
         summary_json=summary_json,
         triton=triton,
@@ -181,6 +219,7 @@ def export_cmd(
             server=server,
             weights_layout=weights_layout,
             min_dla_fraction=min_dla_fraction,
+            probe_cuts=probe_cuts,
         ),
     )
     with progress.stages(quiet=quiet):
@@ -207,6 +246,15 @@ def export_cmd(
             f"(fp32 {b.fp32_bytes_per_image} B), gates {'PASS' if split.verification and split.verification.passed else 'FAIL'}, "
             f"{task.metric} {task.value or 0.0:.1%}{ci}"
         )
+    if (g := result.manifest.grid_choice) is not None:
+        from isplit_export.bundle.grid_export import verdict_line
+
+        typer.echo(
+            f"chosen on the grid: cut {g.cut} ({g.node}) at {g.budget}B, predicted {g.metric} "
+            f"{g.predicted.accuracy:.1%} in {g.predicted.total_ms:.3f} ms, measured {g.measured.accuracy:.1%} "
+            f"(code {g.measured.code_bytes} B, {g.measured.total_ms:.3f} ms estimated)"
+        )
+        typer.echo(verdict_line(g))
     typer.echo(result.manifest.verification.note)
     typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
     if result.passed:

@@ -61,6 +61,13 @@ DataOpt = Annotated[
 ClassesOpt = Annotated[
     str | None, typer.Option("--classes", help="comma-separated class names or indices: class-specific CUI")
 ]
+ClassMapOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--class-map",
+        help="JSON {folder: class index}: the model class of each class folder of --data (folders not named after its classes)",
+    ),
+]
 WeightsOpt = Annotated[
     str | None,
     typer.Option(

@@ -16,6 +16,7 @@ from isplit_export.cli_options import (
     BatchOpt,
     BootstrapOpt,
     ClassesOpt,
+    ClassMapOpt,
     DataOpt,
     DeviceOpt,
     DistributedOpt,
@@ -36,7 +37,7 @@ from isplit_export.cli_options import (
 )
 from isplit_export.cli_probe import probe_caveat, probe_choice
 from isplit_export.errors import BadInputError
-from isplit_export.options import DEFAULT_TOP, CutSet, RankOptions
+from isplit_export.options import DEFAULT_TOP, ClassMap, CutSet, RankOptions
 from isplit_export.options_grid import PairChoice
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def rank_cmd(
     model: ModelArg = "efficientnet_lite0",
     data: DataOpt = None,
     classes: ClassesOpt = None,
+    class_map: ClassMapOpt = None,
     weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
     score: ScoreOpt = RANK.score,
@@ -120,6 +122,7 @@ def rank_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Rank every valid cut of MODEL by I-Split's cumulative Grad-CAM importance (CUI)."""
+    from isplit_export.class_labels import announce
     from isplit_export.distributed import is_primary
     from isplit_export.jobs.rank import rank
 
@@ -128,6 +131,7 @@ def rank_cmd(
         model=model,
         data=data,
         classes=split_classes(classes),
+        class_map=None if class_map is None else ClassMap.read(class_map),
         images=images,
         top=top,
         input_size=input_size,
@@ -153,6 +157,7 @@ def rank_cmd(
         **given(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy),
         **({} if link is None else given(target=target, server=server)),
     )
+    announce(options)  # a class mismatch is refused before torch loads; agreement is said once
     with progress.stages(quiet=quiet):
         result = rank(options)
     if not is_primary():  # under torchrun, process 0 alone reports

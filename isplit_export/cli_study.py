@@ -15,6 +15,7 @@ from isplit_export.cli_options import (
     RANK,
     BatchOpt,
     ClassesOpt,
+    ClassMapOpt,
     DataOpt,
     DistributedOpt,
     FinetuneOpt,
@@ -32,7 +33,7 @@ from isplit_export.cli_options import (
     setup_logging,
     split_classes,
 )
-from isplit_export.options import CutSet, Encoding, StudyOptions
+from isplit_export.options import ClassMap, CutSet, Encoding, StudyOptions
 from isplit_export.options_bottleneck import BottleneckOptions
 
 STUDY = StudyOptions()
@@ -75,6 +76,7 @@ def study_cmd(
     ] = STUDY.boundary,
     data: DataOpt = None,
     classes: ClassesOpt = None,
+    class_map: ClassMapOpt = None,
     weights: WeightsOpt = RANK.weights,
     images: ImagesOpt = None,
     score: ScoreOpt = RANK.score,
@@ -132,8 +134,8 @@ def study_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a bottleneck at each cut, measure it on held-out images, and correlate CUI/CDE with it."""
+    from isplit_export.class_labels import announce
     from isplit_export.distributed import is_primary
-    from isplit_export.jobs.study import study
 
     setup_logging(verbose)
     refuse_existing_study(out, force)
@@ -144,6 +146,7 @@ def study_cmd(
         ),
         data=data,
         classes=split_classes(classes),
+        class_map=None if class_map is None else ClassMap.read(class_map),
         images=images,
         input_size=input_size,
         out=out,
@@ -165,6 +168,9 @@ def study_cmd(
         max_latency_ms=max_latency_ms,
         grid_sample=sample,
     )
+    announce(options)  # a class mismatch is refused before the study (and torch) loads
+    from isplit_export.jobs.study import study
+
     with progress.stages(quiet=quiet):
         result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports

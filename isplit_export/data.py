@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from isplit_export.class_names import class_folders, folder_label, resolve_folder_classes
 from isplit_export.errors import BadInputError
 from isplit_export.models import Preprocessing
 
@@ -197,8 +198,12 @@ def load_images(
     class_names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     limit: int | None = None,
+    folder_labels: Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Collect the image set; ``classes`` keeps only those ImageFolder classes (names or indices).
+
+    ``folder_labels`` (folder name -> model class index, from :mod:`isplit_export.class_labels`) labels
+    the class folders; without it a folder is labelled by :func:`folder_label`.
 
     For unlabelled sources ``classes`` is applied later, on the model's predictions (see
     :func:`isplit_export.ranking.importance.compute_importance`).
@@ -213,7 +218,7 @@ def load_images(
             raise BadInputError(
                 f"--data {data} is not a directory: pass a folder of images or of class sub-folders"
             )
-        items, folders = _folder_items(data, class_names)
+        items, folders = _folder_items(data, class_names, folder_labels)
         source = str(data)
         if classes and folders:
             keep = resolve_folder_classes(classes, folders)
@@ -231,60 +236,19 @@ def load_images(
     return ImageSet(items, preprocessing, source, folders)
 
 
-def resolve_folder_classes(classes: Sequence[str], folders: Sequence[str]) -> set[str]:
-    """Map ``--classes`` entries (folder names or 0-based folder indices) to folder names."""
-    keep: set[str] = set()
-    lower = {f.lower(): f for f in folders}
-    for c in classes:
-        if c.lower() in lower:
-            keep.add(lower[c.lower()])
-        elif c.isdigit() and int(c) < len(folders):
-            keep.add(folders[int(c)])
-        else:
-            raise BadInputError(
-                f"class '{c}' is not a class folder of the data (have: {', '.join(folders[:10])}...)"
-            )
-    return keep
-
-
-def resolve_model_classes(
-    classes: Sequence[str], class_names: Sequence[str] | None, num_classes: int
-) -> list[int]:
-    """Map ``--classes`` entries (model class names / synonyms or indices) to model class indices."""
-    out: list[int] = []
-    index = _class_index(class_names)
-    for c in classes:
-        key = c.strip().lower()
-        if key in index:
-            out.append(index[key])
-        elif key.isdigit() and int(key) < num_classes:
-            out.append(int(key))
-        else:
-            raise BadInputError(
-                f"class '{c}' is not a class of the model: use its name or an index 0..{num_classes - 1}"
-            )
-    return sorted(set(out))
-
-
-def _class_index(class_names: Sequence[str] | None) -> dict[str, int]:
-    index: dict[str, int] = {}
-    for i, name in enumerate(class_names or []):
-        for syn in [name, *name.split(",")]:
-            index.setdefault(syn.strip().lower(), i)
-    return index
-
-
-def _folder_items(root: Path, class_names: Sequence[str] | None) -> tuple[list[ImageItem], list[str]]:
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _folder_items(
+    root: Path, class_names: Sequence[str] | None, folder_labels: Mapping[str, int] | None = None
+) -> tuple[list[ImageItem], list[str]]:
+    subdirs = [root / name for name in class_folders(root)]
     if not subdirs:
         files = _image_files(root)
         return [ImageItem(f.name, _file_opener(f)) for f in files], []
-    index = _class_index(class_names)
-    n = len(class_names) if class_names else 0
     items: list[ImageItem] = []
     for d in subdirs:
-        key = d.name.lower()
-        label = index.get(key, int(key) if key.isdigit() and (not n or int(key) < n) else -1)
+        if folder_labels is not None:
+            label = folder_labels.get(d.name, -1)
+        else:
+            label = folder_label(d.name, class_names)
         items.extend(ImageItem(f"{d.name}/{f.name}", _file_opener(f), label, d.name) for f in _image_files(d))
     return items, [d.name for d in subdirs]
 

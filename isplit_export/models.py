@@ -160,6 +160,24 @@ def load_model(
     return LoadedModel(name, module, prep, names, desc, digest, num_classes)
 
 
+def declared_class_names(name: str, weights: str) -> list[str] | None:
+    """The class names model ``name`` declares with ``weights``, without building or loading it (but a
+    ``module:factory`` is called: its :class:`ModelSpec` carries them). ``--weights none`` has none:
+    random weights carry no classes. None also where the model declares none or is unknown (loading
+    it then says why)."""
+    if weights == "none":
+        return None
+    if ":" in name:
+        return list(_from_factory(name).class_names or []) or None
+    if name == DEFAULT_MODEL:
+        return imagenet_categories()
+    from torchvision.models import get_model_weights
+
+    if name not in available_models():
+        return None
+    return list(get_model_weights(name).DEFAULT.meta.get("categories") or []) or None
+
+
 def _randomize_zero_linears(module: nn.Module) -> None:
     """Redraw ``Linear`` layers that the architecture initializes to zero (ViT's classification head).
 

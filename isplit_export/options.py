@@ -16,13 +16,14 @@ never a new keyword argument threaded through the pipeline.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 from isplit_export.backend_names import Runtime
-from isplit_export.errors import BadInputError
+from isplit_export.errors import BadInputError, first_line
 from isplit_export.files import jsonable
 from isplit_export.links import parse_link
 from isplit_export.options_bottleneck import BottleneckOptions, Ladder, as_bottleneck, parse_ladder
@@ -94,6 +95,70 @@ class Constraints:
         }
 
 
+MAX_CLASS_MAP_BYTES = 1 << 20
+"""``--class-map FILE``: the largest file read (bytes)."""
+MAX_CLASS_MAP_ENTRIES = 10_000
+"""``--class-map FILE``: the most folders it may map."""
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """``--class-map FILE``: which model class each class folder of ``--data`` holds.
+
+    The file is a JSON object ``{"folder name": class index}`` (at most :data:`MAX_CLASS_MAP_BYTES`
+    bytes, :data:`MAX_CLASS_MAP_ENTRIES` entries, indices non-negative integers). Whether every folder
+    is mapped and every index is a class of the model is checked against the data and the model, before
+    any model work (:mod:`isplit_export.class_labels`). ``entries`` is sorted, so equal maps compare equal.
+    """
+
+    path: Path
+    entries: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def read(cls, path: Path | str) -> ClassMap:
+        """Read and check ``path``; a bad file is one line naming the fix (:class:`BadInputError`)."""
+        path = Path(path)
+        fix = 'write a JSON object {"folder": class index, ...}'
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_CLASS_MAP_BYTES + 1)
+        except OSError as err:
+            raise BadInputError(f"--class-map {path}: cannot read it ({err.strerror}): {fix}") from None
+        if len(data) > MAX_CLASS_MAP_BYTES:
+            raise BadInputError(
+                f"--class-map {path} is over {MAX_CLASS_MAP_BYTES} bytes: map only the class folders of --data"
+            )
+        try:
+            obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_pairs)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise BadInputError(f"--class-map {path} is not JSON ({first_line(err, 120)}): {fix}") from None
+        if not isinstance(obj, dict) or not obj:
+            raise BadInputError(f"--class-map {path} is not a non-empty JSON object: {fix}")
+        if len(obj) > MAX_CLASS_MAP_ENTRIES:
+            raise BadInputError(
+                f"--class-map {path} has {len(obj)} entries, over {MAX_CLASS_MAP_ENTRIES}: map only the folders of --data"
+            )
+        for folder, index in obj.items():
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise BadInputError(
+                    f"--class-map {path}: folder {folder!r} maps to {index!r}, not a class index: use an integer >= 0"
+                )
+        return cls(path, tuple(sorted(obj.items())))
+
+    def mapping(self) -> dict[str, int]:
+        """Folder name -> model class index."""
+        return dict(self.entries)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"folder {key!r} is mapped twice")
+        out[key] = value
+    return out
+
+
 _RUN_ONLY = {"manifest": False}
 """Field metadata: where the run happens, not what it computes (kept out of the manifest)."""
 
@@ -105,7 +170,9 @@ class RankOptions:
     """What to rank and how: the model, the images, the Grad-CAM target and the passes.
 
     ``classes`` restricts the CUI to a class subset (ImageFolder folder names/indices, or model
-    class names/indices matched against the predictions for unlabelled data). ``top`` is how many
+    class names/indices matched against the predictions for unlabelled data); ``class_map`` says which
+    model class each class folder holds, where the folder names are not the model's class names
+    (:mod:`isplit_export.class_labels`). ``top`` is how many
     ranked candidates to report. ``out`` (for :func:`isplit_export.rank`) receives
     ``ranking.json``, ``cui.png`` and ``cde.png``.
     """
@@ -113,6 +180,7 @@ class RankOptions:
     model: str = DEFAULT_MODEL
     data: Path | None = None
     classes: tuple[str, ...] | None = None
+    class_map: ClassMap | None = None
     weights: str = "default"
     images: int | None = None
     score: Score = "top"
@@ -148,6 +216,11 @@ class RankOptions:
             object.__setattr__(self, "out", Path(self.out))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes) or None)
+        if isinstance(self.class_map, dict):  # from a manifest's options block
+            entries = tuple((str(k), int(v)) for k, v in self.class_map["entries"])
+            object.__setattr__(self, "class_map", ClassMap(Path(self.class_map["path"]), entries))
+        elif self.class_map is not None and not isinstance(self.class_map, ClassMap):
+            object.__setattr__(self, "class_map", ClassMap.read(self.class_map))
         self.validate()
 
     def validate(self) -> None:
@@ -211,6 +284,10 @@ class ExportOptions(RankOptions):
     golden_images: int = 4
     verify_images: int = 256
     link: str | None = None
+    min_accuracy: str | None = None
+    """With ``budgets`` and ``link``: export the fastest (cut, budget) of the grid reaching this score (``0.9``) or
+    share of the full model's (``99%``); ``constraints.max_latency_ms`` instead exports the most accurate pair
+    within it (checked by :func:`~isplit_export.options_grid.export_pair` when the export starts)."""
     objective: Objective = "cui"
     constraints: Constraints = field(default_factory=Constraints)
     server: str = "x86-tensorrt"

@@ -86,3 +86,45 @@ class PairChoice:
     @property
     def floor(self) -> AccuracyFloor | None:
         return None if self.min_accuracy is None else parse_accuracy_floor(self.min_accuracy)
+
+
+def export_pair(opts: ExportOptions) -> PairChoice | None:
+    """The (cut, budget) choice an export asks for (``--budgets`` with ``--link`` and ``--max-latency-ms`` or
+    ``--min-accuracy``), its flags checked together; None without ``--budgets``.
+
+    The chosen pair is the bundle's one split (``--top`` only sets the ranking table's length); its bottleneck
+    is ``opts.bottleneck``'s training settings at the chosen budget, so ``--bottleneck``, ``--objective`` and
+    the other constraints, which choose cuts or sizes themselves, are refused with it.
+    """
+    if opts.budgets is None:
+        if opts.min_accuracy is not None:
+            raise BadInputError(
+                "--min-accuracy chooses on the probe's rate-accuracy grid: add --budgets 16B..1KiB"
+            )
+        return None
+    latency = opts.constraints.max_latency_ms
+    if opts.link is None or (latency is None) == (opts.min_accuracy is None):
+        raise BadInputError(
+            "export --budgets exports the (cut, budget) a target chooses: pass --link L and one of "
+            "--max-latency-ms T or --min-accuracy A (rank --budgets --link L prints the Pareto front)"
+        )
+    others = [
+        flag
+        for flag, given in (
+            ("--objective", opts.objective != _export_default("objective")),
+            ("--max-head-flops", opts.constraints.max_head_flops is not None),
+            ("--max-boundary-kib", opts.constraints.max_boundary_kib is not None),
+        )
+        if given
+    ]
+    if others:
+        raise BadInputError(
+            f"export --budgets chooses the cut and the code size by the target: drop {', '.join(others)}"
+        )
+    return PairChoice(
+        link=opts.link,
+        target=opts.target,
+        server=opts.server,
+        max_latency_ms=latency,
+        min_accuracy=opts.min_accuracy,
+    )

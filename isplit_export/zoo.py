@@ -11,6 +11,7 @@ whole pipeline can run on a genuinely trained network with real labels and no do
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,164 @@ def write_digits_imagefolder(root: Path, *, start: int = 0, count: int | None = 
     stop = len(images) if count is None else start + count
     for i in range(start, min(stop, len(images))):
         folder = root / str(int(labels[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / f"{i:04d}.png")
+    return root
+
+
+# --------------------------------------------------------------------------------------------------
+# glyphs: the letters A-Z rendered from the fonts matplotlib ships, and a small ResNet
+
+GLYPH_CLASSES = [chr(ord("A") + i) for i in range(26)]
+GLYPH_FONTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+)
+"""The TrueType fonts of ``matplotlib.get_data_path()/fonts/ttf`` the glyphs are drawn from (16 faces)."""
+GLYPH_SIZE = 32
+GLYPH_VARIANTS = 8
+"""Renderings per (font, letter), each with its own rotation, scale, shift and stroke: 16 x 26 x 8 = 3,328."""
+GLYPH_HOLDOUT_VARIANTS = 2
+"""The last variants of every (font, letter) are held out of training: the last quarter of the set."""
+GLYPHS_PREPROCESSING = Preprocessing(
+    resize=GLYPH_SIZE, crop=GLYPH_SIZE, mean=(0.5,), std=(0.5,), channels=1, interpolation="bilinear"
+)
+
+
+class GlyphsResNet(nn.Module):
+    """A small ResNet (torchvision's ``BasicBlock``): stem conv, three stages of one block (widths
+    ``w``, ``2w``, ``4w``, strides 1, 2, 2), global average pool, linear: 32x32x1 -> 26 logits."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+        )
+        self.layer1 = BasicBlock(w, w)
+        self.layer2 = BasicBlock(w, 2 * w, stride=2, downsample=_downsample(w, 2 * w))
+        self.layer3 = BasicBlock(2 * w, 4 * w, stride=2, downsample=_downsample(2 * w, 4 * w))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, len(GLYPH_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _downsample(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
+
+
+def glyphs_resnet() -> ModelSpec:
+    """Model factory for ``isplit_export.zoo:glyphs_resnet`` (weights via ``--weights``)."""
+    return ModelSpec(GlyphsResNet(), GLYPHS_PREPROCESSING, list(GLYPH_CLASSES))
+
+
+def glyph_font_paths() -> list[Path]:
+    """The font files of :data:`GLYPH_FONTS`, inside the installed matplotlib (offline)."""
+    import matplotlib
+
+    root = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return [root / name for name in GLYPH_FONTS]
+
+
+def glyphs_arrays(seed: int = 0, variants: int = GLYPH_VARIANTS) -> tuple[np.ndarray, np.ndarray]:
+    """The glyphs as uint8 images [N, 32, 32] (white on black) and int labels [N], N = 16 fonts x 26 x
+    ``variants``, ordered by variant, then font, then letter (so the last variants are a balanced tail).
+    Every rendering's rotation (+-12 degrees), scale (0.75-1.05), shift (+-2 px) and stroke (0-1 px) come
+    from one ``numpy`` generator seeded with ``seed``: the same seed gives the same images."""
+    from PIL import ImageFont
+
+    rng = np.random.default_rng(seed)
+    fonts = [ImageFont.truetype(str(p), size=96) for p in glyph_font_paths()]
+    images, labels = [], []
+    for _ in range(variants):
+        for font in fonts:
+            for label, letter in enumerate(GLYPH_CLASSES):
+                angle, scale, dx, dy = rng.uniform(-12, 12), rng.uniform(0.75, 1.05), *rng.uniform(-2, 2, 2)
+                stroke = int(rng.integers(0, 2))
+                images.append(_render(font, letter, angle, scale, (dx, dy), stroke))
+                labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _render(
+    font: Any, letter: str, angle: float, scale: float, shift: tuple[float, float], stroke: int
+) -> np.ndarray:
+    """One letter, drawn 4x larger, centred, rotated, scaled into 32x32 and shifted (antialiased)."""
+    from PIL import ImageDraw
+
+    big = 4 * GLYPH_SIZE
+    canvas = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(canvas)
+    left, top, right, bottom = draw.textbbox((0, 0), letter, font=font, stroke_width=2 * stroke)
+    xy = ((big - (right - left)) / 2 - left, (big - (bottom - top)) / 2 - top)
+    draw.text(xy, letter, fill=255, font=font, stroke_width=2 * stroke, stroke_fill=255)
+    canvas = canvas.rotate(angle, resample=Image.Resampling.BILINEAR)
+    side = round(GLYPH_SIZE * scale)
+    small = canvas.resize((side, side), Image.Resampling.LANCZOS)
+    out = Image.new("L", (GLYPH_SIZE, GLYPH_SIZE), 0)
+    out.paste(small, (round((GLYPH_SIZE - side) / 2 + shift[0]), round((GLYPH_SIZE - side) / 2 + shift[1])))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def glyphs_tensor(images: np.ndarray) -> torch.Tensor:
+    """Preprocess uint8 glyphs exactly as the PNG path does."""
+    from isplit_export.data import preprocess
+
+    return torch.stack([preprocess(Image.fromarray(im), GLYPHS_PREPROCESSING) for im in images])
+
+
+def glyphs_held_out_start(variants: int = GLYPH_VARIANTS) -> int:
+    """Index of the first held-out glyph: the last :data:`GLYPH_HOLDOUT_VARIANTS` variants are held out."""
+    return (variants - GLYPH_HOLDOUT_VARIANTS) * len(GLYPH_FONTS) * len(GLYPH_CLASSES)
+
+
+def train_glyphs_resnet(seed: int = 0, epochs: int = 15) -> tuple[GlyphsResNet, float]:
+    """Train :class:`GlyphsResNet` on the glyphs before :func:`glyphs_held_out_start` (seeded); returns it and
+    its accuracy on the held-out variants."""
+    torch.manual_seed(seed)
+    images, labels = glyphs_arrays(seed)
+    x, y = glyphs_tensor(images), torch.from_numpy(labels)
+    n_train = glyphs_held_out_start()
+    model = GlyphsResNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(n_train, generator=gen).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(x[n_train:]).argmax(1) == y[n_train:]).float().mean())
+    return model, acc
+
+
+def write_glyphs_imagefolder(root: Path, *, seed: int = 0, start: int = 0, count: int | None = None) -> Path:
+    """Write glyphs[start:start+count] of :func:`glyphs_arrays` (``seed``) as ``root/<letter>/<index>.png``."""
+    images, labels = glyphs_arrays(seed)
+    stop = len(images) if count is None else start + count
+    for i in range(start, min(stop, len(images))):
+        folder = root / GLYPH_CLASSES[int(labels[i])]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i]).save(folder / f"{i:04d}.png")
     return root

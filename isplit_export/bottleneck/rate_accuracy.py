@@ -302,7 +302,7 @@ def grid_ranking(
     max_images: int = 2000,
     job: Job | None = None,
 ) -> RateAccuracy:
-    """The grid for a :class:`~isplit_export.api.RankResult`, on the probe's train/held-out split of its images,
+    """The grid for a :class:`~isplit_export.ranking.ranked.RankResult`, on the probe's train/held-out split of its images,
     over its candidates (``cuts="candidates"``) or all its cuts."""
     from isplit_export.bottleneck.holdout import split_holdout
     from isplit_export.distributed import images_tensor

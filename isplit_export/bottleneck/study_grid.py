@@ -241,6 +241,7 @@ def grid_study_json(gs: GridStudy, results: Sequence[CutResult]) -> dict[str, An
             "train": len(ctx.x_train),
             "held_out": len(ctx.x_held),
             "labelled": bool((ctx.labels_held >= 0).all()),
+            "labels": r.ranking.labels,
         },
         "full_model": {"metric": full["metric"], "value": full["full_model"]},
         "grid": gs.grid.to_json(ranks, log10),

@@ -102,10 +102,11 @@ def prepare(
     """The study's context from ``ranked`` (all classes, no probe) and, with ``classes``, ``class_ranked``
     (the class subset's ranking): load the images, split train/held-out, run the probe on that split."""
     from isplit_export.bottleneck.holdout import split_holdout
-    from isplit_export.data import resolve_model_classes
+    from isplit_export.class_labels import resolve_class_labels
     from isplit_export.distributed import images_tensor
 
     opts = options.replace(out=None)
+    chosen = resolve_class_labels(opts)  # how the images are labelled (checked first by the study job)
     cuts = (
         ranked.traced.cuts
         if opts.cuts == "all"
@@ -128,18 +129,11 @@ def prepare(
             raise ValueError("prepare: with classes, pass the class subset's ranking (class_ranked)")
         cls_rank = class_ranked
         cui_all, cui = cui, cls_rank.ranking.cui
-        if cls_rank.images.folders:
-            keys = {it.label for it in cls_rank.images.items if it.label >= 0}
-            if not keys:
-                raise BadInputError(
-                    "--classes: the chosen class folders do not map to model classes: name them 0..K-1"
-                )
-            mask = np.isin(lab, sorted(keys))
+        if chosen.keep is not None:  # the held-out images of the chosen class folders
+            mask = np.array([names[i].split("/", 1)[0] in chosen.keep for i in held_idx], dtype=bool)
         else:
-            keys = set(
-                resolve_model_classes(opts.classes, ranked.model.class_names, ranked.model.num_classes)
-            )
-            mask = np.isin(y_full.argmax(1), sorted(keys))
+            keys = chosen.subset_for(opts.classes, ranked.model.class_names, ranked.model.num_classes)
+            mask = np.isin(y_full.argmax(1), sorted(keys or []))
         if not mask.any():
             raise BadInputError(
                 "--classes: no held-out image belongs to those classes: pass more images of them"

@@ -1,5 +1,5 @@
 """The cost block of ``ranking.json`` and the cuts it selects: :func:`build_cost`, and the export hook
-:func:`choose_cuts` (``bundle.build.export``), torch-free.
+:func:`choose_cuts` (``jobs.export.export``), torch-free.
 
 The block holds the link, device and server figures, the selection (objective, constraints, Pareto
 front), the two Neurosurgeon baselines and one cost row per cut (``per_cut``). :func:`choose_cuts`

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from isplit_export.contract import Manifest
 from isplit_export.options_serving import ServeOptions
 
 DOCS = {
@@ -128,12 +129,18 @@ def format_next_steps(
     return lines
 
 
-def next_steps_section(manifest: Mapping[str, Any]) -> list[str]:
+def next_steps_section(manifest: Manifest) -> list[str]:
     """``report.md``'s "Next steps": the same commands, for ``<bundle>``, and the guides."""
-    target = _as_dict(manifest.get("target"))
-    kind = str(target.get("kind") or "onnx")
-    steps = manifest_steps(
-        target, _as_dict(manifest.get("options")), bool(manifest.get("triton")), "<bundle>", None
+    target = manifest.provenance.target
+    kind = (target.kind if target else None) or "onnx"
+    triton = manifest.provenance.has_triton
+    steps = next_steps(
+        kind,
+        "<bundle>",
+        sha256=None,
+        tensorrt=target is not None and target.backend == "tensorrt",
+        triton=triton,
+        link=manifest.options.link,
     )
     lines = ["## Next steps", "", "```sh"]
     for s in steps:
@@ -152,7 +159,7 @@ def next_steps_section(manifest: Mapping[str, Any]) -> list[str]:
         )
         + "; serving, `run` and Triton: docs/serving.md.",
     ]
-    if manifest.get("triton"):
+    if triton:
         lines += [
             "",
             "`triton/` is a Triton model repository of the tails (one model per split, `config.pbtxt` and",
@@ -162,12 +169,12 @@ def next_steps_section(manifest: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def file_naming_section(manifest: Mapping[str, Any]) -> list[str]:
+def file_naming_section(manifest: Manifest) -> list[str]:
     """``report.md``'s "Files": which ONNX file is which split and variant, from each split's ``files``."""
-    splits = [_as_dict(s) for s in manifest.get("splits") or [] if isinstance(s, Mapping)]
+    splits = manifest.splits
     if not splits:
         return []
-    keys = {key for s in splits for key in _as_dict(s.get("files"))}
+    keys = {key for s in splits for key in s.files}
     variants = ["none = fp32 with the boundary codec"] + [
         text for key, text in _VARIANTS.items() if f"head_{key}" in keys or f"tail_{key}" in keys
     ]
@@ -178,21 +185,16 @@ def file_naming_section(manifest: Mapping[str, Any]) -> list[str]:
         "after) has the files below; an ONNX file's name is `NN-<node>.<part>[.<variant>].onnx` (variant:",
         f"{'; '.join(variants)}). Every file is listed with its sha256 in `manifest.json`.",
     ]
-    if _as_dict(manifest.get("weights")).get("layout") == "shared":
+    if manifest.weights.layout == "shared":
         lines.append(
             "The ONNX files keep their weights in `weights/` (each tensor stored once, shared by the splits)."
         )
     lines += ["", "| split | file | what it is |", "|---|---|---|"]
     for s in splits:
-        files = _as_dict(s.get("files"))
-        for key, path in files.items():
+        for key, path in s.files.items():
             role = FILE_ROLES.get(key, key.replace("_", " "))
-            lines.append(f"| `{s.get('dir', '?')}` | `{path}` | {role} |")
+            lines.append(f"| `{s.dir}` | `{path}` | {role} |")
     return lines
-
-
-def _as_dict(v: Any) -> Mapping[str, Any]:
-    return v if isinstance(v, Mapping) else {}
 
 
 def commands(steps: Sequence[Step]) -> list[str]:

@@ -5,28 +5,27 @@ INT8 pair), and the TensorRT build plan for the device.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from isplit_export.bundle import markdown as md
-from isplit_export.contract import EngineRecipe
+from isplit_export.contract import EngineRecipe, Manifest
 
 
-def latency_section(manifest: Mapping[str, Any]) -> list[str]:
-    lat = md.as_dict(md.as_dict(manifest.get("run")).get("latency_ms"))
-    int8 = any("head_int8_ms" in md.as_dict(v) for v in lat.values())
+def latency_section(manifest: Manifest) -> list[str]:
+    lat = manifest.build_latencies
+    int8 = any(v.head_int8_ms is not None for v in lat.values())
     rows = []
     for key in sorted(lat):
-        v = md.as_dict(lat[key])
-        if not v:
+        v = lat[key]
+        head, tail, full = v.head_ms, v.tail_ms, v.full_ms
+        if head is None and tail is None and full is None and v.ratio is None:
             continue
-        head, tail, full = md.num(v.get("head_ms")), md.num(v.get("tail_ms")), md.num(v.get("full_ms"))
         both = head + tail if head is not None and tail is not None else None
-        ratio = md.num(v.get("ratio"))
+        ratio = v.ratio
         if ratio is None and both is not None and full:
             ratio = both / full
         row = [f"`{key}`", *(md.ms(x) for x in (head, tail, both, full)), md.ms(ratio)]
         if int8:
-            qh, qt = md.num(v.get("head_int8_ms")), md.num(v.get("tail_int8_ms"))
+            qh, qt = v.head_int8_ms, v.tail_int8_ms
             row += [md.ms(qh), md.ms(qt), _speedup(head, qh), _speedup(tail, qt)]
         rows.append(row)
     if not rows:
@@ -55,32 +54,32 @@ def _speedup(fp32: float | None, int8: float | None) -> str:
     return f"{fp32 / int8:.2f}x" if fp32 is not None and int8 else "-"
 
 
-def tensorrt_section(manifest: Mapping[str, Any]) -> list[str]:
+def tensorrt_section(manifest: Manifest, engine_plans: Mapping[str, EngineRecipe]) -> list[str]:
     from isplit_export.targets.engine_build import engine_build_lines
 
     plans = []
-    for s in map(md.as_dict, md.as_list(manifest.get("splits"))):
-        files = [str(f) for f in md.as_dict(s.get("files")).values() if isinstance(f, str)]
-        script = next((f for f in sorted(files) if f.endswith("build_engines.sh")), None)
+    for s in manifest.splits:
+        files = sorted(s.files.values())
+        script = next((f for f in files if f.endswith("build_engines.sh")), None)
         if script is None:
             continue
-        plan = next((f for f in sorted(files) if f.endswith("engine_plan.json")), None)
+        plan = next((f for f in files if f.endswith("engine_plan.json")), None)
         plans.append(f"- `{script}`" + (f" (plan: `{plan}`)" if plan else ""))
-        recipe = md.as_dict(manifest.get("engine_plans")).get(str(s.get("dir")))
-        plans += engine_build_lines(recipe if isinstance(recipe, EngineRecipe) else None)
+        plans += engine_build_lines(engine_plans.get(s.dir))
     if not plans:
         return []
-    target = md.as_dict(manifest.get("target"))
-    versions = ", ".join(
-        f"{label} {target[k]}"
-        for k, label in (("jetpack", "jetpack"), ("tensorrt_version", "tensorrt"), ("cuda", "cuda"))
-        if target.get(k) is not None
+    target = manifest.provenance.target
+    recorded = (
+        ()
+        if target is None
+        else (("jetpack", target.jetpack), ("tensorrt", target.tensorrt_version), ("cuda", target.cuda))
     )
+    versions = ", ".join(f"{label} {v}" for label, v in recorded if v is not None)
     return [
         "## TensorRT build plan",
         "",
         "Engines are not portable across GPUs or TensorRT versions: build them on the device"
-        + (f" ({target.get('name')}: {versions})" if versions else "")
+        + (f" ({target.name if target else None}: {versions})" if versions else "")
         + ", with the trtexec script of each split or `isplit-export build-engines <bundle>`, "
         "then check them with `isplit-export verify <bundle> --backend tensorrt`.",
         "",

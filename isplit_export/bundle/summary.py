@@ -59,6 +59,28 @@ def _split(s: Split) -> dict[str, Any]:
     }
 
 
+def disk_bytes(m: Manifest) -> tuple[int, int]:
+    """Bytes the bundle takes on disk, with and without ``triton/``: each file once, hard links once.
+
+    The Triton repository hard-links the weight packs (docs/serving.md), so it adds only its small
+    files; where links were refused it holds copies, and the two figures say so.
+    """
+    rels = [*m.files, MANIFEST_FILE, "report.md"]
+    seen: set[tuple[int, int]] = set()
+    total = without = 0
+    for rel in sorted(rels, key=lambda r: r.startswith("triton/")):  # a pack counts outside triton/ first
+        try:
+            st = (m.bundle / rel).lstat()
+        except FileNotFoundError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        total += st.st_size
+        without += 0 if rel.startswith("triton/") else st.st_size
+    return total, without
+
+
 def summarize(m: Manifest) -> dict[str, Any]:
     """The ``isplit.summary/1`` document for a written bundle's manifest (``docs/ci.md`` has every field)."""
     out = m.bundle
@@ -69,6 +91,7 @@ def summarize(m: Manifest) -> dict[str, Any]:
     report = out / "report.md"
     total += report.stat().st_size if report.is_file() else 0
     total += (out / MANIFEST_FILE).stat().st_size
+    on_disk, without_triton = disk_bytes(m)
     return {
         "schema": SUMMARY_SCHEMA,
         "tool": dict(m.block("tool")),
@@ -86,6 +109,8 @@ def summarize(m: Manifest) -> dict[str, Any]:
             "files": len(files) + 2,
             "onnx_bytes": sum(int(f.bytes or 0) for k, f in files.items() if k.endswith(".onnx")),
             "weights_bytes": sum(int(f.bytes or 0) for k, f in files.items() if k.startswith(weights_dir)),
+            "disk_bytes": on_disk,
+            "disk_bytes_without_triton": without_triton,
         },
         "splits": [_split(s) for s in m.splits],
         "gate_failures": gate_failures(m),

@@ -1,24 +1,29 @@
 """The Triton model repository of a bundle (``OUT/triton/``): one Triton model per exported tail.
 
     OUT/triton/01-features.3/config.pbtxt              platform onnxruntime_onnx (the default config)
-    OUT/triton/01-features.3/configs/tensorrt.pbtxt    x86-tensorrt bundles: platform tensorrt_plan
+    OUT/triton/01-features.3/configs/tensorrt.pbtxt    TensorRT targets: platform tensorrt_plan
     OUT/triton/01-features.3/1/model.onnx              the tail ONNX (the same graph and tensors)
-    OUT/triton/01-features.3/1/model.weights.bin       its weights (shared layout), as ONNX external data
+    OUT/triton/01-features.3/1/float32-<sha>.bin       the bundle's pack (shared layout), hard-linked
 
-The tail takes the boundary exactly as the head sends it (``boundary``: UINT8, FP16 or FP32) and the
-codec's dequantisation stays inside the ONNX, so the server needs nothing else. Triton, like onnx and
-onnxruntime, refuses external-data locations that leave the model folder (``../``), so a tail of the
-shared layout cannot point into ``OUT/weights/``: its tensors are copied into the version folder
-(only the tail's, not the whole pack: a hard link of the pack would keep the bytes once, but the onnx
-checker refuses external data with several hard links as a possible attack). An inline tail is copied
-byte for byte. The manifest hashes every file of the repository like any other.
+The configs are Triton's ``ModelConfig`` protobuf (``tritonclient.grpc.model_config_pb2``) written
+with ``google.protobuf.text_format``. The tail takes the boundary exactly as the head sends it
+(``boundary``: UINT8, FP16 or FP32) and the codec's dequantisation stays inside the ONNX, so the
+server needs nothing else. Triton, like onnx and onnxruntime, refuses external-data locations that
+leave the model folder (``../``), so a tail of the shared layout cannot point into ``OUT/weights/``:
+each pack it reads is hard-linked into the version folder, so every weight is stored once. Where the
+file system refuses a hard link, the tail's own tensors are copied into ``1/model.weights.bin``
+instead (the manifest's ``weights_stored`` says ``copy``). onnxruntime (and so Triton's onnxruntime
+backend) reads hard-linked external data; the onnx package's loader and checker refuse it as a
+possible hard-link attack, so ``onnx.load`` a bundle file with ``load_external_data=False`` or from a
+copy (``cp -r`` makes one). An inline tail is copied byte for byte. The manifest hashes every file of
+the repository like any other.
 
 ``tritonserver --model-repository OUT/triton`` serves the ONNX variant (onnxruntime backend, CUDA
-when the server has a GPU: instance kind ``KIND_AUTO``). For ``x86-tensorrt`` bundles,
+when the server has a GPU: instance kind ``KIND_AUTO``, the default). For TensorRT targets,
 ``configs/tensorrt.pbtxt`` is the TensorRT variant, selected with ``--model-config-name=tensorrt``
-(Triton's custom model configurations): it loads ``1/model.plan``, the tail engine that the split's
-build plan makes (``splits/NN-*/engines/tail.<precision>.engine``, copied there after the build,
-see ``docs/serving.md``). Everything here is deterministic text, so the bundle stays byte-reproducible.
+(Triton's custom model configurations): it loads ``1/model.plan``, a tail engine that must be built on
+the server's GPU (an engine runs only on the GPU and TensorRT version that built it), see
+``docs/serving.md``. Everything here is deterministic, so the bundle stays byte-reproducible.
 """
 
 from __future__ import annotations
@@ -124,35 +129,25 @@ def config_text(
     comment: str,
     model_file: str | None = None,
 ) -> str:
-    """A ``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``), deterministic."""
+    """A ``config.pbtxt``: Triton's ``ModelConfig`` protobuf in text format, after one comment line."""
+    # lazy: serve and run read model names here and must not need tritonclient's gRPC stubs
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
 
-    def tensor(t: tuple[str, str, list[int]], dims: list[int]) -> list[str]:
-        return [
-            "  {",
-            f'    name: "{t[0]}"',
-            f"    data_type: {t[1]}",
-            f"    dims: [ {', '.join(str(d) for d in dims)} ]",
-            "  }",
-        ]
-
-    in_dims = inp[2][1:] if max_batch else inp[2]
-    out_dims = out[2][1:] if max_batch else out[2]
-    lines = [f"# {comment}", f'name: "{name}"', f'platform: "{platform}"']
+    config = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
     if model_file is not None:
-        lines.append(f'default_model_filename: "{model_file}"')
-    lines += [
-        f"max_batch_size: {max_batch}",
-        "input [",
-        *tensor(inp, in_dims),
-        "]",
-        "output [",
-        *tensor(out, out_dims),
-        "]",
-    ]
+        config.default_model_filename = model_file
+    for spec, tensors in ((inp, config.input), (out, config.output)):
+        tensor = tensors.add()
+        tensor.name = spec[0]
+        tensor.data_type = mc.DataType.Value(spec[1])
+        tensor.dims.extend(spec[2][1:] if max_batch else spec[2])
     if max_batch:
-        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}", "}"]
-    lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
-    return "\n".join(lines) + "\n"
+        config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    group = config.instance_group.add()
+    group.count = 1
+    group.kind = mc.ModelInstanceGroup.Kind.Value(kind)
+    return f"# {comment}\n" + text_format.MessageToString(config)
 
 
 def external_locations(path: Path) -> list[str]:
@@ -186,6 +181,7 @@ def _tensorrt_variant(root: Path, entry: Split, name: str) -> dict[str, Any] | N
     tail = plan.tail
     onnx_path = tail.onnx  # the split folder's ONNX path, resolved (may be ../../x.onnx)
     engine = (PurePosixPath(entry.dir) / tail.engine_rel).as_posix()
+    onnx_rel = onnx_path.relative_to(root.resolve()).as_posix()
     inp = tensor_spec(onnx_path, output=False)
     out = tensor_spec(onnx_path, output=True)
     max_batch = int(tail.max_shape[0]) if inp[2] and inp[2][0] == -1 else 0
@@ -199,8 +195,9 @@ def _tensorrt_variant(root: Path, entry: Split, name: str) -> dict[str, Any] | N
         model_file="model.plan",
         comment=(
             f"TensorRT variant ({plan.precision}) of split {entry.dir}: select it with "
-            f"tritonserver --model-config-name={TENSORRT_CONFIG}; it loads {VERSION}/model.plan, "
-            f"the engine {engine} that the split's build plan makes (copy it there after building)"
+            f"tritonserver --model-config-name={TENSORRT_CONFIG}; it loads {VERSION}/model.plan, a tail "
+            f"engine that must be built on this server's GPU from {onnx_rel} (an engine runs only on "
+            "the GPU and TensorRT version that built it: one built on the device does not load here)"
         ),
     )
     rel = f"{TRITON_DIR}/{name}/configs/{TENSORRT_CONFIG}.pbtxt"
@@ -213,6 +210,46 @@ def _tensorrt_variant(root: Path, entry: Split, name: str) -> dict[str, Any] | N
         "precision": plan.precision,
         "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]},
     }
+
+
+def _write_tail(tail: Path, vdir: Path) -> tuple[list[str], str]:
+    """Write ``vdir/model.onnx`` for the bundle's ``tail``; returns its weight files and how they are stored.
+
+    A tail of the shared layout reads the bundle's packs: each pack it uses is hard-linked into
+    ``vdir`` under its own name (``"hard link"``: the bytes stay on disk once) and ``model.onnx`` is the
+    tail with its locations renamed. Where the file system refuses hard links, the tail's own tensors
+    are copied into ``vdir/model.weights.bin`` (``"copy"``). An inline tail is copied byte for byte
+    (``"inline"``).
+    """
+    packs = external_locations(tail)
+    if not packs:
+        shutil.copyfile(tail, vdir / "model.onnx")
+        return [], "inline"
+    try:
+        for loc in packs:
+            os.link(tail.parent / loc, vdir / PurePosixPath(loc).name)
+    except OSError:
+        for loc in packs:
+            (vdir / PurePosixPath(loc).name).unlink(missing_ok=True)
+    else:
+        model_proto = onnx.load(str(tail), load_external_data=False)
+        for tensor in model_proto.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = PurePosixPath(entry.value).name
+        (vdir / "model.onnx").write_bytes(model_proto.SerializeToString(deterministic=True))
+        return [PurePosixPath(loc).name for loc in packs], "hard link"
+    model_proto = onnx.load(str(tail))  # reads its tensors from the packs
+    onnx.save_model(
+        model_proto,
+        str(vdir / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=WEIGHTS_FILE,
+        size_threshold=MIN_EXTERNAL_BYTES,
+    )
+    _follow_umask(vdir / WEIGHTS_FILE)  # onnx creates it 0600
+    return [WEIGHTS_FILE], "copy"
 
 
 def write_repository(root: Path, splits: Sequence[Split], *, model: str) -> dict[str, Any]:
@@ -233,21 +270,8 @@ def write_repository(root: Path, splits: Sequence[Split], *, model: str) -> dict
         max_batch, _ = _batched(inp[2])
         vdir = root / TRITON_DIR / name / VERSION
         vdir.mkdir(parents=True)
-        linked = []
-        if external_locations(tail):  # shared packs: this tail's tensors only, in the version folder
-            model_proto = onnx.load(str(tail))  # reads its tensors from the packs
-            onnx.save_model(
-                model_proto,
-                str(vdir / "model.onnx"),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=WEIGHTS_FILE,
-                size_threshold=MIN_EXTERNAL_BYTES,
-            )
-            _follow_umask(vdir / WEIGHTS_FILE)  # onnx creates it 0600
-            linked.append(f"{TRITON_DIR}/{name}/{VERSION}/{WEIGHTS_FILE}")
-        else:  # a self-contained tail (inline layout): byte for byte
-            shutil.copyfile(tail, vdir / "model.onnx")
+        weights, stored = _write_tail(tail, vdir)
+        linked = [(vdir / w).relative_to(root).as_posix() for w in weights]
         text = config_text(
             name,
             "onnxruntime_onnx",
@@ -265,6 +289,7 @@ def write_repository(root: Path, splits: Sequence[Split], *, model: str) -> dict
             "config": f"{TRITON_DIR}/{name}/config.pbtxt",
             "model": f"{TRITON_DIR}/{name}/{VERSION}/model.onnx",
             "weights": linked,
+            "weights_stored": stored,
             "max_batch_size": max_batch,
             "input": {"name": inp[0], "data_type": inp[1], "dims": inp[2]},
             "output": {"name": out[0], "data_type": out[1], "dims": out[2]},

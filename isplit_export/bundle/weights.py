@@ -35,6 +35,7 @@ all locations are relative.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,39 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                     yield from _tensors(g)
 
 
+_RAW_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.BOOL,
+    }
+)
+"""Element types whose ``raw_data`` are already the pack's bytes (numpy's little-endian layout)."""
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> tuple[str, bytes] | None:
+    """``(numpy dtype name, little-endian bytes)`` of a tensor to move into a pack; None to keep it inline.
+
+    ``raw_data`` of the plain numeric types is used as it is (ONNX stores it little-endian), without a
+    numpy copy; any other tensor goes through ``numpy_helper.to_array``.
+    """
+    if tensor.data_type in _RAW_TYPES and tensor.HasField("raw_data"):
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        if math.prod(tensor.dims) * dtype.itemsize < MIN_EXTERNAL_BYTES:
+            return None
+        return dtype.name, tensor.raw_data
+    array = numpy_helper.to_array(tensor)
+    if array.nbytes < MIN_EXTERNAL_BYTES or array.dtype.hasobject:
+        return None
+    return array.dtype.name, array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
 def _externalize(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     """Turn ``tensor`` into an external-data reference (its bytes now live in ``location``)."""
     for name in (
@@ -157,16 +191,14 @@ def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any]
             for tensor in _tensors(model.graph):
                 if tensor.data_location == onnx.TensorProto.EXTERNAL:
                     raise TechnicalError(f"{rel}: initializer {tensor.name} already uses external data")
-                array = numpy_helper.to_array(tensor)
-                if array.nbytes < MIN_EXTERNAL_BYTES or array.dtype.hasobject:
+                found = _tensor_bytes(tensor)
+                if found is None:
                     continue
-                dtype = array.dtype.name
+                dtype, data = found
                 if dtype not in packs:
                     path = wdir / f".{dtype}.partial"
                     packs[dtype] = _Pack(dtype, path, open(path, "wb"))  # noqa: SIM115  # closed below
-                offset, length = packs[dtype].add(
-                    array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-                )
+                offset, length = packs[dtype].add(data)
                 _externalize(tensor, dtype, offset, length)  # location fixed below, once the pack is named
             models[rel] = model
     finally:

@@ -57,6 +57,7 @@ from isplit_export.contract.engine_plan import (
     read_engine_recipe,
     write_output,
 )
+from isplit_export.contract.grid_export import GridExport, PairFigures
 from isplit_export.contract.jsonio import (
     check_sha256_text,
     json_depth,
@@ -85,6 +86,7 @@ from isplit_export.contract.manifest import (
     read_manifest,
     select_splits,
     split_file,
+    unwritten_manifest,
     validate_manifest,
 )
 from isplit_export.contract.npz import (
@@ -96,8 +98,19 @@ from isplit_export.contract.npz import (
     load_npz_bounded,
 )
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel, join_rel
-from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, VerifyLatency, WeightsInfo
+from isplit_export.contract.provenance import (
+    InputInfo,
+    Latency,
+    ModelInfo,
+    Provenance,
+    RankingInfo,
+    RecordedOptions,
+    TargetInfo,
+    VerifyLatency,
+    WeightsInfo,
+)
 from isplit_export.contract.ranking import (
+    Bootstrap,
     Candidate,
     ComputeFigures,
     CostBlock,
@@ -113,6 +126,7 @@ from isplit_export.contract.results import (
     read_runs,
     read_verify_latencies,
 )
+from isplit_export.contract.run_summary import FailedRequest, RunSummary, Stats, kept_runs
 from isplit_export.contract.schema import (
     ENGINE_PLAN_FILE,
     ENGINE_PLAN_SCHEMA,
@@ -169,6 +183,7 @@ __all__ = [
     "TOP_LEVEL_OUTPUTS",
     "TRITON_ENGINE_FILE",
     "VERIFY_FILE",
+    "Bootstrap",
     "Boundary",
     "CalibrationSet",
     "Candidate",
@@ -183,19 +198,28 @@ __all__ = [
     "EnginePlan",
     "EngineRecipe",
     "ExportVerdict",
+    "FailedRequest",
     "FileEntry",
     "Golden",
+    "GridExport",
+    "InputInfo",
     "Latency",
     "LinkFigures",
     "Machine",
     "Manifest",
     "ModelInfo",
+    "PairFigures",
+    "Provenance",
     "RankingFile",
+    "RankingInfo",
     "RecipeEngine",
     "RecordedOptions",
     "RunRecord",
+    "RunSummary",
     "ServedCheck",
     "Split",
+    "Stats",
+    "TargetInfo",
     "Task",
     "Verification",
     "VerifyLatency",
@@ -218,6 +242,7 @@ __all__ = [
     "is_tool_bundle",
     "join_rel",
     "json_depth",
+    "kept_runs",
     "load_calibration",
     "load_engine_plan",
     "load_golden",
@@ -240,6 +265,7 @@ __all__ = [
     "select_splits",
     "split_file",
     "unlisted_entries",
+    "unwritten_manifest",
     "validate_manifest",
     "write_output",
 ]

@@ -2,10 +2,12 @@
 
 Each typed value (:class:`Split`, :class:`Boundary`, :class:`Verification`, :class:`Check`,
 :class:`Task`, :class:`FileEntry`, :class:`CuiOrder`, :class:`EnginePart`; ``ranking.json``'s
-:class:`RankingFile`, :class:`Candidate`, :class:`CutCost`, :class:`CostBlock`, :class:`LinkFigures`,
+:class:`RankingFile`, :class:`Candidate`, :class:`Bootstrap`, :class:`CutCost`, :class:`CostBlock`, :class:`LinkFigures`,
 :class:`ComputeFigures`; ``engine_plan.json``'s :class:`EngineRecipe`, :class:`RecipeEngine`,
 :class:`DlaCheck`, :class:`DlaFallback`; the manifest's :class:`RecordedOptions`, :class:`ModelInfo`,
-:class:`WeightsInfo`, :class:`Latency`; ``verify.json``'s :class:`VerifyLatency`; ``run.json``'s
+:class:`Provenance`, :class:`TargetInfo`, :class:`InputInfo`, :class:`RankingInfo`, :class:`WeightsInfo`,
+:class:`Latency`, the chosen (cut, budget)'s :class:`GridExport` and :class:`PairFigures`; ``verify.json``'s
+:class:`VerifyLatency`; ``run.json``'s
 :class:`ServedCheck`) becomes one ``$defs`` entry:
 its fields, their JSON types (``X | None`` is ``[X, "null"]``) and where each one lives in the JSON
 (a field's ``metadata["json"]``, a dotted path, when the key differs from the field name). The fields
@@ -25,9 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from isplit_export.contract.engine_plan import DlaCheck, DlaFallback, EnginePart, EngineRecipe, RecipeEngine
+from isplit_export.contract.grid_export import GridExport, PairFigures
 from isplit_export.contract.manifest import CuiOrder, FileEntry
-from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, VerifyLatency, WeightsInfo
+from isplit_export.contract.provenance import (
+    InputInfo,
+    Latency,
+    ModelInfo,
+    Provenance,
+    RankingInfo,
+    RecordedOptions,
+    TargetInfo,
+    VerifyLatency,
+    WeightsInfo,
+)
 from isplit_export.contract.ranking import (
+    Bootstrap,
     Candidate,
     ComputeFigures,
     CostBlock,
@@ -49,6 +63,7 @@ MODEL: tuple[type, ...] = (
     EnginePart,
     RankingFile,
     Candidate,
+    Bootstrap,
     CutCost,
     CostBlock,
     LinkFigures,
@@ -59,10 +74,16 @@ MODEL: tuple[type, ...] = (
     DlaFallback,
     RecordedOptions,
     ModelInfo,
+    Provenance,
+    TargetInfo,
+    InputInfo,
+    RankingInfo,
     WeightsInfo,
     Latency,
     VerifyLatency,
     ServedCheck,
+    GridExport,
+    PairFigures,
 )
 """The typed bundle model, in the order docs/bundle.md lists it."""
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "string"}

@@ -6,11 +6,12 @@ import hashlib
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from isplit_export.contract.grid_export import GridExport, grid_export_of
 from isplit_export.contract.jsonio import (
     _bad,
     _read_bytes,
@@ -26,7 +27,7 @@ from isplit_export.contract.jsonio import (
 from isplit_export.contract.layout import check_layout
 from isplit_export.contract.machine import Machine
 from isplit_export.contract.paths import bundle_path, bundle_root, check_rel
-from isplit_export.contract.provenance import Latency, ModelInfo, RecordedOptions, WeightsInfo
+from isplit_export.contract.provenance import Latency, ModelInfo, Provenance, RecordedOptions, WeightsInfo
 from isplit_export.contract.schema import (
     _TENSOR_NAME,
     MANIFEST_FILE,
@@ -61,6 +62,10 @@ class CuiOrder:
     full_model_accuracy: float | None
     cui_vs_task_spearman: float | None
     cui_order_held: bool | None
+    too_few_splits: bool
+    """(``--bottleneck``) too few splits were exported to conclude anything about the CUI order."""
+    recorded: bool = field(metadata={"json": None})
+    """Whether the manifest records ``passed`` (a hand-made one may not: then ``passed`` is true)."""
 
     @classmethod
     def from_json(cls, v: Mapping[str, Any], src: str = MANIFEST_FILE) -> CuiOrder:
@@ -84,9 +89,10 @@ class CuiOrder:
             optional=True,
         )
         note = req_str(v, "note", src, "verification.note", optional=True) or ""
-        return cls(
-            passed=passed, note=note, full_model_accuracy=acc, cui_vs_task_spearman=rho, cui_order_held=held
-        )
+        few = v.get("too_few_splits", False)
+        if not isinstance(few, bool):
+            raise _bad(src, "verification.too_few_splits", "true or false", few)
+        return cls(passed, note, acc, rho, held, few, "passed" in v)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,11 @@ class Manifest:
         return CuiOrder.from_json(opt_dict(self.data, "verification", MANIFEST_FILE))
 
     @cached_property
+    def grid_choice(self) -> GridExport | None:
+        """The (cut, budget) chosen on the probe's grid, predicted and measured (``grid_choice``); None without."""
+        return grid_export_of(self.data)
+
+    @cached_property
     def options(self) -> RecordedOptions:
         """The export's options as recorded (``options``)."""
         return RecordedOptions.from_json(opt_dict(self.data, "options", MANIFEST_FILE))
@@ -125,6 +136,11 @@ class Manifest:
     def model(self) -> ModelInfo:
         """The exported model's name and weights source (``model``)."""
         return ModelInfo.from_json(opt_dict(self.data, "model", MANIFEST_FILE))
+
+    @cached_property
+    def provenance(self) -> Provenance:
+        """The tool, target, input, opset, ranking and calibration blocks (report.md's header)."""
+        return Provenance.from_json(self.data)
 
     @cached_property
     def weights(self) -> WeightsInfo:
@@ -263,6 +279,7 @@ def validate_manifest(m: Any, src: str = MANIFEST_FILE) -> dict[str, Any]:
         Split.from_json(s, i, src)
     export_verdicts(m, src)  # the export's gates and machine, typed and bounded (contract/verdict.py)
     export_machine(m, src)
+    grid_export_of(m)  # the (cut, budget) chosen on the grid, when there is one
     req_str(m, "boundary_encoding", src, optional=True)
     ranking = opt_dict(m, "ranking", src)
     req_str(ranking, "file", src, "ranking.file", optional=True)
@@ -312,6 +329,12 @@ def read_manifest(bundle: Path | str) -> Manifest:
     raw = _read_bytes(path, str(path), MAX_JSON_BYTES)
     data = validate_manifest(parse_json(raw, str(path)), str(path))
     return Manifest(root, data, hashlib.sha256(raw).hexdigest())
+
+
+def unwritten_manifest(data: Mapping[str, Any]) -> Manifest:
+    """A manifest the export has built but not yet written (report.md is rendered from it first):
+    validated like a read one; it has no bundle folder and no bytes, so no hash."""
+    return Manifest(Path(), validate_manifest(dict(data)), sha256="")
 
 
 def load_manifest(bundle: Path | str) -> dict[str, Any]:

@@ -207,6 +207,16 @@ class Candidate:
     cost: CutCost | None
     probe_value: float | None = field(metadata={"json": "probe.value"})
     """The training-free probe's score at this cut (``rank --bottleneck``); None when not probed."""
+    layout: str | None
+    """The boundary tensor's layout (``nchw``, ``nc``...)."""
+    boundary_bytes: int | None
+    """fp32 bytes of the boundary tensor of one image."""
+    cui_ci: tuple[float | None, float | None] | None
+    """(bootstrap) the CUI's 95 % interval."""
+    rank_stability: float | None
+    """(bootstrap) how often the candidate keeps its rank over the replicates."""
+    ties: tuple[int, ...]
+    """(bootstrap) the cut indices of the candidates it cannot be told apart from."""
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -242,6 +252,13 @@ class Candidate:
             probe_value=req_number(
                 probe, "value", src, f"{f}.probe.value", lo=-MAX_FLOPS, hi=MAX_FLOPS, optional=True
             ),
+            layout=req_str(c, "layout", src, f"{f}.layout", optional=True),
+            boundary_bytes=req_int(
+                c, "boundary_bytes", src, f"{f}.boundary_bytes", hi=MAX_ELEMENTS * 8, optional=True
+            ),
+            cui_ci=_interval(c.get("cui_ci"), src, f"{f}.cui_ci"),
+            rank_stability=req_number(c, "rank_stability", src, f"{f}.rank_stability", hi=1.0, optional=True),
+            ties=_indices(c.get("ties", []), src, f"{f}.ties"),
             raw=_frozen(c),
         )
 
@@ -257,6 +274,35 @@ class Candidate:
         }
 
 
+def _interval(v: Any, src: str, f: str) -> tuple[float | None, float | None] | None:
+    if v is None:
+        return None
+    if (
+        not isinstance(v, list)
+        or len(v) != 2
+        or any(isinstance(x, bool) or not isinstance(x, (int, float, type(None))) for x in v)
+    ):
+        raise _bad(src, f, "two numbers (or nulls)", v)
+    return (None if v[0] is None else float(v[0]), None if v[1] is None else float(v[1]))
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How the ranking's intervals were computed (``ranking.json``'s ``bootstrap`` block)."""
+
+    replicates: int | None
+    flip_threshold: float | None
+    """A pair of candidates is a tie when its order flips in more than this fraction of replicates."""
+
+    @classmethod
+    def from_json(cls, b: Mapping[str, Any], src: str, f: str = "bootstrap") -> Bootstrap:
+        """Validate the block's figures the report quotes."""
+        return cls(
+            replicates=req_int(b, "replicates", src, f"{f}.replicates", optional=True),
+            flip_threshold=req_number(b, "flip_threshold", src, f"{f}.flip_threshold", hi=1.0, optional=True),
+        )
+
+
 def _int_flops(v: float | None) -> int | None:
     return None if v is None else int(v)
 
@@ -267,6 +313,7 @@ class RankingFile:
 
     schema: str | None
     model: str | None
+    weights: str | None
     top: int | None
     total_flops: int | None
     """FLOPs of the whole model at batch 1 (``isplit.ranking/2``; None in ``/1``)."""
@@ -274,6 +321,12 @@ class RankingFile:
     """Bytes of the fp32 input tensor of one image."""
     candidates: tuple[Candidate, ...]
     cost: CostBlock | None
+    images: int | None
+    classes: tuple[int, ...] | None
+    """The class subset the importance was computed over; None for all classes."""
+    score: str | None
+    """The Grad-CAM target (``top``, ``label``)."""
+    bootstrap: Bootstrap | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -299,14 +352,21 @@ class RankingFile:
                 )
             seen.add(c.index)
         cost = r.get("cost")
+        boot = opt_dict(r, "bootstrap", src)
+        classes = r.get("classes")
         return cls(
             schema=schema,
             model=req_str(r, "model", src, optional=True),
+            weights=req_str(r, "weights", src, optional=True),
             top=req_int(r, "top", src, lo=1, optional=True),
             total_flops=total,
             input_bytes=req_int(r, "input_bytes", src, lo=4, hi=MAX_ELEMENTS * 4, optional=True),
             candidates=typed,
             cost=None if cost is None else CostBlock.from_json(cost, src),
+            images=req_int(r, "images", src, optional=True),
+            classes=None if classes is None else _indices(classes, src, "classes"),
+            score=req_str(r, "score", src, optional=True),
+            bootstrap=Bootstrap.from_json(boot, src) if boot else None,
             raw=_frozen(r),
         )
 

@@ -27,6 +27,8 @@ class GridPoint:
     code_bytes: int
     value: float
     ci95: tuple[float, float]
+    images: int | None = None
+    """The held-out images the score was measured on (None where not written)."""
 
     @property
     def label(self) -> str:
@@ -132,4 +134,5 @@ def _point(p: Any, cut: int, node: str, rank: int | None, head_flops: int) -> Gr
         req_int(p, "code_bytes", SOURCE, f"{where}.code_bytes", lo=1) or 1,
         req_number(p, "value", SOURCE, f"{where}.value", lo=0.0, hi=1.0) or 0.0,
         (float(ci[0]), float(ci[1])),
+        req_int(p, "images", SOURCE, f"{where}.images", lo=1, optional=True),
     )

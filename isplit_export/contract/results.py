@@ -123,6 +123,10 @@ class ServedCheck:
             out["metrics"] = {k: rounded(v, RUN_DIGITS, finite=True) for k, v in self.metrics.items()}
         return out | {"passed": self.passed, "failures": list(self.failures)}
 
+    def metric(self, name: str) -> float | None:
+        """The metric ``name`` (``max_abs_rel``, ...); None when nothing was compared."""
+        return None if self.metrics is None else self.metrics.get(name)
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any], src: str, f: str) -> ServedCheck:
         """Validate a served check: ``passed`` a boolean, bounded failure lines, metrics numbers or null."""

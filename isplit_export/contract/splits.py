@@ -1,6 +1,6 @@
 """The manifest's split entries as typed values: :class:`Split`, its :class:`Boundary`, its pair :class:`Check`\\ s.
 
-The writer (``bundle/build.py``) builds a :class:`Split` per exported cut and serialises it with
+The writer (``jobs/export.py``) builds a :class:`Split` per exported cut and serialises it with
 :meth:`Split.to_json`; every reader receives the :class:`Split` that :meth:`Split.from_json` validated
 (hostile input: types, ranges, bounded sizes, contained paths), so no module outside ``contract/``
 subscripts the manifest's JSON. Each value keeps the JSON block it was read from (``raw``) and writes
@@ -42,6 +42,19 @@ def _lines(v: Any, src: str, f: str) -> tuple[str, ...]:
         if not isinstance(line, str) or len(line) > MAX_REASON:
             raise _bad(src, f"{f}[{i}]", f"a string of at most {MAX_REASON} characters", line)
     return tuple(v)
+
+
+def ci95(ci: Any, src: str, f: str) -> tuple[float, float] | None:
+    """A 95 % interval ``[lo, hi]`` of two numbers, or None when not recorded."""
+    if ci is None:
+        return None
+    if (
+        not isinstance(ci, list)
+        or len(ci) != 2
+        or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in ci)
+    ):
+        raise _bad(src, f, "two numbers", ci)
+    return (float(ci[0]), float(ci[1]))
 
 
 @dataclass(frozen=True)
@@ -103,29 +116,32 @@ class Task:
     value: float | None
     ci95: tuple[float, float] | None
     images: int | None
+    full_model: float | None
+    """The full model's value of the same metric on the same images."""
+    drop: float | None
+    """``full_model - value``."""
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
     def from_json(cls, t: Mapping[str, Any], src: str, f: str) -> Task:
         """Validate a ``task`` block."""
-        ci = t.get("ci95")
-        if ci is not None and (
-            not isinstance(ci, list)
-            or len(ci) != 2
-            or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in ci)
-        ):
-            raise _bad(src, f"{f}.ci95", "two numbers", ci)
         return cls(
             metric=req_str(t, "metric", src, f"{f}.metric", optional=True),
             value=req_number(t, "value", src, f"{f}.value", hi=1.0, optional=True),
-            ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+            ci95=ci95(t.get("ci95"), src, f"{f}.ci95"),
             images=req_int(t, "images", src, f"{f}.images", optional=True),
+            full_model=req_number(t, "full_model", src, f"{f}.full_model", hi=1.0, optional=True),
+            drop=req_number(t, "drop", src, f"{f}.drop", lo=-1.0, hi=1.0, optional=True),
             raw=_frozen(t),
         )
 
     def to_json(self) -> dict[str, Any]:
         """The block as written."""
         return dict(self.raw)
+
+
+def _limit(gate: Mapping[str, Any], key: str, src: str, f: str) -> float | None:
+    return req_number(gate, key, src, f"{f}.gate.{key}", lo=-1.0, hi=1e30, optional=True)
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,12 @@ class Check:
     failures: tuple[str, ...] = field(metadata={"json": "gate.failures"})
     metrics: Mapping[str, float | None]
     task: Task
+    min_top1_agreement: float | None = field(metadata={"json": "gate.min_top1_agreement"})
+    """The gate's limits (None: not gated on that metric)."""
+    max_abs_rel: float | None = field(metadata={"json": "gate.max_abs_rel"})
+    min_cosine: float | None = field(metadata={"json": "gate.min_cosine"})
+    reference: str | None
+    """What the gate compared against when not the full model (``fp32 pair with its bottleneck``...)."""
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -168,6 +190,10 @@ class Check:
             failures=_lines(gate.get("failures", []), src, f"{f}.gate.failures"),
             metrics=_frozen(metrics),
             task=Task.from_json(opt_dict(c, "task", src, f"{f}.task"), src, f"{f}.task"),
+            min_top1_agreement=_limit(gate, "min_top1_agreement", src, f),
+            max_abs_rel=_limit(gate, "max_abs_rel", src, f),
+            min_cosine=_limit(gate, "min_cosine", src, f),
+            reference=req_str(c, "reference", src, f"{f}.reference", optional=True),
             raw=_frozen(c),
         )
 
@@ -228,6 +254,13 @@ class Split:
     verification: Verification | None
     holdout: float | None = field(metadata={"json": "bottleneck.holdout"})
     """(``--bottleneck``) the fraction of the images held out from the bottleneck's training."""
+    cui_rank: int | None
+    """Its rank among the CUI's local maxima (``rank`` when not recorded: splits are exported in CUI order)."""
+    log10_cui: float | None
+    head_flops_share: float | None
+    probe_value: float | None = field(metadata={"json": "bottleneck.probe.value"})
+    """(``--bottleneck``) the training-free probe's task value at this cut, on the held-out images."""
+    probe_ci95: tuple[float, float] | None = field(metadata={"json": "bottleneck.probe.ci95"})
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -251,6 +284,7 @@ class Split:
             )
         v = s.get("verification")
         bn = opt_dict(s, "bottleneck", src, f"{f}.bottleneck")
+        probe = opt_dict(bn, "probe", src, f"{f}.bottleneck.probe")
         return cls(
             dir=rel,
             rank=rank,
@@ -262,6 +296,15 @@ class Split:
             files=_frozen(files),
             verification=None if v is None else Verification.from_json(v, src, f"{f}.verification"),
             holdout=req_number(bn, "holdout", src, f"{f}.bottleneck.holdout", hi=1.0, optional=True),
+            cui_rank=req_int(s, "cui_rank", src, f"{f}.cui_rank", lo=1, optional=True) or rank,
+            log10_cui=req_number(s, "log10_cui", src, f"{f}.log10_cui", lo=-1e6, hi=1e6, optional=True),
+            head_flops_share=req_number(
+                s, "head_flops_share", src, f"{f}.head_flops_share", hi=1.0, optional=True
+            ),
+            probe_value=req_number(
+                probe, "value", src, f"{f}.bottleneck.probe.value", lo=-1.0, hi=1.0, optional=True
+            ),
+            probe_ci95=ci95(probe.get("ci95"), src, f"{f}.bottleneck.probe.ci95"),
             raw=_frozen(s),
         )
 

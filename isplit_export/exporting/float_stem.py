@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from isplit_export.errors import BadInputError
-from isplit_export.exporting.onnx_graph import attr, graph_inputs, probe_model
+from isplit_export.exporting.onnx_graph import attr, graph_inputs, probe_model, skeleton
 from isplit_export.exporting.onnx_utils import make_session, run_session
 from isplit_export.exporting.qdq_graph import SPATIAL_OP_TYPES, WEIGHTED_OP_TYPES
 
@@ -74,7 +74,7 @@ def node_positions(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> 
     """Per named node, the resolution it works at: for a convolution its input size without padding (see
     :func:`weighted_nodes`); for any other node the largest spatial size (the product of the axes after
     batch and channels) of its non-constant inputs and outputs, from ONNX shape inference; 0 when unknown."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model))  # shapes only: no weights copied
     sizes: dict[str, int] = {}
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         dims = vi.type.tensor_type.shape.dim

@@ -9,6 +9,7 @@ protobuf field updates each, which it would not make shorter, and it is not in t
 
 from __future__ import annotations
 
+import math
 from collections.abc import MutableSequence, Sequence
 from typing import Any
 
@@ -35,6 +36,43 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+SKELETON_BYTES = 1024
+""":func:`skeleton` leaves out the data of initializers of at least this many bytes."""
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` for ONNX shape inference: the same graph, its large initializers without data.
+
+    Each initializer of at least :data:`SKELETON_BYTES` keeps its name, type and dims but no bytes
+    (marked as external data, never read), so shape inference copies a graph of a few kB instead of
+    every weight; small tensors (shapes, axes, scales) keep their values, which it may read.
+    """
+    g = model.graph
+    graph = onnx.helper.make_graph(
+        g.node,
+        g.name,
+        g.input,
+        g.output,
+        initializer=[_without_data(t) for t in g.initializer],
+        value_info=g.value_info,
+    )
+    return onnx.helper.make_model(
+        graph, ir_version=model.ir_version, opset_imports=model.opset_import, functions=model.functions
+    )
+
+
+def _without_data(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type == onnx.TensorProto.STRING:
+        return tensor
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    if math.prod(tensor.dims) * itemsize < SKELETON_BYTES:
+        return tensor
+    light = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    light.data_location = onnx.TensorProto.EXTERNAL
+    light.external_data.add(key="location", value="skeleton")
+    return light
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[str]:

@@ -39,10 +39,25 @@ EXACT_INT8 = True
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Canonicalize, check with the ONNX checker (full check, shape inference on) and write."""
-    model = canonicalize(model)
-    onnx.checker.check_model(model, full_check=True)
-    path.write_bytes(model.SerializeToString(deterministic=True))
+    """Canonicalize, write and check the file with the ONNX checker (full check, shape inference on).
+
+    The model is serialised once and its bytes are freed before the checker reads the file, so a
+    large model is held twice at most, not three times; a file the checker refuses is removed.
+    """
+    data = canonicalize(model).SerializeToString(deterministic=True)
+    path.write_bytes(data)
+    del data
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except onnx.checker.ValidationError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def write_model(model: onnx.ModelProto, path: Path) -> None:
+    """Canonicalize and write without the checker: for a private intermediate file that a later step reads,
+    whose results are checked by :func:`save_model` (the INT8 build's inputs)."""
+    path.write_bytes(canonicalize(model).SerializeToString(deterministic=True))
 
 
 def make_session(

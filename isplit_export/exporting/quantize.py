@@ -14,6 +14,7 @@ directory; the result is canonicalized and written once).
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,8 +33,8 @@ from isplit_export.exporting.encoding import (
     strip_tail_decoding,
 )
 from isplit_export.exporting.float_stem import nodes_kept_float, stem_share
-from isplit_export.exporting.onnx_graph import graph_inputs
-from isplit_export.exporting.onnx_utils import make_session, run_session, save_model
+from isplit_export.exporting.onnx_graph import canonicalize, graph_inputs, skeleton
+from isplit_export.exporting.onnx_utils import make_session, run_session, save_model, write_model
 from isplit_export.exporting.qdq_graph import WEIGHTED_OP_TYPES, float_inputs, separate_quant_params, tidy
 
 __all__ = [
@@ -105,6 +106,32 @@ def quantize_qdq(
     of their int8 rounding (:mod:`~isplit_export.exporting.bias_correction`). Returns the names of the
     nodes kept float, sorted.
     """
+    model, excluded = _quantized(
+        Path(model_path),
+        calibration,
+        per_channel=per_channel,
+        op_types=op_types,
+        float_outputs=float_outputs,
+        keep_float=keep_float,
+        keep_float_above=keep_float_above,
+        bias_correction=bias_correction,
+    )
+    _save_checked(model, Path(out_path))
+    return excluded
+
+
+def _quantized(
+    model_path: Path,
+    calibration: Mapping[str, np.ndarray],
+    *,
+    per_channel: bool,
+    op_types: Sequence[str],
+    float_outputs: Sequence[str],
+    keep_float: Sequence[str],
+    keep_float_above: int | None,
+    bias_correction: bool,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """:func:`quantize_qdq`'s model, not written yet, and the names of the nodes kept float."""
     try:
         from onnxruntime.quantization import (
             CalibrationDataReader,
@@ -117,8 +144,7 @@ def quantize_qdq(
     except ImportError as exc:  # pragma: no cover - onnxruntime always ships it
         raise TechnicalError(f"onnxruntime.quantization is not available: {exc}") from exc
 
-    model_path, out_path = Path(model_path), Path(out_path)
-    original = _load(model_path)
+    original = skeleton(_load(model_path))  # its interface and opset are used: no weights kept
     feeds = _check_calibration(original, calibration)
     count = len(next(iter(feeds.values())))
     if keep_float_above is not None and keep_float_above < 0:
@@ -185,13 +211,10 @@ def quantize_qdq(
     float_inputs(model, excluded)
     if bias_correction:
         correct_biases(model, reference, feeds)
+    del reference  # the float model: not held while the result is checked and written
     separate_quant_params(model)
     tidy(model, original)
-    try:
-        save_model(model, out_path)
-    except onnx.checker.ValidationError as exc:
-        raise TechnicalError(f"the quantized model {out_path.name} fails the ONNX checker: {exc}") from exc
-    return excluded
+    return model, excluded
 
 
 def build_int8_pair(
@@ -240,32 +263,36 @@ def build_int8_pair(
     with tempfile.TemporaryDirectory(prefix="isplit-int8-") as tmp:
         work = Path(tmp)
         head_src, tail_src = work / "head.onnx", work / "tail.onnx"
-        head_q, tail_q = work / "head.qdq.onnx", work / "tail.qdq.onnx"
-        save_model(head, head_src)
-        save_model(tail, tail_src)
-        quantize_qdq(
-            head_src,
-            head_q,
-            {head_inputs[0]: calib_inputs},
+        write_model(head, head_src)  # private inputs: the quantized results are checked
+        write_model(tail, tail_src)
+        del head, tail  # quantized from the files: no copy held meanwhile
+        quantize = functools.partial(
+            _quantized,
+            per_channel=True,
+            op_types=QUANTIZED_OP_TYPES,
+            float_outputs=FLOAT_OUTPUT_OP_TYPES,
+            keep_float=(),
             keep_float_above=keep_above,
             bias_correction=bias_correction,
-        )
-        session = make_session(head_q)
+        )  # quantize_qdq's defaults, the result kept in memory (checked once, when written encoded)
+        head_q, _ = quantize(head_src, {head_inputs[0]: calib_inputs})
+        session = make_session(canonicalize(head_q).SerializeToString(deterministic=True))
         boundary = np.concatenate(
             [run_session(session, {head_inputs[0]: x[i : i + 1]})[0] for i in range(len(x))], axis=0
         ).astype(np.float32, copy=False)
-        quantize_qdq(
-            tail_src,
-            tail_q,
-            {tail_inputs[0]: boundary},
-            keep_float_above=keep_above,
-            bias_correction=bias_correction,
-        )
-        head_model = encode_head(onnx.load(str(head_q)), enc)
-        tail_model = decode_tail(onnx.load(str(tail_q)), enc)
-    save_model(head_model, Path(out_head))
-    save_model(tail_model, Path(out_tail))
+        del session
+        tail_q, _ = quantize(tail_src, {tail_inputs[0]: boundary})
+    _save_checked(encode_head(head_q, enc), Path(out_head))
+    _save_checked(decode_tail(tail_q, enc), Path(out_tail))
     return boundary
+
+
+def _save_checked(model: onnx.ModelProto, path: Path) -> None:
+    """:func:`save_model`, its checker's refusal reported as a technical failure of the quantization."""
+    try:
+        save_model(model, path)
+    except onnx.checker.ValidationError as exc:
+        raise TechnicalError(f"the quantized model {path.name} fails the ONNX checker: {exc}") from exc
 
 
 def _load(path: Path) -> onnx.ModelProto:

@@ -29,12 +29,18 @@ constraints, and with the latencies measured so far in place of the estimates:
   effective rate bytes / link time with RTT 0), range-checked as ``--link`` is.
   Each figure is flagged ``measured`` with its source.
 
+A bundle exported from a (cut, budget) chosen on the probe's grid (``--budgets``, its manifest's
+``grid_choice``) is re-chosen by :func:`plan_pair`: the same choice (:func:`~isplit_export.bundle.grid_choice.choose_pair`)
+on the bundle's ``ranking.json`` grid for another link, server or target, which says whether the pair it
+picks there is the exported one (printed only; estimates: the grid's scores and the cost model).
+
 It writes ``plan.json`` into the bundle (an output, like ``verify.json``: not listed in the manifest,
 not hashed) unless ``write=False``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,8 @@ from typing import Any
 from isplit_export import contract
 from isplit_export.bundle.cost_block import build_cost
 from isplit_export.bundle.cost_table import format_cost_table
+from isplit_export.bundle.grid_choice import GridChoice, choose_pair
+from isplit_export.bundle.grid_export import replan_lines
 from isplit_export.bundle.plan_measurements import (
     MEASURED_LINK,
     local_runs_note,
@@ -51,11 +59,14 @@ from isplit_export.bundle.plan_measurements import (
 )
 from isplit_export.bundle.selection import Selection
 from isplit_export.bundle.split_verdict import split_verdict
+from isplit_export.contract.grid_export import GridExport
+from isplit_export.contract.rate_accuracy import grid_of
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import element_bytes
 from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.links import parse_link
 from isplit_export.options import OBJECTIVES, Constraints
+from isplit_export.options_grid import PairChoice
 from isplit_export.targets.cost import compute_for
 from isplit_export.targets.profiles import load_target, validate_profile
 
@@ -146,6 +157,8 @@ def plan(
         raise BadInputError(f"manifest.json options.objective {objective!r} is unknown: pass --objective")
     if constraints is None:
         constraints = Constraints(**recorded.constraints)
+        if m.grid_choice is not None:  # its --max-latency-ms chose the (cut, budget): no bound on the cut
+            constraints = dataclasses.replace(constraints, max_latency_ms=None)
     if server_profile is None:
         server_profile = load_target(recorded.server or "x86-tensorrt")
     device, srv = compute_for(device_profile, head=True), compute_for(server_profile, head=False)
@@ -196,3 +209,69 @@ def write_plan(result: PlanResult, report: Path | None = None) -> Path:
         ) from e
     result.written = path
     return path
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The (cut, budget) choice re-run on a bundle's grid, and the pair the bundle exported (None: none)."""
+
+    bundle: Path
+    choice: GridChoice
+    exported: GridExport | None
+
+    @property
+    def same(self) -> bool | None:
+        """Whether the re-run choice picks the exported pair (None without a choice or an exported pair)."""
+        if self.choice.chosen is None or self.exported is None:
+            return None
+        p = self.choice.chosen.point
+        return (p.cut, p.budget) == (self.exported.cut, self.exported.budget)
+
+    def lines(self) -> list[str]:
+        return replan_lines(self.choice, self.exported)
+
+
+def plan_pair(
+    bundle: Path | str,
+    *,
+    link: str | None = None,
+    max_latency_ms: float | None = None,
+    min_accuracy: str | None = None,
+    server: str | None = None,
+    expect_sha256: str | None = None,
+) -> PairPlan | None:
+    """Re-run the (cut, budget) choice on the bundle's grid for ``link`` (default: the export's) and a target
+    (torch-free; see the module docstring). None when the bundle was not exported from a grid choice and
+    ``min_accuracy`` asks for none: then ``--max-latency-ms`` is :func:`plan`'s constraint on the cuts.
+    """
+    if expect_sha256 is not None:
+        expect_sha256 = contract.check_sha256_text(expect_sha256, "--expect-sha256")
+    m = contract.read_manifest(bundle)
+    contract.check_expected_sha256(m, expect_sha256)
+    exported = m.grid_choice
+    if exported is None and min_accuracy is None:
+        return None
+    grid = grid_of(contract.read_ranking(m).to_json())
+    if grid is None:
+        raise BadInputError(
+            f"{contract.RANKING_FILE} of {bundle} has no rate-accuracy grid: export with --budgets 16B..1KiB"
+        )
+    recorded = m.options
+    link = link or recorded.link
+    if link is None or link.strip().lower() == MEASURED_LINK:
+        raise BadInputError(
+            "--min-accuracy / --max-latency-ms on the grid need a link: pass --link wifi|lte|5g|ethernet"
+        )
+    if max_latency_ms is None and min_accuracy is None and exported is not None:  # the export's own target
+        if exported.mode == "max_latency_ms":
+            max_latency_ms = exported.limit
+        else:
+            min_accuracy = f"{exported.limit:g}"  # the absolute score it had to reach
+    profiles = {"target": m.target_name, "server": server or recorded.server}
+    pair = PairChoice(
+        link=link,
+        max_latency_ms=max_latency_ms,
+        min_accuracy=min_accuracy,
+        **{k: v for k, v in profiles.items() if v is not None},
+    )
+    return PairPlan(Path(bundle), choose_pair(grid, pair), exported)

@@ -36,6 +36,9 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
     ``ranking.json``, ``cui.png`` and ``cde.png`` there.
     """
     opts = make_options(RankOptions, options, fields)
+    from isplit_export.class_labels import resolve_class_labels
+
+    resolve_class_labels(opts)  # a class mismatch is refused before torch starts (again in _rank: cheap)
     from isplit_export.distributed import (
         job,  # lazy (here and below): torch; `isplit_export.rank` stays torch-free to import
     )
@@ -46,6 +49,7 @@ def rank(options: RankOptions | str | None = None, /, **fields: Any) -> RankResu
 
 def _rank(opts: RankOptions, current: Job) -> RankResult:
     from isplit_export import data as data_mod
+    from isplit_export.class_labels import resolve_class_labels
     from isplit_export.models import load_model
     from isplit_export.ranking.candidates import Ranking
     from isplit_export.ranking.graph import trace
@@ -56,15 +60,19 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         from isplit_export.outdir import check_out
 
         check_out(opts.out, force=opts.force, allow_empty=True)
+    labels = resolve_class_labels(opts)  # every class mismatch before the model is loaded
     progress.expect(4 + (opts.bottleneck is not None) + (opts.out is not None))
     progress.stage(f"load {opts.model} and the images")
     loaded = load_model(opts.model, opts.weights, input_size=opts.input_size, seed=opts.seed)
+    labels.check_range(loaded.num_classes)
+    subset = labels.subset_for(opts.classes, loaded.class_names, loaded.num_classes)
     imgs = data_mod.load_images(
         opts.data,
         loaded.preprocessing,
         class_names=loaded.class_names,
         classes=opts.classes,
         limit=opts.images,
+        folder_labels=labels.labels if labels.folders else None,
     )
     progress.stage("trace the graph and its cuts")
     traced = trace(loaded.module, loaded.preprocessing.input_shape)
@@ -82,9 +90,6 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
     )
     imp = current.reduce_importance(imp, imgs)
     progress.stage(f"rank the cuts ({opts.bootstrap} bootstrap replicates)")
-    subset: list[int] | None = None
-    if opts.classes and not imgs.folders:
-        subset = data_mod.resolve_model_classes(opts.classes, loaded.class_names, loaded.num_classes)
     cui = imp.cui(subset)
     curves = (
         {"all images": imp.cui().tolist(), "selected classes": cui.tolist()} if subset is not None else None
@@ -105,6 +110,7 @@ def _rank(opts: RankOptions, current: Job) -> RankResult:
         replicates=imp.replicate_cui(subset),
         bootstrap_seed=opts.seed if opts.bootstrap else None,
         total_flops=traced.total_flops,
+        labels=labels.source,
     )
     if opts.bottleneck is not None:  # the probe at the link's budget (isplit_export.bottleneck.probe)
         from isplit_export.bottleneck.probe import probe_ranking

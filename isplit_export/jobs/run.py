@@ -119,17 +119,21 @@ class RunResult:
             self.written = write_run(self.path, self.bundle, self.split, self.data)
         return self.written
 
+    @property
+    def summary(self) -> contract.RunSummary:
+        """The entry as the contract reads it (what the summary prints and the exit code says)."""
+        return contract.RunSummary.from_json(self.data)
+
     def interrupted_error(self) -> RunInterruptedError | None:
         """The one line of an interrupted run (what was written, the accounting), or None."""
-        if not self.data.get("interrupted"):
+        r = self.summary
+        if not r.interrupted:
             return None
-        stopped = self.data.get("stopped") or {}
-        c = self.data["images"]
         where = f"wrote {self.written}" if self.written is not None else "nothing written (--no-write)"
-        sig = str(stopped.get("signal") or "SIGINT")
+        sig = r.stopped_signal or "SIGINT"
         return RunInterruptedError(
             f"{'terminated (SIGTERM)' if sig == 'SIGTERM' else 'interrupted'}: {where} with every request "
-            f"accounted for: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (not sent)",
+            f"accounted for: {r.ok} ok, {r.failed} failed, {r.skipped} skipped (not sent)",
             EXIT_SIGNAL.get(sig, 130),
         )
 
@@ -352,19 +356,14 @@ def _run(
         stats_after,
         interrupted,
     )
-    data["in_flight_max"] = flight[1]
-    data["backend"], data["backend_choice"] = head.backend, head.why
     sig = signals[0] if signals else "SIGINT"
-    data["stopped"] = None
+    stopped: dict[str, Any] | None = None
     if tripped:
-        data["stopped"] = {
-            "reason": "circuit breaker",
-            "fail_after": options.fail_after,
-            "last_error": tripped[0],
-        }
+        stopped = {"reason": "circuit breaker", "fail_after": options.fail_after, "last_error": tripped[0]}
     elif interrupted:
-        data["stopped"] = {"reason": "signal", "signal": sig}
-    code = EXIT_SIGNAL[sig] if interrupted else _exit_code(data)
+        stopped = {"reason": "signal", "signal": sig}
+    data.update(in_flight_max=flight[1], backend=head.backend, backend_choice=head.why, stopped=stopped)
+    code = EXIT_SIGNAL[sig] if interrupted else _exit_code(contract.RunSummary.from_json(data))
     return RunResult(data=data, exit_code=code, written=None, served={i: w[1] for i, w in rec.worst.items()})
 
 
@@ -386,11 +385,10 @@ def _restore_sigterm(previous: Any) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _exit_code(data: dict[str, Any]) -> int:
-    counts = data["images"]
-    if counts["failed"] or counts["skipped"]:
+def _exit_code(run: contract.RunSummary) -> int:
+    if run.failed or run.skipped:
         return EXIT_REQUESTS_FAILED
-    return 0 if data["passed"] else 1
+    return 0 if run.passed else 1
 
 
 __all__ = ["EXIT_REQUESTS_FAILED", "RunInterruptedError", "RunResult", "run"]

@@ -30,6 +30,7 @@ from isplit_export import progress
 from isplit_export.bottleneck.study_figure import plot_study
 from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, prepare
 from isplit_export.bottleneck.study_summary import summarize_study
+from isplit_export.class_labels import resolve_class_labels
 from isplit_export.jobs.rank import rank
 from isplit_export.numbers import rounded
 from isplit_export.options import StudyOptions, make_options
@@ -121,6 +122,7 @@ def study_context(options: StudyOptions, job: Job | None = None) -> StudyContext
     """Rank (all classes, and the class subset with ``classes``; no probe: it runs on the study's split),
     then prepare the study's context (:func:`~isplit_export.bottleneck.study_measure.prepare`)."""
     opts = options.replace(out=None)
+    resolve_class_labels(opts)  # every class mismatch before any model work
     ranked = rank(opts.replace(classes=None, bottleneck=None))
     class_ranked = rank(opts.replace(bottleneck=None)) if opts.classes else None
     return prepare(opts, ranked, class_ranked, job)
@@ -143,6 +145,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
             "train": len(ctx.x_train),
             "held_out": len(ctx.x_held),
             "labelled": bool((ctx.labels_held >= 0).all()),
+            "labels": r.ranking.labels,
         },
         "full_model": {"metric": full["metric"], "value": full["full_model"]},
         "curve": {

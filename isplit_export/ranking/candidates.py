@@ -76,6 +76,8 @@ class Ranking:
     total_flops: int | None = None
     probe: Probe | None = None
     """The probe at a ``--bottleneck`` budget (:mod:`isplit_export.bottleneck.probe`): a score per probed cut."""
+    labels: str | None = None
+    """Where the images' labels come from (``isplit_export.class_labels.LABEL_SOURCES``); None: not said."""
     cost: dict[str, Any] | None = None
     """The cost block (``isplit_export.bundle.cost_block``), without its rows."""
     cost_rows: list[dict[str, Any]] | None = None
@@ -144,6 +146,8 @@ class Ranking:
             "method": "Grad-CAM channel-mean, ReLU, spatial mean; CUI = mean over images (I-Split, ICPR 2022)",
             "candidates": candidates,
         }
+        if self.labels is not None:
+            out["labels"] = self.labels
         if self.curves:
             out["curves"] = self.curves
         if self.distributed:  # how it was computed (torch.distributed); absent in one process

@@ -147,7 +147,7 @@ def target_logits(
     elif score == "label":
         if bool((labels < 0).any()):
             raise BadInputError(
-                "--score label needs labelled images: use an ImageFolder whose folders are model classes"
+                "--score label needs labelled images: use an ImageFolder whose folders are model classes, or pass --class-map"
             )
         target = labels.to(logits.device)
     else:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from isplit_export import contract, numbers
-from isplit_export.errors import BadInputError, IsplitError, first_line
+from isplit_export.errors import BadInputError, first_line
 from isplit_export.files import json_dumps, write_text_atomic
 from isplit_export.options_serving import RunOptions, parse_address
 from isplit_export.outdir import check_writable_file
@@ -138,6 +139,13 @@ def stats(values: list[float]) -> dict[str, Any] | None:
     }
 
 
+def _p50(values: Sequence[float]) -> float | None:
+    """The median :func:`stats` records (``p50``), None if there are no values."""
+    if not len(values):
+        return None
+    return rounded(float(np.percentile(np.asarray(values, dtype=np.float64), 50)))
+
+
 def rounded(v: float | None) -> float | None:
     """Six significant digits; None for None and non-finite values (run.json is strict JSON)."""
     return numbers.rounded(v, 6, finite=True)
@@ -185,22 +193,25 @@ def run_entry(
         )
     server_ms = list(rec.ms["server"])
     server: dict[str, Any] = {"source": None, "ms": None}
+    server_p50 = None  # the served tail's compute: p50 per request, else the statistics extension's mean
     if server_ms:
         server = {"source": "response parameter compute_us (per request)", "ms": stats(server_ms)}
+        server_p50 = _p50(server_ms)
     elif stats_before is not None and stats_after is not None and stats_after[0] > stats_before[0]:
         mean = (stats_after[1] - stats_before[1]) / (stats_after[0] - stats_before[0]) / 1e6
         server = {
             "source": "statistics extension compute_infer (mean over the run)",
             "ms": {"mean": rounded(mean)},
         }
+        server_p50 = rounded(mean)
     latency = {k: stats(list(rec.ms[k])) for k in ("head", "encode", "round_trip", "end_to_end", "transport")}
+    head_p50, round_trip_p50, end_to_end_p50 = (_p50(rec.ms[k]) for k in ("head", "round_trip", "end_to_end"))
     overhead = None
-    if local is not None and latency["end_to_end"] is not None and latency["head"] is not None:
-        overhead = rounded(latency["end_to_end"]["p50"] - latency["head"]["p50"] - local["tail_ms"])
+    if local is not None and end_to_end_p50 is not None and head_p50 is not None:
+        overhead = rounded(end_to_end_p50 - head_p50 - local["tail_ms"])
     link = None
-    if latency["round_trip"] is not None:
-        srv = (server["ms"] or {}).get("p50", (server["ms"] or {}).get("mean"))
-        link = rounded(latency["round_trip"]["p50"] - (srv or 0.0))
+    if round_trip_p50 is not None:
+        link = rounded(round_trip_p50 - (server_p50 or 0.0))
     payload = sorted(rec.payload)
     listed = sorted(rec.failures, key=lambda f: int(f["request"]))
     host, port = parse_address(options.server)
@@ -315,15 +326,7 @@ def check_run_path(options: RunOptions, root: Path) -> Path | None:
 
 def write_run(path: Path, bundle: BundleAccess, split: SplitAccess, data: dict[str, Any]) -> Path:
     """Merge the split's entry into run.json at ``path`` (other splits' entries of the same manifest are kept)."""
-    runs: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            old = contract.read_json(path, str(path))  # bounded, strict; a broken old file is replaced
-            if old.get("schema") == RUN_SCHEMA and old.get("manifest_sha256") == bundle.manifest_sha256:
-                runs = dict(old.get("runs") or {})
-        except IsplitError:
-            runs = {}
-    runs[split.dir] = data
+    runs = contract.kept_runs(path, bundle.manifest_sha256) | {split.dir: data}
     doc = {
         "schema": RUN_SCHEMA,
         "tool": {"name": "isplit-export", "version": __version__},
@@ -343,67 +346,64 @@ def write_run(path: Path, bundle: BundleAccess, split: SplitAccess, data: dict[s
 # the terminal summary
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{float(v):.3f}"
 
 
-def format_run(data: dict[str, Any], written: Path | None = None) -> str:
-    """The latency table, agreement, bytes and the accounting of every image."""
-    choice = f" ({data['backend_choice']})" if data.get("backend_choice") else ""
+def _verdict(check: contract.ServedCheck) -> str:
+    return f"gate {check.gate} {'pass' if check.passed else 'FAIL'}"
+
+
+def format_run(data: Mapping[str, Any], written: Path | None = None) -> str:
+    """The latency table, agreement, bytes and the accounting of every image (of the entry as
+    :class:`~isplit_export.contract.RunSummary` reads it)."""
+    r = contract.RunSummary.from_json(data)
+    choice = f" ({r.backend_choice})" if r.backend_choice else ""
     lines = [
-        f"split {data['split']} -> model {data['model']} at {data['server']['address']} ({data['server']['protocol']}), "
-        f"{data['images']['requests']} requests, concurrency {data['options']['concurrency']}, "
-        f"head on {data['backend']}{choice}",
+        f"split {r.split} -> model {r.model} at {r.address} ({r.protocol}), "
+        f"{r.requests} requests, concurrency {r.concurrency}, "
+        f"head on {r.backend}{choice}",
         f"{'ms':16} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'n':>6}",
     ]
-    rows: list[tuple[str, Any]] = [(k.replace("_", " "), v) for k, v in data["latency_ms"].items()]
-    srv = data["server_compute"]["ms"]
-    rows.insert(3, ("server compute", srv))
-    for name, s in rows:
-        s = s or {}
+    rows = [(k.replace("_", " "), v) for k, v in r.latency]
+    rows.insert(3, ("server compute", r.server_compute))
+    for name, st in rows:
+        n = "-" if st is None or st.n is None else st.n
+        p50, p95, p99, mean = (None,) * 4 if st is None else (st.p50, st.p95, st.p99, st.mean)
+        lines.append(f"{name:16} {_fmt(p50):>8} {_fmt(p95):>8} {_fmt(p99):>8} {_fmt(mean):>8} {n:>6}")
+    if r.local_head_ms is not None and r.local_tail_ms is not None:
         lines.append(
-            f"{name:16} {_fmt(s.get('p50')):>8} {_fmt(s.get('p95')):>8} {_fmt(s.get('p99')):>8} "
-            f"{_fmt(s.get('mean')):>8} {s.get('n', '-'):>6}"
+            f"local head ({r.backend}) + tail (onnxruntime) here: {r.local_head_ms:.3f} + "
+            f"{r.local_tail_ms:.3f} ms; "
+            f"transport overhead p50: {_fmt(r.transport_overhead_ms_p50)} ms"
         )
-    local = data.get("local_ms")
-    if local:
-        lines.append(
-            f"local head ({data.get('backend', '?')}) + tail (onnxruntime) here: {local['head_ms']:.3f} + "
-            f"{local['tail_ms']:.3f} ms; "
-            f"transport overhead p50: {_fmt(data['transport_overhead_ms_p50'])} ms"
-        )
-    lines.append(f"throughput: {_fmt(data['throughput_rps'])} requests/s over {_fmt(data['wall_s'])} s")
-    b = data["bytes"]
+    lines.append(f"throughput: {_fmt(r.throughput_rps)} requests/s over {_fmt(r.wall_s)} s")
     lines.append(
-        f"bytes per image: payload {b['payload_per_image']} B (bundle bytes_per_image {b['bundle_bytes_per_image']} B), "
-        f"on the wire {b['request_on_wire']} B (framing {b['framing']} B)"
+        f"bytes per image: payload {r.payload_per_image} B (bundle bytes_per_image {r.bundle_bytes_per_image} B), "
+        f"on the wire {r.request_on_wire} B (framing {r.framing} B)"
     )
-    t = data["task"]
-    if "agreement_with_full_model" in t:
+    if r.agreement_with_full_model is not None:
         acc = (
-            f"; accuracy {t['accuracy']:.1%} (full model {t['full_model_accuracy']:.1%}, {t['labelled']} labelled)"
-            if "accuracy" in t
+            f"; accuracy {r.accuracy:.1%} (full model {r.full_model_accuracy or 0.0:.1%}, {r.labelled} labelled)"
+            if r.accuracy is not None
             else ""
         )
-        lines.append(f"agreement with the full model: {t['agreement_with_full_model']:.1%}{acc}")
-    vp, g = data["vs_local_pair"], data["goldens"]
-    mar = (vp.get("metrics") or {}).get("max_abs_rel")
+        lines.append(f"agreement with the full model: {r.agreement_with_full_model:.1%}{acc}")
+    vp, g = r.vs_local_pair, r.goldens
     lines.append(
-        f"served vs local pair: max_abs_rel {_fmt(mar)}, gate {vp['gate']} {'pass' if vp['passed'] else 'FAIL'}; "
-        f"goldens: {g['images']} through the server, gate {g['gate']} {'pass' if g['passed'] else 'FAIL'}"
+        f"served vs local pair: max_abs_rel {_fmt(vp.metric('max_abs_rel'))}, {_verdict(vp)}; "
+        f"goldens: {g.images} through the server, {_verdict(g)}"
     )
-    for reason in [*vp.get("failures", []), *g.get("failures", [])]:
+    for reason in [*vp.failures, *g.failures]:
         lines.append(f"check failed: {reason}")
-    c = data["images"]
-    lines.append(f"requests: {c['ok']} ok, {c['failed']} failed after retries, {c['skipped']} skipped")
-    stopped = data.get("stopped") or {}
-    if stopped.get("reason") == "circuit breaker":
+    lines.append(f"requests: {r.ok} ok, {r.failed} failed after retries, {r.skipped} skipped")
+    if r.stopped_reason == "circuit breaker":
         lines.append(
-            f"stopped: {stopped['fail_after']} requests in a row failed (--fail-after); the rest were not sent"
+            f"stopped: {r.fail_after} requests in a row failed (--fail-after); the rest were not sent"
         )
-    for f in data["failures"][:10]:
+    for f in r.failures[:10]:
         lines.append(
-            f"  request {f['request']} ({f['image']}): {f['status']} after {f['attempts']} attempt(s): {f['error']}"
+            f"  request {f.request} ({f.image}): {f.status} after {f.attempts} attempt(s): {f.error}"
         )
     if written is not None:
         lines.append(f"wrote {written}")

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from isplit_export.exporting.onnx_graph import attr, copy_model
+from isplit_export.exporting.onnx_graph import attr, copy_model, skeleton
 from isplit_export.numbers import rounded
 
 MAX_BATCH = 4096
@@ -96,15 +96,16 @@ class _Graph:
             if dims and not dims[0].HasField("dim_value"):
                 dims[0].dim_value = batch
         values = _evaluate(fixed)
+        inferred = fixed
         with contextlib.suppress(Exception):  # shapes stay unknown; the rules that need them say so
-            fixed = onnx.shape_inference.infer_shapes(fixed)
+            inferred = onnx.shape_inference.infer_shapes(skeleton(fixed))  # shapes only: no weights copied
         g = fixed.graph
         self.const: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in g.initializer if not t.external_data
         }
         self.const_names = {t.name for t in g.initializer}
         self.shapes: dict[str, list[int | str | None]] = {t.name: list(t.dims) for t in g.initializer}
-        for vi in [*g.input, *g.value_info, *g.output]:
+        for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
             t = vi.type.tensor_type
             if t.HasField("shape"):
                 self.shapes[vi.name] = [

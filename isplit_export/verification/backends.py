@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,7 +23,13 @@ from isplit_export.backend_names import AUTO, ONNXRUNTIME, TENSORRT
 from isplit_export.errors import BadInputError, NotRunError, first_line
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.targets.profiles import PRECISIONS
-from isplit_export.verification.checks import BOUNDARY_FLOAT_TOLERANCE, BOUNDARY_MAX_STEP, compare_boundary
+from isplit_export.verification.checks import (
+    BOUNDARY_FLOAT_TOLERANCE,
+    BOUNDARY_MAX_STEP,
+    BoundaryCheck,
+    compare_boundary,
+    not_compared,
+)
 from isplit_export.verification.gates import GATES, Gate, loosest
 from isplit_export.verification.runners import OnnxrtRunner, Runner, TrtRunner
 
@@ -81,7 +87,7 @@ class Backend(ABC):
     @abstractmethod
     def check_boundary(
         self, golden: np.ndarray, boundary: np.ndarray, gate: Gate, enc: BoundaryEncoding, precision: str
-    ) -> dict[str, Any]:
+    ) -> BoundaryCheck:
         """The replayed boundary against the golden one (:func:`~isplit_export.verification.checks.compare_boundary`)."""
 
     @abstractmethod
@@ -142,13 +148,12 @@ class OnnxruntimeBackend(Backend):
 
     def check_boundary(
         self, golden: np.ndarray, boundary: np.ndarray, gate: Gate, enc: BoundaryEncoding, precision: str
-    ) -> dict[str, Any]:
+    ) -> BoundaryCheck:
         """The exported pair's boundary to the encoding's own tolerance; the QDQ pair's is not compared."""
         if precision == "int8":
-            note = (
+            return not_compared(
                 "not compared: the QDQ head quantizes inside, its boundary differs from the golden by design"
             )
-            return {"compared": False, "note": note}
         return compare_boundary(golden, boundary)
 
     def head(self, split: SplitHead, *, threads: int, trust: bool) -> Runner:
@@ -215,7 +220,7 @@ class TensorrtBackend(Backend):
 
     def check_boundary(
         self, golden: np.ndarray, boundary: np.ndarray, gate: Gate, enc: BoundaryEncoding, precision: str
-    ) -> dict[str, Any]:
+    ) -> BoundaryCheck:
         """TF32 / fp16 / int8 kernels move the boundary too: held to the gate's relative bound."""
         rel = max(BOUNDARY_FLOAT_TOLERANCE.get(enc.dtype, 1e-4), gate.max_abs_rel)
         steps = max(BOUNDARY_MAX_STEP, math.ceil(gate.max_abs_rel * 255))

@@ -1,14 +1,16 @@
 """Judging a pair, once: the task metric, the pair check against a gate, and the boundary/code checks.
 
-Export (:mod:`isplit_export.bundle.build`), ``verify`` (:mod:`isplit_export.verification.verify`),
+Export (:mod:`isplit_export.jobs.export`), ``verify`` (:mod:`isplit_export.verification.verify`),
 the bottleneck and the study all judge a head/tail pair with these functions, so "how a pair is
 judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a device without PyTorch.
 
 - :func:`task_metric`: top-1 accuracy on the known labels, else top-1 agreement with the full model;
   on held-out images with its Wilson 95 % interval (:func:`~isplit_export.verification.metrics.proportion_ci`);
-- :func:`check_pair`: the logits of a pair against reference logits under a :class:`Gate`, plus the task;
+- :func:`judge_pair`: the logits of a pair against reference logits under a :class:`Gate`, plus the task,
+  as a :class:`PairCheck` (:func:`check_pair` is its JSON, the manifest's check block);
 - :func:`served_check` / :func:`unjudged`: a pair judged over the wire by ``run`` (``run.json``);
-- :func:`compare_boundary`: a transmitted boundary against the golden one (dtype, shape, steps or tolerance);
+- :func:`compare_boundary`: a transmitted boundary against the golden one (dtype, shape, steps or tolerance),
+  as a :class:`BoundaryCheck`;
 - :func:`check_code_pair`: a bottleneck pair, held to the fp32 gate against the PyTorch pair *with* its
   bottleneck, and its code within one quantization step of PyTorch's;
 - :func:`cui_order`: does the CUI order hold over the exported splits (Spearman of CUI vs task).
@@ -16,7 +18,8 @@ judged" has one definition. Torch-free (numpy only): ``verify`` runs them on a d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -123,6 +126,57 @@ def unjudged(gate: Gate, reason: str, *, images: int, distinct_compared: int | N
     return ServedCheck(gate.name, False, (reason,), None, images, distinct_compared)
 
 
+@dataclass(frozen=True)
+class PairCheck:
+    """A pair judged once (:func:`judge_pair`): its metrics, the gate's outcome and the task metric."""
+
+    metrics: Mapping[str, float | None]
+    """:func:`compare_logits` through the check's rounding ({} when the logits could not be compared)."""
+    gate: Gate
+    passed: bool
+    failures: tuple[str, ...]
+    task: Mapping[str, Any]
+    """:func:`task_metric`: ``metric``, ``value``, ``full_model``, ``drop`` (and ``ci95`` held out)."""
+
+    def gate_json(self) -> dict[str, Any]:
+        """The check's ``gate`` block: the gate's limits, ``passed`` and ``failures``."""
+        return {**self.gate.to_json(), "passed": self.passed, "failures": list(self.failures)}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's check block: ``metrics``, ``gate`` (:meth:`gate_json`), ``task``."""
+        return {"metrics": dict(self.metrics), "gate": self.gate_json(), "task": dict(self.task)}
+
+
+def judge_pair(
+    full: np.ndarray,
+    got: np.ndarray,
+    labels: np.ndarray,
+    gate: Gate,
+    *,
+    reference: np.ndarray | None = None,
+    rnd: Rounding = _raw,
+    held_out: bool = False,
+    agreement_with_reference: bool = False,
+) -> PairCheck:
+    """The pair's logits ``got`` against ``reference`` (default ``full``) under ``gate``, and its task.
+
+    The metrics are :func:`compare_logits`'s; the task is :func:`task_metric` (accuracy against the
+    labels and the full model; without labels, agreement with the full model, or with ``reference``
+    if ``agreement_with_reference``). Logits of another shape than the reference fail the gate with
+    the reason, they do not raise.
+    """
+    metrics, ok, reasons = judge(full if reference is None else reference, got, gate, rnd)
+    task = task_metric(
+        full,
+        got,
+        labels,
+        held_out=held_out,
+        rnd=rnd,
+        agreement_with=reference if agreement_with_reference else None,
+    )
+    return PairCheck(metrics, gate, ok, tuple(reasons), task)
+
+
 def check_pair(
     full: np.ndarray,
     got: np.ndarray,
@@ -134,27 +188,17 @@ def check_pair(
     held_out: bool = False,
     agreement_with_reference: bool = False,
 ) -> dict[str, Any]:
-    """The pair's logits ``got`` against ``reference`` (default ``full``) under ``gate``, and its task.
-
-    Returns the manifest's check: ``metrics`` (:func:`compare_logits`), ``gate`` (with ``passed`` and
-    ``failures``) and ``task`` (:func:`task_metric`: accuracy against the labels and the full model;
-    without labels, agreement with the full model, or with ``reference`` if
-    ``agreement_with_reference``). Logits of another shape than the reference fail the gate with the
-    reason, they do not raise.
-    """
-    metrics, ok, reasons = judge(full if reference is None else reference, got, gate, rnd)
-    return {
-        "metrics": metrics,
-        "gate": {**gate.to_json(), "passed": ok, "failures": reasons},
-        "task": task_metric(
-            full,
-            got,
-            labels,
-            held_out=held_out,
-            rnd=rnd,
-            agreement_with=reference if agreement_with_reference else None,
-        ),
-    }
+    """The manifest's check block of :func:`judge_pair` (what the exporter writes per pair)."""
+    return judge_pair(
+        full,
+        got,
+        labels,
+        gate,
+        reference=reference,
+        rnd=rnd,
+        held_out=held_out,
+        agreement_with_reference=agreement_with_reference,
+    ).to_json()
 
 
 def check_int8_code_pair(
@@ -167,14 +211,52 @@ def check_int8_code_pair(
     fp32 pair's tier 1 does not gate either. That cost stays visible: the held-out task measure and
     ``metrics_vs_full_model`` are both against the full model.
     """
-    check = check_pair(full, q_logits, labels, GATES["int8-qdq"], reference=fp32_logits, rnd=rounded)
+    check = judge_pair(full, q_logits, labels, GATES["int8-qdq"], reference=fp32_logits, rnd=rounded)
     return {
         "reference": "fp32 pair with its bottleneck",
-        "metrics": check["metrics"],
+        "metrics": dict(check.metrics),
         "metrics_vs_full_model": {k: rounded(v) for k, v in compare_logits(full, q_logits).items()},
-        "gate": check["gate"],
+        "gate": check.gate_json(),
         "task": task_metric(full, q_logits, labels, held_out=True, rnd=held_out_rounding),
     }
+
+
+@dataclass(frozen=True)
+class BoundaryCheck:
+    """A transmitted boundary against the golden one (:func:`compare_boundary`), or why it was not compared.
+
+    ``max_step`` for an integer boundary, ``max_abs_rel`` for a float one, each under its ``limit``;
+    neither when the dtypes or shapes differ (``reason`` says which).
+    """
+
+    compared: bool
+    passed: bool | None = None
+    """None when not compared."""
+    reason: str | None = None
+    """Why it failed (None when it passed)."""
+    dtype: str | None = None
+    shape: tuple[int, ...] = ()
+    max_step: int | None = None
+    max_abs_rel: float | None = None
+    limit: float | None = None
+    note: str | None = None
+    """Why it was not compared."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The block ``verify.json`` writes per row (``boundary``)."""
+        if not self.compared:
+            return {"compared": False, "note": self.note}
+        out: dict[str, Any] = {"compared": True, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.max_step is not None:
+            out |= {"max_step": self.max_step, "limit": self.limit}
+        elif self.max_abs_rel is not None:
+            out |= {"max_abs_rel": self.max_abs_rel, "limit": self.limit}
+        return out | {"passed": self.passed, "reason": self.reason}
+
+
+def not_compared(note: str) -> BoundaryCheck:
+    """A boundary the backend does not compare with the golden one, and why."""
+    return BoundaryCheck(compared=False, note=note)
 
 
 def compare_boundary(
@@ -183,7 +265,7 @@ def compare_boundary(
     *,
     rel_limit: float | None = None,
     step_limit: int = BOUNDARY_MAX_STEP,
-) -> dict[str, Any]:
+) -> BoundaryCheck:
     """Compare a transmitted boundary with the golden one.
 
     Integer (uint8) boundaries: ``max_step`` = max ``|got - golden|`` must be <= ``step_limit``.
@@ -191,18 +273,21 @@ def compare_boundary(
     (default :data:`BOUNDARY_FLOAT_TOLERANCE` for the dtype). Dtype or shape mismatches fail.
     """
     g, a = np.asarray(golden), np.asarray(got)
-    res: dict[str, Any] = {"compared": True, "dtype": str(a.dtype), "shape": list(a.shape)}
+    dtype, shape = str(a.dtype), tuple(int(d) for d in a.shape)
+    reason: str | None
     if a.dtype != g.dtype:
-        return {**res, "passed": False, "reason": f"boundary dtype {a.dtype} != golden {g.dtype}"}
+        reason = f"boundary dtype {a.dtype} != golden {g.dtype}"
+        return BoundaryCheck(True, False, reason, dtype, shape)
     if a.shape != g.shape:
-        return {**res, "passed": False, "reason": f"boundary shape {list(a.shape)} != golden {list(g.shape)}"}
+        reason = f"boundary shape {list(a.shape)} != golden {list(g.shape)}"
+        return BoundaryCheck(True, False, reason, dtype, shape)
     if np.issubdtype(g.dtype, np.integer):
         step = int(np.max(np.abs(a.astype(np.int64) - g.astype(np.int64)))) if g.size else 0
         ok = step <= step_limit
         reason = (
             None if ok else f"boundary max_step {step} not <= {step_limit} quantization step(s) from golden"
         )
-        return {**res, "max_step": step, "limit": step_limit, "passed": ok, "reason": reason}
+        return BoundaryCheck(True, ok, reason, dtype, shape, max_step=step, limit=step_limit)
     limit = rel_limit if rel_limit is not None else BOUNDARY_FLOAT_TOLERANCE.get(str(g.dtype), 1e-4)
     g64, a64 = g.astype(np.float64), a.astype(np.float64)
     scale = float(np.max(np.abs(g64))) if g.size else 0.0
@@ -210,7 +295,7 @@ def compare_boundary(
     rel = err / max(scale, 1e-30)
     ok = rel <= limit  # False for nan
     reason = None if ok else f"boundary max_abs_rel {rel:.6g} not <= {limit:g} from golden"
-    return {**res, "max_abs_rel": rel, "limit": limit, "passed": ok, "reason": reason}
+    return BoundaryCheck(True, ok, reason, dtype, shape, max_abs_rel=rel, limit=limit)
 
 
 def check_code_pair(
@@ -232,17 +317,17 @@ def check_code_pair(
     rnd = held_out_rounding
     metrics: dict[str, Any] = {k: rnd(v) for k, v in compare_logits(pair_ref, got).items()}
     res = compare_boundary(torch_code, code, rel_limit=CODE_MAX_ABS_REL, step_limit=1)
-    if "max_step" in res:
-        metrics["code_max_step"] = res["max_step"]
-        reason = f"code max_step {res['max_step']} not <= 1 quantization step from PyTorch"
-    elif "max_abs_rel" in res:
-        metrics["code_max_abs_rel"] = rnd(res["max_abs_rel"])
-        reason = f"code max_abs_rel {res['max_abs_rel']:.3g} not <= {CODE_MAX_ABS_REL:g} from PyTorch"
+    if res.max_step is not None:
+        metrics["code_max_step"] = res.max_step
+        reason = f"code max_step {res.max_step} not <= 1 quantization step from PyTorch"
+    elif res.max_abs_rel is not None:
+        metrics["code_max_abs_rel"] = rnd(res.max_abs_rel)
+        reason = f"code max_abs_rel {res.max_abs_rel:.3g} not <= {CODE_MAX_ABS_REL:g} from PyTorch"
     else:  # dtype or shape mismatch
-        reason = f"code: {res['reason']}"
+        reason = f"code: {res.reason}"
     gate = GATES["fp32"]
     ok, reasons = gate.check({k: v for k, v in metrics.items() if not k.startswith("code_")})
-    if not res["passed"]:
+    if not res.passed:
         ok, reasons = False, [*reasons, reason]
     return {
         "reference": "pytorch pair with its bottleneck",

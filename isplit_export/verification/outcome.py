@@ -47,7 +47,7 @@ class SplitVerification:
     precision: str
     encoding: str
     gate: Gate
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     boundary: dict[str, Any]
     task: dict[str, Any]
     passed: bool

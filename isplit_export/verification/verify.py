@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import ENCODINGS, BoundaryEncoding
 from isplit_export.numbers import rounded
 from isplit_export.verification.backends import Backend, PairFiles
-from isplit_export.verification.checks import check_pair
+from isplit_export.verification.checks import BoundaryCheck, judge_pair
 from isplit_export.verification.gates import Gate
 from isplit_export.verification.outcome import SplitVerification
 from isplit_export.verification.runners import measure_latency, run_pair
@@ -55,16 +54,16 @@ def _row(
     gate: Gate,
     golden: contract.Golden,
     logits: np.ndarray,
-    boundary: dict[str, Any],
+    boundary: BoundaryCheck,
     reference: np.ndarray | None = None,
 ) -> SplitVerification:
     """One verified pair; ``reference`` (default: the full model's golden logits) is what the gate
-    compares against (:func:`~isplit_export.verification.checks.check_pair`)."""
-    c = check_pair(
+    compares against (:func:`~isplit_export.verification.checks.judge_pair`)."""
+    c = judge_pair(
         golden.logits, logits, golden.labels, gate, reference=reference, agreement_with_reference=True
     )
-    reasons = [str(boundary["reason"])] if boundary.get("compared") and not boundary["passed"] else []
-    reasons.extend(c["gate"]["failures"])
+    reasons = [str(boundary.reason)] if boundary.compared and not boundary.passed else []
+    reasons.extend(c.failures)
     return SplitVerification(
         split=pos,
         dir=entry.dir,
@@ -74,9 +73,9 @@ def _row(
         precision=precision,
         encoding=encoding,
         gate=gate,
-        metrics=c["metrics"],
-        boundary=boundary,
-        task=c["task"],
+        metrics=dict(c.metrics),
+        boundary=boundary.to_json(),
+        task=dict(c.task),
         passed=not reasons,
         reasons=reasons,
     )

@@ -110,6 +110,16 @@ def test_documented_workflow_builds_gates_and_leaves_what_upload_publishes(tmp_p
     total = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
     assert summary["sizes"]["bundle_bytes"] == total
     assert summary["sizes"]["weights_bytes"] == sum(p.stat().st_size for p in (bundle / "weights").iterdir())
+    # on disk each inode counts once: triton/ hard-links the packs, so it adds only its small files
+    inodes = {p.stat().st_ino: p.stat().st_size for p in bundle.rglob("*") if p.is_file()}
+    outside = {
+        p.stat().st_ino: p.stat().st_size
+        for p in bundle.rglob("*")
+        if p.is_file() and p.relative_to(bundle).parts[0] != "triton"
+    }
+    assert summary["sizes"]["disk_bytes"] == sum(inodes.values()) < total
+    assert summary["sizes"]["disk_bytes_without_triton"] == sum(outside.values())
+    assert summary["sizes"]["disk_bytes"] - sum(outside.values()) < 64 * 1024  # configs and model.onnx only
     assert verify_bundle(bundle, write=False).passed
 
     # poisoned in transit and re-hashed: plain verify still passes, the pinned step of the recipe fails

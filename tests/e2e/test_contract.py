@@ -423,6 +423,51 @@ def test_symlinked_split_dir_is_refused(work: tuple[Path, Path]) -> None:
     one_line(cli("verify", b, "--no-write"), 1, "crosses a symlink")
 
 
+def test_triton_hard_links_keep_the_bundle_contract(work: tuple[Path, Path], built: dict[str, Any]) -> None:
+    """The export hard-links the weight packs into triton/ (stored once); hashes, the closed bundle and
+    verify hold with the links, and a copy (links turned into files) verifies the same."""
+    m = manifest(built["bundle"])
+    links: dict[str, int] = {}
+    for model in m["triton"]["models"]:
+        assert model["weights_stored"] == "hard link"
+        for rel in model["weights"]:
+            pack = f"weights/{Path(rel).name}"
+            assert (built["bundle"] / rel).samefile(built["bundle"] / pack)
+            assert m["files"][rel] == m["files"][pack]
+            links[pack] = links.get(pack, 1) + 1
+    assert links and all((built["bundle"] / p).stat().st_nlink == n for p, n in links.items())
+    for bundle in (built["bundle"], work[1]):  # the exported bundle, and the copy the fixture made
+        p = cli("verify", bundle, "--no-write")
+        assert p.returncode == 0, p.stderr
+
+
+def test_hard_linked_output_is_replaced_not_written_through(work: tuple[Path, Path]) -> None:
+    """verify.json hard-linked to a file outside: verify replaces the bundle's name, the outside file stays."""
+    area, b = work
+    outside = area / "outside.json"
+    outside.write_text('{"keep": "me"}\n')
+    os.link(outside, b / "verify.json")
+    before = snapshot(area, skip=b)
+    p = cli("verify", b)
+    assert p.returncode == 0, p.stderr
+    outside_unchanged(area, b, before)
+    assert not (b / "verify.json").samefile(outside) and json.loads((b / "verify.json").read_text())
+
+
+def test_hard_linked_secret_in_a_read_bundle_leaks_nothing(work: tuple[Path, Path]) -> None:
+    """A listed file swapped for a hard link to a secret: a hash mismatch naming the file, not its bytes."""
+    area, b = work
+    secret = area / "shadow"
+    secret.write_text("root:$6$secret-hash-material:19000:0:99999:7:::\n")
+    rel = manifest(b)["triton"]["models"][0]["weights"][0]
+    (b / rel).unlink()
+    os.link(secret, b / rel)
+    before = snapshot(area, skip=b)
+    line = one_line(cli("verify", b, "--no-write"), 1, rel)
+    assert sha(secret)[:8] not in line and "secret" not in line
+    outside_unchanged(area, b, before)
+
+
 # --------------------------------------------------------------------------------------------------
 # 5. plan: ranking.file anywhere, unhashed ranking, verify.json figures
 

@@ -28,7 +28,7 @@ def _pair(head: Path, tail: Path, x: np.ndarray) -> np.ndarray:
 
 def _int8_weighted(path: Path) -> tuple[int, int]:
     """(weighted nodes, those whose weight is DequantizeLinear of an int8 initializer) in ``path``."""
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # types only (triton/ hard-links the packs)
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]

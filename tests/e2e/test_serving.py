@@ -134,13 +134,13 @@ def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:
     _assert_config_matches(config, "01-conv", root / "01-conv.tail.onnx")
     assert config.platform == "onnxruntime_onnx"
     assert mc.DataType.Name(config.input[0].data_type) == "TYPE_UINT8"
-    # the tail's weights sit inside the version folder (no ../); onnx and onnxruntime load them from there
-    assert block["models"][0]["weights"] == ["triton/01-conv/1/model.weights.bin"]
-    weights = model / "1" / "model.weights.bin"
-    assert (
-        weights.stat().st_mode & 0o777 == (model / "config.pbtxt").stat().st_mode & 0o777
-    )  # the umask's mode
-    onnx.checker.check_model(str(model / "1" / "model.onnx"), full_check=True)
+    # the bundle's pack is hard-linked into the version folder (no ../): its bytes stay on disk once
+    record = block["models"][0]
+    assert record["weights"] == ["triton/01-conv/1/float32-toy.bin"]
+    assert record["weights_stored"] == "hard link"
+    pack = model / "1" / "float32-toy.bin"
+    assert pack.samefile(root / "weights" / "float32-toy.bin") and pack.stat().st_nlink == 2
+    assert not (model / "1" / "model.weights.bin").exists()
     x = np.random.default_rng(1).integers(0, 256, (3, 4, 2, 2), dtype=np.uint8)
     ours = make_session(model / "1" / "model.onnx").run(None, {"boundary": x})[0]
     ref = make_session(root / "01-conv.tail.onnx").run(None, {"boundary": x})[0]
@@ -150,11 +150,37 @@ def test_triton_repository_parses_and_matches_the_tail(tmp_path: Path) -> None:
     assert trt.platform == "tensorrt_plan" and trt.default_model_filename == "model.plan"
     assert mc.DataType.Name(trt.input[0].data_type) == "TYPE_FP32" and list(trt.input[0].dims) == [4, 2, 2]
     assert block["models"][0]["tensorrt"]["engine"] == "splits/01-conv/engines/tail.fp16.engine"
+    comment = (model / "configs" / "tensorrt.pbtxt").read_text(encoding="utf-8").splitlines()[0]
+    assert "built on this server's GPU from 01-conv.tail.trt.onnx" in comment
     # deterministic: the same entries give the same bytes
     root2 = tmp_path / "c"
     write_repository(root2, _toy_bundle(root2), model="toy")
-    for rel in ("config.pbtxt", "configs/tensorrt.pbtxt", "1/model.onnx", "1/model.weights.bin"):
+    for rel in ("config.pbtxt", "configs/tensorrt.pbtxt", "1/model.onnx", "1/float32-toy.bin"):
         assert (model / rel).read_bytes() == (root2 / "triton" / "01-conv" / rel).read_bytes()
+
+
+def test_triton_repository_copies_the_tail_weights_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses hard links: the tail's own tensors are copied, and reported so."""
+    from isplit_export.bundle import triton
+
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    root = tmp_path / "b"
+    entries = _toy_bundle(root)
+    monkeypatch.setattr(triton.os, "link", refuse)
+    record = triton.write_repository(root, entries, model="toy")["models"][0]
+    assert record["weights"] == ["triton/01-conv/1/model.weights.bin"]
+    assert record["weights_stored"] == "copy"
+    version = root / "triton" / "01-conv" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "model.weights.bin"]
+    onnx.checker.check_model(str(version / "model.onnx"), full_check=True)
+    x = np.random.default_rng(2).integers(0, 256, (2, 4, 2, 2), dtype=np.uint8)
+    ours = make_session(version / "model.onnx").run(None, {"boundary": x})[0]
+    ref = make_session(root / "01-conv.tail.onnx").run(None, {"boundary": x})[0]
+    np.testing.assert_array_equal(ours, ref)
 
 
 def test_preprocess_matches_the_torch_pipeline(tmp_path: Path, digits_dir: Path) -> None:
@@ -204,7 +230,7 @@ def _manifest(bundle: Path) -> dict[str, Any]:
 
 
 @pytest.mark.e2e
-def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path) -> None:
+def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path, tmp_path: Path) -> None:
     m = _manifest(int8_bundle)
     assert [x["split"] for x in m["triton"]["models"]] == [s["dir"] for s in m["splits"]]
     for entry, split in zip(m["triton"]["models"], m["splits"], strict=True):
@@ -213,10 +239,16 @@ def test_bundle_repository_is_valid_and_hashed(int8_bundle: Path) -> None:
         assert mc.DataType.Name(config.input[0].data_type) == "TYPE_UINT8"
         for rel in (entry["config"], entry["model"], *entry["weights"]):
             assert rel in m["files"] and ".." not in rel
-        for rel in entry["weights"]:  # the tail's tensors only, never more than the shared float32 pack
+        assert entry["weights_stored"] == "hard link"
+        for rel in entry["weights"]:  # the bundle's own float32 pack, hard-linked: stored once
             pack = next((int8_bundle / "weights").glob("float32-*.bin"))
-            assert 0 < (int8_bundle / rel).stat().st_size <= pack.stat().st_size
-        onnx.checker.check_model(str(int8_bundle / entry["model"]), full_check=True)
+            assert (int8_bundle / rel).samefile(pack)
+        # onnxruntime reads hard-linked external data (the onnx checker refuses it: checked on a copy below)
+        make_session(int8_bundle / entry["model"])
+    copy = tmp_path / "copy"
+    shutil.copytree(int8_bundle / "triton", copy)
+    for entry in m["triton"]["models"]:
+        onnx.checker.check_model(str(copy / entry["model"].removeprefix("triton/")), full_check=True)
 
 
 @pytest.mark.e2e

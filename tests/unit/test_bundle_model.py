@@ -1,6 +1,6 @@
 """The typed bundle model (``contract.Split`` and friends): round trip, hostile input, published schema.
 
-Fast: no export, no training; the entry is the shape ``bundle/build.py`` writes (docs/bundle.md).
+Fast: no export, no training; the entry is the shape ``jobs/export.py`` writes (docs/bundle.md).
 """
 
 from __future__ import annotations
@@ -107,6 +107,15 @@ def _mutated(path: str, value: Any) -> dict[str, Any]:
             "splits[0].verification.checks.int8-qdq.gate.passed",
         ),
         ("verification.checks.int8-qdq.task.value", 1.5, "splits[0].verification.checks.int8-qdq.task.value"),
+        ("verification.checks.int8-qdq.task.drop", "0.1", "splits[0].verification.checks.int8-qdq.task.drop"),
+        (
+            "verification.checks.int8-qdq.gate.min_cosine",
+            "0.99",
+            "splits[0].verification.checks.int8-qdq.gate.min_cosine",
+        ),
+        ("head_flops_share", 1.5, "splits[0].head_flops_share"),
+        ("cui_rank", 0, "splits[0].cui_rank"),
+        ("bottleneck", {"probe": {"ci95": [0.5]}}, "splits[0].bottleneck.probe.ci95"),
         ("files", {f"f{i}": "x.onnx" for i in range(65)}, "splits[0].files"),
     ],
 )

@@ -54,6 +54,7 @@ def test_study_json_schema(study_dir: Path) -> None:
         "train": 150,
         "held_out": 50,
         "labelled": True,
+        "labels": "folder_names",
     }
     assert len(data["cuts"]) == 6 == len(data["curve"]["cui"])
     for c in data["cuts"]:

@@ -84,6 +84,8 @@ def _manifest(profile: str, triton: bool) -> dict[str, object]:
         "golden": "splits/01-conv/golden.npz",
     }
     return {
+        "schema": "isplit.bundle/1",
+        "files": {},
         "target": load_target(profile).to_json(),
         "options": {},
         "splits": [{"dir": "splits/01-conv", "rank": 1, "node": "conv", "files": files}],

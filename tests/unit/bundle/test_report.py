@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from isplit_export.bundle.report import render_report
+from isplit_export.errors import BadInputError
 
 GATE_INT8 = {"name": "int8", "min_top1_agreement": 0.9, "max_abs_rel": 0.1, "min_cosine": 0.99}
 
@@ -127,6 +128,7 @@ def _manifest() -> dict[str, Any]:
         "boundary_encoding": "int8",
         "ranking": {"file": "ranking.json", "images": 19, "classes": None, "score": "top", "top": 3},
         "calibration": {"source": "skimage.data", "count": 19},
+        "files": {},
         "splits": splits,
         "verification": {
             "passed": False,
@@ -249,16 +251,45 @@ def test_deterministic_and_input_untouched() -> None:
     assert (m, r) == before
 
 
+BARE = {"schema": "isplit.bundle/1", "files": {}}
+
+
 @pytest.mark.parametrize(
     "manifest",
     [
-        {},
-        {"splits": []},
-        {"splits": [{}], "verification": {}, "run": {"latency_ms": {"x": None}}},
-        {"splits": [{"verification": {"checks": {"fp32": {}}}}], "boundary_encoding": "fp32", "run": {}},
+        {**BARE, "splits": []},
+        {**BARE, "splits": [{"dir": "splits/01-x", "files": {}}], "verification": {}, "run": {}},
+        {
+            **BARE,
+            "splits": [
+                {
+                    "dir": "splits/01-x",
+                    "files": {},
+                    "verification": _split(1, 0, "x", 0.1, 0.5)["verification"],
+                }
+            ],
+            "boundary_encoding": "fp32",
+            "run": {"latency_ms": {}},
+        },
     ],
 )
-def test_missing_keys_do_not_crash(manifest: dict[str, Any]) -> None:
+def test_missing_optional_blocks_only_drop_their_lines(manifest: dict[str, Any]) -> None:
     text = render_report(manifest, {})
     assert "## How to re-verify" in text and "![CUI](cui.png)" in text
     assert "## Latency" not in text and "## TensorRT" not in text
+    assert "No ranking data." in text and "**Verification:" not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"splits": [{}]}, "splits[0].dir"),
+        ({"run": {"latency_ms": {"x": None}}}, "run.latency_ms.x"),
+        ({"verification": {"passed": "yes"}}, "verification.passed"),
+    ],
+)
+def test_a_malformed_manifest_is_refused_in_one_line(change: dict[str, Any], field: str) -> None:
+    """The report reads the typed model: what the contract refuses is named, not rendered as "-"."""
+    with pytest.raises(BadInputError) as e:
+        render_report({**_manifest(), **change}, _ranking())
+    assert f"field '{field}'" in str(e.value) and "\n" not in str(e.value)

@@ -118,4 +118,4 @@ def test_the_reports_cost_section_carries_the_verdict() -> None:
     planned = _planned("jetson-orin-agx", "lte")
     assert planned.cost is not None
     verdict = split_verdict(planned.cost, planned.candidates)
-    assert verdict is not None and f"**{verdict.line()}**" in cost_section(planned.to_json())
+    assert verdict is not None and f"**{verdict.line()}**" in cost_section(planned)

@@ -1,7 +1,7 @@
 """Typed manifest blocks and the typed engine recipe: ``RecordedOptions``, ``ModelInfo``, ``WeightsInfo``,
 ``EngineRecipe`` (with its ``DlaCheck``) and the calibration set: round trip, one line naming a hostile field.
 
-Fast: no export; the blocks are the shapes ``bundle/build.py`` and ``targets/engine_build.py`` write.
+Fast: no export; the blocks are the shapes ``jobs/export_split.py`` and ``targets/engine_build.py`` write.
 """
 
 from __future__ import annotations

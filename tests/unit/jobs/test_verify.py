@@ -466,10 +466,22 @@ def test_measure_latency(bundle: Path) -> None:
 
 def test_compare_boundary() -> None:
     g = np.array([[0, 10, 255]], dtype=np.uint8)
-    assert compare_boundary(g, np.array([[1, 9, 255]], dtype=np.uint8))["passed"]
-    assert not compare_boundary(g, np.array([[2, 10, 255]], dtype=np.uint8))["passed"]
-    assert compare_boundary(g, g.astype(np.float32))["reason"] == "boundary dtype float32 != golden uint8"
+    near = compare_boundary(g, np.array([[1, 9, 255]], dtype=np.uint8))
+    assert near.passed and near.max_step == 1
+    assert near.to_json() == {
+        "compared": True,
+        "dtype": "uint8",
+        "shape": [1, 3],
+        "max_step": 1,
+        "limit": 1,
+        "passed": True,
+        "reason": None,
+    }
+    assert not compare_boundary(g, np.array([[2, 10, 255]], dtype=np.uint8)).passed
+    other = compare_boundary(g, g.astype(np.float32))
+    assert other.reason == "boundary dtype float32 != golden uint8"
+    assert list(other.to_json()) == ["compared", "dtype", "shape", "passed", "reason"]
     f = np.array([1.0, -2.0], dtype=np.float32)
-    assert compare_boundary(f, f + np.float32(1e-5))["passed"]
-    assert not compare_boundary(f, f + np.float32(1e-3))["passed"]
-    assert not compare_boundary(f, np.array([np.nan, -2.0], dtype=np.float32))["passed"]
+    assert compare_boundary(f, f + np.float32(1e-5)).passed
+    assert not compare_boundary(f, f + np.float32(1e-3)).passed
+    assert not compare_boundary(f, np.array([np.nan, -2.0], dtype=np.float32)).passed

@@ -15,6 +15,7 @@ from isplit_export.verification.checks import (
     check_pair,
     cui_order,
     held_out_rounding,
+    judge_pair,
     served_check,
     task_metric,
     unjudged,
@@ -52,29 +53,44 @@ def test_task_metric_agreement_without_labels() -> None:
     assert bad["metric"] == "agreement" and math.isnan(bad["value"])
 
 
-def test_check_pair_records_failures_and_never_raises_on_shapes() -> None:
+def test_judge_pair_records_failures_and_never_raises_on_shapes() -> None:
     full = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
-    ok = check_pair(full, full.copy(), np.array([0, 2]), GATES["fp32"])
-    assert ok["gate"]["passed"] and ok["gate"]["failures"] == [] and ok["gate"]["name"] == "fp32"
-    assert ok["metrics"]["top1_agreement"] == 1.0 and ok["task"]["metric"] == "accuracy"
-    flipped = check_pair(full, full[::-1].copy(), np.array([0, 2]), GATES["fp32"])
-    assert not flipped["gate"]["passed"]
-    assert any(f.startswith("top1_agreement 0 not >= 1") for f in flipped["gate"]["failures"])
-    shape = check_pair(full, np.zeros((2, 4)), np.array([0, 2]), GATES["fp32"])
-    assert not shape["gate"]["passed"] and shape["metrics"] == {}
-    assert "logit shapes differ" in shape["gate"]["failures"][0]
+    ok = judge_pair(full, full.copy(), np.array([0, 2]), GATES["fp32"])
+    assert ok.passed and ok.failures == () and ok.gate.name == "fp32"
+    assert ok.metrics["top1_agreement"] == 1.0 and ok.task["metric"] == "accuracy"
+    flipped = judge_pair(full, full[::-1].copy(), np.array([0, 2]), GATES["fp32"])
+    assert not flipped.passed
+    assert any(f.startswith("top1_agreement 0 not >= 1") for f in flipped.failures)
+    shape = judge_pair(full, np.zeros((2, 4)), np.array([0, 2]), GATES["fp32"])
+    assert not shape.passed and shape.metrics == {}
+    assert "logit shapes differ" in shape.failures[0]
+    with pytest.raises(AttributeError):
+        ok.passed = False  # type: ignore[misc]
+
+
+def test_check_pair_is_the_judgement_as_the_manifest_writes_it() -> None:
+    """The exporter's check block: metrics, then the gate's limits with passed and failures, then the task."""
+    full = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    flipped = full[::-1].copy()
+    block = check_pair(full, flipped, np.array([0, 2]), GATES["int8"], rnd=rounded)
+    typed = judge_pair(full, flipped, np.array([0, 2]), GATES["int8"], rnd=rounded)
+    assert block == typed.to_json()
+    assert list(block) == ["metrics", "gate", "task"]
+    assert block["gate"] == {**GATES["int8"].to_json(), "passed": False, "failures": list(typed.failures)}
+    assert block["task"] == task_metric(full, flipped, np.array([0, 2]), rnd=rounded)
 
 
 def test_a_served_check_is_the_same_judgement_typed() -> None:
     """run.json's verdicts (goldens, vs_local_pair) are judged like every pair, and typed for the contract."""
     full = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
     ok = served_check(full, full.copy(), GATES["fp32"], images=2, distinct_compared=2)
-    same = check_pair(full, full.copy(), np.array([-1, -1]), GATES["fp32"])
-    assert ok.passed and ok.gate == "fp32" and dict(ok.metrics or {}) == same["metrics"]
+    same = judge_pair(full, full.copy(), np.array([-1, -1]), GATES["fp32"])
+    assert ok.passed and ok.gate == "fp32" and dict(ok.metrics or {}) == same.metrics
     assert ok.to_json()["distinct_compared"] == 2 and next(iter(ok.to_json())) == "gate"
     flipped = served_check(full, full[::-1].copy(), GATES["fp32"], images=2)
-    assert not flipped.passed and flipped.failures == tuple(
-        check_pair(full, full[::-1].copy(), np.array([0, 2]), GATES["fp32"])["gate"]["failures"]
+    assert (
+        not flipped.passed
+        and flipped.failures == judge_pair(full, full[::-1].copy(), np.array([0, 2]), GATES["fp32"]).failures
     )
     shape = served_check(full, np.zeros((2, 4)), GATES["fp32"], images=2)
     assert not shape.passed and shape.metrics == {} and "logit shapes differ" in shape.failures[0]

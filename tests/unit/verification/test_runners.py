@@ -142,9 +142,7 @@ _COMPARISON = re.compile(
 )
 
 
-@pytest.mark.parametrize(
-    "module", ["verification", "serving", "jobs", "bundle/build.py", "cli_bundle.py", "cli_serving.py"]
-)
+@pytest.mark.parametrize("module", ["verification", "serving", "jobs", "cli_bundle.py", "cli_serving.py"])
 def test_runner_users_never_compare_backend_names(module: str) -> None:
     """verify, run, serve, the export's pair runs and the latency timer take runners from the registry."""
     root = PACKAGE / module

@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from isplit_export.bundle import build as bundle_mod
 from isplit_export.cli import main
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.files import sha256_file, write_json
+from isplit_export.jobs import export as export_job
 from isplit_export.jobs.verify import verify_bundle
 from isplit_export.verification.runners import OnnxrtRunner, run_pair
 from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
@@ -89,6 +89,12 @@ def test_bundle_layout_manifest_and_equivalence(digits_bundle: Path) -> None:
     assert "Does the CUI order hold?" in report and "![CUI](cui.png)" in report and "| `top` | 2 |" in report
     lat = m["run"]["latency_ms"]
     assert all(v["head_ms"] > 0 and v["ratio"] > 0 for v in lat.values())
+    # the full model is timed once (with the first split); every split's ratio divides by that figure
+    first, *others = lat.values()
+    assert list(first) == ["head_ms", "tail_ms", "full_ms", "ratio"] and others
+    for v in others:
+        assert list(v) == list(first) and v["full_ms"] == first["full_ms"]
+        assert v["ratio"] == pytest.approx((v["head_ms"] + v["tail_ms"]) / first["full_ms"])
     assert verify_bundle(digits_bundle, write=False).passed
 
 
@@ -136,7 +142,7 @@ def test_out_is_refused_unless_force_and_never_half_written(
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bundle_mod, "_export_split", boom)
+    monkeypatch.setattr(export_job, "export_split", boom)
     code, _, err = run_cli(
         capsys, DIGITS, "--weights", digits_weights, "--data", digits_dir, "--out", empty, "--force"
     )
