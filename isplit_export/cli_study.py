@@ -100,6 +100,34 @@ def study_cmd(
             help="bottlenecks trained per cut with different seeds",
         ),
     ] = STUDY.repeats,
+    budgets: Annotated[
+        str | None,
+        typer.Option(
+            "--budgets",
+            help="a ladder of link budgets (16B..1KiB): train at the probe's (cut, budget) grid points instead, "
+            "and test its choice (study.json, study_rate.png)",
+        ),
+    ] = STUDY.budgets,
+    link: Annotated[
+        str | None,
+        typer.Option(
+            "--link", help="with --budgets: price the grid on wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
+        ),
+    ] = STUDY.link,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--max-latency-ms", help="with --link: the probe chooses the most accurate point within this"
+        ),
+    ] = STUDY.max_latency_ms,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            help="with --link: train the Pareto front, the chosen point and this many other points drawn at "
+            "random (default: every point)",
+        ),
+    ] = STUDY.grid_sample,
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     verbose: VerboseOpt = False,
@@ -135,6 +163,10 @@ def study_cmd(
             seed=seed,
             repeats=repeats,
         ),
+        budgets=budgets,
+        link=link,
+        max_latency_ms=max_latency_ms,
+        grid_sample=sample,
     )
     announce(options)  # a class mismatch is refused before the study (and torch) loads
     from isplit_export.jobs.study import study
@@ -143,7 +175,12 @@ def study_cmd(
         result = study(options)
     if not is_primary():  # under torchrun, process 0 alone reports
         return
-    from isplit_export.bottleneck.study_table import format_study
+    if budgets is not None:
+        from isplit_export.bottleneck.study_grid_summary import format_grid_study
 
-    typer.echo(format_study(result.data))
+        typer.echo(format_grid_study(result.data))
+    else:
+        from isplit_export.bottleneck.study_table import format_study
+
+        typer.echo(format_study(result.data))
     typer.echo(f"wrote {result.paths[0]}, {result.paths[1]}")

@@ -359,6 +359,13 @@ class StudyOptions(RankOptions):
     ci_reps: int = 1000
     repeats: int = 3
     """Bottlenecks trained per cut with different seeds: the spread between them is the training noise."""
+    link: str | None = None
+    """With ``budgets`` (the grid study): price every (cut, budget) on this link (:mod:`isplit_export.links`)."""
+    max_latency_ms: float | None = None
+    """With ``budgets`` and ``link``: the probe chooses the most accurate point within this latency."""
+    grid_sample: int | None = None
+    """With ``budgets`` and ``link``: train the Pareto front, the chosen point and this many other points drawn
+    at random (seeded); None trains every point of the grid."""
 
     def validate(self) -> None:
         object.__setattr__(self, "bottleneck", as_bottleneck(self.bottleneck) or BottleneckOptions())
@@ -373,6 +380,30 @@ class StudyOptions(RankOptions):
             raise BadInputError(
                 f"--repeats {self.repeats}: pass at least 1 training seed per cut (3 or more to see the noise)"
             )
+        self._validate_grid()
+
+    def _validate_grid(self) -> None:
+        """The grid study's flags: each needs ``--budgets``; a target and a sample need ``--link``."""
+        grid = {"--link": self.link, "--max-latency-ms": self.max_latency_ms, "--sample": self.grid_sample}
+        given = [k for k, v in grid.items() if v is not None]
+        if self.budgets is None and given:
+            raise BadInputError(f"{', '.join(given)} need the grid study: add --budgets (e.g. 16B..1KiB)")
+        if self.link is not None:
+            parse_link(self.link)
+        elif [k for k in given if k != "--link"]:
+            raise BadInputError(
+                f"{', '.join(given)} price the grid: add --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
+            )
+        if self.max_latency_ms is not None and not (
+            math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0
+        ):
+            raise BadInputError(f"--max-latency-ms {self.max_latency_ms}: pass a positive number")
+        if self.grid_sample is not None and self.grid_sample < 0:
+            raise BadInputError(
+                f"--sample {self.grid_sample}: pass 0 or more points to draw besides the front"
+            )
+        if self.budgets is not None and self.classes:
+            raise BadInputError("--classes is not measured by the grid study: drop --classes or --budgets")
 
     @property
     def bn(self) -> BottleneckOptions:

@@ -11,7 +11,8 @@ of context and cut, so the cuts can be shared out across processes);
 regret, CUI vs CDE); :mod:`isplit_export.bottleneck.study_figure` draws ``study.png``.
 
 :func:`study` ranks (:mod:`isplit_export.jobs.rank`), runs the three and writes ``study.json`` (schema ``isplit.study/2``; everything but
-its ``run`` block, which holds the training seconds, is byte-reproducible) and ``study.png``.
+its ``run`` block, which holds the training seconds, is byte-reproducible) and ``study.png``. With ``budgets``
+it runs the grid study instead (:func:`study_grid`, :mod:`isplit_export.bottleneck.study_grid`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
     from isplit_export.files import write_json
 
     opts = make_options(StudyOptions, options, fields)
+    if opts.budgets is not None:  # the (cut, budget) grid study
+        return study_grid(opts)
     out = opts.out or Path("study")
     paths = [out / "study.json", out / "study.png"]
     with job(opts.distributed, opts.device) as current:  # under torchrun: the cuts are shared out
@@ -76,6 +79,41 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
 
         progress.stage("write study.json and study.png")
         current.write(write)  # process 0, once every process is ok
+        progress.done()
+    return StudyResult(data, results, paths)
+
+
+def study_grid(opts: StudyOptions) -> StudyResult:
+    """``study --budgets``: train the grid points (:mod:`isplit_export.bottleneck.study_grid`), write
+    ``study.json`` (schema ``isplit.study-grid/1``) and ``study_rate.png``."""
+    from isplit_export.bottleneck.study_grid import grid_study_json, measure_point, prepare_grid
+    from isplit_export.bottleneck.study_grid_figure import plot_study_rate
+    from isplit_export.distributed import job, merge_order
+    from isplit_export.files import write_json
+
+    out = opts.out or Path("study")
+    paths = [out / "study.json", out / "study_rate.png"]
+    with job(opts.distributed, opts.device) as current:
+        ranked = rank(
+            opts.replace(
+                out=None, bottleneck=None, budgets=None, link=None, max_latency_ms=None, grid_sample=None
+            )
+        )
+        gs = prepare_grid(opts, ranked, current)
+        progress.expect(len(gs.points) * opts.repeats + 1)
+        mine = [measure_point(gs, i) for i in current.share(len(gs.points))]
+        results = merge_order(current.gather(mine), len(gs.points), current.world_size)
+        data = grid_study_json(gs, results)
+        if current.describe() is not None:
+            data["distributed"] = current.describe()
+
+        def write() -> None:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(paths[0], data)
+            plot_study_rate(data, paths[1])
+
+        progress.stage("write study.json and study_rate.png")
+        current.write(write)
         progress.done()
     return StudyResult(data, results, paths)
 
