@@ -93,6 +93,23 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
     return probe
 
 
+def probe_bytes(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
+    """:func:`probe_model` serialized, without the copy: ``model``'s outputs are swapped for the
+    serialization and restored, so a large model is held once (plus its bytes) for a probe session."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
+    outputs = list(model.graph.output)
+    del model.graph.output[:]
+    try:
+        for name in names:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
+            )
+        return model.SerializeToString()
+    finally:
+        del model.graph.output[:]
+        model.graph.output.extend(outputs)
+
+
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     """The value of ``node``'s attribute ``name``, or ``default`` when it has none."""
     for a in node.attribute:

@@ -37,6 +37,10 @@ EXACT_INT8_VALUE = "1"
 EXACT_INT8 = True
 """Whether :func:`make_session` sets :data:`EXACT_INT8_KEY` unless told otherwise (recorded in the manifest)."""
 
+DISABLE_PREPACKING_KEY = "session.disable_prepacking"
+"""onnxruntime's session config entry ``kOrtSessionOptionsConfigDisablePrepacking``: "1" keeps the
+constant weights as they are instead of copying them into kernel-specific layouts at load."""
+
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Canonicalize, write and check the file with the ONNX checker (full check, shape inference on).
@@ -66,6 +70,8 @@ def make_session(
     threads: int = 0,
     exact_int8: bool = EXACT_INT8,
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    prepacking: bool = True,
+    optimized_path: Path | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session; ``threads=0`` lets onnxruntime choose.
 
@@ -74,6 +80,10 @@ def make_session(
     (:data:`EXACT_INT8_KEY`). ``exact_int8=False`` and ``optimization`` exist for the measurements that
     compare kernel sets (the kernel-agreement test, ``benchmarks/bench_int8_kernels.py``):
     ``ORT_DISABLE_ALL`` leaves a QDQ graph unfused, so it runs as its float simulation.
+    ``prepacking=False`` keeps onnxruntime from copying the weights of Gemm/Conv/MatMul into its own
+    layouts (:data:`DISABLE_PREPACKING_KEY`): a session run a few times over a large model (the INT8
+    build's probes) then holds its weights once. ``optimized_path`` makes onnxruntime write the graph
+    it optimized there.
     """
     # fatal only: every failure reaches the caller as an exception that becomes our one line, so ORT's own
     # multi-line coloured log (errors of a failed load or run) would only precede it
@@ -85,6 +95,10 @@ def make_session(
     if exact_int8:
         opts.add_session_config_entry(EXACT_INT8_KEY, EXACT_INT8_VALUE)
     opts.graph_optimization_level = optimization
+    if not prepacking:
+        opts.add_session_config_entry(DISABLE_PREPACKING_KEY, "1")
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
     src = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 
