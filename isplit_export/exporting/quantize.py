@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = [
     "QUANTIZED_OP_TYPES",
     "WEIGHTED_OP_TYPES",
     "build_int8_pair",
+    "pre_process",
     "quantize_qdq",
 ]
 
@@ -97,8 +98,8 @@ def quantize_qdq(
     """Write the symmetric INT8 QDQ version of ``model_path`` to ``out_path``.
 
     ``calibration`` maps every graph input name to float samples stacked on axis 0; the samples are
-    fed one at a time. Runs onnxruntime's ``quant_pre_process`` (ONNX shape inference and basic graph
-    optimizations, no symbolic shape inference) first. The opset is kept (17 for this project); the
+    fed one at a time. Runs onnxruntime's ``quant_pre_process`` steps first (:func:`pre_process`: ONNX
+    shape inference and basic graph optimizations, no symbolic shape inference). The opset is kept (17 for this project); the
     result passes the ONNX checker (full check) and runs in onnxruntime CPU.
 
     Nodes stay float (float weights and inputs; a quantized consumer still quantizes their output)
@@ -144,7 +145,6 @@ def _quantized(
             QuantType,
             quantize_static,
         )
-        from onnxruntime.quantization.quant_utils import add_pre_process_metadata
     except ImportError as exc:  # pragma: no cover - onnxruntime always ships it
         raise TechnicalError(f"onnxruntime.quantization is not available: {exc}") from exc
 
@@ -184,7 +184,7 @@ def _quantized(
         pre = work / "preprocessed.onnx"
         qdq = work / "qdq.onnx"
         try:
-            reference = _pre_processed(model_path, work, add_pre_process_metadata)
+            reference = pre_process(model_path, work)
             onnx.save(reference, str(pre))
         except Exception as exc:
             raise TechnicalError(
@@ -222,13 +222,13 @@ def _quantized(
     return model, excluded
 
 
-def _pre_processed(
-    model_path: Path, work: Path, add_metadata: Callable[[onnx.ModelProto], None]
-) -> onnx.ModelProto:
-    """onnxruntime's ``quant_pre_process(..., skip_symbolic_shape=True)`` for an opset >= 11 model, the
-    same steps and bytes (basic graph optimizations, ONNX shape inference, its metadata tag) with one
-    copy of the weights at a time: onnxruntime's own keeps the input model loaded beside the
-    optimizing session, which also prepacks every weight (1.2 GB more for vgg16's tail)."""
+def pre_process(model_path: Path, work: Path) -> onnx.ModelProto:
+    """onnxruntime's ``quant_pre_process(..., skip_symbolic_shape=True)`` for an opset >= 11 model: the
+    same steps and bytes (basic graph optimizations, ONNX shape inference, its metadata tag), with one
+    copy of the weights at a time (onnxruntime's keeps the input model loaded beside the optimizing
+    session: 2.2 GB more for vgg16's tail). ``work`` is a private directory for the intermediate files."""
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
     optimized, inferred = work / "optimized.onnx", work / "inferred.onnx"
     session = make_session(
         model_path,
@@ -242,7 +242,7 @@ def _pre_processed(
     optimized.unlink()
     model = onnx.load(str(inferred))
     inferred.unlink()
-    add_metadata(model)
+    add_pre_process_metadata(model)
     return model
 
 
