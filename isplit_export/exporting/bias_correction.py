@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from isplit_export.exporting.onnx_graph import attr, graph_inputs, probe_bytes, unique_name, used_names
-from isplit_export.exporting.onnx_utils import make_session, run_session
+from isplit_export.exporting.onnx_graph import attr, graph_inputs, unique_name, used_names
+from isplit_export.exporting.onnx_utils import probe_session, run_session
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def correct_biases(
         return
     inputs = set(graph_inputs(reference))
     probes = sorted({t.x for t in targets} - inputs)
-    session = make_session(probe_bytes(reference, probes)) if probes else None
+    session = probe_session(reference, probes) if probes else None
     count = len(next(iter(feeds.values())))
     sums = [[np.zeros(0), np.zeros(0)] for _ in targets]  # per target: sum of E[x], sum of E[Q(x)]
     for i in range(count):

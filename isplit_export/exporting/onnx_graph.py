@@ -9,8 +9,9 @@ protobuf field updates each, which it would not make shorter, and it is not in t
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Iterator, MutableSequence, Sequence
 from typing import Any
 
 import onnx
@@ -93,9 +94,10 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
     return probe
 
 
-def probe_bytes(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
-    """:func:`probe_model` serialized, without the copy: ``model``'s outputs are swapped for the
-    serialization and restored, so a large model is held once (plus its bytes) for a probe session."""
+@contextlib.contextmanager
+def probing(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[onnx.ModelProto]:
+    """``model`` with the tensors ``names`` as its outputs (:func:`probe_model`, without the copy), its
+    own outputs restored on exit: a large model is held once to write a probe session's input."""
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
     outputs = list(model.graph.output)
     del model.graph.output[:]
@@ -104,7 +106,7 @@ def probe_bytes(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
             model.graph.output.append(
                 onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
             )
-        return model.SerializeToString()
+        yield model
     finally:
         del model.graph.output[:]
         model.graph.output.extend(outputs)

@@ -8,15 +8,17 @@ Torch-free on purpose: the ``verify`` path must run in a Jetson container withou
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from isplit_export.contract.machine import Machine, cpu_count, cpu_isa, cpu_model
-from isplit_export.exporting.onnx_graph import canonicalize
+from isplit_export.exporting.onnx_graph import canonicalize, probing
 
 OPSET = 17
 """Pinned ONNX opset. 17 is the newest opset that every supported target parses: TensorRT 8.5
@@ -56,6 +58,62 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
     except onnx.checker.ValidationError:
         path.unlink(missing_ok=True)
         raise
+
+
+EXTERNAL_BYTES = 1024
+""":func:`write_external` moves the data of initializers of at least this many bytes out of the ONNX file."""
+
+
+def write_external(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` as ``path`` plus ``path.data`` (its large initializers' bytes), one tensor at a time.
+
+    For private files onnxruntime reads (probe sessions, the quantization's inputs): serialising a large
+    model whole makes protobuf hold it about twice more; this holds one tensor's bytes. ``model`` is
+    left as it is; onnxruntime and ``onnx.load`` read the pair as the same model.
+    """
+    shell = onnx.ModelProto()
+    _copy_fields(model, shell, skip="graph")
+    _copy_fields(model.graph, shell.graph, skip="initializer")
+    data_path = path.with_name(path.name + ".data")
+    offset = 0
+    with data_path.open("wb") as data:
+        for init in model.graph.initializer:
+            tensor = shell.graph.initializer.add()
+            if not init.HasField("raw_data") or len(init.raw_data) < EXTERNAL_BYTES:
+                tensor.CopyFrom(init)
+                continue
+            _copy_fields(init, tensor, skip="raw_data")
+            raw = init.raw_data
+            data.write(raw)
+            for key, value in (("location", data_path.name), ("offset", offset), ("length", len(raw))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            offset += len(raw)
+            del raw
+    path.write_bytes(shell.SerializeToString())
+
+
+def probe_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
+    """A session computing the tensors ``names`` of ``model`` (:func:`~.onnx_graph.probing`), read from
+    a private file with external data (:func:`write_external`): ``model`` is not copied or serialised whole."""
+    with tempfile.TemporaryDirectory(prefix="isplit-probe-") as tmp, probing(model, names) as probe:
+        path = Path(tmp) / "probe.onnx"
+        write_external(probe, path)
+        return make_session(path)
+
+
+def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
+    """Copy every set field of the protobuf message ``src`` but ``skip`` into ``dst`` (same type)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def write_model(model: onnx.ModelProto, path: Path) -> None:

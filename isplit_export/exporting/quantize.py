@@ -34,7 +34,13 @@ from isplit_export.exporting.encoding import (
 )
 from isplit_export.exporting.float_stem import nodes_kept_float, stem_share
 from isplit_export.exporting.onnx_graph import canonicalize, graph_inputs, skeleton
-from isplit_export.exporting.onnx_utils import make_session, run_session, save_model, write_model
+from isplit_export.exporting.onnx_utils import (
+    make_session,
+    run_session,
+    save_model,
+    write_external,
+    write_model,
+)
 from isplit_export.exporting.qdq_graph import WEIGHTED_OP_TYPES, float_inputs, separate_quant_params, tidy
 
 __all__ = [
@@ -185,7 +191,7 @@ def _quantized(
         qdq = work / "qdq.onnx"
         try:
             reference = pre_process(model_path, work)
-            onnx.save(reference, str(pre))
+            write_external(reference, pre)
         except Exception as exc:
             raise TechnicalError(
                 f"onnxruntime quantization pre-processing of {model_path} failed: {exc}"

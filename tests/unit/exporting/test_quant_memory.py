@@ -1,5 +1,5 @@
 """The INT8 build's memory-saving steps give what the plain ones give: onnxruntime's pre-processing
-bytes, and probe models without touching the model probed."""
+bytes, and probe sessions (from a file with external data) without touching the model probed."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from isplit_export.exporting.onnx_graph import probe_bytes, probe_model
-from isplit_export.exporting.onnx_utils import OPSET, make_session, run_session
+from isplit_export.exporting.onnx_graph import probe_model, probing
+from isplit_export.exporting.onnx_utils import OPSET, make_session, probe_session, run_session, write_external
 from isplit_export.exporting.quantize import pre_process
 
 
@@ -59,12 +59,21 @@ def test_pre_process_gives_onnxruntime_bytes(tmp_path: Path) -> None:
     assert list(work.iterdir()) == []  # its intermediate files are gone
 
 
-def test_probe_bytes_is_probe_model_and_leaves_the_model_alone() -> None:
+def test_probing_is_probe_model_and_leaves_the_model_alone(tmp_path: Path) -> None:
     model = _model()
     before = model.SerializeToString()
-    data = probe_bytes(model, ["r", "g"])
+    with probing(model, ["r", "g"]) as probe:
+        assert probe.SerializeToString() == probe_model(model, ["r", "g"]).SerializeToString()
+        write_external(probe, tmp_path / "probe.onnx")
     assert model.SerializeToString() == before
-    assert onnx.load_from_string(data) == probe_model(model, ["r", "g"])
+    loaded = onnx.load(str(tmp_path / "probe.onnx"))
+    for init in loaded.graph.initializer:  # onnx.load marks the tensors it read from external data
+        init.ClearField("data_location")
+    assert loaded == probe_model(model, ["r", "g"])
+    assert (tmp_path / "probe.onnx.data").stat().st_size == 4 * (32 * 256 + 32 * 10)  # the weights >= 1 KiB
     x = np.ones((1, 3, 8, 8), dtype=np.float32)
-    r, g = run_session(make_session(data), {"x": x})
-    assert r.shape == (1, 4, 8, 8) and g.shape == (1, 32)
+    plain = run_session(make_session(probe_model(model, ["r", "g"]).SerializeToString()), {"x": x})
+    probed = run_session(probe_session(model, ["r", "g"]), {"x": x})
+    assert [a.shape for a in probed] == [(1, 4, 8, 8), (1, 32)]
+    assert all(np.array_equal(a, b) for a, b in zip(plain, probed, strict=True))
+    assert model.SerializeToString() == before
