@@ -13,21 +13,25 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from isplit_export.exporting.onnx_graph import attr, graph_inputs, probe_model, unique_name, used_names
-from isplit_export.exporting.onnx_utils import make_session, run_session
+from isplit_export.exporting.onnx_graph import attr, graph_inputs, unique_name, used_names
+from isplit_export.exporting.onnx_utils import probe_session, run_session
 
 
 @dataclass(frozen=True)
 class _BiasTarget:
-    """A quantized Conv/Gemm whose float bias gets corrected (see :func:`correct_biases`)."""
+    """A quantized Conv/Gemm whose float bias gets corrected (see :func:`correct_biases`).
+
+    The weights stay initializers until their correction is computed, one target at a time: float64
+    copies of every weight at once were the peak of an INT8 export (2 GB for vgg16's classifier)."""
 
     node: onnx.NodeProto
     x: str  # its float input tensor, as named in the reference model
     act_scale: np.ndarray | None  # the input's per-tensor int8 scale; None: input not quantized
-    weight: np.ndarray  # float weight: Conv [O, C/group, *kernel], Gemm [N, K]
-    weight_q: np.ndarray  # the same after the model's int8 Q/DQ
+    weight: onnx.TensorProto  # reference's float weight: Conv [O, C/group, *kernel], Gemm [N, K]
+    weight_q: onnx.NodeProto  # the DequantizeLinear giving the same after the model's int8 Q/DQ
     bias: onnx.TensorProto | None  # its 1-D bias initializer; None: it has none (one gets added)
     gain: float  # output change per unit of bias: 1 for Conv, alpha / beta for Gemm
+    transposed: bool  # a Gemm without transB: its weights are [K, N], used transposed
 
 
 def correct_biases(
@@ -49,7 +53,7 @@ def correct_biases(
         return
     inputs = set(graph_inputs(reference))
     probes = sorted({t.x for t in targets} - inputs)
-    session = make_session(probe_model(reference, probes).SerializeToString()) if probes else None
+    session = probe_session(reference, probes) if probes else None
     count = len(next(iter(feeds.values())))
     sums = [[np.zeros(0), np.zeros(0)] for _ in targets]  # per target: sum of E[x], sum of E[Q(x)]
     for i in range(count):
@@ -63,10 +67,12 @@ def correct_biases(
             for k, v in enumerate((x, xq)):
                 means = _input_means(target, v)
                 acc[k] = means if i == 0 else acc[k] + means
+    del session
+    inits = {t.name: t for t in model.graph.initializer}
     names = used_names(model.graph)
     for target, (m, mq) in zip(targets, sums, strict=True):
-        error = _output_means(target, target.weight_q, mq / count) - _output_means(
-            target, target.weight, m / count
+        error = _output_means(target, _dequantized(target.weight_q, inits), mq / count) - _output_means(
+            target, numpy_helper.to_array(target.weight).astype(np.float64), m / count
         )
         shift = target.gain * error
         if target.bias is None:
@@ -102,41 +108,48 @@ def _bias_targets(model: onnx.ModelProto, reference: onnx.ModelProto) -> list[_B
             gain = alpha / beta
         else:
             continue
-        wq = _dequantized_initializer(node.input[1], producer, inits)
+        dq = _int8_dequantize(node.input[1], producer, inits)
         float_weight = ref_inits.get(ref_weight.get(node.name, ""))
         x, act_scale = _quantized_input(node.input[0], producer, inits)
-        if wq is None or float_weight is None or x not in known:
+        if dq is None or float_weight is None or x not in known:
             continue
-        w = numpy_helper.to_array(float_weight).astype(np.float64)
-        if w.shape != wq.shape:
+        if tuple(float_weight.dims) != tuple(inits[dq.input[0]].dims):
             continue
-        if node.op_type == "Gemm" and not attr(node, "transB", 0):
-            w, wq = w.T, wq.T
+        transposed = node.op_type == "Gemm" and not attr(node, "transB", 0)
+        out_channels = float_weight.dims[1 if transposed else 0]
         bias = None
         if len(node.input) > 2 and node.input[2]:
             bias = inits.get(node.input[2])
-            if bias is None or uses[bias.name] != 1 or tuple(bias.dims) != (w.shape[0],):
+            if bias is None or uses[bias.name] != 1 or tuple(bias.dims) != (out_channels,):
                 continue
-        targets.append(_BiasTarget(node, x, act_scale, w, wq, bias, gain))
+        targets.append(_BiasTarget(node, x, act_scale, float_weight, dq, bias, gain, transposed))
     return targets
 
 
-def _dequantized_initializer(
+def _int8_dequantize(
     name: str, producer: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto]
-) -> np.ndarray | None:
-    """``W_q`` (float64) when ``name`` is DequantizeLinear(int8 initializer, scale, zero point 0), else None."""
+) -> onnx.NodeProto | None:
+    """The node producing ``name`` when it is DequantizeLinear(int8 initializer, scale, zero point 0), else None."""
     dq = producer.get(name)
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
         return None
-    q = numpy_helper.to_array(inits[dq.input[0]])
     zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-    if q.dtype != np.int8 or (zero is not None and numpy_helper.to_array(zero).any()):
+    if inits[dq.input[0]].data_type != onnx.TensorProto.INT8:
         return None
+    if zero is not None and numpy_helper.to_array(zero).any():
+        return None
+    return dq
+
+
+def _dequantized(dq: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> np.ndarray:
+    """``W_q`` (float64): the int8 initializer of :func:`_int8_dequantize`'s node times its scale."""
+    w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
     if scale.ndim:
-        axis = int(attr(dq, "axis", 1)) % q.ndim
-        scale = scale.reshape([-1 if a == axis else 1 for a in range(q.ndim)])
-    return q.astype(np.float64) * scale
+        axis = int(attr(dq, "axis", 1)) % w.ndim
+        scale = scale.reshape([-1 if a == axis else 1 for a in range(w.ndim)])
+    w *= scale
+    return w
 
 
 def _quantized_input(
@@ -165,7 +178,7 @@ def _input_means(target: _BiasTarget, x: np.ndarray) -> np.ndarray:
     batch and the output positions of the input that tap reads, zero padding included ``[C, taps]``."""
     if target.node.op_type == "Gemm":
         return np.asarray(x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64))
-    node, kernel = target.node, target.weight.shape[2:]
+    node, kernel = target.node, tuple(target.weight.dims[2:])
     nd = len(kernel)
     strides = attr(node, "strides", [1] * nd)
     dilations = attr(node, "dilations", [1] * nd)
@@ -184,9 +197,10 @@ def _input_means(target: _BiasTarget, x: np.ndarray) -> np.ndarray:
 
 
 def _output_means(target: _BiasTarget, weight: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Per output channel, the mean of ``conv(weight, x)`` (Gemm: ``x @ weight.T``) from :func:`_input_means`."""
+    """Per output channel, the mean of ``conv(weight, x)`` (Gemm: ``x @ weight.T``, or ``x @ weight``
+    without transB) from :func:`_input_means`."""
     if target.node.op_type == "Gemm":
-        return np.asarray(weight @ means)
+        return np.asarray((weight.T if target.transposed else weight) @ means)
     group = int(attr(target.node, "group", 1))
     out_ch, in_per_group = weight.shape[:2]
     w = weight.reshape(group, out_ch // group, in_per_group, -1)

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 
 from isplit_export.errors import BadInputError
-from isplit_export.exporting.onnx_graph import attr, graph_inputs, probe_model, skeleton
-from isplit_export.exporting.onnx_utils import make_session, run_session
+from isplit_export.exporting.onnx_graph import attr, graph_inputs, skeleton
+from isplit_export.exporting.onnx_utils import make_session, probe_session, run_session
 from isplit_export.exporting.qdq_graph import SPATIAL_OP_TYPES, WEIGHTED_OP_TYPES
 
 
@@ -53,9 +53,7 @@ def weighted_nodes(
     if not nodes:
         return []
     outputs = [n.output[0] for n in nodes]
-    shapes = [
-        o.shape for o in run_session(make_session(probe_model(model, outputs).SerializeToString()), sample)
-    ]
+    shapes = [o.shape for o in run_session(probe_session(model, outputs), sample)]
     result = []
     for node, shape in zip(nodes, shapes, strict=True):
         weight = int(np.prod(inits[node.input[1]].dims))

@@ -9,8 +9,9 @@ protobuf field updates each, which it would not make shorter, and it is not in t
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Iterator, MutableSequence, Sequence
 from typing import Any
 
 import onnx
@@ -91,6 +92,24 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
             onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
         )
     return probe
+
+
+@contextlib.contextmanager
+def probing(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[onnx.ModelProto]:
+    """``model`` with the tensors ``names`` as its outputs (:func:`probe_model`, without the copy), its
+    own outputs restored on exit: a large model is held once to write a probe session's input."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.value_info, *model.graph.output]}
+    outputs = list(model.graph.output)
+    del model.graph.output[:]
+    try:
+        for name in names:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
+            )
+        yield model
+    finally:
+        del model.graph.output[:]
+        model.graph.output.extend(outputs)
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:

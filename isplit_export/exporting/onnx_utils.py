@@ -8,15 +8,17 @@ Torch-free on purpose: the ``verify`` path must run in a Jetson container withou
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from isplit_export.contract.machine import Machine, cpu_count, cpu_isa, cpu_model
-from isplit_export.exporting.onnx_graph import canonicalize
+from isplit_export.exporting.onnx_graph import canonicalize, probing
 
 OPSET = 17
 """Pinned ONNX opset. 17 is the newest opset that every supported target parses: TensorRT 8.5
@@ -37,6 +39,10 @@ EXACT_INT8_VALUE = "1"
 EXACT_INT8 = True
 """Whether :func:`make_session` sets :data:`EXACT_INT8_KEY` unless told otherwise (recorded in the manifest)."""
 
+DISABLE_PREPACKING_KEY = "session.disable_prepacking"
+"""onnxruntime's session config entry ``kOrtSessionOptionsConfigDisablePrepacking``: "1" keeps the
+constant weights as they are instead of copying them into kernel-specific layouts at load."""
+
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Canonicalize, write and check the file with the ONNX checker (full check, shape inference on).
@@ -54,6 +60,62 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         raise
 
 
+EXTERNAL_BYTES = 1024
+""":func:`write_external` moves the data of initializers of at least this many bytes out of the ONNX file."""
+
+
+def write_external(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` as ``path`` plus ``path.data`` (its large initializers' bytes), one tensor at a time.
+
+    For private files onnxruntime reads (probe sessions, the quantization's inputs): serialising a large
+    model whole makes protobuf hold it about twice more; this holds one tensor's bytes. ``model`` is
+    left as it is; onnxruntime and ``onnx.load`` read the pair as the same model.
+    """
+    shell = onnx.ModelProto()
+    _copy_fields(model, shell, skip="graph")
+    _copy_fields(model.graph, shell.graph, skip="initializer")
+    data_path = path.with_name(path.name + ".data")
+    offset = 0
+    with data_path.open("wb") as data:
+        for init in model.graph.initializer:
+            tensor = shell.graph.initializer.add()
+            if not init.HasField("raw_data") or len(init.raw_data) < EXTERNAL_BYTES:
+                tensor.CopyFrom(init)
+                continue
+            _copy_fields(init, tensor, skip="raw_data")
+            raw = init.raw_data
+            data.write(raw)
+            for key, value in (("location", data_path.name), ("offset", offset), ("length", len(raw))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            offset += len(raw)
+            del raw
+    path.write_bytes(shell.SerializeToString())
+
+
+def probe_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.InferenceSession:
+    """A session computing the tensors ``names`` of ``model`` (:func:`~.onnx_graph.probing`), read from
+    a private file with external data (:func:`write_external`): ``model`` is not copied or serialised whole."""
+    with tempfile.TemporaryDirectory(prefix="isplit-probe-") as tmp, probing(model, names) as probe:
+        path = Path(tmp) / "probe.onnx"
+        write_external(probe, path)
+        return make_session(path)
+
+
+def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
+    """Copy every set field of the protobuf message ``src`` but ``skip`` into ``dst`` (same type)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def write_model(model: onnx.ModelProto, path: Path) -> None:
     """Canonicalize and write without the checker: for a private intermediate file that a later step reads,
     whose results are checked by :func:`save_model` (the INT8 build's inputs)."""
@@ -66,6 +128,8 @@ def make_session(
     threads: int = 0,
     exact_int8: bool = EXACT_INT8,
     optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    prepacking: bool = True,
+    optimized_path: Path | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session; ``threads=0`` lets onnxruntime choose.
 
@@ -74,6 +138,10 @@ def make_session(
     (:data:`EXACT_INT8_KEY`). ``exact_int8=False`` and ``optimization`` exist for the measurements that
     compare kernel sets (the kernel-agreement test, ``benchmarks/bench_int8_kernels.py``):
     ``ORT_DISABLE_ALL`` leaves a QDQ graph unfused, so it runs as its float simulation.
+    ``prepacking=False`` keeps onnxruntime from copying the weights of Gemm/Conv/MatMul into its own
+    layouts (:data:`DISABLE_PREPACKING_KEY`): a session run a few times over a large model (the INT8
+    build's probes) then holds its weights once. ``optimized_path`` makes onnxruntime write the graph
+    it optimized there.
     """
     # fatal only: every failure reaches the caller as an exception that becomes our one line, so ORT's own
     # multi-line coloured log (errors of a failed load or run) would only precede it
@@ -85,6 +153,10 @@ def make_session(
     if exact_int8:
         opts.add_session_config_entry(EXACT_INT8_KEY, EXACT_INT8_VALUE)
     opts.graph_optimization_level = optimization
+    if not prepacking:
+        opts.add_session_config_entry(DISABLE_PREPACKING_KEY, "1")
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
     src = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 

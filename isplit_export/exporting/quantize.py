@@ -15,13 +15,13 @@ directory; the result is canonicalized and written once).
 from __future__ import annotations
 
 import functools
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from isplit_export.errors import BadInputError, TechnicalError
 from isplit_export.exporting.bias_correction import correct_biases
@@ -34,7 +34,13 @@ from isplit_export.exporting.encoding import (
 )
 from isplit_export.exporting.float_stem import nodes_kept_float, stem_share
 from isplit_export.exporting.onnx_graph import canonicalize, graph_inputs, skeleton
-from isplit_export.exporting.onnx_utils import make_session, run_session, save_model, write_model
+from isplit_export.exporting.onnx_utils import (
+    make_session,
+    run_session,
+    save_model,
+    write_external,
+    write_model,
+)
 from isplit_export.exporting.qdq_graph import WEIGHTED_OP_TYPES, float_inputs, separate_quant_params, tidy
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "QUANTIZED_OP_TYPES",
     "WEIGHTED_OP_TYPES",
     "build_int8_pair",
+    "pre_process",
     "quantize_qdq",
 ]
 
@@ -78,6 +85,10 @@ MAX_FLOAT_SHARE = 0.25
 """... when their convolutions are at most this share of the pair's multiply-adds (else everything is quantized)."""
 
 
+MIN_OPSET = 11
+"""The oldest opset the quantization takes (onnxruntime converts older ones first; the tool exports 17)."""
+
+
 def quantize_qdq(
     model_path: Path,
     out_path: Path,
@@ -93,8 +104,8 @@ def quantize_qdq(
     """Write the symmetric INT8 QDQ version of ``model_path`` to ``out_path``.
 
     ``calibration`` maps every graph input name to float samples stacked on axis 0; the samples are
-    fed one at a time. Runs onnxruntime's ``quant_pre_process`` (ONNX shape inference and basic graph
-    optimizations, no symbolic shape inference) first. The opset is kept (17 for this project); the
+    fed one at a time. Runs onnxruntime's ``quant_pre_process`` steps first (:func:`pre_process`: ONNX
+    shape inference and basic graph optimizations, no symbolic shape inference). The opset is kept (17 for this project); the
     result passes the ONNX checker (full check) and runs in onnxruntime CPU.
 
     Nodes stay float (float weights and inputs; a quantized consumer still quantizes their output)
@@ -140,12 +151,16 @@ def _quantized(
             QuantType,
             quantize_static,
         )
-        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:  # pragma: no cover - onnxruntime always ships it
         raise TechnicalError(f"onnxruntime.quantization is not available: {exc}") from exc
 
     original = skeleton(_load(model_path))  # its interface and opset are used: no weights kept
     feeds = _check_calibration(original, calibration)
+    opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise BadInputError(
+            f"{model_path.name} has opset {opset}: INT8 quantization needs opset {MIN_OPSET} or newer"
+        )
     count = len(next(iter(feeds.values())))
     if keep_float_above is not None and keep_float_above < 0:
         raise BadInputError(f"keep_float_above must be >= 0, got {keep_float_above}")
@@ -172,24 +187,17 @@ def _quantized(
     }
     with tempfile.TemporaryDirectory(prefix="isplit-quant-") as tmp:
         work = Path(tmp)
-        src = work / "model.onnx"  # onnxruntime writes "<stem>-inferred.onnx" next to its input
-        shutil.copyfile(model_path, src)
         pre = work / "preprocessed.onnx"
         qdq = work / "qdq.onnx"
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            if not pre.exists():
-                raise TechnicalError(
-                    f"onnxruntime quantization pre-processing wrote nothing for {model_path}"
-                )
-            reference = onnx.load(str(pre))
-        except TechnicalError:
-            raise
+            reference = pre_process(model_path, work)
+            write_external(reference, pre)
         except Exception as exc:
             raise TechnicalError(
                 f"onnxruntime quantization pre-processing of {model_path} failed: {exc}"
             ) from exc
         excluded = nodes_kept_float(reference, feeds, op_types, keep_float, keep_float_above)
+        del reference  # reloaded for the bias correction: not held beside onnxruntime's copies
         try:
             quantize_static(
                 str(pre),
@@ -204,17 +212,44 @@ def _quantized(
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=excluded,
                 extra_options=extra_options,
+                use_external_data_format=True,  # its calibration copy drops its weights once written
             )
             model = onnx.load(str(qdq))
+            for init in model.graph.initializer:  # loaded from external data: the bytes stay as inline
+                if init.data_location == onnx.TensorProto.DEFAULT:
+                    init.ClearField("data_location")
         except Exception as exc:
             raise TechnicalError(f"onnxruntime static quantization of {model_path} failed: {exc}") from exc
-    float_inputs(model, excluded)
-    if bias_correction:
-        correct_biases(model, reference, feeds)
-    del reference  # the float model: not held while the result is checked and written
+        float_inputs(model, excluded)
+        if bias_correction:
+            correct_biases(model, onnx.load(str(pre)), feeds)  # the float model, dropped once used
     separate_quant_params(model)
     tidy(model, original)
     return model, excluded
+
+
+def pre_process(model_path: Path, work: Path) -> onnx.ModelProto:
+    """onnxruntime's ``quant_pre_process(..., skip_symbolic_shape=True)`` for an opset >= 11 model: the
+    same steps and bytes (basic graph optimizations, ONNX shape inference, its metadata tag), with one
+    copy of the weights at a time (onnxruntime's keeps the input model loaded beside the optimizing
+    session: 2.2 GB more for vgg16's tail). ``work`` is a private directory for the intermediate files."""
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
+    optimized, inferred = work / "optimized.onnx", work / "inferred.onnx"
+    session = make_session(
+        model_path,
+        exact_int8=False,
+        optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        prepacking=False,
+        optimized_path=optimized,
+    )
+    del session
+    onnx.shape_inference.infer_shapes_path(str(optimized), str(inferred))
+    optimized.unlink()
+    model = onnx.load(str(inferred))
+    inferred.unlink()
+    add_pre_process_metadata(model)
+    return model
 
 
 def build_int8_pair(
