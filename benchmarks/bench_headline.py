@@ -85,6 +85,7 @@ def main() -> None:
     tmp = None if a.out is not None else Path(tempfile.mkdtemp(prefix="bench-headline-"))
     out = a.out if a.out is not None else Path(tmp, "bundle")  # type: ignore[arg-type]
     cmd = [sys.executable, "-m", "isplit_export", *args, "--out", str(out), "--force"]
+    out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name(out.name + ".log")
     wall, rss, rc = run_timed(cmd, log)
     result: dict[str, object] = {
