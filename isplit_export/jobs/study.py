@@ -17,25 +17,21 @@ it runs the grid study instead (:func:`study_grid`, :mod:`isplit_export.bottlene
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from isplit_export import progress
 from isplit_export.bottleneck.study_figure import plot_study
-from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, prepare
+from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, prepare, study_head
 from isplit_export.bottleneck.study_summary import summarize_study
 from isplit_export.class_labels import resolve_class_labels
 from isplit_export.jobs.rank import rank
 from isplit_export.numbers import rounded
 from isplit_export.options import StudyOptions, make_options
-from isplit_export.verification.checks import held_out_rounding, task_metric
-from isplit_export.version import __version__
+from isplit_export.verification.checks import held_out_rounding
+from isplit_export.version import run_stamp
 
 if TYPE_CHECKING:
     from isplit_export.distributed import Job
@@ -132,22 +128,8 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
     """The ``isplit.study/2`` document; only its ``run`` block (seconds, host, date) varies between runs."""
     opts = ctx.options
     r = ctx.ranked
-    full = task_metric(
-        ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding
-    )
     return {
-        "schema": SCHEMA,
-        "tool": {"name": "isplit-export", "version": __version__},
-        "options": opts.to_json(),
-        "model": r.model.to_json(),
-        "images": {
-            "source": r.images.source,
-            "train": len(ctx.x_train),
-            "held_out": len(ctx.x_held),
-            "labelled": bool((ctx.labels_held >= 0).all()),
-            "labels": r.ranking.labels,
-        },
-        "full_model": {"metric": full["metric"], "value": full["full_model"]},
+        **study_head(ctx, SCHEMA),
         "curve": {
             "index": list(range(len(r.traced.cuts))),
             "cui": [held_out_rounding(float(v)) for v in ctx.cui],
@@ -158,12 +140,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
         "probe": None if ctx.probe is None else ctx.probe.to_json(),
         "summary": summarize_study(results, seed=opts.seed, reps=opts.ci_reps),
         "run": {
-            "created": dt.datetime.now(dt.timezone.utc)
-            .replace(microsecond=0)
-            .isoformat()
-            .replace("+00:00", "Z"),
-            "host": platform.platform(),
-            "torch": torch.__version__,
+            **run_stamp(),
             "train_seconds": {str(res.index): res.train_seconds for res in results},
             "probe_seconds": None if ctx.probe is None else rounded(ctx.probe.seconds, 3, decimals=True),
         },
