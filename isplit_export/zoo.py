@@ -69,13 +69,11 @@ def digits_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.stack([preprocess(Image.fromarray(im), DIGITS_PREPROCESSING) for im in images])
 
 
-def train_digits_cnn(seed: int = 0, epochs: int = 12, holdout: float = 0.25) -> tuple[DigitsCNN, float]:
-    """Train :class:`DigitsCNN` on the first (1 - holdout) of the digits; returns it and held-out accuracy."""
-    torch.manual_seed(seed)
-    images, labels = digits_arrays()
-    x, y = digits_tensor(images), torch.from_numpy(labels)
-    n_train = int(len(x) * (1 - holdout))
-    model = DigitsCNN()
+def fit_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_train: int, *, seed: int, epochs: int
+) -> float:
+    """Train ``model`` (Adam, cross-entropy, seeded batches of 64) on ``x[:n_train]``; returns its accuracy on
+    the rest. The zoo's trained models share this loop, so they train the same way."""
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -86,8 +84,17 @@ def train_digits_cnn(seed: int = 0, epochs: int = 12, holdout: float = 0.25) -> 
             opt.step()
     model.eval()
     with torch.no_grad():
-        acc = float((model(x[n_train:]).argmax(1) == y[n_train:]).float().mean())
-    return model, acc
+        return float((model(x[n_train:]).argmax(1) == y[n_train:]).float().mean())
+
+
+def train_digits_cnn(seed: int = 0, epochs: int = 12, holdout: float = 0.25) -> tuple[DigitsCNN, float]:
+    """Train :class:`DigitsCNN` on the first (1 - holdout) of the digits; returns it and held-out accuracy."""
+    torch.manual_seed(seed)
+    images, labels = digits_arrays()
+    x, y = digits_tensor(images), torch.from_numpy(labels)
+    n_train = int(len(x) * (1 - holdout))
+    model = DigitsCNN()
+    return model, fit_classifier(model, x, y, n_train, seed=seed, epochs=epochs)
 
 
 def write_digits_imagefolder(root: Path, *, start: int = 0, count: int | None = None) -> Path:
@@ -234,18 +241,7 @@ def train_glyphs_resnet(seed: int = 0, epochs: int = 15) -> tuple[GlyphsResNet, 
     x, y = glyphs_tensor(images), torch.from_numpy(labels)
     n_train = glyphs_held_out_start()
     model = GlyphsResNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(n_train, generator=gen).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(x[n_train:]).argmax(1) == y[n_train:]).float().mean())
-    return model, acc
+    return model, fit_classifier(model, x, y, n_train, seed=seed, epochs=epochs)
 
 
 def write_glyphs_imagefolder(root: Path, *, seed: int = 0, start: int = 0, count: int | None = None) -> Path:

@@ -124,6 +124,24 @@ def gather_parts(job: Job | None, obj: Any) -> list[Any]:
     return [obj] if job is None or not job.active else job.gather(obj)
 
 
+def gather_held_out(
+    job: Job | None, mine: dict[Any, list[tuple[int, np.ndarray]]], counts: dict[Any, np.ndarray]
+) -> tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]]:
+    """Every process's held-out outputs (per key, ``(first row, rows)`` chunks) and counts, merged: each key's
+    outputs in row order, its counts summed. The probe and the grid gather their held-out pass this way."""
+    outputs: dict[Any, list[tuple[int, np.ndarray]]] = {k: [] for k in mine}
+    counts_all = {k: np.zeros_like(v) for k, v in counts.items()}
+    for part, part_counts in gather_parts(job, (mine, counts)):
+        for k, chunks in part.items():
+            outputs[k].extend(chunks)
+        for k, c in part_counts.items():
+            counts_all[k] += c
+    merged = {
+        k: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for k, chunks in outputs.items()
+    }
+    return merged, counts_all
+
+
 def merged_sums(job: Job | None, local: dict[Any, Any], empty: Callable[[Any], Any]) -> dict[Any, Any]:
     """Per-cut sums (anything with ``merge``) added up over the processes of ``job``; ``local`` alone without one."""
     if job is None or not job.active:
@@ -207,16 +225,7 @@ def run_probe(
                 z = encode_array(zf, codec)
                 zq = torch.from_numpy(np.ascontiguousarray(decode_array(z, codec), dtype=np.float32))
                 mine[i].append((a, traced.run_tail(cut, dec(zq)).numpy()))
-    logits: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in mine}
-    clipped_all = {i: np.zeros(2, dtype=np.int64) for i in shapes}
-    for part, part_clipped in gather_parts(job, (mine, clipped)):
-        for i, chunks in part.items():
-            logits[i].extend(chunks)
-        for i, counts in part_clipped.items():
-            clipped_all[i] += counts
-    got = {
-        i: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for i, chunks in logits.items()
-    }
+    got, clipped_all = gather_held_out(job, mine, clipped)
     y_full = got[FULL] if y_full_held is None else y_full_held
     scores: dict[int, dict[str, Any]] = {}
     for i, s in shapes.items():
@@ -230,6 +239,22 @@ def run_probe(
             "clipped": held_out_rounding(int(clipped_all[i][0]) / max(int(clipped_all[i][1]), 1)),
         }
     return Probe(spec, encoding, scores, pcas, len(x_train), len(x_held), time.perf_counter() - start)
+
+
+def ranked_split(
+    ranked: Any, cuts: str, *, seed: int, holdout: float, max_images: int
+) -> tuple[list[Cut], torch.Tensor, torch.Tensor, np.ndarray]:
+    """A :class:`~isplit_export.ranking.ranked.RankResult`'s candidates (``cuts="candidates"``) or all its cuts,
+    and its images split train/held-out by name (the bottleneck's split): ``(cuts, x_train, x_held,
+    labels_held)``, what the probe and the grid run on."""
+    from isplit_export.bottleneck.holdout import split_holdout
+    from isplit_export.distributed import images_tensor
+
+    ranks = ranked.ranking.ranks  # every candidate (local maximum), whatever the ranking's top
+    chosen = [c for c, r in zip(ranked.traced.cuts, ranks, strict=True) if cuts == "all" or r is not None]
+    x, labels, names = images_tensor(ranked.images, max_images)
+    train_idx, held_idx = split_holdout(names, holdout, seed)
+    return chosen, x[train_idx], x[held_idx], labels.numpy()[held_idx]
 
 
 def probe_ranking(
@@ -246,21 +271,17 @@ def probe_ranking(
 ) -> Probe:
     """The probe for a :class:`~isplit_export.ranking.ranked.RankResult`: its images split train/held-out by name
     (the bottleneck's split), over its candidates (``cuts="candidates"``) or all its cuts."""
-    from isplit_export.bottleneck.holdout import split_holdout
-    from isplit_export.distributed import images_tensor
-
-    ranks = ranked.ranking.ranks  # every candidate (local maximum), whatever the ranking's top
-    chosen = [c for c, r in zip(ranked.traced.cuts, ranks, strict=True) if cuts == "all" or r is not None]
-    x, labels, names = images_tensor(ranked.images, max_images)
-    train_idx, held_idx = split_holdout(names, holdout, seed)
+    chosen, x_train, x_held, labels_held = ranked_split(
+        ranked, cuts, seed=seed, holdout=holdout, max_images=max_images
+    )
     return run_probe(
         ranked.traced,
         chosen,
         spec,
-        x[train_idx],
-        x[held_idx],
+        x_train,
+        x_held,
         None,
-        labels.numpy()[held_idx],
+        labels_held,
         encoding=encoding,
         batch_size=batch_size,
         job=job,

@@ -44,7 +44,14 @@ from isplit_export.bottleneck.pca import (
     from_channels_first,
     patches,
 )
-from isplit_export.bottleneck.probe import FULL, KEEP_BYTES, gather_parts, merged_sums, shard_batches
+from isplit_export.bottleneck.probe import (
+    FULL,
+    KEEP_BYTES,
+    gather_held_out,
+    merged_sums,
+    ranked_split,
+    shard_batches,
+)
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.encoding import decode_array, encode_array
 from isplit_export.options_bottleneck import HOLDOUT, Ladder, SizeSpec
@@ -237,16 +244,7 @@ def run_grid(
                 out = traced.run_tail(by_index[i], torch.cat(decoded)).numpy()
                 for n, w in enumerate(mine_i):
                     mine[w].append((a, out[n * (b - a) : (n + 1) * (b - a)]))
-    logits: dict[Any, list[tuple[int, np.ndarray]]] = {w: [] for w in mine}
-    outside_all = {g: np.zeros_like(v) for g, v in outside.items()}
-    for part, part_outside in gather_parts(job, (mine, outside)):
-        for w, chunks in part.items():
-            logits[w].extend(chunks)
-        for g, counts in part_outside.items():
-            outside_all[g] += counts
-    got = {
-        w: np.concatenate([v for _, v in sorted(chunks, key=lambda t: t[0])]) for w, chunks in logits.items()
-    }
+    got, outside_all = gather_held_out(job, mine, outside)
     y_full = got[FULL]
     points: dict[int, list[dict[str, Any]]] = {c.index: [] for c in cuts}
     metric: str | None = None
@@ -304,20 +302,16 @@ def grid_ranking(
 ) -> RateAccuracy:
     """The grid for a :class:`~isplit_export.ranking.ranked.RankResult`, on the probe's train/held-out split of its images,
     over its candidates (``cuts="candidates"``) or all its cuts."""
-    from isplit_export.bottleneck.holdout import split_holdout
-    from isplit_export.distributed import images_tensor
-
-    ranks = ranked.ranking.ranks
-    chosen = [c for c, r in zip(ranked.traced.cuts, ranks, strict=True) if cuts == "all" or r is not None]
-    x, labels, names = images_tensor(ranked.images, max_images)
-    train_idx, held_idx = split_holdout(names, holdout, seed)
+    chosen, x_train, x_held, labels_held = ranked_split(
+        ranked, cuts, seed=seed, holdout=holdout, max_images=max_images
+    )
     return run_grid(
         ranked.traced,
         chosen,
         ladder,
-        x[train_idx],
-        x[held_idx],
-        labels.numpy()[held_idx],
+        x_train,
+        x_held,
+        labels_held,
         encoding=encoding,
         batch_size=batch_size,
         job=job,

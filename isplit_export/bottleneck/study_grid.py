@@ -18,24 +18,21 @@ rate-accuracy grid choose the (cut, budget) pair well?
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from isplit_export.bottleneck.study_grid_summary import summarize_grid
-from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut
+from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, study_head
 from isplit_export.bundle.grid_choice import PricedPoint, choose_pair, most_accurate_within
 from isplit_export.contract.rate_accuracy import GridPoint, RateAccuracyGrid
 from isplit_export.numbers import rounded
 from isplit_export.options_grid import PairChoice
-from isplit_export.verification.checks import held_out_rounding, task_metric
-from isplit_export.version import __version__
+from isplit_export.verification.checks import held_out_rounding
+from isplit_export.version import run_stamp
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.rate_accuracy import RateAccuracy
@@ -194,9 +191,6 @@ def grid_study_json(gs: GridStudy, results: Sequence[CutResult]) -> dict[str, An
     """The ``isplit.study-grid/1`` document; only its ``run`` block (seconds, host, date) varies between runs."""
     ctx, opts = gs.ctx, gs.ctx.options
     r = ctx.ranked
-    full = task_metric(
-        ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding
-    )
     reps = min(int(np.asarray(res.outcomes).shape[0]) for res in results)
     outcomes = np.stack([np.asarray(res.outcomes)[:reps] for res in results])
     summary = summarize_grid(
@@ -232,30 +226,14 @@ def grid_study_json(gs: GridStudy, results: Sequence[CutResult]) -> dict[str, An
     ranks = r.ranking.ranks
     log10 = [math.log10(v) if v > 0 else None for v in np.asarray(r.ranking.cui).tolist()]
     return {
-        "schema": SCHEMA,
-        "tool": {"name": "isplit-export", "version": __version__},
-        "options": opts.to_json(),
-        "model": r.model.to_json(),
-        "images": {
-            "source": r.images.source,
-            "train": len(ctx.x_train),
-            "held_out": len(ctx.x_held),
-            "labelled": bool((ctx.labels_held >= 0).all()),
-            "labels": r.ranking.labels,
-        },
-        "full_model": {"metric": full["metric"], "value": full["full_model"]},
+        **study_head(ctx, SCHEMA),
         "grid": gs.grid.to_json(ranks, log10),
         "choice": gs.choice,
         "selection": gs.selection,
         "points": rows,
         "summary": summary,
         "run": {
-            "created": dt.datetime.now(dt.timezone.utc)
-            .replace(microsecond=0)
-            .isoformat()
-            .replace("+00:00", "Z"),
-            "host": platform.platform(),
-            "torch": torch.__version__,
+            **run_stamp(),
             "train_seconds": {label: res.train_seconds for label, res in zip(labels, results, strict=True)},
             "grid_seconds": rounded(gs.grid.seconds, 3, decimals=True),
         },

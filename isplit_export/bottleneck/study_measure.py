@@ -22,6 +22,7 @@ from isplit_export.models import forward_batched
 from isplit_export.numbers import rounded
 from isplit_export.stats import percentile_ci, two_level_replicates
 from isplit_export.verification.checks import held_out_rounding, task_metric
+from isplit_export.version import __version__
 
 if TYPE_CHECKING:
     from isplit_export.bottleneck.probe import Probe
@@ -250,3 +251,27 @@ def measure_cut(ctx: StudyContext, cut: Cut) -> CutResult:
 def rounded_ci(ci: tuple[float, float] | None) -> list[float | None] | None:
     """A 95 % CI as written to ``study.json``: both bounds held-out rounded (``None`` stays ``None``)."""
     return None if ci is None else [held_out_rounding(ci[0]), held_out_rounding(ci[1])]
+
+
+def study_head(ctx: StudyContext, schema: str) -> dict[str, Any]:
+    """The keys that begin both study documents (``isplit.study/2`` and ``isplit.study-grid/1``): schema, tool,
+    options, model, the images (how many trained and held out, whether labelled) and the full model's held-out
+    metric."""
+    r = ctx.ranked
+    full = task_metric(
+        ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding
+    )
+    return {
+        "schema": schema,
+        "tool": {"name": "isplit-export", "version": __version__},
+        "options": ctx.options.to_json(),
+        "model": r.model.to_json(),
+        "images": {
+            "source": r.images.source,
+            "train": len(ctx.x_train),
+            "held_out": len(ctx.x_held),
+            "labelled": bool((ctx.labels_held >= 0).all()),
+            "labels": r.ranking.labels,
+        },
+        "full_model": {"metric": full["metric"], "value": full["full_model"]},
+    }

@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import datetime as dt
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from isplit_export.verification.checks import cui_order
 from isplit_export.verification.gates import GATES
 from isplit_export.verification.metrics import accuracy
 from isplit_export.verification.verify import SCHEMA
-from isplit_export.version import __version__
+from isplit_export.version import __version__, run_stamp
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +205,7 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
         )
         (tmp / "report.md").write_text(report, encoding="utf-8")
         manifest["run"] = {
-            "created": dt.datetime.now(dt.timezone.utc)
-            .replace(microsecond=0)
-            .isoformat()
-            .replace("+00:00", "Z"),
-            "host": platform.platform(),
-            "torch": torch.__version__,
+            **run_stamp(),
             "latency_ms": latency,
             **({"bottleneck_train_seconds": train_seconds} if bn is not None else {}),
             "report_sha256": sha256_file(tmp / "report.md"),

@@ -17,25 +17,21 @@ it runs the grid study instead (:func:`study_grid`, :mod:`isplit_export.bottlene
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from isplit_export import progress
 from isplit_export.bottleneck.study_figure import plot_study
-from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, prepare
+from isplit_export.bottleneck.study_measure import CutResult, StudyContext, measure_cut, prepare, study_head
 from isplit_export.bottleneck.study_summary import summarize_study
 from isplit_export.class_labels import resolve_class_labels
 from isplit_export.jobs.rank import rank
 from isplit_export.numbers import rounded
 from isplit_export.options import StudyOptions, make_options
-from isplit_export.verification.checks import held_out_rounding, task_metric
-from isplit_export.version import __version__
+from isplit_export.verification.checks import held_out_rounding
+from isplit_export.version import run_stamp
 
 if TYPE_CHECKING:
     from isplit_export.distributed import Job
@@ -55,8 +51,7 @@ class StudyResult:
 
 def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyResult:
     """Run the study and write ``study.json`` and ``study.png`` into ``options.out`` (default ``study``)."""
-    from isplit_export.distributed import job, merge_order
-    from isplit_export.files import write_json
+    from isplit_export.distributed import job
 
     opts = make_options(StudyOptions, options, fields)
     if opts.budgets is not None:  # the (cut, budget) grid study
@@ -66,20 +61,9 @@ def study(options: StudyOptions | str | None = None, /, **fields: Any) -> StudyR
     with job(opts.distributed, opts.device) as current:  # under torchrun: the cuts are shared out
         ctx = study_context(opts, current)
         progress.expect(len(ctx.cuts) * opts.repeats + 1)  # one training per cut and repeat; the write
-        mine = [measure_cut(ctx, ctx.cuts[i]) for i in current.share(len(ctx.cuts))]
-        results = merge_order(current.gather(mine), len(ctx.cuts), current.world_size)
+        results = measure_shared(current, len(ctx.cuts), lambda i: measure_cut(ctx, ctx.cuts[i]))
         data = study_json(ctx, results)
-        if current.describe() is not None:
-            data["distributed"] = current.describe()
-
-        def write() -> None:
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(paths[0], data)
-            plot_study(data, paths[1])
-
-        progress.stage("write study.json and study.png")
-        current.write(write)  # process 0, once every process is ok
-        progress.done()
+        write_study(current, data, paths, plot_study)
     return StudyResult(data, results, paths)
 
 
@@ -88,8 +72,7 @@ def study_grid(opts: StudyOptions) -> StudyResult:
     ``study.json`` (schema ``isplit.study-grid/1``) and ``study_rate.png``."""
     from isplit_export.bottleneck.study_grid import grid_study_json, measure_point, prepare_grid
     from isplit_export.bottleneck.study_grid_figure import plot_study_rate
-    from isplit_export.distributed import job, merge_order
-    from isplit_export.files import write_json
+    from isplit_export.distributed import job
 
     out = opts.out or Path("study")
     paths = [out / "study.json", out / "study_rate.png"]
@@ -101,21 +84,39 @@ def study_grid(opts: StudyOptions) -> StudyResult:
         )
         gs = prepare_grid(opts, ranked, current)
         progress.expect(len(gs.points) * opts.repeats + 1)
-        mine = [measure_point(gs, i) for i in current.share(len(gs.points))]
-        results = merge_order(current.gather(mine), len(gs.points), current.world_size)
+        results = measure_shared(current, len(gs.points), lambda i: measure_point(gs, i))
         data = grid_study_json(gs, results)
-        if current.describe() is not None:
-            data["distributed"] = current.describe()
-
-        def write() -> None:
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(paths[0], data)
-            plot_study_rate(data, paths[1])
-
-        progress.stage("write study.json and study_rate.png")
-        current.write(write)
-        progress.done()
+        write_study(current, data, paths, plot_study_rate)
     return StudyResult(data, results, paths)
+
+
+def measure_shared(current: Job, n: int, measure: Callable[[int], CutResult]) -> list[CutResult]:
+    """Measure items ``0..n-1``, shared out across the job's processes; every process gets all results, in
+    order."""
+    from isplit_export.distributed import merge_order
+
+    mine = [measure(i) for i in current.share(n)]
+    return merge_order(current.gather(mine), n, current.world_size)
+
+
+def write_study(
+    current: Job, data: dict[str, Any], paths: list[Path], plot: Callable[[dict[str, Any], Path], None]
+) -> None:
+    """Write a study's document (``paths[0]``, with the job's ``distributed`` block when there is one) and its
+    figure (``paths[1]``, drawn by ``plot``): on process 0, once every process is ok."""
+    from isplit_export.files import write_json
+
+    if current.describe() is not None:
+        data["distributed"] = current.describe()
+
+    def write() -> None:
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        write_json(paths[0], data)
+        plot(data, paths[1])
+
+    progress.stage(f"write {paths[0].name} and {paths[1].name}")
+    current.write(write)
+    progress.done()
 
 
 def study_context(options: StudyOptions, job: Job | None = None) -> StudyContext:
@@ -132,22 +133,8 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
     """The ``isplit.study/2`` document; only its ``run`` block (seconds, host, date) varies between runs."""
     opts = ctx.options
     r = ctx.ranked
-    full = task_metric(
-        ctx.y_full_held, ctx.y_full_held, ctx.labels_held, held_out=True, rnd=held_out_rounding
-    )
     return {
-        "schema": SCHEMA,
-        "tool": {"name": "isplit-export", "version": __version__},
-        "options": opts.to_json(),
-        "model": r.model.to_json(),
-        "images": {
-            "source": r.images.source,
-            "train": len(ctx.x_train),
-            "held_out": len(ctx.x_held),
-            "labelled": bool((ctx.labels_held >= 0).all()),
-            "labels": r.ranking.labels,
-        },
-        "full_model": {"metric": full["metric"], "value": full["full_model"]},
+        **study_head(ctx, SCHEMA),
         "curve": {
             "index": list(range(len(r.traced.cuts))),
             "cui": [held_out_rounding(float(v)) for v in ctx.cui],
@@ -158,12 +145,7 @@ def study_json(ctx: StudyContext, results: Sequence[CutResult]) -> dict[str, Any
         "probe": None if ctx.probe is None else ctx.probe.to_json(),
         "summary": summarize_study(results, seed=opts.seed, reps=opts.ci_reps),
         "run": {
-            "created": dt.datetime.now(dt.timezone.utc)
-            .replace(microsecond=0)
-            .isoformat()
-            .replace("+00:00", "Z"),
-            "host": platform.platform(),
-            "torch": torch.__version__,
+            **run_stamp(),
             "train_seconds": {str(res.index): res.train_seconds for res in results},
             "probe_seconds": None if ctx.probe is None else rounded(ctx.probe.seconds, 3, decimals=True),
         },

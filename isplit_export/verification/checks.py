@@ -178,27 +178,10 @@ def judge_pair(
 
 
 def check_pair(
-    full: np.ndarray,
-    got: np.ndarray,
-    labels: np.ndarray,
-    gate: Gate,
-    *,
-    reference: np.ndarray | None = None,
-    rnd: Rounding = _raw,
-    held_out: bool = False,
-    agreement_with_reference: bool = False,
+    full: np.ndarray, got: np.ndarray, labels: np.ndarray, gate: Gate, *, rnd: Rounding = _raw
 ) -> dict[str, Any]:
-    """The manifest's check block of :func:`judge_pair` (what the exporter writes per pair)."""
-    return judge_pair(
-        full,
-        got,
-        labels,
-        gate,
-        reference=reference,
-        rnd=rnd,
-        held_out=held_out,
-        agreement_with_reference=agreement_with_reference,
-    ).to_json()
+    """The manifest's check block of :func:`judge_pair` against ``full`` (what the exporter writes per pair)."""
+    return judge_pair(full, got, labels, gate, rnd=rnd).to_json()
 
 
 def check_int8_code_pair(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from isplit_export.cli import main
-from tests.support.helpers import DIGITS
+from tests.support.helpers import digits_onnx_args
 
 _HERE = Path(__file__).resolve().parent
 
@@ -26,15 +26,7 @@ def int8_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, 
     assert (
         main(
             [
-                DIGITS,
-                "--weights",
-                str(digits_weights),
-                "--data",
-                str(digits_dir),
-                "--top",
-                "2",
-                "--target",
-                "onnx",
+                *digits_onnx_args(digits_weights, digits_dir),
                 "--boundary",
                 "int8",
                 "--triton",

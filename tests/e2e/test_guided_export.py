@@ -18,7 +18,7 @@ import pytest
 from isplit_export import contract
 from isplit_export.cli import main
 from isplit_export.progress import QUIET_ENV
-from tests.support.helpers import DIGITS, run_cli
+from tests.support.helpers import digits_onnx_args, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -38,15 +38,7 @@ def guided(
         mp.delenv(QUIET_ENV)
         code = main(
             [
-                DIGITS,
-                "--weights",
-                str(digits_weights),
-                "--data",
-                str(digits_dir),
-                "--top",
-                "2",
-                "--target",
-                "onnx",
+                *digits_onnx_args(digits_weights, digits_dir),
                 "--triton",
                 "--out",
                 str(out),

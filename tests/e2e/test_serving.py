@@ -27,7 +27,7 @@ from isplit_export.contract import Split
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_utils import make_session
 from isplit_export.options_serving import RunOptions, ServeOptions
-from tests.support.helpers import DIGITS, run_cli
+from tests.support.helpers import digits_onnx_args, run_cli
 from tests.support.serving_helpers import LOOPBACK, Server, free_port
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -443,15 +443,7 @@ def test_a_server_with_another_boundary_dtype_is_refused_in_one_line(
     assert (
         main(
             [
-                DIGITS,
-                "--weights",
-                str(digits_weights),
-                "--data",
-                str(digits_dir),
-                "--top",
-                "2",
-                "--target",
-                "onnx",
+                *digits_onnx_args(digits_weights, digits_dir),
                 "--out",
                 str(fp32),
                 "--latency-runs",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
 
 DIGITS = "isplit_export.zoo:digits_cnn"
 """The trained digits CNN's factory, as the CLI takes it."""
+
+
+def digits_onnx_args(weights: Path, data: Path) -> list[str]:
+    """The start of the test bundles' export command line: the trained digits CNN (``weights``) on ``data``,
+    its top 2 cuts, the onnx target; each caller appends its own options."""
+    return [DIGITS, "--weights", str(weights), "--data", str(data), "--top", "2", "--target", "onnx"]
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ import pytest
 from isplit_export.cli import main
 from isplit_export.files import sha256_file, write_json
 from isplit_export.jobs.verify import verify_bundle
-from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
+from tests.support.helpers import DIGITS, digits_onnx_args, run_cli, run_cli_without_torch
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
 
@@ -22,15 +22,7 @@ def cost_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path, 
     assert (
         main(
             [
-                DIGITS,
-                "--weights",
-                str(digits_weights),
-                "--data",
-                str(digits_dir),
-                "--top",
-                "2",
-                "--target",
-                "onnx",
+                *digits_onnx_args(digits_weights, digits_dir),
                 "--link",
                 "lte",
                 "--objective",

@@ -17,7 +17,7 @@ from isplit_export.files import sha256_file, write_json
 from isplit_export.jobs import export as export_job
 from isplit_export.jobs.verify import verify_bundle
 from isplit_export.verification.runners import OnnxrtRunner, run_pair
-from tests.support.helpers import DIGITS, run_cli, run_cli_without_torch
+from tests.support.helpers import DIGITS, digits_onnx_args, run_cli, run_cli_without_torch
 from tests.support.int8 import assert_kernels_agree, pair_logits
 
 pytestmark = pytest.mark.e2e  # every test here runs whole pipelines (export, CLI, bash)
@@ -41,15 +41,7 @@ def digits_bundle(tmp_path_factory: pytest.TempPathFactory, digits_weights: Path
     assert (
         main(
             [
-                DIGITS,
-                "--weights",
-                str(digits_weights),
-                "--data",
-                str(digits_dir),
-                "--top",
-                "2",
-                "--target",
-                "onnx",
+                *digits_onnx_args(digits_weights, digits_dir),
                 "--out",
                 str(out),
                 *FAST,
