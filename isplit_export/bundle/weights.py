@@ -154,6 +154,14 @@ def _externalize(tensor: onnx.TensorProto, location: str, offset: int, length: i
         entry.key, entry.value = key, value
 
 
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model in a fresh message: a cleared field keeps its memory until its message is freed
+    (protobuf's arena), so holding the loaded models would hold every weight of the bundle at once."""
+    fresh = onnx.ModelProto()
+    fresh.ParseFromString(model.SerializeToString())
+    return fresh
+
+
 def _new_name(rel: str) -> str:
     """The bundle-root name of an ONNX file: ``splits/01-x/head.onnx`` -> ``01-x.head.onnx``."""
     parts = PurePosixPath(rel).parts
@@ -200,7 +208,8 @@ def share_weights(root: Path, split_dirs: Sequence[str]) -> tuple[dict[str, Any]
                     packs[dtype] = _Pack(dtype, path, open(path, "wb"))  # noqa: SIM115  # closed below
                 offset, length = packs[dtype].add(data)
                 _externalize(tensor, dtype, offset, length)  # location fixed below, once the pack is named
-            models[rel] = model
+            models[rel] = _skeleton(model)
+            del model
     finally:
         for pack in packs.values():
             pack.handle.close()
