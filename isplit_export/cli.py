@@ -199,6 +199,8 @@ def _main(args: list[str], terminated: _Terminated) -> int:
         typer.echo(f"error: {usage_line(err, args)}", err=True)
         return err.exit_code
     except Exception as err:
+        if terminated:  # the signal surfaced as another exception (e.g. inside a C extension's import)
+            return _stopped(terminated)
         typer.echo(f"error: internal failure ({type(err).__name__}: {err}): please report it", err=True)
         return EXIT_TECHNICAL
     if terminated or rc == EXIT_INTERRUPTED:  # SIGTERM (timeout, CI cancellation, docker stop) or Ctrl-C

@@ -141,6 +141,11 @@ def export(options: ExportOptions | str | None = None, /, **fields: Any) -> Expo
     y_ref = forward_batched(module, x, opts.batch_size).numpy()
     lab = labels.numpy()
 
+    # lazy until here (imports matplotlib), but before --out's temporary folder exists: a SIGTERM that
+    # lands inside a C extension's import surfaces as an ImportError, not as the clean "terminated" path
+    import isplit_export.plots_cde
+    import isplit_export.plots_cui  # noqa: F401
+
     with atomic_directory(out, force=opts.force) as tmp:
         export_file(module, x[:1], tmp / "full.onnx", "input", "logits")
         progress.stage("write ranking.json and its plots")
