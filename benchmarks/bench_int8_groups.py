@@ -40,6 +40,29 @@ from isplit_export.verification.gates import GATES
 from isplit_export.verification.metrics import compare_logits
 
 
+def _load(path: Path, bundle: Path) -> onnx.ModelProto:
+    """A bundle ONNX file with its weights read from the packs (``weights/``).
+
+    ``onnx.load`` refuses the packs when ``triton/`` hard-links them (a "potential hardlink attack"), so
+    they are read here: each location must stay inside the bundle.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    root = bundle.resolve()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        pack = (path.parent / info["location"]).resolve()
+        if not pack.is_relative_to(root):
+            raise SystemExit(f"{path}: weight location {info['location']} leaves the bundle")
+        with pack.open("rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            tensor.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
+        del tensor.external_data[:]
+        tensor.ClearField("data_location")
+    return model
+
+
 def _pair(head: Path, tail: Path, x: np.ndarray) -> np.ndarray:
     h, t = make_session(head), make_session(tail)
     return np.concatenate(
@@ -134,8 +157,8 @@ def main() -> None:
         enc = BoundaryEncoding.from_json(split.boundary.to_json())
         head_file = contract.split_file(m, args.bundle, split, "head")
         tail_file = contract.split_file(m, args.bundle, split, "tail")
-        head = strip_head_encoding(onnx.load(str(head_file)))
-        tail = strip_tail_decoding(onnx.load(str(tail_file)))
+        head = strip_head_encoding(_load(head_file, args.bundle))
+        tail = strip_tail_decoding(_load(tail_file, args.bundle))
         hn = [n.name for n in head.graph.node if n.op_type in QUANTIZED_OP_TYPES]
         tn = [n.name for n in tail.graph.node if n.op_type in QUANTIZED_OP_TYPES]
         # the decoder's de-normalisation is folded into its conv by onnxruntime's pre-processing

@@ -4,7 +4,7 @@ bundle, and print the cost or ranking table, the probe's lines and one line per 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -45,6 +45,9 @@ from isplit_export.cli_probe import probe_caveat, probe_choice
 from isplit_export.errors import EXIT_GATE_FAILED, BadInputError
 from isplit_export.options import DEFAULT_TOP, CutSet, Encoding, ExportOptions, WeightsLayout
 from isplit_export.options_bottleneck import BottleneckOptions
+
+if TYPE_CHECKING:
+    from isplit_export.contract import Manifest
 
 
 def pair_bottleneck(
@@ -256,7 +259,10 @@ def export_cmd(
         )
         typer.echo(verdict_line(g))
     typer.echo(result.manifest.verification.note)
-    typer.echo(f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'})")
+    typer.echo(
+        f"bundle written to {result.out} ({'verified' if result.passed else 'GATE FAILED'}): "
+        f"{_size_line(result.manifest)}"
+    )
     if result.passed:
         from isplit_export.bundle.next_steps import format_next_steps
 
@@ -270,3 +276,12 @@ def export_cmd(
             typer.echo(f"gate failed: {failure}", err=True)
         if strict:
             raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _size_line(m: Manifest) -> str:
+    """The bundle's size on disk (each file once), and without ``triton/`` when it has one."""
+    from isplit_export.bundle.summary import disk_bytes
+
+    on_disk, without_triton = disk_bytes(m)
+    size = f"{on_disk / 1e6:.1f} MB on disk"
+    return size if not m.block("triton") else f"{size}, {without_triton / 1e6:.1f} MB without triton/"

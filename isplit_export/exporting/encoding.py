@@ -32,6 +32,7 @@ from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_graph import (
     copy_model,
     drop_value_infos,
+    remove_initializers,
     replace_name,
     unique_name,
     used_names,
@@ -202,14 +203,15 @@ def decode_array(q: np.ndarray, enc: BoundaryEncoding) -> np.ndarray:
 # graph edits
 
 
-def encode_head(head: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto:
-    """A copy of ``head`` whose graph output ``boundary`` carries the encoded tensor.
+def encode_head(head: onnx.ModelProto, enc: BoundaryEncoding, *, inplace: bool = False) -> onnx.ModelProto:
+    """A copy of ``head`` (``inplace``: ``head`` itself, edited) whose graph output ``boundary`` carries the
+    encoded tensor.
 
     fp32: unchanged copy. fp16: ``Cast(to=FLOAT16)`` appended. int8: ``QuantizeLinear`` with scalar
     float32 scale and uint8 zero point initializers appended. The old float32 output is renamed
     (``boundary_fp32`` unless taken); the output keeps its shape, dynamic batch dim included.
     """
-    model = copy_model(head)
+    model = head if inplace else copy_model(head)
     if enc.name == "fp32":
         return model
     _require_opset(model, 13)
@@ -233,14 +235,15 @@ def encode_head(head: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto
     return model
 
 
-def decode_tail(tail: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto:
-    """A copy of ``tail`` whose graph input ``boundary`` takes the encoded tensor.
+def decode_tail(tail: onnx.ModelProto, enc: BoundaryEncoding, *, inplace: bool = False) -> onnx.ModelProto:
+    """A copy of ``tail`` (``inplace``: ``tail`` itself, edited) whose graph input ``boundary`` takes the
+    encoded tensor.
 
     The input gets the encoded dtype and is followed by ``Cast(to=FLOAT)`` (fp16) or
     ``DequantizeLinear`` (int8) feeding the old consumers under a new name (``boundary_fp32`` unless
     taken). fp32: unchanged copy.
     """
-    model = copy_model(tail)
+    model = tail if inplace else copy_model(tail)
     if enc.name == "fp32":
         return model
     _require_opset(model, 13)
@@ -266,23 +269,23 @@ def decode_tail(tail: onnx.ModelProto, enc: BoundaryEncoding) -> onnx.ModelProto
     return model
 
 
-def strip_head_encoding(head: onnx.ModelProto) -> onnx.ModelProto:
-    """Undo :func:`encode_head`: a copy whose ``boundary`` output is the float32 tensor again.
+def strip_head_encoding(head: onnx.ModelProto, *, inplace: bool = False) -> onnx.ModelProto:
+    """Undo :func:`encode_head`: a copy (``inplace``: ``head``) whose ``boundary`` output is float32 again.
 
     An fp32 head comes back unchanged. Used to quantize an already-encoded head, and wherever a
     consumer cannot take the codec node (TensorRT parses no uint8 ``QuantizeLinear``).
     """
-    return _strip_codec(head, head=True)
+    return _strip_codec(head, head=True, inplace=inplace)
 
 
-def strip_tail_decoding(tail: onnx.ModelProto) -> onnx.ModelProto:
-    """Undo :func:`decode_tail`: a copy whose ``boundary`` input is float32 again (fp32: unchanged)."""
-    return _strip_codec(tail, head=False)
+def strip_tail_decoding(tail: onnx.ModelProto, *, inplace: bool = False) -> onnx.ModelProto:
+    """Undo :func:`decode_tail`: a copy (``inplace``: ``tail``) whose ``boundary`` input is float32 again."""
+    return _strip_codec(tail, head=False, inplace=inplace)
 
 
-def _strip_codec(source: onnx.ModelProto, *, head: bool) -> onnx.ModelProto:
-    """A copy of a head (its ``boundary`` output) or tail (its input) without the boundary codec node."""
-    model = copy_model(source)
+def _strip_codec(source: onnx.ModelProto, *, head: bool, inplace: bool) -> onnx.ModelProto:
+    """A head (its ``boundary`` output) or tail (its input) without the boundary codec node."""
+    model = source if inplace else copy_model(source)
     graph = model.graph
     value = _find_value(
         graph.output if head else graph.input, BOUNDARY, "head graph output" if head else "tail graph input"
@@ -322,10 +325,7 @@ def _remove_codec(graph: onnx.GraphProto, index: int) -> onnx.NodeProto:
     node.CopyFrom(graph.node[index])
     del graph.node[index]
     used = {i for n in graph.node for i in n.input}
-    params = set(node.input[1:]) - used
-    inits = [t for t in graph.initializer if t.name not in params]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    remove_initializers(graph, set(node.input[1:]) - used)
     return node
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, MutableSequence, Sequence
+from collections.abc import Container, Iterator, MutableSequence, Sequence
 from typing import Any
 
 import onnx
+from google.protobuf.message import Message
 
 PRODUCER = "isplit-export"
 
@@ -37,6 +38,26 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+def copy_fields(src: Message, dst: Message, *, skip: str) -> None:
+    """Copy every set field of the protobuf message ``src`` but ``skip`` into ``dst`` (same type)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def remove_initializers(graph: onnx.GraphProto, names: Container[str]) -> None:
+    """Delete the initializers named ``names`` in place (rebuilding the list would copy every weight)."""
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name in names:
+            del graph.initializer[i]
 
 
 SKELETON_BYTES = 1024

@@ -11,14 +11,14 @@ import platform
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from isplit_export.contract.machine import Machine, cpu_count, cpu_isa, cpu_model
-from isplit_export.exporting.onnx_graph import canonicalize, probing
+from isplit_export.exporting.onnx_graph import canonicalize, copy_fields, probing
+from isplit_export.exporting.onnx_write import write_onnx
 
 OPSET = 17
 """Pinned ONNX opset. 17 is the newest opset that every supported target parses: TensorRT 8.5
@@ -47,12 +47,10 @@ constant weights as they are instead of copying them into kernel-specific layout
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Canonicalize, write and check the file with the ONNX checker (full check, shape inference on).
 
-    The model is serialised once and its bytes are freed before the checker reads the file, so a
-    large model is held twice at most, not three times; a file the checker refuses is removed.
+    The model is written one tensor at a time (:func:`~.onnx_write.write_onnx`), so a large model is
+    not held again while it is written; a file the checker refuses is removed.
     """
-    data = canonicalize(model).SerializeToString(deterministic=True)
-    path.write_bytes(data)
-    del data
+    write_onnx(canonicalize(model), path)
     try:
         onnx.checker.check_model(path, full_check=True)
     except onnx.checker.ValidationError:
@@ -72,8 +70,8 @@ def write_external(model: onnx.ModelProto, path: Path) -> None:
     left as it is; onnxruntime and ``onnx.load`` read the pair as the same model.
     """
     shell = onnx.ModelProto()
-    _copy_fields(model, shell, skip="graph")
-    _copy_fields(model.graph, shell.graph, skip="initializer")
+    copy_fields(model, shell, skip="graph")
+    copy_fields(model.graph, shell.graph, skip="initializer")
     data_path = path.with_name(path.name + ".data")
     offset = 0
     with data_path.open("wb") as data:
@@ -82,7 +80,7 @@ def write_external(model: onnx.ModelProto, path: Path) -> None:
             if not init.HasField("raw_data") or len(init.raw_data) < EXTERNAL_BYTES:
                 tensor.CopyFrom(init)
                 continue
-            _copy_fields(init, tensor, skip="raw_data")
+            copy_fields(init, tensor, skip="raw_data")
             raw = init.raw_data
             data.write(raw)
             for key, value in (("location", data_path.name), ("offset", offset), ("length", len(raw))):
@@ -103,23 +101,10 @@ def probe_session(model: onnx.ModelProto, names: Sequence[str]) -> ort.Inference
         return make_session(path)
 
 
-def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
-    """Copy every set field of the protobuf message ``src`` but ``skip`` into ``dst`` (same type)."""
-    for field, value in src.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
-
-
 def write_model(model: onnx.ModelProto, path: Path) -> None:
     """Canonicalize and write without the checker: for a private intermediate file that a later step reads,
     whose results are checked by :func:`save_model` (the INT8 build's inputs)."""
-    path.write_bytes(canonicalize(model).SerializeToString(deterministic=True))
+    write_onnx(canonicalize(model), path)
 
 
 def make_session(

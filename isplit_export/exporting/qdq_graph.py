@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import onnx
 
 from isplit_export.errors import TechnicalError
-from isplit_export.exporting.onnx_graph import canonicalize
+from isplit_export.exporting.onnx_graph import canonicalize, remove_initializers
 from isplit_export.exporting.onnx_utils import OPSET
 
 WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -59,9 +59,7 @@ def float_inputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     used = {x for n in model.graph.node for x in n.input}
-    initializers = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(initializers)
+    remove_initializers(model.graph, {t.name for t in model.graph.initializer} - used)
 
 
 def separate_quant_params(model: onnx.ModelProto) -> None:

@@ -143,17 +143,6 @@ def _quantized(
     bias_correction: bool,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """:func:`quantize_qdq`'s model, not written yet, and the names of the nodes kept float."""
-    try:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-    except ImportError as exc:  # pragma: no cover - onnxruntime always ships it
-        raise TechnicalError(f"onnxruntime.quantization is not available: {exc}") from exc
-
     original = skeleton(_load(model_path))  # its interface and opset are used: no weights kept
     feeds = _check_calibration(original, calibration)
     opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -161,30 +150,9 @@ def _quantized(
         raise BadInputError(
             f"{model_path.name} has opset {opset}: INT8 quantization needs opset {MIN_OPSET} or newer"
         )
-    count = len(next(iter(feeds.values())))
     if keep_float_above is not None and keep_float_above < 0:
         raise BadInputError(f"keep_float_above must be >= 0, got {keep_float_above}")
 
-    class _Reader(CalibrationDataReader):
-        """Feeds the calibration samples one at a time (batch 1), in order."""
-
-        def __init__(self) -> None:
-            self._it: Iterator[dict[str, np.ndarray]] = (
-                {k: v[i : i + 1] for k, v in feeds.items()} for i in range(count)
-            )
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    extra_options = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "QuantizeBias": False,
-        "AddQDQPairToWeight": False,
-        "OpTypesToExcludeOutputQuantization": list(float_outputs),
-        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-        "DedicatedQDQPair": True,
-    }
     with tempfile.TemporaryDirectory(prefix="isplit-quant-") as tmp:
         work = Path(tmp)
         pre = work / "preprocessed.onnx"
@@ -199,20 +167,14 @@ def _quantized(
         excluded = nodes_kept_float(reference, feeds, op_types, keep_float, keep_float_above)
         del reference  # reloaded for the bias correction: not held beside onnxruntime's copies
         try:
-            quantize_static(
-                str(pre),
-                str(qdq),
-                _Reader(),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
+            static_qdq(
+                pre,
+                qdq,
+                feeds,
+                op_types=op_types,
                 per_channel=per_channel,
-                reduce_range=False,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=excluded,
-                extra_options=extra_options,
-                use_external_data_format=True,  # its calibration copy drops its weights once written
+                float_outputs=float_outputs,
             )
             model = onnx.load(str(qdq))
             for init in model.graph.initializer:  # loaded from external data: the bytes stay as inline
@@ -226,6 +188,79 @@ def _quantized(
     separate_quant_params(model)
     tidy(model, original)
     return model, excluded
+
+
+def static_qdq(
+    model_path: Path,
+    out_path: Path,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    op_types: Sequence[str],
+    per_channel: bool,
+    nodes_to_exclude: Sequence[str],
+    float_outputs: Sequence[str],
+) -> None:
+    """onnxruntime's ``quantize_static`` (symmetric int8 QDQ, MinMax, one sample at a time), calibrated
+    first: ``quantize_static`` keeps its own copy of the model loaded while its calibrator loads a second
+    one and runs it (vgg16's tail: 546 MB more at the peak), so the ranges are computed here, written
+    as its calibration cache and read from there. The same bytes as one ``quantize_static`` call (a test
+    checks it). ``model_path``'s directory is the work directory for the cache and the calibration model.
+    """
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    except ImportError as exc:  # pragma: no cover - onnxruntime always ships it
+        raise TechnicalError(f"onnxruntime.quantization is not available: {exc}") from exc
+
+    work = Path(model_path).parent
+    cache = work / "ranges.json"
+    calibrator = create_calibrator(
+        Path(model_path),
+        list(op_types),
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=True,  # its copy drops its weights once written
+    )
+    calibrator.collect_data(_Samples(feeds))
+    save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+    quantize_static(
+        str(model_path),
+        str(out_path),
+        None,  # the ranges come from the cache
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(op_types),
+        per_channel=per_channel,
+        reduce_range=False,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(nodes_to_exclude),
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "AddQDQPairToWeight": False,
+            "OpTypesToExcludeOutputQuantization": list(float_outputs),
+            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            "DedicatedQDQPair": True,
+        },
+        use_external_data_format=True,
+        calibration_cache_path=str(cache),
+    )
+
+
+class _Samples:
+    """A calibration data reader (onnxruntime's protocol): the samples one at a time (batch 1), in order."""
+
+    def __init__(self, feeds: Mapping[str, np.ndarray]) -> None:
+        count = len(next(iter(feeds.values())))
+        self._it: Iterator[dict[str, np.ndarray]] = (
+            {k: v[i : i + 1] for k, v in feeds.items()} for i in range(count)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
 
 
 def pre_process(model_path: Path, work: Path) -> onnx.ModelProto:
@@ -284,8 +319,8 @@ def build_int8_pair(
         raise BadInputError(f"float_stride must be >= 1, got {float_stride}")
     if not 0.0 <= max_float_share <= 1.0:
         raise BadInputError(f"max_float_share must be in [0, 1], got {max_float_share}")
-    head = strip_head_encoding(_load(head_fp32))
-    tail = strip_tail_decoding(_load(tail_fp32))
+    head = strip_head_encoding(_load(head_fp32), inplace=True)
+    tail = strip_tail_decoding(_load(tail_fp32), inplace=True)
     head_inputs, tail_inputs = graph_inputs(head), graph_inputs(tail)
     if len(head_inputs) != 1 or len(tail_inputs) != 1:
         raise BadInputError(f"head and tail must have one input each, got {head_inputs} and {tail_inputs}")
@@ -299,8 +334,9 @@ def build_int8_pair(
         work = Path(tmp)
         head_src, tail_src = work / "head.onnx", work / "tail.onnx"
         write_model(head, head_src)  # private inputs: the quantized results are checked
+        del head  # quantized from the files: no copy held meanwhile
         write_model(tail, tail_src)
-        del head, tail  # quantized from the files: no copy held meanwhile
+        del tail
         quantize = functools.partial(
             _quantized,
             per_channel=True,
@@ -317,8 +353,8 @@ def build_int8_pair(
         ).astype(np.float32, copy=False)
         del session
         tail_q, _ = quantize(tail_src, {tail_inputs[0]: boundary})
-    _save_checked(encode_head(head_q, enc), Path(out_head))
-    _save_checked(decode_tail(tail_q, enc), Path(out_tail))
+    _save_checked(encode_head(head_q, enc, inplace=True), Path(out_head))
+    _save_checked(decode_tail(tail_q, enc, inplace=True), Path(out_tail))
     return boundary
 
 

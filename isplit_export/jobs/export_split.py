@@ -156,8 +156,10 @@ def _export_pair(job: SplitJob, head_gm: Any, tail_gm: Any, trained: Any) -> _Ve
         else calibrate_encoding(job.encoding_name, boundary_fp32.numpy())
     )
     head_path, tail_path = job.sdir / "head.onnx", job.sdir / "tail.onnx"
-    save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc), head_path)
-    save_model(decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc), tail_path)
+    save_model(encode_head(to_onnx(head_gm, x[:1], "input", "boundary"), enc, inplace=True), head_path)
+    save_model(
+        decode_tail(to_onnx(tail_gm, boundary_fp32[:1], "boundary", "logits"), enc, inplace=True), tail_path
+    )
     del boundary_fp32
 
     progress.stage(f"split {job.rank_pos}: verify the pair on {len(x)} images")
@@ -309,7 +311,7 @@ def _engine_plan(
     if enc.name != "fp32":
         for part, strip in (("head", strip_head_encoding), ("tail", strip_tail_decoding)):
             name = f"{part}.{stem}trt.onnx"
-            save_model(strip(onnx.load(sdir / names[part])), sdir / name)
+            save_model(strip(onnx.load(sdir / names[part]), inplace=True), sdir / name)
             names[part] = name
             files[f"{part}_trt"] = f"{rel}/{name}"
     if (profile.tensorrt_major or 0) >= 11 and profile.default_precision == "fp16":

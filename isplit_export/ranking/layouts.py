@@ -396,6 +396,10 @@ def _slice(axis: Axis, size: int, s: slice) -> Axis:
     return UNKNOWN
 
 
-def example_input(input_shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
+EXAMPLE_BATCH = 2
+"""The batch the graph's shapes are propagated with: 2, so the batch axis is never a size-1 axis."""
+
+
+def example_input(input_shape: tuple[int, ...], batch: int = EXAMPLE_BATCH) -> torch.Tensor:
     """Zeros of ``[batch, *input_shape]``: the example the graph's shapes are propagated with."""
     return torch.zeros(batch, *input_shape)

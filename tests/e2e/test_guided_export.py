@@ -80,7 +80,16 @@ def test_export_ends_with_the_next_steps_and_they_run(
     sha = hashlib.sha256((b / "manifest.json").read_bytes()).hexdigest()
     out = str(guided["out"]).splitlines()
     start = out.index(f"next steps (manifest sha256 {sha}):")
-    assert out[start - 1] == f"bundle written to {b} (verified)"
+    written = re.fullmatch(
+        rf"bundle written to {re.escape(str(b))} \(verified\): ([\d.]+) MB on disk, ([\d.]+) MB without triton/",
+        out[start - 1],
+    )
+    assert written, out[start - 1]
+    files = [p for p in b.rglob("*") if p.is_file()]
+    total = {p.stat().st_ino: p.stat().st_size for p in files}  # a hard link counts once
+    outside = {p.stat().st_ino: p.stat().st_size for p in files if not p.is_relative_to(b / "triton")}
+    assert float(written.group(1)) == pytest.approx(sum(total.values()) / 1e6, abs=0.05)
+    assert float(written.group(2)) == pytest.approx(sum(outside.values()) / 1e6, abs=0.05)
     steps = [line.strip() for line in out[start + 1 : -1]]
     assert out[-1] == f"see {b}/report.md, docs/serving.md"
     verify = f"isplit-export verify {b} --expect-sha256 {sha}"

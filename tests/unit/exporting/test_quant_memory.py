@@ -12,7 +12,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from isplit_export.exporting.onnx_graph import probe_model, probing
 from isplit_export.exporting.onnx_utils import OPSET, make_session, probe_session, run_session, write_external
-from isplit_export.exporting.quantize import pre_process
+from isplit_export.exporting.quantize import QUANTIZED_OP_TYPES, pre_process, static_qdq
 
 
 def _model() -> onnx.ModelProto:
@@ -77,3 +77,60 @@ def test_probing_is_probe_model_and_leaves_the_model_alone(tmp_path: Path) -> No
     assert [a.shape for a in probed] == [(1, 4, 8, 8), (1, 32)]
     assert all(np.array_equal(a, b) for a, b in zip(plain, probed, strict=True))
     assert model.SerializeToString() == before
+
+
+def test_static_qdq_gives_one_quantize_static_calls_bytes(tmp_path: Path) -> None:
+    """Calibrated first and read back from the calibration cache: the same file as onnxruntime's one call."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    src = tmp_path / "model.onnx"
+    onnx.save(_model(), str(src))
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "AddQDQPairToWeight": False,
+        "OpTypesToExcludeOutputQuantization": [],
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+        "DedicatedQDQPair": True,
+    }
+
+    class Reader:
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            self.i += 1
+            return {"x": x[self.i - 1 : self.i]} if self.i <= len(x) else None
+
+    theirs = tmp_path / "theirs.onnx"
+    quantize_static(
+        str(src),
+        str(theirs),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=["relu"],
+        extra_options=extra,
+        use_external_data_format=True,
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    onnx.save(_model(), str(work / "model.onnx"))
+    ours = tmp_path / "ours.onnx"
+    static_qdq(
+        work / "model.onnx",
+        ours,
+        {"x": x},
+        op_types=QUANTIZED_OP_TYPES,
+        per_channel=True,
+        nodes_to_exclude=["relu"],
+        float_outputs=(),
+    )
+    assert onnx.load(str(ours)) == onnx.load(str(theirs))
