@@ -18,6 +18,7 @@ import functools
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -236,18 +237,25 @@ def static_qdq(
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         nodes_to_exclude=list(nodes_to_exclude),
-        extra_options={
-            "ActivationSymmetric": True,
-            "WeightSymmetric": True,
-            "QuantizeBias": False,
-            "AddQDQPairToWeight": False,
-            "OpTypesToExcludeOutputQuantization": list(float_outputs),
-            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-            "DedicatedQDQPair": True,
-        },
+        extra_options=qdq_options(float_outputs),
         use_external_data_format=True,
         calibration_cache_path=str(cache),
     )
+
+
+def qdq_options(float_outputs: Sequence[str]) -> dict[str, Any]:
+    """``quantize_static``'s ``extra_options`` for the tool's QDQ form: symmetric int8 activations and
+    weights, float biases, a lone DequantizeLinear per weight, one Q/DQ pair per consumer; the outputs of
+    the ``float_outputs`` op types stay float."""
+    return {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "AddQDQPairToWeight": False,
+        "OpTypesToExcludeOutputQuantization": list(float_outputs),
+        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+        "DedicatedQDQPair": True,
+    }
 
 
 class _Samples:

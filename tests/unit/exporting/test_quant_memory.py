@@ -12,7 +12,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from isplit_export.exporting.onnx_graph import probe_model, probing
 from isplit_export.exporting.onnx_utils import OPSET, make_session, probe_session, run_session, write_external
-from isplit_export.exporting.quantize import QUANTIZED_OP_TYPES, pre_process, static_qdq
+from isplit_export.exporting.quantize import QUANTIZED_OP_TYPES, pre_process, qdq_options, static_qdq
 
 
 def _model() -> onnx.ModelProto:
@@ -86,15 +86,6 @@ def test_static_qdq_gives_one_quantize_static_calls_bytes(tmp_path: Path) -> Non
     src = tmp_path / "model.onnx"
     onnx.save(_model(), str(src))
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
-    extra = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "QuantizeBias": False,
-        "AddQDQPairToWeight": False,
-        "OpTypesToExcludeOutputQuantization": [],
-        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-        "DedicatedQDQPair": True,
-    }
 
     class Reader:
         def __init__(self) -> None:
@@ -117,7 +108,7 @@ def test_static_qdq_gives_one_quantize_static_calls_bytes(tmp_path: Path) -> Non
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         nodes_to_exclude=["relu"],
-        extra_options=extra,
+        extra_options=qdq_options(()),
         use_external_data_format=True,
     )
     work = tmp_path / "work"
