@@ -89,7 +89,7 @@ BatchOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        help="images per forward/backward pass",
+        help="images per batch; the ranking's backward pass takes at most 1 GiB of them at a time",
     ),
 ]
 DeviceOpt = Annotated[
