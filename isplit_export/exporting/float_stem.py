@@ -9,7 +9,7 @@ import onnx
 
 from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_graph import attr, graph_inputs, skeleton
-from isplit_export.exporting.onnx_utils import make_session, probe_session, run_session
+from isplit_export.exporting.onnx_utils import probe_session, run_session
 from isplit_export.exporting.qdq_graph import SPATIAL_OP_TYPES, WEIGHTED_OP_TYPES
 
 
@@ -100,7 +100,9 @@ def stem_share(
 ) -> float:
     """The share of the pair's multiply-adds in convolutions working at more than ``above`` positions."""
     head_nodes = weighted_nodes(head, sample)
-    boundary = run_session(make_session(head.SerializeToString()), sample)[0]
+    boundary = run_session(probe_session(head, [head.graph.output[0].name]), sample)[
+        0
+    ]  # not serialised whole
     tail_nodes = weighted_nodes(tail, {graph_inputs(tail)[0]: boundary})
     total = stem = 0
     for node, positions, macs in head_nodes + tail_nodes:
