@@ -89,6 +89,26 @@ def test_two_processes_give_the_single_process_ranking(
 
 
 @pytest.mark.e2e
+def test_two_processes_give_the_single_process_rate_accuracy_grid(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
+) -> None:
+    common = ("rank", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--budgets", "16B,64B")
+    run = _torchrun(2, *common, "--out", tmp_path / "two", "--workers", "0")
+    assert run.returncode == 0, run.stderr
+    code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one", "--workers", "0")
+    assert code == 0, err
+    assert "per code budget (16B,64B, int8)" in out_one
+    assert run.stdout.replace(str(tmp_path / "two"), str(tmp_path / "one")) == out_one
+    one = json.loads((tmp_path / "one" / "ranking.json").read_text())
+    two = json.loads((tmp_path / "two" / "ranking.json").read_text())
+    assert two.pop("distributed") == {"world_size": 2, "backend": "gloo"}
+    assert len(one["rate_accuracy"]["cuts"]) >= 2
+    assert two == one
+    for name in ("rate_accuracy.png", "cui.png"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+@pytest.mark.e2e
 def test_two_processes_share_the_study_cuts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
