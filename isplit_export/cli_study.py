@@ -24,6 +24,7 @@ from isplit_export.cli_options import (
     QuietOpt,
     ScoreOpt,
     SizeOpt,
+    TargetName,
     TrainBatchOpt,
     TrainStepsOpt,
     VerboseOpt,
@@ -114,6 +115,20 @@ def study_cmd(
             "--link", help="with --budgets: price the grid on wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
         ),
     ] = STUDY.link,
+    target: Annotated[
+        TargetName | None,
+        typer.Option(
+            "--target", help="with --link: the device running the head", show_default="the export's"
+        ),
+    ] = STUDY.target,
+    server: Annotated[
+        TargetName | None,
+        typer.Option(
+            "--server",
+            help="with --link: target profile of the server running the tail",
+            show_default="the export's",
+        ),
+    ] = STUDY.server,
     max_latency_ms: Annotated[
         float | None,
         typer.Option(
@@ -165,6 +180,8 @@ def study_cmd(
         ),
         budgets=budgets,
         link=link,
+        target=target,
+        server=server,
         max_latency_ms=max_latency_ms,
         grid_sample=sample,
     )

@@ -361,6 +361,10 @@ class StudyOptions(RankOptions):
     """Bottlenecks trained per cut with different seeds: the spread between them is the training noise."""
     link: str | None = None
     """With ``budgets`` (the grid study): price every (cut, budget) on this link (:mod:`isplit_export.links`)."""
+    target: str | None = None
+    """With ``budgets`` and ``link``: the profile of the device running the head (None: the export's default)."""
+    server: str | None = None
+    """With ``budgets`` and ``link``: the profile of the server running the tail (None: the export's default)."""
     max_latency_ms: float | None = None
     """With ``budgets`` and ``link``: the probe chooses the most accurate point within this latency."""
     grid_sample: int | None = None
@@ -384,12 +388,24 @@ class StudyOptions(RankOptions):
 
     def _validate_grid(self) -> None:
         """The grid study's flags: each needs ``--budgets``; a target and a sample need ``--link``."""
-        grid = {"--link": self.link, "--max-latency-ms": self.max_latency_ms, "--sample": self.grid_sample}
+        grid = {
+            "--link": self.link,
+            "--target": self.target,
+            "--server": self.server,
+            "--max-latency-ms": self.max_latency_ms,
+            "--sample": self.grid_sample,
+        }
         given = [k for k, v in grid.items() if v is not None]
         if self.budgets is None and given:
-            raise BadInputError(f"{', '.join(given)} need the grid study: add --budgets (e.g. 16B..1KiB)")
+            raise BadInputError(
+                f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} the grid study: "
+                "add --budgets (e.g. 16B..1KiB)"
+            )
         if self.link is not None:
             parse_link(self.link)
+            for name in (self.target, self.server):
+                if name is not None:
+                    profile_name(name)
         elif [k for k in given if k != "--link"]:
             raise BadInputError(
                 f"{', '.join(given)} price the grid: add --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"

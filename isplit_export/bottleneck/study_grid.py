@@ -122,7 +122,10 @@ def prepare_grid(options: StudyOptions, ranked: RankResult, job: Job | None = No
     table = RateAccuracyGrid.from_json(grid.to_json(ranked.ranking.ranks, log10))
     every = table.points
     if opts.link is not None:
-        decided = choose_pair(table, PairChoice(link=opts.link, max_latency_ms=opts.max_latency_ms))
+        profiles = {k: v for k, v in (("target", opts.target), ("server", opts.server)) if v is not None}
+        decided = choose_pair(
+            table, PairChoice(link=opts.link, max_latency_ms=opts.max_latency_ms, **profiles)
+        )
         priced, front = decided.points, decided.front
         choice = decided.to_json()
         del choice["points"]  # every point's price is in the points block

@@ -79,7 +79,14 @@ def study_grid(opts: StudyOptions) -> StudyResult:
     with job(opts.distributed, opts.device) as current:
         ranked = rank(
             opts.replace(
-                out=None, bottleneck=None, budgets=None, link=None, max_latency_ms=None, grid_sample=None
+                out=None,
+                bottleneck=None,
+                budgets=None,
+                link=None,
+                target=None,
+                server=None,
+                max_latency_ms=None,
+                grid_sample=None,
             )
         )
         gs = prepare_grid(opts, ranked, current)

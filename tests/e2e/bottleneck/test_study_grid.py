@@ -5,6 +5,7 @@ unreachable latency target is refused in one line before any training."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ LIMIT_MS = 55.35
 
 
 def _study(
-    capsys: pytest.CaptureFixture[str], weights: Path, data: Path, out: Path, limit: float
+    capsys: pytest.CaptureFixture[str], weights: Path, data: Path, out: Path, limit: float, *extra: str
 ) -> tuple[int, str, str]:
     return run_cli(
         capsys,
@@ -40,6 +41,7 @@ def _study(
         "10",
         "--out",
         out,
+        *extra,
     )
 
 
@@ -89,3 +91,16 @@ def test_unreachable_latency_target_is_refused_before_training(
     assert code == 2 and not (tmp_path / "s").exists()
     line = err.strip().splitlines()[-1]
     assert "--max-latency-ms 1: no (cut, budget) of the grid is that fast on link lte" in line
+
+
+def test_the_grid_is_priced_on_the_given_device_and_server(
+    capsys: pytest.CaptureFixture[str], digits_weights: Path, digits_dir: Path, tmp_path: Path
+) -> None:
+    fastest = {}
+    for profiles in ((), ("--target", "jetson"), ("--target", "jetson", "--server", "cpu")):
+        code, _out, err = _study(capsys, digits_weights, digits_dir, tmp_path / "s", 1.0, *profiles)
+        assert code == 2, err
+        found = re.search(r"the fastest is ([\d.]+) ms \(cut (\d+) @ 32B\)", err.strip().splitlines()[-1])
+        assert found, err
+        fastest[profiles] = (float(found.group(1)), int(found.group(2)))
+    assert len(set(fastest.values())) == 3, fastest  # each device and server prices the grid its own way

@@ -121,7 +121,10 @@ def test_format_grid_study_marks_the_chosen_and_best_points() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"link": "lte"}, "--link need the grid study: add --budgets"),
+        ({"link": "lte"}, "--link needs the grid study: add --budgets"),
+        ({"link": "lte", "target": "jetson"}, "--link, --target need the grid study: add --budgets"),
+        ({"budgets": "16B,64B", "target": "jetson"}, "--target price the grid: add --link"),
+        ({"budgets": "16B,64B", "link": "lte", "server": "nosuch"}, "unknown target 'nosuch'"),
         ({"budgets": "16B,64B", "max_latency_ms": 50.0}, "--max-latency-ms price the grid: add --link"),
         ({"budgets": "16B,64B", "grid_sample": 2}, "--sample price the grid: add --link"),
         (
