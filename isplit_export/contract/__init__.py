@@ -43,6 +43,13 @@ path leaving the bundle, a symlink, or a manifest other than the pinned one is
 
 from __future__ import annotations
 
+from isplit_export.contract.bundle_files import (
+    check_files,
+    check_listed,
+    copy_listed,
+    select_splits,
+    split_file,
+)
 from isplit_export.contract.engine_plan import (
     DlaCheck,
     DlaFallback,
@@ -76,16 +83,11 @@ from isplit_export.contract.manifest import (
     FileEntry,
     Manifest,
     check_expected_sha256,
-    check_files,
-    check_listed,
-    copy_listed,
     is_rank_output,
     is_tool_bundle,
     load_manifest,
     manifest_sha256,
     read_manifest,
-    select_splits,
-    split_file,
     unwritten_manifest,
     validate_manifest,
 )

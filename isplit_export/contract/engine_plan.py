@@ -9,8 +9,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from isplit_export.contract.bundle_files import check_listed
 from isplit_export.contract.jsonio import _bad, opt_dict, read_json, req_dict, req_int, req_str
-from isplit_export.contract.manifest import Manifest, check_listed
+from isplit_export.contract.manifest import Manifest
 from isplit_export.contract.paths import bundle_path, join_rel
 from isplit_export.contract.schema import _TENSOR_NAME, ENGINE_PLAN_FILE, ENGINE_PLAN_SCHEMA, ENGINES_DIR
 from isplit_export.contract.splits import Split

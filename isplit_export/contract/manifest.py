@@ -1,4 +1,4 @@
-"""The manifest (read once, hashed, validated), the provenance pin, file hashes and split selection."""
+"""The manifest (read once, hashed, validated) and the provenance pin; its files are :mod:`.bundle_files`."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ from isplit_export.contract.jsonio import (
     req_number,
     req_str,
 )
-from isplit_export.contract.layout import check_layout
 from isplit_export.contract.machine import Machine
-from isplit_export.contract.paths import bundle_path, bundle_root, check_rel
+from isplit_export.contract.paths import bundle_root, check_rel
 from isplit_export.contract.provenance import Latency, ModelInfo, Provenance, RecordedOptions, WeightsInfo
 from isplit_export.contract.schema import (
     _TENSOR_NAME,
@@ -36,13 +35,11 @@ from isplit_export.contract.schema import (
     RANK_OUTPUT_FILES,
     RANKING_FILE,
     RANKING_SCHEMA_PREFIX,
-    REPORT_FILE,
     SCHEMA,
 )
 from isplit_export.contract.splits import Split
 from isplit_export.contract.verdict import ExportVerdict, export_machine, export_verdicts
 from isplit_export.errors import BadInputError, GateFailedError
-from isplit_export.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -384,116 +381,3 @@ def is_rank_output(path: Path) -> bool:
         return False
     schema = data.get("schema") if isinstance(data, dict) else None
     return names <= RANK_OUTPUT_FILES and isinstance(schema, str) and schema.startswith(RANKING_SCHEMA_PREFIX)
-
-
-# --------------------------------------------------------------------------------------------------
-# hashes
-
-
-def _hash_one(bundle: Path, rel: str, expected: str) -> Path:
-    path = bundle_path(bundle, rel)
-    if not path.is_file():
-        raise GateFailedError(
-            f"bundle file {rel} is missing (listed in manifest.json): rebuild the bundle or restore the file"
-        )
-    try:
-        actual = sha256_file(path)
-    except OSError as e:
-        raise BadInputError(f"cannot read bundle file {rel} ({e.strerror}): fix its permissions") from None
-    if actual != expected:
-        raise GateFailedError(
-            f"bundle file {rel} was modified (its sha256 differs from manifest.json): rebuild the bundle or restore the file"
-        )
-    return path
-
-
-def check_files(bundle: Path | str, manifest: Manifest | Mapping[str, Any]) -> None:
-    """Re-hash every file of ``manifest["files"]`` and ``report.md`` (``run.report_sha256``), and refuse
-    anything else in the bundle tree but the known outputs (:func:`~isplit_export.contract.layout.check_layout`).
-
-    Raises :class:`GateFailedError` naming the first missing, modified, symlinked, escaping or unlisted file.
-    """
-    data = manifest.data if isinstance(manifest, Manifest) else validate_manifest(dict(manifest))
-    root = Path(bundle)
-    for rel, entry in data["files"].items():
-        _hash_one(root, rel, entry["sha256"])
-    run = data.get("run") or {}
-    if run.get("report_sha256") is not None:
-        _hash_one(root, REPORT_FILE, run["report_sha256"])
-    check_layout(root, data)
-
-
-def check_listed(manifest: Manifest, rel: str, what: str) -> Path:
-    """The bundle file ``rel``, which must be listed (hashed) in the manifest; re-hashed here."""
-    entry = manifest.data["files"].get(rel)
-    if entry is None:
-        raise GateFailedError(
-            f"{what} {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
-        )
-    return _hash_one(manifest.bundle, rel, entry["sha256"])
-
-
-# --------------------------------------------------------------------------------------------------
-# splits
-
-
-def select_splits(manifest: Manifest, split: int | None) -> list[tuple[int, Split]]:
-    """``(NN, split)`` of the splits to use: all, or only split ``split`` (1-based position == its rank)."""
-    splits = manifest.splits
-    if not splits:
-        raise BadInputError("this bundle has no splits: rebuild it with --top 1 or more")
-    if split is None:
-        return list(enumerate(splits, start=1))
-    if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= len(splits):
-        raise BadInputError(f"split {split} out of range: this bundle has splits 1..{len(splits)}")
-    return [(split, splits[split - 1])]
-
-
-def split_file(manifest: Manifest, bundle: Path, entry: Split, key: str) -> Path:
-    """The split's file ``key`` (head, tail, golden...), which must be one of the hashed files."""
-    rel = entry.files.get(key)
-    if rel is None:
-        raise BadInputError(f"manifest.json split {entry.dir} has no '{key}' file: rebuild the bundle")
-    if rel not in manifest.files:
-        raise GateFailedError(
-            f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
-        )
-    return bundle_path(Path(bundle), rel)
-
-
-def copy_listed(manifest: Manifest | Mapping[str, Any], bundle: Path, rel: str, dest: Path) -> Path:
-    """Copy the listed bundle file ``rel`` to ``dest`` (outside the bundle), hashing the bytes as they are
-    copied: the copy is what the manifest hashed, whatever happens to the bundle afterwards.
-
-    Raises :class:`GateFailedError` when ``rel`` is not listed, is missing, or its bytes differ (the
-    partial copy is removed).
-    """
-    data = manifest.data if isinstance(manifest, Manifest) else manifest
-    entry = data["files"].get(rel)
-    if entry is None:
-        raise GateFailedError(
-            f"bundle file {rel} is not listed (hashed) in manifest.json files: rebuild the bundle"
-        )
-    src = bundle_path(Path(bundle), rel)
-    if not src.is_file():
-        raise GateFailedError(
-            f"bundle file {rel} is missing (listed in manifest.json): rebuild the bundle or restore the file"
-        )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    try:
-        with open(src, "rb") as f, open(dest, "xb") as out:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-    except OSError as e:
-        dest.unlink(missing_ok=True)
-        raise BadInputError(
-            f"cannot copy bundle file {rel} ({e.strerror}): fix its permissions or free disk space"
-        ) from None
-    if digest.hexdigest() != entry["sha256"]:
-        dest.unlink(missing_ok=True)
-        raise GateFailedError(
-            f"bundle file {rel} was modified (its sha256 differs from manifest.json): rebuild the bundle or restore the file"
-        )
-    return dest

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from isplit_export.contract.bundle_files import check_listed
 from isplit_export.contract.jsonio import (
     _bad,
     opt_dict,
@@ -18,7 +19,7 @@ from isplit_export.contract.jsonio import (
     req_number,
     req_str,
 )
-from isplit_export.contract.manifest import Manifest, _validate_latencies, check_listed
+from isplit_export.contract.manifest import Manifest, _validate_latencies
 from isplit_export.contract.paths import bundle_path
 from isplit_export.contract.provenance import Latency, VerifyLatency
 from isplit_export.contract.ranking import RankingFile
