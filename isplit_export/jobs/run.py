@@ -74,6 +74,7 @@ from isplit_export.serving.records import (
     run_entry,
     write_run,
 )
+from isplit_export.serving.schedule import Schedule
 from isplit_export.verification.backends import gate_for
 from isplit_export.verification.checks import served_check, unjudged
 
@@ -146,28 +147,6 @@ def _rss_mib() -> float | None:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return None
-
-
-class _Schedule:
-    """Hands out request numbers to the workers: ``total`` of them, or until ``deadline``; thread-safe."""
-
-    def __init__(self, total: int | None, deadline: float | None) -> None:
-        self.total, self.deadline = total, deadline
-        self.issued = 0
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-
-    def next(self) -> int | None:
-        with self._lock:
-            if self.stop.is_set():
-                return None
-            if self.total is not None and self.issued >= self.total:
-                return None
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                return None
-            n = self.issued
-            self.issued += 1
-            return n
 
 
 def _goldens(client: Client, options: RunOptions, split: SplitAccess, classes: int) -> contract.ServedCheck:
@@ -247,7 +226,7 @@ def _run(
         options.requests if options.requests is not None else (None if options.duration_s else len(images))
     )
     deadline = time.monotonic() + options.duration_s if options.duration_s is not None else None
-    sched = _Schedule(total, deadline)
+    sched = Schedule(total, deadline)
     rec = Recorder(images, ref)
     lock = threading.Lock()
     wire: list[int] = []

@@ -512,24 +512,3 @@ def test_serve_refuses_a_modified_tail(
     code, _, err = run_cli(capsys, "serve", bundle, "--port", free_port())
     assert code == 1, err
     assert tail in err and "modified" in err
-
-
-def test_schedule_hands_out_each_request_once() -> None:
-    """The workers of ``--concurrency`` share one schedule: every request number exactly once."""
-    from isplit_export.jobs.run import _Schedule
-
-    sched = _Schedule(100, None)
-    got: list[int] = []
-    lock = threading.Lock()
-
-    def take() -> None:
-        while (n := sched.next()) is not None:
-            with lock:
-                got.append(n)
-
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=10)
-    assert sorted(got) == list(range(100))
