@@ -202,6 +202,19 @@ LatencyOpt = Annotated[
     float | None, typer.Option("--max-latency-ms", help="constraint: end-to-end ms per image")
 ]
 
+GridTargetOpt = Annotated[
+    TargetName | None,
+    typer.Option("--target", help="with --link: the device running the head", show_default="the export's"),
+]
+GridServerOpt = Annotated[
+    TargetName | None,
+    typer.Option(
+        "--server",
+        help="with --link: target profile of the server running the tail",
+        show_default="the export's",
+    ),
+]
+
 
 def constraints_from_flags(head: float | None, kib: float | None, ms: float | None) -> Constraints:
     return Constraints(max_head_flops=head, max_boundary_kib=kib, max_latency_ms=ms)

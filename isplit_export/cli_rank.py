@@ -10,7 +10,6 @@ import typer
 
 from isplit_export import progress
 from isplit_export.cli_options import (
-    EXPORT,
     FLAG,
     RANK,
     BatchOpt,
@@ -20,12 +19,13 @@ from isplit_export.cli_options import (
     DataOpt,
     DeviceOpt,
     DistributedOpt,
+    GridServerOpt,
+    GridTargetOpt,
     ImagesOpt,
     ModelArg,
     QuietOpt,
     ScoreOpt,
     SizeOpt,
-    TargetName,
     TopOpt,
     VerboseOpt,
     WeightsOpt,
@@ -97,14 +97,8 @@ def rank_cmd(
             "and print its Pareto front (pareto.png), or the pair --max-latency-ms / --min-accuracy choose",
         ),
     ] = None,
-    target: Annotated[
-        TargetName | None,
-        typer.Option("--target", help="with --link: the device running the head"),
-    ] = EXPORT.target,
-    server: Annotated[
-        TargetName | None,
-        typer.Option("--server", help="with --link: target profile of the server running the tail"),
-    ] = EXPORT.server,
+    target: GridTargetOpt = None,
+    server: GridServerOpt = None,
     max_latency_ms: Annotated[
         float | None,
         typer.Option(
@@ -154,8 +148,7 @@ def rank_cmd(
     pair = pair_choice(
         budgets,
         link,
-        **given(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy),
-        **({} if link is None else given(target=target, server=server)),
+        **given(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, target=target, server=server),
     )
     announce(options)  # a class mismatch is refused before torch loads; agreement is said once
     with progress.stages(quiet=quiet):
@@ -194,7 +187,8 @@ def pair_choice(budgets: str | None, link: str | None, **flags: Any) -> PairChoi
     if link is None:
         if flags:
             raise BadInputError(
-                f"{', '.join('--' + k.replace('_', '-') for k in flags)} price the grid: add --link"
+                f"{', '.join('--' + k.replace('_', '-') for k in flags)} "
+                f"{'prices' if len(flags) == 1 else 'price'} the grid: add --link"
             )
         return None
     if budgets is None:

@@ -19,12 +19,13 @@ from isplit_export.cli_options import (
     DataOpt,
     DistributedOpt,
     FinetuneOpt,
+    GridServerOpt,
+    GridTargetOpt,
     ImagesOpt,
     ModelArg,
     QuietOpt,
     ScoreOpt,
     SizeOpt,
-    TargetName,
     TrainBatchOpt,
     TrainStepsOpt,
     VerboseOpt,
@@ -115,20 +116,8 @@ def study_cmd(
             "--link", help="with --budgets: price the grid on wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
         ),
     ] = STUDY.link,
-    target: Annotated[
-        TargetName | None,
-        typer.Option(
-            "--target", help="with --link: the device running the head", show_default="the export's"
-        ),
-    ] = STUDY.target,
-    server: Annotated[
-        TargetName | None,
-        typer.Option(
-            "--server",
-            help="with --link: target profile of the server running the tail",
-            show_default="the export's",
-        ),
-    ] = STUDY.server,
+    target: GridTargetOpt = STUDY.target,
+    server: GridServerOpt = STUDY.server,
     max_latency_ms: Annotated[
         float | None,
         typer.Option(

@@ -406,9 +406,10 @@ class StudyOptions(RankOptions):
             for name in (self.target, self.server):
                 if name is not None:
                     profile_name(name)
-        elif [k for k in given if k != "--link"]:
+        elif given:
             raise BadInputError(
-                f"{', '.join(given)} price the grid: add --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
+                f"{', '.join(given)} {'prices' if len(given) == 1 else 'price'} the grid: "
+                "add --link wifi|lte|5g|ethernet|<Mbit/s>[,<RTT ms>]"
             )
         if self.max_latency_ms is not None and not (
             math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0

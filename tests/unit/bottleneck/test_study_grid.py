@@ -123,10 +123,11 @@ def test_format_grid_study_marks_the_chosen_and_best_points() -> None:
     [
         ({"link": "lte"}, "--link needs the grid study: add --budgets"),
         ({"link": "lte", "target": "jetson"}, "--link, --target need the grid study: add --budgets"),
-        ({"budgets": "16B,64B", "target": "jetson"}, "--target price the grid: add --link"),
+        ({"budgets": "16B,64B", "target": "jetson"}, "--target prices the grid: add --link"),
+        ({"budgets": "16B,64B", "target": "jetson", "server": "cpu"}, "--target, --server price the grid"),
         ({"budgets": "16B,64B", "link": "lte", "server": "nosuch"}, "unknown target 'nosuch'"),
-        ({"budgets": "16B,64B", "max_latency_ms": 50.0}, "--max-latency-ms price the grid: add --link"),
-        ({"budgets": "16B,64B", "grid_sample": 2}, "--sample price the grid: add --link"),
+        ({"budgets": "16B,64B", "max_latency_ms": 50.0}, "--max-latency-ms prices the grid: add --link"),
+        ({"budgets": "16B,64B", "grid_sample": 2}, "--sample prices the grid: add --link"),
         (
             {"budgets": "16B,64B", "link": "lte", "max_latency_ms": -1.0},
             "--max-latency-ms -1.0: pass a positive",
