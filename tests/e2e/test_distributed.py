@@ -56,6 +56,23 @@ def _one_process(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int
     return code, out.out, out.err
 
 
+def _two_and_one(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    *common: object,
+    two: tuple[object, ...] = (),
+    one: tuple[object, ...] = (),
+) -> str:
+    """Run ``common`` under torchrun (2 processes, ``--out tmp_path/two``) and in one process (``.../one``);
+    both succeed and process 0 alone prints the single process's lines. Returns those lines."""
+    run = _torchrun(2, *common, "--out", tmp_path / "two", *two)
+    assert run.returncode == 0, run.stderr
+    code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one", *one)
+    assert code == 0, err
+    assert run.stdout.replace(str(tmp_path / "two"), str(tmp_path / "one")) == out_one
+    return out_one
+
+
 def _corrupt(path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
 
@@ -68,13 +85,8 @@ def test_two_processes_give_the_single_process_ranking(
     shutil.copytree(digits_dir, data)
     _corrupt(data / "9" / "zzzz_corrupt.png")  # the last image: skipped and counted once, by one process
     common = ("rank", DIGITS, "--weights", digits_weights, "--data", data, "--score", "label", "--top", "3")
-    run = _torchrun(2, *common, "--out", tmp_path / "two", "--workers", "1")
-    assert run.returncode == 0, run.stderr
-    code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one", "--workers", "0")
-    assert code == 0, err
+    out_one = _two_and_one(capsys, tmp_path, *common, two=("--workers", "1"), one=("--workers", "0"))
     assert "200 images (1 unreadable files skipped)" in out_one
-    # process 0 alone printed, the same lines
-    assert run.stdout.replace(str(tmp_path / "two"), str(tmp_path / "one")) == out_one
 
     one = json.loads((tmp_path / "one" / "ranking.json").read_text())
     two = json.loads((tmp_path / "two" / "ranking.json").read_text())
@@ -93,12 +105,8 @@ def test_two_processes_give_the_single_process_rate_accuracy_grid(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, digits_weights: Path, digits_dir: Path
 ) -> None:
     common = ("rank", DIGITS, "--weights", digits_weights, "--data", digits_dir, "--budgets", "16B,64B")
-    run = _torchrun(2, *common, "--out", tmp_path / "two", "--workers", "0")
-    assert run.returncode == 0, run.stderr
-    code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one", "--workers", "0")
-    assert code == 0, err
+    out_one = _two_and_one(capsys, tmp_path, *common, "--workers", "0")
     assert "per code budget (16B,64B, int8)" in out_one
-    assert run.stdout.replace(str(tmp_path / "two"), str(tmp_path / "one")) == out_one
     one = json.loads((tmp_path / "one" / "ranking.json").read_text())
     two = json.loads((tmp_path / "two" / "ranking.json").read_text())
     assert two.pop("distributed") == {"world_size": 2, "backend": "gloo"}
@@ -126,11 +134,7 @@ def test_two_processes_share_the_study_cuts(
         "--workers",
         "0",
     )
-    run = _torchrun(2, *common, "--out", tmp_path / "two")
-    assert run.returncode == 0, run.stderr
-    code, out_one, err = _one_process(capsys, *common, "--out", tmp_path / "one")
-    assert code == 0, err
-    assert run.stdout.replace(str(tmp_path / "two"), str(tmp_path / "one")) == out_one
+    _two_and_one(capsys, tmp_path, *common)
     one = json.loads((tmp_path / "one" / "study.json").read_text())
     two = json.loads((tmp_path / "two" / "study.json").read_text())
     assert two.pop("distributed") == {"world_size": 2, "backend": "gloo"} and "distributed" not in one
