@@ -133,7 +133,7 @@ class TracedModel:
         total = 0
         for n in self.gm.graph.nodes:
             meta = n.meta.get("tensor_meta")
-            if n.op != "get_attr" and meta is not None and hasattr(meta, "shape"):
+            if n.op not in ("get_attr", "output") and meta is not None and hasattr(meta, "shape"):
                 total += meta.shape.numel() * meta.dtype.itemsize
         return total // EXAMPLE_BATCH
 

@@ -179,9 +179,7 @@ def compute_importance(
     """
     if score not in SCORES:
         raise BadInputError(f"unknown --score '{score}': choose one of {', '.join(SCORES)}")
-    capture = traced.capture_module()
-    if torch.device(device).type != "cpu":  # a copy moves: the traced graph shares the model's weights
-        capture = copy.deepcopy(capture).to(device)
+    capture = on_device(traced.capture_module(), device)
     step = grad_batch(traced, batch_size)
     result = Importance(len(traced.cuts))
     if bootstrap > 0:
@@ -200,6 +198,17 @@ def compute_importance(
     if result.images == 0 and shard is None:
         raise BadInputError(f"no readable images in {images.source}: pass --data with image files")
     return result
+
+
+def on_device(capture: nn.Module, device: str | torch.device) -> nn.Module:
+    """:meth:`TracedModel.capture_module` on ``device``: there a copy, because the traced graph shares the
+    model's weights, which stay where they are; the copy keeps the capture's ``cut_layouts`` (a deep copy
+    of a ``GraphModule`` drops attributes set on it)."""
+    if torch.device(device).type == "cpu":
+        return capture
+    moved = copy.deepcopy(capture).to(device)
+    setattr(moved, "cut_layouts", getattr(capture, "cut_layouts", None))  # noqa: B010 (see capture_module)
+    return moved
 
 
 GRAD_MEMORY_BYTES = 1 << 30

@@ -8,9 +8,12 @@ from torch import nn
 
 from isplit_export.ranking.graph import trace
 from isplit_export.ranking.importance import (
+    GRAD_MEMORY_BYTES,
     Importance,
     batch_scores,
+    grad_batch,
     gradcam_scores,
+    on_device,
 )
 from tests.support.cui import assert_cui_matches_reference
 
@@ -65,3 +68,27 @@ def test_importance_memory_is_per_class_not_per_image() -> None:
         imp.add(torch.tensor([0, 1, 1]), torch.ones(3, 3))
     assert imp.images == 300 and len(imp.sums) == 2
     np.testing.assert_allclose(imp.cui([1]), np.ones(3))
+
+
+def test_a_capture_moved_to_a_device_is_a_copy_with_its_layouts() -> None:
+    """Off the CPU the capture module moves as a copy (the traced graph shares the model's weights) and keeps
+    the layout of every cut ("meta": a device every torch build has)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    traced = trace(model, (3, 8, 8))
+    capture = traced.capture_module()
+    assert on_device(capture, "cpu") is capture
+    moved = on_device(capture, "meta")
+    assert getattr(moved, "cut_layouts", None) == capture.cut_layouts and capture.cut_layouts
+    assert all(p.device.type == "meta" for p in moved.parameters())
+    assert all(p.device.type == "cpu" for p in model.parameters())  # the model stays where it was
+    assert next(traced.gm.parameters()) is next(model.parameters())  # the traced graph shares its weights
+
+
+def test_grad_batch_bounds_the_autograd_memory() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    traced = trace(model, (3, 8, 8))
+    per_image = traced.activation_bytes
+    assert per_image == 4 * (3 * 8 * 8 + 2 * 4 * 6 * 6 + 4 * 6 * 6 + 5)  # input, conv, relu, flatten, linear
+    assert grad_batch(traced, 16) == 16  # far below the bound
+    assert grad_batch(traced, 10**9) == GRAD_MEMORY_BYTES // (2 * per_image)
