@@ -15,6 +15,7 @@ directory; the result is canonicalized and written once).
 from __future__ import annotations
 
 import functools
+import inspect
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -201,21 +202,26 @@ def static_qdq(
     nodes_to_exclude: Sequence[str],
     float_outputs: Sequence[str],
 ) -> None:
-    """onnxruntime's ``quantize_static`` (symmetric int8 QDQ, MinMax, one sample at a time), calibrated
+    """onnxruntime's ``quantize_static`` (:func:`static_options`; MinMax, one sample at a time), calibrated
     first: ``quantize_static`` keeps its own copy of the model loaded while its calibrator loads a second
     one and runs it (vgg16's tail: 546 MB more at the peak), so the ranges are computed here, written
     as its calibration cache and read from there. The same bytes as one ``quantize_static`` call (a test
-    checks it). ``model_path``'s directory is the work directory for the cache and the calibration model.
+    checks it), which is what an onnxruntime without calibration caches gets. ``model_path``'s directory is
+    the work directory for the cache and the calibration model.
     """
     try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from onnxruntime.quantization import CalibrationMethod, quantize_static
+        from onnxruntime.quantization import calibrate as ort_calibrate
     except ImportError as exc:  # pragma: no cover - onnxruntime always ships it
         raise TechnicalError(f"onnxruntime.quantization is not available: {exc}") from exc
 
+    options = static_options(op_types, per_channel, nodes_to_exclude, float_outputs)
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        quantize_static(str(model_path), str(out_path), _Samples(feeds), **options)
+        return
     work = Path(model_path).parent
     cache = work / "ranges.json"
-    calibrator = create_calibrator(
+    calibrator = ort_calibrate.create_calibrator(
         Path(model_path),
         list(op_types),
         augmented_model_path=str(work / "augmented.onnx"),
@@ -223,38 +229,39 @@ def static_qdq(
         use_external_data_format=True,  # its copy drops its weights once written
     )
     calibrator.collect_data(_Samples(feeds))
-    save_tensors_data(calibrator.compute_data(), cache)
+    ort_calibrate.save_tensors_data(calibrator.compute_data(), cache)
     del calibrator
-    quantize_static(
-        str(model_path),
-        str(out_path),
-        None,  # the ranges come from the cache
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(op_types),
-        per_channel=per_channel,
-        reduce_range=False,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=list(nodes_to_exclude),
-        extra_options=qdq_options(float_outputs),
-        use_external_data_format=True,
-        calibration_cache_path=str(cache),
-    )
+    quantize_static(str(model_path), str(out_path), None, calibration_cache_path=str(cache), **options)
 
 
-def qdq_options(float_outputs: Sequence[str]) -> dict[str, Any]:
-    """``quantize_static``'s ``extra_options`` for the tool's QDQ form: symmetric int8 activations and
-    weights, float biases, a lone DequantizeLinear per weight, one Q/DQ pair per consumer; the outputs of
-    the ``float_outputs`` op types stay float."""
+def static_options(
+    op_types: Sequence[str], per_channel: bool, nodes_to_exclude: Sequence[str], float_outputs: Sequence[str]
+) -> dict[str, Any]:
+    """``quantize_static``'s keyword arguments for the tool's QDQ form: symmetric int8 activations and
+    weights with MinMax ranges, float biases, a lone DequantizeLinear per weight, one Q/DQ pair per
+    consumer; the outputs of the ``float_outputs`` op types stay float; the model written with external
+    data (onnxruntime's in-memory copy drops its weights once written)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
     return {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "QuantizeBias": False,
-        "AddQDQPairToWeight": False,
-        "OpTypesToExcludeOutputQuantization": list(float_outputs),
-        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-        "DedicatedQDQPair": True,
+        "quant_format": QuantFormat.QDQ,
+        "op_types_to_quantize": list(op_types),
+        "per_channel": per_channel,
+        "reduce_range": False,
+        "activation_type": QuantType.QInt8,
+        "weight_type": QuantType.QInt8,
+        "calibrate_method": CalibrationMethod.MinMax,
+        "nodes_to_exclude": list(nodes_to_exclude),
+        "extra_options": {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "AddQDQPairToWeight": False,
+            "OpTypesToExcludeOutputQuantization": list(float_outputs),
+            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            "DedicatedQDQPair": True,
+        },
+        "use_external_data_format": True,
     }
 
 

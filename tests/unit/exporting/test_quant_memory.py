@@ -12,7 +12,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from isplit_export.exporting.onnx_graph import probe_model, probing
 from isplit_export.exporting.onnx_utils import OPSET, make_session, probe_session, run_session, write_external
-from isplit_export.exporting.quantize import QUANTIZED_OP_TYPES, pre_process, qdq_options, static_qdq
+from isplit_export.exporting.quantize import QUANTIZED_OP_TYPES, pre_process, static_options, static_qdq
 
 
 def _model() -> onnx.ModelProto:
@@ -80,8 +80,9 @@ def test_probing_is_probe_model_and_leaves_the_model_alone(tmp_path: Path) -> No
 
 
 def test_static_qdq_gives_one_quantize_static_calls_bytes(tmp_path: Path) -> None:
-    """Calibrated first and read back from the calibration cache: the same file as onnxruntime's one call."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Calibrated first and read back from the calibration cache: the same file as onnxruntime's one call
+    (what an onnxruntime without calibration caches runs)."""
+    from onnxruntime.quantization import quantize_static
 
     src = tmp_path / "model.onnx"
     onnx.save(_model(), str(src))
@@ -96,21 +97,7 @@ def test_static_qdq_gives_one_quantize_static_calls_bytes(tmp_path: Path) -> Non
             return {"x": x[self.i - 1 : self.i]} if self.i <= len(x) else None
 
     theirs = tmp_path / "theirs.onnx"
-    quantize_static(
-        str(src),
-        str(theirs),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OP_TYPES),
-        per_channel=True,
-        reduce_range=False,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=["relu"],
-        extra_options=qdq_options(()),
-        use_external_data_format=True,
-    )
+    quantize_static(str(src), str(theirs), Reader(), **static_options(QUANTIZED_OP_TYPES, True, ["relu"], ()))
     work = tmp_path / "work"
     work.mkdir()
     onnx.save(_model(), str(work / "model.onnx"))
@@ -124,4 +111,5 @@ def test_static_qdq_gives_one_quantize_static_calls_bytes(tmp_path: Path) -> Non
         nodes_to_exclude=["relu"],
         float_outputs=(),
     )
+    assert (work / "ranges.json").is_file()  # the two-step path ran (this onnxruntime has calibration caches)
     assert onnx.load(str(ours)) == onnx.load(str(theirs))
