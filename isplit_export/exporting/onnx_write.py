@@ -18,6 +18,7 @@ import onnx
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from isplit_export.errors import BadInputError
 from isplit_export.exporting.onnx_graph import copy_fields
 
 _LENGTH_DELIMITED = 2
@@ -29,11 +30,21 @@ _RAW_DATA = 9
 """``TensorProto.raw_data``."""
 
 
+MAX_BYTES = 2**31 - 1
+"""Protobuf's limit for one message: an ONNX file larger than this cannot be read back."""
+
+
 def write_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Write ``model`` to ``path`` as ``model.SerializeToString(deterministic=True)`` would, streamed."""
-    with path.open("wb") as f:
-        for chunk in serialized_chunks(model):
-            f.write(chunk)
+    """Write ``model`` to ``path`` as ``model.SerializeToString(deterministic=True)`` would, streamed.
+
+    A model over :data:`MAX_BYTES` is refused (:class:`BadInputError`, nothing left at ``path``)."""
+    try:
+        with path.open("wb") as f:
+            for chunk in serialized_chunks(model):
+                f.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
@@ -48,15 +59,21 @@ def serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     copy_fields(model, shell, skip="graph")
     shell_bytes = _serialize(shell)
     cut = _insert_at(shell_bytes, _GRAPH)
+    graph_shell = onnx.GraphProto()
+    copy_fields(model.graph, graph_shell, skip="initializer")
+    graph_bytes = _serialize(graph_shell)
+    inits = [_TensorPieces(t) for t in model.graph.initializer]
+    graph_size = len(graph_bytes) + sum(_record_size(_INITIALIZER, p.size) for p in inits)
+    total = len(shell_bytes) + (_record_size(_GRAPH, graph_size) if model.HasField("graph") else 0)
+    if total > MAX_BYTES:
+        raise BadInputError(
+            f"the ONNX model would be {total / 2**30:.2f} GiB, over protobuf's 2 GiB limit for one file "
+            "(the export writes every model, full.onnx included, as one file first): choose a smaller model"
+        )
     yield shell_bytes[:cut]
     if model.HasField("graph"):
-        graph_shell = onnx.GraphProto()
-        copy_fields(model.graph, graph_shell, skip="initializer")
-        graph_bytes = _serialize(graph_shell)
-        inits = [_TensorPieces(t) for t in model.graph.initializer]
         gcut = _insert_at(graph_bytes, _INITIALIZER)
-        records = sum(_record_size(_INITIALIZER, p.size) for p in inits)
-        yield _key(_GRAPH) + _varint(len(graph_bytes) + records)
+        yield _key(_GRAPH) + _varint(graph_size)
         yield graph_bytes[:gcut]
         for tensor, pieces in zip(model.graph.initializer, inits, strict=True):
             yield _key(_INITIALIZER) + _varint(pieces.size)

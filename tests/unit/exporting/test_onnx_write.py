@@ -94,3 +94,20 @@ def test_a_field_already_present_is_refused() -> None:
     tensor = numpy_helper.from_array(np.zeros(3, dtype=np.float32), "t")
     with pytest.raises(ValueError, match="field 9"):
         _insert_at(tensor.SerializeToString(), 9)
+
+
+def test_a_model_over_the_protobuf_limit_is_refused_and_nothing_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from isplit_export.errors import BadInputError
+    from isplit_export.exporting import onnx_write
+
+    model = _small(np.random.default_rng(2))
+    size = len(_expected(model))
+    monkeypatch.setattr(onnx_write, "MAX_BYTES", size)
+    write_onnx(model, tmp_path / "fits.onnx")  # exactly the limit: written
+    assert (tmp_path / "fits.onnx").read_bytes() == _expected(model)
+    monkeypatch.setattr(onnx_write, "MAX_BYTES", size - 1)
+    with pytest.raises(BadInputError, match="over protobuf's 2 GiB limit"):
+        write_onnx(model, tmp_path / "big.onnx")
+    assert not (tmp_path / "big.onnx").exists()
