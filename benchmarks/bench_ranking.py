@@ -40,7 +40,7 @@ def _best(fn: object, repeats: int) -> float:
 def bench_model(name: str, batch: int, ref_images: int, repeats: int) -> dict[str, float]:
     from isplit_export.models import load_model
     from isplit_export.ranking.graph import trace
-    from isplit_export.ranking.importance import batch_scores, grad_batch, reference_cui
+    from isplit_export.ranking.importance import grad_batch, reference_cui, score_parts
 
     model = load_model(name, "none").module
     traced = trace(model, (3, 224, 224))
@@ -55,8 +55,8 @@ def bench_model(name: str, batch: int, ref_images: int, repeats: int) -> dict[st
     step = grad_batch(traced, batch)  # the parts compute_importance scores a batch in
 
     def ranking() -> None:
-        for i in range(0, batch, step):
-            batch_scores(capture, x[i : i + step], labels[i : i + step], "top")
+        for _ in score_parts(capture, x, labels, "top", step):
+            pass
 
     # warm up both (oneDNN primitive caches, allocator), then interleave the timed runs so that
     # machine noise hits both alike; keep the best run of each
@@ -86,7 +86,7 @@ def peak_rss_child(name: str, n_images: int, batch: int) -> float:
     code = f"""
 import resource, torch
 from isplit_export.ranking.graph import trace
-from isplit_export.ranking.importance import Importance, batch_scores, grad_batch
+from isplit_export.ranking.importance import Importance, grad_batch, score_parts
 from isplit_export.models import load_model
 m = load_model({name!r}, "none").module
 t = trace(m, (3, 224, 224)); cap = t.capture_module(); imp = Importance(len(t.cuts))
@@ -94,8 +94,7 @@ g = torch.Generator().manual_seed(0)
 step = grad_batch(t, {batch})
 for i in range(0, {n_images}, {batch}):
     x = torch.randn({batch}, 3, 224, 224, generator=g)
-    for j in range(0, {batch}, step):
-        s, k = batch_scores(cap, x[j : j + step], torch.full((len(x[j : j + step]),), -1), "top")
+    for _, s, k in score_parts(cap, x, torch.full(({batch},), -1), "top", step):
         imp.add(k, s)
 # VmHWM: this process's own peak (ru_maxrss keeps the parent's across fork and exec: a child of a
 # 2 GB benchmark process would report at least 2 GB)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,10 +188,7 @@ def compute_importance(
     bar = progress_stage("importance over the images", total=n, unit="img", report=progress)
     pin = torch.device(device).type == "cuda"
     for batch in images.indexed_batches(batch_size, workers=workers, pin_memory=pin, shard=shard):
-        for i in range(0, len(batch), step):
-            part = slice(i, i + step)
-            x = batch.x[part].to(device, non_blocking=pin)
-            scores, keys = batch_scores(capture, x, batch.labels[part], score)
+        for part, scores, keys in score_parts(capture, batch.x, batch.labels, score, step, device, pin):
             result.add(keys, scores, batch.indices[part].tolist())  # global indices: shard-independent
         bar.advance(len(batch))
     bar.close()
@@ -223,6 +220,22 @@ def grad_batch(traced: TracedModel, batch_size: int) -> int:
     activations and gradients (twice :attr:`TracedModel.activation_bytes` each) would pass
     :data:`GRAD_MEMORY_BYTES`; at least 1."""
     return max(1, min(batch_size, GRAD_MEMORY_BYTES // max(2 * traced.activation_bytes, 1)))
+
+
+def score_parts(
+    capture: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    score: str,
+    step: int,
+    device: str | torch.device = "cpu",
+    pin: bool = False,
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """:func:`batch_scores` over ``x`` in parts of ``step`` images (:func:`grad_batch`), each moved to
+    ``device``: ``(part, scores, class keys)`` per part."""
+    for i in range(0, len(x), step):
+        part = slice(i, i + step)
+        yield (part, *batch_scores(capture, x[part].to(device, non_blocking=pin), labels[part], score))
 
 
 def batch_scores(
